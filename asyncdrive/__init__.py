@@ -1,0 +1,51 @@
+"""asyncdrive: share files between Python processes through a shared disk and Redis.
+
+Example:
+    >>> from asyncdrive import Drive
+    >>> async with Drive("lit://drive_1") as drive:
+    ...     await drive.put("a.txt")
+    ...     await drive.list(".")
+    ['a.txt']
+
+"""
+
+from ._config import default_root
+from ._drive import Drive
+from ._exceptions import (
+    AmbiguousPathError,
+    DriveError,
+    DriveFileExistsError,
+    DriveFileNotFoundError,
+    DriveIsADirectoryError,
+    DriveNotADirectoryError,
+    DriveTimeoutError,
+    DriveUnavailableError,
+    InvalidDriveIdError,
+    InvalidPathError,
+)
+from ._models import FileInfo
+from ._server import server_binary, server_url, stop_server
+from ._sync import SyncDrive
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousPathError",
+    "Drive",
+    "DriveError",
+    "DriveFileExistsError",
+    "DriveFileNotFoundError",
+    "DriveIsADirectoryError",
+    "DriveNotADirectoryError",
+    "DriveTimeoutError",
+    "DriveUnavailableError",
+    "FileInfo",
+    "InvalidDriveIdError",
+    "InvalidPathError",
+    "SyncDrive",
+    "__version__",
+    "default_root",
+    "server_binary",
+    "server_url",
+    "stop_server",
+]

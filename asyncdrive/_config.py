@@ -1,0 +1,160 @@
+"""Configuration: the ``lit://`` id, component names, and where root and Redis come from.
+
+Each setting is resolved in the same order: the explicit argument, then an environment
+variable, then a default. Settings that came from the environment or a default are resolved
+again in every process that uses a drive (see `DriveConfig.resolve`), so a drive pickled by a
+coordinator writes under the worker's own ``ASYNCDRIVE_COMPONENT``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from ._exceptions import InvalidDriveIdError
+
+ENV_ROOT = "ASYNCDRIVE_ROOT"
+ENV_REDIS_URL = "ASYNCDRIVE_REDIS_URL"
+ENV_COMPONENT = "ASYNCDRIVE_COMPONENT"
+DEFAULT_COMPONENT = "default"
+SCHEME = "lit://"
+
+_NAME_RULE = "1-128 characters of letters, digits, '.', '_' or '-', not starting with '.'"
+_NAME_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,127}")
+
+
+def is_valid_name(name: str) -> bool:
+    """Tell whether ``name`` follows the rule for drive and component names."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def parse_drive_id(drive_id: str) -> str:
+    """Return the name of a ``lit://<name>`` drive id.
+
+    Example:
+        >>> parse_drive_id("lit://drive_1")
+        'drive_1'
+
+    Raises:
+        InvalidDriveIdError: the id has another scheme or a malformed name.
+
+    """
+    if not isinstance(drive_id, str):
+        raise InvalidDriveIdError(
+            f"Drive id must be a str like 'lit://my_drive', got {type(drive_id).__name__}."
+        )
+    if not drive_id.startswith(SCHEME):
+        raise InvalidDriveIdError(
+            f"Invalid drive id {drive_id!r}: it must start with 'lit://', as in 'lit://my_drive'."
+        )
+    name = drive_id[len(SCHEME) :]
+    if not is_valid_name(name):
+        raise InvalidDriveIdError(
+            f"Invalid drive id {drive_id!r}: the name after 'lit://' must be {_NAME_RULE}."
+        )
+    return name
+
+
+def check_component_name(component_name: str) -> str:
+    """Return ``component_name`` if it follows the naming rule, else raise `InvalidDriveIdError`.
+
+    Example:
+        >>> check_component_name("root.work_1")
+        'root.work_1'
+
+    """
+    if not isinstance(component_name, str) or not is_valid_name(component_name):
+        raise InvalidDriveIdError(
+            f"Invalid component name {component_name!r}: it must be {_NAME_RULE}."
+        )
+    return component_name
+
+
+def default_root() -> Path:
+    """Return the per-user data directory used when no root is configured.
+
+    ``$XDG_DATA_HOME/asyncdrive`` (``~/.local/share/asyncdrive``) on Linux,
+    ``~/Library/Application Support/asyncdrive`` on macOS.
+    """
+    if os.uname().sysname == "Darwin":
+        return Path.home() / "Library" / "Application Support" / "asyncdrive"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "asyncdrive"
+
+
+def resolve_root(root: str | os.PathLike[str] | None) -> Path:
+    """Resolve the shared root: the argument, else ``$ASYNCDRIVE_ROOT``, else `default_root`."""
+    if root is None:
+        root = os.environ.get(ENV_ROOT) or default_root()
+    return Path(root).expanduser().resolve()
+
+
+def resolve_redis_url(redis_url: str | None) -> str | None:
+    """Resolve the Redis URL: the argument, else ``$ASYNCDRIVE_REDIS_URL``, else None (embedded)."""
+    return redis_url or os.environ.get(ENV_REDIS_URL) or None
+
+
+def resolve_component(component_name: str | None) -> str:
+    """Resolve who is writing: the argument, else ``$ASYNCDRIVE_COMPONENT``, else ``"default"``."""
+    name = component_name or os.environ.get(ENV_COMPONENT) or DEFAULT_COMPONENT
+    return check_component_name(name)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for logs and messages.
+
+    Example:
+        >>> redact_url("redis://user:secret@host:6379/0")
+        'redis://user:***@host:6379/0'
+
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class DriveConfig:
+    """The arguments a drive was created with, exactly as given (None where defaulted).
+
+    This is what a drive pickles as: connections are never pickled, and settings left to the
+    environment are resolved again by `resolve` in the process that uses the drive.
+    """
+
+    name: str
+    component_name: str | None = None
+    allow_duplicates: bool = False
+    root: str | None = None
+    redis_url: str | None = None
+
+    def resolve(self) -> ResolvedConfig:
+        """Resolve the defaults in the current process."""
+        return ResolvedConfig(
+            name=self.name,
+            component_name=resolve_component(self.component_name),
+            allow_duplicates=self.allow_duplicates,
+            root=resolve_root(self.root),
+            redis_url=resolve_redis_url(self.redis_url),
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A `DriveConfig` with every default filled in for the current process."""
+
+    name: str
+    component_name: str
+    allow_duplicates: bool
+    root: Path
+    redis_url: str | None

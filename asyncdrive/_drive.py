@@ -1,0 +1,715 @@
+"""The async `Drive`: the one implementation of every drive operation.
+
+`SyncDrive` runs these same coroutines on a background event loop; no logic lives there.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+import anyio
+import anyio.to_thread
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from . import _paths
+from ._config import (
+    DriveConfig,
+    ResolvedConfig,
+    check_component_name,
+    parse_drive_id,
+    redact_url,
+)
+from ._exceptions import (
+    AmbiguousPathError,
+    DriveError,
+    DriveFileExistsError,
+    DriveFileNotFoundError,
+    DriveIsADirectoryError,
+    DriveNotADirectoryError,
+    DriveTimeoutError,
+    DriveUnavailableError,
+)
+from ._index import Index
+from ._models import FileInfo
+from ._server import ensure_server, forget_server
+from ._storage import DiskStore, Staged
+
+__all__ = ["Drive"]
+
+logger = logging.getLogger("asyncdrive")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+DriveT = TypeVar("DriveT", bound="Drive")
+
+#: Seconds to wait for Redis to accept a connection, and for any reply.
+CONNECT_TIMEOUT = 5.0
+SOCKET_TIMEOUT = 10.0
+#: A blocking read waits at most this long per call, well inside SOCKET_TIMEOUT.
+_BLOCK_SLICE = 5.0
+#: How long a commit lock lives if its holder dies, and how long to wait for one.
+LOCK_TTL = 30.0
+LOCK_TIMEOUT = 60.0
+
+StrPath = str | os.PathLike[str]
+
+
+@dataclass
+class _Connection:
+    """What a drive holds once used in a process: resolved settings, Redis, the disk."""
+
+    config: ResolvedConfig
+    url: str
+    client: aioredis.Redis
+    index: Index
+    store: DiskStore
+
+
+def _redis_errors_as_unavailable(
+    method: Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]]:
+    """Turn redis-py connection failures inside ``method`` into `DriveUnavailableError`."""
+
+    async def wrapper(self: DriveT, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+class Drive:
+    """A shared folder named ``lit://<name>``, usable from any process that knows the name.
+
+    File bytes live on a shared disk under ``root``; the index, ownership, locks and change
+    events live in Redis. Creating a drive does no I/O: it connects on first use.
+
+    Example:
+        >>> async with Drive("lit://drive_1") as drive:
+        ...     Path("a.txt").write_text("Hello World !")
+        ...     await drive.put("a.txt")
+        ...     await drive.list(".")
+        ['a.txt']
+
+    Args:
+        id: the drive id, ``lit://<name>``; the name is 1-128 letters, digits, ``.``, ``_``
+            or ``-``, not starting with ``.``.
+        component_name: who is writing; each component owns its own copies. Default:
+            ``$ASYNCDRIVE_COMPONENT``, else ``"default"``.
+        allow_duplicates: let several components put the same path, each keeping its own
+            copy. When False, a path put by one component cannot be put by another.
+        root: the shared directory holding the bytes. Default: ``$ASYNCDRIVE_ROOT``, else a
+            per-user data directory.
+        redis_url: the Redis server holding the index. Default: ``$ASYNCDRIVE_REDIS_URL``,
+            else an embedded server started (or reused) for the root.
+
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        component_name: str | None = None,
+        allow_duplicates: bool = False,
+        root: StrPath | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        name = parse_drive_id(id)
+        if component_name is not None:
+            check_component_name(component_name)
+        self._config = DriveConfig(
+            name=name,
+            component_name=component_name,
+            allow_duplicates=bool(allow_duplicates),
+            root=os.fspath(root) if root is not None else None,
+            redis_url=redis_url,
+        )
+        self._reset()
+        self._closed = False
+
+    def _reset(self) -> None:
+        # Connection state belongs to one process: after fork the child starts afresh.
+        self._pid = os.getpid()
+        self._conn: _Connection | None = None
+        self._connect_lock: anyio.Lock | None = None
+
+    # -- identity ----------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The drive id, e.g. ``"lit://drive_1"``."""
+        return f"lit://{self._config.name}"
+
+    @property
+    def name(self) -> str:
+        """The drive name, e.g. ``"drive_1"``."""
+        return self._config.name
+
+    @property
+    def component_name(self) -> str:
+        """The component this drive writes as, resolved in the current process."""
+        return self._resolved().component_name
+
+    @property
+    def allow_duplicates(self) -> bool:
+        """Whether several components may each keep a copy of the same path."""
+        return self._config.allow_duplicates
+
+    @property
+    def root(self) -> Path:
+        """The shared directory holding the bytes, resolved in the current process."""
+        return self._resolved().root
+
+    def _resolved(self) -> ResolvedConfig:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn.config
+        return self._config.resolve()
+
+    def __repr__(self) -> str:
+        config = self._resolved()
+        parts = [repr(self.id), f"component_name={config.component_name!r}"]
+        if config.allow_duplicates:
+            parts.append("allow_duplicates=True")
+        parts.append(f"root={str(config.root)!r}")
+        if config.redis_url:
+            parts.append(f"redis_url={redact_url(config.redis_url)!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle the arguments as given, never connections: defaults are resolved again
+        # in the process that unpickles, so a worker writes under its own component name.
+        return (_restore, (type(self), self._config))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the drive's Redis connections. Idempotent; the drive cannot be used after."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            with anyio.CancelScope(shield=True):
+                await conn.client.aclose()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_conn", None) is not None and self._pid == os.getpid():
+            _warn(
+                f"unclosed {self!r}: use 'async with' or 'await drive.aclose()'",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+
+    async def _connection(self) -> _Connection:
+        if self._closed:
+            raise DriveError(f"Drive {self.name!r} is closed; create a new Drive to use it again.")
+        if self._pid != os.getpid():
+            self._reset()
+        if self._conn is None:
+            if self._connect_lock is None:
+                self._connect_lock = anyio.Lock()
+            async with self._connect_lock:
+                if self._conn is None:
+                    self._conn = await self._connect()
+        return self._conn
+
+    async def _connect(self) -> _Connection:
+        config = self._config.resolve()
+        embedded = config.redis_url is None
+        url = config.redis_url or await ensure_server(config.root)
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+        )
+        try:
+            await client.ping()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            await client.aclose()
+            if not embedded:
+                raise self._unavailable(exc, url) from exc
+            # The embedded server went away since this process last saw it: start it again.
+            forget_server(config.root)
+            return await self._connect()
+        logger.debug("drive %s connected to %s", config.name, redact_url(url))
+        return _Connection(
+            config=config,
+            url=url,
+            client=client,
+            index=Index(client, config.name),
+            store=DiskStore(config.root, config.name),
+        )
+
+    def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
+        url = url or (self._conn.url if self._conn else None) or "the embedded server"
+        return DriveUnavailableError(
+            f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} ({exc}). Check "
+            "that the server is running and reachable from this machine, or unset "
+            "ASYNCDRIVE_REDIS_URL to use the embedded server."
+        )
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _not_found(self, path: str, owners: list[str], component: str | None) -> DriveError:
+        who = f"component {component!r} has" if component else "there is"
+        message = f"Drive {self.name!r}: {who} no file {path!r}"
+        if owners:
+            message += f" (owned by {', '.join(map(repr, owners))}; pass component_name= "
+            message += "to choose one)."
+        else:
+            message += f"; check the path with list() (e.g. list({_parent(path)!r}))."
+        return DriveFileNotFoundError(message)
+
+    def _pick(self, path: str, owners: dict[str, FileInfo], component: str | None) -> FileInfo:
+        if component is not None:
+            if component in owners:
+                return owners[component]
+            raise self._not_found(path, sorted(owners), component)
+        if len(owners) == 1:
+            return next(iter(owners.values()))
+        if not owners:
+            raise self._not_found(path, [], None)
+        names = sorted(owners)
+        raise AmbiguousPathError(
+            f"Drive {self.name!r}: {path!r} is owned by several components "
+            f"({', '.join(map(repr, names))}); pass component_name= to choose one.",
+            names,
+        )
+
+    def _path(self, path: StrPath, *, allow_root: bool = False) -> str:
+        return _paths.normalize(path, drive=self.name, allow_root=allow_root)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @_redis_errors_as_unavailable
+    async def put(self, path: StrPath) -> None:
+        """Copy a local file, or a folder recursively, into the drive at the same path.
+
+        ``path`` is relative to the current directory. A re-put by the same component
+        replaces the file (a new version); readers see the old or the new file, never a mix.
+
+        Example:
+            >>> Path("a.txt").write_text("Hello World !")
+            >>> await drive.put("a.txt")
+
+        Raises:
+            DriveFileNotFoundError: there is no local file or folder at ``path``.
+            DriveFileExistsError: another component owns the path (see ``allow_duplicates``),
+                or a folder stands at the path in the drive.
+            DriveNotADirectoryError: a file stands where a folder of the path should be.
+            InvalidPathError: ``path`` is absolute, leaves the drive or is empty.
+
+        """
+        drive_path = self._path(path)
+        local = Path(drive_path)
+        files = await anyio.to_thread.run_sync(_local_files, local)
+        if files is None:
+            raise DriveFileNotFoundError(
+                f"Drive {self.name!r}: cannot put {drive_path!r}: there is no local file or "
+                f"folder {drive_path!r} in {os.getcwd()!r}. Paths are relative to the current "
+                "directory."
+            )
+        if not files:
+            raise DriveFileNotFoundError(
+                f"Drive {self.name!r}: cannot put {drive_path!r}: the local folder holds no files."
+            )
+        for rel in files:
+            source = local / rel if rel else local
+            await self._put_file(_paths.join(drive_path, rel) if rel else drive_path, source)
+
+    @_redis_errors_as_unavailable
+    async def write_bytes(self, path: StrPath, data: bytes | bytearray | memoryview) -> FileInfo:
+        """Store ``data`` as the file ``path`` and return its new `FileInfo`.
+
+        Example:
+            >>> info = await drive.write_bytes("b.bin", b"...")
+            >>> info.size
+            3
+
+        """
+        drive_path = self._path(path)
+        conn = await self._connection()
+        return await self._put(conn, drive_path, functools.partial(conn.store.stage_bytes, data))
+
+    async def _put_file(self, drive_path: str, local: Path) -> FileInfo:
+        conn = await self._connection()
+        return await self._put(conn, drive_path, functools.partial(conn.store.stage_file, local))
+
+    async def _put(self, conn: _Connection, path: str, stage: Callable[[], Staged]) -> FileInfo:
+        component = conn.config.component_name
+        allow = conn.config.allow_duplicates
+        # Refuse early, before copying any bytes; the commit checks again atomically.
+        self._raise_put_refused(path, await conn.index.check_put(component, path, allow))
+        staged = await anyio.to_thread.run_sync(stage)
+        try:
+            token = await self._lock(conn, component, path)
+            # Between here and the index commit, a cancellation would leave the disk and the
+            # index disagreeing: the section is short (a rename and one Lua call), so shield it.
+            with anyio.CancelScope(shield=True):
+                try:
+                    info = await self._install_and_commit(conn, path, staged)
+                finally:
+                    await conn.index.unlock(component, path, token)
+        finally:
+            await anyio.to_thread.run_sync(conn.store.discard, staged)
+        return info
+
+    async def _install_and_commit(self, conn: _Connection, path: str, staged: Staged) -> FileInfo:
+        component = conn.config.component_name
+        allow = conn.config.allow_duplicates
+        checked = await conn.index.check_put(component, path, allow)
+        self._raise_put_refused(path, checked)
+        current = int(checked.detail)
+        mtime = time.time()
+        info = FileInfo(path, staged.size, mtime, staged.checksum, current + 1, component)
+        meta = {
+            "path": path,
+            "size": info.size,
+            "mtime": mtime,
+            "checksum": info.checksum,
+            "version": info.version,
+            "component_name": component,
+        }
+        store = conn.store
+        backup = await anyio.to_thread.run_sync(store.install, staged, component, path, meta)
+        try:
+            outcome = await conn.index.commit_put(
+                component, path, allow, current, staged.size, mtime, staged.checksum
+            )
+        except Exception:
+            # The commit may or may not have happened (the connection dropped): leave the new
+            # bytes, whose metadata records the intended version, for rebuild_index to settle.
+            await anyio.to_thread.run_sync(store.drop_backup, backup)
+            raise
+        if outcome.status != "ok":
+            await anyio.to_thread.run_sync(store.restore, backup, component, path)
+            self._raise_put_refused(path, outcome)
+        await anyio.to_thread.run_sync(store.drop_backup, backup)
+        return info
+
+    def _raise_put_refused(self, path: str, outcome: Any) -> None:
+        status, detail = outcome.status, outcome.detail
+        if status == "ok":
+            return
+        where = f"Drive {self.name!r}: cannot put {path!r}"
+        if status == "owned":
+            raise DriveFileExistsError(
+                f"{where}: it is owned by component {detail!r}. Choose another path, delete "
+                f"it as {detail!r}, or create the drive with allow_duplicates=True."
+            )
+        if status == "isdir":
+            raise DriveFileExistsError(
+                f"{where}: a folder stands at that path in the drive. Choose another path or "
+                "delete the folder first (delete(path, recursive=True))."
+            )
+        if status == "notadir":
+            raise DriveNotADirectoryError(
+                f"{where}: {detail!r} is a file in the drive, so it cannot hold other files. "
+                "Choose another path or delete that file first."
+            )
+        raise DriveError(f"{where}: the index changed during the commit ({status}); retry.")
+
+    async def _lock(self, conn: _Connection, component: str, path: str) -> str:
+        try:
+            return await conn.index.lock(component, path, ttl=LOCK_TTL, timeout=LOCK_TIMEOUT)
+        except TimeoutError:
+            raise DriveTimeoutError(
+                f"Drive {self.name!r}: waited {LOCK_TIMEOUT:.0f} s for another writer of "
+                f"{path!r} (component {component!r}) to finish; retry later."
+            ) from None
+
+    @_redis_errors_as_unavailable
+    async def delete(self, path: StrPath, *, recursive: bool = False) -> None:
+        """Remove this component's copy of a file, or with ``recursive=True`` of a folder.
+
+        Example:
+            >>> await drive.delete("a.txt")
+            >>> await drive.delete("ckpt", recursive=True)
+
+        Raises:
+            DriveFileNotFoundError: this component has no such file (the message names the
+                components that do).
+            DriveIsADirectoryError: ``path`` is a folder and ``recursive`` is False.
+
+        """
+        drive_path = self._path(path, allow_root=recursive)
+        conn = await self._connection()
+        component = conn.config.component_name
+        owners = await conn.index.owners(drive_path) if drive_path else {}
+        if component in owners:
+            await self._delete_file(conn, drive_path)
+            return
+        kind, _ = await conn.index.kind(drive_path)
+        if kind == "folder":
+            if not recursive:
+                raise DriveIsADirectoryError(
+                    f"Drive {self.name!r}: {drive_path!r} is a folder; pass recursive=True to "
+                    f"delete component {component!r}'s files in it."
+                )
+            _, files = await conn.index.list_files(drive_path, component)
+            if not files:
+                raise self._not_found(drive_path, [], component)
+            for file in files:
+                await self._delete_file(conn, file, missing_ok=True)
+            return
+        raise self._not_found(drive_path, sorted(owners), component)
+
+    async def _delete_file(self, conn: _Connection, path: str, *, missing_ok: bool = False) -> None:
+        component = conn.config.component_name
+        token = await self._lock(conn, component, path)
+        with anyio.CancelScope(shield=True):
+            try:
+                done, others = await conn.index.commit_delete(component, path)
+                if done:
+                    await anyio.to_thread.run_sync(conn.store.remove, component, path)
+            finally:
+                await conn.index.unlock(component, path, token)
+        if not done and not missing_ok:
+            raise self._not_found(path, others, component)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @_redis_errors_as_unavailable
+    async def list(
+        self, path: StrPath = ".", *, component_name: str | None = None, recursive: bool = False
+    ) -> list[str]:
+        """Return the files and folders directly under ``path``, sorted, as drive paths.
+
+        With ``recursive=True``, return every file below ``path`` instead. Entries of all
+        components are merged unless ``component_name`` is given.
+
+        Example:
+            >>> await drive.list("ckpt")
+            ['ckpt/sub', 'ckpt/x.txt']
+            >>> await drive.list("ckpt", recursive=True)
+            ['ckpt/sub/y.txt', 'ckpt/x.txt']
+
+        Raises:
+            DriveNotADirectoryError: ``path`` is a file.
+
+        """
+        folder = self._path(path, allow_root=True)
+        if component_name is not None:
+            check_component_name(component_name)
+        conn = await self._connection()
+        if recursive:
+            is_file, found = await conn.index.list_files(folder, component_name)
+        else:
+            is_file, names = await conn.index.list_children(folder, component_name)
+            found = sorted(_paths.join(folder, name) for name in names)
+        if is_file:
+            raise DriveNotADirectoryError(
+                f"Drive {self.name!r}: {folder!r} is a file, not a folder; use info() or "
+                f"get() for a file, or list({_parent(folder)!r}) for its folder."
+            )
+        return found
+
+    @_redis_errors_as_unavailable
+    async def exists(self, path: StrPath, *, component_name: str | None = None) -> bool:
+        """Return True if a file or folder exists at ``path`` (for ``component_name``, if given).
+
+        Example:
+            >>> await drive.exists("a.txt")
+            True
+
+        """
+        drive_path = self._path(path, allow_root=True)
+        if component_name is not None:
+            check_component_name(component_name)
+        conn = await self._connection()
+        kind, _ = await conn.index.kind(drive_path, component_name)
+        return kind is not None
+
+    @_redis_errors_as_unavailable
+    async def info(self, path: StrPath, *, component_name: str | None = None) -> FileInfo:
+        """Return the `FileInfo` of a file.
+
+        Example:
+            >>> (await drive.info("a.txt")).checksum[:8]
+            'a591a6d4'
+
+        Raises:
+            DriveFileNotFoundError: no such file (for that component).
+            AmbiguousPathError: several components own it and ``component_name`` is None.
+            DriveIsADirectoryError: ``path`` is a folder.
+
+        """
+        drive_path = self._path(path)
+        conn = await self._connection()
+        return await self._file_info(conn, drive_path, component_name)
+
+    async def _file_info(
+        self, conn: _Connection, path: str, component_name: str | None
+    ) -> FileInfo:
+        owners = await conn.index.owners(path)
+        if not owners and (await conn.index.kind(path))[0] == "folder":
+            raise DriveIsADirectoryError(
+                f"Drive {self.name!r}: {path!r} is a folder; list({path!r}) shows its files."
+            )
+        return self._pick(path, owners, component_name)
+
+    @_redis_errors_as_unavailable
+    async def read_bytes(self, path: StrPath, *, component_name: str | None = None) -> bytes:
+        """Return the content of a file.
+
+        Example:
+            >>> await drive.read_bytes("a.txt")
+            b'Hello World !'
+
+        """
+        drive_path = self._path(path)
+        conn = await self._connection()
+        info = await self._file_info(conn, drive_path, component_name)
+        try:
+            return await anyio.to_thread.run_sync(conn.store.read, info.component_name, drive_path)
+        except FileNotFoundError:
+            raise self._not_found(drive_path, [], component_name) from None
+
+    @_redis_errors_as_unavailable
+    async def get(
+        self,
+        path: StrPath,
+        *,
+        component_name: str | None = None,
+        timeout: float | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Copy a file, or a folder recursively, from the drive to the same local path.
+
+        Parent folders are created. An identical local file is left as it is.
+
+        Example:
+            >>> await drive.get("a.txt")
+            >>> Path("a.txt").read_text()
+            'Hello World !'
+            >>> await drive.get("ckpt/last.pt", timeout=60)  # wait for it to be put
+
+        Args:
+            path: the drive path, and the local path relative to the current directory.
+            component_name: whose copy to get, when several components own the path.
+            timeout: wait up to this many seconds for the path to appear (woken by the
+                drive's change events), then raise `DriveTimeoutError`.
+            overwrite: replace a local file whose content differs (atomically).
+
+        Raises:
+            DriveFileNotFoundError: nothing at ``path`` (and no ``timeout``).
+            AmbiguousPathError: several components own the path; name one.
+            DriveFileExistsError: a different local file is in the way and not ``overwrite``.
+            DriveTimeoutError: ``timeout`` passed before the path appeared.
+
+        """
+        drive_path = self._path(path)
+        if component_name is not None:
+            check_component_name(component_name)
+        conn = await self._connection()
+        if timeout is not None:
+            await self._wait_for(conn, drive_path, component_name, timeout)
+        owners = await conn.index.owners(drive_path)
+        if owners:
+            info = self._pick(drive_path, owners, component_name)
+            await self._copy_out(conn, info, overwrite)
+            return
+        _, files = await conn.index.list_files(drive_path, component_name)
+        if not files:
+            raise self._not_found(drive_path, [], component_name)
+        for file, file_owners in zip(files, await conn.index.owners_many(files), strict=True):
+            if file_owners:  # deleted since listed: skip
+                await self._copy_out(conn, self._pick(file, file_owners, component_name), overwrite)
+
+    async def _copy_out(self, conn: _Connection, info: FileInfo, overwrite: bool) -> None:
+        dest = Path(info.path)
+        try:
+            await anyio.to_thread.run_sync(
+                conn.store.copy_out,
+                info.component_name,
+                info.path,
+                dest,
+                info.checksum,
+                overwrite,
+            )
+        except FileExistsError:
+            raise DriveFileExistsError(
+                f"Drive {self.name!r}: cannot get {info.path!r}: the local file "
+                f"{info.path!r} in {os.getcwd()!r} exists with other content. Pass "
+                "overwrite=True to replace it, or move it away."
+            ) from None
+        except FileNotFoundError:
+            raise self._not_found(info.path, [], info.component_name) from None
+
+    async def _wait_for(
+        self, conn: _Connection, path: str, component: str | None, timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        kind, cursor = await conn.index.kind(path, component)
+        while kind is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                who = f" by component {component!r}" if component else ""
+                raise DriveTimeoutError(
+                    f"Drive {self.name!r}: {path!r} was not put{who} within {timeout:g} s; "
+                    "check that the writer is running, or wait longer."
+                )
+            block_ms = max(1, int(min(remaining, _BLOCK_SLICE) * 1000))
+            events = await conn.index.read_events(cursor, block_ms)
+            if not events:
+                continue
+            cursor = events[-1].id
+            if any(
+                (e.path == path or e.path.startswith(path + "/"))
+                and e.change != "deleted"
+                and component in (None, e.component)
+                for e in events
+            ):
+                kind, _ = await conn.index.kind(path, component)
+
+
+def _restore(cls: type[DriveT], config: DriveConfig) -> DriveT:
+    return cls(
+        f"lit://{config.name}",
+        component_name=config.component_name,
+        allow_duplicates=config.allow_duplicates,
+        root=config.root,
+        redis_url=config.redis_url,
+    )
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0] or "."
+
+
+def _local_files(local: Path) -> list[str] | None:
+    """Return [""] for a local file, the sorted relative paths of a folder's files, or None."""
+    if local.is_file():
+        return [""]
+    if not local.is_dir():
+        return None
+    found: list[str] = []
+    for dirpath, _dirnames, filenames in os.walk(local):
+        rel = Path(dirpath).relative_to(local).as_posix()
+        for name in filenames:
+            if (Path(dirpath) / name).is_file():
+                found.append(name if rel == "." else f"{rel}/{name}")
+    return sorted(found)

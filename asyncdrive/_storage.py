@@ -1,0 +1,249 @@
+"""The bytes of a drive on the shared disk, and the metadata beside them.
+
+Layout under the root::
+
+    <root>/drives/<name>/<component>/<path>                       the bytes of each file
+    <root>/drives/<name>/<component>/<folder>/.asyncdrive-meta.<file>.json
+                                                                  path, size, mtime, checksum,
+                                                                  version, component: enough to
+                                                                  rebuild the Redis index
+    <root>/drives/<name>/.tmp/                                    uploads in progress
+
+Every method here is blocking and meant to run in a worker thread. Writes go to a temporary
+file on the same filesystem, are flushed and fsynced, then renamed into place, so a reader
+always opens a complete old or a complete new file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ._models import CHECKSUM_ALGORITHM
+from ._paths import RESERVED_PREFIX
+
+CHUNK = 1 << 20
+META_PREFIX = RESERVED_PREFIX + "-meta."
+TMP_PREFIX = RESERVED_PREFIX + "-tmp."
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    # Elsewhere the only way to read it is to set it; do so once, at import.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Files asyncdrive creates get the mode a plain ``open(path, "w")`` would give them.
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """An upload written to a temporary file, fsynced, ready to be renamed into place."""
+
+    tmp: Path
+    size: int
+    checksum: str
+
+
+def copy_stream(src: BinaryIO, dst: BinaryIO, *, digest: bool) -> tuple[int, str]:
+    """Copy ``src`` to ``dst`` in 1 MiB chunks; return (bytes copied, hex digest or "")."""
+    hasher = hashlib.new(CHECKSUM_ALGORITHM) if digest else None
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    while n := src.readinto(view):  # type: ignore[attr-defined]
+        chunk = view[:n]
+        if hasher is not None:
+            hasher.update(chunk)
+        dst.write(chunk)
+        size += n
+    return size, hasher.hexdigest() if hasher is not None else ""
+
+
+def file_checksum(path: Path) -> str:
+    """Return the SHA-256 hex digest of a local file, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, CHECKSUM_ALGORITHM).hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_into(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, creating target's folders (again, if a delete raced)."""
+    for _attempt in range(10):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+            return
+        except FileNotFoundError:
+            if not source.exists():
+                raise
+    os.replace(source, target)
+
+
+def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
+    fd, name = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
+    os.fchmod(fd, FILE_MODE)
+    return os.fdopen(fd, "wb"), Path(name)
+
+
+class DiskStore:
+    """The files of one drive under ``<root>/drives/<name>``."""
+
+    def __init__(self, root: Path, drive: str) -> None:
+        self.base = root / "drives" / drive
+        self.tmp_dir = self.base / ".tmp"
+
+    def file_path(self, component: str, path: str) -> Path:
+        """Where ``component``'s copy of ``path`` lives."""
+        return self.base / component / path
+
+    def meta_path(self, component: str, path: str) -> Path:
+        """Where the metadata of ``component``'s copy of ``path`` lives."""
+        target = self.file_path(component, path)
+        return target.with_name(f"{META_PREFIX}{target.name}.json")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def stage_file(self, source: Path) -> Staged:
+        """Copy a local file into a temporary upload, hashing it in the same pass."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as src:
+            out, tmp = _temp_beside(self.tmp_dir)
+            try:
+                with out:
+                    size, checksum = copy_stream(src, out, digest=True)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        return Staged(tmp, size, checksum)
+
+    def stage_bytes(self, data: bytes | bytearray | memoryview) -> Staged:
+        """Write ``data`` into a temporary upload."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        out, tmp = _temp_beside(self.tmp_dir)
+        try:
+            with out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return Staged(tmp, len(data), hashlib.new(CHECKSUM_ALGORITHM, data).hexdigest())
+
+    def discard(self, staged: Staged) -> None:
+        """Remove an upload that will not be installed."""
+        staged.tmp.unlink(missing_ok=True)
+
+    def install(self, staged: Staged, component: str, path: str, meta: dict[str, object]) -> Path:
+        """Move a staged upload into place with its metadata; return a backup of what it replaced.
+
+        The backup (hard links to the previous bytes and metadata, or nothing) lets `restore`
+        undo the install if the index refuses the commit. Remove it with `drop_backup`.
+        """
+        target = self.file_path(component, path)
+        meta_target = self.meta_path(component, path)
+        backup = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="backup-"))
+        for current, name in ((target, "data"), (meta_target, "meta")):
+            with contextlib.suppress(FileNotFoundError):
+                os.link(current, backup / name)
+        meta_out, meta_tmp = _temp_beside(self.tmp_dir)
+        with meta_out:
+            meta_out.write(json.dumps(meta, sort_keys=True).encode())
+            meta_out.flush()
+            os.fsync(meta_out.fileno())
+        _replace_into(meta_tmp, meta_target)
+        _replace_into(staged.tmp, target)
+        _fsync_dir(target.parent)
+        return backup
+
+    def restore(self, backup: Path, component: str, path: str) -> None:
+        """Undo an `install`: put the previous bytes and metadata back, or remove the new ones."""
+        for current, name in (
+            (self.file_path(component, path), "data"),
+            (self.meta_path(component, path), "meta"),
+        ):
+            saved = backup / name
+            if saved.exists():
+                os.replace(saved, current)
+            else:
+                current.unlink(missing_ok=True)
+        self.drop_backup(backup)
+        self._prune(self.file_path(component, path).parent, component)
+
+    def drop_backup(self, backup: Path) -> None:
+        """Remove the backup left by `install`."""
+        for name in ("data", "meta"):
+            (backup / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            backup.rmdir()
+
+    def remove(self, component: str, path: str) -> None:
+        """Remove ``component``'s copy of ``path`` and its metadata, then empty folders."""
+        target = self.file_path(component, path)
+        target.unlink(missing_ok=True)
+        self.meta_path(component, path).unlink(missing_ok=True)
+        self._prune(target.parent, component)
+
+    def _prune(self, folder: Path, component: str) -> None:
+        stop = self.base / component
+        while folder != stop and stop in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(self, component: str, path: str) -> bytes:
+        """Return the bytes of ``component``'s copy of ``path``."""
+        return self.file_path(component, path).read_bytes()
+
+    def copy_out(
+        self, component: str, path: str, dest: Path, checksum: str, overwrite: bool
+    ) -> bool:
+        """Copy ``component``'s ``path`` to local ``dest``; return False if dest already matched.
+
+        ``dest`` is replaced atomically (temporary file beside it, then rename). An existing
+        ``dest`` with other content raises `FileExistsError` unless ``overwrite``.
+        """
+        if dest.exists() and not overwrite:
+            if dest.is_file() and file_checksum(dest) == checksum:
+                return False
+            raise FileExistsError(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.file_path(component, path), "rb") as src:
+            out, tmp = _temp_beside(dest.parent)
+            try:
+                with out:
+                    copy_stream(src, out, digest=False)
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        return True

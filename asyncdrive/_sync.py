@@ -1,0 +1,209 @@
+"""`SyncDrive`: the blocking face of `Drive`, for ordinary (non-async) worker code.
+
+Every method carries the call across to the async core, run on the process's one background
+event-loop thread (see ``_portal``); no drive logic lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+import warnings
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+
+from anyio.from_thread import BlockingPortal
+
+from . import _portal
+from ._drive import Drive, StrPath, _restore
+from ._exceptions import DriveError
+from ._models import FileInfo
+
+__all__ = ["SyncDrive"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_keys = itertools.count()
+
+
+class SyncDrive:
+    """The blocking mirror of `Drive`: the same methods, the same arguments, no ``await``.
+
+    Example:
+        >>> with SyncDrive("lit://drive_1") as drive:
+        ...     drive.put("a.txt")
+        ...     drive.list(".")
+        ['a.txt']
+
+    Calls run on one background event-loop thread per process, shared by all SyncDrives; it
+    stops when the last one is closed, and at interpreter exit. A SyncDrive pickles as its
+    arguments and works in forked and spawned children. Calling one from inside a running
+    event loop raises `RuntimeError`: use `Drive` there.
+
+    Args are those of `Drive`.
+
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        component_name: str | None = None,
+        allow_duplicates: bool = False,
+        root: StrPath | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        self._drive = Drive(
+            id,
+            component_name=component_name,
+            allow_duplicates=allow_duplicates,
+            root=root,
+            redis_url=redis_url,
+        )
+        self._key = next(_keys)
+        self._pid = os.getpid()
+        self._portal: BlockingPortal | None = None
+        self._closed = False
+
+    def _call(
+        self,
+        method: Callable[P, Coroutine[Any, Any, T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        _portal.check_not_in_event_loop(f"SyncDrive.{method.__name__}()")
+        if self._closed:
+            raise DriveError(
+                f"SyncDrive {self.name!r} is closed; create a new SyncDrive to use it again."
+            )
+        if self._pid != os.getpid():
+            self._pid, self._portal = os.getpid(), None
+        if self._portal is None:
+            self._portal = _portal.acquire(self._key, self._drive.aclose)
+        return _portal.run(self._portal, functools.partial(method, *args, **kwargs))
+
+    # -- identity and lifecycle --------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The drive id, e.g. ``"lit://drive_1"``."""
+        return self._drive.id
+
+    @property
+    def name(self) -> str:
+        """The drive name, e.g. ``"drive_1"``."""
+        return self._drive.name
+
+    @property
+    def component_name(self) -> str:
+        """The component this drive writes as, resolved in the current process."""
+        return self._drive.component_name
+
+    @property
+    def allow_duplicates(self) -> bool:
+        """Whether several components may each keep a copy of the same path."""
+        return self._drive.allow_duplicates
+
+    @property
+    def root(self) -> Path:
+        """The shared directory holding the bytes, resolved in the current process."""
+        return self._drive.root
+
+    @property
+    def drive(self) -> Drive:
+        """The async `Drive` this wraps (use it only from the SyncDrive's loop thread)."""
+        return self._drive
+
+    def __repr__(self) -> str:
+        return "Sync" + repr(self._drive)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), self._drive._config))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and release the loop thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        portal, self._portal = self._portal, None
+        if portal is None or self._pid != os.getpid():
+            self._drive._closed = True
+            return
+        try:
+            _portal.run(portal, self._drive.aclose)
+        finally:
+            _portal.release(self._key)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_portal", None) is None or self._closed or self._pid != os.getpid():
+            return
+        _warn(f"unclosed {self!r}: use 'with' or call close()", ResourceWarning, source=self)
+        if threading.current_thread().name != _portal.THREAD_NAME:
+            self.close()
+
+    # -- operations: see Drive for the documentation of each ---------------------------------
+
+    def put(self, path: StrPath) -> None:
+        """Copy a local file or folder into the drive (see `Drive.put`)."""
+        return self._call(self._drive.put, path)
+
+    def write_bytes(self, path: StrPath, data: bytes | bytearray | memoryview) -> FileInfo:
+        """Store ``data`` as the file ``path`` (see `Drive.write_bytes`)."""
+        return self._call(self._drive.write_bytes, path, data)
+
+    def delete(self, path: StrPath, *, recursive: bool = False) -> None:
+        """Remove this component's copy of a file or folder (see `Drive.delete`)."""
+        return self._call(self._drive.delete, path, recursive=recursive)
+
+    def list(
+        self, path: StrPath = ".", *, component_name: str | None = None, recursive: bool = False
+    ) -> list[str]:
+        """List a folder (see `Drive.list`)."""
+        return self._call(
+            self._drive.list, path, component_name=component_name, recursive=recursive
+        )
+
+    def exists(self, path: StrPath, *, component_name: str | None = None) -> bool:
+        """Tell whether a file or folder exists (see `Drive.exists`)."""
+        return self._call(self._drive.exists, path, component_name=component_name)
+
+    def info(self, path: StrPath, *, component_name: str | None = None) -> FileInfo:
+        """Return a file's `FileInfo` (see `Drive.info`)."""
+        return self._call(self._drive.info, path, component_name=component_name)
+
+    def read_bytes(self, path: StrPath, *, component_name: str | None = None) -> bytes:
+        """Return a file's content (see `Drive.read_bytes`)."""
+        return self._call(self._drive.read_bytes, path, component_name=component_name)
+
+    def get(
+        self,
+        path: StrPath,
+        *,
+        component_name: str | None = None,
+        timeout: float | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Copy a file or folder to the same local path (see `Drive.get`)."""
+        return self._call(
+            self._drive.get,
+            path,
+            component_name=component_name,
+            timeout=timeout,
+            overwrite=overwrite,
+        )
