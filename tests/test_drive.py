@@ -1,0 +1,385 @@
+"""The semantics of every drive operation, run once on `Drive` and once on `SyncDrive`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+import asyncdrive
+from asyncdrive import (
+    AmbiguousPathError,
+    DriveError,
+    DriveFileExistsError,
+    DriveFileNotFoundError,
+    DriveIsADirectoryError,
+    DriveNotADirectoryError,
+    DriveTimeoutError,
+    FileInfo,
+    InvalidPathError,
+)
+
+from .conftest import MakeDrive
+
+HELLO = b"Hello World !"
+
+
+def write(path: str, data: bytes = HELLO) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+
+
+async def test_seed_basics(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    assert await drive.list(".") == []
+    write("a.txt")
+    await drive.put("a.txt")
+    assert await drive.list(".") == ["a.txt"]
+    await drive.get("a.txt")  # the local file is identical: a no-op success
+    await drive.delete("a.txt")
+    assert await drive.list(".") == []
+
+
+async def test_put_get_roundtrip_new_cwd(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    drive = make_drive(drive_id)
+    write("ckpt/sub/model.bin", os.urandom(3 * 1024 * 1024 + 7))
+    expected = Path("ckpt/sub/model.bin").read_bytes()
+    await drive.put("ckpt/sub/model.bin")
+    other = workdir.parent / "elsewhere"
+    other.mkdir()
+    os.chdir(other)
+    await drive.get("ckpt/sub/model.bin")
+    assert (other / "ckpt/sub/model.bin").read_bytes() == expected
+
+
+async def test_info(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id, component_name="w1")
+    write("a.txt")
+    await drive.put("a.txt")
+    info = await drive.info("./a.txt")
+    assert isinstance(info, FileInfo)
+    assert info.path == "a.txt"
+    assert info.size == len(HELLO)
+    assert info.checksum == hashlib.sha256(HELLO).hexdigest()
+    assert info.component_name == "w1"
+    assert info.version == 1
+    assert abs(info.mtime - Path("a.txt").stat().st_mtime) < 60
+    with pytest.raises(AttributeError):
+        info.size = 3  # type: ignore[misc]
+
+
+async def test_reput_is_new_version(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    versions = []
+    for content in (b"one", b"two", b"three"):
+        write("a.txt", content)
+        await drive.put("a.txt")
+        info = await drive.info("a.txt")
+        versions.append(info.version)
+        assert await drive.read_bytes("a.txt") == content
+    assert versions == sorted(set(versions))
+    # A delete and re-put keeps counting up: versions are never reused.
+    await drive.delete("a.txt")
+    await drive.put("a.txt")
+    assert (await drive.info("a.txt")).version > versions[-1]
+
+
+async def test_write_and_read_bytes(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    info = await drive.write_bytes("b/c.bin", b"\x00\x01binary")
+    assert info.size == 8
+    assert info == await drive.info("b/c.bin")
+    assert await drive.read_bytes("b/c.bin") == b"\x00\x01binary"
+    assert await drive.exists("b/c.bin")
+    assert await drive.exists("b")
+    assert not await drive.exists("c")
+    assert await drive.list("b") == ["b/c.bin"]
+
+
+async def test_list_folders(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    for path in ("ckpt/x.txt", "ckpt/sub/y.txt", "ckpt/sub/z.txt", "top.txt"):
+        await drive.write_bytes(path, b"x")
+    assert await drive.list(".") == ["ckpt", "top.txt"]
+    assert await drive.list("ckpt") == ["ckpt/sub", "ckpt/x.txt"]
+    assert await drive.list("./ckpt/") == ["ckpt/sub", "ckpt/x.txt"]
+    assert await drive.list("ckpt", recursive=True) == [
+        "ckpt/sub/y.txt",
+        "ckpt/sub/z.txt",
+        "ckpt/x.txt",
+    ]
+    assert await drive.list(".", recursive=True) == [
+        "ckpt/sub/y.txt",
+        "ckpt/sub/z.txt",
+        "ckpt/x.txt",
+        "top.txt",
+    ]
+    assert await drive.list("missing") == []
+    assert await drive.list("missing", recursive=True) == []
+    with pytest.raises(DriveNotADirectoryError, match=r"top\.txt"):
+        await drive.list("top.txt")
+    with pytest.raises(NotADirectoryError):
+        await drive.list("top.txt", recursive=True)
+    # A folder disappears from listings with its last file.
+    await drive.delete("ckpt", recursive=True)
+    assert await drive.list(".") == ["top.txt"]
+
+
+async def test_list_prefix_is_not_a_folder(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    for path in ("a/x", "a-b/y", "a.c", "ab/z"):
+        await drive.write_bytes(path, b"x")
+    assert await drive.list("a", recursive=True) == ["a/x"]
+    assert await drive.list("a") == ["a/x"]
+
+
+async def test_put_folder_and_get_folder(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    drive = make_drive(drive_id)
+    write("data/one.txt", b"1")
+    write("data/deep/two.txt", b"2")
+    await drive.put("data")
+    assert await drive.list("data", recursive=True) == ["data/deep/two.txt", "data/one.txt"]
+    os.chdir(workdir.parent)
+    await drive.get("data")
+    assert Path("data/one.txt").read_bytes() == b"1"
+    assert Path("data/deep/two.txt").read_bytes() == b"2"
+
+
+async def test_components_and_duplicates(make_drive: MakeDrive, drive_id: str) -> None:
+    w1 = make_drive(drive_id, component_name="w1")
+    w2 = make_drive(drive_id, component_name="w2")
+    write("a.txt", b"from w1")
+    await w1.put("a.txt")
+    with pytest.raises(DriveFileExistsError, match="'w1'") as refused:
+        await w2.write_bytes("a.txt", b"from w2")
+    assert "allow_duplicates" in str(refused.value)
+    assert await w1.read_bytes("a.txt") == b"from w1"
+
+    d1 = make_drive(drive_id, component_name="w1", allow_duplicates=True)
+    d2 = make_drive(drive_id, component_name="w2", allow_duplicates=True)
+    await d2.write_bytes("a.txt", b"from w2")
+    assert await d1.list(".") == ["a.txt"]  # de-duplicated
+    assert await d1.list(".", component_name="w2") == ["a.txt"]
+    with pytest.raises(AmbiguousPathError, match="'w1', 'w2'") as ambiguous:
+        await d1.get("a.txt", overwrite=True)
+    assert ambiguous.value.owners == ["w1", "w2"]
+    assert isinstance(ambiguous.value, LookupError)
+    with pytest.raises(AmbiguousPathError):
+        await d1.read_bytes("a.txt")
+    with pytest.raises(AmbiguousPathError):
+        await d1.info("a.txt")
+    assert await d1.read_bytes("a.txt", component_name="w2") == b"from w2"
+    assert (await d1.info("a.txt", component_name="w1")).component_name == "w1"
+    await d1.get("a.txt", component_name="w2", overwrite=True)
+    assert Path("a.txt").read_bytes() == b"from w2"
+    assert await d1.exists("a.txt", component_name="w2")
+    assert not await d1.exists("a.txt", component_name="w3")
+
+    # Each component deletes only its own copy.
+    await d1.delete("a.txt")
+    assert await d1.list(".") == ["a.txt"]
+    assert await d1.list(".", component_name="w1") == []
+    with pytest.raises(DriveFileNotFoundError, match="'w2'"):
+        await d1.delete("a.txt")
+    assert await d1.read_bytes("a.txt") == b"from w2"
+
+
+async def test_get_missing_and_component_missing(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id, component_name="w1")
+    with pytest.raises(DriveFileNotFoundError, match=drive_id[6:]):
+        await drive.get("nope.txt")
+    await drive.write_bytes("a.txt", b"x")
+    with pytest.raises(FileNotFoundError, match="'w1'"):
+        await drive.get("a.txt", component_name="w9")
+
+
+async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a.txt", b"drive content")
+    write("a.txt", b"local content")
+    with pytest.raises(DriveFileExistsError, match="overwrite=True"):
+        await drive.get("a.txt")
+    assert Path("a.txt").read_bytes() == b"local content"
+    await drive.get("a.txt", overwrite=True)
+    assert Path("a.txt").read_bytes() == b"drive content"
+    assert [p.name for p in Path().iterdir()] == ["a.txt"]  # no temporary left behind
+
+
+async def test_get_waits_for_the_file(make_drive: MakeDrive, drive_id: str) -> None:
+    reader = make_drive(drive_id)
+    writer = make_drive(drive_id, component_name="writer")
+    async with anyio.create_task_group() as tg:
+
+        async def wait_and_get() -> None:
+            await reader.get("later/x.bin", timeout=30)
+
+        tg.start_soon(wait_and_get)
+        # Unrelated events must not end the wait.
+        await writer.write_bytes("other.bin", b"noise")
+        await writer.write_bytes("later/x.bin", b"arrived")
+    assert Path("later/x.bin").read_bytes() == b"arrived"
+
+
+async def test_get_timeout(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    with pytest.raises(DriveTimeoutError, match=r"never\.txt") as timed_out:
+        await drive.get("never.txt", timeout=0.2)
+    assert isinstance(timed_out.value, TimeoutError)
+    assert not Path("never.txt").exists()
+
+
+async def test_delete_rules(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    with pytest.raises(DriveFileNotFoundError):
+        await drive.delete("nope.txt")
+    await drive.write_bytes("f/a", b"1")
+    await drive.write_bytes("f/g/b", b"2")
+    with pytest.raises(DriveIsADirectoryError, match="recursive=True"):
+        await drive.delete("f")
+    assert await drive.list("f", recursive=True) == ["f/a", "f/g/b"]
+    await drive.delete("f", recursive=True)
+    assert await drive.list(".") == []
+    assert not await drive.exists("f")
+
+
+async def test_file_folder_conflicts(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("x", b"file")
+    with pytest.raises(DriveNotADirectoryError, match="'x' is a file"):
+        await drive.write_bytes("x/y", b"below a file")
+    await drive.write_bytes("dir/y", b"1")
+    with pytest.raises(DriveFileExistsError, match="folder"):
+        await drive.write_bytes("dir", b"where a folder is")
+    with pytest.raises(DriveIsADirectoryError):
+        await drive.info("dir")
+    # Nothing of the refused writes is left.
+    assert await drive.list(".", recursive=True) == ["dir/y", "x"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["/etc/passwd", "..", "../x", "a/../../x", "", "a\x00b", "a\nb", ".asyncdrive-x"]
+)
+async def test_invalid_paths(make_drive: MakeDrive, drive_id: str, bad: str) -> None:
+    drive = make_drive(drive_id)
+    with pytest.raises(InvalidPathError) as refused:
+        await drive.write_bytes(bad, b"x")
+    assert isinstance(refused.value, ValueError)
+    assert drive_id[6:] in str(refused.value)
+
+
+async def test_dotted_paths_normalise(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a/../b.txt", b"x")
+    assert await drive.list(".") == ["b.txt"]
+    assert await drive.read_bytes("./b.txt") == b"x"
+
+
+async def test_put_missing_local_file(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    with pytest.raises(DriveFileNotFoundError, match="current directory"):
+        await drive.put("absent.txt")
+
+
+async def test_disk_layout_and_metadata(make_drive: MakeDrive, drive_id: str, root: Path) -> None:
+    drive = make_drive(drive_id, component_name="w1")
+    info = await drive.write_bytes("m/n.bin", b"payload")
+    name = drive_id[6:]
+    data = root / "drives" / name / "w1" / "m" / "n.bin"
+    assert data.read_bytes() == b"payload"
+    meta = json.loads((data.parent / ".asyncdrive-meta.n.bin.json").read_text())
+    assert meta == {
+        "path": "m/n.bin",
+        "size": 7,
+        "mtime": info.mtime,
+        "checksum": info.checksum,
+        "version": info.version,
+        "component_name": "w1",
+    }
+    assert list((root / "drives" / name / ".tmp").iterdir()) == []
+    await drive.delete("m/n.bin")
+    assert not (root / "drives" / name / "w1" / "m").exists()
+
+
+async def test_index_keys_share_one_hash_tag(
+    make_drive: MakeDrive, drive_id: str, redis_url: str
+) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a/b.txt", b"x")
+    name = drive_id[6:]
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"*{name}*")]
+        assert keys
+        assert all(k.startswith(f"asyncdrive:{{{name}}}:") for k in keys)
+        events: Any = await client.xrange(f"asyncdrive:{{{name}}}:events")
+        assert [e[1]["change"] for e in events] == ["added"]
+    finally:
+        await client.aclose()
+
+
+async def test_events_one_per_successful_change(
+    make_drive: MakeDrive, drive_id: str, redis_url: str
+) -> None:
+    w1 = make_drive(drive_id, component_name="w1")
+    w2 = make_drive(drive_id, component_name="w2")
+    await w1.write_bytes("a", b"1")
+    await w1.write_bytes("a", b"2")
+    with pytest.raises(DriveFileExistsError):
+        await w2.write_bytes("a", b"3")
+    with pytest.raises(DriveFileNotFoundError):
+        await w2.delete("a")
+    await w1.delete("a")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        events: Any = await client.xrange(f"asyncdrive:{{{drive_id[6:]}}}:events")
+    finally:
+        await client.aclose()
+    assert [(e[1]["change"], e[1]["path"], e[1]["version"]) for e in events] == [
+        ("added", "a", "1"),
+        ("modified", "a", "2"),
+        ("deleted", "a", "2"),
+    ]
+
+
+async def test_drive_identity(make_drive: MakeDrive, drive_id: str, root: Path) -> None:
+    drive = make_drive(drive_id)
+    assert drive.id == drive_id
+    assert drive.name == drive_id[6:]
+    assert drive.component_name == "default"
+    assert drive.root == root.resolve()
+    assert drive_id in repr(drive)
+
+
+async def test_errors_are_drive_errors(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    failures: list[Any] = []
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: drive.get("missing"),
+        lambda: drive.delete("missing"),
+        lambda: drive.info("missing"),
+        lambda: drive.read_bytes("missing"),
+        lambda: drive.put("missing"),
+        lambda: drive.list("/abs"),
+    ]
+    for call in calls:
+        with pytest.raises(DriveError) as caught:
+            await call()
+        failures.append(caught.value)
+    assert all(drive_id[6:] in str(exc) for exc in failures)
+
+
+def test_public_names() -> None:
+    assert sorted(asyncdrive.__all__) == asyncdrive.__all__
+    for name in asyncdrive.__all__:
+        assert hasattr(asyncdrive, name)
