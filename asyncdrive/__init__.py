@@ -11,8 +11,10 @@ Example:
 
 from ._config import default_root
 from ._drive import Drive
+from ._events import Change, DriveEvent
 from ._exceptions import (
     AmbiguousPathError,
+    CursorExpiredError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -20,19 +22,24 @@ from ._exceptions import (
     DriveNotADirectoryError,
     DriveTimeoutError,
     DriveUnavailableError,
+    InvalidConfigError,
     InvalidDriveIdError,
     InvalidPathError,
 )
 from ._models import FileInfo
 from ._server import server_binary, server_url, stop_server
-from ._sync import SyncDrive
+from ._sync import SyncDrive, SyncWatch
+from ._watch import Watch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousPathError",
+    "Change",
+    "CursorExpiredError",
     "Drive",
     "DriveError",
+    "DriveEvent",
     "DriveFileExistsError",
     "DriveFileNotFoundError",
     "DriveIsADirectoryError",
@@ -40,9 +47,12 @@ __all__ = [
     "DriveTimeoutError",
     "DriveUnavailableError",
     "FileInfo",
+    "InvalidConfigError",
     "InvalidDriveIdError",
     "InvalidPathError",
     "SyncDrive",
+    "SyncWatch",
+    "Watch",
     "__version__",
     "default_root",
     "server_binary",

@@ -14,11 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ._exceptions import InvalidDriveIdError
+from ._exceptions import InvalidConfigError, InvalidDriveIdError
 
 ENV_ROOT = "ASYNCDRIVE_ROOT"
 ENV_REDIS_URL = "ASYNCDRIVE_REDIS_URL"
 ENV_COMPONENT = "ASYNCDRIVE_COMPONENT"
+ENV_EVENTS_MAXLEN = "ASYNCDRIVE_EVENTS_MAXLEN"
+ENV_EVENTS_MAX_AGE = "ASYNCDRIVE_EVENTS_MAX_AGE"
+#: Events kept in a drive's change log by default, and their default longest age (0: no limit).
+DEFAULT_EVENTS_MAXLEN = 100_000
+DEFAULT_EVENTS_MAX_AGE = 0.0
 DEFAULT_COMPONENT = "default"
 SCHEME = "lit://"
 
@@ -103,6 +108,27 @@ def resolve_component(component_name: str | None) -> str:
     return check_component_name(name)
 
 
+def resolve_retention() -> tuple[int, float]:
+    """Return (events kept, longest age in seconds) of change logs, from the environment.
+
+    ``ASYNCDRIVE_EVENTS_MAXLEN`` (default 100000) and ``ASYNCDRIVE_EVENTS_MAX_AGE`` (seconds,
+    default 0: no age limit). Every process writing to a drive should use the same values.
+    """
+    try:
+        maxlen = int(os.environ.get(ENV_EVENTS_MAXLEN) or DEFAULT_EVENTS_MAXLEN)
+        max_age = float(os.environ.get(ENV_EVENTS_MAX_AGE) or DEFAULT_EVENTS_MAX_AGE)
+    except ValueError as exc:
+        raise InvalidConfigError(
+            f"Invalid {ENV_EVENTS_MAXLEN} or {ENV_EVENTS_MAX_AGE}: {exc}. Use a whole number of "
+            "events and a number of seconds."
+        ) from None
+    if maxlen < 1 or max_age < 0:
+        raise InvalidConfigError(
+            f"{ENV_EVENTS_MAXLEN} must be at least 1 and {ENV_EVENTS_MAX_AGE} at least 0."
+        )
+    return maxlen, max_age
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, safe for logs and messages.
 
@@ -146,6 +172,7 @@ class DriveConfig:
             allow_duplicates=self.allow_duplicates,
             root=resolve_root(self.root),
             redis_url=resolve_redis_url(self.redis_url),
+            retention=resolve_retention(),
         )
 
 
@@ -158,3 +185,4 @@ class ResolvedConfig:
     allow_duplicates: bool
     root: Path
     redis_url: str | None
+    retention: tuple[int, float] = (DEFAULT_EVENTS_MAXLEN, DEFAULT_EVENTS_MAX_AGE)

@@ -29,6 +29,7 @@ from ._config import (
     parse_drive_id,
     redact_url,
 )
+from ._events import Change, parse_id
 from ._exceptions import (
     AmbiguousPathError,
     DriveError,
@@ -38,11 +39,13 @@ from ._exceptions import (
     DriveNotADirectoryError,
     DriveTimeoutError,
     DriveUnavailableError,
+    InvalidConfigError,
 )
 from ._index import Index
 from ._models import FileInfo
 from ._server import ensure_server, forget_server
 from ._storage import DiskStore, Staged
+from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["Drive"]
 
@@ -55,8 +58,6 @@ DriveT = TypeVar("DriveT", bound="Drive")
 #: Seconds to wait for Redis to accept a connection, and for any reply.
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 10.0
-#: A blocking read waits at most this long per call, well inside SOCKET_TIMEOUT.
-_BLOCK_SLICE = 5.0
 #: How long a commit lock lives if its holder dies, and how long to wait for one.
 LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
@@ -73,6 +74,9 @@ class _Connection:
     client: aioredis.Redis
     index: Index
     store: DiskStore
+    #: Server clock minus this machine's clock, and the uncertainty of that estimate (ms).
+    clock_offset_ms: float = 0.0
+    clock_error_ms: float = 0.0
 
 
 def _redis_errors_as_unavailable(
@@ -246,7 +250,9 @@ class Drive:
             socket_connect_timeout=CONNECT_TIMEOUT,
         )
         try:
-            await client.ping()
+            before = time.time()
+            seconds, micros = await client.time()
+            after = time.time()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             await client.aclose()
             if not embedded:
@@ -255,12 +261,15 @@ class Drive:
             forget_server(config.root)
             return await self._connect()
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
+        maxlen, max_age = config.retention
         return _Connection(
             config=config,
             url=url,
             client=client,
-            index=Index(client, config.name),
+            index=Index(client, config.name, events_maxlen=maxlen, events_max_age=max_age),
             store=DiskStore(config.root, config.name),
+            clock_offset_ms=(seconds + micros / 1e6 - (before + after) / 2) * 1000,
+            clock_error_ms=(after - before) * 1000 / 2 + 1,
         )
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
@@ -462,7 +471,7 @@ class Drive:
         if component in owners:
             await self._delete_file(conn, drive_path)
             return
-        kind, _ = await conn.index.kind(drive_path)
+        kind = await conn.index.kind(drive_path)
         if kind == "folder":
             if not recursive:
                 raise DriveIsADirectoryError(
@@ -540,7 +549,7 @@ class Drive:
         if component_name is not None:
             check_component_name(component_name)
         conn = await self._connection()
-        kind, _ = await conn.index.kind(drive_path, component_name)
+        kind = await conn.index.kind(drive_path, component_name)
         return kind is not None
 
     @_redis_errors_as_unavailable
@@ -565,7 +574,7 @@ class Drive:
         self, conn: _Connection, path: str, component_name: str | None
     ) -> FileInfo:
         owners = await conn.index.owners(path)
-        if not owners and (await conn.index.kind(path))[0] == "folder":
+        if not owners and await conn.index.kind(path) == "folder":
             raise DriveIsADirectoryError(
                 f"Drive {self.name!r}: {path!r} is a folder; list({path!r}) shows its files."
             )
@@ -663,27 +672,94 @@ class Drive:
         self, conn: _Connection, path: str, component: str | None, timeout: float
     ) -> None:
         deadline = time.monotonic() + timeout
-        kind, cursor = await conn.index.kind(path, component)
+        watch = self.watch(path)  # from now: nothing put after the check below is missed
+        kind = await conn.index.kind(path, component)
         while kind is None:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            event = await watch.next(remaining) if remaining > 0 else None
+            if event is None:
                 who = f" by component {component!r}" if component else ""
                 raise DriveTimeoutError(
                     f"Drive {self.name!r}: {path!r} was not put{who} within {timeout:g} s; "
                     "check that the writer is running, or wait longer."
                 )
-            block_ms = max(1, int(min(remaining, _BLOCK_SLICE) * 1000))
-            events = await conn.index.read_events(cursor, block_ms)
-            if not events:
-                continue
-            cursor = events[-1].id
-            if any(
-                (e.path == path or e.path.startswith(path + "/"))
-                and e.change != "deleted"
-                and component in (None, e.component)
-                for e in events
-            ):
-                kind, _ = await conn.index.kind(path, component)
+            if event.change != Change.DELETED and component in (None, event.component_name):
+                kind = await conn.index.kind(path, component)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def watch(
+        self,
+        path: StrPath = ".",
+        *,
+        recursive: bool = True,
+        since: str | None = None,
+        group: str | None = None,
+        timeout: float | None = None,
+        claim_idle: float = DEFAULT_CLAIM_IDLE,
+    ) -> Watch:
+        """Return a `Watch` of the changes below ``path``: an async iterator of `DriveEvent`.
+
+        The starting point is fixed now: every change committed after this call is delivered,
+        in the drive's order, even if iteration starts later.
+
+        Example:
+            >>> async for event in drive.watch("ckpt"):
+            ...     print(event.change, event.path)
+            added ckpt/3.pt
+
+            >>> async with drive.watch(since=saved_id, timeout=5) as events:
+            ...     async for event in events:
+            ...         saved_id = event.id
+
+        Args:
+            path: the folder (or file) to watch; ``"."`` for the whole drive.
+            recursive: include changes in sub-folders; False: direct children only.
+            since: resume right after this event id (a `DriveEvent.id` or `Watch.cursor`);
+                ``"0"`` replays every event retained. A cursor older than the log raises
+                `CursorExpiredError`.
+            group: join this consumer group: each event goes to exactly one member, and is
+                acknowledged when the member asks for the next one (or closes the watch).
+            timeout: end the iteration (normally) after this many seconds without an event.
+            claim_idle: in a group, hand an event to another member when the member holding
+                it has not acknowledged it for this many seconds (it died, say).
+
+        """
+        folder = self._path(path, allow_root=True)
+        if group is not None:
+            check_component_name(group)
+        start = since if since is not None else self._now_cursor()
+        if since is not None:
+            try:
+                parse_id(since)
+            except ValueError:
+                raise InvalidConfigError(
+                    f"Drive {self.name!r}: since={since!r} is not an event id; pass a "
+                    "DriveEvent.id, a Watch.cursor, or '0' to replay everything retained."
+                ) from None
+        return Watch(
+            self,
+            folder,
+            recursive=recursive,
+            start=start,
+            since=since,
+            group=group,
+            timeout=timeout,
+            claim_idle=claim_idle,
+        )
+
+    def _now_cursor(self) -> str:
+        # An event id at or just before "now" on the server's clock. Stream ids are the
+        # server's time in ms, so every event committed after this call has a larger id.
+        now_ms = time.time() * 1000
+        conn = self._conn if self._pid == os.getpid() else None
+        if conn is not None:
+            server_ms = now_ms + conn.clock_offset_ms - conn.clock_error_ms
+        elif self._resolved().redis_url is None:
+            server_ms = now_ms - 2  # the embedded server runs on this machine's clock
+        else:
+            server_ms = now_ms - 1000  # not connected yet: allow for clock skew
+        return f"{max(0, int(server_ms) - 1)}-0"
 
 
 def _restore(cls: type[DriveT], config: DriveConfig) -> DriveT:

@@ -7,11 +7,13 @@ derives from the built-in exception a Python user would catch for the same situa
     DriveError
     ├── InvalidDriveIdError      (ValueError)         a malformed ``lit://`` id
     ├── InvalidPathError         (ValueError)         an absolute, escaping or empty path
+    ├── InvalidConfigError       (ValueError)         a malformed ASYNCDRIVE_* setting
     ├── DriveFileNotFoundError   (FileNotFoundError)  nothing at that path
     ├── DriveFileExistsError     (FileExistsError)    owned by another component, or a folder
     ├── DriveNotADirectoryError  (NotADirectoryError) a file where a folder is needed
     ├── DriveIsADirectoryError   (IsADirectoryError)  a folder where a file is needed
     ├── AmbiguousPathError       (LookupError)        several components own the path
+    ├── CursorExpiredError       (LookupError)        a watch cursor older than the log
     ├── DriveTimeoutError        (TimeoutError)       waited too long
     └── DriveUnavailableError    (ConnectionError)    Redis or the server cannot be reached
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "AmbiguousPathError",
+    "CursorExpiredError",
     "DriveError",
     "DriveFileExistsError",
     "DriveFileNotFoundError",
@@ -27,6 +30,7 @@ __all__ = [
     "DriveNotADirectoryError",
     "DriveTimeoutError",
     "DriveUnavailableError",
+    "InvalidConfigError",
     "InvalidDriveIdError",
     "InvalidPathError",
 ]
@@ -58,6 +62,10 @@ class InvalidPathError(DriveError, ValueError):
     """A path is absolute, leaves the drive, is empty or holds forbidden characters."""
 
 
+class InvalidConfigError(DriveError, ValueError):
+    """A setting (argument or ``ASYNCDRIVE_*`` environment variable) has an invalid value."""
+
+
 class DriveFileNotFoundError(DriveError, FileNotFoundError):
     """Nothing exists at the requested path (for the requested component)."""
 
@@ -85,6 +93,10 @@ class AmbiguousPathError(DriveError, LookupError):
     def __init__(self, message: str, owners: list[str]) -> None:
         super().__init__(message)
         self.owners = owners
+
+
+class CursorExpiredError(DriveError, LookupError):
+    """A watch cannot resume: events after its cursor were trimmed from the change log."""
 
 
 class DriveTimeoutError(DriveError, TimeoutError):

@@ -12,6 +12,7 @@ Keys (``P`` a drive path, ``D`` a folder, ``""`` the root, ``C`` a component)::
     asyncdrive:{name}:cf:C       ZSET  every file path owned by C
     asyncdrive:{name}:versions   HASH  "C:P" -> last version (kept after delete: never reused)
     asyncdrive:{name}:events     STREAM  change log: change, path, component, size, ...
+    asyncdrive:{name}:trimmed    STRING  id of the newest event trimmed from the log
     asyncdrive:{name}:wake       pub/sub channel, the id of every new event
     asyncdrive:{name}:lock:C:P   STRING  short lock held while C commits P
 
@@ -30,99 +31,130 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
+from ._config import DEFAULT_EVENTS_MAXLEN
+from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo
 from ._paths import parent_dirs
 
-#: How many events the change log keeps (approximately; trimmed with ``MAXLEN ~``).
-DEFAULT_EVENTS_MAXLEN = 100_000
+# Shared by every script that changes the index: KEYS[1] is the change log, KEYS[2] the id of
+# the newest event trimmed from it; ARGV[1] the most events to keep, ARGV[2] the most age in
+# ms (0: no limit), ARGV[3] the wake-up channel. The trimmed id lets a watcher tell, exactly,
+# whether an event it has not seen yet was trimmed (then its cursor has expired).
+_APPEND_EVENT_LUA = """
+local function append_event(fields)
+  local events, trimmed = KEYS[1], KEYS[2]
+  local maxlen, max_age = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local t = redis.call('TIME')
+  table.insert(fields, 'timestamp')
+  table.insert(fields, t[1] .. string.format('%06d', tonumber(t[2])))
+  local id = redis.call('XADD', events, '*', unpack(fields))
+  local len = redis.call('XLEN', events)
+  -- Trim in batches (a tenth of the limit at a time) to keep each call cheap.
+  if len > maxlen + math.max(1, math.min(1000, math.floor(maxlen / 10))) then
+    local doomed = redis.call('XRANGE', events, '-', '+', 'COUNT', len - maxlen)
+    redis.call('XTRIM', events, 'MAXLEN', maxlen)
+    redis.call('SET', trimmed, doomed[#doomed][1])
+  end
+  if max_age > 0 then
+    local cutoff = (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)) - max_age
+    local oldest = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
+    if #oldest > 0 and tonumber(string.match(oldest[1][1], '^(%d+)')) < cutoff then
+      local last = redis.call('XREVRANGE', events, '(' .. cutoff .. '-0', '-', 'COUNT', 1)
+      redis.call('XTRIM', events, 'MINID', cutoff .. '-0')
+      redis.call('SET', trimmed, last[1][1])
+    end
+  end
+  redis.call('PUBLISH', ARGV[3], id)
+  return id
+end
+"""
 
-_PUT_LUA = """
--- KEYS: 1 entry, 2 versions, 3 files, 4 component files, 5 events, 6 children of the path,
---       then n folder children keys, n component folder children keys, n-1 ancestor entries.
--- ARGV: 1 component, 2 path, 3 mode (check|commit), 4 allow duplicates (0|1),
---       5 expected version, 6 size, 7 mtime, 8 checksum, 9 events maxlen, 10 wake channel,
---       11 n, then n child names (one per folder level).
-local c, path, mode = ARGV[1], ARGV[2], ARGV[3]
-local n = tonumber(ARGV[11])
+_PUT_LUA = (
+    _APPEND_EVENT_LUA
+    + """
+-- KEYS: 1-2 events (above), 3 entry, 4 versions, 5 files, 6 component files,
+--       7 children of the path, then n folder children keys, n component folder children
+--       keys, n-1 ancestor entries.
+-- ARGV: 1-3 events (above), 4 component, 5 path, 6 mode (check|commit),
+--       7 allow duplicates (0|1), 8 expected version, 9 size, 10 mtime, 11 checksum,
+--       12 n, then n child names (one per folder level).
+local c, path, mode = ARGV[4], ARGV[5], ARGV[6]
+local n = tonumber(ARGV[12])
 for i = 1, n - 1 do
-  if redis.call('EXISTS', KEYS[6 + 2 * n + i]) == 1 then
+  if redis.call('EXISTS', KEYS[7 + 2 * n + i]) == 1 then
     return {'notadir'}
   end
 end
-if redis.call('EXISTS', KEYS[6]) == 1 then
+if redis.call('EXISTS', KEYS[7]) == 1 then
   return {'isdir'}
 end
-if ARGV[4] == '0' then
-  for _, owner in ipairs(redis.call('HKEYS', KEYS[1])) do
+if ARGV[7] == '0' then
+  for _, owner in ipairs(redis.call('HKEYS', KEYS[3])) do
     if owner ~= c then return {'owned', owner} end
   end
 end
 local vfield = c .. ':' .. path
-local current = tonumber(redis.call('HGET', KEYS[2], vfield) or '0')
+local current = tonumber(redis.call('HGET', KEYS[4], vfield) or '0')
 if mode == 'check' then
   return {'ok', tostring(current)}
 end
-if tostring(current) ~= ARGV[5] then
+if tostring(current) ~= ARGV[8] then
   return {'conflict', tostring(current)}
 end
 local version = current + 1
-local existed = redis.call('HEXISTS', KEYS[1], c) == 1
-redis.call('HSET', KEYS[2], vfield, version)
-redis.call('HSET', KEYS[1], c, ARGV[6] .. '|' .. ARGV[7] .. '|' .. ARGV[8] .. '|' .. version)
+local existed = redis.call('HEXISTS', KEYS[3], c) == 1
+redis.call('HSET', KEYS[4], vfield, version)
+redis.call('HSET', KEYS[3], c, ARGV[9] .. '|' .. ARGV[10] .. '|' .. ARGV[11] .. '|' .. version)
 local change = 'modified'
 if not existed then
   change = 'added'
   for i = 1, n do
-    redis.call('HINCRBY', KEYS[6 + i], ARGV[11 + i], 1)
-    redis.call('HINCRBY', KEYS[6 + n + i], ARGV[11 + i], 1)
+    redis.call('HINCRBY', KEYS[7 + i], ARGV[12 + i], 1)
+    redis.call('HINCRBY', KEYS[7 + n + i], ARGV[12 + i], 1)
   end
-  redis.call('ZADD', KEYS[3], 0, path)
-  redis.call('ZADD', KEYS[4], 0, path)
+  redis.call('ZADD', KEYS[5], 0, path)
+  redis.call('ZADD', KEYS[6], 0, path)
 end
-local t = redis.call('TIME')
-local ts = t[1] .. string.format('%06d', tonumber(t[2]))
-local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[9], '*',
-  'change', change, 'path', path, 'component', c, 'size', ARGV[6],
-  'version', version, 'checksum', ARGV[8], 'timestamp', ts)
-redis.call('PUBLISH', ARGV[10], id)
+local id = append_event({'change', change, 'path', path, 'component', c, 'size', ARGV[9],
+  'version', tostring(version), 'checksum', ARGV[11]})
 return {'ok', tostring(version), id}
 """
+)
 
-_DELETE_LUA = """
--- KEYS: 1 entry, 2 files, 3 component files, 4 events, then n folder children keys and
---       n component folder children keys.
--- ARGV: 1 component, 2 path, 3 events maxlen, 4 wake channel, 5 n, then n child names.
-local c, path = ARGV[1], ARGV[2]
-local n = tonumber(ARGV[5])
-local record = redis.call('HGET', KEYS[1], c)
+_DELETE_LUA = (
+    _APPEND_EVENT_LUA
+    + """
+-- KEYS: 1-2 events (above), 3 entry, 4 files, 5 component files, then n folder children
+--       keys and n component folder children keys.
+-- ARGV: 1-3 events (above), 4 component, 5 path, 6 n, then n child names.
+local c, path = ARGV[4], ARGV[5]
+local n = tonumber(ARGV[6])
+local record = redis.call('HGET', KEYS[3], c)
 if not record then
-  local owners = redis.call('HKEYS', KEYS[1])
+  local owners = redis.call('HKEYS', KEYS[3])
   table.insert(owners, 1, 'missing')
   return owners
 end
-redis.call('HDEL', KEYS[1], c)
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], path)
+redis.call('HDEL', KEYS[3], c)
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('ZREM', KEYS[4], path)
 end
-redis.call('ZREM', KEYS[3], path)
+redis.call('ZREM', KEYS[5], path)
 for i = 1, n do
-  local name = ARGV[5 + i]
-  if redis.call('HINCRBY', KEYS[4 + i], name, -1) <= 0 then
-    redis.call('HDEL', KEYS[4 + i], name)
+  local name = ARGV[6 + i]
+  if redis.call('HINCRBY', KEYS[5 + i], name, -1) <= 0 then
+    redis.call('HDEL', KEYS[5 + i], name)
   end
-  if redis.call('HINCRBY', KEYS[4 + n + i], name, -1) <= 0 then
-    redis.call('HDEL', KEYS[4 + n + i], name)
+  if redis.call('HINCRBY', KEYS[5 + n + i], name, -1) <= 0 then
+    redis.call('HDEL', KEYS[5 + n + i], name)
   end
 end
 local size, mtime, checksum, version = string.match(record, '^(.-)|(.-)|(.-)|(.-)$')
-local t = redis.call('TIME')
-local ts = t[1] .. string.format('%06d', tonumber(t[2]))
-local id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*',
-  'change', 'deleted', 'path', path, 'component', c, 'size', size,
-  'version', version, 'checksum', checksum, 'timestamp', ts)
-redis.call('PUBLISH', ARGV[4], id)
+local id = append_event({'change', 'deleted', 'path', path, 'component', c, 'size', size,
+  'version', version, 'checksum', checksum})
 return {'ok', id}
 """
+)
 
 _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -144,6 +176,7 @@ class Keys:
         self.files = self.prefix + "files"
         self.versions = self.prefix + "versions"
         self.events = self.prefix + "events"
+        self.trimmed = self.prefix + "trimmed"
         self.wake = self.prefix + "wake"
 
     def entry(self, path: str) -> str:
@@ -176,16 +209,6 @@ class PutOutcome:
     event_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One raw entry of the change log."""
-
-    id: str
-    change: str
-    path: str
-    component: str
-
-
 def parse_record(path: str, component: str, record: str) -> FileInfo:
     """Turn an owners-HASH value ``size|mtime|checksum|version`` into a `FileInfo`."""
     size, mtime, checksum, version = record.split("|")
@@ -202,10 +225,19 @@ def parse_record(path: str, component: str, record: str) -> FileInfo:
 class Index:
     """The queries and atomic updates of one drive's index, on one Redis client."""
 
-    def __init__(self, client: aioredis.Redis, drive: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        drive: str,
+        *,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        events_max_age: float = 0.0,
+    ) -> None:
         self.client = client
+        self.drive = drive
         self.keys = Keys(drive)
-        self.events_maxlen = DEFAULT_EVENTS_MAXLEN
+        self._event_keys = [self.keys.events, self.keys.trimmed]
+        self._event_args = [str(events_maxlen), str(int(events_max_age * 1000)), self.keys.wake]
         self._put = client.register_script(_PUT_LUA)
         self._delete = client.register_script(_DELETE_LUA)
         self._unlock = client.register_script(_UNLOCK_LUA)
@@ -228,12 +260,10 @@ class Index:
             for p, raw in zip(paths, raws, strict=True)
         ]
 
-    async def kind(self, path: str, component: str | None = None) -> tuple[str | None, str]:
-        """Return (``"file"``, ``"folder"`` or None, id of the newest event), atomically.
-
-        ``component`` restricts what counts to that component's files. The event id is the
-        point from which to wait for ``path`` to appear, with nothing missed in between.
-        """
+    async def kind(self, path: str, component: str | None = None) -> str | None:
+        """Return ``"file"``, ``"folder"`` or None for ``path`` (seen by one component or all)."""
+        if path == "":
+            return "folder"
         folder_key = (
             self.keys.children(path)
             if component is None
@@ -242,14 +272,10 @@ class Index:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hkeys(self.keys.entry(path))
             pipe.exists(folder_key)
-            pipe.xrevrange(self.keys.events, "+", "-", count=1)
-            owners, is_folder, newest = await pipe.execute()
-        cursor = str(newest[0][0]) if newest else "0-0"
-        if path == "":
-            return "folder", cursor
+            owners, is_folder = await pipe.execute()
         if owners if component is None else component in owners:
-            return "file", cursor
-        return ("folder" if is_folder else None), cursor
+            return "file"
+        return "folder" if is_folder else None
 
     async def list_children(self, folder: str, component: str | None) -> tuple[bool, list[str]]:
         """Return (folder is a file, names directly below ``folder``), in one round trip."""
@@ -281,16 +307,30 @@ class Index:
             is_file, paths = await pipe.execute()
         return bool(is_file) and folder != "", paths
 
-    async def read_events(self, after: str, block_ms: int) -> list[Event]:
-        """Wait up to ``block_ms`` for events after id ``after`` and return them."""
-        reply: Any = await self.client.xread({self.keys.events: after}, block=block_ms, count=1000)
-        events: list[Event] = []
-        for _stream, entries in reply or []:
-            for event_id, fields in entries:
-                events.append(
-                    Event(event_id, fields["change"], fields["path"], fields["component"])
-                )
-        return events
+    async def read_events(
+        self, after: str, block_ms: int, count: int = 1000
+    ) -> tuple[list[DriveEvent], str]:
+        """Wait up to ``block_ms`` for events after id ``after``.
+
+        Returns the events and the id of the newest event trimmed from the log, read after
+        the wait: if it is newer than the last event returned (or ``after``), events were lost.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            # Pipelined: GET runs when XREAD returns, so it sees any trim during the wait.
+            pipe.xread({self.keys.events: after}, block=block_ms, count=count)
+            pipe.get(self.keys.trimmed)
+            reply, trimmed = await pipe.execute()
+        events = [
+            event_from_fields(self.drive, event_id, fields)
+            for _stream, entries in reply or []
+            for event_id, fields in entries
+        ]
+        return events, trimmed or "0-0"
+
+    async def trimmed(self) -> str:
+        """Return the id of the newest event trimmed from the log (``"0-0"``: none)."""
+        value: Any = await self.client.get(self.keys.trimmed)
+        return value or "0-0"
 
     # -- atomic updates ----------------------------------------------------------------------
 
@@ -331,17 +371,18 @@ class Index:
         folders = parent_dirs(path)
         names = path.split("/")
         keys = [
+            *self._event_keys,
             self.keys.entry(path),
             self.keys.versions,
             self.keys.files,
             self.keys.component_files(component),
-            self.keys.events,
             self.keys.children(path),
             *(self.keys.children(f) for f in folders),
             *(self.keys.component_children(component, f) for f in folders),
             *(self.keys.entry(f) for f in folders[1:]),
         ]
         args = [
+            *self._event_args,
             component,
             path,
             mode,
@@ -350,8 +391,6 @@ class Index:
             str(size),
             repr(mtime),
             checksum,
-            str(self.events_maxlen),
-            self.keys.wake,
             str(len(folders)),
             *names,
         ]
@@ -376,21 +415,14 @@ class Index:
         """Remove ``component``'s copy of ``path``; return (done, other owners if not done)."""
         folders = parent_dirs(path)
         keys = [
+            *self._event_keys,
             self.keys.entry(path),
             self.keys.files,
             self.keys.component_files(component),
-            self.keys.events,
             *(self.keys.children(f) for f in folders),
             *(self.keys.component_children(component, f) for f in folders),
         ]
-        args = [
-            component,
-            path,
-            str(self.events_maxlen),
-            self.keys.wake,
-            str(len(folders)),
-            *path.split("/"),
-        ]
+        args = [*self._event_args, component, path, str(len(folders)), *path.split("/")]
         reply: list[str] = await self._delete(keys=keys, args=args)
         if reply[0] == "missing":
             return False, sorted(reply[1:])

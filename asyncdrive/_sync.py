@@ -20,10 +20,12 @@ from anyio.from_thread import BlockingPortal
 
 from . import _portal
 from ._drive import Drive, StrPath, _restore
+from ._events import DriveEvent
 from ._exceptions import DriveError
 from ._models import FileInfo
+from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
-__all__ = ["SyncDrive"]
+__all__ = ["SyncDrive", "SyncWatch"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -207,3 +209,82 @@ class SyncDrive:
             timeout=timeout,
             overwrite=overwrite,
         )
+
+    def watch(
+        self,
+        path: StrPath = ".",
+        *,
+        recursive: bool = True,
+        since: str | None = None,
+        group: str | None = None,
+        timeout: float | None = None,
+        claim_idle: float = DEFAULT_CLAIM_IDLE,
+    ) -> SyncWatch:
+        """Return a blocking iterator of the drive's changes (see `Drive.watch`).
+
+        Example:
+            >>> for event in SyncDrive("lit://d").watch(timeout=5.0):
+            ...     print(event.change, event.path)
+            added a.txt
+
+        """
+        watch = self._drive.watch(
+            path,
+            recursive=recursive,
+            since=since,
+            group=group,
+            timeout=timeout,
+            claim_idle=claim_idle,
+        )
+        return SyncWatch(self, watch)
+
+
+class SyncWatch:
+    """The blocking mirror of `Watch`: an iterator and context manager of `DriveEvent`.
+
+    Example:
+        >>> with drive.watch("ckpt", group="evaluators") as events:
+        ...     for event in events:
+        ...         evaluate(event.path)
+
+    """
+
+    def __init__(self, drive: SyncDrive, watch: Watch) -> None:
+        self._drive = drive
+        self._watch = watch
+
+    @property
+    def cursor(self) -> str:
+        """The id of the last event handed out, for ``watch(since=...)``."""
+        return self._watch.cursor
+
+    def __repr__(self) -> str:
+        return "Sync" + repr(self._watch)
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> DriveEvent:
+        event = self.next(self._watch._timeout)
+        if event is None:
+            raise StopIteration
+        return event
+
+    def next(self, timeout: float | None = None) -> DriveEvent | None:
+        """Return the next event, or None (ending the watch) after ``timeout`` s without one."""
+        return self._drive._call(self._watch.next, timeout)
+
+    def close(self) -> None:
+        """End the watch (in a group, the last event handed out counts as handled)."""
+        self._drive._call(self._watch.aclose)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._drive._call(self._watch.__aexit__, exc_type, exc, tb)

@@ -1,0 +1,77 @@
+"""Change events: what `Drive.watch` yields, one per successful put or delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["Change", "DriveEvent"]
+
+
+class Change(StrEnum):
+    """What happened to a path."""
+
+    ADDED = "added"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class DriveEvent:
+    """One change of a drive, as recorded in its change log.
+
+    Example:
+        >>> async for event in drive.watch("ckpt"):
+        ...     print(event.change, event.path, event.version)
+        added ckpt/3.pt 1
+
+    Attributes:
+        id: the event's position in the drive's log: pass it as ``watch(since=...)`` to
+            resume right after this event.
+        change: `Change.ADDED`, `Change.MODIFIED` or `Change.DELETED`.
+        drive: the drive's name, e.g. ``"drive_1"``.
+        path: the file's drive path.
+        component_name: the component whose copy changed.
+        size: the size in bytes (of the deleted version, for a delete).
+        version: the new version (the deleted one, for a delete).
+        checksum: the SHA-256 hex digest (of the deleted version, for a delete).
+        timestamp: when the change was committed, in seconds since the epoch (server clock).
+
+    """
+
+    id: str
+    change: Change
+    drive: str
+    path: str
+    component_name: str
+    size: int
+    version: int
+    checksum: str
+    timestamp: float
+
+
+def event_from_fields(drive: str, event_id: str, fields: dict[str, str]) -> DriveEvent:
+    """Build a `DriveEvent` from a change-log entry."""
+    return DriveEvent(
+        id=event_id,
+        change=Change(fields["change"]),
+        drive=drive,
+        path=fields["path"],
+        component_name=fields["component"],
+        size=int(fields["size"]),
+        version=int(fields["version"]),
+        checksum=fields["checksum"],
+        timestamp=int(fields["timestamp"]) / 1_000_000,
+    )
+
+
+def parse_id(event_id: str) -> tuple[int, int]:
+    """Split a stream id ``"<ms>-<seq>"`` into comparable integers.
+
+    Example:
+        >>> parse_id("1700000000000-3") < parse_id("1700000000001-0")
+        True
+
+    """
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)

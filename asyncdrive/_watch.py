@@ -1,0 +1,259 @@
+"""`Watch`: a lossless, ordered, resumable feed of a drive's changes.
+
+A watch reads the drive's change log (a Redis stream), so it loses nothing while it is slow or
+briefly disconnected, and it works across machines, where file-system notifications do not.
+With ``group=`` the members of a consumer group share the events, each handled by exactly one
+member, and events held by a member that died are handed to another.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import socket
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+import redis.exceptions
+
+from ._events import DriveEvent, event_from_fields, parse_id
+from ._exceptions import CursorExpiredError
+
+if TYPE_CHECKING:
+    from ._drive import Drive, _Connection
+
+__all__ = ["Watch"]
+
+logger = logging.getLogger("asyncdrive")
+
+#: A blocking read waits at most this long per call, well inside the client's reply timeout.
+BLOCK_SLICE = 5.0
+#: How long a watch keeps retrying a lost connection before it gives up.
+RECONNECT_TIMEOUT = 60.0
+#: Default idle time after which a group member's unacknowledged event goes to another member.
+DEFAULT_CLAIM_IDLE = 30.0
+
+_BATCH = 500
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class Watch:
+    """An async iterator (and async context manager) of the events (`DriveEvent`) of a drive.
+
+    Made by `Drive.watch`; its starting point is fixed when it is made, so nothing committed
+    after ``drive.watch()`` returns is missed, however late iteration starts.
+
+    Example:
+        >>> async with drive.watch("ckpt", timeout=60) as events:
+        ...     async for event in events:
+        ...         print(event.change, event.path)
+        added ckpt/1.pt
+
+    ``cursor`` is the id of the last event handed out: save it, and pass it as
+    ``watch(since=cursor)`` to resume after it in another process or after a restart.
+
+    """
+
+    def __init__(
+        self,
+        drive: Drive,
+        folder: str,
+        *,
+        recursive: bool,
+        start: str,
+        since: str | None,
+        group: str | None,
+        timeout: float | None,
+        claim_idle: float,
+    ) -> None:
+        self._drive = drive
+        self._folder = folder
+        self._recursive = recursive
+        self._read_cursor = start
+        self._since = since
+        self._group = group
+        self._timeout = timeout
+        self._claim_idle_ms = max(1, int(claim_idle * 1000))
+        self._consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._buffer: collections.deque[DriveEvent] = collections.deque()
+        self._cursor = since or ""
+        self._started = False
+        self._to_ack: str | None = None
+        self._done = False
+        self._failing_since: float | None = None
+
+    @property
+    def cursor(self) -> str:
+        """The id of the last event handed out (or the ``since`` given), for resuming."""
+        return self._cursor
+
+    @property
+    def group(self) -> str | None:
+        """The consumer group this watch belongs to, if any."""
+        return self._group
+
+    def __repr__(self) -> str:
+        parts = [repr(self._drive.id), f"path={self._folder or '.'!r}"]
+        if self._group:
+            parts.append(f"group={self._group!r}")
+        if self._cursor:
+            parts.append(f"cursor={self._cursor!r}")
+        return f"Watch({', '.join(parts)})"
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> DriveEvent:
+        event = await self.next(self._timeout)
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def next(self, timeout: float | None = None) -> DriveEvent | None:
+        """Return the next event, or None (and end the watch) after ``timeout`` s without one."""
+        if self._done:
+            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        await self._ack()
+        while True:
+            while self._buffer:
+                event = self._buffer.popleft()
+                if self._matches(event):
+                    self._cursor = event.id
+                    if self._group is not None:
+                        self._to_ack = event.id
+                    return event
+                self._cursor = event.id
+                if self._group is not None:
+                    self._to_ack = event.id
+                    await self._ack()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self._done = True
+                return None
+            block = BLOCK_SLICE if remaining is None else min(remaining, BLOCK_SLICE)
+            try:
+                conn = await self._drive._connection()
+                if self._group is None:
+                    await self._read(conn, block)
+                else:
+                    await self._read_group(conn, block)
+            except _CONNECTION_ERRORS as exc:
+                await self._backoff(exc)
+            else:
+                self._failing_since = None
+
+    def _matches(self, event: DriveEvent) -> bool:
+        folder = self._folder
+        if not self._recursive:
+            return event.path.rpartition("/")[0] == folder
+        return not folder or event.path == folder or event.path.startswith(folder + "/")
+
+    async def _backoff(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            logger.warning("watch of %s lost its connection (%s); retrying", self._drive.id, exc)
+        elif now - self._failing_since > RECONNECT_TIMEOUT:
+            raise self._drive._unavailable(exc) from exc
+        await anyio.sleep(min(2.0, 0.05 * 2 ** min(10, int(now - self._failing_since))))
+
+    async def _read(self, conn: _Connection, block: float) -> None:
+        if not self._started:
+            await self._start(conn)
+        events, trimmed = await conn.index.read_events(
+            self._read_cursor, max(1, int(block * 1000)), _BATCH
+        )
+        newest = events[-1].id if events else self._read_cursor
+        if parse_id(trimmed) > parse_id(newest):
+            raise self._expired(self._cursor or self._read_cursor)
+        self._buffer.extend(events)
+        self._read_cursor = newest
+
+    async def _start(self, conn: _Connection) -> None:
+        trimmed = await conn.index.trimmed()
+        if self._since == "0":
+            self._read_cursor = trimmed  # everything still retained
+        elif parse_id(trimmed) > parse_id(self._read_cursor):
+            raise self._expired(self._read_cursor)
+        self._started = True
+
+    def _expired(self, cursor: str) -> CursorExpiredError:
+        return CursorExpiredError(
+            f"Drive {self._drive.name!r}: watch cursor {cursor!r} has expired: events after it "
+            "were trimmed from the change log (see ASYNCDRIVE_EVENTS_MAXLEN and "
+            "ASYNCDRIVE_EVENTS_MAX_AGE). Re-list the drive (list(recursive=True)), then watch "
+            "from now, or with since='0' to replay what is retained."
+        )
+
+    # -- consumer groups ---------------------------------------------------------------------
+
+    async def _read_group(self, conn: _Connection, block: float) -> None:
+        client, key, group = conn.client, conn.index.keys.events, self._group
+        assert group is not None
+        if not self._started:
+            try:
+                await client.xgroup_create(key, group, id=self._read_cursor, mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._started = True
+        try:
+            # Events a dead (or stuck) member held longer than claim_idle come first.
+            claimed: Any = await client.xautoclaim(
+                key, group, self._consumer, self._claim_idle_ms, start_id="0-0", count=1
+            )
+            entries = claimed[1]
+            if not entries:
+                reply: Any = await client.xreadgroup(
+                    group, self._consumer, {key: ">"}, count=1, block=max(1, int(block * 1000))
+                )
+                entries = [entry for _stream, batch in reply or [] for entry in batch]
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._started = False  # the group was lost (server replaced): create it again
+            return
+        for event_id, fields in entries:
+            if fields:  # a claimed entry trimmed from the log comes back without fields
+                self._buffer.append(event_from_fields(self._drive.name, event_id, fields))
+
+    async def _ack(self) -> None:
+        event_id, self._to_ack = self._to_ack, None
+        if event_id is None or self._group is None:
+            return
+        conn = await self._drive._connection()
+        await conn.client.xack(conn.index.keys.events, self._group, event_id)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """End the watch. In a group, the last event handed out counts as handled (acked)."""
+        self._done = True
+        self._buffer.clear()
+        if self._to_ack is not None and self._drive._conn is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._ack()
+                except _CONNECTION_ERRORS as exc:
+                    raise self._drive._unavailable(exc) from exc
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            # The event in hand was not handled: leave it for another group member.
+            self._to_ack = None
+        await self.aclose()
