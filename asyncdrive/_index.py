@@ -307,25 +307,23 @@ class Index:
             is_file, paths = await pipe.execute()
         return bool(is_file) and folder != "", paths
 
-    async def read_events(
-        self, after: str, block_ms: int, count: int = 1000
-    ) -> tuple[list[DriveEvent], str]:
-        """Wait up to ``block_ms`` for events after id ``after``.
+    async def events_after(self, after: str, count: int) -> tuple[list[DriveEvent], str]:
+        """Return up to ``count`` events after id ``after``, and the newest trimmed event id.
 
-        Returns the events and the id of the newest event trimmed from the log, read after
-        the wait: if it is newer than the last event returned (or ``after``), events were lost.
+        Both are read atomically: if the trimmed id is newer than ``after``, events after
+        ``after`` were lost to trimming.
         """
-        async with self.client.pipeline(transaction=False) as pipe:
-            # Pipelined: GET runs when XREAD returns, so it sees any trim during the wait.
-            pipe.xread({self.keys.events: after}, block=block_ms, count=count)
+        async with self.client.pipeline(transaction=True) as pipe:
             pipe.get(self.keys.trimmed)
-            reply, trimmed = await pipe.execute()
-        events = [
-            event_from_fields(self.drive, event_id, fields)
-            for _stream, entries in reply or []
-            for event_id, fields in entries
-        ]
+            pipe.xrange(self.keys.events, f"({after}", "+", count=count)
+            trimmed, entries = await pipe.execute()
+        events = [event_from_fields(self.drive, event_id, fields) for event_id, fields in entries]
         return events, trimmed or "0-0"
+
+    async def wait_for_events(self, after: str, block_ms: int) -> bool:
+        """Wait up to ``block_ms`` for an event after id ``after``; tell whether one came."""
+        reply: Any = await self.client.xread({self.keys.events: after}, block=block_ms, count=1)
+        return bool(reply)
 
     async def trimmed(self) -> str:
         """Return the id of the newest event trimmed from the log (``"0-0"``: none)."""

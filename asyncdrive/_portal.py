@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio
+from anyio.from_thread import BlockingPortal
 
 T = TypeVar("T")
 
@@ -29,9 +30,15 @@ class _LoopThread:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
-        self.portal: BlockingPortal | None = None
-        self.context: contextlib.AbstractContextManager[BlockingPortal] | None = None
+        self.thread: threading.Thread | None = None
+        # Set before the thread starts, so that a start interrupted by Ctrl-C is found (and
+        # reused or stopped) by the next call instead of leaving an orphaned thread.
+        self.ready: Future[BlockingPortal] | None = None
         self.closers: dict[int, Callable[[], Awaitable[None]]] = {}
+
+    def portal(self) -> BlockingPortal | None:
+        """Return the running portal, waiting for one that is starting; None if none is."""
+        return self.ready.result() if self.ready is not None else None
 
 
 _state = _LoopThread()
@@ -59,6 +66,27 @@ def check_not_in_event_loop(what: str) -> None:
     )
 
 
+def _start(state: _LoopThread) -> BlockingPortal:
+    ready: Future[BlockingPortal] = Future()
+
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            ready.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    def loop() -> None:
+        try:
+            anyio.run(serve)
+        except BaseException as exc:  # pragma: no cover - the loop could not start
+            if not ready.done():
+                ready.set_exception(exc)
+
+    state.ready = ready
+    state.thread = threading.Thread(target=loop, name=THREAD_NAME, daemon=True)
+    state.thread.start()
+    return ready.result()
+
+
 def acquire(key: int, closer: Callable[[], Awaitable[None]]) -> BlockingPortal:
     """Count a user of the loop thread (starting it if needed) and return its portal.
 
@@ -67,15 +95,13 @@ def acquire(key: int, closer: Callable[[], Awaitable[None]]) -> BlockingPortal:
     global _atexit_registered
     state = _state
     with state.lock:
-        if state.portal is None:
-            state.context = start_blocking_portal(name=THREAD_NAME)
-            state.portal = state.context.__enter__()
-            if not _atexit_registered:
-                atexit.register(_shutdown_at_exit)
-                _atexit_registered = True
+        portal = state.portal() or _start(state)
+        if not _atexit_registered:
+            atexit.register(_shutdown_at_exit)
+            _atexit_registered = True
         state.users += 1
         state.closers[key] = closer
-        return state.portal
+        return portal
 
 
 def release(key: int) -> None:
@@ -90,18 +116,22 @@ def release(key: int) -> None:
 
 
 def _stop(state: _LoopThread) -> None:
-    context, state.context, state.portal = state.context, None, None
-    if context is not None:
-        context.__exit__(None, None, None)  # stops the portal and joins the thread
+    portal, thread = state.portal(), state.thread
+    state.ready = state.thread = None
+    if portal is not None:
+        with contextlib.suppress(RuntimeError):  # already stopped
+            portal.call(portal.stop)
+    if thread is not None:
+        thread.join()
 
 
 def _shutdown_at_exit() -> None:
     state = _state
     with state.lock:
-        portal = state.portal
         closers = list(state.closers.values())
         state.closers.clear()
         state.users = 0
+        portal = state.portal()
         if portal is not None:
             for closer in closers:
                 with contextlib.suppress(Exception):

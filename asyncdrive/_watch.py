@@ -165,24 +165,21 @@ class Watch:
         await anyio.sleep(min(2.0, 0.05 * 2 ** min(10, int(now - self._failing_since))))
 
     async def _read(self, conn: _Connection, block: float) -> None:
-        if not self._started:
-            await self._start(conn)
-        events, trimmed = await conn.index.read_events(
-            self._read_cursor, max(1, int(block * 1000)), _BATCH
-        )
-        newest = events[-1].id if events else self._read_cursor
-        if parse_id(trimmed) > parse_id(newest):
-            raise self._expired(self._cursor or self._read_cursor)
-        self._buffer.extend(events)
-        self._read_cursor = newest
-
-    async def _start(self, conn: _Connection) -> None:
-        trimmed = await conn.index.trimmed()
-        if self._since == "0":
-            self._read_cursor = trimmed  # everything still retained
-        elif parse_id(trimmed) > parse_id(self._read_cursor):
-            raise self._expired(self._read_cursor)
+        events, trimmed = await conn.index.events_after(self._read_cursor, _BATCH)
+        if parse_id(trimmed) > parse_id(self._read_cursor):
+            if not (self._since == "0" and not self._started):
+                raise self._expired(self._cursor or self._read_cursor)
+            # since="0" replays what is retained: start after the last trimmed event.
+            self._read_cursor = trimmed
+            events, _ = await conn.index.events_after(self._read_cursor, _BATCH)
         self._started = True
+        if events:
+            self._buffer.extend(events)
+            self._read_cursor = events[-1].id
+        else:
+            # Nothing new: block until something arrives, then read it (atomically with the
+            # trim marker) on the next pass.
+            await conn.index.wait_for_events(self._read_cursor, max(1, int(block * 1000)))
 
     def _expired(self, cursor: str) -> CursorExpiredError:
         return CursorExpiredError(
@@ -211,8 +208,10 @@ class Watch:
             )
             entries = claimed[1]
             if not entries:
+                # Wake up often enough to claim a dead member's events in time.
+                block_ms = max(1, int(min(block * 1000, self._claim_idle_ms / 2)))
                 reply: Any = await client.xreadgroup(
-                    group, self._consumer, {key: ">"}, count=1, block=max(1, int(block * 1000))
+                    group, self._consumer, {key: ">"}, count=1, block=block_ms
                 )
                 entries = [entry for _stream, batch in reply or [] for entry in batch]
         except redis.exceptions.ResponseError as exc:

@@ -23,7 +23,7 @@ import anyio.to_thread
 import pytest
 import redis
 
-from asyncdrive import Drive, SyncDrive, server_binary
+from asyncdrive import Drive, SyncDrive, SyncWatch, server_binary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,6 +51,44 @@ def _wait_for(url: str, timeout: float = 15.0) -> None:
             client.close()
 
 
+class ServerProcess:
+    """A server of our own on a unix socket in ``folder``, which a test may kill and restart."""
+
+    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
+        self.folder = folder
+        self.sock = folder / "s.sock"
+        self.url = f"unix://{self.sock}"
+        self.persistent = persistent
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
+        self.proc = subprocess.Popen(
+            [server_binary(), "--port", "0", "--unixsocket", str(self.sock), "--dir",
+             str(self.folder), "--save", "", *persistence],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_for(self.url)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
 def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The URL of the session's server (started here unless --redis-url names one)."""
@@ -59,21 +97,22 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield external
         return
     # A short folder name: unix socket paths are limited to about 100 bytes.
-    folder = Path(tempfile.mkdtemp(prefix="adtest-"))
-    sock = folder / "s.sock"
-    proc = subprocess.Popen(
-        [server_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(folder),
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"unix://{sock}"
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="adtest-")))
+    server.start()
     try:
-        _wait_for(url)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
+
+
+@pytest.fixture
+def private_server() -> Iterator[ServerProcess]:
+    """A persistent server for this test alone, to kill and restart (not yet started)."""
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="adpriv-")), persistent=True)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -126,6 +165,8 @@ class SyncAsAsync:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.sync, name)
+        if name == "watch":
+            return lambda *args, **kwargs: SyncWatchAsAsync(attr(*args, **kwargs))
         if name not in self._METHODS:
             return attr
 
@@ -136,6 +177,32 @@ class SyncAsAsync:
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.sync.close)
+
+
+class SyncWatchAsAsync:
+    """Gives a SyncWatch the async iteration of a Watch, each blocking step in a worker thread."""
+
+    def __init__(self, watch: SyncWatch) -> None:
+        self.sync = watch
+
+    @property
+    def cursor(self) -> str:
+        return self.sync.cursor
+
+    def __aiter__(self) -> SyncWatchAsAsync:
+        return self
+
+    async def __anext__(self) -> Any:
+        event = await anyio.to_thread.run_sync(next, self.sync, None)
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def __aenter__(self) -> SyncWatchAsAsync:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await anyio.to_thread.run_sync(self.sync.__exit__, *exc_info)
 
 
 MakeDrive = Callable[..., Any]

@@ -1,0 +1,399 @@
+"""Watching a drive: order, completeness, resuming, expiry, groups, early exit."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncdrive import (
+    Change,
+    CursorExpiredError,
+    Drive,
+    DriveError,
+    DriveEvent,
+    SyncDrive,
+)
+
+from .conftest import MakeDrive, ServerProcess, run_python
+
+
+def spawn(code: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, f"process ended early: {proc.stderr.read() if proc.stderr else ''}"
+    return line.strip()
+
+
+async def collect(watch: Any, n: int) -> list[DriveEvent]:
+    events: list[DriveEvent] = []
+    async for event in watch:
+        events.append(event)
+        if len(events) == n:
+            break
+    return events
+
+
+async def test_events_of_each_change(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id, component_name="w1")
+    watch = drive.watch()
+    await drive.write_bytes("a/b.txt", b"1")
+    await drive.write_bytes("a/b.txt", b"22")
+    await drive.delete("a/b.txt")
+    events = await collect(watch, 3)
+    assert [(e.change, e.path, e.version, e.size) for e in events] == [
+        (Change.ADDED, "a/b.txt", 1, 1),
+        (Change.MODIFIED, "a/b.txt", 2, 2),
+        (Change.DELETED, "a/b.txt", 2, 2),
+    ]
+    first = events[0]
+    assert first.drive == drive_id[6:]
+    assert first.component_name == "w1"
+    assert first.change == "added"  # a str enum
+    assert len(first.checksum) == 64
+    assert abs(first.timestamp - events[2].timestamp) < 60
+    assert pickle.loads(pickle.dumps(first)) == first
+    assert watch.cursor == events[-1].id
+
+
+async def test_start_is_fixed_when_watch_is_called(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    other = make_drive(drive_id, component_name="other")
+    watch = drive.watch()  # nothing awaited yet
+    await other.write_bytes("before-iteration.txt", b"x")
+    assert await drive.list(".") == ["before-iteration.txt"]
+    events = await collect(watch, 1)
+    assert events[0].path == "before-iteration.txt"
+
+
+async def test_no_events_for_failed_operations(make_drive: MakeDrive, drive_id: str) -> None:
+    w1 = make_drive(drive_id, component_name="w1")
+    w2 = make_drive(drive_id, component_name="w2")
+    watch = w1.watch(timeout=0.5)
+    await w1.write_bytes("x", b"1")
+    with pytest.raises(DriveError):
+        await w2.write_bytes("x", b"2")
+    with pytest.raises(DriveError):
+        await w2.delete("x")
+    with pytest.raises(DriveError):
+        await w1.write_bytes("x/y", b"3")
+    assert [(e.change, e.component_name) async for e in watch] == [(Change.ADDED, "w1")]
+
+
+async def test_path_filters(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    deep = drive.watch("ckpt", timeout=0.5)
+    flat = drive.watch("ckpt", recursive=False, timeout=0.5)
+    for path in ("ckpt/1.pt", "ckpt/sub/2.pt", "other/3.pt", "ckpt.txt", "ckpt/4.pt"):
+        await drive.write_bytes(path, b"x")
+    assert [e.path async for e in deep] == ["ckpt/1.pt", "ckpt/sub/2.pt", "ckpt/4.pt"]
+    assert [e.path async for e in flat] == ["ckpt/1.pt", "ckpt/4.pt"]
+
+
+async def test_timeout_ends_iteration(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    async with drive.watch(timeout=0.2) as events:
+        assert [e async for e in events] == []
+
+
+async def test_since_resumes_after_an_event(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    watch = drive.watch()
+    for i in range(5):
+        await drive.write_bytes(f"f{i}", b"x")
+    events = await collect(watch, 5)
+    resumed = drive.watch(since=events[1].id, timeout=0.3)
+    assert [e.path async for e in resumed] == ["f2", "f3", "f4"]
+    replay = drive.watch(since="0", timeout=0.3)
+    assert [e.id async for e in replay] == [e.id for e in events]
+    with pytest.raises(ValueError, match="not an event id"):
+        drive.watch(since="yesterday")
+
+
+async def test_expired_cursor(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", "10")
+    drive = make_drive(drive_id)
+    slow = drive.watch()
+    await drive.write_bytes("first", b"x")
+    first = (await collect(slow, 1))[0]
+    for i in range(40):
+        await drive.write_bytes(f"f{i}", b"x")
+    with pytest.raises(CursorExpiredError, match="list") as expired:
+        await collect(drive.watch(since=first.id), 1)
+    assert isinstance(expired.value, LookupError)
+    # A watcher that fell behind by more than what is retained is told so, not skipped ahead.
+    with pytest.raises(CursorExpiredError):
+        await collect(slow, 1)
+    # "0" replays what is retained: the newest 10 or a few more.
+    kept = [e.path async for e in drive.watch(since="0", timeout=0.3)]
+    assert 10 <= len(kept) <= 12
+    assert kept[-1] == "f39"
+
+
+async def test_max_age_retention(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", "0.2")
+    drive = make_drive(drive_id)
+    watch = drive.watch()
+    await drive.write_bytes("old", b"x")
+    old = (await collect(watch, 1))[0]
+    # Wait out the age limit on the server's clock (the events' own timestamps), then write.
+    while True:
+        event = (await drive.write_bytes("tick", b"x"), await collect(watch, 1))[1][0]
+        if event.timestamp - old.timestamp > 0.3:
+            break
+        await anyio.sleep(0.05)
+    with pytest.raises(CursorExpiredError):
+        await collect(drive.watch(since=old.id), 1)
+
+
+def test_sync_watch(env: dict[str, str], workdir: Path, drive_id: str) -> None:
+    with SyncDrive(drive_id) as drive:
+        with drive.watch(timeout=0.3) as events:
+            drive.write_bytes("a", b"1")
+            drive.write_bytes("b", b"2")
+            assert [e.path for e in events] == ["a", "b"]
+        watch = drive.watch(since="0")
+        assert next(watch).path == "a"
+        watch.close()
+
+
+async def test_many_writers_two_watchers_same_order(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    writers, per_writer = 4, 2500
+    code = f"""
+        import sys
+        from asyncdrive import SyncDrive
+        w = sys.argv[1]
+        with SyncDrive({drive_id!r}, component_name="w" + w) as drive:
+            for i in range({per_writer}):
+                drive.write_bytes(f"w{{w}}/{{i}}", b"x")
+    """
+    watcher_code = f"""
+        from asyncdrive import SyncDrive
+        with SyncDrive({drive_id!r}) as drive:
+            with drive.watch(timeout=60) as events:
+                print("ready", flush=True)
+                for n, event in enumerate(events, 1):
+                    print(event.id, event.path, flush=False)
+                    if n == {writers * per_writer}:
+                        break
+    """
+    other = spawn(watcher_code, env, workdir)
+    assert read_line(other) == "ready"
+    async with Drive(drive_id) as drive:
+        watch = drive.watch(timeout=60)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", textwrap.dedent(code), str(w)], cwd=workdir, env=env
+            )
+            for w in range(writers)
+        ]
+        mine = [(e.id, e.path) for e in await collect(watch, writers * per_writer)]
+        for proc in procs:
+            assert await anyio.to_thread.run_sync(proc.wait) == 0
+    out, err = await anyio.to_thread.run_sync(other.communicate)
+    assert other.returncode == 0, err
+    theirs = [tuple(line.split(" ", 1)) for line in out.splitlines()]
+    assert len(mine) == writers * per_writer
+    assert theirs == mine
+    for w in range(writers):
+        mine_w = [int(p.split("/")[1]) for _, p in mine if p.startswith(f"w{w}/")]
+        assert mine_w == list(range(per_writer))
+
+
+async def test_watch_survives_server_restart(
+    private_server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    private_server.start()
+    kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": private_server.url}
+    async with Drive(drive_id, **kwargs) as drive:
+        watch = drive.watch(timeout=60)
+        for i in range(20):
+            await drive.write_bytes(f"before/{i}", b"x")
+        got = [e.path for e in await collect(watch, 10)]
+        private_server.kill()
+        restarted = False
+
+        async def restart_soon() -> None:
+            nonlocal restarted
+            await anyio.sleep(0.5)  # let the watcher hit the outage first
+            private_server.start()
+            restarted = True
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restart_soon)
+            # The first 10 are buffered; the next read meets the dead server and retries.
+            got += [e.path for e in await collect(watch, 10)]
+            while not restarted:
+                await anyio.sleep(0.05)
+        for i in range(20):
+            await drive.write_bytes(f"after/{i}", b"x")
+        got += [e.path for e in await collect(watch, 20)]
+    assert got == [f"before/{i}" for i in range(20)] + [f"after/{i}" for i in range(20)]
+
+
+async def test_resume_after_watcher_killed(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    code = f"""
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        for event in drive.watch(since="0"):
+            print(event.id, event.path, flush=True)
+    """
+    async with Drive(drive_id) as drive:
+        for i in range(30):
+            await drive.write_bytes(f"f{i:02}", b"x")
+        proc = spawn(code, env, workdir)
+        seen = [read_line(proc).split(" ") for _ in range(12)]
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
+        last_id = seen[-1][0]
+        rest = [e.path async for e in drive.watch(since=last_id, timeout=0.5)]
+    assert [p for _, p in seen] + rest == [f"f{i:02}" for i in range(30)]
+
+
+async def test_group_shares_events(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    a = drive.watch(group="indexers", timeout=1)
+    b = drive.watch(group="indexers", timeout=1)
+    plain = drive.watch(timeout=1)
+    for i in range(20):
+        await drive.write_bytes(f"f{i:02}", b"x")
+    got_a: list[str] = []
+    got_b: list[str] = []
+
+    async def consume(watch: Any, into: list[str]) -> None:
+        async for event in watch:
+            into.append(event.path)
+            await anyio.sleep(0.01)  # "work", so both members get a share
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume, a, got_a)
+        tg.start_soon(consume, b, got_b)
+    assert sorted(got_a + got_b) == [f"f{i:02}" for i in range(20)]
+    assert got_a and got_b
+    assert [e.path async for e in plain] == [f"f{i:02}" for i in range(20)]
+
+
+async def test_group_redelivers_from_a_killed_member(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    member = f"""
+        import sys, time
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        hang_on = sys.argv[1]
+        for event in drive.watch(group="workers", claim_idle=1.0, timeout=3):
+            print("got", event.path, flush=True)
+            if event.path == hang_on:
+                time.sleep(3600)  # dies here, mid-event, before asking for the next
+            print("done", event.path, flush=True)
+        drive.close()
+    """
+    async with Drive(drive_id) as drive:
+        victim = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(member), "f00"],
+            cwd=workdir, env=env, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        await drive.write_bytes("f00", b"x")
+        assert victim.stdout is not None
+        assert await anyio.to_thread.run_sync(victim.stdout.readline) == "got f00\n"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        victim.stdout.close()
+        for i in range(1, 10):
+            await drive.write_bytes(f"f{i:02}", b"x")
+        survivor = await anyio.to_thread.run_sync(
+            lambda: run_python(
+                textwrap.dedent(member).replace("sys.argv[1]", "'none'"), cwd=workdir, env=env
+            )
+        )
+    done = [line.split()[1] for line in survivor.stdout.splitlines() if line.startswith("done")]
+    assert sorted(done) == [f"f{i:02}" for i in range(10)]
+
+
+def loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "asyncdrive-loop"]
+
+
+async def test_early_exit_async_leaves_nothing(env: dict[str, str], drive_id: str) -> None:
+    before = set(threading.enumerate())
+    async with Drive(drive_id) as drive:
+        watch = drive.watch()
+        await drive.write_bytes("a", b"x")
+        async for _event in watch:
+            break
+        with anyio.move_on_after(0.2):
+            await collect(drive.watch(), 1)  # cancelled mid-read
+        await drive.write_bytes("b", b"x")  # the connection pool still works
+        pool = drive._conn.client.connection_pool if drive._conn else None
+        assert pool is not None
+    assert not pool._in_use_connections
+    await anyio.sleep(0)
+    leftover = [t for t in set(threading.enumerate()) - before if t.name == "asyncdrive-loop"]
+    assert leftover == []
+
+
+def test_early_exit_blocking_leaves_no_threads(env: dict[str, str], drive_id: str) -> None:
+    with SyncDrive(drive_id) as drive:
+        drive.write_bytes("a", b"x")
+        for _event in drive.watch(since="0"):
+            break
+        with drive.watch(since="0") as events:
+            next(events)
+        assert len(loop_threads()) == 1
+    for thread in loop_threads():
+        thread.join(timeout=10)
+    assert loop_threads() == []
+
+
+def test_ctrl_c_in_blocking_watch(env: dict[str, str], workdir: Path, drive_id: str) -> None:
+    code = f"""
+        import threading
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        try:
+            with drive.watch() as events:
+                print("ready", flush=True)
+                for event in events:
+                    pass
+        except KeyboardInterrupt:
+            drive.close()
+            names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
+            print("interrupted", names, flush=True)
+    """
+    proc = spawn(code, env, workdir)
+    assert read_line(proc) == "ready"
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.strip() == "interrupted []"
