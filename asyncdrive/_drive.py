@@ -282,10 +282,15 @@ class Drive:
 
     # -- errors ------------------------------------------------------------------------------
 
-    def _not_found(self, path: str, owners: list[str], component: str | None) -> DriveError:
+    def _not_found(
+        self, path: str, owners: list[str], component: str | None, *, deleting: bool = False
+    ) -> DriveError:
         who = f"component {component!r} has" if component else "there is"
         message = f"Drive {self.name!r}: {who} no file {path!r}"
-        if owners:
+        if owners and deleting:
+            message += f" (owned by {', '.join(map(repr, owners))}; a component deletes only "
+            message += "its own copies: use a Drive created with that component_name)."
+        elif owners:
             message += f" (owned by {', '.join(map(repr, owners))}; pass component_name= "
             message += "to choose one)."
         else:
@@ -484,7 +489,7 @@ class Drive:
             for file in files:
                 await self._delete_file(conn, file, missing_ok=True)
             return
-        raise self._not_found(drive_path, sorted(owners), component)
+        raise self._not_found(drive_path, sorted(owners), component, deleting=True)
 
     async def _delete_file(self, conn: _Connection, path: str, *, missing_ok: bool = False) -> None:
         component = conn.config.component_name
@@ -497,7 +502,7 @@ class Drive:
             finally:
                 await conn.index.unlock(component, path, token)
         if not done and not missing_ok:
-            raise self._not_found(path, others, component)
+            raise self._not_found(path, others, component, deleting=True)
 
     # -- reading -----------------------------------------------------------------------------
 
