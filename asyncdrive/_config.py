@@ -64,7 +64,7 @@ def parse_drive_id(drive_id: str) -> str:
 
 
 def check_component_name(component_name: str) -> str:
-    """Return ``component_name`` if it follows the naming rule, else raise `InvalidDriveIdError`.
+    """Return ``component_name`` if it follows the naming rule, else raise `InvalidConfigError`.
 
     Example:
         >>> check_component_name("root.work_1")
@@ -72,7 +72,7 @@ def check_component_name(component_name: str) -> str:
 
     """
     if not isinstance(component_name, str) or not is_valid_name(component_name):
-        raise InvalidDriveIdError(
+        raise InvalidConfigError(
             f"Invalid component name {component_name!r}: it must be {_NAME_RULE}."
         )
     return component_name
@@ -91,10 +91,25 @@ def default_root() -> Path:
 
 
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
-    """Resolve the shared root: the argument, else ``$ASYNCDRIVE_ROOT``, else `default_root`."""
+    """Resolve the shared root: the argument, else ``$ASYNCDRIVE_ROOT``, else `default_root`.
+
+    ``$ASYNCDRIVE_ROOT`` must be absolute: every process reads it on its own, from its own
+    working directory, so a relative one would name a different folder in each.
+    """
     if root is None:
-        root = os.environ.get(ENV_ROOT) or default_root()
+        from_env = os.environ.get(ENV_ROOT)
+        if from_env and not os.path.isabs(os.path.expanduser(from_env)):
+            raise InvalidConfigError(
+                f"{ENV_ROOT}={from_env!r} must be an absolute path: each process resolves it "
+                f"from its own working directory. Use e.g. {os.path.abspath(from_env)!r}."
+            )
+        root = from_env or default_root()
     return Path(root).expanduser().resolve()
+
+
+def absolute_root(root: str | os.PathLike[str] | None) -> str | None:
+    """Fix an explicit ``root=`` argument to an absolute path, before a drive is pickled."""
+    return None if root is None else os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def resolve_redis_url(redis_url: str | None) -> str | None:

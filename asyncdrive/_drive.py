@@ -25,6 +25,7 @@ from . import _paths
 from ._config import (
     DriveConfig,
     ResolvedConfig,
+    absolute_root,
     check_component_name,
     parse_drive_id,
     redact_url,
@@ -137,7 +138,7 @@ class Drive:
             name=name,
             component_name=component_name,
             allow_duplicates=bool(allow_duplicates),
-            root=os.fspath(root) if root is not None else None,
+            root=absolute_root(root),
             redis_url=redis_url,
         )
         self._reset()
@@ -733,7 +734,6 @@ class Drive:
         folder = self._path(path, allow_root=True)
         if group is not None:
             check_component_name(group)
-        start = since if since is not None else self._now_cursor()
         if since is not None:
             try:
                 parse_id(since)
@@ -746,25 +746,11 @@ class Drive:
             self,
             folder,
             recursive=recursive,
-            start=start,
             since=since,
             group=group,
             timeout=timeout,
             claim_idle=claim_idle,
         )
-
-    def _now_cursor(self) -> str:
-        # An event id at or just before "now" on the server's clock. Stream ids are the
-        # server's time in ms, so every event committed after this call has a larger id.
-        now_ms = time.time() * 1000
-        conn = self._conn if self._pid == os.getpid() else None
-        if conn is not None:
-            server_ms = now_ms + conn.clock_offset_ms - conn.clock_error_ms
-        elif self._resolved().redis_url is None:
-            server_ms = now_ms - 2  # the embedded server runs on this machine's clock
-        else:
-            server_ms = now_ms - 1000  # not connected yet: allow for clock skew
-        return f"{max(0, int(server_ms) - 1)}-0"
 
 
 def _restore(cls: type[DriveT], config: DriveConfig) -> DriveT:

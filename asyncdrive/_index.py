@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
@@ -324,6 +325,14 @@ class Index:
         """Wait up to ``block_ms`` for an event after id ``after``; tell whether one came."""
         reply: Any = await self.client.xread({self.keys.events: after}, block=block_ms, count=1)
         return bool(reply)
+
+    async def last_event_id(self) -> str:
+        """Return the id of the newest event ever added (``"0-0"``: none)."""
+        try:
+            info: Any = await self.client.xinfo_stream(self.keys.events)
+        except redis.exceptions.ResponseError:  # no such key: no event yet
+            return "0-0"
+        return str(info["last-generated-id"])
 
     async def trimmed(self) -> str:
         """Return the id of the newest event trimmed from the log (``"0-0"``: none)."""

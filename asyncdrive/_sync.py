@@ -236,6 +236,9 @@ class SyncDrive:
             timeout=timeout,
             claim_idle=claim_idle,
         )
+        if since is None:
+            # A blocking call may do I/O: fix the start exactly, at the newest event now.
+            self._call(watch.pin_start)
         return SyncWatch(self, watch)
 
 

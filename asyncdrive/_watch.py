@@ -64,7 +64,6 @@ class Watch:
         folder: str,
         *,
         recursive: bool,
-        start: str,
         since: str | None,
         group: str | None,
         timeout: float | None,
@@ -73,7 +72,10 @@ class Watch:
         self._drive = drive
         self._folder = folder
         self._recursive = recursive
-        self._read_cursor = start
+        # Without since: "now", on this machine's clock, turned into an event id on the
+        # server's clock (offset measured when the drive connected) at the first read.
+        self._called_at = time.time()
+        self._read_cursor = since or ""
         self._since = since
         self._group = group
         self._timeout = timeout
@@ -164,7 +166,25 @@ class Watch:
             raise self._drive._unavailable(exc) from exc
         await anyio.sleep(min(2.0, 0.05 * 2 ** min(10, int(now - self._failing_since))))
 
+    def _resolve_start(self, conn: _Connection) -> None:
+        if not self._read_cursor:
+            # Stream ids are the server's time in ms: every event committed after watch()
+            # was called has a larger id than this.
+            server_ms = self._called_at * 1000 + conn.clock_offset_ms - conn.clock_error_ms
+            self._read_cursor = f"{max(0, int(server_ms) - 1)}-0"
+
+    async def pin_start(self) -> None:
+        """Fix the starting point exactly, at the newest event now in the log (one round trip).
+
+        `SyncDrive.watch` calls this, since it may block; an async ``watch()`` cannot do I/O
+        and fixes its start from the clock instead.
+        """
+        if not self._read_cursor:
+            conn = await self._drive._connection()
+            self._read_cursor = await conn.index.last_event_id()
+
     async def _read(self, conn: _Connection, block: float) -> None:
+        self._resolve_start(conn)
         events, trimmed = await conn.index.events_after(self._read_cursor, _BATCH)
         if parse_id(trimmed) > parse_id(self._read_cursor):
             if not (self._since == "0" and not self._started):
@@ -195,6 +215,7 @@ class Watch:
         client, key, group = conn.client, conn.index.keys.events, self._group
         assert group is not None
         if not self._started:
+            self._resolve_start(conn)
             try:
                 await client.xgroup_create(key, group, id=self._read_cursor, mkstream=True)
             except redis.exceptions.ResponseError as exc:

@@ -33,7 +33,9 @@ def trainer(drive: SyncDrive) -> None:
             drive.write_bytes(f"ckpt/{step}.pt", f"weights after step {step}".encode())
 
 
-def evaluator(drive: SyncDrive, name: str, ready: Event, results: multiprocessing.Queue[str]) -> None:
+def evaluator(
+    drive: SyncDrive, name: str, ready: Event, results: multiprocessing.Queue[str]
+) -> None:
     """Evaluate each checkpoint this member of the group is handed."""
     with drive, drive.watch("ckpt", group="evaluators", timeout=1.5) as checkpoints:
         ready.set()  # the watch's starting point is fixed: nothing written from now is missed

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asyncdrive
-from asyncdrive import Drive, DriveError, InvalidDriveIdError, InvalidPathError, SyncDrive
+from asyncdrive import (
+    Drive,
+    DriveError,
+    InvalidConfigError,
+    InvalidDriveIdError,
+    InvalidPathError,
+    SyncDrive,
+)
 from asyncdrive._config import DriveConfig, default_root, redact_url
 from asyncdrive._paths import normalize, parent_dirs
 
@@ -39,9 +46,25 @@ def test_invalid_ids(bad: str) -> None:
         assert "lit://" in str(refused.value)
 
 
-def test_invalid_component_name() -> None:
-    with pytest.raises(InvalidDriveIdError, match="component"):
+def test_invalid_component_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidConfigError, match="component") as refused:
         Drive("lit://d", component_name="a:b")
+    assert isinstance(refused.value, ValueError)
+    monkeypatch.setenv("ASYNCDRIVE_COMPONENT", "no spaces")
+    with pytest.raises(InvalidConfigError, match="no spaces"):
+        _ = Drive("lit://d").component_name
+
+
+def test_relative_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    drive = Drive("lit://d", root="shared")
+    # Fixed at creation, so a pickled drive names the same folder wherever it is used.
+    assert drive._config.root == str(tmp_path / "shared")
+    monkeypatch.chdir("/")
+    assert drive.root == (tmp_path / "shared").resolve()
+    monkeypatch.setenv("ASYNCDRIVE_ROOT", "relative/dir")
+    with pytest.raises(InvalidConfigError, match="absolute"):
+        _ = Drive("lit://d").root
 
 
 def test_settings_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -124,6 +147,8 @@ def test_error_tree() -> None:
     pairs = {
         asyncdrive.InvalidDriveIdError: ValueError,
         asyncdrive.InvalidPathError: ValueError,
+        asyncdrive.InvalidConfigError: ValueError,
+        asyncdrive.CursorExpiredError: LookupError,
         asyncdrive.DriveFileNotFoundError: FileNotFoundError,
         asyncdrive.DriveFileExistsError: FileExistsError,
         asyncdrive.DriveNotADirectoryError: NotADirectoryError,

@@ -397,3 +397,13 @@ def test_ctrl_c_in_blocking_watch(env: dict[str, str], workdir: Path, drive_id: 
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out.strip() == "interrupted []"
+
+
+def test_sync_watch_starts_exactly_at_the_call(env: dict[str, str], drive_id: str) -> None:
+    with SyncDrive(drive_id) as drive:
+        for i in range(5):
+            drive.write_bytes("before", str(i).encode())  # committed just before the call
+            watch = drive.watch(timeout=0.3)
+            drive.write_bytes("after", b"x")
+            assert [e.path for e in watch] == ["after"]
+            drive.delete("after")
