@@ -25,6 +25,7 @@ from ._exceptions import (
     InvalidConfigError,
     InvalidDriveIdError,
     InvalidPathError,
+    VersionConflictError,
 )
 from ._models import FileInfo
 from ._server import server_binary, server_url, stop_server
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidPathError",
     "SyncDrive",
     "SyncWatch",
+    "VersionConflictError",
     "Watch",
     "__version__",
     "default_root",

@@ -41,8 +41,9 @@ from ._exceptions import (
     DriveTimeoutError,
     DriveUnavailableError,
     InvalidConfigError,
+    VersionConflictError,
 )
-from ._index import Index
+from ._index import Index, PutOutcome
 from ._models import FileInfo
 from ._server import ensure_server, forget_server
 from ._storage import DiskStore, Staged
@@ -320,7 +321,9 @@ class Drive:
     # -- writing -----------------------------------------------------------------------------
 
     @_redis_errors_as_unavailable
-    async def put(self, path: StrPath) -> None:
+    async def put(
+        self, path: StrPath, *, if_version: int | None = None, exist_ok: bool = True
+    ) -> None:
         """Copy a local file, or a folder recursively, into the drive at the same path.
 
         ``path`` is relative to the current directory. A re-put by the same component
@@ -329,16 +332,26 @@ class Drive:
         Example:
             >>> Path("a.txt").write_text("Hello World !")
             >>> await drive.put("a.txt")
+            >>> await drive.put("a.txt", if_version=1)  # only if nobody replaced version 1
+
+        Args:
+            path: the local file or folder, and the drive path it goes to.
+            if_version: replace the file only if this component's copy has this version
+                now (0: only if it has none), atomically; else `VersionConflictError`.
+            exist_ok: False: create only; fail with `DriveFileExistsError` if this
+                component already has the file.
 
         Raises:
             DriveFileNotFoundError: there is no local file or folder at ``path``.
             DriveFileExistsError: another component owns the path (see ``allow_duplicates``),
                 or a folder stands at the path in the drive.
             DriveNotADirectoryError: a file stands where a folder of the path should be.
+            VersionConflictError: ``if_version`` is not the current version.
             InvalidPathError: ``path`` is absolute, leaves the drive or is empty.
 
         """
         drive_path = self._path(path)
+        precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path)
         files = await anyio.to_thread.run_sync(_local_files, local)
         if files is None:
@@ -351,33 +364,70 @@ class Drive:
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: the local folder holds no files."
             )
+        if if_version is not None and files != [""]:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: if_version applies to one file, and {drive_path!r} is "
+                "a local folder; put its files one by one."
+            )
+        conn = await self._connection()
         for rel in files:
             source = local / rel if rel else local
-            await self._put_file(_paths.join(drive_path, rel) if rel else drive_path, source)
+            await self._put(
+                conn,
+                _paths.join(drive_path, rel) if rel else drive_path,
+                functools.partial(conn.store.stage_file, source),
+                precondition,
+            )
 
     @_redis_errors_as_unavailable
-    async def write_bytes(self, path: StrPath, data: bytes | bytearray | memoryview) -> FileInfo:
+    async def write_bytes(
+        self,
+        path: StrPath,
+        data: bytes | bytearray | memoryview,
+        *,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> FileInfo:
         """Store ``data`` as the file ``path`` and return its new `FileInfo`.
+
+        ``if_version`` and ``exist_ok`` are those of `put`.
 
         Example:
             >>> info = await drive.write_bytes("b.bin", b"...")
             >>> info.size
             3
+            >>> await drive.write_bytes("b.bin", b"new", if_version=info.version)
 
         """
         drive_path = self._path(path)
+        precondition = self._precondition(drive_path, if_version, exist_ok)
         conn = await self._connection()
-        return await self._put(conn, drive_path, functools.partial(conn.store.stage_bytes, data))
+        stage = functools.partial(conn.store.stage_bytes, data)
+        return await self._put(conn, drive_path, stage, precondition)
 
-    async def _put_file(self, drive_path: str, local: Path) -> FileInfo:
-        conn = await self._connection()
-        return await self._put(conn, drive_path, functools.partial(conn.store.stage_file, local))
+    def _precondition(self, path: str, if_version: int | None, exist_ok: bool) -> str:
+        if if_version is None:
+            return "" if exist_ok else "absent"
+        if isinstance(if_version, bool) or not isinstance(if_version, int) or if_version < 0:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: if_version={if_version!r} for {path!r} must be a "
+                "version number (FileInfo.version), or 0 for 'only if absent'."
+            )
+        if if_version > 0 and not exist_ok:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: if_version={if_version} and exist_ok=False contradict "
+                f"each other for {path!r}; pass one of them."
+            )
+        return str(if_version) if if_version else "absent"
 
-    async def _put(self, conn: _Connection, path: str, stage: Callable[[], Staged]) -> FileInfo:
+    async def _put(
+        self, conn: _Connection, path: str, stage: Callable[[], Staged], precondition: str
+    ) -> FileInfo:
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
         # Refuse early, before copying any bytes; the commit checks again atomically.
-        self._raise_put_refused(path, await conn.index.check_put(component, path, allow))
+        checked = await conn.index.check_put(component, path, allow, precondition)
+        self._raise_put_refused(path, checked, precondition)
         staged = await anyio.to_thread.run_sync(stage)
         try:
             token = await self._lock(conn, component, path)
@@ -385,18 +435,20 @@ class Drive:
             # index disagreeing: the section is short (a rename and one Lua call), so shield it.
             with anyio.CancelScope(shield=True):
                 try:
-                    info = await self._install_and_commit(conn, path, staged)
+                    info = await self._install_and_commit(conn, path, staged, precondition)
                 finally:
                     await conn.index.unlock(component, path, token)
         finally:
             await anyio.to_thread.run_sync(conn.store.discard, staged)
         return info
 
-    async def _install_and_commit(self, conn: _Connection, path: str, staged: Staged) -> FileInfo:
+    async def _install_and_commit(
+        self, conn: _Connection, path: str, staged: Staged, precondition: str
+    ) -> FileInfo:
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
-        checked = await conn.index.check_put(component, path, allow)
-        self._raise_put_refused(path, checked)
+        checked = await conn.index.check_put(component, path, allow, precondition)
+        self._raise_put_refused(path, checked, precondition)
         current = int(checked.detail)
         mtime = time.time()
         info = FileInfo(path, staged.size, mtime, staged.checksum, current + 1, component)
@@ -412,7 +464,7 @@ class Drive:
         backup = await anyio.to_thread.run_sync(store.install, staged, component, path, meta)
         try:
             outcome = await conn.index.commit_put(
-                component, path, allow, current, staged.size, mtime, staged.checksum
+                component, path, allow, current, staged.size, mtime, staged.checksum, precondition
             )
         except Exception:
             # The commit may or may not have happened (the connection dropped): leave the new
@@ -421,15 +473,34 @@ class Drive:
             raise
         if outcome.status != "ok":
             await anyio.to_thread.run_sync(store.restore, backup, component, path)
-            self._raise_put_refused(path, outcome)
+            self._raise_put_refused(path, outcome, precondition)
         await anyio.to_thread.run_sync(store.drop_backup, backup)
         return info
 
-    def _raise_put_refused(self, path: str, outcome: Any) -> None:
+    def _raise_put_refused(self, path: str, outcome: PutOutcome, precondition: str) -> None:
         status, detail = outcome.status, outcome.detail
         if status == "ok":
             return
         where = f"Drive {self.name!r}: cannot put {path!r}"
+        component = self._resolved().component_name
+        if status == "exists":
+            raise DriveFileExistsError(
+                f"{where}: component {component!r} has it already (version {detail}), and "
+                "exist_ok=False (or if_version=0) asked to create only. Pass "
+                f"if_version={detail} to replace that version, or delete it first."
+            )
+        if status == "version" and detail == "0":
+            raise DriveFileNotFoundError(
+                f"{where}: if_version={precondition} was given, but component {component!r} "
+                "has no copy of it now (it was deleted). Read info() again and retry."
+            )
+        if status == "version":
+            raise VersionConflictError(
+                f"{where}: if_version={precondition} was given, but component {component!r}'s "
+                f"copy is at version {detail} now (someone replaced it). Read info() again, "
+                "then retry with the new version.",
+                int(detail),
+            )
         if status == "owned":
             raise DriveFileExistsError(
                 f"{where}: it is owned by component {detail!r}. Choose another path, delete "

@@ -10,6 +10,7 @@ derives from the built-in exception a Python user would catch for the same situa
     ├── InvalidConfigError       (ValueError)         a malformed ASYNCDRIVE_* setting
     ├── DriveFileNotFoundError   (FileNotFoundError)  nothing at that path
     ├── DriveFileExistsError     (FileExistsError)    owned by another component, or a folder
+    │   └── VersionConflictError                      not the version ``if_version`` named
     ├── DriveNotADirectoryError  (NotADirectoryError) a file where a folder is needed
     ├── DriveIsADirectoryError   (IsADirectoryError)  a folder where a file is needed
     ├── AmbiguousPathError       (LookupError)        several components own the path
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidConfigError",
     "InvalidDriveIdError",
     "InvalidPathError",
+    "VersionConflictError",
 ]
 
 
@@ -72,6 +74,19 @@ class DriveFileNotFoundError(DriveError, FileNotFoundError):
 
 class DriveFileExistsError(DriveError, FileExistsError):
     """The target exists already: owned by another component, a folder, or a differing file."""
+
+
+class VersionConflictError(DriveFileExistsError):
+    """A conditional write (``if_version=``) found the file in another version.
+
+    Attributes:
+        current_version: the version the file has now.
+
+    """
+
+    def __init__(self, message: str, current_version: int) -> None:
+        super().__init__(message)
+        self.current_version = current_version
 
 
 class DriveNotADirectoryError(DriveError, NotADirectoryError):

@@ -78,9 +78,10 @@ _PUT_LUA = (
 --       keys, n-1 ancestor entries.
 -- ARGV: 1-3 events (above), 4 component, 5 path, 6 mode (check|commit),
 --       7 allow duplicates (0|1), 8 expected version, 9 size, 10 mtime, 11 checksum,
---       12 n, then n child names (one per folder level).
+--       12 precondition on the component's copy ("": none, "absent", or its version),
+--       13 n, then n child names (one per folder level).
 local c, path, mode = ARGV[4], ARGV[5], ARGV[6]
-local n = tonumber(ARGV[12])
+local n = tonumber(ARGV[13])
 for i = 1, n - 1 do
   if redis.call('EXISTS', KEYS[7 + 2 * n + i]) == 1 then
     return {'notadir'}
@@ -94,6 +95,13 @@ if ARGV[7] == '0' then
     if owner ~= c then return {'owned', owner} end
   end
 end
+local mine = redis.call('HGET', KEYS[3], c)
+local mine_version = mine and string.match(mine, '|(%d+)$') or '0'
+if ARGV[12] == 'absent' and mine then
+  return {'exists', mine_version}
+elseif ARGV[12] ~= '' and ARGV[12] ~= 'absent' and ARGV[12] ~= mine_version then
+  return {'version', mine_version}
+end
 local vfield = c .. ':' .. path
 local current = tonumber(redis.call('HGET', KEYS[4], vfield) or '0')
 if mode == 'check' then
@@ -103,15 +111,15 @@ if tostring(current) ~= ARGV[8] then
   return {'conflict', tostring(current)}
 end
 local version = current + 1
-local existed = redis.call('HEXISTS', KEYS[3], c) == 1
+local existed = mine ~= false
 redis.call('HSET', KEYS[4], vfield, version)
 redis.call('HSET', KEYS[3], c, ARGV[9] .. '|' .. ARGV[10] .. '|' .. ARGV[11] .. '|' .. version)
 local change = 'modified'
 if not existed then
   change = 'added'
   for i = 1, n do
-    redis.call('HINCRBY', KEYS[7 + i], ARGV[12 + i], 1)
-    redis.call('HINCRBY', KEYS[7 + n + i], ARGV[12 + i], 1)
+    redis.call('HINCRBY', KEYS[7 + i], ARGV[13 + i], 1)
+    redis.call('HINCRBY', KEYS[7 + n + i], ARGV[13 + i], 1)
   end
   redis.call('ZADD', KEYS[5], 0, path)
   redis.call('ZADD', KEYS[6], 0, path)
@@ -341,9 +349,17 @@ class Index:
 
     # -- atomic updates ----------------------------------------------------------------------
 
-    async def check_put(self, component: str, path: str, allow_duplicates: bool) -> PutOutcome:
-        """Check that ``component`` may put file ``path``; ``detail`` is the current version."""
-        return await self._run_put(component, path, "check", allow_duplicates, 0, 0, 0.0, "")
+    async def check_put(
+        self, component: str, path: str, allow_duplicates: bool, precondition: str = ""
+    ) -> PutOutcome:
+        """Check that ``component`` may put file ``path``; ``detail`` is the current version.
+
+        ``precondition`` is ``""`` (none), ``"absent"`` (the component has no copy yet) or
+        the version the component's copy must have.
+        """
+        return await self._run_put(
+            component, path, "check", allow_duplicates, 0, 0, 0.0, "", precondition
+        )
 
     async def commit_put(
         self,
@@ -354,14 +370,23 @@ class Index:
         size: int,
         mtime: float,
         checksum: str,
+        precondition: str = "",
     ) -> PutOutcome:
         """Record a new version of ``path``, append its event and publish a wake-up, atomically.
 
-        Refuses (``status != "ok"``) if the folder structure or ownership forbids it, or if the
-        version is no longer ``expected_version``.
+        Refuses (``status != "ok"``) if the folder structure, ownership or ``precondition``
+        forbids it, or if the version is no longer ``expected_version``.
         """
         return await self._run_put(
-            component, path, "commit", allow_duplicates, expected_version, size, mtime, checksum
+            component,
+            path,
+            "commit",
+            allow_duplicates,
+            expected_version,
+            size,
+            mtime,
+            checksum,
+            precondition,
         )
 
     async def _run_put(
@@ -374,6 +399,7 @@ class Index:
         size: int,
         mtime: float,
         checksum: str,
+        precondition: str,
     ) -> PutOutcome:
         folders = parent_dirs(path)
         names = path.split("/")
@@ -398,6 +424,7 @@ class Index:
             str(size),
             repr(mtime),
             checksum,
+            precondition,
             str(len(folders)),
             *names,
         ]

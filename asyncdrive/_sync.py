@@ -161,13 +161,22 @@ class SyncDrive:
 
     # -- operations: see Drive for the documentation of each ---------------------------------
 
-    def put(self, path: StrPath) -> None:
+    def put(self, path: StrPath, *, if_version: int | None = None, exist_ok: bool = True) -> None:
         """Copy a local file or folder into the drive (see `Drive.put`)."""
-        return self._call(self._drive.put, path)
+        return self._call(self._drive.put, path, if_version=if_version, exist_ok=exist_ok)
 
-    def write_bytes(self, path: StrPath, data: bytes | bytearray | memoryview) -> FileInfo:
+    def write_bytes(
+        self,
+        path: StrPath,
+        data: bytes | bytearray | memoryview,
+        *,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> FileInfo:
         """Store ``data`` as the file ``path`` (see `Drive.write_bytes`)."""
-        return self._call(self._drive.write_bytes, path, data)
+        return self._call(
+            self._drive.write_bytes, path, data, if_version=if_version, exist_ok=exist_ok
+        )
 
     def delete(self, path: StrPath, *, recursive: bool = False) -> None:
         """Remove this component's copy of a file or folder (see `Drive.delete`)."""

@@ -24,6 +24,7 @@ from asyncdrive import (
     DriveTimeoutError,
     FileInfo,
     InvalidPathError,
+    VersionConflictError,
 )
 
 from .conftest import MakeDrive
@@ -383,3 +384,53 @@ def test_public_names() -> None:
     assert sorted(asyncdrive.__all__) == asyncdrive.__all__
     for name in asyncdrive.__all__:
         assert hasattr(asyncdrive, name)
+
+
+async def test_conditional_writes(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    first = await drive.write_bytes("a", b"1", exist_ok=False)
+    with pytest.raises(DriveFileExistsError, match="exist_ok=False") as exists:
+        await drive.write_bytes("a", b"2", exist_ok=False)
+    assert "if_version=1" in str(exists.value)
+    second = await drive.write_bytes("a", b"2", if_version=first.version)
+    with pytest.raises(VersionConflictError, match="version 2") as conflict:
+        await drive.write_bytes("a", b"3", if_version=first.version)
+    assert conflict.value.current_version == second.version
+    assert isinstance(conflict.value, FileExistsError)
+    assert await drive.read_bytes("a") == b"2"
+    with pytest.raises(DriveFileExistsError):
+        await drive.write_bytes("a", b"4", if_version=0)
+    write("local.txt", b"local")
+    with pytest.raises(VersionConflictError):
+        await drive.write_bytes("a", b"5", if_version=7)
+    await drive.put("local.txt", if_version=0)
+    await drive.delete("a")
+    with pytest.raises(DriveFileNotFoundError, match="deleted"):
+        await drive.write_bytes("a", b"6", if_version=second.version)
+    with pytest.raises(ValueError, match="contradict"):
+        await drive.write_bytes("a", b"7", if_version=3, exist_ok=False)
+    with pytest.raises(ValueError, match="version number"):
+        await drive.write_bytes("a", b"7", if_version=-1)
+    assert (await drive.info("local.txt")).version == 1
+    # Refused conditional writes leave no event and no bytes behind.
+    assert await drive.list(".") == ["local.txt"]
+
+
+async def test_conditional_writes_race(make_drive: MakeDrive, drive_id: str) -> None:
+    # Ten writers all read version 1 and try to replace it: exactly one may win.
+    drives = [make_drive(drive_id) for _ in range(10)]
+    base = await drives[0].write_bytes("counter", b"0")
+    outcomes: list[str] = []
+
+    async def attempt(drive: Any, n: int) -> None:
+        try:
+            await drive.write_bytes("counter", str(n).encode(), if_version=base.version)
+            outcomes.append("won")
+        except VersionConflictError:
+            outcomes.append("lost")
+
+    async with anyio.create_task_group() as tg:
+        for n, drive in enumerate(drives):
+            tg.start_soon(attempt, drive, n)
+    assert sorted(outcomes) == ["lost"] * 9 + ["won"]
+    assert (await drives[0].info("counter")).version == base.version + 1
