@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import InvalidConfigError, InvalidDriveIdError
 
@@ -147,6 +147,9 @@ def resolve_retention() -> tuple[int, float]:
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, safe for logs and messages.
 
+    Both places redis-py takes a password are covered: ``user:password@`` and
+    ``?password=``.
+
     Example:
         >>> redact_url("redis://user:secret@host:6379/0")
         'redis://user:***@host:6379/0'
@@ -154,15 +157,22 @@ def redact_url(url: str) -> str:
     """
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        return "<malformed url>"
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if port is not None:
+            host = f"{host}:{port}"
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if parts.query:
+        query = [
+            (key, "***" if key.lower() == "password" else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ LOCK_TIMEOUT = 60.0
 
 StrPath = str | os.PathLike[str]
 
+# Connections a forked child inherited from its parent: never used, never closed (see _reset).
+_inherited_after_fork: list[object] = []
+
 
 @dataclass
 class _Connection:
@@ -146,7 +149,13 @@ class Drive:
         self._closed = False
 
     def _reset(self) -> None:
-        # Connection state belongs to one process: after fork the child starts afresh.
+        # Connection state belongs to one process: after fork the child starts afresh. The
+        # parent's connections must not be closed or freed here: their cleanup would go
+        # through the event loop's epoll, which parent and child share, and unregister the
+        # parent's sockets. Keep them, untouched, for the child's lifetime (as redis-py's
+        # own pools do after a fork).
+        if getattr(self, "_conn", None) is not None:
+            _inherited_after_fork.append(self._conn)
         self._pid = os.getpid()
         self._conn: _Connection | None = None
         self._connect_lock: anyio.Lock | None = None
@@ -184,11 +193,15 @@ class Drive:
         return self._config.resolve()
 
     def __repr__(self) -> str:
-        config = self._resolved()
+        try:
+            config: ResolvedConfig | DriveConfig = self._resolved()
+        except DriveError:  # a malformed setting in the environment: show what was given
+            config = self._config
         parts = [repr(self.id), f"component_name={config.component_name!r}"]
         if config.allow_duplicates:
             parts.append("allow_duplicates=True")
-        parts.append(f"root={str(config.root)!r}")
+        if config.root is not None:
+            parts.append(f"root={str(config.root)!r}")
         if config.redis_url:
             parts.append(f"redis_url={redact_url(config.redis_url)!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
@@ -245,12 +258,18 @@ class Drive:
         config = self._config.resolve()
         embedded = config.redis_url is None
         url = config.redis_url or await ensure_server(config.root)
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-        )
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+            )
+        except ValueError as exc:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: invalid Redis URL {redact_url(url)!r} ({exc}). Use "
+                "redis://[user:password@]host:port[/db], rediss://... or unix:///path.sock."
+            ) from None
         try:
             before = time.time()
             seconds, micros = await client.time()
@@ -276,10 +295,19 @@ class Drive:
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
         url = url or (self._conn.url if self._conn else None) or "the embedded server"
+        if self._conn is not None and self._conn.config.redis_url is None:
+            fix = (
+                "The drive's embedded server stopped (asyncdrive.stop_server?); create a new "
+                "Drive to start it again."
+            )
+        else:
+            fix = (
+                "Check that the server is running and reachable from this machine, or "
+                "configure no Redis URL (argument or ASYNCDRIVE_REDIS_URL) to use the "
+                "embedded server."
+            )
         return DriveUnavailableError(
-            f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} ({exc}). Check "
-            "that the server is running and reachable from this machine, or unset "
-            "ASYNCDRIVE_REDIS_URL to use the embedded server."
+            f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} ({exc}). {fix}"
         )
 
     # -- errors ------------------------------------------------------------------------------

@@ -104,6 +104,12 @@ def acquire(key: int, closer: Callable[[], Awaitable[None]]) -> BlockingPortal:
         return portal
 
 
+def is_running(portal: BlockingPortal) -> bool:
+    """Tell whether ``portal`` is the process's running portal (not one stopped at exit)."""
+    ready = _state.ready
+    return ready is not None and ready.done() and ready.result() is portal
+
+
 def release(key: int) -> None:
     """Forget a user; stop the loop thread when it was the last one."""
     state = _state

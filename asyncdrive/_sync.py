@@ -148,7 +148,8 @@ class SyncDrive:
             self._drive._closed = True
             return
         try:
-            _portal.run(portal, self._drive.aclose)
+            if _portal.is_running(portal):  # not after interpreter exit stopped the loop
+                _portal.run(portal, self._drive.aclose)
         finally:
             _portal.release(self._key)
 

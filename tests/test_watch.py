@@ -312,7 +312,9 @@ async def test_group_redelivers_from_a_killed_member(
         from asyncdrive import SyncDrive
         drive = SyncDrive({drive_id!r})
         hang_on = sys.argv[1]
-        for event in drive.watch(group="workers", claim_idle=1.0, timeout=3):
+        watch = drive.watch(group="workers", claim_idle=1.0, timeout=3)
+        print("ready", flush=True)
+        for event in watch:
             print("got", event.path, flush=True)
             if event.path == hang_on:
                 time.sleep(3600)  # dies here, mid-event, before asking for the next
@@ -324,8 +326,9 @@ async def test_group_redelivers_from_a_killed_member(
             [sys.executable, "-c", textwrap.dedent(member), "f00"],
             cwd=workdir, env=env, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        await drive.write_bytes("f00", b"x")
         assert victim.stdout is not None
+        assert await anyio.to_thread.run_sync(victim.stdout.readline) == "ready\n"
+        await drive.write_bytes("f00", b"x")
         assert await anyio.to_thread.run_sync(victim.stdout.readline) == "got f00\n"
         victim.send_signal(signal.SIGKILL)
         victim.wait()

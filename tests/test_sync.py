@@ -1,0 +1,489 @@
+"""The traps of the blocking facade (STYLE.md, "The sync facade"), one regression test each.
+
+A running event loop, the one loop thread per process, Ctrl-C, interpreter exit, closed
+drives, garbage-collected drives, and what a repr may show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import pytest
+import redis
+
+from asyncdrive import Drive, DriveError, SyncDrive
+
+from .conftest import run_python
+
+LOOP_THREAD = "asyncdrive-loop"
+
+
+def loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == LOOP_THREAD]
+
+
+def joined_loop_threads(timeout: float = 10.0) -> list[threading.Thread]:
+    """The loop threads still alive after waiting (bounded) for them to end."""
+    for thread in loop_threads():
+        thread.join(timeout)
+    return loop_threads()
+
+
+@pytest.fixture(autouse=True)
+def no_loop_thread_before() -> Iterator[None]:
+    # Every test here counts loop threads; one left by an earlier test would be that test's
+    # leak, so name it rather than fail confusingly below.
+    assert joined_loop_threads() == [], "a loop thread was left running by an earlier test"
+    yield
+
+
+def spawn(code: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """Start ``code`` in a fresh interpreter with the default warning filters, as users run."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"process ended early ({proc.returncode}):\n{err}")
+    return line.strip()
+
+
+def blocking_calls(drive: SyncDrive) -> list[Callable[[], object]]:
+    """One call of each SyncDrive operation."""
+    return [
+        lambda: drive.list("."),
+        lambda: drive.put("a.txt"),
+        lambda: drive.write_bytes("b.txt", b"y"),
+        lambda: drive.read_bytes("a.txt"),
+        lambda: drive.get("a.txt", timeout=60),
+        lambda: drive.exists("a.txt"),
+        lambda: drive.info("a.txt"),
+        lambda: drive.delete("a.txt"),
+        lambda: next(iter(drive.watch(since="0"))),
+    ]
+
+
+def async_calls(drive: Drive) -> list[Callable[[], Awaitable[object]]]:
+    """One call of each Drive operation."""
+    return [
+        lambda: drive.list("."),
+        lambda: drive.put("a.txt"),
+        lambda: drive.write_bytes("b.txt", b"y"),
+        lambda: drive.read_bytes("a.txt"),
+        lambda: drive.get("a.txt", timeout=60),
+        lambda: drive.exists("a.txt"),
+        lambda: drive.info("a.txt"),
+        lambda: drive.delete("a.txt"),
+        lambda: drive.watch(since="0").next(),
+    ]
+
+
+def blocked_xreads(url: str) -> set[str]:
+    """Ids of the server's clients blocked in XREAD: how a watch (and get(timeout=)) waits."""
+    client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    try:
+        clients: list[dict[str, Any]] = client.client_list()
+    finally:
+        client.close()
+    return {c["id"] for c in clients if "b" in c.get("flags", "") and c.get("cmd") == "xread"}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+# -- 1. a blocking call inside a running event loop ---------------------------------------------
+
+
+async def test_blocking_call_in_running_loop_raises(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    drive = SyncDrive(drive_id)
+    calls = blocking_calls(drive)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for call in calls:
+                with pytest.raises(RuntimeError, match="await") as refused:
+                    call()
+                assert "event loop" in str(refused.value)
+            # A coroutine created and dropped unawaited warns when it is collected.
+            gc.collect()
+        assert [str(w.message) for w in caught] == []
+        # Nothing ran: no loop thread was started for the refused calls.
+        assert loop_threads() == []
+    finally:
+        drive.close()
+
+
+async def test_blocking_call_in_running_loop_raises_after_use(
+    env: dict[str, str], drive_id: str
+) -> None:
+    drive = SyncDrive(drive_id)
+    try:
+        # Used from a worker thread (the right way from async code): the loop thread runs.
+        await anyio.to_thread.run_sync(drive.write_bytes, "a.txt", b"x")
+        assert len(loop_threads()) == 1
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(RuntimeError, match="await"):
+                drive.list(".")
+            gc.collect()
+        assert [str(w.message) for w in caught] == []
+        assert await anyio.to_thread.run_sync(drive.list, ".") == ["a.txt"]
+    finally:
+        drive.close()
+    assert joined_loop_threads() == []
+
+
+# -- 6. one loop thread per process; none after close ------------------------------------------
+
+
+def test_one_loop_thread_shared_and_stopped_by_the_last_close(
+    env: dict[str, str], drive_id: str
+) -> None:
+    a = SyncDrive(drive_id, component_name="a")
+    b = SyncDrive(drive_id, component_name="b")
+    try:
+        assert loop_threads() == []  # creating a drive starts nothing
+        a.write_bytes("a.txt", b"1")
+        b.write_bytes("b.txt", b"2")
+        threads = loop_threads()
+        assert len(threads) == 1
+        assert threads[0].daemon  # never keeps the interpreter alive
+        a.close()
+        assert loop_threads() == threads  # still serving b
+        assert b.list(".") == ["a.txt", "b.txt"]
+    finally:
+        a.close()
+        b.close()
+    assert joined_loop_threads() == []
+    # A later SyncDrive starts a fresh thread, and stops it again.
+    with SyncDrive(drive_id) as c:
+        assert c.list(".") == ["a.txt", "b.txt"]
+        (thread,) = loop_threads()
+        assert thread is not threads[0]
+    assert joined_loop_threads() == []
+
+
+def test_with_block_closes(env: dict[str, str], drive_id: str) -> None:
+    with SyncDrive(drive_id) as drive:
+        drive.write_bytes("a.txt", b"x")
+        assert len(loop_threads()) == 1
+    assert joined_loop_threads() == []
+    with pytest.raises(DriveError, match="closed"):
+        drive.list(".")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), SyncDrive(drive_id) as failing:
+        failing.list(".")
+        raise Boom
+    assert joined_loop_threads() == []
+    with pytest.raises(DriveError, match="closed"):
+        failing.list(".")
+
+
+# -- 4. Ctrl-C during a blocking call ------------------------------------------------------------
+
+
+def test_ctrl_c_interrupts_a_blocking_get(
+    env: dict[str, str], workdir: Path, drive_id: str, redis_url: str
+) -> None:
+    before = blocked_xreads(redis_url)  # other users of the server, if any
+    code = f"""
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        drive.list(".")
+        print("ready", flush=True)
+        drive.get("missing.txt", timeout=60)
+        print("returned", flush=True)
+    """
+    proc = spawn(code, env, workdir)
+    try:
+        assert read_line(proc) == "ready"
+        # Interrupt only once the call is really waiting (blocked in the server), not before.
+        wait_until(lambda: bool(blocked_xreads(redis_url) - before), "the get waits in the server")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    assert "returned" not in out
+    assert not Path("missing.txt").exists()
+
+
+def test_ctrl_c_cancels_the_call_on_the_loop(
+    env: dict[str, str], workdir: Path, drive_id: str, redis_url: str
+) -> None:
+    # The interrupted call must be cancelled on the loop thread, not left waiting there: the
+    # server sees its blocked read end, and the drive keeps working.
+    before = blocked_xreads(redis_url)  # other users of the server, if any
+    code = f"""
+        import threading, time
+        import redis
+        from asyncdrive import SyncDrive
+
+        def blocked():
+            client = redis.Redis.from_url({redis_url!r}, decode_responses=True)
+            try:
+                return [c for c in client.client_list() if "b" in c["flags"]
+                        and c["cmd"] == "xread" and c["id"] not in {before!r}]
+            finally:
+                client.close()
+
+        drive = SyncDrive({drive_id!r})
+        drive.list(".")
+        print("ready", flush=True)
+        try:
+            drive.get("missing.txt", timeout=60)
+            print("returned", flush=True)
+        except KeyboardInterrupt:
+            deadline = time.monotonic() + 20
+            while blocked() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            print("still blocked:", len(blocked()), flush=True)
+            drive.write_bytes("after.txt", b"x")
+            print("listed:", drive.list("."), flush=True)
+            drive.close()
+            names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
+            print("threads:", names, flush=True)
+    """
+    proc = spawn(code, env, workdir)
+    try:
+        assert read_line(proc) == "ready"
+        wait_until(lambda: bool(blocked_xreads(redis_url) - before), "the get waits in the server")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["still blocked: 0", "listed: ['after.txt']", "threads: []"], err
+    assert err == ""
+
+
+# -- 6. interpreter exit with an unclosed SyncDrive; garbage collection -------------------------
+
+EXIT_CODE = """
+    import atexit, threading
+
+    # atexit runs handlers last-registered-first: this one runs after asyncdrive's shutdown.
+    @atexit.register
+    def report():
+        names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
+        print("threads at exit:", names, flush=True)
+
+    from asyncdrive import SyncDrive
+    kept = SyncDrive({drive_id!r}, component_name="kept")
+    kept.write_bytes("a.txt", b"x")
+    events = kept.watch(since="0")
+    print(next(events).path, flush=True)  # a watch left open mid-iteration
+    other = SyncDrive({drive_id!r}, component_name="other")
+    print(other.list("."), flush=True)
+    # No close(): the interpreter exits with both drives open.
+"""
+
+
+def test_exit_with_unclosed_syncdrive(env: dict[str, str], workdir: Path, drive_id: str) -> None:
+    proc = spawn(EXIT_CODE.format(drive_id=drive_id), env, workdir)
+    out, err = proc.communicate(timeout=60)  # a hang at exit fails here
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["a.txt", "['a.txt']", "threads at exit: []"], err
+
+
+def test_exit_with_unclosed_syncdrive_is_quiet(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    # Default warning filters, as a user runs a script: nothing at all on stderr.
+    proc = spawn(EXIT_CODE.format(drive_id=drive_id), env, workdir)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert err == ""
+
+
+def test_closed_syncdrive_exits_cleanly_under_w_error(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    code = f"""
+        import threading
+        from asyncdrive import SyncDrive
+        with SyncDrive({drive_id!r}) as drive:
+            drive.write_bytes("a.txt", b"x")
+        print([t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"])
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
+    assert done.stdout.strip() == "[]"
+    assert done.stderr == ""
+
+
+def test_unclosed_syncdrive_warns_when_collected(env: dict[str, str], drive_id: str) -> None:
+    drive = SyncDrive(drive_id)
+    drive.write_bytes("a.txt", b"x")
+    assert len(loop_threads()) == 1
+    with pytest.warns(ResourceWarning, match="unclosed SyncDrive") as caught:
+        del drive
+        gc.collect()
+    assert drive_id in str(caught[0].message)
+    # Collecting it also released it: the loop thread stops.
+    assert joined_loop_threads() == []
+
+
+def test_unused_or_closed_syncdrive_does_not_warn(env: dict[str, str], drive_id: str) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unused = SyncDrive(drive_id)
+        closed = SyncDrive(drive_id)
+        closed.list(".")
+        closed.close()
+        del unused, closed
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
+
+
+def test_unclosed_drive_warns_when_collected(env: dict[str, str], drive_id: str) -> None:
+    async def use_and_drop() -> None:
+        drive = Drive(drive_id)
+        await drive.write_bytes("a.txt", b"x")
+
+    # A loop of its own, closed by asyncio.run, so that everything the dropped drive held
+    # (its redis connections warn as well) is collected, and recorded, in here.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(use_and_drop())
+        gc.collect()
+        messages: list[str] = []
+        categories: set[type[Warning]] = set()
+        # A record holds the object it warns about (source=), which may warn in turn when
+        # released: release them all in here.
+        while caught:
+            messages += [str(w.message) for w in caught]
+            categories |= {w.category for w in caught}
+            caught.clear()
+            gc.collect()
+    unclosed = [m for m in messages if m.startswith("unclosed Drive(")]
+    assert len(unclosed) == 1, messages
+    assert drive_id in unclosed[0]
+    assert categories == {ResourceWarning}
+
+
+# -- closed drives -------------------------------------------------------------------------------
+
+
+def test_syncdrive_after_close_raises(env: dict[str, str], workdir: Path, drive_id: str) -> None:
+    Path("a.txt").write_bytes(b"local")  # so that put() gets as far as the drive
+    used = SyncDrive(drive_id)
+    used.write_bytes("a.txt", b"x")
+    used.close()
+    used.close()  # idempotent
+    never_used = SyncDrive(drive_id)
+    never_used.close()
+    never_used.close()
+    for drive in (used, never_used):
+        calls = blocking_calls(drive)
+        for call in calls:
+            with pytest.raises(DriveError, match="closed") as refused:
+                call()
+            assert drive_id[6:] in str(refused.value)
+    assert joined_loop_threads() == []
+    # Nothing was done by the refused calls.
+    with SyncDrive(drive_id) as check:
+        assert check.list(".") == ["a.txt"]
+
+
+async def test_drive_after_aclose_raises(env: dict[str, str], workdir: Path, drive_id: str) -> None:
+    Path("a.txt").write_bytes(b"local")  # so that put() gets as far as the drive
+    used = Drive(drive_id)
+    await used.write_bytes("a.txt", b"x")
+    await used.aclose()
+    await used.aclose()  # idempotent
+    async with Drive(drive_id) as never_used:
+        pass
+    await never_used.aclose()
+    for drive in (used, never_used):
+        for call in async_calls(drive):
+            with pytest.raises(DriveError, match="closed") as refused:
+                await call()
+            assert drive_id[6:] in str(refused.value)
+    async with Drive(drive_id) as check:
+        assert await check.list(".") == ["a.txt"]
+
+
+# -- repr ----------------------------------------------------------------------------------------
+
+SECRET_URLS = [
+    "redis://u:s3cret@127.0.0.1:6379",
+    "redis://:s3cret@127.0.0.1:6379/0",
+    "rediss://u:s3cret@example.com:6380/2",
+    "unix://:s3cret@/tmp/redis.sock",
+    "unix:///tmp/redis.sock?password=s3cret",
+    "redis://127.0.0.1:6379/0?db=1&password=s3cret",
+]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+@pytest.mark.parametrize("cls", [Drive, SyncDrive])
+def test_repr_shows_id_and_component_never_a_password(
+    cls: type[Drive] | type[SyncDrive], url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ASYNCDRIVE_ROOT", "ASYNCDRIVE_REDIS_URL", "ASYNCDRIVE_COMPONENT"):
+        monkeypatch.delenv(name, raising=False)
+    # Creating a drive does no I/O, so none of these servers needs to exist.
+    explicit = cls("lit://repr_1", component_name="w1", redis_url=url)
+    text = repr(explicit)
+    assert text.startswith(f"{cls.__name__}('lit://repr_1'")
+    assert "component_name='w1'" in text
+    assert "s3cret" not in text
+    # The same URL from the environment, and the component from it too.
+    monkeypatch.setenv("ASYNCDRIVE_REDIS_URL", url)
+    monkeypatch.setenv("ASYNCDRIVE_COMPONENT", "from_env")
+    text = repr(cls("lit://repr_2"))
+    assert "'lit://repr_2'" in text
+    assert "component_name='from_env'" in text
+    assert "s3cret" not in text
+    assert "***" in text
+
+
+def test_repr_of_default_drive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ASYNCDRIVE_REDIS_URL", raising=False)
+    monkeypatch.delenv("ASYNCDRIVE_COMPONENT", raising=False)
+    monkeypatch.setenv("ASYNCDRIVE_ROOT", str(tmp_path))
+    assert repr(SyncDrive("lit://d")) == (
+        f"SyncDrive('lit://d', component_name='default', root={str(tmp_path.resolve())!r})"
+    )
+    assert repr(Drive("lit://d", allow_duplicates=True)) == (
+        "Drive('lit://d', component_name='default', allow_duplicates=True, "
+        f"root={str(tmp_path.resolve())!r})"
+    )
+    assert not (tmp_path / "server").exists()  # repr started no server
