@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ._exceptions import InvalidConfigError, InvalidDriveIdError
 
@@ -160,19 +160,18 @@ def redact_url(url: str) -> str:
         port = parts.port
     except ValueError:
         return "<malformed url>"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and not any(key.lower() == "password" for key, _ in query):
+        return url
+    netloc = parts.netloc
     if parts.password is not None:
-        user = parts.username or ""
         host = parts.hostname or ""
-        if port is not None:
-            host = f"{host}:{port}"
-        parts = parts._replace(netloc=f"{user}:***@{host}")
-    if parts.query:
-        query = [
-            (key, "***" if key.lower() == "password" else value)
-            for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    return urlunsplit(parts)
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port is not None else "")
+    redacted = urlencode(
+        [(key, "***" if key.lower() == "password" else value) for key, value in query], safe="*"
+    )
+    # Assembled by hand: urlunsplit drops the '//' of 'unix:///path' (an empty host).
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{redacted}" if redacted else "")
 
 
 @dataclass(frozen=True)
