@@ -22,12 +22,13 @@ from ._exceptions import (
     DriveNotADirectoryError,
     DriveTimeoutError,
     DriveUnavailableError,
+    IndexLostError,
     InvalidConfigError,
     InvalidDriveIdError,
     InvalidPathError,
     VersionConflictError,
 )
-from ._models import FileInfo
+from ._models import FileInfo, GcReport
 from ._server import server_binary, server_url, stop_server
 from ._sync import SyncDrive, SyncWatch
 from ._watch import Watch
@@ -48,6 +49,8 @@ __all__ = [
     "DriveTimeoutError",
     "DriveUnavailableError",
     "FileInfo",
+    "GcReport",
+    "IndexLostError",
     "InvalidConfigError",
     "InvalidDriveIdError",
     "InvalidPathError",

@@ -40,11 +40,12 @@ from ._exceptions import (
     DriveNotADirectoryError,
     DriveTimeoutError,
     DriveUnavailableError,
+    IndexLostError,
     InvalidConfigError,
     VersionConflictError,
 )
 from ._index import Index, PutOutcome
-from ._models import FileInfo
+from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
 from ._storage import DiskStore, Staged
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
@@ -82,6 +83,9 @@ class _Connection:
     #: Server clock minus this machine's clock, and the uncertainty of that estimate (ms).
     clock_offset_ms: float = 0.0
     clock_error_ms: float = 0.0
+    #: Whether the index was found present, and the disk marker written, in this connection.
+    index_checked: bool = False
+    disk_marked: bool = False
 
 
 def _redis_errors_as_unavailable(
@@ -241,7 +245,7 @@ class Drive:
                 stacklevel=2,
             )
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self, *, check_index: bool = True) -> _Connection:
         if self._closed:
             raise DriveError(f"Drive {self.name!r} is closed; create a new Drive to use it again.")
         if self._pid != os.getpid():
@@ -252,7 +256,22 @@ class Drive:
             async with self._connect_lock:
                 if self._conn is None:
                     self._conn = await self._connect()
-        return self._conn
+        conn = self._conn
+        if check_index and not conn.index_checked:
+            # Files on disk but no index: the server lost its data. Say so rather than serve
+            # an empty drive.
+            if not await conn.index.is_indexed() and await anyio.to_thread.run_sync(
+                conn.store.in_use
+            ):
+                raise IndexLostError(
+                    f"Drive {self.name!r}: the Redis server at {redact_url(conn.url)} has no "
+                    f"index for this drive, but {str(conn.store.base)!r} holds its files: the "
+                    "server lost its data (restarted without persistence, flushed or "
+                    "replaced). Run 'await drive.rebuild_index()' or 'asyncdrive "
+                    f"rebuild-index {self.id}' to rebuild the index from the disk."
+                )
+            conn.index_checked = True
+        return conn
 
     async def _connect(self) -> _Connection:
         config = self._config.resolve()
@@ -503,6 +522,9 @@ class Drive:
             await anyio.to_thread.run_sync(store.restore, backup, component, path)
             self._raise_put_refused(path, outcome, precondition)
         await anyio.to_thread.run_sync(store.drop_backup, backup)
+        if not conn.disk_marked:
+            await anyio.to_thread.run_sync(store.mark_in_use)
+            conn.disk_marked = True
         return info
 
     def _raise_put_refused(self, path: str, outcome: PutOutcome, precondition: str) -> None:
@@ -790,6 +812,101 @@ class Drive:
                 )
             if event.change != Change.DELETED and component in (None, event.component_name):
                 kind = await conn.index.kind(path, component)
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    @_redis_errors_as_unavailable
+    async def rebuild_index(self, *, verify: bool = False) -> int:
+        """Rebuild the drive's whole index in Redis from the files and metadata on disk.
+
+        For when the Redis server lost its data (`IndexLostError`). Listings, sizes,
+        checksums, versions and ownership come back as they were; the change log is kept.
+        Run it while no process writes to the drive.
+
+        Example:
+            >>> await drive.rebuild_index()
+            1042
+
+        Args:
+            verify: recompute every checksum from the bytes instead of trusting the metadata
+                (reads every byte of the drive).
+
+        Returns:
+            The number of files indexed.
+
+        """
+        conn = await self._connection(check_index=False)
+        files = await anyio.to_thread.run_sync(functools.partial(conn.store.scan, verify=verify))
+        await conn.index.replace_all(files)
+        conn.index_checked = False
+        logger.info("drive %s: index rebuilt from disk (%d files)", self.name, len(files))
+        return len(files)
+
+    @_redis_errors_as_unavailable
+    async def gc(self, *, grace: float = 3600.0) -> GcReport:
+        """Clean up after writers that died: temporary files, half-done puts and deletes.
+
+        Only what is older than ``grace`` seconds is touched, so work in progress is safe.
+        Afterwards no index entry lacks its bytes, and no bytes lack their index entry.
+
+        Example:
+            >>> await drive.gc(grace=600)
+            GcReport(uploads_removed=2, installs_undone=1, ...)
+
+        """
+        conn = await self._connection()
+        store, index = conn.store, conn.index
+        uploads, backups = await anyio.to_thread.run_sync(store.leftovers, grace)
+        for upload in uploads:
+            await anyio.to_thread.run_sync(functools.partial(upload.unlink, missing_ok=True))
+        undone = kept = 0
+        for backup in backups:
+            target = await anyio.to_thread.run_sync(store.backup_target, backup)
+            if target is None:
+                await anyio.to_thread.run_sync(store.drop_backup, backup)
+                continue
+            component, path = target
+            token = await self._lock(conn, component, path)
+            with anyio.CancelScope(shield=True):
+                try:
+                    entry = (await index.owners(path)).get(component)
+                    installed = await anyio.to_thread.run_sync(
+                        store.installed_version, component, path
+                    )
+                    if entry is not None and entry.version == installed:
+                        await anyio.to_thread.run_sync(store.drop_backup, backup)
+                        kept += 1
+                    else:  # installed, then the writer died before the commit: undo
+                        await anyio.to_thread.run_sync(store.restore, backup, component, path)
+                        undone += 1
+                finally:
+                    await index.unlock(component, path, token)
+        on_disk = await anyio.to_thread.run_sync(functools.partial(store.scan, verify=False))
+        indexed = {(e.component_name, e.path) for e in await index.all_entries()}
+        orphans = 0
+        for found in on_disk:
+            if (found.component, found.path) not in indexed and found.age > grace:
+                orphans += await self._remove_orphan(conn, found.component, found.path)
+        present = {(f.component, f.path) for f in on_disk}
+        dangling = 0
+        for component, path in sorted(indexed - present):
+            exists = store.file_path(component, path).exists
+            if not await anyio.to_thread.run_sync(exists):
+                done, _ = await index.commit_delete(component, path)
+                dangling += done
+        return GcReport(len(uploads), undone, kept, orphans, dangling)
+
+    async def _remove_orphan(self, conn: _Connection, component: str, path: str) -> int:
+        token = await self._lock(conn, component, path)
+        removed = 0
+        with anyio.CancelScope(shield=True):
+            try:
+                if component not in await conn.index.owners(path):  # not committed meanwhile
+                    await anyio.to_thread.run_sync(conn.store.remove, component, path)
+                    removed = 1
+            finally:
+                await conn.index.unlock(component, path, token)
+        return removed
 
     # -- watching ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ derives from the built-in exception a Python user would catch for the same situa
     ├── AmbiguousPathError       (LookupError)        several components own the path
     ├── CursorExpiredError       (LookupError)        a watch cursor older than the log
     ├── DriveTimeoutError        (TimeoutError)       waited too long
+    ├── IndexLostError           (RuntimeError)       Redis lost the index: rebuild_index()
     └── DriveUnavailableError    (ConnectionError)    Redis or the server cannot be reached
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "DriveNotADirectoryError",
     "DriveTimeoutError",
     "DriveUnavailableError",
+    "IndexLostError",
     "InvalidConfigError",
     "InvalidDriveIdError",
     "InvalidPathError",
@@ -116,6 +118,14 @@ class CursorExpiredError(DriveError, LookupError):
 
 class DriveTimeoutError(DriveError, TimeoutError):
     """An operation waited longer than its timeout."""
+
+
+class IndexLostError(DriveError, RuntimeError):
+    """The drive has files on disk but no index in Redis: the server lost its data.
+
+    Run `Drive.rebuild_index` (or ``asyncdrive rebuild-index lit://<name>``) to rebuild the
+    index from the disk.
+    """
 
 
 class DriveUnavailableError(DriveError, ConnectionError):

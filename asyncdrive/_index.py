@@ -36,6 +36,7 @@ from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo
 from ._paths import parent_dirs
+from ._storage import DiskFile
 
 # Shared by every script that changes the index: KEYS[1] is the change log, KEYS[2] the id of
 # the newest event trimmed from it; ARGV[1] the most events to keep, ARGV[2] the most age in
@@ -169,6 +170,10 @@ _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
 
 
 class Keys:
@@ -461,6 +466,55 @@ class Index:
         if reply[0] == "missing":
             return False, sorted(reply[1:])
         return True, []
+
+    # -- whole-drive maintenance ----------------------------------------------------------
+
+    async def is_indexed(self) -> bool:
+        """Tell whether the drive has an index (its version counters exist once a file was put)."""
+        return bool(await self.client.exists(self.keys.versions))
+
+    async def all_entries(self) -> list[FileInfo]:
+        """Return every (component, file) entry of the index."""
+        paths: Any = await self.client.zrange(self.keys.files, 0, -1)
+        entries: list[FileInfo] = []
+        for start in range(0, len(paths), 1000):
+            chunk = paths[start : start + 1000]
+            for owners in await self.owners_many(chunk):
+                entries.extend(owners.values())
+        return entries
+
+    async def replace_all(self, files: Sequence[DiskFile]) -> None:
+        """Replace the drive's whole index by ``files`` (the change log is kept).
+
+        The version counters are written last: until they are, the index still counts as
+        lost, so an interrupted rebuild is detected and can simply be run again.
+        """
+        keep = {self.keys.events, self.keys.trimmed}
+        doomed = [
+            k async for k in self.client.scan_iter(match=_glob_escape(self.keys.prefix) + "*")
+        ]
+        old_versions: dict[str, str] = await self.client.hgetall(self.keys.versions)  # type: ignore[assignment]
+        doomed = [k for k in doomed if k not in keep and ":lock:" not in k]
+        for start in range(0, len(doomed), 1000):
+            await self.client.delete(*doomed[start : start + 1000])
+        versions: dict[str, int] = {k: int(v) for k, v in old_versions.items()}
+        for start in range(0, len(files), 1000):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for f in files[start : start + 1000]:
+                    record = f"{f.size}|{f.mtime!r}|{f.checksum}|{f.version}"
+                    pipe.hset(self.keys.entry(f.path), f.component, record)
+                    pipe.zadd(self.keys.files, {f.path: 0})
+                    pipe.zadd(self.keys.component_files(f.component), {f.path: 0})
+                    names = f.path.split("/")
+                    for folder, name in zip(parent_dirs(f.path), names, strict=True):
+                        pipe.hincrby(self.keys.children(folder), name, 1)
+                        pipe.hincrby(self.keys.component_children(f.component, folder), name, 1)
+                    field = f"{f.component}:{f.path}"
+                    versions[field] = max(versions.get(field, 0), f.version)
+                await pipe.execute()
+        versions.setdefault("", 0)  # the counters must exist even for an empty drive
+        mapping: Any = versions
+        await self.client.hset(self.keys.versions, mapping=mapping)
 
     # -- locks -------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FileInfo"]
+__all__ = ["FileInfo", "GcReport"]
 
 #: The checksum algorithm of `FileInfo.checksum` (hex digest). SHA-256 was measured to be the
 #: fastest strong hash here (hardware-accelerated in OpenSSL), faster than BLAKE2b.
@@ -36,3 +36,23 @@ class FileInfo:
     checksum: str
     version: int
     component_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What `Drive.gc` cleaned up.
+
+    Attributes:
+        uploads_removed: temporary uploads left by writers that died.
+        installs_undone: replacements a writer installed but died before committing, undone.
+        installs_kept: replacements that were committed, whose backups were removed.
+        orphans_removed: bytes on disk with no index entry (a delete or put cut short).
+        entries_removed: index entries whose bytes were gone from the disk.
+
+    """
+
+    uploads_removed: int = 0
+    installs_undone: int = 0
+    installs_kept: int = 0
+    orphans_removed: int = 0
+    entries_removed: int = 0

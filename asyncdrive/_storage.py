@@ -21,16 +21,21 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ._config import is_valid_name
 from ._models import CHECKSUM_ALGORITHM
 from ._paths import RESERVED_PREFIX
 
 CHUNK = 1 << 20
 META_PREFIX = RESERVED_PREFIX + "-meta."
 TMP_PREFIX = RESERVED_PREFIX + "-tmp."
+#: Written beside a drive's folders once it has committed a file: if the index is missing
+#: while this exists, the Redis server lost the drive's index.
+DRIVE_MARKER = RESERVED_PREFIX + "-drive"
 
 
 def _read_umask() -> int:
@@ -49,6 +54,19 @@ def _read_umask() -> int:
 
 #: Files asyncdrive creates get the mode a plain ``open(path, "w")`` would give them.
 FILE_MODE = 0o666 & ~_read_umask()
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFile:
+    """One file found on disk by `DiskStore.scan`, with what its metadata says."""
+
+    component: str
+    path: str
+    size: int
+    mtime: float
+    checksum: str
+    version: int
+    age: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +186,8 @@ class DiskStore:
         target = self.file_path(component, path)
         meta_target = self.meta_path(component, path)
         backup = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="backup-"))
+        # Says what the backup is for, so a crash between install and commit can be undone.
+        (backup / "target").write_text(json.dumps({"component": component, "path": path}))
         for current, name in ((target, "data"), (meta_target, "meta")):
             with contextlib.suppress(FileNotFoundError):
                 os.link(current, backup / name)
@@ -195,9 +215,16 @@ class DiskStore:
         self.drop_backup(backup)
         self._prune(self.file_path(component, path).parent, component)
 
+    def installed_version(self, component: str, path: str) -> int | None:
+        """Return the version the metadata of ``component``'s ``path`` records, if any."""
+        try:
+            return int(json.loads(self.meta_path(component, path).read_text())["version"])
+        except (OSError, ValueError, KeyError):
+            return None
+
     def drop_backup(self, backup: Path) -> None:
         """Remove the backup left by `install`."""
-        for name in ("data", "meta"):
+        for name in ("data", "meta", "target"):
             (backup / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             backup.rmdir()
@@ -217,6 +244,90 @@ class DiskStore:
             except OSError:
                 return
             folder = folder.parent
+
+    # -- whole-drive maintenance ----------------------------------------------------------
+
+    def mark_in_use(self) -> None:
+        """Write the drive marker (see `DRIVE_MARKER`) if it is not there yet."""
+        marker = self.base / DRIVE_MARKER
+        if not marker.exists():
+            self.base.mkdir(parents=True, exist_ok=True)
+            marker.write_text("asyncdrive drive: its files are indexed in Redis\n")
+
+    def in_use(self) -> bool:
+        """Tell whether this drive has ever committed a file (its marker exists)."""
+        return (self.base / DRIVE_MARKER).exists()
+
+    def scan(self, *, verify: bool) -> list[DiskFile]:
+        """Return every file of the drive on disk, with its metadata.
+
+        The checksum comes from the metadata when it is there and its size matches, else
+        (or with ``verify``) from the bytes. Symbolic links are never followed.
+        """
+        found: list[DiskFile] = []
+        now = time.time()
+        if not self.base.is_dir():
+            return found
+        for component_dir in sorted(self.base.iterdir()):
+            if not component_dir.is_dir() or component_dir.is_symlink():
+                continue
+            if not is_valid_name(component_dir.name):
+                continue  # .tmp, or not a component's folder
+            for dirpath, dirnames, filenames in os.walk(component_dir):
+                dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
+                for name in filenames:
+                    data = Path(dirpath) / name
+                    if name.startswith(RESERVED_PREFIX) or data.is_symlink():
+                        continue
+                    rel = data.relative_to(component_dir).as_posix()
+                    found.append(self._describe(component_dir.name, rel, data, now, verify))
+        return found
+
+    def _describe(
+        self, component: str, path: str, data: Path, now: float, verify: bool
+    ) -> DiskFile:
+        stat = data.stat()
+        try:
+            meta = json.loads(self.meta_path(component, path).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        size_ok = meta.get("size") == stat.st_size
+        checksum = meta.get("checksum") if size_ok and not verify else None
+        if checksum is None or (verify and meta.get("checksum") != file_checksum(data)):
+            checksum = file_checksum(data)
+        return DiskFile(
+            component=component,
+            path=path,
+            size=stat.st_size,
+            mtime=float(meta.get("mtime", stat.st_mtime)),
+            checksum=checksum,
+            version=int(meta.get("version", 1)),
+            age=now - stat.st_mtime,
+        )
+
+    def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
+        """Return (temporary uploads, install backups) in ``.tmp`` older than ``grace`` s."""
+        uploads: list[Path] = []
+        backups: list[Path] = []
+        if not self.tmp_dir.is_dir():
+            return uploads, backups
+        now = time.time()
+        for entry in self.tmp_dir.iterdir():
+            try:
+                if now - entry.lstat().st_mtime < grace:
+                    continue
+            except FileNotFoundError:
+                continue
+            (backups if entry.is_dir() else uploads).append(entry)
+        return uploads, backups
+
+    def backup_target(self, backup: Path) -> tuple[str, str] | None:
+        """Return the (component, path) an install backup was made for, if it says."""
+        try:
+            target = json.loads((backup / "target").read_text())
+            return str(target["component"]), str(target["path"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from . import _portal
 from ._drive import Drive, StrPath, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveError
-from ._models import FileInfo
+from ._models import FileInfo, GcReport
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["SyncDrive", "SyncWatch"]
@@ -219,6 +219,14 @@ class SyncDrive:
             timeout=timeout,
             overwrite=overwrite,
         )
+
+    def rebuild_index(self, *, verify: bool = False) -> int:
+        """Rebuild the index from the disk (see `Drive.rebuild_index`)."""
+        return self._call(self._drive.rebuild_index, verify=verify)
+
+    def gc(self, *, grace: float = 3600.0) -> GcReport:
+        """Clean up after writers that died (see `Drive.gc`)."""
+        return self._call(self._drive.gc, grace=grace)
 
     def watch(
         self,

@@ -155,7 +155,18 @@ class SyncAsAsync:
     """
 
     _METHODS = frozenset(
-        {"put", "write_bytes", "delete", "list", "exists", "info", "read_bytes", "get"}
+        {
+            "put",
+            "write_bytes",
+            "delete",
+            "list",
+            "exists",
+            "info",
+            "read_bytes",
+            "get",
+            "gc",
+            "rebuild_index",
+        }
     )
 
     def __init__(self, drive: SyncDrive) -> None:

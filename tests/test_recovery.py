@@ -1,0 +1,211 @@
+"""Recovery: index loss and rebuild_index, gc after dead writers, crash safety under SIGKILL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from asyncdrive import Drive, IndexLostError, SyncDrive
+from asyncdrive._storage import DiskStore
+
+from .conftest import MakeDrive, ServerProcess
+
+
+async def drop_index(redis_url: str, name: str) -> None:
+    """Delete every key of a drive, as a flushed or replaced server would have lost them."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"asyncdrive:{{{name}}}:*")]
+        assert keys
+        await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def snapshot(drive: Any, components: list[str]) -> dict[str, Any]:
+    state: dict[str, Any] = {"all": await drive.list(".", recursive=True)}
+    for c in components:
+        paths = await drive.list(".", recursive=True, component_name=c)
+        state[c] = {p: await drive.info(p, component_name=c) for p in paths}
+    state["folders"] = await drive.list("data")
+    return state
+
+
+async def test_index_loss_detected_and_rebuilt(
+    make_drive: MakeDrive, drive_id: str, redis_url: str
+) -> None:
+    w1 = make_drive(drive_id, component_name="w1", allow_duplicates=True)
+    w2 = make_drive(drive_id, component_name="w2", allow_duplicates=True)
+    await w1.write_bytes("data/a.bin", b"a" * 100)
+    await w1.write_bytes("data/a.bin", b"a2")  # version 2
+    await w2.write_bytes("data/a.bin", b"other copy")
+    await w2.write_bytes("data/deep/b.bin", os.urandom(5000))
+    await w1.write_bytes("top.txt", b"t")
+    await w1.write_bytes("gone.txt", b"g")
+    await w1.delete("gone.txt")
+    before = await snapshot(w1, ["w1", "w2"])
+
+    await drop_index(redis_url, drive_id[6:])
+    fresh = make_drive(drive_id, component_name="w1", allow_duplicates=True)
+    with pytest.raises(IndexLostError, match="rebuild-index") as lost:
+        await fresh.list(".")
+    assert isinstance(lost.value, RuntimeError)
+    assert await fresh.rebuild_index() == 4
+    assert await snapshot(fresh, ["w1", "w2"]) == before
+    # Versions go on increasing from where they were.
+    assert (await fresh.write_bytes("top.txt", b"t2")).version == 2
+    assert (await fresh.write_bytes("data/a.bin", b"a3")).version == 3
+
+
+async def test_rebuild_with_verify_fixes_stale_metadata(
+    make_drive: MakeDrive, drive_id: str, root: Path, redis_url: str
+) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("x.bin", b"old")
+    # Bytes changed behind asyncdrive's back (same size): only verify=True can notice.
+    (root / "drives" / drive_id[6:] / "default" / "x.bin").write_bytes(b"new")
+    await drop_index(redis_url, drive_id[6:])
+    fresh = make_drive(drive_id)
+    assert await fresh.rebuild_index(verify=True) == 1
+    assert (await fresh.info("x.bin")).checksum == hashlib.sha256(b"new").hexdigest()
+
+
+async def test_restarted_server_without_persistence(
+    tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    server = ServerProcess(tmp_path / "srv")
+    (tmp_path / "srv").mkdir()
+    server.start()
+    kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": server.url}
+    try:
+        async with Drive(drive_id, **kwargs) as drive:
+            await drive.write_bytes("kept.txt", b"on disk")
+        server.kill()
+        server.start()  # no persistence: the index is gone, the bytes are not
+        async with Drive(drive_id, **kwargs) as drive:
+            with pytest.raises(IndexLostError):
+                await drive.read_bytes("kept.txt")
+            await drive.rebuild_index()
+            assert await drive.read_bytes("kept.txt") == b"on disk"
+    finally:
+        server.stop()
+
+
+def old(path: Path, seconds: float = 7200) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+async def test_gc_cleans_up_after_dead_writers(
+    env: dict[str, str], root: Path, workdir: Path, drive_id: str
+) -> None:
+    name = drive_id[6:]
+    store = DiskStore(root, name)
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("kept.txt", b"v1")
+        await drive.write_bytes("replaced.txt", b"v1")
+        await drive.write_bytes("dangling.txt", b"x")
+        watch = drive.watch()
+        # A writer died after writing its temporary upload.
+        leftover = store.stage_bytes(b"half an upload")
+        old(leftover.tmp)
+        # A writer died after installing a replacement, before committing it.
+        staged = store.stage_bytes(b"v2 never committed")
+        meta = {"path": "replaced.txt", "version": 2, "component_name": "default"}
+        backup = store.install(staged, "default", "replaced.txt", meta)
+        old(backup)
+        # A writer died after removing the index entry of a delete, before the bytes.
+        orphan = store.stage_bytes(b"orphan")
+        store.install(orphan, "default", "orphan.txt", {"version": 1})
+        for leftover_backup in store.tmp_dir.glob("backup-*"):
+            if leftover_backup != backup:
+                store.drop_backup(leftover_backup)
+        old(store.file_path("default", "orphan.txt"))
+        # Bytes removed behind asyncdrive's back.
+        store.file_path("default", "dangling.txt").unlink()
+        # Work in progress (younger than the grace period) is left alone.
+        fresh_upload = store.stage_bytes(b"in progress")
+
+        report = await drive.gc(grace=600)
+        assert (report.uploads_removed, report.installs_undone, report.installs_kept) == (1, 1, 0)
+        assert (report.orphans_removed, report.entries_removed) == (1, 1)
+        assert await drive.read_bytes("replaced.txt") == b"v1"
+        assert store.file_path("default", "replaced.txt").read_bytes() == b"v1"
+        assert not store.file_path("default", "orphan.txt").exists()
+        assert await drive.list(".") == ["kept.txt", "replaced.txt"]
+        assert [p.name for p in store.tmp_dir.iterdir()] == [fresh_upload.tmp.name]
+        # (The watch may start with a change committed a moment before it was made.)
+        changes = []
+        while (event := await watch.next(0.5)) is not None:
+            changes.append((event.change, event.path))
+        assert changes[-1:] == [("deleted", "dangling.txt")]
+        assert await drive.gc(grace=600) == type(report)()  # nothing left to do
+
+
+WORKER = """
+import os, random, sys
+from asyncdrive import SyncDrive
+drive = SyncDrive(sys.argv[1])
+rng = random.Random(int(sys.argv[2]))
+print("ready", flush=True)
+while True:
+    path = f"f{rng.randrange(6)}.bin"
+    if rng.random() < 0.3:
+        try:
+            drive.delete(path)
+        except FileNotFoundError:
+            pass
+    else:
+        drive.write_bytes(path, os.urandom(rng.randrange(1, 300_000)))
+"""
+
+
+@pytest.mark.slow
+def test_crash_safety_under_sigkill(
+    env: dict[str, str], root: Path, workdir: Path, drive_id: str
+) -> None:
+    rng = random.Random(7)
+    kills = 50
+    for n in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(WORKER), drive_id, str(n)],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.15))  # let it get somewhere in a put or delete
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        assert proc.returncode == -signal.SIGKILL
+    store = DiskStore(root, drive_id[6:])
+    with SyncDrive(drive_id) as drive:
+        # Readers never see a partial file, even before recovery.
+        for path in drive.list("."):
+            info = drive.info(path)
+            data = drive.read_bytes(path)
+            assert hashlib.sha256(data).hexdigest() == info.checksum
+        drive.gc(grace=0)  # no writer is alive: everything left is garbage
+        indexed = {p: drive.info(p) for p in drive.list(".")}
+        on_disk = {f.path: f for f in store.scan(verify=True)}
+    assert sorted(indexed) == sorted(on_disk)
+    for path, info in indexed.items():
+        assert on_disk[path].checksum == info.checksum
+        meta = json.loads(store.meta_path("default", path).read_text())
+        assert meta["version"] == info.version
+    assert list(store.tmp_dir.iterdir()) == []
