@@ -1,10 +1,12 @@
-"""The ``asyncdrive server`` commands, through the real entry point in a subprocess."""
+"""The command line, through the real entry point (``python -m asyncdrive``) in a subprocess."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import redis
 
 import asyncdrive
 
@@ -46,3 +48,38 @@ def test_help_and_bad_usage() -> None:
     bad = cli("server", "explode")
     assert bad.returncode == 2
     assert "invalid choice" in bad.stderr
+
+
+def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -> None:
+    names = ["lit://cli_a", "lit://cli_b"]
+    for drive_id in names:
+        with asyncdrive.SyncDrive(drive_id) as drive:
+            drive.write_bytes("x/1.bin", b"1")
+            drive.write_bytes("x/2.bin", b"2")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for name in ("cli_a", "cli_b"):
+            client.delete(*client.keys(f"asyncdrive:{{{name}}}:*"))
+    finally:
+        client.close()
+    listed = cli("rebuild-index", "lit://cli_a")
+    assert (listed.returncode, listed.stdout) == (0, "lit://cli_a: 2 files indexed\n")
+    every = cli("rebuild-index", "--all")
+    assert every.stdout.splitlines() == [
+        "lit://cli_a: 2 files indexed",
+        "lit://cli_b: 2 files indexed",
+    ]
+    with asyncdrive.SyncDrive("lit://cli_b") as drive:
+        assert drive.list("x") == ["x/1.bin", "x/2.bin"]
+    cleaned = cli("gc", "lit://cli_a", "--grace", "0")
+    assert cleaned.returncode == 0
+    assert "GcReport(uploads_removed=0" in cleaned.stdout
+    both = cli("gc", "lit://cli_a", "--all")
+    assert (both.returncode, both.stderr.strip()) == (
+        1,
+        "asyncdrive: error: name one drive (lit://<name>) or pass --all, not both.",
+    )
+    bad = cli("rebuild-index", "s3://nope")
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stderr
+    assert "lit://" in bad.stderr
