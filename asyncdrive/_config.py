@@ -19,6 +19,9 @@ from ._exceptions import InvalidConfigError, InvalidDriveIdError
 ENV_ROOT = "ASYNCDRIVE_ROOT"
 ENV_REDIS_URL = "ASYNCDRIVE_REDIS_URL"
 ENV_COMPONENT = "ASYNCDRIVE_COMPONENT"
+ENV_REDIS_TIMEOUT = "ASYNCDRIVE_REDIS_TIMEOUT"
+#: Seconds an operation waits for Redis (connecting, or any one reply) before it fails.
+DEFAULT_REDIS_TIMEOUT = 10.0
 ENV_EVENTS_MAXLEN = "ASYNCDRIVE_EVENTS_MAXLEN"
 ENV_EVENTS_MAX_AGE = "ASYNCDRIVE_EVENTS_MAX_AGE"
 #: Events kept in a drive's change log by default, and their default longest age (0: no limit).
@@ -123,6 +126,20 @@ def resolve_component(component_name: str | None) -> str:
     return check_component_name(name)
 
 
+def resolve_redis_timeout() -> float:
+    """Return how long to wait for Redis: ``$ASYNCDRIVE_REDIS_TIMEOUT`` seconds, default 10."""
+    raw = os.environ.get(ENV_REDIS_TIMEOUT) or DEFAULT_REDIS_TIMEOUT
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = 0.0
+    if not timeout > 0:
+        raise InvalidConfigError(
+            f"{ENV_REDIS_TIMEOUT}={raw!r} must be a positive number of seconds, e.g. 10."
+        )
+    return timeout
+
+
 def resolve_retention() -> tuple[int, float]:
     """Return (events kept, longest age in seconds) of change logs, from the environment.
 
@@ -197,6 +214,7 @@ class DriveConfig:
             root=resolve_root(self.root),
             redis_url=resolve_redis_url(self.redis_url),
             retention=resolve_retention(),
+            redis_timeout=resolve_redis_timeout(),
         )
 
 
@@ -210,3 +228,4 @@ class ResolvedConfig:
     root: Path
     redis_url: str | None
     retention: tuple[int, float] = (DEFAULT_EVENTS_MAXLEN, DEFAULT_EVENTS_MAX_AGE)
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT

@@ -20,6 +20,8 @@ import anyio
 import anyio.to_thread
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from . import _paths
 from ._config import (
@@ -58,9 +60,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 DriveT = TypeVar("DriveT", bound="Drive")
 
-#: Seconds to wait for Redis to accept a connection, and for any reply.
-CONNECT_TIMEOUT = 5.0
-SOCKET_TIMEOUT = 10.0
 #: How long a commit lock lives if its holder dies, and how long to wait for one.
 LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
@@ -191,6 +190,10 @@ class Drive:
         """The shared directory holding the bytes, resolved in the current process."""
         return self._resolved().root
 
+    def _redis_timeout(self) -> float:
+        conn = self._conn
+        return conn.config.redis_timeout if conn is not None else self._resolved().redis_timeout
+
     def _resolved(self) -> ResolvedConfig:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn.config
@@ -281,8 +284,12 @@ class Drive:
             client = aioredis.Redis.from_url(
                 url,
                 decode_responses=True,
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=config.redis_timeout,
+                socket_connect_timeout=config.redis_timeout,
+                # No silent retries: a command retried after a timeout may run twice, and a
+                # commit run twice would be refused as a conflict after it succeeded. A
+                # failure surfaces as DriveUnavailableError; the next call reconnects.
+                retry=Retry(NoBackoff(), 0),
             )
         except ValueError as exc:
             raise InvalidConfigError(
@@ -301,6 +308,8 @@ class Drive:
             forget_server(config.root)
             return await self._connect()
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
+        if not embedded:
+            await _check_server_settings(client, url)
         maxlen, max_age = config.retention
         return _Connection(
             config=config,
@@ -514,9 +523,9 @@ class Drive:
                 component, path, allow, current, staged.size, mtime, staged.checksum, precondition
             )
         except Exception:
-            # The commit may or may not have happened (the connection dropped): leave the new
-            # bytes, whose metadata records the intended version, for rebuild_index to settle.
-            await anyio.to_thread.run_sync(store.drop_backup, backup)
+            # The commit may or may not have happened (the connection dropped). Leave the
+            # new bytes and the backup of the old ones: gc() compares the index with the
+            # installed version and keeps or undoes the install, once Redis is back.
             raise
         if outcome.status != "ok":
             await anyio.to_thread.run_sync(store.restore, backup, component, path)
@@ -966,6 +975,37 @@ class Drive:
             group=group,
             timeout=timeout,
             claim_idle=claim_idle,
+        )
+
+
+_checked_servers: set[str] = set()
+
+
+async def _check_server_settings(client: aioredis.Redis, url: str) -> None:
+    """Warn (once per server and process) if the server may lose a drive's index."""
+    if url in _checked_servers:
+        return
+    _checked_servers.add(url)
+    try:
+        settings: dict[Any, Any] = {}
+        for name in ("maxmemory-policy", "appendonly", "save"):
+            settings.update(await client.config_get(name))
+    except redis.exceptions.ResponseError:  # CONFIG is disabled (managed services)
+        return
+    policy = settings.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        logger.warning(
+            "Redis at %s has maxmemory-policy %s: it may evict a drive's index under memory "
+            "pressure. Set maxmemory-policy noeviction.",
+            redact_url(url),
+            policy,
+        )
+    if settings.get("appendonly") == "no" and not settings.get("save"):
+        logger.warning(
+            "Redis at %s keeps no persistence (appendonly no, no save points): a restart "
+            "loses every drive's index (rebuild_index() can recover it from the disk). Set "
+            "appendonly yes.",
+            redact_url(url),
         )
 
 

@@ -139,7 +139,9 @@ class Watch:
             if remaining is not None and remaining <= 0:
                 self._done = True
                 return None
-            block = BLOCK_SLICE if remaining is None else min(remaining, BLOCK_SLICE)
+            # A blocking read must end well within the reply timeout.
+            block = min(BLOCK_SLICE, self._drive._redis_timeout() / 2)
+            block = block if remaining is None else min(remaining, block)
             try:
                 conn = await self._drive._connection()
                 if self._group is None:

@@ -1,0 +1,125 @@
+"""Outages and external servers: bounded failures, recovery, warnings, ACL users."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from asyncdrive import Drive, DriveUnavailableError
+
+from .conftest import ServerProcess
+
+
+@pytest.fixture
+def server(private_server: ServerProcess) -> Iterator[ServerProcess]:
+    private_server.start()
+    yield private_server
+
+
+def kwargs(server: ServerProcess, tmp_path: Path) -> dict[str, Any]:
+    return {"root": tmp_path / "root", "redis_url": server.url}
+
+
+async def test_outage_fails_fast_then_recovers(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("a.txt", b"before")
+        server.kill()
+        for operation in (
+            drive.write_bytes("b.txt", b"during"),
+            drive.list("."),
+            drive.read_bytes("a.txt"),
+            drive.delete("a.txt"),
+            drive.get("a.txt"),
+        ):
+            with pytest.raises(DriveUnavailableError, match="cannot reach Redis") as down:
+                await operation
+            assert isinstance(down.value, ConnectionError)
+        server.start()  # persistent: the index is back as it was
+        # The same Drive object works again, and the failed calls left nothing behind.
+        assert await drive.list(".") == ["a.txt"]
+        assert await drive.read_bytes("a.txt") == b"before"
+        store = tmp_path / "root" / "drives" / drive_id[6:]
+        assert sorted(p.name for p in (store / "default").iterdir()) == [
+            ".asyncdrive-meta.a.txt.json",
+            "a.txt",
+        ]
+        assert list((store / ".tmp").iterdir()) == []
+        await drive.write_bytes("b.txt", b"after")
+        assert await drive.list(".") == ["a.txt", "b.txt"]
+
+
+async def test_hung_server_times_out(
+    server: ServerProcess,
+    tmp_path: Path,
+    workdir: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASYNCDRIVE_REDIS_TIMEOUT", "0.5")
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("a.txt", b"x")
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)  # accepts nothing, answers nothing
+        try:
+            with pytest.raises(DriveUnavailableError, match="Timeout"):
+                await drive.list(".")
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await drive.list(".") == ["a.txt"]
+
+
+async def test_warns_once_about_risky_server_settings(
+    server: ServerProcess,
+    tmp_path: Path,
+    workdir: Path,
+    drive_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        client.config_set("appendonly", "no")
+    finally:
+        client.close()
+    url = server.url + "?db=0"  # a URL this process has not checked yet
+    with caplog.at_level(logging.WARNING, logger="asyncdrive"):
+        for _ in range(2):
+            async with Drive(drive_id, root=tmp_path / "root", redis_url=url) as drive:
+                await drive.list(".")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "asyncdrive"]
+    assert len(warnings) == 2, warnings
+    assert "allkeys-lru" in warnings[0] and "noeviction" in warnings[0]
+    assert "no persistence" in warnings[1]
+
+
+async def test_acl_user_and_wrong_password(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.acl_setuser(
+            "alice", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"],
+            commands=["+@all"],
+        )  # fmt: skip
+    finally:
+        client.close()
+    good = f"unix://alice:s3cret@{server.sock}"
+    async with Drive(drive_id, root=tmp_path / "root", redis_url=good) as drive:
+        await drive.write_bytes("a.txt", b"as alice")
+        assert await drive.read_bytes("a.txt") == b"as alice"
+        assert "s3cret" not in repr(drive)
+    bad = f"unix://alice:wrong-pass@{server.sock}"
+    async with Drive(drive_id, root=tmp_path / "root", redis_url=bad) as drive:
+        with pytest.raises(DriveUnavailableError) as refused:
+            await drive.list(".")
+    assert "wrong-pass" not in str(refused.value)
+    assert "alice:***@" in str(refused.value)
