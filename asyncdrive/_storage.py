@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ._config import is_valid_name
+from ._exceptions import InvalidPathError
 from ._models import CHECKSUM_ALGORITHM
 from ._paths import RESERVED_PREFIX
 
@@ -130,12 +132,34 @@ class DiskStore:
     """The files of one drive under ``<root>/drives/<name>``."""
 
     def __init__(self, root: Path, drive: str) -> None:
+        self.root = root
+        self.drive = drive
         self.base = root / "drives" / drive
         self.tmp_dir = self.base / ".tmp"
 
     def file_path(self, component: str, path: str) -> Path:
-        """Where ``component``'s copy of ``path`` lives."""
+        """Where ``component``'s copy of ``path`` lives.
+
+        Raises `InvalidPathError` if a symbolic link stands anywhere between the root and
+        the file: asyncdrive never follows a link, so nothing planted inside the root can
+        lead a read or a write out of it.
+        """
+        self._refuse_links(["drives", self.drive, component, *path.split("/")], path)
         return self.base / component / path
+
+    def _refuse_links(self, parts: list[str], path: str) -> None:
+        current = self.root
+        for part in parts:
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return  # what does not exist yet is created as plain folders and files
+            if stat.S_ISLNK(mode):
+                raise InvalidPathError(
+                    f"Drive {self.drive!r}: refusing {path!r}: {str(current)!r} is a symbolic "
+                    "link, and asyncdrive never follows links inside its root. Remove it."
+                )
 
     def meta_path(self, component: str, path: str) -> Path:
         """Where the metadata of ``component``'s copy of ``path`` lives."""
@@ -144,9 +168,13 @@ class DiskStore:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def _make_tmp_dir(self) -> None:
+        self._refuse_links(["drives", self.drive, ".tmp"], ".tmp")
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
     def stage_file(self, source: Path) -> Staged:
         """Copy a local file into a temporary upload, hashing it in the same pass."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._make_tmp_dir()
         with open(source, "rb") as src:
             out, tmp = _temp_beside(self.tmp_dir)
             try:
@@ -161,7 +189,7 @@ class DiskStore:
 
     def stage_bytes(self, data: bytes | bytearray | memoryview) -> Staged:
         """Write ``data`` into a temporary upload."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._make_tmp_dir()
         out, tmp = _temp_beside(self.tmp_dir)
         try:
             with out:
@@ -286,23 +314,20 @@ class DiskStore:
     def _describe(
         self, component: str, path: str, data: Path, now: float, verify: bool
     ) -> DiskFile:
-        stat = data.stat()
+        found = data.stat()
         try:
             meta = json.loads(self.meta_path(component, path).read_text())
         except (OSError, ValueError):
             meta = {}
-        size_ok = meta.get("size") == stat.st_size
-        checksum = meta.get("checksum") if size_ok and not verify else None
-        if checksum is None or (verify and meta.get("checksum") != file_checksum(data)):
-            checksum = file_checksum(data)
+        trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
         return DiskFile(
             component=component,
             path=path,
-            size=stat.st_size,
-            mtime=float(meta.get("mtime", stat.st_mtime)),
-            checksum=checksum,
+            size=found.st_size,
+            mtime=float(meta.get("mtime", found.st_mtime)),
+            checksum=meta["checksum"] if trusted else file_checksum(data),
             version=int(meta.get("version", 1)),
-            age=now - stat.st_mtime,
+            age=now - found.st_mtime,
         )
 
     def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
@@ -347,8 +372,9 @@ class DiskStore:
             if dest.is_file() and file_checksum(dest) == checksum:
                 return False
             raise FileExistsError(dest)
+        source = self.file_path(component, path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.file_path(component, path), "rb") as src:
+        with open(source, "rb") as src:
             out, tmp = _temp_beside(dest.parent)
             try:
                 with out:

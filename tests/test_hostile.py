@@ -1,0 +1,135 @@
+"""Hostile input: paths and names that try to leave the drive, planted symlinks, the umask."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asyncdrive import InvalidDriveIdError, InvalidPathError, SyncDrive
+from asyncdrive._index import Keys
+
+SEGMENT = st.one_of(
+    st.sampled_from(["..", ".", "", "a", "ckpt", "..a", "...", "~", "$HOME", "\\", "a b"]),
+    st.text(min_size=1, max_size=12),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=60, max_size=260),
+)
+PATHS = st.lists(SEGMENT, min_size=1, max_size=5).map("/".join) | st.text(max_size=30)
+
+
+@pytest.fixture(scope="module")
+def hostile_env(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[tuple[Path, Path, SyncDrive]]:
+    base = tmp_path_factory.mktemp("hostile")
+    root, outside = base / "root", base / "outside"
+    outside.mkdir()
+    with SyncDrive("lit://hostile", root=root, redis_url=redis_url) as drive:
+        yield root, outside, drive
+
+
+def every_file(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if not p.is_dir()} if folder.exists() else set()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(path=PATHS)
+def test_paths_never_leave_the_drive(
+    path: str, hostile_env: tuple[Path, Path, SyncDrive], tmp_path: Path
+) -> None:
+    root, outside, drive = hostile_env
+    cwd_before = every_file(Path.cwd())
+    try:
+        info = drive.write_bytes(path, b"x")
+    except InvalidPathError as refused:
+        assert isinstance(refused, ValueError)
+        assert "hostile" in str(refused)
+    else:
+        stored = root / "drives" / "hostile" / "default" / info.path
+        assert stored.resolve().is_relative_to((root / "drives" / "hostile").resolve())
+        assert stored.read_bytes() == b"x"
+        assert drive.read_bytes(path) == b"x"
+        drive.delete(path)
+    assert every_file(outside) == set()
+    assert every_file(Path.cwd()) == cwd_before
+
+
+@given(name=st.text(max_size=140))
+def test_drive_names_never_address_other_drives(name: str) -> None:
+    try:
+        drive = SyncDrive(f"lit://{name}")
+    except InvalidDriveIdError:
+        return
+    keys = Keys(drive.name)
+    # The hash tag is the whole name: no other drive's keys share the prefix.
+    assert keys.prefix == f"asyncdrive:{{{name}}}:"
+    assert not any(ch in name for ch in "{}:/\\\x00") and not name.startswith(".")
+    assert (Path("/r/drives") / name).parent == Path("/r/drives")
+
+
+def test_planted_symlinks_are_never_followed(
+    env: dict[str, str], root: Path, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("not yours")
+    name = drive_id[6:]
+    with SyncDrive(drive_id) as drive:
+        drive.write_bytes("real/file.txt", b"mine")
+        component_dir = root / "drives" / name / "default"
+        # A folder link pointing out of the root, planted by someone with access to it.
+        (component_dir / "evil").symlink_to(outside)
+        with pytest.raises(InvalidPathError, match="symbolic link"):
+            drive.write_bytes("evil/x.txt", b"escape")
+        # A file replaced by a link to a file outside.
+        planted = component_dir / "real" / "file.txt"
+        planted.unlink()
+        planted.symlink_to(secret)
+        with pytest.raises(InvalidPathError, match="symbolic link"):
+            drive.read_bytes("real/file.txt")
+        with pytest.raises(InvalidPathError):
+            drive.get("real/file.txt")
+        with pytest.raises(InvalidPathError):
+            drive.write_bytes("real/file.txt", b"overwrite through the link")
+        # The temporary folder itself replaced by a link.
+        tmp = root / "drives" / name / ".tmp"
+        tmp.rmdir()
+        tmp.symlink_to(outside)
+        with pytest.raises(InvalidPathError):
+            drive.write_bytes("other.txt", b"x")
+        # rebuild_index and gc skip links too.
+        assert [f.path for f in drive.drive._conn.store.scan(verify=True)] == []  # type: ignore[union-attr]
+    assert secret.read_text() == "not yours"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert not Path("real").exists()
+
+
+def test_created_files_respect_the_umask(
+    env: dict[str, str], root: Path, workdir: Path, drive_id: str
+) -> None:
+    code = f"""
+import os
+os.umask(0o027)
+from asyncdrive import SyncDrive
+open("local.txt", "w").write("x")
+with SyncDrive({drive_id!r}) as drive:
+    drive.put("local.txt")
+    os.remove("local.txt")
+    drive.get("local.txt")
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, check=True)
+    component_dir = root / "drives" / drive_id[6:] / "default"
+    for made in (component_dir / "local.txt", component_dir / ".asyncdrive-meta.local.txt.json",
+                 workdir / "local.txt"):  # fmt: skip
+        assert stat.S_IMODE(os.stat(made).st_mode) == 0o640, made
+    assert stat.S_IMODE(os.stat(component_dir).st_mode) == 0o750
