@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 from ._exceptions import InvalidConfigError, InvalidDriveIdError
 
@@ -161,34 +161,29 @@ def resolve_retention() -> tuple[int, float]:
     return maxlen, max_age
 
 
+_USERINFO_PASSWORD = re.compile(r"^([a-z0-9+.\-]*://[^/@:]*):[^/@]*@", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***``, safe for logs and messages.
 
-    Both places redis-py takes a password are covered: ``user:password@`` and
-    ``?password=``.
+    Both places redis-py takes a password are covered: ``user:password@`` and the query
+    (``?password=``, ``?sentinel_password=``).
 
     Example:
         >>> redact_url("redis://user:secret@host:6379/0")
         'redis://user:***@host:6379/0'
 
     """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "<malformed url>"
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if parts.password is None and not any(key.lower() == "password" for key, _ in query):
-        return url
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port is not None else "")
-    redacted = urlencode(
-        [(key, "***" if key.lower() == "password" else value) for key, value in query], safe="*"
-    )
-    # Assembled by hand: urlunsplit drops the '//' of 'unix:///path' (an empty host).
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{redacted}" if redacted else "")
+    redacted = _USERINFO_PASSWORD.sub(r"\1:***@", url)
+    base, question, query = redacted.partition("?")
+    if not question:
+        return redacted
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any("password" in key.lower() for key, _ in pairs):
+        return redacted
+    hidden = [(key, "***" if "password" in key.lower() else value) for key, value in pairs]
+    return f"{base}?{urlencode(hidden, safe='*')}"
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,10 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import anyio
 import anyio.to_thread
-import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from . import _paths
+from ._client import Connected, RedisClient, connect
 from ._config import (
     DriveConfig,
     ResolvedConfig,
@@ -76,7 +74,8 @@ class _Connection:
 
     config: ResolvedConfig
     url: str
-    client: aioredis.Redis
+    connected: Connected
+    client: RedisClient
     index: Index
     store: DiskStore
     #: Server clock minus this machine's clock, and the uncertainty of that estimate (ms).
@@ -237,7 +236,7 @@ class Drive:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             with anyio.CancelScope(shield=True):
-                await conn.client.aclose()
+                await conn.connected.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_conn", None) is not None and self._pid == os.getpid():
@@ -280,40 +279,31 @@ class Drive:
         config = self._config.resolve()
         embedded = config.redis_url is None
         url = config.redis_url or await ensure_server(config.root)
+        connected: Connected | None = None
         try:
-            client = aioredis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_timeout=config.redis_timeout,
-                socket_connect_timeout=config.redis_timeout,
-                # No silent retries: a command retried after a timeout may run twice, and a
-                # commit run twice would be refused as a conflict after it succeeded. A
-                # failure surfaces as DriveUnavailableError; the next call reconnects.
-                retry=Retry(NoBackoff(), 0),
-            )
-        except ValueError as exc:
-            raise InvalidConfigError(
-                f"Drive {self.name!r}: invalid Redis URL {redact_url(url)!r} ({exc}). Use "
-                "redis://[user:password@]host:port[/db], rediss://... or unix:///path.sock."
-            ) from None
-        try:
+            connected = await connect(url, timeout=config.redis_timeout)
             before = time.time()
-            seconds, micros = await client.time()
+            seconds, micros = await connected.client.time()
             after = time.time()
+        except InvalidConfigError as exc:
+            raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            await client.aclose()
+            if connected is not None:
+                await connected.aclose()
             if not embedded:
                 raise self._unavailable(exc, url) from exc
             # The embedded server went away since this process last saw it: start it again.
             forget_server(config.root)
             return await self._connect()
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
+        client = connected.client
         if not embedded:
             await _check_server_settings(client, url)
         maxlen, max_age = config.retention
         return _Connection(
             config=config,
             url=url,
+            connected=connected,
             client=client,
             index=Index(client, config.name, events_maxlen=maxlen, events_max_age=max_age),
             store=DiskStore(config.root, config.name),
@@ -981,7 +971,7 @@ class Drive:
 _checked_servers: set[str] = set()
 
 
-async def _check_server_settings(client: aioredis.Redis, url: str) -> None:
+async def _check_server_settings(client: RedisClient, url: str) -> None:
     """Warn (once per server and process) if the server may lose a drive's index."""
     if url in _checked_servers:
         return

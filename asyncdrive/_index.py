@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import redis.asyncio as aioredis
 import redis.exceptions
 
+from ._client import RedisClient
 from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo
@@ -241,7 +241,7 @@ class Index:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         drive: str,
         *,
         events_maxlen: int = DEFAULT_EVENTS_MAXLEN,

@@ -8,12 +8,12 @@ nothing but its own uniquely named drives.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +22,11 @@ from typing import Any
 
 import anyio.to_thread
 import pytest
-import redis
 
-from asyncdrive import Drive, SyncDrive, SyncWatch, server_binary
+from asyncdrive import Drive, SyncDrive, SyncWatch
+from asyncdrive._client import RedisClient, connect
+
+from .servers import ClusterServers, SentinelServers, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,75 +37,51 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("ASYNCDRIVE_TEST_REDIS_URL"),
         help="run against this Redis server instead of starting one",
     )
-
-
-def _wait_for(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            if client.ping():
-                return
-        except (redis.ConnectionError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-        finally:
-            client.close()
-
-
-class ServerProcess:
-    """A server of our own on a unix socket in ``folder``, which a test may kill and restart."""
-
-    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
-        self.folder = folder
-        self.sock = folder / "s.sock"
-        self.url = f"unix://{self.sock}"
-        self.persistent = persistent
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"]
-            if self.persistent
-            else ["--appendonly", "no"]
-        )
-        self.proc = subprocess.Popen(
-            [server_binary(), "--port", "0", "--unixsocket", str(self.sock), "--dir",
-             str(self.folder), "--save", "", *persistence],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        _wait_for(self.url)
-
-    def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+    parser.addoption(
+        "--server-kind",
+        choices=["standalone", "cluster", "sentinel"],
+        default=os.environ.get("ASYNCDRIVE_TEST_SERVER_KIND", "standalone"),
+        help="the kind of server the session starts",
+    )
 
 
 @pytest.fixture(scope="session")
 def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of the session's server (started here unless --redis-url names one)."""
+    """The URL of the session's server: started here, of the kind --server-kind names.
+
+    ``standalone`` (default) is one server on a unix socket; ``cluster`` a 3-node Redis
+    Cluster and ``sentinel`` a primary, a replica and a sentinel, on loopback ports.
+    ``--redis-url`` uses a running server instead.
+    """
     external: str | None = request.config.getoption("--redis-url")
     if external:
         yield external
         return
+    kind = request.config.getoption("--server-kind")
     # A short folder name: unix socket paths are limited to about 100 bytes.
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="adtest-")))
-    server.start()
+    folder = Path(tempfile.mkdtemp(prefix="adtest-"))
+    servers: ServerProcess | ClusterServers | SentinelServers
+    if kind == "cluster":
+        servers = ClusterServers(folder)
+    elif kind == "sentinel":
+        servers = SentinelServers(folder)
+    else:
+        servers = ServerProcess(folder)
     try:
-        yield server.url
+        servers.start()
+        yield servers.url
     finally:
-        server.stop()
+        servers.stop()
+
+
+@contextlib.asynccontextmanager
+async def raw_redis(url: str) -> AsyncIterator[RedisClient]:
+    """A plain client of the test server (of any kind), to look at what a drive stored."""
+    connected = await connect(url, timeout=10)
+    try:
+        yield connected.client
+    finally:
+        await connected.aclose()
 
 
 @pytest.fixture

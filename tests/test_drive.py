@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 import asyncdrive
 from asyncdrive import (
@@ -27,7 +27,7 @@ from asyncdrive import (
     VersionConflictError,
 )
 
-from .conftest import MakeDrive
+from .conftest import MakeDrive, raw_redis
 
 HELLO = b"Hello World !"
 
@@ -318,15 +318,13 @@ async def test_index_keys_share_one_hash_tag(
     drive = make_drive(drive_id)
     await drive.write_bytes("a/b.txt", b"x")
     name = drive_id[6:]
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
+    async with raw_redis(redis_url) as client:
         keys = [k async for k in client.scan_iter(match=f"*{name}*")]
-        assert keys
-        assert all(k.startswith(f"asyncdrive:{{{name}}}:") for k in keys)
         events: Any = await client.xrange(f"asyncdrive:{{{name}}}:events")
-        assert [e[1]["change"] for e in events] == ["added"]
-    finally:
-        await client.aclose()
+    assert keys
+    assert all(k.startswith(f"asyncdrive:{{{name}}}:") for k in keys)
+    assert len({key_slot(k.encode()) for k in keys}) == 1  # one Redis Cluster slot
+    assert [e[1]["change"] for e in events] == ["added"]
 
 
 async def test_events_one_per_successful_change(
@@ -341,11 +339,8 @@ async def test_events_one_per_successful_change(
     with pytest.raises(DriveFileNotFoundError):
         await w2.delete("a")
     await w1.delete("a")
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
+    async with raw_redis(redis_url) as client:
         events: Any = await client.xrange(f"asyncdrive:{{{drive_id[6:]}}}:events")
-    finally:
-        await client.aclose()
     assert [(e[1]["change"], e[1]["path"], e[1]["version"]) for e in events] == [
         ("added", "a", "1"),
         ("modified", "a", "2"),

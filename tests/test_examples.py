@@ -24,7 +24,8 @@ import pytest
 import asyncdrive
 from asyncdrive import SyncDrive
 
-from .conftest import REPO, ServerProcess
+from .conftest import REPO
+from .servers import ServerProcess
 
 EXAMPLES = REPO / "examples"
 

@@ -14,7 +14,7 @@ import redis
 
 from asyncdrive import Drive, DriveUnavailableError
 
-from .conftest import ServerProcess
+from .servers import ServerProcess
 
 
 @pytest.fixture

@@ -15,23 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from asyncdrive import Drive, IndexLostError, SyncDrive
 from asyncdrive._storage import DiskStore
 
-from .conftest import MakeDrive, ServerProcess
+from .conftest import MakeDrive, raw_redis
+from .servers import ServerProcess
 
 
 async def drop_index(redis_url: str, name: str) -> None:
     """Delete every key of a drive, as a flushed or replaced server would have lost them."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
+    async with raw_redis(redis_url) as client:
         keys = [k async for k in client.scan_iter(match=f"asyncdrive:{{{name}}}:*")]
         assert keys
         await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 async def snapshot(drive: Any, components: list[str]) -> dict[str, Any]:
