@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import trustme
 
 from asyncdrive import Drive, DriveUnavailableError
 
@@ -123,3 +126,42 @@ async def test_acl_user_and_wrong_password(
             await drive.list(".")
     assert "wrong-pass" not in str(refused.value)
     assert "alice:***@" in str(refused.value)
+
+
+async def test_tls_server(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    # The bundled server has no TLS: put a real TLS endpoint (a certificate from a test CA)
+    # in front of it, and connect with rediss://, verifying the certificate.
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def terminate(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_unix_connection(str(server.sock))
+        await asyncio.gather(forward(client_r, server_w), forward(server_r, client_w),
+                             return_exceptions=True)  # fmt: skip
+
+    proxy = await asyncio.start_server(terminate, "127.0.0.1", 0, ssl=context)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca_file}"
+        async with Drive(drive_id, root=tmp_path / "root", redis_url=url) as drive:
+            await drive.write_bytes("secure.txt", b"over TLS")
+            assert await drive.read_bytes("secure.txt") == b"over TLS"
+        # Without the CA, the server's certificate is refused.
+        untrusted = f"rediss://127.0.0.1:{port}/0"
+        async with Drive(drive_id, root=tmp_path / "root", redis_url=untrusted) as drive:
+            with pytest.raises(DriveUnavailableError, match=r"(?i)certificate"):
+                await drive.list(".")
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
