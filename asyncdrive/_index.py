@@ -321,23 +321,25 @@ class Index:
             is_file, paths = await pipe.execute()
         return bool(is_file) and folder != "", paths
 
-    async def events_after(self, after: str, count: int) -> tuple[list[DriveEvent], str]:
-        """Return up to ``count`` events after id ``after``, and the newest trimmed event id.
+    async def read_events(
+        self, after: str, block_ms: int, count: int
+    ) -> tuple[list[DriveEvent], str]:
+        """Wait up to ``block_ms`` for events after id ``after``; return them and the trim mark.
 
-        Both are read atomically: if the trimmed id is newer than ``after``, events after
-        ``after`` were lost to trimming.
+        The trim mark (the newest event trimmed from the log) is read in the same pipeline,
+        right after the wait: if it is newer than ``after``, events after ``after`` were lost.
         """
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=False) as pipe:
+            # Pipelined on one connection: GET runs as soon as XREAD returns.
+            pipe.xread({self.keys.events: after}, block=block_ms, count=count)
             pipe.get(self.keys.trimmed)
-            pipe.xrange(self.keys.events, f"({after}", "+", count=count)
-            trimmed, entries = await pipe.execute()
-        events = [event_from_fields(self.drive, event_id, fields) for event_id, fields in entries]
+            reply, trimmed = await pipe.execute()
+        events = [
+            event_from_fields(self.drive, event_id, fields)
+            for _stream, entries in reply or []
+            for event_id, fields in entries
+        ]
         return events, trimmed or "0-0"
-
-    async def wait_for_events(self, after: str, block_ms: int) -> bool:
-        """Wait up to ``block_ms`` for an event after id ``after``; tell whether one came."""
-        reply: Any = await self.client.xread({self.keys.events: after}, block=block_ms, count=1)
-        return bool(reply)
 
     async def last_event_id(self) -> str:
         """Return the id of the newest event ever added (``"0-0"``: none)."""

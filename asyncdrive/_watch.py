@@ -187,21 +187,23 @@ class Watch:
 
     async def _read(self, conn: _Connection, block: float) -> None:
         self._resolve_start(conn)
-        events, trimmed = await conn.index.events_after(self._read_cursor, _BATCH)
-        if parse_id(trimmed) > parse_id(self._read_cursor):
-            if not (self._since == "0" and not self._started):
-                raise self._expired(self._cursor or self._read_cursor)
-            # since="0" replays what is retained: start after the last trimmed event.
-            self._read_cursor = trimmed
-            events, _ = await conn.index.events_after(self._read_cursor, _BATCH)
+        if self._since == "0" and not self._started:
+            # Replay what is retained: start after the newest event trimmed so far.
+            trimmed = await conn.index.trimmed()
+            if parse_id(trimmed) > parse_id(self._read_cursor):
+                self._read_cursor = trimmed
         self._started = True
+        events, trimmed = await conn.index.read_events(
+            self._read_cursor, max(1, int(block * 1000)), _BATCH
+        )
+        # Trimming removes the oldest events: if it reached past the cursor, events after the
+        # cursor were lost (or, rarely, the ones just read were trimmed right after: the
+        # watcher is at the very edge of what is retained either way). Never skip silently.
+        if parse_id(trimmed) > parse_id(self._read_cursor):
+            raise self._expired(self._cursor or self._read_cursor)
         if events:
             self._buffer.extend(events)
             self._read_cursor = events[-1].id
-        else:
-            # Nothing new: block until something arrives, then read it (atomically with the
-            # trim marker) on the next pass.
-            await conn.index.wait_for_events(self._read_cursor, max(1, int(block * 1000)))
 
     def _expired(self, cursor: str) -> CursorExpiredError:
         return CursorExpiredError(
