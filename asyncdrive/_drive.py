@@ -47,7 +47,7 @@ from ._exceptions import (
 from ._index import Index, PutOutcome
 from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
-from ._storage import DiskStore, Staged
+from ._storage import DiskStore, PathClash, Staged
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["Drive"]
@@ -507,7 +507,18 @@ class Drive:
             "component_name": component,
         }
         store = conn.store
-        backup = await anyio.to_thread.run_sync(store.install, staged, component, path, meta)
+        try:
+            backup = await anyio.to_thread.run_sync(store.install, staged, component, path, meta)
+        except PathClash as clash:
+            # Another put of this component, of a path above or below this one, is between
+            # its install and its commit: one of the two must fail, and this one has.
+            kind = DriveNotADirectoryError if isinstance(clash.__cause__, (
+                NotADirectoryError, FileExistsError)) else DriveFileExistsError  # fmt: skip
+            raise kind(
+                f"Drive {self.name!r}: cannot put {path!r}: component {component!r} is putting "
+                "a path above or below it at the same moment, and a path cannot be both a "
+                "file and a folder. Retry once that put is done."
+            ) from None
         try:
             outcome = await conn.index.commit_put(
                 component, path, allow, current, staged.size, mtime, staged.checksum, precondition

@@ -122,6 +122,18 @@ def _replace_into(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
+def _is_file(path: Path) -> bool:
+    """Tell whether ``path`` is a regular file: not a folder, not a link, not missing."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+class PathClash(Exception):
+    """An install met a folder where its file goes, or a file where a folder of it goes."""
+
+
 def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
     fd, name = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
     os.fchmod(fd, FILE_MODE)
@@ -210,36 +222,52 @@ class DiskStore:
 
         The backup (hard links to the previous bytes and metadata, or nothing) lets `restore`
         undo the install if the index refuses the commit. Remove it with `drop_backup`.
+
+        All or nothing: if the upload cannot be moved into place (a put of a path above or
+        below it, in the same component, holds the spot), what was moved is put back and
+        `PathClash` is raised.
         """
         target = self.file_path(component, path)
         meta_target = self.meta_path(component, path)
         backup = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="backup-"))
         # Says what the backup is for, so a crash between install and commit can be undone.
         (backup / "target").write_text(json.dumps({"component": component, "path": path}))
-        for current, name in ((target, "data"), (meta_target, "meta")):
-            with contextlib.suppress(FileNotFoundError):
-                os.link(current, backup / name)
-        meta_out, meta_tmp = _temp_beside(self.tmp_dir)
-        with meta_out:
-            meta_out.write(json.dumps(meta, sort_keys=True).encode())
-            meta_out.flush()
-            os.fsync(meta_out.fileno())
-        _replace_into(meta_tmp, meta_target)
-        _replace_into(staged.tmp, target)
-        _fsync_dir(target.parent)
+        meta_tmp: Path | None = None
+        try:
+            for current, name in ((target, "data"), (meta_target, "meta")):
+                if _is_file(current):
+                    os.link(current, backup / name)
+            meta_out, meta_tmp = _temp_beside(self.tmp_dir)
+            with meta_out:
+                meta_out.write(json.dumps(meta, sort_keys=True).encode())
+                meta_out.flush()
+                os.fsync(meta_out.fileno())
+            _replace_into(meta_tmp, meta_target)
+            _replace_into(staged.tmp, target)
+            _fsync_dir(target.parent)
+        except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as exc:
+            if meta_tmp is not None:
+                meta_tmp.unlink(missing_ok=True)
+            self.restore(backup, component, path)
+            raise PathClash(exc) from exc
         return backup
 
     def restore(self, backup: Path, component: str, path: str) -> None:
-        """Undo an `install`: put the previous bytes and metadata back, or remove the new ones."""
+        """Undo an `install`: put the previous bytes and metadata back, or remove the new ones.
+
+        Where a folder now stands at the path, or a file above it, there is nothing of this
+        install left to undo: the backup is just dropped.
+        """
         for current, name in (
             (self.file_path(component, path), "data"),
             (self.meta_path(component, path), "meta"),
         ):
             saved = backup / name
-            if saved.exists():
-                os.replace(saved, current)
-            else:
-                current.unlink(missing_ok=True)
+            with contextlib.suppress(IsADirectoryError, NotADirectoryError):
+                if saved.exists():
+                    os.replace(saved, current)
+                elif _is_file(current):
+                    current.unlink()
         self.drop_backup(backup)
         self._prune(self.file_path(component, path).parent, component)
 
@@ -260,8 +288,9 @@ class DiskStore:
     def remove(self, component: str, path: str) -> None:
         """Remove ``component``'s copy of ``path`` and its metadata, then empty folders."""
         target = self.file_path(component, path)
-        target.unlink(missing_ok=True)
-        self.meta_path(component, path).unlink(missing_ok=True)
+        for current in (target, self.meta_path(component, path)):
+            if _is_file(current):
+                current.unlink(missing_ok=True)
         self._prune(target.parent, component)
 
     def _prune(self, folder: Path, component: str) -> None:

@@ -74,12 +74,21 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 class ServerProcess:
-    """A server of our own on a unix socket in ``folder``, which a test may kill and restart."""
+    """A server of our own, which a test may kill and restart.
 
-    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
+    It listens on a unix socket in ``folder``, or with ``tcp=True`` on a loopback port.
+    """
+
+    def __init__(self, folder: Path, *, persistent: bool = False, tcp: bool = False) -> None:
         self.folder = folder
         self.sock = folder / "s.sock"
-        self.url = f"unix://{self.sock}"
+        if tcp:
+            port = free_ports(1)[0]
+            self.listen = ["--bind", "127.0.0.1", "--port", str(port)]
+            self.url = f"redis://127.0.0.1:{port}"
+        else:
+            self.listen = ["--port", "0", "--unixsocket", str(self.sock)]
+            self.url = f"unix://{self.sock}"
         self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -89,19 +98,7 @@ class ServerProcess:
             if self.persistent
             else ["--appendonly", "no"]
         )
-        self.proc = _spawn(
-            [
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.sock),
-                "--dir",
-                str(self.folder),
-                "--save",
-                "",
-                *persistence,
-            ]
-        )
+        self.proc = _spawn([*self.listen, "--dir", str(self.folder), "--save", "", *persistence])
         wait_for(self.url)
 
     def kill(self) -> None:

@@ -1,0 +1,503 @@
+"""Concurrent writers: processes putting, replacing and deleting the same paths at once.
+
+Every worker is a real process (this module run with ``python -m``), released at the same
+moment, logging each operation that returned as one JSON line. Afterwards the drive is
+checked against the disk, the change log against the logs, and the versions against both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from asyncdrive import (
+    Change,
+    Drive,
+    DriveError,
+    DriveEvent,
+    DriveFileExistsError,
+    DriveFileNotFoundError,
+    DriveIsADirectoryError,
+    DriveNotADirectoryError,
+    FileInfo,
+    SyncDrive,
+    VersionConflictError,
+)
+from asyncdrive._storage import DiskStore
+
+from .conftest import REPO, SyncAsAsync
+
+Key = tuple[str, str]  # (component, path)
+
+#: The path of the event that closes a test's change log: everything before it is the test's.
+END_MARKER = "end.marker"
+END_COMPONENT = "checker"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- running workers --------------------------------------------------------------------------
+
+
+def worker_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker: the test's, with this repository importable."""
+    path = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path}
+
+
+@contextlib.contextmanager
+def workers(
+    module: str,
+    argvs: Sequence[Sequence[str]],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    prefix: str = "p",
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start one worker per argv, each in its own folder under ``cwd``; kill any left at exit.
+
+    A worker prints ``ready`` once connected, then waits for a line on stdin: `release` sends
+    it to all of them at once.
+    """
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for n, argv in enumerate(argvs):
+            folder = cwd / f"{prefix}{n}"
+            folder.mkdir()
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-W", "error", "-m", module, *argv],
+                    cwd=folder,
+                    env=worker_env(env),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            proc.wait(timeout=30)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+
+def release(procs: Sequence[subprocess.Popen[str]]) -> None:
+    """Wait until every worker is ready, then let them all go at once."""
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line != "ready\n":
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"worker did not start ({line!r}):\n{err}")
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+
+
+def results(procs: Sequence[subprocess.Popen[str]], *, timeout: float) -> list[list[Any]]:
+    """Wait for every worker to end well; return each one's JSON lines."""
+    deadline = time.monotonic() + timeout
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{err}"
+        outputs.append([json.loads(line) for line in out.splitlines()])
+    return outputs
+
+
+async def wait_until_go() -> None:
+    """In a worker: say ready, then wait for the test to release all workers at once."""
+    print("ready", flush=True)
+    assert await anyio.to_thread.run_sync(sys.stdin.readline) == "go\n"
+
+
+def write_local(path: str, data: bytes) -> None:
+    """In a worker: write the local file ``path``, clearing a local file or folder in the way."""
+    top = Path(path.split("/")[0])
+    if top.is_dir():
+        shutil.rmtree(top)
+    top.unlink(missing_ok=True)
+    local = Path(path)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
+
+
+def open_drive(drive_id: str, face: str, **kwargs: Any) -> Any:
+    """In a worker: a `Drive`, or a `SyncDrive` given the awaitable methods of a Drive."""
+    return (
+        Drive(drive_id, **kwargs) if face == "async" else SyncAsAsync(SyncDrive(drive_id, **kwargs))
+    )
+
+
+# -- checking a drive -------------------------------------------------------------------------
+
+
+def index_state(drive: SyncDrive, components: Iterable[str]) -> dict[Key, FileInfo]:
+    """Every (component, path) entry of the index, as `info` gives it."""
+    state: dict[Key, FileInfo] = {}
+    for component in sorted(set(components)):
+        for path in drive.list(".", recursive=True, component_name=component):
+            state[component, path] = drive.info(path, component_name=component)
+    assert sorted(drive.list(".", recursive=True)) == sorted({p for _, p in state})
+    return state
+
+
+def folders_of(paths: Iterable[str]) -> dict[str, set[str]]:
+    """Map every folder ("" the root) to the entries directly below it, as `list` shows them."""
+    children: dict[str, set[str]] = defaultdict(set)
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(len(parts)):
+            children["/".join(parts[:depth])].add("/".join(parts[: depth + 1]))
+    return children
+
+
+def check_listings(drive: SyncDrive, state: dict[Key, FileInfo], folders: Iterable[str]) -> None:
+    """Check ``list`` and ``exists`` of each folder (all components, and each) against the index."""
+    files = {p for _, p in state}
+    for component in [None, *sorted({c for c, _ in state})]:
+        mine = {p for c, p in state if component in (None, c)}
+        expected = folders_of(mine)
+        for folder in sorted({"", *folders}):
+            if folder in files:
+                with pytest.raises(DriveNotADirectoryError):
+                    drive.list(folder, component_name=component)
+            else:
+                listed = drive.list(folder or ".", component_name=component)
+                assert listed == sorted(expected.get(folder, set())), (component, folder)
+            if folder:
+                exists = drive.exists(folder, component_name=component)
+                assert exists == (folder in expected or folder in mine), (component, folder)
+
+
+def check_disk(
+    drive: SyncDrive, root: Path, state: dict[Key, FileInfo], *, read: bool = True
+) -> None:
+    """Check that the bytes on disk are exactly the index: same files, sizes, checksums."""
+    store = DiskStore(root, drive.name)
+    on_disk = {(f.component, f.path): f for f in store.scan(verify=True)}
+    assert sorted(on_disk) == sorted(state), "disk files and index entries differ"
+    for key, info in state.items():
+        found = on_disk[key]
+        assert (found.size, found.checksum, found.version) == (
+            info.size,
+            info.checksum,
+            info.version,
+        ), key
+        if read:
+            data = drive.read_bytes(info.path, component_name=info.component_name)
+            assert sha256(data) == info.checksum, key
+    leftovers = sorted(p.name for p in store.tmp_dir.iterdir()) if store.tmp_dir.exists() else []
+    assert leftovers == [], "uploads or backups left behind"
+
+
+def change_log(drive: SyncDrive) -> list[DriveEvent]:
+    """Every event of the drive, in order, up to the end marker this writes first."""
+    with SyncDrive(drive.id, component_name=END_COMPONENT) as checker:
+        checker.write_bytes(END_MARKER, b"end")
+        events: list[DriveEvent] = []
+        # The timeout only bounds a failure: the marker ends the log.
+        with checker.watch(since="0", timeout=60) as feed:
+            for event in feed:
+                if (event.component_name, event.path) == (END_COMPONENT, END_MARKER):
+                    return events
+                events.append(event)
+    raise AssertionError(f"the end marker never arrived (after {len(events)} events)")
+
+
+def replay(events: Iterable[DriveEvent]) -> dict[Key, tuple[int, str]]:
+    """Check the log's own consistency and return the state it leads to.
+
+    Each ``added`` is of an absent copy, each ``modified`` or ``deleted`` of a present one (a
+    delete names the version it removed), and the versions of each (component, path)
+    strictly increase in the order of the log, never reused after a delete.
+    """
+    state: dict[Key, tuple[int, str]] = {}
+    last: dict[Key, int] = {}
+    for event in events:
+        key = (event.component_name, event.path)
+        if event.change == Change.DELETED:
+            assert state.pop(key, None) == (event.version, event.checksum), event
+            continue
+        assert (key in state) == (event.change == Change.MODIFIED), event
+        assert event.version > last.get(key, 0), event
+        state[key] = event.version, event.checksum
+        last[key] = event.version
+    return state
+
+
+# -- concurrent writers of the same paths ----------------------------------------------------
+
+WRITERS = 6
+OPS = 160
+
+
+def folders_below(paths: Iterable[str]) -> list[str]:
+    """The folders that ``paths`` would need, e.g. ``["d", "d/e"]`` for ``["d/e/f"]``."""
+    return sorted(folders_of(paths).keys() - {""})
+
+
+async def writer(
+    drive_id: str, component: str, allow_duplicates: bool, seed: int, paths: list[str]
+) -> None:
+    """Put (bytes or a local file), replace and delete ``paths`` at random; log what returned."""
+    rng = random.Random(seed)
+    face = "async" if seed % 2 else "sync"
+    drive = open_drive(drive_id, face, component_name=component, allow_duplicates=allow_duplicates)
+    # Refusals the API documents: a copy deleted by another process, a path owned by another
+    # component, and where one path is a folder of another, a file or folder in the way.
+    expected: tuple[type[Exception], ...] = (DriveFileNotFoundError, DriveFileExistsError)
+    if set(paths) & set(folders_below(paths)):
+        expected += (DriveNotADirectoryError, DriveIsADirectoryError)
+    try:
+        await drive.exists(".")  # connected before the start
+        await wait_until_go()
+        for n in range(OPS):
+            path = rng.choice(paths)
+            # Unique content: each put is recognisable in the change log by its checksum.
+            data = f"{component} {seed} {n} {path}\n".encode() + rng.randbytes(rng.randrange(2000))
+            op = rng.choices(["write", "put", "delete"], [4, 3, 3])[0]
+            record: dict[str, Any] = {"op": op, "path": path, "component": component}
+            try:
+                if op == "write":
+                    info = await drive.write_bytes(path, data)
+                    record.update(version=info.version, checksum=info.checksum)
+                    record.update(sent=sha256(data))
+                elif op == "put":
+                    write_local(path, data)
+                    await drive.put(path)
+                    record.update(checksum=sha256(data))
+                else:
+                    await drive.delete(path)
+            except expected as exc:
+                record.update(error=type(exc).__name__)
+            except Exception as exc:
+                record.update(error=type(exc).__name__, unexpected=repr(exc))
+            print(json.dumps(record))
+    finally:
+        await drive.aclose()
+
+
+FLAT = ["a.bin", "b.bin", "d/c.bin", "d/e/f.bin"]
+NESTED = ["x", "x/y", "x/y/z", "w"]
+SCENARIOS = {
+    # One component: every process replaces and deletes the same copies.
+    "one-component": (["c0"] * WRITERS, False, FLAT),
+    # A component each, no duplicates: they race to own each path.
+    "owners": ([f"c{n}" for n in range(WRITERS)], False, FLAT),
+    # Three components, two processes each, every component keeping its own copy.
+    "duplicates": ([f"c{n % 3}" for n in range(WRITERS)], True, FLAT),
+    # One path is a folder of another: at most one of them can exist at a time.
+    "file-and-folder": (["c0"] * WRITERS, False, NESTED),
+    "file-and-folder-components": ([f"c{n}" for n in range(WRITERS)], True, NESTED),
+}
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [pytest.param(name) for name in SCENARIOS],
+)
+def test_concurrent_writers_of_the_same_paths(
+    scenario: str, env: dict[str, str], root: Path, workdir: Path, drive_id: str
+) -> None:
+    components, allow_duplicates, paths = SCENARIOS[scenario]
+    argvs = [
+        ["writer", drive_id, component, str(int(allow_duplicates)), str(seed), json.dumps(paths)]
+        for seed, component in enumerate(components)
+    ]
+    with workers(__name__, argvs, env=env, cwd=workdir) as procs:
+        release(procs)
+        logs = results(procs, timeout=120)
+    records = [record for log in logs for record in log]
+    assert len(records) == WRITERS * OPS
+    assert [r for r in records if "unexpected" in r] == []
+    done = [r for r in records if "error" not in r]
+    for record in done:
+        if record["op"] == "write":
+            assert record["checksum"] == record["sent"]
+
+    with SyncDrive(drive_id) as drive:
+        state = index_state(drive, [*components, END_COMPONENT])
+        check_disk(drive, root, state)
+        check_listings(drive, state, folders_below(paths))
+        events = change_log(drive)
+
+    # The change log is consistent and leads to the index.
+    assert replay(events) == {
+        key: (info.version, info.checksum) for key, info in state.items() if key[0] != END_COMPONENT
+    }
+    # One event per operation that returned, none for one that raised: the puts are matched
+    # one to one by their (unique) content; the deletes by count.
+    puts = [r for r in done if r["op"] != "delete"]
+    put_events = [e for e in events if e.change != Change.DELETED]
+    assert Counter((r["component"], r["path"], r["checksum"]) for r in puts) == Counter(
+        (e.component_name, e.path, e.checksum) for e in put_events
+    )
+    deletes = Counter((r["component"], r["path"]) for r in done if r["op"] == "delete")
+    assert deletes == Counter((e.component_name, e.path) for e in events if e.change == "deleted")
+    # Each copy was added when absent: once at first and once after each delete, except after
+    # a final delete; every other put of it modified it.
+    expected_changes: Counter[tuple[str, str, str]] = Counter()
+    for (component, path), n_puts in Counter((r["component"], r["path"]) for r in puts).items():
+        added = deletes[component, path] + ((component, path) in state)
+        expected_changes["added", path, component] = added
+        expected_changes["modified", path, component] = n_puts - added
+        expected_changes["deleted", path, component] = deletes[component, path]
+    assert +expected_changes == Counter((e.change.value, e.path, e.component_name) for e in events)
+    # The versions a write returned are those of its event, and each process saw the versions
+    # of a copy increase in the order of its own operations.
+    by_content = {(e.component_name, e.path, e.checksum): e for e in put_events}
+    position = {e.id: n for n, e in enumerate(events)}
+    for log in logs:
+        seen: dict[Key, int] = {}
+        last_position = -1
+        for record in log:
+            if "error" in record or record["op"] == "delete":
+                continue
+            event = by_content[record["component"], record["path"], record["checksum"]]
+            if record["op"] == "write":
+                assert record["version"] == event.version
+            key = (record["component"], record["path"])
+            assert event.version > seen.get(key, 0)
+            seen[key] = event.version
+            assert position[event.id] > last_position
+            last_position = position[event.id]
+    # There was contention: several processes committed to the same path.
+    committers: defaultdict[str, set[int]] = defaultdict(set)
+    for n, log in enumerate(logs):
+        for record in log:
+            if "error" not in record:
+                committers[record["path"]].add(n)
+    assert any(len(procs) > 1 for procs in committers.values())
+
+
+@pytest.mark.parametrize(("in_flight", "put"), [("x", "x/y"), ("x/y", "x")])
+def test_put_meeting_an_install_in_flight(
+    in_flight: str, put: str, env: dict[str, str], root: Path, drive_id: str
+) -> None:
+    """The race of the "file-and-folder" scenario, frozen: one put is installed, not committed."""
+    with SyncDrive(drive_id) as drive:
+        drive.exists(".")
+        store = DiskStore(root, drive.name)
+        meta = {"path": in_flight, "version": 1, "component_name": "default"}
+        backup = store.install(store.stage_bytes(b"in flight"), "default", in_flight, meta)
+        # The index has neither path: the put may be refused (the other put is about to
+        # commit), but as a DriveError, leaving nothing behind.
+        with pytest.raises(DriveError):
+            drive.write_bytes(put, b"clashing")
+        assert sorted(store.tmp_dir.iterdir()) == [backup]
+        assert not store.meta_path("default", put).exists()
+
+
+# -- conditional writes: a counter incremented by many processes -------------------------------
+
+COUNTERS = 4
+INCREMENTS = 25
+MAX_ATTEMPTS = 3000
+
+
+async def counter(drive_id: str, seed: int) -> None:
+    """Increment the number in ``counter`` with if_version=, retrying conflicts; log each."""
+    face = "async" if seed % 2 else "sync"
+    drive = open_drive(drive_id, face)
+    try:
+        await drive.exists(".")
+        await wait_until_go()
+        successes = 0
+        for attempt in range(MAX_ATTEMPTS):
+            if successes == INCREMENTS:
+                break
+            version = (await drive.info("counter")).version
+            value = int(await drive.read_bytes("counter"))
+            data = str(value + 1).encode()
+            try:
+                if attempt % 2:
+                    Path("counter").write_bytes(data)
+                    await drive.put("counter", if_version=version)
+                    new_version = None
+                else:
+                    new_version = (
+                        await drive.write_bytes("counter", data, if_version=version)
+                    ).version
+            except VersionConflictError as exc:
+                # Someone replaced the version read: the file has moved on, never back.
+                assert exc.current_version > version
+                print(json.dumps({"conflict": version, "current": exc.current_version}))
+                continue
+            successes += 1
+            print(json.dumps({"value": value + 1, "read": version, "version": new_version}))
+    finally:
+        await drive.aclose()
+
+
+def test_conditional_writes_lose_no_update(
+    env: dict[str, str], root: Path, workdir: Path, drive_id: str
+) -> None:
+    with SyncDrive(drive_id) as drive:
+        assert drive.write_bytes("counter", b"0").version == 1
+        argvs = [["counter", drive_id, str(seed)] for seed in range(COUNTERS)]
+        with workers(__name__, argvs, env=env, cwd=workdir) as procs:
+            release(procs)
+            logs = results(procs, timeout=120)
+        wins = [r for log in logs for r in log if "value" in r]
+        assert [len([r for r in log if "value" in r]) for log in logs] == [INCREMENTS] * COUNTERS
+        total = COUNTERS * INCREMENTS
+        # No lost update: every increment left its own value, and the last one is the total.
+        assert sorted(r["value"] for r in wins) == list(range(1, total + 1))
+        assert drive.read_bytes("counter") == str(total).encode()
+        info = drive.info("counter")
+        assert info.version == total + 1
+        # A write that won replaced exactly the version it read.
+        for r in wins:
+            assert r["read"] == r["value"]
+            assert r["version"] in (None, r["value"] + 1)
+        events = change_log(drive)
+        state = index_state(drive, ["default", END_COMPONENT])
+        check_disk(drive, root, state)
+    assert [e.checksum for e in events] == [sha256(str(n).encode()) for n in range(total + 1)]
+    assert [e.version for e in events] == list(range(1, total + 2))
+
+
+# -- the workers' entry point -------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    role, *args = argv
+    if role == "writer":
+        drive_id, component, allow, seed, paths = args
+        anyio.run(writer, drive_id, component, allow == "1", int(seed), json.loads(paths))
+    elif role == "counter":
+        drive_id, seed = args
+        anyio.run(counter, drive_id, int(seed))
+    else:
+        raise SystemExit(f"unknown role {role!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
