@@ -9,6 +9,8 @@ Example:
 
 """
 
+import logging
+
 from ._config import default_root
 from ._drive import Drive
 from ._events import Change, DriveEvent
@@ -34,6 +36,9 @@ from ._sync import SyncDrive, SyncWatch
 from ._watch import Watch
 
 __version__ = "0.1.0"
+
+# A library leaves output to the application: without logging configured, nothing is printed.
+logging.getLogger("asyncdrive").addHandler(logging.NullHandler())
 
 __all__ = [
     "AmbiguousPathError",

@@ -241,7 +241,7 @@ class Drive:
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_conn", None) is not None and self._pid == os.getpid():
             _warn(
-                f"unclosed {self!r}: use 'async with' or 'await drive.aclose()'",
+                f"unclosed Drive {self.id!r}: use 'async with' or 'await drive.aclose()'",
                 ResourceWarning,
                 source=self,
                 stacklevel=2,

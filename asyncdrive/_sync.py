@@ -154,9 +154,14 @@ class SyncDrive:
             _portal.release(self._key)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if getattr(self, "_portal", None) is None or self._closed or self._pid != os.getpid():
+        portal = getattr(self, "_portal", None)
+        if portal is None or self._closed or self._pid != os.getpid():
             return
-        _warn(f"unclosed {self!r}: use 'with' or call close()", ResourceWarning, source=self)
+        if not _portal.is_running(portal):
+            return  # closed at interpreter exit, with the loop thread
+        # The id only: a full repr resolves settings, which may fail during shutdown.
+        _warn(f"unclosed SyncDrive {self.id!r}: use 'with' or call close()", ResourceWarning,
+              source=self)  # fmt: skip
         if threading.current_thread().name != _portal.THREAD_NAME:
             self.close()
 

@@ -87,7 +87,7 @@ async def raw_redis(url: str) -> AsyncIterator[RedisClient]:
 @pytest.fixture
 def private_server() -> Iterator[ServerProcess]:
     """A persistent server for this test alone, to kill and restart (not yet started)."""
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="adpriv-")), persistent=True)
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="adpriv-")), persistence="always")
     try:
         yield server
     finally:

@@ -76,10 +76,14 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 class ServerProcess:
     """A server of our own, which a test may kill and restart.
 
-    It listens on a unix socket in ``folder``, or with ``tcp=True`` on a loopback port.
+    It listens on a unix socket in ``folder``, or with ``tcp=True`` on a loopback port. Its
+    append-only file is fsynced ``persistence`` ("everysec" or "always"); None keeps no
+    persistence, so a restart loses everything.
     """
 
-    def __init__(self, folder: Path, *, persistent: bool = False, tcp: bool = False) -> None:
+    def __init__(
+        self, folder: Path, *, persistence: str | None = "everysec", tcp: bool = False
+    ) -> None:
         self.folder = folder
         self.sock = folder / "s.sock"
         if tcp:
@@ -89,13 +93,13 @@ class ServerProcess:
         else:
             self.listen = ["--port", "0", "--unixsocket", str(self.sock)]
             self.url = f"unix://{self.sock}"
-        self.persistent = persistent
+        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"]
-            if self.persistent
+            ["--appendonly", "yes", "--appendfsync", self.persistence]
+            if self.persistence
             else ["--appendonly", "no"]
         )
         self.proc = _spawn([*self.listen, "--dir", str(self.folder), "--save", "", *persistence])
@@ -141,7 +145,9 @@ class ClusterServers:
                         "--save",
                         "",
                         "--appendonly",
-                        "no",
+                        "yes",
+                        "--appenddirname",
+                        f"appendonly-{port}",
                     ]
                 )
             )
@@ -181,7 +187,7 @@ class SentinelServers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
         self.procs.append(_spawn(["--port", str(self.primary), "--dir", str(self.folder), *common]))
         wait_for(f"redis://127.0.0.1:{self.primary}")
         replica_dir = self.folder / "replica"

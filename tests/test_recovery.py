@@ -82,7 +82,7 @@ async def test_rebuild_with_verify_fixes_stale_metadata(
 async def test_restarted_server_without_persistence(
     tmp_path: Path, workdir: Path, drive_id: str
 ) -> None:
-    server = ServerProcess(tmp_path / "srv")
+    server = ServerProcess(tmp_path / "srv", persistence=None)
     (tmp_path / "srv").mkdir()
     server.start()
     kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": server.url}

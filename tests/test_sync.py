@@ -392,7 +392,7 @@ def test_unclosed_drive_warns_when_collected(env: dict[str, str], drive_id: str)
             categories |= {w.category for w in caught}
             caught.clear()
             gc.collect()
-    unclosed = [m for m in messages if m.startswith("unclosed Drive(")]
+    unclosed = [m for m in messages if m.startswith("unclosed Drive ")]
     assert len(unclosed) == 1, messages
     assert drive_id in unclosed[0]
     assert categories == {ResourceWarning}
