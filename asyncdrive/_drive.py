@@ -61,6 +61,8 @@ DriveT = TypeVar("DriveT", bound="Drive")
 #: How long a commit lock lives if its holder dies, and how long to wait for one.
 LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
+#: write_bytes of at most this many bytes stages them before the first check.
+_SMALL_WRITE = 1 << 20
 
 StrPath = str | os.PathLike[str]
 
@@ -449,7 +451,9 @@ class Drive:
         precondition = self._precondition(drive_path, if_version, exist_ok)
         conn = await self._connection()
         stage = functools.partial(conn.store.stage_bytes, data)
-        return await self._put(conn, drive_path, stage, precondition)
+        # Staging a small payload costs less than a round trip to check first.
+        small = len(data) <= _SMALL_WRITE
+        return await self._put(conn, drive_path, stage, precondition, check_first=not small)
 
     def _precondition(self, path: str, if_version: int | None, exist_ok: bool) -> str:
         if if_version is None:
@@ -467,35 +471,53 @@ class Drive:
         return str(if_version) if if_version else "absent"
 
     async def _put(
-        self, conn: _Connection, path: str, stage: Callable[[], Staged], precondition: str
+        self,
+        conn: _Connection,
+        path: str,
+        stage: Callable[[], Staged],
+        precondition: str,
+        *,
+        check_first: bool = True,
     ) -> FileInfo:
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
-        # Refuse early, before copying any bytes; the commit checks again atomically.
-        checked = await conn.index.check_put(component, path, allow, precondition)
-        self._raise_put_refused(path, checked, precondition)
+        if check_first:
+            # Refuse early, before copying any bytes; the commit checks again atomically.
+            checked = await conn.index.check_put(component, path, allow, precondition)
+            self._raise_put_refused(path, checked, precondition)
         staged = await anyio.to_thread.run_sync(stage)
+        installed = False
         try:
-            token = await self._lock(conn, component, path)
+            token, checked = await self._lock_put(conn, path, precondition)
+            self._raise_put_refused(path, checked, precondition)  # no lock held if refused
             # Between here and the index commit, a cancellation would leave the disk and the
             # index disagreeing: the section is short (a rename and one Lua call), so shield it.
             with anyio.CancelScope(shield=True):
                 try:
-                    info = await self._install_and_commit(conn, path, staged, precondition)
+                    info = await self._install_and_commit(
+                        conn, path, staged, precondition, int(checked.detail), token
+                    )
+                    installed = True
                 finally:
-                    await conn.index.unlock(component, path, token)
+                    if not installed:
+                        await conn.index.unlock(component, path, token)
         finally:
-            await anyio.to_thread.run_sync(conn.store.discard, staged)
+            if not installed:
+                await anyio.to_thread.run_sync(conn.store.discard, staged)
         return info
 
     async def _install_and_commit(
-        self, conn: _Connection, path: str, staged: Staged, precondition: str
+        self,
+        conn: _Connection,
+        path: str,
+        staged: Staged,
+        precondition: str,
+        current: int,
+        token: str,
     ) -> FileInfo:
+        """Install under the lock ``token``, then commit, which releases it on success."""
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
-        checked = await conn.index.check_put(component, path, allow, precondition)
-        self._raise_put_refused(path, checked, precondition)
-        current = int(checked.detail)
         mtime = time.time()
         info = FileInfo(path, staged.size, mtime, staged.checksum, current + 1, component)
         meta = {
@@ -521,8 +543,9 @@ class Drive:
             ) from None
         try:
             outcome = await conn.index.commit_put(
-                component, path, allow, current, staged.size, mtime, staged.checksum, precondition
-            )
+                component, path, allow, current, staged.size, mtime, staged.checksum,
+                precondition, token,
+            )  # fmt: skip
         except Exception:
             # The commit may or may not have happened (the connection dropped). Leave the
             # new bytes and the backup of the old ones: gc() compares the index with the
@@ -531,10 +554,10 @@ class Drive:
         if outcome.status != "ok":
             await anyio.to_thread.run_sync(store.restore, backup, component, path)
             self._raise_put_refused(path, outcome, precondition)
-        await anyio.to_thread.run_sync(store.drop_backup, backup)
-        if not conn.disk_marked:
-            await anyio.to_thread.run_sync(store.mark_in_use)
-            conn.disk_marked = True
+        # Committed, and the lock released: what is left is tidying up.
+        mark = not conn.disk_marked
+        await anyio.to_thread.run_sync(store.finish_install, backup, mark)
+        conn.disk_marked = True
         return info
 
     def _raise_put_refused(self, path: str, outcome: PutOutcome, precondition: str) -> None:
@@ -578,14 +601,29 @@ class Drive:
             )
         raise DriveError(f"{where}: the index changed during the commit ({status}); retry.")
 
+    async def _lock_put(
+        self, conn: _Connection, path: str, precondition: str
+    ) -> tuple[str, PutOutcome]:
+        component = conn.config.component_name
+        try:
+            return await conn.index.lock_put(
+                component, path, conn.config.allow_duplicates, precondition,
+                ttl=LOCK_TTL, timeout=LOCK_TIMEOUT,
+            )  # fmt: skip
+        except TimeoutError:
+            raise self._lock_timeout(component, path) from None
+
+    def _lock_timeout(self, component: str, path: str) -> DriveTimeoutError:
+        return DriveTimeoutError(
+            f"Drive {self.name!r}: waited {LOCK_TIMEOUT:.0f} s for another writer of "
+            f"{path!r} (component {component!r}) to finish; retry later."
+        )
+
     async def _lock(self, conn: _Connection, component: str, path: str) -> str:
         try:
             return await conn.index.lock(component, path, ttl=LOCK_TTL, timeout=LOCK_TIMEOUT)
         except TimeoutError:
-            raise DriveTimeoutError(
-                f"Drive {self.name!r}: waited {LOCK_TIMEOUT:.0f} s for another writer of "
-                f"{path!r} (component {component!r}) to finish; retry later."
-            ) from None
+            raise self._lock_timeout(component, path) from None
 
     @_redis_errors_as_unavailable
     async def delete(self, path: StrPath, *, recursive: bool = False) -> None:

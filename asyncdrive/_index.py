@@ -81,8 +81,16 @@ _PUT_LUA = (
 --       7 allow duplicates (0|1), 8 expected version, 9 size, 10 mtime, 11 checksum,
 --       12 precondition on the component's copy ("": none, "absent", or its version),
 --       13 n, then n child names (one per folder level).
+-- Last KEY: the commit lock of (component, path); last two ARGV: its token and lease (ms).
+-- Modes: "check" checks; "lock" checks, then takes the lock (or answers "locked");
+-- "commit" commits and, on success, releases the lock.
 local c, path, mode = ARGV[4], ARGV[5], ARGV[6]
 local n = tonumber(ARGV[13])
+local lock, token, lease = KEYS[#KEYS], ARGV[#ARGV - 1], ARGV[#ARGV]
+if mode == 'lock' then
+  local holder = redis.call('GET', lock)
+  if holder and holder ~= token then return {'locked'} end
+end
 for i = 1, n - 1 do
   if redis.call('EXISTS', KEYS[7 + 2 * n + i]) == 1 then
     return {'notadir'}
@@ -108,6 +116,10 @@ local current = tonumber(redis.call('HGET', KEYS[4], vfield) or '0')
 if mode == 'check' then
   return {'ok', tostring(current)}
 end
+if mode == 'lock' then
+  redis.call('SET', lock, token, 'PX', lease)
+  return {'ok', tostring(current)}
+end
 if tostring(current) ~= ARGV[8] then
   return {'conflict', tostring(current)}
 end
@@ -127,6 +139,7 @@ if not existed then
 end
 local id = append_event({'change', change, 'path', path, 'component', c, 'size', ARGV[9],
   'version', tostring(version), 'checksum', ARGV[11]})
+if redis.call('GET', lock) == token then redis.call('DEL', lock) end
 return {'ok', tostring(version), id}
 """
 )
@@ -368,6 +381,38 @@ class Index:
             component, path, "check", allow_duplicates, 0, 0, 0.0, "", precondition
         )
 
+    async def lock_put(
+        self,
+        component: str,
+        path: str,
+        allow_duplicates: bool,
+        precondition: str,
+        *,
+        ttl: float,
+        timeout: float,
+    ) -> tuple[str, PutOutcome]:
+        """Check as `check_put` does and, if the put may go on, take its commit lock.
+
+        One round trip when nobody else commits the path. Returns the lock's token (empty
+        if the check refused: then no lock is held) and the outcome. Commits are short (a
+        rename and one Lua call), so a held lock is retried with a growing pause; raises
+        TimeoutError when ``timeout`` passes first.
+        """
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            outcome = await self._run_put(
+                component, path, "lock", allow_duplicates, 0, 0, 0.0, "", precondition,
+                token=token, lease_ms=int(ttl * 1000),
+            )  # fmt: skip
+            if outcome.status != "locked":
+                return (token if outcome.status == "ok" else ""), outcome
+            if time.monotonic() >= deadline:
+                raise TimeoutError(self.keys.lock(component, path))
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
     async def commit_put(
         self,
         component: str,
@@ -377,24 +422,19 @@ class Index:
         size: int,
         mtime: float,
         checksum: str,
-        precondition: str = "",
+        precondition: str,
+        token: str,
     ) -> PutOutcome:
         """Record a new version of ``path``, append its event and publish a wake-up, atomically.
 
         Refuses (``status != "ok"``) if the folder structure, ownership or ``precondition``
-        forbids it, or if the version is no longer ``expected_version``.
+        forbids it, or if the version is no longer ``expected_version``. On success the
+        commit lock (``token``) is released in the same step; on a refusal it is kept.
         """
         return await self._run_put(
-            component,
-            path,
-            "commit",
-            allow_duplicates,
-            expected_version,
-            size,
-            mtime,
-            checksum,
-            precondition,
-        )
+            component, path, "commit", allow_duplicates, expected_version, size, mtime,
+            checksum, precondition, token=token,
+        )  # fmt: skip
 
     async def _run_put(
         self,
@@ -407,6 +447,9 @@ class Index:
         mtime: float,
         checksum: str,
         precondition: str,
+        *,
+        token: str = "",
+        lease_ms: int = 0,
     ) -> PutOutcome:
         folders = parent_dirs(path)
         names = path.split("/")
@@ -420,6 +463,7 @@ class Index:
             *(self.keys.children(f) for f in folders),
             *(self.keys.component_children(component, f) for f in folders),
             *(self.keys.entry(f) for f in folders[1:]),
+            self.keys.lock(component, path),
         ]
         args = [
             *self._event_args,
@@ -434,6 +478,8 @@ class Index:
             precondition,
             str(len(folders)),
             *names,
+            token,
+            str(lease_ms),
         ]
         reply: list[str] = await self._put(keys=keys, args=args)
         status = reply[0]

@@ -278,6 +278,12 @@ class DiskStore:
         except (OSError, ValueError, KeyError):
             return None
 
+    def finish_install(self, backup: Path, mark_in_use: bool) -> None:
+        """After a commit: drop the install's backup, and write the drive marker if asked."""
+        self.drop_backup(backup)
+        if mark_in_use:
+            self.mark_in_use()
+
     def drop_backup(self, backup: Path) -> None:
         """Remove the backup left by `install`."""
         for name in ("data", "meta", "target"):
