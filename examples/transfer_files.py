@@ -18,6 +18,12 @@ for the default root (``~/.local/share/asyncdrive``), and the others reuse it. S
 
     python examples/transfer_files.py
 
+Each work can also run alone, as the two worker services of ``compose.yaml`` do, on
+different machines sharing a root and a Redis server::
+
+    python examples/transfer_files.py --role work_1   # then, elsewhere:
+    python examples/transfer_files.py --role work_2
+
 It prints (the first line says ``default`` unless ASYNCDRIVE_COMPONENT is set)::
 
     coordinator: lit://drive_1 would write here as 'default'
@@ -89,7 +95,19 @@ def run_in_own_folder(work: Callable[[SyncDrive], None], drive: SyncDrive) -> No
         work(drive)
 
 
+def run_one_role(role: str) -> None:
+    """Run one work alone, as a container of compose.yaml does (``--role work_1``)."""
+    works = {"work_1": work_1, "work_2": work_2}
+    if role not in works:
+        sys.exit(f"transfer_files: --role must be one of {', '.join(works)}, not {role!r}")
+    # Configured only by ASYNCDRIVE_* variables: root, Redis URL and component name.
+    run_in_own_folder(works[role], SyncDrive("lit://drive_1"))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--role":
+        run_one_role(sys.argv[2])
+        return
     # "spawn" starts each worker in a fresh interpreter: nothing of this process's memory
     # is shared, so the drive travels as a pickle of its arguments.
     context = multiprocessing.get_context("spawn")

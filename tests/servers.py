@@ -11,6 +11,7 @@ import random
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +83,20 @@ class ServerProcess:
     """
 
     def __init__(
-        self, folder: Path, *, persistence: str | None = "everysec", tcp: bool = False
+        self,
+        folder: Path,
+        *,
+        persistence: str | None = "everysec",
+        tcp: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.folder = folder
         self.sock = folder / "s.sock"
+        self.extra_args = list(extra_args)
         if tcp:
-            port = free_ports(1)[0]
-            self.listen = ["--bind", "127.0.0.1", "--port", str(port)]
-            self.url = f"redis://127.0.0.1:{port}"
+            self.port = free_ports(1)[0]
+            self.listen = ["--bind", "127.0.0.1", "--port", str(self.port)]
+            self.url = f"redis://127.0.0.1:{self.port}"
         else:
             self.listen = ["--port", "0", "--unixsocket", str(self.sock)]
             self.url = f"unix://{self.sock}"
@@ -102,7 +109,9 @@ class ServerProcess:
             if self.persistence
             else ["--appendonly", "no"]
         )
-        self.proc = _spawn([*self.listen, "--dir", str(self.folder), "--save", "", *persistence])
+        self.proc = _spawn(
+            [*self.listen, "--dir", str(self.folder), "--save", "", *persistence, *self.extra_args]
+        )
         wait_for(self.url)
 
     def kill(self) -> None:
