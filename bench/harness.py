@@ -1,0 +1,546 @@
+"""What every benchmark shares: server, scratch space, workers, statistics and reports.
+
+A benchmark module exports ``BENCHMARK = Benchmark(name, title, run)``; ``run(ctx)`` gets a
+`Context` (the server's URL, a scratch folder, quick or full, how many runs) and returns a
+`Result`: tables already formatted for reading, notes, and the raw figures for the JSON.
+
+Timing across processes uses `clock_ns` (``CLOCK_REALTIME``): on one machine it is one
+system-wide clock, comparable between processes and with the server's ``TIME``, which stamps
+every drive event. ``time.perf_counter`` is per-process and must not be compared that way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+
+import asyncdrive
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+
+#: Worker processes are spawned: a clean interpreter, as a separate program would be.
+MP = multiprocessing.get_context("spawn")
+
+#: Nanoseconds on CLOCK_REALTIME: comparable across processes and with the server's TIME.
+clock_ns = time.time_ns
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not measure (a worker failed or timed out)."""
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Return the ``q`` quantile of ascending ``sorted_values`` by nearest rank.
+
+    The p99 of 2000 samples is the 1980th smallest: always an observed value.
+    """
+    if not sorted_values:
+        raise ValueError("no samples")
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """p50, p99, min and max of a set of samples (or of several runs, see `across_runs`)."""
+
+    n: int
+    p50: float
+    p99: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        ordered = sorted(values)
+        return cls(
+            len(ordered), quantile(ordered, 0.5), quantile(ordered, 0.99), ordered[0], ordered[-1]
+        )
+
+    @classmethod
+    def across_runs(cls, runs: Sequence[Summary]) -> Summary:
+        """Median of the runs' p50 and p99; min and max over every sample of every run."""
+        return cls(
+            sum(r.n for r in runs),
+            statistics.median(r.p50 for r in runs),
+            statistics.median(r.p99 for r in runs),
+            min(r.min for r in runs),
+            max(r.max for r in runs),
+        )
+
+
+def fmt_us(value: float) -> str:
+    """Format microseconds for a table: whole numbers, one decimal below 10."""
+    return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
+
+
+def fmt_ratio(value: float) -> str:
+    return f"{value:.1f}x"
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """A table of preformatted cells; the first column is text, the others are figures."""
+
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    title: str = ""
+
+    def add(self, *cells: str) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append(list(cells))
+
+    def text(self) -> str:
+        widths = [
+            max(len(r[i]) for r in [self.columns, *self.rows]) for i in range(len(self.columns))
+        ]
+
+        def line(cells: list[str]) -> str:
+            first = cells[0].ljust(widths[0])
+            rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+            return "  ".join([first, *rest]).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        out = [self.title] if self.title else []
+        return "\n".join([*out, line(self.columns), rule, *(line(r) for r in self.rows)])
+
+    def markdown(self) -> str:
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        align = "|---|" + "---:|" * (len(self.columns) - 1)
+        out = [f"**{self.title}**", ""] if self.title else []
+        return "\n".join([*out, line(self.columns), align, *(line(r) for r in self.rows)])
+
+
+@dataclass
+class Result:
+    """What a benchmark reports: prose, tables and notes to read, ``data`` for the JSON."""
+
+    name: str
+    title: str
+    intro: str
+    tables: list[Table]
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class Context:
+    """What a benchmark gets: the server, a scratch folder, and how much to measure."""
+
+    quick: bool
+    runs: int
+    redis_url: str
+    scratch: Path
+    log: Callable[[str], None]
+
+    def folder(self, label: str) -> Path:
+        """Return a new empty folder under the scratch folder (e.g. a drive root)."""
+        path = self.scratch / f"{label}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+        return path
+
+    def drive_id(self, label: str) -> str:
+        """Return a drive id no other measurement uses."""
+        return f"lit://bench-{label}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark of the suite: ``run(ctx)`` measures and returns a `Result`."""
+
+    name: str
+    title: str
+    run: Callable[[Context], Result]
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    # Linux: SIGTERM the server if the bench is killed outright (SIGKILL runs no finally).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Server:
+    """The server the embedded default runs (``server_binary()``), private to this run.
+
+    It listens on a unix socket in ``folder`` (or on a free loopback TCP port), keeps an
+    append-only file fsynced every second as the embedded server does, and runs in its own
+    session so that Ctrl-C reaches the bench, which stops it last.
+    """
+
+    def __init__(self, folder: Path, *, tcp: bool = False) -> None:
+        self.folder = folder
+        self.tcp = tcp
+        if tcp:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port: int = s.getsockname()[1]
+            self.url = f"redis://127.0.0.1:{self.port}"
+        else:
+            self.sock = folder / "s.sock"
+            self.url = f"unix://{self.sock}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def transport(self) -> str:
+        return "loopback TCP" if self.tcp else "unix socket"
+
+    def start(self, timeout: float = 15.0) -> None:
+        listen = (
+            ["--port", str(self.port), "--bind", "127.0.0.1"]
+            if self.tcp
+            else ["--port", "0", "--unixsocket", str(self.sock)]
+        )
+        self.proc = subprocess.Popen(
+            [asyncdrive.server_binary(), *listen, "--dir", str(self.folder), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                if client.ping():
+                    return
+            except (redis.ConnectionError, OSError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"the server did not start on {self.url}") from None
+                time.sleep(0.01)
+            finally:
+                client.close()
+
+    def version(self) -> str:
+        client = redis.Redis.from_url(self.url, decode_responses=True)
+        try:
+            info: dict[str, Any] = client.info("server")
+        finally:
+            client.close()
+        if "valkey_version" in info:
+            return f"Valkey {info['valkey_version']}"
+        return f"Redis {info.get('redis_version', '?')}"
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+
+def _worker_main(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        value = fn(*args)
+    except KeyboardInterrupt:
+        return  # Ctrl-C reached the whole process group: the bench reports it
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    else:
+        conn.send(("ok", value))
+    finally:
+        conn.close()
+
+
+class Worker:
+    """A spawned process running ``fn(*args)``, whose return value `Workers.wait` collects."""
+
+    def __init__(self, name: str, process: BaseProcess, conn: Connection) -> None:
+        self.name = name
+        self.process = process
+        self.conn = conn
+
+
+class Workers:
+    """Spawned worker processes, all gone when the ``with`` block ends, even on Ctrl-C.
+
+    Example:
+        >>> with Workers() as workers:
+        ...     a = workers.spawn("reader", read, plan)
+        ...     b = workers.spawn("writer", write, plan)
+        ...     got = workers.wait(timeout=60)  # {"reader": ..., "writer": ...}
+
+    ``fn`` must be a module-level function; arguments and results must pickle.
+    """
+
+    def __init__(self) -> None:
+        self._workers: list[Worker] = []
+
+    def spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> Worker:
+        receiver, sender = MP.Pipe(duplex=False)
+        process = MP.Process(
+            target=_worker_main, args=(sender, fn, args), name=f"bench-{name}", daemon=True
+        )
+        process.start()
+        sender.close()
+        worker = Worker(name, process, receiver)
+        self._workers.append(worker)
+        return worker
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        """Return every worker's result by name; raise `BenchError` as soon as one fails."""
+        deadline = time.monotonic() + timeout
+        pending = {w.conn: w for w in self._workers}
+        results: dict[str, Any] = {}
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                names = ", ".join(w.name for w in pending.values())
+                raise BenchError(f"workers still running after {timeout:.0f} s: {names}")
+            for conn in wait(list(pending), timeout=remaining):
+                assert isinstance(conn, Connection)
+                worker = pending.pop(conn)
+                try:
+                    status, value = conn.recv()
+                except EOFError:
+                    worker.process.join(5)
+                    raise BenchError(
+                        f"worker {worker.name} died (exit code {worker.process.exitcode})"
+                    ) from None
+                if status == "error":
+                    raise BenchError(f"worker {worker.name} failed:\n{value}")
+                results[worker.name] = value
+        return results
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self._workers:
+            worker.process.join(5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._workers.clear()
+
+
+# -- the machine -----------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _cpu_model() -> str:
+    found = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.MULTILINE)
+    return found.group(1).strip() if found else (platform.processor() or platform.machine())
+
+
+def _memory() -> str:
+    found = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
+    return f"{int(found.group(1)) / 2**20:.1f} GiB" if found else "?"
+
+
+def _filesystem(path: Path) -> str:
+    """Return the type of the filesystem holding ``path`` (from /proc/mounts), or "?"."""
+    best, kind = "", "?"
+    target = str(path.resolve())
+    for line in _read("/proc/mounts").splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, parts[2]
+    return kind
+
+
+def _git_revision() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    with contextlib.suppress(OSError):
+        revision = git("rev-parse", "--short", "HEAD")
+        if revision:
+            dirty = git("status", "--porcelain", "--untracked-files=no")
+            return f"git {revision}" + (", with uncommitted changes" if dirty else "")
+    return "not a git checkout"
+
+
+def machine(server: Server, root: Path) -> dict[str, str]:
+    """Describe this machine and software, for the report."""
+    cores = str(os.cpu_count() or "?")
+    with contextlib.suppress(AttributeError):
+        usable = len(os.sched_getaffinity(0))
+        if str(usable) != cores:
+            cores += f" ({usable} usable)"
+    return {
+        "CPU": _cpu_model(),
+        "Cores": cores,
+        "Memory": _memory(),
+        "Kernel": f"{platform.system()} {platform.release()}",
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "Server": f"{server.version()} ({server.transport})",
+        "redis-py": redis.__version__,
+        "asyncdrive": f"{asyncdrive.__version__} ({_git_revision()})",
+        "Drive root": f"{_filesystem(root)} ({root.parent})",
+        "Load average at start": load_average(),
+    }
+
+
+def load_average() -> str:
+    """Return the 1, 5 and 15 minute load averages, to judge how quiet the machine was."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "?"
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """Return the command that was run, as one would type it at the repository root."""
+    python = sys.executable
+    with contextlib.suppress(ValueError):
+        relative = os.path.relpath(python, REPO)
+        if not relative.startswith(".."):
+            python = relative
+    return shlex.join([python, "-m", "bench", *argv])
+
+
+# -- reports ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """One invocation of the suite: when, how, where, and each benchmark's result."""
+
+    date: str
+    command: str
+    quick: bool
+    machine: dict[str, str]
+    results: list[Result]
+
+    @staticmethod
+    def now() -> str:
+        return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "date": self.date,
+                "command": self.command,
+                "quick": self.quick,
+                "machine": self.machine,
+                "benchmarks": {r.name: asdict(r) for r in self.results},
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+
+    def machine_line(self) -> str:
+        m = self.machine
+        return (
+            f"{m['CPU']}, {m['Cores']} cores, {m['Memory']}, {m['Kernel']}, {m['Python']}, "
+            f"{m['Server']}, root on {m['Drive root'].split(' ')[0]}"
+        )
+
+    def text(self, result: Result) -> str:
+        parts = [f"== {result.title} ({result.name}, {result.seconds:.0f} s) =="]
+        parts += [table.text() for table in result.tables]
+        parts += ["\n".join(f"- {note}" for note in result.notes)] if result.notes else []
+        return "\n\n".join(parts) + "\n"
+
+    def section(self, result: Result) -> str:
+        """The markdown section of one benchmark, between markers so it can be replaced alone."""
+        quick = " (--quick: smoke-run sizes, not figures to quote)" if self.quick else ""
+        parts = [
+            f"## {result.title}",
+            f"_Measured {self.date} by `{self.command}`{quick}, in {result.seconds:.0f} s, on "
+            f"{self.machine_line()}._",
+            result.intro.strip(),
+            *(table.markdown() for table in result.tables),
+        ]
+        if result.notes:
+            parts.append("\n".join(f"- {note}" for note in result.notes))
+        body = "\n\n".join(parts)
+        return f"<!-- bench:{result.name} -->\n{body}\n<!-- /bench:{result.name} -->"
+
+    def markdown(self, order: Sequence[str], previous: str = "") -> str:
+        """Render BENCHMARKS.md: this run's sections, and ``previous`` ones for the others."""
+        kept = {
+            m.group(1): m.group(0)
+            for m in re.finditer(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->", previous, re.S)
+        }
+        fresh = {r.name: self.section(r) for r in self.results}
+        sections = [fresh.get(name) or kept.get(name) for name in order]
+        rows = [("Date", self.date), ("Command", f"`{self.command}`"), *self.machine.items()]
+        header = "\n".join(
+            [
+                "# Benchmarks",
+                "",
+                "Written by the benchmark suite in `bench/`: run `.venv/bin/python -m bench` at "
+                "the repository root to measure again and rewrite this file (`--only NAME` "
+                "rewrites one section; `--quick` is a smoke run that leaves this file alone). "
+                "The tests never assert speed; targets are shown as pass/miss next to the "
+                "figures. Each section names the run that produced it.",
+                "",
+                "## Last run",
+                "",
+                "| | |",
+                "|---|---|",
+                *(f"| {key} | {value} |" for key, value in rows),
+            ]
+        )
+        return "\n\n".join([header, *(s for s in sections if s)]) + "\n"
