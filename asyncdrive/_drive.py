@@ -370,20 +370,28 @@ class Drive:
 
     @_redis_errors_as_unavailable
     async def put(
-        self, path: StrPath, *, if_version: int | None = None, exist_ok: bool = True
+        self,
+        path: StrPath,
+        *,
+        to: StrPath | None = None,
+        if_version: int | None = None,
+        exist_ok: bool = True,
     ) -> None:
         """Copy a local file, or a folder recursively, into the drive at the same path.
 
-        ``path`` is relative to the current directory. A re-put by the same component
-        replaces the file (a new version); readers see the old or the new file, never a mix.
+        ``path`` is relative to the current directory (or anywhere, with ``to``). A re-put by
+        the same component replaces the file (a new version); readers see the old or the new
+        file, never a mix.
 
         Example:
             >>> Path("a.txt").write_text("Hello World !")
             >>> await drive.put("a.txt")
             >>> await drive.put("a.txt", if_version=1)  # only if nobody replaced version 1
+            >>> await drive.put("/data/run-7/model.pt", to="ckpt/7.pt")
 
         Args:
             path: the local file or folder, and the drive path it goes to.
+            to: put it at this drive path instead (``path`` may then be any local path).
             if_version: replace the file only if this component's copy has this version
                 now (0: only if it has none), atomically; else `VersionConflictError`.
             exist_ok: False: create only; fail with `DriveFileExistsError` if this
@@ -398,14 +406,14 @@ class Drive:
             InvalidPathError: ``path`` is absolute, leaves the drive or is empty.
 
         """
-        drive_path = self._path(path)
+        drive_path = self._path(path if to is None else to)
         precondition = self._precondition(drive_path, if_version, exist_ok)
-        local = Path(drive_path)
+        local = Path(drive_path) if to is None else Path(path)
         files = await anyio.to_thread.run_sync(_local_files, local)
         if files is None:
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: there is no local file or "
-                f"folder {drive_path!r} in {os.getcwd()!r}. Paths are relative to the current "
+                f"folder {str(local)!r} in {os.getcwd()!r}. Paths are relative to the current "
                 "directory."
             )
         if not files:
@@ -780,6 +788,7 @@ class Drive:
         component_name: str | None = None,
         timeout: float | None = None,
         overwrite: bool = False,
+        to: StrPath | None = None,
     ) -> None:
         """Copy a file, or a folder recursively, from the drive to the same local path.
 
@@ -797,6 +806,7 @@ class Drive:
             timeout: wait up to this many seconds for the path to appear (woken by the
                 drive's change events), then raise `DriveTimeoutError`.
             overwrite: replace a local file whose content differs (atomically).
+            to: the local path to write to instead (a folder's files go below it).
 
         Raises:
             DriveFileNotFoundError: nothing at ``path`` (and no ``timeout``).
@@ -811,20 +821,23 @@ class Drive:
         conn = await self._connection()
         if timeout is not None:
             await self._wait_for(conn, drive_path, component_name, timeout)
+        local = Path(drive_path if to is None else to)
         owners = await conn.index.owners(drive_path)
         if owners:
             info = self._pick(drive_path, owners, component_name)
-            await self._copy_out(conn, info, overwrite)
+            await self._copy_out(conn, info, overwrite, local)
             return
         _, files = await conn.index.list_files(drive_path, component_name)
         if not files:
             raise self._not_found(drive_path, [], component_name)
         for file, file_owners in zip(files, await conn.index.owners_many(files), strict=True):
             if file_owners:  # deleted since listed: skip
-                await self._copy_out(conn, self._pick(file, file_owners, component_name), overwrite)
+                info = self._pick(file, file_owners, component_name)
+                await self._copy_out(conn, info, overwrite, local / file[len(drive_path) + 1 :])
 
-    async def _copy_out(self, conn: _Connection, info: FileInfo, overwrite: bool) -> None:
-        dest = Path(info.path)
+    async def _copy_out(
+        self, conn: _Connection, info: FileInfo, overwrite: bool, dest: Path
+    ) -> None:
         try:
             await anyio.to_thread.run_sync(
                 conn.store.copy_out,
@@ -837,7 +850,7 @@ class Drive:
         except FileExistsError:
             raise DriveFileExistsError(
                 f"Drive {self.name!r}: cannot get {info.path!r}: the local file "
-                f"{info.path!r} in {os.getcwd()!r} exists with other content. Pass "
+                f"{str(dest)!r} in {os.getcwd()!r} exists with other content. Pass "
                 "overwrite=True to replace it, or move it away."
             ) from None
         except FileNotFoundError:

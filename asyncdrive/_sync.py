@@ -167,9 +167,16 @@ class SyncDrive:
 
     # -- operations: see Drive for the documentation of each ---------------------------------
 
-    def put(self, path: StrPath, *, if_version: int | None = None, exist_ok: bool = True) -> None:
+    def put(
+        self,
+        path: StrPath,
+        *,
+        to: StrPath | None = None,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> None:
         """Copy a local file or folder into the drive (see `Drive.put`)."""
-        return self._call(self._drive.put, path, if_version=if_version, exist_ok=exist_ok)
+        return self._call(self._drive.put, path, to=to, if_version=if_version, exist_ok=exist_ok)
 
     def write_bytes(
         self,
@@ -215,6 +222,7 @@ class SyncDrive:
         component_name: str | None = None,
         timeout: float | None = None,
         overwrite: bool = False,
+        to: StrPath | None = None,
     ) -> None:
         """Copy a file or folder to the same local path (see `Drive.get`)."""
         return self._call(
@@ -223,6 +231,7 @@ class SyncDrive:
             component_name=component_name,
             timeout=timeout,
             overwrite=overwrite,
+            to=to,
         )
 
     def rebuild_index(self, *, verify: bool = False) -> int:

@@ -429,3 +429,21 @@ async def test_conditional_writes_race(make_drive: MakeDrive, drive_id: str) -> 
             tg.start_soon(attempt, drive, n)
     assert sorted(outcomes) == ["lost"] * 9 + ["won"]
     assert (await drives[0].info("counter")).version == base.version + 1
+
+
+async def test_put_and_get_to_another_path(
+    make_drive: MakeDrive, drive_id: str, workdir: Path, tmp_path: Path
+) -> None:
+    drive = make_drive(drive_id)
+    outside = tmp_path / "elsewhere" / "model.bin"
+    outside.parent.mkdir()
+    outside.write_bytes(b"weights")
+    await drive.put(outside, to="ckpt/7.pt")
+    write("local/dir/a.txt", b"a")
+    await drive.put("local", to="data")
+    assert await drive.list(".", recursive=True) == ["ckpt/7.pt", "data/dir/a.txt"]
+    await drive.get("ckpt/7.pt", to=tmp_path / "out" / "m.bin")
+    assert (tmp_path / "out" / "m.bin").read_bytes() == b"weights"
+    await drive.get("data", to=tmp_path / "copy")
+    assert (tmp_path / "copy" / "dir" / "a.txt").read_bytes() == b"a"
+    assert not Path("ckpt").exists() and not Path("data").exists()
