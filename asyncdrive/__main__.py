@@ -12,12 +12,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ._config import is_valid_name, resolve_root
-from ._exceptions import DriveError
+from ._exceptions import DriveError, InvalidPathError
 from ._server import ensure_server_sync, server_url, stop_server
 from ._sync import SyncDrive
 
@@ -64,6 +66,55 @@ def _parser() -> argparse.ArgumentParser:
         "or index entries older than the grace period.",
     )
     gc.add_argument("--grace", type=float, default=3600.0, help="seconds (default 3600)")
+
+    files = argparse.ArgumentParser(add_help=False, parents=[where])
+    files.add_argument(
+        "--redis-url", default=None, help="the Redis server (default: $ASYNCDRIVE_REDIS_URL)"
+    )
+    files.add_argument(
+        "--component", default=None, help="who writes (default: $ASYNCDRIVE_COMPONENT)"
+    )
+    files.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    ls = commands.add_parser("ls", parents=[files], help="list a folder of a drive")
+    ls.add_argument("target", metavar="lit://DRIVE[/PATH]")
+    ls.add_argument("-r", "--recursive", action="store_true", help="every file below")
+    put = commands.add_parser(
+        "put",
+        parents=[files],
+        help="copy local files or folders into a drive",
+        description="Copy LOCAL files or folders to a drive path. As with cp, a destination "
+        "ending in '/' (or several LOCALs) is a folder they go into.",
+    )
+    put.add_argument("local", nargs="+", metavar="LOCAL")
+    put.add_argument("target", metavar="lit://DRIVE/PATH")
+    get = commands.add_parser(
+        "get",
+        parents=[files],
+        help="copy a file or folder out of a drive",
+        description="Copy a drive file or folder to LOCAL (default: its base name in the "
+        "current directory). A LOCAL ending in '/' or naming a folder receives it inside.",
+    )
+    get.add_argument("target", metavar="lit://DRIVE/PATH")
+    get.add_argument("local", nargs="?", metavar="LOCAL")
+    get.add_argument("-f", "--overwrite", action="store_true", help="replace a local file")
+    get.add_argument("--timeout", type=float, help="wait this many seconds for it to appear")
+    cat = commands.add_parser("cat", parents=[files], help="write a file's bytes to stdout")
+    cat.add_argument("target", metavar="lit://DRIVE/PATH")
+    rm = commands.add_parser("rm", parents=[files], help="delete this component's copy")
+    rm.add_argument("target", metavar="lit://DRIVE/PATH")
+    rm.add_argument("-r", "--recursive", action="store_true", help="a whole folder")
+    info = commands.add_parser("info", parents=[files], help="show a file's size, version...")
+    info.add_argument("target", metavar="lit://DRIVE/PATH")
+    watch = commands.add_parser("watch", parents=[files], help="print changes as they happen")
+    watch.add_argument("target", metavar="lit://DRIVE[/PATH]")
+    watch.add_argument("--since", help="resume after this event id ('0': all retained)")
+    watch.add_argument("--group", help="share the events with the other members of GROUP")
+    watch.add_argument("--timeout", type=float, help="stop after this many idle seconds")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.epilog = (
+        "exit status: 0 done, 1 error, 2 usage, 3 server not running, 4 not found, "
+        "5 already exists or changed meanwhile, 6 Redis unavailable, 7 timed out"
+    )
     return parser
 
 
@@ -86,12 +137,89 @@ def _for_each_drive(args: argparse.Namespace) -> None:
                 print(f"{drive_id}: {d.gc(grace=args.grace)}")
 
 
+def _split(target: str) -> tuple[str, str]:
+    """Split ``lit://drive/some/path`` into (``lit://drive``, ``some/path`` or ``.``)."""
+    if not target.startswith("lit://"):
+        raise InvalidPathError(f"{target!r} is not a drive path: write lit://<drive>/<path>.")
+    name, _, path = target[len("lit://") :].partition("/")
+    return f"lit://{name}", path.rstrip("/") or "."
+
+
+def _join(folder: str, name: str) -> str:
+    return name if folder == "." else f"{folder}/{name}"
+
+
+def _open(args: argparse.Namespace) -> tuple[SyncDrive, str]:
+    drive_id, path = _split(args.target)
+    drive = SyncDrive(
+        drive_id,
+        root=args.root and Path(args.root),
+        redis_url=args.redis_url,
+        component_name=args.component,
+    )
+    return drive, path
+
+
+def _print(args: argparse.Namespace, value: object, text: str) -> None:
+    print(json.dumps(value) if args.json else text)
+
+
+def _run_file_command(args: argparse.Namespace) -> int:
+    drive, path = _open(args)
+    with drive:
+        if args.command == "ls":
+            entries = drive.list(path, recursive=args.recursive)
+            _print(args, entries, "\n".join(entries))
+        elif args.command == "cat":
+            sys.stdout.buffer.write(drive.read_bytes(path))
+        elif args.command == "info":
+            info = drive.info(path)
+            fields = dataclasses.asdict(info)
+            _print(args, fields, "\n".join(f"{k}: {v}" for k, v in fields.items()))
+        elif args.command == "rm":
+            drive.delete(path, recursive=args.recursive)
+        elif args.command == "put":
+            into_folder = args.target.endswith("/") or len(args.local) > 1 or path == "."
+            for local in args.local:
+                dest = _join(path, Path(local).name) if into_folder else path
+                drive.put(local, to=dest)
+                _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
+        elif args.command == "get":
+            local = Path(args.local or Path(path).name)
+            if (args.local or "").endswith("/") or local.is_dir():
+                local = local / Path(path).name
+            drive.get(path, to=local, overwrite=args.overwrite, timeout=args.timeout)
+            _print(args, {"got": str(local)}, f"{drive.id}/{path} -> {local}")
+        else:  # watch
+            with drive.watch(path, since=args.since, group=args.group, timeout=args.timeout) as w:
+                for event in w:
+                    fields = dataclasses.asdict(event)
+                    _print(
+                        args,
+                        fields,
+                        f"{event.id} {event.change} {event.path} v{event.version} "
+                        f"{event.component_name}",
+                    )
+                    sys.stdout.flush()
+    return 0
+
+
+_EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (FileNotFoundError, 4),
+    (FileExistsError, 5),
+    (ConnectionError, 6),
+    (TimeoutError, 7),
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 success, 1 error, 3 not running)."""
+    """Run the command line; return the exit status (see ``asyncdrive --help``)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command != "server":
+        if args.command in ("rebuild-index", "gc"):
             _for_each_drive(args)
+        elif args.command != "server":
+            return _run_file_command(args)
         elif args.action == "start":
             print(f"running: {ensure_server_sync(resolve_root(args.root))}")
         elif args.action == "stop":
@@ -101,8 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"running: {url}" if url else "not running")
             return 0 if url else 3
     except DriveError as exc:
+        if args.debug:
+            raise
         print(f"asyncdrive: error: {exc}", file=sys.stderr)
-        return 1
+        return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), 1)
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,44 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     assert "lit://" in bad.stderr
+
+
+def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> None:
+    Path("a.txt").write_text("hello")
+    Path("d").mkdir()
+    Path("d/x.bin").write_bytes(b"x")
+    assert cli("put", "a.txt", f"{drive_id}/").stdout == f"a.txt -> {drive_id}/a.txt\n"
+    assert cli("put", "d", f"{drive_id}/data/").stdout == f"d -> {drive_id}/data/d\n"
+    assert cli("put", "a.txt", f"{drive_id}/renamed.txt").returncode == 0
+    assert cli("ls", drive_id).stdout.splitlines() == ["a.txt", "data", "renamed.txt"]
+    listed = cli("ls", "-r", "--json", f"{drive_id}/data")
+    assert json.loads(listed.stdout) == ["data/d/x.bin"]
+    assert cli("cat", f"{drive_id}/renamed.txt").stdout == "hello"
+    info = json.loads(cli("info", "--json", f"{drive_id}/a.txt").stdout)
+    assert (info["size"], info["version"], info["component_name"]) == (5, 1, "default")
+    Path("out").mkdir()
+    assert cli("get", f"{drive_id}/a.txt", "out/").returncode == 0
+    assert Path("out/a.txt").read_text() == "hello"
+    Path("out/a.txt").write_text("changed")
+    refused = cli("get", f"{drive_id}/a.txt", "out/a.txt")
+    assert (refused.returncode, refused.stdout) == (5, "")
+    assert refused.stderr.startswith("asyncdrive: error: ") and "overwrite" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1  # one line, no traceback
+    assert cli("get", "-f", f"{drive_id}/a.txt", "out/a.txt").returncode == 0
+    assert Path("out/a.txt").read_text() == "hello"
+    missing = cli("get", f"{drive_id}/nope.txt")
+    assert missing.returncode == 4 and "nope.txt" in missing.stderr
+    debug = cli("--debug", "get", f"{drive_id}/nope.txt")
+    assert "Traceback" in debug.stderr
+    assert cli("rm", f"{drive_id}/data").returncode == 1
+    assert cli("rm", "-r", f"{drive_id}/data").returncode == 0
+    events = cli("watch", "--since", "0", "--timeout", "0.3", "--json", drive_id)
+    changes = [(e["change"], e["path"]) for e in map(json.loads, events.stdout.splitlines())]
+    assert changes == [
+        ("added", "a.txt"),
+        ("added", "data/d/x.bin"),
+        ("added", "renamed.txt"),
+        ("deleted", "data/d/x.bin"),
+    ]
+    bad = cli("ls", "s3://bucket")
+    assert bad.returncode == 1 and "lit://" in bad.stderr
