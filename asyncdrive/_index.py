@@ -218,6 +218,12 @@ class Keys:
         """Return the key of the children HASH of ``folder`` for one component."""
         return f"{self.prefix}cd:{component}:{folder}"
 
+    def children_of(self, folder: str, component: str | None) -> str:
+        """Return `children` of ``folder``, or `component_children` if a component is named."""
+        if component is None:
+            return self.children(folder)
+        return self.component_children(component, folder)
+
     def component_files(self, component: str) -> str:
         """Return the key of the ZSET of the file paths one component owns."""
         return f"{self.prefix}cf:{component}"
@@ -291,14 +297,9 @@ class Index:
         """Return ``"file"``, ``"folder"`` or None for ``path`` (seen by one component or all)."""
         if path == "":
             return "folder"
-        folder_key = (
-            self.keys.children(path)
-            if component is None
-            else self.keys.component_children(component, path)
-        )
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hkeys(self.keys.entry(path))
-            pipe.exists(folder_key)
+            pipe.exists(self.keys.children_of(path, component))
             owners, is_folder = await pipe.execute()
         if owners if component is None else component in owners:
             return "file"
@@ -306,14 +307,9 @@ class Index:
 
     async def list_children(self, folder: str, component: str | None) -> tuple[bool, list[str]]:
         """Return (folder is a file, names directly below ``folder``), in one round trip."""
-        key = (
-            self.keys.children(folder)
-            if component is None
-            else self.keys.component_children(component, folder)
-        )
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.exists(self.keys.entry(folder))
-            pipe.hkeys(key)
+            pipe.hkeys(self.keys.children_of(folder, component))
             is_file, names = await pipe.execute()
         return bool(is_file) and folder != "", names
 
