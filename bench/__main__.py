@@ -114,9 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"server: {server.url} (private to this run)\n", flush=True)
         for bench in selected:
             print(f"running {bench.name}...", file=sys.stderr, flush=True)
+            meter = harness.CpuMeter(server)
+            meter.start()
             started = time.monotonic()
             result: Result = bench.run(ctx)
             result.seconds = time.monotonic() - started
+            result.background, result.data["background"] = meter.stop()
             report.results.append(result)
             print(report.text(result), flush=True)
         report.machine["Load average at end"] = harness.load_average()

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -158,6 +159,8 @@ class Result:
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: What else ran meanwhile (see `CpuMeter`): filled in by the runner.
+    background: str = ""
 
 
 @dataclass
@@ -459,6 +462,54 @@ def command_line(argv: Sequence[str]) -> str:
     return shlex.join([python, "-m", "bench", *argv])
 
 
+class CpuMeter:
+    """How much CPU other processes took while a benchmark ran (Linux; else nothing).
+
+    The machine's busy time (``/proc/stat``) minus this process's, its reaped children's
+    (the workers) and the server's. A figure well above zero means the measurements shared
+    the CPUs with other work, and are slower than the machine can do.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._start: tuple[float, float, float, float] | None = None
+
+    def _sample(self) -> tuple[float, float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+            tick = os.sysconf("SC_CLK_TCK")
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            busy = (user + nice + system + irq + softirq) / tick
+            ours = sum(
+                r.ru_utime + r.ru_stime
+                for r in (resource.getrusage(resource.RUSAGE_SELF),
+                          resource.getrusage(resource.RUSAGE_CHILDREN))
+            )  # fmt: skip
+            if self.server.proc is not None:
+                stat = Path(f"/proc/{self.server.proc.pid}/stat").read_text()
+                utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+                ours += (int(utime) + int(stime)) / tick
+        except (OSError, ValueError, IndexError):
+            return None
+        return time.monotonic(), busy, ours, steal / tick
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> tuple[str, dict[str, float]]:
+        """Return a sentence for the report and the figures (CPU cores, on average)."""
+        end = self._sample()
+        if self._start is None or end is None or end[0] <= self._start[0]:
+            return "", {}
+        wall, busy, ours, steal = (b - a for a, b in zip(self._start, end, strict=True))
+        others = max(0.0, (busy - ours) / wall)
+        figures = {"other_processes_cpus": others, "steal_cpus": steal / wall}
+        text = f"Other processes used {others:.2f} CPUs on average meanwhile"
+        if steal / wall >= 0.005:
+            text += f", and the hypervisor took {steal / wall:.2f}"
+        return text + ".", figures
+
+
 # -- reports ---------------------------------------------------------------------------------
 
 
@@ -498,6 +549,7 @@ class Report:
 
     def text(self, result: Result) -> str:
         parts = [f"== {result.title} ({result.name}, {result.seconds:.0f} s) =="]
+        parts += [result.background] if result.background else []
         parts += [table.text() for table in result.tables]
         parts += ["\n".join(f"- {note}" for note in result.notes)] if result.notes else []
         return "\n\n".join(parts) + "\n"
@@ -508,7 +560,7 @@ class Report:
         parts = [
             f"## {result.title}",
             f"_Measured {self.date} by `{self.command}`{quick}, in {result.seconds:.0f} s, on "
-            f"{self.machine_line()}._",
+            f"{self.machine_line()}. {result.background}_",
             result.intro.strip(),
             *(table.markdown() for table in result.tables),
         ]
@@ -534,7 +586,9 @@ class Report:
                 "the repository root to measure again and rewrite this file (`--only NAME` "
                 "rewrites one section; `--quick` is a smoke run that leaves this file alone). "
                 "The tests never assert speed; targets are shown as pass/miss next to the "
-                "figures. Each section names the run that produced it.",
+                "figures. Each section names the run that produced it, and how much CPU other "
+                "processes took meanwhile: figures measured beside other work are slower than "
+                "the machine can do.",
                 "",
                 "## Last run",
                 "",
