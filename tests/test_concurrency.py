@@ -41,6 +41,7 @@ from asyncdrive import (
 from asyncdrive._storage import DiskStore
 
 from .conftest import REPO, SyncAsAsync
+from .procs import stop_all
 
 Key = tuple[str, str]  # (component, path)
 
@@ -94,15 +95,7 @@ def workers(
             )
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in procs:
-            proc.wait(timeout=30)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
+        stop_all(procs)
 
 
 def release(procs: Sequence[subprocess.Popen[str]]) -> None:

@@ -6,7 +6,6 @@ server; the embedded-server tests start and always stop a private server for the
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
@@ -33,6 +32,7 @@ import asyncdrive
 from asyncdrive import Drive, DriveError, DriveUnavailableError, SyncDrive
 
 from .conftest import run_python
+from .procs import stop_all
 
 MiB = 1 << 20
 
@@ -57,19 +57,6 @@ def popen(code: str, *args: str, cwd: Path, env: dict[str, str]) -> subprocess.P
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def stop_all(procs: list[subprocess.Popen[str]]) -> None:
-    """Kill whichever of ``procs`` still run, all of them first, then reap them."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-    for proc in procs:
-        proc.wait(timeout=30)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
 
 
 # -- atomic replacement of a large file ----------------------------------------------------------

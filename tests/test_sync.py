@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -26,6 +24,7 @@ import redis
 from asyncdrive import Drive, DriveError, SyncDrive
 
 from .conftest import run_python
+from .procs import read_line, spawn
 
 LOOP_THREAD = "asyncdrive-loop"
 
@@ -47,27 +46,6 @@ def no_loop_thread_before() -> Iterator[None]:
     # leak, so name it rather than fail confusingly below.
     assert joined_loop_threads() == [], "a loop thread was left running by an earlier test"
     yield
-
-
-def spawn(code: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    """Start ``code`` in a fresh interpreter with the default warning filters, as users run."""
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def read_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"process ended early ({proc.returncode}):\n{err}")
-    return line.strip()
 
 
 def blocking_calls(drive: SyncDrive) -> list[Callable[[], object]]:
@@ -226,7 +204,7 @@ def test_ctrl_c_interrupts_a_blocking_get(
         drive.get("missing.txt", timeout=60)
         print("returned", flush=True)
     """
-    proc = spawn(code, env, workdir)
+    proc = spawn(code, env, workdir, warnings_as_errors=False)
     try:
         assert read_line(proc) == "ready"
         # Interrupt only once the call is really waiting (blocked in the server), not before.
@@ -279,7 +257,7 @@ def test_ctrl_c_cancels_the_call_on_the_loop(
             names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
             print("threads:", names, flush=True)
     """
-    proc = spawn(code, env, workdir)
+    proc = spawn(code, env, workdir, warnings_as_errors=False)
     try:
         assert read_line(proc) == "ready"
         wait_until(lambda: bool(blocked_xreads(redis_url) - before), "the get waits in the server")
@@ -317,7 +295,7 @@ EXIT_CODE = """
 
 
 def test_exit_with_unclosed_syncdrive(env: dict[str, str], workdir: Path, drive_id: str) -> None:
-    proc = spawn(EXIT_CODE.format(drive_id=drive_id), env, workdir)
+    proc = spawn(EXIT_CODE.format(drive_id=drive_id), env, workdir, warnings_as_errors=False)
     out, err = proc.communicate(timeout=60)  # a hang at exit fails here
     assert proc.returncode == 0, err
     assert out.splitlines() == ["a.txt", "['a.txt']", "threads at exit: []"], err
@@ -327,7 +305,7 @@ def test_exit_with_unclosed_syncdrive_is_quiet(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
     # Default warning filters, as a user runs a script: nothing at all on stderr.
-    proc = spawn(EXIT_CODE.format(drive_id=drive_id), env, workdir)
+    proc = spawn(EXIT_CODE.format(drive_id=drive_id), env, workdir, warnings_as_errors=False)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert err == ""

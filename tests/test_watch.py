@@ -25,25 +25,8 @@ from asyncdrive import (
 )
 
 from .conftest import MakeDrive, run_python
+from .procs import read_line, spawn
 from .servers import ServerProcess
-
-
-def spawn(code: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def read_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line, f"process ended early: {proc.stderr.read() if proc.stderr else ''}"
-    return line.strip()
 
 
 async def collect(watch: Any, n: int) -> list[DriveEvent]:
