@@ -30,9 +30,10 @@ from ._exceptions import (
     InvalidPathError,
     VersionConflictError,
 )
+from ._files import DriveReader, DriveWriter, Opening
 from ._models import FileInfo, GcReport
 from ._server import server_binary, server_url, stop_server
-from ._sync import SyncDrive, SyncWatch
+from ._sync import SyncDrive, SyncDriveReader, SyncDriveWriter, SyncWatch
 from ._watch import Watch
 
 __version__ = "0.1.0"
@@ -51,15 +52,20 @@ __all__ = [
     "DriveFileNotFoundError",
     "DriveIsADirectoryError",
     "DriveNotADirectoryError",
+    "DriveReader",
     "DriveTimeoutError",
     "DriveUnavailableError",
+    "DriveWriter",
     "FileInfo",
     "GcReport",
     "IndexLostError",
     "InvalidConfigError",
     "InvalidDriveIdError",
     "InvalidPathError",
+    "Opening",
     "SyncDrive",
+    "SyncDriveReader",
+    "SyncDriveWriter",
     "SyncWatch",
     "VersionConflictError",
     "Watch",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, overload
 
 import anyio
 import anyio.to_thread
@@ -44,6 +44,7 @@ from ._exceptions import (
     InvalidConfigError,
     VersionConflictError,
 )
+from ._files import DriveReader, DriveWriter, Opening, check_mode
 from ._index import Index, PutOutcome
 from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
@@ -63,6 +64,8 @@ LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
 #: write_bytes of at most this many bytes stages them before the first check.
 _SMALL_WRITE = 1 << 20
+#: How often open() looks again when a file is replaced while it opens it.
+_OPEN_ATTEMPTS = 5
 
 StrPath = str | os.PathLike[str]
 
@@ -968,6 +971,132 @@ class Drive:
             finally:
                 await conn.index.unlock(component, path, token)
         return removed
+
+    # -- streaming -----------------------------------------------------------------------------
+
+    @overload
+    def open(
+        self, path: StrPath, mode: Literal["rb", "br"] = "rb", *, component_name: str | None = None
+    ) -> Opening[DriveReader]: ...
+
+    @overload
+    def open(
+        self,
+        path: StrPath,
+        mode: Literal["wb", "bw"],
+        *,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> Opening[DriveWriter]: ...
+
+    @overload
+    def open(
+        self,
+        path: StrPath,
+        mode: str,
+        *,
+        component_name: str | None = None,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> Opening[Any]: ...
+
+    def open(
+        self,
+        path: StrPath,
+        mode: str = "rb",
+        *,
+        component_name: str | None = None,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> Opening[Any]:
+        """Open a file of the drive as a stream: ``"rb"`` to read, ``"wb"`` to write.
+
+        Await the result, or use it as an async context manager (aiofiles-style). A reader
+        (`DriveReader`) sees one complete version from start to end, even while the file is
+        replaced; it reads, seeks and reads ranges without loading the file. A writer
+        (`DriveWriter`) streams into a temporary upload and commits it on close like `put`:
+        nothing is visible before, and nothing is left if the block fails.
+
+        Example:
+            >>> async with drive.open("big.bin") as f:
+            ...     await f.seek(1 << 20)
+            ...     chunk = await f.read(4096)
+            >>> async with drive.open("out/log.txt", "wb") as f:
+            ...     await f.write(b"results")
+            >>> f.info.version
+            1
+
+        Args:
+            path: the drive path.
+            mode: ``"rb"`` or ``"wb"``; files are binary.
+            component_name: (reading) whose copy to open, when several components own it.
+            if_version: (writing) commit only if this component's copy has this version
+                then (0: only if it has none); see `put`.
+            exist_ok: (writing) False: create only; see `put`.
+
+        Raises:
+            DriveFileNotFoundError: (reading) no such file.
+            AmbiguousPathError: (reading) several components own it; name one.
+            InvalidConfigError: a mode other than ``"rb"``/``"wb"``, or an argument of the
+                other mode.
+
+        """
+        drive_path = self._path(path)
+        if check_mode(self.name, drive_path, mode) == "rb":
+            if if_version is not None or not exist_ok:
+                raise InvalidConfigError(
+                    f"Drive {self.name!r}: if_version and exist_ok apply to writing; open "
+                    f"{drive_path!r} with mode 'wb' to use them."
+                )
+            if component_name is not None:
+                check_component_name(component_name)
+            return Opening(functools.partial(self._open_reader, drive_path, component_name))
+        if component_name is not None:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: a writer of {drive_path!r} writes as the drive's own "
+                "component; create the Drive with component_name= instead."
+            )
+        precondition = self._precondition(drive_path, if_version, exist_ok)
+        return Opening(functools.partial(self._open_writer, drive_path, precondition))
+
+    @_redis_errors_as_unavailable
+    async def _open_reader(self, path: str, component_name: str | None) -> DriveReader:
+        conn = await self._connection()
+        for _attempt in range(_OPEN_ATTEMPTS):
+            info = await self._file_info(conn, path, component_name)
+            try:
+                fd, size = await anyio.to_thread.run_sync(
+                    conn.store.open_file, info.component_name, path
+                )
+            except FileNotFoundError:
+                continue  # deleted or replaced between the two steps: look again
+            if size == info.size:
+                return DriveReader(self.name, info, fd)
+            # The bytes are of another version than the entry read (a replacement between
+            # its rename and its commit): close them and read the entry again.
+            os.close(fd)
+            await anyio.sleep(0.01)
+        raise DriveError(
+            f"Drive {self.name!r}: {path!r} changed every time it was opened; retry. If this "
+            "persists, a writer died in the middle of a put: run gc() to settle it."
+        )
+
+    @_redis_errors_as_unavailable
+    async def _open_writer(self, path: str, precondition: str) -> DriveWriter:
+        conn = await self._connection()
+        checked = await conn.index.check_put(
+            conn.config.component_name, path, conn.config.allow_duplicates, precondition
+        )
+        self._raise_put_refused(path, checked, precondition)
+        out, tmp = await anyio.to_thread.run_sync(conn.store.open_upload)
+        commit = functools.partial(self._commit_upload, conn, path, precondition)
+        return DriveWriter(self.name, path, out, tmp, commit)
+
+    @_redis_errors_as_unavailable
+    async def _commit_upload(
+        self, conn: _Connection, path: str, precondition: str, staged: Staged
+    ) -> FileInfo:
+        return await self._put(conn, path, lambda: staged, precondition, check_first=False)
 
     # -- watching ----------------------------------------------------------------------------
 

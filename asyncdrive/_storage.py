@@ -213,6 +213,11 @@ class DiskStore:
             raise
         return Staged(tmp, len(data), hashlib.new(CHECKSUM_ALGORITHM, data).hexdigest())
 
+    def open_upload(self) -> tuple[BinaryIO, Path]:
+        """Create an empty temporary upload; return it open for writing, and its path."""
+        self._make_tmp_dir()
+        return _temp_beside(self.tmp_dir)
+
     def discard(self, staged: Staged) -> None:
         """Remove an upload that will not be installed."""
         staged.tmp.unlink(missing_ok=True)
@@ -390,6 +395,18 @@ class DiskStore:
             return None
 
     # -- reading -----------------------------------------------------------------------------
+
+    def open_file(self, component: str, path: str) -> tuple[int, int]:
+        """Open ``component``'s copy of ``path`` for reading; return (descriptor, size).
+
+        Raises `FileNotFoundError` if it is missing or not a regular file.
+        """
+        fd = os.open(self.file_path(component, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise FileNotFoundError(path)
+        return fd, st.st_size
 
     def read(self, component: str, path: str) -> bytes:
         """Return the bytes of ``component``'s copy of ``path``."""

@@ -11,10 +11,10 @@ import itertools
 import os
 import threading
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal
 
@@ -22,10 +22,11 @@ from . import _portal
 from ._drive import Drive, StrPath, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveError
+from ._files import DriveReader, DriveWriter
 from ._models import FileInfo, GcReport
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
-__all__ = ["SyncDrive", "SyncWatch"]
+__all__ = ["SyncDrive", "SyncDriveReader", "SyncDriveWriter", "SyncWatch"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -242,6 +243,63 @@ class SyncDrive:
         """Clean up after writers that died (see `Drive.gc`)."""
         return self._call(self._drive.gc, grace=grace)
 
+    @overload
+    def open(
+        self, path: StrPath, mode: Literal["rb", "br"] = "rb", *, component_name: str | None = None
+    ) -> SyncDriveReader: ...
+
+    @overload
+    def open(
+        self,
+        path: StrPath,
+        mode: Literal["wb", "bw"],
+        *,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> SyncDriveWriter: ...
+
+    @overload
+    def open(
+        self,
+        path: StrPath,
+        mode: str,
+        *,
+        component_name: str | None = None,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> SyncDriveReader | SyncDriveWriter: ...
+
+    def open(
+        self,
+        path: StrPath,
+        mode: str = "rb",
+        *,
+        component_name: str | None = None,
+        if_version: int | None = None,
+        exist_ok: bool = True,
+    ) -> SyncDriveReader | SyncDriveWriter:
+        """Open a file as a blocking stream, ``"rb"`` or ``"wb"`` (see `Drive.open`).
+
+        Example:
+            >>> with drive.open("big.bin") as f:
+            ...     f.seek(1 << 20)
+            ...     chunk = f.read(4096)
+            >>> with drive.open("out/result.bin", "wb") as f:  # committed on close
+            ...     f.write(b"results")
+
+        """
+        opening = self._drive.open(
+            path,
+            mode,
+            component_name=component_name,
+            if_version=if_version,
+            exist_ok=exist_ok,
+        )
+        file = self._call(opening.open)
+        if isinstance(file, DriveReader):
+            return SyncDriveReader(self, file)
+        return SyncDriveWriter(self, file)
+
     def watch(
         self,
         path: StrPath = ".",
@@ -323,3 +381,181 @@ class SyncWatch:
         tb: TracebackType | None,
     ) -> None:
         self._drive._call(self._watch.__aexit__, exc_type, exc, tb)
+
+
+class SyncDriveReader:
+    """The blocking mirror of `DriveReader`, from ``SyncDrive.open(path)``.
+
+    Example:
+        >>> with drive.open("data.csv") as f:
+        ...     for line in f:
+        ...         handle(line)
+
+    """
+
+    mode = "rb"
+
+    def __init__(self, drive: SyncDrive, file: DriveReader) -> None:
+        self._drive = drive
+        self._file = file
+
+    @property
+    def info(self) -> FileInfo:
+        """The `FileInfo` of the version opened."""
+        return self._file.info
+
+    @property
+    def path(self) -> str:
+        """The drive path."""
+        return self._file.path
+
+    @property
+    def size(self) -> int:
+        """The size of the file in bytes."""
+        return self._file.size
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file was closed."""
+        return self._file.closed
+
+    def __repr__(self) -> str:
+        return "<Sync" + repr(self._file)[1:]
+
+    def readable(self) -> bool:
+        """Return True: a reader reads."""
+        return True
+
+    def writable(self) -> bool:
+        """Return False: a reader never writes."""
+        return False
+
+    def seekable(self) -> bool:
+        """Return True: a reader can seek anywhere."""
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Read up to ``size`` bytes (all the rest if negative) and advance."""
+        return self._drive._call(self._file.read, size)
+
+    def read_range(self, start: int, end: int | None = None) -> bytes:
+        """Return the bytes from ``start`` to ``end``, leaving the position alone."""
+        return self._drive._call(self._file.read_range, start, end)
+
+    def readline(self, size: int = -1) -> bytes:
+        """Read one line, newline included."""
+        return self._drive._call(self._file.readline, size)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the position like `io.IOBase.seek` and return it."""
+        return self._drive._call(self._file.seek, offset, whence)
+
+    def tell(self) -> int:
+        """Return the position."""
+        return self._drive._call(self._file.tell)
+
+    def close(self) -> None:
+        """Close the file. Idempotent."""
+        if not self._file.closed:
+            self._drive._call(self._file.aclose)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SyncDriveWriter:
+    """The blocking mirror of `DriveWriter`, from ``SyncDrive.open(path, "wb")``.
+
+    Closing it (leaving its ``with`` block) commits the file; an exception drops it.
+
+    Example:
+        >>> with drive.open("out/result.bin", "wb") as f:
+        ...     f.write(b"results")
+        >>> f.info.size
+        7
+
+    """
+
+    mode = "wb"
+
+    def __init__(self, drive: SyncDrive, file: DriveWriter) -> None:
+        self._drive = drive
+        self._file = file
+
+    @property
+    def info(self) -> FileInfo | None:
+        """The `FileInfo` of the committed file, once closed (None before)."""
+        return self._file.info
+
+    @property
+    def path(self) -> str:
+        """The drive path."""
+        return self._file.path
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file was committed or aborted."""
+        return self._file.closed
+
+    def __repr__(self) -> str:
+        return "<Sync" + repr(self._file)[1:]
+
+    def readable(self) -> bool:
+        """Return False: a writer never reads."""
+        return False
+
+    def writable(self) -> bool:
+        """Return True: a writer writes."""
+        return True
+
+    def seekable(self) -> bool:
+        """Return False: a writer only appends."""
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data`` and return how many bytes that was."""
+        return self._drive._call(self._file.write, data)
+
+    def tell(self) -> int:
+        """Return how many bytes were written."""
+        return self._drive._call(self._file.tell)
+
+    def flush(self) -> None:
+        """Do nothing: the bytes are committed, fsynced, on close."""
+        self._drive._call(self._file.flush)
+
+    def close(self) -> None:
+        """Commit the file (see `DriveWriter.aclose`). Idempotent."""
+        if not self._file.closed:
+            self._drive._call(self._file.aclose)
+
+    def abort(self) -> None:
+        """Drop what was written without committing it. Idempotent."""
+        if not self._file.closed:
+            self._drive._call(self._file.abort)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

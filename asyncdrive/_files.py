@@ -1,0 +1,413 @@
+"""Streaming file objects of a drive: `DriveReader` and `DriveWriter`, from `Drive.open`.
+
+A reader holds an open descriptor of one complete version of the file: a replacement renames
+a new file into place and never changes the old one, so every byte a reader returns belongs
+to the version it opened. A writer streams into a temporary upload beside the drive's files,
+hashing as it goes, and commits it like `Drive.put` when closed: nothing is visible before,
+and nothing is left behind if the block it is used in fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Generic, Self, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ._exceptions import InvalidConfigError
+from ._models import CHECKSUM_ALGORITHM, FileInfo
+from ._storage import CHUNK, Staged
+
+__all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
+
+FileT = TypeVar("FileT", bound="DriveReader | DriveWriter")
+
+#: readline() reads ahead this much per step.
+_LINE_CHUNK = 64 * 1024
+
+
+def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
+    """Read up to ``size`` bytes at ``offset``, fewer only at the end of the file."""
+    first = os.pread(fd, size, offset)
+    if len(first) == size or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < size:
+        part = os.pread(fd, size - got, offset + got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _readline(fd: int, offset: int, limit: int) -> bytes:
+    """Read from ``offset`` up to and including the next newline (at most ``limit`` bytes)."""
+    parts: list[bytes] = []
+    got = 0
+    while limit < 0 or got < limit:
+        want = _LINE_CHUNK if limit < 0 else min(_LINE_CHUNK, limit - got)
+        chunk = os.pread(fd, want, offset + got)
+        if not chunk:
+            break
+        end = chunk.find(b"\n")
+        if end >= 0:
+            parts.append(chunk[: end + 1])
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+class DriveReader:
+    """A drive file open for reading, from ``drive.open(path)`` (aiofiles-style).
+
+    Example:
+        >>> async with drive.open("big.bin") as f:
+        ...     header = await f.read(16)
+        ...     await f.seek(-4, os.SEEK_END)
+        ...     trailer = await f.read()
+        ...     middle = await f.read_range(1024, 2048)  # leaves the position alone
+
+    Attributes:
+        info: the `FileInfo` of the version opened.
+        path: the drive path.
+
+    """
+
+    mode = "rb"
+
+    def __init__(self, drive_name: str, info: FileInfo, fd: int) -> None:
+        self.info = info
+        self.path = info.path
+        self._drive_name = drive_name
+        self._fd: int | None = fd
+        self._position = 0
+
+    @property
+    def size(self) -> int:
+        """The size of the file in bytes."""
+        return self.info.size
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file was closed."""
+        return self._fd is None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd is None else f"position={self._position}"
+        return (
+            f"<DriveReader lit://{self._drive_name}/{self.path} version={self.info.version} "
+            f"size={self.info.size} {state}>"
+        )
+
+    def readable(self) -> bool:
+        """Return True: a reader reads."""
+        return True
+
+    def writable(self) -> bool:
+        """Return False: a reader never writes (open with ``"wb"`` to write)."""
+        return False
+
+    def seekable(self) -> bool:
+        """Return True: a reader can seek anywhere."""
+        return True
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"I/O on a closed file (lit://{self._drive_name}/{self.path})")
+        return self._fd
+
+    async def read(self, size: int = -1) -> bytes:
+        """Read up to ``size`` bytes from the position (all the rest if negative) and advance."""
+        fd = self._open_fd()
+        if size < 0:
+            size = max(0, self.info.size - self._position)
+        if size == 0:
+            return b""
+        data = await anyio.to_thread.run_sync(_pread_exactly, fd, size, self._position)
+        self._position += len(data)
+        return data
+
+    async def read_range(self, start: int, end: int | None = None) -> bytes:
+        """Return the bytes from ``start`` to ``end`` (exclusive; None: the end of the file).
+
+        Negative offsets count from the end, like slices. The position does not move, so
+        several tasks may read ranges of one reader at once.
+        """
+        fd = self._open_fd()
+        size = self.info.size
+        first = max(0, start + size if start < 0 else start)
+        last = size if end is None else max(0, end + size if end < 0 else end)
+        if last <= first:
+            return b""
+        return await anyio.to_thread.run_sync(_pread_exactly, fd, last - first, first)
+
+    async def readline(self, size: int = -1) -> bytes:
+        """Read one line, newline included (at most ``size`` bytes if not negative)."""
+        fd = self._open_fd()
+        line = await anyio.to_thread.run_sync(_readline, fd, self._position, size)
+        self._position += len(line)
+        return line
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        while line := await self.readline():
+            yield line
+
+    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the position like `io.IOBase.seek` and return it."""
+        self._open_fd()
+        if whence == os.SEEK_SET:
+            target = offset
+        elif whence == os.SEEK_CUR:
+            target = self._position + offset
+        elif whence == os.SEEK_END:
+            target = self.info.size + offset
+        else:
+            raise ValueError(f"whence must be os.SEEK_SET, SEEK_CUR or SEEK_END, not {whence!r}")
+        if target < 0:
+            raise ValueError(f"negative seek position {target} in lit://{self._drive_name}")
+        self._position = target
+        return target
+
+    async def tell(self) -> int:
+        """Return the position."""
+        self._open_fd()
+        return self._position
+
+    async def aclose(self) -> None:
+        """Close the file. Idempotent."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    close = aclose
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            os.close(fd)
+
+
+class DriveWriter:
+    """A drive file open for writing, from ``drive.open(path, "wb")``; commits on close.
+
+    The bytes stream into a temporary upload, hashed on the way. Closing the file (leaving
+    its ``async with`` block) commits it like `Drive.put`: readers then see the new file,
+    complete. Leaving the block by an exception, or `abort`, drops it: the drive is left as
+    it was. The preconditions (``if_version``, ``exist_ok``, ownership) are checked once at
+    open, to fail before any bytes are written, and again atomically at the commit.
+
+    Example:
+        >>> async with drive.open("out/result.bin", "wb") as f:
+        ...     for chunk in chunks:
+        ...         await f.write(chunk)
+        >>> f.info.version
+        1
+
+    Attributes:
+        info: the `FileInfo` of the committed file, once closed (None before).
+        path: the drive path.
+
+    """
+
+    mode = "wb"
+
+    def __init__(
+        self,
+        drive_name: str,
+        path: str,
+        out: BinaryIO,
+        tmp: Path,
+        commit: Callable[[Staged], Awaitable[FileInfo]],
+    ) -> None:
+        self.path = path
+        self.info: FileInfo | None = None
+        self._drive_name = drive_name
+        self._out: BinaryIO | None = out
+        self._tmp = tmp
+        self._commit = commit
+        self._hasher = hashlib.new(CHECKSUM_ALGORITHM)
+        self._pending = bytearray()
+        self._size = 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file was committed or aborted."""
+        return self._out is None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._out is None else f"written={self._size}"
+        return f"<DriveWriter lit://{self._drive_name}/{self.path} {state}>"
+
+    def readable(self) -> bool:
+        """Return False: a writer never reads (open with ``"rb"`` to read)."""
+        return False
+
+    def writable(self) -> bool:
+        """Return True: a writer writes."""
+        return True
+
+    def seekable(self) -> bool:
+        """Return False: a writer only appends."""
+        return False
+
+    def _open_out(self) -> BinaryIO:
+        if self._out is None:
+            raise ValueError(f"I/O on a closed file (lit://{self._drive_name}/{self.path})")
+        return self._out
+
+    def _drain(self, out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(data)
+        out.write(data)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data`` and return how many bytes that was.
+
+        Small writes gather in memory (up to 1 MiB) and go to disk together.
+        """
+        out = self._open_out()
+        view = memoryview(data).cast("B")
+        written = len(view)
+        self._size += written
+        if self._pending or written < CHUNK:
+            self._pending += view
+            if len(self._pending) < CHUNK:
+                return written
+            view, self._pending = memoryview(bytes(self._pending)), bytearray()
+        await anyio.to_thread.run_sync(self._drain, out, view)
+        return written
+
+    async def tell(self) -> int:
+        """Return how many bytes were written."""
+        self._open_out()
+        return self._size
+
+    async def flush(self) -> None:
+        """Do nothing: the bytes are committed, fsynced, when the file is closed."""
+        self._open_out()
+
+    def _finish(self, out: BinaryIO) -> Staged:
+        with out:
+            if self._pending:
+                self._drain(out, self._pending)
+                self._pending = bytearray()
+            out.flush()
+            os.fsync(out.fileno())
+        return Staged(self._tmp, self._size, self._hasher.hexdigest())
+
+    async def aclose(self) -> None:
+        """Commit the file: after this, every reader sees it. Idempotent.
+
+        Raises what `Drive.put` raises when the commit is refused (the upload is dropped).
+        """
+        out, self._out = self._out, None
+        if out is None:
+            return
+        try:
+            staged = await anyio.to_thread.run_sync(self._finish, out)
+        except BaseException:
+            await anyio.to_thread.run_sync(self._discard, out)
+            raise
+        self.info = await self._commit(staged)
+
+    close = aclose
+
+    async def abort(self) -> None:
+        """Drop what was written without committing it. Idempotent."""
+        out, self._out = self._out, None
+        if out is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._discard, out)
+
+    def _discard(self, out: BinaryIO) -> None:
+        out.close()
+        self._tmp.unlink(missing_ok=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.aclose()
+        else:
+            await self.abort()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        out = getattr(self, "_out", None)
+        if out is not None:
+            _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
+            self._discard(out)
+
+
+class Opening(Generic[FileT]):
+    """What `Drive.open` returns: await it, or use it as an async context manager.
+
+    Example:
+        >>> f = await drive.open("a.txt")
+        >>> async with drive.open("a.txt") as f: ...
+
+    """
+
+    def __init__(self, open_file: Callable[[], Coroutine[Any, Any, FileT]]) -> None:
+        self._open_file = open_file
+        self._file: FileT | None = None
+
+    async def open(self) -> FileT:
+        """Open the file (what awaiting this object does)."""
+        return await self._open_file()
+
+    def __await__(self) -> Generator[Any, None, FileT]:
+        return self.open().__await__()
+
+    async def __aenter__(self) -> FileT:
+        self._file = await self.open()
+        return self._file
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._file is not None
+        await self._file.__aexit__(exc_type, exc, tb)
+
+
+def check_mode(drive_name: str, path: str, mode: str) -> str:
+    """Return ``mode`` normalised to ``"rb"`` or ``"wb"``, or raise `InvalidConfigError`."""
+    normal = {"rb": "rb", "br": "rb", "wb": "wb", "bw": "wb"}.get(mode)
+    if normal is None:
+        raise InvalidConfigError(
+            f"Drive {drive_name!r}: cannot open {path!r} with mode {mode!r}: drive files open "
+            "in binary, as 'rb' (read) or 'wb' (write, committed on close). For text, wrap "
+            "read_bytes()/write_bytes() or the file in a decoder."
+        )
+    return normal

@@ -1,0 +1,301 @@
+"""Streaming files: `Drive.open` and `SyncDrive.open`; writers commit on close."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncdrive import (
+    AmbiguousPathError,
+    Change,
+    Drive,
+    DriveError,
+    DriveFileExistsError,
+    DriveFileNotFoundError,
+    DriveIsADirectoryError,
+    DriveReader,
+    DriveWriter,
+    InvalidConfigError,
+    SyncDrive,
+    SyncDriveReader,
+    SyncDriveWriter,
+    VersionConflictError,
+)
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+async def drive(env: dict[str, str], workdir: Path, drive_id: str) -> AsyncIterator[Drive]:
+    async with Drive(drive_id) as drive:
+        yield drive
+
+
+@pytest.fixture
+def sync_drive(env: dict[str, str], workdir: Path, drive_id: str) -> Iterator[SyncDrive]:
+    with SyncDrive(drive_id) as drive:
+        yield drive
+
+
+def uploads(root: Path, drive: Drive | SyncDrive) -> list[Path]:
+    """What is left in the drive's folder of uploads in progress."""
+    tmp = root / "drives" / drive.name / ".tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+async def test_reader_reads_seeks_and_reads_ranges(drive: Drive) -> None:
+    data = bytes(range(256)) * 40
+    written = await drive.write_bytes("d/data.bin", data)
+    async with drive.open("d/data.bin") as f:
+        assert isinstance(f, DriveReader)
+        assert f.info == written and f.size == len(data) and f.path == "d/data.bin"
+        assert (f.readable(), f.writable(), f.seekable()) == (True, False, True)
+        assert await f.read(10) == data[:10]
+        assert await f.tell() == 10
+        assert await f.seek(100) == 100
+        assert await f.read(5) == data[100:105]
+        assert await f.seek(-6, os.SEEK_END) == len(data) - 6
+        assert await f.read() == data[-6:]
+        assert await f.read() == b""
+        assert await f.seek(-1, os.SEEK_CUR) == len(data) - 1
+        # Ranges leave the position alone.
+        assert await f.read_range(1000, 1300) == data[1000:1300]
+        assert await f.read_range(-50) == data[-50:]
+        assert await f.read_range(-50, -10) == data[-50:-10]
+        assert await f.read_range(20, 10) == b""
+        assert await f.read_range(len(data) - 3, len(data) + 100) == data[-3:]
+        assert await f.tell() == len(data) - 1
+        with pytest.raises(ValueError, match="negative seek"):
+            await f.seek(-1)
+        with pytest.raises(ValueError, match="whence"):
+            await f.seek(0, 7)
+        assert "version=1" in repr(f) and "d/data.bin" in repr(f)
+    assert f.closed
+    with pytest.raises(ValueError, match="closed file"):
+        await f.read(1)
+
+
+async def test_reader_lines_and_await_form(drive: Drive) -> None:
+    long_line = b"x" * (200 * 1024) + b"\n"
+    text = b"first\nsecond\n" + long_line + b"last, no newline"
+    await drive.write_bytes("lines.txt", text)
+    f = await drive.open("lines.txt")  # awaiting works too
+    try:
+        assert await f.readline() == b"first\n"
+        assert await f.readline(3) == b"sec"
+        assert [line async for line in f] == [b"ond\n", long_line, b"last, no newline"]
+    finally:
+        await f.aclose()
+    await f.aclose()  # idempotent
+
+
+async def test_reader_keeps_the_version_it_opened(drive: Drive) -> None:
+    old, new = os.urandom(3 * MiB), os.urandom(MiB)
+    await drive.write_bytes("model.pt", old)
+    async with drive.open("model.pt") as before:
+        await drive.write_bytes("model.pt", new)  # replaced while open
+        await drive.delete("model.pt")  # and even deleted
+        assert before.info.version == 1
+        assert await before.read() == old
+    await drive.write_bytes("model.pt", new)
+    async with drive.open("model.pt") as after:
+        assert await after.read() == new
+        assert after.info.checksum == hashlib.sha256(new).hexdigest()
+
+
+async def test_reader_errors(drive: Drive, env: dict[str, str], drive_id: str) -> None:
+    with pytest.raises(DriveFileNotFoundError, match="missing"):
+        await drive.open("missing.bin")
+    await drive.write_bytes("folder/a", b"a")
+    with pytest.raises(DriveIsADirectoryError):
+        await drive.open("folder")
+    with pytest.raises(InvalidConfigError, match="'r'") as bad_mode:
+        drive.open("folder/a", "r")
+    assert isinstance(bad_mode.value, ValueError) and drive.name in str(bad_mode.value)
+    with pytest.raises(InvalidConfigError, match="'wb'"):
+        drive.open("folder/a", "rb", exist_ok=False)
+    with pytest.raises(InvalidConfigError, match="component_name"):
+        drive.open("folder/a", "wb", component_name="x")
+    with pytest.raises(ValueError, match="would leave the drive"):
+        drive.open("../escape")
+    async with (
+        Drive(drive_id, component_name="one", allow_duplicates=True) as one,
+        Drive(drive_id, component_name="two", allow_duplicates=True) as two,
+    ):
+        await one.write_bytes("shared.txt", b"from one")
+        await two.write_bytes("shared.txt", b"from two!")
+        with pytest.raises(AmbiguousPathError, match="'one', 'two'"):
+            await one.open("shared.txt")
+        async with one.open("shared.txt", component_name="two") as f:
+            assert await f.read() == b"from two!"
+            assert f.info.component_name == "two"
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+async def test_writer_commits_on_close_only(drive: Drive, root: Path) -> None:
+    watch = drive.watch()
+    await watch.pin_start()
+    async with drive.open("out/result.bin", "wb") as f:
+        assert isinstance(f, DriveWriter)
+        assert (f.readable(), f.writable(), f.seekable()) == (False, True, False)
+        assert await f.write(b"hello ") == 6
+        assert await f.write(memoryview(b"world")) == 5
+        await f.flush()
+        assert await f.tell() == 11
+        # Nothing is visible before the close.
+        assert not await drive.exists("out/result.bin")
+        assert await drive.list("out") == []
+        assert f.info is None
+        assert len(uploads(root, drive)) == 1
+    assert f.closed and f.info is not None
+    assert f.info.size == 11 and f.info.version == 1
+    assert f.info.checksum == hashlib.sha256(b"hello world").hexdigest()
+    assert await drive.read_bytes("out/result.bin") == b"hello world"
+    assert await drive.info("out/result.bin") == f.info
+    assert uploads(root, drive) == []
+    event = await watch.next(5)
+    assert event is not None and (event.change, event.path) == (Change.ADDED, "out/result.bin")
+    assert event.version == 1 and event.size == 11
+    assert await watch.next(0.2) is None  # one event, for the one commit
+    await watch.aclose()
+
+
+async def test_writer_streams_large_files_in_chunks(drive: Drive) -> None:
+    hasher = hashlib.sha256()
+    async with drive.open("big.bin", "wb") as f:
+        for i in range(40):
+            # Chunks of odd sizes, below and above the writer's 1 MiB gathering size.
+            chunk = os.urandom(MiB + 7 if i % 3 == 0 else 4096 * (i + 1))
+            hasher.update(chunk)
+            await f.write(chunk)
+    assert f.info is not None and f.info.checksum == hasher.hexdigest()
+    async with drive.open("big.bin") as r:
+        got = hashlib.sha256()
+        while chunk := await r.read(3 * MiB):
+            got.update(chunk)
+    assert got.hexdigest() == hasher.hexdigest()
+
+
+async def test_writer_failure_leaves_nothing(drive: Drive, root: Path) -> None:
+    await drive.write_bytes("keep.txt", b"old")
+    watch = drive.watch()
+    await watch.pin_start()  # exactly after the write above
+    with pytest.raises(RuntimeError, match="boom"):
+        async with drive.open("keep.txt", "wb") as f:
+            await f.write(b"half of a new")
+            raise RuntimeError("boom")
+    assert f.closed and f.info is None
+    assert await drive.read_bytes("keep.txt") == b"old"
+    assert (await drive.info("keep.txt")).version == 1
+    assert uploads(root, drive) == []
+    # Cancelled in the middle of writing: the same.
+    with anyio.move_on_after(0.2):
+        async with drive.open("new.bin", "wb") as g:
+            while True:
+                await g.write(os.urandom(MiB))
+    assert g.closed and not await drive.exists("new.bin")
+    assert uploads(root, drive) == []
+    # abort() drops it explicitly.
+    h = await drive.open("new.bin", "wb")
+    await h.write(b"x")
+    await h.abort()
+    await h.abort()
+    await h.aclose()  # nothing left to commit
+    assert h.info is None and not await drive.exists("new.bin")
+    with pytest.raises(ValueError, match="closed file"):
+        await h.write(b"more")
+    assert await watch.next(0.3) is None  # no event for any of them
+    await watch.aclose()
+
+
+async def test_writer_preconditions(drive: Drive, root: Path, drive_id: str) -> None:
+    first = await drive.write_bytes("cfg.json", b"{}")
+    # Refused at open, before any byte is written.
+    with pytest.raises(DriveFileExistsError, match="exist_ok=False"):
+        await drive.open("cfg.json", "wb", exist_ok=False)
+    async with Drive(drive_id, component_name="other") as other:
+        with pytest.raises(DriveFileExistsError, match="owned by component 'default'"):
+            await other.open("cfg.json", "wb")
+    # Checked again, atomically, at the commit: a replacement meanwhile wins.
+    f = await drive.open("cfg.json", "wb", if_version=first.version)
+    await f.write(b'{"mine": true}')
+    await drive.write_bytes("cfg.json", b'{"theirs": true}')
+    with pytest.raises(VersionConflictError, match="version 2"):
+        await f.aclose()
+    assert await drive.read_bytes("cfg.json") == b'{"theirs": true}'
+    assert uploads(root, drive) == []
+    async with drive.open("cfg.json", "wb", if_version=2) as g:
+        await g.write(b"{}")
+    assert g.info is not None and g.info.version == 3
+
+
+async def test_unclosed_files_warn_and_clean_up(drive: Drive, root: Path) -> None:
+    await drive.write_bytes("a.txt", b"a")
+    reader = await drive.open("a.txt")
+    writer = await drive.open("b.txt", "wb")
+    await writer.write(b"never committed")
+    with pytest.warns(ResourceWarning) as caught:
+        del reader, writer
+        gc.collect()
+    messages = sorted(str(w.message) for w in caught)
+    assert any("DriveReader" in m for m in messages), messages
+    assert any("nothing was committed" in m for m in messages), messages
+    assert uploads(root, drive) == []
+    assert not await drive.exists("b.txt")
+
+
+# -- blocking --------------------------------------------------------------------------------
+
+
+def test_sync_reader_and_writer(sync_drive: SyncDrive, root: Path) -> None:
+    with sync_drive.open("logs/run.txt", "wb") as w:
+        assert isinstance(w, SyncDriveWriter)
+        for i in range(3):
+            w.write(f"line {i}\n".encode())
+        assert w.tell() == 21 and not sync_drive.exists("logs/run.txt")
+    assert w.closed and w.info is not None and w.info.size == 21
+    with sync_drive.open("logs/run.txt") as r:
+        assert isinstance(r, SyncDriveReader)
+        assert r.info == w.info and r.size == 21
+        assert list(r) == [b"line 0\n", b"line 1\n", b"line 2\n"]
+        assert r.seek(5) == 5 and r.read(1) == b"0" and r.tell() == 6
+        assert r.read_range(-2) == b"2\n"
+        assert r.readline() == b"\n"
+        assert "SyncDriveReader" in repr(r)
+    assert r.closed
+    with pytest.raises(KeyError), sync_drive.open("logs/run.txt", "wb") as w2:
+        w2.write(b"lost")
+        raise KeyError("stop")
+    assert w2.closed and sync_drive.read_bytes("logs/run.txt").startswith(b"line 0")
+    assert uploads(root, sync_drive) == []
+    with pytest.raises(DriveFileNotFoundError):
+        sync_drive.open("nope")
+
+
+async def test_sync_open_refuses_a_running_event_loop(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    with SyncDrive(drive_id) as drive, pytest.raises(RuntimeError, match="await"):
+        drive.open("a.txt", "wb")
+
+
+def test_open_errors_are_drive_errors(sync_drive: SyncDrive) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: sync_drive.open("x", "a"),
+        lambda: sync_drive.open("missing"),
+    ]
+    for call in calls:
+        with pytest.raises(DriveError) as caught:
+            call()
+        assert sync_drive.name in str(caught.value)
