@@ -15,13 +15,19 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._config import is_valid_name, resolve_root
-from ._exceptions import DriveError, InvalidPathError
+from ._drive import _local_files
+from ._exceptions import DriveError, DriveIsADirectoryError, InvalidPathError
 from ._server import ensure_server_sync, server_url, stop_server
+from ._storage import DiskStore
 from ._sync import SyncDrive
+
+if TYPE_CHECKING:
+    from . import _progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,6 +170,63 @@ def _print(args: argparse.Namespace, value: object, text: str) -> None:
     print(json.dumps(value) if args.json else text)
 
 
+class _NoBar:
+    """Stands in for a progress bar when none is shown (piped, --json)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def done_through(self, count: int) -> None:
+        pass
+
+
+Sources = list[tuple[Path, int]]
+
+
+def _bar(
+    args: argparse.Namespace, drive: SyncDrive, sources: Callable[[], Sources]
+) -> _NoBar | _progress.Transfer:
+    """Make a progress bar on stderr if it is a terminal and the output is not --json."""
+    if args.json or not sys.stderr.isatty():
+        return _NoBar()
+    from . import _progress  # rich is only imported where a bar is shown
+
+    store = DiskStore(resolve_root(args.root), drive.name)
+    if args.command == "put":
+        return _progress.Transfer("put", sources(), writes_in=store.tmp_dir.resolve())
+    return _progress.Transfer("get", sources(), reads_below=store.base.resolve())
+
+
+def _local_sources(local: Path) -> Sources:
+    """List the files a put of ``local`` reads, in the order it reads them, with their sizes."""
+    found: Sources = []
+    for rel in _local_files(local) or []:  # none: the put says what is missing
+        source = (local / rel if rel else local).resolve()
+        try:
+            found.append((source, source.stat().st_size))
+        except OSError:
+            continue  # gone meanwhile: the put says so
+    return found
+
+
+def _drive_sources(args: argparse.Namespace, drive: SyncDrive, path: str) -> Sources:
+    """List the files on disk a get of ``path`` reads, in order, with their sizes if known."""
+    try:
+        infos = [drive.info(path)]
+    except DriveIsADirectoryError:
+        try:
+            infos = [drive.info(file) for file in drive.list(path, recursive=True)]
+        except DriveError:
+            infos = []  # several owners: the bar then only moves when the get returns
+    except DriveError:
+        infos = []  # not there (yet): the get says why, or waits for it
+    base = DiskStore(resolve_root(args.root), drive.name).base.resolve()
+    return [(base / info.component_name / info.path, info.size) for info in infos]
+
+
 def _run_file_command(args: argparse.Namespace) -> int:
     drive, path = _open(args)
     with drive:
@@ -180,15 +243,22 @@ def _run_file_command(args: argparse.Namespace) -> int:
             drive.delete(path, recursive=args.recursive)
         elif args.command == "put":
             into_folder = args.target.endswith("/") or len(args.local) > 1 or path == "."
-            for local in args.local:
-                dest = _join(path, Path(local).name) if into_folder else path
-                drive.put(local, to=dest)
-                _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
+            sources = [_local_sources(Path(local)) for local in args.local]
+            with _bar(args, drive, lambda: [f for files in sources for f in files]) as bar:
+                done = 0
+                for local, files in zip(args.local, sources, strict=True):
+                    dest = _join(path, Path(local).name) if into_folder else path
+                    drive.put(local, to=dest)
+                    done += len(files)
+                    bar.done_through(done)
+                    _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
         elif args.command == "get":
             local = Path(args.local or Path(path).name)
             if (args.local or "").endswith("/") or local.is_dir():
                 local = local / Path(path).name
-            drive.get(path, to=local, overwrite=args.overwrite, timeout=args.timeout)
+            with _bar(args, drive, lambda: _drive_sources(args, drive, path)) as bar:
+                drive.get(path, to=local, overwrite=args.overwrite, timeout=args.timeout)
+                bar.done_through(sys.maxsize)
             _print(args, {"got": str(local)}, f"{drive.id}/{path} -> {local}")
         else:  # watch
             with drive.watch(path, since=args.since, group=args.group, timeout=args.timeout) as w:
