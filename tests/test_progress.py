@@ -63,7 +63,7 @@ def test_bar_of_a_get_whose_size_was_unknown(tmp_path: Path) -> None:
     (drive_dir / "default").mkdir(parents=True)
     (drive_dir / "default" / "late.bin").write_bytes(b"x" * 9000)
     bar = Transfer("get", [], reads_below=drive_dir.resolve())
-    assert bar.total is None
+    assert (bar.completed, bar.total) == (0, None)
     with (
         open(drive_dir / "default" / "late.bin", "rb"),
         open(tmp_path / f"{TMP_PREFIX}get", "wb") as out,
