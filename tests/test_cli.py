@@ -125,3 +125,42 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     ]
     bad = cli("ls", "s3://bucket")
     assert bad.returncode == 1 and "lit://" in bad.stderr
+
+
+def test_console_script_paths_groups_and_exit_statuses(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    script = Path(sys.executable).with_name("asyncdrive")  # the console script pip installed
+    helped = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert helped.returncode == 0
+    for command in ("ls", "put", "get", "cat", "rm", "info", "watch", "rebuild-index", "gc"):
+        assert command in helped.stdout
+    Path("a.txt").write_text("A")
+    Path("b.txt").write_text("B")
+    put = cli("put", "--json", "a.txt", "b.txt", f"{drive_id}/two")  # several: into a folder
+    assert [json.loads(line) for line in put.stdout.splitlines()] == [
+        {"put": "a.txt", "to": "two/a.txt"},
+        {"put": "b.txt", "to": "two/b.txt"},
+    ]
+    Path("a.txt").unlink()
+    assert cli("get", f"{drive_id}/two/a.txt").stdout == f"{drive_id}/two/a.txt -> a.txt\n"
+    assert Path("a.txt").read_text() == "A"  # no LOCAL: its base name, here
+    assert cli("get", f"{drive_id}/two").returncode == 0  # a folder, by its base name
+    assert sorted(p.name for p in Path("two").iterdir()) == ["a.txt", "b.txt"]
+    # A consumer group hands each event to one member: a second member finds none left.
+    first = cli("watch", "--group", "g", "--since", "0", "--timeout", "0.3", drive_id)
+    assert [line.split()[1:3] for line in first.stdout.splitlines()] == [
+        ["added", "two/a.txt"],
+        ["added", "two/b.txt"],
+    ]
+    again = cli("watch", "--group", "g", "--since", "0", "--timeout", "0.3", drive_id)
+    assert (again.returncode, again.stdout) == (0, "")
+    assert cli("rm", f"{drive_id}/two/a.txt").returncode == 0
+    gone = cli("cat", f"{drive_id}/two/a.txt")
+    assert (gone.returncode, gone.stdout) == (4, "")
+    waited = cli("get", "--timeout", "0.2", f"{drive_id}/late.txt")
+    assert waited.returncode == 7 and "late.txt" in waited.stderr
+    down = cli("ls", "--redis-url", "redis://127.0.0.1:1/0", drive_id)
+    assert down.returncode == 6 and len(down.stderr.splitlines()) == 1
