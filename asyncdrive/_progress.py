@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +103,8 @@ class Transfer:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),
+            # Lines printed meanwhile go above the bar, unless stdout is not the terminal.
+            redirect_stdout=sys.stdout.isatty(),
         )
         self._task = self._progress.add_task(verb, total=self._total)
         self._thread = threading.Thread(target=self._run, name="asyncdrive-progress", daemon=True)

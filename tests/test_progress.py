@@ -121,6 +121,7 @@ def test_bar_on_a_terminal(
         f"{SCRIPT} put big.bin {drive_id}/",
         f"{SCRIPT} get {drive_id}/big.bin out/",
         f"{SCRIPT} put --json small.txt {drive_id}/",
+        f"{SCRIPT} put small.txt {drive_id}/again.txt > put.out",  # stdout not the terminal
     ]
     exports = "".join(
         f"export {key}={shlex.quote(env[key])}\n"
@@ -149,7 +150,7 @@ def test_bar_on_a_terminal(
         [*tmux, "capture-pane", "-p", "-t", "t"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
-    assert Path("rcs").read_text().split() == ["0", "0", "0"], final
+    assert Path("rcs").read_text().split() == ["0", "0", "0", "0"], final
     # While the put ran, a bar showed part of the file written.
     partial = [
         float(m[2])
@@ -172,6 +173,8 @@ def test_bar_on_a_terminal(
     assert f"big.bin -> {drive_id}/big.bin" in final
     assert f"{drive_id}/big.bin -> out/big.bin" in final
     assert '{"put": "small.txt", "to": "small.txt"}' in final
+    assert Path("put.out").read_text() == f"small.txt -> {drive_id}/again.txt\n"
+    assert "put small.txt" in final  # its bar still on the terminal
     # And the transfers really completed.
     assert filecmp.cmp("big.bin", "out/big.bin", shallow=False)
     with SyncDrive(drive_id) as drive:
