@@ -11,10 +11,11 @@ import filecmp
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,11 +99,13 @@ def test_piped_and_json_show_no_bar(env: dict[str, str], workdir: Path, drive_id
 @pytest.fixture
 def tmux() -> Iterator[list[str]]:
     """The tmux command on a private server (its own socket), killed at the end."""
-    command = ["tmux", "-L", f"adtest-{uuid.uuid4().hex[:10]}", "-f", "/dev/null"]
+    folder = Path(tempfile.mkdtemp(prefix="adtmux-"))  # short: socket paths are limited
+    command = ["tmux", "-S", str(folder / "sock"), "-f", "/dev/null"]
     try:
         yield command
     finally:
         subprocess.run([*command, "kill-server"], capture_output=True, timeout=30, check=False)
+        shutil.rmtree(folder)  # tmux leaves its socket behind
 
 
 BAR = re.compile(r"^(put|get) big\.bin +[━╸╺]+ +([\d.]+)/([\d.]+) MiB", re.MULTILINE)
