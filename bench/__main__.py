@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import harness, watch_latency
+from . import harness, large_files, small_files, watch_latency
 from .harness import Benchmark, Context, Report, Result, Server
 
 #: Every benchmark, in report order. To add one: a module exporting BENCHMARK, and a line here.
 BENCHMARKS: dict[str, Benchmark] = {
-    module.BENCHMARK.name: module.BENCHMARK for module in (watch_latency,)
+    module.BENCHMARK.name: module.BENCHMARK for module in (watch_latency, large_files, small_files)
 }
 
 
