@@ -41,6 +41,16 @@ __version__ = "0.1.0"
 # A library leaves output to the application: without logging configured, nothing is printed.
 logging.getLogger("asyncdrive").addHandler(logging.NullHandler())
 
+
+def __getattr__(name: str) -> object:
+    # The fsspec filesystem needs the optional fsspec package: import it only when asked.
+    if name == "DriveFileSystem":
+        from ._fsspec import DriveFileSystem
+
+        return DriveFileSystem
+    raise AttributeError(f"module 'asyncdrive' has no attribute {name!r}")
+
+
 __all__ = [
     "AmbiguousPathError",
     "Change",

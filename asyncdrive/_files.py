@@ -187,11 +187,15 @@ class DriveReader:
 
     async def aclose(self) -> None:
         """Close the file. Idempotent."""
+        self._release()
+
+    close = aclose
+
+    def _release(self) -> None:
+        # Closing a descriptor needs no event loop: also usable from __del__ and blocking code.
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-
-    close = aclose
 
     async def __aenter__(self) -> Self:
         return self
@@ -205,10 +209,9 @@ class DriveReader:
         await self.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
+        if getattr(self, "_fd", None) is not None:
             _warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            os.close(fd)
+            self._release()
 
 
 class DriveWriter:
@@ -360,11 +363,16 @@ class DriveWriter:
         else:
             await self.abort()
 
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        out = getattr(self, "_out", None)
+    def _drop(self) -> None:
+        # Dropping the upload needs no event loop: also usable from __del__.
+        out, self._out = self._out, None
         if out is not None:
-            _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
             self._discard(out)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_out", None) is not None:
+            _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
+            self._drop()
 
 
 class Opening(Generic[FileT]):

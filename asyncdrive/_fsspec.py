@@ -1,0 +1,468 @@
+"""`DriveFileSystem`: the drives of a root as an fsspec filesystem, protocol ``lit``.
+
+Registered through the ``fsspec.specs`` entry point, so that any fsspec-aware library opens
+drive files by URL, the drive name being the first segment of the path::
+
+    >>> import fsspec, pandas
+    >>> with fsspec.open("lit://drive_1/a.csv", "w") as f:
+    ...     f.write("x,y")
+    >>> pandas.read_csv("lit://drive_1/a.csv")
+
+Reads open one version of a file and keep it to the end; writes stream into an upload that is
+committed when the file is closed, and dropped if the ``with`` block fails. Nothing is cached
+between calls: every listing is read from the index, so none is ever stale.
+
+fsspec is an optional dependency (``pip install 'asyncdrive[fsspec]'``); importing asyncdrive
+does not import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio.to_thread
+from fsspec.asyn import AsyncFileSystem, get_loop, sync
+from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from fsspec.spec import AbstractBufferedFile
+
+from ._config import is_valid_name, resolve_root
+from ._drive import Drive
+from ._exceptions import DriveIsADirectoryError, DriveNotADirectoryError, InvalidPathError
+from ._files import DriveReader, DriveWriter
+from ._models import FileInfo
+
+__all__ = ["DriveFileSystem"]
+
+#: Local files are read and written in pieces of this size, each one reported to callbacks.
+_PIECE = 4 << 20
+#: How long closing the drives at interpreter exit may take.
+_CLOSE_TIMEOUT = 10.0
+
+
+def _file_entry(name: str, info: FileInfo) -> dict[str, Any]:
+    return {
+        "name": name,
+        "size": info.size,
+        "type": "file",
+        "mtime": info.mtime,
+        "checksum": info.checksum,
+        "version": info.version,
+        "component_name": info.component_name,
+    }
+
+
+def _dir_entry(name: str) -> dict[str, Any]:
+    return {"name": name, "size": 0, "type": "directory"}
+
+
+def _close_drives(
+    pid: int, loop: asyncio.AbstractEventLoop | None, drives: dict[str, Drive]
+) -> None:
+    """Close a filesystem's drives: at garbage collection or interpreter exit."""
+    if pid != os.getpid() or not drives:
+        return  # a forked child: the parent's drives are not this process's to close
+    if loop is not None and loop.is_running() and not loop.is_closed():
+        with contextlib.suppress(Exception):
+            sync(loop, _aclose_all, list(drives.values()), timeout=_CLOSE_TIMEOUT)
+    drives.clear()
+
+
+def _temp_beside(target: Path) -> tuple[int, str]:
+    """Create a hidden temporary file beside ``target`` (and its folder); return (fd, path)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+
+
+async def _aclose_all(drives: Iterable[Drive]) -> None:
+    for drive in drives:
+        await drive.aclose()
+
+
+class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyped
+    """The drives under one root as an fsspec filesystem: ``lit://<drive>/<path>``.
+
+    Use it through fsspec (``fsspec.filesystem("lit")``, ``fsspec.open("lit://d/a.csv")``)
+    or any library that takes fsspec URLs; the keyword arguments are those of `Drive`, and
+    are passed as ``storage_options``.
+
+    Example:
+        >>> fs = fsspec.filesystem("lit")
+        >>> fs.pipe("lit://d/a.txt", b"Hello World !")
+        >>> fs.ls("lit://d", detail=False)
+        ['d/a.txt']
+        >>> pandas.read_csv("lit://d/a.csv", storage_options={"component_name": "loader"})
+
+    Args:
+        component_name: who is writing, and whose copy to read when several components own
+            a path (else reading such a path raises `AmbiguousPathError`).
+        allow_duplicates: see `Drive`.
+        root: the shared directory; default ``$ASYNCDRIVE_ROOT``, else the per-user one.
+        redis_url: the Redis server; default ``$ASYNCDRIVE_REDIS_URL``, else the embedded one.
+
+    """
+
+    protocol = "lit"
+    root_marker = ""
+
+    def __init__(
+        self,
+        *,
+        component_name: str | None = None,
+        allow_duplicates: bool = False,
+        root: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._drive_args: dict[str, Any] = {
+            "component_name": component_name,
+            "allow_duplicates": allow_duplicates,
+            "root": root,
+            "redis_url": redis_url,
+        }
+        self._read_component = component_name
+        self._drives: dict[str, Drive] = {}
+        self._finalizer = weakref.finalize(
+            self, _close_drives, os.getpid(), self._loop, self._drives
+        )
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the filesystem runs on (fsspec's IO thread, in blocking use)."""
+        if getattr(self, "_pid", None) != os.getpid() and not self.asynchronous:
+            # Forked: the parent's loop thread does not exist here. Start afresh, as fsspec
+            # does for the instances it caches; the drives reconnect by themselves.
+            self._pid = os.getpid()
+            self._loop = get_loop()
+            self._drives = {}
+            self._finalizer = weakref.finalize(
+                self, _close_drives, self._pid, self._loop, self._drives
+            )
+        loop: asyncio.AbstractEventLoop | None = self._loop
+        return loop
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self._drive_args.items() if v)
+        return f"DriveFileSystem({given})"
+
+    # -- drives and paths --------------------------------------------------------------------
+
+    def drive(self, name: str) -> Drive:
+        """Return the `Drive` named ``name`` this filesystem uses (made on first use)."""
+        drive = self._drives.get(name)
+        if drive is None:
+            drive = self._drives[name] = Drive(f"lit://{name}", **self._drive_args)
+        return drive
+
+    async def aclose(self) -> None:
+        """Close the drives' connections (done by itself at garbage collection and exit)."""
+        drives = list(self._drives.values())
+        self._drives.clear()
+        await _aclose_all(drives)
+
+    def close(self) -> None:
+        """Close the drives' connections: the blocking form of `aclose`, for sync use."""
+        if self._loop is not None:
+            sync(self._loop, self.aclose)
+
+    def _split(self, path: str) -> tuple[str, str]:
+        """Split a URL or path into (drive name, path in the drive); ``""`` for the root."""
+        stripped: str = self._strip_protocol(path)
+        name, _, rest = stripped.partition("/")
+        if name and not is_valid_name(name):
+            raise InvalidPathError(
+                f"{path!r} does not start with a drive name: lit:// URLs are "
+                "'lit://<drive>/<path>', the name 1-128 letters, digits, '.', '_' or '-'."
+            )
+        return name, rest
+
+    def _root(self) -> Path:
+        return resolve_root(self._drive_args["root"])
+
+    def _drive_names(self) -> list[str]:
+        folder = self._root() / "drives"
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        return [
+            e.name for e in entries if e.is_dir(follow_symlinks=False) and is_valid_name(e.name)
+        ]
+
+    # -- reading the index -------------------------------------------------------------------
+
+    async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        name, rest = self._split(path)
+        if not name:
+            return _dir_entry("")
+        if not rest:
+            names = await anyio.to_thread.run_sync(self._drive_names)
+            if name in names or await self.drive(name).list("."):
+                return _dir_entry(name)
+            raise FileNotFoundError(f"lit://{name}: no such drive under {str(self._root())!r}")
+        drive = self.drive(name)
+        try:
+            info = await drive.info(rest, component_name=self._read_component)
+        except DriveIsADirectoryError:
+            return _dir_entry(f"{name}/{rest}")
+        return _file_entry(f"{name}/{rest}", info)
+
+    async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        name, rest = self._split(path)
+        if not name:
+            names = await anyio.to_thread.run_sync(self._drive_names)
+            return [_dir_entry(n) for n in names] if detail else names
+        drive = self.drive(name)
+        try:
+            entries = await drive.list(rest or ".")
+        except DriveNotADirectoryError:
+            entries = []  # a file: it lists as itself, like in fsspec's other filesystems
+        if not entries:
+            # A missing path fails (FileNotFoundError from _info); an existing, empty drive
+            # lists as nothing.
+            this = await self._info(path)
+            found = [this] if this["type"] == "file" else []
+            return found if detail else [e["name"] for e in found]
+        if not detail:
+            return [f"{name}/{entry}" for entry in entries]
+        conn = await drive._connection()
+        owners = await conn.index.owners_many(entries)
+        result: list[dict[str, Any]] = []
+        for entry, copies in zip(entries, owners, strict=True):
+            if not copies:
+                result.append(_dir_entry(f"{name}/{entry}"))
+                continue
+            mine = copies.get(self._read_component or "") or next(iter(copies.values()))
+            result.append(_file_entry(f"{name}/{entry}", mine))
+        return result
+
+    async def _find(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        detail: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        name, rest = self._split(path)
+        if not name or maxdepth is not None or withdirs or detail:
+            return await super()._find(
+                path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
+            )
+        # Every file below, in one read of the index.
+        try:
+            files = await self.drive(name).list(rest or ".", recursive=True)
+        except DriveNotADirectoryError:
+            files = [rest]  # a file finds itself
+        return [f"{name}/{file}" for file in files]
+
+    async def _cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        name, rest = self._split(path)
+        async with self.drive(name).open(rest, component_name=self._read_component) as f:
+            return await f.read_range(start or 0, end)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def _pipe_file(
+        self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any
+    ) -> None:
+        name, rest = self._split(path)
+        await self.drive(name).write_bytes(rest, value, exist_ok=mode != "create")
+
+    async def _put_file(
+        self,
+        lpath: str,
+        rpath: str,
+        callback: Callback = DEFAULT_CALLBACK,
+        mode: str = "overwrite",
+        **kwargs: Any,
+    ) -> None:
+        if await anyio.Path(lpath).is_dir():
+            return  # folders exist by what they hold
+        name, rest = self._split(rpath)
+        callback.set_size((await anyio.Path(lpath).stat()).st_size)
+        async with (
+            await anyio.open_file(lpath, "rb") as local,
+            self.drive(name).open(rest, "wb", exist_ok=mode != "create") as out,
+        ):
+            while piece := await local.read(_PIECE):
+                await out.write(piece)
+                callback.relative_update(len(piece))
+
+    async def _get_file(
+        self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any
+    ) -> None:
+        if await anyio.Path(lpath).is_dir():
+            return
+        name, rest = self._split(rpath)
+        async with self.drive(name).open(rest, component_name=self._read_component) as f:
+            callback.set_size(f.size)
+            fd, tmp = await anyio.to_thread.run_sync(_temp_beside, Path(lpath))
+            try:
+                async with await anyio.open_file(fd, "wb") as out:
+                    while piece := await f.read(_PIECE):
+                        await out.write(piece)
+                        callback.relative_update(len(piece))
+                # The local file appears complete, or not at all.
+                await anyio.to_thread.run_sync(os.replace, tmp, lpath)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.Path(tmp).unlink(missing_ok=True)
+                raise
+
+    async def _rm_file(self, path: str, **kwargs: Any) -> None:
+        name, rest = self._split(path)
+        await self.drive(name).delete(rest)
+
+    async def _rm(
+        self,
+        path: str | list[str],
+        recursive: bool = False,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for one in [path] if isinstance(path, str) else path:
+            name, rest = self._split(one)
+            if not rest:
+                raise InvalidPathError(
+                    f"{one!r} is a whole drive: remove its files with rm('lit://{name}/<folder>', "
+                    "recursive=True), folder by folder."
+                )
+            await self.drive(name).delete(rest, recursive=recursive)
+
+    async def _mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        self._split(path)  # folders exist by what they hold: nothing to make
+
+    async def _makedirs(self, path: str, exist_ok: bool = False) -> None:
+        self._split(path)
+
+    async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        name1, rest1 = self._split(path1)
+        name2, rest2 = self._split(path2)
+        async with (
+            self.drive(name1).open(rest1, component_name=self._read_component) as src,
+            self.drive(name2).open(rest2, "wb") as dst,
+        ):
+            while piece := await src.read(_PIECE):
+                await dst.write(piece)
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        """Do nothing: listings are never cached, so there is nothing to invalidate."""
+
+    # -- file objects --------------------------------------------------------------------------
+
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | str | None = "default",
+        autocommit: bool = True,
+        cache_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> DriveFile:
+        return DriveFile(self, path, mode, block_size, autocommit, cache_options, **kwargs)
+
+
+class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untyped
+    """A file object of `DriveFileSystem`: what ``fsspec.open("lit://d/a")`` gives.
+
+    Reading keeps the version it opened; writing commits on close, or on ``commit()`` in a
+    transaction, and leaving a ``with`` block by an exception drops what was written.
+    """
+
+    def __init__(
+        self,
+        fs: DriveFileSystem,
+        path: str,
+        mode: str,
+        block_size: int | str | None,
+        autocommit: bool,
+        cache_options: dict[str, Any] | None,
+        **kwargs: Any,
+    ) -> None:
+        name, rest = fs._split(path)
+        self._reader: DriveReader | None = None
+        self._writer: DriveWriter | None = None
+        size = None
+        if mode == "rb":
+            drive = fs.drive(name)
+            self._reader = sync(fs.loop, drive.open(rest, component_name=fs._read_component).open)
+            size = self._reader.size
+        elif mode not in ("wb", "xb"):
+            raise InvalidPathError(
+                f"lit://{name}/{rest}: mode {mode!r} is not supported; drive files open as 'rb' "
+                "or 'wb' (committed on close), never appended to."
+            )
+        self._drive_name, self._drive_path = name, rest
+        super().__init__(
+            fs, path, mode=mode, block_size=block_size, autocommit=autocommit,
+            cache_options=cache_options, size=size, **kwargs,
+        )  # fmt: skip
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        assert self._reader is not None
+        return sync(self.fs.loop, self._reader.read_range, start, end)  # type: ignore[no-any-return]
+
+    def _initiate_upload(self) -> None:
+        drive = self.fs.drive(self._drive_name)
+        opening = drive.open(self._drive_path, "wb", exist_ok=self.mode != "xb")
+        self._writer = sync(self.fs.loop, opening.open)
+
+    def _upload_chunk(self, final: bool = False) -> bool:
+        assert self._writer is not None
+        sync(self.fs.loop, self._writer.write, self.buffer.getvalue())
+        if final and self.autocommit:
+            self.commit()
+        return True
+
+    def commit(self) -> None:
+        """Commit what was written: readers see the new file from now on."""
+        if self._writer is not None:
+            sync(self.fs.loop, self._writer.aclose)
+
+    def discard(self) -> None:
+        """Drop what was written; the drive stays as it was."""
+        if self._writer is not None:
+            sync(self.fs.loop, self._writer.abort)
+
+    def close(self) -> None:
+        """Close the file: commit a write (unless in a transaction), release a read."""
+        if getattr(self, "closed", True):
+            return
+        try:
+            super().close()
+        finally:
+            if self._reader is not None:
+                self._reader._release()
+
+    def __del__(self) -> None:
+        # Never through the event loop: at interpreter exit it no longer runs. An unclosed
+        # write is dropped, not committed: only close() commits.
+        if not getattr(self, "closed", True):
+            self.closed = True
+            if self._writer is not None:
+                self._writer._drop()
+            if self._reader is not None:
+                self._reader._release()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and self.mode != "rb" and not getattr(self, "closed", True):
+            self.closed = True
+            self.discard()  # never commit half of what the block meant to write
+            return
+        self.close()

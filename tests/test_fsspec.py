@@ -1,0 +1,240 @@
+"""The fsspec filesystem ``lit://``: through fsspec's registry, with the real pandas and pyarrow."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pytest
+from fsspec.callbacks import Callback
+
+import asyncdrive
+from asyncdrive import AmbiguousPathError, DriveFileExistsError, InvalidPathError, SyncDrive
+from asyncdrive._fsspec import DriveFileSystem
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def fs(env: dict[str, str], workdir: Path) -> Iterator[DriveFileSystem]:
+    """The filesystem fsspec's registry gives for ``lit``; every cached instance closed after."""
+    DriveFileSystem.clear_instance_cache()
+    filesystem = fsspec.filesystem("lit")
+    assert isinstance(filesystem, DriveFileSystem)
+    yield filesystem
+    for instance in [filesystem, *DriveFileSystem._cache.values()]:
+        instance.close()
+    DriveFileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def name(drive_id: str) -> str:
+    return drive_id.removeprefix("lit://")
+
+
+def test_registered_for_the_lit_protocol() -> None:
+    assert fsspec.get_filesystem_class("lit") is DriveFileSystem
+    assert asyncdrive.DriveFileSystem is DriveFileSystem
+    with pytest.raises(AttributeError, match="Nothing"):
+        asyncdrive.Nothing  # noqa: B018
+    assert "lit" in fsspec.available_protocols()
+
+
+def test_files_and_folders(fs: DriveFileSystem, name: str) -> None:
+    url = f"lit://{name}"
+    fs.pipe(f"{url}/a.txt", b"Hello World !")
+    fs.pipe({f"{url}/ckpt/1.pt": b"one", f"{url}/ckpt/sub/2.pt": b"two!"})
+    assert fs.cat(f"{url}/a.txt") == b"Hello World !"
+    assert fs.cat_file(f"{url}/a.txt", start=6, end=11) == b"World"
+    assert fs.cat_file(f"{url}/a.txt", start=-1) == b"!"
+    assert fs.ls(url, detail=False) == [f"{name}/a.txt", f"{name}/ckpt"]
+    detail = {e["name"]: e for e in fs.ls(f"{url}/ckpt")}
+    assert detail[f"{name}/ckpt/sub"]["type"] == "directory"
+    one = detail[f"{name}/ckpt/1.pt"]
+    assert (one["type"], one["size"], one["version"]) == ("file", 3, 1)
+    assert one["checksum"] == hashlib.sha256(b"one").hexdigest()
+    assert fs.info(f"{url}/ckpt/1.pt") == one
+    assert fs.info(f"{url}/ckpt")["type"] == "directory"
+    assert fs.ls(f"{url}/a.txt", detail=False) == [f"{name}/a.txt"]  # a file lists as itself
+    assert fs.find(url) == [f"{name}/a.txt", f"{name}/ckpt/1.pt", f"{name}/ckpt/sub/2.pt"]
+    assert fs.find(url, maxdepth=1) == [f"{name}/a.txt"]
+    assert fs.find(url, withdirs=True) == [  # the folder itself too, as fsspec does
+        name, f"{name}/a.txt", f"{name}/ckpt", f"{name}/ckpt/1.pt", f"{name}/ckpt/sub",
+        f"{name}/ckpt/sub/2.pt",
+    ]  # fmt: skip
+    assert fs.glob(f"{url}/**/*.pt") == [f"{name}/ckpt/1.pt", f"{name}/ckpt/sub/2.pt"]
+    assert [(root, dirs, files) for root, dirs, files in fs.walk(url)] == [
+        (name, ["ckpt"], ["a.txt"]),
+        (f"{name}/ckpt", ["sub"], ["1.pt"]),
+        (f"{name}/ckpt/sub", [], ["2.pt"]),
+    ]
+    assert fs.isfile(f"{url}/a.txt") and fs.isdir(f"{url}/ckpt") and fs.isdir(url)
+    assert not fs.exists(f"{url}/missing") and fs.exists(f"{url}/ckpt/sub/2.pt")
+    assert fs.du(url) == 13 + 3 + 4
+    assert name in fs.ls("", detail=False)  # the root lists the drives
+    fs.rm(f"{url}/a.txt")
+    fs.rm(f"{url}/ckpt", recursive=True)
+    assert fs.ls(url) == [] and not fs.exists(f"{url}/ckpt")
+    with pytest.raises(FileNotFoundError):
+        fs.info(f"{url}/a.txt")
+    with pytest.raises(FileNotFoundError):
+        fs.ls(f"{url}/nothing/here")
+    with pytest.raises(FileNotFoundError):
+        fs.cat(f"{url}/a.txt")
+
+
+def test_listings_are_never_stale(fs: DriveFileSystem, name: str, env: dict[str, str]) -> None:
+    url = f"lit://{name}"
+    fs.pipe(f"{url}/first", b"1")
+    assert fs.ls(url, detail=False) == [f"{name}/first"]
+    with SyncDrive(f"lit://{name}") as other:  # another writer, behind fsspec's back
+        other.write_bytes("second", b"2")
+        assert fs.ls(url, detail=False) == [f"{name}/first", f"{name}/second"]
+        other.delete("first")
+    assert fs.ls(url, detail=False) == [f"{name}/second"]
+    assert not fs.exists(f"{url}/first")
+
+
+def test_open_read_and_write(fs: DriveFileSystem, name: str) -> None:
+    url = f"lit://{name}/data.bin"
+    data = os.urandom(3 * MiB + 5)
+    with fsspec.open(url, "wb") as f:
+        f.write(data[:MiB])
+        f.write(data[MiB:])
+        assert not fs.exists(url)  # nothing visible before the close
+    assert fs.info(url)["size"] == len(data)
+    with fsspec.open(url, "rb") as r:
+        assert r.read(10) == data[:10]
+        r.seek(-5, os.SEEK_END)
+        assert r.read() == data[-5:]
+        r.seek(MiB)
+        assert r.read(MiB) == data[MiB : 2 * MiB]
+        fs.pipe(url, b"replaced while open")
+        r.seek(0)
+        assert r.read() == data  # the version opened, to the end
+    with fsspec.open(url, "r") as text:  # fsspec's text layer on top
+        assert text.read() == "replaced while open"
+    # A failing block commits nothing: the previous version stays. (fsspec.open's own
+    # OpenFile closes, so commits, whatever happened: use fs.open, or a transaction.)
+    with pytest.raises(RuntimeError, match="half"), fs.open(url, "wb") as w:
+        w.write(b"x" * (6 * MiB))  # more than one block: the upload has begun
+        raise RuntimeError("half written")
+    with pytest.raises(RuntimeError, match="half"), fs.transaction, fsspec.open(url, "wb") as w:
+        w.write(b"y" * (6 * MiB))
+        raise RuntimeError("half written")
+    assert fs.cat(url) == b"replaced while open"
+    assert fs.info(url)["version"] == 2
+    uploads = Path(os.environ["ASYNCDRIVE_ROOT"]) / "drives" / name / ".tmp"
+    assert not any(uploads.iterdir())
+    with pytest.raises(DriveFileExistsError):
+        fs.open(url, "xb").close()
+    with pytest.raises(InvalidPathError, match="'ab'"):
+        fs.open(url, "ab")
+
+
+def test_transactions_commit_at_the_end(fs: DriveFileSystem, name: str) -> None:
+    with fs.transaction:
+        with fs.open(f"lit://{name}/a", "wb") as f:
+            f.write(b"a")
+        assert not fs.exists(f"lit://{name}/a")
+    assert fs.cat(f"lit://{name}/a") == b"a"
+
+
+class Counting(Callback):  # type: ignore[misc]  # fsspec is untyped
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[int] = []
+
+    def call(self, *args: object, **kwargs: object) -> None:
+        self.updates.append(self.value)
+
+
+def test_put_and_get_with_progress(fs: DriveFileSystem, name: str, workdir: Path) -> None:
+    local = workdir / "in"
+    (local / "sub").mkdir(parents=True)
+    big = os.urandom(9 * MiB)
+    (local / "big.bin").write_bytes(big)
+    (local / "sub" / "small.txt").write_bytes(b"small")
+    progress = Counting()
+    fs.put_file(str(local / "big.bin"), f"lit://{name}/big.bin", callback=progress)
+    assert progress.size == len(big) and progress.updates[-1] == len(big)
+    assert len(progress.updates) >= 3  # reported piece by piece, not once at the end
+    fs.put(str(local) + "/", f"lit://{name}/tree", recursive=True)
+    assert fs.find(f"lit://{name}/tree") == [f"{name}/tree/big.bin", f"{name}/tree/sub/small.txt"]
+    progress = Counting()
+    fs.get_file(f"lit://{name}/big.bin", str(workdir / "out" / "big.bin"), callback=progress)
+    assert (workdir / "out" / "big.bin").read_bytes() == big
+    assert progress.updates[-1] == len(big)
+    fs.get(f"lit://{name}/tree/", str(workdir / "copy"), recursive=True)
+    assert (workdir / "copy" / "sub" / "small.txt").read_bytes() == b"small"
+    assert sorted(p.name for p in (workdir / "copy").iterdir()) == ["big.bin", "sub"]
+    assert not [p for p in (workdir / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_pandas_csv_and_parquet(fs: DriveFileSystem, name: str) -> None:
+    frame = pd.DataFrame({"step": [1, 2, 3], "loss": [0.9, 0.5, 0.25], "tag": ["a", "b", "c"]})
+    frame.to_csv(f"lit://{name}/metrics.csv", index=False)
+    pd.testing.assert_frame_equal(pd.read_csv(f"lit://{name}/metrics.csv"), frame)
+    frame.to_parquet(f"lit://{name}/metrics.parquet", engine="pyarrow")
+    back = pd.read_parquet(f"lit://{name}/metrics.parquet", engine="pyarrow")
+    pd.testing.assert_frame_equal(back, frame)
+    assert fs.cat(f"lit://{name}/metrics.parquet")[:4] == b"PAR1"
+
+
+def test_components_through_storage_options(env: dict[str, str], name: str) -> None:
+    url = f"lit://{name}/shared.csv"
+    for who in ("one", "two"):
+        pd.DataFrame({"who": [who]}).to_csv(
+            url, index=False, storage_options={"component_name": who, "allow_duplicates": True}
+        )
+    with pytest.raises(AmbiguousPathError):
+        pd.read_csv(url)
+    two = pd.read_csv(url, storage_options={"component_name": "two", "allow_duplicates": True})
+    assert two["who"].tolist() == ["two"]
+    for instance in DriveFileSystem._cache.values():
+        instance.close()
+    DriveFileSystem.clear_instance_cache()
+
+
+def test_bad_urls(fs: DriveFileSystem) -> None:
+    with pytest.raises(InvalidPathError, match="drive name"):
+        fs.ls("lit://bad name/x")
+    with pytest.raises(ValueError, match="would leave the drive"):
+        fs.cat("lit://d/../../etc/passwd")
+    with pytest.raises(InvalidPathError, match="whole drive"):
+        fs.rm("lit://d", recursive=True)
+
+
+def _read_in_child(url: str, queue: multiprocessing.Queue[bytes]) -> None:
+    queue.put(fsspec.open(url, "rb").open().read())
+
+
+def _read_with(fs: DriveFileSystem, url: str, queue: multiprocessing.Queue[bytes]) -> None:
+    queue.put(fs.cat(url))
+    fs.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_fork_and_spawn_safe(fs: DriveFileSystem, name: str, method: str) -> None:
+    url = f"lit://{name}/a.txt"
+    fs.pipe(url, b"from the parent")
+    assert fs.cat(url) == b"from the parent"  # the parent's drives are connected
+    ctx: Any = multiprocessing.get_context(method)
+    queue: multiprocessing.Queue[bytes] = ctx.Queue()
+    for target, args in ((_read_in_child, (url, queue)), (_read_with, (fs, url, queue))):
+        child = ctx.Process(target=target, args=args)
+        child.start()
+        try:
+            assert queue.get(timeout=30) == b"from the parent"
+        finally:
+            child.join(timeout=60)
+        assert child.exitcode == 0
+    assert fs.cat(url) == b"from the parent"  # and the parent's still work
+    assert pickle.loads(pickle.dumps(fs)).cat(url) == b"from the parent"
