@@ -238,3 +238,15 @@ def test_fork_and_spawn_safe(fs: DriveFileSystem, name: str, method: str) -> Non
         assert child.exitcode == 0
     assert fs.cat(url) == b"from the parent"  # and the parent's still work
     assert pickle.loads(pickle.dumps(fs)).cat(url) == b"from the parent"
+
+
+async def test_asynchronous_use(env: dict[str, str], name: str) -> None:
+    fs = DriveFileSystem(asynchronous=True, skip_instance_cache=True)
+    try:
+        await fs._pipe_file(f"lit://{name}/a.txt", b"async")
+        assert await fs._cat_file(f"lit://{name}/a.txt", start=1) == b"sync"
+        assert await fs._ls(f"lit://{name}", detail=False) == [f"{name}/a.txt"]
+        assert (await fs._info(f"lit://{name}/a.txt"))["size"] == 5
+    finally:
+        await fs.aclose()
+    assert repr(fs) == "DriveFileSystem()"
