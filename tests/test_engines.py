@@ -13,7 +13,13 @@ import pytest
 
 from .conftest import REPO
 
-FUNCTIONAL = ["tests/test_drive.py", "tests/test_watch.py", "tests/test_recovery.py"]
+FUNCTIONAL = [
+    "tests/test_drive.py",
+    "tests/test_watch.py",
+    "tests/test_recovery.py",
+    "tests/test_files.py",
+    "tests/test_fsspec.py",
+]
 
 
 @pytest.mark.parametrize("kind", ["cluster", "sentinel"])
