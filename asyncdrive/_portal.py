@@ -3,6 +3,12 @@
 The thread runs an anyio `BlockingPortal`. It starts with the first SyncDrive that needs it,
 stops when the last one is closed or at interpreter exit, and is forgotten in a forked child
 (where the parent's thread does not exist), so the child starts its own.
+
+`run`, the path every blocking call takes, hands the coroutine straight to the loop with
+`asyncio.run_coroutine_threadsafe`: one wake-up of the loop thread and one of the caller.
+`BlockingPortal.start_task_soon` first waits for the loop to spawn the task into the portal's
+task group (a second round trip between the threads), which cost more than a whole small
+operation (``bench/sync_overhead.py`` measures it).
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import atexit
 import contextlib
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
@@ -22,6 +28,14 @@ from anyio.from_thread import BlockingPortal
 T = TypeVar("T")
 
 THREAD_NAME = "asyncdrive-loop"
+
+
+class _Portal(BlockingPortal):
+    """A `BlockingPortal` that knows its asyncio loop, for `run`'s one-hop path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.get_running_loop()
 
 
 class _LoopThread:
@@ -70,7 +84,7 @@ def _start(state: _LoopThread) -> BlockingPortal:
     ready: Future[BlockingPortal] = Future()
 
     async def serve() -> None:
-        async with BlockingPortal() as portal:
+        async with _Portal() as portal:
             ready.set_result(portal)
             await portal.sleep_until_stopped()
 
@@ -145,13 +159,24 @@ def _shutdown_at_exit() -> None:
         _stop(state)
 
 
-def run(portal: BlockingPortal, func: Callable[[], Awaitable[T]]) -> T:
+def run(portal: BlockingPortal, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``func()`` on the loop and wait for it; Ctrl-C cancels it there."""
-    future: Future[T] = portal.start_task_soon(func)
+    future: Future[T]
+    if isinstance(portal, _Portal):
+        portal._check_running()  # RuntimeError once stopped, or on the loop thread itself
+        coro = func()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, portal.loop)
+        except RuntimeError:  # the loop has closed (interpreter exit)
+            coro.close()
+            raise
+    else:  # pragma: no cover - every portal of this module is a _Portal
+        future = portal.start_task_soon(func)
     try:
         return future.result()
     except BaseException:
         # KeyboardInterrupt (or any interruption of the wait): cancel the task on the loop
-        # rather than leave it running unobserved.
+        # rather than leave it running unobserved. The cancellation reaches the task through
+        # the loop (call_soon_threadsafe), as anyio's portal does it.
         future.cancel()
         raise
