@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import harness, large_files, small_files, watch_latency
+from . import harness, large_files, listing, small_files, watch_latency
 from .harness import Benchmark, Context, Report, Result, Server
 
 #: Every benchmark, in report order. To add one: a module exporting BENCHMARK, and a line here.
 BENCHMARKS: dict[str, Benchmark] = {
-    module.BENCHMARK.name: module.BENCHMARK for module in (watch_latency, large_files, small_files)
+    module.BENCHMARK.name: module.BENCHMARK
+    for module in (watch_latency, large_files, small_files, listing)
 }
 
 
@@ -102,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis_url=server.url,
             scratch=scratch,
             log=_log,
+            charts=None if args.no_write else (args.out or harness.RESULTS_DIR),
+            markdown_dir=_markdown_dir(args),
         )
         report = Report(
             date=date,
@@ -133,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         _write(report, args)
     return 0
+
+
+def _markdown_dir(args: argparse.Namespace) -> Path | None:
+    """Return the folder of the BENCHMARKS.md this run will write, or None if it writes none."""
+    if args.no_write or (args.quick and args.out is None):
+        return None
+    out: Path | None = args.out
+    return out or harness.BENCHMARKS_MD.parent
 
 
 def _write(report: Report, args: argparse.Namespace) -> None:

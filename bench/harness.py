@@ -109,6 +109,22 @@ def fmt_ratio(value: float) -> str:
     return f"{value:.1f}x"
 
 
+def per_run_ratios(values: Sequence[float], baselines: Sequence[float]) -> list[float]:
+    """Return ``values[i] / baselines[i]``: each figure against its baseline of the same run."""
+    return [v / b for v, b in zip(values, baselines, strict=True)]
+
+
+def fmt_runs(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    """Format the median of per-run figures with their min and max: ``1.10x (1.05..1.20)``."""
+    median = fmt(statistics.median(values))
+    return f"{median} ({fmt(min(values))}..{fmt(max(values))})" if len(values) > 1 else median
+
+
+def within(value: float, limit: float, unit: str = "x") -> str:
+    """Return ``"pass"`` or ``"miss"`` against an upper limit, with the limit: ``≤ 1.5x: pass``."""
+    return f"≤ {limit:g}{unit}: {'pass' if value <= limit else 'miss'}"
+
+
 # -- results ---------------------------------------------------------------------------------
 
 
@@ -161,6 +177,9 @@ class Result:
     seconds: float = 0.0
     #: What else ran meanwhile (see `CpuMeter`): filled in by the runner.
     background: str = ""
+    #: Charts drawn by the benchmark: (caption, path relative to BENCHMARKS.md), shown as
+    #: images in its markdown section and as paths in the terminal.
+    charts: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -172,6 +191,10 @@ class Context:
     redis_url: str
     scratch: Path
     log: Callable[[str], None]
+    #: Where charts go (PNG); None when the run writes no files (``--no-write``).
+    charts: Path | None = None
+    #: The folder of the BENCHMARKS.md this run writes (None: none), for relative links.
+    markdown_dir: Path | None = None
 
     def folder(self, label: str) -> Path:
         """Return a new empty folder under the scratch folder (e.g. a drive root)."""
@@ -182,6 +205,23 @@ class Context:
     def drive_id(self, label: str) -> str:
         """Return a drive id no other measurement uses."""
         return f"lit://bench-{label}-{uuid.uuid4().hex[:10]}"
+
+    def chart_path(self, name: str) -> Path | None:
+        """Return where to save chart ``name`` (a PNG), or None if this run writes no files.
+
+        A quick run that writes no BENCHMARKS.md names it ``<name>-quick.png``, as its JSON
+        is ``latest-quick.json``, so that a smoke run never replaces a full run's chart.
+        """
+        if self.charts is None:
+            return None
+        suffix = "-quick" if self.quick and self.markdown_dir is None else ""
+        return self.charts / f"{name}{suffix}.png"
+
+    def chart_link(self, path: Path) -> str:
+        """Return ``path`` as BENCHMARKS.md links it: relative to it (as is if none is written)."""
+        if self.markdown_dir is None:
+            return str(path)
+        return Path(os.path.relpath(path, self.markdown_dir)).as_posix()
 
 
 @dataclass(frozen=True)
@@ -552,6 +592,7 @@ class Report:
         parts += [result.background] if result.background else []
         parts += [table.text() for table in result.tables]
         parts += ["\n".join(f"- {note}" for note in result.notes)] if result.notes else []
+        parts += [f"chart: {path} ({caption})" for caption, path in result.charts]
         return "\n\n".join(parts) + "\n"
 
     def section(self, result: Result) -> str:
@@ -563,6 +604,7 @@ class Report:
             f"{self.machine_line()}. {result.background}_",
             result.intro.strip(),
             *(table.markdown() for table in result.tables),
+            *(f"![{caption}]({path})" for caption, path in result.charts),
         ]
         if result.notes:
             parts.append("\n".join(f"- {note}" for note in result.notes))
