@@ -17,14 +17,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import harness, large_files, listing, small_files, watch_latency
+from . import harness, large_files, listing, original_drive, small_files, watch_latency
 from .harness import Benchmark, Context, Report, Result, Server
 
 #: Every benchmark, in report order. To add one: a module exporting BENCHMARK, and a line here.
 BENCHMARKS: dict[str, Benchmark] = {
     module.BENCHMARK.name: module.BENCHMARK
-    for module in (watch_latency, large_files, small_files, listing)
+    for module in (watch_latency, large_files, small_files, original_drive, listing)
 }
+
+#: Run only with --original: it installs the original Lightning Drive into its own venv.
+ORIGINAL = original_drive.BENCHMARK.name
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -67,9 +70,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--tcp", action="store_true", help="reach the server over loopback TCP, not a unix socket"
     )
+    parser.add_argument(
+        "--original",
+        action="store_true",
+        help=f"also run {ORIGINAL}: the original Lightning Drive beside ours. Without this "
+        "flag it is never selected: it creates a separate venv (bench/.original-venv, once) "
+        "and installs lightning-app 2.3.2 from PyPI into it",
+    )
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.only and ORIGINAL in args.only and not args.original:
+        parser.error(f"--only {ORIGINAL} needs --original (it installs lightning-app)")
     return args
 
 
@@ -89,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if with_errors is not None:
         with_errors(errors="backslashreplace")  # µ and → on a terminal that lacks them
     signal.signal(signal.SIGTERM, _terminate)
-    selected = [BENCHMARKS[name] for name in BENCHMARKS if not args.only or name in args.only]
+    selected = [
+        BENCHMARKS[name]
+        for name in BENCHMARKS
+        if (not args.only or name in args.only) and (name != ORIGINAL or args.original)
+    ]
     date = Report.now()
     # A short folder: unix socket paths are limited to about 100 bytes.
     server_dir = Path(tempfile.mkdtemp(prefix="adbench-"))

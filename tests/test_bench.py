@@ -45,3 +45,61 @@ def _command_lines() -> list[bytes]:
         with contextlib.suppress(OSError):  # the process ended meanwhile
             found.append(path.read_bytes())
     return found
+
+
+def _quick_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-write", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=240,
+        check=False,
+    )
+
+
+def test_large_files_quick_run_prints_a_row_per_operation() -> None:
+    from bench import large_files
+
+    proc = _quick_bench("--only", "large_files")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for label in large_files.OPERATIONS.values():
+        assert any(line.startswith(label + " ") for line in lines), label
+    assert "peak memory growth, MiB" in proc.stdout
+    assert "wrote" not in proc.stdout
+
+
+def test_small_files_quick_run_prints_a_row_per_case_and_operation() -> None:
+    from bench import small_files
+
+    proc = _quick_bench("--only", "small_files")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for op in small_files.OPS:
+        assert any(line.startswith(f"{op} of {small_files.QUICK_FILES} files") for line in lines)
+    for case in small_files.CASES:
+        assert sum(line.startswith(case.label + " ") for line in lines) == 2, case.label
+
+
+def test_original_drive_runs_only_when_asked() -> None:
+    # No network here: the benchmark itself (which installs lightning-app) is not run.
+    refused = _quick_bench("--only", "original_drive")
+    assert refused.returncode == 2
+    assert "needs --original" in refused.stderr
+    from bench.__main__ import BENCHMARKS, parse_args
+
+    assert "original_drive" in BENCHMARKS
+    assert not parse_args([]).original
+    assert parse_args(["--original", "--only", "original_drive"]).original
+
+
+def test_large_files_peak_meter_sees_a_large_allocation() -> None:
+    from bench.large_files import PeakMeter
+
+    with PeakMeter() as meter:
+        block = bytearray(32 << 20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+    del block
+    assert meter.growth >= 16 << 20, meter.method
