@@ -17,13 +17,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import harness, large_files, listing, original_drive, small_files, watch_latency
+from . import (
+    cold_start,
+    harness,
+    large_files,
+    listing,
+    original_drive,
+    small_files,
+    sync_overhead,
+    watch_latency,
+)
 from .harness import Benchmark, Context, Report, Result, Server
 
 #: Every benchmark, in report order. To add one: a module exporting BENCHMARK, and a line here.
 BENCHMARKS: dict[str, Benchmark] = {
     module.BENCHMARK.name: module.BENCHMARK
-    for module in (watch_latency, large_files, small_files, original_drive, listing)
+    for module in (
+        watch_latency,
+        large_files,
+        small_files,
+        original_drive,
+        listing,
+        sync_overhead,
+        cold_start,
+    )
 }
 
 #: Run only with --original: it installs the original Lightning Drive into its own venv.
