@@ -23,6 +23,7 @@ from . import (
     large_files,
     listing,
     original_drive,
+    scaling,
     small_files,
     sync_overhead,
     watch_latency,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         listing,
         sync_overhead,
         cold_start,
+        scaling,
     )
 }
 

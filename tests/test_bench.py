@@ -103,3 +103,65 @@ def test_large_files_peak_meter_sees_a_large_allocation() -> None:
         block[::4096] = b"x" * len(block[::4096])  # touch every page
     del block
     assert meter.growth >= 16 << 20, meter.method
+
+
+def _rows(proc: subprocess.CompletedProcess[str], *labels: str) -> None:
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for label in labels:
+        assert any(line.startswith(label + " ") for line in lines), (label, proc.stdout)
+
+
+def test_listing_quick_run_prints_every_case_and_target() -> None:
+    from bench import listing
+
+    proc = _quick_bench("--only", "listing")
+    _rows(proc, *(case.label for case in listing.CASES))
+    assert proc.stdout.count("≤ 1.5x: ") == 2
+    assert proc.stdout.count("≤ 2x: ") == 1
+
+
+def test_sync_overhead_quick_run_prints_a_row_per_operation() -> None:
+    from bench import sync_overhead
+
+    proc = _quick_bench("--only", "sync_overhead")
+    _rows(proc, *(op.label for op in sync_overhead.OPS))
+    assert proc.stdout.count("≤ 1.3x: ") == len(sync_overhead.OPS)
+
+
+def test_cold_start_quick_run_leaves_no_server_behind() -> None:
+    proc = _quick_bench("--only", "cold_start")
+    _rows(
+        proc,
+        "server binary started by hand until PING (baseline)",
+        "import asyncdrive, fresh process",
+    )
+    assert proc.stdout.count("≤ 500 ms: ") == 4
+    # Every fresh root's embedded server was stopped.
+    assert not any(b"/cold-" in cmdline for cmdline in _command_lines())
+
+
+def test_scaling_quick_run_draws_its_chart(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "scaling", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=240,
+        check=False,
+    )
+    _rows(proc, "1", "2", "4", "8")
+    for op in ("put", "get", "list"):
+        assert f"{op}: calls per second" in proc.stdout
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # CI installs only the test extra: the bench says so
+        assert "matplotlib is not installed" in proc.stdout
+        return
+    chart = tmp_path / "scaling.png"
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    assert (
+        "![put/get/list throughput by processes](scaling.png)"
+        in (tmp_path / "BENCHMARKS.md").read_text()
+    )
