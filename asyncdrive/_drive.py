@@ -485,18 +485,19 @@ class Drive:
         self,
         conn: _Connection,
         path: str,
-        stage: Callable[[], Staged],
+        stage: Callable[[], Staged] | Staged,
         precondition: str,
         *,
         check_first: bool = True,
     ) -> FileInfo:
+        """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them."""
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
         if check_first:
             # Refuse early, before copying any bytes; the commit checks again atomically.
             checked = await conn.index.check_put(component, path, allow, precondition)
             self._raise_put_refused(path, checked, precondition)
-        staged = await anyio.to_thread.run_sync(stage)
+        staged = stage if isinstance(stage, Staged) else await anyio.to_thread.run_sync(stage)
         installed = False
         try:
             token, checked = await self._lock_put(conn, path, precondition)
@@ -1096,7 +1097,7 @@ class Drive:
     async def _commit_upload(
         self, conn: _Connection, path: str, precondition: str, staged: Staged
     ) -> FileInfo:
-        return await self._put(conn, path, lambda: staged, precondition, check_first=False)
+        return await self._put(conn, path, staged, precondition, check_first=False)
 
     # -- watching ----------------------------------------------------------------------------
 

@@ -32,6 +32,13 @@ FileT = TypeVar("FileT", bound="DriveReader | DriveWriter")
 _LINE_CHUNK = 64 * 1024
 
 
+def _closed_error(drive_name: str, path: str, mode: str) -> InvalidConfigError:
+    return InvalidConfigError(
+        f"Drive {drive_name!r}: I/O on a closed file {path!r}; open it again with "
+        f"drive.open({path!r}, {mode!r})."
+    )
+
+
 def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
     """Read up to ``size`` bytes at ``offset``, fewer only at the end of the file."""
     first = os.pread(fd, size, offset)
@@ -122,7 +129,7 @@ class DriveReader:
 
     def _open_fd(self) -> int:
         if self._fd is None:
-            raise ValueError(f"I/O on a closed file (lit://{self._drive_name}/{self.path})")
+            raise _closed_error(self._drive_name, self.path, "rb")
         return self._fd
 
     async def read(self, size: int = -1) -> bytes:
@@ -174,9 +181,15 @@ class DriveReader:
         elif whence == os.SEEK_END:
             target = self.info.size + offset
         else:
-            raise ValueError(f"whence must be os.SEEK_SET, SEEK_CUR or SEEK_END, not {whence!r}")
+            raise InvalidConfigError(
+                f"Drive {self._drive_name!r}: seek in {self.path!r} with whence={whence!r}; "
+                "pass os.SEEK_SET, os.SEEK_CUR or os.SEEK_END."
+            )
         if target < 0:
-            raise ValueError(f"negative seek position {target} in lit://{self._drive_name}")
+            raise InvalidConfigError(
+                f"Drive {self._drive_name!r}: seek in {self.path!r} to {target}, before the "
+                "start of the file; seek to 0 or later."
+            )
         self._position = target
         return target
 
@@ -279,7 +292,7 @@ class DriveWriter:
 
     def _open_out(self) -> BinaryIO:
         if self._out is None:
-            raise ValueError(f"I/O on a closed file (lit://{self._drive_name}/{self.path})")
+            raise _closed_error(self._drive_name, self.path, "wb")
         return self._out
 
     def _drain(self, out: BinaryIO, data: bytes | bytearray | memoryview) -> None:

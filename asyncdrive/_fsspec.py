@@ -35,7 +35,13 @@ from fsspec.spec import AbstractBufferedFile
 
 from ._config import is_valid_name, resolve_root
 from ._drive import Drive
-from ._exceptions import DriveIsADirectoryError, DriveNotADirectoryError, InvalidPathError
+from ._exceptions import (
+    DriveFileNotFoundError,
+    DriveIsADirectoryError,
+    DriveNotADirectoryError,
+    InvalidConfigError,
+    InvalidPathError,
+)
 from ._files import DriveReader, DriveWriter
 from ._models import FileInfo
 
@@ -207,7 +213,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             names = await anyio.to_thread.run_sync(self._drive_names)
             if name in names or await self.drive(name).list("."):
                 return _dir_entry(name)
-            raise FileNotFoundError(f"lit://{name}: no such drive under {str(self._root())!r}")
+            raise DriveFileNotFoundError(
+                f"Drive {name!r}: no such drive under {str(self._root())!r}; check the name, "
+                "or the root (storage_options root=, or $ASYNCDRIVE_ROOT)."
+            )
         drive = self.drive(name)
         try:
             info = await drive.info(rest, component_name=self._read_component)
@@ -399,9 +408,9 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             self._reader = sync(fs.loop, drive.open(rest, component_name=fs._read_component).open)
             size = self._reader.size
         elif mode not in ("wb", "xb"):
-            raise InvalidPathError(
-                f"lit://{name}/{rest}: mode {mode!r} is not supported; drive files open as 'rb' "
-                "or 'wb' (committed on close), never appended to."
+            raise InvalidConfigError(
+                f"Drive {name!r}: cannot open {rest!r} with mode {mode!r}: drive files "
+                "open as 'rb' or 'wb' (committed on close), never appended to."
             )
         self._drive_name, self._drive_path = name, rest
         super().__init__(

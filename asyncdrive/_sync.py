@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal
 
@@ -22,7 +22,7 @@ from . import _portal
 from ._drive import Drive, StrPath, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveError
-from ._files import DriveReader, DriveWriter
+from ._files import DriveReader, DriveWriter, FileT
 from ._models import FileInfo, GcReport
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
@@ -383,36 +383,22 @@ class SyncWatch:
         self._drive._call(self._watch.__aexit__, exc_type, exc, tb)
 
 
-class SyncDriveReader:
-    """The blocking mirror of `DriveReader`, from ``SyncDrive.open(path)``.
+class _SyncFile(Generic[FileT]):
+    """What the blocking mirrors of `DriveReader` and `DriveWriter` share."""
 
-    Example:
-        >>> with drive.open("data.csv") as f:
-        ...     for line in f:
-        ...         handle(line)
-
-    """
-
-    mode = "rb"
-
-    def __init__(self, drive: SyncDrive, file: DriveReader) -> None:
+    def __init__(self, drive: SyncDrive, file: FileT) -> None:
         self._drive = drive
         self._file = file
 
     @property
-    def info(self) -> FileInfo:
-        """The `FileInfo` of the version opened."""
-        return self._file.info
+    def mode(self) -> str:
+        """``"rb"`` or ``"wb"``."""
+        return self._file.mode
 
     @property
     def path(self) -> str:
         """The drive path."""
         return self._file.path
-
-    @property
-    def size(self) -> int:
-        """The size of the file in bytes."""
-        return self._file.size
 
     @property
     def closed(self) -> bool:
@@ -423,16 +409,57 @@ class SyncDriveReader:
         return "<Sync" + repr(self._file)[1:]
 
     def readable(self) -> bool:
-        """Return True: a reader reads."""
-        return True
+        """Return whether the file reads."""
+        return self._file.readable()
 
     def writable(self) -> bool:
-        """Return False: a reader never writes."""
-        return False
+        """Return whether the file writes."""
+        return self._file.writable()
 
     def seekable(self) -> bool:
-        """Return True: a reader can seek anywhere."""
-        return True
+        """Return whether the file can seek."""
+        return self._file.seekable()
+
+    def tell(self) -> int:
+        """Return the position (for a writer: how many bytes were written)."""
+        return self._drive._call(self._file.tell)
+
+    def close(self) -> None:
+        """Close the file (a writer commits; see `DriveWriter.aclose`). Idempotent."""
+        if not self._file.closed:
+            self._drive._call(self._file.aclose)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._drive._call(self._file.__aexit__, exc_type, exc, tb)
+
+
+class SyncDriveReader(_SyncFile[DriveReader]):
+    """The blocking mirror of `DriveReader`, from ``SyncDrive.open(path)``.
+
+    Example:
+        >>> with drive.open("data.csv") as f:
+        ...     for line in f:
+        ...         handle(line)
+
+    """
+
+    @property
+    def info(self) -> FileInfo:
+        """The `FileInfo` of the version opened."""
+        return self._file.info
+
+    @property
+    def size(self) -> int:
+        """The size of the file in bytes."""
+        return self._file.size
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes (all the rest if negative) and advance."""
@@ -454,28 +481,8 @@ class SyncDriveReader:
         """Move the position like `io.IOBase.seek` and return it."""
         return self._drive._call(self._file.seek, offset, whence)
 
-    def tell(self) -> int:
-        """Return the position."""
-        return self._drive._call(self._file.tell)
 
-    def close(self) -> None:
-        """Close the file. Idempotent."""
-        if not self._file.closed:
-            self._drive._call(self._file.aclose)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class SyncDriveWriter:
+class SyncDriveWriter(_SyncFile[DriveWriter]):
     """The blocking mirror of `DriveWriter`, from ``SyncDrive.open(path, "wb")``.
 
     Closing it (leaving its ``with`` block) commits the file; an exception drops it.
@@ -488,74 +495,20 @@ class SyncDriveWriter:
 
     """
 
-    mode = "wb"
-
-    def __init__(self, drive: SyncDrive, file: DriveWriter) -> None:
-        self._drive = drive
-        self._file = file
-
     @property
     def info(self) -> FileInfo | None:
         """The `FileInfo` of the committed file, once closed (None before)."""
         return self._file.info
 
-    @property
-    def path(self) -> str:
-        """The drive path."""
-        return self._file.path
-
-    @property
-    def closed(self) -> bool:
-        """Whether the file was committed or aborted."""
-        return self._file.closed
-
-    def __repr__(self) -> str:
-        return "<Sync" + repr(self._file)[1:]
-
-    def readable(self) -> bool:
-        """Return False: a writer never reads."""
-        return False
-
-    def writable(self) -> bool:
-        """Return True: a writer writes."""
-        return True
-
-    def seekable(self) -> bool:
-        """Return False: a writer only appends."""
-        return False
-
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data`` and return how many bytes that was."""
         return self._drive._call(self._file.write, data)
-
-    def tell(self) -> int:
-        """Return how many bytes were written."""
-        return self._drive._call(self._file.tell)
 
     def flush(self) -> None:
         """Do nothing: the bytes are committed, fsynced, on close."""
         self._drive._call(self._file.flush)
 
-    def close(self) -> None:
-        """Commit the file (see `DriveWriter.aclose`). Idempotent."""
-        if not self._file.closed:
-            self._drive._call(self._file.aclose)
-
     def abort(self) -> None:
         """Drop what was written without committing it. Idempotent."""
         if not self._file.closed:
             self._drive._call(self._file.abort)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

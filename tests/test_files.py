@@ -74,14 +74,15 @@ async def test_reader_reads_seeks_and_reads_ranges(drive: Drive) -> None:
         assert await f.read_range(20, 10) == b""
         assert await f.read_range(len(data) - 3, len(data) + 100) == data[-3:]
         assert await f.tell() == len(data) - 1
-        with pytest.raises(ValueError, match="negative seek"):
+        with pytest.raises(InvalidConfigError, match="before the start"):
             await f.seek(-1)
-        with pytest.raises(ValueError, match="whence"):
+        with pytest.raises(InvalidConfigError, match="whence"):
             await f.seek(0, 7)
         assert "version=1" in repr(f) and "d/data.bin" in repr(f)
     assert f.closed
-    with pytest.raises(ValueError, match="closed file"):
+    with pytest.raises(InvalidConfigError, match="closed file") as closed:
         await f.read(1)
+    assert "d/data.bin" in str(closed.value) and isinstance(closed.value, ValueError)
 
 
 async def test_reader_lines_and_await_form(drive: Drive) -> None:

@@ -16,7 +16,14 @@ import pytest
 from fsspec.callbacks import Callback
 
 import asyncdrive
-from asyncdrive import AmbiguousPathError, DriveFileExistsError, InvalidPathError, SyncDrive
+from asyncdrive import (
+    AmbiguousPathError,
+    DriveError,
+    DriveFileExistsError,
+    InvalidConfigError,
+    InvalidPathError,
+    SyncDrive,
+)
 from asyncdrive._fsspec import DriveFileSystem
 
 MiB = 1 << 20
@@ -88,6 +95,9 @@ def test_files_and_folders(fs: DriveFileSystem, name: str) -> None:
         fs.ls(f"{url}/nothing/here")
     with pytest.raises(FileNotFoundError):
         fs.cat(f"{url}/a.txt")
+    with pytest.raises(FileNotFoundError, match="no such drive") as no_drive:
+        fs.info("lit://never-made")
+    assert isinstance(no_drive.value, DriveError)
 
 
 def test_listings_are_never_stale(fs: DriveFileSystem, name: str, env: dict[str, str]) -> None:
@@ -135,7 +145,7 @@ def test_open_read_and_write(fs: DriveFileSystem, name: str) -> None:
     assert not any(uploads.iterdir())
     with pytest.raises(DriveFileExistsError):
         fs.open(url, "xb").close()
-    with pytest.raises(InvalidPathError, match="'ab'"):
+    with pytest.raises(InvalidConfigError, match="'ab'"):
         fs.open(url, "ab")
 
 
