@@ -202,14 +202,8 @@ def _bar(
 
 def _local_sources(local: Path) -> Sources:
     """List the files a put of ``local`` reads, in the order it reads them, with their sizes."""
-    found: Sources = []
-    for rel in _local_files(local) or []:  # none: the put says what is missing
-        source = (local / rel if rel else local).resolve()
-        try:
-            found.append((source, source.stat().st_size))
-        except OSError:
-            continue  # gone meanwhile: the put says so
-    return found
+    files = _local_files(local) or []  # none: the put says what is missing
+    return [((local / rel if rel else local).resolve(), size) for rel, size in files]
 
 
 def _drive_sources(args: argparse.Namespace, drive: SyncDrive, path: str) -> Sources:

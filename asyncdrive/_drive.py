@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import stat
 import time
 import warnings
 from collections.abc import Callable, Coroutine
@@ -423,19 +425,20 @@ class Drive:
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: the local folder holds no files."
             )
-        if if_version is not None and files != [""]:
+        if if_version is not None and [rel for rel, _ in files] != [""]:
             raise InvalidConfigError(
                 f"Drive {self.name!r}: if_version applies to one file, and {drive_path!r} is "
                 "a local folder; put its files one by one."
             )
         conn = await self._connection()
-        for rel in files:
+        for rel, size in files:
             source = local / rel if rel else local
             await self._put(
                 conn,
                 _paths.join(drive_path, rel) if rel else drive_path,
                 functools.partial(conn.store.stage_file, source),
                 precondition,
+                small=size <= _SMALL_WRITE,
             )
 
     @_redis_errors_as_unavailable
@@ -462,9 +465,8 @@ class Drive:
         precondition = self._precondition(drive_path, if_version, exist_ok)
         conn = await self._connection()
         stage = functools.partial(conn.store.stage_bytes, data)
-        # Staging a small payload costs less than a round trip to check first.
         small = len(data) <= _SMALL_WRITE
-        return await self._put(conn, drive_path, stage, precondition, check_first=not small)
+        return await self._put(conn, drive_path, stage, precondition, small=small)
 
     def _precondition(self, path: str, if_version: int | None, exist_ok: bool) -> str:
         if if_version is None:
@@ -485,44 +487,46 @@ class Drive:
         self,
         conn: _Connection,
         path: str,
-        stage: Callable[[], Staged] | Staged,
+        stage: Callable[[bool], Staged] | Staged,
         precondition: str,
         *,
-        check_first: bool = True,
+        small: bool = False,
     ) -> FileInfo:
-        """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them."""
+        """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them.
+
+        ``stage(sync)`` writes the upload. A large one is checked for, staged and fsynced
+        before the commit lock is taken, so a refused put copies nothing and the lock is
+        held only for the rename. A ``small`` one is staged under the lock, in the same
+        worker-thread call as its install: one thread hop and one fsync of the upload.
+        """
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
-        if check_first:
+        if not isinstance(stage, Staged) and not small:
             # Refuse early, before copying any bytes; the commit checks again atomically.
             checked = await conn.index.check_put(component, path, allow, precondition)
             self._raise_put_refused(path, checked, precondition)
-        staged = stage if isinstance(stage, Staged) else await anyio.to_thread.run_sync(stage)
-        installed = False
+            stage = await anyio.to_thread.run_sync(stage, True)
         try:
             token, checked = await self._lock_put(conn, path, precondition)
             self._raise_put_refused(path, checked, precondition)  # no lock held if refused
             # Between here and the index commit, a cancellation would leave the disk and the
             # index disagreeing: the section is short (a rename and one Lua call), so shield it.
             with anyio.CancelScope(shield=True):
-                try:
-                    info = await self._install_and_commit(
-                        conn, path, staged, precondition, int(checked.detail), token
-                    )
-                    installed = True
-                finally:
-                    if not installed:
-                        await conn.index.unlock(component, path, token)
-        finally:
-            if not installed:
-                await anyio.to_thread.run_sync(conn.store.discard, staged)
+                info = await self._install_and_commit(
+                    conn, path, stage, precondition, int(checked.detail), token
+                )
+        except BaseException:
+            if isinstance(stage, Staged):  # once installed, it is gone: this is a no-op
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(conn.store.discard, stage)
+            raise
         return info
 
     async def _install_and_commit(
         self,
         conn: _Connection,
         path: str,
-        staged: Staged,
+        stage: Callable[[bool], Staged] | Staged,
         precondition: str,
         current: int,
         token: str,
@@ -530,20 +534,24 @@ class Drive:
         """Install under the lock ``token``, then commit, which releases it on success."""
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
-        mtime = time.time()
-        info = FileInfo(path, staged.size, mtime, staged.checksum, current + 1, component)
-        meta = {
-            "path": path,
-            "size": info.size,
-            "mtime": mtime,
-            "checksum": info.checksum,
-            "version": info.version,
-            "component_name": component,
-        }
         store = conn.store
+        version = current + 1
+
+        def install() -> tuple[FileInfo, Path | None]:
+            staged = stage if isinstance(stage, Staged) else stage(False)
+            info = FileInfo(path, staged.size, time.time(), staged.checksum, version, component)
+            meta = {"size": info.size, "mtime": info.mtime, "checksum": info.checksum,
+                    "version": version}  # fmt: skip
+            try:
+                return info, store.install(staged, component, path, meta)
+            except BaseException:
+                store.discard(staged)
+                raise
+
         try:
-            backup = await anyio.to_thread.run_sync(store.install, staged, component, path, meta)
+            info, backup = await anyio.to_thread.run_sync(install)
         except PathClash as clash:
+            await conn.index.unlock(component, path, token)
             # Another put of this component, of a path above or below this one, is between
             # its install and its commit: one of the two must fail, and this one has.
             kind = DriveNotADirectoryError if isinstance(clash.__cause__, (
@@ -553,22 +561,31 @@ class Drive:
                 "a path above or below it at the same moment, and a path cannot be both a "
                 "file and a folder. Retry once that put is done."
             ) from None
+        except BaseException:
+            await conn.index.unlock(component, path, token)
+            raise
+        # If the commit fails (the connection dropped), it may or may not have happened:
+        # the new bytes and the backup of the old ones stay, and gc() compares the index
+        # with the installed version to keep or undo the install, once Redis is back.
         try:
             outcome = await conn.index.commit_put(
-                component, path, allow, current, staged.size, mtime, staged.checksum,
+                component, path, allow, current, info.size, info.mtime, info.checksum,
                 precondition, token,
             )  # fmt: skip
-        except Exception:
-            # The commit may or may not have happened (the connection dropped). Leave the
-            # new bytes and the backup of the old ones: gc() compares the index with the
-            # installed version and keeps or undoes the install, once Redis is back.
+        except BaseException:
+            with contextlib.suppress(Exception):  # the lock's lease ends it anyway
+                await conn.index.unlock(component, path, token)
             raise
         if outcome.status != "ok":
-            await anyio.to_thread.run_sync(store.restore, backup, component, path)
+            try:
+                await anyio.to_thread.run_sync(store.restore, backup, component, path)
+            finally:
+                await conn.index.unlock(component, path, token)
             self._raise_put_refused(path, outcome, precondition)
         # Committed, and the lock released: what is left is tidying up.
         mark = not conn.disk_marked
-        await anyio.to_thread.run_sync(store.finish_install, backup, mark)
+        if backup is not None or mark:
+            await anyio.to_thread.run_sync(store.finish_install, backup, mark)
         conn.disk_marked = True
         return info
 
@@ -1097,7 +1114,7 @@ class Drive:
     async def _commit_upload(
         self, conn: _Connection, path: str, precondition: str, staged: Staged
     ) -> FileInfo:
-        return await self._put(conn, path, staged, precondition, check_first=False)
+        return await self._put(conn, path, staged, precondition)
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -1205,16 +1222,25 @@ def _parent(path: str) -> str:
     return path.rpartition("/")[0] or "."
 
 
-def _local_files(local: Path) -> list[str] | None:
-    """Return [""] for a local file, the sorted relative paths of a folder's files, or None."""
-    if local.is_file():
-        return [""]
-    if not local.is_dir():
+def _local_files(local: Path) -> list[tuple[str, int]] | None:
+    """Return [("", size)] for a local file, or (relative path, size) of a folder's files.
+
+    A folder's files come sorted; None means there is neither file nor folder at ``local``.
+    """
+    try:
+        st = local.stat()
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    found: list[str] = []
+    if stat.S_ISREG(st.st_mode):
+        return [("", st.st_size)]
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    found: list[tuple[str, int]] = []
     for dirpath, _dirnames, filenames in os.walk(local):
         rel = Path(dirpath).relative_to(local).as_posix()
         for name in filenames:
-            if (Path(dirpath) / name).is_file():
-                found.append(name if rel == "." else f"{rel}/{name}")
+            with contextlib.suppress(OSError):
+                st = (Path(dirpath) / name).stat()
+                if stat.S_ISREG(st.st_mode):
+                    found.append((name if rel == "." else f"{rel}/{name}", st.st_size))
     return sorted(found)

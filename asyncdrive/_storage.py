@@ -3,11 +3,13 @@
 Layout under the root::
 
     <root>/drives/<name>/<component>/<path>                       the bytes of each file
-    <root>/drives/<name>/<component>/<folder>/.asyncdrive-meta.<file>.json
-                                                                  path, size, mtime, checksum,
-                                                                  version, component: enough to
-                                                                  rebuild the Redis index
     <root>/drives/<name>/.tmp/                                    uploads in progress
+
+Each file carries its metadata (size, mtime, checksum, version: with its place on disk,
+enough to rebuild the Redis index) in an extended attribute, ``user.asyncdrive.meta``, set
+on the upload before its one fsync and moved into place with it by the same rename. Where
+the filesystem has no user extended attributes (some NFS servers, macOS), the metadata goes
+to a file beside it instead, ``<folder>/.asyncdrive-meta.<file>.json``, fsynced too.
 
 Every method here is blocking and meant to run in a worker thread. Writes go to a temporary
 file on the same filesystem, are flushed and fsynced, then renamed into place, so a reader
@@ -28,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ._config import is_valid_name
 from ._exceptions import InvalidPathError
@@ -41,6 +43,10 @@ TMP_PREFIX = RESERVED_PREFIX + "-tmp."
 #: Written beside a drive's folders once it has committed a file: if the index is missing
 #: while this exists, the Redis server lost the drive's index.
 DRIVE_MARKER = RESERVED_PREFIX + "-drive"
+#: The extended attribute holding a file's metadata (JSON: size, mtime, checksum, version).
+META_XATTR = "user.asyncdrive.meta"
+#: Errors of ``setxattr`` meaning "this filesystem keeps no user attributes": use a file.
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS})
 
 
 def _read_umask() -> int:
@@ -76,7 +82,7 @@ class DiskFile:
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """An upload written to a temporary file, fsynced, ready to be renamed into place."""
+    """An upload written to a temporary file, ready for `DiskStore.install`."""
 
     tmp: Path
     size: int
@@ -280,6 +286,10 @@ def file_checksum(path: Path) -> str:
         return hashlib.file_digest(f, CHECKSUM_ALGORITHM).hexdigest()
 
 
+def _meta_json(meta: dict[str, object]) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -327,6 +337,8 @@ class DiskStore:
         self.drive = drive
         self.base = root / "drives" / drive
         self.tmp_dir = self.base / ".tmp"
+        #: Whether metadata goes into an extended attribute (None: not tried yet), else a file.
+        self.meta_in_xattr: bool | None = None if hasattr(os, "setxattr") else False
 
     def file_path(self, component: str, path: str) -> Path:
         """Where ``component``'s copy of ``path`` lives.
@@ -363,12 +375,13 @@ class DiskStore:
         self._refuse_links(["drives", self.drive, ".tmp"], ".tmp")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    def stage_file(self, source: Path) -> Staged:
+    def stage_file(self, source: Path, sync: bool = True) -> Staged:
         """Copy a local file into a temporary upload, and hash it.
 
         A large file is copied inside the kernel while another thread hashes the upload
         behind the copy; a small one goes through one buffer, hashed in the same pass.
-        Memory stays bounded (a few MiB) whatever the size.
+        Memory stays bounded (a few MiB) whatever the size. ``sync=False`` leaves the fsync
+        to `install` (one fsync then covers the bytes and the metadata).
         """
         self._make_tmp_dir()
         with open(source, "rb") as src:
@@ -383,21 +396,23 @@ class DiskStore:
                             src, out, digest=True, buffer_size=st.st_size + 1
                         )
                         out.flush()
-                    os.fsync(out.fileno())
+                    if sync:
+                        os.fsync(out.fileno())
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
         return Staged(tmp, size, checksum)
 
-    def stage_bytes(self, data: bytes | bytearray | memoryview) -> Staged:
-        """Write ``data`` into a temporary upload."""
+    def stage_bytes(self, data: bytes | bytearray | memoryview, sync: bool = True) -> Staged:
+        """Write ``data`` into a temporary upload (``sync``: as for `stage_file`)."""
         self._make_tmp_dir()
         out, tmp = _temp_beside(self.tmp_dir)
         try:
             with out:
                 out.write(data)
                 out.flush()
-                os.fsync(out.fileno())
+                if sync:
+                    os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -412,11 +427,16 @@ class DiskStore:
         """Remove an upload that will not be installed."""
         staged.tmp.unlink(missing_ok=True)
 
-    def install(self, staged: Staged, component: str, path: str, meta: dict[str, object]) -> Path:
+    def install(
+        self, staged: Staged, component: str, path: str, meta: dict[str, object]
+    ) -> Path | None:
         """Move a staged upload into place with its metadata; return a backup of what it replaced.
 
-        The backup (hard links to the previous bytes and metadata, or nothing) lets `restore`
-        undo the install if the index refuses the commit. Remove it with `drop_backup`.
+        The metadata (see `read_meta`) is attached to the upload, the upload fsynced, renamed
+        into place, and its folder fsynced: once this returns, the file survives a crash.
+        The backup (a hard link to the previous bytes, and to their metadata file if they
+        have one), or None when the path held no file, lets `restore` undo the install if
+        the index refuses the commit. Remove it with `drop_backup`.
 
         All or nothing: if the upload cannot be moved into place (a put of a path above or
         below it, in the same component, holds the spot), what was moved is put back and
@@ -424,20 +444,16 @@ class DiskStore:
         """
         target = self.file_path(component, path)
         meta_target = self.meta_path(component, path)
-        backup = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="backup-"))
-        # Says what the backup is for, so a crash between install and commit can be undone.
-        (backup / "target").write_text(json.dumps({"component": component, "path": path}))
+        backup = self._backup(component, path, target, meta_target) if _is_file(target) else None
         meta_tmp: Path | None = None
         try:
-            for current, name in ((target, "data"), (meta_target, "meta")):
-                if _is_file(current):
-                    os.link(current, backup / name)
-            meta_out, meta_tmp = _temp_beside(self.tmp_dir)
-            with meta_out:
-                meta_out.write(json.dumps(meta, sort_keys=True).encode())
-                meta_out.flush()
-                os.fsync(meta_out.fileno())
-            _replace_into(meta_tmp, meta_target)
+            if not self._attach_meta(staged.tmp, meta):
+                meta_out, meta_tmp = _temp_beside(self.tmp_dir)
+                with meta_out:
+                    meta_out.write(_meta_json(meta))
+                    meta_out.flush()
+                    os.fsync(meta_out.fileno())
+                _replace_into(meta_tmp, meta_target)
             _replace_into(staged.tmp, target)
             _fsync_dir(target.parent)
         except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as exc:
@@ -447,7 +463,53 @@ class DiskStore:
             raise PathClash(exc) from exc
         return backup
 
-    def restore(self, backup: Path, component: str, path: str) -> None:
+    def _backup(self, component: str, path: str, target: Path, meta_target: Path) -> Path:
+        backup = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="backup-"))
+        # Says what the backup is for, so a crash between install and commit can be undone.
+        (backup / "target").write_text(json.dumps({"component": component, "path": path}))
+        os.link(target, backup / "data")
+        if _is_file(meta_target):
+            os.link(meta_target, backup / "meta")
+        return backup
+
+    def _attach_meta(self, upload: Path, meta: dict[str, object]) -> bool:
+        """Set the metadata attribute on ``upload`` and fsync it; False if the disk keeps none.
+
+        Once a filesystem has refused user attributes, this store uses metadata files.
+        """
+        if self.meta_in_xattr is False:
+            return False
+        fd = os.open(upload, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            try:
+                os.setxattr(fd, META_XATTR, _meta_json(meta))
+            except OSError as exc:
+                if exc.errno not in _NO_XATTRS:
+                    raise
+                self.meta_in_xattr = False
+                os.fsync(fd)  # the bytes, at least, as if staged with sync=True
+                return False
+            self.meta_in_xattr = True
+            os.fsync(fd)  # the bytes, if not fsynced yet, and the attribute: one fsync
+        finally:
+            os.close(fd)
+        return True
+
+    def read_meta(self, component: str, path: str) -> dict[str, object] | None:
+        """Return the metadata stored with ``component``'s copy of ``path``, if any."""
+        target = self.file_path(component, path)
+        try:
+            if self.meta_in_xattr is not False:
+                with contextlib.suppress(OSError):
+                    found = json.loads(os.getxattr(target, META_XATTR, follow_symlinks=False))
+                    if isinstance(found, dict):
+                        return found
+            found = json.loads(self.meta_path(component, path).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    def restore(self, backup: Path | None, component: str, path: str) -> None:
         """Undo an `install`: put the previous bytes and metadata back, or remove the new ones.
 
         Where a folder now stands at the path, or a file above it, there is nothing of this
@@ -457,25 +519,28 @@ class DiskStore:
             (self.file_path(component, path), "data"),
             (self.meta_path(component, path), "meta"),
         ):
-            saved = backup / name
+            saved = None if backup is None else backup / name
             with contextlib.suppress(IsADirectoryError, NotADirectoryError):
-                if saved.exists():
+                if saved is not None and saved.exists():
                     os.replace(saved, current)
                 elif _is_file(current):
                     current.unlink()
-        self.drop_backup(backup)
+        if backup is not None:
+            self.drop_backup(backup)
         self._prune(self.file_path(component, path).parent, component)
 
     def installed_version(self, component: str, path: str) -> int | None:
         """Return the version the metadata of ``component``'s ``path`` records, if any."""
+        meta = self.read_meta(component, path)
         try:
-            return int(json.loads(self.meta_path(component, path).read_text())["version"])
-        except (OSError, ValueError, KeyError):
+            return None if meta is None else int(meta["version"])  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError):
             return None
 
-    def finish_install(self, backup: Path, mark_in_use: bool) -> None:
+    def finish_install(self, backup: Path | None, mark_in_use: bool) -> None:
         """After a commit: drop the install's backup, and write the drive marker if asked."""
-        self.drop_backup(backup)
+        if backup is not None:
+            self.drop_backup(backup)
         if mark_in_use:
             self.mark_in_use()
 
@@ -545,10 +610,7 @@ class DiskStore:
         self, component: str, path: str, data: Path, now: float, verify: bool
     ) -> DiskFile:
         found = data.stat()
-        try:
-            meta = json.loads(self.meta_path(component, path).read_text())
-        except (OSError, ValueError):
-            meta = {}
+        meta: dict[str, Any] = self.read_meta(component, path) or {}
         trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
         return DiskFile(
             component=component,

@@ -400,12 +400,13 @@ def test_put_meeting_an_install_in_flight(
         store = DiskStore(root, drive.name)
         meta = {"path": in_flight, "version": 1, "component_name": "default"}
         backup = store.install(store.stage_bytes(b"in flight"), "default", in_flight, meta)
+        assert backup is None, "nothing was replaced, so nothing was backed up"
         # The index has neither path: the put may be refused (the other put is about to
         # commit), but as a DriveError, leaving nothing behind.
         with pytest.raises(DriveError):
             drive.write_bytes(put, b"clashing")
-        assert sorted(store.tmp_dir.iterdir()) == [backup]
-        assert not store.meta_path("default", put).exists()
+        assert list(store.tmp_dir.iterdir()) == []
+        assert store.read_meta("default", put) is None
 
 
 # -- conditional writes: a counter incremented by many processes -------------------------------

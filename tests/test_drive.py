@@ -26,6 +26,7 @@ from asyncdrive import (
     InvalidPathError,
     VersionConflictError,
 )
+from asyncdrive._storage import META_XATTR, DiskStore
 
 from .conftest import MakeDrive, raw_redis
 
@@ -298,15 +299,16 @@ async def test_disk_layout_and_metadata(make_drive: MakeDrive, drive_id: str, ro
     name = drive_id[6:]
     data = root / "drives" / name / "w1" / "m" / "n.bin"
     assert data.read_bytes() == b"payload"
-    meta = json.loads((data.parent / ".asyncdrive-meta.n.bin.json").read_text())
+    # The metadata travels with the bytes, in an extended attribute: no file beside them.
+    meta = json.loads(os.getxattr(data, META_XATTR))
     assert meta == {
-        "path": "m/n.bin",
         "size": 7,
         "mtime": info.mtime,
         "checksum": info.checksum,
         "version": info.version,
-        "component_name": "w1",
     }
+    assert meta == DiskStore(root, name).read_meta("w1", "m/n.bin")
+    assert sorted(p.name for p in data.parent.iterdir()) == ["n.bin"]
     assert list((root / "drives" / name / ".tmp").iterdir()) == []
     await drive.delete("m/n.bin")
     assert not (root / "drives" / name / "w1" / "m").exists()

@@ -129,7 +129,6 @@ with SyncDrive({drive_id!r}) as drive:
 """
     subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, check=True)
     component_dir = root / "drives" / drive_id[6:] / "default"
-    for made in (component_dir / "local.txt", component_dir / ".asyncdrive-meta.local.txt.json",
-                 workdir / "local.txt"):  # fmt: skip
+    for made in (component_dir / "local.txt", workdir / "local.txt"):
         assert stat.S_IMODE(os.stat(made).st_mode) == 0o640, made
     assert stat.S_IMODE(os.stat(component_dir).st_mode) == 0o750

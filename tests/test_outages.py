@@ -51,10 +51,7 @@ async def test_outage_fails_fast_then_recovers(
         assert await drive.list(".") == ["a.txt"]
         assert await drive.read_bytes("a.txt") == b"before"
         store = tmp_path / "root" / "drives" / drive_id[6:]
-        assert sorted(p.name for p in (store / "default").iterdir()) == [
-            ".asyncdrive-meta.a.txt.json",
-            "a.txt",
-        ]
+        assert sorted(p.name for p in (store / "default").iterdir()) == ["a.txt"]
         assert list((store / ".tmp").iterdir()) == []
         await drive.write_bytes("b.txt", b"after")
         assert await drive.list(".") == ["a.txt", "b.txt"]

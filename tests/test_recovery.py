@@ -79,6 +79,75 @@ async def test_rebuild_with_verify_fixes_stale_metadata(
     assert (await fresh.info("x.bin")).checksum == hashlib.sha256(b"new").hexdigest()
 
 
+def _sidecar_store(root: Path, name: str) -> DiskStore:
+    """A store that writes its metadata to files, as on a disk without user attributes."""
+    store = DiskStore(root, name)
+    store.meta_in_xattr = False
+    return store
+
+
+async def test_metadata_files_where_the_disk_keeps_no_attributes(
+    make_drive: MakeDrive, drive_id: str, root: Path, redis_url: str
+) -> None:
+    """Without user extended attributes, metadata lives in a file beside the bytes, and
+    installs, refusals, deletes and rebuilds all keep the two together."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("other.txt", b"o")
+    store = _sidecar_store(root, drive_id[6:])
+    first = {"size": 2, "mtime": 1.0, "checksum": hashlib.sha256(b"v1").hexdigest(),
+             "version": 1}  # fmt: skip
+    assert store.install(store.stage_bytes(b"v1"), "default", "a/x.bin", first) is None
+    sidecar = store.meta_path("default", "a/x.bin")
+    assert json.loads(sidecar.read_bytes()) == first == store.read_meta("default", "a/x.bin")
+    data = store.file_path("default", "a/x.bin")
+    with pytest.raises(OSError):
+        os.getxattr(data, "user.asyncdrive.meta")
+    # A replacement backs up both files; undoing it (a refused commit) restores both.
+    second = {**first, "checksum": hashlib.sha256(b"v2").hexdigest(), "version": 2}
+    backup = store.install(store.stage_bytes(b"v2"), "default", "a/x.bin", second)
+    assert backup is not None and sorted(p.name for p in backup.iterdir()) == [
+        "data", "meta", "target",
+    ]  # fmt: skip
+    assert store.installed_version("default", "a/x.bin") == 2
+    store.restore(backup, "default", "a/x.bin")
+    assert data.read_bytes() == b"v1"
+    assert store.read_meta("default", "a/x.bin") == first
+    assert list(store.tmp_dir.iterdir()) == []
+    # The index is rebuilt from the files' metadata.
+    await drop_index(redis_url, drive_id[6:])
+    fresh = make_drive(drive_id)
+    assert await fresh.rebuild_index() == 2
+    info = await fresh.info("a/x.bin")
+    assert (info.version, info.checksum, info.mtime) == (1, first["checksum"], 1.0)
+    await fresh.delete("a/x.bin")
+    assert not sidecar.exists() and not data.exists()
+
+
+async def test_metadata_files_of_an_older_layout_are_read(
+    make_drive: MakeDrive, drive_id: str, root: Path, redis_url: str
+) -> None:
+    """Files written with a metadata file beside them keep their metadata once asyncdrive
+    writes attributes: a rebuild reads the files, a replacement's attribute wins."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("other.txt", b"o")
+    name = drive_id[6:]
+    old = {"size": 3, "mtime": 2.0, "checksum": hashlib.sha256(b"old").hexdigest(),
+           "version": 7}  # fmt: skip
+    _sidecar_store(root, name).install(_sidecar_store(root, name).stage_bytes(b"old"),
+                                       "default", "x.bin", old)  # fmt: skip
+    await drop_index(redis_url, name)
+    fresh = make_drive(drive_id)
+    assert await fresh.rebuild_index() == 2
+    assert (await fresh.info("x.bin")).version == 7
+    info = await fresh.write_bytes("x.bin", b"new")
+    assert info.version == 8
+    assert DiskStore(root, name).read_meta("default", "x.bin") == {
+        "size": 3, "mtime": info.mtime, "checksum": info.checksum, "version": 8,
+    }  # fmt: skip
+    await fresh.delete("x.bin")
+    assert [p.name for p in (root / "drives" / name / "default").iterdir()] == ["other.txt"]
+
+
 async def test_restarted_server_without_persistence(
     tmp_path: Path, workdir: Path, drive_id: str
 ) -> None:
@@ -122,6 +191,7 @@ async def test_gc_cleans_up_after_dead_writers(
         staged = store.stage_bytes(b"v2 never committed")
         meta = {"path": "replaced.txt", "version": 2, "component_name": "default"}
         backup = store.install(staged, "default", "replaced.txt", meta)
+        assert backup is not None, "a replacement keeps a backup of what it replaced"
         old(backup)
         # A writer died after removing the index entry of a delete, before the bytes.
         orphan = store.stage_bytes(b"orphan")
@@ -198,7 +268,7 @@ def test_crash_safety_under_sigkill(
         for path in drive.list("."):
             info = drive.info(path)
             read = hashlib.sha256(drive.read_bytes(path)).hexdigest()
-            installed = json.loads(store.meta_path("default", path).read_text())["checksum"]
+            installed = (store.read_meta("default", path) or {}).get("checksum")
             assert read in {info.checksum, installed}
         drive.gc(grace=0)  # no writer is alive: everything left is garbage
         indexed = {p: drive.info(p) for p in drive.list(".")}
@@ -206,6 +276,5 @@ def test_crash_safety_under_sigkill(
     assert sorted(indexed) == sorted(on_disk)
     for path, info in indexed.items():
         assert on_disk[path].checksum == info.checksum
-        meta = json.loads(store.meta_path("default", path).read_text())
-        assert meta["version"] == info.version
+        assert (store.read_meta("default", path) or {}).get("version") == info.version
     assert list(store.tmp_dir.iterdir()) == []
