@@ -286,6 +286,10 @@ def file_checksum(path: Path) -> str:
         return hashlib.file_digest(f, CHECKSUM_ALGORITHM).hexdigest()
 
 
+def _meta_beside(target: Path) -> Path:
+    return target.with_name(f"{META_PREFIX}{target.name}.json")
+
+
 def _meta_json(meta: dict[str, object]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
@@ -351,23 +355,22 @@ class DiskStore:
         return self.base / component / path
 
     def _refuse_links(self, parts: list[str], path: str) -> None:
-        current = self.root
+        current = os.fspath(self.root)  # plain strings: this runs for every file touched
         for part in parts:
-            current = current / part
+            current = f"{current}/{part}"
             try:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 return  # what does not exist yet is created as plain folders and files
             if stat.S_ISLNK(mode):
                 raise InvalidPathError(
-                    f"Drive {self.drive!r}: refusing {path!r}: {str(current)!r} is a symbolic "
+                    f"Drive {self.drive!r}: refusing {path!r}: {current!r} is a symbolic "
                     "link, and asyncdrive never follows links inside its root. Remove it."
                 )
 
     def meta_path(self, component: str, path: str) -> Path:
-        """Where the metadata of ``component``'s copy of ``path`` lives."""
-        target = self.file_path(component, path)
-        return target.with_name(f"{META_PREFIX}{target.name}.json")
+        """Where the metadata file of ``component``'s copy of ``path`` goes, if it has one."""
+        return _meta_beside(self.file_path(component, path))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -443,7 +446,7 @@ class DiskStore:
         `PathClash` is raised.
         """
         target = self.file_path(component, path)
-        meta_target = self.meta_path(component, path)
+        meta_target = _meta_beside(target)
         backup = self._backup(component, path, target, meta_target) if _is_file(target) else None
         meta_tmp: Path | None = None
         try:
@@ -504,7 +507,7 @@ class DiskStore:
                     found = json.loads(os.getxattr(target, META_XATTR, follow_symlinks=False))
                     if isinstance(found, dict):
                         return found
-            found = json.loads(self.meta_path(component, path).read_bytes())
+            found = json.loads(_meta_beside(target).read_bytes())
         except (OSError, ValueError):
             return None
         return found if isinstance(found, dict) else None
@@ -515,10 +518,8 @@ class DiskStore:
         Where a folder now stands at the path, or a file above it, there is nothing of this
         install left to undo: the backup is just dropped.
         """
-        for current, name in (
-            (self.file_path(component, path), "data"),
-            (self.meta_path(component, path), "meta"),
-        ):
+        target = self.file_path(component, path)
+        for current, name in ((target, "data"), (_meta_beside(target), "meta")):
             saved = None if backup is None else backup / name
             with contextlib.suppress(IsADirectoryError, NotADirectoryError):
                 if saved is not None and saved.exists():
@@ -527,7 +528,7 @@ class DiskStore:
                     current.unlink()
         if backup is not None:
             self.drop_backup(backup)
-        self._prune(self.file_path(component, path).parent, component)
+        self._prune(target.parent, component)
 
     def installed_version(self, component: str, path: str) -> int | None:
         """Return the version the metadata of ``component``'s ``path`` records, if any."""
@@ -554,7 +555,7 @@ class DiskStore:
     def remove(self, component: str, path: str) -> None:
         """Remove ``component``'s copy of ``path`` and its metadata, then empty folders."""
         target = self.file_path(component, path)
-        for current in (target, self.meta_path(component, path)):
+        for current in (target, _meta_beside(target)):
             if _is_file(current):
                 current.unlink(missing_ok=True)
         self._prune(target.parent, component)
@@ -678,14 +679,20 @@ class DiskStore:
             raise FileExistsError(dest)
         source = self.file_path(component, path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as src:
-            out, tmp = _temp_beside(dest.parent)
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            out, tmp = tempfile.mkstemp(dir=dest.parent, prefix=TMP_PREFIX)
             try:
-                with out:
+                try:
+                    os.fchmod(out, FILE_MODE)
                     # In the kernel: no buffer in this process, whatever the size.
-                    _FdCopier(src.fileno(), out.fileno()).copy_all()
+                    _FdCopier(src, out).copy_all()
+                finally:
+                    os.close(out)
                 os.replace(tmp, dest)
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                os.unlink(tmp)
                 raise
+        finally:
+            os.close(src)
         return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from redis.crc import key_slot
 import asyncdrive
 from asyncdrive import (
     AmbiguousPathError,
+    Drive,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -26,6 +29,7 @@ from asyncdrive import (
     InvalidPathError,
     VersionConflictError,
 )
+from asyncdrive._drive import DISK_THREADS
 from asyncdrive._storage import META_XATTR, DiskStore
 
 from .conftest import MakeDrive, raw_redis
@@ -449,3 +453,38 @@ async def test_put_and_get_to_another_path(
     await drive.get("data", to=tmp_path / "copy")
     assert (tmp_path / "copy" / "dir" / "a.txt").read_bytes() == b"a"
     assert not Path("ckpt").exists() and not Path("data").exists()
+
+
+async def test_disk_calls_use_a_bounded_number_of_threads(
+    drive_id: str, root: Path, redis_url: str
+) -> None:
+    """Many concurrent operations share a few worker threads, not one thread each."""
+    async with Drive(drive_id, root=root, redis_url=redis_url) as drive:
+        await drive.write_bytes("warm.txt", b"w")
+        inside: set[int] = set()
+        busiest = 0
+        lock = threading.Lock()
+
+        def note_thread() -> None:
+            nonlocal busiest
+            with lock:
+                inside.add(threading.get_ident())
+                busiest = max(busiest, len(inside))
+
+        original = drive._conn.store.install  # type: ignore[union-attr]
+
+        def install(*args: Any) -> Any:
+            note_thread()
+            try:
+                time.sleep(0.01)  # hold the thread, so that the calls overlap
+                return original(*args)
+            finally:
+                with lock:
+                    inside.discard(threading.get_ident())
+
+        drive._conn.store.install = install  # type: ignore[union-attr, method-assign]
+        async with anyio.create_task_group() as group:
+            for i in range(4 * DISK_THREADS):
+                group.start_soon(drive.write_bytes, f"many/{i}.txt", b"x")
+        assert busiest == DISK_THREADS
+        assert len(await drive.list("many")) == 4 * DISK_THREADS
