@@ -5,14 +5,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
 import stat
+import threading
 import time
 import warnings
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -79,6 +83,43 @@ StrPath = str | os.PathLike[str]
 _inherited_after_fork: list[object] = []
 
 
+class _DiskThreads:
+    """The worker threads doing every drive's disk calls in this process, at most a few.
+
+    Shared, so that however many drives, threads and loops a process runs, its disk calls
+    take at most `DISK_THREADS` threads; and not anyio's, whose threads end with the task
+    that started them (each call of a SyncDrive runs in a loop of its own). The pool stops
+    when the last connection using it closes, and a forked child starts its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._users = 0
+        self._pid = os.getpid()
+
+    def acquire(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's threads are not here
+                self._pool, self._users, self._pid = None, 0, os.getpid()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="asyncdrive-disk")
+            self._users += 1
+            return self._pool
+
+    def release(self, pool: ThreadPoolExecutor) -> None:
+        with self._lock:
+            if pool is not self._pool:
+                return
+            self._users -= 1
+            if self._users == 0:
+                self._pool = None
+                pool.shutdown(wait=False)
+
+
+_disk_threads = _DiskThreads()
+
+
 @dataclass
 class _Connection:
     """What a drive holds once used in a process: resolved settings, Redis, the disk."""
@@ -95,14 +136,33 @@ class _Connection:
     #: Whether the index was found present, and the disk marker written, in this connection.
     index_checked: bool = False
     disk_marked: bool = False
-    #: Bounds the worker threads doing this drive's disk calls (made on the running loop).
-    limiter: anyio.CapacityLimiter = field(
-        default_factory=lambda: anyio.CapacityLimiter(DISK_THREADS)
-    )
+    #: The process's disk threads (see `_DiskThreads`), held while this connection is open.
+    disk: ThreadPoolExecutor = field(default_factory=_disk_threads.acquire)
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
-        """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once."""
-        return await anyio.to_thread.run_sync(func, *args, limiter=self.limiter)
+        """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
+
+        Like ``anyio.to_thread.run_sync``: the call sees the caller's context variables, and
+        a cancellation waits for the thread to finish (a disk call cannot be interrupted,
+        and must not go on behind the caller's back).
+        """
+        context = contextvars.copy_context()
+        try:
+            submitted = self.disk.submit(context.run, func, *args)
+        except RuntimeError:  # the interpreter is exiting and starts no threads: do it here
+            return func(*args)
+        future = asyncio.wrap_future(submitted)
+        with anyio.CancelScope(shield=True):
+            result = await future
+        return result
+
+    async def aclose(self) -> None:
+        """Close the Redis connections and let the disk threads go."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.connected.aclose()
+        finally:
+            _disk_threads.release(self.disk)
 
 
 def _redis_errors_as_unavailable(
@@ -254,8 +314,7 @@ class Drive:
         self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
-            with anyio.CancelScope(shield=True):
-                await conn.connected.aclose()
+            await conn.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_conn", None) is not None and self._pid == os.getpid():

@@ -1,16 +1,22 @@
 """`SyncDrive`: the blocking face of `Drive`, for ordinary (non-async) worker code.
 
-Every method carries the call across to the async core, run on the process's one background
-event-loop thread (see ``_portal``); no drive logic lives here.
+Every method runs the async core's coroutine; no drive logic lives here. A one-shot call
+(put, get, list, ...) runs on an event loop of the calling thread's own, with that thread's
+own `Drive`, so it costs no hop between threads; what lives across calls (watches, open
+files) runs on the process's one background event-loop thread (see ``_portal``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import functools
 import itertools
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +38,58 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _keys = itertools.count()
+
+
+class _CallerLoop:
+    """One calling thread's event loop and `Drive`, for a SyncDrive's one-shot calls.
+
+    Any thread may close it (`SyncDrive.close`); the lock keeps that from meeting a call.
+    """
+
+    def __init__(self, drive: Drive) -> None:
+        self.drive = drive
+        # A loop of our own, never set as the thread's current one.
+        self.runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.closed = False
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self.lock:
+            if self.closed:
+                coro.close()
+                raise _closed_error(self.drive.name)
+            # In the main thread, Ctrl-C cancels the call (its shielded steps complete),
+            # then raises KeyboardInterrupt.
+            return self.runner.run(coro)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self.runner.run(self.drive.aclose())
+            finally:
+                self.runner.close()
+
+
+def _closed_error(name: str) -> DriveError:
+    return DriveError(f"SyncDrive {name!r} is closed; create a new SyncDrive to use it again.")
+
+
+#: A forked child's copies of its parent's caller loops: never used, closed nor freed (their
+#: cleanup would reach the parent's sockets and epoll through the shared descriptors).
+_inherited_after_fork: list[_CallerLoop] = []
+
+#: SyncDrives with caller loops, closed at interpreter exit if their owners did not.
+_with_caller_loops: weakref.WeakSet[SyncDrive] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_caller_loops_at_exit() -> None:
+    for drive in list(_with_caller_loops):
+        drive._close_caller_loops()
 
 
 class SyncDrive:
@@ -72,6 +130,57 @@ class SyncDrive:
         self._pid = os.getpid()
         self._portal: BlockingPortal | None = None
         self._closed = False
+        self._here = threading.local()  # .loop: this thread's _CallerLoop
+        self._caller_loops: list[_CallerLoop] = []
+        self._caller_loops_lock = threading.Lock()
+
+    def _run(self, what: str, call: Callable[[Drive], Coroutine[Any, Any, T]]) -> T:
+        """Run ``call(drive)`` on this thread's own loop and drive (made on first use)."""
+        _portal.check_not_in_event_loop(f"SyncDrive.{what}()")
+        if self._closed:
+            raise _closed_error(self.name)
+        here: _CallerLoop | None = getattr(self._here, "loop", None)
+        if here is None or here.pid != os.getpid():
+            here = _CallerLoop(_restore(Drive, self._drive._config))
+            with self._caller_loops_lock:
+                self._forget_inherited_loops()
+                self._caller_loops.append(here)
+            _with_caller_loops.add(self)
+            self._here.loop = here
+        return here.run(call(here.drive))
+
+    def _forget_inherited_loops(self) -> None:
+        pid = os.getpid()
+        inherited = [loop for loop in self._caller_loops if loop.pid != pid]
+        if inherited:  # in a forked child: the parent's loops are not ours
+            _inherited_after_fork.extend(inherited)
+            self._caller_loops = [loop for loop in self._caller_loops if loop.pid == pid]
+
+    def _close_caller_loops(self) -> None:
+        with self._caller_loops_lock:
+            self._forget_inherited_loops()
+            loops, self._caller_loops = self._caller_loops, []
+        pid = os.getpid()
+        errors: list[BaseException] = []
+
+        def close_all() -> None:
+            for loop in loops:
+                if loop.pid == pid:
+                    try:
+                        loop.close()
+                    except Exception as exc:  # close the others, then raise the first
+                        errors.append(exc)
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            close_all()
+        else:  # closed from async code: another loop cannot run in this thread
+            closer = threading.Thread(target=close_all, name="asyncdrive-close")
+            closer.start()
+            closer.join()
+        if errors:
+            raise errors[0]
 
     def _call(
         self,
@@ -81,9 +190,7 @@ class SyncDrive:
     ) -> T:
         _portal.check_not_in_event_loop(f"SyncDrive.{method.__name__}()")
         if self._closed:
-            raise DriveError(
-                f"SyncDrive {self.name!r} is closed; create a new SyncDrive to use it again."
-            )
+            raise _closed_error(self.name)
         if self._pid != os.getpid():
             self._pid, self._portal = os.getpid(), None
         if self._portal is None:
@@ -144,6 +251,12 @@ class SyncDrive:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._close_caller_loops()
+        finally:
+            self._close_portal_drive()
+
+    def _close_portal_drive(self) -> None:
         portal, self._portal = self._portal, None
         if portal is None or self._pid != os.getpid():
             self._drive._closed = True
@@ -155,14 +268,19 @@ class SyncDrive:
             _portal.release(self._key)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        portal = getattr(self, "_portal", None)
-        if portal is None or self._closed or self._pid != os.getpid():
+        if getattr(self, "_closed", True) or self._pid != os.getpid():
             return
-        if not _portal.is_running(portal):
-            return  # closed at interpreter exit, with the loop thread
+        portal = self._portal
+        # Not those closed at interpreter exit, with the loop thread.
+        portal_open = portal is not None and _portal.is_running(portal)
+        if not portal_open and not any(not loop.closed for loop in self._caller_loops):
+            return
         # The id only: a full repr resolves settings, which may fail during shutdown.
         _warn(f"unclosed SyncDrive {self.id!r}: use 'with' or call close()", ResourceWarning,
               source=self)  # fmt: skip
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            return  # collected inside a running loop, which closing would have to block
         if threading.current_thread().name != _portal.THREAD_NAME:
             self.close()
 
@@ -177,7 +295,9 @@ class SyncDrive:
         exist_ok: bool = True,
     ) -> None:
         """Copy a local file or folder into the drive (see `Drive.put`)."""
-        return self._call(self._drive.put, path, to=to, if_version=if_version, exist_ok=exist_ok)
+        return self._run(
+            "put", lambda d: d.put(path, to=to, if_version=if_version, exist_ok=exist_ok)
+        )
 
     def write_bytes(
         self,
@@ -188,33 +308,34 @@ class SyncDrive:
         exist_ok: bool = True,
     ) -> FileInfo:
         """Store ``data`` as the file ``path`` (see `Drive.write_bytes`)."""
-        return self._call(
-            self._drive.write_bytes, path, data, if_version=if_version, exist_ok=exist_ok
+        return self._run(
+            "write_bytes",
+            lambda d: d.write_bytes(path, data, if_version=if_version, exist_ok=exist_ok),
         )
 
     def delete(self, path: StrPath, *, recursive: bool = False) -> None:
         """Remove this component's copy of a file or folder (see `Drive.delete`)."""
-        return self._call(self._drive.delete, path, recursive=recursive)
+        return self._run("delete", lambda d: d.delete(path, recursive=recursive))
 
     def list(
         self, path: StrPath = ".", *, component_name: str | None = None, recursive: bool = False
     ) -> list[str]:
         """List a folder (see `Drive.list`)."""
-        return self._call(
-            self._drive.list, path, component_name=component_name, recursive=recursive
+        return self._run(
+            "list", lambda d: d.list(path, component_name=component_name, recursive=recursive)
         )
 
     def exists(self, path: StrPath, *, component_name: str | None = None) -> bool:
         """Tell whether a file or folder exists (see `Drive.exists`)."""
-        return self._call(self._drive.exists, path, component_name=component_name)
+        return self._run("exists", lambda d: d.exists(path, component_name=component_name))
 
     def info(self, path: StrPath, *, component_name: str | None = None) -> FileInfo:
         """Return a file's `FileInfo` (see `Drive.info`)."""
-        return self._call(self._drive.info, path, component_name=component_name)
+        return self._run("info", lambda d: d.info(path, component_name=component_name))
 
     def read_bytes(self, path: StrPath, *, component_name: str | None = None) -> bytes:
         """Return a file's content (see `Drive.read_bytes`)."""
-        return self._call(self._drive.read_bytes, path, component_name=component_name)
+        return self._run("read_bytes", lambda d: d.read_bytes(path, component_name=component_name))
 
     def get(
         self,
@@ -226,22 +347,20 @@ class SyncDrive:
         to: StrPath | None = None,
     ) -> None:
         """Copy a file or folder to the same local path (see `Drive.get`)."""
-        return self._call(
-            self._drive.get,
-            path,
-            component_name=component_name,
-            timeout=timeout,
-            overwrite=overwrite,
-            to=to,
+        return self._run(
+            "get",
+            lambda d: d.get(
+                path, component_name=component_name, timeout=timeout, overwrite=overwrite, to=to
+            ),
         )
 
     def rebuild_index(self, *, verify: bool = False) -> int:
         """Rebuild the index from the disk (see `Drive.rebuild_index`)."""
-        return self._call(self._drive.rebuild_index, verify=verify)
+        return self._run("rebuild_index", lambda d: d.rebuild_index(verify=verify))
 
     def gc(self, *, grace: float = 3600.0) -> GcReport:
         """Clean up after writers that died (see `Drive.gc`)."""
-        return self._call(self._drive.gc, grace=grace)
+        return self._run("gc", lambda d: d.gc(grace=grace))
 
     @overload
     def open(

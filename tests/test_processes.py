@@ -361,6 +361,8 @@ def use_after_fork(drive: SyncDrive, report_fd: int, warning_action: WarningActi
             drive.write_bytes("child.txt", b"from the child")
             report["listed"] = drive.list(".")
             report["read"] = drive.read_bytes("parent-before.txt").decode()
+            with drive.open("parent-before.txt") as f:  # on the child's own loop thread
+                assert f.read() == b"parent"
             report["threads_open"] = len(loop_threads())
             gc.collect()
             drive.close()
@@ -421,6 +423,8 @@ def test_fork_after_use_child_gets_a_fresh_loop(
     drive = SyncDrive(drive_id, component_name="shared")
     try:
         drive.write_bytes("parent-before.txt", b"parent")
+        with drive.open("parent-before.txt") as f:  # the loop thread serves open files
+            assert f.read() == b"parent"
         (parent_thread,) = loop_threads()
         # "error": the child's finalizers of the parent's connections stop short, which
         # keeps the bug tested by the next test out of this one.

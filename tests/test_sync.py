@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from asyncdrive import Drive, DriveError, SyncDrive
+from asyncdrive._drive import DISK_THREADS
 
 from .conftest import run_python
 from .procs import read_line, spawn
@@ -38,6 +39,17 @@ def joined_loop_threads(timeout: float = 10.0) -> list[threading.Thread]:
     for thread in loop_threads():
         thread.join(timeout)
     return loop_threads()
+
+
+def disk_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("asyncdrive-disk")]
+
+
+def joined_disk_threads(timeout: float = 10.0) -> list[threading.Thread]:
+    """The disk threads still alive after waiting (bounded) for them to end."""
+    for thread in disk_threads():
+        thread.join(timeout)
+    return disk_threads()
 
 
 @pytest.fixture(autouse=True)
@@ -125,9 +137,10 @@ async def test_blocking_call_in_running_loop_raises_after_use(
 ) -> None:
     drive = SyncDrive(drive_id)
     try:
-        # Used from a worker thread (the right way from async code): the loop thread runs.
+        # Used from a worker thread (the right way from async code): the call runs there, on
+        # a loop of that thread's own, so no loop thread is needed.
         await anyio.to_thread.run_sync(drive.write_bytes, "a.txt", b"x")
-        assert len(loop_threads()) == 1
+        assert loop_threads() == []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with pytest.raises(RuntimeError, match="await"):
@@ -136,11 +149,39 @@ async def test_blocking_call_in_running_loop_raises_after_use(
         assert [str(w.message) for w in caught] == []
         assert await anyio.to_thread.run_sync(drive.list, ".") == ["a.txt"]
     finally:
-        drive.close()
+        drive.close()  # from inside the running loop: closed from a helper thread
     assert joined_loop_threads() == []
+    assert joined_disk_threads() == []
 
 
-# -- 6. one loop thread per process; none after close ------------------------------------------
+# -- 6. one-shot calls on the caller's thread; one loop thread per process for the rest -------
+
+
+def test_one_shot_calls_run_in_the_calling_thread(env: dict[str, str], drive_id: str) -> None:
+    with SyncDrive(drive_id) as drive:
+        drive.write_bytes("a.txt", b"x")
+        assert drive.list(".") == ["a.txt"]
+        assert loop_threads() == []  # no hop to another thread's loop
+        assert 1 <= len(disk_threads()) <= DISK_THREADS
+        # Each thread gets a loop (and connections) of its own; all close with the drive.
+        errors: list[BaseException] = []
+
+        def worker(i: int) -> None:
+            try:
+                drive.write_bytes(f"t{i}.txt", b"y")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert drive.list(".") == ["a.txt", "t0.txt", "t1.txt", "t2.txt", "t3.txt"]
+    assert joined_disk_threads() == []
+    with pytest.raises(DriveError, match="closed"):
+        drive.exists("a.txt")
 
 
 def test_one_loop_thread_shared_and_stopped_by_the_last_close(
@@ -152,12 +193,19 @@ def test_one_loop_thread_shared_and_stopped_by_the_last_close(
         assert loop_threads() == []  # creating a drive starts nothing
         a.write_bytes("a.txt", b"1")
         b.write_bytes("b.txt", b"2")
+        assert loop_threads() == []  # nor does a one-shot call
+        # Watches and open files live across calls, on the process's loop thread.
+        events = a.watch(since="0")
+        assert next(events).path == "a.txt"
+        with b.open("a.txt") as f:
+            assert f.read() == b"1"
         threads = loop_threads()
         assert len(threads) == 1
         assert threads[0].daemon  # never keeps the interpreter alive
         a.close()
         assert loop_threads() == threads  # still serving b
-        assert b.list(".") == ["a.txt", "b.txt"]
+        with b.open("b.txt") as f:
+            assert f.read() == b"2"
     finally:
         a.close()
         b.close()
@@ -165,6 +213,8 @@ def test_one_loop_thread_shared_and_stopped_by_the_last_close(
     # A later SyncDrive starts a fresh thread, and stops it again.
     with SyncDrive(drive_id) as c:
         assert c.list(".") == ["a.txt", "b.txt"]
+        with c.open("a.txt") as f:
+            assert f.read() == b"1"
         (thread,) = loop_threads()
         assert thread is not threads[0]
     assert joined_loop_threads() == []
@@ -173,8 +223,10 @@ def test_one_loop_thread_shared_and_stopped_by_the_last_close(
 def test_with_block_closes(env: dict[str, str], drive_id: str) -> None:
     with SyncDrive(drive_id) as drive:
         drive.write_bytes("a.txt", b"x")
+        assert next(iter(drive.watch(since="0"))).path == "a.txt"
         assert len(loop_threads()) == 1
     assert joined_loop_threads() == []
+    assert joined_disk_threads() == []
     with pytest.raises(DriveError, match="closed"):
         drive.list(".")
 
@@ -326,16 +378,22 @@ def test_closed_syncdrive_exits_cleanly_under_w_error(
     assert done.stderr == ""
 
 
-def test_unclosed_syncdrive_warns_when_collected(env: dict[str, str], drive_id: str) -> None:
+@pytest.mark.parametrize("used", ["one-shot calls", "a watch"])
+def test_unclosed_syncdrive_warns_when_collected(
+    env: dict[str, str], drive_id: str, used: str
+) -> None:
     drive = SyncDrive(drive_id)
     drive.write_bytes("a.txt", b"x")
-    assert len(loop_threads()) == 1
+    if used == "a watch":
+        assert next(iter(drive.watch(since="0"))).path == "a.txt"
+        assert len(loop_threads()) == 1
     with pytest.warns(ResourceWarning, match="unclosed SyncDrive") as caught:
         del drive
         gc.collect()
     assert drive_id in str(caught[0].message)
-    # Collecting it also released it: the loop thread stops.
+    # Collecting it also closed it: the loop thread and the disk threads stop.
     assert joined_loop_threads() == []
+    assert joined_disk_threads() == []
 
 
 def test_unused_or_closed_syncdrive_does_not_warn(env: dict[str, str], drive_id: str) -> None:
@@ -344,6 +402,8 @@ def test_unused_or_closed_syncdrive_does_not_warn(env: dict[str, str], drive_id:
         unused = SyncDrive(drive_id)
         closed = SyncDrive(drive_id)
         closed.list(".")
+        with closed.open("absent.txt", "wb") as f:
+            f.write(b"x")
         closed.close()
         del unused, closed
         gc.collect()
