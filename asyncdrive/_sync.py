@@ -48,6 +48,7 @@ class _CallerLoop:
 
     def __init__(self, drive: Drive) -> None:
         self.drive = drive
+        self.thread = threading.current_thread()
         # A loop of our own, never set as the thread's current one.
         self.runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
         self.lock = threading.Lock()
@@ -101,10 +102,13 @@ class SyncDrive:
         ...     drive.list(".")
         ['a.txt']
 
-    Calls run on one background event-loop thread per process, shared by all SyncDrives; it
-    stops when the last one is closed, and at interpreter exit. A SyncDrive pickles as its
-    arguments and works in forked and spawned children. Calling one from inside a running
-    event loop raises `RuntimeError`: use `Drive` there.
+    A call runs in the calling thread, on an event loop (and connections) of that thread's
+    own: many threads may share one SyncDrive, and calls from different threads run side by
+    side. Watches and open files, which live across calls, run on one background
+    event-loop thread per process, shared by all SyncDrives; it stops when the last one is
+    closed, and at interpreter exit. A SyncDrive pickles as its arguments and works in
+    forked and spawned children. Calling one from inside a running event loop raises
+    `RuntimeError`: use `Drive` there.
 
     Args are those of `Drive`.
 
@@ -144,9 +148,15 @@ class SyncDrive:
             here = _CallerLoop(_restore(Drive, self._drive._config))
             with self._caller_loops_lock:
                 self._forget_inherited_loops()
+                # Threads come and go (a pool, a thread per request): the loops of those
+                # that ended are closed as new ones come, so they never pile up.
+                ended = [loop for loop in self._caller_loops if not loop.thread.is_alive()]
+                self._caller_loops = [c for c in self._caller_loops if c not in ended]
                 self._caller_loops.append(here)
             _with_caller_loops.add(self)
             self._here.loop = here
+            for loop in ended:
+                loop.close()
         return here.run(call(here.drive))
 
     def _forget_inherited_loops(self) -> None:

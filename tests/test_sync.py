@@ -179,6 +179,14 @@ def test_one_shot_calls_run_in_the_calling_thread(env: dict[str, str], drive_id:
             thread.join()
         assert errors == []
         assert drive.list(".") == ["a.txt", "t0.txt", "t1.txt", "t2.txt", "t3.txt"]
+        # The loops of the threads that ended are closed once another thread comes.
+        assert len(drive._caller_loops) == 5
+        late = threading.Thread(target=worker, args=(4,))
+        late.start()
+        late.join()
+        assert errors == []
+        assert [loop.thread for loop in drive._caller_loops] == [threading.current_thread(), late]
+        assert drive.exists("t4.txt")
     assert joined_disk_threads() == []
     with pytest.raises(DriveError, match="closed"):
         drive.exists("a.txt")
