@@ -238,7 +238,7 @@ def _notes(medians: dict[str, dict[str, list[float]]], baseline: list[float]) ->
         f"Of the first write_bytes' {_ms(first)} ms, about {_ms(server)} ms is the server "
         f"binary getting to its first PING; the rest is the daemonizing start (`--daemonize "
         "yes`, a pid file), polling `PING` every 5 ms, the connection and the clock-offset "
-        "measurement, and the write itself (three fsyncs on a fresh folder). "
+        "measurement, and the write itself (an fsync of the upload and of its folder). "
         f"`import asyncdrive` adds {_ms(imp)} ms (redis-py and anyio).",
     ]
     missed = first > TARGET_MS or statistics.median(m["import_first"]) > TARGET_MS

@@ -1,9 +1,9 @@
 """SyncDrive overhead: a small blocking operation against the same operation awaited.
 
 In one spawned worker process per run, each operation is timed back to back on an async
-`Drive` (inside ``asyncio.run``) and on a `SyncDrive` (from the main thread, its calls
-carried to the background event-loop thread), on the same drive, files and server. The
-ratio of the two medians, taken within the run, is the price of the blocking face.
+`Drive` (inside ``asyncio.run``) and on a `SyncDrive` (from the main thread, where each call
+runs the coroutine on that thread's own event loop), on the same drive, files and server.
+The ratio of the two medians, taken within the run, is the price of the blocking face.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ OPS = (
     Op("list", f"list() of a folder of {LISTED_FILES}"),
     Op("write_bytes", f"write_bytes() of {FILE_SIZE} B, replacing", writes=True),
 )
-HOP = "hop"
+HOP = "hop"  # a no-op on the caller's own loop: the bridge of every one-shot call
+PORTAL_HOP = "portal_hop"  # a no-op through the loop thread: watches and open files
 FACES = ("async", "sync")
 
 
@@ -119,8 +120,20 @@ async def _time_await_noop(n: int) -> float:
     return statistics.median(samples) / 1000
 
 
-def _time_hop(n: int) -> float:
-    """Time a no-op coroutine carried to the loop thread and back, as every call is."""
+def _time_caller_loop(plan: Plan, n: int) -> float:
+    """Time a no-op coroutine run as a SyncDrive runs each one-shot call."""
+    with SyncDrive(plan.drive_id, root=plan.root, redis_url=plan.redis_url) as drive:
+        samples = []
+        for i in range(WARMUP + n):
+            started = time.perf_counter_ns()
+            drive._run("noop", lambda _drive: _noop())
+            if i >= WARMUP:
+                samples.append(time.perf_counter_ns() - started)
+    return statistics.median(samples) / 1000
+
+
+def _time_portal_hop(n: int) -> float:
+    """Time a no-op coroutine carried to the loop thread and back, as a watch's calls are."""
     portal = _portal.acquire(-1, _noop)
     try:
         samples = []
@@ -146,8 +159,9 @@ def worker(plan: Plan) -> dict[str, dict[str, float]]:
             else:
                 figures[face] = _time_sync(plan, op)
         got[op.key] = figures
-    got[HOP] = {"async": asyncio.run(_time_await_noop(plan.calls[0])), "sync": 0.0}
-    got[HOP]["sync"] = _time_hop(plan.calls[0])
+    awaited = asyncio.run(_time_await_noop(plan.calls[0]))
+    got[HOP] = {"async": awaited, "sync": _time_caller_loop(plan, plan.calls[0])}
+    got[PORTAL_HOP] = {"async": awaited, "sync": _time_portal_hop(plan.calls[0])}
     return got
 
 
@@ -157,7 +171,7 @@ def run(ctx: Context) -> Result:
     drive_id = ctx.drive_id("sync")
     # per key and face, one median per run
     medians: dict[str, dict[str, list[float]]] = {
-        key: {face: [] for face in FACES} for key in [*(op.key for op in OPS), HOP]
+        key: {face: [] for face in FACES} for key in [*(op.key for op in OPS), HOP, PORTAL_HOP]
     }
     for index in range(ctx.runs):
         plan = Plan(ctx.redis_url, str(root), drive_id, calls, sync_first=index % 2 == 1)
@@ -217,14 +231,11 @@ def _table(medians: dict[str, dict[str, list[float]]]) -> Table:
             fmt_runs(ratios, _x),
             within(statistics.median(ratios), TARGET_RATIO),
         )
-    table.add(
-        "no-op coroutine: awaited / through the loop thread",
-        _us(medians[HOP]["async"]),
-        _us(medians[HOP]["sync"]),
-        "-",
-        "-",
-        "-",
-    )
+    for key, label in (
+        (HOP, "no-op coroutine: awaited / on the caller's loop (one-shot calls)"),
+        (PORTAL_HOP, "no-op coroutine: awaited / through the loop thread (watches, files)"),
+    ):
+        table.add(label, _us(medians[key]["async"]), _us(medians[key]["sync"]), "-", "-", "-")
     return table
 
 
@@ -238,21 +249,26 @@ def _intro(calls: tuple[int, int], nruns: int) -> str:
         "Both talk to the same drive, files and server; each face opens its drive before "
         "its timing starts. The figure per run is the median call; the ratio SyncDrive / "
         f"Drive is taken within the run, then its median over {nruns} run(s) reported with "
-        "min and max. The last row prices the bridge alone: a coroutine that does nothing, "
-        "awaited, and carried to the `SyncDrive` loop thread and back."
+        "min and max. The last rows price the bridges alone: a coroutine that does nothing, "
+        "awaited, run as a `SyncDrive` runs each one-shot call (on the calling thread's own "
+        "event loop), and carried to the process's loop thread and back (as the calls of a "
+        "watch or an open file are)."
     )
 
 
 def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
-    hop = statistics.median(medians[HOP]["sync"])
+    bridge = statistics.median(medians[HOP]["sync"])
+    portal = statistics.median(medians[PORTAL_HOP]["sync"])
     missed = [op for op in OPS if statistics.median(_ratios(medians, op.key)) > TARGET_RATIO]
     notes = [
-        "Every blocking call is one hop to the loop thread and one back "
-        f"(`asyncio.run_coroutine_threadsafe`): {fmt_us(hop)} µs for a no-op called back to "
-        "back, an added cost per call, so the ratio is largest for the fastest operations. "
-        "Before this benchmark the bridge was anyio's `BlockingPortal.start_task_soon`, "
-        "which first waits for the loop to spawn the task (a second round trip between "
-        "the threads): about twice the hop.",
+        "A blocking one-shot call runs its coroutine on an event loop of the calling "
+        f"thread's own (`asyncio.Runner`): {fmt_us(bridge)} µs for a no-op, against "
+        f"{fmt_us(portal)} µs for the hop to the process's loop thread and back "
+        "(`asyncio.run_coroutine_threadsafe`), which every call took before and which only "
+        "watches and open files take now. Most of the bridge is the Runner's Ctrl-C "
+        "handling in the main thread (installing and restoring a SIGINT handler around "
+        "each call, so that Ctrl-C cancels the call at an await instead of interrupting "
+        "it anywhere); in other threads a no-op costs about a third of it.",
     ]
     if missed:
         names = ", ".join(f"`{op.key}`" for op in missed)
@@ -262,19 +278,12 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
             for s, a in zip(medians[op.key]["sync"], medians[op.key]["async"], strict=True)
         )
         notes.append(
-            f"Missed for {names}: these take about one Redis round trip awaited, and the "
-            f"blocking call adds {fmt_us(extra)} µs, more than the back-to-back no-op hop. "
-            "Profiled by stamping inside the coroutine (an `info()` through the portal): "
-            "about 57 µs from the call to the coroutine starting on the loop thread, the "
-            "operation itself about 50 µs slower there than awaited on the main thread, and "
-            "40 µs from its end back to the caller. Every hand-off wakes a thread that was "
-            "asleep (the loop thread out of `epoll_wait` through its self-pipe, the caller "
-            "out of a futex wait), and on this 2-core virtual machine a wake-up costs more "
-            "the longer the thread slept: the no-op hop grows by a third when the loop "
-            "thread idles a millisecond between calls. The bridge's own Python work is now "
-            "one `run_coroutine_threadsafe`; what is left is scheduling, which the design "
-            "(one loop thread per process, not a loop per calling thread, and no spinning) "
-            "accepts. `write_bytes` (three fsyncs) absorbs it; `read_bytes` is at the edge."
+            f"Missed for {names}: each is one Redis round trip of ~100-150 µs, and the "
+            f"blocking call adds {fmt_us(extra)} µs: the bridge, plus starting and stopping "
+            "the loop around the call, whose first wait in `epoll` then begins cold. What is "
+            "left would need the loop to keep running between calls, which is the loop "
+            "thread (and its two thread wake-ups per call, measured on the last row) that "
+            "this design removed. `write_bytes` (an fsync) and `read_bytes` absorb it."
         )
     return notes
 
