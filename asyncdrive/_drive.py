@@ -70,7 +70,7 @@ LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
 #: write_bytes of at most this many bytes stages them before the first check.
 _SMALL_WRITE = 1 << 20
-#: Worker threads one drive uses at most for its disk calls. More threads than this add
+#: Worker threads a process uses at most for the disk calls of all its drives. More add
 #: contention for the interpreter lock (measured: 64 concurrent gets on 2 cores ran up to
 #: half as fast with anyio's default of 40) without more disk throughput.
 DISK_THREADS = 8
@@ -339,8 +339,14 @@ class Drive:
         conn = self._conn
         if check_index and not conn.index_checked:
             # Files on disk but no index: the server lost its data. Say so rather than serve
-            # an empty drive.
-            if not await conn.index.is_indexed() and await conn.run_sync(conn.store.in_use):
+            # an empty drive. The disk's marker is written after a first commit, so once it
+            # is seen the index is read again: a first commit by another writer between the
+            # two reads is no loss.
+            if (
+                not await conn.index.is_indexed()
+                and await conn.run_sync(conn.store.in_use)
+                and not await conn.index.is_indexed()
+            ):
                 raise IndexLostError(
                     f"Drive {self.name!r}: the Redis server at {redact_url(conn.url)} has no "
                     f"index for this drive, but {str(conn.store.base)!r} holds its files: the "
