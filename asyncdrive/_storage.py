@@ -532,11 +532,8 @@ class DiskStore:
 
     def installed_version(self, component: str, path: str) -> int | None:
         """Return the version the metadata of ``component``'s ``path`` records, if any."""
-        meta = self.read_meta(component, path)
-        try:
-            return None if meta is None else int(meta["version"])  # type: ignore[call-overload]
-        except (KeyError, TypeError, ValueError):
-            return None
+        version = (self.read_meta(component, path) or {}).get("version")
+        return version if isinstance(version, int) else None
 
     def finish_install(self, backup: Path | None, mark_in_use: bool) -> None:
         """After a commit: drop the install's backup, and write the drive marker if asked."""
@@ -691,7 +688,8 @@ class DiskStore:
                     os.close(out)
                 os.replace(tmp, dest)
             except BaseException:
-                os.unlink(tmp)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
                 raise
         finally:
             os.close(src)

@@ -307,11 +307,11 @@ def _notes(medians: dict[str, list[float]], shape: dict[str, Any]) -> list[str]:
         "holding the answer (the children HASH, or a range of the `files` ZSET found in "
         "O(log n)), so the drive's size does not enter.",
         f"A one-folder listing costs {med('small', 'raw_hkeys')} the raw `HKEYS`: the same "
-        "read in a small Lua script with an `EXISTS` (is the path a file?), the joining of "
+        "call in a `MULTI` with an `EXISTS` (is the path a file?), the joining of "
         "each name to its folder and the sort; the recursive listing of the whole drive costs "
         f"{med('all_rec', 'raw_zrange')} the raw `ZRANGE` "
         f"({fmt_us(abs(per_entry) * 1000)} ns {'more' if per_entry > 0 else 'less'} per "
-        "entry): one `ZRANGEBYLEX` in a Lua script with an `EXISTS`, no per-entry work. "
+        "entry): one `ZRANGEBYLEX` in a `MULTI` with an `EXISTS`, no per-entry work. "
         "Replies are parsed by hiredis (redis-py's C parser), as are the baselines'.",
     ]
 
