@@ -79,7 +79,8 @@ _OPEN_ATTEMPTS = 5
 
 StrPath = str | os.PathLike[str]
 
-# Connections a forked child inherited from its parent: never used, never closed (see _reset).
+# What a forked child inherited from its parent (connections, SyncDrive caller loops): never
+# used, closed nor freed, as their cleanup would reach the parent's sockets (see _reset).
 _inherited_after_fork: list[object] = []
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,6 +43,7 @@ from ._exceptions import (
 )
 from ._files import DriveReader, DriveWriter
 from ._models import FileInfo
+from ._storage import temp_fd_in
 
 __all__ = ["DriveFileSystem"]
 
@@ -81,10 +81,13 @@ def _close_drives(
     drives.clear()
 
 
-def _temp_beside(target: Path) -> tuple[int, str]:
-    """Create a hidden temporary file beside ``target`` (and its folder); return (fd, path)."""
+def _temp_beside(target: Path) -> tuple[int, Path]:
+    """Create a hidden temporary file beside ``target`` (and its folder); return (fd, path).
+
+    Its mode is that of a plain ``open()``, as for `Drive.get`.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    return temp_fd_in(target.parent)
 
 
 async def _aclose_all(drives: Iterable[Drive]) -> None:

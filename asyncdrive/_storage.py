@@ -359,10 +359,24 @@ class PathClash(Exception):
     """An install met a folder where its file goes, or a file where a folder of it goes."""
 
 
-def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
+def temp_fd_in(folder: Path) -> tuple[int, Path]:
+    """Create a temporary file in ``folder``, with the mode a plain ``open(path, "w")`` gives.
+
+    Returns its descriptor, open for writing, and its path.
+    """
     fd, name = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
-    os.fchmod(fd, FILE_MODE)
-    return os.fdopen(fd, "wb"), Path(name)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    return fd, Path(name)
+
+
+def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
+    fd, path = temp_fd_in(folder)
+    return os.fdopen(fd, "wb"), path
 
 
 class DiskStore:
@@ -710,10 +724,9 @@ class DiskStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            out, tmp = tempfile.mkstemp(dir=dest.parent, prefix=TMP_PREFIX)
+            out, tmp = temp_fd_in(dest.parent)
             try:
                 try:
-                    os.fchmod(out, FILE_MODE)
                     # In the kernel: no buffer in this process, whatever the size.
                     _FdCopier(src, out).copy_all()
                 finally:

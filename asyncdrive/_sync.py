@@ -25,7 +25,7 @@ from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 from anyio.from_thread import BlockingPortal
 
 from . import _portal
-from ._drive import Drive, StrPath, _restore
+from ._drive import Drive, StrPath, _inherited_after_fork, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveError
 from ._files import DriveReader, DriveWriter, FileT
@@ -78,10 +78,6 @@ class _CallerLoop:
 def _closed_error(name: str) -> DriveError:
     return DriveError(f"SyncDrive {name!r} is closed; create a new SyncDrive to use it again.")
 
-
-#: A forked child's copies of its parent's caller loops: never used, closed nor freed (their
-#: cleanup would reach the parent's sockets and epoll through the shared descriptors).
-_inherited_after_fork: list[_CallerLoop] = []
 
 #: SyncDrives with caller loops, closed at interpreter exit if their owners did not.
 _with_caller_loops: weakref.WeakSet[SyncDrive] = weakref.WeakSet()
@@ -162,7 +158,7 @@ class SyncDrive:
     def _forget_inherited_loops(self) -> None:
         pid = os.getpid()
         inherited = [loop for loop in self._caller_loops if loop.pid != pid]
-        if inherited:  # in a forked child: the parent's loops are not ours
+        if inherited:  # in a forked child: the parent's loops are not ours to close or free
             _inherited_after_fork.extend(inherited)
             self._caller_loops = [loop for loop in self._caller_loops if loop.pid == pid]
 
@@ -461,7 +457,27 @@ class SyncDrive:
         return SyncWatch(self, watch)
 
 
-class SyncWatch:
+class _Mirror:
+    """What the blocking mirrors of the core's async objects share: ``with`` ends one there."""
+
+    _drive: SyncDrive
+
+    def _mirrored(self) -> Watch | DriveReader | DriveWriter:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._drive._call(self._mirrored().__aexit__, exc_type, exc, tb)
+
+
+class SyncWatch(_Mirror):
     """The blocking mirror of `Watch`: an iterator and context manager of `DriveEvent`.
 
     Example:
@@ -500,19 +516,11 @@ class SyncWatch:
         """End the watch (in a group, the last event handed out counts as handled)."""
         self._drive._call(self._watch.aclose)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._drive._call(self._watch.__aexit__, exc_type, exc, tb)
+    def _mirrored(self) -> Watch:
+        return self._watch
 
 
-class _SyncFile(Generic[FileT]):
+class _SyncFile(_Mirror, Generic[FileT]):
     """What the blocking mirrors of `DriveReader` and `DriveWriter` share."""
 
     def __init__(self, drive: SyncDrive, file: FileT) -> None:
@@ -558,16 +566,8 @@ class _SyncFile(Generic[FileT]):
         if not self._file.closed:
             self._drive._call(self._file.aclose)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._drive._call(self._file.__aexit__, exc_type, exc, tb)
+    def _mirrored(self) -> FileT:
+        return self._file
 
 
 class SyncDriveReader(_SyncFile[DriveReader]):

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -464,19 +463,22 @@ async def test_disk_calls_use_a_bounded_number_of_threads(
         inside: set[int] = set()
         busiest = 0
         lock = threading.Lock()
+        full = threading.Event()  # DISK_THREADS installs are running at once
 
         def note_thread() -> None:
             nonlocal busiest
             with lock:
                 inside.add(threading.get_ident())
                 busiest = max(busiest, len(inside))
+                if len(inside) == DISK_THREADS:
+                    full.set()
 
         original = drive._conn.store.install  # type: ignore[union-attr]
 
         def install(*args: Any) -> Any:
             note_thread()
             try:
-                time.sleep(0.01)  # hold the thread, so that the calls overlap
+                full.wait(timeout=30)  # the first ones wait until as many run as may
                 return original(*args)
             finally:
                 with lock:

@@ -28,28 +28,34 @@ from .conftest import run_python
 from .procs import read_line, spawn
 
 LOOP_THREAD = "asyncdrive-loop"
+DISK_THREAD = "asyncdrive-disk"
+
+
+def threads_named(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def joined(prefix: str, timeout: float = 10.0) -> list[threading.Thread]:
+    """The threads named ``prefix...`` still alive after waiting (bounded) for them to end."""
+    for thread in threads_named(prefix):
+        thread.join(timeout)
+    return threads_named(prefix)
 
 
 def loop_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == LOOP_THREAD]
+    return threads_named(LOOP_THREAD)
 
 
-def joined_loop_threads(timeout: float = 10.0) -> list[threading.Thread]:
-    """The loop threads still alive after waiting (bounded) for them to end."""
-    for thread in loop_threads():
-        thread.join(timeout)
-    return loop_threads()
+def joined_loop_threads() -> list[threading.Thread]:
+    return joined(LOOP_THREAD)
 
 
 def disk_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("asyncdrive-disk")]
+    return threads_named(DISK_THREAD)
 
 
-def joined_disk_threads(timeout: float = 10.0) -> list[threading.Thread]:
-    """The disk threads still alive after waiting (bounded) for them to end."""
-    for thread in disk_threads():
-        thread.join(timeout)
-    return disk_threads()
+def joined_disk_threads() -> list[threading.Thread]:
+    return joined(DISK_THREAD)
 
 
 @pytest.fixture(autouse=True)
