@@ -1,6 +1,7 @@
 """The async `Drive`: the one implementation of every drive operation.
 
-`SyncDrive` runs these same coroutines on a background event loop; no logic lives there.
+`SyncDrive` runs these same coroutines, on an event loop of the calling thread's own (or, for
+watches and open files, on a background loop thread); no logic lives there.
 """
 
 from __future__ import annotations
@@ -137,16 +138,26 @@ class _Connection:
     #: Whether the index was found present, and the disk marker written, in this connection.
     index_checked: bool = False
     disk_marked: bool = False
+    #: Run disk calls in the event loop's own thread: for a loop that runs one call at a
+    #: time for a thread that waits on it (a SyncDrive's caller loop), where a hop to a
+    #: worker thread would only add two thread wake-ups.
+    inline: bool = False
     #: The process's disk threads (see `_DiskThreads`), held while this connection is open.
-    disk: ThreadPoolExecutor = field(default_factory=_disk_threads.acquire)
+    disk: ThreadPoolExecutor | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.inline:
+            self.disk = _disk_threads.acquire()
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
 
         Like ``anyio.to_thread.run_sync``: the call sees the caller's context variables, and
         a cancellation waits for the thread to finish (a disk call cannot be interrupted,
-        and must not go on behind the caller's back).
+        and must not go on behind the caller's back). An ``inline`` connection runs it here.
         """
+        if self.disk is None:
+            return func(*args)
         context = contextvars.copy_context()
         try:
             submitted = self.disk.submit(context.run, func, *args)
@@ -163,7 +174,8 @@ class _Connection:
             with anyio.CancelScope(shield=True):
                 await self.connected.aclose()
         finally:
-            _disk_threads.release(self.disk)
+            if self.disk is not None:
+                _disk_threads.release(self.disk)
 
 
 def _redis_errors_as_unavailable(
@@ -229,6 +241,8 @@ class Drive:
         )
         self._reset()
         self._closed = False
+        #: See `_Connection.inline`; set by SyncDrive on the drives of its caller loops.
+        self._disk_inline = False
 
     def _reset(self) -> None:
         # Connection state belongs to one process: after fork the child starts afresh. The
@@ -390,6 +404,7 @@ class Drive:
             client=client,
             index=Index(client, config.name, events_maxlen=maxlen, events_max_age=max_age),
             store=DiskStore(config.root, config.name),
+            inline=self._disk_inline,
             clock_offset_ms=(seconds + micros / 1e6 - (before + after) / 2) * 1000,
             clock_error_ms=(after - before) * 1000 / 2 + 1,
         )
@@ -490,7 +505,10 @@ class Drive:
         drive_path = self._path(path if to is None else to)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
-        files = await anyio.to_thread.run_sync(_local_files, local)
+        if self._disk_inline:
+            files = _local_files(local)
+        else:
+            files = await anyio.to_thread.run_sync(_local_files, local)
         if files is None:
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: there is no local file or "
