@@ -396,25 +396,32 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "The floor has one fsync, one round trip and no thread hop. The folder fsync is "
         "what makes the rename itself survive a power cut, and the lock what keeps two "
         "writers of one path from installing out of order: both stay. Measured here with "
-        "`strace`/`thread_time`, the worker thread's part is ~0.6 ms (mostly the two "
-        "fsyncs) and the event loop's ~0.3 ms (two Lua calls, one thread hop).",
+        "`getrusage`/`thread_time` (sequential, this process), a put takes ~1.3 ms of user "
+        "CPU and ~0.5 ms of kernel CPU, ~1 ms of it in the event loop's thread: each "
+        "redis.asyncio command costs ~105 µs of CPU here (the blocking client ~55 µs), and "
+        "the two Lua calls, the thread hops and the drive's own checks add up.",
         f"A sequential get reaches {med('get', 'sequential', 'floor')} of the floor: one "
         "round trip for the owners, then, in one worker-thread call, the link checks of the "
         "drive path, a copy inside the kernel (`copy_file_range`) into a temporary file "
         "beside the target, and its rename into place; the floor's `shutil.copyfile` writes "
-        "the target directly, with a blocking client.",
+        "the target directly, with a blocking client. A get takes ~0.6 ms of CPU, ~0.3 ms "
+        "of it in the event loop's thread.",
         f"Concurrency: put {med('put', 'tasks', 'sequential')} with {TASKS} tasks, "
         f"{med('put', 'threads', 'sequential')} with {THREADS} threads, "
         f"{med('put', 'processes', 'sequential')} with {PROCESSES} processes; get "
         f"{med('get', 'tasks', 'sequential')}, {med('get', 'threads', 'sequential')}, "
-        f"{med('get', 'processes', 'sequential')}, each against the sequential rate. The "
-        "two cores bound them: a put costs ~1 ms of CPU in all (user and kernel, this "
-        "process alone; the server takes more), a get ~0.45 ms, so a sequential caller "
-        "already keeps one core busy and the server most of the other. The disk alone "
-        "(write, fsync, rename, folder fsync, no Python) completes ~1,500 such files per "
-        "second from one thread and ~2,500 from eight. Disk calls of a process share 8 "
-        "worker threads: anyio's default of 40 made 64 concurrent gets up to twice as slow, "
-        "from contention for the interpreter lock.",
+        f"{med('get', 'processes', 'sequential')}, each against the sequential rate. A "
+        "sequential `Drive` is mostly bound by CPU, not by waiting (its CPU time is ~70% "
+        "of a put's wall time and ~95% of a get's, measured): tasks and threads of one "
+        "process share "
+        "one interpreter lock, so they can interleave that work but not add to it, and only "
+        "processes bring the second core (the server shares it). The disk alone (write, "
+        "fsync, rename, folder fsync, no Python) completes ~1,500 such files per second "
+        "from one thread and ~2,500 from eight. An async `Drive`'s disk calls share 8 "
+        "worker threads (anyio's default of 40 made 64 concurrent gets up to twice as slow, "
+        "from contention for the interpreter lock); a `SyncDrive` makes them in the calling "
+        "thread, which waits for them anyway (this took the 8 threads from 0.75x to ~1.3x "
+        "for put, and the 8 processes from ~1.2x to ~2x).",
     ]
 
 

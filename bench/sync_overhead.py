@@ -261,14 +261,19 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
     portal = statistics.median(medians[PORTAL_HOP]["sync"])
     missed = [op for op in OPS if statistics.median(_ratios(medians, op.key)) > TARGET_RATIO]
     notes = [
-        "A blocking one-shot call runs its coroutine on an event loop of the calling "
-        f"thread's own (`asyncio.Runner`): {fmt_us(bridge)} µs for a no-op, against "
-        f"{fmt_us(portal)} µs for the hop to the process's loop thread and back "
+        "A blocking one-shot call runs its coroutine as one task on an event loop of the "
+        f"calling thread's own: {fmt_us(bridge)} µs for a no-op, against {fmt_us(portal)} µs "
+        "for the hop to the process's loop thread and back "
         "(`asyncio.run_coroutine_threadsafe`), which every call took before and which only "
-        "watches and open files take now. Most of the bridge is the Runner's Ctrl-C "
-        "handling in the main thread (installing and restoring a SIGINT handler around "
-        "each call, so that Ctrl-C cancels the call at an await instead of interrupting "
-        "it anywhere); in other threads a no-op costs about a third of it.",
+        "watches and open files take now. In the main thread the call swaps in a SIGINT "
+        "handler, as `asyncio.Runner` does, so that Ctrl-C cancels the call at an await "
+        "instead of interrupting it anywhere; it does so through the C functions behind "
+        "`signal.signal`, whose enum conversions made `asyncio.Runner.run` cost ~50 µs a "
+        "call here.",
+        "`read_bytes` and `write_bytes` are faster blocking than awaited: on the caller's "
+        "loop a disk call runs in the calling thread itself, which waits for it anyway, "
+        "while an async `Drive` must hand it to a worker thread so as not to block its "
+        "loop (two thread wake-ups, ~60-100 µs here).",
     ]
     if missed:
         names = ", ".join(f"`{op.key}`" for op in missed)
@@ -283,7 +288,7 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
             "the loop around the call, whose first wait in `epoll` then begins cold. What is "
             "left would need the loop to keep running between calls, which is the loop "
             "thread (and its two thread wake-ups per call, measured on the last row) that "
-            "this design removed. `write_bytes` (an fsync) and `read_bytes` absorb it."
+            "this design removed."
         )
     return notes
 
