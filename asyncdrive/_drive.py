@@ -50,6 +50,7 @@ from ._exceptions import (
     IndexLostError,
     InvalidConfigError,
     VersionConflictError,
+    storage_error,
 )
 from ._files import DriveReader, DriveWriter, Opening, check_mode
 from ._index import Index, PutOutcome
@@ -181,13 +182,27 @@ class _Connection:
 def _redis_errors_as_unavailable(
     method: Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]]:
-    """Turn redis-py connection failures inside ``method`` into `DriveUnavailableError`."""
+    """Turn what fails under ``method`` into DriveErrors that name the drive and the path.
+
+    redis-py connection failures become `DriveUnavailableError`, and OSErrors of the disk
+    (full, read-only, ...) `DriveStorageError`; each call cleans up what it wrote itself.
+    """
+    doing = {"_open_reader": "open", "_open_writer": "open", "_commit_upload": "close"}.get(
+        method.__name__, method.__name__
+    )
 
     async def wrapper(self: DriveT, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(self, *args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
+        except OSError as exc:
+            if isinstance(exc, DriveError):
+                raise
+            path = next((a for a in args if isinstance(a, str | os.PathLike)), None)
+            to = kwargs.get("to")  # put's drive path, get's local one
+            to = to if isinstance(to, str | os.PathLike) else None
+            raise storage_error(self.name, exc, doing, path, to) from exc
 
     functools.update_wrapper(wrapper, method)
     return wrapper

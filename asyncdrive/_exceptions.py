@@ -17,10 +17,14 @@ derives from the built-in exception a Python user would catch for the same situa
     ├── CursorExpiredError       (LookupError)        a watch cursor older than the log
     ├── DriveTimeoutError        (TimeoutError)       waited too long
     ├── IndexLostError           (RuntimeError)       Redis lost the index: rebuild_index()
-    └── DriveUnavailableError    (ConnectionError)    Redis or the server cannot be reached
+    ├── DriveUnavailableError    (ConnectionError)    Redis or the server cannot be reached
+    └── DriveStorageError        (OSError)            the disk refused: full, read-only, ...
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 __all__ = [
     "AmbiguousPathError",
@@ -30,6 +34,7 @@ __all__ = [
     "DriveFileNotFoundError",
     "DriveIsADirectoryError",
     "DriveNotADirectoryError",
+    "DriveStorageError",
     "DriveTimeoutError",
     "DriveUnavailableError",
     "IndexLostError",
@@ -130,3 +135,72 @@ class IndexLostError(DriveError, RuntimeError):
 
 class DriveUnavailableError(DriveError, ConnectionError):
     """The Redis server, or the embedded server, cannot be reached or started."""
+
+
+class DriveStorageError(DriveError, OSError):
+    """A disk refused a read or a write: full, over quota, read-only, denied or failing.
+
+    The disk is the drive root's, or the local one of a `Drive.get`. ``errno``, ``strerror``
+    and ``filename`` are those of the `OSError` the disk raised (also its ``__cause__``).
+    What the failed call was writing is removed: a put leaves the drive as it was.
+
+    Example:
+        >>> try:
+        ...     await drive.put("model.pt")
+        ... except OSError as exc:  # or DriveStorageError
+        ...     print(exc.errno == errno.ENOSPC)
+        True
+
+    """
+
+    def __init__(self, message: str, cause: OSError) -> None:
+        super().__init__(message)
+        self.errno, self.strerror, self.filename = cause.errno, cause.strerror, cause.filename
+
+
+#: What an errno of the disk means, and what to do about it.
+_DISK_TROUBLE: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on the disk", "Free space on it, then retry."),
+    errno.EDQUOT: ("the disk quota is used up", "Free space or raise the quota, then retry."),
+    errno.EFBIG: (
+        "the file is larger than this process or the filesystem may write",
+        "Raise the file-size limit ('ulimit -f') or store the data in smaller files.",
+    ),
+    errno.EROFS: (
+        "the filesystem is mounted read-only",
+        "Remount it read-write, or give the drive a writable root (root= or ASYNCDRIVE_ROOT).",
+    ),
+    errno.EACCES: (
+        "permission denied",
+        "Give this user write access there, or use a root of its own (root= or ASYNCDRIVE_ROOT).",
+    ),
+    errno.EIO: ("the disk reported an I/O error", "Check the disk or the network mount."),
+}
+_DISK_TROUBLE[errno.EPERM] = _DISK_TROUBLE[errno.EACCES]
+_LEFT_AS_IT_WAS = {
+    "put": "Nothing was stored: the drive is as it was.",
+    "write_bytes": "Nothing was stored: the drive is as it was.",
+    "write": "Nothing is stored until the file is closed; abort() drops what was written.",
+    "close": "Nothing was stored: the upload was dropped.",
+    "get": "The local file was left as it was.",
+}
+
+
+def storage_error(
+    drive: str,
+    exc: OSError,
+    doing: str,
+    path: str | os.PathLike[str] | None,
+    to: str | os.PathLike[str] | None = None,
+) -> DriveStorageError:
+    """Make the `DriveStorageError` for ``exc``, raised while ``doing`` ``path`` (``to``)."""
+    reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
+    where = f" ({exc.filename})" if exc.filename else ""
+    what = doing if path is None else f"{doing} {os.fspath(path)!r}"
+    if to is not None:
+        what += f" to {os.fspath(to)!r}"
+    fix = fix or "Check the disk (or the mount), then retry."
+    left = _LEFT_AS_IT_WAS.get(doing, "")
+    return DriveStorageError(
+        f"Drive {drive!r}: cannot {what}: {reason}{where}. {fix} {left}".rstrip(), exc
+    )

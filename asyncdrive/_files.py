@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Generic, Self, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._exceptions import InvalidConfigError
+from ._exceptions import InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, FileInfo
 from ._storage import CHUNK, Staged
 
@@ -313,7 +313,10 @@ class DriveWriter:
             if len(self._pending) < CHUNK:
                 return written
             view, self._pending = memoryview(bytes(self._pending)), bytearray()
-        await anyio.to_thread.run_sync(self._drain, out, view)
+        try:
+            await anyio.to_thread.run_sync(self._drain, out, view)
+        except OSError as exc:
+            raise storage_error(self._drive_name, exc, "write", self.path) from exc
         return written
 
     async def tell(self) -> int:
@@ -344,8 +347,10 @@ class DriveWriter:
             return
         try:
             staged = await anyio.to_thread.run_sync(self._finish, out)
-        except BaseException:
+        except BaseException as exc:
             await anyio.to_thread.run_sync(self._discard, out)
+            if isinstance(exc, OSError):
+                raise storage_error(self._drive_name, exc, "close", self.path) from exc
             raise
         self.info = await self._commit(staged)
 

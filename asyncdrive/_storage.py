@@ -505,11 +505,15 @@ class DiskStore:
                 _replace_into(meta_tmp, meta_target)
             _replace_into(staged.tmp, target)
             _fsync_dir(target.parent)
-        except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as exc:
+        except BaseException as exc:
+            # Whatever stopped it (a clash, a full disk), the previous file goes back.
             if meta_tmp is not None:
                 meta_tmp.unlink(missing_ok=True)
             self.restore(backup, component, path)
-            raise PathClash(exc) from exc
+            clash = (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)
+            if isinstance(exc, clash):
+                raise PathClash(exc) from exc
+            raise
         return backup
 
     def _backup(self, component: str, path: str, target: Path, meta_target: Path) -> Path:

@@ -1,0 +1,119 @@
+"""A disk that refuses to write: a clear DriveStorageError, and nothing left half-written.
+
+The refusal is real: a child process lowers its own file-size limit (RLIMIT_FSIZE), so the
+kernel fails its writes past 1 MiB with EFBIG, as a full disk fails them with ENOSPC.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+from asyncdrive import SyncDrive
+
+from .procs import read_line, spawn
+
+LIMIT = 1 << 20
+
+CHILD = """
+    import asyncio, errno, json, os, resource, signal
+    from asyncdrive import Drive, DriveError
+
+    async def main():
+        async with Drive({drive_id!r}) as drive:
+            await drive.write_bytes("small.txt", b"ok")
+            await drive.write_bytes("kept.bin", os.urandom(3 * {limit}))
+            with open("big.bin", "wb") as f:
+                f.write(os.urandom(3 * {limit}))
+            # From here, no file of this process may grow past the limit.
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
+
+            async def stream():
+                async with drive.open("streamed.bin", "wb") as out:
+                    for _ in range(3):
+                        await out.write(os.urandom({limit}))
+
+            calls = {{
+                "put": lambda: drive.put("big.bin"),
+                "replace": lambda: drive.put("big.bin", to="kept.bin"),
+                "write_bytes": lambda: drive.write_bytes("bytes.bin", b"x" * 3 * {limit}),
+                "open": stream,
+                "get": lambda: drive.get("kept.bin", to="got.bin"),
+            }}
+            for name, call in calls.items():
+                try:
+                    await call()
+                except DriveError as exc:
+                    print(json.dumps([name, type(exc).__name__, isinstance(exc, OSError),
+                                      exc.errno == errno.EFBIG, str(exc)]), flush=True)
+                else:
+                    print(json.dumps([name, "no error"]), flush=True)
+            print(json.dumps(await drive.list(".")), flush=True)
+
+    asyncio.run(main())
+"""
+
+
+def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    name = drive_id.removeprefix("lit://")
+    proc = spawn(CHILD.format(drive_id=drive_id, limit=LIMIT), env, workdir)
+    try:
+        reports = {}
+        for _ in range(5):
+            call, *report = json.loads(read_line(proc))
+            reports[call] = report
+        listed = json.loads(read_line(proc))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    for call, target in [
+        ("put", "big.bin"),
+        ("replace", "kept.bin"),
+        ("write_bytes", "bytes.bin"),
+        ("open", "streamed.bin"),
+        ("get", "kept.bin"),
+    ]:
+        kind, is_os_error, is_efbig, message = reports[call]
+        assert (kind, is_os_error, is_efbig) == ("DriveStorageError", True, True), (call, message)
+        assert f"Drive {name!r}" in message and repr(target) in message, message
+        assert "ulimit -f" in message, message  # the fix
+    assert "Nothing was stored" in reports["put"][3]
+    assert "left as it was" in reports["get"][3]
+
+    # Nothing half-written: the drive holds what it held, with its old bytes, and no
+    # upload or backup is left on its disk; the get left no local file, nor a temporary.
+    assert listed == ["kept.bin", "small.txt"]
+    with SyncDrive(drive_id) as drive:
+        assert drive.info("kept.bin").size == 3 * LIMIT
+        assert drive.info("kept.bin").version == 1
+        assert drive.read_bytes("small.txt") == b"ok"
+    base = root / "drives" / name
+    tmp = base / ".tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+    stored = sorted(p.name for p in base.rglob("*") if p.is_file() and ".tmp" not in p.parts)
+    assert [n for n in stored if not n.startswith(".asyncdrive")] == ["kept.bin", "small.txt"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["big.bin"]
+
+
+def test_storage_errors_say_what_an_errno_means() -> None:
+    from asyncdrive._exceptions import storage_error
+
+    full = storage_error("d", OSError(errno.ENOSPC, "No space", "/mnt/x"), "put", "a.txt")
+    assert isinstance(full, OSError) and full.errno == errno.ENOSPC
+    assert full.filename == "/mnt/x"
+    assert str(full) == (
+        "Drive 'd': cannot put 'a.txt': no space left on the disk (/mnt/x). Free space on "
+        "it, then retry. Nothing was stored: the drive is as it was."
+    )
+    odd = storage_error("d", OSError(errno.ENAMETOOLONG, "File name too long"), "delete", "b")
+    assert str(odd) == (
+        "Drive 'd': cannot delete 'b': File name too long. Check the disk (or the mount), "
+        "then retry."
+    )
