@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from ._exceptions import InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, FileInfo
-from ._storage import CHUNK, Staged
+from ._storage import CHUNK, WRITEBACK_STEP, Staged, start_writeback
 
 __all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
 
@@ -268,6 +268,8 @@ class DriveWriter:
         self._hasher = hashlib.new(CHECKSUM_ALGORITHM)
         self._pending = bytearray()
         self._size = 0
+        self._drained = 0  # bytes written to the upload
+        self._handed = 0  # of them, how many were handed to the disk (see _drain)
 
     @property
     def closed(self) -> bool:
@@ -298,6 +300,13 @@ class DriveWriter:
     def _drain(self, out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
         self._hasher.update(data)
         out.write(data)
+        self._drained += len(data)
+        if self._drained - self._handed >= WRITEBACK_STEP:
+            # As a large put does: the disk writes while more comes, and the fsync of
+            # the commit finds little left.
+            out.flush()
+            start_writeback(out.fileno(), self._handed, self._drained - self._handed)
+            self._handed = self._drained
 
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data`` and return how many bytes that was.

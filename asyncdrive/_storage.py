@@ -121,6 +121,8 @@ PARALLEL_HASH_MIN = 8 * CHUNK
 #: How much one kernel copy call moves, and how much the hasher maps at a time: it bounds
 #: the memory a put holds (the mapped window counts in its resident size).
 _KERNEL_STEP = 8 * CHUNK
+#: A large upload is handed to the disk in ranges of this size as it is written.
+WRITEBACK_STEP = 8 * CHUNK
 _HASH_WINDOW = 8 * CHUNK
 #: Errors meaning "this kind of kernel copy does not apply here": fall back to the next one.
 _NO_KERNEL_COPY = frozenset(
@@ -285,7 +287,7 @@ _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _start_writeback(fd: int, offset: int, length: int) -> None:
+def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a range to the disk now, without waiting (Linux).
 
     Measured on a 1 GiB put: the final fsync then finds most of the file written, so the
@@ -303,7 +305,7 @@ def _copy_hashed(src: int, dst: int) -> tuple[int, str]:
     size = 0
     try:
         while n := copier.step():
-            _start_writeback(dst, size, n)
+            start_writeback(dst, size, n)
             size += n
             hasher.advance(size)
     except BaseException:
