@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield servers.url
     finally:
         servers.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
@@ -87,11 +89,13 @@ async def raw_redis(url: str) -> AsyncIterator[RedisClient]:
 @pytest.fixture
 def private_server() -> Iterator[ServerProcess]:
     """A persistent server for this test alone, to kill and restart (not yet started)."""
-    server = ServerProcess(Path(tempfile.mkdtemp(prefix="adpriv-")), persistence="always")
+    folder = Path(tempfile.mkdtemp(prefix="adpriv-"))
+    server = ServerProcess(folder, persistence="always")
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
