@@ -197,7 +197,8 @@ def _redis_errors_as_unavailable(
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         except OSError as exc:
-            if isinstance(exc, DriveError):
+            # Not the disk: ours, and the timeouts and broken connections of the builtins.
+            if isinstance(exc, DriveError | TimeoutError | ConnectionError):
                 raise
             path = next((a for a in args if isinstance(a, str | os.PathLike)), None)
             to = kwargs.get("to")  # put's drive path, get's local one

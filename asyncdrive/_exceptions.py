@@ -180,7 +180,7 @@ _DISK_TROUBLE[errno.EPERM] = _DISK_TROUBLE[errno.EACCES]
 _LEFT_AS_IT_WAS = {
     "put": "Nothing was stored: the drive is as it was.",
     "write_bytes": "Nothing was stored: the drive is as it was.",
-    "write": "Nothing is stored until the file is closed; abort() drops what was written.",
+    "write": "Nothing was stored: the upload was dropped (open the file again to retry).",
     "close": "Nothing was stored: the upload was dropped.",
     "get": "The local file was left as it was.",
 }

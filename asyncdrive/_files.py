@@ -325,6 +325,8 @@ class DriveWriter:
         try:
             await anyio.to_thread.run_sync(self._drain, out, view)
         except OSError as exc:
+            # Part of the bytes may be on disk, all of them in the hash: never commit that.
+            await self.abort()
             raise storage_error(self._drive_name, exc, "write", self.path) from exc
         return written
 

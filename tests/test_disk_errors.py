@@ -50,6 +50,14 @@ CHILD = """
                                       exc.errno == errno.EFBIG, str(exc)]), flush=True)
                 else:
                     print(json.dumps([name, "no error"]), flush=True)
+            # A writer whose write failed commits nothing, even if closed as if all was well.
+            out = await drive.open("poisoned.bin", "wb")
+            try:
+                await out.write(os.urandom(3 * {limit}))
+            except DriveError:
+                pass
+            await out.aclose()
+            print(json.dumps([out.closed, out.info is None]), flush=True)
             print(json.dumps(await drive.list(".")), flush=True)
 
     asyncio.run(main())
@@ -66,6 +74,7 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
         for _ in range(5):
             call, *report = json.loads(read_line(proc))
             reports[call] = report
+        poisoned = json.loads(read_line(proc))
         listed = json.loads(read_line(proc))
         _, err = proc.communicate(timeout=60)
     finally:
@@ -86,6 +95,8 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
         assert "ulimit -f" in message, message  # the fix
     assert "Nothing was stored" in reports["put"][3]
     assert "left as it was" in reports["get"][3]
+    assert "upload was dropped" in reports["open"][3]
+    assert poisoned == [True, True]
 
     # Nothing half-written: the drive holds what it held, with its old bytes, and no
     # upload or backup is left on its disk; the get left no local file, nor a temporary.
