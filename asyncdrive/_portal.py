@@ -172,11 +172,18 @@ def run(portal: BlockingPortal, func: Callable[[], Coroutine[Any, Any, T]]) -> T
             raise
     else:  # pragma: no cover - every portal of this module is a _Portal
         future = portal.start_task_soon(func)
+    # Wait on a plain lock, released when the call is done: a wait in C, which Ctrl-C
+    # interrupts cleanly. Future.result() waits in Condition.wait, whose Python code a
+    # KeyboardInterrupt can cut between its lock steps ("cannot release un-acquired lock").
+    done = threading.Lock()
+    done.acquire()
+    future.add_done_callback(lambda _: done.release())
     try:
-        return future.result()
+        done.acquire()
     except BaseException:
         # KeyboardInterrupt (or any interruption of the wait): cancel the task on the loop
         # rather than leave it running unobserved. The cancellation reaches the task through
         # the loop (call_soon_threadsafe), as anyio's portal does it.
         future.cancel()
         raise
+    return future.result()
