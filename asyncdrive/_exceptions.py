@@ -142,7 +142,8 @@ class DriveStorageError(DriveError, OSError):
 
     The disk is the drive root's, or the local one of a `Drive.get`. ``errno``, ``strerror``
     and ``filename`` are those of the `OSError` the disk raised (also its ``__cause__``).
-    What the failed call was writing is removed: a put leaves the drive as it was.
+    What the failed call was writing is removed: a put stores nothing of the file it
+    failed on (the files of a folder put before it stay).
 
     Example:
         >>> try:
@@ -178,7 +179,7 @@ _DISK_TROUBLE: dict[int, tuple[str, str]] = {
 }
 _DISK_TROUBLE[errno.EPERM] = _DISK_TROUBLE[errno.EACCES]
 _LEFT_AS_IT_WAS = {
-    "put": "Nothing was stored: the drive is as it was.",
+    "put": "That file was not stored: its copy in the drive, if any, is as it was.",
     "write_bytes": "Nothing was stored: the drive is as it was.",
     "write": "Nothing was stored: the upload was dropped (open the file again to retry).",
     "close": "Nothing was stored: the upload was dropped.",

@@ -53,9 +53,8 @@ class _CallerLoop:
 
     Each call runs as one task, like `asyncio.Runner.run` (Ctrl-C in the main thread
     cancels the task, so its shielded steps complete, then raises KeyboardInterrupt), at a
-    fraction of its cost per call: the SIGINT handler is swapped with ``_signal`` directly
-    (``signal.signal`` converts to and from enums: ~9 us of a ~12 us call here). Any thread
-    may close it (`SyncDrive.close`); the lock keeps that from meeting a call.
+    fraction of its cost per call (see `_set_handler`). Any thread may close it
+    (`SyncDrive.close`); the lock keeps that from meeting a call.
     """
 
     def __init__(self, drive: Drive) -> None:

@@ -93,7 +93,7 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
         assert (kind, is_os_error, is_efbig) == ("DriveStorageError", True, True), (call, message)
         assert f"Drive {name!r}" in message and repr(target) in message, message
         assert "ulimit -f" in message, message  # the fix
-    assert "Nothing was stored" in reports["put"][3]
+    assert "was not stored" in reports["put"][3]
     assert "left as it was" in reports["get"][3]
     assert "upload was dropped" in reports["open"][3]
     assert poisoned == [True, True]
@@ -121,7 +121,7 @@ def test_storage_errors_say_what_an_errno_means() -> None:
     assert full.filename == "/mnt/x"
     assert str(full) == (
         "Drive 'd': cannot put 'a.txt': no space left on the disk (/mnt/x). Free space on "
-        "it, then retry. Nothing was stored: the drive is as it was."
+        "it, then retry. That file was not stored: its copy in the drive, if any, is as it was."
     )
     odd = storage_error("d", OSError(errno.ENAMETOOLONG, "File name too long"), "delete", "b")
     assert str(odd) == (
