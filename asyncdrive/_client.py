@@ -14,12 +14,15 @@ multi-key scripts and transactions run on one node.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -59,6 +62,94 @@ def _options(timeout: float) -> dict[str, Any]:
     }
 
 
+#: A command at most this long is written without a timeout when nothing waits to be sent
+#: before it: it fits below the transport's high-water mark (64 KiB), so its write cannot block.
+_UNBLOCKABLE_WRITE = 16 * 1024
+
+
+_PACKED_AS_IS = (bytes, str)
+
+
+class _LeanCommands(AbstractConnection):
+    """Cheaper commands for redis-py's asyncio connections: what a drive call pays per command.
+
+    Mixed in before one of redis-py's connection classes (see `lean_connections`), it
+    changes no behaviour, only two costs measured on each command (Python 3.11):
+
+    - **Packing** in C, with ``hiredis.pack_command``, as redis-py's blocking client does:
+      ~5 us instead of ~45 us for the ~30 arguments of a put's script call.
+    - **Writing** a small command, when nothing is queued before it, without
+      ``asyncio.wait_for``: that write cannot block (it stays below the transport's
+      high-water mark, so ``drain()`` returns at once), and the timeout cost a task per
+      command (~40 us). A larger write, or one behind a backlog, keeps the socket
+      timeout; every reply is still awaited with it, so a hung server still times out.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):  # "CONFIG GET" is two words, as redis-py sends it
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        # hiredis encodes str as UTF-8, strictly, as redis-py's default Encoder does (and
+        # `_options` changes neither); everything else goes through that Encoder, for
+        # redis-py's exact bytes and DataErrors.
+        encode: Callable[[Any], bytes] = self.encoder.encode
+        packed = tuple(a if type(a) in _PACKED_AS_IS else bytes(encode(a)) for a in args)
+        return [hiredis.pack_command(packed)]  # type: ignore[arg-type]  # (stub: a 1-tuple)
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        timeout = self.socket_timeout
+        writer = self._writer
+        if (
+            timeout
+            and writer is not None
+            and self.is_connected
+            and isinstance(command, list | bytes)
+            and (len(command) if isinstance(command, bytes) else sum(map(len, command)))
+            <= _UNBLOCKABLE_WRITE
+            and writer.transport.get_write_buffer_size() == 0
+        ):
+            self.socket_timeout = None  # this connection serves one command at a time
+            try:
+                await super().send_packed_command(command, check_health)
+            finally:
+                self.socket_timeout = timeout
+            return
+        await super().send_packed_command(command, check_health)
+
+
+_lean_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+ConnectionT = TypeVar("ConnectionT", bound=AbstractConnection)
+
+
+def _lean(connection_class: type[ConnectionT]) -> type[ConnectionT]:
+    """Return the `_LeanCommands` subclass of ``connection_class`` (one per class)."""
+    if issubclass(connection_class, _LeanCommands):
+        return connection_class
+    if connection_class not in _lean_classes:
+        name = f"Lean{connection_class.__name__}"
+        _lean_classes[connection_class] = type(name, (_LeanCommands, connection_class), {})
+    return cast(type[ConnectionT], _lean_classes[connection_class])
+
+
+def lean_connections(client: RedisClient) -> None:
+    """Make the connections ``client`` opens from now on `_LeanCommands`.
+
+    A standalone or Sentinel client's pool, or a Cluster's nodes (those it starts from, and
+    those it discovers later). Call it before the client opens a connection.
+    """
+    if isinstance(client, RedisCluster):
+        manager = client.nodes_manager
+        lean = _lean(manager.connection_kwargs.get("connection_class", Connection))
+        manager.connection_kwargs["connection_class"] = lean
+        for node in manager.startup_nodes.values():
+            node.connection_class = lean
+    else:
+        client.connection_pool.connection_class = _lean(client.connection_pool.connection_class)
+
+
 async def connect(url: str, *, timeout: float) -> Connected:
     """Return a client for ``url``, connected (raises redis-py's errors if it cannot be)."""
     scheme = url.partition("://")[0].lower()
@@ -68,6 +159,7 @@ async def connect(url: str, *, timeout: float) -> Connected:
         client = aioredis.Redis.from_url(url, **_options(timeout))
     except ValueError as exc:
         raise _bad_url(url, exc) from None
+    lean_connections(client)
     try:
         info = await client.info("cluster")
     except BaseException:
@@ -77,6 +169,7 @@ async def connect(url: str, *, timeout: float) -> Connected:
         return Connected(client, "standalone")
     await client.aclose()
     cluster = RedisCluster.from_url(url, **_options(timeout))
+    lean_connections(cluster)
     try:
         await cluster.initialize()
     except BaseException:
@@ -112,6 +205,7 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
         password=unquote(password) or None,
         ssl=parts.scheme.lower().startswith("rediss"),
     )
+    lean_connections(client)
     connected = Connected(client, "sentinel", list(sentinel.sentinels))
     try:
         await client.ping()
