@@ -497,6 +497,7 @@ class DiskStore:
         meta_target = _meta_beside(target)
         backup = self._backup(component, path, target, meta_target) if _is_file(target) else None
         meta_tmp: Path | None = None
+        moved = False  # whether anything of the drive's files has changed yet
         try:
             if not self._attach_meta(staged.tmp, meta):
                 meta_out, meta_tmp = _temp_beside(self.tmp_dir)
@@ -505,15 +506,23 @@ class DiskStore:
                     meta_out.flush()
                     os.fsync(meta_out.fileno())
                 _replace_into(meta_tmp, meta_target)
+                moved = True
             _replace_into(staged.tmp, target)
+            moved = True
             _fsync_dir(target.parent)
         except BaseException as exc:
             # Whatever stopped it (a clash, a full disk), the previous file goes back.
             if meta_tmp is not None:
                 meta_tmp.unlink(missing_ok=True)
-            self.restore(backup, component, path)
-            clash = (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)
-            if isinstance(exc, clash):
+            if moved:
+                self.restore(backup, component, path)
+            else:  # the previous file never left: just drop the backup, and new folders
+                if backup is not None:
+                    self.drop_backup(backup)
+                self._prune(target.parent, component)
+            # A folder or a file in the way. A PermissionError is the disk's refusal (read
+            # only, no access, an immutable folder): reported as such, not as a clash.
+            if isinstance(exc, IsADirectoryError | NotADirectoryError | FileExistsError):
                 raise PathClash(exc) from exc
             raise
         return backup

@@ -7,10 +7,16 @@ kernel fails its writes past 1 MiB with EFBIG, as a full disk fails them with EN
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
+import os
+import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from asyncdrive import SyncDrive
+import pytest
+
+from asyncdrive import Drive, DriveStorageError, SyncDrive
 
 from .procs import read_line, spawn
 
@@ -128,3 +134,55 @@ def test_storage_errors_say_what_an_errno_means() -> None:
         "Drive 'd': cannot delete 'b': File name too long. Check the disk (or the mount), "
         "then retry."
     )
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def set_immutable(folder: Path, immutable: bool) -> None:
+    """Set or clear a folder's immutable flag (chattr +i): even root cannot change its entries."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (flags,) = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0)))
+        flags = flags | FS_IMMUTABLE_FL if immutable else flags & ~FS_IMMUTABLE_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags))
+    finally:
+        os.close(fd)
+
+
+async def test_a_folder_refusing_renames_is_a_storage_error_not_a_clash(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    """EPERM on the rename into place: reported as the disk's refusal, the old file kept."""
+    name = drive_id.removeprefix("lit://")
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("d/kept.txt", b"old")
+        folder = root / "drives" / name / "default" / "d"
+        set_immutable(folder, True)
+        try:
+            Path("kept.txt").write_bytes(b"new")
+            calls: list[tuple[Callable[[], Awaitable[object]], str]] = [
+                (lambda: drive.put("kept.txt", to="d/kept.txt"), "d/kept.txt"),
+                (lambda: drive.write_bytes("d/new.txt", b"new"), "d/new.txt"),
+            ]
+            for call, target in calls:
+                with pytest.raises(DriveStorageError) as refused:
+                    await call()
+                assert isinstance(refused.value, OSError)
+                assert refused.value.errno == errno.EPERM
+                message = str(refused.value)
+                assert f"Drive {name!r}" in message and repr(target) in message, message
+                assert "permission denied" in message and "write access" in message, message
+        finally:
+            set_immutable(folder, False)
+        # Nothing changed: the old bytes and version, no new file, nothing left in .tmp.
+        assert await drive.read_bytes("d/kept.txt") == b"old"
+        assert (await drive.info("d/kept.txt")).version == 1
+        assert await drive.list("d") == ["d/kept.txt"]
+        tmp = root / "drives" / name / ".tmp"
+        assert list(tmp.iterdir()) == []
+        assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+            "kept.txt"
+        ]
+        await drive.write_bytes("d/kept.txt", b"after")  # and the drive works on
+        assert (await drive.info("d/kept.txt")).version == 2
