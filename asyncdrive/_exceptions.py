@@ -159,6 +159,10 @@ class DriveStorageError(DriveError, OSError):
         self.errno, self.strerror, self.filename = cause.errno, cause.strerror, cause.filename
 
 
+class DrivePermissionError(DriveStorageError, PermissionError):
+    """The disk denied access (EACCES, EPERM): a folder not writable, or immutable."""
+
+
 #: What an errno of the disk means, and what to do about it.
 _DISK_TROUBLE: dict[int, tuple[str, str]] = {
     errno.ENOSPC: ("no space left on the disk", "Free space on it, then retry."),
@@ -202,6 +206,5 @@ def storage_error(
         what += f" to {os.fspath(to)!r}"
     fix = fix or "Check the disk (or the mount), then retry."
     left = _LEFT_AS_IT_WAS.get(doing, "")
-    return DriveStorageError(
-        f"Drive {drive!r}: cannot {what}: {reason}{where}. {fix} {left}".rstrip(), exc
-    )
+    kind = DrivePermissionError if exc.errno in (errno.EACCES, errno.EPERM) else DriveStorageError
+    return kind(f"Drive {drive!r}: cannot {what}: {reason}{where}. {fix} {left}".rstrip(), exc)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncdrive import Drive, DriveStorageError, SyncDrive
+from asyncdrive import Drive, DrivePermissionError, DriveStorageError, SyncDrive
 
 from .procs import read_line, spawn
 
@@ -129,6 +129,11 @@ def test_storage_errors_say_what_an_errno_means() -> None:
         "Drive 'd': cannot put 'a.txt': no space left on the disk (/mnt/x). Free space on "
         "it, then retry. That file was not stored: its copy in the drive, if any, is as it was."
     )
+    denied = storage_error("d", OSError(errno.EACCES, "Permission denied"), "get", "c")
+    assert isinstance(denied, PermissionError) and isinstance(denied, DriveStorageError)
+    assert not isinstance(
+        storage_error("d", OSError(errno.EIO, "I/O"), "get", "c"), PermissionError
+    )
     odd = storage_error("d", OSError(errno.ENAMETOOLONG, "File name too long"), "delete", "b")
     assert str(odd) == (
         "Drive 'd': cannot delete 'b': File name too long. Check the disk (or the mount), "
@@ -166,9 +171,9 @@ async def test_a_folder_refusing_renames_is_a_storage_error_not_a_clash(
                 (lambda: drive.write_bytes("d/new.txt", b"new"), "d/new.txt"),
             ]
             for call, target in calls:
-                with pytest.raises(DriveStorageError) as refused:
+                with pytest.raises(DrivePermissionError) as refused:
                     await call()
-                assert isinstance(refused.value, OSError)
+                assert isinstance(refused.value, DriveStorageError | PermissionError)
                 assert refused.value.errno == errno.EPERM
                 message = str(refused.value)
                 assert f"Drive {name!r}" in message and repr(target) in message, message
