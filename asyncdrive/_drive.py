@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +76,9 @@ _SMALL_WRITE = 1 << 20
 #: contention for the interpreter lock (measured: 64 concurrent gets on 2 cores ran up to
 #: half as fast with anyio's default of 40) without more disk throughput.
 DISK_THREADS = 8
+#: Files of a folder put stored side by side: their round trips and fsyncs overlap
+#: (measured: a folder of 1,000 small files went in 1.6-2.7x faster, on 2 cores).
+FOLDER_CONCURRENCY = 8
 #: How often open() looks again when a file is replaced while it opens it.
 _OPEN_ATTEMPTS = 5
 
@@ -168,6 +171,23 @@ class _Connection:
         with anyio.CancelScope(shield=True):
             result = await future
         return result
+
+    @contextlib.contextmanager
+    def side_by_side(self) -> Iterator[None]:
+        """Give an inline connection the disk threads while it stores many files at once.
+
+        Its calls are run one at a time by a thread that waits on each (see ``inline``):
+        for the duration, the files of one call can use the disk side by side.
+        """
+        if self.disk is not None:
+            yield
+            return
+        self.disk = _disk_threads.acquire()
+        try:
+            yield
+        finally:
+            pool, self.disk = self.disk, None
+            _disk_threads.release(pool)
 
     async def aclose(self) -> None:
         """Close the Redis connections and let the disk threads go."""
@@ -493,7 +513,9 @@ class Drive:
 
         ``path`` is relative to the current directory (or anywhere, with ``to``). A re-put by
         the same component replaces the file (a new version); readers see the old or the new
-        file, never a mix.
+        file, never a mix. A folder's files are stored up to `FOLDER_CONCURRENCY` at a time,
+        in no set order; if one fails, no more start, and the error is raised once those
+        under way are done (they stay stored).
 
         Example:
             >>> Path("a.txt").write_text("Hello World !")
@@ -541,7 +563,9 @@ class Drive:
                 "a local folder; put its files one by one."
             )
         conn = await self._connection()
-        for rel, size in files:
+
+        async def put_one(file: tuple[str, int]) -> None:
+            rel, size = file
             source = local / rel if rel else local
             await self._put(
                 conn,
@@ -550,6 +574,8 @@ class Drive:
                 precondition,
                 small=size <= _SMALL_WRITE,
             )
+
+        await _side_by_side(conn, files, put_one)
 
     @_redis_errors_as_unavailable
     async def write_bytes(
@@ -961,6 +987,8 @@ class Drive:
         _, files = await conn.index.list_files(drive_path, component_name)
         if not files:
             raise self._not_found(drive_path, [], component_name)
+        # One at a time: a get is mostly CPU here, and side by side it ran no faster (an
+        # async Drive) or 2-3x slower (a SyncDrive, whose copies then left its thread).
         for file, file_owners in zip(files, await conn.index.owners_many(files), strict=True):
             if file_owners:  # deleted since listed: skip
                 info = self._pick(file, file_owners, component_name)
@@ -1326,6 +1354,38 @@ def _restore(cls: type[DriveT], config: DriveConfig) -> DriveT:
 
 def _parent(path: str) -> str:
     return path.rpartition("/")[0] or "."
+
+
+async def _side_by_side(
+    conn: _Connection, items: Sequence[T], move: Callable[[T], Awaitable[None]]
+) -> None:
+    """Await ``move(item)`` for each item (a folder put's files), `FOLDER_CONCURRENCY` at a time.
+
+    The first failure stops the rest from starting (those under way finish) and is raised
+    as itself, not in an exception group. One item is moved here, without a task group.
+    """
+    if len(items) == 1:
+        await move(items[0])
+        return
+    pending = iter(items)
+    failures: list[Exception] = []
+
+    async def mover() -> None:
+        for item in pending:
+            if failures:
+                return
+            try:
+                await move(item)
+            except Exception as exc:
+                failures.append(exc)
+                return
+
+    with conn.side_by_side():
+        async with anyio.create_task_group() as movers:
+            for _ in range(min(FOLDER_CONCURRENCY, len(items))):
+                movers.start_soon(mover)
+    if failures:
+        raise failures[0]
 
 
 def _local_files(local: Path) -> list[tuple[str, int]] | None:

@@ -143,7 +143,7 @@ class DriveStorageError(DriveError, OSError):
     The disk is the drive root's, or the local one of a `Drive.get`. ``errno``, ``strerror``
     and ``filename`` are those of the `OSError` the disk raised (also its ``__cause__``).
     What the failed call was writing is removed: a put stores nothing of the file it
-    failed on (the files of a folder put before it stay).
+    failed on (the other files of a folder put that were stored stay).
 
     Example:
         >>> try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from asyncdrive import (
     InvalidPathError,
     VersionConflictError,
 )
-from asyncdrive._drive import DISK_THREADS
+from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
 from asyncdrive._storage import META_XATTR, DiskStore
 
 from .conftest import MakeDrive, raw_redis
@@ -490,3 +491,80 @@ async def test_disk_calls_use_a_bounded_number_of_threads(
                 group.start_soon(drive.write_bytes, f"many/{i}.txt", b"x")
         assert busiest == DISK_THREADS
         assert len(await drive.list("many")) == 4 * DISK_THREADS
+
+
+MEETING_TIMEOUT = 30.0
+
+
+def spy_on_installs(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]) -> None:
+    """Call ``before()`` in every DiskStore.install of this process, then the real install."""
+    original = DiskStore.install
+
+    def install(self: DiskStore, *args: Any) -> Any:
+        before()
+        return original(self, *args)
+
+    monkeypatch.setattr(DiskStore, "install", install)
+
+
+async def test_a_folder_put_stores_its_files_side_by_side(
+    make_drive: MakeDrive, drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first installs wait for one another: one file at a time could never pass this."""
+    meeting = threading.Barrier(FOLDER_CONCURRENCY, timeout=MEETING_TIMEOUT)
+    busiest = started = inside = 0
+    lock = threading.Lock()
+
+    def before() -> None:
+        nonlocal busiest, started, inside
+        with lock:
+            started += 1
+            first = started <= FOLDER_CONCURRENCY
+            inside += 1
+            busiest = max(busiest, inside)
+        try:
+            if first:  # the first ones wait until all of them run
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    meeting.wait()
+        finally:
+            with lock:
+                inside -= 1
+
+    spy_on_installs(monkeypatch, before)
+    folder = workdir / "dataset"
+    folder.mkdir()
+    for i in range(3 * FOLDER_CONCURRENCY):
+        (folder / f"{i:02d}.bin").write_bytes(os.urandom(100) + bytes([i]))
+    drive = make_drive(drive_id)
+    await drive.put("dataset")
+    assert not meeting.broken  # FOLDER_CONCURRENCY installs ran at once
+    assert busiest == FOLDER_CONCURRENCY
+    names = sorted(p.name for p in folder.iterdir())
+    assert await drive.list("dataset") == [f"dataset/{n}" for n in names]
+    for name in names:
+        assert await drive.read_bytes(f"dataset/{name}") == (folder / name).read_bytes()
+
+
+async def test_a_failing_file_stops_a_folder_put_with_its_own_error(
+    make_drive: MakeDrive, drive_id: str, workdir: Path, root: Path
+) -> None:
+    """The error is the failing file's (no exception group); what was stored is whole."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("dataset/sub", b"a file where the folder's subfolder goes")
+    folder = workdir / "dataset"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "x.bin").write_bytes(b"x")
+    for i in range(40):
+        (folder / f"{i:02d}.bin").write_bytes(bytes([i]) * 10)
+    with pytest.raises(DriveNotADirectoryError, match="'dataset/sub' is a file"):
+        await drive.put("dataset")
+    stored = await drive.list("dataset")
+    assert "dataset/sub" in stored
+    for path in stored:
+        if path != "dataset/sub":
+            assert await drive.read_bytes(path) == (workdir / path).read_bytes()
+    tmp = root / "drives" / drive_id.removeprefix("lit://") / ".tmp"
+    assert list(tmp.iterdir()) == []
+    await drive.delete("dataset/sub")
+    await drive.put("dataset")  # once the way is clear, the whole folder goes in
+    assert len(await drive.list("dataset", recursive=True)) == 41
