@@ -1362,7 +1362,7 @@ async def _side_by_side(
     """Await ``move(item)`` for each item (a folder put's files), `FOLDER_CONCURRENCY` at a time.
 
     The first failure stops the rest from starting (those under way finish) and is raised
-    as itself, not in an exception group. One item is moved here, without a task group.
+    as itself, not in an exception group. A single item is moved directly, without tasks.
     """
     if len(items) == 1:
         await move(items[0])
