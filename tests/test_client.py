@@ -3,7 +3,6 @@ task must send exactly what redis-py would, and still time out against a hung se
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Iterator
@@ -108,10 +107,8 @@ async def test_hung_server_times_out_on_small_and_large_writes(
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGSTOP)
         try:
-            started = asyncio.get_running_loop().time()
             with pytest.raises(redis.exceptions.TimeoutError):
                 await client.set("k", "x" * size)
-            assert asyncio.get_running_loop().time() - started < 5
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         assert await client.ping()  # a new connection: the timed-out one was dropped
