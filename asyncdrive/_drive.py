@@ -24,7 +24,6 @@ from types import TracebackType
 from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, overload
 
 import anyio
-import anyio.to_thread
 import redis.exceptions
 
 from . import _paths
@@ -543,10 +542,18 @@ class Drive:
         drive_path = self._path(path if to is None else to)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
-        if self._disk_inline:
-            files = _local_files(local)
-        else:
-            files = await anyio.to_thread.run_sync(_local_files, local)
+        conn = await self._connection()
+        # The common case first: one small local file, found, staged and installed in the
+        # one worker-thread call that follows the lock. Anything else (a folder, a large or
+        # missing file, a refused check) takes the general way below, which finds out what
+        # is at ``local`` first and reports it in that order.
+        with contextlib.suppress(_NotASmallFile):
+            await self._put(
+                conn, drive_path, functools.partial(_stage_small_file, conn.store, local),
+                precondition, small=True, tentative=True,
+            )  # fmt: skip
+            return
+        files = await conn.run_sync(_local_files, local)
         if files is None:
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: there is no local file or "
@@ -562,7 +569,6 @@ class Drive:
                 f"Drive {self.name!r}: if_version applies to one file, and {drive_path!r} is "
                 "a local folder; put its files one by one."
             )
-        conn = await self._connection()
 
         async def put_one(file: tuple[str, int]) -> None:
             rel, size = file
@@ -627,6 +633,7 @@ class Drive:
         precondition: str,
         *,
         small: bool = False,
+        tentative: bool = False,
     ) -> FileInfo:
         """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them.
 
@@ -634,6 +641,9 @@ class Drive:
         before the commit lock is taken, so a refused put copies nothing and the lock is
         held only for the rename. A ``small`` one is staged under the lock, in the same
         worker-thread call as its install: one thread hop and one fsync of the upload.
+
+        ``tentative``: a refused check raises `_NotASmallFile` instead of its error, as
+        ``stage`` does when it finds no small file to stage (the lock is then released).
         """
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
@@ -644,7 +654,9 @@ class Drive:
             stage = await conn.run_sync(stage, True)
         try:
             token, checked = await self._lock_put(conn, path, precondition)
-            self._raise_put_refused(path, checked, precondition)  # no lock held if refused
+            if tentative and checked.status != "ok":
+                raise _NotASmallFile  # no lock held if refused
+            self._raise_put_refused(path, checked, precondition)
             # Between here and the index commit, a cancellation would leave the disk and the
             # index disagreeing: the section is short (a rename and one Lua call), so shield it.
             with anyio.CancelScope(shield=True):
@@ -1386,6 +1398,25 @@ async def _side_by_side(
                 movers.start_soon(mover)
     if failures:
         raise failures[0]
+
+
+class _NotASmallFile(Exception):
+    """What `put` tried first (one small local file) does not apply: take the general way."""
+
+
+def _stage_small_file(store: DiskStore, local: Path, sync: bool) -> Staged:
+    """Stage ``local`` if it is a regular file of at most `_SMALL_WRITE` bytes.
+
+    Else (missing, a folder, larger, not a regular file, not even readable for its size)
+    raise `_NotASmallFile`, having opened nothing: a FIFO is never opened.
+    """
+    try:
+        st = local.stat()
+    except OSError:
+        raise _NotASmallFile from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > _SMALL_WRITE:
+        raise _NotASmallFile
+    return store.stage_file(local, sync)
 
 
 def _local_files(local: Path) -> list[tuple[str, int]] | None:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import mmap
 import os
+import secrets
 import stat
 import sys
 import tempfile
@@ -366,7 +367,17 @@ def temp_fd_in(folder: Path) -> tuple[int, Path]:
 
     Returns its descriptor, open for writing, and its path.
     """
-    fd, name = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
+    # As tempfile.mkstemp does (a new name, O_EXCL, no link followed), at half its cost:
+    # 64 random bits make a clash between any processes of any machines sharing the disk
+    # vanishingly rare, and one is retried.
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        name = f"{folder}/{TMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(name, flags, 0o600)
+            break
+        except FileExistsError:
+            continue
     try:
         os.fchmod(fd, FILE_MODE)
     except BaseException:

@@ -297,6 +297,52 @@ async def test_put_missing_local_file(make_drive: MakeDrive, drive_id: str) -> N
         await drive.put("absent.txt")
 
 
+async def _leftovers(redis_url: str, root: Path, drive_id: str) -> tuple[list[Any], list[Path]]:
+    """Return the commit locks held in the drive's index, and what its `.tmp` holds."""
+    name = drive_id[6:]
+    async with raw_redis(redis_url) as client:
+        locks = [k async for k in client.scan_iter(match=f"*{name}*lock:*")]
+    tmp = root / "drives" / name / ".tmp"
+    return locks, sorted(tmp.iterdir()) if tmp.exists() else []
+
+
+async def test_put_takes_the_general_way_for_all_but_a_small_file(
+    make_drive: MakeDrive,
+    drive_id: str,
+    redis_url: str,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A put first takes the lock as for one small local file, finding out what is at the
+    # local path only in the worker-thread call after it. Whatever else is there must come
+    # out as if it had been looked at first, with no lock left behind.
+    monkeypatch.setattr(asyncdrive._drive, "_SMALL_WRITE", 64)  # "large" from 65 bytes
+    drive = make_drive(drive_id)
+    await drive.write_bytes("taken.txt", b"x")
+    with pytest.raises(DriveFileNotFoundError, match="no local file"):
+        await drive.put("taken.txt", exist_ok=False)  # the missing local file comes first
+    write("big.bin", b"b" * 1000)
+    await drive.put("big.bin")
+    await drive.put("big.bin", if_version=1)
+    assert (await drive.info("big.bin")).version == 2
+    assert await drive.read_bytes("big.bin") == b"b" * 1000
+    write("data/one.txt")
+    write("data/sub/two.txt")
+    await drive.put("data")
+    write("data/one.txt", b"again")
+    await drive.put("data")  # over a folder of the drive: the lock check refuses "data"
+    assert await drive.read_bytes("data/one.txt") == b"again"
+    assert (await drive.info("data/one.txt")).version == 2
+    with pytest.raises(asyncdrive.InvalidConfigError, match="local folder"):
+        await drive.put("data", to="fresh", if_version=0)
+    os.mkfifo("pipe")
+    with pytest.raises(DriveFileNotFoundError, match="no local file"):
+        await drive.put("pipe")  # never opened: opening a FIFO would wait for a writer
+    assert not await drive.exists("fresh")
+    assert not await drive.exists("pipe")
+    assert await _leftovers(redis_url, root, drive_id) == ([], [])
+
+
 async def test_disk_layout_and_metadata(make_drive: MakeDrive, drive_id: str, root: Path) -> None:
     drive = make_drive(drive_id, component_name="w1")
     info = await drive.write_bytes("m/n.bin", b"payload")
