@@ -1093,17 +1093,21 @@ class Drive:
             await conn.run_sync(functools.partial(upload.unlink, missing_ok=True))
         undone = kept = 0
         for backup in backups:
-            target = await conn.run_sync(store.backup_target, backup)
+            target = store.backup_target(backup)
             if target is None:
-                await conn.run_sync(store.drop_backup, backup)
-                continue
+                continue  # a name in the reserved space that is no backup: not ours to touch
             component, path = target
             token = await self._lock(conn, component, path)
             with anyio.CancelScope(shield=True):
                 try:
+                    if not await conn.run_sync(os.path.lexists, backup):
+                        continue  # its writer was only slow, and has finished meanwhile
                     entry = (await index.owners(path)).get(component)
                     installed = await conn.run_sync(store.installed_version, component, path)
-                    if entry is not None and entry.version == installed:
+                    if entry is None:  # deleted since, or never indexed: nothing to keep
+                        await conn.run_sync(store.remove, component, path)
+                        undone += 1
+                    elif entry.version == installed:
                         await conn.run_sync(store.drop_backup, backup)
                         kept += 1
                     else:  # installed, then the writer died before the commit: undo

@@ -4,12 +4,17 @@ Layout under the root::
 
     <root>/drives/<name>/<component>/<path>                       the bytes of each file
     <root>/drives/<name>/.tmp/                                    uploads in progress
+    <root>/drives/<name>/<component>/<folder>/.asyncdrive-backup.<file>  while it is replaced
 
 Each file carries its metadata (size, mtime, checksum, version: with its place on disk,
 enough to rebuild the Redis index) in an extended attribute, ``user.asyncdrive.meta``, set
 on the upload before its one fsync and moved into place with it by the same rename. Where
 the filesystem has no user extended attributes (some NFS servers, macOS), the metadata goes
 to a file beside it instead, ``<folder>/.asyncdrive-meta.<file>.json``, fsynced too.
+
+A replacement hard-links the previous bytes beside the file before the rename (see
+`DiskStore.install`), so a refused or interrupted commit can put them back; its place names
+the file it backs up, so `gc` can finish the job after a crash.
 
 Every method here is blocking and meant to run in a worker thread. Writes go to a temporary
 file on the same filesystem, are flushed and fsynced, then renamed into place, so a reader
@@ -28,7 +33,6 @@ import os
 import secrets
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +48,8 @@ from ._paths import RESERVED_PREFIX
 CHUNK = 1 << 20
 META_PREFIX = RESERVED_PREFIX + "-meta."
 TMP_PREFIX = RESERVED_PREFIX + "-tmp."
+#: Beside a file being replaced: a hard link to its previous bytes (and metadata file).
+BACKUP_PREFIX = RESERVED_PREFIX + "-backup."
 #: Written beside a drive's folders once it has committed a file: if the index is missing
 #: while this exists, the Redis server lost the drive's index.
 DRIVE_MARKER = RESERVED_PREFIX + "-drive"
@@ -325,6 +331,15 @@ def _meta_beside(target: Path) -> Path:
     return target.with_name(f"{META_PREFIX}{target.name}.json")
 
 
+def _backup_beside(target: Path) -> Path:
+    return target.with_name(f"{BACKUP_PREFIX}{target.name}")
+
+
+def _backed_up(backup: Path) -> Path:
+    """Return the file that a backup made by `DiskStore.install` is for."""
+    return backup.with_name(backup.name.removeprefix(BACKUP_PREFIX))
+
+
 def _meta_json(meta: dict[str, object]) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
@@ -340,13 +355,13 @@ def _fsync_dir(folder: Path) -> None:
 def _replace_into(source: Path, target: Path) -> None:
     """Rename ``source`` to ``target``, creating target's folders (again, if a delete raced)."""
     for _attempt in range(10):
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(source, target)
             return
         except FileNotFoundError:
-            if not source.exists():
+            if not os.path.lexists(source):
                 raise
+        target.parent.mkdir(parents=True, exist_ok=True)  # missing, or pruned meanwhile
     os.replace(source, target)
 
 
@@ -355,6 +370,17 @@ def _is_file(path: Path) -> bool:
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+_META_BACKUP = BACKUP_PREFIX + META_PREFIX
+
+
+def _older(path: Path, now: float, grace: float, clock: str) -> bool:
+    """Tell whether ``path``'s ``clock`` (``st_mtime``, ``st_ctime``) is ``grace`` s old."""
+    try:
+        return bool(now - getattr(path.lstat(), clock) >= grace)
+    except FileNotFoundError:
         return False
 
 
@@ -433,9 +459,14 @@ class DiskStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _make_tmp_dir(self) -> None:
+    def _new_upload(self) -> tuple[BinaryIO, Path]:
+        """Create an empty temporary upload in ``.tmp`` (made on first use)."""
         self._refuse_links(["drives", self.drive, ".tmp"], ".tmp")
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            return _temp_beside(self.tmp_dir)
+        except FileNotFoundError:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            return _temp_beside(self.tmp_dir)
 
     def stage_file(self, source: Path, sync: bool = True) -> Staged:
         """Copy a local file into a temporary upload, and hash it.
@@ -445,10 +476,9 @@ class DiskStore:
         Memory stays bounded (a few MiB) whatever the size. ``sync=False`` leaves the fsync
         to `install` (one fsync then covers the bytes and the metadata).
         """
-        self._make_tmp_dir()
         with open(source, "rb") as src:
             st = os.fstat(src.fileno())
-            out, tmp = _temp_beside(self.tmp_dir)
+            out, tmp = self._new_upload()
             try:
                 with out:
                     if stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_HASH_MIN:
@@ -467,8 +497,7 @@ class DiskStore:
 
     def stage_bytes(self, data: bytes | bytearray | memoryview, sync: bool = True) -> Staged:
         """Write ``data`` into a temporary upload (``sync``: as for `stage_file`)."""
-        self._make_tmp_dir()
-        out, tmp = _temp_beside(self.tmp_dir)
+        out, tmp = self._new_upload()
         try:
             with out:
                 out.write(data)
@@ -482,8 +511,7 @@ class DiskStore:
 
     def open_upload(self) -> tuple[BinaryIO, Path]:
         """Create an empty temporary upload; return it open for writing, and its path."""
-        self._make_tmp_dir()
-        return _temp_beside(self.tmp_dir)
+        return self._new_upload()
 
     def discard(self, staged: Staged) -> None:
         """Remove an upload that will not be installed."""
@@ -496,9 +524,14 @@ class DiskStore:
 
         The metadata (see `read_meta`) is attached to the upload, the upload fsynced, renamed
         into place, and its folder fsynced: once this returns, the file survives a crash.
-        The backup (a hard link to the previous bytes, and to their metadata file if they
-        have one), or None when the path held no file, lets `restore` undo the install if
-        the index refuses the commit. Remove it with `drop_backup`.
+        ``meta["version"]`` is the version installed; the file it replaces should be at the
+        one before.
+
+        The backup, or None when the path held no file, lets `restore` undo the install if
+        the index refuses the commit: a hard link to the previous bytes beside them,
+        ``.asyncdrive-backup.<file>`` (and one to their metadata file, if they have one),
+        made and fsynced with the rename, so no crash leaves a replaced file without its
+        backup. Remove it with `drop_backup`.
 
         All or nothing: if the upload cannot be moved into place (a put of a path above or
         below it, in the same component, holds the spot), what was moved is put back and
@@ -506,7 +539,9 @@ class DiskStore:
         """
         target = self.file_path(component, path)
         meta_target = _meta_beside(target)
-        backup = self._backup(component, path, target, meta_target) if _is_file(target) else None
+        version = meta.get("version")
+        replaces = version - 1 if isinstance(version, int) else None
+        backup = self._backup(component, path, target, replaces) if _is_file(target) else None
         meta_tmp: Path | None = None
         moved = False  # whether anything of the drive's files has changed yet
         try:
@@ -538,13 +573,21 @@ class DiskStore:
             raise
         return backup
 
-    def _backup(self, component: str, path: str, target: Path, meta_target: Path) -> Path:
-        backup = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="backup-"))
-        # Says what the backup is for, so a crash between install and commit can be undone.
-        (backup / "target").write_text(json.dumps({"component": component, "path": path}))
-        os.link(target, backup / "data")
+    def _backup(self, component: str, path: str, target: Path, replaces: int | None) -> Path:
+        """Hard-link ``target`` (at version ``replaces``) and its metadata file beside them."""
+        backup = _backup_beside(target)
+        try:
+            os.link(target, backup, follow_symlinks=False)
+        except FileExistsError:
+            # A put of this path died between its install and its commit (the caller holds
+            # the path's lock: no live put is there). Keep whichever copy the index has.
+            if self.installed_version(component, path) != replaces:
+                return backup  # the file is the dead put's, uncommitted: the backup is right
+            self.drop_backup(backup)  # the dead put's commit happened: back the file up
+            os.link(target, backup, follow_symlinks=False)
+        meta_target = _meta_beside(target)
         if _is_file(meta_target):
-            os.link(meta_target, backup / "meta")
+            os.link(meta_target, _backup_beside(meta_target), follow_symlinks=False)
         return backup
 
     def _attach_meta(self, upload: Path, meta: dict[str, object]) -> bool:
@@ -591,11 +634,19 @@ class DiskStore:
         install left to undo: the backup is just dropped.
         """
         target = self.file_path(component, path)
-        for current, name in ((target, "data"), (_meta_beside(target), "meta")):
-            saved = None if backup is None else backup / name
+        meta_target = _meta_beside(target)
+        meta_saved = None if backup is None else _backup_beside(meta_target)
+        if backup is not None and meta_saved is not None and not _is_file(meta_saved):
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.lstat(backup), os.lstat(target)):
+                    # The install stopped before it moved anything (it had no metadata
+                    # file to back up, or had not backed it up yet): leave the file be.
+                    self.drop_backup(backup)
+                    return
+        for current, saved in ((target, backup), (meta_target, meta_saved)):
             with contextlib.suppress(IsADirectoryError, NotADirectoryError):
-                if saved is not None and saved.exists():
-                    os.replace(saved, current)
+                if saved is not None and _is_file(saved):
+                    os.replace(saved, current)  # a no-op if both are the same file
                 elif _is_file(current):
                     current.unlink()
         if backup is not None:
@@ -615,16 +666,15 @@ class DiskStore:
             self.mark_in_use()
 
     def drop_backup(self, backup: Path) -> None:
-        """Remove the backup left by `install`."""
-        for name in ("data", "meta", "target"):
-            (backup / name).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            backup.rmdir()
+        """Remove the backup left by `install` (the bytes last: see `leftovers`)."""
+        _backup_beside(_meta_beside(_backed_up(backup))).unlink(missing_ok=True)
+        backup.unlink(missing_ok=True)
 
     def remove(self, component: str, path: str) -> None:
-        """Remove ``component``'s copy of ``path`` and its metadata, then empty folders."""
+        """Remove ``component``'s copy of ``path``, its metadata, any backup, empty folders."""
         target = self.file_path(component, path)
-        for current in (target, _meta_beside(target)):
+        meta_target = _meta_beside(target)
+        for current in (target, meta_target, _backup_beside(meta_target), _backup_beside(target)):
             if _is_file(current):
                 current.unlink(missing_ok=True)
         self._prune(target.parent, component)
@@ -651,6 +701,17 @@ class DiskStore:
         """Tell whether this drive has ever committed a file (its marker exists)."""
         return (self.base / DRIVE_MARKER).exists()
 
+    def _component_dirs(self) -> list[Path]:
+        """Return the folders of the drive's components (not ``.tmp``, not links), sorted."""
+        if not self.base.is_dir():
+            return []
+        return [
+            entry
+            for entry in sorted(self.base.iterdir())
+            # not .tmp, nor anything else that is no component's folder
+            if is_valid_name(entry.name) and entry.is_dir() and not entry.is_symlink()
+        ]
+
     def scan(self, *, verify: bool) -> list[DiskFile]:
         """Return every file of the drive on disk, with its metadata.
 
@@ -659,13 +720,7 @@ class DiskStore:
         """
         found: list[DiskFile] = []
         now = time.time()
-        if not self.base.is_dir():
-            return found
-        for component_dir in sorted(self.base.iterdir()):
-            if not component_dir.is_dir() or component_dir.is_symlink():
-                continue
-            if not is_valid_name(component_dir.name):
-                continue  # .tmp, or not a component's folder
+        for component_dir in self._component_dirs():
             for dirpath, dirnames, filenames in os.walk(component_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
                 for name in filenames:
@@ -693,28 +748,35 @@ class DiskStore:
         )
 
     def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
-        """Return (temporary uploads, install backups) in ``.tmp`` older than ``grace`` s."""
-        uploads: list[Path] = []
-        backups: list[Path] = []
-        if not self.tmp_dir.is_dir():
-            return uploads, backups
+        """Return the temporary uploads and the install backups older than ``grace`` s.
+
+        Uploads are the files of ``.tmp``; backups (see `install`) are found beside the
+        files they back up, aged by the time their link was made (``st_ctime``).
+        """
         now = time.time()
-        for entry in self.tmp_dir.iterdir():
-            try:
-                if now - entry.lstat().st_mtime < grace:
-                    continue
-            except FileNotFoundError:
-                continue
-            (backups if entry.is_dir() else uploads).append(entry)
+        uploads: list[Path] = []
+        if self.tmp_dir.is_dir():
+            uploads = [e for e in self.tmp_dir.iterdir() if _older(e, now, grace, "st_mtime")]
+        backups: list[Path] = []
+        for component_dir in self._component_dirs():
+            for dirpath, dirnames, filenames in os.walk(component_dir):
+                dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
+                for name in filenames:
+                    if name.startswith(BACKUP_PREFIX) and not name.startswith(_META_BACKUP):
+                        backup = Path(dirpath) / name
+                        if _older(backup, now, grace, "st_ctime"):
+                            backups.append(backup)
         return uploads, backups
 
     def backup_target(self, backup: Path) -> tuple[str, str] | None:
-        """Return the (component, path) an install backup was made for, if it says."""
+        """Return the (component, path) an install backup was made for, if it is one."""
         try:
-            target = json.loads((backup / "target").read_text())
-            return str(target["component"]), str(target["path"])
-        except (OSError, ValueError, KeyError):
+            component, *folders, name = backup.relative_to(self.base).parts
+        except ValueError:
             return None
+        if not name.startswith(BACKUP_PREFIX) or not name.removeprefix(BACKUP_PREFIX):
+            return None
+        return component, "/".join([*folders, name.removeprefix(BACKUP_PREFIX)])
 
     # -- reading -----------------------------------------------------------------------------
 

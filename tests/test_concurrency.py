@@ -206,8 +206,7 @@ def check_disk(
         if read:
             data = drive.read_bytes(info.path, component_name=info.component_name)
             assert sha256(data) == info.checksum, key
-    leftovers = sorted(p.name for p in store.tmp_dir.iterdir()) if store.tmp_dir.exists() else []
-    assert leftovers == [], "uploads or backups left behind"
+    assert store.leftovers(grace=0) == ([], []), "uploads or backups left behind"
 
 
 def change_log(drive: SyncDrive) -> list[DriveEvent]:

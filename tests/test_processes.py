@@ -30,6 +30,7 @@ import pytest
 
 import asyncdrive
 from asyncdrive import Drive, DriveError, DriveUnavailableError, SyncDrive
+from asyncdrive._storage import DiskStore
 
 from .conftest import run_python
 from .procs import stop_all
@@ -159,7 +160,7 @@ def test_readers_see_whole_versions_while_a_large_file_is_replaced(
         with open(stored, "rb") as f:
             assert hashlib.file_digest(f, "sha256").hexdigest() == info.checksum
         # No upload, backup or download temporary was left behind.
-        assert list((root / "drives" / drive_id[6:] / ".tmp").iterdir()) == []
+        assert DiskStore(root, drive_id[6:]).leftovers(grace=0) == ([], [])
         assert sorted(p.name for p in reader_dir.iterdir()) == ["big.bin"]
     finally:
         stop.touch()

@@ -102,17 +102,28 @@ async def test_metadata_files_where_the_disk_keeps_no_attributes(
     data = store.file_path("default", "a/x.bin")
     with pytest.raises(OSError):
         os.getxattr(data, "user.asyncdrive.meta")
-    # A replacement backs up both files; undoing it (a refused commit) restores both.
+    # A replacement backs up both files beside them; undoing it (a refused commit) restores
+    # both, and leaves no backup behind.
     second = {**first, "checksum": hashlib.sha256(b"v2").hexdigest(), "version": 2}
     backup = store.install(store.stage_bytes(b"v2"), "default", "a/x.bin", second)
-    assert backup is not None and sorted(p.name for p in backup.iterdir()) == [
-        "data", "meta", "target",
+    assert backup is not None
+    assert sorted(p.name for p in data.parent.iterdir()) == [
+        ".asyncdrive-backup..asyncdrive-meta.x.bin.json", ".asyncdrive-backup.x.bin",
+        ".asyncdrive-meta.x.bin.json", "x.bin",
     ]  # fmt: skip
+    assert backup.read_bytes() == b"v1"
     assert store.installed_version("default", "a/x.bin") == 2
     store.restore(backup, "default", "a/x.bin")
     assert data.read_bytes() == b"v1"
     assert store.read_meta("default", "a/x.bin") == first
+    assert sorted(p.name for p in data.parent.iterdir()) == [".asyncdrive-meta.x.bin.json", "x.bin"]
     assert list(store.tmp_dir.iterdir()) == []
+    # A writer that died after backing up the bytes, before their metadata file: undoing
+    # it leaves the file and its metadata as they were.
+    os.link(data, data.with_name(".asyncdrive-backup.x.bin"))
+    store.restore(data.with_name(".asyncdrive-backup.x.bin"), "default", "a/x.bin")
+    assert sorted(p.name for p in data.parent.iterdir()) == [".asyncdrive-meta.x.bin.json", "x.bin"]
+    assert store.read_meta("default", "a/x.bin") == first
     # The index is rebuilt from the files' metadata.
     await drop_index(redis_url, drive_id[6:])
     fresh = make_drive(drive_id)
@@ -192,24 +203,20 @@ async def test_gc_cleans_up_after_dead_writers(
         meta = {"path": "replaced.txt", "version": 2, "component_name": "default"}
         backup = store.install(staged, "default", "replaced.txt", meta)
         assert backup is not None, "a replacement keeps a backup of what it replaced"
-        old(backup)
         # A writer died after removing the index entry of a delete, before the bytes.
         orphan = store.stage_bytes(b"orphan")
         store.install(orphan, "default", "orphan.txt", {"version": 1})
-        for leftover_backup in store.tmp_dir.glob("backup-*"):
-            if leftover_backup != backup:
-                store.drop_backup(leftover_backup)
         old(store.file_path("default", "orphan.txt"))
         # Bytes removed behind asyncdrive's back.
         store.file_path("default", "dangling.txt").unlink()
-        # Work in progress (younger than the grace period) is left alone.
+        # Work in progress (younger than the grace period) is left alone: this upload, and
+        # the backup, which is aged by when it was made (its ctime, which no test can age).
         fresh_upload = store.stage_bytes(b"in progress")
 
         report = await drive.gc(grace=600)
-        assert (report.uploads_removed, report.installs_undone, report.installs_kept) == (1, 1, 0)
+        assert (report.uploads_removed, report.installs_undone, report.installs_kept) == (1, 0, 0)
         assert (report.orphans_removed, report.entries_removed) == (1, 1)
-        assert await drive.read_bytes("replaced.txt") == b"v1"
-        assert store.file_path("default", "replaced.txt").read_bytes() == b"v1"
+        assert backup.read_bytes() == b"v1"
         assert not store.file_path("default", "orphan.txt").exists()
         assert await drive.list(".") == ["kept.txt", "replaced.txt"]
         assert [p.name for p in store.tmp_dir.iterdir()] == [fresh_upload.tmp.name]
@@ -218,7 +225,68 @@ async def test_gc_cleans_up_after_dead_writers(
         while (event := await watch.next(0.5)) is not None:
             changes.append((event.change, event.path))
         assert changes[-1:] == [("deleted", "dangling.txt")]
-        assert await drive.gc(grace=600) == type(report)()  # nothing left to do
+
+        report = await drive.gc(grace=0)  # now the backup and the upload count as old
+        assert report == type(report)(uploads_removed=1, installs_undone=1)
+        assert await drive.read_bytes("replaced.txt") == b"v1"
+        assert store.file_path("default", "replaced.txt").read_bytes() == b"v1"
+        assert not backup.exists()
+        assert list(store.tmp_dir.iterdir()) == []
+        assert await drive.gc(grace=0) == type(report)()  # nothing left to do
+
+
+async def test_a_dead_writers_backup_is_settled_by_the_next_put(
+    make_drive: MakeDrive, drive_id: str, root: Path
+) -> None:
+    """A put that finds the backup of a writer that died before its commit keeps the copy
+    the index has: the old backup if that commit never happened, else the file itself."""
+    drive = make_drive(drive_id)
+    store = DiskStore(root, drive_id[6:])
+    target = store.file_path("default", "x.bin")
+    await drive.write_bytes("x.bin", b"v1")
+    # Died before its commit: the file holds uncommitted bytes, the backup holds version 1.
+    dead = store.install(store.stage_bytes(b"dead"), "default", "x.bin", {"version": 2})
+    assert dead is not None and dead.read_bytes() == b"v1"
+    again = store.install(store.stage_bytes(b"again"), "default", "x.bin", {"version": 2})
+    assert again == dead and again.read_bytes() == b"v1", "the committed copy is kept"
+    store.restore(again, "default", "x.bin")
+    assert target.read_bytes() == b"v1"
+    # Died after its commit (the file's version is the index's): the file is backed up.
+    await drive.write_bytes("x.bin", b"v2")
+    stale = store.stage_bytes(b"stale").tmp
+    os.link(stale, dead)
+    stale.unlink()
+    fresh = store.install(store.stage_bytes(b"v3"), "default", "x.bin", {"version": 3})
+    assert fresh == dead and fresh.read_bytes() == b"v2", "the committed copy is kept"
+    store.restore(fresh, "default", "x.bin")
+    assert target.read_bytes() == b"v2"
+    # A put through the drive settles a leftover like any other, and leaves none.
+    store.install(store.stage_bytes(b"dead"), "default", "x.bin", {"version": 3})
+    await drive.write_bytes("x.bin", b"v3")
+    assert await drive.read_bytes("x.bin") == b"v3"
+    assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+
+
+async def test_gc_and_delete_drop_a_backup_whose_file_has_no_entry(
+    make_drive: MakeDrive, drive_id: str, root: Path
+) -> None:
+    drive = make_drive(drive_id)
+    store = DiskStore(root, drive_id[6:])
+    # An orphan (a delete cut short), then a replacement of it that died before its commit:
+    # the index has no entry, so gc removes both the file and the backup.
+    store.install(store.stage_bytes(b"orphan"), "default", "o.bin", {"version": 1})
+    backup = store.install(store.stage_bytes(b"new"), "default", "o.bin", {"version": 1})
+    assert backup is not None
+    report = await drive.gc(grace=0)
+    assert (report.installs_undone, report.orphans_removed) == (1, 0)
+    assert not backup.exists() and not store.file_path("default", "o.bin").exists()
+    # A delete removes a dead writer's backup with the file.
+    await drive.write_bytes("d/x.bin", b"v1")
+    backup = store.install(store.stage_bytes(b"dead"), "default", "d/x.bin", {"version": 2})
+    assert backup is not None
+    await drive.delete("d/x.bin")
+    assert not backup.exists() and not backup.parent.exists()
+    assert await drive.gc(grace=0) == type(report)()
 
 
 WORKER = """
