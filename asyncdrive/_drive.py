@@ -6,9 +6,7 @@ watches and open files, on a background loop thread); no logic lives there.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
 import functools
 import logging
 import os
@@ -17,7 +15,6 @@ import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +53,7 @@ from ._index import Index, PutOutcome
 from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
 from ._storage import DiskStore, PathClash, Staged
+from ._threads import DiskThreads, NoThreads
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["Drive"]
@@ -88,41 +86,41 @@ StrPath = str | os.PathLike[str]
 _inherited_after_fork: list[object] = []
 
 
-class _DiskThreads:
+class _SharedDiskThreads:
     """The worker threads doing every drive's disk calls in this process, at most a few.
 
     Shared, so that however many drives, threads and loops a process runs, its disk calls
     take at most `DISK_THREADS` threads; and not anyio's, whose threads end with the task
-    that started them (each call of a SyncDrive runs in a loop of its own). The pool stops
-    when the last connection using it closes, and a forked child starts its own.
+    that started them (each call of a SyncDrive runs in a loop of its own). The threads stop
+    when the last connection using them closes, and a forked child starts its own.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: DiskThreads | None = None
         self._users = 0
         self._pid = os.getpid()
 
-    def acquire(self) -> ThreadPoolExecutor:
+    def acquire(self) -> DiskThreads:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's threads are not here
-                self._pool, self._users, self._pid = None, 0, os.getpid()
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="asyncdrive-disk")
+                self._threads, self._users, self._pid = None, 0, os.getpid()
+            if self._threads is None:
+                self._threads = DiskThreads(DISK_THREADS)
             self._users += 1
-            return self._pool
+            return self._threads
 
-    def release(self, pool: ThreadPoolExecutor) -> None:
+    def release(self, threads: DiskThreads) -> None:
         with self._lock:
-            if pool is not self._pool:
+            if threads is not self._threads:
                 return
             self._users -= 1
             if self._users == 0:
-                self._pool = None
-                pool.shutdown(wait=False)
+                self._threads = None
+                threads.shutdown()
 
 
-_disk_threads = _DiskThreads()
+_disk_threads = _SharedDiskThreads()
 
 
 @dataclass
@@ -146,7 +144,7 @@ class _Connection:
     #: worker thread would only add two thread wake-ups.
     inline: bool = False
     #: The process's disk threads (see `_DiskThreads`), held while this connection is open.
-    disk: ThreadPoolExecutor | None = field(default=None, init=False)
+    disk: DiskThreads | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if not self.inline:
@@ -161,15 +159,10 @@ class _Connection:
         """
         if self.disk is None:
             return func(*args)
-        context = contextvars.copy_context()
         try:
-            submitted = self.disk.submit(context.run, func, *args)
-        except RuntimeError:  # the interpreter is exiting and starts no threads: do it here
+            return await self.disk.run(func, *args)
+        except NoThreads:  # the interpreter is exiting and starts no threads: do it here
             return func(*args)
-        future = asyncio.wrap_future(submitted)
-        with anyio.CancelScope(shield=True):
-            result = await future
-        return result
 
     @contextlib.contextmanager
     def side_by_side(self) -> Iterator[None]:

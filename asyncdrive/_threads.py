@@ -1,0 +1,188 @@
+"""The worker threads that make the blocking disk calls of every drive in a process.
+
+A lean stand-in for `concurrent.futures.ThreadPoolExecutor` + `asyncio.wrap_future`, for
+one use: `DiskThreads.run` hands a call to an idle thread with the event loop waiting for
+it, and the thread reports the outcome with one `loop.call_soon_threadsafe`. No
+`concurrent.futures.Future` (and its condition variable) in between, nor the two-way
+chaining of `wrap_future`: a hop costs about half as much (~70 µs of CPU instead of ~140,
+measured), and a small put or get makes one.
+
+Like the executor, threads start on demand, at most ``max_threads``, end on `shutdown`,
+and are waited for at interpreter exit, so a call in flight finishes its disk work.
+
+Example:
+    >>> threads = DiskThreads(8)
+    >>> await threads.run(os.stat, "a.txt")
+    os.stat_result(...)
+    >>> threads.shutdown()
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import contextvars
+import itertools
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: The names of the threads, followed by a number: what a debugger or py-spy shows.
+THREAD_NAME = "asyncdrive-disk"
+
+
+class _Call:
+    """One call handed to a thread, and what the event loop waits on for its outcome."""
+
+    __slots__ = ("args", "context", "finished", "func", "loop", "waiter")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        self.loop = loop
+        self.context = context
+        self.func = func
+        self.args = args
+        #: Set in the loop's thread when the call has returned or raised.
+        self.finished = False
+        #: The future the caller awaits; replaced by a new one if the caller is cancelled
+        #: (see `DiskThreads.run`).
+        self.waiter: asyncio.Future[Any] = loop.create_future()
+
+    def settle(self, result: object, error: BaseException | None) -> None:
+        """Record the outcome (in the loop's thread) for whoever awaits the call now."""
+        self.finished = True
+        if self.waiter.done():
+            return
+        if error is None:
+            self.waiter.set_result(result)
+        else:
+            self.waiter.set_exception(error)
+
+
+class NoThreads(RuntimeError):
+    """No thread can take the call: shut down, or the interpreter is exiting."""
+
+
+_STOP = None
+_live: weakref.WeakSet[DiskThreads] = weakref.WeakSet()
+
+
+class DiskThreads:
+    """Up to ``max_threads`` worker threads, started when needed, for blocking disk calls."""
+
+    def __init__(self, max_threads: int) -> None:
+        self.max_threads = max_threads
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        #: Released by each thread that waits for work: how many are idle, at least.
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._numbers = itertools.count()
+        _live.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<DiskThreads {state}, {len(self._threads)}/{self.max_threads} threads>"
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Run ``func(*args)`` in a worker thread and return its result, or raise its error.
+
+        The call sees the caller's context variables. A cancellation waits for the call to
+        finish before it goes on (a disk call cannot be interrupted, and must not go on
+        behind the caller's back): it is raised after, and the result dropped.
+
+        Raises:
+            NoThreads: the threads were shut down, or the interpreter starts no more (before
+                the call began: it can be made another way).
+
+        """
+        loop = asyncio.get_running_loop()
+        call = _Call(loop, contextvars.copy_context(), func, args)
+        self._submit(call)
+        try:
+            result: T = await call.waiter
+            return result
+        except asyncio.CancelledError:
+            while not call.finished:
+                call.waiter = loop.create_future()
+                try:
+                    await call.waiter
+                except asyncio.CancelledError:  # cancelled again: still waiting for the call
+                    continue
+                except BaseException:  # the call's own error: dropped, as its result would be
+                    continue
+            raise
+
+    def _submit(self, call: _Call) -> None:
+        if self._closed:
+            raise NoThreads("the disk threads were shut down")
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if self._closed:
+                    raise NoThreads("the disk threads were shut down")
+                if len(self._threads) < self.max_threads:
+                    thread = threading.Thread(
+                        target=self._work,
+                        name=f"{THREAD_NAME}_{next(self._numbers)}",
+                        daemon=True,  # waited for at exit by `_join_at_exit` instead
+                    )
+                    try:
+                        thread.start()
+                    except RuntimeError as exc:  # the interpreter is shutting down
+                        raise NoThreads(str(exc)) from exc
+                    self._threads.append(thread)
+        self._queue.put(call)
+
+    def _work(self) -> None:
+        while True:
+            call = self._queue.get()
+            if call is _STOP:
+                return
+            result: object = None
+            error: BaseException | None = None
+            try:
+                result = call.context.run(call.func, *call.args)
+            except BaseException as exc:  # handed to the caller, as the executor does
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                call.loop.call_soon_threadsafe(call.settle, result, error)
+            del call, result, error  # not kept alive while this thread waits
+            self._idle.release()
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Let the threads end once the calls handed to them are done (``wait``: join them)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                for _ in self._threads:
+                    self._queue.put(_STOP)
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+
+# A forked child has none of its parent's threads, and their locks may be held: forget them.
+os.register_at_fork(after_in_child=_live.clear)
+
+
+@atexit.register
+def _join_at_exit() -> None:
+    # The threads are daemons, so that an interpreter whose drives were never closed does
+    # not hang at exit waiting for idle threads; here they finish what they hold, and end.
+    for threads in list(_live):
+        threads.shutdown(wait=True)

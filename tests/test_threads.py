@@ -1,0 +1,172 @@
+"""The disk worker threads: results, errors, context, bounds, cancellation, shutdown, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncdrive._threads import THREAD_NAME, DiskThreads, NoThreads
+
+from .conftest import run_python
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+@pytest.fixture
+def threads() -> Iterator[DiskThreads]:
+    pool = DiskThreads(4)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def running_threads(pool: DiskThreads) -> list[threading.Thread]:
+    return [t for t in pool._threads if t.is_alive()]
+
+
+async def test_a_call_returns_its_result_in_another_thread(threads: DiskThreads) -> None:
+    here = threading.get_ident()
+    ident, name = await threads.run(lambda: (threading.get_ident(), threading.current_thread()))
+    assert ident != here
+    assert name.name.startswith(f"{THREAD_NAME}_")
+
+
+async def test_a_call_raises_its_own_error_with_its_traceback(threads: DiskThreads) -> None:
+    def missing() -> bytes:
+        return Path("no-such-file").read_bytes()
+
+    with pytest.raises(FileNotFoundError) as caught:
+        await threads.run(missing)
+    assert "missing" in [entry.name for entry in caught.traceback]
+
+
+async def test_a_call_sees_the_callers_context_variables(threads: DiskThreads) -> None:
+    request_id.set("r-42")
+    assert await threads.run(request_id.get) == "r-42"
+
+
+async def test_threads_start_on_demand_up_to_the_bound(threads: DiskThreads) -> None:
+    for _ in range(5):  # one at a time: one thread does them all
+        await threads.run(os.getpid)
+    assert len(threads._threads) == 1
+
+    inside = 0
+    busiest = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def hold() -> None:
+        nonlocal inside, busiest
+        with lock:
+            inside += 1
+            busiest = max(busiest, inside)
+            if inside == threads.max_threads:
+                release.set()
+        release.wait(10)
+        with lock:
+            inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3 * threads.max_threads):
+            tg.start_soon(threads.run, hold)
+    assert busiest == threads.max_threads
+    assert len(threads._threads) == threads.max_threads
+
+
+@pytest.mark.parametrize("how", ["task.cancel", "anyio scope"])
+async def test_a_cancelled_caller_waits_for_its_call_to_finish(
+    threads: DiskThreads, tmp_path: Path, how: str
+) -> None:
+    started, proceed = threading.Event(), threading.Event()
+    done = tmp_path / "done"
+
+    def slow_write() -> str:
+        started.set()
+        proceed.wait(10)
+        done.write_text("finished")
+        return "result"
+
+    outcome: list[str] = []
+
+    async def caller() -> None:
+        try:
+            if how == "anyio scope":
+                with anyio.CancelScope() as scope:
+                    scopes.append(scope)
+                    await threads.run(slow_write)
+                outcome.append("scope exited")
+            else:
+                await threads.run(slow_write)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        finally:
+            outcome.append(f"call finished: {done.exists()}")
+
+    scopes: list[anyio.CancelScope] = []
+    task = asyncio.create_task(caller())
+    await asyncio.to_thread(started.wait, 10)
+    if how == "anyio scope":
+        scopes[0].cancel()  # re-delivered on every loop turn until the task leaves the scope
+    else:
+        task.cancel()
+    for _ in range(20):  # the loop keeps turning: the caller stays in its wait
+        await asyncio.sleep(0)
+    assert not task.done()
+    assert outcome == []
+    proceed.set()
+    if how == "anyio scope":
+        await task
+        assert outcome == ["scope exited", "call finished: True"]
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert outcome == ["cancelled", "call finished: True"]
+
+
+async def test_shutdown_ends_the_threads_and_refuses_new_calls() -> None:
+    pool = DiskThreads(2)
+    assert await pool.run(lambda: 7) == 7
+    assert "open" in repr(pool)
+    workers = list(pool._threads)
+    pool.shutdown(wait=True)
+    assert [t for t in workers if t.is_alive()] == []
+    assert "closed" in repr(pool)
+    with pytest.raises(NoThreads, match="shut down"):
+        await pool.run(lambda: 7)
+
+
+def test_an_unclosed_pool_lets_the_interpreter_exit_after_its_calls(tmp_path: Path) -> None:
+    # Idle threads do not hold the exit, and a call in flight when the program ends
+    # finishes its disk work first (the threads are joined at exit).
+    code = f"""
+import asyncio, threading, time
+from pathlib import Path
+from asyncdrive._threads import DiskThreads
+
+pool, idle = DiskThreads(4), DiskThreads(4)
+started = threading.Event()
+
+def slow_write():
+    started.set()
+    time.sleep(0.3)
+    Path({str(tmp_path / "written")!r}).write_text("all of it")
+
+async def main():
+    await idle.run(int)  # a thread that stays idle
+    await pool.run(slow_write)
+
+# The caller's loop runs in a daemon thread, which the exit does not wait for.
+threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
+started.wait(10)
+print("exiting", flush=True)
+"""
+    proc = run_python(code, cwd=tmp_path, env=dict(os.environ))
+    assert proc.stdout.strip() == "exiting"
+    assert (tmp_path / "written").read_text() == "all of it"
