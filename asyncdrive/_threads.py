@@ -157,10 +157,11 @@ class DiskThreads:
                 result = call.context.run(call.func, *call.args)
             except BaseException as exc:  # handed to the caller, as the executor does
                 error = exc
+            # Idle before the caller hears: its next call, made at once, finds this thread.
+            self._idle.release()
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
                 call.loop.call_soon_threadsafe(call.settle, result, error)
             del call, result, error  # not kept alive while this thread waits
-            self._idle.release()
 
     def shutdown(self, wait: bool = False) -> None:
         """Let the threads end once the calls handed to them are done (``wait``: join them)."""
