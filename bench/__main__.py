@@ -152,12 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"server: {server.url} (private to this run)\n", flush=True)
         for bench in selected:
             print(f"running {bench.name}...", file=sys.stderr, flush=True)
+            creating_us = harness.file_creation_cost(ctx.folder("probe"))
             meter = harness.CpuMeter(server)
             meter.start()
             started = time.monotonic()
             result: Result = bench.run(ctx)
             result.seconds = time.monotonic() - started
             result.background, result.data["background"] = meter.stop()
+            result.data["background"]["file_creation_us"] = creating_us
+            result.background = (
+                f"{result.background} Creating an empty file took {creating_us:.0f} µs "
+                "just before (see `file_creation_cost` in `bench/harness.py`)."
+            ).strip()
             report.results.append(result)
             print(report.text(result), flush=True)
         report.machine["Load average at end"] = harness.load_average()

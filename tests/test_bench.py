@@ -81,6 +81,18 @@ def test_small_files_quick_run_prints_a_row_per_case_and_operation() -> None:
         assert any(line.startswith(f"{op} of {small_files.QUICK_FILES} files") for line in lines)
     for case in small_files.CASES:
         assert sum(line.startswith(case.label + " ") for line in lines) == 2, case.label
+    # The disk's state is reported beside the figures.
+    assert re.search(r"Creating an empty file took \d+ µs just before", proc.stdout), proc.stdout
+
+
+def test_file_creation_probe_creates_and_keeps_its_files(tmp_path: Path) -> None:
+    from bench import harness
+
+    cost = harness.file_creation_cost(tmp_path / "probe", count=50)
+    assert cost > 0
+    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == sorted(
+        f"probe-{i}" for i in range(50)
+    )
 
 
 def test_original_drive_runs_only_when_asked() -> None:
