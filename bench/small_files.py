@@ -422,8 +422,10 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "round trip for the owners, then, in one worker-thread call, the link checks of the "
         "drive path, a copy inside the kernel (`copy_file_range`) into a temporary file "
         "beside the target, and its rename into place; the floor's `shutil.copyfile` writes "
-        "the target directly, with a blocking client. A get takes ~0.6-1 ms of CPU, "
-        "~0.3-0.5 ms of it in the event loop's thread.",
+        "the target directly, with a blocking client. A get takes ~0.4-0.55 ms of CPU, "
+        "~0.2-0.3 ms of it in the event loop's thread (measured 2026-12-03; the hop to a "
+        "disk thread and back is ~70 µs of it, half what a `ThreadPoolExecutor` with "
+        "`asyncio.wrap_future` took).",
         f"Concurrency: put {med('put', 'tasks', 'sequential')} with {TASKS} tasks, "
         f"{med('put', 'threads', 'sequential')} with {THREADS} threads, "
         f"{med('put', 'processes', 'sequential')} with {PROCESSES} processes; get "
@@ -452,8 +454,9 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "test run, a benchmark's clean-up) creating an empty file cost ~0.3-0.9 ms of "
         "kernel CPU for minutes, against ~25 µs on a quiet disk (measured 2026-12-03), "
         "which slows a floor put of ~0.6 ms as much as a drive's. The line above each "
-        "section says how long one creation took just before it; the suite deletes its "
-        "files only at the end.",
+        "section says how long one creation took just before it, in a new folder of the "
+        "run's scratch space (folders elsewhere on the disk can be faster or slower: the "
+        "cost is per block group); the suite deletes its files only at the end.",
     ]
 
 
