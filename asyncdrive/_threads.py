@@ -41,7 +41,7 @@ THREAD_NAME = "asyncdrive-disk"
 class _Call:
     """One call handed to a thread, and what the event loop waits on for its outcome."""
 
-    __slots__ = ("args", "context", "finished", "func", "loop", "waiter")
+    __slots__ = ("abandoned", "args", "context", "finished", "func", "loop", "waiter")
 
     def __init__(
         self,
@@ -54,8 +54,10 @@ class _Call:
         self.context = context
         self.func = func
         self.args = args
-        #: Set in the loop's thread when the call has returned or raised.
+        #: Set in the loop's thread when the call has returned or raised (or was skipped).
         self.finished = False
+        #: Set by a cancelled caller: a thread that has not started the call skips it.
+        self.abandoned = False
         #: The future the caller awaits; replaced by a new one if the caller is cancelled
         #: (see `DiskThreads.run`).
         self.waiter: asyncio.Future[Any] = loop.create_future()
@@ -102,7 +104,8 @@ class DiskThreads:
 
         The call sees the caller's context variables. A cancellation waits for the call to
         finish before it goes on (a disk call cannot be interrupted, and must not go on
-        behind the caller's back): it is raised after, and the result dropped.
+        behind the caller's back): it is raised after, and the result dropped. A call still
+        waiting for a thread is not made at all.
 
         Raises:
             NoThreads: the threads were shut down, or the interpreter starts no more (before
@@ -116,6 +119,7 @@ class DiskThreads:
             result: T = await call.waiter
             return result
         except asyncio.CancelledError:
+            call.abandoned = True
             while not call.finished:
                 call.waiter = loop.create_future()
                 try:
@@ -127,24 +131,22 @@ class DiskThreads:
             raise
 
     def _submit(self, call: _Call) -> None:
-        if self._closed:
-            raise NoThreads("the disk threads were shut down")
-        if not self._idle.acquire(blocking=False):
-            with self._lock:
-                if self._closed:
-                    raise NoThreads("the disk threads were shut down")
-                if len(self._threads) < self.max_threads:
-                    thread = threading.Thread(
-                        target=self._work,
-                        name=f"{THREAD_NAME}_{next(self._numbers)}",
-                        daemon=True,  # waited for at exit by `_join_at_exit` instead
-                    )
-                    try:
-                        thread.start()
-                    except RuntimeError as exc:  # the interpreter is shutting down
-                        raise NoThreads(str(exc)) from exc
-                    self._threads.append(thread)
-        self._queue.put(call)
+        # Under the lock: a call is queued before `shutdown`'s stops, or refused.
+        with self._lock:
+            if self._closed:
+                raise NoThreads("the disk threads were shut down")
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self.max_threads:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"{THREAD_NAME}_{next(self._numbers)}",
+                    daemon=True,  # waited for at exit by `_join_at_exit` instead
+                )
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # the interpreter is shutting down
+                    raise NoThreads(str(exc)) from exc
+                self._threads.append(thread)
+            self._queue.put(call)
 
     def _work(self) -> None:
         while True:
@@ -154,7 +156,8 @@ class DiskThreads:
             result: object = None
             error: BaseException | None = None
             try:
-                result = call.context.run(call.func, *call.args)
+                if not call.abandoned:
+                    result = call.context.run(call.func, *call.args)
             except BaseException as exc:  # handed to the caller, as the executor does
                 error = exc
             # Idle before the caller hears: its next call, made at once, finds this thread.

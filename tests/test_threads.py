@@ -130,6 +130,34 @@ async def test_a_cancelled_caller_waits_for_its_call_to_finish(
         assert outcome == ["cancelled", "call finished: True"]
 
 
+async def test_a_cancelled_call_that_waits_for_a_thread_is_not_made() -> None:
+    pool = DiskThreads(1)
+    started, proceed = threading.Event(), threading.Event()
+    made: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        proceed.wait(10)
+        made.append("hold")
+
+    try:
+        first = asyncio.create_task(pool.run(hold))
+        await asyncio.to_thread(started.wait, 10)
+        queued = asyncio.create_task(pool.run(made.append, "queued"))
+        await asyncio.sleep(0.01)  # handed over: it waits behind the first
+        queued.cancel()
+        await asyncio.sleep(0)
+        proceed.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert made == ["hold"]
+        await pool.run(made.append, "after")  # the thread goes on with the next
+        assert made == ["hold", "after"]
+    finally:
+        pool.shutdown(wait=True)
+
+
 async def test_shutdown_ends_the_threads_and_refuses_new_calls() -> None:
     pool = DiskThreads(2)
     assert await pool.run(lambda: 7) == 7
