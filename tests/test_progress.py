@@ -120,16 +120,22 @@ def test_bar_on_a_terminal(
         for i in range(BIG):
             f.write(i.to_bytes(4, "big") + block[4:])
     Path("small.txt").write_text("small")
-    # Between the put and the get, the stored file leaves the page cache, so that the get
-    # reads it from the disk: from memory it can end before the bar's first refresh.
+    # Before the put and the get, the file they read leaves the page cache, so that they
+    # read it from the disk: from memory (2 GB/s on some machines) either can end before
+    # the bar's first refresh is captured.
     stored = Path(env["ASYNCDRIVE_ROOT"]) / "drives" / drive_id[6:] / "default" / "big.bin"
-    evict = (
-        f"import os; fd = os.open({str(stored)!r}, os.O_RDONLY); "
-        "os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)"
-    )
+
+    def evict(path: Path) -> str:
+        code = (
+            f"import os; fd = os.open({str(path)!r}, os.O_RDONLY); os.fsync(fd); "
+            "os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)"
+        )
+        return f"{sys.executable} -c {shlex.quote(code)}"
+
     steps = [
+        evict(workdir / "big.bin"),
         f"{SCRIPT} put big.bin {drive_id}/",
-        f"{sys.executable} -c {shlex.quote(evict)}",
+        evict(stored),
         f"{SCRIPT} get {drive_id}/big.bin out/",
         f"{SCRIPT} put --json small.txt {drive_id}/",
         f"{SCRIPT} put small.txt {drive_id}/again.txt > put.out",  # stdout not the terminal
