@@ -144,7 +144,8 @@ async def test_a_cancelled_call_that_waits_for_a_thread_is_not_made() -> None:
         first = asyncio.create_task(pool.run(hold))
         await asyncio.to_thread(started.wait, 10)
         queued = asyncio.create_task(pool.run(made.append, "queued"))
-        await asyncio.sleep(0.01)  # handed over: it waits behind the first
+        while pool._queue.qsize() == 0:  # until it is handed over, behind the first
+            await asyncio.sleep(0)
         queued.cancel()
         await asyncio.sleep(0)
         proceed.set()
