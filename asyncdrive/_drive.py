@@ -1098,6 +1098,7 @@ class Drive:
                     entry = (await index.owners(path)).get(component)
                     installed = await conn.run_sync(store.installed_version, component, path)
                     if entry is None:  # deleted since, or never indexed: nothing to keep
+                        await conn.run_sync(store.drop_backup, backup)
                         await conn.run_sync(store.remove, component, path)
                         undone += 1
                     elif entry.version == installed:

@@ -4,7 +4,7 @@ Layout under the root::
 
     <root>/drives/<name>/<component>/<path>                       the bytes of each file
     <root>/drives/<name>/.tmp/                                    uploads in progress
-    <root>/drives/<name>/<component>/<folder>/.asyncdrive-backup.<file>  while it is replaced
+    <root>/drives/<name>/<component>/<folder>/.asyncdrive-backup.<id>.<file>  while replaced
 
 Each file carries its metadata (size, mtime, checksum, version: with its place on disk,
 enough to rebuild the Redis index) in an extended attribute, ``user.asyncdrive.meta``, set
@@ -331,13 +331,18 @@ def _meta_beside(target: Path) -> Path:
     return target.with_name(f"{META_PREFIX}{target.name}.json")
 
 
-def _backup_beside(target: Path) -> Path:
-    return target.with_name(f"{BACKUP_PREFIX}{target.name}")
+def _backup_parts(name: str) -> tuple[str, str] | None:
+    """Split a backup's name (see `DiskStore.install`) into its id and the file's name."""
+    if not name.startswith(BACKUP_PREFIX):
+        return None
+    token, _, file = name.removeprefix(BACKUP_PREFIX).partition(".")
+    return (token, file) if token and file else None
 
 
-def _backed_up(backup: Path) -> Path:
-    """Return the file that a backup made by `DiskStore.install` is for."""
-    return backup.with_name(backup.name.removeprefix(BACKUP_PREFIX))
+def _meta_backup(backup: Path) -> Path:
+    """Return where the backup ``backup`` keeps its file's metadata file, if it had one."""
+    token, file = _backup_parts(backup.name) or ("", backup.name)
+    return backup.with_name(f"{BACKUP_PREFIX}{token}.{META_PREFIX}{file}.json")
 
 
 def _meta_json(meta: dict[str, object]) -> bytes:
@@ -371,9 +376,6 @@ def _is_file(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return False
-
-
-_META_BACKUP = BACKUP_PREFIX + META_PREFIX
 
 
 def _older(path: Path, now: float, grace: float, clock: str) -> bool:
@@ -524,14 +526,12 @@ class DiskStore:
 
         The metadata (see `read_meta`) is attached to the upload, the upload fsynced, renamed
         into place, and its folder fsynced: once this returns, the file survives a crash.
-        ``meta["version"]`` is the version installed; the file it replaces should be at the
-        one before.
-
         The backup, or None when the path held no file, lets `restore` undo the install if
         the index refuses the commit: a hard link to the previous bytes beside them,
-        ``.asyncdrive-backup.<file>`` (and one to their metadata file, if they have one),
-        made and fsynced with the rename, so no crash leaves a replaced file without its
-        backup. Remove it with `drop_backup`.
+        ``.asyncdrive-backup.<id>.<file>`` (and one to their metadata file, if they have
+        one), made and fsynced with the rename, so no crash leaves a replaced file without
+        its backup. The id is this install's own: the next put of the path may back up
+        before this one's `drop_backup` (after the commit, without the lock) is done.
 
         All or nothing: if the upload cannot be moved into place (a put of a path above or
         below it, in the same component, holds the spot), what was moved is put back and
@@ -539,9 +539,7 @@ class DiskStore:
         """
         target = self.file_path(component, path)
         meta_target = _meta_beside(target)
-        version = meta.get("version")
-        replaces = version - 1 if isinstance(version, int) else None
-        backup = self._backup(component, path, target, replaces) if _is_file(target) else None
+        backup = self._backup(target) if _is_file(target) else None
         meta_tmp: Path | None = None
         moved = False  # whether anything of the drive's files has changed yet
         try:
@@ -573,21 +571,13 @@ class DiskStore:
             raise
         return backup
 
-    def _backup(self, component: str, path: str, target: Path, replaces: int | None) -> Path:
-        """Hard-link ``target`` (at version ``replaces``) and its metadata file beside them."""
-        backup = _backup_beside(target)
-        try:
-            os.link(target, backup, follow_symlinks=False)
-        except FileExistsError:
-            # A put of this path died between its install and its commit (the caller holds
-            # the path's lock: no live put is there). Keep whichever copy the index has.
-            if self.installed_version(component, path) != replaces:
-                return backup  # the file is the dead put's, uncommitted: the backup is right
-            self.drop_backup(backup)  # the dead put's commit happened: back the file up
-            os.link(target, backup, follow_symlinks=False)
+    def _backup(self, target: Path) -> Path:
+        """Hard-link ``target`` and its metadata file beside them, under a new id."""
+        backup = target.with_name(f"{BACKUP_PREFIX}{secrets.token_hex(4)}.{target.name}")
+        os.link(target, backup, follow_symlinks=False)
         meta_target = _meta_beside(target)
         if _is_file(meta_target):
-            os.link(meta_target, _backup_beside(meta_target), follow_symlinks=False)
+            os.link(meta_target, _meta_backup(backup), follow_symlinks=False)
         return backup
 
     def _attach_meta(self, upload: Path, meta: dict[str, object]) -> bool:
@@ -635,7 +625,7 @@ class DiskStore:
         """
         target = self.file_path(component, path)
         meta_target = _meta_beside(target)
-        meta_saved = None if backup is None else _backup_beside(meta_target)
+        meta_saved = None if backup is None else _meta_backup(backup)
         if backup is not None and meta_saved is not None and not _is_file(meta_saved):
             with contextlib.suppress(OSError):
                 if os.path.samestat(os.lstat(backup), os.lstat(target)):
@@ -667,14 +657,16 @@ class DiskStore:
 
     def drop_backup(self, backup: Path) -> None:
         """Remove the backup left by `install` (the bytes last: see `leftovers`)."""
-        _backup_beside(_meta_beside(_backed_up(backup))).unlink(missing_ok=True)
+        _meta_backup(backup).unlink(missing_ok=True)
         backup.unlink(missing_ok=True)
 
     def remove(self, component: str, path: str) -> None:
-        """Remove ``component``'s copy of ``path``, its metadata, any backup, empty folders."""
+        """Remove ``component``'s copy of ``path`` and its metadata, then empty folders.
+
+        Backups of it (see `install`) stay for their writers, or `DiskStore.leftovers`.
+        """
         target = self.file_path(component, path)
-        meta_target = _meta_beside(target)
-        for current in (target, meta_target, _backup_beside(meta_target), _backup_beside(target)):
+        for current in (target, _meta_beside(target)):
             if _is_file(current):
                 current.unlink(missing_ok=True)
         self._prune(target.parent, component)
@@ -762,7 +754,8 @@ class DiskStore:
             for dirpath, dirnames, filenames in os.walk(component_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
                 for name in filenames:
-                    if name.startswith(BACKUP_PREFIX) and not name.startswith(_META_BACKUP):
+                    parts = _backup_parts(name)
+                    if parts is not None and not parts[1].startswith(META_PREFIX):
                         backup = Path(dirpath) / name
                         if _older(backup, now, grace, "st_ctime"):
                             backups.append(backup)
@@ -774,9 +767,10 @@ class DiskStore:
             component, *folders, name = backup.relative_to(self.base).parts
         except ValueError:
             return None
-        if not name.startswith(BACKUP_PREFIX) or not name.removeprefix(BACKUP_PREFIX):
+        parts = _backup_parts(name)
+        if parts is None or parts[1].startswith(META_PREFIX):
             return None
-        return component, "/".join([*folders, name.removeprefix(BACKUP_PREFIX)])
+        return component, "/".join([*folders, parts[1]])
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -107,9 +108,11 @@ async def test_metadata_files_where_the_disk_keeps_no_attributes(
     second = {**first, "checksum": hashlib.sha256(b"v2").hexdigest(), "version": 2}
     backup = store.install(store.stage_bytes(b"v2"), "default", "a/x.bin", second)
     assert backup is not None
+    token = backup.name.removeprefix(".asyncdrive-backup.").removesuffix(".x.bin")
+    assert re.fullmatch("[0-9a-f]{8}", token), backup.name
     assert sorted(p.name for p in data.parent.iterdir()) == [
-        ".asyncdrive-backup..asyncdrive-meta.x.bin.json", ".asyncdrive-backup.x.bin",
-        ".asyncdrive-meta.x.bin.json", "x.bin",
+        f".asyncdrive-backup.{token}..asyncdrive-meta.x.bin.json",
+        f".asyncdrive-backup.{token}.x.bin", ".asyncdrive-meta.x.bin.json", "x.bin",
     ]  # fmt: skip
     assert backup.read_bytes() == b"v1"
     assert store.installed_version("default", "a/x.bin") == 2
@@ -120,8 +123,8 @@ async def test_metadata_files_where_the_disk_keeps_no_attributes(
     assert list(store.tmp_dir.iterdir()) == []
     # A writer that died after backing up the bytes, before their metadata file: undoing
     # it leaves the file and its metadata as they were.
-    os.link(data, data.with_name(".asyncdrive-backup.x.bin"))
-    store.restore(data.with_name(".asyncdrive-backup.x.bin"), "default", "a/x.bin")
+    os.link(data, data.with_name(".asyncdrive-backup.0dead000.x.bin"))
+    store.restore(data.with_name(".asyncdrive-backup.0dead000.x.bin"), "default", "a/x.bin")
     assert sorted(p.name for p in data.parent.iterdir()) == [".asyncdrive-meta.x.bin.json", "x.bin"]
     assert store.read_meta("default", "a/x.bin") == first
     # The index is rebuilt from the files' metadata.
@@ -235,39 +238,58 @@ async def test_gc_cleans_up_after_dead_writers(
         assert await drive.gc(grace=0) == type(report)()  # nothing left to do
 
 
-async def test_a_dead_writers_backup_is_settled_by_the_next_put(
+async def test_each_put_backs_up_under_a_name_of_its_own(
     make_drive: MakeDrive, drive_id: str, root: Path
 ) -> None:
-    """A put that finds the backup of a writer that died before its commit keeps the copy
-    the index has: the old backup if that commit never happened, else the file itself."""
+    """A put drops its backup after its commit, without the lock: by then the next put of
+    the path may have backed up the file, and that backup must be left alone."""
     drive = make_drive(drive_id)
     store = DiskStore(root, drive_id[6:])
     target = store.file_path("default", "x.bin")
     await drive.write_bytes("x.bin", b"v1")
-    # Died before its commit: the file holds uncommitted bytes, the backup holds version 1.
-    dead = store.install(store.stage_bytes(b"dead"), "default", "x.bin", {"version": 2})
-    assert dead is not None and dead.read_bytes() == b"v1"
-    again = store.install(store.stage_bytes(b"again"), "default", "x.bin", {"version": 2})
-    assert again == dead and again.read_bytes() == b"v1", "the committed copy is kept"
-    store.restore(again, "default", "x.bin")
-    assert target.read_bytes() == b"v1"
-    # Died after its commit (the file's version is the index's): the file is backed up.
-    await drive.write_bytes("x.bin", b"v2")
-    stale = store.stage_bytes(b"stale").tmp
-    os.link(stale, dead)
-    stale.unlink()
-    fresh = store.install(store.stage_bytes(b"v3"), "default", "x.bin", {"version": 3})
-    assert fresh == dead and fresh.read_bytes() == b"v2", "the committed copy is kept"
-    store.restore(fresh, "default", "x.bin")
+    first = store.install(store.stage_bytes(b"v2"), "default", "x.bin", {"version": 2})
+    # (committed here, the lock released, its backup not dropped yet)
+    second = store.install(store.stage_bytes(b"v3"), "default", "x.bin", {"version": 3})
+    assert first is not None and second is not None and first != second
+    assert (first.read_bytes(), second.read_bytes()) == (b"v1", b"v2")
+    store.drop_backup(first)  # the first put's tidying up, late
+    assert second.read_bytes() == b"v2"
+    store.restore(second, "default", "x.bin")  # the second's commit was refused
     assert target.read_bytes() == b"v2"
-    # A put through the drive settles a leftover like any other, and leaves none.
-    store.install(store.stage_bytes(b"dead"), "default", "x.bin", {"version": 3})
-    await drive.write_bytes("x.bin", b"v3")
-    assert await drive.read_bytes("x.bin") == b"v3"
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
 
 
-async def test_gc_and_delete_drop_a_backup_whose_file_has_no_entry(
+async def test_a_dead_writers_backup_does_not_stop_the_next_put_and_gc_settles_it(
+    make_drive: MakeDrive, drive_id: str, root: Path
+) -> None:
+    drive = make_drive(drive_id)
+    store = DiskStore(root, drive_id[6:])
+    target = store.file_path("default", "x.bin")
+    await drive.write_bytes("x.bin", b"v1")
+    # Died before its commit: the file holds uncommitted bytes, the backup version 1.
+    dead = store.install(store.stage_bytes(b"dead"), "default", "x.bin", {"version": 2})
+    assert dead is not None and dead.read_bytes() == b"v1"
+    await drive.write_bytes("x.bin", b"v2")  # replaces the dead writer's bytes, commits
+    assert await drive.read_bytes("x.bin") == b"v2"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([dead.name, "x.bin"])
+    report = await drive.gc(grace=0)
+    assert (report.installs_kept, report.installs_undone) == (1, 0)  # the index has v2
+    assert target.read_bytes() == b"v2"
+    assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+    # Died before its commit, and the next put's commit was refused: gc puts version 2
+    # back, from the dead writer's backup.
+    dead = store.install(store.stage_bytes(b"dead"), "default", "x.bin", {"version": 3})
+    refused = store.install(store.stage_bytes(b"refused"), "default", "x.bin", {"version": 3})
+    assert dead is not None and refused is not None
+    store.restore(refused, "default", "x.bin")
+    assert target.read_bytes() == b"dead"
+    report = await drive.gc(grace=0)
+    assert (report.installs_kept, report.installs_undone) == (0, 1)
+    assert await drive.read_bytes("x.bin") == target.read_bytes() == b"v2"
+    assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+
+
+async def test_gc_drops_a_backup_whose_file_has_no_entry(
     make_drive: MakeDrive, drive_id: str, root: Path
 ) -> None:
     drive = make_drive(drive_id)
@@ -280,11 +302,15 @@ async def test_gc_and_delete_drop_a_backup_whose_file_has_no_entry(
     report = await drive.gc(grace=0)
     assert (report.installs_undone, report.orphans_removed) == (1, 0)
     assert not backup.exists() and not store.file_path("default", "o.bin").exists()
-    # A delete removes a dead writer's backup with the file.
+    # A delete leaves a dead writer's backup (it may be a live put's), which gc removes.
     await drive.write_bytes("d/x.bin", b"v1")
     backup = store.install(store.stage_bytes(b"dead"), "default", "d/x.bin", {"version": 2})
     assert backup is not None
     await drive.delete("d/x.bin")
+    assert not store.file_path("default", "d/x.bin").exists()
+    assert backup.read_bytes() == b"v1"
+    report = await drive.gc(grace=0)
+    assert (report.installs_undone, report.installs_kept) == (1, 0)
     assert not backup.exists() and not backup.parent.exists()
     assert await drive.gc(grace=0) == type(report)()
 
