@@ -143,7 +143,7 @@ class _Connection:
     #: time for a thread that waits on it (a SyncDrive's caller loop), where a hop to a
     #: worker thread would only add two thread wake-ups.
     inline: bool = False
-    #: The process's disk threads (see `_DiskThreads`), held while this connection is open.
+    #: The process's disk threads (see `_SharedDiskThreads`), held while this connection is open.
     disk: DiskThreads | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
