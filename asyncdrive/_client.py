@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 
 from ._config import redact_url
 from ._exceptions import InvalidConfigError
+from ._wire import Wire
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
@@ -42,9 +43,14 @@ class Connected:
     client: RedisClient
     kind: str  # "standalone", "cluster" or "sentinel"
     others: list[aioredis.Redis] = field(default_factory=list)
+    #: The connection for short commands (see `Wire`); None on a Cluster, where redis-py's
+    #: client routes each command to its node.
+    wire: Wire | None = None
 
     async def aclose(self) -> None:
-        """Close the client and the sentinel connections, if any."""
+        """Close the client, the wire and the sentinel connections, if any."""
+        if self.wire is not None:
+            await self.wire.aclose()
         await self.client.aclose()
         for other in self.others:
             await other.aclose()
@@ -166,7 +172,7 @@ async def connect(url: str, *, timeout: float) -> Connected:
         await client.aclose()
         raise
     if not info.get("cluster_enabled"):
-        return Connected(client, "standalone")
+        return Connected(client, "standalone", wire=_wire(client, timeout))
     await client.aclose()
     cluster = RedisCluster.from_url(url, **_options(timeout))
     lean_connections(cluster)
@@ -206,13 +212,17 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
         ssl=parts.scheme.lower().startswith("rediss"),
     )
     lean_connections(client)
-    connected = Connected(client, "sentinel", list(sentinel.sentinels))
+    connected = Connected(client, "sentinel", list(sentinel.sentinels), _wire(client, timeout))
     try:
         await client.ping()
     except BaseException:
         await connected.aclose()
         raise
     return connected
+
+
+def _wire(client: aioredis.Redis, timeout: float) -> Wire:
+    return Wire(client.connection_pool, timeout=timeout)
 
 
 def _bad_url(url: str, exc: BaseException) -> InvalidConfigError:

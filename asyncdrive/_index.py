@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import redis.exceptions
+from redis.commands.core import AsyncScript
 
 from ._client import RedisClient
 from ._config import DEFAULT_EVENTS_MAXLEN
@@ -37,6 +38,7 @@ from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo
 from ._paths import parent_dirs
 from ._storage import DiskFile
+from ._wire import Wire
 
 # Shared by every script that changes the index: KEYS[1] is the change log, KEYS[2] the id of
 # the newest event trimmed from it; ARGV[1] the most events to keep, ARGV[2] the most age in
@@ -273,8 +275,11 @@ class Index:
         *,
         events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
         events_max_age: float = 0.0,
+        wire: Wire | None = None,
     ) -> None:
         self.client = client
+        #: Where the short commands of every file operation go, if given (see `Wire`).
+        self.wire = wire
         self.drive = drive
         self.keys = Keys(drive)
         self._event_keys = [self.keys.events, self.keys.trimmed]
@@ -284,11 +289,23 @@ class Index:
         self._unlock = client.register_script(_UNLOCK_LUA)
         self._kind = client.register_script(_KIND_LUA)
 
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
+        if self.wire is None:
+            return await script(keys=keys, args=args)
+        return await self.wire.run_script(script, keys, args)
+
     # -- reads -------------------------------------------------------------------------------
 
     async def owners(self, path: str) -> dict[str, FileInfo]:
         """Return every component's copy of file ``path`` (empty if there is none)."""
-        raw: dict[str, str] = await self.client.hgetall(self.keys.entry(path))  # type: ignore[assignment]
+        key = self.keys.entry(path)
+        raw: dict[str, str]
+        if self.wire is None:
+            raw = await self.client.hgetall(key)  # type: ignore[assignment]
+        else:
+            raw = await self.wire.call("HGETALL", key)  # a map in RESP3
+            if isinstance(raw, list):  # RESP2: field, value, field, value...
+                raw = dict(zip(raw[::2], raw[1::2], strict=True))
         return {c: parse_record(path, c, rec) for c, rec in raw.items()}
 
     async def owners_many(self, paths: Sequence[str]) -> list[dict[str, FileInfo]]:
@@ -307,7 +324,7 @@ class Index:
         if path == "":
             return "folder"
         keys = [self.keys.entry(path), self.keys.children_of(path, component)]
-        owners, is_folder = await self._kind(keys=keys)
+        owners, is_folder = await self._run(self._kind, keys, [])
         if owners if component is None else component in owners:
             return "file"
         return "folder" if is_folder else None
@@ -484,7 +501,7 @@ class Index:
             token,
             str(lease_ms),
         ]
-        reply: list[str] = await self._put(keys=keys, args=args)
+        reply: list[str] = await self._run(self._put, keys, args)
         status = reply[0]
         if status == "notadir":
             # Name the first ancestor that is a file, for the error message.
@@ -513,7 +530,7 @@ class Index:
             *(self.keys.component_children(component, f) for f in folders),
         ]
         args = [*self._event_args, component, path, str(len(folders)), *path.split("/")]
-        reply: list[str] = await self._delete(keys=keys, args=args)
+        reply: list[str] = await self._run(self._delete, keys, args)
         if reply[0] == "missing":
             return False, sorted(reply[1:])
         return True, []
@@ -588,4 +605,4 @@ class Index:
 
     async def unlock(self, component: str, path: str, token: str) -> None:
         """Release a lock taken by `lock`, unless it expired and someone else holds it now."""
-        await self._unlock(keys=[self.keys.lock(component, path)], args=[token])
+        await self._run(self._unlock, [self.keys.lock(component, path)], [token])

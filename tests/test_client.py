@@ -125,3 +125,24 @@ async def test_drive_connections_are_lean(tmp_path: Path, redis_url: str) -> Non
         assert await drive.read_bytes("a.txt") == b"x"
         client = (await drive._connection()).connected.client
         assert all(issubclass(c, _LeanCommands) for c in connection_classes(client))
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_drive_works_over_either_protocol(
+    server: ServerProcess, tmp_path: Path, protocol: int
+) -> None:
+    """RESP3 is redis-py's default; a URL may ask for RESP2, whose replies differ in shape."""
+    url = f"{server.url}{'&' if '?' in server.url else '?'}protocol={protocol}"
+    async with Drive("lit://resp", root=tmp_path / "root", redis_url=url) as drive:
+        conn = await drive._connection()
+        assert conn.connected.wire is not None
+        await drive.write_bytes("a/b.txt", b"x")
+        await drive.write_bytes("a/b.txt", b"yz")
+        info = await drive.info("a/b.txt")
+        assert (info.size, info.version) == (2, 2)
+        assert await drive.read_bytes("a/b.txt") == b"yz"
+        assert await drive.list("a") == ["a/b.txt"]
+        await drive.delete("a/b.txt")
+        assert not await drive.exists("a/b.txt")
+        hello = await conn.connected.wire.call("HELLO")
+        assert (hello["proto"] if protocol == 3 else hello[hello.index("proto") + 1]) == protocol

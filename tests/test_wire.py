@@ -1,0 +1,279 @@
+"""The drive's pipelined connection for short commands (`asyncdrive._wire.Wire`).
+
+Each test runs against a server of its own (standalone, as a Wire is only made for a
+standalone server or Sentinel's primary), so that it can stop, kill or restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from asyncdrive import Drive, DriveUnavailableError
+from asyncdrive._client import connect
+from asyncdrive._wire import Wire
+
+from .servers import SentinelServers, ServerProcess
+
+#: A script that keeps the server busy for ARGV[1] milliseconds, then returns ARGV[2].
+BUSY_LUA = """
+local t = redis.call('TIME')
+local until_us = (t[1] * 1000000 + t[2]) + ARGV[1] * 1000
+repeat
+    t = redis.call('TIME')
+until t[1] * 1000000 + t[2] >= until_us
+return ARGV[2]
+"""
+
+
+@pytest.fixture
+def server(private_server: ServerProcess) -> Iterator[ServerProcess]:
+    private_server.start()
+    yield private_server
+
+
+@pytest.fixture
+async def other(server: ServerProcess) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client of the same server, to look and to interfere."""
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def raw(client: aioredis.Redis, *args: Any) -> Any:
+    """Send a raw command (the typed helpers do not cover SENTINEL and REPLICAOF)."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def make_wire(server: ServerProcess, timeout: float | None = 10.0) -> Wire:
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    return Wire(client.connection_pool, timeout=timeout)
+
+
+@pytest.fixture
+async def wire(server: ServerProcess) -> AsyncIterator[Wire]:
+    wire = make_wire(server)
+    yield wire
+    await wire.aclose()
+
+
+async def wire_clients(other: aioredis.Redis, wire: Wire) -> list[dict[str, Any]]:
+    """The server's connections that belong to ``wire`` (found by the name it was given)."""
+    return [c for c in await other.client_list() if c["name"] == f"wire-{id(wire)}"]
+
+
+async def test_replies_reach_their_callers_in_order_on_one_connection(
+    wire: Wire, other: aioredis.Redis
+) -> None:
+    await wire.call("CLIENT", "SETNAME", f"wire-{id(wire)}")
+    replies = await asyncio.gather(*(wire.call("ECHO", f"reply {i}") for i in range(500)))
+    assert replies == [f"reply {i}" for i in range(500)]
+    assert await wire.call("HSET", "h", "a", "1", "b", "é") == 2
+    assert await wire.call("HGETALL", "h") == {"a": "1", "b": "é"}  # RESP3, as redis-py's
+    assert len(await wire_clients(other, wire)) == 1
+    assert "connected, 0 awaiting" in repr(wire)
+
+
+async def test_an_error_reply_raises_redis_pys_error_and_keeps_the_connection(
+    wire: Wire,
+) -> None:
+    first = await wire.call("CLIENT", "ID")
+    with pytest.raises(redis.exceptions.ResponseError, match="wrong number of arguments"):
+        await wire.call("HGET", "h")
+    with pytest.raises(redis.exceptions.NoScriptError):
+        await wire.call("EVALSHA", "0" * 40, 0)
+    assert await wire.call("CLIENT", "ID") == first
+
+
+async def test_a_script_the_server_lost_is_sent_again(
+    server: ServerProcess, wire: Wire, other: aioredis.Redis
+) -> None:
+    script = other.register_script("return {KEYS[1], ARGV[1]}")
+    assert await wire.run_script(script, ["k"], ["v"]) == ["k", "v"]  # never loaded: EVAL
+    assert await other.script_exists(script.sha) == [True]
+    await other.script_flush()
+    assert await wire.run_script(script, ["k2"], ["v2"]) == ["k2", "v2"]
+
+
+async def test_a_cancelled_caller_gives_up_its_reply_and_no_other(wire: Wire) -> None:
+    first = await wire.call("CLIENT", "ID")
+    busy = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 300, "the busy reply"))
+    await asyncio.sleep(0.05)
+    busy.cancel()
+    after = asyncio.ensure_future(wire.call("ECHO", "after"))
+    with pytest.raises(asyncio.CancelledError):
+        await busy
+    assert await after == "after"
+    assert await wire.call("CLIENT", "ID") == first  # the same connection
+
+
+async def test_no_reply_in_time_fails_every_caller_then_the_next_call_reconnects(
+    server: ServerProcess,
+) -> None:
+    wire = make_wire(server, timeout=0.3)
+    try:
+        first = await wire.call("CLIENT", "ID")
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            outcomes = await asyncio.gather(
+                *(wire.call("ECHO", str(i)) for i in range(3)), return_exceptions=True
+            )
+            waited = loop.time() - started
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert all(isinstance(o, redis.exceptions.TimeoutError) for o in outcomes), outcomes
+        assert 0.25 < waited < 5, waited
+        assert "not connected" in repr(wire)
+        assert await wire.call("CLIENT", "ID") != first
+    finally:
+        await wire.aclose()
+
+
+async def test_a_connection_the_server_closed_is_replaced_by_the_next_call(
+    wire: Wire, other: aioredis.Redis
+) -> None:
+    first = await wire.call("CLIENT", "ID")
+    await other.client_kill_filter(_id=first)
+    for _ in range(100):  # the reader sees the end of the stream
+        if "not connected" in repr(wire):
+            break
+        await asyncio.sleep(0.01)
+    assert "not connected" in repr(wire)
+    assert await wire.call("CLIENT", "ID") != first
+
+
+async def test_a_server_that_dies_fails_the_callers_with_connection_error(
+    server: ServerProcess,
+) -> None:
+    wire = make_wire(server)
+    try:
+        await wire.call("PING")
+        pending = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 2000, "never"))
+        await asyncio.sleep(0.1)
+        server.kill()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await pending
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await wire.call("PING")  # nothing listens now
+        server.start()
+        assert await wire.call("PING") == "PONG"
+    finally:
+        await wire.aclose()
+
+
+async def test_aclose_fails_the_callers_and_closes_the_connection(
+    server: ServerProcess, other: aioredis.Redis
+) -> None:
+    wire = make_wire(server)
+    await wire.call("CLIENT", "SETNAME", f"wire-{id(wire)}")
+    pending = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 200, "late"))
+    await asyncio.sleep(0.05)
+    await wire.aclose()
+    with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+        await pending
+    with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+        await wire.call("PING")
+    await asyncio.sleep(0.3)  # the server finishes the script, then sees the close
+    assert await wire_clients(other, wire) == []
+    assert repr(wire) == "<Wire closed>"
+    await wire.aclose()  # idempotent
+
+
+def test_a_wire_belongs_to_the_event_loop_it_connected_in(server: ServerProcess) -> None:
+    async def use_then_close(wire: Wire) -> None:
+        await wire.call("PING")
+        await wire.aclose()
+
+    wire = make_wire(server)
+    with asyncio.Runner() as runner:
+        assert runner.run(wire.call("PING")) == "PONG"
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(wire.call("PING"))
+        runner.run(wire.aclose())
+    asyncio.run(use_then_close(make_wire(server)))  # a new wire in a new loop is fine
+
+
+async def test_a_drive_on_a_standalone_server_has_a_wire(server: ServerProcess) -> None:
+    connected = await connect(server.url, timeout=10)
+    try:
+        assert connected.kind == "standalone"
+        assert isinstance(connected.wire, Wire)
+        assert await connected.wire.call("PING") == "PONG"
+    finally:
+        await connected.aclose()
+    assert repr(connected.wire) == "<Wire closed>"
+
+
+async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
+    """After a failover, the wire's old primary is a replica: it reconnects to the new one.
+
+    A write may fail once while Sentinel switches (as `DriveUnavailableError`), never twice
+    in a row for long, and never with the replica's READONLY error.
+    """
+    servers = SentinelServers(tmp_path / "servers")
+    (tmp_path / "servers").mkdir()
+    servers.start()
+    sentinel = aioredis.Redis(port=servers.sentinel, decode_responses=True)
+    try:
+        async with Drive("lit://failover", root=tmp_path / "root", redis_url=servers.url) as drive:
+            await drive.write_bytes("before.txt", b"1")
+            wire = (await drive._connection()).connected.wire
+            assert wire is not None
+            for _ in range(300):  # until the sentinel has found the replica (it polls)
+                try:
+                    await raw(sentinel, "SENTINEL", "FAILOVER", "mymaster")
+                    break
+                except redis.exceptions.ResponseError as exc:
+                    assert "NOGOODSLAVE" in str(exc)
+                    await asyncio.sleep(0.1)
+            for _ in range(300):
+                address = await raw(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+                if int(address[1]) == servers.replica:
+                    break
+                await asyncio.sleep(0.1)
+            assert int(address[1]) == servers.replica
+            for _ in range(100):
+                try:
+                    await drive.write_bytes("after.txt", b"2")
+                    break
+                except DriveUnavailableError:
+                    await asyncio.sleep(0.1)
+            assert await drive.read_bytes("after.txt") == b"2"
+            role = await wire.call("ROLE")
+            assert role[0] == "master"
+    finally:
+        await sentinel.aclose()
+        servers.stop()
+
+
+@pytest.mark.parametrize("sentinel", [False, True])
+async def test_a_replica_refusing_a_write_is_a_lost_primary_under_sentinel(
+    server: ServerProcess, other: aioredis.Redis, sentinel: bool
+) -> None:
+    """Sentinel's pool (``is_master``) reaching a replica: the primary moved, so reconnect.
+
+    A primary demoted by a failover usually closes its connections (see the test above);
+    one that does not answers writes with READONLY. Without Sentinel the error stays.
+    """
+    await raw(other, "REPLICAOF", "127.0.0.1", "1")  # a replica of nobody
+    wire = make_wire(server)
+    if sentinel:
+        wire._pool.is_master = True  # type: ignore[attr-defined]  # as SentinelConnectionPool
+    try:
+        expected = redis.exceptions.ConnectionError if sentinel else redis.exceptions.ReadOnlyError
+        with pytest.raises(expected):
+            await wire.call("SET", "k", "v")
+        assert ("not connected" in repr(wire)) is sentinel
+    finally:
+        await wire.aclose()
