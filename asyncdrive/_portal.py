@@ -4,8 +4,9 @@ The thread runs an anyio `BlockingPortal`. It starts with the first SyncDrive th
 stops when the last one is closed or at interpreter exit, and is forgotten in a forked child
 (where the parent's thread does not exist), so the child starts its own.
 
-`run`, the path every blocking call takes, hands the coroutine straight to the loop with
-`asyncio.run_coroutine_threadsafe`: one wake-up of the loop thread and one of the caller.
+`run`, the path of the blocking calls that need the loop thread (watches, open files),
+hands the coroutine straight to the loop with `loop.call_soon_threadsafe`: one wake-up of
+the loop thread and one of the caller.
 `BlockingPortal.start_task_soon` first waits for the loop to spawn the task into the portal's
 task group (a second round trip between the threads), which cost more than a whole small
 operation (``bench/sync_overhead.py`` measures it).
@@ -160,30 +161,54 @@ def _shutdown_at_exit() -> None:
 
 
 def run(portal: BlockingPortal, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``func()`` on the loop and wait for it; Ctrl-C cancels it there."""
-    future: Future[T]
-    if isinstance(portal, _Portal):
-        portal._check_running()  # RuntimeError once stopped, or on the loop thread itself
-        coro = func()
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, portal.loop)
-        except RuntimeError:  # the loop has closed (interpreter exit)
-            coro.close()
-            raise
-    else:  # pragma: no cover - every portal of this module is a _Portal
-        future = portal.start_task_soon(func)
-    # Wait on a plain lock, released when the call is done: a wait in C, which Ctrl-C
-    # interrupts cleanly. Future.result() waits in Condition.wait, whose Python code a
-    # KeyboardInterrupt can cut between its lock steps ("cannot release un-acquired lock").
+    """Run ``func()`` on the loop and wait for it; Ctrl-C cancels it there.
+
+    Ctrl-C raises KeyboardInterrupt in this thread between any two bytecodes, so this
+    thread holds neither a lock that Python code takes and releases nor the coroutine: an
+    interrupt inside `concurrent.futures.Future`'s condition (``add_done_callback``,
+    ``result``) left it held, and the loop thread blocked on it for ever (seen in CI:
+    Ctrl-C in a blocking watch). The loop creates the coroutine and its task, which
+    reports back by releasing a plain lock, in C; an interrupted wait cancels the task
+    through the loop.
+    """
+    if not isinstance(portal, _Portal):  # pragma: no cover - every portal here is one
+        raise TypeError(f"not a portal of asyncdrive's loop thread: {portal!r}")
+    portal._check_running()  # RuntimeError once stopped, or on the loop thread itself
+    loop = portal.loop
     done = threading.Lock()
     done.acquire()
-    future.add_done_callback(lambda _: done.release())
+    started: list[asyncio.Task[T] | BaseException] = []  # appended on the loop (atomic)
+
+    def start() -> None:
+        try:
+            task = loop.create_task(func())
+        except BaseException as exc:  # not even a coroutine: report it
+            started.append(exc)
+            done.release()
+            return
+        started.append(task)
+        task.add_done_callback(lambda _: done.release())
+
     try:
+        loop.call_soon_threadsafe(start)
         done.acquire()
     except BaseException:
-        # KeyboardInterrupt (or any interruption of the wait): cancel the task on the loop
-        # rather than leave it running unobserved. The cancellation reaches the task through
-        # the loop (call_soon_threadsafe), as anyio's portal does it.
-        future.cancel()
+        # The loop has closed (interpreter exit), or KeyboardInterrupt: cancel the task on
+        # the loop rather than leave it running unobserved, as anyio's portal does it.
+        with contextlib.suppress(RuntimeError):  # closed: nothing of the call runs there
+            loop.call_soon_threadsafe(_cancel, started)
         raise
-    return future.result()
+    outcome = started[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome.result()
+
+
+def _cancel(started: list[asyncio.Task[Any] | BaseException]) -> None:
+    """On the loop: cancel the call's task, if it has one.
+
+    (It has none if the interrupt came before ``start`` was queued; else ``start`` ran
+    first, as the loop runs its callbacks in order.)
+    """
+    if started and isinstance(started[0], asyncio.Task):
+        started[0].cancel()

@@ -567,3 +567,60 @@ def test_threads_starting_on_a_fresh_drive_together(env: dict[str, str]) -> None
                 thread.join()
             assert errors == []
             assert len(drive.list(".", recursive=True)) == 24
+
+
+def test_an_interrupt_anywhere_in_a_loop_thread_call_leaves_the_drive_usable(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A KeyboardInterrupt between any two bytecodes of the hand-off to the loop thread.
+
+    Calls of an open file (and of a watch) run on the process's loop thread. Ctrl-C used to
+    be able to land inside `concurrent.futures.Future`'s condition, taken by the hand-off,
+    and leave it held: the loop thread then blocked on it for ever (CI saw a watch hang).
+    Here a timer raises KeyboardInterrupt at a random moment of a stream of such calls,
+    500 times; after each, the next call must still work.
+    """
+    code = f"""
+        import faulthandler, random, signal
+        from asyncdrive import SyncDrive
+
+        faulthandler.dump_traceback_later(60, exit=True)  # a hang: fail, with the stacks
+        armed = False
+
+        def interrupt(signum, frame):
+            # Every 2 ms until one is caught: Python drops one that lands in a weakref
+            # callback or a __del__ ("Exception ignored in ...").
+            if armed:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGALRM, interrupt)
+        random.seed(7)
+        with SyncDrive({drive_id!r}) as drive:
+            drive.write_bytes("f.bin", b"0123456789")
+            with drive.open("f.bin", "rb") as f:
+                for _ in range(500):
+                    armed = True
+                    signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-5, 3e-4), 2e-3)
+                    try:
+                        try:
+                            while True:
+                                f.seek(random.randrange(10))
+                                f.read(1)
+                        except KeyboardInterrupt:
+                            armed = False
+                    except KeyboardInterrupt:  # a second one, in the handler above
+                        armed = False
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    f.seek(3)
+                    assert f.read(2) == b"34", "the file still reads"
+        print("done", flush=True)
+    """
+    proc = spawn(code, env, workdir)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip() == "done", err
