@@ -264,8 +264,9 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
         "A blocking one-shot call runs its coroutine as one task on an event loop of the "
         f"calling thread's own: {fmt_us(bridge)} µs for a no-op, against {fmt_us(portal)} µs "
         "for the hop to the process's loop thread and back "
-        "(`asyncio.run_coroutine_threadsafe`), which every call took before and which only "
-        "watches and open files take now. In the main thread the call swaps in a SIGINT "
+        "(`loop.call_soon_threadsafe` there, a plain lock released back), which every call "
+        "took before and which only watches and open files take now. In the main thread the "
+        "call swaps in a SIGINT "
         "handler, as `asyncio.Runner` does, so that Ctrl-C cancels the call at an await "
         "instead of interrupting it anywhere; it does so through the C functions behind "
         "`signal.signal`, whose enum conversions made `asyncio.Runner.run` cost ~50 µs a "
@@ -283,12 +284,15 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
             for s, a in zip(medians[op.key]["sync"], medians[op.key]["async"], strict=True)
         )
         notes.append(
-            f"Missed for {names}: each is one Redis round trip of ~100-150 µs, and the "
-            f"blocking call adds {fmt_us(extra)} µs: the bridge, plus starting and stopping "
-            "the loop around the call, whose first wait in `epoll` then begins cold. What is "
+            f"Missed for {names}: each is one Redis round trip, on the drive's own "
+            "pipelined connection since 2026-12-03 (which made the awaited call cheaper, "
+            "while the bridge stayed), and the blocking call adds "
+            f"{fmt_us(extra)} µs: the bridge, plus starting and stopping "
+            "the loop around the call (`loop.run_until_complete` alone costs ~28 µs for a "
+            "no-op here, measured), whose first wait in `epoll` then begins cold. What is "
             "left would need the loop to keep running between calls, which is the loop "
             "thread (and its two thread wake-ups per call, measured on the last row) that "
-            "this design removed."
+            "this design removed, or a cheaper way to run one task to its end."
         )
     return notes
 
