@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,11 @@ from asyncdrive._wire import Wire
 
 from .servers import SentinelServers, ServerProcess
 
-#: A script that keeps the server busy for ARGV[1] milliseconds, then returns ARGV[2].
+#: A script that keeps the server busy for about ARGV[1] ms here, then returns ARGV[2]. It
+#: counts (~10^5 steps a millisecond): a script sees the clock stopped (TIME does not move).
 BUSY_LUA = """
-local t = redis.call('TIME')
-local until_us = (t[1] * 1000000 + t[2]) + ARGV[1] * 1000
-repeat
-    t = redis.call('TIME')
-until t[1] * 1000000 + t[2] >= until_us
+local x = 0
+for i = 1, tonumber(ARGV[1]) * 100000 do x = x + i end
 return ARGV[2]
 """
 
@@ -63,6 +61,24 @@ async def wire(server: ServerProcess) -> AsyncIterator[Wire]:
     wire = make_wire(server)
     yield wire
     await wire.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``check()`` is true (an event seen from outside), at most 10 s."""
+    for _ in range(1000):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within 10 s: {what}")
+
+
+async def sent(wire: Wire, count: int = 1) -> None:
+    """Wait until ``count`` commands of ``wire`` are written and await their replies."""
+
+    async def check() -> bool:
+        return f"connected, {count} awaiting" in repr(wire)
+
+    await eventually(check, f"{count} command(s) sent")
 
 
 async def wire_clients(other: aioredis.Redis, wire: Wire) -> list[dict[str, Any]]:
@@ -106,7 +122,7 @@ async def test_a_script_the_server_lost_is_sent_again(
 async def test_a_cancelled_caller_gives_up_its_reply_and_no_other(wire: Wire) -> None:
     first = await wire.call("CLIENT", "ID")
     busy = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 300, "the busy reply"))
-    await asyncio.sleep(0.05)
+    await sent(wire)  # its reply will come after the cancellation
     busy.cancel()
     after = asyncio.ensure_future(wire.call("ECHO", "after"))
     with pytest.raises(asyncio.CancelledError):
@@ -145,11 +161,11 @@ async def test_a_connection_the_server_closed_is_replaced_by_the_next_call(
 ) -> None:
     first = await wire.call("CLIENT", "ID")
     await other.client_kill_filter(_id=first)
-    for _ in range(100):  # the reader sees the end of the stream
-        if "not connected" in repr(wire):
-            break
-        await asyncio.sleep(0.01)
-    assert "not connected" in repr(wire)
+
+    async def seen() -> bool:  # the reader has met the end of the stream
+        return "not connected" in repr(wire)
+
+    await eventually(seen, "the wire sees its connection closed")
     assert await wire.call("CLIENT", "ID") != first
 
 
@@ -160,7 +176,7 @@ async def test_a_server_that_dies_fails_the_callers_with_connection_error(
     try:
         await wire.call("PING")
         pending = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 2000, "never"))
-        await asyncio.sleep(0.1)
+        await sent(wire)
         server.kill()
         with pytest.raises(redis.exceptions.ConnectionError):
             await pending
@@ -178,14 +194,17 @@ async def test_aclose_fails_the_callers_and_closes_the_connection(
     wire = make_wire(server)
     await wire.call("CLIENT", "SETNAME", f"wire-{id(wire)}")
     pending = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 200, "late"))
-    await asyncio.sleep(0.05)
+    await sent(wire)
     await wire.aclose()
     with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
         await pending
     with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
         await wire.call("PING")
-    await asyncio.sleep(0.3)  # the server finishes the script, then sees the close
-    assert await wire_clients(other, wire) == []
+
+    async def gone() -> bool:  # once the server has finished the script, it sees the close
+        return await wire_clients(other, wire) == []
+
+    await eventually(gone, "the server sees the wire's connection closed")
     assert repr(wire) == "<Wire closed>"
     await wire.aclose()  # idempotent
 
