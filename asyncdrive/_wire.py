@@ -132,7 +132,9 @@ class Wire:
             # As redis-py's connections: a stream opened in one event loop cannot be used,
             # nor even closed, in another (a drive belongs to the loop it first ran in).
             raise RuntimeError(
-                f"{self!r} is used in another event loop than the one it connected in"
+                "A drive's Redis connection is used in another event loop than the one it "
+                "was opened in (each asyncio.run() makes a new loop). Create the Drive in "
+                "the loop that uses it, or use a SyncDrive from blocking code."
             )
         assert self._connecting is not None
         async with self._connecting:
