@@ -81,12 +81,13 @@ class Wire:
         if writer is None or loop is not self._loop:
             writer = await self._connect(loop)
         waiter = loop.create_future()
-        self._awaiting.append((waiter, loop.time()))
+        sent_at = loop.time()
+        self._awaiting.append((waiter, sent_at))
         # No await between the append and the write: the commands of concurrent callers go
         # out in the order of their places in the queue.
         writer.write(hiredis.pack_command(args))
         if self._timer is None and self._timeout:
-            self._timer = loop.call_at(loop.time() + self._timeout, self._check_overdue)
+            self._timer = loop.call_at(sent_at + self._timeout, self._check_overdue)
         if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
             with contextlib.suppress(OSError):  # the reader fails the waiter, with the reason
                 await writer.drain()

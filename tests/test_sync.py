@@ -615,12 +615,5 @@ def test_an_interrupt_anywhere_in_a_loop_thread_call_leaves_the_drive_usable(
                     assert f.read(2) == b"34", "the file still reads"
         print("done", flush=True)
     """
-    proc = spawn(code, env, workdir)
-    try:
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert out.strip() == "done", err
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=120)
+    assert done.stdout.strip() == "done", done.stderr
