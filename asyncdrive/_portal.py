@@ -19,8 +19,8 @@ import atexit
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import anyio
@@ -48,12 +48,35 @@ class _LoopThread:
         self.thread: threading.Thread | None = None
         # Set before the thread starts, so that a start interrupted by Ctrl-C is found (and
         # reused or stopped) by the next call instead of leaving an orphaned thread.
-        self.ready: Future[BlockingPortal] | None = None
+        self.ready: _Starting | None = None
         self.closers: dict[int, Callable[[], Awaitable[None]]] = {}
 
     def portal(self) -> BlockingPortal | None:
         """Return the running portal, waiting for one that is starting; None if none is."""
         return self.ready.result() if self.ready is not None else None
+
+
+class _Starting:
+    """The loop thread's portal once it is up, or why it could not start.
+
+    Polled rather than a `concurrent.futures.Future`, whose condition a Ctrl-C landing
+    inside it could leave held for ever (see `run`): the waiting thread holds nothing.
+    """
+
+    def __init__(self) -> None:
+        self.portal: BlockingPortal | None = None
+        self.error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.portal is not None or self.error is not None
+
+    def result(self) -> BlockingPortal:
+        while not self.done():  # once per process, for the thread's start (~ms)
+            time.sleep(0.001)
+        if self.error is not None:
+            raise self.error
+        assert self.portal is not None
+        return self.portal
 
 
 _state = _LoopThread()
@@ -82,11 +105,11 @@ def check_not_in_event_loop(what: str) -> None:
 
 
 def _start(state: _LoopThread) -> BlockingPortal:
-    ready: Future[BlockingPortal] = Future()
+    ready = _Starting()
 
     async def serve() -> None:
         async with _Portal() as portal:
-            ready.set_result(portal)
+            ready.portal = portal
             await portal.sleep_until_stopped()
 
     def loop() -> None:
@@ -94,7 +117,7 @@ def _start(state: _LoopThread) -> BlockingPortal:
             anyio.run(serve)
         except BaseException as exc:  # pragma: no cover - the loop could not start
             if not ready.done():
-                ready.set_exception(exc)
+                ready.error = exc
 
     state.ready = ready
     state.thread = threading.Thread(target=loop, name=THREAD_NAME, daemon=True)
@@ -191,7 +214,7 @@ def run(portal: BlockingPortal, func: Callable[[], Coroutine[Any, Any, T]]) -> T
 
     try:
         loop.call_soon_threadsafe(start)
-        done.acquire()
+        _wait(done)
     except BaseException:
         # The loop has closed (interpreter exit), or KeyboardInterrupt: cancel the task on
         # the loop rather than leave it running unobserved, as anyio's portal does it.
@@ -202,6 +225,23 @@ def run(portal: BlockingPortal, func: Callable[[], Coroutine[Any, Any, T]]) -> T
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome.result()
+
+
+#: How often a thread waiting on the loop thread wakes up to let a Ctrl-C in (see `_wait`).
+INTERRUPT_POLL = 0.25
+
+
+def _wait(done: threading.Lock) -> None:
+    """Acquire ``done``, waking up every `INTERRUPT_POLL` s to let a Ctrl-C's handler run.
+
+    A signal's handler runs in the main thread, between two bytecodes. A signal that this
+    thread takes just before it blocks in the lock's wait (after the interpreter's last
+    check), or that another thread takes, does not end that wait: its handler would run
+    only once the call returns, never for a blocking watch with no events (seen in CI: 1
+    run in ~20 of a Ctrl-C test hung, its handler never run).
+    """
+    while not done.acquire(timeout=INTERRUPT_POLL):
+        pass
 
 
 def _cancel(started: list[asyncio.Task[Any] | BaseException]) -> None:

@@ -16,6 +16,7 @@ import functools
 import itertools
 import os
 import signal
+import socket
 import threading
 import warnings
 import weakref
@@ -66,6 +67,8 @@ class _CallerLoop:
         self.pid = os.getpid()
         self.closed = False
         self.interrupts = 0
+        # The main thread's wake-up for Ctrl-C (see _wake_on_signals), made on first need.
+        self.wakeup: tuple[socket.socket, socket.socket] | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         with self.lock:
@@ -78,9 +81,11 @@ class _CallerLoop:
         task = self.loop.create_task(coro)
         on_sigint = None
         in_main_thread = threading.current_thread() is threading.main_thread()
+        old_wakeup = -1
         if in_main_thread and _get_handler(_SIGINT) is signal.default_int_handler:
             on_sigint = functools.partial(self._on_sigint, task)
             _set_handler(_SIGINT, on_sigint)
+            old_wakeup = self._wake_on_signals()
         self.interrupts = 0
         try:
             return self.loop.run_until_complete(task)
@@ -89,8 +94,28 @@ class _CallerLoop:
                 raise KeyboardInterrupt from None
             raise
         finally:
-            if on_sigint is not None and _get_handler(_SIGINT) is on_sigint:
-                _set_handler(_SIGINT, signal.default_int_handler)
+            if on_sigint is not None:
+                signal.set_wakeup_fd(old_wakeup)
+                if _get_handler(_SIGINT) is on_sigint:
+                    _set_handler(_SIGINT, signal.default_int_handler)
+
+    def _wake_on_signals(self) -> int:
+        """Have a signal wake this loop from its wait; return the wake-up fd it replaces.
+
+        A signal's handler runs in the main thread between two bytecodes. One that another
+        thread takes, or that lands just before the loop blocks in ``epoll``, does not end
+        that wait, so the handler (and the call's cancellation) would wait for the call's
+        next event: up to its whole timeout for a get waiting for a file. The interpreter
+        also writes each signal to this socket (`signal.set_wakeup_fd`), which the loop
+        watches, as asyncio's own signal handling does.
+        """
+        if self.wakeup is None:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+            self.loop.add_reader(reader, _drain, reader)
+            self.wakeup = (reader, writer)
+        return signal.set_wakeup_fd(self.wakeup[1].fileno())
 
     def _on_sigint(self, task: asyncio.Task[Any], signum: int, frame: object) -> None:
         # As asyncio.Runner: the first Ctrl-C cancels the call, a second one interrupts it.
@@ -117,6 +142,15 @@ class _CallerLoop:
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
                 loop.close()
+                if self.wakeup is not None:
+                    for sock in self.wakeup:
+                        sock.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # empty: woken already
+        while sock.recv(4096):
+            pass
 
 
 def _closed_error(name: str) -> DriveError:

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,14 @@ from asyncdrive._client import RedisClient, connect
 from .servers import ClusterServers, SentinelServers, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell runs a background job ("pytest ... &" in a script) with SIGINT ignored, and
+    # every process it starts inherits that: the Ctrl-C tests' children would then never
+    # see their SIGINT. Tests run as from a terminal, where Ctrl-C raises KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import textwrap
 import threading
@@ -25,6 +26,7 @@ from asyncdrive import Drive, DriveError, SyncDrive
 
 from .conftest import run_python
 from .procs import read_line, spawn
+from .servers import ServerProcess
 
 LOOP_THREAD = "asyncdrive-loop"
 DISK_THREAD = "asyncdrive-disk"
@@ -337,6 +339,46 @@ def test_ctrl_c_cancels_the_call_on_the_loop(
     assert err == ""
 
 
+def test_ctrl_c_taken_by_another_thread_interrupts_a_waiting_call(
+    env: dict[str, str], workdir: Path, drive_id: str, private_server: ServerProcess
+) -> None:
+    # A one-shot call waits in its loop's epoll, which a signal another thread takes (like
+    # one that lands just before the wait) does not wake. Here the server is stopped and
+    # the reply timeout is 120 s, so nothing else would wake it: the call must end at once.
+    private_server.start()
+    assert private_server.proc is not None
+    server_pid = private_server.proc.pid
+    env = {**env, "ASYNCDRIVE_REDIS_URL": private_server.url, "ASYNCDRIVE_REDIS_TIMEOUT": "120"}
+    code = f"""
+        import os, signal, threading
+        from asyncdrive import SyncDrive
+
+        def interrupt_from_this_thread():
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+        drive = SyncDrive({drive_id!r})
+        drive.list(".")
+        os.kill({server_pid}, signal.SIGSTOP)
+        threading.Timer(0.5, interrupt_from_this_thread).start()
+        try:
+            drive.exists("a.txt")
+            print("returned", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        os._exit(0)  # not closing a drive whose server is stopped
+    """
+    proc = spawn(code, env, workdir)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.kill(server_pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip() == "interrupted", err
+
+
 # -- 6. interpreter exit with an unclosed SyncDrive; garbage collection -------------------------
 
 EXIT_CODE = """
@@ -599,20 +641,21 @@ def test_an_interrupt_anywhere_in_a_loop_thread_call_leaves_the_drive_usable(
             drive.write_bytes("f.bin", b"0123456789")
             with drive.open("f.bin", "rb") as f:
                 for _ in range(500):
-                    armed = True
-                    signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-5, 3e-4), 2e-3)
                     try:
-                        try:
+                        try:  # armed inside: the first interrupt may come at once
+                            armed = True
+                            signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-5, 3e-4), 2e-3)
                             while True:
                                 f.seek(random.randrange(10))
                                 f.read(1)
-                        except KeyboardInterrupt:
+                        finally:
                             armed = False
-                    except KeyboardInterrupt:  # a second one, in the handler above
+                            signal.setitimer(signal.ITIMER_REAL, 0)
+                    except KeyboardInterrupt:  # the one above, or one in the finally block
                         armed = False
-                    signal.setitimer(signal.ITIMER_REAL, 0)
                     f.seek(3)
                     assert f.read(2) == b"34", "the file still reads"
+        signal.setitimer(signal.ITIMER_REAL, 0)  # if the finally block was interrupted
         print("done", flush=True)
     """
     done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=120)

@@ -390,6 +390,42 @@ def test_ctrl_c_in_blocking_watch(env: dict[str, str], workdir: Path, drive_id: 
     assert out.strip() == "interrupted []"
 
 
+def test_ctrl_c_taken_by_another_thread_ends_a_blocking_watch(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    # A signal another thread takes, like one that lands just before the main thread
+    # blocks, does not end the main thread's wait: the wait must still let the handler run.
+    # (That race hung test_ctrl_c_in_blocking_watch in ~1 run in 20 on a cluster.)
+    code = f"""
+        import signal, threading
+        from asyncdrive import SyncDrive
+
+        def interrupt_the_loop_thread():
+            loop_thread = next(t for t in threading.enumerate() if t.name == "asyncdrive-loop")
+            signal.pthread_kill(loop_thread.ident, signal.SIGINT)
+
+        drive = SyncDrive({drive_id!r})
+        try:
+            with drive.watch() as events:
+                threading.Timer(0.3, interrupt_the_loop_thread).start()
+                for event in events:
+                    pass
+        except KeyboardInterrupt:
+            drive.close()
+            names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
+            print("interrupted", names, flush=True)
+    """
+    proc = spawn(code, env, workdir)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip() == "interrupted []"
+
+
 def test_sync_watch_starts_exactly_at_the_call(env: dict[str, str], drive_id: str) -> None:
     with SyncDrive(drive_id) as drive:
         for i in range(5):
