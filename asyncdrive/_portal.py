@@ -93,13 +93,15 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def check_not_in_event_loop(what: str) -> None:
-    """Raise RuntimeError if this thread runs an event loop (a blocking call would hang it)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    """Raise RuntimeError if this thread runs an event loop (a blocking call would hang it).
+
+    ``what`` names the call, e.g. ``"SyncDrive.exists"``.
+    """
+    # asyncio's low-level query, which returns None rather than raising (on every call).
+    if asyncio._get_running_loop() is None:
         return
     raise RuntimeError(
-        f"{what} blocks, and was called inside a running event loop, which it would freeze. "
+        f"{what}() blocks, and was called inside a running event loop, which it would freeze. "
         "Use the async Drive and 'await' its methods instead."
     )
 

@@ -262,7 +262,12 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
     missed = [op for op in OPS if statistics.median(_ratios(medians, op.key)) > TARGET_RATIO]
     notes = [
         "A blocking one-shot call runs its coroutine as one task on an event loop of the "
-        f"calling thread's own: {fmt_us(bridge)} µs for a no-op, against {fmt_us(portal)} µs "
+        "calling thread's own, which it turns only until that task is done: asyncio's own "
+        "loop iteration, as `loop.run_forever` sets it up, without the stop callback of "
+        "`loop.run_until_complete` and the extra turn of the loop it takes (~28 µs for a "
+        "no-op against ~12 µs, measured on their own; another policy's loop, such as "
+        "uvloop's, takes the public path). "
+        f"That is {fmt_us(bridge)} µs for a no-op, against {fmt_us(portal)} µs "
         "for the hop to the process's loop thread and back "
         "(`loop.call_soon_threadsafe` there, a plain lock released back), which every call "
         "took before and which only watches and open files take now. In the main thread the "
@@ -284,15 +289,14 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
             for s, a in zip(medians[op.key]["sync"], medians[op.key]["async"], strict=True)
         )
         notes.append(
-            f"Missed for {names}: each is one Redis round trip, on the drive's own "
-            "pipelined connection since 2026-12-03 (which made the awaited call cheaper, "
-            "while the bridge stayed), and the blocking call adds "
-            f"{fmt_us(extra)} µs: the bridge, plus starting and stopping "
-            "the loop around the call (`loop.run_until_complete` alone costs ~28 µs for a "
-            "no-op here, measured), whose first wait in `epoll` then begins cold. What is "
-            "left would need the loop to keep running between calls, which is the loop "
-            "thread (and its two thread wake-ups per call, measured on the last row) that "
-            "this design removed, or a cheaper way to run one task to its end."
+            f"Missed for {names}: each is one Redis round trip (~100-125 µs awaited, on the "
+            "drive's own pipelined connection), so that 1.3x leaves ~35 µs for the bridge, "
+            f"and the blocking call adds {fmt_us(extra)} µs: the no-op's bridge (the task, "
+            "the SIGINT handler swap and wake-up socket, the loop's set-up), plus ~15-20 µs "
+            "more, not yet explained: the loop turns as often as an awaited call's does. "
+            "Much less would need the loop to keep running between calls, which is the "
+            "loop thread (and its two thread wake-ups per call, measured on the last row) "
+            "that this design removed."
         )
     return notes
 

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import os
 import signal
+import sys
 import textwrap
 import threading
 import time
@@ -197,6 +198,98 @@ def test_one_shot_calls_run_in_the_calling_thread(env: dict[str, str], drive_id:
     assert joined_disk_threads() == []
     with pytest.raises(DriveError, match="closed"):
         drive.exists("a.txt")
+
+
+def one_shot_calls(drive: SyncDrive) -> list[object]:
+    """Each one-shot operation once, on a fresh drive, and what each returned."""
+    results: list[object] = [
+        drive.write_bytes("a.txt", b"x").size,
+        drive.exists("a.txt"),
+        drive.info("a.txt").size,
+        drive.read_bytes("a.txt"),
+        drive.list("."),
+    ]
+    drive.delete("a.txt")
+    return [*results, drive.exists("a.txt")]
+
+
+ONE_SHOT_RESULTS = [1, True, 1, b"x", ["a.txt"], False]
+
+
+def test_a_one_shot_call_leaves_the_thread_as_it_found_it(
+    env: dict[str, str], drive_id: str
+) -> None:
+    # A call runs the thread's own loop for its duration only: no running loop, nor that
+    # loop's async generator hooks, may be left behind, even when the call fails.
+    def firstiter(agen: object) -> None:
+        pass
+
+    def finalizer(agen: object) -> None:
+        pass
+
+    old = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
+    try:
+        with SyncDrive(drive_id) as drive:
+            assert one_shot_calls(drive) == ONE_SHOT_RESULTS
+            with pytest.raises(FileNotFoundError):
+                drive.info("missing.txt")
+            assert sys.get_asyncgen_hooks() == (firstiter, finalizer)
+            assert asyncio._get_running_loop() is None
+            assert not drive._caller_loops[0].loop.is_running()
+    finally:
+        sys.set_asyncgen_hooks(*old)
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """A loop that changes asyncio's iteration (here, to count it), as another policy's may."""
+
+    turns = 0
+    completions = 0
+
+    def _run_once(self) -> None:
+        type(self).turns += 1
+        super()._run_once()  # type: ignore[misc]
+
+    def run_until_complete(self, future: Any) -> Any:
+        type(self).completions += 1
+        return super().run_until_complete(future)
+
+
+class _CountingPolicy(asyncio.DefaultEventLoopPolicy):
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = _CountingLoop()
+        loop.set_debug(self.debug)
+        return loop
+
+
+@pytest.mark.parametrize(
+    "debug", [False, True], ids=["a loop of another iteration", "a loop in debug mode"]
+)
+def test_one_shot_calls_on_a_loop_not_asyncio_own_take_the_public_path(
+    env: dict[str, str], drive_id: str, debug: bool
+) -> None:
+    # One-shot calls turn asyncio's own loop iteration themselves (see _run_until_done); a
+    # loop of another policy, such as uvloop's, or in debug mode, runs each through the
+    # public run_until_complete, with the same results.
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_CountingPolicy(debug))
+    _CountingLoop.turns = _CountingLoop.completions = 0
+    try:
+        with SyncDrive(drive_id) as drive:
+            assert one_shot_calls(drive) == ONE_SHOT_RESULTS
+            assert isinstance(drive._caller_loops[0].loop, _CountingLoop)
+            assert _CountingLoop.completions >= len(ONE_SHOT_RESULTS)
+            assert _CountingLoop.turns >= len(ONE_SHOT_RESULTS)
+            with pytest.raises(FileNotFoundError):
+                drive.info("missing.txt")
+            assert asyncio._get_running_loop() is None
+    finally:
+        asyncio.set_event_loop_policy(old)
 
 
 def test_one_loop_thread_shared_and_stopped_by_the_last_close(
