@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -59,20 +58,30 @@ class _LoopThread:
 class _Starting:
     """The loop thread's portal once it is up, or why it could not start.
 
-    Polled rather than a `concurrent.futures.Future`, whose condition a Ctrl-C landing
-    inside it could leave held for ever (see `run`): the waiting thread holds nothing.
+    Not a `concurrent.futures.Future`, whose condition a Ctrl-C landing inside it could
+    leave held for ever (see `run`): the loop thread releases a plain lock once, which the
+    first waiter takes (in `_wait`) and keeps; after that, `done` answers.
     """
 
     def __init__(self) -> None:
         self.portal: BlockingPortal | None = None
         self.error: BaseException | None = None
+        self._ready = threading.Lock()
+        self._ready.acquire()
+
+    def set(self, portal: BlockingPortal | None = None, error: BaseException | None = None) -> None:
+        """On the loop thread: report the portal, or the error that stopped the start."""
+        self.portal, self.error = portal, error
+        self._ready.release()
 
     def done(self) -> bool:
         return self.portal is not None or self.error is not None
 
     def result(self) -> BlockingPortal:
-        while not self.done():  # once per process, for the thread's start (~ms)
-            time.sleep(0.001)
+        # The callers wait one at a time (under _LoopThread.lock), so at most one takes the
+        # lock; once it is taken, the portal or the error is set.
+        if not self.done():
+            _wait(self._ready)
         if self.error is not None:
             raise self.error
         assert self.portal is not None
@@ -111,7 +120,7 @@ def _start(state: _LoopThread) -> BlockingPortal:
 
     async def serve() -> None:
         async with _Portal() as portal:
-            ready.portal = portal
+            ready.set(portal)
             await portal.sleep_until_stopped()
 
     def loop() -> None:
@@ -119,7 +128,7 @@ def _start(state: _LoopThread) -> BlockingPortal:
             anyio.run(serve)
         except BaseException as exc:  # pragma: no cover - the loop could not start
             if not ready.done():
-                ready.error = exc
+                ready.set(error=exc)
 
     state.ready = ready
     state.thread = threading.Thread(target=loop, name=THREAD_NAME, daemon=True)

@@ -367,21 +367,33 @@ def test_early_exit_blocking_leaves_no_threads(env: dict[str, str], drive_id: st
     assert loop_threads() == []
 
 
+#: A blocking watch in a child, until a KeyboardInterrupt ends it; ``when_watching`` runs
+#: once the watch is open (it says so, or arranges the interrupt).
+WATCH_UNTIL_INTERRUPTED = """
+    import signal, threading
+    from asyncdrive import SyncDrive
+
+    def interrupt_the_loop_thread():
+        loop_thread = next(t for t in threading.enumerate() if t.name == "asyncdrive-loop")
+        signal.pthread_kill(loop_thread.ident, signal.SIGINT)
+
+    drive = SyncDrive({drive_id!r})
+    try:
+        with drive.watch() as events:
+            {when_watching}
+            for event in events:
+                pass
+    except KeyboardInterrupt:
+        drive.close()
+        names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
+        print("interrupted", names, flush=True)
+"""
+
+
 def test_ctrl_c_in_blocking_watch(env: dict[str, str], workdir: Path, drive_id: str) -> None:
-    code = f"""
-        import threading
-        from asyncdrive import SyncDrive
-        drive = SyncDrive({drive_id!r})
-        try:
-            with drive.watch() as events:
-                print("ready", flush=True)
-                for event in events:
-                    pass
-        except KeyboardInterrupt:
-            drive.close()
-            names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
-            print("interrupted", names, flush=True)
-    """
+    code = WATCH_UNTIL_INTERRUPTED.format(
+        drive_id=drive_id, when_watching='print("ready", flush=True)'
+    )
     proc = spawn(code, env, workdir)
     assert read_line(proc) == "ready"
     os.kill(proc.pid, signal.SIGINT)
@@ -396,25 +408,9 @@ def test_ctrl_c_taken_by_another_thread_ends_a_blocking_watch(
     # A signal another thread takes, like one that lands just before the main thread
     # blocks, does not end the main thread's wait: the wait must still let the handler run.
     # (That race hung test_ctrl_c_in_blocking_watch in ~1 run in 20 on a cluster.)
-    code = f"""
-        import signal, threading
-        from asyncdrive import SyncDrive
-
-        def interrupt_the_loop_thread():
-            loop_thread = next(t for t in threading.enumerate() if t.name == "asyncdrive-loop")
-            signal.pthread_kill(loop_thread.ident, signal.SIGINT)
-
-        drive = SyncDrive({drive_id!r})
-        try:
-            with drive.watch() as events:
-                threading.Timer(0.3, interrupt_the_loop_thread).start()
-                for event in events:
-                    pass
-        except KeyboardInterrupt:
-            drive.close()
-            names = [t.name for t in threading.enumerate() if t.name == "asyncdrive-loop"]
-            print("interrupted", names, flush=True)
-    """
+    code = WATCH_UNTIL_INTERRUPTED.format(
+        drive_id=drive_id, when_watching="threading.Timer(0.3, interrupt_the_loop_thread).start()"
+    )
     proc = spawn(code, env, workdir)
     try:
         out, err = proc.communicate(timeout=30)
