@@ -52,7 +52,7 @@ from ._files import DriveReader, DriveWriter, Opening, check_mode
 from ._index import Index, PutOutcome
 from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
-from ._storage import DiskStore, PathClash, Staged
+from ._storage import DiskStore, FileIdentity, PathClash, Staged, file_identity
 from ._threads import DiskThreads, NoThreads
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
@@ -684,19 +684,20 @@ class Drive:
         store = conn.store
         version = current + 1
 
-        def install() -> tuple[FileInfo, Path | None]:
+        def install() -> tuple[FileInfo, Path | None, FileIdentity]:
             staged = stage if isinstance(stage, Staged) else stage(False)
             info = FileInfo(path, staged.size, time.time(), staged.checksum, version, component)
             meta = {"size": info.size, "mtime": info.mtime, "checksum": info.checksum,
                     "version": version}  # fmt: skip
             try:
-                return info, store.install(staged, component, path, meta)
+                installed = file_identity(staged.tmp)
+                return info, store.install(staged, component, path, meta), installed
             except BaseException:
                 store.discard(staged)
                 raise
 
         try:
-            info, backup = await conn.run_sync(install)
+            info, backup, installed = await conn.run_sync(install)
         except PathClash as clash:
             await conn.index.unlock(component, path, token)
             # Another put of this component, of a path above or below this one, is between
@@ -724,8 +725,12 @@ class Drive:
                 await conn.index.unlock(component, path, token)
             raise
         if outcome.status != "ok":
+            # A "conflict": another writer committed the path since the lock was taken, so
+            # the lock's lease ran out; that writer may have installed over this upload.
             try:
-                await conn.run_sync(store.restore, backup, component, path)
+                await conn.run_sync(
+                    functools.partial(store.restore, installed=installed), backup, component, path
+                )
             finally:
                 await conn.index.unlock(component, path, token)
             self._raise_put_refused(path, outcome, precondition)
@@ -774,6 +779,13 @@ class Drive:
             raise DriveNotADirectoryError(
                 f"{where}: {detail!r} is a file in the drive, so it cannot hold other files. "
                 "Choose another path or delete that file first."
+            )
+        if status == "conflict":
+            raise DriveTimeoutError(
+                f"{where}: it held the path's commit lock longer than the lock's "
+                f"{LOCK_TTL:.0f} s lease (a stalled process, or a jump of the server's clock), "
+                f"and another put of component {component!r} committed version {detail} "
+                "meanwhile. Nothing of this put was kept; retry it."
             )
         raise DriveError(f"{where}: the index changed during the commit ({status}); retry.")
 

@@ -370,6 +370,23 @@ def _replace_into(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
+#: Which file a path names: its (device, inode).
+FileIdentity = tuple[int, int]
+
+
+def file_identity(path: Path) -> FileIdentity:
+    """Return the (device, inode) of ``path`` itself (a link is not followed)."""
+    found = os.lstat(path)
+    return found.st_dev, found.st_ino
+
+
+def _identity_or_none(path: Path) -> FileIdentity | None:
+    try:
+        return file_identity(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def _is_file(path: Path) -> bool:
     """Tell whether ``path`` is a regular file: not a folder, not a link, not missing."""
     try:
@@ -617,13 +634,27 @@ class DiskStore:
             return None
         return found if isinstance(found, dict) else None
 
-    def restore(self, backup: Path | None, component: str, path: str) -> None:
+    def restore(
+        self,
+        backup: Path | None,
+        component: str,
+        path: str,
+        *,
+        installed: FileIdentity | None = None,
+    ) -> None:
         """Undo an `install`: put the previous bytes and metadata back, or remove the new ones.
 
         Where a folder now stands at the path, or a file above it, there is nothing of this
-        install left to undo: the backup is just dropped.
+        install left to undo: the backup is just dropped. So too where ``installed``, the
+        `file_identity` of the upload this install moved into place, is no longer the file
+        at the path: another writer installed over it (its commit lock's lease had run out),
+        and that file is the other writer's to keep or undo.
         """
         target = self.file_path(component, path)
+        if installed is not None and _identity_or_none(target) != installed:
+            if backup is not None:
+                self.drop_backup(backup)
+            return
         meta_target = _meta_beside(target)
         meta_saved = None if backup is None else _meta_backup(backup)
         if backup is not None and meta_saved is not None and not _is_file(meta_saved):

@@ -80,12 +80,15 @@ class Wire:
         loop = asyncio.get_running_loop()
         if writer is None or loop is not self._loop:
             writer = await self._connect(loop)
+        # Packed before the caller takes its place in the queue: an argument that cannot be
+        # sent must not leave a place that the next reply would fill.
+        command = hiredis.pack_command(args)
         waiter = loop.create_future()
         sent_at = loop.time()
         self._awaiting.append((waiter, sent_at))
         # No await between the append and the write: the commands of concurrent callers go
         # out in the order of their places in the queue.
-        writer.write(hiredis.pack_command(args))
+        writer.write(command)
         if self._timer is None and self._timeout:
             self._timer = loop.call_at(sent_at + self._timeout, self._check_overdue)
         if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:

@@ -15,6 +15,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+import asyncdrive._drive
 from asyncdrive import (
     Change,
     Drive,
@@ -34,6 +36,7 @@ from asyncdrive import (
     DriveFileNotFoundError,
     DriveIsADirectoryError,
     DriveNotADirectoryError,
+    DriveTimeoutError,
     FileInfo,
     SyncDrive,
     VersionConflictError,
@@ -406,6 +409,80 @@ def test_put_meeting_an_install_in_flight(
             drive.write_bytes(put, b"clashing")
         assert list(store.tmp_dir.iterdir()) == []
         assert store.read_meta("default", put) is None
+
+
+def pause_after_install(drive: Drive) -> tuple[threading.Event, threading.Event]:
+    """Make ``drive``'s next puts stop between their install and their commit.
+
+    Returns (installed, go): ``installed`` is set once a put has moved its upload into
+    place, and the put goes on to its commit once ``go`` is set. The disk and the server
+    are the real ones: only the moment of the commit is chosen.
+    """
+    assert drive._conn is not None, "connect the drive first"
+    store = drive._conn.store
+    install = store.install
+    installed, go = threading.Event(), threading.Event()
+
+    def paused_install(*args: Any, **kwargs: Any) -> Any:
+        backup = install(*args, **kwargs)
+        installed.set()
+        assert go.wait(30), "the test never let the put go on"
+        return backup
+
+    store.install = paused_install  # type: ignore[method-assign]
+    return installed, go
+
+
+@pytest.mark.parametrize("late", ["installed-last", "installed-first"])
+async def test_a_put_whose_lock_ran_out_loses_nothing_of_the_put_that_took_it(
+    late: str, env: dict[str, str], root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put that holds the commit lock past its lease (a stalled process, a jump of the
+    server's clock) can meet another put of the same copy that took the lock after it.
+    The index keeps the one that commits first; the disk must keep the same bytes.
+
+    ``late`` is the put that commits last, and is refused: the one that installed after the
+    other (its file is in place: undoing it puts the first one's back), or the one that
+    installed first (another file is in place now: it must stay).
+    """
+    monkeypatch.setattr(asyncdrive._drive, "LOCK_TTL", 0.2)
+    async with Drive(drive_id) as first, Drive(drive_id) as second:
+        await first.write_bytes("f.bin", b"v1")
+        await second.exists("f.bin")
+        store = DiskStore(root, first.name)
+        first_installed, first_go = pause_after_install(first)
+        second_installed, second_go = pause_after_install(second)
+        async with anyio.create_task_group() as tg:
+            results: dict[str, Any] = {}
+
+            async def put(name: str, drive: Drive, data: bytes) -> None:
+                try:
+                    results[name] = await drive.write_bytes("f.bin", data)
+                except DriveError as exc:
+                    results[name] = exc
+
+            tg.start_soon(put, "first", first, b"first")
+            assert await anyio.to_thread.run_sync(first_installed.wait, 10)
+            await anyio.sleep(0.3)  # the first put's lock has run out
+            tg.start_soon(put, "second", second, b"second")
+            assert await anyio.to_thread.run_sync(second_installed.wait, 10)
+            # The put that commits first wins; the other finds the version moved on.
+            winner, loser = ("first", "second") if late == "installed-last" else ("second", "first")
+            (first_go if winner == "first" else second_go).set()
+            while winner not in results:
+                await anyio.sleep(0.01)
+            (second_go if winner == "first" else first_go).set()
+        assert isinstance(results[winner], FileInfo), results[winner]
+        refused = results[loser]
+        assert isinstance(refused, DriveTimeoutError), refused
+        assert "lease" in str(refused) and "f.bin" in str(refused)
+        assert results[winner].version == 2
+        info = await first.info("f.bin")
+        assert (info.version, info.checksum) == (2, sha256(winner.encode()))
+        assert await second.read_bytes("f.bin") == winner.encode()
+        (on_disk,) = store.scan(verify=True)
+        assert (on_disk.version, on_disk.checksum) == (2, sha256(winner.encode()))
+        assert store.leftovers(grace=0) == ([], [])
 
 
 # -- conditional writes: a counter incremented by many processes -------------------------------

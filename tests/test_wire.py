@@ -109,6 +109,15 @@ async def test_an_error_reply_raises_redis_pys_error_and_keeps_the_connection(
     assert await wire.call("CLIENT", "ID") == first
 
 
+async def test_a_command_that_cannot_be_sent_takes_no_reply_of_another(wire: Wire) -> None:
+    await wire.call("SET", "k", "v")
+    with pytest.raises(TypeError):
+        await wire.call("SET", "k", object())  # not str, bytes or a number: never sent
+    assert await wire.call("GET", "k") == "v"
+    assert await wire.call("ECHO", "next") == "next"
+    assert "connected, 0 awaiting" in repr(wire)
+
+
 async def test_a_script_the_server_lost_is_sent_again(
     server: ServerProcess, wire: Wire, other: aioredis.Redis
 ) -> None:
