@@ -9,7 +9,9 @@ sends them: no pool, no task per command, one timer for all the replies awaited.
 of concurrent tasks share the connection, pipelined: with 64 tasks, ~20 µs each.
 
 It connects through redis-py's own connection class and settings (the pool's: password,
-database, TLS, Sentinel's current primary), then reads the stream itself. Only for commands
+database, TLS, Sentinel's current primary), then takes its transport over: each reply is
+parsed and handed to its caller as the bytes arrive (no reading task, no stream buffer
+between, one turn of the event loop less per reply than a reader task). Only for commands
 that the server answers at once: a blocking read (``XREAD BLOCK``) would hold up every
 reply queued behind it, so those keep to redis-py's client.
 
@@ -53,8 +55,7 @@ class Wire:
         self._pool = pool
         self._timeout = timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._reading: asyncio.Task[None] | None = None
+        self._protocol: _WireProtocol | None = None
         #: The callers awaiting a reply, oldest first, with when each command was sent.
         self._awaiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -64,7 +65,7 @@ class Wire:
     def __repr__(self) -> str:
         state = (
             "closed" if self._closed
-            else f"connected, {len(self._awaiting)} awaiting" if self._writer is not None
+            else f"connected, {len(self._awaiting)} awaiting" if self._protocol is not None
             else "not connected"
         )  # fmt: skip
         return f"<Wire {state}>"
@@ -76,10 +77,10 @@ class Wire:
         HGETALL gives a dict; in RESP2 (``?protocol=2`` in the URL), a flat list. An error
         reply is raised as redis-py raises it (`ResponseError` and its subclasses).
         """
-        writer = self._writer
+        protocol = self._protocol
         loop = asyncio.get_running_loop()
-        if writer is None or loop is not self._loop:
-            writer = await self._connect(loop)
+        if protocol is None or loop is not self._loop:
+            protocol = await self._connect(loop)
         # Packed before the caller takes its place in the queue: an argument that cannot be
         # sent must not leave a place that the next reply would fill.
         command = hiredis.pack_command(args)
@@ -88,12 +89,12 @@ class Wire:
         self._awaiting.append((waiter, sent_at))
         # No await between the append and the write: the commands of concurrent callers go
         # out in the order of their places in the queue.
-        writer.write(command)
+        transport = protocol.transport
+        transport.write(command)
         if self._timer is None and self._timeout:
             self._timer = loop.call_at(sent_at + self._timeout, self._check_overdue)
-        if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
-            with contextlib.suppress(OSError):  # the reader fails the waiter, with the reason
-                await writer.drain()
+        if transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+            await protocol.drain()  # a lost connection fails the waiter, with the reason
         reply = await waiter
         if isinstance(reply, Exception):
             if isinstance(reply, ReadOnlyError) and getattr(self._pool, "is_master", False):
@@ -115,19 +116,14 @@ class Wire:
     async def aclose(self) -> None:
         """Close the connection; commands still awaiting a reply fail. Idempotent."""
         self._closed = True
-        writer, reading = self._writer, self._reading
+        protocol = self._protocol
         self._fail(ConnectionError, "The drive's connection was closed")
-        if self._loop is not asyncio.get_running_loop():
-            return  # nothing of another loop can be awaited here
-        if reading is not None:
-            await asyncio.wait([reading])  # cancelled by _fail: it ends at once
-        if writer is not None:
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        if protocol is not None and self._loop is asyncio.get_running_loop():
+            await protocol.closed  # the transport's end: no socket is left open
 
     # -- the connection ----------------------------------------------------------------
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> asyncio.StreamWriter:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _WireProtocol:
         if self._closed:
             raise ConnectionError("The drive's connection was closed")
         if self._loop is None:
@@ -142,8 +138,8 @@ class Wire:
             )
         assert self._connecting is not None
         async with self._connecting:
-            if self._writer is not None:
-                return self._writer
+            if self._protocol is not None:
+                return self._protocol
             # redis-py's connection, of the pool's class and settings, says hello to the
             # server (password, database, TLS, Sentinel's primary); then the stream is ours.
             conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
@@ -162,32 +158,21 @@ class Wire:
             if encoder.decode_responses:
                 decoding = {"encoding": encoder.encoding, "errors": encoder.encoding_errors}
             parser = hiredis.Reader(replyError=BaseParser.parse_error, **decoding)
-            self._writer = writer
-            self._reading = loop.create_task(self._read(reader, writer, parser))
-            return writer
-
-    async def _read(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: hiredis.Reader
-    ) -> None:
-        """Hand each reply to the oldest caller awaiting one, until the connection ends."""
-        awaiting = self._awaiting
-        try:
-            while True:
-                data = await reader.read(_READ_SIZE)
-                if not data:
-                    raise ConnectionError("Connection closed by server.")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    if not awaiting:
-                        raise ConnectionError(f"Unexpected reply from the server: {reply!r}")
-                    waiter, _ = awaiting.popleft()
-                    if not waiter.done():  # else its caller was cancelled
-                        waiter.set_result(reply)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if writer is self._writer:
-                self._fail(ConnectionError, f"Error while reading from the drive's server: {exc}")
+            protocol = _WireProtocol(self, writer, parser, loop)
+            transport = protocol.transport
+            # The stream's protocol hands the transport over: from now on the bytes come
+            # to this one (after any the stream had buffered, none after the handshake).
+            transport.set_protocol(protocol)
+            self._protocol = protocol
+            stream: Any = reader  # its buffer and flow control: private, as in 3.11-3.14
+            if stream._buffer:
+                protocol.data_received(bytes(stream._buffer))
+            if stream._paused:
+                transport.resume_reading()
+            if transport.is_closing() or self._protocol is not protocol:
+                self._fail(ConnectionError, "The drive's server closed the connection at once")
+                raise ConnectionError("The drive's server closed the connection at once")
+            return protocol
 
     def _check_overdue(self) -> None:
         """Fail every command if the oldest has awaited its reply longer than the timeout."""
@@ -202,18 +187,85 @@ class Wire:
 
     def _fail(self, error: type[Exception], message: str) -> None:
         """Close the connection, failing each command that awaits a reply with ``error``."""
-        writer, self._writer = self._writer, None
-        reading, self._reading = self._reading, None
+        protocol, self._protocol = self._protocol, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        # After a change of event loop, the old loop may be closed: then neither can be done.
-        with contextlib.suppress(RuntimeError):
-            if writer is not None:
-                writer.close()
-            if reading is not None and reading is not asyncio.current_task():
-                reading.cancel()
+        if protocol is not None:
+            # After a change of event loop, the old loop may be closed: then it cannot be.
+            with contextlib.suppress(RuntimeError):
+                protocol.transport.close()
         awaiting, self._awaiting = self._awaiting, collections.deque()
         for waiter, _ in awaiting:
             if not waiter.done():
                 waiter.set_exception(error(message))  # one each: tracebacks are per raise
+
+
+class _WireProtocol(asyncio.Protocol):
+    """A `Wire`'s connection once connected: parses replies as they arrive, in order."""
+
+    def __init__(
+        self,
+        wire: Wire,
+        writer: asyncio.StreamWriter,
+        parser: hiredis.Reader,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.wire = wire
+        # Kept: a stream writer dropped before its transport is closed closes it (and warns).
+        self.writer = writer
+        self.transport: asyncio.Transport = writer.transport  # type: ignore[assignment]
+        self.parser = parser
+        self.loop = loop
+        #: Done when the transport has closed (`connection_lost`).
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._writable: asyncio.Future[None] | None = None  # while writing is paused
+
+    def data_received(self, data: bytes) -> None:
+        """Hand each complete reply to the oldest caller awaiting one."""
+        parser = self.parser
+        awaiting = self.wire._awaiting
+        try:
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                if not awaiting:
+                    raise ConnectionError(f"Unexpected reply from the server: {reply!r}")
+                waiter, _ = awaiting.popleft()
+                if not waiter.done():  # else its caller was cancelled
+                    waiter.set_result(reply)
+        except Exception as exc:  # a reply nobody asked for, or bytes that are no reply
+            self._lost(f"Error while reading from the drive's server: {exc}")
+
+    def eof_received(self) -> bool:
+        self._lost("Error while reading from the drive's server: Connection closed by server.")
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._lost(f"Error while reading from the drive's server: {exc}")
+        else:
+            self._lost("Error while reading from the drive's server: Connection closed by server.")
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._resume()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._resume()
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high-water mark."""
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    def _resume(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def _lost(self, message: str) -> None:
+        if self.wire._protocol is self:  # else the wire has moved on (or failed already)
+            self.wire._fail(ConnectionError, message)
