@@ -362,15 +362,43 @@ class Index:
         The trim mark (the newest event trimmed from the log) is read in the same pipeline,
         right after the wait: if it is newer than ``after``, events after ``after`` were lost.
         """
-        async with self.client.pipeline(transaction=False) as pipe:
-            # Pipelined on one connection: GET runs as soon as XREAD returns.
-            pipe.xread({self.keys.events: after}, block=block_ms, count=count)
-            pipe.get(self.keys.trimmed)
-            reply, trimmed = await pipe.execute()
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:  # a Cluster: its client routes the pipeline to the drive's node
+            async with self.client.pipeline(transaction=False) as pipe:
+                # Pipelined on one connection: GET runs as soon as XREAD returns.
+                pipe.xread({self.keys.events: after}, block=block_ms, count=count)
+                pipe.get(self.keys.trimmed)
+                reply, trimmed = await pipe.execute()
+            events = [
+                event_from_fields(self.drive, event_id, fields)
+                for _stream, entries in reply or []
+                for event_id, fields in entries
+            ]
+            return events, trimmed or "0-0"
+        # The same two commands on one of the pool's connections, without redis-py's pipeline
+        # (~280 us of CPU a read less, measured): every event waits for this on its way.
+        conn = await pool.get_connection()
+        try:
+            commands = [
+                ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", self.keys.events, after),
+                ("GET", self.keys.trimmed),
+            ]
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands))
+                raw = await conn.read_response()
+                trimmed = await conn.read_response()
+            except BaseException:
+                await conn.disconnect(nowait=True)  # a reply may be left unread on it
+                raise
+        finally:
+            await pool.release(conn)
+        # RESP3 (redis-py's default) answers a map of stream -> entries, RESP2 a list of
+        # [stream, entries]; None when the wait ended without events.
+        streams = raw.values() if isinstance(raw, dict) else [s[1] for s in raw or []]
         events = [
-            event_from_fields(self.drive, event_id, fields)
-            for _stream, entries in reply or []
-            for event_id, fields in entries
+            event_from_fields(self.drive, event_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            for entries in streams
+            for event_id, flat in entries
         ]
         return events, trimmed or "0-0"
 

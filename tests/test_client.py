@@ -144,5 +144,16 @@ async def test_a_drive_works_over_either_protocol(
         assert await drive.list("a") == ["a/b.txt"]
         await drive.delete("a/b.txt")
         assert not await drive.exists("a/b.txt")
+        changes = []
+        async with drive.watch(since="0", timeout=10) as feed:
+            async for event in feed:
+                changes.append((event.change.value, event.path, event.version, event.size))
+                if len(changes) == 3:
+                    break
+        assert changes == [
+            ("added", "a/b.txt", 1, 1),
+            ("modified", "a/b.txt", 2, 2),
+            ("deleted", "a/b.txt", 2, 2),
+        ]
         hello = await conn.connected.wire.call("HELLO")
         assert (hello["proto"] if protocol == 3 else hello[hello.index("proto") + 1]) == protocol

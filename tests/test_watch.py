@@ -100,6 +100,31 @@ async def test_timeout_ends_iteration(make_drive: MakeDrive, drive_id: str) -> N
         assert [e async for e in events] == []
 
 
+async def test_a_read_cancelled_while_it_waits_leaves_no_reply_for_the_next_command(
+    drive_id: str, env: dict[str, str]
+) -> None:
+    """A watch's blocking read is cancelled with its reply still to come: the connection it
+    used must not go back to the pool, where the next command would read that reply."""
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("before", b"x")
+        conn = await drive._connection()
+        client, probe = conn.client, conn.index.keys.prefix + "probe"  # in the drive's slot
+        watch = drive.watch(since="0")
+        first = await watch.next()
+        assert first is not None and first.path == "before"
+        with anyio.move_on_after(0.3):
+            await watch.next()  # blocks in XREAD until cancelled
+        # The server still holds that XREAD: a command sent behind it on the same connection
+        # would wait for it, then read its reply.
+        with anyio.fail_after(2):
+            for n in range(10):
+                await client.set(probe, n)
+                assert await client.get(probe) == str(n)
+        await drive.write_bytes("after", b"y")
+        await watch.aclose()
+        assert [e.path async for e in drive.watch(since="0", timeout=0.5)] == ["before", "after"]
+
+
 async def test_since_resumes_after_an_event(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
     watch = drive.watch()
