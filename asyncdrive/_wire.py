@@ -45,7 +45,6 @@ from redis.exceptions import ConnectionError, NoScriptError, ReadOnlyError, Time
 #: How much a command may leave unsent in the transport's buffer before the caller waits
 #: for it to drain (the transport's own high-water mark is 64 KiB).
 _WRITE_BUFFER_LIMIT = 64 * 1024
-_READ_SIZE = 64 * 1024
 
 
 class Wire:
