@@ -252,6 +252,13 @@ class PutOutcome:
     event_id: str = ""
 
 
+def _as_dict(raw: Any) -> dict[str, str]:
+    """Return a HGETALL reply as a dict (RESP3 gives a map, RESP2 field, value, ...)."""
+    if isinstance(raw, list):
+        return dict(zip(raw[::2], raw[1::2], strict=True))
+    return raw  # type: ignore[no-any-return]
+
+
 def parse_record(path: str, component: str, record: str) -> FileInfo:
     """Turn an owners-HASH value ``size|mtime|checksum|version`` into a `FileInfo`."""
     size, mtime, checksum, version = record.split("|")
@@ -303,17 +310,20 @@ class Index:
         if self.wire is None:
             raw = await self.client.hgetall(key)  # type: ignore[assignment]
         else:
-            raw = await self.wire.call("HGETALL", key)  # a map in RESP3
-            if isinstance(raw, list):  # RESP2: field, value, field, value...
-                raw = dict(zip(raw[::2], raw[1::2], strict=True))
+            raw = _as_dict(await self.wire.call("HGETALL", key))
         return {c: parse_record(path, c, rec) for c, rec in raw.items()}
 
     async def owners_many(self, paths: Sequence[str]) -> list[dict[str, FileInfo]]:
         """`owners` for many paths in one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for path in paths:
-                pipe.hgetall(self.keys.entry(path))
-            raws: list[dict[str, str]] = await pipe.execute()
+        raws: list[dict[str, str]]
+        if self.wire is None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for path in paths:
+                    pipe.hgetall(self.keys.entry(path))
+                raws = await pipe.execute()
+        else:
+            commands = [("HGETALL", self.keys.entry(path)) for path in paths]
+            raws = [_as_dict(raw) for raw in await self.wire.call_many(commands)]
         return [
             {c: parse_record(p, c, rec) for c, rec in raw.items()}
             for p, raw in zip(paths, raws, strict=True)
@@ -331,10 +341,9 @@ class Index:
 
     async def list_children(self, folder: str, component: str | None) -> tuple[bool, list[str]]:
         """Return (folder is a file, names directly below ``folder``), in one round trip."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.exists(self.keys.entry(folder))
-            pipe.hkeys(self.keys.children_of(folder, component))
-            is_file, names = await pipe.execute()
+        is_file, names = await self._atomically(
+            ("EXISTS", self.keys.entry(folder)), ("HKEYS", self.keys.children_of(folder, component))
+        )
         return bool(is_file) and folder != "", names
 
     async def list_files(self, folder: str, component: str | None) -> tuple[bool, list[str]]:
@@ -348,11 +357,24 @@ class Index:
         else:
             # '0' is the character after '/': the range holds exactly the paths below folder/.
             low, high = f"[{folder}/", f"({folder}0"
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.exists(self.keys.entry(folder))
-            pipe.zrangebylex(key, low, high)
-            is_file, paths = await pipe.execute()
+        is_file, paths = await self._atomically(
+            ("EXISTS", self.keys.entry(folder)), ("ZRANGEBYLEX", key, low, high)
+        )
         return bool(is_file) and folder != "", paths
+
+    async def _atomically(self, *commands: tuple[str, ...]) -> list[Any]:
+        """Run ``commands`` in one MULTI/EXEC, in one round trip; return their replies."""
+        if self.wire is None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies: list[Any] = await pipe.execute()
+            return replies
+        *_, results = await self.wire.call_many([("MULTI",), *commands, ("EXEC",)])
+        for result in results:
+            if isinstance(result, Exception):  # an error reply of one of the commands
+                raise result
+        return list(results)
 
     async def read_events(
         self, after: str, block_ms: int, count: int

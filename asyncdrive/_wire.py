@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -76,25 +77,62 @@ class Wire:
         HGETALL gives a dict; in RESP2 (``?protocol=2`` in the URL), a flat list. An error
         reply is raised as redis-py raises it (`ResponseError` and its subclasses).
         """
+        # Packed before the caller takes its place in the queue: an argument that cannot be
+        # sent must not leave a place that the next reply would fill.
+        command = hiredis.pack_command(args)
         protocol = self._protocol
         loop = asyncio.get_running_loop()
         if protocol is None or loop is not self._loop:
             protocol = await self._connect(loop)
-        # Packed before the caller takes its place in the queue: an argument that cannot be
-        # sent must not leave a place that the next reply would fill.
-        command = hiredis.pack_command(args)
-        waiter = loop.create_future()
+        (waiter,) = self._queue(protocol, loop, command, 1)
+        if protocol.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+            await protocol.drain()  # a lost connection fails the waiter, with the reason
+        return self._checked(await waiter)
+
+    async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send several commands in one write and return their replies, as `call` does.
+
+        They reach the server one after the other, with no other caller's command between
+        them: a ``MULTI`` ... ``EXEC`` sent this way is a transaction. Every reply is read
+        before the first error reply, if any, is raised.
+        """
+        packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
+        protocol = self._protocol
+        loop = asyncio.get_running_loop()
+        if protocol is None or loop is not self._loop:
+            protocol = await self._connect(loop)
+        waiters = self._queue(protocol, loop, packed, len(commands))
+        if protocol.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
+            await protocol.drain()
+        try:
+            replies = [await waiter for waiter in waiters]
+        except BaseException:  # cancelled, or the connection failed: give up the rest
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+                elif not waiter.cancelled():
+                    waiter.exception()  # retrieved: no "never retrieved" warning
+            raise
+        for reply in replies:
+            self._checked(reply)
+        return replies
+
+    def _queue(
+        self, protocol: _WireProtocol, loop: asyncio.AbstractEventLoop, packed: bytes, count: int
+    ) -> list[asyncio.Future[Any]]:
+        """Take ``count`` places in the reply queue and write ``packed`` (that many commands)."""
         sent_at = loop.time()
-        self._awaiting.append((waiter, sent_at))
+        waiters = [loop.create_future() for _ in range(count)]
         # No await between the append and the write: the commands of concurrent callers go
         # out in the order of their places in the queue.
-        transport = protocol.transport
-        transport.write(command)
+        self._awaiting.extend((waiter, sent_at) for waiter in waiters)
+        protocol.transport.write(packed)
         if self._timer is None and self._timeout:
             self._timer = loop.call_at(sent_at + self._timeout, self._check_overdue)
-        if transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
-            await protocol.drain()  # a lost connection fails the waiter, with the reason
-        reply = await waiter
+        return waiters
+
+    def _checked(self, reply: Any) -> Any:
+        """Return ``reply``, or raise it if it is an error reply."""
         if isinstance(reply, Exception):
             if isinstance(reply, ReadOnlyError) and getattr(self._pool, "is_master", False):
                 # Sentinel: the primary this connection reached has become a replica. The

@@ -264,9 +264,9 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
         "A blocking one-shot call runs its coroutine as one task on an event loop of the "
         "calling thread's own, which it turns only until that task is done: asyncio's own "
         "loop iteration, as `loop.run_forever` sets it up, without the stop callback of "
-        "`loop.run_until_complete` and the extra turn of the loop it takes (~28 µs for a "
-        "no-op against ~12 µs, measured on their own; another policy's loop, such as "
-        "uvloop's, takes the public path). "
+        "`loop.run_until_complete` and the extra turn of the loop it takes, running the "
+        "task's first step at once (another policy's loop, such as uvloop's, takes the "
+        "public path). "
         f"That is {fmt_us(bridge)} µs for a no-op, against {fmt_us(portal)} µs "
         "for the hop to the process's loop thread and back "
         "(`loop.call_soon_threadsafe` there, a plain lock released back), which every call "
@@ -288,15 +288,19 @@ def _notes(medians: dict[str, dict[str, list[float]]]) -> list[str]:
             for op in missed
             for s, a in zip(medians[op.key]["sync"], medians[op.key]["async"], strict=True)
         )
+        awaited = statistics.median(a for op in missed for a in medians[op.key]["async"])
         notes.append(
-            f"Missed for {names}: each is one Redis round trip (~100-125 µs awaited, on the "
-            "drive's own pipelined connection), so that 1.3x leaves ~35 µs for the bridge, "
-            f"and the blocking call adds {fmt_us(extra)} µs: the no-op's bridge (the task, "
-            "the SIGINT handler swap and wake-up socket, the loop's set-up), plus ~15-20 µs "
-            "more, not yet explained: the loop turns as often as an awaited call's does. "
-            "Much less would need the loop to keep running between calls, which is the "
-            "loop thread (and its two thread wake-ups per call, measured on the last row) "
-            "that this design removed."
+            f"Missed for {names}: each is one Redis round trip, {fmt_us(awaited)} µs "
+            "awaited (the drive's own pipelined connection parses each reply as it arrives), "
+            f"so that 1.3x leaves ~{fmt_us(awaited * (TARGET_RATIO - 1))} µs for the bridge, "
+            f"and the blocking call adds {fmt_us(extra)} µs. Measured in CPU time in one "
+            "process (`time.thread_time`, 2026-12-03), the bridge of a call that waits once "
+            "costs ~15 µs (the task, its first step, the loop's set-up), the SIGINT handler "
+            "swap and the wake-up socket ~2-5 µs, and a turn of the loop as much as in an "
+            "awaited call. The faster the awaited call, the larger the ratio for "
+            "the same bridge: much less would need the loop to keep running between calls, "
+            "which is the loop thread (and its two thread wake-ups per call, measured on "
+            "the last row) that this design removed."
         )
     return notes
 

@@ -109,6 +109,44 @@ async def test_an_error_reply_raises_redis_pys_error_and_keeps_the_connection(
     assert await wire.call("CLIENT", "ID") == first
 
 
+async def test_commands_sent_together_have_no_other_callers_command_between(wire: Wire) -> None:
+    async def increments() -> list[int]:
+        replies = await wire.call_many([("MULTI",), ("INCR", "n"), ("INCR", "n"), ("EXEC",)])
+        assert replies[:3] == ["OK", "QUEUED", "QUEUED"]
+        return list(replies[3])
+
+    # Transactions and single commands of many tasks, all queued on one connection at once.
+    results = await asyncio.gather(*(increments() if i % 3 else wire.call("INCR", "n")
+                                     for i in range(60)))  # fmt: skip
+    pairs = [r for r in results if isinstance(r, list)]
+    assert len(pairs) == 40 and all(b == a + 1 for a, b in pairs)
+    singles = [r for r in results if not isinstance(r, list)]
+    counted = sorted([*singles, *(n for pair in pairs for n in pair)])
+    assert counted == list(range(1, 101))
+
+
+async def test_an_error_among_commands_sent_together_is_raised_once_all_are_read(
+    wire: Wire,
+) -> None:
+    first = await wire.call("CLIENT", "ID")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        await wire.call_many([("SET", "s", "1"), ("HGET", "s", "f"), ("ECHO", "third")])
+    assert await wire.call("ECHO", "next") == "next"  # the third reply was read, not left
+    assert await wire.call("CLIENT", "ID") == first
+
+
+async def test_commands_sent_together_and_cancelled_give_up_all_their_replies(wire: Wire) -> None:
+    busy = asyncio.ensure_future(
+        wire.call_many([("EVAL", BUSY_LUA, 0, 300, "busy"), ("ECHO", "b"), ("ECHO", "c")])
+    )
+    await sent(wire, 3)
+    busy.cancel()
+    after = asyncio.ensure_future(wire.call("ECHO", "after"))
+    with pytest.raises(asyncio.CancelledError):
+        await busy
+    assert await after == "after"
+
+
 async def test_a_command_that_cannot_be_sent_takes_no_reply_of_another(wire: Wire) -> None:
     await wire.call("SET", "k", "v")
     with pytest.raises(TypeError):
