@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 
 from ._exceptions import InvalidPathError
 
@@ -17,7 +18,7 @@ RESERVED_PREFIX = ".asyncdrive"
 MAX_SEGMENT_BYTES = 200
 MAX_PATH_BYTES = 4000
 
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = False) -> str:
@@ -38,35 +39,41 @@ def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = Fa
     raw = os.fspath(path)
     if not isinstance(raw, str):
         raise InvalidPathError(f"Drive {drive!r}: path {raw!r} must be a str, not bytes.")
-    where = f"Drive {drive!r}: invalid path {raw!r}"
     if raw == "":
-        raise InvalidPathError(f"{where}: it is empty. Name a file or folder, or '.' for all.")
-    if any(ch in _CONTROL for ch in raw):
-        raise InvalidPathError(f"{where}: NUL and control characters are not allowed.")
+        raise _invalid(drive, raw, "it is empty. Name a file or folder, or '.' for all.")
+    if _CONTROL.search(raw):
+        raise _invalid(drive, raw, "NUL and control characters are not allowed.")
     if raw.startswith("/"):
-        raise InvalidPathError(
-            f"{where}: drive paths are relative to the drive (and to the current directory "
-            "for local files); drop the leading '/'."
-        )
+        raise _invalid(
+            drive, raw, "drive paths are relative to the drive (and to the current directory "
+            "for local files); drop the leading '/'.",
+        )  # fmt: skip
     norm = posixpath.normpath(raw)
     if norm == "." or norm == "":
         if allow_root:
             return ""
-        raise InvalidPathError(f"{where}: it names the whole drive; name a file or folder.")
+        raise _invalid(drive, raw, "it names the whole drive; name a file or folder.")
     if norm == ".." or norm.startswith("../"):
-        raise InvalidPathError(f"{where}: '..' would leave the drive; use a path inside it.")
-    if len(norm.encode()) > MAX_PATH_BYTES:
-        raise InvalidPathError(f"{where}: longer than {MAX_PATH_BYTES} bytes.")
-    for segment in norm.split("/"):
-        if segment.startswith(RESERVED_PREFIX):
-            raise InvalidPathError(
-                f"{where}: names starting with {RESERVED_PREFIX!r} are reserved; rename it."
-            )
-        if len(segment.encode()) > MAX_SEGMENT_BYTES:
-            raise InvalidPathError(
-                f"{where}: the name {segment[:20]!r}... is longer than {MAX_SEGMENT_BYTES} bytes."
-            )
+        raise _invalid(drive, raw, "'..' would leave the drive; use a path inside it.")
+    # A character is at most 4 bytes of UTF-8: most paths are checked without encoding.
+    if len(norm) * 4 > MAX_PATH_BYTES and len(norm.encode()) > MAX_PATH_BYTES:
+        raise _invalid(drive, raw, f"longer than {MAX_PATH_BYTES} bytes.")
+    if RESERVED_PREFIX in norm or len(norm) * 4 > MAX_SEGMENT_BYTES:
+        for segment in norm.split("/"):
+            if segment.startswith(RESERVED_PREFIX):
+                raise _invalid(
+                    drive, raw, f"names starting with {RESERVED_PREFIX!r} are reserved; rename it."
+                )
+            if len(segment.encode()) > MAX_SEGMENT_BYTES:
+                raise _invalid(
+                    drive, raw,
+                    f"the name {segment[:20]!r}... is longer than {MAX_SEGMENT_BYTES} bytes.",
+                )  # fmt: skip
     return norm
+
+
+def _invalid(drive: str, raw: str, reason: str) -> InvalidPathError:
+    return InvalidPathError(f"Drive {drive!r}: invalid path {raw!r}: {reason}")
 
 
 def parent_dirs(path: str) -> list[str]:

@@ -274,14 +274,29 @@ async def test_file_folder_conflicts(make_drive: MakeDrive, drive_id: str) -> No
 
 
 @pytest.mark.parametrize(
-    "bad", ["/etc/passwd", "..", "../x", "a/../../x", "", "a\x00b", "a\nb", ".asyncdrive-x"]
-)
+    "bad",
+    [
+        "/etc/passwd", "..", "../x", "a/../../x", "", "a\x00b", "a\nb", "a\x7fb",
+        ".asyncdrive-x", "a/b/.asyncdrive-x/c",
+        "a/" + "é" * 101,  # 202 bytes in one name, of 101 characters
+        "/".join(["abcdefghi"] * 401),  # 4009 bytes
+    ],
+)  # fmt: skip
 async def test_invalid_paths(make_drive: MakeDrive, drive_id: str, bad: str) -> None:
     drive = make_drive(drive_id)
     with pytest.raises(InvalidPathError) as refused:
         await drive.write_bytes(bad, b"x")
     assert isinstance(refused.value, ValueError)
     assert drive_id[6:] in str(refused.value)
+
+
+async def test_long_paths_within_the_limits(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    longest_name = "é" * 100  # 200 bytes
+    deep = "/".join(["abcdefghi"] * 399)  # 3989 bytes
+    for path in (f"a/{longest_name}", deep, "a.asyncdrive/b"):
+        await drive.write_bytes(path, b"x")
+        assert await drive.read_bytes(path) == b"x"
 
 
 async def test_dotted_paths_normalise(make_drive: MakeDrive, drive_id: str) -> None:
