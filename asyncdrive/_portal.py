@@ -19,7 +19,7 @@ import atexit
 import contextlib
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
@@ -48,7 +48,7 @@ class _LoopThread:
         # Set before the thread starts, so that a start interrupted by Ctrl-C is found (and
         # reused or stopped) by the next call instead of leaving an orphaned thread.
         self.ready: _Starting | None = None
-        self.closers: dict[int, Callable[[], Awaitable[None]]] = {}
+        self.closers: dict[int, Callable[[], Coroutine[Any, Any, None]]] = {}
 
     def portal(self) -> BlockingPortal | None:
         """Return the running portal, waiting for one that is starting; None if none is."""
@@ -136,7 +136,7 @@ def _start(state: _LoopThread) -> BlockingPortal:
     return ready.result()
 
 
-def acquire(key: int, closer: Callable[[], Awaitable[None]]) -> BlockingPortal:
+def acquire(key: int, closer: Callable[[], Coroutine[Any, Any, None]]) -> BlockingPortal:
     """Count a user of the loop thread (starting it if needed) and return its portal.
 
     ``closer`` is awaited on the loop at interpreter exit if the user is still open then.
@@ -175,7 +175,9 @@ def _stop(state: _LoopThread) -> None:
     state.ready = state.thread = None
     if portal is not None:
         with contextlib.suppress(RuntimeError):  # already stopped
-            portal.call(portal.stop)
+            # Through `run`, as every call: no `concurrent.futures.Future` wait that a
+            # Ctrl-C could leave with its condition held (see `run`).
+            run(portal, portal.stop)
     if thread is not None:
         thread.join()
 
@@ -190,7 +192,7 @@ def _shutdown_at_exit() -> None:
         if portal is not None:
             for closer in closers:
                 with contextlib.suppress(Exception):
-                    portal.call(closer)
+                    run(portal, closer)
         _stop(state)
 
 
