@@ -233,8 +233,8 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
             client = redis.Redis.from_url(url, socket_timeout=timeout)
             try:
                 client.shutdown()
-            except (redis.ConnectionError, OSError):
-                pass  # the server closes the connection as it goes
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                pass  # the server closes the connection as it goes (the wait below checks)
             finally:
                 client.close()
             stopped = True

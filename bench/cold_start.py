@@ -129,7 +129,7 @@ def _server_start_ms(ctx: Context) -> float:
             try:
                 if client.ping():
                     return (time.perf_counter_ns() - started) / 1e6
-            except (redis.ConnectionError, OSError):
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
                 if proc.poll() is not None or time.perf_counter_ns() - started > 15e9:
                     raise BenchError(f"the server did not start in {folder}") from None
                 time.sleep(0.001)

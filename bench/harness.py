@@ -288,7 +288,7 @@ class Server:
             try:
                 if client.ping():
                     return
-            except (redis.ConnectionError, OSError):
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise BenchError(f"the server did not start on {self.url}") from None
                 time.sleep(0.01)

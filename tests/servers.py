@@ -28,7 +28,9 @@ def wait_for(url: str, timeout: float = 15.0) -> None:
         try:
             if client.ping():
                 return
-        except (redis.ConnectionError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            # A server just started may take longer than the 1 s to answer on a busy
+            # machine (redis-py's TimeoutError is no ConnectionError): ask again.
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
