@@ -260,6 +260,8 @@ class _WireProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Hand each complete reply to the oldest caller awaiting one."""
+        if self.wire._protocol is not self:  # failed, and closing: its queue is gone
+            return
         parser = self.parser
         awaiting = self.wire._awaiting
         try:
