@@ -454,6 +454,8 @@ async def test_a_put_whose_lock_ran_out_loses_nothing_of_the_put_that_took_it(
         await first.write_bytes("f.bin", b"v1")
         await second.exists("f.bin")
         store = DiskStore(root, first.name)
+        conn = await first._connection()
+        client, lock = conn.client, conn.index.keys.lock("default", "f.bin")
         first_installed, first_go = pause_after_install(first)
         second_installed, second_go = pause_after_install(second)
         async with anyio.create_task_group() as tg:
@@ -467,7 +469,9 @@ async def test_a_put_whose_lock_ran_out_loses_nothing_of_the_put_that_took_it(
 
             tg.start_soon(put, "first", first, b"first")
             assert await anyio.to_thread.run_sync(first_installed.wait, 10)
-            await anyio.sleep(0.3)  # the first put's lock has run out
+            with anyio.fail_after(10):  # until the first put's lock has run out
+                while await client.exists(lock):
+                    await anyio.sleep(0.01)
             tg.start_soon(put, "second", second, b"second")
             assert await anyio.to_thread.run_sync(second_installed.wait, 10)
             # The put that commits first wins; the other finds the version moved on.
