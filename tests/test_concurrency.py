@@ -477,8 +477,9 @@ async def test_a_put_whose_lock_ran_out_loses_nothing_of_the_put_that_took_it(
             # The put that commits first wins; the other finds the version moved on.
             winner, loser = ("first", "second") if late == "installed-last" else ("second", "first")
             (first_go if winner == "first" else second_go).set()
-            while winner not in results:
-                await anyio.sleep(0.01)
+            with anyio.fail_after(10):
+                while winner not in results:
+                    await anyio.sleep(0.01)
             (second_go if winner == "first" else first_go).set()
         assert isinstance(results[winner], FileInfo), results[winner]
         refused = results[loser]
