@@ -114,7 +114,11 @@ class ServerProcess:
         self.proc = _spawn(
             [*self.listen, "--dir", str(self.folder), "--save", "", *persistence, *self.extra_args]
         )
-        wait_for(self.url)
+        try:
+            wait_for(self.url)
+        except BaseException:
+            self.kill()  # never left running when its start failed
+            raise
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL), as a crash would."""
