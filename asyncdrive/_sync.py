@@ -196,8 +196,20 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
             # The task's first step, and nothing else, is ready: run it now. A turn of the
             # loop would poll for I/O and timers first (~5-10 µs), then run it first anyway.
             ready.popleft()._run()
+        polled = False
         while not task.done():
-            base_loop._run_once()
+            if polled and ready:
+                # What the last turn's I/O made ready (a reply's future woke the task):
+                # run it now, not after another poll. Every other turn still polls, so
+                # callbacks that keep rescheduling themselves never starve I/O or timers.
+                for _ in range(len(ready)):
+                    handle = ready.popleft()
+                    if not handle._cancelled:
+                        handle._run()
+                polled = False
+            else:
+                base_loop._run_once()
+                polled = True
     finally:
         asyncio._set_running_loop(None)
         base_loop._thread_id = None

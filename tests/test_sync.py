@@ -10,6 +10,7 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import sys
 import textwrap
 import threading
@@ -23,7 +24,7 @@ import anyio.to_thread
 import pytest
 import redis
 
-from asyncdrive import Drive, DriveError, SyncDrive
+from asyncdrive import Drive, DriveError, SyncDrive, _sync
 
 from .conftest import run_python
 from .procs import read_line, spawn
@@ -239,6 +240,54 @@ def test_a_one_shot_call_leaves_the_thread_as_it_found_it(
             assert not drive._caller_loops[0].loop.is_running()
     finally:
         sys.set_asyncgen_hooks(*old)
+
+
+def test_a_one_shot_call_runs_what_its_io_woke_without_another_poll() -> None:
+    """A reply wakes the call's task: it runs at once, not after another wait for I/O. A
+    coroutine that keeps rescheduling itself still lets timers and I/O through."""
+    loop = asyncio.new_event_loop()
+    polls = 0
+    select = loop._selector.select  # type: ignore[attr-defined]
+
+    def counting_select(timeout: float | None = None) -> Any:
+        nonlocal polls
+        polls += 1
+        return select(timeout)
+
+    loop._selector.select = counting_select  # type: ignore[attr-defined]
+    reader, writer = socket.socketpair()
+
+    async def wait_for_a_reply() -> bytes:
+        arrived: asyncio.Future[bytes] = loop.create_future()
+        loop.add_reader(reader, lambda: arrived.set_result(reader.recv(10)))
+        writer.send(b"reply")
+        try:
+            return await arrived
+        finally:
+            loop.remove_reader(reader)
+
+    async def spin_until_the_timer() -> int:
+        fired = asyncio.Event()
+        loop.call_later(0.01, fired.set)
+        spins = 0
+        while not fired.is_set():
+            await asyncio.sleep(0)  # ready again at once, every turn
+            spins += 1
+        return spins
+
+    try:
+        task = loop.create_task(wait_for_a_reply())
+        _sync._run_until_done(loop, task)
+        assert task.result() == b"reply"
+        # One poll that finds the reply; the task it wakes runs without a second.
+        assert polls == 1
+        spinner = loop.create_task(spin_until_the_timer())
+        _sync._run_until_done(loop, spinner)
+        assert spinner.result() > 0
+    finally:
+        reader.close()
+        writer.close()
+        loop.close()
 
 
 class _CountingLoop(asyncio.SelectorEventLoop):
