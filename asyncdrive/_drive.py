@@ -52,7 +52,7 @@ from ._files import DriveReader, DriveWriter, Opening, check_mode
 from ._index import Index, PutOutcome
 from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
-from ._storage import DiskStore, FileIdentity, PathClash, Staged, file_identity
+from ._storage import DiskStore, FileIdentity, PathClash, Staged, upload_identity
 from ._threads import DiskThreads, NoThreads
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
@@ -690,7 +690,7 @@ class Drive:
             meta = {"size": info.size, "mtime": info.mtime, "checksum": info.checksum,
                     "version": version}  # fmt: skip
             try:
-                installed = file_identity(staged.tmp)
+                installed = upload_identity(staged)
                 return info, store.install(staged, component, path, meta), installed
             except BaseException:
                 store.discard(staged)

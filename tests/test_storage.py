@@ -1,0 +1,198 @@
+"""The disk side of a put, on a real filesystem: uploads, their metadata, the link checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from asyncdrive import InvalidPathError
+from asyncdrive import _storage as storage
+from asyncdrive._storage import DiskStore, Staged
+
+META = {"checksum": hashlib.sha256(b"x").hexdigest(), "mtime": 1764000000.123456, "size": 1,
+        "version": 3}  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DiskStore:
+    return DiskStore(tmp_path / "root", "d")
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        META,
+        {**META, "mtime": 1e20, "size": 0, "version": 1},
+        {**META, "mtime": 5e-324},
+        {**META, "mtime": 2},  # an int: the general encoder
+        {**META, "mtime": float("nan")},
+        {**META, "checksum": 'a"b\\c'},
+        {**META, "checksum": "é"},
+        {**META, "extra": [1]},
+        {"size": True, "mtime": 1.0, "checksum": "ab", "version": 1},
+        {"checksum": "ab", "mtime": 1.5, "size": 2, "version": 1},
+    ],
+)
+def test_metadata_is_encoded_as_json_dumps_would(meta: dict[str, object]) -> None:
+    assert (
+        storage._meta_json(meta) == json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    )
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_an_upload_stays_open_only_when_staged_unsynced(store: DiskStore, sync: bool) -> None:
+    """Unsynced, the upload's descriptor is kept for the install, which closes it; a
+    discarded one is closed and removed."""
+    staged = store.stage_bytes(b"abc", sync)
+    assert staged.tmp.read_bytes() == b"abc"
+    assert (staged.fd is None) == sync
+    fd = staged.fd
+    store.discard(staged)
+    store.discard(staged)  # twice: a no-op
+    assert staged.fd is None and not staged.tmp.exists()
+    assert fd is None or not is_open(fd)
+    staged = store.stage_bytes(b"new", sync)
+    fd = staged.fd
+    assert store.install(staged, "c", "a/f.bin", META) is None
+    assert staged.fd is None and (fd is None or not is_open(fd))
+    assert store.read_meta("c", "a/f.bin") == META
+    assert store.file_path("c", "a/f.bin").read_bytes() == b"new"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_an_install_that_fails_leaves_the_upload_for_discard(store: DiskStore) -> None:
+    """The upload stays open while nothing was installed, so the caller's discard closes it."""
+    store.install(store.stage_bytes(b"file"), "c", "a", META)
+    staged = store.stage_bytes(b"below a file", sync=False)
+    with pytest.raises(storage.PathClash):
+        store.install(staged, "c", "a/b", META)
+    assert staged.fd is None  # the metadata went on and the upload was fsynced first
+    store.discard(staged)
+    assert list(store.tmp_dir.iterdir()) == []
+    planted = store.stage_bytes(b"x", sync=False)
+    (store.base / "c" / "link").symlink_to(store.base)
+    with pytest.raises(InvalidPathError, match="symbolic link"):
+        store.install(planted, "c", "link/x", META)
+    assert planted.fd is not None and is_open(planted.fd)
+    store.discard(planted)
+    assert planted.fd is None and list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_local_file_is_staged_whole_and_hashed(store: DiskStore, tmp_path: Path) -> None:
+    for size in (0, 1, 4096, storage.CHUNK + 17):
+        local = tmp_path / f"local-{size}"
+        local.write_bytes(os.urandom(size))
+        staged = store.stage_file(local, sync=False)
+        assert staged.size == size
+        assert staged.checksum == hashlib.sha256(local.read_bytes()).hexdigest()
+        assert staged.tmp.read_bytes() == local.read_bytes()
+        store.discard(staged)
+    with pytest.raises(IsADirectoryError):
+        store.stage_file(tmp_path, sync=False)
+    with pytest.raises(FileNotFoundError):
+        store.stage_file(tmp_path / "missing")
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_an_unsynced_upload_is_fsynced_where_the_disk_keeps_no_attributes(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata in a file beside the bytes: the bytes themselves are still fsynced."""
+    store.meta_in_xattr = False
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    staged = store.stage_bytes(b"bytes", sync=False)
+    inode = os.fstat(staged.fd).st_ino if staged.fd is not None else -1
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store.install(staged, "c", "f.bin", META)
+    monkeypatch.undo()
+    assert inode in synced
+    assert store.meta_path("c", "f.bin").exists()
+    assert store.read_meta("c", "f.bin") == META
+
+
+def _next_temp_name(_: object) -> str:
+    return storage._temp_names.next()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's default start here")
+def test_temporary_names_differ_in_a_forked_child() -> None:
+    mine = {storage._temp_names.next() for _ in range(3)}
+    assert len(mine) == 3
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        theirs = set(pool.map(_next_temp_name, range(4)))
+    assert len(theirs) == 4 and not mine & theirs
+    prefixes = {name.rsplit(".", 1)[0] for name in mine | theirs}
+    assert len(prefixes) >= 2
+
+
+LAYOUTS = [
+    # (link planted at, pointing to, path checked, refused?)
+    ("e", "outside", "e/x", True),  # a component folder
+    ("c/a", "outside", "c/a/b/c/x", True),
+    ("c/a/b", "outside", "c/a/b", True),  # the file itself
+    ("c/a/b", "c/real", "c/a/b/x", True),  # a link inside the root is a link still
+    (None, None, "c/real/x", False),
+    (None, None, "c/missing/deeper/x", False),
+    (None, None, "c/real/file/x", False),  # a file where a folder goes: for the caller
+]
+
+
+@pytest.mark.parametrize("probe", ["openat2", "walk"])
+@pytest.mark.parametrize(("link", "to", "checked", "refused"), LAYOUTS)
+def test_links_are_refused_by_the_probe_as_by_the_walk(
+    store: DiskStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    probe: str,
+    link: str | None,
+    to: str | None,
+    checked: str,
+    refused: bool,
+) -> None:
+    if probe == "walk":
+        monkeypatch.setattr(storage, "_link_probe", None)
+    elif storage._link_probe is None:
+        pytest.skip("this kernel or sandbox has no openat2")
+    (store.base / "c" / "real").mkdir(parents=True)
+    (store.base / "c" / "real" / "file").write_bytes(b"f")
+    (tmp_path / "outside").mkdir()
+    if link is not None and to is not None:
+        planted = store.base / link
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.symlink_to(tmp_path / to if to == "outside" else store.base / to)
+    component, _, path = checked.partition("/")
+    if refused:
+        with pytest.raises(InvalidPathError, match=f"{link}' is a symbolic link"):
+            store.file_path(component, path)
+    else:
+        assert store.file_path(component, path) == store.base / checked
+
+
+def test_a_root_reached_through_a_link_is_used(tmp_path: Path) -> None:
+    """Links above the root are the user's own: only those inside it are refused."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    store = DiskStore(tmp_path / "alias", "d")
+    staged: Staged = store.stage_bytes(b"x", sync=False)
+    store.install(staged, "c", "a/f", META)
+    assert (tmp_path / "real" / "drives" / "d" / "c" / "a" / "f").read_bytes() == b"x"
