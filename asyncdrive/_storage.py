@@ -223,10 +223,19 @@ class _FdCopier:
             written += os.write(self.dst, view[written:n])
         return n
 
-    def copy_all(self) -> int:
-        """Copy to the end of the source; return the bytes copied."""
+    def copy_all(self, size: int | None = None) -> int:
+        """Copy to the end of the source; return the bytes copied.
+
+        ``size``: copy at most this much, such as the size of a file no writer changes: the
+        copy then stops there, without the call that finds the end and the checks that it
+        is one.
+        """
         total = 0
-        while n := self.step():
+        if size is None:
+            while n := self.step():
+                total += n
+            return total
+        while total < size and (n := self.step(min(_KERNEL_STEP, size - total))):
             total += n
         return total
 
@@ -336,15 +345,15 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def _load_link_probe() -> Callable[[int, bytes], int] | None:
-    """Return ``probe(dir_fd, path) -> errno`` (0: no link on the way), or None if unavailable.
+def _load_open_without_links() -> Callable[[int, bytes, int], tuple[int, int]] | None:
+    """Return ``open_without_links(dir_fd, path, flags) -> (fd, errno)``, or None.
 
-    The probe resolves ``path`` under ``dir_fd`` with ``openat2`` and RESOLVE_NO_SYMLINKS,
-    opening nothing for reading or writing (``O_PATH``): one path walk by the kernel, where
-    an ``lstat`` of each part walks the path once per part (measured: ~7 against ~20 us for
-    a file six folders deep, more in a put's mix of calls). None on other systems, older
-    kernels, or where a sandbox refuses the call (seccomp): then the parts are checked one
-    by one.
+    It opens ``path`` under ``dir_fd`` with ``openat2`` and RESOLVE_NO_SYMLINKS: one path
+    walk by the kernel that fails with ELOOP at any link, where an ``lstat`` of each part
+    walks the path once per part (measured: ~7 against ~20 us for a file six folders
+    deep, more in a put's mix of calls). ``fd`` is -1 on an error. None on other systems,
+    older kernels, or where a sandbox refuses the call (seccomp): then the parts are
+    checked one by one.
     """
     if not sys.platform.startswith("linux") or not hasattr(os, "O_PATH"):
         return None
@@ -355,24 +364,29 @@ def _load_link_probe() -> Callable[[int, bytes], int] | None:
     syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
                         ctypes.c_size_t]  # fmt: skip
     syscall.restype = ctypes.c_long
-    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
-    how_ref, how_size = ctypes.byref(how), ctypes.sizeof(how)
+    hows: dict[int, tuple[Any, int]] = {}
 
-    def probe(dir_fd: int, path: bytes) -> int:
-        fd = syscall(_SYS_OPENAT2, dir_fd, path, how_ref, how_size)
-        if fd < 0:
-            return ctypes.get_errno()
-        os.close(fd)
-        return 0
+    def open_without_links(dir_fd: int, path: bytes, flags: int) -> tuple[int, int]:
+        found = hows.get(flags)
+        if found is None:
+            how = _OpenHow(flags, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
+            found = hows[flags] = (how, ctypes.sizeof(how))  # kept alive with its pointer
+        fd = syscall(_SYS_OPENAT2, dir_fd, path, ctypes.byref(found[0]), found[1])
+        return (fd, 0) if fd >= 0 else (-1, ctypes.get_errno())
 
-    return probe if probe(_AT_FDCWD, b".") == 0 else None
+    fd, _ = open_without_links(_AT_FDCWD, b".", _PROBE_FLAGS)
+    if fd < 0:
+        return None
+    os.close(fd)
+    return open_without_links
 
 
 _AT_FDCWD = -100
-_link_probe = _load_link_probe()
-#: What the probe may answer for a path the walk of `DiskStore._refuse_links` would pass:
-#: no link on the way (0), or a part that is missing or not a folder (as the walk stops).
-_NO_LINK_ON_THE_WAY = frozenset({0, errno.ENOENT, errno.ENOTDIR})
+_PROBE_FLAGS = os.O_PATH | os.O_CLOEXEC if hasattr(os, "O_PATH") else 0
+_open_without_links = _load_open_without_links()
+#: Errors of `_open_without_links` for a path the walk of `DiskStore._refuse_links` would
+#: pass: a part that is missing or not a folder (where the walk stops).
+_NO_LINK_ON_THE_WAY = frozenset({errno.ENOENT, errno.ENOTDIR})
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -581,22 +595,51 @@ class DiskStore:
         self._refuse_links(["drives", self.drive, component, *path.split("/")], path)
         return self.base / component / path
 
+    def _open_in_root(self, parts: list[str], path: str, flags: int) -> int:
+        """Open ``<root>/<parts>`` with ``flags``, following no link below the root.
+
+        Raises `InvalidPathError` if a link stands on the way, else the open's own error
+        (`FileNotFoundError`, ...). One ``openat2`` where the system has it (see
+        `_open_without_links`), else the check of each part, then a plain open.
+        """
+        found = self._open_without_links(parts, flags)
+        if found >= 0:
+            return found
+        self._refuse_links(parts, path)
+        return os.open("/".join((os.fspath(self.root), *parts)), flags | os.O_NOFOLLOW)
+
+    def _open_without_links(self, parts: list[str], flags: int) -> int:
+        """Open as `_open_in_root` does, by ``openat2``; -1 if that cannot say.
+
+        It cannot without openat2, with a link on the way, or a root it cannot open.
+        """
+        if _open_without_links is None:
+            return -1
+        try:
+            root_fd = os.open(self.root, _PROBE_FLAGS | os.O_DIRECTORY)
+        except OSError:
+            return -1  # the walk then says what is wrong, as it would have
+        try:
+            fd, error = _open_without_links(root_fd, os.fsencode("/".join(parts)), flags)
+        finally:
+            os.close(root_fd)
+        if fd >= 0 or error in (errno.ELOOP, errno.EXDEV):
+            return fd
+        name = "/".join((os.fspath(self.root), *parts))
+        raise OSError(error, os.strerror(error), name)  # FileNotFoundError for ENOENT, ...
+
     def _refuse_links(self, parts: list[str], path: str) -> None:
         current = os.fspath(self.root)  # plain strings: this runs for every file touched
-        if _link_probe is not None:
-            try:
-                root_fd = os.open(current, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                pass  # the walk below says what is wrong, as it would have
-            else:
-                try:
-                    found = _link_probe(root_fd, os.fsencode("/".join(parts)))
-                finally:
-                    os.close(root_fd)
-                if found in _NO_LINK_ON_THE_WAY:
-                    return
-                # A link (or an error, such as a folder it may not search): the walk names
-                # the link in its error, and raises the same errors as before.
+        try:
+            probe = self._open_without_links(parts, _PROBE_FLAGS)
+        except OSError as exc:
+            if exc.errno in _NO_LINK_ON_THE_WAY:
+                return
+            probe = -1  # such as a folder it may not search: the walk raises as before
+        if probe >= 0:
+            os.close(probe)
+            return
+        # A link, or no openat2: the walk names the link in its error.
         for part in parts:
             current = f"{current}/{part}"
             try:
@@ -966,16 +1009,27 @@ class DiskStore:
 
         Raises `FileNotFoundError` if it is missing or not a regular file.
         """
-        fd = os.open(self.file_path(component, path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = self._open_component_file(component, path)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise FileNotFoundError(path)
         return fd, st.st_size
 
+    def _open_component_file(self, component: str, path: str) -> int:
+        parts = ["drives", self.drive, component, *path.split("/")]
+        return self._open_in_root(parts, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
     def read(self, component: str, path: str) -> bytes:
         """Return the bytes of ``component``'s copy of ``path``."""
-        return self.file_path(component, path).read_bytes()
+        fd, size = self.open_file(component, path)
+        try:
+            chunks = []
+            while chunk := os.read(fd, max(size + 1, 1 << 16)):  # one read, and the end
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def copy_out(
         self, component: str, path: str, dest: Path, checksum: str, overwrite: bool
@@ -989,15 +1043,17 @@ class DiskStore:
             if dest.is_file() and file_checksum(dest) == checksum:
                 return False
             raise FileExistsError(dest)
-        source = self.file_path(component, path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        src, size = self.open_file(component, path)
         try:
-            out, tmp = temp_fd_in(dest.parent)
+            try:
+                out, tmp = temp_fd_in(dest.parent)
+            except FileNotFoundError:  # made only now: a failed open leaves no folders
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                out, tmp = temp_fd_in(dest.parent)
             try:
                 try:
                     # In the kernel: no buffer in this process, whatever the size.
-                    _FdCopier(src, out).copy_all()
+                    _FdCopier(src, out).copy_all(size)
                 finally:
                     os.close(out)
                 os.replace(tmp, dest)

@@ -170,8 +170,8 @@ def test_links_are_refused_by_the_probe_as_by_the_walk(
     refused: bool,
 ) -> None:
     if probe == "walk":
-        monkeypatch.setattr(storage, "_link_probe", None)
-    elif storage._link_probe is None:
+        monkeypatch.setattr(storage, "_open_without_links", None)
+    elif storage._open_without_links is None:
         pytest.skip("this kernel or sandbox has no openat2")
     (store.base / "c" / "real").mkdir(parents=True)
     (store.base / "c" / "real" / "file").write_bytes(b"f")
@@ -184,8 +184,48 @@ def test_links_are_refused_by_the_probe_as_by_the_walk(
     if refused:
         with pytest.raises(InvalidPathError, match=f"{link}' is a symbolic link"):
             store.file_path(component, path)
-    else:
-        assert store.file_path(component, path) == store.base / checked
+        with pytest.raises(InvalidPathError, match=f"{link}' is a symbolic link"):
+            store.open_file(component, path)
+        return
+    assert store.file_path(component, path) == store.base / checked
+    error = NotADirectoryError if "file/" in checked else FileNotFoundError
+    with pytest.raises(error):
+        store.open_file(component, path)
+    fd, size = store.open_file("c", "real/file")
+    os.close(fd)
+    assert size == 1 and store.read("c", "real/file") == b"f"
+
+
+def test_a_get_copies_exactly_the_file_and_makes_folders_only_for_it(
+    store: DiskStore, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * storage.CHUNK + 5)
+    store.install(store.stage_bytes(data), "c", "f.bin", META)
+    dest = tmp_path / "out" / "deep" / "f.bin"
+    with pytest.raises(FileNotFoundError):
+        store.copy_out("c", "missing.bin", dest, META["checksum"], overwrite=False)
+    assert not (tmp_path / "out").exists()  # a failed get leaves no folders behind
+    assert store.copy_out("c", "f.bin", dest, META["checksum"], overwrite=False)
+    assert dest.read_bytes() == data
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["f.bin"]
+    empty = tmp_path / "empty.out"
+    store.install(store.stage_bytes(b""), "c", "empty", META)
+    assert store.copy_out("c", "empty", empty, META["checksum"], overwrite=False)
+    assert empty.read_bytes() == b""
+
+
+def test_a_copy_of_a_known_size_stops_there(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.write_bytes(b"0123456789")
+    for size, expected in ((None, b"0123456789"), (10, b"0123456789"), (4, b"0123")):
+        src = os.open(source, os.O_RDONLY)
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            assert storage._FdCopier(src, dst).copy_all(size) == len(expected)
+        finally:
+            os.close(src)
+            os.close(dst)
+        assert target.read_bytes() == expected
 
 
 def test_a_root_reached_through_a_link_is_used(tmp_path: Path) -> None:
