@@ -15,7 +15,8 @@ from asyncdrive import InvalidPathError
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore, Staged
 
-META = {"checksum": hashlib.sha256(b"x").hexdigest(), "mtime": 1764000000.123456, "size": 1,
+CHECKSUM = hashlib.sha256(b"x").hexdigest()
+META = {"checksum": CHECKSUM, "mtime": 1764000000.123456, "size": 1,
         "version": 3}  # fmt: skip
 
 
@@ -203,14 +204,14 @@ def test_a_get_copies_exactly_the_file_and_makes_folders_only_for_it(
     store.install(store.stage_bytes(data), "c", "f.bin", META)
     dest = tmp_path / "out" / "deep" / "f.bin"
     with pytest.raises(FileNotFoundError):
-        store.copy_out("c", "missing.bin", dest, META["checksum"], overwrite=False)
+        store.copy_out("c", "missing.bin", dest, CHECKSUM, overwrite=False)
     assert not (tmp_path / "out").exists()  # a failed get leaves no folders behind
-    assert store.copy_out("c", "f.bin", dest, META["checksum"], overwrite=False)
+    assert store.copy_out("c", "f.bin", dest, CHECKSUM, overwrite=False)
     assert dest.read_bytes() == data
     assert sorted(p.name for p in dest.parent.iterdir()) == ["f.bin"]
     empty = tmp_path / "empty.out"
     store.install(store.stage_bytes(b""), "c", "empty", META)
-    assert store.copy_out("c", "empty", empty, META["checksum"], overwrite=False)
+    assert store.copy_out("c", "empty", empty, CHECKSUM, overwrite=False)
     assert empty.read_bytes() == b""
 
 
