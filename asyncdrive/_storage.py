@@ -345,8 +345,8 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def _load_open_without_links() -> Callable[[int, bytes, int], tuple[int, int]] | None:
-    """Return ``open_without_links(dir_fd, path, flags) -> (fd, errno)``, or None.
+def _load_open_without_links() -> Callable[[int, bytes, int, int], tuple[int, int]] | None:
+    """Return ``open_without_links(dir_fd, path, flags, mode) -> (fd, errno)``, or None.
 
     It opens ``path`` under ``dir_fd`` with ``openat2`` and RESOLVE_NO_SYMLINKS: one path
     walk by the kernel that fails with ELOOP at any link, where an ``lstat`` of each part
@@ -364,17 +364,17 @@ def _load_open_without_links() -> Callable[[int, bytes, int], tuple[int, int]] |
     syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
                         ctypes.c_size_t]  # fmt: skip
     syscall.restype = ctypes.c_long
-    hows: dict[int, tuple[Any, int]] = {}
+    hows: dict[tuple[int, int], tuple[Any, int]] = {}
 
-    def open_without_links(dir_fd: int, path: bytes, flags: int) -> tuple[int, int]:
-        found = hows.get(flags)
+    def open_without_links(dir_fd: int, path: bytes, flags: int, mode: int) -> tuple[int, int]:
+        found = hows.get((flags, mode))
         if found is None:
-            how = _OpenHow(flags, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
-            found = hows[flags] = (how, ctypes.sizeof(how))  # kept alive with its pointer
+            how = _OpenHow(flags, mode, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
+            found = hows[flags, mode] = (how, ctypes.sizeof(how))  # kept with its pointer
         fd = syscall(_SYS_OPENAT2, dir_fd, path, ctypes.byref(found[0]), found[1])
         return (fd, 0) if fd >= 0 else (-1, ctypes.get_errno())
 
-    fd, _ = open_without_links(_AT_FDCWD, b".", _PROBE_FLAGS)
+    fd, _ = open_without_links(_AT_FDCWD, b".", _PROBE_FLAGS, 0)
     if fd < 0:
         return None
     os.close(fd)
@@ -550,6 +550,7 @@ class _TempNames:
 
 
 _temp_names = _TempNames()
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def temp_fd_in(folder: Path) -> tuple[int, Path]:
@@ -560,11 +561,10 @@ def temp_fd_in(folder: Path) -> tuple[int, Path]:
     # As tempfile.mkstemp does (a new name, O_EXCL, no link followed), at half its cost; a
     # name that exists all the same is skipped. The mode goes through the umask, as it does
     # for open(path, "w").
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
         name = f"{folder}/{_temp_names.next()}"
         try:
-            return os.open(name, flags, FILE_MODE), Path(name)
+            return os.open(name, _TEMP_FLAGS, FILE_MODE), Path(name)
         except FileExistsError:
             continue
 
@@ -595,20 +595,20 @@ class DiskStore:
         self._refuse_links(["drives", self.drive, component, *path.split("/")], path)
         return self.base / component / path
 
-    def _open_in_root(self, parts: list[str], path: str, flags: int) -> int:
+    def _open_in_root(self, parts: list[str], path: str, flags: int, mode: int = 0) -> int:
         """Open ``<root>/<parts>`` with ``flags``, following no link below the root.
 
         Raises `InvalidPathError` if a link stands on the way, else the open's own error
         (`FileNotFoundError`, ...). One ``openat2`` where the system has it (see
         `_open_without_links`), else the check of each part, then a plain open.
         """
-        found = self._open_without_links(parts, flags)
+        found = self._open_without_links(parts, flags, mode)
         if found >= 0:
             return found
         self._refuse_links(parts, path)
-        return os.open("/".join((os.fspath(self.root), *parts)), flags | os.O_NOFOLLOW)
+        return os.open("/".join((os.fspath(self.root), *parts)), flags | os.O_NOFOLLOW, mode)
 
-    def _open_without_links(self, parts: list[str], flags: int) -> int:
+    def _open_without_links(self, parts: list[str], flags: int, mode: int = 0) -> int:
         """Open as `_open_in_root` does, by ``openat2``; -1 if that cannot say.
 
         It cannot without openat2, with a link on the way, or a root it cannot open.
@@ -620,7 +620,7 @@ class DiskStore:
         except OSError:
             return -1  # the walk then says what is wrong, as it would have
         try:
-            fd, error = _open_without_links(root_fd, os.fsencode("/".join(parts)), flags)
+            fd, error = _open_without_links(root_fd, os.fsencode("/".join(parts)), flags, mode)
         finally:
             os.close(root_fd)
         if fd >= 0 or error in (errno.ELOOP, errno.EXDEV):
@@ -659,13 +659,26 @@ class DiskStore:
     # -- writing -----------------------------------------------------------------------------
 
     def _new_upload(self) -> tuple[int, Path]:
-        """Create an empty temporary upload in ``.tmp`` (made on first use): its fd and path."""
-        self._refuse_links(["drives", self.drive, ".tmp"], ".tmp")
-        try:
-            return temp_fd_in(self.tmp_dir)
-        except FileNotFoundError:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            return temp_fd_in(self.tmp_dir)
+        """Create an empty temporary upload in ``.tmp`` (made on first use): its fd and path.
+
+        Created as `temp_fd_in` does, through `_open_in_root`: the check that no link leads
+        there is the open itself.
+        """
+        made_folder = False
+        while True:
+            name = _temp_names.next()
+            parts = ["drives", self.drive, ".tmp", name]
+            try:
+                return self._open_in_root(
+                    parts, ".tmp", _TEMP_FLAGS, FILE_MODE
+                ), self.tmp_dir / name
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                if made_folder:
+                    raise
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+                made_folder = True
 
     def _stage(self, write: Callable[[int], tuple[int, str]], sync: bool) -> Staged:
         """Write a new upload with ``write(fd) -> (size, checksum)``; fsync it if ``sync``.

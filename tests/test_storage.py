@@ -237,3 +237,26 @@ def test_a_root_reached_through_a_link_is_used(tmp_path: Path) -> None:
     staged: Staged = store.stage_bytes(b"x", sync=False)
     store.install(staged, "c", "a/f", META)
     assert (tmp_path / "real" / "drives" / "d" / "c" / "a" / "f").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("probe", ["openat2", "walk"])
+def test_uploads_never_go_through_a_planted_temporary_folder(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
+) -> None:
+    if probe == "walk":
+        monkeypatch.setattr(storage, "_open_without_links", None)
+    elif storage._open_without_links is None:
+        pytest.skip("this kernel or sandbox has no openat2")
+    first = store.stage_bytes(b"x")  # makes .tmp
+    store.discard(first)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    store.tmp_dir.rmdir()
+    store.tmp_dir.symlink_to(outside)
+    with pytest.raises(InvalidPathError, match="symbolic link"):
+        store.stage_bytes(b"escape", sync=False)
+    assert list(outside.iterdir()) == []
+    store.tmp_dir.unlink()
+    staged = store.stage_bytes(b"back", sync=False)  # a missing .tmp is made again
+    assert staged.tmp.parent == store.tmp_dir and staged.tmp.read_bytes() == b"back"
+    store.discard(staged)
