@@ -105,27 +105,6 @@ class Staged:
     fd: int | None = None
 
 
-def copy_stream(
-    src: BinaryIO, dst: BinaryIO, *, digest: bool, buffer_size: int = CHUNK
-) -> tuple[int, str]:
-    """Copy ``src`` to ``dst`` in chunks; return (bytes copied, hex digest or "").
-
-    ``buffer_size`` (1 MiB by default) bounds the memory used; a small file is best copied
-    with a buffer just larger than itself, which costs less to allocate than 1 MiB.
-    """
-    hasher = hashlib.new(CHECKSUM_ALGORITHM) if digest else None
-    buffer = bytearray(max(1, min(buffer_size, CHUNK)))
-    view = memoryview(buffer)
-    size = 0
-    while n := src.readinto(view):  # type: ignore[attr-defined]
-        chunk = view[:n]
-        if hasher is not None:
-            hasher.update(chunk)
-        dst.write(chunk)
-        size += n
-    return size, hasher.hexdigest() if hasher is not None else ""
-
-
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data).cast("B")
     while view:
@@ -345,8 +324,8 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def _load_open_without_links() -> Callable[[int, bytes, int, int], tuple[int, int]] | None:
-    """Return ``open_without_links(dir_fd, path, flags, mode) -> (fd, errno)``, or None.
+def _load_openat2() -> Callable[[int, bytes, int, int], tuple[int, int]] | None:
+    """Return ``openat2(dir_fd, path, flags, mode) -> (fd, errno)``, or None.
 
     It opens ``path`` under ``dir_fd`` with ``openat2`` and RESOLVE_NO_SYMLINKS: one path
     walk by the kernel that fails with ELOOP at any link, where an ``lstat`` of each part
@@ -366,7 +345,7 @@ def _load_open_without_links() -> Callable[[int, bytes, int, int], tuple[int, in
     syscall.restype = ctypes.c_long
     hows: dict[tuple[int, int], tuple[Any, int]] = {}
 
-    def open_without_links(dir_fd: int, path: bytes, flags: int, mode: int) -> tuple[int, int]:
+    def openat2(dir_fd: int, path: bytes, flags: int, mode: int) -> tuple[int, int]:
         found = hows.get((flags, mode))
         if found is None:
             how = _OpenHow(flags, mode, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
@@ -374,17 +353,17 @@ def _load_open_without_links() -> Callable[[int, bytes, int, int], tuple[int, in
         fd = syscall(_SYS_OPENAT2, dir_fd, path, ctypes.byref(found[0]), found[1])
         return (fd, 0) if fd >= 0 else (-1, ctypes.get_errno())
 
-    fd, _ = open_without_links(_AT_FDCWD, b".", _PROBE_FLAGS, 0)
+    fd, _ = openat2(_AT_FDCWD, b".", _PROBE_FLAGS, 0)
     if fd < 0:
         return None
     os.close(fd)
-    return open_without_links
+    return openat2
 
 
 _AT_FDCWD = -100
 _PROBE_FLAGS = os.O_PATH | os.O_CLOEXEC if hasattr(os, "O_PATH") else 0
-_open_without_links = _load_open_without_links()
-#: Errors of `_open_without_links` for a path the walk of `DiskStore._refuse_links` would
+_openat2 = _load_openat2()
+#: Errors of `_openat2` for a path the walk of `DiskStore._refuse_links` would
 #: pass: a part that is missing or not a folder (where the walk stops).
 _NO_LINK_ON_THE_WAY = frozenset({errno.ENOENT, errno.ENOTDIR})
 
@@ -600,7 +579,7 @@ class DiskStore:
 
         Raises `InvalidPathError` if a link stands on the way, else the open's own error
         (`FileNotFoundError`, ...). One ``openat2`` where the system has it (see
-        `_open_without_links`), else the check of each part, then a plain open.
+        `_load_openat2`), else the check of each part, then a plain open.
         """
         found = self._open_without_links(parts, flags, mode)
         if found >= 0:
@@ -613,14 +592,14 @@ class DiskStore:
 
         It cannot without openat2, with a link on the way, or a root it cannot open.
         """
-        if _open_without_links is None:
+        if _openat2 is None:
             return -1
         try:
             root_fd = os.open(self.root, _PROBE_FLAGS | os.O_DIRECTORY)
         except OSError:
             return -1  # the walk then says what is wrong, as it would have
         try:
-            fd, error = _open_without_links(root_fd, os.fsencode("/".join(parts)), flags, mode)
+            fd, error = _openat2(root_fd, os.fsencode("/".join(parts)), flags, mode)
         finally:
             os.close(root_fd)
         if fd >= 0 or error in (errno.ELOOP, errno.EXDEV):
@@ -669,9 +648,7 @@ class DiskStore:
             name = _temp_names.next()
             parts = ["drives", self.drive, ".tmp", name]
             try:
-                return self._open_in_root(
-                    parts, ".tmp", _TEMP_FLAGS, FILE_MODE
-                ), self.tmp_dir / name
+                fd = self._open_in_root(parts, ".tmp", _TEMP_FLAGS, FILE_MODE)
             except FileExistsError:
                 continue
             except FileNotFoundError:
@@ -679,6 +656,8 @@ class DiskStore:
                     raise
                 self.tmp_dir.mkdir(parents=True, exist_ok=True)
                 made_folder = True
+                continue
+            return fd, self.tmp_dir / name
 
     def _stage(self, write: Callable[[int], tuple[int, str]], sync: bool) -> Staged:
         """Write a new upload with ``write(fd) -> (size, checksum)``; fsync it if ``sync``.

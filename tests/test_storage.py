@@ -171,8 +171,8 @@ def test_links_are_refused_by_the_probe_as_by_the_walk(
     refused: bool,
 ) -> None:
     if probe == "walk":
-        monkeypatch.setattr(storage, "_open_without_links", None)
-    elif storage._open_without_links is None:
+        monkeypatch.setattr(storage, "_openat2", None)
+    elif storage._openat2 is None:
         pytest.skip("this kernel or sandbox has no openat2")
     (store.base / "c" / "real").mkdir(parents=True)
     (store.base / "c" / "real" / "file").write_bytes(b"f")
@@ -244,8 +244,8 @@ def test_uploads_never_go_through_a_planted_temporary_folder(
     store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
 ) -> None:
     if probe == "walk":
-        monkeypatch.setattr(storage, "_open_without_links", None)
-    elif storage._open_without_links is None:
+        monkeypatch.setattr(storage, "_openat2", None)
+    elif storage._openat2 is None:
         pytest.skip("this kernel or sandbox has no openat2")
     first = store.stage_bytes(b"x")  # makes .tmp
     store.discard(first)
