@@ -465,6 +465,21 @@ def _replace_into(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
+def _replace_in(source: Path, folder: int, name: str) -> bool:
+    """Rename ``source`` to ``name`` in the open ``folder``; False if that folder is gone.
+
+    A delete may have removed the folder since it was opened (see `DiskStore._prune`):
+    the caller then renames by path, which makes the folder again.
+    """
+    try:
+        os.replace(source, name, dst_dir_fd=folder)
+    except FileNotFoundError:
+        if not os.path.lexists(source):
+            raise
+        return False
+    return True
+
+
 #: Which file a path names: its (device, inode).
 FileIdentity = tuple[int, int]
 
@@ -530,6 +545,7 @@ class _TempNames:
 
 _temp_names = _TempNames()
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def temp_fd_in(folder: Path) -> tuple[int, Path]:
@@ -735,9 +751,54 @@ class DiskStore:
         below it, in the same component, holds the spot), what was moved is put back and
         `PathClash` is raised.
         """
-        target = self.file_path(component, path)
+        parts = ["drives", self.drive, component, *path.split("/")]
+        folder = self._open_folder(parts[:-1])
+        try:
+            return self._install(staged, component, path, meta, parts, folder)
+        finally:
+            if folder >= 0:
+                os.close(folder)
+
+    def _open_folder(self, parts: list[str]) -> int:
+        """Open the existing folder ``<root>/<parts>`` through openat2 (no link followed).
+
+        Returns -1 where that cannot be had (no openat2, a link on the way, the folder
+        missing): the install then goes by paths, which make the folders or name the link.
+        """
+        try:
+            return self._open_without_links(parts, _FOLDER_FLAGS)
+        except OSError:
+            return -1
+
+    def _install(
+        self,
+        staged: Staged,
+        component: str,
+        path: str,
+        meta: dict[str, object],
+        parts: list[str],
+        folder: int,
+    ) -> Path | None:
+        """`install`, with ``folder`` the target's folder opened by `_open_folder`, or -1.
+
+        Through the open folder, the last part's check, the rename and the folder's fsync
+        take three system calls and no path walk; by paths, the check of every part,
+        the rename (making the folders) and an open, fsync and close of the folder.
+        """
+        if folder >= 0:
+            target = self.base / component / path
+            try:
+                mode: int | None = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                mode = None
+            if mode is not None and stat.S_ISLNK(mode):
+                self._refuse_links(parts, path)  # raises, naming the link
+            replaces_file = mode is not None and stat.S_ISREG(mode)
+        else:
+            target = self.file_path(component, path)
+            replaces_file = _is_file(target)
         meta_target = _meta_beside(target)
-        backup = self._backup(target) if _is_file(target) else None
+        backup = self._backup(target) if replaces_file else None
         meta_tmp: Path | None = None
         moved = False  # whether anything of the drive's files has changed yet
         try:
@@ -753,9 +814,13 @@ class DiskStore:
                     os.fsync(meta_out.fileno())
                 _replace_into(meta_tmp, meta_target)
                 moved = True
-            _replace_into(staged.tmp, target)
-            moved = True
-            _fsync_dir(target.parent)
+            if folder >= 0 and _replace_in(staged.tmp, folder, parts[-1]):
+                moved = True
+                os.fsync(folder)
+            else:
+                _replace_into(staged.tmp, target)
+                moved = True
+                _fsync_dir(target.parent)
         except BaseException as exc:
             # Whatever stopped it (a clash, a full disk), the previous file goes back.
             if meta_tmp is not None:

@@ -260,3 +260,49 @@ def test_uploads_never_go_through_a_planted_temporary_folder(
     staged = store.stage_bytes(b"back", sync=False)  # a missing .tmp is made again
     assert staged.tmp.parent == store.tmp_dir and staged.tmp.read_bytes() == b"back"
     store.discard(staged)
+
+
+@pytest.mark.parametrize("probe", ["openat2", "walk"])
+def test_an_install_never_replaces_a_planted_link(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
+) -> None:
+    if probe == "walk":
+        monkeypatch.setattr(storage, "_openat2", None)
+    elif storage._openat2 is None:
+        pytest.skip("this kernel or sandbox has no openat2")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours")
+    store.install(store.stage_bytes(b"mine"), "c", "a/f", META)
+    planted = store.base / "c" / "a" / "f"
+    planted.unlink()
+    planted.symlink_to(secret)
+    staged = store.stage_bytes(b"overwrite", sync=False)
+    with pytest.raises(InvalidPathError, match="symbolic link"):
+        store.install(staged, "c", "a/f", META)
+    store.discard(staged)
+    assert secret.read_bytes() == b"not yours" and planted.is_symlink()
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_an_install_whose_folder_a_delete_removed_makes_it_again(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the opening of the target's folder and the rename into it, a delete of its
+    last file may prune the folder: the rename then goes by path, making it again."""
+    folder = store.base / "c" / "a"
+    folder.mkdir(parents=True)
+    open_folder = DiskStore._open_folder
+    opened: list[int] = []
+
+    def open_then_prune(self: DiskStore, parts: list[str]) -> int:
+        fd = open_folder(self, parts)
+        opened.append(fd)
+        folder.rmdir()  # as DiskStore._prune does after another component's delete
+        return fd
+
+    monkeypatch.setattr(DiskStore, "_open_folder", open_then_prune)
+    store.install(store.stage_bytes(b"again", sync=False), "c", "a/f", META)
+    assert (folder / "f").read_bytes() == b"again"
+    assert store.read_meta("c", "a/f") == META
+    assert len(opened) == 1 and (opened[0] >= 0) == (storage._openat2 is not None)
+    assert list(store.tmp_dir.iterdir()) == []
