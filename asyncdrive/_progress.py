@@ -186,7 +186,7 @@ class Transfer:
         if description is None:
             self._progress.update(self._task, completed=done, total=total)
         else:
-            # A new label (the file in flight) is drawn at once, not at the next refresh.
+            # The label (the file in flight) is drawn at once, not at the next refresh.
             self._progress.update(
                 self._task, completed=done, total=total, description=description, refresh=True
             )

@@ -587,8 +587,12 @@ class DiskStore:
         the file: asyncdrive never follows a link, so nothing planted inside the root can
         lead a read or a write out of it.
         """
-        self._refuse_links(["drives", self.drive, component, *path.split("/")], path)
+        self._refuse_links(self._parts(component, path), path)
         return self.base / component / path
+
+    def _parts(self, component: str, path: str) -> list[str]:
+        """Return the parts of the path of ``component``'s copy of ``path``, below the root."""
+        return ["drives", self.drive, component, *path.split("/")]
 
     def _open_in_root(self, parts: list[str], path: str, flags: int, mode: int = 0) -> int:
         """Open ``<root>/<parts>`` with ``flags``, following no link below the root.
@@ -751,7 +755,7 @@ class DiskStore:
         below it, in the same component, holds the spot), what was moved is put back and
         `PathClash` is raised.
         """
-        parts = ["drives", self.drive, component, *path.split("/")]
+        parts = self._parts(component, path)
         folder = self._open_folder(parts[:-1])
         try:
             return self._install(staged, component, path, meta, parts, folder)
@@ -1074,7 +1078,7 @@ class DiskStore:
         return fd, st.st_size
 
     def _open_component_file(self, component: str, path: str) -> int:
-        parts = ["drives", self.drive, component, *path.split("/")]
+        parts = self._parts(component, path)
         return self._open_in_root(parts, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def read(self, component: str, path: str) -> bytes:

@@ -25,6 +25,16 @@ def store(tmp_path: Path) -> DiskStore:
     return DiskStore(tmp_path / "root", "d")
 
 
+@pytest.fixture(params=["openat2", "walk"])
+def link_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Check for links both ways: one openat2 call, and the lstat of each part."""
+    if request.param == "walk":
+        monkeypatch.setattr(storage, "_openat2", None)
+    elif storage._openat2 is None:
+        pytest.skip("this kernel or sandbox has no openat2")
+    return str(request.param)
+
+
 def is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -158,22 +168,16 @@ LAYOUTS = [
 ]
 
 
-@pytest.mark.parametrize("probe", ["openat2", "walk"])
 @pytest.mark.parametrize(("link", "to", "checked", "refused"), LAYOUTS)
 def test_links_are_refused_by_the_probe_as_by_the_walk(
     store: DiskStore,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    probe: str,
+    link_check: str,
     link: str | None,
     to: str | None,
     checked: str,
     refused: bool,
 ) -> None:
-    if probe == "walk":
-        monkeypatch.setattr(storage, "_openat2", None)
-    elif storage._openat2 is None:
-        pytest.skip("this kernel or sandbox has no openat2")
     (store.base / "c" / "real").mkdir(parents=True)
     (store.base / "c" / "real" / "file").write_bytes(b"f")
     (tmp_path / "outside").mkdir()
@@ -239,14 +243,9 @@ def test_a_root_reached_through_a_link_is_used(tmp_path: Path) -> None:
     assert (tmp_path / "real" / "drives" / "d" / "c" / "a" / "f").read_bytes() == b"x"
 
 
-@pytest.mark.parametrize("probe", ["openat2", "walk"])
 def test_uploads_never_go_through_a_planted_temporary_folder(
-    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
+    store: DiskStore, tmp_path: Path, link_check: str
 ) -> None:
-    if probe == "walk":
-        monkeypatch.setattr(storage, "_openat2", None)
-    elif storage._openat2 is None:
-        pytest.skip("this kernel or sandbox has no openat2")
     first = store.stage_bytes(b"x")  # makes .tmp
     store.discard(first)
     outside = tmp_path / "outside"
@@ -262,14 +261,9 @@ def test_uploads_never_go_through_a_planted_temporary_folder(
     store.discard(staged)
 
 
-@pytest.mark.parametrize("probe", ["openat2", "walk"])
 def test_an_install_never_replaces_a_planted_link(
-    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: str
+    store: DiskStore, tmp_path: Path, link_check: str
 ) -> None:
-    if probe == "walk":
-        monkeypatch.setattr(storage, "_openat2", None)
-    elif storage._openat2 is None:
-        pytest.skip("this kernel or sandbox has no openat2")
     secret = tmp_path / "secret"
     secret.write_bytes(b"not yours")
     store.install(store.stage_bytes(b"mine"), "c", "a/f", META)
