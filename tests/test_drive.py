@@ -629,3 +629,42 @@ async def test_a_failing_file_stops_a_folder_put_with_its_own_error(
     await drive.delete("dataset/sub")
     await drive.put("dataset")  # once the way is clear, the whole folder goes in
     assert len(await drive.list("dataset", recursive=True)) == 41
+
+
+async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
+    make_drive: MakeDrive, drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker-thread call copies a batch, bounded by files and by bytes, in order."""
+    drive = make_drive(drive_id)
+    folder = workdir / "many"
+    folder.mkdir()
+    for i in range(150):
+        (folder / f"{i:03d}.bin").write_bytes(i.to_bytes(2, "big") * 50)  # 100 bytes each
+    await drive.put("many")
+    batches: list[list[str]] = []
+    copy_out = Drive._copy_out
+
+    async def recording(self: Drive, conn: Any, copies: Any, overwrite: bool) -> None:
+        batches.append([info.path for info, _ in copies])
+        await copy_out(self, conn, copies, overwrite)
+
+    monkeypatch.setattr(Drive, "_copy_out", recording)
+    out = workdir / "out"
+    (out / "many").mkdir(parents=True)
+    (out / "many" / "100.bin").write_bytes(b"another file, in the way")
+    with pytest.raises(DriveFileExistsError, match="'many/100.bin'"):
+        await drive.get("many", to=out / "many")
+    assert [len(batch) for batch in batches] == [64, 64]  # the third never started
+    assert [p for batch in batches for p in batch] == [f"many/{i:03d}.bin" for i in range(128)]
+    for i in range(100):  # copied before the refusal, whole
+        assert (out / "many" / f"{i:03d}.bin").read_bytes() == i.to_bytes(2, "big") * 50
+    assert (out / "many" / "100.bin").read_bytes() == b"another file, in the way"
+    assert not (out / "many" / "101.bin").exists()  # the rest of its batch was not copied
+
+    batches.clear()
+    monkeypatch.setattr(asyncdrive._drive, "_COPY_BATCH_BYTES", 250)  # 3 files reach it
+    await drive.get("many", to=out / "again")
+    assert [len(batch) for batch in batches] == [3] * 50
+    assert sorted(p.name for p in (out / "again").iterdir()) == sorted(
+        p.name for p in folder.iterdir()
+    )
