@@ -483,6 +483,51 @@ class Index:
             await anyio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
+    async def lock_put_many(
+        self,
+        component: str,
+        paths: Sequence[str],
+        allow_duplicates: bool,
+        precondition: str,
+        *,
+        ttl: float,
+    ) -> list[tuple[str, PutOutcome]]:
+        """Ask once for the commit lock of each path, in one round trip (no retry).
+
+        Each answer is as `lock_put`'s, except that a lock held by another writer is
+        reported (status ``locked``), not waited for: ask for it again with `lock_put`.
+        """
+        tokens = [secrets.token_hex(8) for _ in paths]
+        lease_ms = int(ttl * 1000)
+        calls = [
+            self._put_call(component, path, "lock", allow_duplicates, 0, 0, 0.0, "",
+                           precondition, token=token, lease_ms=lease_ms)
+            for path, token in zip(paths, tokens, strict=True)
+        ]  # fmt: skip
+        outcomes = await self._run_put_many(calls)
+        return [
+            (token if outcome.status == "ok" else "", outcome)
+            for token, outcome in zip(tokens, outcomes, strict=True)
+        ]
+
+    async def commit_put_many(
+        self,
+        component: str,
+        allow_duplicates: bool,
+        precondition: str,
+        commits: Sequence[tuple[str, int, int, float, str, str]],
+    ) -> list[PutOutcome]:
+        """Run `commit_put` for each (path, expected version, size, mtime, checksum, token).
+
+        In one round trip where a `Wire` is; each commit is atomic on its own.
+        """
+        calls = [
+            self._put_call(component, path, "commit", allow_duplicates, expected, size, mtime,
+                           checksum, precondition, token=token)
+            for path, expected, size, mtime, checksum, token in commits
+        ]  # fmt: skip
+        return await self._run_put_many(calls)
+
     async def commit_put(
         self,
         component: str,
@@ -521,8 +566,52 @@ class Index:
         token: str = "",
         lease_ms: int = 0,
     ) -> PutOutcome:
+        keys, args, folders = self._put_call(
+            component, path, mode, allow_duplicates, expected_version, size, mtime, checksum,
+            precondition, token=token, lease_ms=lease_ms,
+        )  # fmt: skip
+        reply: list[str] = await self._run(self._put, keys, args)
+        return await self._put_outcome(reply, folders)
+
+    async def _run_put_many(
+        self, calls: Sequence[tuple[list[str], list[str], list[str]]]
+    ) -> list[PutOutcome]:
+        """Run the put script once per call (`_put_call`), pipelined where a `Wire` is."""
+        if self.wire is None or len(calls) == 1:
+            replies = [await self._run(self._put, keys, args) for keys, args, _ in calls]
+        else:
+            sha = self._put.sha
+            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args, _ in calls]
+            replies = await self.wire.call_many(commands, raise_errors=False)
+            for number, (keys, args, _) in enumerate(calls):
+                if isinstance(replies[number], redis.exceptions.NoScriptError):
+                    # A restarted or flushed server: this one did not run (nor, most likely,
+                    # those after it); running it alone sends the script's source.
+                    replies[number] = await self.wire.run_script(self._put, keys, args)
+                else:
+                    self.wire.checked(replies[number])
+        return [
+            await self._put_outcome(reply, folders)
+            for reply, (_, _, folders) in zip(replies, calls, strict=True)
+        ]
+
+    def _put_call(
+        self,
+        component: str,
+        path: str,
+        mode: str,
+        allow_duplicates: bool,
+        expected_version: int,
+        size: int,
+        mtime: float,
+        checksum: str,
+        precondition: str,
+        *,
+        token: str = "",
+        lease_ms: int = 0,
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Return the KEYS and ARGV of one call of the put script, and the path's folders."""
         folders = parent_dirs(path)
-        names = path.split("/")
         keys = [
             *self._event_keys,
             self.keys.entry(path),
@@ -547,11 +636,13 @@ class Index:
             checksum,
             precondition,
             str(len(folders)),
-            *names,
+            *path.split("/"),
             token,
             str(lease_ms),
         ]
-        reply: list[str] = await self._run(self._put, keys, args)
+        return keys, args, folders
+
+    async def _put_outcome(self, reply: list[str], folders: list[str]) -> PutOutcome:
         status = reply[0]
         if status == "notadir":
             # Name the first ancestor that is a file, for the error message.
@@ -652,6 +743,17 @@ class Index:
             await anyio.sleep(pause)
             pause = min(pause * 2, 0.05)
         return token
+
+    async def unlock_many(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
+        """`unlock` each (path, token), in one round trip where a `Wire` is."""
+        if self.wire is None or len(locks) == 1:
+            for path, token in locks:
+                await self.unlock(component, path, token)
+            return
+        sha = self._unlock.sha
+        await self.wire.call_many(
+            [("EVALSHA", sha, 1, self.keys.lock(component, path), token) for path, token in locks]
+        )
 
     async def unlock(self, component: str, path: str, token: str) -> None:
         """Release a lock taken by `lock`, unless it expired and someone else holds it now."""

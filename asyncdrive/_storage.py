@@ -738,7 +738,13 @@ class DiskStore:
         staged.tmp.unlink(missing_ok=True)
 
     def install(
-        self, staged: Staged, component: str, path: str, meta: dict[str, object]
+        self,
+        staged: Staged,
+        component: str,
+        path: str,
+        meta: dict[str, object],
+        *,
+        sync_folder: bool = True,
     ) -> Path | None:
         """Move a staged upload into place with its metadata; return a backup of what it replaced.
 
@@ -754,14 +760,21 @@ class DiskStore:
         All or nothing: if the upload cannot be moved into place (a put of a path above or
         below it, in the same component, holds the spot), what was moved is put back and
         `PathClash` is raised.
+
+        ``sync_folder=False`` leaves the folder's fsync to the caller (`sync_folder_of`),
+        which makes one for the installs of many files into one folder.
         """
         parts = self._parts(component, path)
         folder = self._open_folder(parts[:-1])
         try:
-            return self._install(staged, component, path, meta, parts, folder)
+            return self._install(staged, component, path, meta, parts, folder, sync_folder)
         finally:
             if folder >= 0:
                 os.close(folder)
+
+    def sync_folder_of(self, component: str, path: str) -> None:
+        """Fsync the folder of ``component``'s ``path``: what `install` does, unless told not to."""
+        _fsync_dir((self.base / component / path).parent)
 
     def _open_folder(self, parts: list[str]) -> int:
         """Open the existing folder ``<root>/<parts>`` through openat2 (no link followed).
@@ -782,6 +795,7 @@ class DiskStore:
         meta: dict[str, object],
         parts: list[str],
         folder: int,
+        sync_folder: bool = True,
     ) -> Path | None:
         """`install`, with ``folder`` the target's folder opened by `_open_folder`, or -1.
 
@@ -820,11 +834,13 @@ class DiskStore:
                 moved = True
             if folder >= 0 and _replace_in(staged.tmp, folder, parts[-1]):
                 moved = True
-                os.fsync(folder)
+                if sync_folder:
+                    os.fsync(folder)
             else:
                 _replace_into(staged.tmp, target)
                 moved = True
-                _fsync_dir(target.parent)
+                if sync_folder:
+                    _fsync_dir(target.parent)
         except BaseException as exc:
             # Whatever stopped it (a clash, a full disk), the previous file goes back.
             if meta_tmp is not None:

@@ -87,14 +87,17 @@ class Wire:
         (waiter,) = self._queue(protocol, loop, command, 1)
         if protocol.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
             await protocol.drain()  # a lost connection fails the waiter, with the reason
-        return self._checked(await waiter)
+        return self.checked(await waiter)
 
-    async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def call_many(
+        self, commands: Sequence[Sequence[Any]], *, raise_errors: bool = True
+    ) -> list[Any]:
         """Send several commands in one write and return their replies, as `call` does.
 
         They reach the server one after the other, with no other caller's command between
         them: a ``MULTI`` ... ``EXEC`` sent this way is a transaction. Every reply is read
-        before the first error reply, if any, is raised.
+        before the first error reply, if any, is raised; or, with ``raise_errors=False``,
+        returned in its place, for the caller to `checked` (a lost connection still raises).
         """
         packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
         protocol = self._protocol
@@ -113,8 +116,9 @@ class Wire:
                 elif not waiter.cancelled():
                     waiter.exception()  # retrieved: no "never retrieved" warning
             raise
-        for reply in replies:
-            self._checked(reply)
+        if raise_errors:
+            for reply in replies:
+                self.checked(reply)
         return replies
 
     def _queue(
@@ -131,7 +135,7 @@ class Wire:
             self._timer = loop.call_at(sent_at + self._timeout, self._check_overdue)
         return waiters
 
-    def _checked(self, reply: Any) -> Any:
+    def checked(self, reply: Any) -> Any:
         """Return ``reply``, or raise it if it is an error reply."""
         if isinstance(reply, Exception):
             if isinstance(reply, ReadOnlyError) and getattr(self._pool, "is_master", False):

@@ -537,11 +537,11 @@ async def test_disk_calls_use_a_bounded_number_of_threads(
 
         original = drive._conn.store.install  # type: ignore[union-attr]
 
-        def install(*args: Any) -> Any:
+        def install(*args: Any, **kwargs: Any) -> Any:
             note_thread()
             try:
                 full.wait(timeout=30)  # the first ones wait until as many run as may
-                return original(*args)
+                return original(*args, **kwargs)
             finally:
                 with lock:
                     inside.discard(threading.get_ident())
@@ -561,9 +561,9 @@ def spy_on_installs(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None])
     """Call ``before()`` in every DiskStore.install of this process, then the real install."""
     original = DiskStore.install
 
-    def install(self: DiskStore, *args: Any) -> Any:
+    def install(self: DiskStore, *args: Any, **kwargs: Any) -> Any:
         before()
-        return original(self, *args)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(DiskStore, "install", install)
 
@@ -571,7 +571,8 @@ def spy_on_installs(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None])
 async def test_a_folder_put_stores_its_files_side_by_side(
     make_drive: MakeDrive, drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first installs wait for one another: one file at a time could never pass this."""
+    """The first installs wait for one another: one batch at a time could never pass this."""
+    monkeypatch.setattr(asyncdrive._drive, "_PUT_BATCH_FILES", 3)  # 8 batches of 24 files
     meeting = threading.Barrier(FOLDER_CONCURRENCY, timeout=MEETING_TIMEOUT)
     busiest = started = inside = 0
     lock = threading.Lock()
@@ -598,7 +599,7 @@ async def test_a_folder_put_stores_its_files_side_by_side(
         (folder / f"{i:02d}.bin").write_bytes(os.urandom(100) + bytes([i]))
     drive = make_drive(drive_id)
     await drive.put("dataset")
-    assert not meeting.broken  # FOLDER_CONCURRENCY installs ran at once
+    assert not meeting.broken  # FOLDER_CONCURRENCY installs (one per batch) ran at once
     assert busiest == FOLDER_CONCURRENCY
     names = sorted(p.name for p in folder.iterdir())
     assert await drive.list("dataset") == [f"dataset/{n}" for n in names]
@@ -631,6 +632,92 @@ async def test_a_failing_file_stops_a_folder_put_with_its_own_error(
     assert len(await drive.list("dataset", recursive=True)) == 41
 
 
+def local_folder(folder: Path, count: int) -> dict[str, bytes]:
+    """Fill ``folder`` with ``count`` small files; return their contents by drive path."""
+    folder.mkdir(parents=True)
+    contents = {}
+    for i in range(count):
+        data = f"file {i} of {folder.name}".encode()
+        (folder / f"{i:03d}.bin").write_bytes(data)
+        contents[f"{folder.name}/{i:03d}.bin"] = data
+    return contents
+
+
+async def test_a_folder_put_in_batches_stores_each_file_or_refuses_it_alone(
+    make_drive: MakeDrive,
+    drive_id: str,
+    workdir: Path,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file refused in a batch (owned by another component; a link where it goes) takes
+    only itself down: the rest of its batch is committed, the batches after it never start,
+    and the error raised is the first refused file's."""
+    monkeypatch.setattr(asyncdrive._drive, "_PUT_BATCH_FILES", 4)  # 25 batches
+    owner = make_drive(drive_id, component_name="owner")
+    drive = make_drive(drive_id)
+    contents = local_folder(workdir / "ds", 100)
+    await owner.write_bytes("ds/005.bin", b"the owner's")
+    with pytest.raises(DriveFileExistsError, match=r"'ds/005\.bin'.*owned by component 'owner'"):
+        await drive.put("ds")
+    stored = await drive.list("ds", component_name="default")
+    assert "ds/004.bin" in stored and "ds/006.bin" in stored  # the same batch as the refusal
+    assert "ds/005.bin" not in stored
+    assert len(stored) < 99  # the batches after the refusal's did not start
+    for path in stored:
+        assert await drive.read_bytes(path, component_name="default") == contents[path]
+    assert await owner.read_bytes("ds/005.bin") == b"the owner's"
+    drive_dir = root / "drives" / drive_id.removeprefix("lit://")
+    assert list((drive_dir / ".tmp").iterdir()) == []
+
+    await owner.delete("ds/005.bin")
+    target = drive_dir / "default" / "ds" / "007.bin"
+    if await drive.exists("ds/007.bin"):
+        await drive.delete("ds/007.bin")
+    target.symlink_to(workdir / "elsewhere")  # planted where the file goes
+    with pytest.raises(InvalidPathError, match=r"ds/007\.bin"):
+        await drive.put("ds")
+    assert target.is_symlink() and not (workdir / "elsewhere").exists()
+    stored = await drive.list("ds", component_name="default")
+    assert "ds/005.bin" in stored and "ds/007.bin" not in stored
+    assert await drive.read_bytes("ds/005.bin") == contents["ds/005.bin"]
+    assert list((drive_dir / ".tmp").iterdir()) == []
+
+
+async def test_a_folder_put_waits_for_the_lock_of_a_file_being_put(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    """A file of a batch whose commit lock another writer holds is waited for, then put."""
+    drive = make_drive(drive_id)
+    contents = local_folder(workdir / "ds", 40)
+    async with Drive(drive_id) as other:  # the same component: its writer of ds/010.bin
+        await other.write_bytes("ds/010.bin", b"older")
+        conn = await other._connection()
+        token = await conn.index.lock("default", "ds/010.bin", ttl=30, timeout=5)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drive.put, "ds")
+            await anyio.sleep(0.3)
+            assert await drive.read_bytes("ds/010.bin") == b"older"  # waiting for the lock
+            await conn.index.unlock("default", "ds/010.bin", token)
+    for path, data in contents.items():
+        assert await drive.read_bytes(path) == data
+    assert (await drive.info("ds/010.bin")).version == 2
+
+
+async def test_a_folder_put_after_the_server_lost_its_scripts(
+    make_drive: MakeDrive, drive_id: str, workdir: Path, redis_url: str
+) -> None:
+    """A batch's pipelined script calls meet NOSCRIPT (a restarted or flushed server)."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("warm.txt", b"w")  # the scripts are loaded, the drive connected
+    contents = local_folder(workdir / "ds", 40)
+    async with raw_redis(redis_url) as client:
+        await client.script_flush()
+    await drive.put("ds")
+    for path, data in contents.items():
+        assert await drive.read_bytes(path) == data
+
+
 async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     make_drive: MakeDrive, drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -652,7 +739,7 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     out = workdir / "out"
     (out / "many").mkdir(parents=True)
     (out / "many" / "100.bin").write_bytes(b"another file, in the way")
-    with pytest.raises(DriveFileExistsError, match="'many/100.bin'"):
+    with pytest.raises(DriveFileExistsError, match=r"'many/100\.bin'"):
         await drive.get("many", to=out / "many")
     assert [len(batch) for batch in batches] == [64, 64]  # the third never started
     assert [p for batch in batches for p in batch] == [f"many/{i:03d}.bin" for i in range(128)]

@@ -166,6 +166,17 @@ async def test_a_script_the_server_lost_is_sent_again(
     assert await wire.run_script(script, ["k2"], ["v2"]) == ["k2", "v2"]
 
 
+async def test_call_many_can_return_error_replies_in_their_places(wire: Wire) -> None:
+    commands = [("SET", "k", "v"), ("INCR", "k"), ("GET", "k")]
+    with pytest.raises(redis.exceptions.ResponseError, match="not an integer"):
+        await wire.call_many(commands)
+    ok, error, value = await wire.call_many(commands, raise_errors=False)
+    assert (ok, value) == ("OK", "v")
+    assert isinstance(error, redis.exceptions.ResponseError)
+    with pytest.raises(redis.exceptions.ResponseError, match="not an integer"):
+        wire.checked(error)
+
+
 async def test_a_cancelled_caller_gives_up_its_reply_and_no_other(wire: Wire) -> None:
     first = await wire.call("CLIENT", "ID")
     busy = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 300, "the busy reply"))
