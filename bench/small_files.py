@@ -421,7 +421,16 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "_wire.py`): ~75 µs of CPU each, where redis-py's asyncio client took ~190 µs and "
         "its blocking one ~130 µs for the same script (measured); that took a put's "
         "event-loop CPU from ~0.78 ms to ~0.55 ms, but a sequential put waits on its "
-        "steps one after the other, so its rate moved less than the concurrent ones.",
+        "steps one after the other, so its rate moved less than the concurrent ones. The "
+        "server spends ~40 µs of CPU on the lock script and ~100 µs on the commit of a new "
+        "file (`INFO commandstats`, alone; ~130 µs each within a put run, sharing the two "
+        "cores), ~1.2 µs of it per Redis call from Lua. Tried and not kept (2026-12-03): "
+        "sending the lock's request, then staging the upload in the worker thread while it "
+        "travels (the thread waits for the answer, then installs, still one hop): ~5% "
+        "faster sequentially, ~5% slower with 64 tasks (measured alone, interleaved with "
+        "the code before): on two cores the server's work on the script takes the CPU "
+        "that the staging would overlap it with, and the hand-over costs the event loop "
+        "more.",
         f"A sequential get reaches {med('get', 'sequential', 'floor')} of the floor: one "
         "round trip for the owners, then, in one worker-thread call, the link checks of the "
         "drive path, a copy inside the kernel (`copy_file_range`) into a temporary file "
@@ -432,7 +441,12 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "that looked for the end of the file; measured 2026-12-03; the hop to a "
         "disk thread and back is ~70 µs of it, half what a `ThreadPoolExecutor` with "
         "`asyncio.wrap_future` took, and the owners' HGETALL ~75 µs on the drive's "
-        "pipelined connection).",
+        "pipelined connection). Tried and not kept (2026-12-03): sharing worker-thread "
+        "calls between concurrent gets (up to 16 copies of different tasks in one call "
+        "under load): no faster with 64 tasks (~1,700 files/s either way, measured alone), "
+        "so the hop is not what bounds them, but the event loop's work per call (its round "
+        "trip, its task, the get's own steps); a folder get, which looks up all its "
+        "owners in one round trip and copies 64 files per worker call, runs ~2-3x as fast.",
         f"Concurrency: put {med('put', 'tasks', 'sequential')} with {TASKS} tasks, "
         f"{med('put', 'threads', 'sequential')} with {THREADS} threads, "
         f"{med('put', 'processes', 'sequential')} with {PROCESSES} processes; get "
