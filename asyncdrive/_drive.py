@@ -80,6 +80,8 @@ FOLDER_CONCURRENCY = 8
 #: many bytes once reached: a few calls for a whole batch (see `Drive._put_batch`).
 _PUT_BATCH_FILES = 32
 _PUT_BATCH_BYTES = 16 << 20
+#: A recursive delete removes its files in batches of at most this many.
+_DELETE_BATCH_FILES = 64
 #: A folder get copies its files in worker-thread calls of at most this many files, or of
 #: this many bytes once reached (a cancelled get waits for the call under way to finish).
 _COPY_BATCH_FILES = 64
@@ -1014,8 +1016,8 @@ class Drive:
             _, files = await conn.index.list_files(drive_path, component)
             if not files:
                 raise self._not_found(drive_path, [], component)
-            for file in files:
-                await self._delete_file(conn, file, missing_ok=True)
+            for start in range(0, len(files), _DELETE_BATCH_FILES):
+                await self._delete_files(conn, files[start : start + _DELETE_BATCH_FILES])
             return
         raise self._not_found(drive_path, sorted(owners), component, deleting=True)
 
@@ -1031,6 +1033,38 @@ class Drive:
                 await conn.index.unlock(component, path, token)
         if not done and not missing_ok:
             raise self._not_found(path, others, component, deleting=True)
+
+    async def _delete_files(self, conn: _Connection, paths: Sequence[str]) -> None:
+        """`_delete_file` each path (missing ones are skipped), with a few calls for all.
+
+        One round trip tries their locks, one removes them from the index (each file's
+        own atomic script, with its event), one worker-thread call removes their bytes,
+        one round trip releases the locks. A file whose lock another writer holds is
+        deleted on its own once that writer is done.
+        """
+        component = conn.config.component_name
+        index = conn.index
+        tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL)
+        locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
+        if locked:
+            with anyio.CancelScope(shield=True):
+                try:
+                    outcomes = await index.commit_delete_many(component, [p for p, _ in locked])
+                    gone = [path for (path, _), (done, _) in zip(locked, outcomes, strict=True)
+                            if done]  # fmt: skip
+                    store = conn.store
+
+                    def remove_all() -> None:
+                        for path in gone:
+                            store.remove(component, path)
+
+                    if gone:
+                        await conn.run_sync(remove_all)
+                finally:
+                    await index.unlock_many(component, locked)
+        for path, token in zip(paths, tokens, strict=True):
+            if token is None:  # being put or deleted by another writer: wait for it
+                await self._delete_file(conn, path, missing_ok=True)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -577,23 +577,31 @@ class Index:
         self, calls: Sequence[tuple[list[str], list[str], list[str]]]
     ) -> list[PutOutcome]:
         """Run the put script once per call (`_put_call`), pipelined where a `Wire` is."""
-        if self.wire is None or len(calls) == 1:
-            replies = [await self._run(self._put, keys, args) for keys, args, _ in calls]
-        else:
-            sha = self._put.sha
-            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args, _ in calls]
-            replies = await self.wire.call_many(commands, raise_errors=False)
-            for number, (keys, args, _) in enumerate(calls):
-                if isinstance(replies[number], redis.exceptions.NoScriptError):
-                    # A restarted or flushed server: this one did not run (nor, most likely,
-                    # those after it); running it alone sends the script's source.
-                    replies[number] = await self.wire.run_script(self._put, keys, args)
-                else:
-                    self.wire.checked(replies[number])
+        replies = await self._run_many(self._put, [(keys, args) for keys, args, _ in calls])
         return [
             await self._put_outcome(reply, folders)
             for reply, (_, _, folders) in zip(replies, calls, strict=True)
         ]
+
+    async def _run_many(
+        self, script: AsyncScript, calls: Sequence[tuple[list[str], list[str]]]
+    ) -> list[Any]:
+        """Run ``script`` once per (KEYS, ARGV), in one round trip where a `Wire` is.
+
+        Each call is atomic on its own, not with the others. Replies come in order.
+        """
+        if self.wire is None or len(calls) <= 1:
+            return [await self._run(script, keys, args) for keys, args in calls]
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+        replies = await self.wire.call_many(commands, raise_errors=False)
+        for number, (keys, args) in enumerate(calls):
+            if isinstance(replies[number], redis.exceptions.NoScriptError):
+                # A restarted or flushed server: this one did not run (nor, most likely,
+                # those after it); running it alone sends the script's source.
+                replies[number] = await self.wire.run_script(script, keys, args)
+            else:
+                self.wire.checked(replies[number])
+        return replies
 
     def _put_call(
         self,
@@ -661,20 +669,30 @@ class Index:
 
     async def commit_delete(self, component: str, path: str) -> tuple[bool, list[str]]:
         """Remove ``component``'s copy of ``path``; return (done, other owners if not done)."""
-        folders = parent_dirs(path)
-        keys = [
-            *self._event_keys,
-            self.keys.entry(path),
-            self.keys.files,
-            self.keys.component_files(component),
-            *(self.keys.children(f) for f in folders),
-            *(self.keys.component_children(component, f) for f in folders),
+        (outcome,) = await self.commit_delete_many(component, [path])
+        return outcome
+
+    async def commit_delete_many(
+        self, component: str, paths: Sequence[str]
+    ) -> list[tuple[bool, list[str]]]:
+        """`commit_delete` of each path, in one round trip where a `Wire` is."""
+        calls = []
+        for path in paths:
+            folders = parent_dirs(path)
+            keys = [
+                *self._event_keys,
+                self.keys.entry(path),
+                self.keys.files,
+                self.keys.component_files(component),
+                *(self.keys.children(f) for f in folders),
+                *(self.keys.component_children(component, f) for f in folders),
+            ]
+            args = [*self._event_args, component, path, str(len(folders)), *path.split("/")]
+            calls.append((keys, args))
+        return [
+            (False, sorted(reply[1:])) if reply[0] == "missing" else (True, [])
+            for reply in await self._run_many(self._delete, calls)
         ]
-        args = [*self._event_args, component, path, str(len(folders)), *path.split("/")]
-        reply: list[str] = await self._run(self._delete, keys, args)
-        if reply[0] == "missing":
-            return False, sorted(reply[1:])
-        return True, []
 
     # -- whole-drive maintenance ----------------------------------------------------------
 
@@ -744,16 +762,31 @@ class Index:
             pause = min(pause * 2, 0.05)
         return token
 
+    async def try_lock_many(
+        self, component: str, paths: Sequence[str], *, ttl: float
+    ) -> list[str | None]:
+        """Try once to take the commit lock of each path: its token, or None if it is held.
+
+        In one round trip where a `Wire` is; see `lock`.
+        """
+        tokens = [secrets.token_hex(8) for _ in paths]
+        lease_ms = int(ttl * 1000)
+        commands = [
+            ("SET", self.keys.lock(component, path), token, "NX", "PX", lease_ms)
+            for path, token in zip(paths, tokens, strict=True)
+        ]
+        if self.wire is None:
+            replies = []
+            for _, key, token, _, _, _ in commands:
+                replies.append(await self.client.set(key, token, nx=True, px=lease_ms))
+        else:
+            replies = await self.wire.call_many(commands)
+        return [token if reply else None for token, reply in zip(tokens, replies, strict=True)]
+
     async def unlock_many(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
         """`unlock` each (path, token), in one round trip where a `Wire` is."""
-        if self.wire is None or len(locks) == 1:
-            for path, token in locks:
-                await self.unlock(component, path, token)
-            return
-        sha = self._unlock.sha
-        await self.wire.call_many(
-            [("EVALSHA", sha, 1, self.keys.lock(component, path), token) for path, token in locks]
-        )
+        calls = [([self.keys.lock(component, path)], [token]) for path, token in locks]
+        await self._run_many(self._unlock, calls)
 
     async def unlock(self, component: str, path: str, token: str) -> None:
         """Release a lock taken by `lock`, unless it expired and someone else holds it now."""

@@ -718,6 +718,47 @@ async def test_a_folder_put_after_the_server_lost_its_scripts(
         assert await drive.read_bytes(path) == data
 
 
+async def test_a_recursive_delete_in_batches_removes_each_file_once(
+    make_drive: MakeDrive, drive_id: str, workdir: Path, root: Path, redis_url: str
+) -> None:
+    """Three batches of files in nested folders, one of them being put meanwhile; another
+    component's copies and the paths beside the folder stay."""
+    drive = make_drive(drive_id, allow_duplicates=True)
+    other = make_drive(drive_id, component_name="other", allow_duplicates=True)
+    local_folder(workdir / "ds", 100)
+    local_folder(workdir / "ds" / "deep", 50)
+    paths = [f"ds/{i:03d}.bin" for i in range(100)] + [f"ds/deep/{i:03d}.bin" for i in range(50)]
+    await drive.put("ds")
+    await drive.write_bytes("ds-beside.txt", b"beside")
+    await other.write_bytes("ds/000.bin", b"the other's")
+    name = drive_id.removeprefix("lit://")
+    async with raw_redis(redis_url) as client:
+        before = await client.xlen(f"asyncdrive:{{{name}}}:events")
+    async with Drive(drive_id, allow_duplicates=True) as writer:  # the same component
+        conn = await writer._connection()
+        token = await conn.index.lock("default", "ds/deep/020.bin", ttl=30, timeout=5)
+
+        async def delete_folder() -> None:
+            await drive.delete("ds", recursive=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(delete_folder)
+            await anyio.sleep(0.3)
+            assert await drive.exists("ds/deep/020.bin")  # waiting for the lock
+            assert not await drive.exists("ds/deep/019.bin")
+            await conn.index.unlock("default", "ds/deep/020.bin", token)
+    assert await drive.list("ds", component_name="default") == []
+    assert await drive.read_bytes("ds-beside.txt") == b"beside"
+    assert await drive.read_bytes("ds/000.bin", component_name="other") == b"the other's"
+    async with raw_redis(redis_url) as client:
+        events: Any = await client.xrange(f"asyncdrive:{{{name}}}:events", "-", "+")
+    deleted = [fields["path"] for _, fields in events[before:] if fields["change"] == "deleted"]
+    assert sorted(deleted) == sorted(paths)  # one event per file
+    component_dir = root / "drives" / name / "default"
+    assert not (component_dir / "ds").exists()  # its folders pruned
+    assert (component_dir / "ds-beside.txt").is_file()
+
+
 async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     make_drive: MakeDrive, drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
