@@ -448,7 +448,7 @@ class Index:
         the version the component's copy must have.
         """
         return await self._run_put(
-            component, path, "check", allow_duplicates, 0, 0, 0.0, "", precondition
+            self._put_call(component, path, "check", allow_duplicates, 0, 0, 0.0, "", precondition)
         )
 
     async def lock_put(
@@ -472,10 +472,10 @@ class Index:
         deadline = time.monotonic() + timeout
         pause = 0.001
         while True:
-            outcome = await self._run_put(
+            outcome = await self._run_put(self._put_call(
                 component, path, "lock", allow_duplicates, 0, 0, 0.0, "", precondition,
                 token=token, lease_ms=int(ttl * 1000),
-            )  # fmt: skip
+            ))  # fmt: skip
             if outcome.status != "locked":
                 return (token if outcome.status == "ok" else ""), outcome
             if time.monotonic() >= deadline:
@@ -546,32 +546,15 @@ class Index:
         forbids it, or if the version is no longer ``expected_version``. On success the
         commit lock (``token``) is released in the same step; on a refusal it is kept.
         """
-        return await self._run_put(
+        return await self._run_put(self._put_call(
             component, path, "commit", allow_duplicates, expected_version, size, mtime,
             checksum, precondition, token=token,
-        )  # fmt: skip
+        ))  # fmt: skip
 
-    async def _run_put(
-        self,
-        component: str,
-        path: str,
-        mode: str,
-        allow_duplicates: bool,
-        expected_version: int,
-        size: int,
-        mtime: float,
-        checksum: str,
-        precondition: str,
-        *,
-        token: str = "",
-        lease_ms: int = 0,
-    ) -> PutOutcome:
-        keys, args, folders = self._put_call(
-            component, path, mode, allow_duplicates, expected_version, size, mtime, checksum,
-            precondition, token=token, lease_ms=lease_ms,
-        )  # fmt: skip
-        reply: list[str] = await self._run(self._put, keys, args)
-        return await self._put_outcome(reply, folders)
+    async def _run_put(self, call: tuple[list[str], list[str], list[str]]) -> PutOutcome:
+        """Run the put script once (`_put_call`)."""
+        (outcome,) = await self._run_put_many([call])
+        return outcome
 
     async def _run_put_many(
         self, calls: Sequence[tuple[list[str], list[str], list[str]]]
