@@ -789,6 +789,17 @@ class Drive:
         """
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
+        #: A file `_create` installed without the lock and could not commit: the install
+        #: below replaces it, and if this put fails, it goes too.
+        uncommitted: FileIdentity | None = None
+        if small and not isinstance(stage, Staged) and precondition in ("", "absent"):
+            created = await self._create(conn, path, stage, precondition, tentative=tentative)
+            if isinstance(created, FileInfo):
+                return created
+            if isinstance(created, Staged):
+                stage = created
+            else:
+                uncommitted = created
         if not isinstance(stage, Staged) and not small:
             # Refuse early, before copying any bytes; the commit checks again atomically.
             checked = await conn.index.check_put(component, path, allow, precondition)
@@ -806,11 +817,65 @@ class Drive:
                     conn, path, stage, precondition, int(checked.detail), token
                 )
         except BaseException:
-            if isinstance(stage, Staged):  # once installed, it is gone: this is a no-op
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if isinstance(stage, Staged):  # once installed, it is gone: this is a no-op
                     await conn.run_sync(conn.store.discard, stage)
+                if uncommitted is not None:  # unless another writer replaced it since
+                    with contextlib.suppress(OSError, DriveError):
+                        await conn.run_sync(functools.partial(
+                            conn.store.restore, installed=uncommitted), None, component, path
+                        )  # fmt: skip
             raise
         return info
+
+    async def _create(
+        self,
+        conn: _Connection,
+        path: str,
+        stage: Callable[[bool], Staged],
+        precondition: str,
+        *,
+        tentative: bool,
+    ) -> FileInfo | Staged | FileIdentity:
+        """Put a new small file without the commit lock: one round trip instead of two.
+
+        Where no file is at the path on disk, the upload is moved in by a rename that
+        cannot replace one, then committed by a script that refuses if another writer holds
+        the path's lock meanwhile (it may have installed over this file, or be about to),
+        or if the component's copy had earlier versions (the file on disk says version 1).
+        Returns the new `FileInfo`, or what `_put` must then do the locked way: the upload,
+        still staged, where a file stood at the path; or, where the commit met another
+        writer or an older version, stage the bytes again and install them over this
+        file, whose identity is returned. Other refusals undo the install and raise
+        (``tentative``: as `_put`).
+        """
+        component = conn.config.component_name
+        store = conn.store
+        # As in `_put`, between the install and the commit a cancellation would leave the
+        # disk and the index disagreeing: shielded (a small file, written and committed).
+        with anyio.CancelScope(shield=True):
+            created = await conn.run_sync(_install_new, store, component, path, stage)
+            if isinstance(created, Staged):
+                return created
+            info, identity = created
+            # If the commit fails (the connection dropped), it may or may not have happened:
+            # the file stays, and gc() removes it if the index does not know it.
+            outcome = await conn.index.create_put(
+                component, path, conn.config.allow_duplicates, info.size, info.mtime,
+                info.checksum, precondition,
+            )  # fmt: skip
+            if outcome.status == "ok":
+                await self._finish_installs(conn, [])
+                return info
+            if outcome.status in ("locked", "conflict"):
+                return identity
+            await conn.run_sync(
+                functools.partial(store.restore, installed=identity), None, component, path
+            )
+        if tentative:
+            raise _NotASmallFile
+        self._raise_put_refused(path, outcome, precondition)
+        raise AssertionError(f"not a refusal: {outcome}")
 
     async def _install_and_commit(
         self,
@@ -1658,8 +1723,7 @@ def _install_staged(
     sync_folder: bool = True,
 ) -> _Installed:
     """Install ``staged`` as ``version`` of ``path`` (in a worker thread); discard it on error."""
-    info = FileInfo(path, staged.size, time.time(), staged.checksum, version, component)
-    meta = {"size": info.size, "mtime": info.mtime, "checksum": info.checksum, "version": version}
+    info, meta = _new_version(component, path, staged, version)
     try:
         identity = upload_identity(staged)
         backup = store.install(staged, component, path, meta, sync_folder=sync_folder)
@@ -1667,6 +1731,33 @@ def _install_staged(
         store.discard(staged)
         raise
     return info, backup, identity
+
+
+def _new_version(
+    component: str, path: str, staged: Staged, version: int
+) -> tuple[FileInfo, dict[str, object]]:
+    """Return the `FileInfo` of ``staged`` installed as ``version``, and its disk metadata."""
+    info = FileInfo(path, staged.size, time.time(), staged.checksum, version, component)
+    return info, {"size": info.size, "mtime": info.mtime, "checksum": info.checksum,
+                  "version": version}  # fmt: skip
+
+
+def _install_new(
+    store: DiskStore, component: str, path: str, stage: Callable[[bool], Staged]
+) -> tuple[FileInfo, FileIdentity] | Staged:
+    """Stage and install version 1 of a new file without its lock (in a worker thread).
+
+    Returns its info and identity, or the upload, still staged, where `DiskStore.install_new`
+    does not apply (a file at the path already, ...): the put then takes the lock.
+    """
+    staged = stage(False)
+    info, meta = _new_version(component, path, staged, 1)
+    try:
+        identity = store.install_new(staged, component, path, meta)
+    except BaseException:
+        store.discard(staged)
+        raise
+    return staged if identity is None else (info, identity)
 
 
 def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]]:

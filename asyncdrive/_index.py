@@ -79,19 +79,22 @@ _PUT_LUA = (
 -- KEYS: 1-2 events (above), 3 entry, 4 versions, 5 files, 6 component files,
 --       7 children of the path, then n folder children keys, n component folder children
 --       keys, n-1 ancestor entries.
--- ARGV: 1-3 events (above), 4 component, 5 path, 6 mode (check|commit),
+-- ARGV: 1-3 events (above), 4 component, 5 path, 6 mode (check|lock|commit|create),
 --       7 allow duplicates (0|1), 8 expected version, 9 size, 10 mtime, 11 checksum,
 --       12 precondition on the component's copy ("": none, "absent", or its version),
 --       13 n, then n child names (one per folder level).
 -- Last KEY: the commit lock of (component, path); last two ARGV: its token and lease (ms).
 -- Modes: "check" checks; "lock" checks, then takes the lock (or answers "locked");
--- "commit" commits and, on success, releases the lock.
+-- "commit" commits and, on success, releases the lock; "create" commits a put that took
+-- no lock, unless another writer holds it now (then "locked").
 local c, path, mode = ARGV[4], ARGV[5], ARGV[6]
 local n = tonumber(ARGV[13])
 local lock, token, lease = KEYS[#KEYS], ARGV[#ARGV - 1], ARGV[#ARGV]
 if mode == 'lock' then
   local holder = redis.call('GET', lock)
   if holder and holder ~= token then return {'locked'} end
+elseif mode == 'create' then
+  if redis.call('EXISTS', lock) == 1 then return {'locked'} end
 end
 for i = 1, n - 1 do
   if redis.call('EXISTS', KEYS[7 + 2 * n + i]) == 1 then
@@ -141,7 +144,7 @@ if not existed then
 end
 local id = append_event({'change', change, 'path', path, 'component', c, 'size', ARGV[9],
   'version', tostring(version), 'checksum', ARGV[11]})
-if redis.call('GET', lock) == token then redis.call('DEL', lock) end
+if mode == 'commit' and redis.call('GET', lock) == token then redis.call('DEL', lock) end
 return {'ok', tostring(version), id}
 """
 )
@@ -527,6 +530,26 @@ class Index:
             for path, expected, size, mtime, checksum, token in commits
         ]  # fmt: skip
         return await self._run_put_many(calls)
+
+    async def create_put(
+        self,
+        component: str,
+        path: str,
+        allow_duplicates: bool,
+        size: int,
+        mtime: float,
+        checksum: str,
+        precondition: str,
+    ) -> PutOutcome:
+        """Record version 1 of ``path``, installed without its commit lock, as `commit_put`.
+
+        Refuses with ``locked`` if another writer holds the path's commit lock (it may be
+        installing over this one), with ``conflict`` if the component's copy had versions
+        before (the next one is not 1), and as `check_put` does.
+        """
+        return await self._run_put(self._put_call(
+            component, path, "create", allow_duplicates, 0, size, mtime, checksum, precondition,
+        ))  # fmt: skip
 
     async def commit_put(
         self,

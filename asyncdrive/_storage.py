@@ -368,6 +368,66 @@ _openat2 = _load_openat2()
 _NO_LINK_ON_THE_WAY = frozenset({errno.ENOENT, errno.ENOTDIR})
 
 
+def _load_renameat2() -> Callable[[int, bytes, int, bytes], int] | None:
+    """Return ``rename_noreplace(old_dir_fd, old, new_dir_fd, new) -> errno`` (0: done), or None.
+
+    ``renameat2`` with RENAME_NOREPLACE (Linux 3.15+, glibc 2.28+): a rename that fails
+    with EEXIST, atomically, where a file or folder already has the new name; EINVAL where
+    the filesystem cannot do that (the caller then links and unlinks instead).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]  # fmt: skip
+    function.restype = ctypes.c_int
+
+    def rename_noreplace(old_dir_fd: int, old: bytes, new_dir_fd: int, new: bytes) -> int:
+        if function(old_dir_fd, old, new_dir_fd, new, _RENAME_NOREPLACE) == 0:
+            return 0
+        return ctypes.get_errno()
+
+    return rename_noreplace
+
+
+_RENAME_NOREPLACE = 1
+_renameat2 = _load_renameat2()
+#: Errors of `_renameat2` meaning "this filesystem or kernel has no such rename".
+_NO_NOREPLACE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+def _move_new(source: Path, folder: int, name: str) -> bool:
+    """Rename ``source`` to ``name`` in the open ``folder`` unless that name exists: False then.
+
+    Atomic either way: ``renameat2(RENAME_NOREPLACE)``, or where the filesystem lacks it
+    (NFS), a hard link, which fails as atomically on an existing name, then an unlink.
+    False too if a delete removed the folder since it was opened (see `_replace_in`).
+    """
+    try:
+        if _renameat2 is not None:
+            error = _renameat2(_AT_FDCWD, os.fsencode(source), folder, os.fsencode(name))
+            if error == 0:
+                return True
+            if error not in _NO_NOREPLACE:
+                raise OSError(error, os.strerror(error), str(source))
+        os.link(source, name, dst_dir_fd=folder, follow_symlinks=False)
+    except (FileExistsError, IsADirectoryError):
+        return False
+    except FileNotFoundError:
+        if not os.path.lexists(source):
+            raise
+        return False
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY:
+            raise
+        return False
+    os.unlink(source)
+    return True
+
+
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a range to the disk now, without waiting (Linux).
 
@@ -771,6 +831,46 @@ class DiskStore:
         finally:
             if folder >= 0:
                 os.close(folder)
+
+    def install_new(
+        self, staged: Staged, component: str, path: str, meta: dict[str, object]
+    ) -> FileIdentity | None:
+        """Install ``staged`` where no file is yet, as `install` does; return its identity.
+
+        For a put that holds no commit lock: the rename fails, atomically, if any file has
+        the name by then, so it never replaces one (another writer's, or one of the index);
+        with nothing to replace there is no backup. Returns None, having moved nothing (the
+        upload stays staged, for `install` under the lock), where this way does not apply:
+        a file or folder at the path, a folder of the path missing or a link on the way,
+        or a disk without extended attributes. On an error the new file is removed again.
+        """
+        if self.meta_in_xattr is False:
+            return None
+        parts = self._parts(component, path)
+        folder = self._open_folder(parts[:-1])
+        if folder < 0:
+            return None
+        try:
+            try:  # taken anyway if the rename refuses: skip the fsync before it, mostly
+                os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+                return None
+            except FileNotFoundError:
+                pass
+            try:
+                attached = self._attach_meta(staged, meta)
+                identity = upload_identity(staged)
+            finally:
+                _close_upload(staged)
+            if not attached or not _move_new(staged.tmp, folder, parts[-1]):
+                return None
+            try:
+                os.fsync(folder)
+            except BaseException:
+                self.restore(None, component, path, installed=identity)
+                raise
+            return identity
+        finally:
+            os.close(folder)
 
     def sync_folder_of(self, component: str, path: str) -> None:
         """Fsync the folder of ``component``'s ``path``: what `install` does, unless told not to."""
