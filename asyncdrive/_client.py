@@ -203,7 +203,7 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
     sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
     if "sentinel_password" in query:
         sentinel_options["password"] = query["sentinel_password"]
-    sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call,unused-ignore]
     client = sentinel.master_for(
         service,
         db=db,
