@@ -43,7 +43,7 @@ from asyncdrive import (
 )
 from asyncdrive._storage import DiskStore
 
-from .conftest import REPO, SyncAsAsync
+from .conftest import REPO, MakeDrive, SyncAsAsync, raw_redis
 from .procs import stop_all
 
 Key = tuple[str, str]  # (component, path)
@@ -492,6 +492,141 @@ async def test_a_put_whose_lock_ran_out_loses_nothing_of_the_put_that_took_it(
         (on_disk,) = store.scan(verify=True)
         assert (on_disk.version, on_disk.checksum) == (2, sha256(winner.encode()))
         assert store.leftovers(grace=0) == ([], [])
+
+
+# -- new files, put without the commit lock -----------------------------------------------------
+
+
+async def script_calls(redis_url: str) -> int:
+    """How many scripts the server has run so far (EVALSHA and EVAL calls)."""
+    async with raw_redis(redis_url) as client:
+        stats = await client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
+async def test_a_new_file_is_put_with_one_script_call(
+    make_drive: MakeDrive, drive_id: str, redis_url: str, workdir: Path
+) -> None:
+    """A new file in an existing folder needs no lock: its put makes one round trip to
+    Redis, its commit; a replacement, or the first file of a folder, makes two."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a/first", b"1")  # makes the folder: the locked way
+    calls = []
+    for path, data in [("a/new", b"2"), ("a/new", b"3"), ("b/first", b"4")]:
+        before = await script_calls(redis_url)
+        await drive.write_bytes(path, data)
+        calls.append(await script_calls(redis_url) - before)
+    (workdir / "local.txt").write_bytes(b"5")
+    before = await script_calls(redis_url)
+    await drive.put("local.txt", to="a/put")
+    calls.append(await script_calls(redis_url) - before)
+    assert calls == [1, 2, 2, 1]
+    assert [(await drive.info(p)).version for p in ("a/new", "b/first", "a/put")] == [2, 1, 1]
+    assert await drive.read_bytes("a/put") == b"5"
+
+
+def hold_lock(drive: Drive, path: str) -> Any:
+    """Take ``path``'s commit lock as another writer would (a context: released after)."""
+    assert drive._conn is not None
+    client, key = drive._conn.client, drive._conn.index.keys.lock("default", path)
+
+    @contextlib.asynccontextmanager
+    async def held() -> Any:
+        assert await client.set(key, "another writer", px=30_000, nx=True)
+        try:
+            yield
+        finally:
+            await client.delete(key)
+
+    return held()
+
+
+async def wait_for_file(path: Path) -> None:
+    with anyio.fail_after(10):
+        while not path.exists():
+            await anyio.sleep(0.005)
+
+
+async def test_a_new_file_meeting_another_writers_lock_waits_and_installs_again(
+    env: dict[str, str], root: Path, drive_id: str
+) -> None:
+    """The put finds no file on disk and moves its upload in, but another writer holds the
+    path's lock: its commit is refused, and it takes the lock the usual way, then stores
+    the bytes again over its own uncommitted file."""
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a/first", b"1")
+        store = DiskStore(root, drive.name)
+        target = store.base / "default" / "a" / "new"
+        result: list[FileInfo] = []
+        async with anyio.create_task_group() as tg, hold_lock(drive, "a/new"):
+
+            async def put() -> None:
+                result.append(await drive.write_bytes("a/new", b"mine"))
+
+            tg.start_soon(put)
+            await wait_for_file(target)  # installed, not committed: it waits for the lock
+            assert not await drive.exists("a/new") and result == []
+        (info,) = result
+        assert (info.version, info.checksum) == (1, sha256(b"mine"))
+        assert await drive.read_bytes("a/new") == b"mine"
+        assert store.read_meta("default", "a/new") == {
+            "size": 4, "mtime": info.mtime, "checksum": sha256(b"mine"), "version": 1
+        }  # fmt: skip
+        assert sorted(p.name for p in target.parent.iterdir()) == ["first", "new"]
+        assert store.leftovers(grace=0) == ([], [])
+
+
+async def test_a_new_file_put_cancelled_while_waiting_for_the_lock_leaves_nothing(
+    env: dict[str, str], root: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a/first", b"1")
+        store = DiskStore(root, drive.name)
+        target = store.base / "default" / "a" / "new"
+        async with anyio.create_task_group() as tg, hold_lock(drive, "a/new"):
+            tg.start_soon(drive.write_bytes, "a/new", b"mine")
+            await wait_for_file(target)
+            tg.cancel_scope.cancel()
+        assert not target.exists() and not await drive.exists("a/new")
+        assert store.leftovers(grace=0) == ([], [])
+        assert (await drive.write_bytes("a/new", b"later")).version == 1
+
+
+async def test_a_path_created_again_after_a_delete_gets_its_next_version(
+    make_drive: MakeDrive, drive_id: str, root: Path
+) -> None:
+    """Without the lock, a new file is written to disk as version 1; a path that had
+    versions before is refused that, and stored again under the lock as the next one."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a/first", b"1")
+    assert (await drive.write_bytes("a/f", b"one")).version == 1
+    await drive.delete("a/f")
+    info = await drive.write_bytes("a/f", b"two")
+    assert info.version == 2 and await drive.read_bytes("a/f") == b"two"
+    store = DiskStore(root, drive.name)
+    assert store.installed_version("default", "a/f") == 2
+    assert store.leftovers(grace=0) == ([], [])
+
+
+@pytest.mark.parametrize("how", ["write_bytes", "put"])
+async def test_a_new_file_refused_by_the_index_leaves_nothing_on_disk(
+    how: str, make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path
+) -> None:
+    """Another component owns the path: the put, installed without the lock, is undone."""
+    owner = make_drive(drive_id, component_name="owner", allow_duplicates=False)
+    other = make_drive(drive_id, component_name="other", allow_duplicates=False)
+    await owner.write_bytes("a/f", b"owner's")
+    await other.write_bytes("a/mine", b"other's")  # the folder exists in other's copy
+    (workdir / "f").write_bytes(b"other's f")
+    with pytest.raises(DriveFileExistsError, match="owned by component 'owner'"):
+        if how == "put":
+            await other.put("f", to="a/f")
+        else:
+            await other.write_bytes("a/f", b"other's f")
+    store = DiskStore(root, other.name)
+    assert sorted(p.name for p in (store.base / "other" / "a").iterdir()) == ["mine"]
+    assert store.leftovers(grace=0) == ([], [])
+    assert await owner.read_bytes("a/f") == b"owner's"
 
 
 # -- conditional writes: a counter incremented by many processes -------------------------------

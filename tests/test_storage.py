@@ -300,3 +300,95 @@ def test_an_install_whose_folder_a_delete_removed_makes_it_again(
     assert store.read_meta("c", "a/f") == META
     assert len(opened) == 1 and (opened[0] >= 0) == (storage._openat2 is not None)
     assert list(store.tmp_dir.iterdir()) == []
+
+
+@pytest.fixture(params=["renameat2", "link"])
+def rename_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Move new files in both ways: renameat2(RENAME_NOREPLACE), and link then unlink (NFS)."""
+    if request.param == "link":
+        monkeypatch.setattr(storage, "_renameat2", None)
+    elif storage._renameat2 is None:
+        pytest.skip("this system has no renameat2")
+    return str(request.param)
+
+
+def test_a_new_file_is_installed_without_replacing_anything(
+    store: DiskStore, rename_way: str
+) -> None:
+    (store.base / "c" / "a").mkdir(parents=True)
+    staged = store.stage_bytes(b"x", sync=False)
+    identity = store.install_new(staged, "c", "a/f", META)
+    target = store.base / "c" / "a" / "f"
+    assert identity == storage.file_identity(target)
+    assert target.read_bytes() == b"x" and store.read_meta("c", "a/f") == META
+    assert staged.fd is None and list(store.tmp_dir.iterdir()) == []
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f"]  # no backup
+
+
+@pytest.mark.parametrize("standing", ["file", "folder", "no folder"])
+def test_a_new_file_install_leaves_the_upload_staged_where_it_does_not_apply(
+    store: DiskStore, standing: str
+) -> None:
+    folder = store.base / "c" / "a"
+    if standing != "no folder":
+        folder.mkdir(parents=True)
+    if standing == "file":
+        (folder / "f").write_bytes(b"old")
+    elif standing == "folder":
+        (folder / "f").mkdir()
+    staged = store.stage_bytes(b"new", sync=False)
+    assert store.install_new(staged, "c", "a/f", META) is None
+    # Nothing moved, and the upload is as it was: open, for the one fsync of `install`.
+    assert staged.fd is not None and is_open(staged.fd) and staged.tmp.read_bytes() == b"new"
+    if standing == "file":
+        assert (folder / "f").read_bytes() == b"old"
+        backup = store.install(staged, "c", "a/f", META)
+        assert backup is not None and backup.read_bytes() == b"old"
+        assert (folder / "f").read_bytes() == b"new"
+    else:
+        store.discard(staged)
+        assert (folder / "f").is_dir() == (standing == "folder")
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_file_that_appears_before_the_rename_is_not_replaced(
+    store: DiskStore, rename_way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer's file lands between the check for one and the rename: it stays."""
+    folder = store.base / "c" / "a"
+    folder.mkdir(parents=True)
+    attach = DiskStore._attach_meta
+
+    def attach_then_race(self: DiskStore, staged: Staged, meta: dict[str, object]) -> bool:
+        attached = attach(self, staged, meta)
+        (folder / "f").write_bytes(b"theirs")
+        return attached
+
+    monkeypatch.setattr(DiskStore, "_attach_meta", attach_then_race)
+    staged = store.stage_bytes(b"mine", sync=False)
+    assert store.install_new(staged, "c", "a/f", META) is None
+    assert (folder / "f").read_bytes() == b"theirs"
+    assert staged.tmp.read_bytes() == b"mine"  # still staged, for the locked install
+    store.discard(staged)
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_new_file_whose_folder_a_delete_removed_is_left_staged(
+    store: DiskStore, rename_way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = store.base / "c" / "a"
+    folder.mkdir(parents=True)
+    open_folder = DiskStore._open_folder
+
+    def open_then_prune(self: DiskStore, parts: list[str]) -> int:
+        fd = open_folder(self, parts)
+        folder.rmdir()  # as DiskStore._prune does after another component's delete
+        return fd
+
+    if storage._openat2 is None:
+        pytest.skip("without openat2 the folder is not opened ahead")
+    monkeypatch.setattr(DiskStore, "_open_folder", open_then_prune)
+    staged = store.stage_bytes(b"new", sync=False)
+    assert store.install_new(staged, "c", "a/f", META) is None
+    assert staged.tmp.read_bytes() == b"new" and not folder.exists()
+    store.discard(staged)
