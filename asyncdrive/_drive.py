@@ -781,8 +781,9 @@ class Drive:
 
         ``stage(sync)`` writes the upload. A large one is checked for, staged and fsynced
         before the commit lock is taken, so a refused put copies nothing and the lock is
-        held only for the rename. A ``small`` one is staged under the lock, in the same
-        worker-thread call as its install: one thread hop and one fsync of the upload.
+        held only for the rename. A ``small`` one is staged in the same worker-thread call
+        as its install: one thread hop and one fsync of the upload. Where no file is at the
+        path yet, that takes no lock at all (`_create`); else it is under the lock.
 
         ``tentative``: a refused check raises `_NotASmallFile` instead of its error, as
         ``stage`` does when it finds no small file to stage (the lock is then released).
@@ -792,7 +793,9 @@ class Drive:
         #: A file `_create` installed without the lock and could not commit: the install
         #: below replaces it, and if this put fails, it goes too.
         uncommitted: FileIdentity | None = None
-        if small and not isinstance(stage, Staged) and precondition in ("", "absent"):
+        # Not for if_version=N (a file is there), nor on a Cluster: `_create` needs a `Wire`.
+        may_create = precondition in ("", "absent") and conn.index.wire is not None
+        if small and may_create and not isinstance(stage, Staged):
             created = await self._create(conn, path, stage, precondition, tentative=tentative)
             if isinstance(created, FileInfo):
                 return created
@@ -820,11 +823,9 @@ class Drive:
             with anyio.CancelScope(shield=True):
                 if isinstance(stage, Staged):  # once installed, it is gone: this is a no-op
                     await conn.run_sync(conn.store.discard, stage)
-                if uncommitted is not None:  # unless another writer replaced it since
+                if uncommitted is not None:
                     with contextlib.suppress(OSError, DriveError):
-                        await conn.run_sync(functools.partial(
-                            conn.store.restore, installed=uncommitted), None, component, path
-                        )  # fmt: skip
+                        await self._remove_uncommitted(conn, path, uncommitted)
             raise
         return info
 
@@ -847,7 +848,8 @@ class Drive:
         still staged, where a file stood at the path; or, where the commit met another
         writer or an older version, stage the bytes again and install them over this
         file, whose identity is returned. Other refusals undo the install and raise
-        (``tentative``: as `_put`).
+        (``tentative``: as `_put`). It connects before the commit, so that a server that
+        cannot be reached leaves nothing behind either.
         """
         component = conn.config.component_name
         store = conn.store
@@ -858,8 +860,15 @@ class Drive:
             if isinstance(created, Staged):
                 return created
             info, identity = created
-            # If the commit fails (the connection dropped), it may or may not have happened:
-            # the file stays, and gc() removes it if the index does not know it.
+            wire = conn.index.wire
+            assert wire is not None
+            try:  # an unreachable server: no commit was sent, so undo the install
+                await wire.connect()
+            except BaseException:
+                await self._remove_uncommitted(conn, path, identity)
+                raise
+            # If the commit fails now (the connection dropped), it may or may not have
+            # happened: the file stays, and gc() removes it if the index does not know it.
             outcome = await conn.index.create_put(
                 component, path, conn.config.allow_duplicates, info.size, info.mtime,
                 info.checksum, precondition,
@@ -869,13 +878,20 @@ class Drive:
                 return info
             if outcome.status in ("locked", "conflict"):
                 return identity
-            await conn.run_sync(
-                functools.partial(store.restore, installed=identity), None, component, path
-            )
+            await self._remove_uncommitted(conn, path, identity)
         if tentative:
             raise _NotASmallFile
         self._raise_put_refused(path, outcome, precondition)
         raise AssertionError(f"not a refusal: {outcome}")
+
+    async def _remove_uncommitted(
+        self, conn: _Connection, path: str, identity: FileIdentity
+    ) -> None:
+        """Remove a file `_create` installed but did not commit, unless replaced since."""
+        await conn.run_sync(
+            functools.partial(conn.store.restore, installed=identity),
+            None, conn.config.component_name, path,
+        )  # fmt: skip
 
     async def _install_and_commit(
         self,

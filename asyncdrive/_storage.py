@@ -841,15 +841,19 @@ class DiskStore:
         the name by then, so it never replaces one (another writer's, or one of the index);
         with nothing to replace there is no backup. Returns None, having moved nothing (the
         upload stays staged, for `install` under the lock), where this way does not apply:
-        a file or folder at the path, a folder of the path missing or a link on the way,
-        or a disk without extended attributes. On an error the new file is removed again.
+        a file or folder at the path, a link or a file on the way, a disk without extended
+        attributes, or a system without ``openat2`` (the folder is opened through it).
+        Missing folders of the path are made (and pruned again by `restore`). On an error
+        the new file is removed again.
         """
         if self.meta_in_xattr is False:
             return None
         parts = self._parts(component, path)
         folder = self._open_folder(parts[:-1])
         if folder < 0:
-            return None
+            folder = self._make_folder(parts, path)
+            if folder < 0:
+                return None
         try:
             try:  # taken anyway if the rename refuses: skip the fsync before it, mostly
                 os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
@@ -871,6 +875,21 @@ class DiskStore:
             return identity
         finally:
             os.close(folder)
+
+    def _make_folder(self, parts: list[str], path: str) -> int:
+        """Make the folders of ``parts[:-1]`` that are missing, then open the last (`_open_folder`).
+
+        -1 where that fails: a link or a file on the way, or a delete that pruned it again;
+        at once where it cannot be opened (no ``openat2``).
+        """
+        if _openat2 is None:
+            return -1
+        try:
+            self._refuse_links(parts, path)
+            Path(self.root, *parts[:-1]).mkdir(parents=True, exist_ok=True)
+        except (OSError, InvalidPathError):
+            return -1
+        return self._open_folder(parts[:-1])
 
     def sync_folder_of(self, component: str, path: str) -> None:
         """Fsync the folder of ``component``'s ``path``: what `install` does, unless told not to."""

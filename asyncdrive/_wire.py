@@ -70,6 +70,16 @@ class Wire:
         )  # fmt: skip
         return f"<Wire {state}>"
 
+    async def connect(self) -> None:
+        """Connect now, unless connected: the next command is then written at once.
+
+        Lets a caller tell a server that cannot be reached (this raises, and nothing was
+        sent) from a command lost on the way (which may or may not have run).
+        """
+        loop = asyncio.get_running_loop()
+        if self._protocol is None or loop is not self._loop:
+            await self._connect(loop)
+
     async def call(self, *args: Any) -> Any:
         """Send one command (str, bytes and int arguments) and return its reply, unparsed.
 

@@ -535,18 +535,23 @@ async def test_disk_calls_use_a_bounded_number_of_threads(
                 if len(inside) == DISK_THREADS:
                     full.set()
 
-        original = drive._conn.store.install  # type: ignore[union-attr]
+        store = drive._conn.store  # type: ignore[union-attr]
 
-        def install(*args: Any, **kwargs: Any) -> Any:
-            note_thread()
-            try:
-                full.wait(timeout=30)  # the first ones wait until as many run as may
-                return original(*args, **kwargs)
-            finally:
-                with lock:
-                    inside.discard(threading.get_ident())
+        def counted(original: Callable[..., Any]) -> Callable[..., Any]:
+            def install(*args: Any, **kwargs: Any) -> Any:
+                note_thread()
+                try:
+                    full.wait(timeout=30)  # the first ones wait until as many run as may
+                    return original(*args, **kwargs)
+                finally:
+                    with lock:
+                        inside.discard(threading.get_ident())
 
-        drive._conn.store.install = install  # type: ignore[union-attr, method-assign]
+            return install
+
+        # New files go in by install_new (no lock), the others by install.
+        store.install = counted(store.install)  # type: ignore[method-assign]
+        store.install_new = counted(store.install_new)  # type: ignore[method-assign]
         async with anyio.create_task_group() as group:
             for i in range(4 * DISK_THREADS):
                 group.start_soon(drive.write_bytes, f"many/{i}.txt", b"x")

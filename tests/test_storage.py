@@ -325,12 +325,15 @@ def test_a_new_file_is_installed_without_replacing_anything(
     assert sorted(p.name for p in target.parent.iterdir()) == ["f"]  # no backup
 
 
-@pytest.mark.parametrize("standing", ["file", "folder", "no folder"])
+@pytest.mark.parametrize("standing", ["file", "folder", "file above"])
 def test_a_new_file_install_leaves_the_upload_staged_where_it_does_not_apply(
     store: DiskStore, standing: str
 ) -> None:
     folder = store.base / "c" / "a"
-    if standing != "no folder":
+    if standing == "file above":
+        folder.parent.mkdir(parents=True)
+        folder.write_bytes(b"a file where a folder of the path goes")
+    else:
         folder.mkdir(parents=True)
     if standing == "file":
         (folder / "f").write_bytes(b"old")
@@ -347,7 +350,32 @@ def test_a_new_file_install_leaves_the_upload_staged_where_it_does_not_apply(
         assert (folder / "f").read_bytes() == b"new"
     else:
         store.discard(staged)
+        assert folder.is_file() == (standing == "file above")
         assert (folder / "f").is_dir() == (standing == "folder")
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_new_file_makes_its_missing_folders_but_follows_no_link(
+    store: DiskStore, tmp_path: Path, link_check: str
+) -> None:
+    staged = store.stage_bytes(b"x", sync=False)
+    identity = store.install_new(staged, "c", "a/b/f", META)
+    target = store.base / "c" / "a" / "b" / "f"
+    if link_check == "walk":  # no folder opened ahead, no new file without the lock
+        assert identity is None and not target.parent.exists()
+        store.discard(staged)
+    else:
+        assert identity == storage.file_identity(target) and target.read_bytes() == b"x"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.base / "c").mkdir(parents=True, exist_ok=True)
+    (store.base / "c" / "l").symlink_to(outside)
+    staged = store.stage_bytes(b"escape", sync=False)
+    assert store.install_new(staged, "c", "l/new/f", META) is None
+    assert list(outside.iterdir()) == []
+    with pytest.raises(InvalidPathError, match="symbolic link"):  # as the locked way says
+        store.install(staged, "c", "l/new/f", META)
+    store.discard(staged)
     assert list(store.tmp_dir.iterdir()) == []
 
 
