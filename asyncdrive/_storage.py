@@ -424,7 +424,8 @@ def _move_new(source: Path, folder: int, name: str) -> bool:
         if exc.errno != errno.ENOTEMPTY:
             raise
         return False
-    os.unlink(source)
+    with contextlib.suppress(OSError):  # moved in: a name left in .tmp is gc()'s to remove
+        os.unlink(source)
     return True
 
 
