@@ -296,20 +296,22 @@ class _BehindHasher:
             self.hasher.update(window)
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+def _libc_function(name: str, argtypes: list[Any], restype: Any) -> Any:
+    """Return the C library's function ``name``, typed, keeping errno (None: none here)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.sync_file_range
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
+    function.argtypes = argtypes
+    function.restype = restype
     return function
 
 
-_sync_file_range = _load_sync_file_range()
+_sync_file_range: Callable[[int, int, int, int], int] | None = _libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+)
 _SYNC_FILE_RANGE_WRITE = 2
 
 
@@ -334,15 +336,15 @@ def _load_openat2() -> Callable[[int, bytes, int, int], tuple[int, int]] | None:
     older kernels, or where a sandbox refuses the call (seccomp): then the parts are
     checked one by one.
     """
-    if not sys.platform.startswith("linux") or not hasattr(os, "O_PATH"):
+    if not hasattr(os, "O_PATH"):
         return None
-    try:
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
+    syscall = _libc_function(
+        "syscall",
+        [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t],
+        ctypes.c_long,
+    )
+    if syscall is None:
         return None
-    syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
-                        ctypes.c_size_t]  # fmt: skip
-    syscall.restype = ctypes.c_long
     hows: dict[tuple[int, int], tuple[Any, int]] = {}
 
     def openat2(dir_fd: int, path: bytes, flags: int, mode: int) -> tuple[int, int]:
@@ -375,15 +377,13 @@ def _load_renameat2() -> Callable[[int, bytes, int, bytes], int] | None:
     with EEXIST, atomically, where a file or folder already has the new name; EINVAL where
     the filesystem cannot do that (the caller then links and unlinks instead).
     """
-    if not sys.platform.startswith("linux"):
+    function = _libc_function(
+        "renameat2",
+        [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint],
+        ctypes.c_int,
+    )
+    if function is None:
         return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                         ctypes.c_uint]  # fmt: skip
-    function.restype = ctypes.c_int
 
     def rename_noreplace(old_dir_fd: int, old: bytes, new_dir_fd: int, new: bytes) -> int:
         if function(old_dir_fd, old, new_dir_fd, new, _RENAME_NOREPLACE) == 0:
