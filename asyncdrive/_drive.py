@@ -69,6 +69,8 @@ LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
 #: write_bytes of at most this many bytes stages them before the first check.
 _SMALL_WRITE = 1 << 20
+#: How many deleted paths a drive remembers the last version of (see `Drive._deleted`).
+_DELETED_VERSIONS = 4096
 #: Worker threads a process uses at most for the disk calls of all its drives. More add
 #: contention for the interpreter lock (measured: 64 concurrent gets on 2 cores ran up to
 #: half as fast with anyio's default of 40) without more disk throughput.
@@ -293,6 +295,9 @@ class Drive:
         self._pid = os.getpid()
         self._conn: _Connection | None = None
         self._connect_lock: anyio.Lock | None = None
+        #: (component, path) -> the version this drive last deleted, newest last: a put of
+        #: the path again without the lock (`_create`) writes the next one on disk.
+        self._deleted_versions: dict[tuple[str, str], int] = {}
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -843,7 +848,8 @@ class Drive:
         Where no file is at the path on disk, the upload is moved in by a rename that
         cannot replace one, then committed by a script that refuses if another writer holds
         the path's lock meanwhile (it may have installed over this file, or be about to),
-        or if the component's copy had earlier versions (the file on disk says version 1).
+        or if the path's last version is not the one the file on disk follows: none (the
+        file says version 1), or the one this drive deleted last (`_deleted`).
         Returns the new `FileInfo`, or what `_put` must then do the locked way: the upload,
         still staged, where a file stood at the path; or, where the commit met another
         writer or an older version, stage the bytes again and install them over this
@@ -853,10 +859,12 @@ class Drive:
         """
         component = conn.config.component_name
         store = conn.store
+        # The version the path had, if this drive deleted it: else none, most likely.
+        current = self._deleted_versions.pop((component, path), 0)
         # As in `_put`, between the install and the commit a cancellation would leave the
         # disk and the index disagreeing: shielded (a small file, written and committed).
         with anyio.CancelScope(shield=True):
-            created = await conn.run_sync(_install_new, store, component, path, stage)
+            created = await conn.run_sync(_install_new, store, component, path, stage, current + 1)
             if isinstance(created, Staged):
                 return created
             info, identity = created
@@ -870,7 +878,7 @@ class Drive:
             # If the commit fails now (the connection dropped), it may or may not have
             # happened: the file stays, and gc() removes it if the index does not know it.
             outcome = await conn.index.create_put(
-                component, path, conn.config.allow_duplicates, info.size, info.mtime,
+                component, path, conn.config.allow_duplicates, current, info.size, info.mtime,
                 info.checksum, precondition,
             )  # fmt: skip
             if outcome.status == "ok":
@@ -883,6 +891,14 @@ class Drive:
             raise _NotASmallFile
         self._raise_put_refused(path, outcome, precondition)
         raise AssertionError(f"not a refusal: {outcome}")
+
+    def _deleted(self, component: str, path: str, version: int) -> None:
+        """Remember that this drive deleted ``version`` of ``path`` (see `_create`)."""
+        versions = self._deleted_versions
+        versions.pop((component, path), None)
+        versions[component, path] = version
+        if len(versions) > _DELETED_VERSIONS:
+            del versions[next(iter(versions))]
 
     async def _remove_uncommitted(
         self, conn: _Connection, path: str, identity: FileIdentity
@@ -1107,8 +1123,9 @@ class Drive:
         token = await self._lock(conn, component, path)
         with anyio.CancelScope(shield=True):
             try:
-                done, others = await conn.index.commit_delete(component, path)
+                done, others, version = await conn.index.commit_delete(component, path)
                 if done:
+                    self._deleted(component, path, version)
                     await conn.run_sync(conn.store.remove, component, path)
             finally:
                 await conn.index.unlock(component, path, token)
@@ -1131,8 +1148,11 @@ class Drive:
             with anyio.CancelScope(shield=True):
                 try:
                     outcomes = await index.commit_delete_many(component, [p for p, _ in locked])
-                    gone = [path for (path, _), (done, _) in zip(locked, outcomes, strict=True)
-                            if done]  # fmt: skip
+                    gone = []
+                    for (path, _), (done, _, version) in zip(locked, outcomes, strict=True):
+                        if done:
+                            self._deleted(component, path, version)
+                            gone.append(path)
                     store = conn.store
 
                     def remove_all() -> None:
@@ -1446,7 +1466,7 @@ class Drive:
         for component, path in sorted(indexed - present):
             exists = store.file_path(component, path).exists
             if not await conn.run_sync(exists):
-                done, _ = await index.commit_delete(component, path)
+                done, _, _ = await index.commit_delete(component, path)
                 dangling += done
         return GcReport(len(uploads), undone, kept, orphans, dangling)
 
@@ -1759,15 +1779,15 @@ def _new_version(
 
 
 def _install_new(
-    store: DiskStore, component: str, path: str, stage: Callable[[bool], Staged]
+    store: DiskStore, component: str, path: str, stage: Callable[[bool], Staged], version: int
 ) -> tuple[FileInfo, FileIdentity] | Staged:
-    """Stage and install version 1 of a new file without its lock (in a worker thread).
+    """Stage and install ``version`` of a new file without its lock (in a worker thread).
 
     Returns its info and identity, or the upload, still staged, where `DiskStore.install_new`
     does not apply (a file at the path already, ...): the put then takes the lock.
     """
     staged = stage(False)
-    info, meta = _new_version(component, path, staged, 1)
+    info, meta = _new_version(component, path, staged, version)
     try:
         identity = store.install_new(staged, component, path, meta)
     except BaseException:

@@ -180,7 +180,7 @@ end
 local size, mtime, checksum, version = string.match(record, '^(.-)|(.-)|(.-)|(.-)$')
 local id = append_event({'change', 'deleted', 'path', path, 'component', c, 'size', size,
   'version', version, 'checksum', checksum})
-return {'ok', id}
+return {'ok', id, version}
 """
 )
 
@@ -536,19 +536,22 @@ class Index:
         component: str,
         path: str,
         allow_duplicates: bool,
+        expected_version: int,
         size: int,
         mtime: float,
         checksum: str,
         precondition: str,
     ) -> PutOutcome:
-        """Record version 1 of ``path``, installed without its commit lock, as `commit_put`.
+        """Record the next version of ``path``, installed without its lock, as `commit_put`.
 
-        Refuses with ``locked`` if another writer holds the path's commit lock (it may be
-        installing over this one), with ``conflict`` if the component's copy had versions
-        before (the next one is not 1), and as `check_put` does.
+        The next version is ``expected_version`` + 1. Refuses with ``locked`` if another
+        writer holds the path's commit lock (it may be installing over this one), with
+        ``conflict`` if the path's last version is not ``expected_version`` (0: it had
+        none), and as `check_put` does.
         """
         return await self._run_put(self._put_call(
-            component, path, "create", allow_duplicates, 0, size, mtime, checksum, precondition,
+            component, path, "create", allow_duplicates, expected_version, size, mtime,
+            checksum, precondition,
         ))  # fmt: skip
 
     async def commit_put(
@@ -673,14 +676,17 @@ class Index:
             found = await pipe.execute()
         return next((f for f, hit in zip(folders, found, strict=True) if hit), "")
 
-    async def commit_delete(self, component: str, path: str) -> tuple[bool, list[str]]:
-        """Remove ``component``'s copy of ``path``; return (done, other owners if not done)."""
+    async def commit_delete(self, component: str, path: str) -> tuple[bool, list[str], int]:
+        """Remove ``component``'s copy of ``path``.
+
+        Returns (done, the other owners if not done, the version removed if done).
+        """
         (outcome,) = await self.commit_delete_many(component, [path])
         return outcome
 
     async def commit_delete_many(
         self, component: str, paths: Sequence[str]
-    ) -> list[tuple[bool, list[str]]]:
+    ) -> list[tuple[bool, list[str], int]]:
         """`commit_delete` of each path, in one round trip where a `Wire` is."""
         calls = []
         for path in paths:
@@ -696,7 +702,7 @@ class Index:
             args = [*self._event_args, component, path, str(len(folders)), *path.split("/")]
             calls.append((keys, args))
         return [
-            (False, sorted(reply[1:])) if reply[0] == "missing" else (True, [])
+            (False, sorted(reply[1:]), 0) if reply[0] == "missing" else (True, [], int(reply[2]))
             for reply in await self._run_many(self._delete, calls)
         ]
 

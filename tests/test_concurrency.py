@@ -593,19 +593,44 @@ async def test_a_new_file_put_cancelled_while_waiting_for_the_lock_leaves_nothin
 
 
 async def test_a_path_created_again_after_a_delete_gets_its_next_version(
-    make_drive: MakeDrive, drive_id: str, root: Path
+    env: dict[str, str], drive_id: str, root: Path, redis_url: str
 ) -> None:
-    """Without the lock, a new file is written to disk as version 1; a path that had
-    versions before is refused that, and stored again under the lock as the next one."""
-    drive = make_drive(drive_id)
-    await drive.write_bytes("a/first", b"1")
-    assert (await drive.write_bytes("a/f", b"one")).version == 1
-    await drive.delete("a/f")
-    info = await drive.write_bytes("a/f", b"two")
-    assert info.version == 2 and await drive.read_bytes("a/f") == b"two"
-    store = DiskStore(root, drive.name)
-    assert store.installed_version("default", "a/f") == 2
-    assert store.leftovers(grace=0) == ([], [])
+    """Without the lock, a new file is written to disk as the version after the last one
+    its drive deleted (or as version 1): one script call. Where that guess is wrong (another
+    drive deleted it), the commit is refused and the file stored again under the lock."""
+    async with Drive(drive_id) as drive, Drive(drive_id) as other:
+        store = DiskStore(root, drive.name)
+        await drive.write_bytes("a/first", b"1")
+        assert (await drive.write_bytes("a/f", b"one")).version == 1
+        await drive.delete("a/f")
+        before = await script_calls(redis_url)
+        info = await drive.write_bytes("a/f", b"two")
+        assert await script_calls(redis_url) - before == 1  # no lock, no second try
+        assert info.version == 2 and store.installed_version("default", "a/f") == 2
+        await other.delete("a/f")  # this drive does not know of it
+        before = await script_calls(redis_url)
+        info = await drive.write_bytes("a/f", b"three")
+        assert await script_calls(redis_url) - before == 3  # refused, then lock and commit
+        assert info.version == 3 and store.installed_version("default", "a/f") == 3
+        assert await other.read_bytes("a/f") == b"three"
+        await drive.delete("a", recursive=True)  # a recursive delete remembers its versions
+        before = await script_calls(redis_url)
+        assert (await drive.write_bytes("a/f", b"four")).version == 4
+        assert await script_calls(redis_url) - before == 1
+        assert (await drive.write_bytes("a/first", b"again")).version == 2
+        assert store.installed_version("default", "a/f") == 4
+        assert store.leftovers(grace=0) == ([], [])
+
+
+def test_a_drive_remembers_the_versions_of_its_latest_deletes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(asyncdrive._drive, "_DELETED_VERSIONS", 3)
+    drive = Drive("lit://never-connected")
+    for number, path in enumerate(["a", "b", "c", "a", "d"]):
+        drive._deleted("default", path, number)
+    assert drive._deleted_versions == {("default", "c"): 2, ("default", "a"): 3,
+                                       ("default", "d"): 4}  # fmt: skip
 
 
 @pytest.mark.parametrize("how", ["write_bytes", "put"])
