@@ -362,7 +362,16 @@ def _notes(rates: dict[str, list[float]], ratios: dict[str, list[float]]) -> lis
         "the disk early, as for put.",
         f"get reaches {fmt_ratio2(get)} of the baseline, {fmt_ratio2(plain)} of `copyfile` "
         "without an fsync, which is the like-for-like comparison: it copies with "
-        "`copy_file_range` into a temporary file beside the target and renames it.",
+        "`copy_file_range` into a temporary file beside the target and renames it. "
+        "Measured 2026-12-04, when this ratio fell from ~1.4x the day before to ~0.5-0.7x: "
+        "the disk's fsync had become ~3x faster (the baseline ~2,000 MB/s against ~600), "
+        "while the first copy of a 1 GiB file that a put had just stored ran at ~350-400 "
+        "MB/s, a plain `copy_file_range` loop as much as `get`, and the second copy of it "
+        "at ~3,000-4,000 MB/s; reading that file ran at 7-17 GB/s (from the page cache), "
+        "and a 2 s pause before the copy changed nothing. The put's system calls made bare "
+        "(copy, extended attribute, fsync, rename, folder fsync) left a slow first copy "
+        "once in 8 tries. A get here always follows its put, so it meets this; what in the "
+        "put's way of writing leads to it is not known yet.",
         f"{fmt_ratio(max(rates[BASELINE]) / min(rates[BASELINE]))} between the fastest and "
         "the slowest baseline run: absolute figures on this machine drift, which is why "
         "only ratios within a run are compared with the targets.",
