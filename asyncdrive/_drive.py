@@ -877,9 +877,9 @@ class Drive:
                 raise
             # If the commit fails now (the connection dropped), it may or may not have
             # happened: the file stays, and gc() removes it if the index does not know it.
-            outcome = await conn.index.create_put(
+            outcome = await conn.index.commit_put(
                 component, path, conn.config.allow_duplicates, current, info.size, info.mtime,
-                info.checksum, precondition,
+                info.checksum, precondition, token=None,
             )  # fmt: skip
             if outcome.status == "ok":
                 await self._finish_installs(conn, [])

@@ -531,29 +531,6 @@ class Index:
         ]  # fmt: skip
         return await self._run_put_many(calls)
 
-    async def create_put(
-        self,
-        component: str,
-        path: str,
-        allow_duplicates: bool,
-        expected_version: int,
-        size: int,
-        mtime: float,
-        checksum: str,
-        precondition: str,
-    ) -> PutOutcome:
-        """Record the next version of ``path``, installed without its lock, as `commit_put`.
-
-        The next version is ``expected_version`` + 1. Refuses with ``locked`` if another
-        writer holds the path's commit lock (it may be installing over this one), with
-        ``conflict`` if the path's last version is not ``expected_version`` (0: it had
-        none), and as `check_put` does.
-        """
-        return await self._run_put(self._put_call(
-            component, path, "create", allow_duplicates, expected_version, size, mtime,
-            checksum, precondition,
-        ))  # fmt: skip
-
     async def commit_put(
         self,
         component: str,
@@ -564,17 +541,19 @@ class Index:
         mtime: float,
         checksum: str,
         precondition: str,
-        token: str,
+        token: str | None,
     ) -> PutOutcome:
         """Record a new version of ``path``, append its event and publish a wake-up, atomically.
 
         Refuses (``status != "ok"``) if the folder structure, ownership or ``precondition``
         forbids it, or if the version is no longer ``expected_version``. On success the
         commit lock (``token``) is released in the same step; on a refusal it is kept.
+        ``token=None``: the put took no lock (a new file, see `Drive._create`), and is
+        refused with ``locked`` if another writer holds it now.
         """
         return await self._run_put(self._put_call(
-            component, path, "commit", allow_duplicates, expected_version, size, mtime,
-            checksum, precondition, token=token,
+            component, path, "commit" if token is not None else "create", allow_duplicates,
+            expected_version, size, mtime, checksum, precondition, token=token or "",
         ))  # fmt: skip
 
     async def _run_put(self, call: tuple[list[str], list[str], list[str]]) -> PutOutcome:
