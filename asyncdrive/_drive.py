@@ -69,8 +69,8 @@ LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
 #: write_bytes of at most this many bytes stages them before the first check.
 _SMALL_WRITE = 1 << 20
-#: How many deleted paths a drive remembers the last version of (see `Drive._deleted`).
-_DELETED_VERSIONS = 4096
+#: How many paths a drive remembers the last version it put or deleted of (`Drive._remember`).
+_REMEMBERED_PATHS = 4096
 #: Worker threads a process uses at most for the disk calls of all its drives. More add
 #: contention for the interpreter lock (measured: 64 concurrent gets on 2 cores ran up to
 #: half as fast with anyio's default of 40) without more disk throughput.
@@ -295,9 +295,9 @@ class Drive:
         self._pid = os.getpid()
         self._conn: _Connection | None = None
         self._connect_lock: anyio.Lock | None = None
-        #: (component, path) -> the version this drive last deleted, newest last: a put of
-        #: the path again without the lock (`_create`) writes the next one on disk.
-        self._deleted_versions: dict[tuple[str, str], int] = {}
+        #: (component, path) -> the version this drive last put (> 0) or deleted (< 0) of it,
+        #: newest last (see `_remember`).
+        self._last_versions: dict[tuple[str, str], int] = {}
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -799,10 +799,16 @@ class Drive:
         #: below replaces it, and if this put fails, it goes too.
         uncommitted: FileIdentity | None = None
         # Not for if_version=N (a file is there), nor on a Cluster: `_create` needs a `Wire`.
-        may_create = precondition in ("", "absent") and conn.index.wire is not None
+        # Nor where this drive put the file itself: it most likely replaces it, and the
+        # locked way saves the worker-thread call that would find it there.
+        known = self._last_versions.get((component, path), 0)
+        may_create = known <= 0 and precondition in ("", "absent") and conn.index.wire is not None
         if small and may_create and not isinstance(stage, Staged):
-            created = await self._create(conn, path, stage, precondition, tentative=tentative)
+            created = await self._create(
+                conn, path, stage, precondition, -known, tentative=tentative
+            )
             if isinstance(created, FileInfo):
+                self._remember(component, path, created.version)
                 return created
             if isinstance(created, Staged):
                 stage = created
@@ -832,6 +838,7 @@ class Drive:
                     with contextlib.suppress(OSError, DriveError):
                         await self._remove_uncommitted(conn, path, uncommitted)
             raise
+        self._remember(component, path, info.version)
         return info
 
     async def _create(
@@ -840,6 +847,7 @@ class Drive:
         path: str,
         stage: Callable[[bool], Staged],
         precondition: str,
+        current: int,
         *,
         tentative: bool,
     ) -> FileInfo | Staged | FileIdentity:
@@ -848,8 +856,8 @@ class Drive:
         Where no file is at the path on disk, the upload is moved in by a rename that
         cannot replace one, then committed by a script that refuses if another writer holds
         the path's lock meanwhile (it may have installed over this file, or be about to),
-        or if the path's last version is not the one the file on disk follows: none (the
-        file says version 1), or the one this drive deleted last (`_deleted`).
+        or if the path's last version is not ``current``, which the file on disk follows:
+        0 (the file says version 1), or the one this drive deleted last (`_remember`).
         Returns the new `FileInfo`, or what `_put` must then do the locked way: the upload,
         still staged, where a file stood at the path; or, where the commit met another
         writer or an older version, stage the bytes again and install them over this
@@ -859,8 +867,6 @@ class Drive:
         """
         component = conn.config.component_name
         store = conn.store
-        # The version the path had, if this drive deleted it: else none, most likely.
-        current = self._deleted_versions.pop((component, path), 0)
         # As in `_put`, between the install and the commit a cancellation would leave the
         # disk and the index disagreeing: shielded (a small file, written and committed).
         with anyio.CancelScope(shield=True):
@@ -892,12 +898,17 @@ class Drive:
         self._raise_put_refused(path, outcome, precondition)
         raise AssertionError(f"not a refusal: {outcome}")
 
-    def _deleted(self, component: str, path: str, version: int) -> None:
-        """Remember that this drive deleted ``version`` of ``path`` (see `_create`)."""
-        versions = self._deleted_versions
+    def _remember(self, component: str, path: str, version: int) -> None:
+        """Remember the version of ``path`` this drive put (> 0) or deleted (< 0) last.
+
+        A put of a path it deleted goes without the lock as the next version (`_create`);
+        of a path it put, the locked way at once. Only a guess: another process may have
+        changed the path since, and both ways check.
+        """
+        versions = self._last_versions
         versions.pop((component, path), None)
         versions[component, path] = version
-        if len(versions) > _DELETED_VERSIONS:
+        if len(versions) > _REMEMBERED_PATHS:
             del versions[next(iter(versions))]
 
     async def _remove_uncommitted(
@@ -1125,7 +1136,7 @@ class Drive:
             try:
                 done, others, version = await conn.index.commit_delete(component, path)
                 if done:
-                    self._deleted(component, path, version)
+                    self._remember(component, path, -version)
                     await conn.run_sync(conn.store.remove, component, path)
             finally:
                 await conn.index.unlock(component, path, token)
@@ -1151,7 +1162,7 @@ class Drive:
                     gone = []
                     for (path, _), (done, _, version) in zip(locked, outcomes, strict=True):
                         if done:
-                            self._deleted(component, path, version)
+                            self._remember(component, path, -version)
                             gone.append(path)
                     store = conn.store
 

@@ -613,30 +613,57 @@ async def test_a_path_created_again_after_a_delete_gets_its_next_version(
         info = await drive.write_bytes("a/f", b"two")
         assert await script_calls(redis_url) - before == 1  # no lock, no second try
         assert info.version == 2 and store.installed_version("default", "a/f") == 2
-        await other.delete("a/f")  # this drive does not know of it
+        await drive.delete("a/f")
+        await other.write_bytes("a/f", b"three")  # this drive does not know of these
+        await other.delete("a/f")
         before = await script_calls(redis_url)
-        info = await drive.write_bytes("a/f", b"three")
+        info = await drive.write_bytes("a/f", b"four")
         assert await script_calls(redis_url) - before == 3  # refused, then lock and commit
-        assert info.version == 3 and store.installed_version("default", "a/f") == 3
-        assert await other.read_bytes("a/f") == b"three"
+        assert info.version == 4 and store.installed_version("default", "a/f") == 4
+        assert await other.read_bytes("a/f") == b"four"
         await drive.delete("a", recursive=True)  # a recursive delete remembers its versions
         before = await script_calls(redis_url)
-        assert (await drive.write_bytes("a/f", b"four")).version == 4
+        assert (await drive.write_bytes("a/f", b"five")).version == 5
         assert await script_calls(redis_url) - before == 1
         assert (await drive.write_bytes("a/first", b"again")).version == 2
-        assert store.installed_version("default", "a/f") == 4
+        assert store.installed_version("default", "a/f") == 5
         assert store.leftovers(grace=0) == ([], [])
 
 
-def test_a_drive_remembers_the_versions_of_its_latest_deletes_only(
+def test_a_drive_remembers_the_versions_of_its_latest_puts_and_deletes_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(asyncdrive._drive, "_DELETED_VERSIONS", 3)
+    monkeypatch.setattr(asyncdrive._drive, "_REMEMBERED_PATHS", 3)
     drive = Drive("lit://never-connected")
     for number, path in enumerate(["a", "b", "c", "a", "d"]):
-        drive._deleted("default", path, number)
-    assert drive._deleted_versions == {("default", "c"): 2, ("default", "a"): 3,
-                                       ("default", "d"): 4}  # fmt: skip
+        drive._remember("default", path, -number)
+    assert drive._last_versions == {("default", "c"): -2, ("default", "a"): -3,
+                                    ("default", "d"): -4}  # fmt: skip
+
+
+async def test_a_drive_replacing_its_own_file_goes_the_locked_way_at_once(
+    env: dict[str, str], drive_id: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No worker-thread call to find the file it put itself still there; a file another
+    drive put is looked for once, then replaced the locked way too."""
+    tried: list[str] = []
+    install_new = DiskStore.install_new
+
+    def counted(self: DiskStore, staged: Any, component: str, path: str, meta: Any) -> Any:
+        tried.append(path)
+        return install_new(self, staged, component, path, meta)
+
+    monkeypatch.setattr(DiskStore, "install_new", counted)
+    async with Drive(drive_id) as drive, Drive(drive_id) as other:
+        for data in (b"1", b"2", b"3"):
+            await drive.write_bytes("a/mine", data)
+        await other.write_bytes("a/theirs", b"1")
+        before = await script_calls(redis_url)
+        info = await drive.write_bytes("a/theirs", b"2")
+        assert await script_calls(redis_url) - before == 2  # lock, commit: no refused try
+        assert tried == ["a/mine", "a/theirs", "a/theirs"]
+        assert info.version == 2 and (await drive.info("a/mine")).version == 3
+        assert await other.read_bytes("a/mine") == b"3"
 
 
 @pytest.mark.parametrize("how", ["write_bytes", "put"])
