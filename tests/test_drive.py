@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from asyncdrive import (
     VersionConflictError,
 )
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
-from asyncdrive._storage import META_XATTR, DiskStore
+from asyncdrive._storage import META_XATTR, DiskStore, _parse_meta_attribute
 
 from .conftest import MakeDrive, raw_redis
 
@@ -365,7 +364,7 @@ async def test_disk_layout_and_metadata(make_drive: MakeDrive, drive_id: str, ro
     data = root / "drives" / name / "w1" / "m" / "n.bin"
     assert data.read_bytes() == b"payload"
     # The metadata travels with the bytes, in an extended attribute: no file beside them.
-    meta = json.loads(os.getxattr(data, META_XATTR))
+    meta = _parse_meta_attribute(os.getxattr(data, META_XATTR))
     assert meta == {
         "size": 7,
         "mtime": info.mtime,

@@ -64,6 +64,58 @@ def test_metadata_is_encoded_as_json_dumps_would(meta: dict[str, object]) -> Non
     )
 
 
+@pytest.mark.parametrize(
+    ("meta", "packed"),
+    [
+        (META, True),
+        ({**META, "mtime": float("nan"), "size": 2**64 - 1, "version": 2**32 - 1}, True),
+        ({**META, "version": 2**32}, False),  # too big for the packed field
+        ({**META, "size": -1}, False),
+        ({**META, "checksum": CHECKSUM.upper()}, False),  # hex() would not give it back
+        ({**META, "checksum": CHECKSUM[:-2]}, False),
+        ({**META, "checksum": "zz" * 32}, False),
+        ({**META, "mtime": 2}, False),  # an int stays an int
+        ({**META, "extra": [1]}, False),
+    ],
+)
+def test_the_metadata_attribute_is_packed_where_it_fits_and_reads_back_the_same(
+    meta: dict[str, object], packed: bool
+) -> None:
+    value = storage._meta_attribute(meta)
+    assert (len(value) == 53) is packed
+    if not packed:
+        assert value == storage._meta_json(meta)
+    found = storage._parse_meta_attribute(value)
+    assert json.dumps(found, sort_keys=True) == json.dumps(meta, sort_keys=True)  # NaN too
+
+
+def test_metadata_is_read_from_a_json_attribute_too(store: DiskStore) -> None:
+    """Files written before the packed form (or with odd metadata) keep JSON: both read."""
+    store.install(store.stage_bytes(b"x"), "w", "a.bin", META)
+    data = store.file_path("w", "a.bin")
+    assert len(os.getxattr(data, storage.META_XATTR)) == 53
+    assert store.read_meta("w", "a.bin") == META
+    os.setxattr(data, storage.META_XATTR, storage._meta_json({**META, "version": 4}))
+    assert store.read_meta("w", "a.bin") == {**META, "version": 4}
+    os.setxattr(data, storage.META_XATTR, b"\x01" + b"x" * 10)  # neither form
+    assert store.read_meta("w", "a.bin") is None
+
+
+def test_a_small_file_takes_no_block_for_its_metadata(store: DiskStore, tmp_path: Path) -> None:
+    """Where the filesystem keeps 53 bytes of attribute in the inode (ext4), none is allocated."""
+    probe = tmp_path / "probe"
+    probe.touch()
+    os.setxattr(probe, storage.META_XATTR, b"x" * 53)
+    in_inode = os.stat(probe).st_blocks == 0
+    os.setxattr(probe, storage.META_XATTR, storage._meta_json(META))
+    if not in_inode or os.stat(probe).st_blocks == 0:
+        pytest.skip("this filesystem stores no attribute in the inode, or every one there")
+    empty = {**META, "checksum": hashlib.sha256(b"").hexdigest(), "size": 0}
+    store.install(store.stage_bytes(b""), "w", "empty.bin", empty)
+    assert os.stat(store.file_path("w", "empty.bin")).st_blocks == 0
+    assert store.read_meta("w", "empty.bin") == empty
+
+
 @pytest.mark.parametrize("sync", [True, False])
 def test_an_upload_stays_open_only_when_staged_unsynced(store: DiskStore, sync: bool) -> None:
     """Unsynced, the upload's descriptor is kept for the install, which closes it; a
