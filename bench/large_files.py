@@ -4,7 +4,9 @@ Each run spawns one worker process, which connects a `Drive`, then times five op
 on the same source file, in an order that alternates from run to run: ``shutil.copyfile``
 plus an fsync of the copy (the baseline), ``shutil.copyfile`` alone, ``Drive.put`` of the
 source, ``Drive.get`` of what was put, and the source written through ``Drive.open(path,
-"wb")`` in 4 MiB writes. Before each operation the worker resets its peak
+"wb")`` in 4 MiB writes. Before each operation the worker writes to twice the file's
+size of new memory and frees it (`warm_memory`: on this virtual machine, memory the guest
+has not used lately costs a fault in the host at its first write), then resets its peak
 resident size (``/proc/self/clear_refs``), and after it reads the new peak (``VmHWM``): the
 growth is what the operation held in memory at its worst, which streaming keeps flat
 whatever the file's size.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import mmap
 import os
 import re
 import resource
@@ -72,6 +75,29 @@ class Measured:
     seconds: float
     memory_growth: int  # bytes
     memory_method: str
+    warm_mb_per_s: float  # how fast `warm_memory` wrote its pages just before
+
+
+#: Before each operation, `warm_memory` writes to this many times the file's size.
+WARM_FACTOR = 2
+
+
+def warm_memory(size: int) -> float:
+    """Write to every page of ``size`` bytes of new memory, then free it; return its MB/s.
+
+    A virtual machine whose host backs the guest's memory at its first touch (as here, and
+    again after the guest has left it free a while) makes the first write to such a page a
+    fault in the host: ~400 MB/s, against ~14 GB/s to memory in use (measured 2026-12-04).
+    Every operation here fills new page cache as large as the file (its copy), and which one
+    the kernel gave such pages to decided its speed: a get at ~400 MB/s one run, ~4,000 the
+    next. Written and freed just before, the pages the operation takes are backed. The MB/s
+    returned says how cold the memory was.
+    """
+    started = time.perf_counter()
+    with mmap.mmap(-1, size) as memory:
+        for offset in range(0, size, mmap.PAGESIZE):
+            memory[offset] = 1
+    return size / (time.perf_counter() - started) / 1e6
 
 
 # -- memory ----------------------------------------------------------------------------------
@@ -149,6 +175,7 @@ async def _transfer(plan: Plan) -> dict[str, Measured]:
         await drive.exists("warm-up")  # connect first: the operations time only themselves
         for op in plan.order:
             copy = workdir / f"{op}.out"
+            warm = warm_memory(WARM_FACTOR * plan.size)
             with PeakMeter() as meter:
                 started = time.perf_counter()
                 if op == BASELINE:
@@ -176,7 +203,7 @@ async def _transfer(plan: Plan) -> dict[str, Measured]:
                 # Untimed: leave no dirty pages to be written back during the next operation.
                 _fsync_path(copy)
                 copy.unlink()
-            results[op] = Measured(seconds, meter.growth, meter.method)
+            results[op] = Measured(seconds, meter.growth, meter.method, warm)
         await drive.delete("big.bin")
     return results
 
@@ -286,7 +313,7 @@ def _result(ctx: Context, size: int, runs: list[dict[str, Measured]]) -> Result:
         title=BENCHMARK.title,
         intro=_intro(size, ctx.runs, method),
         tables=[table],
-        notes=_notes(rates, ratios),
+        notes=_notes(rates, ratios, [r[op].warm_mb_per_s for r in runs for op in r]),
         data={
             "size_bytes": size,
             "runs": ctx.runs,
@@ -303,6 +330,7 @@ def _result(ctx: Context, size: int, runs: list[dict[str, Measured]]) -> Result:
                     "ratio_per_run": ratios[op],
                     "seconds_per_run": [r[op].seconds for r in runs],
                     "memory_growth_bytes_per_run": [r[op].memory_growth for r in runs],
+                    "warm_mb_per_s_per_run": [r[op].warm_mb_per_s for r in runs],
                 }
                 for op in OPERATIONS
             },
@@ -330,9 +358,11 @@ def _intro(size: int, nruns: int, method: str) -> str:
         "throughout (it is read by every operation, and the machine has memory to spare), so "
         "every operation reads from memory and pays the same cost to write: the put fsyncs "
         "its upload, the baseline its copy. A get does not fsync its local copy (nor does "
-        "`cp`), so it is also shown beside `copyfile` without an fsync. After each operation, "
-        "untimed, its output is fsynced and removed, so that no writeback of it lands in the "
-        "next one; and the order of the operations is reversed every other run (put always "
+        "`cp`), so it is also shown beside `copyfile` without an fsync. Before each operation, "
+        f"untimed, the worker writes to {WARM_FACTOR}x the file's size of new memory and frees "
+        "it (see the notes); after it, untimed, its output is fsynced and removed, so that no "
+        "writeback of it lands in the next one; and the order of the operations is reversed "
+        "every other run (put always "
         f"before get). {nruns} run(s), each in a fresh worker: MB/s are the median, min and "
         "max over the runs, and each ratio is taken within a run, then its median reported. "
         f"Peak memory growth is the worker's peak resident size during the operation ({method}) "
@@ -340,7 +370,9 @@ def _intro(size: int, nruns: int, method: str) -> str:
     )
 
 
-def _notes(rates: dict[str, list[float]], ratios: dict[str, list[float]]) -> list[str]:
+def _notes(
+    rates: dict[str, list[float]], ratios: dict[str, list[float]], warm: list[float]
+) -> list[str]:
     put = statistics.median(ratios["put"])
     get = statistics.median(ratios["get"])
     stream = statistics.median(ratios["stream"])
@@ -362,16 +394,21 @@ def _notes(rates: dict[str, list[float]], ratios: dict[str, list[float]]) -> lis
         "the disk early, as for put.",
         f"get reaches {fmt_ratio2(get)} of the baseline, {fmt_ratio2(plain)} of `copyfile` "
         "without an fsync, which is the like-for-like comparison: it copies with "
-        "`copy_file_range` into a temporary file beside the target and renames it. "
-        "Measured 2026-12-04, when this ratio fell from ~1.4x the day before to ~0.5-0.7x: "
-        "the disk's fsync had become ~3x faster (the baseline ~2,000 MB/s against ~600), "
-        "while the first copy of a 1 GiB file that a put had just stored ran at ~350-400 "
-        "MB/s, a plain `copy_file_range` loop as much as `get`, and the second copy of it "
-        "at ~3,000-4,000 MB/s; reading that file ran at 7-17 GB/s (from the page cache), "
-        "and a 2 s pause before the copy changed nothing. The put's system calls made bare "
-        "(copy, extended attribute, fsync, rename, folder fsync) left a slow first copy "
-        "once in 8 tries. A get here always follows its put, so it meets this; what in the "
-        "put's way of writing leads to it is not known yet.",
+        "`copy_file_range` into a temporary file beside the target and renames it.",
+        "Memory, not the disk, decided a copy's speed on this virtual machine: its host backs "
+        "the guest's memory when the guest first writes to it, and takes back what the guest "
+        "left free for a while, so a first write to such a page costs a fault in the host. "
+        "Before each operation the worker therefore writes to new memory "
+        f"{WARM_FACTOR}x the file's size and frees it; that ran at "
+        f"{statistics.median(warm):,.0f} MB/s in the median (min {min(warm):,.0f}, max "
+        f"{max(warm):,.0f}), where memory in use takes ~14,000 MB/s. Without it (until "
+        "2026-12-04) the copy of each operation, as large as the file, landed on such pages "
+        "or not by chance: the get, which always follows the put, ran at ~350-450 MB/s in "
+        "most runs (0.42x-0.72x of the baseline) and at ~3,000-4,000 MB/s in the others "
+        "(1.4x, the day before); a plain `copy_file_range` of the same file did the same, "
+        "and `perf` showed the slow copies spending their time in the kernel's `memcpy` "
+        "into the new pages. Files of many GiB copied on such a machine meet this outside "
+        "the bench too: it is the machine's, and no way of copying avoids it.",
         f"{fmt_ratio(max(rates[BASELINE]) / min(rates[BASELINE]))} between the fastest and "
         "the slowest baseline run: absolute figures on this machine drift, which is why "
         "only ratios within a run are compared with the targets.",
