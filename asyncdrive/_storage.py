@@ -19,7 +19,9 @@ the file it backs up, so `gc` can finish the job after a crash.
 
 Every method here is blocking and meant to run in a worker thread. Writes go to a temporary
 file on the same filesystem, are flushed and fsynced, then renamed into place, so a reader
-always opens a complete old or a complete new file.
+always opens a complete old or a complete new file. A small upload is created without a name
+where the disk allows (``O_TMPFILE``) and linked into place, or into ``.tmp`` first when it
+must replace a file: its fsync then writes no folder out, and a crash leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ class Staged:
     #: its metadata and fsyncs it through this descriptor, then closes it (as `discard`
     #: does), which saves reopening it by its path. None once closed.
     fd: int | None = None
+    #: False while the upload has no name (created with ``O_TMPFILE``, see `_stage`): ``tmp``
+    #: is then the name it gets if `install` needs one (`DiskStore._name_upload`), and the
+    #: upload lives only as long as ``fd`` is open.
+    named: bool = True
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -395,6 +401,22 @@ def _load_renameat2() -> Callable[[int, bytes, int, bytes], int] | None:
     return rename_noreplace
 
 
+#: Whether an upload can be created without a name (``O_TMPFILE``), and linked into place
+#: later through ``/proc/self/fd``.
+_CAN_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+_TMPFILE_FLAGS = os.O_RDWR | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC
+#: Errors of an ``O_TMPFILE`` open meaning "not on this filesystem or kernel".
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL})
+
+
+def _link_open_file(fd: int, folder: int, name: str) -> None:
+    """Give the open, unnamed file ``fd`` the name ``name`` in the open ``folder``.
+
+    Atomic, and never replaces: `FileExistsError` if the name exists.
+    """
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+
+
 _RENAME_NOREPLACE = 1
 _renameat2 = _load_renameat2()
 #: Errors of `_renameat2` meaning "this filesystem or kernel has no such rename".
@@ -428,6 +450,18 @@ def _move_new(source: Path, folder: int, name: str) -> bool:
         return False
     with contextlib.suppress(OSError):  # moved in: a name left in .tmp is gc()'s to remove
         os.unlink(source)
+    return True
+
+
+def _link_new(fd: int, folder: int, name: str) -> bool:
+    """Link the unnamed upload ``fd`` in as ``name`` unless that name exists: False then.
+
+    As `_move_new`, for an upload without a name: False too if the folder is gone.
+    """
+    try:
+        _link_open_file(fd, folder, name)
+    except (FileExistsError, FileNotFoundError):
+        return False
     return True
 
 
@@ -686,6 +720,8 @@ class DiskStore:
         self.tmp_dir = self.base / ".tmp"
         #: Whether metadata goes into an extended attribute (None: not tried yet), else a file.
         self.meta_in_xattr: bool | None = None if hasattr(os, "setxattr") else False
+        #: Whether unsynced uploads are created without a name (see `_stage`).
+        self.unnamed_uploads = _CAN_TMPFILE
 
     def file_path(self, component: str, path: str) -> Path:
         """Where ``component``'s copy of ``path`` lives.
@@ -786,24 +822,62 @@ class DiskStore:
                 continue
             return fd, self.tmp_dir / name
 
+    def _new_unnamed_upload(self) -> int:
+        """Create an upload without a name (``O_TMPFILE``) on the disk of ``.tmp``: its fd.
+
+        -1 where the filesystem or kernel cannot (then never tried again by this store).
+        """
+        parts = ["drives", self.drive, ".tmp"]
+        for _attempt in range(2):
+            try:
+                return self._open_in_root(parts, ".tmp", _TMPFILE_FLAGS, FILE_MODE)
+            except FileNotFoundError:
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise
+                break
+        self.unnamed_uploads = False
+        return -1
+
     def _stage(self, write: Callable[[int], tuple[int, str]], sync: bool) -> Staged:
         """Write a new upload with ``write(fd) -> (size, checksum)``; fsync it if ``sync``.
 
-        Unsynced, it stays open for `install` (see `Staged.fd`). On any error it is removed.
+        Unsynced, it stays open for `install` (see `Staged.fd`), and has no name yet where the
+        disk allows (`Staged.named`): its fsync then writes out no folder (ext4 writes the
+        folder of a new name at the first fsync of its file: a folder the upload leaves at
+        once), and a crash leaves nothing in ``.tmp``. On any error it is removed.
         """
-        fd, tmp = self._new_upload()
+        fd = self._new_unnamed_upload() if not sync and self.unnamed_uploads else -1
+        named = fd < 0
+        if named:
+            fd, tmp = self._new_upload()
+        else:
+            tmp = self.tmp_dir / _temp_names.next()
         try:
             size, checksum = write(fd)
             if sync:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            if named:
+                tmp.unlink(missing_ok=True)
             raise
         if sync:
             os.close(fd)
             return Staged(tmp, size, checksum)
-        return Staged(tmp, size, checksum, fd)
+        return Staged(tmp, size, checksum, fd, named)
+
+    def _name_upload(self, staged: Staged) -> None:
+        """Link an unnamed upload into ``.tmp`` as ``staged.tmp`` (see `Staged.named`)."""
+        if staged.named or staged.fd is None:
+            return
+        folder = self._open_in_root(["drives", self.drive, ".tmp"], ".tmp", _FOLDER_FLAGS)
+        try:
+            _link_open_file(staged.fd, folder, staged.tmp.name)
+        finally:
+            os.close(folder)
+        object.__setattr__(staged, "named", True)
 
     def stage_file(self, source: Path, sync: bool = True) -> Staged:
         """Copy a local file into a temporary upload, and hash it.
@@ -907,12 +981,19 @@ class DiskStore:
                 return None
             except FileNotFoundError:
                 pass
+            moved = False
             try:
                 attached = self._attach_meta(staged, meta)
                 identity = upload_identity(staged)
+                if attached and not staged.named:
+                    assert staged.fd is not None
+                    moved = _link_new(staged.fd, folder, parts[-1])
             finally:
-                _close_upload(staged)
-            if not attached or not _move_new(staged.tmp, folder, parts[-1]):
+                if staged.named or moved:
+                    _close_upload(staged)  # else it stays open: `install` names it
+            if staged.named:
+                moved = attached and _move_new(staged.tmp, folder, parts[-1])
+            if not moved:
                 return None
             try:
                 os.fsync(folder)
@@ -982,6 +1063,7 @@ class DiskStore:
             target = self.file_path(component, path)
             replaces_file = _is_file(target)
         meta_target = _meta_beside(target)
+        self._name_upload(staged)
         backup = self._backup(target) if replaces_file else None
         meta_tmp: Path | None = None
         moved = False  # whether anything of the drive's files has changed yet

@@ -35,6 +35,13 @@ def link_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return str(request.param)
 
 
+def upload_bytes(staged: Staged) -> bytes:
+    """The bytes of an upload: through its descriptor while open (it may have no name yet)."""
+    if staged.fd is not None:
+        return os.pread(staged.fd, os.fstat(staged.fd).st_size, 0)
+    return staged.tmp.read_bytes()
+
+
 def is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -121,7 +128,7 @@ def test_an_upload_stays_open_only_when_staged_unsynced(store: DiskStore, sync: 
     """Unsynced, the upload's descriptor is kept for the install, which closes it; a
     discarded one is closed and removed."""
     staged = store.stage_bytes(b"abc", sync)
-    assert staged.tmp.read_bytes() == b"abc"
+    assert upload_bytes(staged) == b"abc"
     assert (staged.fd is None) == sync
     fd = staged.fd
     store.discard(staged)
@@ -162,7 +169,7 @@ def test_a_local_file_is_staged_whole_and_hashed(store: DiskStore, tmp_path: Pat
         staged = store.stage_file(local, sync=False)
         assert staged.size == size
         assert staged.checksum == hashlib.sha256(local.read_bytes()).hexdigest()
-        assert staged.tmp.read_bytes() == local.read_bytes()
+        assert upload_bytes(staged) == local.read_bytes()
         store.discard(staged)
     with pytest.raises(IsADirectoryError):
         store.stage_file(tmp_path, sync=False)
@@ -198,6 +205,59 @@ def _next_temp_name(_: object) -> str:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's default start here")
+def test_an_unsynced_upload_has_no_name_until_it_is_installed(store: DiskStore) -> None:
+    if not store.unnamed_uploads:
+        pytest.skip("this system has no O_TMPFILE")
+    staged = store.stage_bytes(b"new", sync=False)
+    assert not staged.named and not staged.tmp.exists() and upload_bytes(staged) == b"new"
+    assert list(store.tmp_dir.iterdir()) == []
+    store.install(store.stage_bytes(b"old"), "c", "f", META)
+    backup = store.install(staged, "c", "f", META)  # the locked way: named first, then moved
+    assert backup is not None and backup.read_bytes() == b"old"
+    assert (store.base / "c" / "f").read_bytes() == b"new" and store.read_meta("c", "f") == META
+    assert staged.fd is None and list(store.tmp_dir.iterdir()) == []
+    dropped = store.stage_bytes(b"dropped", sync=False)
+    fd = dropped.fd
+    store.discard(dropped)
+    assert fd is not None and not is_open(fd) and list(store.tmp_dir.iterdir()) == []
+
+
+def test_uploads_have_names_where_the_disk_cannot_make_unnamed_files(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An O_TMPFILE open where the kernel or filesystem lacks it fails as opening the folder
+    # for writing does: with EISDIR (or EOPNOTSUPP). The store then names its uploads.
+    monkeypatch.setattr(storage, "_TMPFILE_FLAGS", os.O_RDWR | os.O_DIRECTORY | os.O_CLOEXEC)
+    staged = store.stage_bytes(b"named", sync=False)
+    assert staged.named and staged.tmp.read_bytes() == b"named"
+    assert store.unnamed_uploads is False
+    assert store.install_new(staged, "c", "f", META) is not None
+    assert (store.base / "c" / "f").read_bytes() == b"named"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def _stage_and_die(root: str, named: bool) -> None:
+    store = DiskStore(Path(root), "d")
+    store.unnamed_uploads = store.unnamed_uploads and not named
+    store.stage_bytes(b"x" * 4096, sync=False)
+    os._exit(0)  # as a process killed mid-put: nothing cleaned up
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_process_that_dies_with_an_unnamed_upload_leaves_nothing_behind(
+    store: DiskStore, named: bool
+) -> None:
+    if not named and not store.unnamed_uploads:
+        pytest.skip("this system has no O_TMPFILE")
+    child = multiprocessing.get_context("spawn").Process(
+        target=_stage_and_die, args=(str(store.root), named)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert len(list(store.tmp_dir.iterdir())) == named  # a named one is left for gc()
+
+
 def test_temporary_names_differ_in_a_forked_child() -> None:
     mine = {storage._temp_names.next() for _ in range(3)}
     assert len(mine) == 3
@@ -309,7 +369,7 @@ def test_uploads_never_go_through_a_planted_temporary_folder(
     assert list(outside.iterdir()) == []
     store.tmp_dir.unlink()
     staged = store.stage_bytes(b"back", sync=False)  # a missing .tmp is made again
-    assert staged.tmp.parent == store.tmp_dir and staged.tmp.read_bytes() == b"back"
+    assert staged.tmp.parent == store.tmp_dir and upload_bytes(staged) == b"back"
     store.discard(staged)
 
 
@@ -354,12 +414,20 @@ def test_an_install_whose_folder_a_delete_removed_makes_it_again(
     assert list(store.tmp_dir.iterdir()) == []
 
 
-@pytest.fixture(params=["renameat2", "link"])
-def rename_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Move new files in both ways: renameat2(RENAME_NOREPLACE), and link then unlink (NFS)."""
+@pytest.fixture(params=["unnamed", "renameat2", "link"])
+def rename_way(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, store: DiskStore
+) -> str:
+    """Move new files in every way: an upload without a name linked in (O_TMPFILE), and a
+    named one by renameat2(RENAME_NOREPLACE), or by a link then an unlink (NFS)."""
+    if request.param == "unnamed":
+        if not store.unnamed_uploads:
+            pytest.skip("this system has no O_TMPFILE")
+    else:
+        store.unnamed_uploads = False
     if request.param == "link":
         monkeypatch.setattr(storage, "_renameat2", None)
-    elif storage._renameat2 is None:
+    elif request.param == "renameat2" and storage._renameat2 is None:
         pytest.skip("this system has no renameat2")
     return str(request.param)
 
@@ -394,7 +462,7 @@ def test_a_new_file_install_leaves_the_upload_staged_where_it_does_not_apply(
     staged = store.stage_bytes(b"new", sync=False)
     assert store.install_new(staged, "c", "a/f", META) is None
     # Nothing moved, and the upload is as it was: open, for the one fsync of `install`.
-    assert staged.fd is not None and is_open(staged.fd) and staged.tmp.read_bytes() == b"new"
+    assert staged.fd is not None and is_open(staged.fd) and upload_bytes(staged) == b"new"
     if standing == "file":
         assert (folder / "f").read_bytes() == b"old"
         backup = store.install(staged, "c", "a/f", META)
@@ -448,7 +516,7 @@ def test_a_file_that_appears_before_the_rename_is_not_replaced(
     staged = store.stage_bytes(b"mine", sync=False)
     assert store.install_new(staged, "c", "a/f", META) is None
     assert (folder / "f").read_bytes() == b"theirs"
-    assert staged.tmp.read_bytes() == b"mine"  # still staged, for the locked install
+    assert upload_bytes(staged) == b"mine"  # still staged, for the locked install
     store.discard(staged)
     assert list(store.tmp_dir.iterdir()) == []
 
@@ -470,5 +538,5 @@ def test_a_new_file_whose_folder_a_delete_removed_is_left_staged(
     monkeypatch.setattr(DiskStore, "_open_folder", open_then_prune)
     staged = store.stage_bytes(b"new", sync=False)
     assert store.install_new(staged, "c", "a/f", META) is None
-    assert staged.tmp.read_bytes() == b"new" and not folder.exists()
+    assert upload_bytes(staged) == b"new" and not folder.exists()
     store.discard(staged)
