@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -172,6 +173,11 @@ async def test_writer_commits_on_close_only(drive: Drive, root: Path) -> None:
     await watch.aclose()
 
 
+def hash_threads() -> list[threading.Thread]:
+    """The threads hashing uploads behind their writers: none once each writer is done."""
+    return [t for t in threading.enumerate() if t.name == "asyncdrive-hash"]
+
+
 async def test_writer_streams_large_files_in_chunks(drive: Drive) -> None:
     hasher = hashlib.sha256()
     async with drive.open("big.bin", "wb") as f:
@@ -180,7 +186,9 @@ async def test_writer_streams_large_files_in_chunks(drive: Drive) -> None:
             chunk = os.urandom(MiB + 7 if i % 3 == 0 else 4096 * (i + 1))
             hasher.update(chunk)
             await f.write(chunk)
+        assert len(hash_threads()) == 1  # hashing behind the writes, in a thread of its own
     assert f.info is not None and f.info.checksum == hasher.hexdigest()
+    assert hash_threads() == []
     async with drive.open("big.bin") as r:
         got = hashlib.sha256()
         while chunk := await r.read(3 * MiB):
@@ -206,7 +214,7 @@ async def test_writer_failure_leaves_nothing(drive: Drive, root: Path) -> None:
             while True:
                 await g.write(os.urandom(MiB))
     assert g.closed and not await drive.exists("new.bin")
-    assert uploads(root, drive) == []
+    assert uploads(root, drive) == [] and hash_threads() == []
     # abort() drops it explicitly.
     h = await drive.open("new.bin", "wb")
     await h.write(b"x")
@@ -245,14 +253,14 @@ async def test_unclosed_files_warn_and_clean_up(drive: Drive, root: Path) -> Non
     await drive.write_bytes("a.txt", b"a")
     reader = await drive.open("a.txt")
     writer = await drive.open("b.txt", "wb")
-    await writer.write(b"never committed")
+    await writer.write(b"never committed" * MiB)  # hashed behind: a thread to stop
     with pytest.warns(ResourceWarning) as caught:
         del reader, writer
         gc.collect()
     messages = sorted(str(w.message) for w in caught)
     assert any("DriveReader" in m for m in messages), messages
     assert any("nothing was committed" in m for m in messages), messages
-    assert uploads(root, drive) == []
+    assert uploads(root, drive) == [] and hash_threads() == []
     assert not await drive.exists("b.txt")
 
 
