@@ -1061,15 +1061,24 @@ class DiskStore:
             replaces_file = mode is not None and stat.S_ISREG(mode)
         else:
             target = self.file_path(component, path)
+            mode = None
             replaces_file = _is_file(target)
         meta_target = _meta_beside(target)
-        self._name_upload(staged)
+        # Where nothing is at the path (a folder put's new files, mostly), an upload without
+        # a name is linked in, as by `install_new`; anything else moves in from `.tmp`.
+        link_in = folder >= 0 and mode is None and not staged.named
         backup = self._backup(target) if replaces_file else None
         meta_tmp: Path | None = None
         moved = False  # whether anything of the drive's files has changed yet
         try:
+            linked = False
             try:
                 attached = self._attach_meta(staged, meta)
+                if link_in and attached:
+                    assert staged.fd is not None
+                    linked = _link_new(staged.fd, folder, parts[-1])
+                if not linked:
+                    self._name_upload(staged)
             finally:
                 _close_upload(staged)
             if not attached:
@@ -1080,7 +1089,7 @@ class DiskStore:
                     os.fsync(meta_out.fileno())
                 _replace_into(meta_tmp, meta_target)
                 moved = True
-            if folder >= 0 and _replace_in(staged.tmp, folder, parts[-1]):
+            if linked or (folder >= 0 and _replace_in(staged.tmp, folder, parts[-1])):
                 moved = True
                 if sync_folder:
                     os.fsync(folder)

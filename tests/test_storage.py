@@ -222,6 +222,31 @@ def test_an_unsynced_upload_has_no_name_until_it_is_installed(store: DiskStore) 
     assert fd is not None and not is_open(fd) and list(store.tmp_dir.iterdir()) == []
 
 
+def test_an_install_links_an_unnamed_upload_in_where_no_file_is(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the lock (a folder put's files), a new file never takes a name in .tmp."""
+    if not store.unnamed_uploads:
+        pytest.skip("this system has no O_TMPFILE")
+    named: list[str] = []
+    name_upload = DiskStore._name_upload
+
+    def spy(self: DiskStore, staged: Staged) -> None:
+        named.append(staged.tmp.name)
+        name_upload(self, staged)
+
+    monkeypatch.setattr(DiskStore, "_name_upload", spy)
+    (store.base / "c" / "a").mkdir(parents=True)
+    assert store.install(store.stage_bytes(b"new", sync=False), "c", "a/f", META) is None
+    assert (store.base / "c" / "a" / "f").read_bytes() == b"new"
+    assert store.read_meta("c", "a/f") == META and named == []
+    # A replacement goes by .tmp: the rename replaces the file, a link cannot.
+    backup = store.install(store.stage_bytes(b"newer", sync=False), "c", "a/f", META)
+    assert backup is not None and backup.read_bytes() == b"new" and len(named) == 1
+    assert (store.base / "c" / "a" / "f").read_bytes() == b"newer"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
 def test_uploads_have_names_where_the_disk_cannot_make_unnamed_files(
     store: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
