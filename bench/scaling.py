@@ -68,29 +68,32 @@ class _Worker:
         self.out.mkdir()
         self.raw = Path(plan.raw_dir)
         self.n = 0
+        # Its own in every measurement (the work folder's name is): the drive and the floor
+        # are the same from one measurement to the next, and a put to a path a worker of an
+        # earlier one used would replace that file, not create one.
+        self.tag = self.work.name
 
     async def call(self, mode: str, op: str) -> None:
         n = self.n = self.n + 1
-        k = self.plan.index
         if mode == "drive":
             if op == "put":
-                await self.drive.put(self.local, to=f"put/w{k}/{n}.bin")
+                await self.drive.put(self.local, to=f"put/{self.tag}/{n}.bin")
             elif op == "get":
                 await self.drive.get(f"shared/{n % SHARED_FILES}.bin", to=self.out / f"d{n}")
             else:
                 await self.drive.list("shared")
             return
         if op == "put":
-            tmp = self.raw / f".tmp-{k}-{n}"
+            tmp = self.raw / f".tmp-{self.tag}-{n}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 os.write(fd, self.payload)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, self.raw / f"w{k}-{n}.bin")
+            os.rename(tmp, self.raw / f"{self.tag}-{n}.bin")
             # A key of its own: the shared folder that get and list read stays 100 names.
-            self.client.hset(self.plan.raw_key + ":put", f"w{k}-{n}.bin", FILE_SIZE)
+            self.client.hset(self.plan.raw_key + ":put", f"{self.tag}-{n}.bin", FILE_SIZE)
         elif op == "get":
             name = f"{n % SHARED_FILES}.bin"
             if self.client.hget(self.plan.raw_key, name) is None:
