@@ -843,12 +843,14 @@ class DiskStore:
     def _stage(self, write: Callable[[int], tuple[int, str]], sync: bool) -> Staged:
         """Write a new upload with ``write(fd) -> (size, checksum)``; fsync it if ``sync``.
 
-        Unsynced, it stays open for `install` (see `Staged.fd`), and has no name yet where the
-        disk allows (`Staged.named`): its fsync then writes out no folder (ext4 writes the
-        folder of a new name at the first fsync of its file: a folder the upload leaves at
-        once), and a crash leaves nothing in ``.tmp``. On any error it is removed.
+        Unsynced, it stays open for `install` (see `Staged.fd`). Where the disk allows it has
+        no name yet (`Staged.named`), and stays open synced or not: its fsync then writes out
+        no folder (ext4 writes the folder of a new name at the first fsync of its file: a
+        folder the upload leaves at once), and a process that dies, or a crash, leaves
+        nothing in ``.tmp`` (a large upload cut short, GiBs until `gc` otherwise). On any
+        error it is removed.
         """
-        fd = self._new_unnamed_upload() if not sync and self.unnamed_uploads else -1
+        fd = self._new_unnamed_upload() if self.unnamed_uploads else -1
         named = fd < 0
         if named:
             fd, tmp = self._new_upload()
@@ -863,7 +865,7 @@ class DiskStore:
             if named:
                 tmp.unlink(missing_ok=True)
             raise
-        if sync:
+        if sync and named:
             os.close(fd)
             return Staged(tmp, size, checksum)
         return Staged(tmp, size, checksum, fd, named)

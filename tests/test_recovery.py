@@ -193,6 +193,9 @@ async def test_gc_cleans_up_after_dead_writers(
 ) -> None:
     name = drive_id[6:]
     store = DiskStore(root, name)
+    # Uploads with a name in .tmp, as a streaming writer's are (and every upload where the
+    # disk has no O_TMPFILE): an upload without one leaves nothing behind for gc.
+    store.unnamed_uploads = False
     async with Drive(drive_id) as drive:
         await drive.write_bytes("kept.txt", b"v1")
         await drive.write_bytes("replaced.txt", b"v1")

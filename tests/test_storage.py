@@ -123,13 +123,20 @@ def test_a_small_file_takes_no_block_for_its_metadata(store: DiskStore, tmp_path
     assert store.read_meta("w", "empty.bin") == empty
 
 
+@pytest.mark.parametrize("unnamed", [True, False])
 @pytest.mark.parametrize("sync", [True, False])
-def test_an_upload_stays_open_only_when_staged_unsynced(store: DiskStore, sync: bool) -> None:
-    """Unsynced, the upload's descriptor is kept for the install, which closes it; a
-    discarded one is closed and removed."""
+def test_an_upload_stays_open_when_unsynced_or_unnamed(
+    store: DiskStore, sync: bool, unnamed: bool
+) -> None:
+    """Unsynced, or without a name, the upload's descriptor is kept for the install, which
+    closes it; a discarded one is closed and removed."""
+    if unnamed and not store.unnamed_uploads:
+        pytest.skip("this system has no O_TMPFILE")
+    store.unnamed_uploads = unnamed
     staged = store.stage_bytes(b"abc", sync)
     assert upload_bytes(staged) == b"abc"
-    assert (staged.fd is None) == sync
+    assert staged.named is not unnamed
+    assert (staged.fd is None) == (sync and not unnamed)
     fd = staged.fd
     store.discard(staged)
     store.discard(staged)  # twice: a no-op
@@ -261,21 +268,22 @@ def test_uploads_have_names_where_the_disk_cannot_make_unnamed_files(
     assert list(store.tmp_dir.iterdir()) == []
 
 
-def _stage_and_die(root: str, named: bool) -> None:
+def _stage_and_die(root: str, named: bool, sync: bool) -> None:
     store = DiskStore(Path(root), "d")
     store.unnamed_uploads = store.unnamed_uploads and not named
-    store.stage_bytes(b"x" * 4096, sync=False)
+    store.stage_bytes(b"x" * 4096, sync=sync)
     os._exit(0)  # as a process killed mid-put: nothing cleaned up
 
 
+@pytest.mark.parametrize("sync", [False, True])  # True: as a large file is staged
 @pytest.mark.parametrize("named", [False, True])
 def test_a_process_that_dies_with_an_unnamed_upload_leaves_nothing_behind(
-    store: DiskStore, named: bool
+    store: DiskStore, named: bool, sync: bool
 ) -> None:
     if not named and not store.unnamed_uploads:
         pytest.skip("this system has no O_TMPFILE")
     child = multiprocessing.get_context("spawn").Process(
-        target=_stage_and_die, args=(str(store.root), named)
+        target=_stage_and_die, args=(str(store.root), named, sync)
     )
     child.start()
     child.join(30)
