@@ -1607,9 +1607,9 @@ class Drive:
             conn.config.component_name, path, conn.config.allow_duplicates, precondition
         )
         self._raise_put_refused(path, checked, precondition)
-        out, tmp = await conn.run_sync(conn.store.open_upload)
+        out, tmp, named = await conn.run_sync(conn.store.open_upload)
         commit = functools.partial(self._commit_upload, conn, path, precondition)
-        return DriveWriter(self.name, path, out, tmp, commit)
+        return DriveWriter(self.name, path, out, tmp, named, commit)
 
     @_redis_errors_as_unavailable
     async def _commit_upload(

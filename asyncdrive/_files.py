@@ -257,6 +257,7 @@ class DriveWriter:
         path: str,
         out: BinaryIO,
         tmp: Path,
+        named: bool,
         commit: Callable[[Staged], Awaitable[FileInfo]],
     ) -> None:
         self.path = path
@@ -264,6 +265,7 @@ class DriveWriter:
         self._drive_name = drive_name
         self._out: BinaryIO | None = out
         self._tmp = tmp
+        self._named = named  # else the upload has no name: it goes when ``out`` is closed
         self._commit = commit
         #: Hashes the upload from the page cache, in a thread of its own, behind the writes,
         #: from the first block written (see `_drain`); a file that never fills one block is
@@ -359,7 +361,9 @@ class DriveWriter:
             self._pending = bytearray()
             out.flush()
             os.fsync(out.fileno())
-        return Staged(self._tmp, self._size, checksum)
+            # Without a name, the upload lives on in a descriptor of the `Staged`'s own.
+            fd = None if self._named else os.dup(out.fileno())
+        return Staged(self._tmp, self._size, checksum, fd, self._named)
 
     async def aclose(self) -> None:
         """Commit the file: after this, every reader sees it. Idempotent.

@@ -103,14 +103,21 @@ class Staged:
     tmp: Path
     size: int
     checksum: str
-    #: The upload, still open for writing, when staged with ``sync=False``: `install` sets
-    #: its metadata and fsyncs it through this descriptor, then closes it (as `discard`
-    #: does), which saves reopening it by its path. None once closed.
+    #: The upload, still open for writing, when staged with ``sync=False`` or without a
+    #: name: `install` sets its metadata and fsyncs it through this descriptor, then closes
+    #: it (as `discard` does), which saves reopening it by its path. None once closed.
     fd: int | None = None
     #: False while the upload has no name (created with ``O_TMPFILE``, see `_stage`): ``tmp``
     #: is then the name it gets if `install` needs one (`DiskStore._name_upload`), and the
     #: upload lives only as long as ``fd`` is open.
     named: bool = True
+
+    def __del__(self) -> None:
+        # A safety net: an upload dropped while open (a put cancelled just as its worker
+        # thread staged it) is closed, which frees it at once if it has no name.
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -910,10 +917,17 @@ class DiskStore:
 
         return self._stage(write, sync)
 
-    def open_upload(self) -> tuple[BinaryIO, Path]:
-        """Create an empty temporary upload; return it open for writing, and its path."""
+    def open_upload(self) -> tuple[BinaryIO, Path, bool]:
+        """Create an empty temporary upload: return it open for writing, and its name.
+
+        And whether it has that name yet: where the disk allows, it has none (see
+        `Staged.named`), and goes with its descriptor.
+        """
+        fd = self._new_unnamed_upload() if self.unnamed_uploads else -1
+        if fd >= 0:
+            return os.fdopen(fd, "wb"), self.tmp_dir / _temp_names.next(), False
         fd, tmp = self._new_upload()
-        return os.fdopen(fd, "wb"), tmp
+        return os.fdopen(fd, "wb"), tmp, True
 
     def discard(self, staged: Staged) -> None:
         """Remove an upload that will not be installed."""

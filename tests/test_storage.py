@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -227,6 +228,13 @@ def test_an_unsynced_upload_has_no_name_until_it_is_installed(store: DiskStore) 
     fd = dropped.fd
     store.discard(dropped)
     assert fd is not None and not is_open(fd) and list(store.tmp_dir.iterdir()) == []
+    # One no caller discards (its put cancelled as it was staged) is closed when dropped.
+    forgotten = store.stage_bytes(b"forgotten", sync=True)
+    fd = forgotten.fd
+    assert fd is not None and is_open(fd)
+    del forgotten
+    gc.collect()
+    assert not is_open(fd)
 
 
 def test_an_install_links_an_unnamed_upload_in_where_no_file_is(
