@@ -357,6 +357,58 @@ async def test_put_takes_the_general_way_for_all_but_a_small_file(
     assert await _leftovers(redis_url, root, drive_id) == ([], [])
 
 
+@pytest.mark.parametrize("unnamed", [True, False])
+async def test_uploads_with_and_without_a_name(
+    env: dict[str, str],
+    drive_id: str,
+    root: Path,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    unnamed: bool,
+) -> None:
+    """Every way of writing works where uploads have no name (O_TMPFILE) and where they do
+    (NFS, older kernels), and leaves nothing in .tmp."""
+    from asyncdrive import _storage
+
+    if unnamed and not _storage._CAN_TMPFILE:
+        pytest.skip("this system has no O_TMPFILE")
+    monkeypatch.setattr(_storage, "_CAN_TMPFILE", unnamed)
+    made: list[int] = []
+    new_unnamed_upload = DiskStore._new_unnamed_upload
+
+    def spy(self: DiskStore) -> int:
+        made.append(new_unnamed_upload(self))
+        return made[-1]
+
+    monkeypatch.setattr(DiskStore, "_new_unnamed_upload", spy)
+    async with Drive(drive_id) as drive:
+        await _write_every_way(drive, workdir)
+    # Every upload without a name where the disk allows, none otherwise (44 uploads).
+    assert len(made) == (44 if unnamed else 0) and all(fd >= 0 for fd in made)
+    tmp = root / "drives" / drive_id[6:] / ".tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+async def _write_every_way(drive: Drive, workdir: Path) -> None:
+    big = os.urandom(3 * (1 << 20))
+    Path("big.bin").write_bytes(big)
+    Path("small.bin").write_bytes(b"small")
+    (workdir / "folder").mkdir()
+    for i in range(40):
+        (workdir / "folder" / f"{i}.txt").write_bytes(b"%d" % i)
+    await drive.put("small.bin")  # new, without the lock
+    await drive.put("small.bin")  # a replacement, under it
+    await drive.put("big.bin")  # staged before the lock
+    await drive.put("folder")  # in batches, under the lock
+    async with drive.open("streamed.bin", "wb") as f:
+        await f.write(big)
+    assert await drive.read_bytes("small.bin") == b"small"
+    assert (await drive.info("small.bin")).version == 2
+    assert await drive.read_bytes("big.bin") == big == await drive.read_bytes("streamed.bin")
+    assert await drive.read_bytes("folder/39.txt") == b"39"
+    assert len(await drive.list("folder")) == 40
+
+
 async def test_disk_layout_and_metadata(make_drive: MakeDrive, drive_id: str, root: Path) -> None:
     drive = make_drive(drive_id, component_name="w1")
     info = await drive.write_bytes("m/n.bin", b"payload")
