@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from ._exceptions import InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, FileInfo
-from ._storage import CHUNK, WRITEBACK_STEP, Staged, _BehindHasher, start_writeback
+from ._storage import CHUNK, WRITEBACK_STEP, BehindHasher, Staged, start_writeback
 
 __all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
 
@@ -270,7 +270,7 @@ class DriveWriter:
         #: Hashes the upload from the page cache, in a thread of its own, behind the writes,
         #: from the first block written (see `_drain`); a file that never fills one block is
         #: hashed in one go by `_finish`.
-        self._behind: _BehindHasher | None = None
+        self._behind: BehindHasher | None = None
         self._pending = bytearray()
         self._size = 0
         self._drained = 0  # bytes written to the upload
@@ -307,7 +307,7 @@ class DriveWriter:
             # As a large put does: hashing (~2 GB/s on one core) overlaps the writes instead
             # of taking turns with them (a 1 GiB stream in 4 MiB writes ~850 -> ~1,500 MB/s
             # measured), and the checksum is that of the bytes stored.
-            self._behind = _BehindHasher(out.fileno())
+            self._behind = BehindHasher(out.fileno())
         out.write(data)
         out.flush()  # the hasher reads the file: nothing may wait in the buffer
         self._drained += len(data)

@@ -234,7 +234,7 @@ class _FdCopier:
         return total
 
 
-class _BehindHasher:
+class BehindHasher:
     """Hash a file being written, from the page cache, behind the writer, in its own thread.
 
     The writer reports its progress with `advance` and the end with `finish`; the hasher
@@ -486,7 +486,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 def _copy_hashed(src: int, dst: int) -> tuple[int, str]:
     """Copy descriptor ``src`` to ``dst`` in the kernel, hashing ``dst`` in parallel."""
     copier = _FdCopier(src, dst)
-    hasher = _BehindHasher(dst)
+    hasher = BehindHasher(dst)
     size = 0
     try:
         while n := copier.step():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -41,6 +42,19 @@ def upload_bytes(staged: Staged) -> bytes:
     if staged.fd is not None:
         return os.pread(staged.fd, os.fstat(staged.fd).st_size, 0)
     return staged.tmp.read_bytes()
+
+
+def opens(identity: tuple[int, int]) -> bool:
+    """Whether any descriptor of this process is open on the file ``identity`` names.
+
+    Safer than asking about a descriptor's number: another thread may reuse it once closed.
+    """
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found = os.fstat(int(fd))
+            if (found.st_dev, found.st_ino) == identity:
+                return True
+    return False
 
 
 def is_open(fd: int) -> bool:
@@ -225,16 +239,16 @@ def test_an_unsynced_upload_has_no_name_until_it_is_installed(store: DiskStore) 
     assert (store.base / "c" / "f").read_bytes() == b"new" and store.read_meta("c", "f") == META
     assert staged.fd is None and list(store.tmp_dir.iterdir()) == []
     dropped = store.stage_bytes(b"dropped", sync=False)
-    fd = dropped.fd
+    held = storage.upload_identity(dropped)
     store.discard(dropped)
-    assert fd is not None and not is_open(fd) and list(store.tmp_dir.iterdir()) == []
+    assert not opens(held) and list(store.tmp_dir.iterdir()) == []
     # One no caller discards (its put cancelled as it was staged) is closed when dropped.
     forgotten = store.stage_bytes(b"forgotten", sync=True)
-    fd = forgotten.fd
-    assert fd is not None and is_open(fd)
+    held = storage.upload_identity(forgotten)
+    assert opens(held)
     del forgotten
     gc.collect()
-    assert not is_open(fd)
+    assert not opens(held)
 
 
 def test_an_install_links_an_unnamed_upload_in_where_no_file_is(
