@@ -112,12 +112,15 @@ class Staged:
     #: upload lives only as long as ``fd`` is open.
     named: bool = True
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         # A safety net: an upload dropped while open (a put cancelled just as its worker
-        # thread staged it) is closed, which frees it at once if it has no name.
+        # thread staged it) is closed, which frees it at once if it has no name. (``os``
+        # is bound early: at interpreter exit, module globals may be gone.)
         if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
+            try:
+                _close(self.fd)
+            except OSError:  # not contextlib.suppress: a global too
+                return
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
