@@ -977,10 +977,11 @@ class DiskStore:
     ) -> FileIdentity | None:
         """Install ``staged`` where no file is yet, as `install` does; return its identity.
 
-        For a put that holds no commit lock: the rename fails, atomically, if any file has
-        the name by then, so it never replaces one (another writer's, or one of the index);
-        with nothing to replace there is no backup. Returns None, having moved nothing (the
-        upload stays staged, for `install` under the lock), where this way does not apply:
+        For a put that holds no commit lock: the link (of an upload without a name) or the
+        rename fails, atomically, if any file has the name by then, so it never replaces
+        one (another writer's, or one of the index); with nothing to replace there is no
+        backup. Returns None, having moved nothing (the upload stays staged, for `install`
+        under the lock), where this way does not apply:
         a file or folder at the path, a link or a file on the way, a disk without extended
         attributes, or a system without ``openat2`` (the folder is opened through it).
         Missing folders of the path are made (and pruned again by `restore`). On an error
