@@ -223,8 +223,10 @@ class DriveReader:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_fd", None) is not None:
-            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            self._release()
+            try:
+                _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            finally:  # also where warnings are errors
+                self._release()
 
 
 class DriveWriter:
@@ -419,8 +421,10 @@ class DriveWriter:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_out", None) is not None:
-            _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
-            self._drop()
+            try:
+                _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
+            finally:  # also where warnings are errors
+                self._drop()
 
 
 class Opening(Generic[FileT]):

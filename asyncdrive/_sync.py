@@ -425,8 +425,13 @@ class SyncDrive:
         if not portal_open and not any(not loop.closed for loop in self._caller_loops):
             return
         # The id only: a full repr resolves settings, which may fail during shutdown.
-        _warn(f"unclosed SyncDrive {self.id!r}: use 'with' or call close()", ResourceWarning,
-              source=self)  # fmt: skip
+        try:
+            _warn(f"unclosed SyncDrive {self.id!r}: use 'with' or call close()",
+                  ResourceWarning, source=self)  # fmt: skip
+        finally:  # closed also where warnings are errors
+            self._close_when_collected()
+
+    def _close_when_collected(self) -> None:
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
             return  # collected inside a running loop, which closing would have to block

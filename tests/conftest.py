@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,3 +260,33 @@ def run_python(
     if check and proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def collect_until(done: Callable[[], bool], timeout: float = 10) -> None:
+    """Collect garbage until ``done()``: say, until the objects dropped were finalized.
+
+    Not one `gc.collect`: a worker thread that has just run a method of an object holds it
+    for a moment after handing the result back (anyio's worker drops its call afterwards).
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "not collected in time"
+        gc.collect()
+        time.sleep(0.001)
+
+
+@contextlib.contextmanager
+def warnings_as_errors() -> Iterator[list[BaseException]]:
+    """Make warnings errors, and record what ``__del__`` methods raise instead of printing it.
+
+    A ``__del__`` that warns first and cleans up after would leave its clean-up undone here.
+    """
+    raised: list[BaseException] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: raised.append(unraisable.exc_value)  # type: ignore[arg-type]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield raised
+    finally:
+        sys.unraisablehook = hook

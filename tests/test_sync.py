@@ -26,7 +26,7 @@ import redis
 
 from asyncdrive import Drive, DriveError, SyncDrive, _sync
 
-from .conftest import run_python
+from .conftest import run_python, warnings_as_errors
 from .procs import read_line, spawn
 from .servers import ServerProcess
 
@@ -575,19 +575,24 @@ def test_closed_syncdrive_exits_cleanly_under_w_error(
     assert done.stderr == ""
 
 
+@pytest.mark.parametrize("warnings_are", ["recorded", "errors"])
 @pytest.mark.parametrize("used", ["one-shot calls", "a watch"])
 def test_unclosed_syncdrive_warns_when_collected(
-    env: dict[str, str], drive_id: str, used: str
+    env: dict[str, str], drive_id: str, used: str, warnings_are: str
 ) -> None:
     drive = SyncDrive(drive_id)
     drive.write_bytes("a.txt", b"x")
     if used == "a watch":
         assert next(iter(drive.watch(since="0"))).path == "a.txt"
         assert len(loop_threads()) == 1
-    with pytest.warns(ResourceWarning, match="unclosed SyncDrive") as caught:
+    with (
+        pytest.warns(ResourceWarning) if warnings_are == "recorded" else warnings_as_errors()
+    ) as caught:
         del drive
         gc.collect()
-    assert drive_id in str(caught[0].message)
+    messages = [str(getattr(w, "message", w)) for w in caught]
+    assert len(messages) == 1 and "unclosed SyncDrive" in messages[0], messages
+    assert drive_id in messages[0]
     # Collecting it also closed it: the loop thread and the disk threads stop.
     assert joined_loop_threads() == []
     assert joined_disk_threads() == []
