@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 
 from ._config import redact_url
 from ._exceptions import InvalidConfigError
-from ._wire import Wire
+from ._wire import Wire, WirePool
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
@@ -46,9 +46,13 @@ class Connected:
     #: The connection for short commands (see `Wire`); None on a Cluster, where redis-py's
     #: client routes each command to its node.
     wire: Wire | None = None
+    #: The connections for blocking reads (watches), as wires; None on a Cluster.
+    readers: WirePool | None = None
 
     async def aclose(self) -> None:
-        """Close the client, the wire and the sentinel connections, if any."""
+        """Close the client, the wires and the sentinel connections, if any."""
+        if self.readers is not None:
+            await self.readers.aclose()
         if self.wire is not None:
             await self.wire.aclose()
         await self.client.aclose()
@@ -172,7 +176,7 @@ async def connect(url: str, *, timeout: float) -> Connected:
         await client.aclose()
         raise
     if not info.get("cluster_enabled"):
-        return Connected(client, "standalone", wire=_wire(client, timeout))
+        return Connected(client, "standalone", **_wires(client, timeout))
     await client.aclose()
     cluster = RedisCluster.from_url(url, **_options(timeout))
     lean_connections(cluster)
@@ -212,7 +216,7 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
         ssl=parts.scheme.lower().startswith("rediss"),
     )
     lean_connections(client)
-    connected = Connected(client, "sentinel", list(sentinel.sentinels), _wire(client, timeout))
+    connected = Connected(client, "sentinel", list(sentinel.sentinels), **_wires(client, timeout))
     try:
         await client.ping()
     except BaseException:
@@ -221,8 +225,10 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
     return connected
 
 
-def _wire(client: aioredis.Redis, timeout: float) -> Wire:
-    return Wire(client.connection_pool, timeout=timeout)
+def _wires(client: aioredis.Redis, timeout: float) -> dict[str, Any]:
+    """Make the wire for short commands, and the pool of wires for blocking reads."""
+    pool = client.connection_pool
+    return {"wire": Wire(pool, timeout=timeout), "readers": WirePool(pool, timeout=timeout)}
 
 
 def _bad_url(url: str, exc: BaseException) -> InvalidConfigError:

@@ -451,6 +451,7 @@ class Drive:
                 events_maxlen=maxlen,
                 events_max_age=max_age,
                 wire=connected.wire,
+                readers=connected.readers,
             ),
             store=DiskStore(config.root, config.name),
             inline=self._disk_inline,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import hiredis
@@ -166,11 +166,15 @@ class Wire:
 
     async def aclose(self) -> None:
         """Close the connection; commands still awaiting a reply fail. Idempotent."""
-        self._closed = True
         protocol = self._protocol
-        self._fail(ConnectionError, "The drive's connection was closed")
+        self.abort()
         if protocol is not None and self._loop is asyncio.get_running_loop():
             await protocol.closed  # the transport's end: no socket is left open
+
+    def abort(self) -> None:
+        """Close the connection without waiting for it to end, as `aclose` does otherwise."""
+        self._closed = True
+        self._fail(ConnectionError, "The drive's connection was closed")
 
     # -- the connection ----------------------------------------------------------------
 
@@ -250,6 +254,62 @@ class Wire:
         for waiter, _ in awaiting:
             if not waiter.done():
                 waiter.set_exception(error(message))  # one each: tracebacks are per raise
+
+
+class WirePool:
+    """Wires for blocking reads (``XREAD BLOCK``): one caller at a time on each, reused.
+
+    A blocking read cannot share a `Wire` (the replies queued behind it would wait), and
+    redis-py's client costs ~40 µs more on the way from the server to the watcher than a
+    wire, each event (measured, p50). A wire whose caller failed or was cancelled is
+    closed, not reused: its blocked read may still be pending on the server.
+
+    Example:
+        >>> readers = WirePool(client.connection_pool, timeout=10.0)
+        >>> async with readers.borrowed() as wire:
+        ...     await wire.call("XREAD", "BLOCK", 1000, "STREAMS", "events", "$")
+        >>> await readers.aclose()
+
+    """
+
+    def __init__(self, pool: ConnectionPool, *, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._idle: list[Wire] = []
+        self._lent: set[Wire] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._idle)} idle, {len(self._lent)} lent"
+        return f"<WirePool {state}>"
+
+    @contextlib.asynccontextmanager
+    async def borrowed(self) -> AsyncIterator[Wire]:
+        """Lend a wire for the block's duration (a new one if none is idle)."""
+        if self._closed:
+            raise ConnectionError("The drive's connection was closed")
+        wire = self._idle.pop() if self._idle else Wire(self._pool, timeout=self._timeout)
+        self._lent.add(wire)
+        try:
+            yield wire
+        except BaseException:
+            self._lent.discard(wire)
+            wire.abort()
+            raise
+        self._lent.discard(wire)
+        if self._closed:
+            wire.abort()
+        else:
+            self._idle.append(wire)
+
+    async def aclose(self) -> None:
+        """Close every wire: those lent fail their callers' reads. Idempotent."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for wire in self._lent:
+            wire.abort()
+        for wire in idle:
+            await wire.aclose()
 
 
 class _WireProtocol(asyncio.Protocol):

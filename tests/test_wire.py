@@ -19,7 +19,7 @@ import redis.exceptions
 
 from asyncdrive import Drive, DriveUnavailableError
 from asyncdrive._client import connect
-from asyncdrive._wire import Wire
+from asyncdrive._wire import Wire, WirePool
 
 from .servers import SentinelServers, ServerProcess
 
@@ -287,9 +287,101 @@ async def test_a_drive_on_a_standalone_server_has_a_wire(server: ServerProcess) 
         assert connected.kind == "standalone"
         assert isinstance(connected.wire, Wire)
         assert await connected.wire.call("PING") == "PONG"
+        assert isinstance(connected.readers, WirePool)
     finally:
         await connected.aclose()
     assert repr(connected.wire) == "<Wire closed>"
+    assert repr(connected.readers) == "<WirePool closed>"
+
+
+# -- the wires for blocking reads ----------------------------------------------------------
+
+
+@pytest.fixture
+async def readers(server: ServerProcess) -> AsyncIterator[WirePool]:
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    readers = WirePool(client.connection_pool, timeout=10.0)
+    yield readers
+    await readers.aclose()
+    await client.aclose()
+
+
+async def named(wire: Wire) -> Wire:
+    await wire.call("CLIENT", "SETNAME", f"wire-{id(wire)}")
+    return wire
+
+
+async def test_a_wire_lent_for_a_blocking_read_is_reused_once_returned(
+    readers: WirePool, other: aioredis.Redis
+) -> None:
+    async with readers.borrowed() as first:
+        await named(first)
+        # Another reader meanwhile gets a wire of its own: a blocked read holds up its wire.
+        async with readers.borrowed() as second:
+            assert second is not first
+            read = second.call("XREAD", "BLOCK", 5000, "STREAMS", "s", "$")
+            blocked = asyncio.ensure_future(read)
+            await sent(second)
+            assert await first.call("XADD", "s", "*", "k", "v") is not None  # not held up
+            reply = await blocked
+            assert [fields for _id, fields in reply["s"]] == [["k", "v"]]
+    assert repr(readers) == "<WirePool 2 idle, 0 lent>"
+    async with readers.borrowed() as again:
+        assert again in (first, second)
+    assert len(await wire_clients(other, first)) == 1
+
+
+async def test_a_wire_whose_reader_was_cancelled_is_closed_not_reused(
+    readers: WirePool, other: aioredis.Redis
+) -> None:
+    async def read_forever() -> None:
+        async with readers.borrowed() as wire:
+            lent.append(await named(wire))
+            await wire.call("XREAD", "BLOCK", 0, "STREAMS", "s", "$")
+
+    lent: list[Wire] = []
+    reading = asyncio.ensure_future(read_forever())
+    await eventually(lambda: _true(lent and "1 awaiting" in repr(lent[0])), "the read is sent")
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    # Its read is still blocked on the server: a next reader would wait behind it forever.
+    assert repr(lent[0]) == "<Wire closed>" and repr(readers) == "<WirePool 0 idle, 0 lent>"
+
+    async def gone() -> bool:
+        return await wire_clients(other, lent[0]) == []
+
+    await eventually(gone, "the server sees the cancelled reader's connection closed")
+    async with readers.borrowed() as wire:
+        assert wire is not lent[0]
+        assert await wire.call("PING") == "PONG"
+
+
+async def test_closing_the_readers_fails_a_read_under_way_and_closes_every_wire(
+    readers: WirePool, other: aioredis.Redis
+) -> None:
+    async with readers.borrowed() as idle:
+        await named(idle)
+
+    async def read() -> Any:
+        async with readers.borrowed() as wire:
+            return await wire.call("XREAD", "BLOCK", 0, "STREAMS", "s", "$")
+
+    reading = asyncio.ensure_future(read())
+    await eventually(lambda: _true("0 idle, 1 lent" in repr(readers)), "the wire is lent")
+    await readers.aclose()
+    with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+        await reading
+    assert repr(idle) == "<Wire closed>" and repr(readers) == "<WirePool closed>"
+    assert await wire_clients(other, idle) == []
+    with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+        async with readers.borrowed():
+            pass
+    await readers.aclose()  # idempotent
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
 
 
 async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
