@@ -129,14 +129,22 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _copy_fd(src: int, dst: int, chunk: int) -> tuple[int, str]:
-    """Copy descriptor ``src`` to ``dst`` in reads of ``chunk`` bytes; return (size, digest)."""
+def _copy_fd(src: int, dst: int, chunk: int, expected: int = -1) -> tuple[int, str]:
+    """Copy descriptor ``src`` to ``dst`` in reads of ``chunk`` bytes; return (size, digest).
+
+    Until a read returns nothing; or, for a regular file of ``expected`` bytes (its size
+    when opened), until a read returns less than asked having brought the copy to that
+    size: the end, without the read that would say so (a small put's file comes in one
+    read). A file that grew since goes on to the end.
+    """
     hasher = hashlib.new(CHECKSUM_ALGORITHM)
     size = 0
     while data := os.read(src, chunk):
         hasher.update(data)
         _write_all(dst, data)
         size += len(data)
+        if size == expected and len(data) < chunk:
+            break
     return size, hasher.hexdigest()
 
 
@@ -921,8 +929,10 @@ class DiskStore:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(source))
             if stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_HASH_MIN:
                 return self._stage(lambda fd: _copy_hashed(src, fd), sync)
-            chunk = min(st.st_size + 1, CHUNK) if stat.S_ISREG(st.st_mode) else CHUNK
-            return self._stage(lambda fd: _copy_fd(src, fd, chunk), sync)
+            if not stat.S_ISREG(st.st_mode):
+                return self._stage(lambda fd: _copy_fd(src, fd, CHUNK), sync)
+            chunk = min(st.st_size + 1, CHUNK)
+            return self._stage(lambda fd: _copy_fd(src, fd, chunk, st.st_size), sync)
         finally:
             os.close(src)
 

@@ -201,6 +201,37 @@ def test_a_local_file_is_staged_whole_and_hashed(store: DiskStore, tmp_path: Pat
     assert list(store.tmp_dir.iterdir()) == []
 
 
+def test_a_small_file_is_copied_in_one_read_unless_it_grew_since_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    read = os.read
+
+    def counted(fd: int, n: int) -> bytes:
+        data = read(fd, n)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "read", counted)
+    local = tmp_path / "local"
+    data = os.urandom(4096)
+    local.write_bytes(data)
+    out = tmp_path / "out"
+    for expected, want_reads in ((4096, [4096]), (-1, [4096, 0])):  # known size, or not
+        reads.clear()
+        with open(local, "rb") as src, open(out, "wb") as dst:
+            size, digest = storage._copy_fd(src.fileno(), dst.fileno(), 4097, expected)
+        assert (size, digest, reads) == (4096, hashlib.sha256(data).hexdigest(), want_reads)
+        assert out.read_bytes() == data
+    # Grown since its size was taken: copied to its end all the same.
+    local.write_bytes(data * 3)
+    reads.clear()
+    with open(local, "rb") as src, open(out, "wb") as dst:
+        size, digest = storage._copy_fd(src.fileno(), dst.fileno(), 4097, 4096)
+    assert size == 3 * 4096 and out.read_bytes() == data * 3 and reads[-1] == 0
+    assert digest == hashlib.sha256(data * 3).hexdigest()
+
+
 def test_an_unsynced_upload_is_fsynced_where_the_disk_keeps_no_attributes(
     store: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
