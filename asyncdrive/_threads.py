@@ -2,8 +2,9 @@
 
 A lean stand-in for `concurrent.futures.ThreadPoolExecutor` + `asyncio.wrap_future`, for
 one use: `DiskThreads.run` hands a call to an idle thread with the event loop waiting for
-it, and the thread reports the outcome with one `loop.call_soon_threadsafe`. No
-`concurrent.futures.Future` (and its condition variable) in between, nor the two-way
+it, and the thread reports the outcome through the loop's `_Inbox`: one
+`loop.call_soon_threadsafe` for all the outcomes that arrive before the loop takes them.
+No `concurrent.futures.Future` (and its condition variable) in between, nor the two-way
 chaining of `wrap_future`: a hop costs about half as much (~70 µs of CPU instead of ~140,
 measured), and a small put or get makes one.
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import contextvars
 import itertools
 import os
@@ -41,7 +41,7 @@ THREAD_NAME = "asyncdrive-disk"
 class _Call:
     """One call handed to a thread, and what the event loop waits on for its outcome."""
 
-    __slots__ = ("abandoned", "args", "context", "finished", "func", "loop", "waiter")
+    __slots__ = ("abandoned", "args", "context", "finished", "func", "inbox", "loop", "waiter")
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class _Call:
         args: tuple[Any, ...],
     ) -> None:
         self.loop = loop
+        self.inbox = _inbox(loop)
         self.context = context
         self.func = func
         self.args = args
@@ -71,6 +72,59 @@ class _Call:
             self.waiter.set_result(result)
         else:
             self.waiter.set_exception(error)
+
+
+class _Inbox:
+    """The outcomes of one event loop's calls, handed over by the threads that made them.
+
+    A thread adds its outcome and wakes the loop only if no wake-up is pending: under load
+    (64 tasks putting small files) several outcomes arrive per turn of the loop, and each
+    wake-up saved is a write to the loop's self-pipe, a system call during which the
+    thread lets go of the interpreter lock (measured: 64 concurrent small puts ~6%, gets
+    ~3% faster).
+    """
+
+    __slots__ = ("__weakref__", "lock", "outcomes", "wake_pending")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outcomes: list[tuple[_Call, object, BaseException | None]] = []
+        self.wake_pending = False
+
+    def add(self, call: _Call, result: object, error: BaseException | None) -> None:
+        """Hand ``call``'s outcome to its loop (from the thread that made the call)."""
+        with self.lock:
+            self.outcomes.append((call, result, error))
+            if self.wake_pending:
+                return
+            self.wake_pending = True
+        try:
+            call.loop.call_soon_threadsafe(self._settle_all)
+        except RuntimeError:  # the loop closed: nobody waits any more
+            with self.lock:
+                self.outcomes.clear()
+                self.wake_pending = False
+
+    def _settle_all(self) -> None:
+        with self.lock:
+            outcomes, self.outcomes = self.outcomes, []
+            self.wake_pending = False
+        for call, result, error in outcomes:
+            call.settle(result, error)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox]
+_inboxes = weakref.WeakKeyDictionary()
+_inboxes_lock = threading.Lock()  # loops may run in several threads
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    """Return the `_Inbox` of ``loop`` (made on first use, gone with the loop)."""
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        with _inboxes_lock:
+            inbox = _inboxes.setdefault(loop, _Inbox())
+    return inbox
 
 
 class NoThreads(RuntimeError):
@@ -162,8 +216,7 @@ class DiskThreads:
                 error = exc
             # Idle before the caller hears: its next call, made at once, finds this thread.
             self._idle.release()
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-                call.loop.call_soon_threadsafe(call.settle, result, error)
+            call.inbox.add(call, result, error)
             del call, result, error  # not kept alive while this thread waits
 
     def shutdown(self, wait: bool = False) -> None:
@@ -180,8 +233,14 @@ class DiskThreads:
                     thread.join()
 
 
-# A forked child has none of its parent's threads, and their locks may be held: forget them.
-os.register_at_fork(after_in_child=_live.clear)
+def _forget_after_fork() -> None:
+    # A forked child has none of its parent's threads, and their locks may be held.
+    global _inboxes, _inboxes_lock
+    _live.clear()
+    _inboxes, _inboxes_lock = weakref.WeakKeyDictionary(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register

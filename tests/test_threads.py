@@ -6,12 +6,15 @@ import asyncio
 import contextvars
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+from asyncdrive import _threads
 from asyncdrive._threads import THREAD_NAME, DiskThreads, NoThreads
 
 from .conftest import run_python
@@ -77,6 +80,65 @@ async def test_threads_start_on_demand_up_to_the_bound(threads: DiskThreads) -> 
             tg.start_soon(threads.run, hold)
     assert busiest == threads.max_threads
     assert len(threads._threads) == threads.max_threads
+
+
+async def test_outcomes_that_arrive_together_wake_the_loop_once(
+    threads: DiskThreads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    wakes = 0
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(*args: Any) -> asyncio.Handle:
+        nonlocal wakes
+        wakes += 1
+        return call_soon_threadsafe(*args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    go = threading.Event()
+    calls = [asyncio.ensure_future(threads.run(lambda i=i: go.wait(10) and i)) for i in range(4)]
+    await asyncio.sleep(0)  # the calls are handed to the threads
+    go.set()
+    # The loop is held here until every call has finished: their outcomes wait together.
+    inbox = _threads._inbox(loop)
+    for _ in range(1000):
+        if len(inbox.outcomes) == 4:
+            break
+        time.sleep(0.01)
+    assert await asyncio.gather(*calls) == [0, 1, 2, 3]
+    assert wakes == 1
+    assert await threads.run(os.getpid) == os.getpid() and wakes == 2  # one alone: one
+
+
+def test_an_outcome_for_a_closed_loop_is_dropped(
+    threads: DiskThreads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.new_event_loop()
+    started, go, added = threading.Event(), threading.Event(), threading.Event()
+    add = _threads._Inbox.add
+
+    def add_then_tell(inbox: _threads._Inbox, *args: Any) -> None:
+        add(inbox, *args)
+        added.set()
+
+    monkeypatch.setattr(_threads._Inbox, "add", add_then_tell)
+
+    def slow() -> str:
+        started.set()
+        go.wait(10)
+        return "late"
+
+    call = loop.create_task(threads.run(slow))
+    loop.run_until_complete(asyncio.to_thread(started.wait, 10))
+    loop.run_until_complete(loop.shutdown_default_executor())
+    call._log_destroy_pending = False  # type: ignore[attr-defined]  # left pending on purpose
+    loop.close()
+    go.set()
+    # The thread finds the loop closed: the outcome is dropped, and the thread goes on.
+    assert added.wait(10)
+    inbox = _threads._inbox(loop)
+    assert inbox.outcomes == [] and not inbox.wake_pending
+    assert asyncio.run(threads.run(lambda: "next")) == "next"
 
 
 @pytest.mark.parametrize("how", ["task.cancel", "anyio scope"])
