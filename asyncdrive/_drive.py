@@ -53,7 +53,7 @@ from ._index import Index, PutOutcome
 from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
 from ._storage import DiskStore, FileIdentity, PathClash, Staged, upload_identity
-from ._threads import DiskThreads, NoThreads
+from ._threads import CallBatcher, DiskThreads, NoThreads
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["Drive"]
@@ -88,6 +88,9 @@ _DELETE_BATCH_FILES = 64
 #: this many bytes once reached (a cancelled get waits for the call under way to finish).
 _COPY_BATCH_FILES = 64
 _COPY_BATCH_BYTES = 16 << 20
+#: Gets of files up to this size made by concurrent tasks share worker-thread calls (see
+#: `_Connection.small_copies`); a larger file's copy has a call of its own.
+_SHARED_COPY_MAX = 1 << 20
 #: How often open() looks again when a file is replaced while it opens it.
 _OPEN_ATTEMPTS = 5
 
@@ -157,10 +160,19 @@ class _Connection:
     inline: bool = False
     #: The process's disk threads (see `_SharedDiskThreads`), held while this connection is open.
     disk: DiskThreads | None = field(default=None, init=False)
+    #: The copies of small files out of the drive (gets), each (file, local path,
+    #: overwrite): those of concurrent tasks go together, a worker-thread call at a time.
+    small_copies: CallBatcher[tuple[FileInfo, Path, bool], bool] = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.inline:
             self.disk = _disk_threads.acquire()
+        self.small_copies = CallBatcher(
+            self.run_sync,
+            functools.partial(_copy_each, self.store),
+            max_items=_COPY_BATCH_FILES,
+            max_weight=_COPY_BATCH_BYTES,
+        )
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
@@ -1365,7 +1377,16 @@ class Drive:
                     return number, exc
             return None
 
-        failed = await conn.run_sync(copy_all)
+        if len(copies) == 1 and copies[0][0].size <= _SHARED_COPY_MAX and not conn.inline:
+            # One small file: with the small files of other tasks' gets, if any wait.
+            info, dest = copies[0]
+            try:
+                await conn.small_copies.submit((info, dest, overwrite), info.size)
+                return
+            except (FileExistsError, FileNotFoundError) as refused:
+                failed: tuple[int, OSError] | None = (0, refused)
+        else:
+            failed = await conn.run_sync(copy_all)
         if failed is None:
             return
         number, exc = failed
@@ -1833,6 +1854,21 @@ def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]
 
 class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
+
+
+def _copy_each(
+    store: DiskStore, copies: list[tuple[FileInfo, Path, bool]]
+) -> list[bool | BaseException]:
+    """Copy each (drive file, local path, overwrite) out; return what each returned or raised."""
+    outcomes: list[bool | BaseException] = []
+    for info, dest, overwrite in copies:
+        try:
+            outcomes.append(
+                store.copy_out(info.component_name, info.path, dest, info.checksum, overwrite)
+            )
+        except Exception as exc:  # this file's: the others go on
+            outcomes.append(exc)
+    return outcomes
 
 
 def _stage_small_file(store: DiskStore, local: Path, sync: bool) -> Staged:

@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import contextlib
 import contextvars
 import itertools
 import os
 import queue
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 #: The names of the threads, followed by a number: what a debugger or py-spy shows.
 THREAD_NAME = "asyncdrive-disk"
@@ -249,3 +253,137 @@ def _join_at_exit() -> None:
     # not hang at exit waiting for idle threads; here they finish what they hold, and end.
     for threads in list(_live):
         threads.shutdown(wait=True)
+
+
+class _Queued(Generic[ItemT, ResultT]):
+    """One item waiting in a `CallBatcher`, and the future its caller awaits."""
+
+    __slots__ = ("abandoned", "future", "item", "taken", "weight")
+
+    def __init__(self, item: ItemT, weight: int, future: asyncio.Future[ResultT]) -> None:
+        self.item = item
+        self.weight = weight
+        self.future = future
+        self.taken = False  # in a batch handed to a thread
+        self.abandoned = False  # its caller was cancelled before that: skipped
+
+
+class CallBatcher(Generic[ItemT, ResultT]):
+    """Items of concurrent callers handled by ``handle`` in one worker-thread call per batch.
+
+    One call at a time: an item submitted while none is in flight is handled alone, at
+    once (a caller on its own pays nothing more); those submitted meanwhile wait, and go
+    together in the next call, at most ``max_items`` and ``max_weight`` of them. Under load
+    from many tasks, this makes one thread hop per batch instead of one per item, and one
+    thread busy instead of several, which take turns with the event loop for the
+    interpreter lock at each system call (measured: 64 tasks getting small files ~1.4x ->
+    ~2x the rate of one, where side by side calls of one item each made more threads wait).
+
+    ``handle(items)`` returns one outcome per item, in order: its result, or the exception
+    it raised (raised to that item's caller alone). As with `DiskThreads.run`, a caller
+    cancelled once its item is in a call waits for the call to finish, then is cancelled;
+    one cancelled before is skipped.
+
+    Example:
+        >>> copies = CallBatcher(conn.run_sync, copy_each, max_items=64, max_weight=16 << 20)
+        >>> await copies.submit(("a.bin", "local/a.bin"), weight=4096)
+
+    """
+
+    def __init__(
+        self,
+        run_sync: Callable[..., Awaitable[list[ResultT | BaseException]]],
+        handle: Callable[[list[ItemT]], list[ResultT | BaseException]],
+        *,
+        max_items: int,
+        max_weight: int,
+    ) -> None:
+        self._run_sync = run_sync
+        self._handle = handle
+        self.max_items = max_items
+        self.max_weight = max_weight
+        self._waiting: collections.deque[_Queued[ItemT, ResultT]] = collections.deque()
+        self._busy = False  # a call is in flight, or the drainer is about to make one
+        self._drainer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        state = "busy" if self._busy else "idle"
+        return f"<CallBatcher {state}, {len(self._waiting)} waiting>"
+
+    async def submit(self, item: ItemT, weight: int = 0) -> ResultT:
+        """Handle ``item`` (alone, or with others'); return its result or raise its error."""
+        if not self._busy:
+            self._busy = True
+            try:
+                (outcome,) = await self._run_sync(self._handle, [item])
+            finally:
+                self._next()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        loop = asyncio.get_running_loop()
+        queued: _Queued[ItemT, ResultT] = _Queued(item, weight, loop.create_future())
+        self._waiting.append(queued)
+        try:
+            return await asyncio.shield(queued.future)
+        except asyncio.CancelledError:
+            if not queued.future.done() and not queued.taken:
+                queued.abandoned = True
+                raise
+            while not queued.future.done():  # in a call under way: wait for it
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(queued.future)
+            if not queued.future.cancelled():
+                queued.future.exception()  # retrieved: the caller is cancelled instead
+            raise
+
+    def _next(self) -> None:
+        """After a call: hand what waits to the drainer, or be idle."""
+        if any(not queued.abandoned for queued in self._waiting):
+            if self._drainer is None or self._drainer.done():
+                self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self._waiting.clear()
+            self._busy = False
+
+    async def _drain(self) -> None:
+        """Handle the waiting items, a batch per call, until none waits."""
+        batch: list[_Queued[ItemT, ResultT]] = []
+        try:
+            while True:
+                batch = self._take()
+                if not batch:
+                    break
+                try:
+                    outcomes = await self._run_sync(self._handle, [q.item for q in batch])
+                except Exception as exc:  # not one item's: every item of the call gets it
+                    outcomes = [exc] * len(batch)
+                for queued, outcome in zip(batch, outcomes, strict=True):
+                    if queued.future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        queued.future.set_exception(outcome)
+                    else:
+                        queued.future.set_result(outcome)
+                batch = []
+        finally:  # cancelled (its loop is ending): so are the callers still waiting
+            for queued in (*batch, *self._waiting):
+                queued.future.cancel()
+            self._waiting.clear()
+            self._busy = False
+
+    def _take(self) -> list[_Queued[ItemT, ResultT]]:
+        batch: list[_Queued[ItemT, ResultT]] = []
+        weight = 0
+        while self._waiting and len(batch) < self.max_items:
+            queued = self._waiting[0]
+            if queued.abandoned:
+                self._waiting.popleft()
+                continue
+            if batch and weight + queued.weight > self.max_weight:
+                break
+            self._waiting.popleft()
+            queued.taken = True
+            batch.append(queued)
+            weight += queued.weight
+        return batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -27,6 +28,7 @@ from asyncdrive import (
     FileInfo,
     InvalidPathError,
     VersionConflictError,
+    _drive,
 )
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
 from asyncdrive._storage import META_XATTR, DiskStore, _parse_meta_attribute
@@ -219,6 +221,37 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
     await drive.get("a.txt", overwrite=True)
     assert Path("a.txt").read_bytes() == b"drive content"
     assert [p.name for p in Path().iterdir()] == ["a.txt"]  # no temporary left behind
+
+
+async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_outcomes(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    copy_each = _drive._copy_each
+
+    def counted(store: DiskStore, copies: list[Any]) -> list[Any]:
+        calls.append(len(copies))
+        return copy_each(store, copies)
+
+    monkeypatch.setattr(_drive, "_copy_each", counted)
+    async with Drive(drive_id) as drive:
+        for i in range(40):
+            await drive.write_bytes(f"f/{i}.txt", f"file {i}".encode())
+        write("out/5.txt", b"in the way")
+        (lost,) = Path(env["ASYNCDRIVE_ROOT"]).rglob("7.txt")  # behind the drive's back
+        lost.unlink()
+        outcomes = await asyncio.gather(
+            *(drive.get(f"f/{i}.txt", to=f"out/{i}.txt") for i in range(40)),
+            return_exceptions=True,
+        )
+    assert isinstance(outcomes[5], DriveFileExistsError) and "out/5.txt" in str(outcomes[5])
+    assert isinstance(outcomes[7], DriveFileNotFoundError) and "f/7.txt" in str(outcomes[7])
+    for i, outcome in enumerate(outcomes):
+        if i not in (5, 7):
+            assert outcome is None and Path(f"out/{i}.txt").read_bytes() == f"file {i}".encode()
+    assert Path("out/5.txt").read_bytes() == b"in the way" and not Path("out/7.txt").exists()
+    # One call for the first, then the others together, in calls of many files.
+    assert sum(calls) == 40 and calls[0] == 1 and len(calls) < 10, calls
 
 
 async def test_get_waits_for_the_file(make_drive: MakeDrive, drive_id: str) -> None:

@@ -261,3 +261,115 @@ print("exiting", flush=True)
     proc = run_python(code, cwd=tmp_path, env=dict(os.environ))
     assert proc.stdout.strip() == "exiting"
     assert (tmp_path / "written").read_text() == "all of it"
+
+
+# -- calls shared by concurrent callers (CallBatcher) -------------------------------------
+
+
+class Handler:
+    """A batch handler that records each call's items, and holds the first call until told."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.first_started = threading.Event()
+        self.go = threading.Event()
+
+    def __call__(self, items: list[str]) -> list[str | BaseException]:
+        self.calls.append(list(items))
+        if len(self.calls) == 1:
+            self.first_started.set()
+            self.go.wait(10)
+        if "fail the call" in items:
+            raise OSError("the whole call failed")
+        return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
+
+
+def batcher(
+    threads: DiskThreads, handler: Handler, max_items: int = 64, max_weight: int = 1000
+) -> _threads.CallBatcher[str, str]:
+    return _threads.CallBatcher(threads.run, handler, max_items=max_items, max_weight=max_weight)
+
+
+async def while_first_call_holds(handler: Handler, tasks: list[asyncio.Task[Any]]) -> None:
+    """Let the tasks submit while the first call is held, then let it go."""
+    await asyncio.to_thread(handler.first_started.wait, 10)
+    for _ in range(5):
+        await asyncio.sleep(0)  # every task has submitted and waits
+    handler.go.set()
+
+
+async def test_an_item_alone_is_handled_at_once_in_a_call_of_its_own(
+    threads: DiskThreads,
+) -> None:
+    handler = Handler()
+    handler.go.set()
+    copies = batcher(threads, handler)
+    assert await copies.submit("a") == "A"
+    assert await copies.submit("b") == "B"
+    assert handler.calls == [["a"], ["b"]]
+    assert repr(copies) == "<CallBatcher idle, 0 waiting>"
+
+
+async def test_items_submitted_during_a_call_go_together_in_the_next(
+    threads: DiskThreads,
+) -> None:
+    handler = Handler()
+    copies = batcher(threads, handler, max_items=4, max_weight=100)
+    first = asyncio.ensure_future(copies.submit("first"))
+    await asyncio.to_thread(handler.first_started.wait, 10)
+    # Ten more wait: in calls of at most 4 items and 100 of weight, in order.
+    weights = [10, 10, 10, 10, 10, 60, 50, 10, 10, 10]
+    rest = [asyncio.ensure_future(copies.submit(f"i{n}", w)) for n, w in enumerate(weights)]
+    await while_first_call_holds(handler, rest)
+    assert await first == "FIRST"
+    assert await asyncio.gather(*rest) == [f"I{n}" for n in range(10)]
+    assert handler.calls == [
+        ["first"],
+        ["i0", "i1", "i2", "i3"],
+        ["i4", "i5"],
+        ["i6", "i7", "i8", "i9"],
+    ]
+    assert repr(copies) == "<CallBatcher idle, 0 waiting>"
+
+
+async def test_an_items_error_goes_to_its_caller_and_a_calls_to_all_of_its_items(
+    threads: DiskThreads,
+) -> None:
+    handler = Handler()
+    copies = batcher(threads, handler, max_items=3)
+    first = asyncio.ensure_future(copies.submit("bad first"))
+    await asyncio.to_thread(handler.first_started.wait, 10)
+    names = ["ok", "bad one", "ok too", "fail the call", "with it", "too", "next"]
+    rest = [asyncio.ensure_future(copies.submit(name)) for name in names]
+    await while_first_call_holds(handler, rest)
+    with pytest.raises(ValueError, match="bad first"):
+        await first
+    outcomes = await asyncio.gather(*rest, return_exceptions=True)
+    assert handler.calls[1:] == [names[:3], names[3:6], names[6:]]
+    assert outcomes[0] == "OK" and outcomes[2] == "OK TOO" and outcomes[6] == "NEXT"
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad one"
+    assert [str(o) for o in outcomes[3:6]] == ["the whole call failed"] * 3
+
+
+async def test_a_caller_cancelled_while_waiting_is_skipped_and_in_a_call_waits_for_it(
+    threads: DiskThreads,
+) -> None:
+    handler = Handler()
+    copies = batcher(threads, handler)
+    first = asyncio.ensure_future(copies.submit("first"))
+    await asyncio.to_thread(handler.first_started.wait, 10)
+    skipped = asyncio.ensure_future(copies.submit("skipped"))
+    kept = asyncio.ensure_future(copies.submit("kept"))
+    await asyncio.sleep(0)
+    skipped.cancel()  # before its call: never handled
+    first.cancel()  # in a call under way: waits for it
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not first.done()
+    handler.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with pytest.raises(asyncio.CancelledError):
+        await skipped
+    assert await kept == "KEPT"
+    assert handler.calls == [["first"], ["kept"]]
