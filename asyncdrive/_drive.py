@@ -88,8 +88,9 @@ _DELETE_BATCH_FILES = 64
 #: this many bytes once reached (a cancelled get waits for the call under way to finish).
 _COPY_BATCH_FILES = 64
 _COPY_BATCH_BYTES = 16 << 20
-#: Gets of files up to this size made by concurrent tasks share worker-thread calls (see
-#: `_Connection.small_copies`); a larger file's copy has a call of its own.
+#: Gets of files up to this size made by concurrent tasks share worker-thread calls, where
+#: the root is on a local disk (see `_Connection.small_copies`); a larger file's copy, or
+#: one from a network filesystem, has a call of its own.
 _SHARED_COPY_MAX = 1 << 20
 #: How often open() looks again when a file is replaced while it opens it.
 _OPEN_ATTEMPTS = 5
@@ -1377,8 +1378,14 @@ class Drive:
                     return number, exc
             return None
 
-        if len(copies) == 1 and copies[0][0].size <= _SHARED_COPY_MAX and not conn.inline:
-            # One small file: with the small files of other tasks' gets, if any wait.
+        if (
+            len(copies) == 1
+            and copies[0][0].size <= _SHARED_COPY_MAX
+            and not conn.inline
+            and store.on_local_disk
+        ):
+            # One small file: with the small files of other tasks' gets, if any wait. Not
+            # on a network filesystem, where copies mostly wait: side by side they overlap.
             info, dest = copies[0]
             try:
                 await conn.small_copies.submit((info, dest, overwrite), info.size)

@@ -733,6 +733,42 @@ def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
     return os.fdopen(fd, "wb"), path
 
 
+#: Filesystems on a disk of this machine (or in its memory): their calls cost CPU, not
+#: waiting. Any other (NFS, SMB, FUSE, Ceph, Lustre, 9p, or unknown) may be far away.
+_LOCAL_FILESYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs", "jfs", "nilfs2",
+     "reiserfs", "tmpfs", "ramfs", "overlay"}
+)  # fmt: skip
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
+    """Return the type of the filesystem that holds ``path`` ("ext4", "nfs4", ...), or None.
+
+    Read from the mount table (``/proc/self/mountinfo``, or the text given), by the
+    device number of ``path``: None where there is no such table (not Linux), ``path``
+    cannot be looked at, or no mount has its device (a btrfs subvolume).
+
+    Example:
+        >>> filesystem_type(Path("/proc"))
+        'proc'
+
+    """
+    try:
+        device = os.stat(path).st_dev
+        if mountinfo is None:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    for line in mountinfo.splitlines():
+        # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue"
+        fields, _, after = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) > 2 and parts[2] == wanted and after:
+            return after.split()[0]
+    return None
+
+
 class DiskStore:
     """The files of one drive under ``<root>/drives/<name>``."""
 
@@ -745,6 +781,19 @@ class DiskStore:
         self.meta_in_xattr: bool | None = None if hasattr(os, "setxattr") else False
         #: Whether unsynced uploads are created without a name (see `_stage`).
         self.unnamed_uploads = _CAN_TMPFILE
+        self._on_local_disk: bool | None = None
+
+    @property
+    def on_local_disk(self) -> bool:
+        """Whether the root is on a filesystem of this machine (see `filesystem_type`).
+
+        Its calls then cost CPU, not waiting: concurrent copies of small files go faster
+        together in one thread than side by side (see `Drive.get`). False where unknown.
+        Looked up once, by the first caller.
+        """
+        if self._on_local_disk is None:
+            self._on_local_disk = filesystem_type(self.root) in _LOCAL_FILESYSTEMS
+        return self._on_local_disk
 
     def file_path(self, component: str, path: str) -> Path:
         """Where ``component``'s copy of ``path`` lives.

@@ -442,6 +442,22 @@ def test_a_root_reached_through_a_link_is_used(tmp_path: Path) -> None:
     assert (tmp_path / "real" / "drives" / "d" / "c" / "a" / "f").read_bytes() == b"x"
 
 
+def test_the_filesystem_type_is_read_from_the_mount_table_by_device(tmp_path: Path) -> None:
+    device = os.stat(tmp_path).st_dev
+    here = f"{os.major(device)}:{os.minor(device)}"
+    table = (
+        "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+        f"90 27 {here} /export /mnt/shared rw,relatime shared:5 - nfs4 srv:/export rw,vers=4.2\n"
+    )
+    assert storage.filesystem_type(tmp_path, table) == "nfs4"
+    assert storage.filesystem_type(tmp_path, table.replace(here, "7:7")) is None
+    assert storage.filesystem_type(tmp_path / "missing", table) is None
+    assert storage.filesystem_type(tmp_path) is not None  # this machine's own table
+    assert DiskStore(tmp_path, "d").on_local_disk == (
+        storage.filesystem_type(tmp_path) in storage._LOCAL_FILESYSTEMS
+    )
+
+
 def test_a_file_is_opened_in_one_call_from_the_top_until_a_link_is_on_the_roots_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
