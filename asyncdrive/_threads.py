@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import contextlib
 import contextvars
 import itertools
 import os
@@ -331,8 +330,10 @@ class CallBatcher(Generic[ItemT, ResultT]):
                 queued.abandoned = True
                 raise
             while not queued.future.done():  # in a call under way: wait for it
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await asyncio.shield(queued.future)
+                except BaseException:  # cancelled again, or its own error: dropped below
+                    continue
             if not queued.future.cancelled():
                 queued.future.exception()  # retrieved: the caller is cancelled instead
             raise

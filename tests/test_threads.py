@@ -267,18 +267,21 @@ print("exiting", flush=True)
 
 
 class Handler:
-    """A batch handler that records each call's items, and holds the first call until told."""
+    """A batch handler that records each call's items, and holds its first ``hold`` calls
+    until told (``go[n]``); ``started[n]`` is set when call ``n`` begins."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: int = 1) -> None:
         self.calls: list[list[str]] = []
-        self.first_started = threading.Event()
-        self.go = threading.Event()
+        self.started = [threading.Event() for _ in range(hold)]
+        self.go = [threading.Event() for _ in range(hold)]
+        self.first_started, self.first_go = self.started[0], self.go[0]
 
     def __call__(self, items: list[str]) -> list[str | BaseException]:
+        number = len(self.calls)
         self.calls.append(list(items))
-        if len(self.calls) == 1:
-            self.first_started.set()
-            self.go.wait(10)
+        if number < len(self.go):
+            self.started[number].set()
+            self.go[number].wait(10)
         if "fail the call" in items:
             raise OSError("the whole call failed")
         return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
@@ -295,14 +298,14 @@ async def while_first_call_holds(handler: Handler, tasks: list[asyncio.Task[Any]
     await asyncio.to_thread(handler.first_started.wait, 10)
     for _ in range(5):
         await asyncio.sleep(0)  # every task has submitted and waits
-    handler.go.set()
+    handler.first_go.set()
 
 
 async def test_an_item_alone_is_handled_at_once_in_a_call_of_its_own(
     threads: DiskThreads,
 ) -> None:
     handler = Handler()
-    handler.go.set()
+    handler.first_go.set()
     copies = batcher(threads, handler)
     assert await copies.submit("a") == "A"
     assert await copies.submit("b") == "B"
@@ -366,10 +369,32 @@ async def test_a_caller_cancelled_while_waiting_is_skipped_and_in_a_call_waits_f
     for _ in range(20):
         await asyncio.sleep(0)
     assert not first.done()
-    handler.go.set()
+    handler.first_go.set()
     with pytest.raises(asyncio.CancelledError):
         await first
     with pytest.raises(asyncio.CancelledError):
         await skipped
     assert await kept == "KEPT"
     assert handler.calls == [["first"], ["kept"]]
+
+
+async def test_a_caller_cancelled_in_a_call_under_way_is_cancelled_once_it_ends(
+    threads: DiskThreads,
+) -> None:
+    handler = Handler(hold=2)
+    copies = batcher(threads, handler)
+    first = asyncio.ensure_future(copies.submit("first"))
+    await asyncio.to_thread(handler.started[0].wait, 10)
+    second = asyncio.ensure_future(copies.submit("bad second"))  # its call will fail it
+    await asyncio.sleep(0)
+    handler.go[0].set()  # the first call ends; the next takes the second item
+    await asyncio.to_thread(handler.started[1].wait, 10)
+    second.cancel()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not second.done()  # waits for its call
+    handler.go[1].set()
+    with pytest.raises(asyncio.CancelledError):  # not its item's ValueError
+        await second
+    assert await first == "FIRST"
+    assert handler.calls == [["first"], ["bad second"]]
