@@ -33,6 +33,8 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+import anyio
+
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -177,14 +179,18 @@ class DiskThreads:
             return result
         except asyncio.CancelledError:
             call.abandoned = True
-            while not call.finished:
-                call.waiter = loop.create_future()
-                try:
-                    await call.waiter
-                except asyncio.CancelledError:  # cancelled again: still waiting for the call
-                    continue
-                except BaseException:  # the call's own error: dropped, as its result would be
-                    continue
+            # Shielded from anyio's cancel scopes, which cancel the task again at every turn
+            # of the loop until it leaves the scope: waiting like that would keep the loop
+            # busy, and the call's thread waiting for the interpreter lock.
+            with anyio.CancelScope(shield=True):
+                while not call.finished:
+                    call.waiter = loop.create_future()
+                    try:
+                        await call.waiter
+                    except asyncio.CancelledError:  # cancelled again (asyncio): still waiting
+                        continue
+                    except BaseException:  # the call's own error: dropped, as its result
+                        continue
             raise
 
     def _submit(self, call: _Call) -> None:
@@ -329,11 +335,12 @@ class CallBatcher(Generic[ItemT, ResultT]):
             if not queued.future.done() and not queued.taken:
                 queued.abandoned = True
                 raise
-            while not queued.future.done():  # in a call under way: wait for it
-                try:
-                    await asyncio.shield(queued.future)
-                except BaseException:  # cancelled again, or its own error: dropped below
-                    continue
+            with anyio.CancelScope(shield=True):  # as in `DiskThreads.run`
+                while not queued.future.done():  # in a call under way: wait for it
+                    try:
+                        await asyncio.shield(queued.future)
+                    except BaseException:  # cancelled again, or its own error: dropped below
+                        continue
             if not queued.future.cancelled():
                 queued.future.exception()  # retrieved: the caller is cancelled instead
             raise

@@ -773,3 +773,38 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+async def test_concurrent_gets_cancelled_at_random_leave_whole_files_or_none(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """Gets of small files share worker-thread calls (on a local disk): cancelled at random
+    points, each leaves its local file complete or absent, never a part or a temporary
+    file, the others are unaffected, and the shared calls end idle."""
+    rng = random.Random(7)
+    contents = {f"f/{i}.bin": os.urandom(rng.randrange(1, 64 * 1024)) for i in range(60)}
+    async with Drive(drive_id) as drive:
+        for path, data in contents.items():
+            await drive.write_bytes(path, data)
+        for round_number in range(5):
+            dest = workdir / f"out{round_number}"
+            finished: dict[str, bool] = {}
+
+            async def get(
+                path: str, delay: float, dest: Path = dest, finished: dict[str, bool] = finished
+            ) -> None:
+                with anyio.move_on_after(delay):
+                    await drive.get(path, to=dest / path)
+                    finished[path] = True
+
+            async with anyio.create_task_group() as tg:
+                for path in contents:
+                    tg.start_soon(get, path, rng.choice([0, 0.0005, 0.002, 0.01, 10]))
+            got = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*")
+                   if p.is_file()}  # fmt: skip
+            assert all(got[path] == contents[path] for path in got)  # whole, or absent
+            assert set(finished) <= set(got)  # every get that returned left its file
+            assert 0 < len(finished) < len(contents), len(finished)  # some were cancelled
+            conn = drive._conn
+            assert conn is not None
+            assert repr(conn.small_copies) == "<CallBatcher idle, 0 waiting>"
