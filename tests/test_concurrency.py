@@ -27,6 +27,7 @@ import anyio.to_thread
 import pytest
 
 import asyncdrive._drive
+import asyncdrive._storage
 from asyncdrive import (
     Change,
     Drive,
@@ -775,12 +776,16 @@ if __name__ == "__main__":
     main(sys.argv[1:])
 
 
+@pytest.mark.parametrize("disk", ["local", "network"])
 async def test_concurrent_gets_cancelled_at_random_leave_whole_files_or_none(
-    env: dict[str, str], workdir: Path, drive_id: str
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch, disk: str
 ) -> None:
-    """Gets of small files share worker-thread calls (on a local disk): cancelled at random
-    points, each leaves its local file complete or absent, never a part or a temporary
-    file, the others are unaffected, and the shared calls end idle."""
+    """Gets of small files share worker-thread calls on a local disk, and have one each on
+    a network filesystem: cancelled at random points, each leaves its local file complete
+    or absent, never a part or a temporary file, the others are unaffected, and the shared
+    calls end idle."""
+    if disk == "network":
+        monkeypatch.setattr(asyncdrive._storage, "filesystem_type", lambda path: "nfs4")
     rng = random.Random(7)
     contents = {f"f/{i}.bin": os.urandom(rng.randrange(1, 64 * 1024)) for i in range(60)}
     async with Drive(drive_id) as drive:
@@ -802,6 +807,7 @@ async def test_concurrent_gets_cancelled_at_random_leave_whole_files_or_none(
                     tg.start_soon(get, path, rng.choice([0, 0.0005, 0.002, 0.01, 10]))
             got = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*")
                    if p.is_file()}  # fmt: skip
+            assert set(got) <= set(contents)  # no temporary file left
             assert all(got[path] == contents[path] for path in got)  # whole, or absent
             assert set(finished) <= set(got)  # every get that returned left its file
             assert 0 < len(finished) < len(contents), len(finished)  # some were cancelled
