@@ -1371,6 +1371,7 @@ class Drive:
         store = conn.store
 
         def copy_all() -> tuple[int, OSError] | None:
+            store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
             for number, (info, dest) in enumerate(copies):
                 try:
                     store.copy_out(info.component_name, info.path, dest, info.checksum, overwrite)
@@ -1382,7 +1383,7 @@ class Drive:
             len(copies) == 1
             and copies[0][0].size <= _SHARED_COPY_MAX
             and not conn.inline
-            and store.on_local_disk
+            and store.local_disk  # None until a first copy has looked (below)
         ):
             # One small file: with the small files of other tasks' gets, if any wait. Not
             # on a network filesystem, where copies mostly wait: side by side they overlap.

@@ -781,7 +781,9 @@ class DiskStore:
         self.meta_in_xattr: bool | None = None if hasattr(os, "setxattr") else False
         #: Whether unsynced uploads are created without a name (see `_stage`).
         self.unnamed_uploads = _CAN_TMPFILE
-        self._on_local_disk: bool | None = None
+        #: Whether the root is on a filesystem of this machine: None until `on_local_disk`
+        #: is first read (in a worker thread: it looks at the disk).
+        self.local_disk: bool | None = None
 
     @property
     def on_local_disk(self) -> bool:
@@ -789,11 +791,11 @@ class DiskStore:
 
         Its calls then cost CPU, not waiting: concurrent copies of small files go faster
         together in one thread than side by side (see `Drive.get`). False where unknown.
-        Looked up once, by the first caller.
+        Looked up once (a blocking look at the disk), then kept in `local_disk`.
         """
-        if self._on_local_disk is None:
-            self._on_local_disk = filesystem_type(self.root) in _LOCAL_FILESYSTEMS
-        return self._on_local_disk
+        if self.local_disk is None:
+            self.local_disk = filesystem_type(self.root) in _LOCAL_FILESYSTEMS
+        return self.local_disk
 
     def file_path(self, component: str, path: str) -> Path:
         """Where ``component``'s copy of ``path`` lives.

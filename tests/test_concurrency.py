@@ -791,6 +791,7 @@ async def test_concurrent_gets_cancelled_at_random_leave_whole_files_or_none(
     async with Drive(drive_id) as drive:
         for path, data in contents.items():
             await drive.write_bytes(path, data)
+        await drive.get("f/0.bin", to=workdir / "first")  # looks at the disk's kind
         for round_number in range(5):
             dest = workdir / f"out{round_number}"
             finished: dict[str, bool] = {}

@@ -246,6 +246,7 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
         write("out/5.txt", b"in the way")
         (lost,) = Path(env["ASYNCDRIVE_ROOT"]).rglob("7.txt")  # behind the drive's back
         lost.unlink()
+        await drive.get("f/0.txt", to="first/0.txt")  # the first get looks at the disk's kind
         outcomes = await asyncio.gather(
             *(drive.get(f"f/{i}.txt", to=f"out/{i}.txt") for i in range(40)),
             return_exceptions=True,
