@@ -6,6 +6,7 @@ watches and open files, on a background loop thread); no logic lives there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -173,6 +174,12 @@ class _Connection:
             functools.partial(_copy_each, self.store),
             max_items=_COPY_BATCH_FILES,
             max_weight=_COPY_BATCH_BYTES,
+        )
+        self.small_creates: CallBatcher[_NewFile, _Created] = CallBatcher(
+            self.run_sync,
+            functools.partial(_install_new_each, self.store),
+            max_items=_PUT_BATCH_FILES,
+            max_weight=_PUT_BATCH_BYTES,
         )
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
@@ -881,10 +888,15 @@ class Drive:
         """
         component = conn.config.component_name
         store = conn.store
-        # As in `_put`, between the install and the commit a cancellation would leave the
-        # disk and the index disagreeing: shielded (a small file, written and committed).
-        with anyio.CancelScope(shield=True):
-            created = await conn.run_sync(_install_new, store, component, path, stage, current + 1)
+
+        async def install_and_commit() -> FileInfo | Staged | FileIdentity | PutOutcome:
+            new_file = (component, path, stage, current + 1)
+            if store.local_disk and not conn.inline:
+                # With the new files of other tasks' puts, if any wait: one thread hop and
+                # one fsync of each folder for all of them.
+                created = await conn.small_creates.submit(new_file)
+            else:
+                created = await conn.run_sync(_install_new, store, *new_file)
             if isinstance(created, Staged):
                 return created
             info, identity = created
@@ -907,6 +919,14 @@ class Drive:
             if outcome.status in ("locked", "conflict"):
                 return identity
             await self._remove_uncommitted(conn, path, identity)
+            return outcome
+
+        # As in `_put`, between the install and the commit a cancellation would leave the
+        # disk and the index disagreeing: finished whatever cancels the caller (a small
+        # file, written and committed), by anyio's scopes or by asyncio (a timeout).
+        outcome = await _to_its_end(install_and_commit())
+        if not isinstance(outcome, PutOutcome):
+            return outcome
         if tentative:
             raise _NotASmallFile
         self._raise_put_refused(path, outcome, precondition)
@@ -1820,21 +1840,68 @@ def _new_version(
 
 
 def _install_new(
-    store: DiskStore, component: str, path: str, stage: Callable[[bool], Staged], version: int
+    store: DiskStore,
+    component: str,
+    path: str,
+    stage: Callable[[bool], Staged],
+    version: int,
+    *,
+    sync_folder: bool = True,
 ) -> tuple[FileInfo, FileIdentity] | Staged:
     """Stage and install ``version`` of a new file without its lock (in a worker thread).
 
     Returns its info and identity, or the upload, still staged, where `DiskStore.install_new`
     does not apply (a file at the path already, ...): the put then takes the lock.
     """
+    store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
     staged = stage(False)
     info, meta = _new_version(component, path, staged, version)
     try:
-        identity = store.install_new(staged, component, path, meta)
+        identity = store.install_new(staged, component, path, meta, sync_folder=sync_folder)
     except BaseException:
         store.discard(staged)
         raise
     return staged if identity is None else (info, identity)
+
+
+_NewFile = tuple[str, str, Callable[[bool], Staged], int]  # component, path, stage, version
+_Created = tuple[FileInfo, FileIdentity] | Staged
+
+
+def _install_new_each(store: DiskStore, files: list[_NewFile]) -> list[_Created | BaseException]:
+    """`_install_new` for each file, its folder fsynced once for all of them that it holds.
+
+    A folder whose fsync fails takes back the files installed in it (their outcome: the
+    error); the others stand.
+    """
+    if len(files) == 1:
+        component, path, stage, version = files[0]
+        try:
+            return [_install_new(store, component, path, stage, version)]
+        except Exception as exc:
+            return [exc]
+    outcomes: list[_Created | BaseException] = []
+    folders: dict[tuple[str, str], list[int]] = {}
+    for number, (component, path, stage, version) in enumerate(files):
+        try:
+            created = _install_new(store, component, path, stage, version, sync_folder=False)
+        except Exception as exc:  # this file's: the others go on
+            outcomes.append(exc)
+            continue
+        outcomes.append(created)
+        if not isinstance(created, Staged):
+            folders.setdefault((component, _parent(path)), []).append(number)
+    for numbers in folders.values():
+        component, path = files[numbers[0]][:2]
+        try:
+            store.sync_folder_of(component, path)
+        except OSError as exc:  # the new names might not survive a crash: undo them
+            for number in numbers:
+                installed = outcomes[number]
+                assert isinstance(installed, tuple)
+                store.restore(None, component, files[number][1], installed=installed[1])
+                outcomes[number] = exc
+    return outcomes
 
 
 def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]]:
@@ -1862,6 +1929,27 @@ def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]
 
 class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
+
+
+async def _to_its_end(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; return its result.
+
+    In a task of its own, which no cancel scope of the caller reaches and no
+    ``task.cancel()`` of asyncio's (``asyncio.timeout``, a task group) interrupts, where
+    ``anyio.CancelScope(shield=True)`` stops only anyio's. A cancelled caller waits for the
+    work, then is cancelled (its result or error dropped).
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with anyio.CancelScope(shield=True):  # not cancelled again at every turn of the loop
+            while not task.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is cancelled instead
+        raise
 
 
 def _copy_each(

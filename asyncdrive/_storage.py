@@ -1049,7 +1049,13 @@ class DiskStore:
                 os.close(folder)
 
     def install_new(
-        self, staged: Staged, component: str, path: str, meta: dict[str, object]
+        self,
+        staged: Staged,
+        component: str,
+        path: str,
+        meta: dict[str, object],
+        *,
+        sync_folder: bool = True,
     ) -> FileIdentity | None:
         """Install ``staged`` where no file is yet, as `install` does; return its identity.
 
@@ -1092,7 +1098,8 @@ class DiskStore:
             if not moved:
                 return None
             try:
-                os.fsync(folder)
+                if sync_folder:
+                    os.fsync(folder)
             except BaseException:
                 self.restore(None, component, path, installed=identity)
                 raise

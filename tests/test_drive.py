@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hashlib
 import os
 import threading
@@ -246,7 +248,8 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
         write("out/5.txt", b"in the way")
         (lost,) = Path(env["ASYNCDRIVE_ROOT"]).rglob("7.txt")  # behind the drive's back
         lost.unlink()
-        await drive.get("f/0.txt", to="first/0.txt")  # the first get looks at the disk's kind
+        await drive.get("f/0.txt", to="first/0.txt")  # a first look at the disk's kind
+        calls.clear()
         outcomes = await asyncio.gather(
             *(drive.get(f"f/{i}.txt", to=f"out/{i}.txt") for i in range(40)),
             return_exceptions=True,
@@ -261,6 +264,97 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
         assert sum(calls) == 40 and calls[0] == 1 and len(calls) < 10, calls
     else:
         assert calls == []
+
+
+async def test_concurrent_new_files_share_calls_and_keep_their_own_outcomes(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New small files put by concurrent tasks are installed together, a worker-thread call
+    at a time, each folder fsynced once per call; each put keeps its own outcome, and those
+    that find a file at the path, or no small local file, go their own way after."""
+    calls: list[list[str]] = []
+    install_each = _drive._install_new_each
+
+    def counted(store: DiskStore, files: list[Any]) -> list[Any]:
+        calls.append([path for _, path, _, _ in files])
+        return install_each(store, files)
+
+    synced: list[str] = []
+    sync_folder_of = DiskStore.sync_folder_of
+
+    def count_syncs(self: DiskStore, component: str, path: str) -> None:
+        synced.append(path.rpartition("/")[0])
+        sync_folder_of(self, component, path)
+
+    monkeypatch.setattr(_drive, "_install_new_each", counted)
+    monkeypatch.setattr(DiskStore, "sync_folder_of", count_syncs)
+    for i in range(30):
+        write(f"local/{i}.txt", f"file {i}".encode())
+    write("local/folder/inner.txt", b"a folder")
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("first.txt", b"looks at the disk's kind")
+        await drive.write_bytes("b/3.txt", b"there before")  # by this drive: the locked way
+        other = Drive(drive_id, component_name="other")
+        await other.write_bytes("a/4.txt", b"another's")  # owned by another: refused
+        await other.aclose()
+        calls.clear()
+        synced.clear()
+        targets = [f"{'ab'[i % 2]}/{i}.txt" for i in range(30)]  # even in a/, odd in b/
+        outcomes = await asyncio.gather(
+            *(drive.put(f"local/{i}.txt", to=target) for i, target in enumerate(targets)),
+            drive.put("local/missing.txt", to="a/missing.txt"),
+            drive.put("local/folder", to="a/folder"),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[4], DriveFileExistsError) and "'other'" in str(outcomes[4])
+        assert outcomes[:4] + outcomes[5:30] == [None] * 29, outcomes
+        assert isinstance(outcomes[30], DriveFileNotFoundError)
+        assert outcomes[31] is None  # a folder: put the general way
+        for i, target in enumerate(targets):
+            if i != 4:
+                assert await drive.read_bytes(target) == f"file {i}".encode()
+        assert await drive.read_bytes("a/4.txt") == b"another's"
+        assert await drive.read_bytes("a/folder/inner.txt") == b"a folder"
+        assert (await drive.info("b/3.txt")).version == 2
+        assert not await drive.exists("a/missing.txt")
+        assert drive._conn is not None
+        if drive._conn.index.wire is None:  # a Cluster: every file goes the locked way
+            assert calls == []
+            return
+    # The first alone, then the others together (b/3.txt, put by this drive before, went
+    # the locked way at once); each folder fsynced once per call that installed in it.
+    put_together = [path for call in calls for path in call]
+    assert "b/3.txt" not in put_together and len(put_together) >= 28, calls
+    assert calls[0] and len(calls) < 10, calls
+    assert len(synced) < 28 and set(synced) <= {"a", "b", "a/folder"}, synced
+
+
+def test_new_files_installed_together_are_taken_back_if_their_folder_fsync_fails(
+    workdir: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DiskStore(root, "d")
+    sync_folder_of = DiskStore.sync_folder_of
+
+    def failing_in_a(self: DiskStore, component: str, path: str) -> None:
+        if path.startswith("a/"):
+            raise OSError(errno.EIO, "I/O error")
+        sync_folder_of(self, component, path)
+
+    monkeypatch.setattr(DiskStore, "sync_folder_of", failing_in_a)
+    files: list[_drive._NewFile] = []
+    for i, target in enumerate(["a/0.txt", "b/1.txt", "a/2.txt", "b/3.txt"]):
+        write(f"local/{i}.txt", f"file {i}".encode())
+        stage = functools.partial(_drive._stage_small_file, store, Path(f"local/{i}.txt"))
+        files.append(("c", target, stage, 1))
+    outcomes = _drive._install_new_each(store, files)
+    for number in (0, 2):
+        assert isinstance(outcomes[number], OSError), outcomes
+        assert not (store.base / "c" / files[number][1]).exists()  # taken back
+    for number in (1, 3):
+        info, _identity = outcomes[number]  # type: ignore[misc]
+        assert info.path == files[number][1] and info.version == 1
+        assert (store.base / "c" / files[number][1]).read_bytes() == f"file {number}".encode()
+    assert store.leftovers(grace=0)[0] == []  # no upload left behind
 
 
 async def test_get_waits_for_the_file(make_drive: MakeDrive, drive_id: str) -> None:
@@ -642,14 +736,18 @@ async def test_disk_calls_use_a_bounded_number_of_threads(
 
             return install
 
-        # New files go in by install_new (no lock), the others by install.
+        # Replacements, each installed under its lock in a call of its own (new files of
+        # concurrent puts share calls instead: see test_concurrent_new_files_share_calls...).
+        for i in range(4 * DISK_THREADS):
+            await drive.write_bytes(f"many/{i}.txt", b"x")
         store.install = counted(store.install)  # type: ignore[method-assign]
-        store.install_new = counted(store.install_new)  # type: ignore[method-assign]
         async with anyio.create_task_group() as group:
             for i in range(4 * DISK_THREADS):
-                group.start_soon(drive.write_bytes, f"many/{i}.txt", b"x")
+                group.start_soon(drive.write_bytes, f"many/{i}.txt", b"y")
         assert busiest == DISK_THREADS
-        assert len(await drive.list("many")) == 4 * DISK_THREADS
+        assert [await drive.read_bytes(f"many/{i}.txt") for i in range(4 * DISK_THREADS)] == [
+            b"y"
+        ] * (4 * DISK_THREADS)
 
 
 MEETING_TIMEOUT = 30.0
