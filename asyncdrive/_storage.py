@@ -1067,7 +1067,8 @@ class DiskStore:
         a file or folder at the path, a link or a file on the way, a disk without extended
         attributes, or a system without ``openat2`` (the folder is opened through it).
         Missing folders of the path are made (and pruned again by `restore`). On an error
-        the new file is removed again.
+        the new file is removed again. ``sync_folder=False``: as for `install` (the caller
+        fsyncs the folder, and takes the file back if that fails).
         """
         if self.meta_in_xattr is False:
             return None
