@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, Self, TypeVar, overload
 
 import anyio
 import redis.exceptions
@@ -53,7 +53,15 @@ from ._files import DriveReader, DriveWriter, Opening, check_mode
 from ._index import Index, PutOutcome
 from ._models import FileInfo, GcReport
 from ._server import ensure_server, forget_server
-from ._storage import DiskStore, FileIdentity, PathClash, Staged, upload_identity
+from ._storage import (
+    DiskStore,
+    FileIdentity,
+    NewFile,
+    OpenNew,
+    PathClash,
+    Staged,
+    upload_identity,
+)
 from ._threads import CallBatcher, DiskThreads, NoThreads
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
@@ -797,7 +805,7 @@ class Drive:
         self,
         conn: _Connection,
         path: str,
-        stage: Callable[[bool], Staged] | Staged,
+        stage: _Stage | Staged,
         precondition: str,
         *,
         small: bool = False,
@@ -866,7 +874,7 @@ class Drive:
         self,
         conn: _Connection,
         path: str,
-        stage: Callable[[bool], Staged],
+        stage: _Stage,
         precondition: str,
         current: int,
         *,
@@ -899,7 +907,7 @@ class Drive:
                 created = await conn.run_sync(_install_new, store, *new_file)
             if isinstance(created, Staged):
                 return created
-            info, identity = created
+            info, identity, _ = created
             wire = conn.index.wire
             assert wire is not None
             try:  # an unreachable server: no commit was sent, so undo the install
@@ -958,7 +966,7 @@ class Drive:
         self,
         conn: _Connection,
         path: str,
-        stage: Callable[[bool], Staged] | Staged,
+        stage: _Stage | Staged,
         precondition: str,
         current: int,
         token: str,
@@ -1468,7 +1476,8 @@ class Drive:
 
         """
         conn = await self._connection(check_index=False)
-        files = await conn.run_sync(functools.partial(conn.store.scan, verify=verify))
+        found = await conn.run_sync(functools.partial(conn.store.scan, verify=verify))
+        files = [file for file in found if file.finished]
         await conn.index.replace_all(files)
         conn.index_checked = False
         logger.info("drive %s: index rebuilt from disk (%d files)", self.name, len(files))
@@ -1843,33 +1852,66 @@ def _install_new(
     store: DiskStore,
     component: str,
     path: str,
-    stage: Callable[[bool], Staged],
+    stage: _Stage,
     version: int,
     *,
     sync_folder: bool = True,
-) -> tuple[FileInfo, FileIdentity] | Staged:
+) -> _Created:
     """Stage and install ``version`` of a new file without its lock (in a worker thread).
 
-    Returns its info and identity, or the upload, still staged, where `DiskStore.install_new`
-    does not apply (a file at the path already, ...): the put then takes the lock.
+    Returns its info, identity, and whether its folder is still to fsync (only with
+    ``sync_folder=False``); or the upload, still staged, where no new file can be made
+    at the path (a file there already, ...): the put then takes the lock. Where the disk
+    allows (`DiskStore.open_new`) the file is written straight at its path, else staged
+    as an upload and linked or renamed there (`DiskStore.install_new`).
     """
     store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
-    staged = stage(False)
-    info, meta = _new_version(component, path, staged, version)
+    opened: list[NewFile] = []
+
+    def open_new() -> NewFile | None:  # once the source is found to be a small file
+        new = store.open_new(component, path)
+        opened.extend([new] if new is not None else [])
+        return new
+
+    try:
+        staged = stage(False, open_new)
+        info, meta = _new_version(component, path, staged, version)
+        if staged.in_place:
+            if store.settle_new(staged, meta):
+                return info, opened[0].identity, False
+            # No attribute after all: the way of uploads, which keeps the metadata in files.
+            store.restore(None, component, path, installed=opened[0].identity)
+            opened.clear()
+            staged = stage(False)
+            info, meta = _new_version(component, path, staged, version)
+    except BaseException:
+        if opened:
+            store.restore(None, component, path, installed=opened[0].identity)
+        raise
     try:
         identity = store.install_new(staged, component, path, meta, sync_folder=sync_folder)
     except BaseException:
         store.discard(staged)
         raise
-    return staged if identity is None else (info, identity)
+    return staged if identity is None else (info, identity, not sync_folder)
 
 
-_NewFile = tuple[str, str, Callable[[bool], Staged], int]  # component, path, stage, version
-_Created = tuple[FileInfo, FileIdentity] | Staged
+class _Stage(Protocol):
+    """Writes an upload: ``stage(sync)``, or into a new file at its path (`DiskStore.open_new`)."""
+
+    def __call__(self, sync: bool, into: OpenNew | None = None, /) -> Staged: ...
+
+
+_NewFile = tuple[str, str, _Stage, int]  # component, path, stage, version
+#: A new file installed (its info, its identity, whether its folder is still to fsync), or
+#: the upload, still staged, for the locked way.
+_Created = tuple[FileInfo, FileIdentity, bool] | Staged
 
 
 def _install_new_each(store: DiskStore, files: list[_NewFile]) -> list[_Created | BaseException]:
     """`_install_new` for each file, its folder fsynced once for all of them that it holds.
+
+    (Where they were written in place, none: see `DiskStore.open_new`.)
 
     A folder whose fsync fails takes back the files installed in it (their outcome: the
     error); the others stand.
@@ -1889,7 +1931,7 @@ def _install_new_each(store: DiskStore, files: list[_NewFile]) -> list[_Created 
             outcomes.append(exc)
             continue
         outcomes.append(created)
-        if not isinstance(created, Staged):
+        if not isinstance(created, Staged) and created[2]:
             folders.setdefault((component, _parent(path)), []).append(number)
     for numbers in folders.values():
         component, path = files[numbers[0]][:2]
@@ -1967,7 +2009,9 @@ def _copy_each(
     return outcomes
 
 
-def _stage_small_file(store: DiskStore, local: Path, sync: bool) -> Staged:
+def _stage_small_file(
+    store: DiskStore, local: Path, sync: bool, into: OpenNew | None = None
+) -> Staged:
     """Stage ``local`` if it is a regular file of at most `_SMALL_WRITE` bytes.
 
     Else (missing, a folder, larger, not a regular file, not even readable for its size)
@@ -1979,7 +2023,7 @@ def _stage_small_file(store: DiskStore, local: Path, sync: bool) -> Staged:
         raise _NotASmallFile from None
     if not stat.S_ISREG(st.st_mode) or st.st_size > _SMALL_WRITE:
         raise _NotASmallFile
-    return store.stage_file(local, sync)
+    return store.stage_file(local, sync, into)
 
 
 def _local_files(local: Path) -> list[tuple[str, int]] | None:

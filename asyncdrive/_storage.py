@@ -22,6 +22,9 @@ file on the same filesystem, are flushed and fsynced, then renamed into place, s
 always opens a complete old or a complete new file. A small upload is created without a name
 where the disk allows (``O_TMPFILE``) and linked into place, or into ``.tmp`` first when it
 must replace a file: its fsync then writes no folder out, and a crash leaves nothing behind.
+A new small file, where no file is at its path yet, is written straight there on disks
+where its fsync makes its name durable too (`DiskStore.open_new`): until its commit the
+index does not know it, so no reader of the drive opens it half-written.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from ._config import is_valid_name
 from ._exceptions import InvalidPathError
@@ -94,6 +97,10 @@ class DiskFile:
     checksum: str
     version: int
     age: float
+    #: False for a new file still being written in place (`DiskStore.open_new`), or left
+    #: so by a writer that died: never committed, so `Drive.rebuild_index` skips it (and
+    #: `Drive.gc` removes it once older than its grace).
+    finished: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,9 @@ class Staged:
     #: is then the name it gets if `install` needs one (`DiskStore._name_upload`), and the
     #: upload lives only as long as ``fd`` is open.
     named: bool = True
+    #: True for a new file written straight at its path (`DiskStore.open_new`): ``tmp`` is
+    #: that path, and `DiskStore.settle_new`, not `install`, finishes it.
+    in_place: bool = False
 
     def __del__(self, _close: Callable[[int], None] = os.close) -> None:
         # A safety net: an upload dropped while open (a put cancelled just as its worker
@@ -121,6 +131,18 @@ class Staged:
                 _close(self.fd)
             except OSError:  # not contextlib.suppress: a global too
                 return
+
+
+class NewFile(NamedTuple):
+    """A file `DiskStore.open_new` created at its path: open for writing, not yet synced."""
+
+    fd: int
+    path: Path
+    identity: FileIdentity
+
+
+#: What `DiskStore.stage_file` calls for a new file to write in place, if any (see `_stage`).
+OpenNew = Callable[[], NewFile | None]
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -600,6 +622,11 @@ def _meta_attribute(meta: dict[str, object]) -> bytes:
     return _meta_json(meta)
 
 
+#: The metadata of a new file while it is written at its path (`DiskStore.open_new`).
+_UNFINISHED = "unfinished"
+_UNFINISHED_ATTRIBUTE = json.dumps({_UNFINISHED: True}).encode()
+
+
 def _parse_meta_attribute(value: bytes) -> object:
     """Return the metadata of an attribute `_meta_attribute` wrote (ValueError if it is neither)."""
     if len(value) == _META_PACKED.size and value[0] == _META_PACKED_FORMAT:
@@ -710,6 +737,7 @@ class _TempNames:
 _temp_names = _TempNames()
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def temp_fd_in(folder: Path) -> tuple[int, Path]:
@@ -739,6 +767,14 @@ _LOCAL_FILESYSTEMS = frozenset(
     {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "bcachefs", "jfs", "nilfs2",
      "reiserfs", "tmpfs", "ramfs", "overlay"}
 )  # fmt: skip
+
+
+#: Filesystems where the fsync of a file just created also makes its name durable: the
+#: folder entry was made with the file, in the same transaction of the journal (ext3,
+#: ext4), the log (XFS) or the log tree (Btrfs), which that fsync commits; an ext4 without a
+#: journal writes the folder of a new file out at its first fsync (``ext4_sync_parent``).
+#: A rename or link into a folder is not covered: it needs the folder's own fsync.
+_NEW_NAMES_DURABLE = frozenset({"ext3", "ext4", "xfs", "btrfs"})
 
 
 def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
@@ -784,6 +820,9 @@ class DiskStore:
         #: Whether the root is on a filesystem of this machine: None until `on_local_disk`
         #: is first read (in a worker thread: it looks at the disk).
         self.local_disk: bool | None = None
+        #: Whether the fsync of a new file makes its name durable too, so a new small file
+        #: is written straight at its path (`open_new`): set with `local_disk`.
+        self.new_names_durable = False
 
     @property
     def on_local_disk(self) -> bool:
@@ -794,7 +833,9 @@ class DiskStore:
         Looked up once (a blocking look at the disk), then kept in `local_disk`.
         """
         if self.local_disk is None:
-            self.local_disk = filesystem_type(self.root) in _LOCAL_FILESYSTEMS
+            kind = filesystem_type(self.root)
+            self.new_names_durable = kind in _NEW_NAMES_DURABLE
+            self.local_disk = kind in _LOCAL_FILESYSTEMS
         return self.local_disk
 
     def file_path(self, component: str, path: str) -> Path:
@@ -924,7 +965,12 @@ class DiskStore:
         self.unnamed_uploads = False
         return -1
 
-    def _stage(self, write: Callable[[int], tuple[int, str]], sync: bool) -> Staged:
+    def _stage(
+        self,
+        write: Callable[[int], tuple[int, str]],
+        sync: bool,
+        into: OpenNew | None = None,
+    ) -> Staged:
         """Write a new upload with ``write(fd) -> (size, checksum)``; fsync it if ``sync``.
 
         Unsynced, it stays open for `install` (see `Staged.fd`). Where the disk allows it has
@@ -933,7 +979,19 @@ class DiskStore:
         folder the upload leaves at once), and a process that dies, or a crash, leaves
         nothing in ``.tmp`` (a large upload cut short, GiBs until `gc` otherwise). On any
         error it is removed.
+
+        ``into()``, called once the source is open, may return a new file at its path
+        (`DiskStore.open_new`; ``sync`` is then False), which is written instead: left
+        unsynced and open, and on an error closed but left for the caller to remove.
         """
+        new = None if into is None else into()
+        if new is not None:
+            try:
+                size, checksum = write(new.fd)
+            except BaseException:
+                os.close(new.fd)  # the file itself is the caller's to remove
+                raise
+            return Staged(new.path, size, checksum, new.fd, in_place=True)
         fd = self._new_unnamed_upload() if self.unnamed_uploads else -1
         named = fd < 0
         if named:
@@ -965,13 +1023,14 @@ class DiskStore:
             os.close(folder)
         object.__setattr__(staged, "named", True)
 
-    def stage_file(self, source: Path, sync: bool = True) -> Staged:
+    def stage_file(self, source: Path, sync: bool = True, into: OpenNew | None = None) -> Staged:
         """Copy a local file into a temporary upload, and hash it.
 
         A large file is copied inside the kernel while another thread hashes the upload
         behind the copy; a small one goes through one buffer, hashed in the same pass.
         Memory stays bounded (a few MiB) whatever the size. ``sync=False`` leaves the fsync
-        to `install` (one fsync then covers the bytes and the metadata).
+        to `install` (one fsync then covers the bytes and the metadata). ``into``: see
+        `_stage`.
         """
         src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -979,22 +1038,24 @@ class DiskStore:
             if stat.S_ISDIR(st.st_mode):  # as open() refuses it
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(source))
             if stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_HASH_MIN:
-                return self._stage(lambda fd: _copy_hashed(src, fd), sync)
+                return self._stage(lambda fd: _copy_hashed(src, fd), sync, into)
             if not stat.S_ISREG(st.st_mode):
-                return self._stage(lambda fd: _copy_fd(src, fd, CHUNK), sync)
+                return self._stage(lambda fd: _copy_fd(src, fd, CHUNK), sync, into)
             chunk = min(st.st_size + 1, CHUNK)
-            return self._stage(lambda fd: _copy_fd(src, fd, chunk, st.st_size), sync)
+            return self._stage(lambda fd: _copy_fd(src, fd, chunk, st.st_size), sync, into)
         finally:
             os.close(src)
 
-    def stage_bytes(self, data: bytes | bytearray | memoryview, sync: bool = True) -> Staged:
-        """Write ``data`` into a temporary upload (``sync``: as for `stage_file`)."""
+    def stage_bytes(
+        self, data: bytes | bytearray | memoryview, sync: bool = True, into: OpenNew | None = None
+    ) -> Staged:
+        """Write ``data`` into a temporary upload (``sync``, ``into``: as for `stage_file`)."""
 
         def write(fd: int) -> tuple[int, str]:
             _write_all(fd, data)
             return len(data), hashlib.new(CHECKSUM_ALGORITHM, data).hexdigest()
 
-        return self._stage(write, sync)
+        return self._stage(write, sync, into)
 
     def open_upload(self) -> tuple[BinaryIO, Path, bool]:
         """Create an empty temporary upload: return it open for writing, and its name.
@@ -1010,6 +1071,7 @@ class DiskStore:
 
     def discard(self, staged: Staged) -> None:
         """Remove an upload that will not be installed."""
+        assert not staged.in_place, "settle_new's, not an upload"
         _close_upload(staged)
         staged.tmp.unlink(missing_ok=True)
 
@@ -1107,6 +1169,58 @@ class DiskStore:
             return identity
         finally:
             os.close(folder)
+
+    def open_new(self, component: str, path: str) -> NewFile | None:
+        """Create ``component``'s ``path`` as a new, empty file open for writing, if none is.
+
+        For a new small file, written there (`stage_file` ``into=``) and finished by
+        `settle_new`: no upload to name, and no fsync of the folder, where the disk makes a
+        new file's name durable with the file's fsync (`new_names_durable`) and keeps
+        metadata in an attribute. None where this way does not apply (such a disk not
+        known yet, a file or anything at the path, a link on the way, no ``openat2``): the
+        put then stages an upload (`install_new`). Missing folders of the path are made
+        (and pruned again by `restore`). The caller removes the file if it is not settled
+        (`restore` with its identity).
+        """
+        if not (self.new_names_durable and self.meta_in_xattr) or _openat2 is None:
+            return None
+        parts = self._parts(component, path)
+        try:
+            fd = self._open_without_links(parts, _NEW_FILE_FLAGS, FILE_MODE)
+        except FileNotFoundError:
+            folder = self._make_folder(parts, path)
+            if folder < 0:
+                return None
+            try:
+                fd = os.open(parts[-1], _NEW_FILE_FLAGS | os.O_NOFOLLOW, FILE_MODE, dir_fd=folder)
+            except OSError:
+                return None
+            finally:
+                os.close(folder)
+        except OSError:  # a file, folder or link at the path, a file on the way, ...
+            return None
+        if fd < 0:
+            return None
+        found = os.fstat(fd)
+        new = NewFile(fd, self.base / component / path, (found.st_dev, found.st_ino))
+        try:  # until `settle_new` sets the real one (see `DiskFile.finished`)
+            os.setxattr(fd, META_XATTR, _UNFINISHED_ATTRIBUTE)
+        except BaseException:
+            os.close(fd)
+            self.restore(None, component, path, installed=new.identity)
+            raise
+        return new
+
+    def settle_new(self, staged: Staged, meta: dict[str, object]) -> bool:
+        """Attach the metadata to a file written in place (`open_new`), fsync and close it.
+
+        Once this returns True, the file and its name survive a crash. False (still at
+        its path: the caller removes it) where the disk refused the attribute after all.
+        """
+        try:
+            return self._attach_meta(staged, meta)
+        finally:
+            _close_upload(staged)
 
     def _make_folder(self, parts: list[str], path: str) -> int:
         """Make the folders of ``parts[:-1]`` that are missing, then open the last (`_open_folder`).
@@ -1406,6 +1520,7 @@ class DiskStore:
             checksum=meta["checksum"] if trusted else file_checksum(data),
             version=int(meta.get("version", 1)),
             age=now - found.st_mtime,
+            finished=not meta.get(_UNFINISHED),
         )
 
     def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:

@@ -262,6 +262,19 @@ def run_python(
     return proc
 
 
+def opens(identity: tuple[int, int]) -> bool:
+    """Whether any descriptor of this process is open on the file ``identity`` names.
+
+    Safer than asking about a descriptor's number: another thread may reuse it once closed.
+    """
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found = os.fstat(int(fd))
+            if (found.st_dev, found.st_ino) == identity:
+                return True
+    return False
+
+
 def collect_until(done: Callable[[], bool], timeout: float = 10) -> None:
     """Collect garbage until ``done()``: say, until the objects dropped were finalized.
 

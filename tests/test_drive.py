@@ -34,9 +34,9 @@ from asyncdrive import (
 )
 from asyncdrive import _storage as storage
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
-from asyncdrive._storage import META_XATTR, DiskStore, _parse_meta_attribute
+from asyncdrive._storage import META_XATTR, DiskStore, Staged, _parse_meta_attribute
 
-from .conftest import MakeDrive, raw_redis
+from .conftest import MakeDrive, opens, raw_redis
 
 HELLO = b"Hello World !"
 
@@ -266,12 +266,21 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
         assert calls == []
 
 
+@pytest.mark.parametrize("way", ["in place", "uploads"])
 async def test_concurrent_new_files_share_calls_and_keep_their_own_outcomes(
-    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str],
+    workdir: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
 ) -> None:
     """New small files put by concurrent tasks are installed together, a worker-thread call
-    at a time, each folder fsynced once per call; each put keeps its own outcome, and those
-    that find a file at the path, or no small local file, go their own way after."""
+    at a time: written in place with no folder fsynced, or, where the disk needs it (the
+    way of uploads), each folder fsynced once per call; each put keeps its own outcome,
+    and those that find a file at the path, or no small local file, go their own way."""
+    kind = storage.filesystem_type(workdir)
+    durable = frozenset({kind}) if way == "in place" and kind is not None else frozenset()
+    monkeypatch.setattr(storage, "_NEW_NAMES_DURABLE", durable)
     calls: list[list[str]] = []
     install_each = _drive._install_new_each
 
@@ -326,13 +335,17 @@ async def test_concurrent_new_files_share_calls_and_keep_their_own_outcomes(
     put_together = [path for call in calls for path in call]
     assert "b/3.txt" not in put_together and len(put_together) >= 28, calls
     assert calls[0] and len(calls) < 10, calls
-    assert len(synced) < 28 and set(synced) <= {"a", "b", "a/folder"}, synced
+    if durable:  # (the folder put, a batch of its own, still fsyncs its folder)
+        assert set(synced) <= {"a/folder"}, synced
+    else:
+        assert 0 < len(synced) < 28 and set(synced) <= {"a", "b", "a/folder"}, synced
 
 
 def test_new_files_installed_together_are_taken_back_if_their_folder_fsync_fails(
     workdir: Path, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = DiskStore(root, "d")
+    store.local_disk = True  # where the disk needs the folder's fsync (NFS, ext2, ...)
     sync_folder_of = DiskStore.sync_folder_of
 
     def failing_in_a(self: DiskStore, component: str, path: str) -> None:
@@ -351,10 +364,106 @@ def test_new_files_installed_together_are_taken_back_if_their_folder_fsync_fails
         assert isinstance(outcomes[number], OSError), outcomes
         assert not (store.base / "c" / files[number][1]).exists()  # taken back
     for number in (1, 3):
-        info, _identity = outcomes[number]  # type: ignore[misc]
+        info, _identity, _ = outcomes[number]  # type: ignore[misc]
         assert info.path == files[number][1] and info.version == 1
         assert (store.base / "c" / files[number][1]).read_bytes() == f"file {number}".encode()
     assert store.leftovers(grace=0)[0] == []  # no upload left behind
+
+
+@pytest.fixture
+def in_place(root: Path) -> DiskStore:
+    """A store that writes new small files in place (see `DiskStore.open_new`)."""
+    if storage._openat2 is None:
+        pytest.skip("this kernel or sandbox has no openat2")
+    store = DiskStore(root, "d")
+    store.local_disk, store.new_names_durable = True, True
+    staged = store.stage_bytes(b"first", False)  # the first put finds out about attributes
+    assert not isinstance(_drive._install_new(store, "c", "first", lambda *_: staged, 1), Staged)
+    if not store.meta_in_xattr:
+        pytest.skip("this filesystem keeps no user attributes")
+    return store
+
+
+def test_a_new_file_in_place_takes_one_fsync_and_leaves_no_upload(
+    workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    write("local.txt", b"new bytes")
+    stage = functools.partial(_drive._stage_small_file, in_place, Path("local.txt"))
+    created = _drive._install_new(in_place, "c", "a/f", stage, 1)
+    assert not isinstance(created, Staged)
+    info, identity, folder_to_sync = created
+    target = in_place.base / "c" / "a" / "f"
+    assert storage.file_identity(target) == identity and not folder_to_sync
+    assert target.read_bytes() == b"new bytes" and in_place.read_meta("c", "a/f") == {
+        "size": 9, "mtime": info.mtime, "checksum": info.checksum, "version": 1}  # fmt: skip
+    assert len(synced) == 1  # the file's: its name with it, on this disk
+    assert in_place.leftovers(grace=0) == ([], [])
+
+
+@pytest.mark.parametrize("failing", ["no small local file", "while writing", "at its fsync"])
+def test_a_new_file_in_place_that_fails_is_removed_with_its_new_folders(
+    workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    write("local.txt", b"new bytes")
+    opened: list[tuple[int, int]] = []
+    open_new = DiskStore.open_new
+
+    def spied(self: DiskStore, component: str, path: str) -> Any:
+        new = open_new(self, component, path)
+        assert new is not None
+        opened.append(new.identity)
+        return new
+
+    def half_written(fd: int, data: bytes) -> None:
+        os.write(fd, data[:4])
+        raise OSError(errno.EIO, "I/O error")
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(DiskStore, "open_new", spied)
+    stage: Any = functools.partial(_drive._stage_small_file, in_place, Path("local.txt"))
+    if failing == "no small local file":  # found before any file is made at the path
+        stage = functools.partial(_drive._stage_small_file, in_place, Path("missing.txt"))
+    elif failing == "while writing":
+        monkeypatch.setattr(storage, "_write_all", half_written)
+        stage = functools.partial(in_place.stage_bytes, b"new bytes")
+    else:
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises((OSError, _drive._NotASmallFile)):
+        _drive._install_new(in_place, "c", "a/b/f", stage, 1)
+    assert len(opened) == (0 if failing == "no small local file" else 1)
+    assert not any(opens(identity) for identity in opened)
+    assert not (in_place.base / "c" / "a").exists()  # the folders it made, pruned
+    assert [f.path for f in in_place.scan(verify=False)] == ["first"]
+
+
+def test_a_new_file_in_place_whose_attribute_is_refused_goes_the_way_of_uploads(
+    workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that refuses the attribute after all (as one mounted over the root might): the
+    file written in place goes, and the upload is left staged for the locked way."""
+
+    def refused(self: DiskStore, fd: int, meta: dict[str, object]) -> bool:
+        self.meta_in_xattr = False
+        return False
+
+    monkeypatch.setattr(DiskStore, "_set_meta_attribute", refused)
+    write("local.txt", b"new bytes")
+    stage = functools.partial(_drive._stage_small_file, in_place, Path("local.txt"))
+    staged = _drive._install_new(in_place, "c", "a/f", stage, 1)
+    assert isinstance(staged, Staged) and not staged.in_place
+    assert not (in_place.base / "c" / "a").exists()
+    in_place.discard(staged)
+    assert in_place.open_new("c", "a/f") is None  # metadata files from now on
 
 
 async def test_get_waits_for_the_file(make_drive: MakeDrive, drive_id: str) -> None:

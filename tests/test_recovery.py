@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from asyncdrive import Drive, IndexLostError, SyncDrive
+from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
 
 from .conftest import MakeDrive, raw_redis
@@ -316,6 +317,58 @@ async def test_gc_drops_a_backup_whose_file_has_no_entry(
     assert (report.installs_undone, report.installs_kept) == (1, 0)
     assert not backup.exists() and not backup.parent.exists()
     assert await drive.gc(grace=0) == type(report)()
+
+
+KILLED_WRITING = """
+import os, signal, sys
+from asyncdrive import SyncDrive, _storage
+
+def half_then_killed(fd, data):
+    os.write(fd, bytes(data[: len(data) // 2]))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+with SyncDrive(sys.argv[1]) as drive:
+    drive.write_bytes("first.txt", b"finds out what the disk keeps")
+    _storage._write_all = half_then_killed
+    drive.write_bytes(sys.argv[2], b"x" * 1000)
+"""
+
+
+async def test_a_new_file_whose_writer_was_killed_writing_it_in_place_is_never_indexed(
+    env: dict[str, str], root: Path, workdir: Path, drive_id: str
+) -> None:
+    """A new small file is written straight at its path (`DiskStore.open_new`): a writer
+    killed halfway leaves it there, marked unfinished. Readers and listings never see it,
+    `rebuild_index` skips it, a put replaces it, and `gc` removes it."""
+    if storage.filesystem_type(root) not in storage._NEW_NAMES_DURABLE:
+        pytest.skip("this disk needs the folder's fsync: new files go through uploads")
+    async with Drive(drive_id) as drive:
+        await drive.exists("x")
+        assert drive._conn is not None
+        if drive._conn.index.wire is None:
+            pytest.skip("on a Cluster every put takes the lock: its upload goes through .tmp")
+    for path in ("a/replaced.txt", "removed.txt"):
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLED_WRITING, drive_id, path], cwd=workdir, env=env
+        )
+        assert proc.returncode == -signal.SIGKILL
+    store = DiskStore(root, drive_id[6:])
+    left = {f.path: f for f in store.scan(verify=False)}
+    assert sorted(left) == ["a/replaced.txt", "first.txt", "removed.txt"]
+    assert not left["removed.txt"].finished and left["removed.txt"].size == 500
+    async with Drive(drive_id) as drive:
+        assert await drive.list(".", recursive=True) == ["first.txt"]
+        with pytest.raises(FileNotFoundError):
+            await drive.read_bytes("removed.txt")
+        assert await drive.rebuild_index() == 1
+        assert await drive.list(".", recursive=True) == ["first.txt"]
+        await drive.write_bytes("a/replaced.txt", b"complete")
+        assert await drive.read_bytes("a/replaced.txt") == b"complete"
+        report = await drive.gc(grace=0)
+        assert report.orphans_removed == 1 and report.installs_undone == 0
+        assert await drive.list(".", recursive=True) == ["a/replaced.txt", "first.txt"]
+    assert not store.file_path("default", "removed.txt").exists()
+    assert all(f.finished for f in store.scan(verify=True))
 
 
 WORKER = """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gc
 import hashlib
@@ -17,6 +16,8 @@ import pytest
 from asyncdrive import InvalidPathError
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore, Staged
+
+from .conftest import opens
 
 CHECKSUM = hashlib.sha256(b"x").hexdigest()
 META = {"checksum": CHECKSUM, "mtime": 1764000000.123456, "size": 1,
@@ -43,19 +44,6 @@ def upload_bytes(staged: Staged) -> bytes:
     if staged.fd is not None:
         return os.pread(staged.fd, os.fstat(staged.fd).st_size, 0)
     return staged.tmp.read_bytes()
-
-
-def opens(identity: tuple[int, int]) -> bool:
-    """Whether any descriptor of this process is open on the file ``identity`` names.
-
-    Safer than asking about a descriptor's number: another thread may reuse it once closed.
-    """
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            found = os.fstat(int(fd))
-            if (found.st_dev, found.st_ino) == identity:
-                return True
-    return False
 
 
 def is_open(fd: int) -> bool:
@@ -683,3 +671,93 @@ def test_a_new_file_whose_folder_a_delete_removed_is_left_staged(
     assert store.install_new(staged, "c", "a/f", META) is None
     assert upload_bytes(staged) == b"new" and not folder.exists()
     store.discard(staged)
+
+
+@pytest.fixture
+def in_place(store: DiskStore) -> DiskStore:
+    """A store that writes new small files in place: its disk makes a new file's name
+    durable with the file's fsync, and keeps metadata in an attribute."""
+    if storage._openat2 is None:
+        pytest.skip("this kernel or sandbox has no openat2")
+    store.tmp_dir.mkdir(parents=True)
+    probe = store.tmp_dir / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, storage.META_XATTR, b"{}")
+    except OSError:
+        pytest.skip("this filesystem keeps no user attributes")
+    probe.unlink()
+    store.local_disk, store.new_names_durable, store.meta_in_xattr = True, True, True
+    return store
+
+
+def test_a_new_file_is_written_at_its_path_and_finished_by_settle_new(
+    in_place: DiskStore,
+) -> None:
+    new = in_place.open_new("c", "a/b/f")  # its folders made
+    assert new is not None
+    target = in_place.base / "c" / "a" / "b" / "f"
+    assert new.path == target and new.identity == storage.file_identity(target)
+    # While it is written, it says so: a rebuild of the index would skip it.
+    [found] = in_place.scan(verify=False)
+    assert (found.path, found.finished) == ("a/b/f", False)
+    staged = in_place.stage_bytes(b"x", False, lambda: new)
+    assert staged.in_place and staged.tmp == target and staged.fd == new.fd
+    assert in_place.settle_new(staged, META) is True
+    assert staged.fd is None and not opens(new.identity)
+    assert target.read_bytes() == b"x" and in_place.read_meta("c", "a/b/f") == META
+    [found] = in_place.scan(verify=False)
+    assert found.finished and found.version == 3
+    assert list(in_place.tmp_dir.iterdir()) == []  # no upload went through .tmp
+
+
+@pytest.mark.parametrize("standing", ["file", "folder", "file above", "link", "link above"])
+def test_no_new_file_is_opened_where_anything_stands_at_its_path(
+    in_place: DiskStore, tmp_path: Path, standing: str
+) -> None:
+    folder = in_place.base / "c" / "a"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if standing == "file above":
+        folder.parent.mkdir(parents=True)
+        folder.write_bytes(b"a file where a folder of the path goes")
+    elif standing == "link above":
+        folder.parent.mkdir(parents=True)
+        folder.symlink_to(outside)
+    else:
+        folder.mkdir(parents=True)
+    if standing == "file":
+        (folder / "f").write_bytes(b"old")
+    elif standing == "folder":
+        (folder / "f").mkdir()
+    elif standing == "link":
+        (folder / "f").symlink_to(outside / "f")
+    assert in_place.open_new("c", "a/f") is None
+    assert list(outside.iterdir()) == []
+    if standing == "file":
+        assert (folder / "f").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("missing", ["durable names", "attributes known", "openat2"])
+def test_no_new_file_is_opened_in_place_without_what_it_needs(
+    in_place: DiskStore, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    if missing == "durable names":
+        in_place.new_names_durable = False  # NFS, ext2, ...: the folder needs its fsync
+    elif missing == "attributes known":
+        in_place.meta_in_xattr = None  # the first put finds out, the way of uploads
+    else:
+        monkeypatch.setattr(storage, "_openat2", None)
+    assert in_place.open_new("c", "a/f") is None
+    assert not (in_place.base / "c").exists()
+
+
+def test_which_filesystems_make_a_new_files_name_durable_with_its_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for kind, durable in (("ext4", True), ("xfs", True), ("ext2", False), ("nfs4", False)):
+        monkeypatch.setattr(storage, "filesystem_type", lambda path, kind=kind: kind)
+        store = DiskStore(tmp_path, "d")
+        assert store.new_names_durable is False  # not looked up yet
+        assert store.on_local_disk is (kind != "nfs4")
+        assert store.new_names_durable is durable, kind
