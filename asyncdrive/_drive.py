@@ -6,7 +6,6 @@ watches and open files, on a background loop thread); no logic lives there.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -62,6 +61,7 @@ from ._storage import (
     Staged,
     upload_identity,
 )
+from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
@@ -663,16 +663,15 @@ class Drive:
                 if outcome.status != "ok":
                     errors[number] = self._refusal(paths[number], outcome, precondition)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await index.unlock_many(component, [(paths[n], t) for n, t, _ in granted])
+            await to_its_end(index.unlock_many(component, [(paths[n], t) for n, t, _ in granted]))
             raise
         granted.sort()
         if granted:
             # Between the first install and the last commit, a cancellation would leave the
-            # disk and the index disagreeing, as in `_put`: shielded.
-            with anyio.CancelScope(shield=True):
-                errors.update(await self._install_and_commit_batch(conn, jobs, granted,
-                                                                   precondition))  # fmt: skip
+            # disk and the index disagreeing, as in `_put`: finished whatever cancels.
+            errors.update(await to_its_end(
+                self._install_and_commit_batch(conn, jobs, granted, precondition)
+            ))  # fmt: skip
         if errors:
             raise errors[min(errors)]
 
@@ -854,18 +853,22 @@ class Drive:
                 raise _NotASmallFile  # no lock held if refused
             self._raise_put_refused(path, checked, precondition)
             # Between here and the index commit, a cancellation would leave the disk and the
-            # index disagreeing: the section is short (a rename and one Lua call), so shield it.
-            with anyio.CancelScope(shield=True):
-                info = await self._install_and_commit(
-                    conn, path, stage, precondition, int(checked.detail), token
-                )
+            # index disagreeing: the section is short (a rename and one Lua call), so it is
+            # finished whatever cancels the caller (anyio's scopes, or asyncio's timeouts).
+            current = int(checked.detail)
+            info = await to_its_end(
+                self._install_and_commit(conn, path, stage, precondition, current, token)
+            )
         except BaseException:
-            with anyio.CancelScope(shield=True):
+
+            async def clean_up() -> None:
                 if isinstance(stage, Staged):  # once installed, it is gone: this is a no-op
                     await conn.run_sync(conn.store.discard, stage)
                 if uncommitted is not None:
                     with contextlib.suppress(OSError, DriveError):
                         await self._remove_uncommitted(conn, path, uncommitted)
+
+            await to_its_end(clean_up())
             raise
         self._remember(component, path, info.version)
         return info
@@ -932,7 +935,7 @@ class Drive:
         # As in `_put`, between the install and the commit a cancellation would leave the
         # disk and the index disagreeing: finished whatever cancels the caller (a small
         # file, written and committed), by anyio's scopes or by asyncio (a timeout).
-        outcome = await _to_its_end(install_and_commit())
+        outcome = await to_its_end(install_and_commit())
         if not isinstance(outcome, PutOutcome):
             return outcome
         if tentative:
@@ -1174,7 +1177,8 @@ class Drive:
     async def _delete_file(self, conn: _Connection, path: str, *, missing_ok: bool = False) -> None:
         component = conn.config.component_name
         token = await self._lock(conn, component, path)
-        with anyio.CancelScope(shield=True):
+
+        async def delete_and_unlock() -> tuple[bool, list[str]]:
             try:
                 done, others, version = await conn.index.commit_delete(component, path)
                 if done:
@@ -1182,6 +1186,10 @@ class Drive:
                     await conn.run_sync(conn.store.remove, component, path)
             finally:
                 await conn.index.unlock(component, path, token)
+            return done, others
+
+        # Once the index lets the file go, its bytes go too, whatever cancels the caller.
+        done, others = await to_its_end(delete_and_unlock())
         if not done and not missing_ok:
             raise self._not_found(path, others, component, deleting=True)
 
@@ -1197,25 +1205,28 @@ class Drive:
         index = conn.index
         tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL)
         locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
-        if locked:
-            with anyio.CancelScope(shield=True):
-                try:
-                    outcomes = await index.commit_delete_many(component, [p for p, _ in locked])
-                    gone = []
-                    for (path, _), (done, _, version) in zip(locked, outcomes, strict=True):
-                        if done:
-                            self._remember(component, path, -version)
-                            gone.append(path)
-                    store = conn.store
+        store = conn.store
 
-                    def remove_all() -> None:
-                        for path in gone:
-                            store.remove(component, path)
+        async def delete_and_unlock() -> None:
+            try:
+                outcomes = await index.commit_delete_many(component, [p for p, _ in locked])
+                gone = []
+                for (path, _), (done, _, version) in zip(locked, outcomes, strict=True):
+                    if done:
+                        self._remember(component, path, -version)
+                        gone.append(path)
 
-                    if gone:
-                        await conn.run_sync(remove_all)
-                finally:
-                    await index.unlock_many(component, locked)
+                def remove_all() -> None:
+                    for path in gone:
+                        store.remove(component, path)
+
+                if gone:
+                    await conn.run_sync(remove_all)
+            finally:
+                await index.unlock_many(component, locked)
+
+        if locked:  # as in `_delete_file`: finished whatever cancels the caller
+            await to_its_end(delete_and_unlock())
         for path, token in zip(paths, tokens, strict=True):
             if token is None:  # being put or deleted by another writer: wait for it
                 await self._delete_file(conn, path, missing_ok=True)
@@ -1505,26 +1516,11 @@ class Drive:
             target = store.backup_target(backup)
             if target is None:
                 continue  # a name in the reserved space that is no backup: not ours to touch
-            component, path = target
-            token = await self._lock(conn, component, path)
-            with anyio.CancelScope(shield=True):
-                try:
-                    if not await conn.run_sync(os.path.lexists, backup):
-                        continue  # its writer was only slow, and has finished meanwhile
-                    entry = (await index.owners(path)).get(component)
-                    installed = await conn.run_sync(store.installed_version, component, path)
-                    if entry is None:  # deleted since, or never indexed: nothing to keep
-                        await conn.run_sync(store.drop_backup, backup)
-                        await conn.run_sync(store.remove, component, path)
-                        undone += 1
-                    elif entry.version == installed:
-                        await conn.run_sync(store.drop_backup, backup)
-                        kept += 1
-                    else:  # installed, then the writer died before the commit: undo
-                        await conn.run_sync(store.restore, backup, component, path)
-                        undone += 1
-                finally:
-                    await index.unlock(component, path, token)
+            token = await self._lock(conn, *target)
+            # Finished whatever cancels the caller, as a put's install and commit.
+            outcome = await to_its_end(self._settle_backup(conn, backup, *target, token))
+            undone += outcome == "undone"
+            kept += outcome == "kept"
         on_disk = await conn.run_sync(functools.partial(store.scan, verify=False))
         indexed = {(e.component_name, e.path) for e in await index.all_entries()}
         orphans = 0
@@ -1540,17 +1536,42 @@ class Drive:
                 dangling += done
         return GcReport(len(uploads), undone, kept, orphans, dangling)
 
+    async def _settle_backup(
+        self, conn: _Connection, backup: Path, component: str, path: str, token: str
+    ) -> Literal["undone", "kept", "gone"]:
+        """Keep or undo the install a dead writer's ``backup`` is of, under the lock ``token``."""
+        store, index = conn.store, conn.index
+        try:
+            if not await conn.run_sync(os.path.lexists, backup):
+                return "gone"  # its writer was only slow, and has finished meanwhile
+            entry = (await index.owners(path)).get(component)
+            installed = await conn.run_sync(store.installed_version, component, path)
+            if entry is None:  # deleted since, or never indexed: nothing to keep
+                await conn.run_sync(store.drop_backup, backup)
+                await conn.run_sync(store.remove, component, path)
+                return "undone"
+            if entry.version == installed:
+                await conn.run_sync(store.drop_backup, backup)
+                return "kept"
+            # Installed, then the writer died before the commit: undo.
+            await conn.run_sync(store.restore, backup, component, path)
+            return "undone"
+        finally:
+            await index.unlock(component, path, token)
+
     async def _remove_orphan(self, conn: _Connection, component: str, path: str) -> int:
         token = await self._lock(conn, component, path)
-        removed = 0
-        with anyio.CancelScope(shield=True):
+
+        async def remove_and_unlock() -> int:
             try:
-                if component not in await conn.index.owners(path):  # not committed meanwhile
-                    await conn.run_sync(conn.store.remove, component, path)
-                    removed = 1
+                if component in await conn.index.owners(path):  # committed meanwhile
+                    return 0
+                await conn.run_sync(conn.store.remove, component, path)
+                return 1
             finally:
                 await conn.index.unlock(component, path, token)
-        return removed
+
+        return await to_its_end(remove_and_unlock())
 
     # -- streaming -----------------------------------------------------------------------------
 
@@ -1971,27 +1992,6 @@ def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]
 
 class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
-
-
-async def _to_its_end(work: Coroutine[Any, Any, T]) -> T:
-    """Await ``work`` to its end even if the caller is cancelled meanwhile; return its result.
-
-    In a task of its own, which no cancel scope of the caller reaches and no
-    ``task.cancel()`` of asyncio's (``asyncio.timeout``, a task group) interrupts, where
-    ``anyio.CancelScope(shield=True)`` stops only anyio's. A cancelled caller waits for the
-    work, then is cancelled (its result or error dropped).
-    """
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with anyio.CancelScope(shield=True):  # not cancelled again at every turn of the loop
-            while not task.done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller is cancelled instead
-        raise
 
 
 def _copy_each(

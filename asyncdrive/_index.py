@@ -22,9 +22,10 @@ answer costs, not what the drive holds.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo
 from ._paths import parent_dirs
 from ._storage import DiskFile
+from ._tasks import to_its_end
 from ._wire import Wire, WirePool
 
 # Shared by every script that changes the index: KEYS[1] is the change log, KEYS[2] the id of
@@ -469,10 +471,11 @@ class Index:
         deadline = time.monotonic() + timeout
         pause = 0.001
         while True:
-            outcome = await self._run_put(self._put_call(
-                component, path, "lock", allow_duplicates, 0, 0, 0.0, "", precondition,
-                token=token, lease_ms=int(ttl * 1000),
-            ))  # fmt: skip
+            async with self._released_if_cut_short(component, [(path, token)]):
+                outcome = await self._run_put(self._put_call(
+                    component, path, "lock", allow_duplicates, 0, 0, 0.0, "", precondition,
+                    token=token, lease_ms=int(ttl * 1000),
+                ))  # fmt: skip
             if outcome.status != "locked":
                 return (token if outcome.status == "ok" else ""), outcome
             if time.monotonic() >= deadline:
@@ -501,7 +504,8 @@ class Index:
                            precondition, token=token, lease_ms=lease_ms)
             for path, token in zip(paths, tokens, strict=True)
         ]  # fmt: skip
-        outcomes = await self._run_put_many(calls)
+        async with self._released_if_cut_short(component, list(zip(paths, tokens, strict=True))):
+            outcomes = await self._run_put_many(calls)
         return [
             (token if outcome.status == "ok" else "", outcome)
             for token, outcome in zip(tokens, outcomes, strict=True)
@@ -740,12 +744,14 @@ class Index:
         token = secrets.token_hex(8)
         deadline = time.monotonic() + timeout
         pause = 0.001
-        while not await self.client.set(key, token, nx=True, px=int(ttl * 1000)):
+        while True:
+            async with self._released_if_cut_short(component, [(path, token)]):
+                if await self.client.set(key, token, nx=True, px=int(ttl * 1000)):
+                    return token
             if time.monotonic() >= deadline:
                 raise TimeoutError(key)
             await anyio.sleep(pause)
             pause = min(pause * 2, 0.05)
-        return token
 
     async def try_lock_many(
         self, component: str, paths: Sequence[str], *, ttl: float
@@ -760,13 +766,32 @@ class Index:
             ("SET", self.keys.lock(component, path), token, "NX", "PX", lease_ms)
             for path, token in zip(paths, tokens, strict=True)
         ]
-        if self.wire is None:
-            replies = []
-            for _, key, token, _, _, _ in commands:
-                replies.append(await self.client.set(key, token, nx=True, px=lease_ms))
-        else:
-            replies = await self.wire.call_many(commands)
+        async with self._released_if_cut_short(component, list(zip(paths, tokens, strict=True))):
+            if self.wire is None:
+                replies = []
+                for _, key, token, _, _, _ in commands:
+                    replies.append(await self.client.set(key, token, nx=True, px=lease_ms))
+            else:
+                replies = await self.wire.call_many(commands)
         return [token if reply else None for token, reply in zip(tokens, replies, strict=True)]
+
+    @contextlib.asynccontextmanager
+    async def _released_if_cut_short(
+        self, component: str, locks: Sequence[tuple[str, str]]
+    ) -> AsyncIterator[None]:
+        """Release the (path, token) locks if the block asking for them is cut short.
+
+        A request cancelled (or whose connection dropped) once sent may have taken its
+        lock all the same, which would then stand in every writer's way until its lease
+        ends (`LOCK_TTL`, 30 s): let it go, whatever cancels the caller. The release
+        matches the tokens, so it touches no lock of another writer.
+        """
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # unreachable: the lease ends it
+                await to_its_end(self.unlock_many(component, locks))
+            raise
 
     async def unlock_many(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
         """`unlock` each (path, token), in one round trip where a `Wire` is."""

@@ -872,3 +872,62 @@ async def test_concurrent_new_files_cancelled_at_random_are_committed_or_leave_n
         }
         assert on_disk == set(await drive.list(".", recursive=True)) - {"first.txt"}
         assert store.leftovers(grace=0) == ([], [])
+
+
+async def test_replacements_and_deletes_cancelled_at_random_are_done_whole_or_not_at_all(
+    env: dict[str, str], root: Path, drive_id: str, redis_url: str
+) -> None:
+    """Puts that replace a file (under its commit lock), deletes of one file and of a whole
+    folder, cancelled at random points by asyncio's own cancellation (``task.cancel()``, as
+    ``asyncio.timeout`` and task groups do, which anyio's shields do not stop): each is done
+    whole or not at all, and none leaves a lock, a backup, or bytes the index does not know."""
+    rng = random.Random(13)
+    old = {f"p/{i}.bin": f"old {i} ".encode() * rng.randrange(1, 400) for i in range(45)}
+    new = {path: data.replace(b"old", b"new") for path, data in old.items()}
+    folder = {f"q/{i}.bin": f"folder {i}".encode() for i in range(20)}
+    async with Drive(drive_id) as drive:
+        for round_number in range(4):
+            for path, data in {**old, **folder}.items():
+                await drive.write_bytes(path, data)
+            work: list[Any] = [
+                drive.delete(path) if i % 3 == 0 else drive.write_bytes(path, new[path])
+                for i, path in enumerate(old)
+            ]
+            work.append(drive.delete("q", recursive=True))
+            tasks = [asyncio.ensure_future(w) for w in work]
+            for _ in range(3):
+                await asyncio.sleep(rng.choice([0, 0.0005, 0.002, 0.005]))
+                for task in rng.sample(tasks, 12):
+                    task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(not isinstance(o, BaseException) or isinstance(o, asyncio.CancelledError)
+                       for o in outcomes), outcomes  # fmt: skip
+            done = [not isinstance(o, BaseException) for o in outcomes]
+            assert 0 < sum(done) < len(tasks), round_number  # some cancelled, some not
+            listed = set(await drive.list(".", recursive=True))
+            for i, path in enumerate(old):
+                if done[i]:  # returned: done
+                    assert (path in listed) == (i % 3 != 0)
+                if path in listed:  # whole: the old bytes or the new, as the index says
+                    data = await drive.read_bytes(path)
+                    assert data in (old[path], new[path])
+                    info = await drive.info(path)
+                    assert info.checksum == hashlib.sha256(data).hexdigest()
+                    meta = DiskStore(root, drive.name).read_meta("default", path) or {}
+                    assert meta.get("version") == info.version  # the disk says the same
+            kept = listed & set(folder)
+            if done[-1]:
+                assert kept == set()
+            for path in kept:
+                assert await drive.read_bytes(path) == folder[path]
+            # The disk agrees with the index; no backup, no upload, no lock is left.
+            store = DiskStore(root, drive.name)
+            base = store.base / "default"
+            on_disk = {p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()}
+            assert on_disk == listed, on_disk ^ listed
+            assert store.leftovers(grace=0) == ([], [])
+            async with raw_redis(redis_url) as client:
+                locks = [key async for key in client.scan_iter(match="*lock:*")]
+            assert locks == []
+            for path in listed:
+                await drive.delete(path)

@@ -1,0 +1,45 @@
+"""Work that must finish once begun, whatever cancels the task waiting for it.
+
+A put between its install and its commit, a delete between the index and the disk, a
+lock that may have been taken: cut short, they leave the disk and the index disagreeing,
+or a path locked until its lease ends. ``anyio.CancelScope(shield=True)`` guards against
+anyio's cancel scopes only; asyncio's own cancellation (``task.cancel()``, as
+``asyncio.timeout`` and task groups use) still reaches into it. `to_its_end` guards
+against both.
+
+Example:
+    >>> info = await to_its_end(install_and_commit())
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import anyio
+
+T = TypeVar("T")
+
+
+async def to_its_end(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; return its result.
+
+    In a task of its own, which no cancel scope of the caller reaches and no
+    ``task.cancel()`` of asyncio's (``asyncio.timeout``, a task group) interrupts, where
+    ``anyio.CancelScope(shield=True)`` stops only anyio's. A cancelled caller waits for the
+    work, then is cancelled (its result or error dropped).
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with anyio.CancelScope(shield=True):  # not cancelled again at every turn of the loop
+            while not task.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is cancelled instead
+        raise
