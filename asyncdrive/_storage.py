@@ -781,8 +781,9 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
     """Return the type of the filesystem that holds ``path`` ("ext4", "nfs4", ...), or None.
 
     Read from the mount table (``/proc/self/mountinfo``, or the text given), by the
-    device number of ``path``: None where there is no such table (not Linux), ``path``
-    cannot be looked at, or no mount has its device (a btrfs subvolume).
+    device number of ``path``, or of its nearest folder that exists (a root made only at
+    the first put): None where there is no such table (not Linux), ``path`` cannot be
+    looked at, or no mount has its device (a btrfs subvolume).
 
     Example:
         >>> filesystem_type(Path("/proc"))
@@ -790,7 +791,8 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
 
     """
     try:
-        device = os.stat(path).st_dev
+        existing = next((p for p in (path, *path.parents) if p.exists()), path)
+        device = os.stat(existing).st_dev
         if mountinfo is None:
             mountinfo = Path("/proc/self/mountinfo").read_text()
     except OSError:

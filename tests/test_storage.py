@@ -439,7 +439,7 @@ def test_the_filesystem_type_is_read_from_the_mount_table_by_device(tmp_path: Pa
     )
     assert storage.filesystem_type(tmp_path, table) == "nfs4"
     assert storage.filesystem_type(tmp_path, table.replace(here, "7:7")) is None
-    assert storage.filesystem_type(tmp_path / "missing", table) is None
+    assert storage.filesystem_type(tmp_path / "not" / "made yet", table) == "nfs4"  # its folder
     assert storage.filesystem_type(tmp_path) is not None  # this machine's own table
     assert DiskStore(tmp_path, "d").on_local_disk == (
         storage.filesystem_type(tmp_path) in storage._LOCAL_FILESYSTEMS
