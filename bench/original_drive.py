@@ -245,11 +245,12 @@ def _result(ctx: Context, n: int, list_n: int, version: str, f: dict[str, list[f
         notes=[
             "The original neither fsyncs nor renames: a put is a plain copy into its shared "
             "folder (a reader may see it half written), a get a plain copy out; its listing "
-            "walks the folder on disk for each component. asyncdrive's put fsyncs the upload "
-            "(its metadata in an extended attribute of it) and its folder, and commits in "
+            "walks the folder on disk for each component. asyncdrive's put fsyncs the file "
+            "(its metadata in an extended attribute of it; a new one written in place where "
+            "that makes its name durable too, as here, else also its folder), and commits in "
             "Redis (one round trip for a new file, two with the commit lock of a "
             "replacement), and its listing reads one Redis hash. A "
-            "put here is bound by those fsyncs and by CPU (2 cores shared with the server), "
+            "put here is bound by that fsync and by CPU (2 cores shared with the server), "
             "a get by CPU: neither target can be met on this machine by a put that survives "
             "a crash.",
         ],
