@@ -22,6 +22,7 @@ answer costs, not what the drive holds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -779,17 +780,18 @@ class Index:
     async def _released_if_cut_short(
         self, component: str, locks: Sequence[tuple[str, str]]
     ) -> AsyncIterator[None]:
-        """Release the (path, token) locks if the block asking for them is cut short.
+        """Release the (path, token) locks if the block asking for them is cancelled.
 
-        A request cancelled (or whose connection dropped) once sent may have taken its
-        lock all the same, which would then stand in every writer's way until its lease
-        ends (`LOCK_TTL`, 30 s): let it go, whatever cancels the caller. The release
-        matches the tokens, so it touches no lock of another writer.
+        A request cancelled once sent may have taken its lock all the same, which would
+        then stand in every writer's way until its lease ends (`LOCK_TTL`, 30 s): let it
+        go, whatever cancels the caller. The release matches the tokens, so it touches no
+        lock of another writer. (Not after a connection error: the server may be out of
+        reach, and the caller is not to wait for it twice; the lease ends such a lock.)
         """
         try:
             yield
-        except BaseException:
-            with contextlib.suppress(Exception):  # unreachable: the lease ends it
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
                 await to_its_end(self.unlock_many(component, locks))
             raise
 
