@@ -1876,15 +1876,15 @@ def _install_new(
     stage: _Stage,
     version: int,
     *,
-    sync_folder: bool = True,
+    sync: bool = True,
 ) -> _Created:
     """Stage and install ``version`` of a new file without its lock (in a worker thread).
 
-    Returns its info, identity, and whether its folder is still to fsync (only with
-    ``sync_folder=False``); or the upload, still staged, where no new file can be made
-    at the path (a file there already, ...): the put then takes the lock. Where the disk
-    allows (`DiskStore.open_new`) the file is written straight at its path, else staged
-    as an upload and linked or renamed there (`DiskStore.install_new`).
+    Returns its info, its identity and what remains to make it durable (see `_Unsynced`:
+    nothing, unless ``sync`` is False); or the upload, still staged, where no new file can
+    be made at the path (a file there already, ...): the put then takes the lock. Where
+    the disk allows (`DiskStore.open_new`) the file is written straight at its path, else
+    staged as an upload and linked or renamed there (`DiskStore.install_new`).
     """
     store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
     opened: list[NewFile] = []
@@ -1898,8 +1898,8 @@ def _install_new(
         staged = stage(False, open_new)
         info, meta = _new_version(component, path, staged, version)
         if staged.in_place:
-            if store.settle_new(staged, meta):
-                return info, opened[0].identity, False
+            if store.settle_new(staged, meta, sync=sync):
+                return info, opened[0].identity, None if sync else staged
             # No attribute after all: the way of uploads, which keeps the metadata in files.
             store.restore(None, component, path, installed=opened[0].identity)
             opened.clear()
@@ -1910,11 +1910,17 @@ def _install_new(
             store.restore(None, component, path, installed=opened[0].identity)
         raise
     try:
-        identity = store.install_new(staged, component, path, meta, sync_folder=sync_folder)
+        identity = store.install_new(staged, component, path, meta, sync_folder=sync)
     except BaseException:
         store.discard(staged)
         raise
-    return staged if identity is None else (info, identity, not sync_folder)
+    return staged if identity is None else (info, identity, None if sync else "folder")
+
+
+#: What a new file installed with ``sync=False`` (`_install_new`) still needs to survive a
+#: crash: nothing (None); the fsync of its folder ("folder": linked in as an upload); or,
+#: written in place, its own fsync (`DiskStore.sync_new` of the Staged).
+_Unsynced = Literal["folder"] | Staged | None
 
 
 class _Stage(Protocol):
@@ -1924,18 +1930,18 @@ class _Stage(Protocol):
 
 
 _NewFile = tuple[str, str, _Stage, int]  # component, path, stage, version
-#: A new file installed (its info, its identity, whether its folder is still to fsync), or
-#: the upload, still staged, for the locked way.
-_Created = tuple[FileInfo, FileIdentity, bool] | Staged
+#: A new file installed (its info, its identity, what it still needs to survive a crash),
+#: or the upload, still staged, for the locked way.
+_Created = tuple[FileInfo, FileIdentity, _Unsynced] | Staged
 
 
 def _install_new_each(store: DiskStore, files: list[_NewFile]) -> list[_Created | BaseException]:
-    """`_install_new` for each file, its folder fsynced once for all of them that it holds.
+    """`_install_new` for each file, then the fsyncs that make them all durable.
 
-    (Where they were written in place, none: see `DiskStore.open_new`.)
-
-    A folder whose fsync fails takes back the files installed in it (their outcome: the
-    error); the others stand.
+    Files written in place are fsynced one after the other once all are written (the
+    disk writes them meanwhile); each folder that uploads were linked into is fsynced once
+    for all of them. A file whose fsync fails is taken back, and a folder whose fsync
+    fails takes back the files linked into it (their outcome: the error); the others stand.
     """
     if len(files) == 1:
         component, path, stage, version = files[0]
@@ -1944,16 +1950,26 @@ def _install_new_each(store: DiskStore, files: list[_NewFile]) -> list[_Created 
         except Exception as exc:
             return [exc]
     outcomes: list[_Created | BaseException] = []
-    folders: dict[tuple[str, str], list[int]] = {}
-    for number, (component, path, stage, version) in enumerate(files):
+    for component, path, stage, version in files:
         try:
-            created = _install_new(store, component, path, stage, version, sync_folder=False)
+            outcomes.append(_install_new(store, component, path, stage, version, sync=False))
         except Exception as exc:  # this file's: the others go on
             outcomes.append(exc)
+    folders: dict[tuple[str, str], list[int]] = {}
+    for number, created in enumerate(outcomes):
+        if not isinstance(created, tuple):
             continue
-        outcomes.append(created)
-        if not isinstance(created, Staged) and created[2]:
+        component, path = files[number][:2]
+        if created[2] == "folder":
             folders.setdefault((component, _parent(path)), []).append(number)
+        elif created[2] is not None:
+            try:
+                store.sync_new(created[2])
+            except OSError as exc:  # it might not survive a crash: undo it
+                store.restore(None, component, path, installed=created[1])
+                outcomes[number] = exc
+                continue
+        outcomes[number] = (created[0], created[1], None)
     for numbers in folders.values():
         component, path = files[numbers[0]][:2]
         try:

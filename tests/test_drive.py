@@ -446,6 +446,46 @@ def test_a_new_file_in_place_that_fails_is_removed_with_its_new_folders(
     assert [f.path for f in in_place.scan(verify=False)] == ["first"]
 
 
+def test_new_files_written_in_place_together_are_fsynced_once_all_are_written(
+    workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one call, files written in place are all written (the disk starts on each), then
+    fsynced one after the other; a file whose fsync fails is taken back, the others stand."""
+    events: list[str] = []
+    open_new, sync_new = DiskStore.open_new, DiskStore.sync_new
+
+    def opened(self: DiskStore, component: str, path: str) -> Any:
+        events.append(f"open {path}")
+        return open_new(self, component, path)
+
+    def synced(self: DiskStore, staged: Staged) -> None:
+        path = staged.tmp.relative_to(self.base / "c").as_posix()
+        events.append(f"sync {path}")
+        if path == "a/2.txt":
+            os.close(staged.fd)  # type: ignore[arg-type]
+            object.__setattr__(staged, "fd", None)
+            raise OSError(errno.EIO, "I/O error")
+        sync_new(self, staged)
+
+    monkeypatch.setattr(DiskStore, "open_new", opened)
+    monkeypatch.setattr(DiskStore, "sync_new", synced)
+    targets = ["a/0.txt", "b/1.txt", "a/2.txt", "b/3.txt"]
+    files: list[_drive._NewFile] = []
+    for i, target in enumerate(targets):
+        write(f"local/{i}.txt", f"file {i}".encode())
+        stage = functools.partial(_drive._stage_small_file, in_place, Path(f"local/{i}.txt"))
+        files.append(("c", target, stage, 1))
+    outcomes = _drive._install_new_each(in_place, files)
+    assert events == [f"open {t}" for t in targets] + [f"sync {t}" for t in targets]
+    assert isinstance(outcomes[2], OSError) and not (in_place.base / "c" / "a" / "2.txt").exists()
+    for number in (0, 1, 3):
+        info, identity, unsynced = outcomes[number]  # type: ignore[misc]
+        assert unsynced is None and not opens(identity)
+        assert (in_place.base / "c" / targets[number]).read_bytes() == f"file {number}".encode()
+        assert in_place.read_meta("c", targets[number]) == {
+            "size": 6, "mtime": info.mtime, "checksum": info.checksum, "version": 1}  # fmt: skip
+
+
 def test_a_new_file_in_place_whose_attribute_is_refused_goes_the_way_of_uploads(
     workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
