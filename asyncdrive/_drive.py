@@ -691,18 +691,37 @@ class Drive:
 
         def install_all() -> list[_Installed | Exception]:
             results: list[_Installed | Exception] = []
-            for number, _, current in granted:
+            to_sync: dict[int, Staged] = {}  # written in place, by place in `results`
+            for place, (number, _, current) in enumerate(granted):
                 path, local = jobs[number]
+                stage = functools.partial(store.stage_file, local)
                 try:
-                    staged = store.stage_file(local, False)
-                    results.append(_install_staged(store, component, path, staged, current + 1,
-                                                   sync_folder=False))  # fmt: skip
+                    # As concurrent new files (`_install_new_each`): where no file is at the
+                    # path, written in place (or linked in), fsynced once all are written.
+                    created = _install_new(store, component, path, stage, current + 1,
+                                           sync=False)  # fmt: skip
+                    if isinstance(created, Staged):  # a file there: replaced, backed up
+                        results.append(_install_staged(store, component, path, created,
+                                                       current + 1, sync_folder=False))  # fmt: skip
+                        continue
                 except Exception as exc:  # this file's: the others go on
                     results.append(exc)
+                    continue
+                info, identity, unsynced = created
+                results.append((info, None, identity))
+                if isinstance(unsynced, Staged):
+                    to_sync[place] = unsynced
             by_folder: dict[str, list[int]] = {}
             for place, result in enumerate(results):
-                if not isinstance(result, Exception):
-                    by_folder.setdefault(_parent(jobs[granted[place][0]][0]), []).append(place)
+                path = jobs[granted[place][0]][0]
+                if place in to_sync:
+                    try:
+                        store.sync_new(to_sync[place])
+                    except OSError as exc:  # it might not survive a crash: undo it
+                        store.restore(None, component, path, installed=result[2])  # type: ignore[index]
+                        results[place] = exc
+                elif not isinstance(result, Exception):
+                    by_folder.setdefault(_parent(path), []).append(place)
             for places in by_folder.values():
                 try:
                     store.sync_folder_of(component, jobs[granted[places[0]][0]][0])

@@ -486,6 +486,59 @@ def test_new_files_written_in_place_together_are_fsynced_once_all_are_written(
             "size": 6, "mtime": info.mtime, "checksum": info.checksum, "version": 1}  # fmt: skip
 
 
+@pytest.mark.parametrize("failing", [False, True])
+async def test_a_folder_put_writes_its_new_files_in_place_and_fsyncs_them_after(
+    env: dict[str, str],
+    workdir: Path,
+    root: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: bool,
+) -> None:
+    """A folder put's new files are written in place, then fsynced once all of its batch
+    are written; a file already there is replaced the locked way, its folder fsynced. A
+    file whose fsync fails is not committed and leaves nothing: the put raises its error,
+    the files done stay done."""
+    if storage.filesystem_type(root) not in storage._NEW_NAMES_DURABLE:
+        pytest.skip("this disk needs the folder's fsync: new files go through uploads")
+    synced: list[str] = []
+    folders: list[str] = []
+    sync_new, sync_folder_of = DiskStore.sync_new, DiskStore.sync_folder_of
+
+    def spied_sync_new(self: DiskStore, staged: Staged) -> None:
+        synced.append(staged.tmp.name)
+        if failing and staged.tmp.name == "2.txt":
+            os.close(staged.fd)  # type: ignore[arg-type]
+            object.__setattr__(staged, "fd", None)
+            raise OSError(errno.EIO, "I/O error")
+        sync_new(self, staged)
+
+    def spied_sync_folder_of(self: DiskStore, component: str, path: str) -> None:
+        folders.append(path)
+        sync_folder_of(self, component, path)
+
+    for i in range(5):
+        write(f"local/{i}.txt", f"file {i}".encode())
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("out/3.txt", b"there before")
+        await drive.write_bytes("first", b"finds out what the disk keeps")
+        monkeypatch.setattr(DiskStore, "sync_new", spied_sync_new)
+        monkeypatch.setattr(DiskStore, "sync_folder_of", spied_sync_folder_of)
+        if failing:
+            with pytest.raises(OSError, match="I/O error"):
+                await drive.put("local", to="out")
+        else:
+            await drive.put("local", to="out")
+        assert sorted(synced) == ["0.txt", "1.txt", "2.txt", "4.txt"]
+        assert folders == ["out/3.txt"]  # the replacement's
+        done = ["0.txt", "1.txt", "3.txt", "4.txt"] if failing else [f"{i}.txt" for i in range(5)]
+        assert await drive.list("out") == [f"out/{name}" for name in done]
+        for name in done:
+            assert await drive.read_bytes(f"out/{name}") == f"file {name[0]}".encode()
+    on_disk = sorted(p.name for p in (root / "drives" / drive_id[6:] / "default" / "out").iterdir())
+    assert on_disk == done
+
+
 def test_a_new_file_in_place_whose_attribute_is_refused_goes_the_way_of_uploads(
     workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -668,8 +721,10 @@ async def test_uploads_with_and_without_a_name(
     monkeypatch.setattr(DiskStore, "_new_unnamed_upload", spy)
     async with Drive(drive_id) as drive:
         await _write_every_way(drive, workdir)
-    # Every upload without a name where the disk allows, none otherwise (44 uploads).
-    assert len(made) == (44 if unnamed else 0) and all(fd >= 0 for fd in made)
+    # Every upload without a name where the disk allows, none otherwise (44 uploads; 4
+    # where the folder's 40 new files are written in place).
+    uploads = 4 if storage.filesystem_type(root) in storage._NEW_NAMES_DURABLE else 44
+    assert len(made) == (uploads if unnamed else 0) and all(fd >= 0 for fd in made)
     tmp = root / "drives" / drive_id[6:] / ".tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
 
@@ -903,14 +958,16 @@ MEETING_TIMEOUT = 30.0
 
 
 def spy_on_installs(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]) -> None:
-    """Call ``before()`` in every DiskStore.install of this process, then the real install."""
-    original = DiskStore.install
+    """Call ``before()`` in every install of a file into ``dataset/`` (all new there: each
+    goes through `_install_new`, written in place or linked in), then the real install."""
+    original = _drive._install_new
 
-    def install(self: DiskStore, *args: Any, **kwargs: Any) -> Any:
-        before()
-        return original(self, *args, **kwargs)
+    def install(store: DiskStore, component: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        if path.startswith("dataset/"):  # not the try of `put` as one small file
+            before()
+        return original(store, component, path, *args, **kwargs)
 
-    monkeypatch.setattr(DiskStore, "install", install)
+    monkeypatch.setattr(_drive, "_install_new", install)
 
 
 async def test_a_folder_put_stores_its_files_side_by_side(
