@@ -6,7 +6,8 @@ context per read, metrics), where the round trip itself costs ~50 µs (measured,
 3.11). A small put makes two such commands, a get one. A `Wire` writes each command to one
 connection that it keeps to itself and hands the replies to the callers in order, as Redis
 sends them: no pool, no task per command, one timer for all the replies awaited. Commands
-of concurrent tasks share the connection, pipelined: with 64 tasks, ~20 µs each.
+of concurrent tasks share the connection, pipelined: with 64 tasks, ~20 µs each; those
+queued in one turn of the event loop while others await their replies go out in one write.
 
 It connects through redis-py's own connection class and settings (the pool's: password,
 database, TLS, Sentinel's current primary), then takes its transport over: each reply is
@@ -61,6 +62,10 @@ class Wire:
         self._timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Lock | None = None
         self._closed = False
+        #: Commands queued but not yet written: those of one turn of the event loop go out
+        #: in one write (`_flush`), and their bytes.
+        self._outgoing: list[bytes] = []
+        self._outgoing_size = 0
 
     def __repr__(self) -> str:
         state = (
@@ -95,8 +100,7 @@ class Wire:
         if protocol is None or loop is not self._loop:
             protocol = await self._connect(loop)
         (waiter,) = self._queue(protocol, loop, command, 1)
-        if protocol.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
-            await protocol.drain()  # a lost connection fails the waiter, with the reason
+        await self._drained(protocol)
         return self.checked(await waiter)
 
     async def call_many(
@@ -115,8 +119,7 @@ class Wire:
         if protocol is None or loop is not self._loop:
             protocol = await self._connect(loop)
         waiters = self._queue(protocol, loop, packed, len(commands))
-        if protocol.transport.get_write_buffer_size() > _WRITE_BUFFER_LIMIT:
-            await protocol.drain()
+        await self._drained(protocol)
         try:
             replies = [await waiter for waiter in waiters]
         except BaseException:  # cancelled, or the connection failed: give up the rest
@@ -134,16 +137,43 @@ class Wire:
     def _queue(
         self, protocol: _WireProtocol, loop: asyncio.AbstractEventLoop, packed: bytes, count: int
     ) -> list[asyncio.Future[Any]]:
-        """Take ``count`` places in the reply queue and write ``packed`` (that many commands)."""
+        """Take ``count`` places in the reply queue and send ``packed`` (that many commands).
+
+        Written at once where no other command awaits its reply; else at the end of this
+        turn of the event loop, with the commands other callers queue in it, in one write
+        (`_flush`): 64 tasks putting or getting at once make one system call a turn, not
+        one each (measured: ~7% more puts and ~10% more gets a second). The commands go
+        out in the order of their places in the queue.
+        """
         sent_at = loop.time()
         waiters = [loop.create_future() for _ in range(count)]
-        # No await between the append and the write: the commands of concurrent callers go
-        # out in the order of their places in the queue.
+        idle = not self._awaiting
         self._awaiting.extend((waiter, sent_at) for waiter in waiters)
-        protocol.transport.write(packed)
+        if idle:  # no other caller is waiting: most likely none will join it
+            protocol.transport.write(packed)
+        else:
+            self._outgoing.append(packed)
+            self._outgoing_size += len(packed)
+            if len(self._outgoing) == 1:
+                loop.call_soon(self._flush, protocol)
         if self._timer is None and self._timeout:
             self._timer = loop.call_at(sent_at + self._timeout, self._check_overdue)
         return waiters
+
+    def _flush(self, protocol: _WireProtocol) -> None:
+        """Write the queued commands, unless their connection failed (their callers with it)."""
+        if protocol is not self._protocol:
+            return
+        outgoing, self._outgoing, self._outgoing_size = self._outgoing, [], 0
+        if outgoing:
+            protocol.transport.write(b"".join(outgoing) if len(outgoing) > 1 else outgoing[0])
+
+    async def _drained(self, protocol: _WireProtocol) -> None:
+        """Wait while too much is unsent (a lost connection fails the waiters meanwhile)."""
+        pending = self._outgoing_size + protocol.transport.get_write_buffer_size()
+        if pending > _WRITE_BUFFER_LIMIT:
+            self._flush(protocol)
+            await protocol.drain()
 
     def checked(self, reply: Any) -> Any:
         """Return ``reply``, or raise it if it is an error reply."""
@@ -243,6 +273,7 @@ class Wire:
     def _fail(self, error: type[Exception], message: str) -> None:
         """Close the connection, failing each command that awaits a reply with ``error``."""
         protocol, self._protocol = self._protocol, None
+        self._outgoing, self._outgoing_size = [], 0  # never to be sent: a new connection
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

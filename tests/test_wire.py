@@ -125,6 +125,52 @@ async def test_commands_sent_together_have_no_other_callers_command_between(wire
     assert counted == list(range(1, 101))
 
 
+def count_writes(wire: Wire, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of bytes of each write to ``wire``'s transport."""
+    assert wire._protocol is not None
+    transport = wire._protocol.transport
+    writes: list[int] = []
+    write = transport.write
+
+    def counted(data: Any) -> None:
+        writes.append(len(data))
+        write(data)
+
+    monkeypatch.setattr(transport, "write", counted)
+    return writes
+
+
+async def test_commands_queued_while_others_await_go_out_in_one_write(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await wire.call("PING")
+    writes = count_writes(wire, monkeypatch)
+    assert await wire.call("ECHO", "alone") == "alone"  # nothing awaited: written at once
+    assert len(writes) == 1
+    busy = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 100, "busy"))
+    await sent(wire, 1)
+    replies = await asyncio.gather(*(wire.call("ECHO", f"reply {i}") for i in range(50)))
+    assert replies == [f"reply {i}" for i in range(50)] and await busy == "busy"
+    assert len(writes) == 3  # "alone", the script, then the 50 together
+
+
+async def test_commands_not_yet_written_when_the_connection_fails_are_never_sent(
+    wire: Wire,
+) -> None:
+    busy = asyncio.ensure_future(wire.call("EVAL", BUSY_LUA, 0, 100, "busy"))
+    await sent(wire, 1)
+    queued = [asyncio.ensure_future(wire.call("INCR", "never")) for _ in range(5)]
+    await asyncio.sleep(0)  # queued, to be written at the end of this turn of the loop
+    wire.abort()
+    for caller in [busy, *queued]:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await caller
+    wire._closed = False  # as a wire whose connection failed: the next call reconnects
+    assert await asyncio.gather(*(wire.call("ECHO", f"next {i}") for i in range(3))) == [
+        "next 0", "next 1", "next 2"]  # fmt: skip
+    assert await wire.call("GET", "never") is None  # none of them reached the server
+
+
 async def test_an_error_among_commands_sent_together_is_raised_once_all_are_read(
     wire: Wire,
 ) -> None:
