@@ -576,20 +576,33 @@ def test_a_new_file_is_installed_without_replacing_anything(
     assert sorted(p.name for p in target.parent.iterdir()) == ["f"]  # no backup
 
 
+def put_in_the_way(folder: Path, standing: str, outside: Path | None = None) -> None:
+    """Make ``folder`` (for the file ``folder/f``), with what ``standing`` says in the way:
+    a "file" or "folder" at ``f``, a "file above" in the folder's place, or a "link" at
+    ``f`` or a "link above" in the folder's place, pointing into ``outside``."""
+    folder.parent.mkdir(parents=True)
+    if standing == "file above":
+        folder.write_bytes(b"a file where a folder of the path goes")
+    elif standing == "link above":
+        assert outside is not None
+        folder.symlink_to(outside)
+    else:
+        folder.mkdir()
+    if standing == "file":
+        (folder / "f").write_bytes(b"old")
+    elif standing == "folder":
+        (folder / "f").mkdir()
+    elif standing == "link":
+        assert outside is not None
+        (folder / "f").symlink_to(outside / "f")
+
+
 @pytest.mark.parametrize("standing", ["file", "folder", "file above"])
 def test_a_new_file_install_leaves_the_upload_staged_where_it_does_not_apply(
     store: DiskStore, standing: str
 ) -> None:
     folder = store.base / "c" / "a"
-    if standing == "file above":
-        folder.parent.mkdir(parents=True)
-        folder.write_bytes(b"a file where a folder of the path goes")
-    else:
-        folder.mkdir(parents=True)
-    if standing == "file":
-        (folder / "f").write_bytes(b"old")
-    elif standing == "folder":
-        (folder / "f").mkdir()
+    put_in_the_way(folder, standing)
     staged = store.stage_bytes(b"new", sync=False)
     assert store.install_new(staged, "c", "a/f", META) is None
     # Nothing moved, and the upload is as it was: open, for the one fsync of `install`.
@@ -718,20 +731,7 @@ def test_no_new_file_is_opened_where_anything_stands_at_its_path(
     folder = in_place.base / "c" / "a"
     outside = tmp_path / "outside"
     outside.mkdir()
-    if standing == "file above":
-        folder.parent.mkdir(parents=True)
-        folder.write_bytes(b"a file where a folder of the path goes")
-    elif standing == "link above":
-        folder.parent.mkdir(parents=True)
-        folder.symlink_to(outside)
-    else:
-        folder.mkdir(parents=True)
-    if standing == "file":
-        (folder / "f").write_bytes(b"old")
-    elif standing == "folder":
-        (folder / "f").mkdir()
-    elif standing == "link":
-        (folder / "f").symlink_to(outside / "f")
+    put_in_the_way(folder, standing, outside)
     assert in_place.open_new("c", "a/f") is None
     assert list(outside.iterdir()) == []
     if standing == "file":
