@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import collections
 import contextvars
+import copy
 import itertools
 import os
 import queue
@@ -273,6 +274,17 @@ class _Queued(Generic[ItemT, ResultT]):
         self.abandoned = False  # its caller was cancelled before that: skipped
 
 
+def _copy_of(exc: Exception) -> Exception:
+    """Return a copy of ``exc`` caused by it, for another caller to raise (a traceback each)."""
+    try:
+        copied = copy.copy(exc)
+    except Exception:  # an exception that cannot be copied: shared, as before
+        return exc
+    copied.__traceback__ = None
+    copied.__cause__ = exc
+    return copied
+
+
 class CallBatcher(Generic[ItemT, ResultT]):
     """Items of concurrent callers handled by ``handle`` in one worker-thread call per batch.
 
@@ -365,7 +377,7 @@ class CallBatcher(Generic[ItemT, ResultT]):
                 try:
                     outcomes = await self._run_sync(self._handle, [q.item for q in batch])
                 except Exception as exc:  # not one item's: every item of the call gets it
-                    outcomes = [exc] * len(batch)
+                    outcomes = [exc, *(_copy_of(exc) for _ in batch[1:])]
                 for queued, outcome in zip(batch, outcomes, strict=True):
                     if queued.future.done():
                         continue

@@ -352,6 +352,10 @@ async def test_an_items_error_goes_to_its_caller_and_a_calls_to_all_of_its_items
     assert outcomes[0] == "OK" and outcomes[2] == "OK TOO" and outcomes[6] == "NEXT"
     assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad one"
     assert [str(o) for o in outcomes[3:6]] == ["the whole call failed"] * 3
+    # One exception each (the same error): raised by each caller, their tracebacks apart.
+    assert all(isinstance(o, OSError) for o in outcomes[3:6])
+    assert len({id(o) for o in outcomes[3:6]}) == 3
+    assert outcomes[4].__cause__ is outcomes[3] and outcomes[5].__cause__ is outcomes[3]  # type: ignore[union-attr]
 
 
 async def test_a_caller_cancelled_while_waiting_is_skipped_and_in_a_call_waits_for_it(
