@@ -1240,10 +1240,16 @@ class DiskStore:
         return True
 
     def sync_new(self, staged: Staged) -> None:
-        """Fsync and close a file `settle_new` left open (``sync=False``)."""
+        """Fsync and close a file `settle_new` left open (``sync=False``).
+
+        An error names the file (an fsync's own does not): one of many in the caller's call.
+        """
         try:
             assert staged.fd is not None
             os.fsync(staged.fd)
+        except OSError as exc:
+            exc.filename = exc.filename or str(staged.tmp)
+            raise
         finally:
             _close_upload(staged)
 

@@ -508,10 +508,17 @@ async def test_a_folder_put_writes_its_new_files_in_place_and_fsyncs_them_after(
     def spied_sync_new(self: DiskStore, staged: Staged) -> None:
         synced.append(staged.tmp.name)
         if failing and staged.tmp.name == "2.txt":
-            os.close(staged.fd)  # type: ignore[arg-type]
-            object.__setattr__(staged, "fd", None)
-            raise OSError(errno.EIO, "I/O error")
+            monkeypatch.setattr(os, "fsync", failing_fsync)  # this file's fsync only
+            try:
+                sync_new(self, staged)
+            finally:
+                monkeypatch.setattr(os, "fsync", fsync)
         sync_new(self, staged)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    fsync = os.fsync
 
     def spied_sync_folder_of(self: DiskStore, component: str, path: str) -> None:
         folders.append(path)
@@ -525,8 +532,10 @@ async def test_a_folder_put_writes_its_new_files_in_place_and_fsyncs_them_after(
         monkeypatch.setattr(DiskStore, "sync_new", spied_sync_new)
         monkeypatch.setattr(DiskStore, "sync_folder_of", spied_sync_folder_of)
         if failing:
-            with pytest.raises(OSError, match="I/O error"):
+            with pytest.raises(asyncdrive.DriveStorageError, match="I/O error") as raised:
                 await drive.put("local", to="out")
+            # The drive, the put, and the file the disk failed on (its place on disk).
+            assert drive.name in str(raised.value) and "out/2.txt" in str(raised.value)
         else:
             await drive.put("local", to="out")
         assert sorted(synced) == ["0.txt", "1.txt", "2.txt", "4.txt"]
