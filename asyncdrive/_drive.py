@@ -59,10 +59,11 @@ from ._storage import (
     OpenNew,
     PathClash,
     Staged,
+    is_local_filesystem,
     upload_identity,
 )
 from ._tasks import to_its_end
-from ._threads import CallBatcher, DiskThreads, NoThreads
+from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["Drive"]
@@ -101,6 +102,10 @@ _COPY_BATCH_BYTES = 16 << 20
 #: the root is on a local disk (see `_Connection.small_copies`); a larger file's copy, or
 #: one from a network filesystem, has a call of its own.
 _SHARED_COPY_MAX = 1 << 20
+#: A get of one file up to this size copies it in the event loop's own thread, where that
+#: is safe and quick (see `_Connection.quick_copies`): the hop to a worker thread and back
+#: costs more than such a copy.
+_QUICK_COPY_MAX = 64 << 10
 #: How often open() looks again when a file is replaced while it opens it.
 _OPEN_ATTEMPTS = 5
 
@@ -173,13 +178,17 @@ class _Connection:
     #: The copies of small files out of the drive (gets), each (file, local path,
     #: overwrite): those of concurrent tasks go together, a worker-thread call at a time.
     small_copies: CallBatcher[tuple[FileInfo, Path, bool], bool] = field(init=False)
+    #: Which local folders a get's copy of a small file may be made in the event loop's
+    #: thread (those found on this machine's disks by an earlier get's worker thread).
+    quick_copies: QuickCalls = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.inline:
             self.disk = _disk_threads.acquire()
+        self.quick_copies = QuickCalls(is_local_filesystem)
         self.small_copies = CallBatcher(
             self.run_sync,
-            functools.partial(_copy_each, self.store),
+            functools.partial(_copy_each, self.store, self.quick_copies),
             max_items=_COPY_BATCH_FILES,
             max_weight=_COPY_BATCH_BYTES,
         )
@@ -1430,6 +1439,8 @@ class Drive:
 
         def copy_all() -> tuple[int, OSError] | None:
             store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
+            if len(copies) == 1:  # a get of one file: its folder, for the next (see below)
+                conn.quick_copies.learn(QuickCalls.folder_of(copies[0][1]))
             for number, (info, dest) in enumerate(copies):
                 try:
                     store.copy_out(info.component_name, info.path, dest, info.checksum, overwrite)
@@ -1447,7 +1458,15 @@ class Drive:
             # on a network filesystem, where copies mostly wait: side by side they overlap.
             info, dest = copies[0]
             try:
-                await conn.small_copies.submit((info, dest, overwrite), info.size)
+                if info.size <= _QUICK_COPY_MAX and conn.quick_copies.allows(
+                    QuickCalls.folder_of(dest)
+                ):  # here: no hop to a thread and back, which would cost more
+                    conn.quick_copies.run(
+                        store.copy_out,
+                        *(info.component_name, info.path, dest, info.checksum, overwrite),
+                    )
+                else:
+                    await conn.small_copies.submit((info, dest, overwrite), info.size)
                 return
             except (FileExistsError, FileNotFoundError) as refused:
                 failed: tuple[int, OSError] | None = (0, refused)
@@ -2030,9 +2049,12 @@ class _NotASmallFile(Exception):
 
 
 def _copy_each(
-    store: DiskStore, copies: list[tuple[FileInfo, Path, bool]]
+    store: DiskStore, quick: QuickCalls, copies: list[tuple[FileInfo, Path, bool]]
 ) -> list[bool | BaseException]:
-    """Copy each (drive file, local path, overwrite) out; return what each returned or raised."""
+    """Copy each (drive file, local path, overwrite) out; return what each returned or raised.
+
+    Then, for the next gets, look whether each local folder is on this machine's disks.
+    """
     outcomes: list[bool | BaseException] = []
     for info, dest, overwrite in copies:
         try:
@@ -2041,6 +2063,7 @@ def _copy_each(
             )
         except Exception as exc:  # this file's: the others go on
             outcomes.append(exc)
+        quick.learn(QuickCalls.folder_of(dest))
     return outcomes
 
 

@@ -777,6 +777,17 @@ _LOCAL_FILESYSTEMS = frozenset(
 _NEW_NAMES_DURABLE = frozenset({"ext3", "ext4", "xfs", "btrfs"})
 
 
+def is_local_filesystem(path: str) -> bool:
+    """Whether ``path`` (or its nearest folder that exists) is on a filesystem of this machine.
+
+    Example:
+        >>> is_local_filesystem("/tmp")
+        True
+
+    """
+    return filesystem_type(Path(path)) in _LOCAL_FILESYSTEMS
+
+
 def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
     """Return the type of the filesystem that holds ``path`` ("ext4", "nfs4", ...), or None.
 
@@ -1603,7 +1614,10 @@ class DiskStore:
 
     def _open_component_file(self, component: str, path: str) -> int:
         parts = self._parts(component, path)
-        return self._open_in_root(parts, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted in the root opens at once (then refused as no regular
+        # file) instead of waiting for a writer; a regular file's reads ignore it.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        return self._open_in_root(parts, path, flags)
 
     def read(self, component: str, path: str) -> bytes:
         """Return the bytes of ``component``'s copy of ``path``."""

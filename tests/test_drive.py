@@ -237,11 +237,12 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
     calls: list[int] = []
     copy_each = _drive._copy_each
 
-    def counted(store: DiskStore, copies: list[Any]) -> list[Any]:
+    def counted(store: DiskStore, quick: Any, copies: list[Any]) -> list[Any]:
         calls.append(len(copies))
-        return copy_each(store, copies)
+        return copy_each(store, quick, copies)
 
     monkeypatch.setattr(_drive, "_copy_each", counted)
+    monkeypatch.setattr(_drive, "_QUICK_COPY_MAX", 0)  # none in the loop's thread (see below)
     async with Drive(drive_id) as drive:
         for i in range(40):
             await drive.write_bytes(f"f/{i}.txt", f"file {i}".encode())
@@ -264,6 +265,74 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
         assert sum(calls) == 40 and calls[0] == 1 and len(calls) < 10, calls
     else:
         assert calls == []
+
+
+async def test_a_small_get_copies_in_the_event_loops_thread_into_a_known_local_folder(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A get of one small file copies it with no hop to a worker thread (which costs more
+    than the copy) once a worker thread has found its local folder on this machine's disks;
+    a larger file, a folder not looked at yet, or one on a network filesystem, in a worker
+    thread; a slow copy sends the next ones to the threads. Outcomes are the same."""
+    remote = workdir / "remote"
+    filesystem_type = storage.filesystem_type
+    monkeypatch.setattr(  # "remote" is on a network filesystem
+        storage,
+        "filesystem_type",
+        lambda path, *a: "nfs4" if path.is_relative_to(remote) else filesystem_type(path, *a),
+    )
+    copied_in: list[tuple[str, str]] = []
+    copy_out = DiskStore.copy_out
+
+    def recording(self: DiskStore, component: str, path: str, dest: Path, *args: Any) -> bool:
+        where = "loop" if threading.current_thread() is loop_thread else "worker"
+        copied_in.append((os.path.relpath(dest, workdir), where))
+        return copy_out(self, component, path, dest, *args)
+
+    monkeypatch.setattr(DiskStore, "copy_out", recording)
+    loop_thread = threading.current_thread()
+    big = os.urandom(_drive._QUICK_COPY_MAX + 1)
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a.txt", HELLO)
+        await drive.write_bytes("big.bin", big)
+        for dest in ["out/1", "out/2", "out/3", "out/sub/1", "out/sub/2", "remote/1", "remote/2"]:
+            await drive.get("a.txt", to=dest)
+            assert Path(dest).read_bytes() == HELLO
+        await drive.get("big.bin", to="out/big")
+        assert Path("out/big").read_bytes() == big
+        assert copied_in == [
+            ("out/1", "worker"),  # a folder not looked at yet
+            ("out/2", "loop"),
+            ("out/3", "loop"),
+            ("out/sub/1", "worker"),
+            ("out/sub/2", "loop"),
+            ("remote/1", "worker"),  # never in the loop's thread
+            ("remote/2", "worker"),
+            ("out/big", "worker"),  # larger than a quick copy
+        ]
+        # Refusals are the same in the loop's thread: nothing changed, the same errors.
+        write("out/4", b"other content")
+        with pytest.raises(DriveFileExistsError, match=r"cannot get 'a\.txt'.*overwrite=True"):
+            await drive.get("a.txt", to="out/4")
+        assert Path("out/4").read_bytes() == b"other content"
+        await drive.get("a.txt", to="out/4", overwrite=True)
+        assert Path("out/4").read_bytes() == HELLO
+        (stored,) = Path(env["ASYNCDRIVE_ROOT"]).rglob("a.txt")
+        stored.unlink()  # behind the drive's back
+        with pytest.raises(DriveFileNotFoundError, match=r"'a\.txt'"):
+            await drive.get("a.txt", to="out/5")
+        assert copied_in[-3:] == [("out/4", "loop")] * 2 + [("out/5", "loop")]
+        assert sorted(os.listdir("out")) == ["1", "2", "3", "4", "big", "sub"]  # no temp file
+
+        # A copy slower than `slow` sends the next ones to the worker threads for a while.
+        await drive.write_bytes("b.txt", b"b")
+        conn = drive._conn
+        assert conn is not None
+        conn.quick_copies.slow = 0.0
+        await drive.get("b.txt", to="out/6")
+        await drive.get("b.txt", to="out/7")
+        assert copied_in[-2:] == [("out/6", "loop"), ("out/7", "worker")]
+        assert repr(conn.quick_copies) == "<QuickCalls 3 folders (paused)>"
 
 
 @pytest.mark.parametrize("way", ["in place", "uploads"])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +122,7 @@ def test_created_files_respect_the_umask(
     env: dict[str, str], root: Path, workdir: Path, drive_id: str
 ) -> None:
     code = f"""
+import contextlib
 import os
 os.umask(0o027)
 from asyncdrive import SyncDrive
@@ -134,3 +137,43 @@ with SyncDrive({drive_id!r}) as drive:
     for made in (component_dir / "local.txt", workdir / "local.txt"):
         assert stat.S_IMODE(os.stat(made).st_mode) == 0o640, made
     assert stat.S_IMODE(os.stat(component_dir).st_mode) == 0o750
+
+
+async def test_a_fifo_planted_in_the_root_is_refused_without_waiting_for_a_writer(
+    env: dict[str, str], root: Path, workdir: Path, drive_id: str
+) -> None:
+    """Opening a FIFO for reading waits for a writer: a get (in a worker thread, or in the
+    event loop's own thread) or a read would hang on one planted in place of a file."""
+    from asyncdrive import Drive, DriveFileNotFoundError
+
+    name = drive_id[6:]
+    planted = root / "drives" / name / "default" / "f" / "a.bin"
+    unblocked: list[bool] = []
+    done = threading.Event()
+
+    def unblock_waiters() -> None:  # if the drive waits: a writer, and a failure
+        while not done.wait(5):
+            with contextlib.suppress(OSError):  # ENXIO: nobody waits
+                os.close(os.open(planted, os.O_WRONLY | os.O_NONBLOCK))
+                unblocked.append(True)
+
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("f/a.bin", b"bytes")
+        await drive.get("f/a.bin", to="out/first")  # its folder is looked at: then quick
+        planted.unlink()
+        os.mkfifo(planted)
+        watchdog = threading.Thread(target=unblock_waiters, daemon=True)
+        watchdog.start()
+        try:
+            for attempt in [
+                drive.get("f/a.bin", to="out/again"),  # in the event loop's thread
+                drive.get("f/a.bin", to="elsewhere/a.bin"),  # in a worker thread
+                drive.read_bytes("f/a.bin"),
+            ]:
+                with pytest.raises(DriveFileNotFoundError, match=r"'f/a\.bin'"):
+                    await attempt
+        finally:
+            done.set()
+            watchdog.join()
+    assert not unblocked
+    assert sorted(os.listdir("out")) == ["first"] and not Path("elsewhere/a.bin").exists()

@@ -402,3 +402,45 @@ async def test_a_caller_cancelled_in_a_call_under_way_is_cancelled_once_it_ends(
         await second
     assert await first == "FIRST"
     assert handler.calls == [["first"], ["bad second"]]
+
+
+# -- calls made in the event loop's thread (QuickCalls) -------------------------------------
+
+
+def test_quick_calls_need_a_local_folder_and_pause_after_a_slow_one(tmp_path: Path) -> None:
+    looked_at: list[str] = []
+
+    def is_local(folder: str) -> bool:
+        looked_at.append(folder)
+        return not folder.endswith("remote")
+
+    quick = _threads.QuickCalls(is_local, slow=0.01, pause=0.2)
+    local, remote = str(tmp_path / "local"), str(tmp_path / "remote")
+    assert quick.folder_of(tmp_path / "local" / "a.txt") == local
+    assert quick.folder_of("a.txt") == os.getcwd()  # relative: from the working folder
+    assert not quick.allows(local)  # not looked at yet
+    for _ in range(2):
+        quick.learn(local)
+        quick.learn(remote)
+    assert looked_at == [local, remote]  # once each
+    assert quick.allows(local) and not quick.allows(remote)
+    assert repr(quick) == "<QuickCalls 2 folders>"
+
+    assert quick.run(lambda a, b: a + b, 1, 2) == 3  # quick: still allowed
+    assert quick.allows(local)
+    def slow_and_failing() -> None:
+        time.sleep(0.02)
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):  # an error is timed too
+        quick.run(slow_and_failing)
+    assert not quick.allows(local)  # paused
+    assert repr(quick) == "<QuickCalls 2 folders (paused)>"
+    time.sleep(0.25)
+    assert quick.allows(local)  # the pause is over
+
+    for number in range(quick.MAX_FOLDERS - 2):  # up to the bound
+        quick.learn(f"{local}{number}")
+    assert quick.allows(local) and repr(quick) == f"<QuickCalls {quick.MAX_FOLDERS} folders>"
+    quick.learn("one more")  # past it: all forgotten
+    assert not quick.allows(local) and repr(quick) == "<QuickCalls 1 folders>"
