@@ -102,9 +102,9 @@ _COPY_BATCH_BYTES = 16 << 20
 #: the root is on a local disk (see `_Connection.small_copies`); a larger file's copy, or
 #: one from a network filesystem, has a call of its own.
 _SHARED_COPY_MAX = 1 << 20
-#: A get of one file up to this size copies it in the event loop's own thread, where that
-#: is safe and quick (see `_Connection.quick_copies`): the hop to a worker thread and back
-#: costs more than such a copy.
+#: A get or `read_bytes` of one file up to this size copies or reads it in the event
+#: loop's own thread, where that is safe and quick (see `_Connection.quick_calls`): the hop
+#: to a worker thread and back costs more than such a copy.
 _QUICK_COPY_MAX = 64 << 10
 #: How often open() looks again when a file is replaced while it opens it.
 _OPEN_ATTEMPTS = 5
@@ -178,17 +178,18 @@ class _Connection:
     #: The copies of small files out of the drive (gets), each (file, local path,
     #: overwrite): those of concurrent tasks go together, a worker-thread call at a time.
     small_copies: CallBatcher[tuple[FileInfo, Path, bool], bool] = field(init=False)
-    #: Which local folders a get's copy of a small file may be made in the event loop's
-    #: thread (those found on this machine's disks by an earlier get's worker thread).
-    quick_copies: QuickCalls = field(init=False)
+    #: Whether a small file's read (from a root on this machine's disks), or a get's copy
+    #: into a local folder (found on them by an earlier get's worker thread), may be made in
+    #: the event loop's thread: while such calls stay quick.
+    quick_calls: QuickCalls = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.inline:
             self.disk = _disk_threads.acquire()
-        self.quick_copies = QuickCalls(is_local_filesystem)
+        self.quick_calls = QuickCalls(is_local_filesystem)
         self.small_copies = CallBatcher(
             self.run_sync,
-            functools.partial(_copy_each, self.store, self.quick_copies),
+            functools.partial(_copy_each, self.store, self.quick_calls),
             max_items=_COPY_BATCH_FILES,
             max_weight=_COPY_BATCH_BYTES,
         )
@@ -1352,8 +1353,16 @@ class Drive:
         drive_path = self._path(path)
         conn = await self._connection()
         info = await self._file_info(conn, drive_path, component_name)
+        store = conn.store
         try:
-            return await conn.run_sync(conn.store.read, info.component_name, drive_path)
+            if (
+                info.size <= _QUICK_COPY_MAX
+                and store.local_disk
+                and not conn.inline
+                and conn.quick_calls.allows()
+            ):  # here, as a get's copy: no hop to a thread and back, which would cost more
+                return conn.quick_calls.run(store.read, info.component_name, drive_path)
+            return await conn.run_sync(store.read, info.component_name, drive_path)
         except FileNotFoundError:
             raise self._not_found(drive_path, [], component_name) from None
 
@@ -1440,7 +1449,7 @@ class Drive:
         def copy_all() -> tuple[int, OSError] | None:
             store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
             if len(copies) == 1:  # a get of one file: its folder, for the next (see below)
-                conn.quick_copies.learn(QuickCalls.folder_of(copies[0][1]))
+                conn.quick_calls.learn(QuickCalls.folder_of(copies[0][1]))
             for number, (info, dest) in enumerate(copies):
                 try:
                     store.copy_out(info.component_name, info.path, dest, info.checksum, overwrite)
@@ -1458,10 +1467,10 @@ class Drive:
             # on a network filesystem, where copies mostly wait: side by side they overlap.
             info, dest = copies[0]
             try:
-                if info.size <= _QUICK_COPY_MAX and conn.quick_copies.allows(
+                if info.size <= _QUICK_COPY_MAX and conn.quick_calls.allows(
                     QuickCalls.folder_of(dest)
                 ):  # here: no hop to a thread and back, which would cost more
-                    conn.quick_copies.run(
+                    conn.quick_calls.run(
                         store.copy_out,
                         *(info.component_name, info.path, dest, info.checksum, overwrite),
                     )

@@ -460,11 +460,15 @@ class QuickCalls:
             self._folders.clear()
         self._folders[folder] = self._is_local(folder)
 
-    def allows(self, folder: str) -> bool:
-        """Whether a short call into ``folder`` may run here, in the event loop's thread."""
-        return self._folders.get(folder, False) and (
-            not self._paused_until or time.monotonic() >= self._paused_until
-        )
+    def allows(self, folder: str | None = None) -> bool:
+        """Whether a short call into ``folder`` may run here, in the event loop's thread.
+
+        ``None``: a call that touches no folder but the drive's own (the caller knows that
+        one is on this machine's disks).
+        """
+        if folder is not None and not self._folders.get(folder, False):
+            return False
+        return not self._paused_until or time.monotonic() >= self._paused_until
 
     def run(self, func: Callable[..., T], *args: Any) -> T:
         """Call ``func(*args)`` here; if it was slow, send the next calls to threads a while."""

@@ -267,13 +267,14 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
         assert calls == []
 
 
-async def test_a_small_get_copies_in_the_event_loops_thread_into_a_known_local_folder(
+async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
     env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A get of one small file copies it with no hop to a worker thread (which costs more
     than the copy) once a worker thread has found its local folder on this machine's disks;
     a larger file, a folder not looked at yet, or one on a network filesystem, in a worker
-    thread; a slow copy sends the next ones to the threads. Outcomes are the same."""
+    thread; read_bytes of a small file as well; a slow call sends the next ones to the
+    threads. Outcomes are the same."""
     remote = workdir / "remote"
     filesystem_type = storage.filesystem_type
     monkeypatch.setattr(  # "remote" is on a network filesystem
@@ -289,7 +290,15 @@ async def test_a_small_get_copies_in_the_event_loops_thread_into_a_known_local_f
         copied_in.append((os.path.relpath(dest, workdir), where))
         return copy_out(self, component, path, dest, *args)
 
+    read_in: list[tuple[str, str]] = []
+    read = DiskStore.read
+
+    def recording_reads(self: DiskStore, component: str, path: str) -> bytes:
+        read_in.append((path, "loop" if threading.current_thread() is loop_thread else "worker"))
+        return read(self, component, path)
+
     monkeypatch.setattr(DiskStore, "copy_out", recording)
+    monkeypatch.setattr(DiskStore, "read", recording_reads)
     loop_thread = threading.current_thread()
     big = os.urandom(_drive._QUICK_COPY_MAX + 1)
     async with Drive(drive_id) as drive:
@@ -324,15 +333,24 @@ async def test_a_small_get_copies_in_the_event_loops_thread_into_a_known_local_f
         assert copied_in[-3:] == [("out/4", "loop")] * 2 + [("out/5", "loop")]
         assert sorted(os.listdir("out")) == ["1", "2", "3", "4", "big", "sub"]  # no temp file
 
-        # A copy slower than `slow` sends the next ones to the worker threads for a while.
+        # read_bytes of a small file too, the root being on this machine's disks.
         await drive.write_bytes("b.txt", b"b")
+        assert await drive.read_bytes("b.txt") == b"b"
+        assert await drive.read_bytes("big.bin") == big
+        with pytest.raises(DriveFileNotFoundError, match=r"'a\.txt'"):
+            await drive.read_bytes("a.txt")  # its bytes are gone (above)
+        assert read_in == [("b.txt", "loop"), ("big.bin", "worker"), ("a.txt", "loop")]
+
+        # A call slower than `slow` sends the next ones to the worker threads for a while.
         conn = drive._conn
         assert conn is not None
-        conn.quick_copies.slow = 0.0
+        conn.quick_calls.slow = 0.0
         await drive.get("b.txt", to="out/6")
         await drive.get("b.txt", to="out/7")
+        assert await drive.read_bytes("b.txt") == b"b"
         assert copied_in[-2:] == [("out/6", "loop"), ("out/7", "worker")]
-        assert repr(conn.quick_copies) == "<QuickCalls 3 folders (paused)>"
+        assert read_in[-1] == ("b.txt", "worker")
+        assert repr(conn.quick_calls) == "<QuickCalls 3 folders (paused)>"
 
 
 @pytest.mark.parametrize("way", ["in place", "uploads"])

@@ -424,17 +424,19 @@ def test_quick_calls_need_a_local_folder_and_pause_after_a_slow_one(tmp_path: Pa
         quick.learn(remote)
     assert looked_at == [local, remote]  # once each
     assert quick.allows(local) and not quick.allows(remote)
+    assert quick.allows()  # no folder: only whether calls stay quick
     assert repr(quick) == "<QuickCalls 2 folders>"
 
     assert quick.run(lambda a, b: a + b, 1, 2) == 3  # quick: still allowed
     assert quick.allows(local)
+
     def slow_and_failing() -> None:
         time.sleep(0.02)
         raise ZeroDivisionError
 
     with pytest.raises(ZeroDivisionError):  # an error is timed too
         quick.run(slow_and_failing)
-    assert not quick.allows(local)  # paused
+    assert not quick.allows(local) and not quick.allows()  # paused
     assert repr(quick) == "<QuickCalls 2 folders (paused)>"
     time.sleep(0.25)
     assert quick.allows(local)  # the pause is over
