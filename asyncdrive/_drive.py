@@ -234,8 +234,7 @@ class _Connection:
     async def aclose(self) -> None:
         """Close the Redis connections and let the disk threads go."""
         try:
-            with anyio.CancelScope(shield=True):
-                await self.connected.aclose()
+            await to_its_end(self.connected.aclose())
         finally:
             if self.disk is not None:
                 _disk_threads.release(self.disk)

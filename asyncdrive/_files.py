@@ -23,6 +23,7 @@ import anyio.to_thread
 from ._exceptions import InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, FileInfo
 from ._storage import CHUNK, WRITEBACK_STEP, BehindHasher, Staged, start_writeback
+from ._tasks import to_its_end
 
 __all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
 
@@ -389,9 +390,8 @@ class DriveWriter:
     async def abort(self) -> None:
         """Drop what was written without committing it. Idempotent."""
         out, self._out = self._out, None
-        if out is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._discard, out)
+        if out is not None:  # to its end, whatever cancels the caller: no upload left
+            await to_its_end(anyio.to_thread.run_sync(self._discard, out))
 
     def _discard(self, out: BinaryIO) -> None:
         if self._behind is not None:

@@ -44,6 +44,7 @@ from ._exceptions import (
 from ._files import DriveReader, DriveWriter
 from ._models import FileInfo
 from ._storage import temp_fd_in
+from ._tasks import to_its_end
 
 __all__ = ["DriveFileSystem"]
 
@@ -328,8 +329,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 # The local file appears complete, or not at all.
                 await anyio.to_thread.run_sync(os.replace, tmp, lpath)
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await anyio.Path(tmp).unlink(missing_ok=True)
+                await to_its_end(anyio.Path(tmp).unlink(missing_ok=True))
                 raise
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:

@@ -22,6 +22,7 @@ import redis.exceptions
 
 from ._events import DriveEvent, event_from_fields, parse_id
 from ._exceptions import CursorExpiredError
+from ._tasks import to_its_end
 
 if TYPE_CHECKING:
     from ._drive import Drive, _Connection
@@ -262,11 +263,10 @@ class Watch:
         self._done = True
         self._buffer.clear()
         if self._to_ack is not None and self._drive._conn is not None:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._ack()
-                except _CONNECTION_ERRORS as exc:
-                    raise self._drive._unavailable(exc) from exc
+            try:
+                await to_its_end(self._ack())
+            except _CONNECTION_ERRORS as exc:
+                raise self._drive._unavailable(exc) from exc
 
     async def __aenter__(self) -> Self:
         return self

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -239,6 +242,39 @@ async def test_writer_failure_leaves_nothing(drive: Drive, root: Path) -> None:
         await h.write(b"more")
     assert await watch.next(0.3) is None  # no event for any of them
     await watch.aclose()
+
+
+async def test_a_writer_cancelled_again_while_dropping_its_upload_waits_for_it(
+    drive: Drive, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second cancellation by asyncio (``task.cancel()``) while the writer drops its
+    upload does not cut that short: the task ends once the upload is gone."""
+    dropped: list[bool] = []
+    discard = DriveWriter._discard
+
+    def slow_discard(self: DriveWriter, out: Any) -> None:
+        time.sleep(0.3)
+        discard(self, out)
+        dropped.append(True)
+
+    monkeypatch.setattr(DriveWriter, "_discard", slow_discard)
+    writing = asyncio.Event()
+
+    async def write_forever() -> None:
+        async with drive.open("w.bin", "wb") as f:
+            await f.write(b"x" * 1000)
+            writing.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.ensure_future(write_forever())
+    await writing.wait()
+    task.cancel()  # the writer drops its upload, in a worker thread
+    await asyncio.sleep(0.1)
+    task.cancel()  # and again, meanwhile
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert dropped == [True]  # done before the task ended
+    assert uploads_in_progress(root, drive) == 0 and not await drive.exists("w.bin")
 
 
 async def test_writer_preconditions(drive: Drive, root: Path, drive_id: str) -> None:
