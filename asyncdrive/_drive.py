@@ -18,7 +18,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, Self, TypeVar, overload
+from typing import (
+    Any,
+    Concatenate,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    overload,
+)
 
 import anyio
 import redis.exceptions
@@ -700,46 +710,28 @@ class Drive:
 
         def install_all() -> list[_Installed | Exception]:
             results: list[_Installed | Exception] = []
-            to_sync: dict[int, Staged] = {}  # written in place, by place in `results`
+            unsettled: list[_Unsettled] = []
             for place, (number, _, current) in enumerate(granted):
                 path, local = jobs[number]
                 stage = functools.partial(store.stage_file, local)
                 try:
                     # As concurrent new files (`_install_new_each`): where no file is at the
-                    # path, written in place (or linked in), fsynced once all are written.
+                    # path, written in place (or linked in), made durable once all are.
                     created = _install_new(store, component, path, stage, current + 1,
                                            sync=False)  # fmt: skip
                     if isinstance(created, Staged):  # a file there: replaced, backed up
-                        results.append(_install_staged(store, component, path, created,
-                                                       current + 1, sync_folder=False))  # fmt: skip
-                        continue
+                        info, backup, identity = _install_staged(
+                            store, component, path, created, current + 1, sync_folder=False
+                        )
+                        unsynced: _Unsynced = "folder"
+                    else:
+                        (info, identity, unsynced), backup = created, None
                 except Exception as exc:  # this file's: the others go on
                     results.append(exc)
                     continue
-                info, identity, unsynced = created
-                results.append((info, None, identity))
-                if isinstance(unsynced, Staged):
-                    to_sync[place] = unsynced
-            by_folder: dict[str, list[int]] = {}
-            for place, result in enumerate(results):
-                path = jobs[granted[place][0]][0]
-                if place in to_sync:
-                    try:
-                        store.sync_new(to_sync[place])
-                    except OSError as exc:  # it might not survive a crash: undo it
-                        store.restore(None, component, path, installed=result[2])  # type: ignore[index]
-                        results[place] = exc
-                elif not isinstance(result, Exception):
-                    by_folder.setdefault(_parent(path), []).append(place)
-            for places in by_folder.values():
-                try:
-                    store.sync_folder_of(component, jobs[granted[places[0]][0]][0])
-                except OSError as exc:  # the renames might not survive a crash: undo them
-                    for place in places:
-                        _, backup, identity = results[place]  # type: ignore[misc]
-                        store.restore(backup, component, jobs[granted[place][0]][0],
-                                      installed=identity)  # fmt: skip
-                        results[place] = exc
+                results.append((info, backup, identity))
+                unsettled.append(_Unsettled(place, component, path, identity, backup, unsynced))
+            _settle_installs(store, unsettled, results)
             return results
 
         try:
@@ -1996,37 +1988,60 @@ def _install_new_each(store: DiskStore, files: list[_NewFile]) -> list[_Created 
         except Exception as exc:
             return [exc]
     outcomes: list[_Created | BaseException] = []
-    for component, path, stage, version in files:
+    unsettled: list[_Unsettled] = []
+    for number, (component, path, stage, version) in enumerate(files):
         try:
-            outcomes.append(_install_new(store, component, path, stage, version, sync=False))
+            created = _install_new(store, component, path, stage, version, sync=False)
         except Exception as exc:  # this file's: the others go on
             outcomes.append(exc)
-    folders: dict[tuple[str, str], list[int]] = {}
-    for number, created in enumerate(outcomes):
-        if not isinstance(created, tuple):
             continue
-        component, path = files[number][:2]
-        if created[2] == "folder":
-            folders.setdefault((component, _parent(path)), []).append(number)
-        elif created[2] is not None:
-            try:
-                store.sync_new(created[2])
-            except OSError as exc:  # it might not survive a crash: undo it
-                store.restore(None, component, path, installed=created[1])
-                outcomes[number] = exc
-                continue
-        outcomes[number] = (created[0], created[1], None)
-    for numbers in folders.values():
-        component, path = files[numbers[0]][:2]
-        try:
-            store.sync_folder_of(component, path)
-        except OSError as exc:  # the new names might not survive a crash: undo them
-            for number in numbers:
-                installed = outcomes[number]
-                assert isinstance(installed, tuple)
-                store.restore(None, component, files[number][1], installed=installed[1])
-                outcomes[number] = exc
+        if isinstance(created, tuple):
+            info, identity, unsynced = created
+            unsettled.append(_Unsettled(number, component, path, identity, None, unsynced))
+            created = (info, identity, None)
+        outcomes.append(created)
+    _settle_installs(store, unsettled, outcomes)
     return outcomes
+
+
+class _Unsettled(NamedTuple):
+    """A file a worker-thread call installed, not yet durable (see `_settle_installs`)."""
+
+    place: int  # in the call's outcomes
+    component: str
+    path: str
+    identity: FileIdentity
+    backup: Path | None  # of the file it replaced
+    unsynced: _Unsynced
+
+
+def _settle_installs(store: DiskStore, installs: Sequence[_Unsettled], outcomes: list[Any]) -> None:
+    """Make what one worker-thread call installed durable; what cannot be, taken back.
+
+    The files written in place are fsynced one after the other (all written by now: the
+    disk wrote them meanwhile), then each folder that files were linked or renamed into,
+    once for all of them. A file whose fsync fails is taken back, and a folder whose fsync
+    fails takes back the files put into it: their outcome becomes the error.
+    """
+    by_folder: dict[tuple[str, str], list[_Unsettled]] = {}
+    for install in installs:
+        if isinstance(install.unsynced, Staged):
+            try:
+                store.sync_new(install.unsynced)
+            except OSError as exc:  # it might not survive a crash: undo it
+                store.restore(None, install.component, install.path, installed=install.identity)
+                outcomes[install.place] = exc
+        elif install.unsynced == "folder":
+            folder = (install.component, _parent(install.path))
+            by_folder.setdefault(folder, []).append(install)
+    for group in by_folder.values():
+        try:
+            store.sync_folder_of(group[0].component, group[0].path)
+        except OSError as exc:  # the new names might not survive a crash: undo them
+            for install in group:
+                store.restore(install.backup, install.component, install.path,
+                              installed=install.identity)  # fmt: skip
+                outcomes[install.place] = exc
 
 
 def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]]:

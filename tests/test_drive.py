@@ -635,6 +635,39 @@ async def test_a_folder_put_writes_its_new_files_in_place_and_fsyncs_them_after(
     assert on_disk == done
 
 
+async def test_a_folder_put_whose_folder_fsync_fails_takes_back_the_files_renamed_into_it(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files that replaced others in a folder put need their folder's fsync: if it fails,
+    the files they replaced come back (version and bytes), and the put raises the error."""
+    sync_folder_of = DiskStore.sync_folder_of
+
+    def failing_in_out(self: DiskStore, component: str, path: str) -> None:
+        if path.startswith("out/"):
+            raise OSError(errno.EIO, "I/O error")
+        sync_folder_of(self, component, path)
+
+    for i in range(4):
+        write(f"local/{i}.txt", f"file {i}".encode())
+    async with Drive(drive_id) as drive:
+        for i in (1, 3):
+            await drive.write_bytes(f"out/{i}.txt", b"there before")
+        monkeypatch.setattr(DiskStore, "sync_folder_of", failing_in_out)
+        with pytest.raises(asyncdrive.DriveStorageError, match="I/O error"):
+            await drive.put("local", to="out")
+        monkeypatch.undo()
+        for i in (1, 3):  # taken back: the files they replaced are there again
+            assert await drive.read_bytes(f"out/{i}.txt") == b"there before"
+            assert (await drive.info(f"out/{i}.txt")).version == 1
+        new = [i for i in (0, 2) if await drive.exists(f"out/{i}.txt")]
+        if storage.filesystem_type(root) in storage._NEW_NAMES_DURABLE:
+            assert new == [0, 2]  # written in place: no folder fsync needed
+        for i in new:
+            assert await drive.read_bytes(f"out/{i}.txt") == f"file {i}".encode()
+    on_disk = sorted(p.name for p in (root / "drives" / drive_id[6:] / "default" / "out").iterdir())
+    assert on_disk == sorted(["1.txt", "3.txt", *(f"{i}.txt" for i in new)])  # no backup left
+
+
 def test_a_new_file_in_place_whose_attribute_is_refused_goes_the_way_of_uploads(
     workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
