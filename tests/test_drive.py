@@ -304,6 +304,9 @@ async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
     async with Drive(drive_id) as drive:
         await drive.write_bytes("a.txt", HELLO)
         await drive.write_bytes("big.bin", big)
+        conn = drive._conn
+        assert conn is not None
+        conn.quick_calls.slow = 60.0  # none counts as slow here (but at the end)
         for dest in ["out/1", "out/2", "out/3", "out/sub/1", "out/sub/2", "remote/1", "remote/2"]:
             await drive.get("a.txt", to=dest)
             assert Path(dest).read_bytes() == HELLO
@@ -342,8 +345,6 @@ async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
         assert read_in == [("b.txt", "loop"), ("big.bin", "worker"), ("a.txt", "loop")]
 
         # A call slower than `slow` sends the next ones to the worker threads for a while.
-        conn = drive._conn
-        assert conn is not None
         conn.quick_calls.slow = 0.0
         await drive.get("b.txt", to="out/6")
         await drive.get("b.txt", to="out/7")
