@@ -1638,12 +1638,19 @@ class DiskStore:
         ``dest`` is replaced atomically (temporary file beside it, then rename). An existing
         ``dest`` with other content raises `FileExistsError` unless ``overwrite``.
         """
-        if dest.exists() and not overwrite:
-            if dest.is_file() and file_checksum(dest) == checksum:
-                return False
-            raise FileExistsError(dest)
         src, size = self.open_file(component, path)
         try:
+            if dest.exists() and not overwrite:
+                # Read only if it may be the same: a local file of another size can be
+                # large, and a get of a small file may run in the event loop's thread.
+                found = dest.stat()
+                if (
+                    stat.S_ISREG(found.st_mode)
+                    and found.st_size == size
+                    and file_checksum(dest) == checksum
+                ):
+                    return False
+                raise FileExistsError(dest)
             try:
                 out, tmp = temp_fd_in(dest.parent)
             except FileNotFoundError:  # made only now: a failed open leaves no folders

@@ -406,6 +406,36 @@ def test_a_get_copies_exactly_the_file_and_makes_folders_only_for_it(
     assert empty.read_bytes() == b""
 
 
+def test_a_get_reads_a_local_file_in_the_way_only_if_it_may_be_the_same(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local file of another size is other content, never read (it may be large, and the
+    copy may run in the event loop's thread); one of the same size is compared."""
+    data = b"drive bytes"
+    store.install(store.stage_bytes(data), "c", "f.bin", META)
+    checksum = hashlib.sha256(data).hexdigest()
+    hashed: list[str] = []
+    file_checksum = storage.file_checksum
+
+    def spied(path: Path) -> str:
+        hashed.append(path.name)
+        return file_checksum(path)
+
+    monkeypatch.setattr(storage, "file_checksum", spied)
+    (tmp_path / "local").mkdir()
+    for name, local in [("longer", data * 1000), ("same size", b"other bytes"), ("same", data)]:
+        dest = tmp_path / "local" / name
+        dest.write_bytes(local)
+        if local == data:
+            assert not store.copy_out("c", "f.bin", dest, checksum, overwrite=False)  # as is
+        else:
+            with pytest.raises(FileExistsError):
+                store.copy_out("c", "f.bin", dest, checksum, overwrite=False)
+        assert dest.read_bytes() == local
+    assert hashed == ["same size", "same"]
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["longer", "same", "same size"]
+
+
 def test_a_copy_of_a_known_size_stops_there(tmp_path: Path) -> None:
     source, target = tmp_path / "source", tmp_path / "target"
     source.write_bytes(b"0123456789")
