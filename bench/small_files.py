@@ -518,7 +518,14 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "worker threads (anyio's default of 40 made 64 concurrent gets up to twice as slow, "
         "from contention for the interpreter lock); a `SyncDrive` makes them in the calling "
         "thread, which waits for them anyway (this took the 8 threads from 0.75x to ~1.3x "
-        "for put, and the 8 processes from ~1.2x to ~2x).",
+        "for put, and the 8 processes from ~1.2x to ~2x). Tried on 2026-12-05 and not "
+        "adopted: the one-shot calls of several threads made on one shared event-loop "
+        "thread (as watches are), where they interleave like tasks: with 8 threads ~1.5x "
+        "the gets of a loop per thread (about the sequential rate, still far from 2x), but "
+        "~15% fewer with 2 threads, and as many puts. Since the gets of an async `Drive` "
+        "copy small files in the event loop's thread (see above), its sequential rate, "
+        "which these ratios divide by, rose by a third: the same concurrent rates make "
+        "smaller ratios.",
         f"One call for the whole folder: put {med('put', 'folder', 'sequential')} and get "
         f"{med('get', 'folder', 'sequential')} of the sequential rate. A folder put stores "
         "its small files in batches of 32, 8 batches at a time (`FOLDER_CONCURRENCY`): one "
