@@ -468,6 +468,27 @@ _renameat2 = _load_renameat2()
 _NO_NOREPLACE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
+def _rename_unless_there(source: str, target: str) -> bool:
+    """Rename ``source`` to ``target`` unless a file or folder has that name: False then.
+
+    Atomic either way, as `_move_new`; ``source`` stays where it was when False.
+    """
+    if _renameat2 is not None:
+        error = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target))
+        if error == 0:
+            return True
+        if error == errno.EEXIST:
+            return False
+        if error not in _NO_NOREPLACE:
+            raise OSError(error, os.strerror(error), target)
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    os.unlink(source)
+    return True
+
+
 def _move_new(source: Path, folder: int, name: str) -> bool:
     """Rename ``source`` to ``name`` in the open ``folder`` unless that name exists: False then.
 
@@ -535,6 +556,21 @@ def _copy_hashed(src: int, dst: int) -> tuple[int, str]:
         hasher.abandon()
         raise
     return size, hasher.finish(size)
+
+
+def _same_content(local: Path, size: int, checksum: str) -> bool:
+    """Whether ``local`` is a regular file of ``size`` bytes with this checksum.
+
+    Read only if it may be: a local file of another size can be large, and a get of a
+    small file may run in the event loop's thread.
+    """
+    try:
+        found = local.stat()
+    except OSError:  # a link to nowhere, or gone again: something else in the way
+        return False
+    return (
+        stat.S_ISREG(found.st_mode) and found.st_size == size and file_checksum(local) == checksum
+    )
 
 
 def file_checksum(path: Path) -> str:
@@ -760,6 +796,11 @@ def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
     fd, path = temp_fd_in(folder)
     return os.fdopen(fd, "wb"), path
 
+
+#: A get copies a file up to this size before it looks for a local file in its way (in
+#: the same rename, which never replaces one): most often there is none, and looking costs
+#: about what such a copy does.
+_COPY_BEFORE_LOOKING_MAX = 1 << 20
 
 #: Filesystems on a disk of this machine (or in its memory): their calls cost CPU, not
 #: waiting. Any other (NFS, SMB, FUSE, Ceph, Lustre, 9p, or unknown) may be far away.
@@ -1636,19 +1677,15 @@ class DiskStore:
         """Copy ``component``'s ``path`` to local ``dest``; return False if dest already matched.
 
         ``dest`` is replaced atomically (temporary file beside it, then rename). An existing
-        ``dest`` with other content raises `FileExistsError` unless ``overwrite``.
+        ``dest`` with other content (or a link, a folder), even one made during the copy,
+        raises `FileExistsError` unless ``overwrite``: the rename never replaces it then.
         """
         src, size = self.open_file(component, path)
         try:
-            if dest.exists() and not overwrite:
-                # Read only if it may be the same: a local file of another size can be
-                # large, and a get of a small file may run in the event loop's thread.
-                found = dest.stat()
-                if (
-                    stat.S_ISREG(found.st_mode)
-                    and found.st_size == size
-                    and file_checksum(dest) == checksum
-                ):
+            # A large file is not copied if a local file is in the way; a small one is
+            # copied first (looking would cost as much), then renamed only if none is.
+            if not overwrite and size > _COPY_BEFORE_LOOKING_MAX and dest.exists():
+                if _same_content(dest, size, checksum):
                     return False
                 raise FileExistsError(dest)
             try:
@@ -1662,11 +1699,19 @@ class DiskStore:
                     _FdCopier(src, out).copy_all(size)
                 finally:
                     os.close(out)
-                os.replace(tmp, dest)
+                if overwrite:
+                    os.replace(tmp, dest)
+                    return True
+                placed = _rename_unless_there(os.fspath(tmp), os.fspath(dest))
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
+            if placed:
+                return True
+            os.unlink(tmp)
+            if _same_content(dest, size, checksum):
+                return False
+            raise FileExistsError(dest)
         finally:
             os.close(src)
-        return True

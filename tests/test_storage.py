@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -434,6 +435,59 @@ def test_a_get_reads_a_local_file_in_the_way_only_if_it_may_be_the_same(
         assert dest.read_bytes() == local
     assert hashed == ["same size", "same"]
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["longer", "same", "same size"]
+
+
+@pytest.mark.parametrize("rename", ["renameat2", "link"])
+@pytest.mark.parametrize("looks_first", [False, True])
+def test_a_get_never_replaces_a_local_file_made_while_it_copies(
+    store: DiskStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rename: str,
+    looks_first: bool,
+) -> None:
+    """Without overwrite, the copy goes into place by a rename that never replaces: a
+    local file (or link) made meanwhile stays, and no temporary file is left. A small file
+    is copied before looking (``looks_first``: a larger one looks first, then copies)."""
+    if rename == "link":  # where renameat2 is missing (old C library), or refused (NFS)
+        monkeypatch.setattr(storage, "_renameat2", None)
+    if looks_first:
+        monkeypatch.setattr(storage, "_COPY_BEFORE_LOOKING_MAX", 0)
+    data = b"drive bytes"
+    store.install(store.stage_bytes(data), "c", "f.bin", META)
+    checksum = hashlib.sha256(data).hexdigest()
+    local = tmp_path / "local"
+    local.mkdir()
+    copy_all = storage._FdCopier.copy_all
+    in_the_way: list[Any] = []
+
+    def made_meanwhile(self: Any, size: int | None = None) -> Any:
+        in_the_way[0]()
+        return copy_all(self, size)
+
+    monkeypatch.setattr(storage._FdCopier, "copy_all", made_meanwhile)
+    dest = local / "a"
+    for make, same in [
+        (lambda: dest.write_bytes(b"other bytes"), False),  # same size, other bytes
+        (lambda: dest.write_bytes(data), True),  # the same: as if copied
+        (lambda: dest.symlink_to(tmp_path / "nowhere"), False),  # a link to nowhere
+        (lambda: dest.mkdir(), False),
+    ]:
+        in_the_way[:] = [make]
+        if same:
+            assert not store.copy_out("c", "f.bin", dest, checksum, overwrite=False)
+        else:
+            with pytest.raises(FileExistsError):
+                store.copy_out("c", "f.bin", dest, checksum, overwrite=False)
+        assert os.listdir(local) == ["a"]  # no temporary file left
+        if dest.is_symlink() or dest.is_file():
+            assert dest.is_symlink() or dest.read_bytes() in (b"other bytes", data)
+            dest.unlink()
+        else:
+            dest.rmdir()
+    in_the_way[:] = [lambda: dest.symlink_to(tmp_path / "nowhere")]
+    assert store.copy_out("c", "f.bin", dest, checksum, overwrite=True)  # replaced
+    assert not dest.is_symlink() and dest.read_bytes() == data
 
 
 def test_a_copy_of_a_known_size_stops_there(tmp_path: Path) -> None:
