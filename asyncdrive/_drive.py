@@ -1353,7 +1353,7 @@ class Drive:
                 and conn.quick_calls.allows()
             ):  # here, as a get's copy: no hop to a thread and back, which would cost more
                 return conn.quick_calls.run(store.read, info.component_name, drive_path)
-            return await conn.run_sync(store.read, info.component_name, drive_path)
+            return await conn.run_sync(_read_looking, store, info.component_name, drive_path)
         except FileNotFoundError:
             raise self._not_found(drive_path, [], component_name) from None
 
@@ -2069,6 +2069,16 @@ def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]
 
 class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
+
+
+def _read_looking(store: DiskStore, component: str, path: str) -> bytes:
+    """`DiskStore.read`, in a worker thread, having looked where the root is.
+
+    Once the root is known to be on this machine's disks, the next small reads are made in
+    the event loop's thread (see `Drive.read_bytes`), even by a drive that only reads.
+    """
+    store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
+    return store.read(component, path)
 
 
 def _copy_each(

@@ -353,6 +353,13 @@ async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
         assert read_in[-1] == ("b.txt", "worker")
         assert repr(conn.quick_calls) == "<QuickCalls 3 folders (paused)>"
 
+    # A drive that only reads learns where the root is at its first read (in a worker).
+    read_in.clear()
+    async with Drive(drive_id) as drive:
+        for _ in range(2):
+            assert await drive.read_bytes("b.txt") == b"b"
+    assert read_in == [("b.txt", "worker"), ("b.txt", "loop")]
+
 
 @pytest.mark.parametrize("way", ["in place", "uploads"])
 async def test_concurrent_new_files_share_calls_and_keep_their_own_outcomes(
