@@ -4,9 +4,10 @@ The library copies each file in a worker thread and reports nothing while it doe
 bar measures what that thread has really written: it looks at the files this process has
 open (``/proc/self/fd``). The file being read says which file of the transfer is in flight
 (the library copies a folder's files in sorted order, one at a time, so the files before it
-are done), and the size of the temporary file being written says how far it got: for a put,
-the upload in ``<root>/drives/<name>/.tmp/``; for a get, the temporary file beside the local
-target. Where ``/proc`` is missing the bar only advances as whole files finish.
+are done), and the size of the file being written says how far it got: for a put, the
+upload in ``<root>/drives/<name>/.tmp/``; for a get, the file beside the local target (a
+temporary name, or none until it is linked in place). Where ``/proc`` is missing the bar
+only advances as whole files finish.
 
 Example:
     >>> with Transfer("put", [(Path("big.bin").resolve(), 2**30)], writes_in=tmp) as bar:
@@ -18,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -38,6 +40,9 @@ from ._storage import TMP_PREFIX
 
 _FDS = Path("/proc/self/fd")
 _POLL = 0.1
+#: How ``/proc/self/fd`` names a file made without a name (``O_TMPFILE``), as the library
+#: makes uploads and a get's copies where the filesystem allows: "#<inode> (deleted)".
+_UNNAMED = re.compile(r"#\d+ \(deleted\)")
 
 
 def _open_files() -> list[tuple[Path, int]]:
@@ -161,7 +166,7 @@ class Transfer:
         unknown_size: int | None = None
         written = 0
         for path, size in _open_files():
-            if path.name.startswith(TMP_PREFIX):
+            if path.name.startswith(TMP_PREFIX) or _UNNAMED.fullmatch(path.name):
                 if self._writes_in is None or path.parent == self._writes_in:
                     written = max(written, size)
             elif path in self._where:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import re
 import shlex
 import shutil
@@ -57,6 +58,40 @@ def test_bar_counts_the_file_in_flight_and_the_ones_before(tmp_path: Path) -> No
     assert bar.completed == 8000
     bar.done_through(99)
     assert bar.completed == 15000
+
+
+@pytest.mark.parametrize("verb", ["put", "get"])
+def test_bar_counts_a_file_written_without_a_name(tmp_path: Path, verb: str) -> None:
+    """Uploads, and a get's copies, are made without a name (O_TMPFILE) where the disk
+    allows: ``/proc/self/fd`` shows them as "#<inode> (deleted)" in their folder."""
+    uploads = tmp_path / "tmp"
+    uploads.mkdir()
+    (tmp_path / "a.bin").write_bytes(b"x" * 5000)
+    source = (tmp_path / "a.bin").resolve()
+    bar = (
+        Transfer("put", [(source, 5000)], writes_in=uploads.resolve())
+        if verb == "put"
+        else Transfer("get", [(source, 5000)])
+    )
+    folder = uploads if verb == "put" else tmp_path / "out"
+    folder.mkdir(exist_ok=True)
+    out = os.open(folder, os.O_WRONLY | os.O_TMPFILE)
+    try:
+        with open(source, "rb"):
+            os.write(out, b"y" * 1234)
+            assert bar.poll() == f"{verb} a.bin"
+            assert bar.completed == 1234
+    finally:
+        os.close(out)
+    if verb == "put":  # one in another folder is not this put's upload
+        elsewhere = os.open(tmp_path, os.O_WRONLY | os.O_TMPFILE)
+        try:
+            with open(source, "rb"):
+                os.write(elsewhere, b"z" * 4000)
+                bar.poll()
+                assert bar.completed == 1234
+        finally:
+            os.close(elsewhere)
 
 
 def test_bar_of_a_get_whose_size_was_unknown(tmp_path: Path) -> None:
@@ -174,7 +209,7 @@ def test_bar_on_a_terminal(
         float(m[2])
         for screen in running
         for m in BAR.finditer(screen)
-        if m[1] == "put" and m[3] == f"{BIG}.0" and float(m[2]) < BIG
+        if m[1] == "put" and m[3] == f"{BIG}.0" and 0 < float(m[2]) < BIG
     ]
     assert partial, "no partial put bar seen:\n" + "\n----\n".join(running[-5:])
     assert partial == sorted(partial)  # it only moves forward
