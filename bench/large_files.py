@@ -47,7 +47,7 @@ OPERATIONS = {
     BASELINE: "shutil.copyfile + fsync (baseline)",
     "copyfile": "shutil.copyfile, no fsync",
     "put": "Drive.put (copy, SHA-256, fsync, rename, commit)",
-    "get": "Drive.get (copy to a temporary file, rename)",
+    "get": "Drive.get (copy to a file without a name, link)",
     "stream": "Drive.open('wb'), 4 MiB writes (SHA-256, fsync, rename, commit)",
 }
 #: The size of each write of the streaming put, as fsspec or a framework's saver makes them.
@@ -426,7 +426,8 @@ def _notes(
         "it reached ~850 MB/s (0.49x in the same run as put's 1.00x).",
         f"get reaches {fmt_ratio2(get)} of the baseline, {fmt_ratio2(plain)} of `copyfile` "
         "without an fsync, which is the like-for-like comparison: it copies with "
-        "`copy_file_range` into a temporary file beside the target and renames it.",
+        "`copy_file_range` into a file without a name (`O_TMPFILE`) in the target's "
+        "folder and links it at the target.",
         "Memory, not the disk, decides a copy's speed on this virtual machine: its host "
         "backs the guest's memory when the guest first writes to it, and the guest hands "
         "back free memory within milliseconds (free page reporting: `Free page reporting "

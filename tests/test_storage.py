@@ -16,7 +16,7 @@ import pytest
 
 from asyncdrive import InvalidPathError
 from asyncdrive import _storage as storage
-from asyncdrive._storage import DiskStore, Staged
+from asyncdrive._storage import DiskStore, Staged, temp_fd_in
 
 from .conftest import opens
 
@@ -437,20 +437,39 @@ def test_a_get_reads_a_local_file_in_the_way_only_if_it_may_be_the_same(
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["longer", "same", "same size"]
 
 
-@pytest.mark.parametrize("rename", ["renameat2", "link"])
+@pytest.fixture(params=["unnamed", "renameat2", "link"])
+def local_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Place a get's copy in every way: made without a name (O_TMPFILE) and linked in, or
+    made under a temporary name and renamed by renameat2(RENAME_NOREPLACE), or by a link
+    then an unlink (an old C library, NFS). Where unnamed, no temporary name is made."""
+    if request.param == "unnamed":
+        if not storage._CAN_TMPFILE or storage._linkat is None:
+            pytest.skip("this system has no O_TMPFILE")
+
+        def no_temp_name(folder: Path) -> Any:
+            raise AssertionError(f"a temporary name made in {folder}")
+
+        monkeypatch.setattr(storage, "temp_fd_in", no_temp_name)
+    else:
+        monkeypatch.setattr(storage, "_CAN_TMPFILE", False)
+    if request.param == "link":
+        monkeypatch.setattr(storage, "_renameat2", None)
+    elif request.param == "renameat2" and storage._renameat2 is None:
+        pytest.skip("this system has no renameat2")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("looks_first", [False, True])
 def test_a_get_never_replaces_a_local_file_made_while_it_copies(
     store: DiskStore,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    rename: str,
+    local_way: str,
     looks_first: bool,
 ) -> None:
-    """Without overwrite, the copy goes into place by a rename that never replaces: a
-    local file (or link) made meanwhile stays, and no temporary file is left. A small file
-    is copied before looking (``looks_first``: a larger one looks first, then copies)."""
-    if rename == "link":  # where renameat2 is missing (old C library), or refused (NFS)
-        monkeypatch.setattr(storage, "_renameat2", None)
+    """Without overwrite, the copy goes into place by a link or rename that never
+    replaces: a local file (or link) made meanwhile stays, and no temporary file is left.
+    A small file is copied before looking (``looks_first``: a larger one looks first)."""
     if looks_first:
         monkeypatch.setattr(storage, "_COPY_BEFORE_LOOKING_MAX", 0)
     data = b"drive bytes"
@@ -485,9 +504,31 @@ def test_a_get_never_replaces_a_local_file_made_while_it_copies(
             dest.unlink()
         else:
             dest.rmdir()
+    in_the_way[:] = [lambda: None]
+    assert store.copy_out("c", "f.bin", dest, checksum, overwrite=False)
+    assert dest.read_bytes() == data and os.listdir(local) == ["a"]
+    dest.unlink()
     in_the_way[:] = [lambda: dest.symlink_to(tmp_path / "nowhere")]
+    monkeypatch.setattr(storage, "temp_fd_in", temp_fd_in)  # a replacement is renamed in
     assert store.copy_out("c", "f.bin", dest, checksum, overwrite=True)  # replaced
     assert not dest.is_symlink() and dest.read_bytes() == data
+
+
+def test_a_get_that_fails_halfway_leaves_no_file(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_way: str
+) -> None:
+    store.install(store.stage_bytes(b"drive bytes"), "c", "f.bin", META)
+    copy_all = storage._FdCopier.copy_all
+
+    def fails_halfway(self: Any, size: int | None = None) -> Any:
+        copy_all(self, 4)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage._FdCopier, "copy_all", fails_halfway)
+    (tmp_path / "local").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        store.copy_out("c", "f.bin", tmp_path / "local" / "a", CHECKSUM, overwrite=False)
+    assert os.listdir(tmp_path / "local") == []
 
 
 def test_a_copy_of_a_known_size_stops_there(tmp_path: Path) -> None:
