@@ -442,7 +442,13 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "folder shared by the puts into it that wait at once, a group commit in the worker "
         "threads (2026-12-04: no faster with 64 tasks, measured interleaved with the code "
         "before; the kernel already makes a folder's fsync cheap when another has just "
-        "written the folder out).",
+        "written the folder out); a new small file written and fsynced in the event loop's "
+        "own thread when no other put is in flight, as gets copy (2026-12-05: ~16% more "
+        "sequential puts, 0.63x -> ~0.73x of the floor, measured interleaved, but 64 tasks "
+        "~30% slower, their loop blocked during each such fsync; and an fsync can take "
+        "seconds where a journal commits other files' dirty data with it, which no bound "
+        "on the call's time can stop once it has started: the event loop must not make "
+        "it).",
         f"A sequential get reaches {med('get', 'sequential', 'floor')} of the floor: one "
         "round trip for the owners, then the link checks of the drive path, a copy inside "
         "the kernel (`copy_file_range`) into a file without a name (`O_TMPFILE`) in the "
