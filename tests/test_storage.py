@@ -531,6 +531,55 @@ def test_a_get_that_fails_halfway_leaves_no_file(
     assert os.listdir(tmp_path / "local") == []
 
 
+def test_a_get_names_its_copy_where_the_local_disk_cannot_make_unnamed_files(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As for uploads (above): the kernel refuses the open of a folder for writing, with
+    # EISDIR, as it does an O_TMPFILE open where it lacks it. The get then names its copy.
+    monkeypatch.setattr(storage, "_UNNAMED_LOCAL_FLAGS", os.O_WRONLY | os.O_DIRECTORY)
+    named: list[Path] = []
+
+    def recorded(folder: Path) -> tuple[int, Path]:
+        fd, path = temp_fd_in(folder)
+        named.append(path)
+        return fd, path
+
+    monkeypatch.setattr(storage, "temp_fd_in", recorded)
+    store.install(store.stage_bytes(b"drive bytes"), "c", "f.bin", META)
+    dest = tmp_path / "local" / "a"
+    assert store.copy_out("c", "f.bin", dest, CHECKSUM, overwrite=False)
+    assert dest.read_bytes() == b"drive bytes" and len(named) == 1
+    assert os.listdir(dest.parent) == ["a"]
+
+
+def _get_and_die(root: str, dest: str) -> None:
+    def dies_halfway(self: Any, size: int | None = None) -> Any:
+        storage._FdCopier.copy_all = copy_all  # type: ignore[method-assign]
+        copy_all(self, 4)
+        os._exit(0)  # as a process killed mid-get: nothing cleaned up
+
+    copy_all = storage._FdCopier.copy_all
+    storage._FdCopier.copy_all = dies_halfway  # type: ignore[method-assign]
+    DiskStore(Path(root), "d").copy_out("c", "f.bin", Path(dest), CHECKSUM, overwrite=False)
+
+
+def test_a_process_killed_during_a_get_leaves_no_file_behind(
+    store: DiskStore, tmp_path: Path
+) -> None:
+    """The copy has no name until it is whole (O_TMPFILE): nothing to clean up after."""
+    if not storage._CAN_TMPFILE or storage._linkat is None:
+        pytest.skip("this system has no O_TMPFILE")
+    store.install(store.stage_bytes(b"drive bytes"), "c", "f.bin", META)
+    (tmp_path / "local").mkdir()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_get_and_die, args=(str(store.root), str(tmp_path / "local" / "a"))
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert os.listdir(tmp_path / "local") == []
+
+
 def test_a_copy_of_a_known_size_stops_there(tmp_path: Path) -> None:
     source, target = tmp_path / "source", tmp_path / "target"
     source.write_bytes(b"0123456789")
