@@ -33,7 +33,7 @@ from ._exceptions import (
     VersionConflictError,
 )
 from ._files import DriveReader, DriveWriter, Opening
-from ._models import FileInfo, GcReport
+from ._models import FileInfo, FolderInfo, GcReport
 from ._server import server_binary, server_url, stop_server
 from ._sync import SyncDrive, SyncDriveReader, SyncDriveWriter, SyncWatch
 from ._watch import Watch
@@ -71,6 +71,7 @@ __all__ = [
     "DriveUnavailableError",
     "DriveWriter",
     "FileInfo",
+    "FolderInfo",
     "GcReport",
     "IndexLostError",
     "InvalidConfigError",

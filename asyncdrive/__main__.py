@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from ._config import is_valid_name, resolve_root
 from ._drive import _local_files
 from ._exceptions import DriveError, DriveIsADirectoryError, InvalidPathError
+from ._models import FileInfo, FolderInfo
 from ._server import ensure_server_sync, server_url, stop_server
 from ._storage import DiskStore
 from ._sync import SyncDrive
@@ -84,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     ls = commands.add_parser("ls", parents=[files], help="list a folder of a drive")
     ls.add_argument("target", metavar="lit://DRIVE[/PATH]")
     ls.add_argument("-r", "--recursive", action="store_true", help="every file below")
+    ls.add_argument(
+        "-l", "--long", action="store_true", help="with size, version, owner and commit time"
+    )
     put = commands.add_parser(
         "put",
         parents=[files],
@@ -166,6 +171,35 @@ def _open(args: argparse.Namespace) -> tuple[SyncDrive, str]:
     return drive, path
 
 
+def _long_entry(info: FileInfo | FolderInfo) -> dict[str, object]:
+    """Return an entry of ``ls -l --json``: a file's `FileInfo` fields, or a folder's path."""
+    if isinstance(info, FolderInfo):
+        return {"path": info.path, "type": "folder"}
+    return {**dataclasses.asdict(info), "type": "file"}
+
+
+def _long_listing(infos: list[FileInfo | FolderInfo]) -> str:
+    """``ls -l``: size, version, owner, commit time (UTC) and path, a line each, in columns."""
+    rows = [
+        ("-", "-", "-", "-", f"{info.path}/")
+        if isinstance(info, FolderInfo)
+        else (
+            str(info.size),
+            f"v{info.version}",
+            info.component_name,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.mtime)),
+            info.path,
+        )
+        for info in infos
+    ]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(4)]
+    return "\n".join(
+        f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  "
+        f"{row[3]:<{widths[3]}}  {row[4]}"
+        for row in rows
+    )
+
+
 def _print(args: argparse.Namespace, value: object, text: str) -> None:
     print(json.dumps(value) if args.json else text)
 
@@ -224,7 +258,10 @@ def _drive_sources(args: argparse.Namespace, drive: SyncDrive, path: str) -> Sou
 def _run_file_command(args: argparse.Namespace) -> int:
     drive, path = _open(args)
     with drive:
-        if args.command == "ls":
+        if args.command == "ls" and args.long:
+            infos = drive.list_info(path, recursive=args.recursive)
+            _print(args, [_long_entry(info) for info in infos], _long_listing(infos))
+        elif args.command == "ls":
             entries = drive.list(path, recursive=args.recursive)
             _print(args, entries, "\n".join(entries))
         elif args.command == "cat":

@@ -42,7 +42,7 @@ from ._exceptions import (
     InvalidPathError,
 )
 from ._files import DriveReader, DriveWriter
-from ._models import FileInfo
+from ._models import FileInfo, FolderInfo
 from ._storage import temp_fd_in
 from ._tasks import to_its_end
 
@@ -235,27 +235,28 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             return [_dir_entry(n) for n in names] if detail else names
         drive = self.drive(name)
         try:
-            entries = await drive.list(rest or ".")
+            infos = await drive.list_info(rest or ".") if detail else []
+            names = [] if detail else await drive.list(rest or ".")
         except DriveNotADirectoryError:
-            entries = []  # a file: it lists as itself, like in fsspec's other filesystems
-        if not entries:
+            infos, names = [], []  # a file: it lists as itself, like in fsspec's others
+        if not infos and not names:
             # A missing path fails (FileNotFoundError from _info); an existing, empty drive
             # lists as nothing.
             this = await self._info(path)
             found = [this] if this["type"] == "file" else []
             return found if detail else [e["name"] for e in found]
         if not detail:
-            return [f"{name}/{entry}" for entry in entries]
-        conn = await drive._connection()
-        owners = await conn.index.owners_many(entries)
-        result: list[dict[str, Any]] = []
-        for entry, copies in zip(entries, owners, strict=True):
-            if not copies:
-                result.append(_dir_entry(f"{name}/{entry}"))
-                continue
-            mine = copies.get(self._read_component or "") or next(iter(copies.values()))
-            result.append(_file_entry(f"{name}/{entry}", mine))
-        return result
+            return [f"{name}/{entry}" for entry in names]
+        # One entry a path: of a file owned by several components, the reading one's copy
+        # (or else the first).
+        result: dict[str, dict[str, Any]] = {}
+        for info in infos:
+            full = f"{name}/{info.path}"
+            if isinstance(info, FolderInfo):
+                result[full] = _dir_entry(full)
+            elif full not in result or info.component_name == self._read_component:
+                result[full] = _file_entry(full, info)
+        return list(result.values())
 
     async def _find(
         self,

@@ -338,6 +338,35 @@ class Index:
             for p, raw in zip(paths, raws, strict=True)
         ]
 
+    async def describe_many(
+        self, paths: Sequence[str], component: str | None, *, folders: bool = True
+    ) -> list[tuple[dict[str, FileInfo], bool]]:
+        """Return, for each path, its copies (as `owners`) and whether it is a folder.
+
+        One round trip for all (``folders=False``: no folder looked up, all False). A
+        folder is one that holds files (``component``'s, if named).
+        """
+        commands: list[tuple[str, ...]] = []
+        for path in paths:
+            commands.append(("HGETALL", self.keys.entry(path)))
+            if folders:
+                commands.append(("EXISTS", self.keys.children_of(path, component)))
+        replies: list[Any]
+        if self.wire is None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute()
+        else:
+            replies = await self.wire.call_many(commands)
+        step = 2 if folders else 1
+        described: list[tuple[dict[str, FileInfo], bool]] = []
+        for number, path in enumerate(paths):
+            raw = _as_dict(replies[number * step])
+            owners = {c: parse_record(path, c, rec) for c, rec in raw.items()}
+            described.append((owners, folders and bool(replies[number * step + 1])))
+        return described
+
     async def kind(self, path: str, component: str | None = None) -> str | None:
         """Return ``"file"``, ``"folder"`` or None for ``path`` (seen by one component or all)."""
         if path == "":

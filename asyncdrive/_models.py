@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FileInfo", "GcReport"]
+__all__ = ["FileInfo", "FolderInfo", "GcReport"]
 
 #: The checksum algorithm of `FileInfo.checksum` (hex digest). SHA-256 was measured to be the
 #: fastest strong hash here (hardware-accelerated in OpenSSL), faster than BLAKE2b.
@@ -36,6 +36,24 @@ class FileInfo:
     checksum: str
     version: int
     component_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    """A folder of a drive, as `Drive.list_info` returns it beside the `FileInfo` of files.
+
+    A folder exists while it holds a file: it has no size, version or owner of its own.
+
+    Example:
+        >>> [e.path for e in await drive.list_info(".") if isinstance(e, FolderInfo)]
+        ['ckpt']
+
+    Attributes:
+        path: the drive path, e.g. ``"ckpt"``.
+
+    """
+
+    path: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # no stub: see _set_handler
 import asyncio
 import atexit
+import builtins
 import contextlib
 import functools
 import itertools
@@ -33,7 +34,7 @@ from ._drive import Drive, StrPath, _inherited_after_fork, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveError
 from ._files import DriveReader, DriveWriter, FileT
-from ._models import FileInfo, GcReport
+from ._models import FileInfo, FolderInfo, GcReport
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["SyncDrive", "SyncDriveReader", "SyncDriveWriter", "SyncWatch"]
@@ -477,6 +478,15 @@ class SyncDrive:
         """List a folder (see `Drive.list`)."""
         return self._run(
             "list", lambda d: d.list(path, component_name=component_name, recursive=recursive)
+        )
+
+    def list_info(
+        self, path: StrPath = ".", *, component_name: str | None = None, recursive: bool = False
+    ) -> builtins.list[FileInfo | FolderInfo]:
+        """List a folder with what the drive knows of each entry (see `Drive.list_info`)."""
+        return self._run(
+            "list_info",
+            lambda d: d.list_info(path, component_name=component_name, recursive=recursive),
         )
 
     def exists(self, path: StrPath, *, component_name: str | None = None) -> bool:

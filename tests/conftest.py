@@ -154,6 +154,7 @@ class SyncAsAsync:
             "write_bytes",
             "delete",
             "list",
+            "list_info",
             "exists",
             "info",
             "read_bytes",

@@ -96,6 +96,21 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert cli("ls", drive_id).stdout.splitlines() == ["a.txt", "data", "renamed.txt"]
     listed = cli("ls", "-r", "--json", f"{drive_id}/data")
     assert json.loads(listed.stdout) == ["data/d/x.bin"]
+    long = cli("ls", "-l", drive_id).stdout.splitlines()
+    assert [line.split()[:3] + line.split()[-1:] for line in long] == [
+        ["5", "v1", "default", "a.txt"],
+        ["-", "-", "-", "data/"],
+        ["5", "v1", "default", "renamed.txt"],
+    ]
+    assert len({line.rindex(line.split()[-1]) for line in long}) == 1  # paths in a column
+    long_json = json.loads(cli("ls", "-l", "-r", "--json", f"{drive_id}/data").stdout)
+    assert [(e["type"], e["path"], e["size"], e["version"]) for e in long_json] == [
+        ("file", "data/d/x.bin", 1, 1)
+    ]
+    assert json.loads(cli("ls", "-l", "--json", drive_id).stdout)[1] == {
+        "path": "data",
+        "type": "folder",
+    }
     assert cli("cat", f"{drive_id}/renamed.txt").stdout == "hello"
     info = json.loads(cli("info", "--json", f"{drive_id}/a.txt").stdout)
     assert (info["size"], info["version"], info["component_name"]) == (5, 1, "default")

@@ -28,6 +28,7 @@ from asyncdrive import (
     DriveNotADirectoryError,
     DriveTimeoutError,
     FileInfo,
+    FolderInfo,
     InvalidPathError,
     VersionConflictError,
     _drive,
@@ -142,6 +143,49 @@ async def test_list_folders(make_drive: MakeDrive, drive_id: str) -> None:
     # A folder disappears from listings with its last file.
     await drive.delete("ckpt", recursive=True)
     assert await drive.list(".") == ["top.txt"]
+
+
+async def test_list_info(make_drive: MakeDrive, drive_id: str) -> None:
+    w1 = make_drive(drive_id, component_name="w1", allow_duplicates=True)
+    w2 = make_drive(drive_id, component_name="w2", allow_duplicates=True)
+    await w2.write_bytes("ckpt/x.txt", b"w2's x, longer")  # first: w2 first in its HASH
+    for path in ("ckpt/x.txt", "ckpt/sub/y.txt", "top.txt"):
+        await w1.write_bytes(path, path.encode())
+    await w2.write_bytes("ckpt/only2/z.txt", b"z")
+    x1 = await w1.info("ckpt/x.txt", component_name="w1")
+    x2 = await w1.info("ckpt/x.txt", component_name="w2")
+    assert (x1.size, x2.size) == (10, 14)
+    # The entries of list(), in order: a folder, and each component's copy of a file.
+    assert await w1.list("ckpt") == ["ckpt/only2", "ckpt/sub", "ckpt/x.txt"]
+    assert await w1.list_info("ckpt") == [
+        FolderInfo("ckpt/only2"),
+        FolderInfo("ckpt/sub"),
+        x1,
+        x2,
+    ]
+    # One component's view: its copies, and only its folders.
+    assert await w1.list_info("ckpt", component_name="w2") == [FolderInfo("ckpt/only2"), x2]
+    assert await w1.list_info("ckpt", component_name="w1") == [FolderInfo("ckpt/sub"), x1]
+    assert await w1.list_info(".") == [FolderInfo("ckpt"), await w1.info("top.txt")]
+    assert await w1.list_info("ckpt", recursive=True) == [
+        await w1.info("ckpt/only2/z.txt"),
+        await w1.info("ckpt/sub/y.txt"),
+        x1,
+        x2,
+    ]
+    assert await w1.list_info("ckpt", recursive=True, component_name="w2") == [
+        await w1.info("ckpt/only2/z.txt"),
+        x2,
+    ]
+    # The same answers as list() for what is missing or a file.
+    assert await w1.list_info("missing") == []
+    assert await w1.list_info("missing", recursive=True) == []
+    with pytest.raises(DriveNotADirectoryError, match=r"top\.txt"):
+        await w1.list_info("top.txt")
+    # A replaced file shows its new version.
+    await w1.write_bytes("top.txt", b"v2")
+    top = (await w1.list_info(".", component_name="w1"))[-1]
+    assert (top.path, top.size, top.version) == ("top.txt", 2, 2)
 
 
 async def test_list_prefix_is_not_a_folder(make_drive: MakeDrive, drive_id: str) -> None:

@@ -24,7 +24,7 @@ import anyio.to_thread
 import pytest
 import redis
 
-from asyncdrive import Drive, DriveError, SyncDrive, _sync
+from asyncdrive import Drive, DriveError, FolderInfo, SyncDrive, _sync
 
 from .conftest import run_python, warnings_as_errors
 from .procs import read_line, spawn
@@ -73,6 +73,7 @@ def blocking_calls(drive: SyncDrive) -> list[Callable[[], object]]:
     """One call of each SyncDrive operation."""
     return [
         lambda: drive.list("."),
+        lambda: drive.list_info("."),
         lambda: drive.put("a.txt"),
         lambda: drive.write_bytes("b.txt", b"y"),
         lambda: drive.read_bytes("a.txt"),
@@ -88,6 +89,7 @@ def async_calls(drive: Drive) -> list[Callable[[], Awaitable[object]]]:
     """One call of each Drive operation."""
     return [
         lambda: drive.list("."),
+        lambda: drive.list_info("."),
         lambda: drive.put("a.txt"),
         lambda: drive.write_bytes("b.txt", b"y"),
         lambda: drive.read_bytes("a.txt"),
@@ -375,6 +377,17 @@ def test_one_loop_thread_shared_and_stopped_by_the_last_close(
         (thread,) = loop_threads()
         assert thread is not threads[0]
     assert joined_loop_threads() == []
+
+
+def test_list_info_blocking(env: dict[str, str], drive_id: str) -> None:
+    with SyncDrive(drive_id) as drive:
+        drive.write_bytes("d/a.txt", b"abc")
+        drive.write_bytes("d/sub/b.txt", b"b")
+        assert drive.list_info("d") == [drive.info("d/a.txt"), FolderInfo("d/sub")]
+        assert drive.list_info("d", recursive=True) == [
+            drive.info("d/a.txt"),
+            drive.info("d/sub/b.txt"),
+        ]
 
 
 def test_with_block_closes(env: dict[str, str], drive_id: str) -> None:
