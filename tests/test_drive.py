@@ -32,6 +32,7 @@ from asyncdrive import (
     InvalidPathError,
     VersionConflictError,
     _drive,
+    _index,
 )
 from asyncdrive import _storage as storage
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
@@ -186,6 +187,27 @@ async def test_list_info(make_drive: MakeDrive, drive_id: str) -> None:
     await w1.write_bytes("top.txt", b"v2")
     top = (await w1.list_info(".", component_name="w1"))[-1]
     assert (top.path, top.size, top.version) == ("top.txt", 2, 2)
+
+
+async def test_list_info_leaves_out_what_goes_while_it_looks(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drive = make_drive(drive_id)
+    for path in ("d/gone.txt", "d/kept.txt", "d/emptied/only.txt", "d/sub/y.txt"):
+        await drive.write_bytes(path, b"x")
+    looked = _index.Index.describe_many
+
+    async def delete_first(self: _index.Index, *args: Any, **kwargs: Any) -> Any:
+        # Between list_info's two round trips: a file and a folder's last file go.
+        async with Drive(drive_id) as other:  # on the loop list_info runs on
+            await other.delete("d/gone.txt")
+            await other.delete("d/emptied/only.txt")
+        return await looked(self, *args, **kwargs)
+
+    monkeypatch.setattr(_index.Index, "describe_many", delete_first)
+    entries = await drive.list_info("d")
+    assert [e.path for e in entries] == ["d/kept.txt", "d/sub"]
+    assert isinstance(entries[1], FolderInfo)
 
 
 async def test_list_prefix_is_not_a_folder(make_drive: MakeDrive, drive_id: str) -> None:
