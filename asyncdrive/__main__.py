@@ -179,7 +179,7 @@ def _long_entry(info: FileInfo | FolderInfo) -> dict[str, object]:
 
 
 def _long_listing(infos: list[FileInfo | FolderInfo]) -> str:
-    """``ls -l``: size, version, owner, commit time (UTC) and path, a line each, in columns."""
+    """Return ``ls -l``'s text: size, version, owner, commit time (UTC), path; in columns."""
     rows = [
         ("-", "-", "-", "-", f"{info.path}/")
         if isinstance(info, FolderInfo)

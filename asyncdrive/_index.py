@@ -324,19 +324,7 @@ class Index:
 
     async def owners_many(self, paths: Sequence[str]) -> list[dict[str, FileInfo]]:
         """`owners` for many paths in one round trip."""
-        raws: list[dict[str, str]]
-        if self.wire is None:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for path in paths:
-                    pipe.hgetall(self.keys.entry(path))
-                raws = await pipe.execute()
-        else:
-            commands = [("HGETALL", self.keys.entry(path)) for path in paths]
-            raws = [_as_dict(raw) for raw in await self.wire.call_many(commands)]
-        return [
-            {c: parse_record(p, c, rec) for c, rec in raw.items()}
-            for p, raw in zip(paths, raws, strict=True)
-        ]
+        return [owners for owners, _ in await self.describe_many(paths, None, folders=False)]
 
     async def describe_many(
         self, paths: Sequence[str], component: str | None, *, folders: bool = True
