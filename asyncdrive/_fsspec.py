@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -247,16 +247,24 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             return found if detail else [e["name"] for e in found]
         if not detail:
             return [f"{name}/{entry}" for entry in names]
-        # One entry a path: of a file owned by several components, the reading one's copy
-        # (or else the first).
-        result: dict[str, dict[str, Any]] = {}
+        return list(self._entries(name, infos).values())
+
+    def _entries(
+        self, name: str, infos: Sequence[FileInfo | FolderInfo]
+    ) -> dict[str, dict[str, Any]]:
+        """Return fsspec's entries of `Drive.list_info`'s, by name, in its order.
+
+        One entry a path: of a file owned by several components, the reading one's copy
+        (or else the first), as `_info` reads.
+        """
+        entries: dict[str, dict[str, Any]] = {}
         for info in infos:
             full = f"{name}/{info.path}"
             if isinstance(info, FolderInfo):
-                result[full] = _dir_entry(full)
-            elif full not in result or info.component_name == self._read_component:
-                result[full] = _file_entry(full, info)
-        return list(result.values())
+                entries[full] = _dir_entry(full)
+            elif full not in entries or info.component_name == self._read_component:
+                entries[full] = _file_entry(full, info)
+        return entries
 
     async def _find(
         self,
@@ -267,16 +275,22 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         **kwargs: Any,
     ) -> Any:
         name, rest = self._split(path)
-        if not name or maxdepth is not None or withdirs or detail:
+        if not name or maxdepth is not None or withdirs:
             return await super()._find(
                 path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
             )
-        # Every file below, in one read of the index.
+        # Every file below, in one read of the index (and, for details, one more).
+        drive = self.drive(name)
         try:
-            files = await self.drive(name).list(rest or ".", recursive=True)
-        except DriveNotADirectoryError:
-            files = [rest]  # a file finds itself
-        return [f"{name}/{file}" for file in files]
+            if not detail:
+                files = await drive.list(rest or ".", recursive=True)
+                return [f"{name}/{file}" for file in files]
+            return self._entries(name, await drive.list_info(rest or ".", recursive=True))
+        except DriveNotADirectoryError:  # a file finds itself
+            if not detail:
+                return [f"{name}/{rest}"]
+            found = await self._info(path)
+            return {found["name"]: found}
 
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any

@@ -87,6 +87,17 @@ def test_files_and_folders(fs: DriveFileSystem, name: str) -> None:
     assert fs.isfile(f"{url}/a.txt") and fs.isdir(f"{url}/ckpt") and fs.isdir(url)
     assert not fs.exists(f"{url}/missing") and fs.exists(f"{url}/ckpt/sub/2.pt")
     assert fs.du(url) == 13 + 3 + 4
+    assert fs.du(url, total=False) == {
+        f"{name}/a.txt": 13, f"{name}/ckpt/1.pt": 3, f"{name}/ckpt/sub/2.pt": 4,
+    }  # fmt: skip
+    # Details of every file below, in two reads of the index: as fsspec's walk finds them
+    # (a maxdepth takes that way), one folder at a time.
+    found = fs.find(url, detail=True)
+    assert list(found) == fs.find(url)
+    assert found == fs.find(url, maxdepth=10, detail=True)
+    assert found[f"{name}/ckpt/1.pt"] == one
+    assert fs.find(f"{url}/a.txt", detail=True) == {f"{name}/a.txt": fs.info(f"{url}/a.txt")}
+    assert fs.find(f"{url}/missing", detail=True) == {}
     assert name in fs.ls("", detail=False)  # the root lists the drives
     fs.rm(f"{url}/a.txt")
     fs.rm(f"{url}/ckpt", recursive=True)
@@ -212,6 +223,15 @@ def test_components_through_storage_options(env: dict[str, str], name: str) -> N
         pd.read_csv(url)
     two = pd.read_csv(url, storage_options={"component_name": "two", "allow_duplicates": True})
     assert two["who"].tolist() == ["two"]
+    # Listings with details show the reading component's copy: "two" wrote it last.
+    for who, size in (("one", 1), ("two", 22)):
+        reader = fsspec.filesystem("lit", component_name=who, allow_duplicates=True)
+        reader.pipe(f"lit://{name}/sized/x.bin", b"x" * size)
+    for who, size in (("one", 1), ("two", 22)):
+        reader = fsspec.filesystem("lit", component_name=who, allow_duplicates=True)
+        (listed,) = reader.ls(f"lit://{name}/sized")
+        (found,) = reader.find(f"lit://{name}/sized", detail=True).values()
+        assert (listed["size"], found["size"]) == (size, size)
     for instance in DriveFileSystem._cache.values():
         instance.close()
     DriveFileSystem.clear_instance_cache()
