@@ -32,6 +32,7 @@ from fsspec.asyn import AsyncFileSystem, get_loop, sync
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile
 
+from . import _paths
 from ._config import is_valid_name, resolve_root
 from ._drive import Drive
 from ._exceptions import (
@@ -274,23 +275,47 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         detail: bool = False,
         **kwargs: Any,
     ) -> Any:
+        """Find what fsspec's walk would, from one read of the index (two with details).
+
+        Every file below ``path`` comes from one recursive listing; the folders between
+        (``withdirs``) from the files' paths; ``maxdepth`` keeps what is at most that many
+        levels below. The drives themselves and a file path take fsspec's own way.
+        """
         name, rest = self._split(path)
-        if not name or maxdepth is not None or withdirs:
+        if not name or (maxdepth is not None and maxdepth < 1):
             return await super()._find(
                 path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
             )
-        # Every file below, in one read of the index (and, for details, one more).
         drive = self.drive(name)
+        folder = _paths.normalize(rest or ".", drive=name, allow_root=True)
         try:
-            if not detail:
-                files = await drive.list(rest or ".", recursive=True)
-                return [f"{name}/{file}" for file in files]
-            return self._entries(name, await drive.list_info(rest or ".", recursive=True))
+            if detail:
+                files = self._entries(name, await drive.list_info(folder or ".", recursive=True))
+            else:
+                files = {
+                    f"{name}/{file}": {} for file in await drive.list(folder or ".", recursive=True)
+                }
         except DriveNotADirectoryError:  # a file finds itself
-            if not detail:
-                return [f"{name}/{rest}"]
-            found = await self._info(path)
-            return {found["name"]: found}
+            return await super()._find(
+                path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
+            )
+        top = len(folder.split("/")) if folder else 0  # the levels of ``folder`` itself
+        found: dict[str, dict[str, Any]] = {}
+        if withdirs and (files or await self._isdir(path)):
+            found[self._strip_protocol(path)] = await self._info(path)
+        for full, entry in files.items():
+            parts = full.split("/")[1:]  # the file's drive path, split
+            if maxdepth is None or len(parts) - top <= maxdepth:
+                found[full] = entry
+            if withdirs:  # the folders between, down to maxdepth levels below ``folder``
+                deepest = len(parts) - 1
+                if maxdepth is not None:
+                    deepest = min(deepest, top + maxdepth)
+                for level in range(top + 1, deepest + 1):
+                    between = f"{name}/{'/'.join(parts[:level])}"
+                    found.setdefault(between, _dir_entry(between))
+        names = sorted(found)
+        return {n: found[n] for n in names} if detail else names
 
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any

@@ -14,6 +14,7 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pytest
+from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.callbacks import Callback
 
 import asyncdrive
@@ -211,6 +212,22 @@ def test_pandas_csv_and_parquet(fs: DriveFileSystem, name: str) -> None:
     back = pd.read_parquet(f"lit://{name}/metrics.parquet", engine="pyarrow")
     pd.testing.assert_frame_equal(back, frame)
     assert fs.cat(f"lit://{name}/metrics.parquet")[:4] == b"PAR1"
+
+
+def test_find_answers_as_fsspecs_walk(fs: DriveFileSystem, name: str) -> None:
+    url = f"lit://{name}"
+    for path in ("top.txt", "a/1.txt", "a/b/2.txt", "a/b/c/3.txt", "a/b/c/d/4.txt", "e/5.txt"):
+        fs.pipe(f"{url}/{path}", path.encode())
+    walked_way = AsyncFileSystem._find  # fsspec's: a walk, one ls a folder
+    for where in ("", "/a", "/a/b", "/a/b/c/d", "/e", "/missing", "/a/1.txt", "/./a/../a/b/"):
+        for maxdepth in (None, 1, 2, 3, 4):
+            for withdirs in (False, True):
+                for detail in (False, True):
+                    options = {"maxdepth": maxdepth, "withdirs": withdirs, "detail": detail}
+                    expected = sync(fs.loop, walked_way, fs, url + where, **options)
+                    assert fs.find(url + where, **options) == expected, (where, options)
+    with pytest.raises(ValueError, match="maxdepth"):
+        fs.find(url, maxdepth=0)
 
 
 def test_components_through_storage_options(env: dict[str, str], name: str) -> None:
