@@ -180,6 +180,10 @@ _DISK_TROUBLE: dict[int, tuple[str, str]] = {
         "Give this user write access there, or use a root of its own (root= or ASYNCDRIVE_ROOT).",
     ),
     errno.EIO: ("the disk reported an I/O error", "Check the disk or the network mount."),
+    errno.ENOENT: (
+        "a folder went away while it was written to",
+        "Check that nothing else removes it meanwhile, then retry.",
+    ),
 }
 _DISK_TROUBLE[errno.EPERM] = _DISK_TROUBLE[errno.EACCES]
 _LEFT_AS_IT_WAS = {

@@ -902,6 +902,13 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
     return None
 
 
+class LocalPathGoneError(OSError):
+    """A local folder a get writes into went away during it (errno ENOENT).
+
+    Not a `FileNotFoundError`, which a get reads as its drive file missing.
+    """
+
+
 class DiskStore:
     """The files of one drive under ``<root>/drives/<name>``."""
 
@@ -1723,7 +1730,9 @@ class DiskStore:
         where the local filesystem allows, then linked at ``dest``; else in a temporary
         file beside it, then renamed. An existing ``dest`` with other content (or a link, a
         folder), even one made during the copy, raises `FileExistsError` unless
-        ``overwrite``: neither the link nor the rename replaces it then.
+        ``overwrite``: neither the link nor the rename replaces it then. `FileNotFoundError`
+        means the drive's file is missing; a local path that goes away during the copy
+        raises `LocalPathGoneError` instead.
         """
         src, size = self.open_file(component, path)
         try:
@@ -1764,5 +1773,9 @@ class DiskStore:
             if _same_content(dest, size, checksum):
                 return False
             raise FileExistsError(dest)
+        except FileNotFoundError as gone:  # local: the drive's file is open
+            raise LocalPathGoneError(
+                errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(dest)
+            ) from gone
         finally:
             os.close(src)

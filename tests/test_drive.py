@@ -8,6 +8,7 @@ import errno
 import functools
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -707,6 +708,31 @@ async def test_a_folder_put_writes_its_new_files_in_place_and_fsyncs_them_after(
             assert await drive.read_bytes(f"out/{name}") == f"file {name[0]}".encode()
     on_disk = sorted(p.name for p in (root / "drives" / drive_id[6:] / "default" / "out").iterdir())
     assert on_disk == done
+
+
+async def test_a_get_whose_local_folder_goes_names_it_not_the_drive_file(
+    make_drive: MakeDrive, drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a.txt", b"drive bytes")
+    await drive.write_bytes("d/b.txt", b"more")
+    copy_all = storage._FdCopier.copy_all
+    local = workdir / "out"
+
+    def folder_goes(self: Any, size: int | None = None) -> Any:
+        shutil.rmtree(local, ignore_errors=True)
+        return copy_all(self, size)
+
+    monkeypatch.setattr(storage._FdCopier, "copy_all", folder_goes)
+    for path, to in (("a.txt", local / "a.txt"), ("d", local)):  # a file, a folder
+        local.mkdir()
+        with pytest.raises(asyncdrive.DriveStorageError, match="went away") as raised:
+            await drive.get(path, to=to)
+        assert not isinstance(raised.value, FileNotFoundError)
+        assert drive_id[6:] in str(raised.value) and str(local) in str(raised.value)
+    monkeypatch.undo()
+    await drive.get("a.txt", to=local / "a.txt")  # the drive's file was there all along
+    assert (local / "a.txt").read_bytes() == b"drive bytes"
 
 
 async def test_a_folder_put_whose_folder_fsync_fails_takes_back_the_files_renamed_into_it(

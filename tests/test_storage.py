@@ -8,6 +8,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -529,6 +530,28 @@ def test_a_get_that_fails_halfway_leaves_no_file(
     with pytest.raises(OSError, match="No space left"):
         store.copy_out("c", "f.bin", tmp_path / "local" / "a", CHECKSUM, overwrite=False)
     assert os.listdir(tmp_path / "local") == []
+
+
+def test_a_get_whose_local_folder_goes_says_so(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_way: str
+) -> None:
+    # Not FileNotFoundError, which a get reads as "no such file in the drive".
+    store.install(store.stage_bytes(b"drive bytes"), "c", "f.bin", META)
+    copy_all = storage._FdCopier.copy_all
+    local = tmp_path / "local"
+
+    def folder_goes(self: Any, size: int | None = None) -> Any:
+        shutil.rmtree(local)  # with a temporary name in it, if any
+        return copy_all(self, size)
+
+    monkeypatch.setattr(storage._FdCopier, "copy_all", folder_goes)
+    for overwrite in (False,) if local_way == "unnamed" else (False, True):  # see local_way
+        local.mkdir()
+        with pytest.raises(storage.LocalPathGoneError) as gone:
+            store.copy_out("c", "f.bin", local / "a", CHECKSUM, overwrite=overwrite)
+        assert not isinstance(gone.value, FileNotFoundError)
+        assert gone.value.filename == str(local / "a")
+        assert not local.exists()
 
 
 def test_a_get_names_its_copy_where_the_local_disk_cannot_make_unnamed_files(
