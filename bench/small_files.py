@@ -545,7 +545,12 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "~15% fewer with 2 threads, and as many puts. Since the gets of an async `Drive` "
         "copy small files in the event loop's thread (see above), its sequential rate, "
         "which these ratios divide by, rose by a third: the same concurrent rates make "
-        "smaller ratios.",
+        "smaller ratios. Threads cost the floor as much: its get (redis-py's blocking "
+        "client and `shutil.copyfile`) made ~5,600 files/s from one thread and ~3,070 from "
+        "8 (their CPU per file up from ~150 to ~450 µs, most of it the kernel's: the "
+        "interpreter lock handed over at each system call, each time a wake-up on the "
+        "other vCPU); a `SyncDrive` made ~4,960 and ~3,150 (~175 -> ~400 µs) the same day "
+        "(2026-12-05, measured alone). For small files, use tasks or processes.",
         f"One call for the whole folder: put {med('put', 'folder', 'sequential')} and get "
         f"{med('get', 'folder', 'sequential')} of the sequential rate. A folder put stores "
         "its small files in batches of 32, 8 batches at a time (`FOLDER_CONCURRENCY`): one "
