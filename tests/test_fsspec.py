@@ -91,11 +91,11 @@ def test_files_and_folders(fs: DriveFileSystem, name: str) -> None:
     assert fs.du(url, total=False) == {
         f"{name}/a.txt": 13, f"{name}/ckpt/1.pt": 3, f"{name}/ckpt/sub/2.pt": 4,
     }  # fmt: skip
-    # Details of every file below, in two reads of the index: as fsspec's walk finds them
-    # (a maxdepth takes that way), one folder at a time.
+    # Details of every file below, in two reads of the index: as fsspec's walk finds them,
+    # one folder at a time (see test_find_answers_as_fsspecs_walk).
     found = fs.find(url, detail=True)
     assert list(found) == fs.find(url)
-    assert found == fs.find(url, maxdepth=10, detail=True)
+    assert found == sync(fs.loop, AsyncFileSystem._find, fs, url, detail=True)
     assert found[f"{name}/ckpt/1.pt"] == one
     assert fs.find(f"{url}/a.txt", detail=True) == {f"{name}/a.txt": fs.info(f"{url}/a.txt")}
     assert fs.find(f"{url}/missing", detail=True) == {}
@@ -240,7 +240,7 @@ def test_components_through_storage_options(env: dict[str, str], name: str) -> N
         pd.read_csv(url)
     two = pd.read_csv(url, storage_options={"component_name": "two", "allow_duplicates": True})
     assert two["who"].tolist() == ["two"]
-    # Listings with details show the reading component's copy: "two" wrote it last.
+    # Listings with details show the reading component's own copy, whoever wrote last.
     for who, size in (("one", 1), ("two", 22)):
         reader = fsspec.filesystem("lit", component_name=who, allow_duplicates=True)
         reader.pipe(f"lit://{name}/sized/x.bin", b"x" * size)
