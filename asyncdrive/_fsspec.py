@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -266,6 +266,89 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             elif full not in entries or info.component_name == self._read_component:
                 entries[full] = _file_entry(full, info)
         return entries
+
+    async def _walk(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        topdown: bool = True,
+        on_error: str | Callable[[BaseException], object] = "omit",
+        **kwargs: Any,
+    ) -> AsyncIterator[tuple[str, Any, Any]]:
+        """Walk as fsspec's walk does, from one read of the index (two), not one a folder.
+
+        Yields (folder, its folders, its files) from ``path`` down (``topdown``) or up,
+        ``maxdepth`` levels; with ``topdown``, removing folders from the yielded ones skips
+        them. A file, a missing folder, the drives themselves or a failed listing take
+        fsspec's own way.
+        """
+        name, rest = self._split(path)
+        detail = kwargs.get("detail", False)
+        tree: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None
+        if name and (maxdepth is None or maxdepth >= 1):
+            try:
+                tree = await self._tree(name, rest, detail=detail)
+            except (DriveNotADirectoryError, OSError):
+                tree = None
+        if not tree:
+            async for found in super()._walk(
+                path, maxdepth=maxdepth, topdown=topdown, on_error=on_error, **kwargs
+            ):
+                yield found
+            return
+
+        async def walk(
+            folder: str, shown: str, depth: int | None
+        ) -> AsyncIterator[tuple[str, Any, Any]]:
+            below, files = tree[folder]
+            dirs: Any = dict(below) if detail else list(below)
+            listed: Any = dict(files) if detail else list(files)
+            if topdown:
+                yield shown, dirs, listed
+            if depth is None or depth > 1:
+                for d in dirs:  # as the caller left them
+                    inner = f"{folder}/{d}"
+                    async for found in walk(inner, inner, None if depth is None else depth - 1):
+                        yield found
+            if not topdown:
+                yield shown, dirs, listed
+
+        # The folder as given (as fsspec names it), and below it as the index names them.
+        async for found in walk(next(iter(tree)), self._strip_protocol(path), maxdepth):
+            yield found
+
+    async def _tree(
+        self, name: str, rest: str, *, detail: bool
+    ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """Return each folder below ``rest`` (itself included): its folders and its files.
+
+        Keyed by full name (``<drive>/<path>``), ``rest``'s first, each value fsspec's
+        entries by base name, sorted (without ``detail``, the files' entries are empty);
+        empty if nothing is below ``rest``.
+        """
+        folder = _paths.normalize(rest or ".", drive=name, allow_root=True)
+        drive = self.drive(name)
+        files: dict[str, dict[str, Any]]
+        if detail:
+            files = self._entries(name, await drive.list_info(folder or ".", recursive=True))
+        else:
+            files = {f"{name}/{p}": {} for p in await drive.list(folder or ".", recursive=True)}
+        top = f"{name}/{folder}" if folder else name
+        tree: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {top: ({}, {})} if files else {}
+        for full, entry in files.items():
+            parent, _, base = full.rpartition("/")
+            tree.setdefault(parent, ({}, {}))[1][base] = entry
+            while parent != top:  # each folder between, in its own parent's folders
+                above, _, base = parent.rpartition("/")
+                dirs = tree.setdefault(above, ({}, {}))[0]
+                if base in dirs:
+                    break
+                dirs[base] = _dir_entry(parent)
+                parent = above
+        return {
+            key: (dict(sorted(dirs.items())), dict(sorted(files.items())))
+            for key, (dirs, files) in tree.items()
+        }
 
     async def _find(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pytest
-from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.asyn import AsyncFileSystem
 from fsspec.callbacks import Callback
 
 import asyncdrive
@@ -57,7 +57,7 @@ def test_registered_for_the_lit_protocol() -> None:
     assert "lit" in fsspec.available_protocols()
 
 
-def test_files_and_folders(fs: DriveFileSystem, name: str) -> None:
+def test_files_and_folders(fs: DriveFileSystem, walked: DriveFileSystem, name: str) -> None:
     url = f"lit://{name}"
     fs.pipe(f"{url}/a.txt", b"Hello World !")
     fs.pipe({f"{url}/ckpt/1.pt": b"one", f"{url}/ckpt/sub/2.pt": b"two!"})
@@ -95,7 +95,7 @@ def test_files_and_folders(fs: DriveFileSystem, name: str) -> None:
     # one folder at a time (see test_find_answers_as_fsspecs_walk).
     found = fs.find(url, detail=True)
     assert list(found) == fs.find(url)
-    assert found == sync(fs.loop, AsyncFileSystem._find, fs, url, detail=True)
+    assert found == walked.find(url, detail=True)
     assert found[f"{name}/ckpt/1.pt"] == one
     assert fs.find(f"{url}/a.txt", detail=True) == {f"{name}/a.txt": fs.info(f"{url}/a.txt")}
     assert fs.find(f"{url}/missing", detail=True) == {}
@@ -214,20 +214,60 @@ def test_pandas_csv_and_parquet(fs: DriveFileSystem, name: str) -> None:
     assert fs.cat(f"lit://{name}/metrics.parquet")[:4] == b"PAR1"
 
 
-def test_find_answers_as_fsspecs_walk(fs: DriveFileSystem, name: str) -> None:
+class WalkedWay(DriveFileSystem):
+    """The lit filesystem as fsspec walks any: one ``ls`` a folder."""
+
+    _walk = AsyncFileSystem._walk
+    _find = AsyncFileSystem._find
+
+
+@pytest.fixture
+def walked(fs: DriveFileSystem) -> Iterator[WalkedWay]:
+    walked = WalkedWay()
+    yield walked
+    walked.close()
+
+
+TREE = ("top.txt", "a/1.txt", "a/b/2.txt", "a/b/c/3.txt", "a/b/c/d/4.txt", "a/b-c/5", "e/6.txt")
+PLACES = ("", "/a", "/a/b", "/a/b/c/d", "/e", "/missing", "/a/1.txt", "/./a/../a/b/", "/a/")
+
+
+def test_find_answers_as_fsspecs_walk(fs: DriveFileSystem, walked: WalkedWay, name: str) -> None:
     url = f"lit://{name}"
-    for path in ("top.txt", "a/1.txt", "a/b/2.txt", "a/b/c/3.txt", "a/b/c/d/4.txt", "e/5.txt"):
+    for path in TREE:
         fs.pipe(f"{url}/{path}", path.encode())
-    walked_way = AsyncFileSystem._find  # fsspec's: a walk, one ls a folder
-    for where in ("", "/a", "/a/b", "/a/b/c/d", "/e", "/missing", "/a/1.txt", "/./a/../a/b/"):
+    for where in PLACES:
         for maxdepth in (None, 1, 2, 3, 4):
             for withdirs in (False, True):
                 for detail in (False, True):
                     options = {"maxdepth": maxdepth, "withdirs": withdirs, "detail": detail}
-                    expected = sync(fs.loop, walked_way, fs, url + where, **options)
+                    expected = walked.find(url + where, **options)
                     assert fs.find(url + where, **options) == expected, (where, options)
     with pytest.raises(ValueError, match="maxdepth"):
         fs.find(url, maxdepth=0)
+
+
+def test_walk_answers_as_fsspecs(fs: DriveFileSystem, walked: WalkedWay, name: str) -> None:
+    url = f"lit://{name}"
+    for path in TREE:
+        fs.pipe(f"{url}/{path}", path.encode())
+    for where in PLACES:
+        for maxdepth in (None, 1, 2, 3):
+            for topdown in (True, False):
+                for detail in (False, True):
+                    options = {"maxdepth": maxdepth, "topdown": topdown, "detail": detail}
+                    expected = list(walked.walk(url + where, **options))
+                    assert list(fs.walk(url + where, **options)) == expected, (where, options)
+    # Top down, the folders left out of what was yielded are not walked.
+    for way in (fs, walked):
+        seen = []
+        for folder, dirs, _files in way.walk(url):
+            seen.append(folder)
+            if "b" in dirs:
+                dirs.remove("b")
+        assert seen == [name, f"{name}/a", f"{name}/a/b-c", f"{name}/e"]
+    with pytest.raises(ValueError, match="maxdepth"):
+        list(fs.walk(url, maxdepth=0))
 
 
 def test_components_through_storage_options(env: dict[str, str], name: str) -> None:
