@@ -317,6 +317,19 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         async for found in walk(next(iter(tree)), self._strip_protocol(path), maxdepth):
             yield found
 
+    async def _files_below(
+        self, name: str, folder: str, *, detail: bool
+    ) -> dict[str, dict[str, Any]]:
+        """Return every file below drive path ``folder`` (``""``: all), by full name, sorted.
+
+        One recursive listing; with ``detail``, one round trip more for fsspec's entries
+        (else they are empty). Raises `DriveNotADirectoryError` if ``folder`` is a file.
+        """
+        drive = self.drive(name)
+        if detail:
+            return self._entries(name, await drive.list_info(folder or ".", recursive=True))
+        return {f"{name}/{file}": {} for file in await drive.list(folder or ".", recursive=True)}
+
     async def _tree(
         self, name: str, rest: str, *, detail: bool
     ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -327,12 +340,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         empty if nothing is below ``rest``.
         """
         folder = _paths.normalize(rest or ".", drive=name, allow_root=True)
-        drive = self.drive(name)
-        files: dict[str, dict[str, Any]]
-        if detail:
-            files = self._entries(name, await drive.list_info(folder or ".", recursive=True))
-        else:
-            files = {f"{name}/{p}": {} for p in await drive.list(folder or ".", recursive=True)}
+        files = await self._files_below(name, folder, detail=detail)
         top = f"{name}/{folder}" if folder else name
         tree: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {top: ({}, {})} if files else {}
         for full, entry in files.items():
@@ -369,15 +377,9 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             return await super()._find(
                 path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
             )
-        drive = self.drive(name)
         folder = _paths.normalize(rest or ".", drive=name, allow_root=True)
         try:
-            if detail:
-                files = self._entries(name, await drive.list_info(folder or ".", recursive=True))
-            else:
-                files = {
-                    f"{name}/{file}": {} for file in await drive.list(folder or ".", recursive=True)
-                }
+            files = await self._files_below(name, folder, detail=detail)
         except DriveNotADirectoryError:  # a file finds itself
             return await super()._find(
                 path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
