@@ -760,11 +760,20 @@ class Index:
         """
         key = self.keys.lock(component, path)
         token = secrets.token_hex(8)
+        lease_ms = int(ttl * 1000)
         deadline = time.monotonic() + timeout
         pause = 0.001
         while True:
             async with self._released_if_cut_short(component, [(path, token)]):
-                if await self.client.set(key, token, nx=True, px=int(ttl * 1000)):
+                # On the `Wire` where there is one, as the release if cut short: the server
+                # then takes the lock before it runs the release. (On another connection,
+                # a release sent after a cancelled request could run first, and the lock
+                # stay until its lease ends: seen under load.)
+                if self.wire is None:
+                    taken = await self.client.set(key, token, nx=True, px=lease_ms)
+                else:
+                    taken = await self.wire.call("SET", key, token, "NX", "PX", lease_ms)
+                if taken:
                     return token
             if time.monotonic() >= deadline:
                 raise TimeoutError(key)
