@@ -181,7 +181,7 @@ _DISK_TROUBLE: dict[int, tuple[str, str]] = {
     ),
     errno.EIO: ("the disk reported an I/O error", "Check the disk or the network mount."),
     errno.ENOENT: (
-        "a folder went away while it was written to",
+        "a file or folder went away while in use",
         "Check that nothing else removes it meanwhile, then retry.",
     ),
 }
