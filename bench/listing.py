@@ -64,6 +64,7 @@ CASES = (
     Case("raw_hkeys", "HKEYS of the folder's children HASH (baseline)", "folder", ""),
     Case("small", "list(folder), small drive", "folder", "raw_hkeys"),
     Case("big", "list(folder), big drive", "folder", "raw_hkeys"),
+    Case("big_info", "list_info(folder), big drive (against list)", "folder", "big"),
     Case("small_rec", "list(folder, recursive=True), small drive", "folder", "raw_hkeys"),
     Case("big_rec", "list(folder, recursive=True), big drive", "folder", "raw_hkeys"),
     Case("raw_zrange", "ZRANGE of the drive's files ZSET, all (baseline)", "drive", ""),
@@ -151,6 +152,7 @@ async def _measure(ctx: Context) -> tuple[dict[str, list[float]], dict[str, Any]
                 "raw_hkeys": (lambda: client.hkeys(children), per_folder),
                 "small": (lambda: small.list(listed), per_folder),
                 "big": (lambda: big.list(listed), per_folder),
+                "big_info": (lambda: big.list_info(listed), per_folder),
                 "small_rec": (lambda: small.list(listed, recursive=True), per_folder),
                 "big_rec": (lambda: big.list(listed, recursive=True), per_folder),
                 "raw_zrange": (lambda: client.zrange(files, 0, -1), total),
@@ -301,6 +303,10 @@ def _notes(medians: dict[str, list[float]], shape: dict[str, Any]) -> list[str]:
         (a - b) / shape["files"]
         for a, b in zip(medians["all_rec"], medians["raw_zrange"], strict=True)
     )
+    info_per_entry = statistics.median(
+        (a - b) / shape["per_folder"]
+        for a, b in zip(medians["big_info"], medians["big"], strict=True)
+    )
     return [
         f"A folder of the big drive lists at {med('big', 'small')} the cost of the same "
         f"folder alone, recursively at {med('big_rec', 'small_rec')}: each reads one key "
@@ -313,6 +319,11 @@ def _notes(medians: dict[str, list[float]], shape: dict[str, Any]) -> list[str]:
         f"({fmt_us(abs(per_entry) * 1000)} ns {'more' if per_entry > 0 else 'less'} per "
         "entry): one `ZRANGEBYLEX` in a `MULTI` with an `EXISTS`, no per-entry work. "
         "Replies are parsed by hiredis (redis-py's C parser), as are the baselines'.",
+        f"`list_info` of the same folder costs {med('big_info', 'big')} its `list` "
+        f"({fmt_us(info_per_entry)} µs more per entry): one round trip more, an "
+        "`HGETALL` of the entry's owners and an `EXISTS` (is it a folder?) per entry, "
+        "pipelined, each answer made a `FileInfo`. No target: `info()` of each entry would "
+        "take a round trip each.",
     ]
 
 
