@@ -1297,8 +1297,9 @@ class Drive:
 
         A `FolderInfo` for a folder; a `FileInfo` for each copy of a file: one per component
         that owns it, in the order of their names, or only ``component_name``'s if given.
-        One round trip more than `list` for all the entries (not one per entry, as `info`
-        would take); an entry deleted in between is left out.
+        One round trip more than `list` for all the entries, two where some are folders
+        (not one per entry, as `info` would take); an entry deleted in between is left
+        out.
 
         Example:
             >>> for entry in await drive.list_info("ckpt"):

@@ -331,29 +331,31 @@ class Index:
     ) -> list[tuple[dict[str, FileInfo], bool]]:
         """Return, for each path, its copies (as `owners`) and whether it is a folder.
 
-        One round trip for all (``folders=False``: no folder looked up, all False). A
-        folder is one that holds files (``component``'s, if named).
+        One round trip for all, and one more to look whether those that no one owns are
+        folders (``folders=False``: none looked up, all False). A folder is one that holds
+        files (``component``'s, if named).
         """
-        commands: list[tuple[str, ...]] = []
-        for path in paths:
-            commands.append(("HGETALL", self.keys.entry(path)))
-            if folders:
-                commands.append(("EXISTS", self.keys.children_of(path, component)))
-        replies: list[Any]
+        replies = await self._pipelined([("HGETALL", self.keys.entry(path)) for path in paths])
+        described = [
+            ({c: parse_record(path, c, rec) for c, rec in _as_dict(raw).items()}, False)
+            for path, raw in zip(paths, replies, strict=True)
+        ]
+        unowned = [number for number, (owners, _) in enumerate(described) if not owners]
+        if folders and unowned:
+            commands = [("EXISTS", self.keys.children_of(paths[n], component)) for n in unowned]
+            for number, exists in zip(unowned, await self._pipelined(commands), strict=True):
+                described[number] = ({}, bool(exists))
+        return described
+
+    async def _pipelined(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+        """Send ``commands`` in one round trip (not a transaction); return their replies."""
         if self.wire is None:
             async with self.client.pipeline(transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
-                replies = await pipe.execute()
-        else:
-            replies = await self.wire.call_many(commands)
-        step = 2 if folders else 1
-        described: list[tuple[dict[str, FileInfo], bool]] = []
-        for number, path in enumerate(paths):
-            raw = _as_dict(replies[number * step])
-            owners = {c: parse_record(path, c, rec) for c, rec in raw.items()}
-            described.append((owners, folders and bool(replies[number * step + 1])))
-        return described
+                replies: list[Any] = await pipe.execute()
+            return replies
+        return await self.wire.call_many(commands)
 
     async def kind(self, path: str, component: str | None = None) -> str | None:
         """Return ``"file"``, ``"folder"`` or None for ``path`` (seen by one component or all)."""

@@ -321,9 +321,9 @@ def _notes(medians: dict[str, list[float]], shape: dict[str, Any]) -> list[str]:
         "Replies are parsed by hiredis (redis-py's C parser), as are the baselines'.",
         f"`list_info` of the same folder costs {med('big_info', 'big')} its `list` "
         f"({fmt_us(info_per_entry)} µs more per entry): one round trip more, an "
-        "`HGETALL` of the entry's owners and an `EXISTS` (is it a folder?) per entry, "
-        "pipelined, each answer made a `FileInfo`. No target: `info()` of each entry would "
-        "take a round trip each.",
+        "`HGETALL` of each entry's owners, pipelined, each answer made a `FileInfo` (and, "
+        "where some entries have no owner, one more: an `EXISTS` of each one's children, "
+        "is it a folder?). No target: `info()` of each entry would take a round trip each.",
     ]
 
 
