@@ -279,8 +279,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
         Yields (folder, its folders, its files) from ``path`` down (``topdown``) or up,
         ``maxdepth`` levels; with ``topdown``, removing folders from the yielded ones skips
-        them. A file, a missing folder, the drives themselves or a failed listing take
-        fsspec's own way.
+        them. A listing that fails is taken as ``on_error`` says, as fsspec does. A file, a
+        missing folder and the drives themselves take fsspec's own way.
         """
         name, rest = self._split(path)
         detail = kwargs.get("detail", False)
@@ -288,8 +288,16 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if name and (maxdepth is None or maxdepth >= 1):
             try:
                 tree = await self._tree(name, rest, detail=detail)
-            except (DriveNotADirectoryError, OSError):
+            except DriveNotADirectoryError:
                 tree = None
+            except OSError as exc:  # as fsspec's walk takes a failed listing (not twice)
+                if on_error == "raise":
+                    raise
+                if callable(on_error):
+                    on_error(exc)
+                shown = self._strip_protocol(path)
+                yield (shown, {}, {}) if detail else (shown, [], [])
+                return
         if not tree:
             async for found in super()._walk(
                 path, maxdepth=maxdepth, topdown=topdown, on_error=on_error, **kwargs

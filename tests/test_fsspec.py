@@ -22,6 +22,7 @@ from asyncdrive import (
     AmbiguousPathError,
     DriveError,
     DriveFileExistsError,
+    DriveUnavailableError,
     InvalidConfigError,
     InvalidPathError,
     SyncDrive,
@@ -268,6 +269,36 @@ def test_walk_answers_as_fsspecs(fs: DriveFileSystem, walked: WalkedWay, name: s
         assert seen == [name, f"{name}/a", f"{name}/a/b-c", f"{name}/e"]
     with pytest.raises(ValueError, match="maxdepth"):
         list(fs.walk(url, maxdepth=0))
+
+
+def test_walk_of_an_unreachable_server_goes_as_fsspecs(
+    env: dict[str, str], workdir: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing that fails is taken as ``on_error`` says, once, as fsspec's walk does."""
+    unreachable = "redis://127.0.0.1:1/0"  # nothing listens there
+    url = f"lit://{name}/a"
+    tries: list[str] = []
+    listed = asyncdrive.Drive.list
+
+    async def counted(self: asyncdrive.Drive, *args: Any, **kwargs: Any) -> Any:
+        tries.append(str(args[0]))
+        return await listed(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncdrive.Drive, "list", counted)
+    for way in (DriveFileSystem(redis_url=unreachable), WalkedWay(redis_url=unreachable)):
+        try:
+            tries.clear()
+            assert list(way.walk(url)) == [(f"{name}/a", [], [])]
+            assert len(tries) == 1  # not a second wait for the server, through fsspec's way
+            for detail, empty in ((False, []), (True, {})):
+                assert list(way.walk(url, detail=detail)) == [(f"{name}/a", empty, empty)]
+            seen: list[BaseException] = []
+            assert list(way.walk(url, on_error=seen.append)) == [(f"{name}/a", [], [])]
+            assert [type(e) for e in seen] == [DriveUnavailableError]
+            with pytest.raises(DriveUnavailableError, match=r"127\.0\.0\.1:1"):
+                list(way.walk(url, on_error="raise"))
+        finally:
+            way.close()
 
 
 def test_components_through_storage_options(env: dict[str, str], name: str) -> None:
