@@ -70,6 +70,7 @@ from ._storage import (
     OpenNew,
     PathClash,
     Staged,
+    SyncTogether,
     is_local_filesystem,
     upload_identity,
 )
@@ -710,6 +711,10 @@ class Drive:
         index, store = conn.index, conn.store
 
         def install_all() -> list[_Installed | Exception]:
+            with store.sync_together(len(granted)) as together:
+                return install_each(together)
+
+        def install_each(together: SyncTogether) -> list[_Installed | Exception]:
             results: list[_Installed | Exception] = []
             unsettled: list[_Unsettled] = []
             for place, (number, _, current) in enumerate(granted):
@@ -718,8 +723,10 @@ class Drive:
                 try:
                     # As concurrent new files (`_install_new_each`): where no file is at the
                     # path, written in place (or linked in), made durable once all are.
-                    created = _install_new(store, component, path, stage, current + 1,
-                                           sync=False)  # fmt: skip
+                    created = _install_new(
+                        store, component, path, stage, current + 1,
+                        sync=False, start_writing=not together.planned,
+                    )  # fmt: skip
                     if isinstance(created, Staged):  # a file there: replaced, backed up
                         info, backup, identity = _install_staged(
                             store, component, path, created, current + 1, sync_folder=False
@@ -732,7 +739,7 @@ class Drive:
                     continue
                 results.append((info, backup, identity))
                 unsettled.append(_Unsettled(place, component, path, identity, backup, unsynced))
-            _settle_installs(store, unsettled, results)
+            _settle_installs(store, unsettled, results, together)
             return results
 
         try:
@@ -1951,11 +1958,13 @@ def _install_new(
     version: int,
     *,
     sync: bool = True,
+    start_writing: bool = True,
 ) -> _Created:
     """Stage and install ``version`` of a new file without its lock (in a worker thread).
 
     Returns its info, its identity and what remains to make it durable (see `_Unsynced`:
-    nothing, unless ``sync`` is False); or the upload, still staged, where no new file can
+    nothing, unless ``sync`` is False; ``start_writing``: see `DiskStore.settle_new`);
+    or the upload, still staged, where no new file can
     be made at the path (a file there already, ...): the put then takes the lock. Where
     the disk allows (`DiskStore.open_new`) the file is written straight at its path, else
     staged as an upload and linked or renamed there (`DiskStore.install_new`).
@@ -1972,7 +1981,7 @@ def _install_new(
         staged = stage(False, open_new)
         info, meta = _new_version(component, path, staged, version)
         if staged.in_place:
-            if store.settle_new(staged, meta, sync=sync):
+            if store.settle_new(staged, meta, sync=sync, start_writing=start_writing):
                 return info, opened[0].identity, None if sync else staged
             # No attribute after all: the way of uploads, which keeps the metadata in files.
             store.restore(None, component, path, installed=opened[0].identity)
@@ -2025,18 +2034,20 @@ def _install_new_each(store: DiskStore, files: list[_NewFile]) -> list[_Created 
             return [exc]
     outcomes: list[_Created | BaseException] = []
     unsettled: list[_Unsettled] = []
-    for number, (component, path, stage, version) in enumerate(files):
-        try:
-            created = _install_new(store, component, path, stage, version, sync=False)
-        except Exception as exc:  # this file's: the others go on
-            outcomes.append(exc)
-            continue
-        if isinstance(created, tuple):
-            info, identity, unsynced = created
-            unsettled.append(_Unsettled(number, component, path, identity, None, unsynced))
-            created = (info, identity, None)
-        outcomes.append(created)
-    _settle_installs(store, unsettled, outcomes)
+    with store.sync_together(len(files)) as together:
+        for number, (component, path, stage, version) in enumerate(files):
+            try:
+                created = _install_new(store, component, path, stage, version, sync=False,
+                                       start_writing=not together.planned)  # fmt: skip
+            except Exception as exc:  # this file's: the others go on
+                outcomes.append(exc)
+                continue
+            if isinstance(created, tuple):
+                info, identity, unsynced = created
+                unsettled.append(_Unsettled(number, component, path, identity, None, unsynced))
+                created = (info, identity, None)
+            outcomes.append(created)
+        _settle_installs(store, unsettled, outcomes, together)
     return outcomes
 
 
@@ -2051,14 +2062,26 @@ class _Unsettled(NamedTuple):
     unsynced: _Unsynced
 
 
-def _settle_installs(store: DiskStore, installs: Sequence[_Unsettled], outcomes: list[Any]) -> None:
+def _settle_installs(
+    store: DiskStore,
+    installs: Sequence[_Unsettled],
+    outcomes: list[Any],
+    together: SyncTogether,
+) -> None:
     """Make what one worker-thread call installed durable; what cannot be, taken back.
 
-    The files written in place are fsynced one after the other (all written by now: the
-    disk wrote them meanwhile), then each folder that files were linked or renamed into,
-    once for all of them. A file whose fsync fails is taken back, and a folder whose fsync
-    fails takes back the files put into it: their outcome becomes the error.
+    With one syncfs of the filesystem for all, where that applies (``together``, opened
+    before the installs: see `SyncTogether`). Else the files written in place are fsynced
+    one after the other (all written by now: the disk wrote them meanwhile), then each
+    folder that files were linked or renamed into, once for all of them. A file whose
+    fsync fails is taken back, and a folder whose fsync fails takes back the files put into
+    it: their outcome becomes the error.
     """
+    if together.sync([install.identity for install in installs if install.unsynced]):
+        for install in installs:
+            if isinstance(install.unsynced, Staged):
+                store.close_new(install.unsynced)
+        return
     by_folder: dict[tuple[str, str], list[_Unsettled]] = {}
     for install in installs:
         if isinstance(install.unsynced, Staged):

@@ -361,6 +361,120 @@ _sync_file_range: Callable[[int, int, int, int], int] | None = _libc_function(
     "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
 )
 _SYNC_FILE_RANGE_WRITE = 2
+_syncfs: Callable[[int], int] | None = _libc_function("syncfs", [ctypes.c_int], ctypes.c_int)
+
+
+def _kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    """Whether this Linux kernel is ``major.minor`` or newer (``release``: as `os.uname`)."""
+    numbers = (release or os.uname().release).split("-")[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+#: A batch's syncfs is made only where the page cache holds at most this much data not yet
+#: written to disk (the whole machine's, `unwritten_bytes`): a syncfs writes all of the
+#: filesystem's, and must not wait for someone's 1 GiB checkpoint to make 32 small files
+#: durable (measured here: a syncfs with 300 MiB unwritten ~110 ms, an fsync ~0.2 ms). Less
+#: is common (logs, other writers: ~12 MiB on this machine at rest), and once a syncfs has
+#: written it, the next ones of a busy put find only what was written since.
+_SYNC_TOGETHER_MAX_UNWRITTEN = 32 << 20
+
+
+def unwritten_bytes(meminfo: str | None = None) -> int | None:
+    r"""Return the page cache's data not yet on disk (``Dirty`` + ``Writeback``), or None.
+
+    Read from ``/proc/meminfo`` (or the text given); None where it cannot be read.
+
+    Example:
+        >>> unwritten_bytes("Dirty:  12 kB\nWriteback:  4 kB\n")
+        16384
+
+    """
+    try:
+        if meminfo is None:
+            with open("/proc/meminfo", encoding="ascii") as file:
+                meminfo = file.read()
+    except OSError:
+        return None
+    found = 0
+    for line in meminfo.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Dirty", "Writeback"):
+            found += int(value.split()[0]) * 1024
+    return found
+
+
+class SyncTogether:
+    """Make many new files durable with one syncfs(2) of their filesystem, not an fsync each.
+
+    For the files one worker-thread call writes at once (concurrent puts of new small
+    files, a folder put's batch). An fsync costs ~170 us of CPU here (the file's blocks,
+    its inode and a flush of the disk's cache, each a request of its own); one syncfs
+    writes all the files in a few large requests and flushes once. Measured here, 32 new
+    files of 4 KiB installed in one call: ~120 us a file, against ~260 with an fsync each
+    (and ~210 when each file also starts its writing as written, as it does for the
+    fsyncs: `planned` tells the caller not to).
+
+    Made (`sync`) only on this machine's disks, on Linux 5.8+ (where syncfs reports the
+    writeback errors it meets), for two files or more, all on the root's filesystem, with
+    little other data waiting to be written (see `_SYNC_TOGETHER_MAX_UNWRITTEN`). Opened
+    before the files are written, so that its syncfs reports any writeback error of the
+    filesystem since; on one (maybe not one of these files'), or where it does not apply,
+    `sync` returns False and the caller fsyncs each file, which reports each file's own.
+
+    Example:
+        >>> with store.sync_together(len(files)) as together:
+        ...     identities = [write_new_file(f, start_writing=not together.planned) for f in files]
+        ...     if not together.sync(identities):
+        ...         ...  # fsync each
+
+    """
+
+    def __init__(self, folder: Path | None, files: int) -> None:
+        self._fd: int | None = None
+        self._device = -1
+        #: Whether `sync` is expected to apply to the ``files`` about to be written.
+        self.planned = False
+        if folder is None or files < 2 or _syncfs is None or not _kernel_at_least(5, 8):
+            return
+        try:
+            self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._device = os.fstat(self._fd).st_dev
+        except OSError:
+            self.close()
+            return
+        self.planned = self._little_unwritten()
+
+    def __repr__(self) -> str:
+        if self._fd is None:
+            return "<SyncTogether closed>"
+        return f"<SyncTogether on device {self._device}, planned={self.planned}>"
+
+    def __enter__(self) -> SyncTogether:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    @staticmethod
+    def _little_unwritten() -> bool:
+        unwritten = unwritten_bytes()
+        return unwritten is not None and unwritten <= _SYNC_TOGETHER_MAX_UNWRITTEN
+
+    def sync(self, identities: list[FileIdentity]) -> bool:
+        """Make the files durable with one syncfs if that applies; False where it did not."""
+        if self._fd is None or len(identities) < 2 or _syncfs is None:
+            return False
+        if any(device != self._device for device, _ in identities):
+            return False
+        return self._little_unwritten() and _syncfs(self._fd) == 0
 
 
 #: openat2(2)'s resolve flags: fail with ELOOP at any symbolic link on the way, and with
@@ -1315,15 +1429,23 @@ class DiskStore:
             raise
         return new
 
-    def settle_new(self, staged: Staged, meta: dict[str, object], *, sync: bool = True) -> bool:
+    def settle_new(
+        self,
+        staged: Staged,
+        meta: dict[str, object],
+        *,
+        sync: bool = True,
+        start_writing: bool = True,
+    ) -> bool:
         """Attach the metadata to a file written in place (`open_new`), fsync and close it.
 
         Once this returns True, the file and its name survive a crash. False (still at
         its path: the caller removes it) where the disk refused the attribute after all.
         ``sync=False`` leaves the fsync and the close to `sync_new`, the disk starting to
-        write the file meanwhile: for many files, written one after the other, then
-        fsynced one after the other (measured, 32 new files of 4 KiB: ~1.7-2x as fast as
-        an fsync after each, most of their writing done by the first fsync's wait).
+        write the file meanwhile (unless not ``start_writing``: for a `SyncTogether`): for
+        many files, written one after the other, then fsynced one after the other
+        (measured, 32 new files of 4 KiB: ~1.7-2x as fast as an fsync after each, most of
+        their writing done by the first fsync's wait).
         """
         if sync:
             try:
@@ -1335,7 +1457,8 @@ class DiskStore:
             if not self._set_meta_attribute(staged.fd, meta):
                 _close_upload(staged)
                 return False
-            start_writeback(staged.fd, 0, 0)
+            if start_writing:
+                start_writeback(staged.fd, 0, 0)
         except BaseException:
             _close_upload(staged)
             raise
@@ -1354,6 +1477,20 @@ class DiskStore:
             raise
         finally:
             _close_upload(staged)
+
+    def close_new(self, staged: Staged) -> None:
+        """Close a file `settle_new` left open, made durable otherwise (`SyncTogether`)."""
+        _close_upload(staged)
+
+    def sync_together(self, files: int) -> SyncTogether:
+        """Return a `SyncTogether` for the ``files`` new files of one call (inert off local disks).
+
+        Example:
+            >>> store.sync_together(32)
+            <SyncTogether on device 64768, planned=True>
+
+        """
+        return SyncTogether(self.base if self.on_local_disk else None, files)
 
     def _make_folder(self, parts: list[str], path: str) -> int:
         """Make the folders of ``parts[:-1]`` that are missing, then open the last (`_open_folder`).

@@ -503,8 +503,31 @@ async def test_concurrent_new_files_share_calls_and_keep_their_own_outcomes(
         assert 0 < len(synced) < 28 and set(synced) <= {"a", "b", "a/folder"}, synced
 
 
+async def test_new_files_put_together_are_made_durable_by_a_syncfs(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent puts of new files, and a folder put: a syncfs for each call's files, fewer
+    fsyncs than files (the first put alone, and what stages an upload, fsync their own)."""
+    for i in range(40):
+        write(f"local/{i}.txt", f"file {i}".encode())
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("first.txt", b"looks at the disk's kind")
+        assert drive._conn is not None
+        calls = SyncCalls(monkeypatch)
+        if drive._conn.index.wire is not None:  # (a Cluster: each new file the locked way)
+            await asyncio.gather(*(drive.put(f"local/{i}.txt", to=f"t/{i}.txt") for i in range(40)))
+            assert calls.syncfs >= 1 and len(calls.fsynced) < 40, vars(calls)
+        calls.syncfs, calls.fsynced = 0, []
+        await drive.put("local", to="folder")
+        assert calls.syncfs >= 1 and len(calls.fsynced) < 40, vars(calls)
+        for i in range(40):
+            assert await drive.read_bytes(f"folder/{i}.txt") == f"file {i}".encode()
+            if drive._conn.index.wire is not None:
+                assert await drive.read_bytes(f"t/{i}.txt") == f"file {i}".encode()
+
+
 def test_new_files_installed_together_are_taken_back_if_their_folder_fsync_fails(
-    workdir: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+    workdir: Path, root: Path, monkeypatch: pytest.MonkeyPatch, fsync_each: None
 ) -> None:
     store = DiskStore(root, "d")
     store.local_disk = True  # where the disk needs the folder's fsync (NFS, ext2, ...)
@@ -544,6 +567,38 @@ def in_place(root: Path) -> DiskStore:
     if not store.meta_in_xattr:
         pytest.skip("this filesystem keeps no user attributes")
     return store
+
+
+@pytest.fixture
+def fsync_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As where much data waits to be written: an fsync of each new file, not one syncfs."""
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", -1)
+
+
+class SyncCalls:
+    """The fsyncs (their files' paths) and syncfs calls made meanwhile; ``fail`` syncfs.
+
+    As where little other data waits to be written (the rest of the suite may leave much).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
+        if storage._syncfs is None or not storage._kernel_at_least(5, 8):
+            pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
+        monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
+        self.fsynced: list[str] = []
+        self.syncfs = 0
+        fsync, syncfs = os.fsync, storage._syncfs
+
+        def counted_fsync(fd: int) -> None:
+            self.fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            fsync(fd)
+
+        def counted_syncfs(fd: int) -> int:
+            self.syncfs += 1
+            return -1 if fail else syncfs(fd)
+
+        monkeypatch.setattr(os, "fsync", counted_fsync)
+        monkeypatch.setattr(storage, "_syncfs", counted_syncfs)
 
 
 def test_a_new_file_in_place_takes_one_fsync_and_leaves_no_upload(
@@ -609,7 +664,10 @@ def test_a_new_file_in_place_that_fails_is_removed_with_its_new_folders(
 
 
 def test_new_files_written_in_place_together_are_fsynced_once_all_are_written(
-    workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
+    workdir: Path,
+    in_place: DiskStore,
+    monkeypatch: pytest.MonkeyPatch,
+    fsync_each: None,
 ) -> None:
     """In one call, files written in place are all written (the disk starts on each), then
     fsynced one after the other; a file whose fsync fails is taken back, the others stand."""
@@ -648,6 +706,63 @@ def test_new_files_written_in_place_together_are_fsynced_once_all_are_written(
             "size": 6, "mtime": info.mtime, "checksum": info.checksum, "version": 1}  # fmt: skip
 
 
+@pytest.mark.parametrize("way", ["in place", "uploads"])
+@pytest.mark.parametrize("syncfs_fails", [False, True])
+def test_new_files_installed_together_are_made_durable_by_one_syncfs(
+    workdir: Path,
+    in_place: DiskStore,
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
+    syncfs_fails: bool,
+) -> None:
+    """One syncfs for the files of one call, no fsync of any file or folder; where the
+    syncfs fails (the filesystem's error, maybe another file's), an fsync of each, which
+    tells each file's own."""
+    in_place.new_names_durable = way == "in place"
+    calls = SyncCalls(monkeypatch, fail=syncfs_fails)
+    targets = ["a/0.txt", "b/1.txt", "a/2.txt", "b/3.txt"]
+    files: list[_drive._NewFile] = []
+    for i, target in enumerate(targets):
+        write(f"local/{i}.txt", f"file {i}".encode())
+        stage = functools.partial(_drive._stage_small_file, in_place, Path(f"local/{i}.txt"))
+        files.append(("c", target, stage, 1))
+    outcomes = _drive._install_new_each(in_place, files)
+    assert calls.syncfs == 1
+    placed = sorted(str(in_place.base / "c" / target) for target in targets)
+    folders = [str(in_place.base / "c" / "a"), str(in_place.base / "c" / "b")]
+    # The way of uploads fsyncs each upload as it attaches the metadata, before linking it
+    # in (in .tmp, nameless): only the folders' fsyncs are left for the end.
+    uploads = [path for path in calls.fsynced if path.startswith(f"{in_place.tmp_dir}/")]
+    assert len(uploads) == (0 if way == "in place" else 4)
+    at_the_end = sorted(path for path in calls.fsynced if path not in uploads)
+    if not syncfs_fails:
+        assert at_the_end == []
+    else:
+        assert at_the_end == (placed if way == "in place" else folders)
+    for number, target in enumerate(targets):
+        info, identity, unsynced = outcomes[number]  # type: ignore[misc]
+        assert unsynced is None and not opens(identity)  # closed, nothing left to do
+        assert (in_place.base / "c" / target).read_bytes() == f"file {number}".encode()
+        assert in_place.read_meta("c", target) == {
+            "size": 6, "mtime": info.mtime, "checksum": info.checksum, "version": 1}  # fmt: skip
+    assert in_place.leftovers(grace=0) == ([], [])
+
+
+def test_new_files_are_fsynced_each_where_much_data_waits_to_be_written(
+    workdir: Path, in_place: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = SyncCalls(monkeypatch)
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", -1)  # as `fsync_each`
+    files: list[_drive._NewFile] = []
+    for i in range(3):
+        write(f"local/{i}.txt", f"file {i}".encode())
+        stage = functools.partial(_drive._stage_small_file, in_place, Path(f"local/{i}.txt"))
+        files.append(("c", f"{i}.txt", stage, 1))
+    _drive._install_new_each(in_place, files)
+    assert calls.syncfs == 0
+    assert sorted(calls.fsynced) == [str(in_place.base / "c" / f"{i}.txt") for i in range(3)]
+
+
 @pytest.mark.parametrize("failing", [False, True])
 async def test_a_folder_put_writes_its_new_files_in_place_and_fsyncs_them_after(
     env: dict[str, str],
@@ -656,9 +771,11 @@ async def test_a_folder_put_writes_its_new_files_in_place_and_fsyncs_them_after(
     drive_id: str,
     monkeypatch: pytest.MonkeyPatch,
     failing: bool,
+    fsync_each: None,
 ) -> None:
     """A folder put's new files are written in place, then fsynced once all of its batch
-    are written; a file already there is replaced the locked way, its folder fsynced. A
+    are written (where a syncfs does not apply); a file already there is replaced the
+    locked way, its folder fsynced. A
     file whose fsync fails is not committed and leaves nothing: the put raises its error,
     the files done stay done."""
     if storage.filesystem_type(root) not in storage._NEW_NAMES_DURABLE:
@@ -736,7 +853,12 @@ async def test_a_get_whose_local_folder_goes_names_it_not_the_drive_file(
 
 
 async def test_a_folder_put_whose_folder_fsync_fails_takes_back_the_files_renamed_into_it(
-    env: dict[str, str], workdir: Path, root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str],
+    workdir: Path,
+    root: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    fsync_each: None,
 ) -> None:
     """Files that replaced others in a folder put need their folder's fsync: if it fails,
     the files they replaced come back (version and bytes), and the put raises the error."""

@@ -958,3 +958,92 @@ def test_which_filesystems_make_a_new_files_name_durable_with_its_fsync(
         assert store.new_names_durable is False  # not looked up yet
         assert store.on_local_disk is (kind != "nfs4")
         assert store.new_names_durable is durable, kind
+
+
+@pytest.fixture
+def syncfs_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors syncfs is called with (a real syncfs each).
+
+    As where little other data waits to be written (the rest of the suite may leave much).
+    """
+    syncfs = storage._syncfs
+    if syncfs is None or not storage._kernel_at_least(5, 8):
+        pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
+    calls: list[int] = []
+
+    def counted(fd: int) -> int:
+        calls.append(fd)
+        return syncfs(fd)
+
+    monkeypatch.setattr(storage, "_syncfs", counted)
+    return calls
+
+
+def new_files(folder: Path, count: int) -> list[storage.FileIdentity]:
+    folder.mkdir(parents=True, exist_ok=True)
+    identities = []
+    for number in range(count):
+        (folder / f"{number}.txt").write_bytes(b"new")
+        identities.append(storage.file_identity(folder / f"{number}.txt"))
+    return identities
+
+
+def test_one_syncfs_is_made_for_two_files_or_more_of_the_roots_filesystem(
+    store: DiskStore, syncfs_calls: list[int]
+) -> None:
+    files = new_files(store.base / "c", 3)
+    with store.sync_together(len(files)) as together:
+        assert together.planned and "planned=True" in repr(together)
+        assert not together.sync(files[:1])  # one file: its own fsync is as cheap
+        device, inode = files[0]
+        assert not together.sync([files[1], (device + 1, inode)])  # another filesystem's
+        assert syncfs_calls == []
+        assert together.sync(files)
+        assert len(syncfs_calls) == 1 and is_open(syncfs_calls[0])
+    assert not is_open(syncfs_calls[0]) and repr(together) == "<SyncTogether closed>"
+    assert not together.sync(files)  # closed
+
+
+def test_no_syncfs_is_planned_where_it_does_not_apply(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch, syncfs_calls: list[int]
+) -> None:
+    files = new_files(store.base / "c", 2)
+    assert not store.sync_together(1).planned  # one file
+    store.local_disk = False  # a network filesystem: flushed its own way
+    with store.sync_together(2) as together:
+        assert not together.planned and not together.sync(files)
+    store.local_disk = True
+    with store.sync_together(2) as together:
+        assert together.planned
+        # Much data came to wait meanwhile: a syncfs would wait for all of it.
+        monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", -1)
+        assert not together.sync(files)
+    with store.sync_together(2) as together:
+        assert not together.planned and not together.sync(files)
+    monkeypatch.undo()
+    assert syncfs_calls == []
+    monkeypatch.setattr(storage, "_kernel_at_least", lambda major, minor: False)
+    with store.sync_together(2) as together:  # a kernel whose syncfs hides write errors
+        assert not together.planned and not together.sync(files)
+
+
+def test_a_failed_syncfs_says_the_files_are_not_synced(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_syncfs", lambda fd: -1)  # EIO from some file's writeback
+    monkeypatch.setattr(storage, "_kernel_at_least", lambda major, minor: True)
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
+    files = new_files(store.base / "c", 2)
+    with store.sync_together(2) as together:
+        assert together.planned and not together.sync(files)
+
+
+def test_unwritten_data_and_kernel_versions_are_read() -> None:
+    meminfo = "MemTotal: 100 kB\nDirty:  12 kB\nWriteback:  4 kB\nWritebackTmp: 9 kB\n"
+    assert storage.unwritten_bytes(meminfo) == 16 * 1024
+    assert (storage.unwritten_bytes() or 0) >= 0
+    assert storage._kernel_at_least(5, 8, "6.18.44-fc-v1272")
+    assert storage._kernel_at_least(5, 8, "5.8.0")
+    assert not storage._kernel_at_least(5, 8, "5.4.0-150-generic")
+    assert not storage._kernel_at_least(5, 8, "unknown")
