@@ -373,6 +373,10 @@ def _kernel_at_least(major: int, minor: int, release: str | None = None) -> bool
         return False
 
 
+#: Whether syncfs(2) is here and returns the writeback errors it meets (Linux 5.8+: before,
+#: it returned 0 whatever happened).
+_SYNCFS_REPORTS_ERRORS = _syncfs is not None and _kernel_at_least(5, 8)
+
 #: A batch's syncfs is made only where the page cache holds at most this much data not yet
 #: written to disk (the whole machine's, `unwritten_bytes`): a syncfs writes all of the
 #: filesystem's, and must not wait for someone's 1 GiB checkpoint to make 32 small files
@@ -437,7 +441,7 @@ class SyncTogether:
         self._device = -1
         #: Whether `sync` is expected to apply to the ``files`` about to be written.
         self.planned = False
-        if folder is None or files < 2 or _syncfs is None or not _kernel_at_least(5, 8):
+        if folder is None or files < 2 or not _SYNCFS_REPORTS_ERRORS:
             return
         try:
             self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

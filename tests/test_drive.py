@@ -582,12 +582,13 @@ class SyncCalls:
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
-        if storage._syncfs is None or not storage._kernel_at_least(5, 8):
+        syncfs = storage._syncfs
+        if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
             pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
         monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
         self.fsynced: list[str] = []
         self.syncfs = 0
-        fsync, syncfs = os.fsync, storage._syncfs
+        fsync = os.fsync
 
         def counted_fsync(fd: int) -> None:
             self.fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))

@@ -967,7 +967,7 @@ def syncfs_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     As where little other data waits to be written (the rest of the suite may leave much).
     """
     syncfs = storage._syncfs
-    if syncfs is None or not storage._kernel_at_least(5, 8):
+    if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
         pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
     monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
     calls: list[int] = []
@@ -1020,7 +1020,7 @@ def test_no_syncfs_is_planned_where_it_does_not_apply(
         assert not together.planned and not together.sync(files)
     monkeypatch.undo()
     assert syncfs_calls == []
-    monkeypatch.setattr(storage, "_kernel_at_least", lambda major, minor: False)
+    monkeypatch.setattr(storage, "_SYNCFS_REPORTS_ERRORS", False)
     with store.sync_together(2) as together:  # a kernel whose syncfs hides write errors
         assert not together.planned and not together.sync(files)
 
@@ -1029,7 +1029,7 @@ def test_a_failed_syncfs_says_the_files_are_not_synced(
     store: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(storage, "_syncfs", lambda fd: -1)  # EIO from some file's writeback
-    monkeypatch.setattr(storage, "_kernel_at_least", lambda major, minor: True)
+    monkeypatch.setattr(storage, "_SYNCFS_REPORTS_ERRORS", True)
     monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
     files = new_files(store.base / "c", 2)
     with store.sync_together(2) as together:
