@@ -396,12 +396,15 @@ def unwritten_bytes(meminfo: str | None = None) -> int | None:
         16384
 
     """
-    try:
-        if meminfo is None:
-            with open("/proc/meminfo", encoding="ascii") as file:
-                meminfo = file.read()
-    except OSError:
-        return None
+    if meminfo is None:
+        try:  # a few system calls, not a Python file's dozen: once a worker-thread call
+            fd = os.open("/proc/meminfo", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                meminfo = os.read(fd, 1 << 16).decode("ascii", "replace")
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
     found = 0
     for line in meminfo.splitlines():
         name, _, value = line.partition(":")
