@@ -192,6 +192,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# The release of a lock whose request was cut short, where the request may reach the
+# server after it (on another connection): a lock taken by it goes, and where none is
+# held, a short-lived placeholder stands in its place, so that the request, if it comes
+# later, finds the lock held and takes nothing. ARGV: 1 token, 2 the placeholder's life (ms).
+_UNLOCK_CUT_SHORT_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if not holder then redis.call('SET', KEYS[1], 'cut-short:' .. ARGV[1], 'PX', ARGV[2]) end
+return 0
+"""
+
+#: How long the placeholder of `_UNLOCK_CUT_SHORT_LUA` keeps other writers of the path
+#: waiting (instead of the lock's whole lease, had the request come after the release).
+CUT_SHORT_HOLD = 1.0
+
 # A read of two small keys, atomic and in one round trip: for a reply this small a script
 # costs less than MULTI/EXEC (~30 us here). Listings stay in MULTI/EXEC: a script copies
 # its reply through a Lua table, which costs more than that from a few hundred names up.
@@ -303,6 +318,7 @@ class Index:
         self._put = client.register_script(_PUT_LUA)
         self._delete = client.register_script(_DELETE_LUA)
         self._unlock = client.register_script(_UNLOCK_LUA)
+        self._unlock_cut_short = client.register_script(_UNLOCK_CUT_SHORT_LUA)
         self._kind = client.register_script(_KIND_LUA)
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
@@ -815,13 +831,31 @@ class Index:
         go, whatever cancels the caller. The release matches the tokens, so it touches no
         lock of another writer. (Not after a connection error: the server may be out of
         reach, and the caller is not to wait for it twice; the lease ends such a lock.)
+
+        On the `Wire`, the release follows the request on the same connection, so the
+        server runs them in that order. Without one (a Cluster), redis-py sends them on
+        connections of its own, and the request may come second: the release then leaves
+        a placeholder for `CUT_SHORT_HOLD` where no lock is held, which the request finds.
         """
         try:
             yield
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await to_its_end(self.unlock_many(component, locks))
+                if self.wire is not None:
+                    await to_its_end(self.unlock_many(component, locks))
+                else:
+                    await to_its_end(self.release_cut_short(component, locks))
             raise
+
+    async def release_cut_short(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
+        """Release (path, token) locks whose requests were cut short, maybe still on their way.
+
+        See `_released_if_cut_short`: a lock taken goes; where none is held, a placeholder
+        stays for `CUT_SHORT_HOLD`, so a request that comes after takes nothing.
+        """
+        hold_ms = str(int(CUT_SHORT_HOLD * 1000))
+        calls = [([self.keys.lock(component, path)], [token, hold_ms]) for path, token in locks]
+        await self._run_many(self._unlock_cut_short, calls)
 
     async def unlock_many(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
         """`unlock` each (path, token), in one round trip where a `Wire` is."""

@@ -28,6 +28,7 @@ import anyio.to_thread
 import pytest
 
 import asyncdrive._drive
+import asyncdrive._index
 import asyncdrive._storage
 from asyncdrive import (
     Change,
@@ -553,6 +554,38 @@ async def wait_for_file(path: Path) -> None:
     with anyio.fail_after(10):
         while not path.exists():
             await anyio.sleep(0.005)
+
+
+async def test_a_lock_request_cut_short_takes_nothing_if_it_comes_after_its_release(
+    env: dict[str, str], drive_id: str
+) -> None:
+    """Where a cancelled lock request and its release go on different connections (a
+    Cluster), the request may reach the server second: the release leaves a short-lived
+    placeholder, so that the late request finds the lock held, and the path is free again
+    after `CUT_SHORT_HOLD`, not after the lock's 30 s lease. A lock it had taken goes, and
+    another writer's stays."""
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("first", b"connects")
+        assert drive._conn is not None
+        index, client = drive._conn.index, drive._conn.client
+        key = index.keys.lock("default", "a/f")
+        await index.release_cut_short("default", [("a/f", "t1")])  # came first
+        assert not await client.set(key, "t1", nx=True, px=30_000)  # the late request
+        assert 0 < await client.pttl(key) <= asyncdrive._index.CUT_SHORT_HOLD * 1000
+        info = await drive.write_bytes("a/f", b"waits for the placeholder only")
+        assert info.version == 1 and not await client.exists(key)
+        assert await client.set(key, "t2", nx=True, px=30_000)  # a request that came first
+        await index.release_cut_short("default", [("a/f", "t2")])
+        assert not await client.exists(key)
+        async with hold_lock(drive, "a/f"):
+            await index.release_cut_short("default", [("a/f", "t3")])
+            assert await client.get(key) in ("another writer", b"another writer")
+        # A request cancelled before it was sent: on the drive's own connection the release
+        # follows it (no placeholder needed); on a Cluster, redis-py's, with one.
+        with pytest.raises(asyncio.CancelledError):
+            async with index._released_if_cut_short("default", [("a/f", "t4")]):
+                raise asyncio.CancelledError
+        assert bool(await client.exists(key)) is (index.wire is None)
 
 
 async def test_a_new_file_meeting_another_writers_lock_waits_and_installs_again(

@@ -19,6 +19,7 @@ FUNCTIONAL = [
     "tests/test_recovery.py",
     "tests/test_files.py",
     "tests/test_fsspec.py",
+    "tests/test_concurrency.py::test_a_lock_request_cut_short_takes_nothing_if_it_comes_after_its_release",
 ]
 
 
