@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -191,7 +192,12 @@ def run(ctx: Context) -> Result:
             figures["ours_list_s"].append(statistics.median(seconds))
 
         # Alternate which goes first, so neither always meets a warmer or busier machine.
+        # Each starts with nothing waiting to be written (untimed): the original does not
+        # fsync, and its ~16 MB a run would otherwise still be waiting when ours starts, to
+        # be written by our first fsyncs (or, beyond 32 MiB, turning off the syncfs of a
+        # call's new files: see `SyncTogether` in asyncdrive/_storage.py).
         for step in (original, ours) if index % 2 == 0 else (ours, original):
+            os.sync()
             step()
         ctx.log(
             f"run {index + 1}/{ctx.runs}: original put {figures['original_put'][-1]:.0f}/s, "
@@ -247,12 +253,18 @@ def _result(ctx: Context, n: int, list_n: int, version: str, f: dict[str, list[f
             "folder (a reader may see it half written), a get a plain copy out; its listing "
             "walks the folder on disk for each component. asyncdrive's put fsyncs the file "
             "(its metadata in an extended attribute of it; a new one written in place where "
-            "that makes its name durable too, as here, else also its folder), and commits in "
-            "Redis (one round trip for a new file, two with the commit lock of a "
-            "replacement), and its listing reads one Redis hash. A "
-            "put here is bound by that fsync and by CPU (2 cores shared with the server), "
-            "a get by CPU: neither target can be met on this machine by a put that survives "
-            "a crash.",
+            "that makes its name durable too, as here, else also its folder; the new files "
+            "of concurrent puts made durable together, by one syncfs a worker-thread call), "
+            "and commits in Redis (one round trip for a new file, two with the commit lock "
+            "of a replacement), and its listing reads one Redis hash. A "
+            "put here is bound by that durability and by CPU (2 cores shared with the "
+            "server; with 64 tasks, by the one interpreter lock that the event loop and the "
+            "disk thread share), a get by CPU: neither target can be met on this machine by "
+            "a put that survives a crash.",
+            "Each side starts its turn with nothing waiting to be written (an untimed "
+            "`sync()` before it): the original's files, never fsynced, would otherwise still "
+            "be waiting for the disk (~16 MB a run) when ours start, and the first of our "
+            "syncs would write them.",
         ],
         data={
             "lightning_app": version,
