@@ -517,9 +517,12 @@ async def test_new_files_put_together_are_made_durable_by_a_syncfs(
         if drive._conn.index.wire is not None:  # (a Cluster: each new file the locked way)
             await asyncio.gather(*(drive.put(f"local/{i}.txt", to=f"t/{i}.txt") for i in range(40)))
             assert calls.syncfs >= 1 and len(calls.fsynced) < 40, vars(calls)
+        await drive.write_bytes("folder/7.txt", b"there before")  # replaced in the batch
         calls.syncfs, calls.fsynced = 0, []
         await drive.put("local", to="folder")
         assert calls.syncfs >= 1 and len(calls.fsynced) < 40, vars(calls)
+        assert not any(path.endswith("/folder") for path in calls.fsynced)  # nor its folder
+        assert (await drive.info("folder/7.txt")).version == 2
         for i in range(40):
             assert await drive.read_bytes(f"folder/{i}.txt") == f"file {i}".encode()
             if drive._conn.index.wire is not None:
