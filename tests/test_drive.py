@@ -542,11 +542,7 @@ def test_new_files_installed_together_are_taken_back_if_their_folder_fsync_fails
         sync_folder_of(self, component, path)
 
     monkeypatch.setattr(DiskStore, "sync_folder_of", failing_in_a)
-    files: list[_drive._NewFile] = []
-    for i, target in enumerate(["a/0.txt", "b/1.txt", "a/2.txt", "b/3.txt"]):
-        write(f"local/{i}.txt", f"file {i}".encode())
-        stage = functools.partial(_drive._stage_small_file, store, Path(f"local/{i}.txt"))
-        files.append(("c", target, stage, 1))
+    files = new_local_files(store, ["a/0.txt", "b/1.txt", "a/2.txt", "b/3.txt"])
     outcomes = _drive._install_new_each(store, files)
     for number in (0, 2):
         assert isinstance(outcomes[number], OSError), outcomes
@@ -556,6 +552,16 @@ def test_new_files_installed_together_are_taken_back_if_their_folder_fsync_fails
         assert info.path == files[number][1] and info.version == 1
         assert (store.base / "c" / files[number][1]).read_bytes() == f"file {number}".encode()
     assert store.leftovers(grace=0)[0] == []  # no upload left behind
+
+
+def new_local_files(store: DiskStore, targets: list[str]) -> list[_drive._NewFile]:
+    """Local files ``local/<i>.txt`` (``file <i>``), to install as new files at ``targets``."""
+    files: list[_drive._NewFile] = []
+    for i, target in enumerate(targets):
+        write(f"local/{i}.txt", f"file {i}".encode())
+        stage = functools.partial(_drive._stage_small_file, store, Path(f"local/{i}.txt"))
+        files.append(("c", target, stage, 1))
+    return files
 
 
 @pytest.fixture
@@ -694,11 +700,7 @@ def test_new_files_written_in_place_together_are_fsynced_once_all_are_written(
     monkeypatch.setattr(DiskStore, "open_new", opened)
     monkeypatch.setattr(DiskStore, "sync_new", synced)
     targets = ["a/0.txt", "b/1.txt", "a/2.txt", "b/3.txt"]
-    files: list[_drive._NewFile] = []
-    for i, target in enumerate(targets):
-        write(f"local/{i}.txt", f"file {i}".encode())
-        stage = functools.partial(_drive._stage_small_file, in_place, Path(f"local/{i}.txt"))
-        files.append(("c", target, stage, 1))
+    files = new_local_files(in_place, targets)
     outcomes = _drive._install_new_each(in_place, files)
     assert events == [f"open {t}" for t in targets] + [f"sync {t}" for t in targets]
     assert isinstance(outcomes[2], OSError) and not (in_place.base / "c" / "a" / "2.txt").exists()
@@ -725,11 +727,7 @@ def test_new_files_installed_together_are_made_durable_by_one_syncfs(
     in_place.new_names_durable = way == "in place"
     calls = SyncCalls(monkeypatch, fail=syncfs_fails)
     targets = ["a/0.txt", "b/1.txt", "a/2.txt", "b/3.txt"]
-    files: list[_drive._NewFile] = []
-    for i, target in enumerate(targets):
-        write(f"local/{i}.txt", f"file {i}".encode())
-        stage = functools.partial(_drive._stage_small_file, in_place, Path(f"local/{i}.txt"))
-        files.append(("c", target, stage, 1))
+    files = new_local_files(in_place, targets)
     outcomes = _drive._install_new_each(in_place, files)
     assert calls.syncfs == 1
     placed = sorted(str(in_place.base / "c" / target) for target in targets)
@@ -757,11 +755,7 @@ def test_new_files_are_fsynced_each_where_much_data_waits_to_be_written(
 ) -> None:
     calls = SyncCalls(monkeypatch)
     monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", -1)  # as `fsync_each`
-    files: list[_drive._NewFile] = []
-    for i in range(3):
-        write(f"local/{i}.txt", f"file {i}".encode())
-        stage = functools.partial(_drive._stage_small_file, in_place, Path(f"local/{i}.txt"))
-        files.append(("c", f"{i}.txt", stage, 1))
+    files = new_local_files(in_place, [f"{i}.txt" for i in range(3)])
     _drive._install_new_each(in_place, files)
     assert calls.syncfs == 0
     assert sorted(calls.fsynced) == [str(in_place.base / "c" / f"{i}.txt") for i in range(3)]
