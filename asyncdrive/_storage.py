@@ -386,6 +386,19 @@ _SYNCFS_REPORTS_ERRORS = _syncfs is not None and _kernel_at_least(5, 8)
 _SYNC_TOGETHER_MAX_UNWRITTEN = 32 << 20
 
 
+#: A syncfs that took longer than this, and than `_SYNC_TOGETHER_SLOW_PER_FILE` a file of its
+#: call (more than an fsync of each would take on a local disk), turns the syncfs of calls
+#: off on its filesystem in this process for `_SYNC_TOGETHER_PAUSE` seconds: a filesystem
+#: whose syncfs is costly, or other writers' data that keeps coming to wait. (The first
+#: syncfs of a busy put may write up to `_SYNC_TOGETHER_MAX_UNWRITTEN` of others' data:
+#: ~15 ms here, which must not count as slow.)
+_SYNC_TOGETHER_SLOW = 0.05
+_SYNC_TOGETHER_SLOW_PER_FILE = 0.002
+_SYNC_TOGETHER_PAUSE = 10.0
+#: Until when (`time.monotonic`) the syncfs of calls stays off, by device number.
+_slow_syncfs_until: dict[int, float] = {}
+
+
 def unwritten_bytes(meminfo: str | None = None) -> int | None:
     r"""Return the page cache's data not yet on disk (``Dirty`` + ``Writeback``), or None.
 
@@ -426,7 +439,8 @@ class SyncTogether:
 
     Made (`sync`) only on this machine's disks, on Linux 5.8+ (where syncfs reports the
     writeback errors it meets), for two files or more, all on the root's filesystem, with
-    little other data waiting to be written (see `_SYNC_TOGETHER_MAX_UNWRITTEN`). Opened
+    little other data waiting to be written (see `_SYNC_TOGETHER_MAX_UNWRITTEN`), and not
+    for a while after a slow one there (`_SYNC_TOGETHER_SLOW`). Opened
     before the files are written, so that its syncfs reports any writeback error of the
     filesystem since; on one (maybe not one of these files'), or where it does not apply,
     `sync` returns False and the caller fsyncs each file, which reports each file's own.
@@ -452,6 +466,8 @@ class SyncTogether:
         except OSError:
             self.close()
             return
+        if time.monotonic() < _slow_syncfs_until.get(self._device, 0.0):
+            return  # a syncfs here was slow a moment ago
         unwritten = unwritten_bytes()  # looked at once: the files are written in ~1-10 ms
         self.planned = unwritten is not None and unwritten <= _SYNC_TOGETHER_MAX_UNWRITTEN
 
@@ -477,7 +493,13 @@ class SyncTogether:
             return False
         if any(device != self._device for device, _ in identities):
             return False
-        return _syncfs(self._fd) == 0
+        started = time.monotonic()
+        synced = _syncfs(self._fd) == 0
+        finished = time.monotonic()
+        slow = max(_SYNC_TOGETHER_SLOW, len(identities) * _SYNC_TOGETHER_SLOW_PER_FILE)
+        if finished - started > slow:
+            _slow_syncfs_until[self._device] = finished + _SYNC_TOGETHER_PAUSE
+        return synced
 
 
 #: openat2(2)'s resolve flags: fail with ELOOP at any symbolic link on the way, and with

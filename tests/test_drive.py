@@ -595,6 +595,7 @@ class SyncCalls:
         if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
             pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
         monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
+        monkeypatch.setattr(storage, "_slow_syncfs_until", {})  # none slow before
         self.fsynced: list[str] = []
         self.syncfs = 0
         fsync = os.fsync

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -970,6 +971,7 @@ def syncfs_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
         pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
     monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
+    monkeypatch.setattr(storage, "_slow_syncfs_until", {})  # none slow before
     calls: list[int] = []
 
     def counted(fd: int) -> int:
@@ -1044,3 +1046,23 @@ def test_unwritten_data_and_kernel_versions_are_read() -> None:
     assert storage._kernel_at_least(5, 8, "5.8.0")
     assert not storage._kernel_at_least(5, 8, "5.4.0-150-generic")
     assert not storage._kernel_at_least(5, 8, "unknown")
+
+
+def test_a_slow_syncfs_turns_the_syncfs_of_calls_off_for_a_while(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch, syncfs_calls: list[int]
+) -> None:
+    files = new_files(store.base / "c", 2)
+    with store.sync_together(2) as together:
+        assert together.sync(files)  # quick: the next is planned too
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_SLOW", 0.0)  # as if every syncfs took long
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_SLOW_PER_FILE", 0.0)
+    with store.sync_together(2) as together:
+        assert together.planned and together.sync(files)  # made, and found slow
+    with store.sync_together(2) as together:
+        assert not together.planned and not together.sync(files)  # an fsync each meanwhile
+    assert len(syncfs_calls) == 2
+    device = files[0][0]
+    assert storage._slow_syncfs_until[device] > time.monotonic()
+    storage._slow_syncfs_until[device] = time.monotonic() - 1  # the pause is over
+    with store.sync_together(2) as together:
+        assert together.planned
