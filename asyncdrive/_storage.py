@@ -422,7 +422,10 @@ def unwritten_bytes(meminfo: str | None = None) -> int | None:
     for line in meminfo.splitlines():
         name, _, value = line.partition(":")
         if name in ("Dirty", "Writeback"):
-            found += int(value.split()[0]) * 1024
+            try:
+                found += int(value.split()[0]) * 1024
+            except (IndexError, ValueError):  # not as Linux writes it: unknown
+                return None
     return found
 
 

@@ -1041,6 +1041,7 @@ def test_a_failed_syncfs_says_the_files_are_not_synced(
 def test_unwritten_data_and_kernel_versions_are_read() -> None:
     meminfo = "MemTotal: 100 kB\nDirty:  12 kB\nWriteback:  4 kB\nWritebackTmp: 9 kB\n"
     assert storage.unwritten_bytes(meminfo) == 16 * 1024
+    assert storage.unwritten_bytes("Dirty: many kB\n") is None  # unknown: no syncfs
     assert isinstance(storage.unwritten_bytes(), int)  # read from this machine's /proc
     assert storage._kernel_at_least(5, 8, "6.18.44-fc-v1272")
     assert storage._kernel_at_least(5, 8, "5.8.0")
