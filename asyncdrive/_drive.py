@@ -1963,11 +1963,11 @@ def _install_new(
     """Stage and install ``version`` of a new file without its lock (in a worker thread).
 
     Returns its info, its identity and what remains to make it durable (see `_Unsynced`:
-    nothing, unless ``sync`` is False; ``start_writing``: see `DiskStore.settle_new`);
-    or the upload, still staged, where no new file can
-    be made at the path (a file there already, ...): the put then takes the lock. Where
-    the disk allows (`DiskStore.open_new`) the file is written straight at its path, else
-    staged as an upload and linked or renamed there (`DiskStore.install_new`).
+    nothing, unless ``sync`` is False; ``start_writing``: see `DiskStore.settle_new`); or
+    the upload, still staged, where no new file can be made at the path (a file there
+    already, ...): the put then takes the lock. Where the disk allows (`DiskStore.open_new`)
+    the file is written straight at its path, else staged as an upload and linked or
+    renamed there (`DiskStore.install_new`).
     """
     store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
     opened: list[NewFile] = []
