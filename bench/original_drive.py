@@ -5,8 +5,9 @@ On request (``python -m bench --original``) this creates, once, a separate venv 
 an app once ``component_name`` is set. Each run, ``bench/_lightning_worker.py`` runs in that
 venv and times the original's sequential put and get of the same 4 KiB files as the
 small_files benchmark, and its listing of a 1,000-entry folder; then asyncdrive's
-concurrent put and get (64 asyncio tasks) of the same files, and its listing of a folder of
-the same size, are measured on the same disk and server.
+concurrent put and get of the same files (64 asyncio tasks in one process, and split between
+one process a core), and its listing of a folder of the same size, are measured on the same
+disk and server.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from asyncdrive import Drive
 
 from . import small_files
 from .harness import REPO, BenchError, Benchmark, Context, Result, Table, Workers, _die_with_parent
-from .small_files import TASKS, Plan, fmt_x, make_files, measure, spread, verdict
+from .small_files import (
+    TASK_PROCESSES,
+    TASKS,
+    Plan,
+    fmt_x,
+    make_files,
+    measure,
+    spread,
+    verdict,
+)
 
 VENV = REPO / "bench" / ".original-venv"
 REQUIREMENT = "lightning-app==2.3.2"
@@ -155,7 +165,8 @@ def run(ctx: Context) -> Result:
     root = ctx.folder("root")
     figures: dict[str, list[float]] = {
         k: [] for k in ("original_put", "original_get", "ours_put", "ours_get",
-                        "original_list_s", "ours_list_s")
+                        "ours_processes_put", "ours_processes_get", "original_list_s",
+                        "ours_list_s")
     }  # fmt: skip
     # Our listing: a drive whose folder has exactly list_n entries, filled once, untimed.
     list_drive = ctx.drive_id("orig-list")
@@ -179,11 +190,16 @@ def run(ctx: Context) -> Result:
             figures["original_list_s"].append(statistics.median(got["list_s"]))
 
         def ours() -> None:
+            # 64 tasks in one process, then split between processes (one a core); each
+            # put into a new drive, the gets from the first.
             get_drive = ctx.drive_id("orig-ours")
+            drives = {"": get_drive, "processes_": ctx.drive_id("orig-ours-processes")}
             for op in ("put", "get"):
-                plan = Plan(op, "tasks", TASKS, ctx.redis_url, str(root), get_drive,
-                            str(source), str(ctx.folder("ours-got")), 0, n)  # fmt: skip
-                figures[f"ours_{op}"].append(measure(plan, n))
+                for key, processes in (("", 1), ("processes_", TASK_PROCESSES)):
+                    plan = Plan(op, "tasks", TASKS // processes, ctx.redis_url, str(root),
+                                drives[key] if op == "put" else get_drive, str(source),
+                                str(ctx.folder("ours-got")), 0, n, processes)  # fmt: skip
+                    figures[f"ours_{key}{op}"].append(measure(plan, n))
             with Workers() as workers:
                 workers.spawn("list", list_worker,
                               ListPlan(ctx.redis_url, str(root), list_drive, list_n,
@@ -203,7 +219,9 @@ def run(ctx: Context) -> Result:
             f"run {index + 1}/{ctx.runs}: original put {figures['original_put'][-1]:.0f}/s, "
             f"get {figures['original_get'][-1]:.0f}/s, list "
             f"{figures['original_list_s'][-1] * 1e3:.2f} ms; ours put "
-            f"{figures['ours_put'][-1]:.0f}/s, get {figures['ours_get'][-1]:.0f}/s, list "
+            f"{figures['ours_put'][-1]:.0f}/s ({figures['ours_processes_put'][-1]:.0f}/s in "
+            f"{TASK_PROCESSES} processes), get {figures['ours_get'][-1]:.0f}/s "
+            f"({figures['ours_processes_get'][-1]:.0f}/s), list "
             f"{figures['ours_list_s'][-1] * 1e3:.2f} ms"
         )
     return _result(ctx, n, list_n, version, figures)
@@ -215,20 +233,23 @@ def _result(ctx: Context, n: int, list_n: int, version: str, f: dict[str, list[f
         title=f"asyncdrive against lightning-app {version}'s Drive, in the same run (medians "
         "over the runs)",
     )
+    split = f"{TASK_PROCESSES} processes x {TASKS // TASK_PROCESSES} tasks"
     rows = (
-        ("put", f"{n} x 4 KiB: original sequential, asyncdrive {TASKS} tasks, files/s",
+        ("put", "", f"{n} x 4 KiB: original sequential, asyncdrive {TASKS} tasks, files/s",
          TARGET_PUT),
-        ("get", f"{n} x 4 KiB: original sequential, asyncdrive {TASKS} tasks, files/s",
+        ("put", "processes_", f"the same, asyncdrive {split}", TARGET_PUT),
+        ("get", "", f"{n} x 4 KiB: original sequential, asyncdrive {TASKS} tasks, files/s",
          TARGET_GET),
+        ("get", "processes_", f"the same, asyncdrive {split}", TARGET_GET),
     )  # fmt: skip
     ratios: dict[str, list[float]] = {}
-    for op, label, target in rows:
-        r = [o / b for o, b in zip(f[f"ours_{op}"], f[f"original_{op}"], strict=True)]
-        ratios[op] = r
+    for op, key, label, target in rows:
+        r = [o / b for o, b in zip(f[f"ours_{key}{op}"], f[f"original_{op}"], strict=True)]
+        ratios[f"{key}{op}"] = r
         table.add(
             f"{op}, {label}",
             f"{statistics.median(f[f'original_{op}']):.0f}",
-            f"{statistics.median(f[f'ours_{op}']):.0f}",
+            f"{statistics.median(f[f'ours_{key}{op}']):.0f}",
             fmt_x(statistics.median(r)),
             spread(r),
             verdict(statistics.median(r), target),
@@ -287,8 +308,10 @@ def _intro(n: int, list_n: int, version: str, nruns: int) -> str:
         f"{n} local files of 4 KiB one after the other, gets them back the same way, and lists "
         f"a folder of {list_n} entries (the median of {LIST_REPEATS} calls after one warm-up). "
         f"In the same run, asyncdrive puts and gets the same files with {TASKS} asyncio "
-        "tasks sharing one `Drive` (the concurrency targets of the issue compare with the "
-        f"original's sequential rate), and lists a folder of {list_n} entries. {nruns} run(s), "
+        f"tasks sharing one `Drive`, then with {TASKS} tasks split between {TASK_PROCESSES} "
+        f"processes (one a core, {TASKS // TASK_PROCESSES} tasks sharing a `Drive` in each): "
+        "the concurrency targets of the issue compare with the original's sequential rate; "
+        f"and it lists a folder of {list_n} entries. {nruns} run(s), "
         "which of the two goes first alternating; ratios are taken within each run."
     )
 

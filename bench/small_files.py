@@ -39,6 +39,10 @@ QUICK_FILES = 100
 TASKS = 64
 THREADS = 8
 PROCESSES = 8
+#: The processes that share the `TASKS` tasks in the case of tasks in several processes: one
+#: a core (here 2), the way to put every core to work (the tasks of one process share one
+#: interpreter lock).
+TASK_PROCESSES = max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class Case:
     key: str
     label: str
     kind: str  # "floor" | "sequential" | "tasks" | "threads" | "processes" | "folder"
-    width: int = 1
+    width: int = 1  # tasks or threads in each process
+    processes: int = 1
 
 
 CASES = (
@@ -57,7 +62,10 @@ CASES = (
     Case("sequential", "Drive, sequential", "sequential"),
     Case("tasks", f"Drive, {TASKS} asyncio tasks", "tasks", TASKS),
     Case("threads", f"SyncDrive, {THREADS} threads", "threads", THREADS),
-    Case("processes", f"SyncDrive, {PROCESSES} processes", "processes", PROCESSES),
+    Case("processes", f"SyncDrive, {PROCESSES} processes", "processes", 1, PROCESSES),
+    Case("process_tasks",
+         f"Drive, {TASK_PROCESSES} processes x {TASKS // TASK_PROCESSES} asyncio tasks", "tasks",
+         TASKS // TASK_PROCESSES, TASK_PROCESSES),
     Case("folder", "Drive, the whole folder in one call: put(folder) / get(folder)", "folder"),
 )  # fmt: skip
 CASE = {c.key: c for c in CASES}
@@ -78,6 +86,9 @@ class Plan:
     dest: str  # where gets write
     first: int
     count: int
+    #: How many processes share the files, each with ``width`` tasks or threads
+    #: (`measure` splits the plan between them).
+    processes: int = 1
 
     def names(self) -> list[str]:
         return [file_name(i) for i in range(self.first, self.first + self.count)]
@@ -144,7 +155,7 @@ def floor_worker(plan: Plan) -> Span:
 def drive_worker(plan: Plan, barrier: Any = None) -> Span:
     """Put or get the plan's files with asyncdrive, as ``plan.kind`` says."""
     if plan.kind in ("sequential", "tasks", "folder"):
-        return asyncio.run(_async_worker(plan))
+        return asyncio.run(_async_worker(plan, barrier))
     if plan.kind == "threads":
         return _threads_worker(plan)
     return _sync_worker(plan, barrier)
@@ -158,7 +169,7 @@ def _drive_path(name: str) -> str:
     return f"{DRIVE_FOLDER}/{name}"
 
 
-async def _async_worker(plan: Plan) -> Span:
+async def _async_worker(plan: Plan, barrier: Any = None) -> Span:
     source, dest = Path(plan.source), Path(plan.dest)
     names = iter(plan.names())
 
@@ -171,6 +182,8 @@ async def _async_worker(plan: Plan) -> Span:
 
     async with Drive(plan.drive_id, root=plan.root, redis_url=plan.redis_url) as drive:
         await drive.exists("warm-up")
+        if barrier is not None:  # every process connected: start together
+            barrier.wait(timeout=120)  # blocking: nothing else runs on this loop yet
         started = clock_ns()
         if plan.kind == "folder":  # the source holds exactly the plan's files
             if plan.op == "put":
@@ -243,14 +256,14 @@ def measure(plan: Plan, n: int) -> float:
     with Workers() as workers:
         if plan.kind == "floor":
             workers.spawn("floor", floor_worker, plan)
-        elif plan.kind != "processes":
+        elif plan.processes == 1:
             workers.spawn(plan.kind, drive_worker, plan)
         else:
-            barrier = MP.Barrier(plan.width)
-            per = -(-n // plan.width)
-            for i in range(plan.width):
+            barrier = MP.Barrier(plan.processes)
+            per = -(-n // plan.processes)
+            for i in range(plan.processes):
                 count = max(0, min(per, n - i * per))
-                part = replace(plan, first=i * per, count=count)
+                part = replace(plan, first=i * per, count=count, processes=1)
                 workers.spawn(f"process-{i}", drive_worker, part, barrier)
         spans: list[Span] = list(workers.wait(timeout=timeout).values())
     elapsed = max(end for _, end in spans) - min(start for start, _ in spans)
@@ -289,7 +302,8 @@ def run(ctx: Context) -> Result:
                 else:
                     drive_id = ctx.drive_id(f"small-{case.key}") if op == "put" else get_drive
                 plan = Plan(op, case.kind, case.width, ctx.redis_url, str(root), drive_id,
-                            str(source), str(ctx.folder(f"got-{case.key}")), 0, n)  # fmt: skip
+                            str(source), str(ctx.folder(f"got-{case.key}")), 0, n,
+                            case.processes)  # fmt: skip
                 rates[op][case.key].append(measure(plan, n))
         line = ", ".join(f"{op} {c.key} {rates[op][c.key][-1]:.0f}/s" for op in OPS for c in CASES)
         ctx.log(f"run {index + 1}/{ctx.runs}: {line}")
@@ -382,7 +396,9 @@ def _intro(n: int, nruns: int) -> str:
         f"minutes) are put into a drive, and {n} files are got "
         "out of one, by spawned worker processes: one process for the sequential `Drive`, for "
         f"{TASKS} asyncio tasks sharing one `Drive`, and for {THREADS} threads with a "
-        f"`SyncDrive` each; {PROCESSES} processes with a `SyncDrive` each, which wait for one "
+        f"`SyncDrive` each; {PROCESSES} processes with a `SyncDrive` each, and "
+        f"{TASK_PROCESSES} processes with {TASKS // TASK_PROCESSES} asyncio tasks each "
+        "sharing a `Drive` (one process a core), which wait for one "
         "another before starting; and one process whose `Drive` moves the "
         "whole folder in one call, `put(folder)` and `get(folder)`. Each put case writes into "
         "a new drive; "
@@ -490,12 +506,23 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         f"{med('put', 'threads', 'sequential')} with {THREADS} threads, "
         f"{med('put', 'processes', 'sequential')} with {PROCESSES} processes; get "
         f"{med('get', 'tasks', 'sequential')}, {med('get', 'threads', 'sequential')}, "
-        f"{med('get', 'processes', 'sequential')}, each against the sequential rate. A "
+        f"{med('get', 'processes', 'sequential')}, each against the sequential rate; the "
+        f"same {TASKS} tasks split between {TASK_PROCESSES} processes, put "
+        f"{med('put', 'process_tasks', 'sequential')} and get "
+        f"{med('get', 'process_tasks', 'sequential')}. A "
         "sequential `Drive` is mostly bound by CPU, not by waiting (its CPU time is ~70% "
         "of a put's wall time and ~95% of a get's, measured): tasks and threads of one "
         "process share "
         "one interpreter lock, so they can interleave that work but not add to it, and only "
-        "processes bring the second core (the server shares it). Concurrent tasks share "
+        "processes bring the second core (the server shares it). With 64 tasks in one "
+        "process, its event loop's thread is busy ~96% of the time during gets, each get "
+        "~100 µs of CPU (about half of it the kernel's: opening, copying, linking), and the "
+        "server ~5 µs: split between two processes, the gets of the same 64 tasks ran "
+        "~1.5-1.7x as fast. Puts gain less (~1.1x): the server's commit (~65 µs of its CPU "
+        "a put) and the client's ~230 µs (~110 in the event loop's thread, ~120 in the "
+        "disk thread's, where the two wait for each other's interpreter lock more than "
+        "they overlap) take most of both cores already (measured 2026-12-05, "
+        "late). Concurrent tasks share "
         "the drive's one connection for their Lua calls and owner lookups, pipelined "
         "(~20 µs of CPU each with 64 at once, measured): with it, 64 tasks went from "
         "~1.1x to ~1.5x of the sequential put rate. The disk alone (write, "
