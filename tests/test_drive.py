@@ -587,7 +587,8 @@ def fsync_each(monkeypatch: pytest.MonkeyPatch) -> None:
 class SyncCalls:
     """The fsyncs (their files' paths) and syncfs calls made meanwhile; ``fail`` syncfs.
 
-    As where little other data waits to be written (the rest of the suite may leave much).
+    As where little other data waits to be written (the rest of the suite may leave much),
+    and every syncfs is quick.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
@@ -596,6 +597,9 @@ class SyncCalls:
             pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
         monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
         monkeypatch.setattr(storage, "_slow_syncfs_until", {})  # none slow before
+        # Nor slow meanwhile: a syncfs that writes out others' data (up to all of it here) can
+        # take long enough to turn the next ones off (see `SyncTogether.sync`).
+        monkeypatch.setattr(storage, "_SYNC_TOGETHER_SLOW", float("inf"))
         self.fsynced: list[str] = []
         self.syncfs = 0
         fsync = os.fsync

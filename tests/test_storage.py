@@ -965,13 +965,17 @@ def test_which_filesystems_make_a_new_files_name_durable_with_its_fsync(
 def syncfs_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The descriptors syncfs is called with (a real syncfs each).
 
-    As where little other data waits to be written (the rest of the suite may leave much).
+    As where little other data waits to be written (the rest of the suite may leave much),
+    and every syncfs is quick.
     """
     syncfs = storage._syncfs
     if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
         pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
     monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
     monkeypatch.setattr(storage, "_slow_syncfs_until", {})  # none slow before
+    # Nor slow meanwhile: a syncfs that writes out others' data (up to all of it here) can
+    # take long enough to turn the next ones off (see `SyncTogether.sync`).
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_SLOW", float("inf"))
     calls: list[int] = []
 
     def counted(fd: int) -> int:
