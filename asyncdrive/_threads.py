@@ -418,9 +418,11 @@ class QuickCalls:
     get of a 4 KiB file ~310 µs with the hop, ~215 µs without). A call may skip it only
     for a folder that a worker thread has found on a filesystem of this machine
     (``is_local``; a network filesystem can make any call wait for seconds, and the event
-    loop must never wait like that), and while such calls stay quick: one that takes longer
-    than ``slow`` seconds (a disk under load) sends them all to the threads for ``pause``
-    seconds.
+    loop must never wait like that), and while such calls stay quick: ``strikes`` calls
+    slower than ``slow`` seconds within ``window`` seconds (a disk under load), or one ten
+    times slower, send them all to the threads for ``pause`` seconds. One call a little
+    slow among many (a page fault, the machine busy for a moment) does not: it would cost
+    every call after it the hop for ``pause`` seconds.
 
     Example:
         >>> quick = QuickCalls(is_local_filesystem)
@@ -434,14 +436,23 @@ class QuickCalls:
     MAX_FOLDERS = 1024
 
     def __init__(
-        self, is_local: Callable[[str], bool], *, slow: float = 0.001, pause: float = 10.0
+        self,
+        is_local: Callable[[str], bool],
+        *,
+        slow: float = 0.001,
+        strikes: int = 3,
+        window: float = 1.0,
+        pause: float = 10.0,
     ) -> None:
         self._is_local = is_local
         self.slow = slow
+        self.window = window
         self.pause = pause
         #: Each folder looked at, and whether it is on a filesystem of this machine.
         self._folders: dict[str, bool] = {}
         self._paused_until = 0.0
+        #: When the last ``strikes`` slow calls ended (`time.monotonic`).
+        self._slow_calls: collections.deque[float] = collections.deque(maxlen=strikes)
 
     def __repr__(self) -> str:
         paused = " (paused)" if time.monotonic() < self._paused_until else ""
@@ -471,10 +482,21 @@ class QuickCalls:
         return not self._paused_until or time.monotonic() >= self._paused_until
 
     def run(self, func: Callable[..., T], *args: Any) -> T:
-        """Call ``func(*args)`` here; if it was slow, send the next calls to threads a while."""
+        """Call ``func(*args)`` here; if calls are slow, send the next ones to threads a while."""
         started = time.perf_counter()
         try:
             return func(*args)
         finally:
-            if time.perf_counter() - started > self.slow:
-                self._paused_until = time.monotonic() + self.pause
+            took = time.perf_counter() - started
+            if took > self.slow:
+                self._struck(took)
+
+    def _struck(self, took: float) -> None:
+        now = time.monotonic()
+        slow_calls = self._slow_calls
+        slow_calls.append(now)
+        if took > 10 * self.slow or (
+            len(slow_calls) == slow_calls.maxlen and now - slow_calls[0] <= self.window
+        ):
+            self._paused_until = now + self.pause
+            slow_calls.clear()

@@ -407,14 +407,14 @@ async def test_a_caller_cancelled_in_a_call_under_way_is_cancelled_once_it_ends(
 # -- calls made in the event loop's thread (QuickCalls) -------------------------------------
 
 
-def test_quick_calls_need_a_local_folder_and_pause_after_a_slow_one(tmp_path: Path) -> None:
+def test_quick_calls_need_a_local_folder_and_pause_when_slow(tmp_path: Path) -> None:
     looked_at: list[str] = []
 
     def is_local(folder: str) -> bool:
         looked_at.append(folder)
         return not folder.endswith("remote")
 
-    quick = _threads.QuickCalls(is_local, slow=0.01, pause=0.2)
+    quick = _threads.QuickCalls(is_local, slow=0.01, strikes=3, window=60.0, pause=0.2)
     local, remote = str(tmp_path / "local"), str(tmp_path / "remote")
     assert quick.folder_of(tmp_path / "local" / "a.txt") == local
     assert quick.folder_of("a.txt") == os.getcwd()  # relative: from the working folder
@@ -434,12 +434,34 @@ def test_quick_calls_need_a_local_folder_and_pause_after_a_slow_one(tmp_path: Pa
         time.sleep(0.02)
         raise ZeroDivisionError
 
-    with pytest.raises(ZeroDivisionError):  # an error is timed too
+    for _ in range(2):  # a slow call or two: no pause
+        with pytest.raises(ZeroDivisionError):  # an error is timed too
+            quick.run(slow_and_failing)
+        assert quick.allows(local)
+    with pytest.raises(ZeroDivisionError):  # the third within the window
         quick.run(slow_and_failing)
     assert not quick.allows(local) and not quick.allows()  # paused
     assert repr(quick) == "<QuickCalls 2 folders (paused)>"
     time.sleep(0.25)
     assert quick.allows(local)  # the pause is over
+    quick.run(time.sleep, 0.02)  # the strikes start again after a pause
+    assert quick.allows(local)
+
+    # Slow calls further apart than the window do not add up.
+    spread_out = _threads.QuickCalls(is_local, slow=0.01, strikes=2, window=0.05, pause=10.0)
+    for _ in range(3):
+        time.sleep(0.06)
+        spread_out.run(time.sleep, 0.02)
+    assert spread_out.allows()
+    spread_out.run(time.sleep, 0.02)  # two within 0.05 s
+    assert not spread_out.allows()
+
+    # One call ten times slower than `slow` pauses at once.
+    very_slow = _threads.QuickCalls(is_local, slow=0.002, strikes=3, window=60.0, pause=10.0)
+    very_slow.run(time.sleep, 0.005)  # slow, not ten times
+    assert very_slow.allows()
+    very_slow.run(time.sleep, 0.03)
+    assert not very_slow.allows()
 
     for number in range(quick.MAX_FOLDERS - 2):  # up to the bound
         quick.learn(f"{local}{number}")
