@@ -304,6 +304,12 @@ def run(ctx: Context) -> Result:
                 plan = Plan(op, case.kind, case.width, ctx.redis_url, str(root), drive_id,
                             str(source), str(ctx.folder(f"got-{case.key}")), 0, n,
                             case.processes)  # fmt: skip
+                # Each case starts with nothing waiting to be written (untimed): the gets
+                # before it leave their copies unsynced (~8 MB a case), and past 32 MiB
+                # waiting, puts fsync each new file instead of one syncfs for those of a
+                # call (see `SyncTogether` in asyncdrive/_storage.py): the order of the cases
+                # would decide the put rates.
+                os.sync()
                 rates[op][case.key].append(measure(plan, n))
         line = ", ".join(f"{op} {c.key} {rates[op][c.key][-1]:.0f}/s" for op in OPS for c in CASES)
         ctx.log(f"run {index + 1}/{ctx.runs}: {line}")
@@ -407,7 +413,8 @@ def _intro(n: int, nruns: int) -> str:
         "durable put must (read the local file, write a temporary file, fsync it, rename it "
         "into place, one `HSET`) and the least a get must (one `HGET`, `shutil.copyfile`); it "
         "neither hashes nor fsyncs the folder. Everything writes to the drive root's disk and "
-        f"talks to the same server, in the same run. {nruns} run(s), the order of the cases "
+        f"talks to the same server, in the same run; each case starts with nothing waiting "
+        f"to be written (an untimed `sync()`). {nruns} run(s), the order of the cases "
         "reversed every other run; rates are the median, min and max over the runs, and "
         "every ratio is taken within a run, then its median reported."
     )
