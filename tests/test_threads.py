@@ -448,19 +448,19 @@ def test_quick_calls_need_a_local_folder_and_pause_when_slow(tmp_path: Path) -> 
     assert quick.allows(local)
 
     # Slow calls further apart than the window do not add up.
-    spread_out = _threads.QuickCalls(is_local, slow=0.01, strikes=2, window=0.05, pause=10.0)
+    spread_out = _threads.QuickCalls(is_local, slow=0.01, strikes=2, window=0.2, pause=10.0)
     for _ in range(3):
-        time.sleep(0.06)
+        time.sleep(0.25)
         spread_out.run(time.sleep, 0.02)
     assert spread_out.allows()
-    spread_out.run(time.sleep, 0.02)  # two within 0.05 s
+    spread_out.run(time.sleep, 0.02)  # two within 0.2 s
     assert not spread_out.allows()
 
     # One call ten times slower than `slow` pauses at once.
-    very_slow = _threads.QuickCalls(is_local, slow=0.002, strikes=3, window=60.0, pause=10.0)
-    very_slow.run(time.sleep, 0.005)  # slow, not ten times
+    very_slow = _threads.QuickCalls(is_local, slow=0.01, strikes=3, window=60.0, pause=10.0)
+    very_slow.run(time.sleep, 0.02)  # slow, not ten times
     assert very_slow.allows()
-    very_slow.run(time.sleep, 0.03)
+    very_slow.run(time.sleep, 0.15)
     assert not very_slow.allows()
 
     for number in range(quick.MAX_FOLDERS - 2):  # up to the bound
