@@ -231,6 +231,8 @@ class Benchmark:
     name: str
     title: str
     run: Callable[[Context], Result]
+    #: How many runs a full run makes (``--runs`` sets another number for all).
+    runs: int = 3
 
 
 # -- the server ------------------------------------------------------------------------------

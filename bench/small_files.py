@@ -631,4 +631,5 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
     ]
 
 
-BENCHMARK = Benchmark(name="small_files", title="Small files", run=run)
+#: Five runs: its figures move most from run to run, and a run takes ~15 s.
+BENCHMARK = Benchmark(name="small_files", title="Small files", run=run, runs=5)
