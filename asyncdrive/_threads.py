@@ -29,6 +29,7 @@ import copy
 import itertools
 import os
 import queue
+import resource
 import threading
 import time
 import weakref
@@ -43,6 +44,15 @@ ResultT = TypeVar("ResultT")
 
 #: The names of the threads, followed by a number: what a debugger or py-spy shows.
 THREAD_NAME = "asyncdrive-disk"
+
+if hasattr(resource, "RUSAGE_THREAD"):  # Linux
+
+    def _thread_waits() -> int:
+        """How many times this thread has waited (voluntary context switches, ~0.5 µs)."""
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+
+else:  # no count of this thread's own: as if every call waited
+    _thread_waits = itertools.count().__next__
 
 
 class _Call:
@@ -419,10 +429,12 @@ class QuickCalls:
     for a folder that a worker thread has found on a filesystem of this machine
     (``is_local``; a network filesystem can make any call wait for seconds, and the event
     loop must never wait like that), and while such calls stay quick: ``strikes`` calls
-    slower than ``slow`` seconds within ``window`` seconds (a disk under load), or one ten
-    times slower, send them all to the threads for ``pause`` seconds. One call a little
-    slow among many (a page fault, the machine busy for a moment) does not: it would cost
-    every call after it the hop for ``pause`` seconds.
+    slower than ``slow`` seconds within ``window`` seconds, or one ten times slower, send
+    them all to the threads for ``pause`` seconds. Only calls that waited count (the thread
+    slept: a disk under load, a cold read): one slow because the machine gave the thread's
+    CPU to another process meanwhile, or because the kernel had much to do, would be as
+    slow in a worker thread, and the hop would only add to it. Nor does one call a little
+    slow among many: it would cost every call after it the hop for ``pause`` seconds.
 
     Example:
         >>> quick = QuickCalls(is_local_filesystem)
@@ -484,11 +496,12 @@ class QuickCalls:
     def run(self, func: Callable[..., T], *args: Any) -> T:
         """Call ``func(*args)`` here; if calls are slow, send the next ones to threads a while."""
         started = time.perf_counter()
+        waits = _thread_waits()
         try:
             return func(*args)
         finally:
             took = time.perf_counter() - started
-            if took > self.slow:
+            if took > self.slow and _thread_waits() > waits:
                 self._struck(took)
 
     def _struck(self, took: float) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import itertools
 import os
 import shutil
 import threading
@@ -34,6 +35,7 @@ from asyncdrive import (
     VersionConflictError,
     _drive,
     _index,
+    _threads,
 )
 from asyncdrive import _storage as storage
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
@@ -411,8 +413,10 @@ async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
             await drive.read_bytes("a.txt")  # its bytes are gone (above)
         assert read_in == [("b.txt", "loop"), ("big.bin", "worker"), ("a.txt", "loop")]
 
-        # A call slower than `slow` sends the next ones to the worker threads for a while.
+        # A call slower than `slow` that waited (as if each did: a copy from the page cache
+        # need not) sends the next ones to the worker threads for a while.
         conn.quick_calls.slow = 0.0
+        monkeypatch.setattr(_threads, "_thread_waits", itertools.count().__next__)
         await drive.get("b.txt", to="out/6")
         await drive.get("b.txt", to="out/7")
         assert await drive.read_bytes("b.txt") == b"b"

@@ -456,6 +456,20 @@ def test_quick_calls_need_a_local_folder_and_pause_when_slow(tmp_path: Path) -> 
     spread_out.run(time.sleep, 0.02)  # two within 0.2 s
     assert not spread_out.allows()
 
+    # Calls slow without waiting (the thread busy, or given no CPU) do not count.
+    def busy(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    busy_calls = _threads.QuickCalls(is_local, slow=0.01, strikes=2, window=60.0, pause=10.0)
+    for seconds in (0.02, 0.02, 0.15):  # two strikes, and one ten times slower
+        busy_calls.run(busy, seconds)
+    assert busy_calls.allows()
+    busy_calls.run(time.sleep, 0.02)
+    busy_calls.run(time.sleep, 0.02)  # these waited
+    assert not busy_calls.allows()
+
     # One call ten times slower than `slow` pauses at once.
     very_slow = _threads.QuickCalls(is_local, slow=0.01, strikes=3, window=60.0, pause=10.0)
     very_slow.run(time.sleep, 0.02)  # slow, not ten times
