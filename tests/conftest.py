@@ -29,6 +29,7 @@ import anyio.to_thread
 import pytest
 
 from asyncdrive import Drive, SyncDrive, SyncWatch
+from asyncdrive import _storage as storage
 from asyncdrive._client import RedisClient, connect
 
 from .servers import ClusterServers, SentinelServers, ServerProcess
@@ -274,6 +275,23 @@ def opens(identity: tuple[int, int]) -> bool:
             if (found.st_dev, found.st_ino) == identity:
                 return True
     return False
+
+
+def quiet_syncfs(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], int]:
+    """Make the syncfs of new files apply as where little data waits; return the real one.
+
+    As where little other data waits to be written (the rest of the suite may leave much),
+    and every syncfs is quick: one that writes out others' data (up to all of it here) can
+    take long enough to turn the next ones off (see `SyncTogether.sync`). Skips where there
+    is no syncfs that reports writeback errors (Linux before 5.8).
+    """
+    syncfs = storage._syncfs
+    if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
+        pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
+    monkeypatch.setattr(storage, "_slow_syncfs_until", {})  # none slow before
+    monkeypatch.setattr(storage, "_SYNC_TOGETHER_SLOW", float("inf"))  # nor meanwhile
+    return syncfs
 
 
 def collect_until(done: Callable[[], bool], timeout: float = 10) -> None:

@@ -41,7 +41,7 @@ from asyncdrive import _storage as storage
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
 from asyncdrive._storage import META_XATTR, DiskStore, Staged, _parse_meta_attribute
 
-from .conftest import MakeDrive, opens, raw_redis
+from .conftest import MakeDrive, opens, quiet_syncfs, raw_redis
 
 HELLO = b"Hello World !"
 
@@ -591,19 +591,11 @@ def fsync_each(monkeypatch: pytest.MonkeyPatch) -> None:
 class SyncCalls:
     """The fsyncs (their files' paths) and syncfs calls made meanwhile; ``fail`` syncfs.
 
-    As where little other data waits to be written (the rest of the suite may leave much),
-    and every syncfs is quick.
+    The syncfs of new files applies as where little data waits (see `quiet_syncfs`).
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
-        syncfs = storage._syncfs
-        if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
-            pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
-        monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
-        monkeypatch.setattr(storage, "_slow_syncfs_until", {})  # none slow before
-        # Nor slow meanwhile: a syncfs that writes out others' data (up to all of it here) can
-        # take long enough to turn the next ones off (see `SyncTogether.sync`).
-        monkeypatch.setattr(storage, "_SYNC_TOGETHER_SLOW", float("inf"))
+        syncfs = quiet_syncfs(monkeypatch)
         self.fsynced: list[str] = []
         self.syncfs = 0
         fsync = os.fsync

@@ -20,7 +20,7 @@ from asyncdrive import InvalidPathError
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore, Staged, temp_fd_in
 
-from .conftest import opens
+from .conftest import opens, quiet_syncfs
 
 CHECKSUM = hashlib.sha256(b"x").hexdigest()
 META = {"checksum": CHECKSUM, "mtime": 1764000000.123456, "size": 1,
@@ -963,19 +963,8 @@ def test_which_filesystems_make_a_new_files_name_durable_with_its_fsync(
 
 @pytest.fixture
 def syncfs_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The descriptors syncfs is called with (a real syncfs each).
-
-    As where little other data waits to be written (the rest of the suite may leave much),
-    and every syncfs is quick.
-    """
-    syncfs = storage._syncfs
-    if syncfs is None or not storage._SYNCFS_REPORTS_ERRORS:
-        pytest.skip("no syncfs that reports writeback errors here (Linux 5.8+)")
-    monkeypatch.setattr(storage, "_SYNC_TOGETHER_MAX_UNWRITTEN", 1 << 62)
-    monkeypatch.setattr(storage, "_slow_syncfs_until", {})  # none slow before
-    # Nor slow meanwhile: a syncfs that writes out others' data (up to all of it here) can
-    # take long enough to turn the next ones off (see `SyncTogether.sync`).
-    monkeypatch.setattr(storage, "_SYNC_TOGETHER_SLOW", float("inf"))
+    """The descriptors syncfs is called with (a real syncfs each; see `quiet_syncfs`)."""
+    syncfs = quiet_syncfs(monkeypatch)
     calls: list[int] = []
 
     def counted(fd: int) -> int:
