@@ -34,6 +34,7 @@ from ._exceptions import (
 )
 from ._files import DriveReader, DriveWriter, Opening
 from ._models import FileInfo, FolderInfo, GcReport
+from ._progress import ProgressCallback
 from ._server import server_binary, server_url, stop_server
 from ._sync import SyncDrive, SyncDriveReader, SyncDriveWriter, SyncWatch
 from ._watch import Watch
@@ -78,6 +79,7 @@ __all__ = [
     "InvalidDriveIdError",
     "InvalidPathError",
     "Opening",
+    "ProgressCallback",
     "SyncDrive",
     "SyncDriveReader",
     "SyncDriveWriter",

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -22,14 +23,13 @@ from typing import TYPE_CHECKING
 
 from ._config import is_valid_name, resolve_root
 from ._drive import _local_files
-from ._exceptions import DriveError, DriveIsADirectoryError, InvalidPathError
+from ._exceptions import DriveError, InvalidPathError
 from ._models import FileInfo, FolderInfo
 from ._server import ensure_server_sync, server_url, stop_server
-from ._storage import DiskStore
 from ._sync import SyncDrive
 
 if TYPE_CHECKING:
-    from . import _progress
+    from . import _bar as _bar_module
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,55 +204,28 @@ def _print(args: argparse.Namespace, value: object, text: str) -> None:
     print(json.dumps(value) if args.json else text)
 
 
-class _NoBar:
-    """Stands in for a progress bar when none is shown (piped, --json)."""
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
-
-    def done_through(self, count: int) -> None:
-        pass
-
-
-Sources = list[tuple[Path, int]]
-
-
 def _bar(
-    args: argparse.Namespace, drive: SyncDrive, sources: Callable[[], Sources]
-) -> _NoBar | _progress.Transfer:
-    """Make a progress bar on stderr if it is a terminal and the output is not --json."""
+    args: argparse.Namespace, describe: Callable[[], tuple[str, int | None]]
+) -> _bar_module.TransferBar | None:
+    """Make a progress bar on stderr if it is a terminal and the output is not --json.
+
+    ``describe()`` gives its label and total (None: unknown), only if it is shown.
+    """
     if args.json or not sys.stderr.isatty():
-        return _NoBar()
-    from . import _progress  # rich is only imported where a bar is shown
+        return None
+    from . import _bar as bar_module  # rich is only imported where a bar is shown
 
-    store = DiskStore(resolve_root(args.root), drive.name)
-    if args.command == "put":
-        return _progress.Transfer("put", sources(), writes_in=store.tmp_dir.resolve())
-    return _progress.Transfer("get", sources(), reads_below=store.base.resolve())
+    return bar_module.TransferBar(*describe())
 
 
-def _local_sources(local: Path) -> Sources:
-    """List the files a put of ``local`` reads, in the order it reads them, with their sizes."""
-    files = _local_files(local) or []  # none: the put says what is missing
-    return [((local / rel if rel else local).resolve(), size) for rel, size in files]
-
-
-def _drive_sources(args: argparse.Namespace, drive: SyncDrive, path: str) -> Sources:
-    """List the files on disk a get of ``path`` reads, in order, with their sizes if known."""
-    try:
-        infos = [drive.info(path)]
-    except DriveIsADirectoryError:
-        try:
-            infos = [drive.info(file) for file in drive.list(path, recursive=True)]
-        except DriveError:
-            infos = []  # several owners: the bar then only moves when the get returns
-    except DriveError:
-        infos = []  # not there (yet): the get says why, or waits for it
-    base = DiskStore(resolve_root(args.root), drive.name).base.resolve()
-    return [(base / info.component_name / info.path, info.size) for info in infos]
+def _put_bar(sources: Sequence[Path]) -> tuple[str, int | None]:
+    """Return the label and total of a put's bar: ``put <name>``, or ``put <n> files``."""
+    found = [_local_files(local) or [] for local in sources]  # none: the put says why
+    count = sum(len(files) for files in found)
+    total = sum(size for files in found for _, size in files)
+    if len(sources) == 1 and count == 1:
+        return f"put {sources[0].name}", total
+    return f"put {count} files", total
 
 
 def _run_file_command(args: argparse.Namespace) -> int:
@@ -274,22 +247,22 @@ def _run_file_command(args: argparse.Namespace) -> int:
             drive.delete(path, recursive=args.recursive)
         elif args.command == "put":
             into_folder = args.target.endswith("/") or len(args.local) > 1 or path == "."
-            sources = [_local_sources(Path(local)) for local in args.local]
-            with _bar(args, drive, lambda: [f for files in sources for f in files]) as bar:
-                done = 0
-                for local, files in zip(args.local, sources, strict=True):
+            bar = _bar(args, lambda: _put_bar([Path(local) for local in args.local]))
+            with bar or contextlib.nullcontext():
+                for local in args.local:
                     dest = _join(path, Path(local).name) if into_folder else path
-                    drive.put(local, to=dest)
-                    done += len(files)
-                    bar.done_through(done)
+                    drive.put(local, to=dest, progress=None if bar is None else bar.part())
                     _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
         elif args.command == "get":
             local = Path(args.local or Path(path).name)
             if (args.local or "").endswith("/") or local.is_dir():
                 local = local / Path(path).name
-            with _bar(args, drive, lambda: _drive_sources(args, drive, path)) as bar:
-                drive.get(path, to=local, overwrite=args.overwrite, timeout=args.timeout)
-                bar.done_through(sys.maxsize)
+            bar = _bar(args, lambda: (f"get {Path(path).name or drive.name}", None))
+            with bar or contextlib.nullcontext():
+                drive.get(
+                    path, to=local, overwrite=args.overwrite, timeout=args.timeout,
+                    progress=None if bar is None else bar.part(),
+                )  # fmt: skip
             _print(args, {"got": str(local)}, f"{drive.id}/{path} -> {local}")
         else:  # watch
             with drive.watch(path, since=args.since, group=args.group, timeout=args.timeout) as w:

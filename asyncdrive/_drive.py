@@ -34,7 +34,7 @@ from typing import (
 import anyio
 import redis.exceptions
 
-from . import _paths
+from . import _paths, _progress
 from ._client import Connected, RedisClient, connect
 from ._config import (
     DriveConfig,
@@ -62,6 +62,7 @@ from ._exceptions import (
 from ._files import DriveReader, DriveWriter, Opening, check_mode
 from ._index import Index, PutOutcome
 from ._models import FileInfo, FolderInfo, GcReport
+from ._progress import OnCopied, ProgressCallback, ProgressReporter
 from ._server import ensure_server, forget_server
 from ._storage import (
     DiskStore,
@@ -571,6 +572,7 @@ class Drive:
         to: StrPath | None = None,
         if_version: int | None = None,
         exist_ok: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> None:
         """Copy a local file, or a folder recursively, into the drive at the same path.
 
@@ -588,6 +590,7 @@ class Drive:
             >>> await drive.put("a.txt")
             >>> await drive.put("a.txt", if_version=1)  # only if nobody replaced version 1
             >>> await drive.put("/data/run-7/model.pt", to="ckpt/7.pt")
+            >>> await drive.put("ckpt", progress=lambda done, total: print(done, total))
 
         Args:
             path: the local file or folder, and the drive path it goes to.
@@ -596,6 +599,10 @@ class Drive:
                 now (0: only if it has none), atomically; else `VersionConflictError`.
             exist_ok: False: create only; fail with `DriveFileExistsError` if this
                 component already has the file.
+            progress: called as ``progress(done, total)`` in bytes, in this event loop's
+                thread, as the bytes are copied: ``(0, total)`` first where the total is
+                known before copying (a folder, a large file), ``(total, total)`` last. An
+                exception it raises stops the put and is raised here (see ``_progress``).
 
         Raises:
             DriveFileNotFoundError: there is no local file or folder at ``path``.
@@ -610,15 +617,31 @@ class Drive:
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
         conn = await self._connection()
+        with _progress.reporting(progress) as reporter:
+            await self._put_local(conn, local, drive_path, precondition, if_version, reporter)
+
+    async def _put_local(
+        self,
+        conn: _Connection,
+        local: Path,
+        drive_path: str,
+        precondition: str,
+        if_version: int | None,
+        reporter: ProgressReporter | None,
+    ) -> None:
+        """`put` once its arguments are checked: the local file or folder ``local``."""
+        on_copied = None if reporter is None else reporter.add
         # The common case first: one small local file, found, staged and installed in the
         # one worker-thread call that follows the lock. Anything else (a folder, a large or
         # missing file, a refused check) takes the general way below, which finds out what
         # is at ``local`` first and reports it in that order.
         with contextlib.suppress(_NotASmallFile):
-            await self._put(
+            info = await self._put(
                 conn, drive_path, functools.partial(_stage_small_file, conn.store, local),
                 precondition, small=True, tentative=True,
             )  # fmt: skip
+            if reporter is not None:
+                reporter.finish(info.size)
             return
         files = await conn.run_sync(_local_files, local)
         if files is None:
@@ -636,6 +659,8 @@ class Drive:
                 f"Drive {self.name!r}: if_version applies to one file, and {drive_path!r} is "
                 "a local folder; put its files one by one."
             )
+        if reporter is not None:
+            reporter.expect(sum(size for _, size in files))
 
         def drive_path_of(rel: str) -> str:
             return _paths.join(drive_path, rel) if rel else drive_path
@@ -643,16 +668,24 @@ class Drive:
         async def put_some(batch: list[tuple[str, int]]) -> None:
             if len(batch) == 1 and batch[0][1] > _SMALL_WRITE:
                 rel, _ = batch[0]
-                stage = functools.partial(conn.store.stage_file, local / rel if rel else local)
+                stage = functools.partial(
+                    conn.store.stage_file, local / rel if rel else local, on_copied=on_copied
+                )
                 await self._put(conn, drive_path_of(rel), stage, precondition)
                 return
             jobs = [(drive_path_of(rel), local / rel if rel else local) for rel, _ in batch]
-            await self._put_batch(conn, jobs, precondition)
+            await self._put_batch(conn, jobs, precondition, on_copied)
 
         await _side_by_side(conn, _put_batches(files), put_some)
+        if reporter is not None:
+            reporter.finish()
 
     async def _put_batch(
-        self, conn: _Connection, jobs: Sequence[tuple[str, Path]], precondition: str
+        self,
+        conn: _Connection,
+        jobs: Sequence[tuple[str, Path]],
+        precondition: str,
+        on_copied: OnCopied | None = None,
     ) -> None:
         """Put small local files, each a (drive path, local file), in a few calls for all.
 
@@ -660,7 +693,8 @@ class Drive:
         commit locks (with the same checks), one worker-thread call stages and installs
         them, fsyncing each folder once for all of its files, and one round trip commits
         them. Each file is stored or refused on its own, atomically; the first error, in
-        the order of ``jobs``, is raised once the others are done.
+        the order of ``jobs``, is raised once the others are done. ``on_copied``: see
+        `DiskStore.stage_file`.
         """
         component = conn.config.component_name
         index = conn.index
@@ -691,7 +725,7 @@ class Drive:
             # Between the first install and the last commit, a cancellation would leave the
             # disk and the index disagreeing, as in `_put`: finished whatever cancels.
             errors.update(await to_its_end(
-                self._install_and_commit_batch(conn, jobs, granted, precondition)
+                self._install_and_commit_batch(conn, jobs, granted, precondition, on_copied)
             ))  # fmt: skip
         if errors:
             raise errors[min(errors)]
@@ -702,6 +736,7 @@ class Drive:
         jobs: Sequence[tuple[str, Path]],
         granted: Sequence[tuple[int, str, int]],
         precondition: str,
+        on_copied: OnCopied | None,
     ) -> dict[int, BaseException]:
         """Stage, install and commit the ``granted`` jobs (number, lock token, version).
 
@@ -719,7 +754,7 @@ class Drive:
             unsettled: list[_Unsettled] = []
             for place, (number, _, current) in enumerate(granted):
                 path, local = jobs[number]
-                stage = functools.partial(store.stage_file, local)
+                stage = functools.partial(store.stage_file, local, on_copied=on_copied)
                 try:
                     # As concurrent new files (`_install_new_each`): where no file is at the
                     # path, written in place (or linked in), made durable once all are.
@@ -1409,6 +1444,7 @@ class Drive:
         timeout: float | None = None,
         overwrite: bool = False,
         to: StrPath | None = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
         """Copy a file, or a folder recursively, from the drive to the same local path.
 
@@ -1419,6 +1455,7 @@ class Drive:
             >>> Path("a.txt").read_text()
             'Hello World !'
             >>> await drive.get("ckpt/last.pt", timeout=60)  # wait for it to be put
+            >>> await drive.get("ckpt", progress=lambda done, total: print(done, total))
 
         Args:
             path: the drive path, and the local path relative to the current directory.
@@ -1427,6 +1464,10 @@ class Drive:
                 drive's change events), then raise `DriveTimeoutError`.
             overwrite: replace a local file whose content differs (atomically).
             to: the local path to write to instead (a folder's files go below it).
+            progress: called as ``progress(done, total)`` in bytes, in this event loop's
+                thread, as the bytes are copied: ``(0, total)`` first, ``(total, total)``
+                last (a local file left as it is counts as copied). An exception it raises
+                stops the get and is raised here (see ``_progress``).
 
         Raises:
             DriveFileNotFoundError: nothing at ``path`` (and no ``timeout``).
@@ -1442,10 +1483,28 @@ class Drive:
         if timeout is not None:
             await self._wait_for(conn, drive_path, component_name, timeout)
         local = Path(drive_path if to is None else to)
+        with _progress.reporting(progress) as reporter:
+            await self._get_to(conn, drive_path, local, component_name, overwrite, reporter)
+
+    async def _get_to(
+        self,
+        conn: _Connection,
+        drive_path: str,
+        local: Path,
+        component_name: str | None,
+        overwrite: bool,
+        reporter: ProgressReporter | None,
+    ) -> None:
+        """`get` once its arguments are checked (and the path waited for): into ``local``."""
+        on_copied = None if reporter is None else reporter.add
         owners = await conn.index.owners(drive_path)
         if owners:
             info = self._pick(drive_path, owners, component_name)
-            await self._copy_out(conn, [(info, local)], overwrite)
+            if reporter is not None:
+                reporter.expect(info.size)
+            await self._copy_out(conn, [(info, local)], overwrite, on_copied)
+            if reporter is not None:
+                reporter.finish()
             return
         _, files = await conn.index.list_files(drive_path, component_name)
         if not files:
@@ -1455,6 +1514,8 @@ class Drive:
             for file, file_owners in zip(files, await conn.index.owners_many(files), strict=True)
             if file_owners  # else deleted since listed: skipped
         ]
+        if reporter is not None:
+            reporter.expect(sum(info.size for info, _ in copies))
         # One at a time (a get is mostly CPU here: side by side it ran no faster with an
         # async Drive, and 2-3x slower with a SyncDrive, whose copies then left its thread),
         # in batches, each one worker-thread call: for a small file the hop to a thread and
@@ -1466,17 +1527,24 @@ class Drive:
             batch.append((info, dest))
             batch_bytes += info.size
             if len(batch) == _COPY_BATCH_FILES or batch_bytes >= _COPY_BATCH_BYTES:
-                await self._copy_out(conn, batch, overwrite)
+                await self._copy_out(conn, batch, overwrite, on_copied)
                 batch, batch_bytes = [], 0
         if batch:
-            await self._copy_out(conn, batch, overwrite)
+            await self._copy_out(conn, batch, overwrite, on_copied)
+        if reporter is not None:
+            reporter.finish()
 
     async def _copy_out(
-        self, conn: _Connection, copies: Sequence[tuple[FileInfo, Path]], overwrite: bool
+        self,
+        conn: _Connection,
+        copies: Sequence[tuple[FileInfo, Path]],
+        overwrite: bool,
+        on_copied: OnCopied | None = None,
     ) -> None:
         """Copy each (drive file, local target) in one worker-thread call, in order.
 
-        The first that fails stops the rest; those before it stay copied.
+        The first that fails stops the rest; those before it stay copied. ``on_copied``:
+        see `DiskStore.copy_out` (not called for one small file, copied at once).
         """
         store = conn.store
 
@@ -1486,7 +1554,9 @@ class Drive:
                 conn.quick_calls.learn(QuickCalls.folder_of(copies[0][1]))
             for number, (info, dest) in enumerate(copies):
                 try:
-                    store.copy_out(info.component_name, info.path, dest, info.checksum, overwrite)
+                    store.copy_out(
+                        info.component_name, info.path, dest, info.checksum, overwrite, on_copied
+                    )
                 except (FileExistsError, FileNotFoundError) as exc:
                     return number, exc
             return None

@@ -44,12 +44,11 @@ from ._exceptions import (
 )
 from ._files import DriveReader, DriveWriter
 from ._models import FileInfo, FolderInfo
-from ._storage import temp_fd_in
-from ._tasks import to_its_end
+from ._progress import ProgressCallback
 
 __all__ = ["DriveFileSystem"]
 
-#: Local files are read and written in pieces of this size, each one reported to callbacks.
+#: A copy between drives is read and written in pieces of this size.
 _PIECE = 4 << 20
 #: How long closing the drives at interpreter exit may take.
 _CLOSE_TIMEOUT = 10.0
@@ -83,13 +82,15 @@ def _close_drives(
     drives.clear()
 
 
-def _temp_beside(target: Path) -> tuple[int, Path]:
-    """Create a hidden temporary file beside ``target`` (and its folder); return (fd, path).
+def _reporting_to(callback: Callback) -> ProgressCallback:
+    """Feed an fsspec ``callback`` from a put's or a get's ``progress=``."""
 
-    Its mode is that of a plain ``open()``, as for `Drive.get`.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return temp_fd_in(target.parent)
+    def report(done: int, total: int) -> None:
+        if callback.size != total:
+            callback.set_size(total)
+        callback.absolute_update(done)
+
+    return report
 
 
 async def _aclose_all(drives: Iterable[Drive]) -> None:
@@ -436,14 +437,9 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if await anyio.Path(lpath).is_dir():
             return  # folders exist by what they hold
         name, rest = self._split(rpath)
-        callback.set_size((await anyio.Path(lpath).stat()).st_size)
-        async with (
-            await anyio.open_file(lpath, "rb") as local,
-            self.drive(name).open(rest, "wb", exist_ok=mode != "create") as out,
-        ):
-            while piece := await local.read(_PIECE):
-                await out.write(piece)
-                callback.relative_update(len(piece))
+        await self.drive(name).put(
+            lpath, to=rest, exist_ok=mode != "create", progress=_reporting_to(callback)
+        )
 
     async def _get_file(
         self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any
@@ -451,19 +447,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if await anyio.Path(lpath).is_dir():
             return
         name, rest = self._split(rpath)
-        async with self.drive(name).open(rest, component_name=self._read_component) as f:
-            callback.set_size(f.size)
-            fd, tmp = await anyio.to_thread.run_sync(_temp_beside, Path(lpath))
-            try:
-                async with await anyio.open_file(fd, "wb") as out:
-                    while piece := await f.read(_PIECE):
-                        await out.write(piece)
-                        callback.relative_update(len(piece))
-                # The local file appears complete, or not at all.
-                await anyio.to_thread.run_sync(os.replace, tmp, lpath)
-            except BaseException:
-                await to_its_end(anyio.Path(tmp).unlink(missing_ok=True))
-                raise
+        # The local file appears complete, or not at all (as any get's copy).
+        await self.drive(name).get(
+            rest, to=lpath, component_name=self._read_component, overwrite=True,
+            progress=_reporting_to(callback),
+        )  # fmt: skip
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         name, rest = self._split(path)

@@ -53,6 +53,7 @@ from ._config import is_valid_name
 from ._exceptions import InvalidPathError
 from ._models import CHECKSUM_ALGORITHM
 from ._paths import RESERVED_PREFIX
+from ._progress import OnCopied
 
 CHUNK = 1 << 20
 META_PREFIX = RESERVED_PREFIX + "-meta."
@@ -151,13 +152,15 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _copy_fd(src: int, dst: int, chunk: int, expected: int = -1) -> tuple[int, str]:
+def _copy_fd(
+    src: int, dst: int, chunk: int, expected: int = -1, on_copied: OnCopied | None = None
+) -> tuple[int, str]:
     """Copy descriptor ``src`` to ``dst`` in reads of ``chunk`` bytes; return (size, digest).
 
     Until a read returns nothing; or, for a regular file of ``expected`` bytes (its size
     when opened), until a read returns less than asked having brought the copy to that
     size: the end, without the read that would say so (a small put's file comes in one
-    read). A file that grew since goes on to the end.
+    read). A file that grew since goes on to the end. ``on_copied(n)`` after each write.
     """
     hasher = hashlib.new(CHECKSUM_ALGORITHM)
     size = 0
@@ -165,6 +168,8 @@ def _copy_fd(src: int, dst: int, chunk: int, expected: int = -1) -> tuple[int, s
         hasher.update(data)
         _write_all(dst, data)
         size += len(data)
+        if on_copied is not None:
+            on_copied(len(data))
         if size == expected and len(data) < chunk:
             break
     return size, hasher.hexdigest()
@@ -250,20 +255,20 @@ class _FdCopier:
             written += os.write(self.dst, view[written:n])
         return n
 
-    def copy_all(self, size: int | None = None) -> int:
+    def copy_all(self, size: int | None = None, on_copied: OnCopied | None = None) -> int:
         """Copy to the end of the source; return the bytes copied.
 
         ``size``: copy at most this much, such as the size of a file no writer changes: the
         copy then stops there, without the call that finds the end and the checks that it
-        is one.
+        is one. ``on_copied(n)`` after each step.
         """
         total = 0
-        if size is None:
-            while n := self.step():
-                total += n
-            return total
-        while total < size and (n := self.step(min(_KERNEL_STEP, size - total))):
+        while (size is None or total < size) and (
+            n := self.step(_KERNEL_STEP if size is None else min(_KERNEL_STEP, size - total))
+        ):
             total += n
+            if on_copied is not None:
+                on_copied(n)
         return total
 
 
@@ -684,8 +689,11 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _copy_hashed(src: int, dst: int) -> tuple[int, str]:
-    """Copy descriptor ``src`` to ``dst`` in the kernel, hashing ``dst`` in parallel."""
+def _copy_hashed(src: int, dst: int, on_copied: OnCopied | None = None) -> tuple[int, str]:
+    """Copy descriptor ``src`` to ``dst`` in the kernel, hashing ``dst`` in parallel.
+
+    ``on_copied(n)`` after each step.
+    """
     copier = _FdCopier(src, dst)
     hasher = BehindHasher(dst)
     size = 0
@@ -694,6 +702,8 @@ def _copy_hashed(src: int, dst: int) -> tuple[int, str]:
             start_writeback(dst, size, n)
             size += n
             hasher.advance(size)
+            if on_copied is not None:
+                on_copied(n)
     except BaseException:
         hasher.abandon()
         raise
@@ -1269,14 +1279,21 @@ class DiskStore:
             os.close(folder)
         object.__setattr__(staged, "named", True)
 
-    def stage_file(self, source: Path, sync: bool = True, into: OpenNew | None = None) -> Staged:
+    def stage_file(
+        self,
+        source: Path,
+        sync: bool = True,
+        into: OpenNew | None = None,
+        *,
+        on_copied: OnCopied | None = None,
+    ) -> Staged:
         """Copy a local file into a temporary upload, and hash it.
 
         A large file is copied inside the kernel while another thread hashes the upload
         behind the copy; a small one goes through one buffer, hashed in the same pass.
         Memory stays bounded (a few MiB) whatever the size. ``sync=False`` leaves the fsync
         to `install` (one fsync then covers the bytes and the metadata). ``into``: see
-        `_stage`.
+        `_stage`. ``on_copied(n)`` as the bytes are copied (for ``progress=``).
         """
         src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -1284,11 +1301,15 @@ class DiskStore:
             if stat.S_ISDIR(st.st_mode):  # as open() refuses it
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(source))
             if stat.S_ISREG(st.st_mode) and st.st_size >= PARALLEL_HASH_MIN:
-                return self._stage(lambda fd: _copy_hashed(src, fd), sync, into)
+                return self._stage(lambda fd: _copy_hashed(src, fd, on_copied), sync, into)
             if not stat.S_ISREG(st.st_mode):
-                return self._stage(lambda fd: _copy_fd(src, fd, CHUNK), sync, into)
+                return self._stage(
+                    lambda fd: _copy_fd(src, fd, CHUNK, on_copied=on_copied), sync, into
+                )
             chunk = min(st.st_size + 1, CHUNK)
-            return self._stage(lambda fd: _copy_fd(src, fd, chunk, st.st_size), sync, into)
+            return self._stage(
+                lambda fd: _copy_fd(src, fd, chunk, st.st_size, on_copied), sync, into
+            )
         finally:
             os.close(src)
 
@@ -1887,7 +1908,13 @@ class DiskStore:
             os.close(fd)
 
     def copy_out(
-        self, component: str, path: str, dest: Path, checksum: str, overwrite: bool
+        self,
+        component: str,
+        path: str,
+        dest: Path,
+        checksum: str,
+        overwrite: bool,
+        on_copied: OnCopied | None = None,
     ) -> bool:
         """Copy ``component``'s ``path`` to local ``dest``; return False if dest already matched.
 
@@ -1897,7 +1924,8 @@ class DiskStore:
         folder), even one made during the copy, raises `FileExistsError` unless
         ``overwrite``: neither the link nor the rename replaces it then. `FileNotFoundError`
         means the drive's file is missing; a local path that goes away during the copy
-        raises `LocalPathGoneError` instead.
+        raises `LocalPathGoneError` instead. ``on_copied(n)`` as the bytes are copied, or
+        once with the size for a local file that already matched (for ``progress=``).
         """
         src, size = self.open_file(component, path)
         try:
@@ -1905,6 +1933,8 @@ class DiskStore:
             # copied first (looking would cost as much), then placed only if none is.
             if not overwrite and size > _COPY_BEFORE_LOOKING_MAX and dest.exists():
                 if _same_content(dest, size, checksum):
+                    if on_copied is not None:
+                        on_copied(size)
                     return False
                 raise FileExistsError(dest)
             unnamed = not overwrite  # a replacement is renamed over the old file
@@ -1916,7 +1946,7 @@ class DiskStore:
             try:
                 try:
                     # In the kernel: no buffer in this process, whatever the size.
-                    _FdCopier(src, out).copy_all(size)
+                    _FdCopier(src, out).copy_all(size, on_copied)
                     if tmp is None:
                         placed = _link_unless_there(out, dest)
                     elif overwrite:

@@ -35,6 +35,7 @@ from ._events import DriveEvent
 from ._exceptions import DriveError
 from ._files import DriveReader, DriveWriter, FileT
 from ._models import FileInfo, FolderInfo, GcReport
+from ._progress import ProgressCallback
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["SyncDrive", "SyncDriveReader", "SyncDriveWriter", "SyncWatch"]
@@ -448,10 +449,17 @@ class SyncDrive:
         to: StrPath | None = None,
         if_version: int | None = None,
         exist_ok: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> None:
-        """Copy a local file or folder into the drive (see `Drive.put`)."""
+        """Copy a local file or folder into the drive (see `Drive.put`).
+
+        ``progress(done, total)`` is called in this thread.
+        """
         return self._run(
-            "put", lambda d: d.put(path, to=to, if_version=if_version, exist_ok=exist_ok)
+            "put",
+            lambda d: d.put(
+                path, to=to, if_version=if_version, exist_ok=exist_ok, progress=progress
+            ),
         )
 
     def write_bytes(
@@ -509,14 +517,19 @@ class SyncDrive:
         timeout: float | None = None,
         overwrite: bool = False,
         to: StrPath | None = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
-        """Copy a file or folder to the same local path (see `Drive.get`)."""
+        """Copy a file or folder to the same local path (see `Drive.get`).
+
+        ``progress(done, total)`` is called in this thread.
+        """
         return self._run(
             "get",
             lambda d: d.get(
-                path, component_name=component_name, timeout=timeout, overwrite=overwrite, to=to
+                path, component_name=component_name, timeout=timeout, overwrite=overwrite,
+                to=to, progress=progress,
             ),
-        )
+        )  # fmt: skip
 
     def rebuild_index(self, *, verify: bool = False) -> int:
         """Rebuild the index from the disk (see `Drive.rebuild_index`)."""

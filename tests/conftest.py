@@ -322,3 +322,20 @@ def warnings_as_errors() -> Iterator[list[BaseException]]:
             yield raised
     finally:
         sys.unraisablehook = hook
+
+
+def uploads(root: Path, drive: Drive | SyncDrive) -> list[Path]:
+    """What is left in the drive's folder of uploads in progress."""
+    tmp = root / "drives" / drive.name / ".tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
+
+
+def uploads_in_progress(root: Path, drive: Drive | SyncDrive) -> int:
+    """Uploads of this process: named in .tmp, or open there without a name (O_TMPFILE)."""
+    tmp = f"{root / 'drives' / drive.name / '.tmp'}/"
+    unnamed = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            unnamed += target.startswith(tmp + "#") and target.endswith(" (deleted)")
+    return len(uploads(root, drive)) + unnamed

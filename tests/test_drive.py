@@ -835,7 +835,7 @@ async def test_a_get_whose_local_folder_goes_names_it_not_the_drive_file(
     copy_all = storage._FdCopier.copy_all
     local = workdir / "out"
 
-    def folder_goes(self: Any, size: int | None = None) -> Any:
+    def folder_goes(self: Any, size: int | None = None, on_copied: Any = None) -> Any:
         shutil.rmtree(local, ignore_errors=True)
         return copy_all(self, size)
 
@@ -1524,9 +1524,11 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     batches: list[list[str]] = []
     copy_out = Drive._copy_out
 
-    async def recording(self: Drive, conn: Any, copies: Any, overwrite: bool) -> None:
+    async def recording(
+        self: Drive, conn: Any, copies: Any, overwrite: bool, on_copied: Any = None
+    ) -> None:
         batches.append([info.path for info, _ in copies])
-        await copy_out(self, conn, copies, overwrite)
+        await copy_out(self, conn, copies, overwrite, on_copied)
 
     monkeypatch.setattr(Drive, "_copy_out", recording)
     out = workdir / "out"

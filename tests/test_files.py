@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import threading
@@ -32,7 +31,7 @@ from asyncdrive import (
     VersionConflictError,
 )
 
-from .conftest import collect_until, warnings_as_errors
+from .conftest import collect_until, uploads_in_progress, warnings_as_errors
 
 MiB = 1 << 20
 
@@ -47,23 +46,6 @@ async def drive(env: dict[str, str], workdir: Path, drive_id: str) -> AsyncItera
 def sync_drive(env: dict[str, str], workdir: Path, drive_id: str) -> Iterator[SyncDrive]:
     with SyncDrive(drive_id) as drive:
         yield drive
-
-
-def uploads(root: Path, drive: Drive | SyncDrive) -> list[Path]:
-    """What is left in the drive's folder of uploads in progress."""
-    tmp = root / "drives" / drive.name / ".tmp"
-    return sorted(tmp.iterdir()) if tmp.exists() else []
-
-
-def uploads_in_progress(root: Path, drive: Drive | SyncDrive) -> int:
-    """Uploads of this process: named in .tmp, or open there without a name (O_TMPFILE)."""
-    tmp = f"{root / 'drives' / drive.name / '.tmp'}/"
-    unnamed = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/self/fd/{fd}")
-            unnamed += target.startswith(tmp + "#") and target.endswith(" (deleted)")
-    return len(uploads(root, drive)) + unnamed
 
 
 # -- reading ---------------------------------------------------------------------------------

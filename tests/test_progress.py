@@ -1,8 +1,9 @@
-"""The command line's progress bars: on a real terminal (tmux), never when piped or --json.
+"""Progress of puts and gets (``progress=``), and the command line's bars built on it.
 
-The bar measures the files the library really has open and writes (``/proc/self/fd``), so
-the in-process tests open and write such files, and the terminal test runs the installed
-``asyncdrive`` console script on a file big enough to take a few seconds.
+The callback runs in the thread that awaits the transfer (an async `Drive`'s event loop, a
+`SyncDrive`'s caller), whichever thread copies; an exception it raises stops the transfer
+and leaves nothing half-written. The bars are checked on a real terminal (tmux), with the
+installed ``asyncdrive`` console script on a file big enough to take a few seconds.
 """
 
 from __future__ import annotations
@@ -16,98 +17,256 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio.to_thread
 import pytest
 
-from asyncdrive import SyncDrive
-from asyncdrive._progress import Transfer
-from asyncdrive._storage import TMP_PREFIX
+from asyncdrive import Drive, ProgressCallback, SyncDrive
+from asyncdrive._bar import TransferBar
+from asyncdrive._progress import ProgressStopped, reporting
+from asyncdrive._storage import _KERNEL_STEP, PARALLEL_HASH_MIN, TMP_PREFIX, DiskStore, Staged
+
+from .conftest import MakeDrive, uploads_in_progress
 
 MiB = 1 << 20
 BIG = 400  # MiB: a put of it takes a second or two here, long enough to see the bar move
 SCRIPT = Path(sys.executable).with_name("asyncdrive")  # the console script pip installed
+LARGE = 5 * _KERNEL_STEP + 12345  # copied in several steps, each reported
+assert LARGE >= PARALLEL_HASH_MIN
 
 
-def test_bar_counts_the_file_in_flight_and_the_ones_before(tmp_path: Path) -> None:
-    uploads = tmp_path / "tmp"
-    uploads.mkdir()
-    sources = []
-    for name, size in [("a.bin", 3000), ("b.bin", 5000), ("c.bin", 7000)]:
-        (tmp_path / name).write_bytes(b"x" * size)
-        sources.append(((tmp_path / name).resolve(), size))
-    bar = Transfer("put", sources, writes_in=uploads.resolve())
-    assert (bar.completed, bar.total) == (0, 15000)
-    assert bar.poll() is None  # nothing open yet
-    # The library reads b.bin (so a.bin is done) and has written 1234 bytes of its upload.
-    with open(tmp_path / "b.bin", "rb"), open(uploads / f"{TMP_PREFIX}x1", "wb") as out:
-        out.write(b"y" * 1234)
-        out.flush()
-        assert bar.poll() == "put b.bin"
-        assert bar.completed == 3000 + 1234
-        # A temporary file elsewhere (another folder) is not this upload.
-        with open(tmp_path / f"{TMP_PREFIX}other", "wb") as stray:
-            stray.write(b"z" * 4000)
-            stray.flush()
-            bar.poll()
-            assert bar.completed == 3000 + 1234
-    assert bar.poll() is None and bar.completed == 4234  # between files: never backwards
-    bar.done_through(2)  # the library returned after the first two files
-    assert bar.completed == 8000
-    bar.done_through(99)
-    assert bar.completed == 15000
+class Reports(list[tuple[int, int]]):
+    """A progress callback that records its calls and the threads they came in."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+        self.stop_at = stop_at
+
+    def __call__(self, done: int, total: int) -> None:
+        self.append((done, total))
+        self.threads.add(threading.get_ident())
+        if self.stop_at is not None and done >= self.stop_at:
+            raise Stop(done)
+
+    def check(self, total: int, *, first: bool = True, partial: bool = False) -> None:
+        """Done only grows, the total never changes, and the last call says all is done."""
+        assert self, "no progress reported"
+        assert self[-1] == (total, total)
+        if first:
+            assert self[0] == (0, total)
+        dones = [done for done, _ in self]
+        assert dones == sorted(set(dones)), dones
+        assert {t for _, t in self} == {total}
+        if partial:
+            assert any(0 < done < total for done in dones), dones
+        assert len(self.threads) == 1
 
 
-@pytest.mark.parametrize("verb", ["put", "get"])
-def test_bar_counts_a_file_written_without_a_name(tmp_path: Path, verb: str) -> None:
-    """Uploads, and a get's copies, are made without a name (O_TMPFILE) where the disk
-    allows: ``/proc/self/fd`` shows them as "#<inode> (deleted)" in their folder."""
-    uploads = tmp_path / "tmp"
-    uploads.mkdir()
-    (tmp_path / "a.bin").write_bytes(b"x" * 5000)
-    source = (tmp_path / "a.bin").resolve()
-    bar = (
-        Transfer("put", [(source, 5000)], writes_in=uploads.resolve())
-        if verb == "put"
-        else Transfer("get", [(source, 5000)])
-    )
-    folder = uploads if verb == "put" else tmp_path / "out"
-    folder.mkdir(exist_ok=True)
-    out = os.open(folder, os.O_WRONLY | os.O_TMPFILE)
-    try:
-        with open(source, "rb"):
-            os.write(out, b"y" * 1234)
-            assert bar.poll() == f"{verb} a.bin"
-            assert bar.completed == 1234
-    finally:
-        os.close(out)
-    if verb == "put":  # one in another folder is not this put's upload
-        elsewhere = os.open(tmp_path, os.O_WRONLY | os.O_TMPFILE)
-        try:
-            with open(source, "rb"):
-                os.write(elsewhere, b"z" * 4000)
-                bar.poll()
-                assert bar.completed == 1234
-        finally:
-            os.close(elsewhere)
+class Stop(Exception):
+    """What the callbacks below raise to stop a transfer."""
 
 
-def test_bar_of_a_get_whose_size_was_unknown(tmp_path: Path) -> None:
-    drive_dir = tmp_path / "drives" / "d"
-    (drive_dir / "default").mkdir(parents=True)
-    (drive_dir / "default" / "late.bin").write_bytes(b"x" * 9000)
-    bar = Transfer("get", [], reads_below=drive_dir.resolve())
-    assert (bar.completed, bar.total) == (0, None)
-    with (
-        open(drive_dir / "default" / "late.bin", "rb"),
-        open(tmp_path / f"{TMP_PREFIX}get", "wb") as out,
-    ):
-        out.write(b"y" * 2500)
-        out.flush()
-        bar.poll()
-        assert (bar.completed, bar.total) == (2500, 9000)
+def write_random(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+async def test_a_large_put_and_get_report_in_the_loop_as_they_copy(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    data = write_random(workdir / "big.bin", LARGE)
+    put, got = Reports(), Reports()
+    async with Drive(drive_id) as drive:
+        await drive.put("big.bin", progress=put)
+        await drive.get("big.bin", to="out/big.bin", progress=got)
+    put.check(LARGE, partial=True)
+    assert put.threads == {threading.get_ident()}  # this event loop's, not a disk thread's
+    got.check(LARGE, partial=True)
+    assert got.threads == {threading.get_ident()}
+    assert (workdir / "out" / "big.bin").read_bytes() == data
+
+
+async def test_folders_report_every_byte_once(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files in batches, large ones on their own, a file already there: all counted."""
+    stage_file = DiskStore.stage_file
+    counting: dict[str, bool] = {}  # local file -> staged with a count of its bytes
+
+    def staging(self: DiskStore, source: Path, *args: Any, **kwargs: Any) -> Staged:
+        counting[source.as_posix()] = kwargs.get("on_copied") is not None
+        return stage_file(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(DiskStore, "stage_file", staging)
+    sizes = {f"d/small/{n:02}.bin": 1000 + n for n in range(70)}  # three batches
+    sizes |= {"d/empty.bin": 0, "d/mid.bin": 2 * MiB, "d/sub/large.bin": LARGE}
+    for path, size in sizes.items():
+        write_random(Path(path), size)
+    total = sum(sizes.values())
+    drive = make_drive(drive_id)
+    put = Reports()
+    await drive.put("d", progress=put)
+    put.check(total, partial=True)
+    assert sorted(await drive.list("d", recursive=True)) == sorted(sizes)
+    assert counting == dict.fromkeys(sizes, True)  # each file's bytes, as they are copied
+    # A local file with the same content is left as it is, and counts as copied.
+    Path("out/d").mkdir(parents=True)
+    shutil.copyfile("d/mid.bin", "out/d/mid.bin")
+    got = Reports()
+    await drive.get("d", to="out/d", progress=got)
+    got.check(total, partial=True)
+    for path in sizes:
+        assert filecmp.cmp(path, f"out/{path}", shallow=False)
+    if isinstance(drive, Drive):
+        assert put.threads == got.threads == {threading.get_ident()}
+    else:  # a SyncDrive's caller: the worker thread the test runs it in
+        assert put.threads == got.threads != {threading.get_ident()}
+
+
+async def test_small_files_report_once_done(make_drive: MakeDrive, drive_id: str) -> None:
+    Path("a.txt").write_bytes(b"hello")
+    Path("empty.txt").write_bytes(b"")
+    drive = make_drive(drive_id)
+    put, put_empty = Reports(), Reports()
+    await drive.put("a.txt", progress=put)
+    await drive.put("empty.txt", progress=put_empty)
+    assert put == [(5, 5)] and put_empty == [(0, 0)]
+    got, got_empty = Reports(), Reports()
+    await drive.get("a.txt", to="out/a.txt", progress=got)
+    await drive.get("empty.txt", to="out/empty.txt", progress=got_empty)
+    assert got == [(0, 5), (5, 5)] and got_empty == [(0, 0)]
+    assert Path("out/a.txt").read_bytes() == b"hello"
+
+
+async def test_an_error_in_the_callback_stops_a_put_and_leaves_nothing(
+    make_drive: MakeDrive, drive_id: str, root: Path
+) -> None:
+    write_random(Path("big.bin"), LARGE)
+    drive = make_drive(drive_id)
+    stopping = Reports(stop_at=1)  # at the first bytes copied
+    with pytest.raises(Stop):
+        await drive.put("big.bin", progress=stopping)
+    assert 0 < stopping[-1][0] < LARGE  # it stopped midway
+    assert not await drive.exists("big.bin")
+    sync = drive.sync if hasattr(drive, "sync") else drive
+    assert uploads_in_progress(root, sync) == 0
+    # Raised before the first byte of a folder: nothing of it is stored.
+    write_random(Path("d/a.bin"), 100)
+    write_random(Path("d/b.bin"), LARGE)
+    with pytest.raises(Stop):
+        await drive.put("d", progress=Reports(stop_at=0))
+    assert await drive.list(".", recursive=True) == []
+    assert uploads_in_progress(root, sync) == 0
+
+
+async def test_an_error_in_the_callback_stops_a_get_and_leaves_nothing(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    write_random(Path("big.bin"), LARGE)
+    drive = make_drive(drive_id)
+    await drive.put("big.bin")
+    (workdir / "out").mkdir()
+    stopping = Reports(stop_at=1)
+    with pytest.raises(Stop):
+        await drive.get("big.bin", to="out/big.bin", progress=stopping)
+    assert 0 < stopping[-1][0] < LARGE
+    assert os.listdir(workdir / "out") == []  # no partial copy, no temporary file
+    await drive.get("big.bin", to="out/big.bin")  # and nothing in the way of the next
+    assert filecmp.cmp("big.bin", "out/big.bin", shallow=False)
+
+
+def test_sync_drive_reports_in_the_calling_thread(env: dict[str, str], workdir: Path,
+                                                  drive_id: str) -> None:  # fmt: skip
+    write_random(workdir / "big.bin", LARGE)
+    reports: list[Reports] = []
+
+    def transfer() -> None:
+        with SyncDrive(drive_id) as drive:
+            put, got = Reports(), Reports()
+            drive.put("big.bin", progress=put)
+            drive.get("big.bin", to="out/big.bin", progress=got)
+            reports.extend([put, got])
+
+    thread = threading.Thread(target=transfer)
+    thread.start()
+    thread.join()
+    assert len(reports) == 2
+    for report in reports:
+        report.check(LARGE, partial=True)
+        assert report.threads == {thread.ident}
+
+
+async def test_the_reporter_hands_counts_from_any_thread_to_the_loop() -> None:
+    reports = Reports()
+    with reporting(reports) as reporter:
+        assert reporter is not None
+        reporter.expect(100)
+        await anyio.to_thread.run_sync(reporter.add, 30)  # reported before this returns
+        assert reports == [(0, 100), (30, 100)]
+        reporter.add(20)  # in the loop's own thread: at once
+        assert reports[-1] == (50, 100)
+        reporter.add(90)  # past the total (a file that grew since it was measured)
+        assert reports[-1] == (100, 100)
+        reporter.finish()
+    assert reports == [(0, 100), (30, 100), (50, 100), (100, 100)]
+    assert reports.threads == {threading.get_ident()}
+    with reporting(None) as nothing:
+        assert nothing is None
+
+
+async def test_the_reporter_stops_the_copies_once_the_callback_fails() -> None:
+    def fails(done: int, total: int) -> None:
+        if done:
+            raise Stop(done)
+
+    with pytest.raises(Stop) as raised, reporting(fails) as reporter:
+        assert reporter is not None
+        reporter.expect(10)
+        await anyio.to_thread.run_sync(reporter.add, 3)  # the callback fails meanwhile
+        with pytest.raises(ProgressStopped):
+            await anyio.to_thread.run_sync(reporter.add, 3)  # the copy's next count
+        raise ProgressStopped  # as the copy's error comes out of the transfer
+    assert raised.value.args == (3,)  # the callback's own, once
+
+
+def test_the_exported_callback_type_fits_a_function() -> None:
+    def show(done: int, total: int) -> None:
+        pass
+
+    callback: ProgressCallback = show
+    assert callback(1, 2) is None
+
+
+def test_a_bar_counts_each_transfer_after_the_ones_before() -> None:
+    bar = TransferBar("put 2 files", total=300)
+    first = bar.part()
+    first(0, 100)
+    first(60, 100)
+    assert (bar.completed, bar.total) == (60, 300)
+    first(100, 100)
+    second = bar.part()
+    second(0, 200)
+    second(150, 200)
+    assert (bar.completed, bar.total) == (250, 300)
+    second(200, 200)
+    assert (bar.completed, bar.total) == (300, 300)
+    # Without a total known in advance (a get), each transfer's own counts once reported.
+    get = TransferBar("get d")
+    assert (get.completed, get.total) == (0, None)
+    report = get.part()
+    report(10, 40)
+    assert (get.completed, get.total) == (10, 40)
+    with get:  # ends full when the transfer returns
+        pass
+    assert (get.completed, get.total) == (40, 40)
 
 
 def test_piped_and_json_show_no_bar(env: dict[str, str], workdir: Path, drive_id: str) -> None:
@@ -144,7 +303,6 @@ def tmux() -> Iterator[list[str]]:
 
 
 BAR = re.compile(r"^(put|get) big\.bin +[━╸╺]+ +([\d.]+)/([\d.]+) MiB", re.MULTILINE)
-GET_BAR = re.compile(r"^get( big\.bin)? +[━╸╺]+ +[\d.]+/[\d.]+ MiB", re.MULTILINE)
 
 
 @pytest.mark.slow
@@ -204,20 +362,16 @@ def test_bar_on_a_terminal(
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     assert Path("rcs").read_text().split() == ["0"] * len(steps), final
-    # While the put ran, a bar showed part of the file written.
-    partial = [
-        float(m[2])
-        for screen in running
-        for m in BAR.finditer(screen)
-        if m[1] == "put" and m[3] == f"{BIG}.0" and 0 < float(m[2]) < BIG
-    ]
-    assert partial, "no partial put bar seen:\n" + "\n----\n".join(running[-5:])
-    assert partial == sorted(partial)  # it only moves forward
-    # A get bar showed up before the get printed its result (named after the file once the
-    # bar has seen it open: a get from a fast disk can end before that).
-    assert any("-> out/big.bin" not in screen and GET_BAR.search(screen) for screen in running), (
-        "no get bar seen while the get ran:\n" + "\n----\n".join(running[-5:])
-    )
+    # While each transfer ran, its bar showed part of the file copied, only moving forward.
+    for verb in ("put", "get"):
+        partial = [
+            float(m[2])
+            for screen in running
+            for m in BAR.finditer(screen)
+            if m[1] == verb and m[3] == f"{BIG}.0" and 0 < float(m[2]) < BIG
+        ]
+        assert partial, f"no partial {verb} bar seen:\n" + "\n----\n".join(running[-5:])
+        assert partial == sorted(partial)
     # Each finished bar stays complete; the --json put drew none.
     done = [(m[1], m[2], m[3]) for m in BAR.finditer(final)]
     assert done == [("put", f"{BIG}.0", f"{BIG}.0"), ("get", f"{BIG}.0", f"{BIG}.0")], final

@@ -482,7 +482,7 @@ def test_a_get_never_replaces_a_local_file_made_while_it_copies(
     copy_all = storage._FdCopier.copy_all
     in_the_way: list[Any] = []
 
-    def made_meanwhile(self: Any, size: int | None = None) -> Any:
+    def made_meanwhile(self: Any, size: int | None = None, on_copied: Any = None) -> Any:
         in_the_way[0]()
         return copy_all(self, size)
 
@@ -522,7 +522,7 @@ def test_a_get_that_fails_halfway_leaves_no_file(
     store.install(store.stage_bytes(b"drive bytes"), "c", "f.bin", META)
     copy_all = storage._FdCopier.copy_all
 
-    def fails_halfway(self: Any, size: int | None = None) -> Any:
+    def fails_halfway(self: Any, size: int | None = None, on_copied: Any = None) -> Any:
         copy_all(self, 4)
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -541,7 +541,7 @@ def test_a_get_whose_local_folder_goes_says_so(
     copy_all = storage._FdCopier.copy_all
     local = tmp_path / "local"
 
-    def folder_goes(self: Any, size: int | None = None) -> Any:
+    def folder_goes(self: Any, size: int | None = None, on_copied: Any = None) -> Any:
         shutil.rmtree(local)  # with a temporary name in it, if any
         return copy_all(self, size)
 
@@ -577,7 +577,7 @@ def test_a_get_names_its_copy_where_the_local_disk_cannot_make_unnamed_files(
 
 
 def _get_and_die(root: str, dest: str) -> None:
-    def dies_halfway(self: Any, size: int | None = None) -> Any:
+    def dies_halfway(self: Any, size: int | None = None, on_copied: Any = None) -> Any:
         storage._FdCopier.copy_all = copy_all  # type: ignore[method-assign]
         copy_all(self, 4)
         os._exit(0)  # as a process killed mid-get: nothing cleaned up
@@ -1060,3 +1060,22 @@ def test_a_slow_syncfs_turns_the_syncfs_of_calls_off_for_a_while(
     storage._slow_syncfs_until[device] = time.monotonic() - 1  # the pause is over
     with store.sync_together(2) as together:
         assert together.planned
+
+
+@pytest.mark.parametrize("size", [0, 5000, storage.PARALLEL_HASH_MIN + 3 * storage.CHUNK + 7])
+def test_copies_count_every_byte_they_copy(store: DiskStore, tmp_path: Path, size: int) -> None:
+    """``on_copied`` (for ``progress=``): in steps for a large file, once for a small one."""
+    data = os.urandom(size)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    staged_counts: list[int] = []
+    staged = store.stage_file(source, on_copied=staged_counts.append)
+    assert sum(staged_counts) == staged.size == size
+    assert len(staged_counts) == (size // storage._KERNEL_STEP + 1 if size > 5000 else size > 0)
+    store.install(staged, "c", "f.bin", META)
+    checksum = hashlib.sha256(data).hexdigest()
+    dest = tmp_path / "local" / "f.bin"
+    for copied in (True, False):  # a local file with the same content counts as copied
+        got_counts: list[int] = []
+        assert store.copy_out("c", "f.bin", dest, checksum, False, got_counts.append) is copied
+        assert sum(got_counts) == size and dest.read_bytes() == data
