@@ -61,8 +61,10 @@ class ProgressReporter:
         self._reported = -1
         self._scheduled = False
         self._closed = False
-        #: What the callback raised, if it did: every copy stops at its next count.
-        self.error: Exception | None = None
+        #: What the callback raised, if it did: every copy stops at its next count. Any
+        #: exception, KeyboardInterrupt too: raised from a callback of the loop's, it would
+        #: leave the loop with the transfer's task unfinished.
+        self.error: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<ProgressReporter {self._done}/{self._total} bytes>"
@@ -124,7 +126,7 @@ class ProgressReporter:
         self._reported = done
         try:
             self._callback(done, total)
-        except Exception as exc:
+        except BaseException as exc:
             self.error = exc
 
 
@@ -148,8 +150,8 @@ def _reporting(callback: ProgressCallback) -> Iterator[ProgressReporter]:
     reporter = ProgressReporter(callback)
     try:
         yield reporter
-    except Exception:
-        if reporter.error is not None:
+    except BaseException as exc:
+        if reporter.error is not None and not isinstance(exc, asyncio.CancelledError):
             raise reporter.error from None
         raise
     finally:

@@ -26,7 +26,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
-from asyncdrive import Drive, ProgressCallback, SyncDrive
+from asyncdrive import Drive, SyncDrive
 from asyncdrive._bar import TransferBar
 from asyncdrive._progress import ProgressStopped, reporting
 from asyncdrive._storage import _KERNEL_STEP, PARALLEL_HASH_MIN, TMP_PREFIX, DiskStore, Staged
@@ -41,7 +41,7 @@ assert LARGE >= PARALLEL_HASH_MIN
 
 
 class Reports(list[tuple[int, int]]):
-    """A progress callback that records its calls and the threads they came in."""
+    """A progress callback (`ProgressCallback`) that records its calls and their threads."""
 
     def __init__(self, stop_at: int | None = None) -> None:
         super().__init__()
@@ -236,13 +236,19 @@ async def test_the_reporter_stops_the_copies_once_the_callback_fails() -> None:
         raise ProgressStopped  # as the copy's error comes out of the transfer
     assert raised.value.args == (3,)  # the callback's own, once
 
+    def interrupted(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
 
-def test_the_exported_callback_type_fits_a_function() -> None:
-    def show(done: int, total: int) -> None:
-        pass
-
-    callback: ProgressCallback = show
-    assert callback(1, 2) is None
+    # Raised in a callback of the loop's, it would leave the loop (and the transfer's task
+    # unfinished): it stops the transfer like any error instead, and is raised by it.
+    with pytest.raises(KeyboardInterrupt), reporting(interrupted) as reporter:
+        assert reporter is not None
+        reporter.expect(10)
+        await anyio.to_thread.run_sync(reporter.add, 3)
+        with pytest.raises(ProgressStopped):
+            reporter.add(3)
+        raise ProgressStopped
 
 
 def test_a_bar_counts_each_transfer_after_the_ones_before() -> None:
