@@ -74,6 +74,7 @@ from ._storage import (
     SyncTogether,
     is_local_filesystem,
     upload_identity,
+    version_on_disk,
 )
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
@@ -1430,8 +1431,12 @@ class Drive:
                 and not conn.inline
                 and conn.quick_calls.allows()
             ):  # here, as a get's copy: no hop to a thread and back, which would cost more
-                return conn.quick_calls.run(store.read, info.component_name, drive_path)
-            return await conn.run_sync(_read_looking, store, info.component_name, drive_path)
+                return conn.quick_calls.run(
+                    store.read, info.component_name, drive_path, info.version
+                )
+            return await conn.run_sync(
+                _read_looking, store, info.component_name, drive_path, info.version
+            )
         except FileNotFoundError:
             raise self._not_found(drive_path, [], component_name) from None
 
@@ -1555,8 +1560,9 @@ class Drive:
             for number, (info, dest) in enumerate(copies):
                 try:
                     store.copy_out(
-                        info.component_name, info.path, dest, info.checksum, overwrite, on_copied
-                    )
+                        info.component_name, info.path, dest, info.checksum, overwrite,
+                        on_copied, info.version,
+                    )  # fmt: skip
                 except (FileExistsError, FileNotFoundError) as exc:
                     return number, exc
             return None
@@ -1577,6 +1583,7 @@ class Drive:
                     conn.quick_calls.run(
                         store.copy_out,
                         *(info.component_name, info.path, dest, info.checksum, overwrite),
+                        *(None, info.version),
                     )
                 else:
                     await conn.small_copies.submit((info, dest, overwrite), info.size)
@@ -1817,13 +1824,14 @@ class Drive:
         for _attempt in range(_OPEN_ATTEMPTS):
             info = await self._file_info(conn, path, component_name)
             try:
-                fd, size = await conn.run_sync(conn.store.open_file, info.component_name, path)
+                fd, is_it = await conn.run_sync(_open_version, conn.store, info)
             except FileNotFoundError:
                 continue  # deleted or replaced between the two steps: look again
-            if size == info.size:
+            if is_it:
                 return DriveReader(self.name, info, fd)
-            # The bytes are of another version than the entry read (a replacement between
-            # its rename and its commit): close them and read the entry again.
+            # The bytes are of another version than the entry read (a newer one committed
+            # since, or one between its rename and its commit without a backup of the
+            # entry's): close them and read the entry again.
             os.close(fd)
             await anyio.sleep(0.01)
         raise DriveError(
@@ -2200,14 +2208,25 @@ class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
 
 
-def _read_looking(store: DiskStore, component: str, path: str) -> bytes:
+def _open_version(store: DiskStore, info: FileInfo) -> tuple[int, bool]:
+    """Open the bytes of ``info`` (see `DiskStore.open_file`); return (fd, whether they are).
+
+    Told by the version in the file's metadata attribute; without one (metadata files), by
+    the size.
+    """
+    fd, size = store.open_file(info.component_name, info.path, info.version)
+    on_disk = version_on_disk(fd)
+    return fd, (size == info.size if on_disk is None else on_disk == info.version)
+
+
+def _read_looking(store: DiskStore, component: str, path: str, version: int) -> bytes:
     """`DiskStore.read`, in a worker thread, having looked where the root is.
 
     Once the root is known to be on this machine's disks, the next small reads are made in
     the event loop's thread (see `Drive.read_bytes`), even by a drive that only reads.
     """
     store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
-    return store.read(component, path)
+    return store.read(component, path, version)
 
 
 def _copy_each(
@@ -2220,9 +2239,11 @@ def _copy_each(
     outcomes: list[bool | BaseException] = []
     for info, dest, overwrite in copies:
         try:
-            outcomes.append(
-                store.copy_out(info.component_name, info.path, dest, info.checksum, overwrite)
-            )
+            copied = store.copy_out(
+                info.component_name, info.path, dest, info.checksum, overwrite,
+                None, info.version,
+            )  # fmt: skip
+            outcomes.append(copied)
         except Exception as exc:  # this file's: the others go on
             outcomes.append(exc)
         quick.learn(QuickCalls.folder_of(dest))

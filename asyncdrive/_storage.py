@@ -823,6 +823,25 @@ def _parse_meta_attribute(value: bytes) -> object:
     return json.loads(value)
 
 
+def version_on_disk(fd: int) -> int | None:
+    """Return the version the metadata attribute of the open file ``fd`` says, if it has one.
+
+    None without the attribute (a disk that keeps metadata files, a file being written).
+    """
+    try:
+        value = os.getxattr(fd, META_XATTR)
+    except OSError:
+        return None
+    if len(value) == _META_PACKED.size and value[0] == _META_PACKED_FORMAT:
+        return int(_META_PACKED.unpack(value)[4])
+    try:
+        meta = json.loads(value)
+    except ValueError:
+        return None
+    version = meta.get("version") if isinstance(meta, dict) else None
+    return version if type(version) is int else None
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -925,6 +944,9 @@ class _TempNames:
 _temp_names = _TempNames()
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted in the root opens at once (then refused as no regular file)
+# instead of waiting for a writer; a regular file's reads ignore it.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
@@ -1877,8 +1899,15 @@ class DiskStore:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def open_file(self, component: str, path: str) -> tuple[int, int]:
+    def open_file(self, component: str, path: str, version: int | None = None) -> tuple[int, int]:
         """Open ``component``'s copy of ``path`` for reading; return (descriptor, size).
+
+        ``version``: the one the index has. Where the file at the path says another (its
+        metadata attribute: a replacement between its rename and its commit, or whose
+        writer died there) and the backup of that version is beside it (see `install`),
+        the backup is opened instead, so that a reader reads committed bytes. Without the
+        backup (a newer version committed since the index was read, and its backup
+        dropped), or without the attribute (metadata files), the file at the path.
 
         Raises `FileNotFoundError` if it is missing or not a regular file.
         """
@@ -1887,18 +1916,42 @@ class DiskStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise FileNotFoundError(path)
+        if version is not None and version_on_disk(fd) not in (version, None):
+            backup = self._open_backup(component, path, version)
+            if backup is not None:
+                os.close(fd)
+                return backup
         return fd, st.st_size
 
-    def _open_component_file(self, component: str, path: str) -> int:
+    def _open_backup(self, component: str, path: str, version: int) -> tuple[int, int] | None:
+        """Open the backup of ``version`` of ``component``'s ``path``; None if there is none."""
         parts = self._parts(component, path)
-        # O_NONBLOCK: a FIFO planted in the root opens at once (then refused as no regular
-        # file) instead of waiting for a writer; a regular file's reads ignore it.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        return self._open_in_root(parts, path, flags)
+        try:
+            folder = self._open_in_root(parts[:-1], path, _FOLDER_FLAGS)
+        except (OSError, InvalidPathError):
+            return None
+        try:
+            for name in os.listdir(folder):
+                if (_backup_parts(name) or ("", ""))[1] != parts[-1]:
+                    continue
+                try:
+                    fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+                except OSError:
+                    continue  # dropped meanwhile, or not a file
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and version_on_disk(fd) == version:
+                    return fd, st.st_size
+                os.close(fd)
+            return None
+        finally:
+            os.close(folder)
 
-    def read(self, component: str, path: str) -> bytes:
-        """Return the bytes of ``component``'s copy of ``path``."""
-        fd, size = self.open_file(component, path)
+    def _open_component_file(self, component: str, path: str) -> int:
+        return self._open_in_root(self._parts(component, path), path, _READ_FLAGS)
+
+    def read(self, component: str, path: str, version: int | None = None) -> bytes:
+        """Return the bytes of ``component``'s copy of ``path`` (``version``: see `open_file`)."""
+        fd, size = self.open_file(component, path, version)
         try:
             chunks = []
             while chunk := os.read(fd, max(size + 1, 1 << 16)):  # one read, and the end
@@ -1915,6 +1968,7 @@ class DiskStore:
         checksum: str,
         overwrite: bool,
         on_copied: OnCopied | None = None,
+        version: int | None = None,
     ) -> bool:
         """Copy ``component``'s ``path`` to local ``dest``; return False if dest already matched.
 
@@ -1925,9 +1979,10 @@ class DiskStore:
         ``overwrite``: neither the link nor the rename replaces it then. `FileNotFoundError`
         means the drive's file is missing; a local path that goes away during the copy
         raises `LocalPathGoneError` instead. ``on_copied(n)`` as the bytes are copied, or
-        once with the size for a local file that already matched (for ``progress=``).
+        once with the size for a local file that already matched (for ``progress=``);
+        ``version``: see `open_file`.
         """
-        src, size = self.open_file(component, path)
+        src, size = self.open_file(component, path, version)
         try:
             # A large file is not copied if a local file is in the way; a small one is
             # copied first (looking would cost as much), then placed only if none is.

@@ -362,9 +362,9 @@ async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
     read_in: list[tuple[str, str]] = []
     read = DiskStore.read
 
-    def recording_reads(self: DiskStore, component: str, path: str) -> bytes:
+    def recording_reads(self: DiskStore, component: str, path: str, *args: Any) -> bytes:
         read_in.append((path, "loop" if threading.current_thread() is loop_thread else "worker"))
-        return read(self, component, path)
+        return read(self, component, path, *args)
 
     monkeypatch.setattr(DiskStore, "copy_out", recording)
     monkeypatch.setattr(DiskStore, "read", recording_reads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -291,6 +292,48 @@ async def test_a_dead_writers_backup_does_not_stop_the_next_put_and_gc_settles_i
     assert (report.installs_kept, report.installs_undone) == (0, 1)
     assert await drive.read_bytes("x.bin") == target.read_bytes() == b"v2"
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+
+
+async def test_readers_read_the_committed_bytes_while_a_replacement_is_not_committed(
+    make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path
+) -> None:
+    """Between a replacement's rename and its commit (its writer dead there, say), the
+    file at the path holds bytes the index does not know: readers read the backup beside
+    it, the version the index has, until a commit or `gc()` settles the path."""
+    drive = make_drive(drive_id)
+    store = DiskStore(root, drive_id[6:])
+    sizes = {"d/small.bin": 100, "d/large.bin": 3 << 20}  # copied in the loop / a worker thread
+    committed: dict[str, bytes] = {}
+    for path, size in sizes.items():
+        committed[path] = os.urandom(size)
+        await drive.write_bytes(path, committed[path])
+        # Died before its commit: other bytes, of another size, at the path.
+        dead = store.install(
+            store.stage_bytes(b"never committed" * 1000), "default", path, {"version": 2}
+        )
+        assert dead is not None and dead.read_bytes() == committed[path]
+    assert store.meta_in_xattr  # (where metadata lives in files, readers read the path)
+    for path, data in committed.items():
+        assert store.file_path("default", path).read_bytes() != data
+        assert await drive.read_bytes(path) == data
+        await drive.get(path, to=f"out/{path}")
+        assert (workdir / "out" / path).read_bytes() == data
+        assert (await drive.info(path)).version == 1
+    # Gets side by side (their copies made together in a worker thread), and a folder get.
+    await asyncio.gather(*(drive.get(p, to=f"side/{p}") for p in committed))
+    await drive.get("d", to="folder/d")
+    for path, data in committed.items():
+        assert (workdir / "side" / path).read_bytes() == data
+        assert (workdir / "folder" / path).read_bytes() == data
+    if isinstance(drive, Drive):  # an open reader keeps the committed version
+        async with drive.open("d/large.bin") as f:
+            assert f.info.version == 1 and await f.read() == committed["d/large.bin"]
+    # Once a put commits over it, readers read that; gc() then drops the backup.
+    await drive.write_bytes("d/small.bin", b"v2")
+    assert await drive.read_bytes("d/small.bin") == b"v2"
+    report = await drive.gc(grace=0)
+    assert (report.installs_kept, report.installs_undone) == (1, 1)
+    assert await drive.read_bytes("d/large.bin") == committed["d/large.bin"]
 
 
 async def test_gc_drops_a_backup_whose_file_has_no_entry(

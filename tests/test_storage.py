@@ -1079,3 +1079,23 @@ def test_copies_count_every_byte_they_copy(store: DiskStore, tmp_path: Path, siz
         got_counts: list[int] = []
         assert store.copy_out("c", "f.bin", dest, checksum, False, got_counts.append) is copied
         assert sum(got_counts) == size and dest.read_bytes() == data
+
+
+def test_a_read_of_a_version_finds_its_backup(store: DiskStore) -> None:
+    """`open_file(..., version)`: the path's file if it is that version, else the backup of
+    that version beside it (a replacement not committed), else the path's file anyway."""
+    store.install(store.stage_bytes(b"version 1"), "c", "d/f.bin", {"version": 1})
+    store.install(store.stage_bytes(b"other file"), "c", "d/g.bin", {"version": 1})
+    assert store.read("c", "d/f.bin", 1) == b"version 1"
+    backup = store.install(store.stage_bytes(b"version 2!"), "c", "d/f.bin", {"version": 2})
+    assert backup is not None
+    assert store.read("c", "d/f.bin", 1) == b"version 1"  # from the backup
+    assert store.read("c", "d/f.bin", 2) == store.read("c", "d/f.bin") == b"version 2!"
+    fd, size = store.open_file("c", "d/f.bin", 1)
+    try:
+        assert (size, storage.version_on_disk(fd)) == (9, 1)
+    finally:
+        os.close(fd)
+    store.drop_backup(backup)  # committed, and the backup dropped: the path's file
+    assert store.read("c", "d/f.bin", 1) == b"version 2!"
+    assert store.read("c", "d/g.bin", 7) == b"other file"  # no backup of it at all
