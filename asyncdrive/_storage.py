@@ -1916,7 +1916,11 @@ class DiskStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise FileNotFoundError(path)
-        if version is not None and version_on_disk(fd) not in (version, None):
+        if (
+            version is not None
+            and self.meta_in_xattr is not False  # known to keep metadata in files: no look
+            and version_on_disk(fd) not in (version, None)
+        ):
             backup = self._open_backup(component, path, version)
             if backup is not None:
                 os.close(fd)
