@@ -16,11 +16,12 @@ raised by the put or get.
 
 Example:
     >>> def show(done: int, total: int) -> None:
-    ...     print(f"{done / total:.0%}")
+    ...     print(f"{done}/{total} bytes")  # total is 0 for an empty file
     >>> await drive.put("ckpt", progress=show)
-    0%
+    0/73400320 bytes
+    8388608/73400320 bytes
     ...
-    100%
+    73400320/73400320 bytes
 
 """
 
