@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -101,14 +102,26 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: The event loops that blocking calls run in their caller's thread (a `SyncDrive`'s), for
+#: `check_not_in_event_loop`'s message.
+BLOCKING_CALL_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
 def check_not_in_event_loop(what: str) -> None:
     """Raise RuntimeError if this thread runs an event loop (a blocking call would hang it).
 
     ``what`` names the call, e.g. ``"SyncDrive.exists"``.
     """
     # asyncio's low-level query, which returns None rather than raising (on every call).
-    if asyncio._get_running_loop() is None:
+    running = asyncio._get_running_loop()
+    if running is None:
         return
+    if running in BLOCKING_CALL_LOOPS:
+        raise RuntimeError(
+            f"{what}() blocks, and was called inside another blocking SyncDrive call of this "
+            "thread (from its progress= callback, say), whose event loop it would freeze. "
+            "Call it once that call has returned, or from another thread."
+        )
     raise RuntimeError(
         f"{what}() blocks, and was called inside a running event loop, which it would freeze. "
         "Use the async Drive and 'await' its methods instead."

@@ -12,7 +12,8 @@ total is known, where it is before the first byte is copied (a folder, a large f
 as the bytes are copied (each file's end; within a large file, every few MiB), and last
 with ``(total, total)`` before the transfer returns. ``done`` never goes back. An exception
 it raises stops the transfer, as any error would (nothing half-written stays), and is
-raised by the put or get.
+raised by the put or get (from the last call, once all is done: a put of one small file
+reports only then).
 
 Example:
     >>> def show(done: int, total: int) -> None:

@@ -66,6 +66,7 @@ class _CallerLoop:
         self.thread = threading.current_thread()
         # A loop of our own, never set as the thread's current one.
         self.loop = asyncio.new_event_loop()
+        _portal.BLOCKING_CALL_LOOPS.add(self.loop)
         self.lock = threading.Lock()
         self.pid = os.getpid()
         self.closed = False

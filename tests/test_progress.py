@@ -204,6 +204,22 @@ def test_sync_drive_reports_in_the_calling_thread(env: dict[str, str], workdir: 
         assert report.threads == {thread.ident}
 
 
+def test_a_sync_drive_called_from_its_own_callback_says_so(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    write_random(workdir / "a.bin", LARGE)
+    with SyncDrive(drive_id) as drive:
+
+        def lists(done: int, total: int) -> None:
+            drive.list(".")
+
+        with pytest.raises(RuntimeError, match=r"SyncDrive\.list\(\).*progress= callback"):
+            drive.put("a.bin", progress=lists)  # at (0, total): before any byte is copied
+        assert not drive.exists("a.bin")
+        drive.put("a.bin")  # and the drive works on
+        assert drive.info("a.bin").size == LARGE
+
+
 async def test_the_reporter_hands_counts_from_any_thread_to_the_loop() -> None:
     reports = Reports()
     with reporting(reports) as reporter:
