@@ -672,7 +672,7 @@ class Drive:
                 stage = functools.partial(
                     conn.store.stage_file, local / rel if rel else local, on_copied=on_copied
                 )
-                await self._put(conn, drive_path_of(rel), stage, precondition)
+                await self._put(conn, drive_path_of(rel), stage, precondition, on_copied=on_copied)
                 return
             jobs = [(drive_path_of(rel), local / rel if rel else local) for rel, _ in batch]
             await self._put_batch(conn, jobs, precondition, on_copied)
@@ -873,6 +873,7 @@ class Drive:
         *,
         small: bool = False,
         tentative: bool = False,
+        on_copied: OnCopied | None = None,
     ) -> FileInfo:
         """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them.
 
@@ -884,6 +885,9 @@ class Drive:
 
         ``tentative``: a refused check raises `_NotASmallFile` instead of its error, as
         ``stage`` does when it finds no small file to stage (the lock is then released).
+        ``on_copied``: the count ``stage`` reports to (see `ProgressReporter.add`), asked
+        once more before the commit, so that a progress callback that failed during the
+        copy stops the put then, whenever its report ran.
         """
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
@@ -912,6 +916,8 @@ class Drive:
             self._raise_put_refused(path, checked, precondition)
             stage = await conn.run_sync(stage, True)
         try:
+            if on_copied is not None:
+                on_copied(0)  # raises if the callback failed: no lock taken, nothing committed
             token, checked = await self._lock_put(conn, path, precondition)
             if tentative and checked.status != "ok":
                 raise _NotASmallFile  # no lock held if refused
