@@ -829,14 +829,8 @@ def version_on_disk(fd: int) -> int | None:
     None without the attribute (a disk that keeps metadata files, a file being written).
     """
     try:
-        value = os.getxattr(fd, META_XATTR)
-    except OSError:
-        return None
-    if len(value) == _META_PACKED.size and value[0] == _META_PACKED_FORMAT:
-        return int(_META_PACKED.unpack(value)[4])
-    try:
-        meta = json.loads(value)
-    except ValueError:
+        meta = _parse_meta_attribute(os.getxattr(fd, META_XATTR))
+    except (OSError, ValueError):
         return None
     version = meta.get("version") if isinstance(meta, dict) else None
     return version if type(version) is int else None
