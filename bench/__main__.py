@@ -205,7 +205,7 @@ def _write(report: Report, args: argparse.Namespace) -> None:
         return
     md_path = out / "BENCHMARKS.md" if out else harness.BENCHMARKS_MD
     previous = md_path.read_text() if md_path.exists() else ""
-    md_path.write_text(report.markdown(list(BENCHMARKS), previous))
+    md_path.write_text(report.markdown(list(BENCHMARKS.values()), previous))
     print(f"wrote {md_path}")
 
 

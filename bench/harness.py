@@ -164,6 +164,29 @@ class Table:
         return "\n".join([*out, line(self.columns), align, *(line(r) for r in self.rows)])
 
 
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets as a run measured it: a row of BENCHMARKS.md's summary.
+
+    ``limit`` says, where the target is missed, what limits the figure, in a sentence (the
+    benchmark's notes give the measurements behind it).
+
+    Example:
+        >>> Target("sequential put / floor", "0.63x (0.61x..0.71x)", "≥ 0.7x", met=False,
+        ...        limit="two thread wake-ups a put, which the floor does not make")
+    """
+
+    what: str
+    measured: str
+    goal: str
+    met: bool
+    limit: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.met else "miss"
+
+
 @dataclass
 class Result:
     """What a benchmark reports: prose, tables and notes to read, ``data`` for the JSON."""
@@ -180,6 +203,8 @@ class Result:
     #: Charts drawn by the benchmark: (caption, path relative to BENCHMARKS.md), shown as
     #: images in its markdown section and as paths in the terminal.
     charts: list[tuple[str, str]] = field(default_factory=list)
+    #: The issue's targets it measures, for the summary at the top of BENCHMARKS.md.
+    targets: list[Target] = field(default_factory=list)
 
 
 @dataclass
@@ -624,6 +649,11 @@ class Report:
         parts += [table.text() for table in result.tables]
         parts += ["\n".join(f"- {note}" for note in result.notes)] if result.notes else []
         parts += [f"chart: {path} ({caption})" for caption, path in result.charts]
+        if result.targets:
+            table = Table(["target", "measured", "goal", ""], title="Targets")
+            for target in result.targets:
+                table.add(target.what, target.measured, target.goal, target.verdict)
+            parts.append(table.text())
         return "\n\n".join(parts) + "\n"
 
     def section(self, result: Result) -> str:
@@ -642,14 +672,19 @@ class Report:
         body = "\n\n".join(parts)
         return f"<!-- bench:{result.name} -->\n{body}\n<!-- /bench:{result.name} -->"
 
-    def markdown(self, order: Sequence[str], previous: str = "") -> str:
-        """Render BENCHMARKS.md: this run's sections, and ``previous`` ones for the others."""
+    def markdown(self, benchmarks: Sequence[Benchmark], previous: str = "") -> str:
+        """Render BENCHMARKS.md: this run's sections, and ``previous`` ones for the others.
+
+        ``benchmarks`` gives the order of the sections. The summary of the targets at the
+        top takes the rows of this run's benchmarks from their results, and those of the
+        others from ``previous``, as their sections are.
+        """
         kept = {
             m.group(1): m.group(0)
             for m in re.finditer(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->", previous, re.S)
         }
         fresh = {r.name: self.section(r) for r in self.results}
-        sections = [fresh.get(name) or kept.get(name) for name in order]
+        sections = [fresh.get(b.name) or kept.get(b.name) for b in benchmarks]
         rows = [("Date", self.date), ("Command", f"`{self.command}`"), *self.machine.items()]
         header = "\n".join(
             [
@@ -670,4 +705,55 @@ class Report:
                 *(f"| {key} | {value} |" for key, value in rows),
             ]
         )
-        return "\n\n".join([header, *(s for s in sections if s)]) + "\n"
+        parts = [header, self.targets_summary(benchmarks, previous), *sections]
+        return "\n\n".join(part for part in parts if part) + "\n"
+
+    def targets_summary(self, benchmarks: Sequence[Benchmark], previous: str = "") -> str:
+        """The table of every benchmark's targets, met or missed, and what limits a miss.
+
+        One row a `Target`; a benchmark this run did not measure keeps its rows from
+        ``previous`` (its first cell links to its section, by title). Empty if no row.
+        """
+        block = re.search(r"<!-- bench-targets -->\n.*?<!-- /bench-targets -->", previous, re.S)
+        old_rows = block.group(0).splitlines() if block else []
+        fresh = {r.name: r for r in self.results}
+        rows: list[str] = []
+        for bench in benchmarks:
+            link = f"[{bench.title}](#{_anchor(bench.title)})"
+            result = fresh.get(bench.name)
+            if result is None:
+                rows += [row for row in old_rows if row.startswith(f"| {link} |")]
+                continue
+            for target in result.targets:
+                cells = [link, target.what, target.measured, target.goal, f"**{target.verdict}**",
+                         "-" if target.met else target.limit or "-"]  # fmt: skip
+                rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        if not rows:
+            return ""
+        met = sum("| **pass** |" in row for row in rows)
+        return "\n".join(
+            [
+                "<!-- bench-targets -->",
+                "## Targets",
+                "",
+                f"The issue's targets as each section's last run measured them: {met} of "
+                f"{len(rows)} met. Each ratio is the median of ratios taken within a run (the "
+                "sections give min and max over the runs, and how each figure is measured); "
+                "where a target is missed, the last column says what limits it, and the "
+                "section's notes give the measurements behind that. How we got here, and what "
+                "was tried and not kept: [bench/NOTES.md](bench/NOTES.md).",
+                "",
+                "| section | target | measured | goal | | what limits it |",
+                "|---|---|---:|---:|---|---|",
+                *rows,
+                "",
+                "<!-- /bench-targets -->",
+            ]
+        )
+
+
+def _anchor(title: str) -> str:
+    """Return the anchor GitHub gives a heading: ``"Against the original Drive"`` ->
+    ``"against-the-original-drive"``."""
+    kept = (ch for ch in title.lower() if ch.isalnum() or ch in " -_")
+    return "".join(kept).replace(" ", "-")

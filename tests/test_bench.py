@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench import watch_latency
 
@@ -177,3 +178,52 @@ def test_scaling_quick_run_draws_its_chart(tmp_path: Path) -> None:
         "![put/get/list throughput by processes](scaling.png)"
         in (tmp_path / "BENCHMARKS.md").read_text()
     )
+
+
+def test_targets_summary_takes_fresh_rows_and_keeps_the_others() -> None:
+    from bench.harness import Benchmark, Report, Result, Target
+
+    def bench(name: str, title: str) -> Benchmark:
+        return Benchmark(name, title, run=lambda ctx: _no_run())
+
+    small, original = bench("small", "Small files"), bench("original", "Against the original Drive")
+    machine = {"CPU": "x", "Cores": "2", "Memory": "1 GiB", "Kernel": "k", "Python": "p",
+               "Server": "s", "Drive root": "ext4 (/tmp)"}  # fmt: skip
+
+    def report(*results: Result) -> Report:
+        return Report("2026-12-06 00:00 UTC", "python -m bench", False, machine, list(results))
+
+    def result(name: str, title: str, *targets: Target) -> Result:
+        return Result(name, title, "intro", [], targets=list(targets))
+
+    first = report(
+        result(
+            "small",
+            "Small files",
+            Target("put | sequential", "0.62x", "≥ 0.7x", False, "thread wake-ups"),
+        ),
+        result(
+            "original",
+            "Against the original Drive",
+            Target("list", "19x", "≥ 5x", True, "never shown when met"),
+        ),
+    ).markdown([small, original])
+    assert "1 of 2 met" in first
+    assert "| [Small files](#small-files) | put \\| sequential | 0.62x | ≥ 0.7x | **miss** | " \
+        "thread wake-ups |" in first  # fmt: skip
+    assert ("| [Against the original Drive](#against-the-original-drive) | list | 19x | ≥ 5x "
+            "| **pass** | - |") in first  # fmt: skip
+    assert first.index("## Targets") < first.index("## Small files")
+
+    # A run of one benchmark replaces its rows and keeps the other's, as its section.
+    second = report(
+        result("small", "Small files", Target("put | sequential", "0.71x", "≥ 0.7x", True, "x"))
+    ).markdown([small, original], first)
+    assert "2 of 2 met" in second
+    assert "0.62x" not in second and "| 0.71x | ≥ 0.7x | **pass** | - |" in second
+    assert "| [Against the original Drive](#against-the-original-drive) | list | 19x |" in second
+    assert second.count("<!-- bench-targets -->") == 1
+
+
+def _no_run() -> Any:
+    raise AssertionError("not run")
