@@ -637,12 +637,13 @@ class Drive:
         # missing file, a refused check) takes the general way below, which finds out what
         # is at ``local`` first and reports it in that order.
         with contextlib.suppress(_NotASmallFile):
-            info = await self._put(
+            await self._put(
                 conn, drive_path, functools.partial(_stage_small_file, conn.store, local),
                 precondition, small=True, tentative=True,
+                before_commit=None if reporter is None else reporter.complete,
             )  # fmt: skip
             if reporter is not None:
-                reporter.finish(info.size)
+                reporter.finish()
             return
         files = await conn.run_sync(_local_files, local)
         if files is None:
@@ -874,6 +875,7 @@ class Drive:
         small: bool = False,
         tentative: bool = False,
         on_copied: OnCopied | None = None,
+        before_commit: Callable[[int], None] | None = None,
     ) -> FileInfo:
         """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them.
 
@@ -887,7 +889,9 @@ class Drive:
         ``stage`` does when it finds no small file to stage (the lock is then released).
         ``on_copied``: the count ``stage`` reports to (see `ProgressReporter.add`), asked
         once more before the commit, so that a progress callback that failed during the
-        copy stops the put then, whenever its report ran.
+        copy stops the put then, whenever its report ran. ``before_commit(size)``: called
+        once a ``small`` file is installed, before its commit; if it raises, the install
+        is undone and the put raises that (a progress callback, told of the bytes staged).
         """
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
@@ -901,8 +905,9 @@ class Drive:
         may_create = known <= 0 and precondition in ("", "absent") and conn.index.wire is not None
         if small and may_create and not isinstance(stage, Staged):
             created = await self._create(
-                conn, path, stage, precondition, -known, tentative=tentative
-            )
+                conn, path, stage, precondition, -known, tentative=tentative,
+                before_commit=before_commit,
+            )  # fmt: skip
             if isinstance(created, FileInfo):
                 self._remember(component, path, created.version)
                 return created
@@ -927,7 +932,9 @@ class Drive:
             # finished whatever cancels the caller (anyio's scopes, or asyncio's timeouts).
             current = int(checked.detail)
             info = await to_its_end(
-                self._install_and_commit(conn, path, stage, precondition, current, token)
+                self._install_and_commit(
+                    conn, path, stage, precondition, current, token, before_commit
+                )
             )
         except BaseException:
 
@@ -952,6 +959,7 @@ class Drive:
         current: int,
         *,
         tentative: bool,
+        before_commit: Callable[[int], None] | None = None,
     ) -> FileInfo | Staged | FileIdentity:
         """Put a new small file without the commit lock: one round trip instead of two.
 
@@ -965,7 +973,8 @@ class Drive:
         writer or an older version, stage the bytes again and install them over this
         file, whose identity is returned. Other refusals undo the install and raise
         (``tentative``: as `_put`). It connects before the commit, so that a server that
-        cannot be reached leaves nothing behind either.
+        cannot be reached leaves nothing behind either, nor ``before_commit`` (see `_put`)
+        raising.
         """
         component = conn.config.component_name
         store = conn.store
@@ -984,6 +993,8 @@ class Drive:
             wire = conn.index.wire
             assert wire is not None
             try:  # an unreachable server: no commit was sent, so undo the install
+                if before_commit is not None:
+                    before_commit(info.size)
                 await wire.connect()
             except BaseException:
                 await self._remove_uncommitted(conn, path, identity)
@@ -1043,8 +1054,12 @@ class Drive:
         precondition: str,
         current: int,
         token: str,
+        before_commit: Callable[[int], None] | None = None,
     ) -> FileInfo:
-        """Install under the lock ``token``, then commit, which releases it on success."""
+        """Install under the lock ``token``, then commit, which releases it on success.
+
+        ``before_commit(size)``: see `_put`.
+        """
         component = conn.config.component_name
         store = conn.store
 
@@ -1060,6 +1075,12 @@ class Drive:
         except BaseException:
             await conn.index.unlock(component, path, token)
             raise
+        if before_commit is not None:
+            try:
+                before_commit(info.size)
+            except BaseException:
+                await self._undo_install(conn, path, token, (info, backup, installed))
+                raise
         # If the commit fails (the connection dropped), it may or may not have happened:
         # the new bytes and the backup of the old ones stay, and gc() compares the index
         # with the installed version to keep or undo the install, once Redis is back.
@@ -1103,6 +1124,13 @@ class Drive:
             return
         # A "conflict": another writer committed the path since the lock was taken, so
         # the lock's lease ran out; that writer may have installed over this upload.
+        await self._undo_install(conn, path, token, installed)
+        self._raise_put_refused(path, outcome, precondition)
+
+    async def _undo_install(
+        self, conn: _Connection, path: str, token: str, installed: _Installed
+    ) -> None:
+        """Put back what an uncommitted install replaced (unless replaced since); unlock."""
         _, backup, identity = installed
         try:
             await conn.run_sync(
@@ -1111,7 +1139,6 @@ class Drive:
             )  # fmt: skip
         finally:
             await conn.index.unlock(conn.config.component_name, path, token)
-        self._raise_put_refused(path, outcome, precondition)
 
     async def _finish_installs(self, conn: _Connection, backups: Sequence[Path | None]) -> None:
         """Drop the backups of committed installs, and mark the drive in use (once)."""

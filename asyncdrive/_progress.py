@@ -12,8 +12,9 @@ total is known, where it is before the first byte is copied (a folder, a large f
 as the bytes are copied (each file's end; within a large file, every few MiB), and last
 with ``(total, total)`` before the transfer returns. ``done`` never goes back. An exception
 it raises stops the transfer, as any error would (nothing half-written stays), and is
-raised by the put or get (from the last call, once all is done: a put of one small file
-reports only then).
+raised by the put or get. A put of a file reports its last bytes before it commits them,
+so an exception then leaves the file unstored; a folder's files stored before it stay;
+a get's last report comes with its file in place.
 
 Example:
     >>> def show(done: int, total: int) -> None:
@@ -97,17 +98,25 @@ class ProgressReporter:
         if self.error is not None:
             raise ProgressStopped
 
-    def finish(self, total: int | None = None) -> None:
-        """Report the whole transfer done (``total`` if its size was not known before).
+    def complete(self, total: int | None = None) -> None:
+        """Report every byte copied (``total`` if its size was not known before).
 
-        Copies that report nothing (small files) count here. Raises what the callback
-        raised, if it did.
+        Copies that report nothing (small files) count here: a put calls it before its
+        commit, so that a callback that fails on it stops the put. Raises `ProgressStopped`
+        if the callback failed (`reporting` raises the callback's own exception instead).
         """
         if total is not None:
             self._total = total
         with self._lock:
             self._done = max(self._done, self._total or 0)
         self._report()
+        if self.error is not None:
+            raise ProgressStopped
+
+    def finish(self, total: int | None = None) -> None:
+        """`complete`, then report nothing more; raise what the callback raised, if it did."""
+        with contextlib.suppress(ProgressStopped):
+            self.complete(total)
         self.close()
         if self.error is not None:
             raise self.error

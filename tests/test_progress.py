@@ -147,6 +147,38 @@ async def test_small_files_report_once_done(make_drive: MakeDrive, drive_id: str
     assert Path("out/a.txt").read_bytes() == b"hello"
 
 
+async def test_an_error_on_a_small_files_report_stops_its_put_before_the_commit(
+    make_drive: MakeDrive, drive_id: str, root: Path
+) -> None:
+    """A small file is reported once staged whole, before its commit: a callback that
+    fails then leaves the drive as it was, for a new file and for a replacement."""
+    Path("a.txt").write_bytes(b"hello")
+    drive = make_drive(drive_id)
+    stopping = Reports(stop_at=0)
+    with pytest.raises(Stop):
+        await drive.put("a.txt", progress=stopping)  # a new file: committed without a lock
+    assert stopping == [(5, 5)]
+    assert not await drive.exists("a.txt")
+    await drive.put("a.txt")
+    Path("a.txt").write_bytes(b"hello again")
+    stopping = Reports(stop_at=0)
+    with pytest.raises(Stop):
+        await drive.put("a.txt", progress=stopping)  # a replacement: under the commit lock
+    assert stopping == [(11, 11)]
+    assert await drive.read_bytes("a.txt") == b"hello"
+    assert (await drive.info("a.txt")).version == 1
+    # On disk too: the old bytes back in place, no backup of them left beside.
+    folder = root / "drives" / drive.name / drive.component_name
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]
+    assert (folder / "a.txt").read_bytes() == b"hello"
+    sync = drive.sync if hasattr(drive, "sync") else drive
+    assert uploads_in_progress(root, sync) == 0
+    # The path is not left locked: the next put goes through at once.
+    await drive.put("a.txt", progress=Reports())
+    assert await drive.read_bytes("a.txt") == b"hello again"
+    assert (await drive.info("a.txt")).version == 2
+
+
 async def test_an_error_in_the_callback_stops_a_put_and_leaves_nothing(
     make_drive: MakeDrive, drive_id: str, root: Path
 ) -> None:
