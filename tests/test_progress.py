@@ -333,6 +333,18 @@ async def test_the_reporter_stops_the_copies_once_the_callback_fails() -> None:
             reporter.add(3)
         raise ProgressStopped
 
+    # A small file's put completes the count itself, inside its steps (a task of their
+    # own): the same, ProgressStopped there, the callback's KeyboardInterrupt out of it.
+    stopped: list[ProgressStopped] = []
+    with pytest.raises(KeyboardInterrupt), reporting(interrupted) as reporter:
+        assert reporter is not None
+        try:
+            reporter.complete(5)
+        except ProgressStopped as exc:
+            stopped.append(exc)
+            raise
+    assert stopped
+
 
 def test_a_bar_counts_each_transfer_after_the_ones_before() -> None:
     bar = TransferBar("put 2 files", total=300)
