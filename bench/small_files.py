@@ -58,6 +58,11 @@ class Case:
 CASES = (
     Case("floor", "floor: temp file + fsync + rename + 1 round trip / 1 round trip + copy",
          "floor"),
+    # The floor from several threads and processes: how far the machine (2 cores, one
+    # interpreter lock a process) lets the least a put or get must do scale, beside which
+    # the drive's own concurrent cases are read.
+    Case("floor_threads", f"floor, {THREADS} threads", "floor", THREADS),
+    Case("floor_processes", f"floor, {PROCESSES} processes", "floor", 1, PROCESSES),
     Case("sequential", "Drive, sequential", "sequential"),
     Case("tasks", f"Drive, {TASKS} asyncio tasks", "tasks", TASKS),
     Case("threads", f"SyncDrive, {THREADS} threads", "threads", THREADS),
@@ -115,37 +120,67 @@ def _floor_key(plan: Plan) -> str:
     return plan.drive_id.replace("lit://", "bench:floor:")
 
 
-def floor_worker(plan: Plan) -> Span:
-    """Put or get the plan's files the least costly durable way, in one thread."""
-    client = redis.Redis.from_url(plan.redis_url, protocol=2)
+def floor_worker(plan: Plan, barrier: Any = None) -> Span:
+    """Put or get the plan's files the least costly durable way, from ``plan.width`` threads.
+
+    Each thread has a blocking client of its own and takes every ``width``-th file.
+    """
     store = Path(plan.root) / "floor" / plan.drive_id.removeprefix("lit://")
+    (store / ".tmp").mkdir(parents=True, exist_ok=True)
+    Path(plan.dest).mkdir(parents=True, exist_ok=True)
+    clients = [redis.Redis.from_url(plan.redis_url, protocol=2) for _ in range(plan.width)]
+    names = plan.names()
+    errors: list[BaseException] = []
+
+    def thread_main(index: int) -> None:
+        try:
+            _floor_move(plan, clients[index], store, names[index :: plan.width])
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        for client in clients:
+            client.ping()
+        if barrier is not None:  # every process connected: start together
+            barrier.wait(timeout=120)
+        started = clock_ns()
+        if plan.width == 1:
+            thread_main(0)
+        else:
+            threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(plan.width)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        ended = clock_ns()
+    finally:
+        for client in clients:
+            client.close()
+    if errors:
+        raise errors[0]
+    return started, ended
+
+
+def _floor_move(plan: Plan, client: redis.Redis, store: Path, names: list[str]) -> None:
     tmp_dir = store / ".tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     key = _floor_key(plan)
     source, dest = Path(plan.source), Path(plan.dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        client.ping()
-        started = clock_ns()
-        for name in plan.names():
-            if plan.op == "put":
-                data = (source / name).read_bytes()
-                tmp = tmp_dir / f"{name}.{uuid.uuid4().hex}"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, store / name)
-                client.hset(key, name, len(data))
-            else:
-                if client.hget(key, name) is None:
-                    raise FileNotFoundError(name)
-                shutil.copyfile(store / name, dest / name)
-        return started, clock_ns()
-    finally:
-        client.close()
+    for name in names:
+        if plan.op == "put":
+            data = (source / name).read_bytes()
+            tmp = tmp_dir / f"{name}.{uuid.uuid4().hex}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, store / name)
+            client.hset(key, name, len(data))
+        else:
+            if client.hget(key, name) is None:
+                raise FileNotFoundError(name)
+            shutil.copyfile(store / name, dest / name)
 
 
 # -- asyncdrive ------------------------------------------------------------------------------
@@ -252,18 +287,17 @@ def _sync_worker(plan: Plan, barrier: Any) -> Span:
 def measure(plan: Plan, n: int) -> float:
     """Run one case over ``n`` files (split between processes if it uses several); files/s."""
     timeout = 120 + n * 0.1
+    worker = floor_worker if plan.kind == "floor" else drive_worker
     with Workers() as workers:
-        if plan.kind == "floor":
-            workers.spawn("floor", floor_worker, plan)
-        elif plan.processes == 1:
-            workers.spawn(plan.kind, drive_worker, plan)
+        if plan.processes == 1:
+            workers.spawn(plan.kind, worker, plan)
         else:
             barrier = MP.Barrier(plan.processes)
             per = -(-n // plan.processes)
             for i in range(plan.processes):
                 count = max(0, min(per, n - i * per))
                 part = replace(plan, first=i * per, count=count, processes=1)
-                workers.spawn(f"process-{i}", drive_worker, part, barrier)
+                workers.spawn(f"process-{i}", worker, part, barrier)
         spans: list[Span] = list(workers.wait(timeout=timeout).values())
     elapsed = max(end for _, end in spans) - min(start for start, _ in spans)
     return n / (elapsed / 1e9)
@@ -392,10 +426,7 @@ LIMITS = {
         "one interpreter lock: the event loop's thread is busy ~96% of the time, ~100 µs of "
         "CPU a get; 2 processes of 32 tasks each bring the second core"
     ),
-    ("put", "threads"): (
-        "one interpreter lock for 8 threads, handed over at each system call: the floor "
-        "itself puts and gets slower from 8 threads than from one"
-    ),
+    ("put", "threads"): "one interpreter lock for 8 threads, handed over at each system call",
     ("put", "processes"): "2 cores, shared with the server: ~300 µs of CPU a put",
     ("get", "processes"): (
         "2 cores, shared with the server, one of them ~95% busy with a sequential get "
@@ -421,6 +452,12 @@ def _targets(op: str, rates: dict[str, list[float]]) -> list[Target]:
         if case.kind == "sequential":
             us, floor_us = (1e6 / statistics.median(rates[key]) for key in ("sequential", "floor"))
             limit += f": {us:.0f} µs a file against the floor's {floor_us:.0f} in this run"
+        elif f"floor_{case.key}" in rates:  # threads, processes: as far as the floor scales
+            floor = statistics.median(ratio_runs(rates[f"floor_{case.key}"], rates["floor"]))
+            limit += (
+                f"; the floor itself, run the same way, made {fmt_x(floor)} its one "
+                "thread's rate in this run"
+            )
         targets.append(Target(
             f"{op} of 4 KiB files: {case.label} / {base}", fmt_runs(ratios, fmt_x),
             f"≥ {goal:g}x", median >= goal, limit,
@@ -463,7 +500,9 @@ def _intro(n: int, nruns: int) -> str:
         "new local folder. The floor does in one thread, with blocking calls, the least a "
         "durable put must (read the local file, write a temporary file, fsync it, rename it "
         "into place, one `HSET`) and the least a get must (one `HGET`, `shutil.copyfile`); it "
-        "neither hashes nor fsyncs the folder. Everything writes to the drive root's disk and "
+        "neither hashes nor fsyncs the folder. It runs in one thread, and also from "
+        f"{THREADS} threads and from {PROCESSES} processes (a client each), which shows how "
+        "far this machine lets even that scale. Everything writes to the drive root's disk and "
         f"talks to the same server, in the same run; each case starts with nothing waiting "
         f"to be written (an untimed `sync()`). {nruns} run(s), the order of the cases "
         "reversed every other run; rates are the median, min and max over the runs, and "
@@ -503,7 +542,11 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         f"{med('get', 'processes', 'sequential')}, each against the sequential rate; the "
         f"same {TASKS} tasks split between {TASK_PROCESSES} processes, put "
         f"{med('put', 'process_tasks', 'sequential')} and get "
-        f"{med('get', 'process_tasks', 'sequential')}. A sequential `Drive` is bound by CPU "
+        f"{med('get', 'process_tasks', 'sequential')}. The floor itself, against its one "
+        f"thread: put {med('put', 'floor_threads', 'floor')} from {THREADS} threads and "
+        f"{med('put', 'floor_processes', 'floor')} from {PROCESSES} processes, get "
+        f"{med('get', 'floor_threads', 'floor')} and {med('get', 'floor_processes', 'floor')}. "
+        "A sequential `Drive` is bound by CPU "
         "more than by waiting (its CPU time is ~70% of a put's wall time, ~95% of a "
         "get's): the tasks and threads of one process share one interpreter lock, so they "
         "can interleave that work but not add to it, and only processes bring the second "
@@ -514,11 +557,9 @@ def _notes(rates: dict[str, dict[str, list[float]]]) -> list[str]:
         "event loop go out in one write. What is left is the interpreter "
         "lock: during gets the event loop's thread is busy ~96% of the time (~100 µs of "
         "CPU a get), during puts the disk thread ~85%. Threads hand that lock over at "
-        "each system call, each time a wake-up on the other vCPU: the floor's own gets "
-        "fall from ~5,600 files/s on one thread to ~3,070 on 8, a `SyncDrive`'s from "
-        "~4,960 to ~3,150. Processes are bound by the 2 cores: a put costs ~300 µs of CPU "
-        "(~230 the client's, ~65 the server's). For small files, use tasks, or processes "
-        "of tasks.",
+        "each system call, each time a wake-up on the other vCPU, the floor's as ours. "
+        "Processes are bound by the 2 cores: a put costs ~300 µs of CPU (~230 the "
+        "client's, ~65 the server's). For small files, use tasks, or processes of tasks.",
         f"One call for the whole folder: put {med('put', 'folder', 'sequential')} and get "
         f"{med('get', 'folder', 'sequential')} of the sequential rate. A folder put stores "
         "its small files in batches of 32, 8 batches at a time (`FOLDER_CONCURRENCY`): one "
