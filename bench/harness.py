@@ -181,10 +181,21 @@ class Target:
     goal: str
     met: bool
     limit: str = ""
+    #: In how many of how many runs the figure met the goal, where it is taken per run:
+    #: a median that passes in some runs only is shown as such.
+    runs_met: tuple[int, int] | None = None
 
     @property
     def verdict(self) -> str:
         return "pass" if self.met else "miss"
+
+    @property
+    def verdict_markdown(self) -> str:
+        """``**pass**``, or ``**miss** (2 of 5 runs met it)`` where the runs disagree."""
+        text = f"**{self.verdict}**"
+        if self.runs_met is not None and 0 < self.runs_met[0] < self.runs_met[1]:
+            text += f" ({self.runs_met[0]} of {self.runs_met[1]} runs met it)"
+        return text
 
 
 @dataclass
@@ -725,12 +736,13 @@ class Report:
                 rows += [row for row in old_rows if row.startswith(f"| {link} |")]
                 continue
             for target in result.targets:
-                cells = [link, target.what, target.measured, target.goal, f"**{target.verdict}**",
-                         "-" if target.met else target.limit or "-"]  # fmt: skip
+                limit = "-" if target.met else target.limit or "-"
+                cells = [link, target.what, target.measured, target.goal,
+                         target.verdict_markdown, limit]  # fmt: skip
                 rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         if not rows:
             return ""
-        met = sum("| **pass** |" in row for row in rows)
+        met = sum("| **pass**" in row for row in rows)
         return "\n".join(
             [
                 "<!-- bench-targets -->",

@@ -220,6 +220,16 @@ def test_targets_summary_takes_fresh_rows_and_keeps_the_others() -> None:
         result("small", "Small files", Target("put | sequential", "0.71x", "≥ 0.7x", True, "x"))
     ).markdown([small, original], first)
     assert "2 of 2 met" in second
+    # A median that only some runs reach says so.
+    third = report(
+        result(
+            "small",
+            "Small files",
+            Target("put", "0.71x (0.56x..0.80x)", "≥ 0.7x", True, runs_met=(3, 5)),
+        )
+    ).markdown([small, original], second)
+    assert "| ≥ 0.7x | **pass** (3 of 5 runs met it) | - |" in third
+    assert "2 of 2 met" in third
     assert "0.62x" not in second and "| 0.71x | ≥ 0.7x | **pass** | - |" in second
     assert "| [Against the original Drive](#against-the-original-drive) | list | 19x |" in second
     assert second.count("<!-- bench-targets -->") == 1
