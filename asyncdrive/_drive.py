@@ -254,6 +254,11 @@ class _Connection:
                 _disk_threads.release(self.disk)
 
 
+def _path_argument(args: tuple[object, ...]) -> str | os.PathLike[str] | None:
+    """Return the first path among a call's arguments, the one its errors name."""
+    return next((a for a in args if isinstance(a, str | os.PathLike)), None)
+
+
 def _redis_errors_as_unavailable(
     method: Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]]:
@@ -270,15 +275,19 @@ def _redis_errors_as_unavailable(
         try:
             return await method(self, *args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if self._closed:  # aclose() cut the connection under the call (a writer's commit)
+                path = _path_argument(args)
+                raise self._closed_error(
+                    f"{doing} of {os.fspath(path)!r}" if path else doing
+                ) from exc
             raise self._unavailable(exc) from exc
         except OSError as exc:
             # Not the disk: ours, and the timeouts and broken connections of the builtins.
             if isinstance(exc, DriveError | TimeoutError | ConnectionError):
                 raise
-            path = next((a for a in args if isinstance(a, str | os.PathLike)), None)
             to = kwargs.get("to")  # put's drive path, get's local one
             to = to if isinstance(to, str | os.PathLike) else None
-            raise storage_error(self.name, exc, doing, path, to) from exc
+            raise storage_error(self.name, exc, doing, _path_argument(args), to) from exc
 
     functools.update_wrapper(wrapper, method)
     return wrapper
@@ -436,7 +445,7 @@ class Drive:
 
     async def _connection(self, *, check_index: bool = True) -> _Connection:
         if self._closed:
-            raise DriveError(f"Drive {self.name!r} is closed; create a new Drive to use it again.")
+            raise self._closed_error()
         if self._pid != os.getpid():
             self._reset()
         if self._conn is None:
@@ -508,6 +517,15 @@ class Drive:
             inline=self._disk_inline,
             clock_offset_ms=(seconds + micros / 1e6 - (before + after) / 2) * 1000,
             clock_error_ms=(after - before) * 1000 / 2 + 1,
+        )
+
+    def _closed_error(self, cut_short: str | None = None) -> DriveError:
+        """Return the error of a closed drive; ``cut_short`` names a call its aclose() cut."""
+        if cut_short is None:
+            return DriveError(f"Drive {self.name!r} is closed; create a new Drive to use it again.")
+        return DriveError(
+            f"Drive {self.name!r} was closed (aclose()) before its {cut_short} finished; "
+            "create a new Drive to use it again."
         )
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:

@@ -226,6 +226,22 @@ async def test_writer_failure_leaves_nothing(drive: Drive, root: Path) -> None:
     await watch.aclose()
 
 
+async def test_a_writer_whose_drive_is_closed_first_says_so(
+    env: dict[str, str], workdir: Path, drive_id: str, root: Path
+) -> None:
+    drive = Drive(drive_id)
+    f = await drive.open("late.bin", "wb")
+    await f.write(b"written before the drive was closed")
+    await drive.aclose()
+    # Not "cannot reach Redis, check the server": the caller closed the drive itself.
+    with pytest.raises(DriveError, match=r"'late.bin'.*create a new Drive") as caught:
+        await f.aclose()
+    assert type(caught.value) is DriveError and "closed (aclose())" in str(caught.value)
+    assert f.closed and f.info is None and uploads_in_progress(root, drive) == 0
+    async with Drive(drive_id) as again:
+        assert not await again.exists("late.bin")
+
+
 async def test_a_writer_cancelled_again_while_dropping_its_upload_waits_for_it(
     drive: Drive, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
