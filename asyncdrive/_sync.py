@@ -347,7 +347,14 @@ class SyncDrive:
             self._pid, self._portal = os.getpid(), None
         if self._portal is None:
             self._portal = _portal.acquire(self._key, self._drive.aclose)
-        return _portal.run(self._portal, functools.partial(method, *args, **kwargs))
+        try:
+            return _portal.run(self._portal, functools.partial(method, *args, **kwargs))
+        except (asyncio.CancelledError, DriveError) as exc:
+            # close() from another thread closed the drive, or stopped the loop, under the
+            # call: say so in this facade's words.
+            if self._closed and type(exc) in (asyncio.CancelledError, DriveError):
+                raise _closed_error(self.name) from None
+            raise
 
     # -- identity and lifecycle --------------------------------------------------------------
 
@@ -735,8 +742,20 @@ class _SyncFile(_Mirror, Generic[FileT]):
 
     def close(self) -> None:
         """Close the file (a writer commits; see `DriveWriter.aclose`). Idempotent."""
-        if not self._file.closed:
-            self._drive._call(self._file.aclose)
+        if self._file.closed:
+            return
+        if self._drive._closed:
+            # Closed with the drive's loop thread, which this file used: let go of it here.
+            if isinstance(self._file, DriveWriter):
+                self._file._drop()
+                raise DriveError(
+                    f"SyncDrive {self._drive.name!r} was closed before {self.path!r} was "
+                    "committed, so nothing was stored: close a writer before its drive, or "
+                    "write the file again with a new SyncDrive."
+                )
+            self._file._release()
+            return
+        self._drive._call(self._file.aclose)
 
     def _mirrored(self) -> FileT:
         return self._file
@@ -811,5 +830,9 @@ class SyncDriveWriter(_SyncFile[DriveWriter]):
 
     def abort(self) -> None:
         """Drop what was written without committing it. Idempotent."""
-        if not self._file.closed:
+        if self._file.closed:
+            return
+        if self._drive._closed:  # its loop thread is gone: drop the upload here
+            self._file._drop()
+        else:
             self._drive._call(self._file.abort)

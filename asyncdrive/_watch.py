@@ -161,6 +161,8 @@ class Watch:
         return not folder or event.path == folder or event.path.startswith(folder + "/")
 
     async def _backoff(self, exc: BaseException) -> None:
+        if self._drive._closed:  # aclose() cut the connection: no reconnecting
+            raise self._drive._closed_error("watch") from exc
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now

@@ -26,7 +26,7 @@ import redis
 
 from asyncdrive import Drive, DriveError, FolderInfo, SyncDrive, _sync
 
-from .conftest import run_python, warnings_as_errors
+from .conftest import run_python, uploads_in_progress, warnings_as_errors
 from .procs import read_line, spawn
 from .servers import ServerProcess
 
@@ -691,6 +691,48 @@ async def test_drive_after_aclose_raises(env: dict[str, str], workdir: Path, dri
             assert drive_id[6:] in str(refused.value)
     async with Drive(drive_id) as check:
         assert await check.list(".") == ["a.txt"]
+
+
+def test_close_from_another_thread_ends_a_blocking_watch_with_the_closed_error(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    drive = SyncDrive(drive_id)
+    drive.write_bytes("a.txt", b"x")
+    watch = drive.watch(timeout=30)
+    closer = threading.Timer(0.3, drive.close)
+    closer.start()
+    # Not a bare CancelledError out of the loop thread, nor a reconnection attempt.
+    with pytest.raises(DriveError, match=f"SyncDrive '{drive_id[6:]}' is closed"):
+        for _event in watch:
+            pass
+    closer.join()
+    assert joined_loop_threads() == []
+
+
+def test_files_outliving_their_syncdrive_let_go_without_committing(
+    env: dict[str, str], workdir: Path, drive_id: str, root: Path
+) -> None:
+    drive = SyncDrive(drive_id)
+    drive.write_bytes("kept.txt", b"old")
+    reader = drive.open("kept.txt")
+    writer = drive.open("kept.txt", "wb")
+    writer.write(b"new, never committed")
+    dropped = drive.open("dropped.txt", "wb")
+    dropped.write(b"x")
+    drive.close()
+    with warnings_as_errors() as raised:  # no ResourceWarning for any of them later
+        reader.close()  # a reader's close needs no drive
+        dropped.abort()
+        with pytest.raises(DriveError, match=r"'kept.txt' was committed, so nothing was stored"):
+            writer.close()
+        writer.close()  # idempotent
+        assert reader.closed and writer.closed and dropped.closed
+        del reader, writer, dropped
+        gc.collect()
+    assert raised == []
+    with SyncDrive(drive_id) as check:
+        assert check.read_bytes("kept.txt") == b"old" and not check.exists("dropped.txt")
+        assert uploads_in_progress(root, check) == 0
 
 
 # -- repr ----------------------------------------------------------------------------------------

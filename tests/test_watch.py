@@ -455,3 +455,22 @@ def test_sync_watch_starts_exactly_at_the_call(env: dict[str, str], drive_id: st
             drive.write_bytes("after", b"x")
             assert [e.path for e in watch] == ["after"]
             drive.delete("after")
+
+
+async def test_aclose_ends_a_waiting_watch_at_once_without_reconnecting(
+    env: dict[str, str], workdir: Path, drive_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    drive = Drive(drive_id)  # (SyncDrive: test_sync.py, a close from another thread)
+    await drive.write_bytes("a.txt", b"x")
+    watch = drive.watch()
+
+    async def close_soon() -> None:
+        await anyio.sleep(0.3)
+        await drive.aclose()
+
+    with anyio.fail_after(1.5):  # the first reconnection attempt alone would wait 1 s
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(close_soon)
+            with pytest.raises(DriveError, match=r"was closed \(aclose\(\)\) before its watch"):
+                await watch.next()
+    assert "retrying" not in caplog.text  # not taken for a lost connection
