@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -65,6 +66,11 @@ def event_from_fields(drive: str, event_id: str, fields: dict[str, str]) -> Driv
     )
 
 
+#: A stream id as Redis takes it: ``<ms>`` or ``<ms>-<seq>``, ASCII digits, each under 2**64.
+_EVENT_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_MAX_ID_PART = 2**64 - 1
+
+
 def parse_id(event_id: str) -> tuple[int, int]:
     """Split a stream id ``"<ms>-<seq>"`` into comparable integers.
 
@@ -73,5 +79,10 @@ def parse_id(event_id: str) -> tuple[int, int]:
         True
 
     """
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
+    match = _EVENT_ID.fullmatch(event_id)
+    if match is None:
+        raise ValueError(f"not an event id: {event_id!r}")
+    ms, seq = int(match[1]), int(match[2] or 0)
+    if ms > _MAX_ID_PART or seq > _MAX_ID_PART:
+        raise ValueError(f"not an event id (a part is over 64 bits): {event_id!r}")
+    return ms, seq

@@ -27,7 +27,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -216,8 +216,78 @@ return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 """
 
 
+# One step of a consumer-group member, atomic: acknowledge the event it handled, claim one
+# that a member has held unacknowledged too long, else read the group's next event: unless
+# events after the last one delivered to the group were trimmed from the log unread, which is
+# reported (once: the group moves past them) instead of skipped in silence. The group is
+# created where missing, at ARGV[5] ('0': the oldest event retained). KEYS: 1 the change log,
+# 2 its trim mark. ARGV: 1 group, 2 member, 3 claim idle (ms), 4 the event to acknowledge
+# ('' none), 5 the group's starting id. Replies: {'event', {id, fields}}, {'none', last
+# delivered id}, {'expired', last delivered id, trim mark}, or {'lost', ids}: events held by a
+# member, trimmed before any member handled them.
+_GROUP_STEP_LUA = """
+local function after(a, b)
+  local am, as = string.match(a, '^(%d+)-?(%d*)$')
+  local bm, bs = string.match(b, '^(%d+)-?(%d*)$')
+  am, as, bm, bs = tonumber(am), tonumber(as) or 0, tonumber(bm), tonumber(bs) or 0
+  return am > bm or (am == bm and as > bs)
+end
+local events, group, member = KEYS[1], ARGV[1], ARGV[2]
+local trimmed = redis.call('GET', KEYS[2]) or '0-0'
+if ARGV[4] ~= '' then redis.call('XACK', events, group, ARGV[4]) end
+local last
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', events)
+for _, g in ipairs(ok and groups or {}) do
+  local fields = {}
+  for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
+  if fields['name'] == group then last = fields['last-delivered-id'] end
+end
+if not last then
+  last = ARGV[5] == '0' and trimmed or ARGV[5]
+  redis.call('XGROUP', 'CREATE', events, group, last, 'MKSTREAM')
+end
+local claimed = redis.call('XAUTOCLAIM', events, group, member, ARGV[3], '0-0', 'COUNT', 1)
+local lost = claimed[3] or {}
+for _, entry in ipairs(claimed[2]) do
+  if not entry then table.insert(lost, '?') else return {'event', entry} end
+end
+if #lost > 0 then return {'lost', lost} end
+if after(trimmed, last) then
+  redis.call('XGROUP', 'SETID', events, group, trimmed)
+  return {'expired', last, trimmed}
+end
+local read = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '>')
+if read and #read[1][2] > 0 then return {'event', read[1][2][1]} end
+return {'none', last}
+"""
+
+# The end of a group member's watch: acknowledge its last event, and leave the group if it
+# holds none (a member holding events stays, for another to claim them). KEYS: 1 the change
+# log. ARGV: 1 group, 2 member, 3 the event to acknowledge ('' none).
+_GROUP_LEAVE_LUA = """
+if ARGV[3] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) end
+local ok, held = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if ok and #held == 0 then redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
+
+
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
+
+
+@dataclass(frozen=True)
+class GroupStep:
+    """What one `Index.group_step` found: ``kind`` is "event", "none", "expired" or "lost"."""
+
+    kind: str
+    event: DriveEvent | None = None
+    #: The id of the last event delivered to the group ("none", "expired").
+    last: str = ""
+    #: The log's trim mark, past the group's last delivered event ("expired").
+    trimmed: str = ""
+    #: Ids of events a member held, trimmed before any member handled them ("lost").
+    lost: list[str] = field(default_factory=list)
 
 
 class Keys:
@@ -320,6 +390,8 @@ class Index:
         self._unlock = client.register_script(_UNLOCK_LUA)
         self._unlock_cut_short = client.register_script(_UNLOCK_CUT_SHORT_LUA)
         self._kind = client.register_script(_KIND_LUA)
+        self._group_step = client.register_script(_GROUP_STEP_LUA)
+        self._group_leave = client.register_script(_GROUP_LEAVE_LUA)
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
         if self.wire is None:
@@ -458,6 +530,32 @@ class Index:
             for event_id, flat in entries
         ]
         return events, trimmed or "0-0"
+
+    async def group_step(
+        self, group: str, member: str, claim_idle_ms: int, ack: str | None, start: str
+    ) -> GroupStep:
+        """Acknowledge ``ack``, then claim or read one event for ``member`` (`_GROUP_STEP_LUA`).
+
+        ``start`` is where the group starts if it must be created (``"0"``: the oldest event
+        retained).
+        """
+        keys = [self.keys.events, self.keys.trimmed]
+        args = [group, member, str(claim_idle_ms), ack or "", start]
+        reply = await self._run(self._group_step, keys, args)
+        kind = reply[0]
+        if kind == "event":
+            event_id, flat = reply[1]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            return GroupStep(kind, event=event_from_fields(self.drive, event_id, fields))
+        if kind == "none":
+            return GroupStep(kind, last=reply[1])
+        if kind == "expired":
+            return GroupStep(kind, last=reply[1], trimmed=reply[2])
+        return GroupStep(kind, lost=list(reply[1]))
+
+    async def group_leave(self, group: str, member: str, ack: str | None) -> None:
+        """Acknowledge ``ack`` and remove ``member`` from ``group`` if it holds no event."""
+        await self._run(self._group_leave, [self.keys.events], [group, member, ack or ""])
 
     async def last_event_id(self) -> str:
         """Return the id of the newest event ever added (``"0-0"``: none)."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 import redis.exceptions
 
-from ._events import DriveEvent, event_from_fields, parse_id
+from ._events import DriveEvent, parse_id
 from ._exceptions import CursorExpiredError
 from ._tasks import to_its_end
 
@@ -86,6 +86,7 @@ class Watch:
         self._cursor = since or ""
         self._started = False
         self._to_ack: str | None = None
+        self._joined = False  # a group member that has read (and so may leave the group)
         self._done = False
         self._failing_since: float | None = None
 
@@ -99,8 +100,16 @@ class Watch:
         """The consumer group this watch belongs to, if any."""
         return self._group
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"cannot pickle {self!r}: it reads on this process's connection; pass its cursor "
+            "and watch again there: drive.watch(path, since=cursor)"
+        )
+
     def __repr__(self) -> str:
         parts = [repr(self._drive.id), f"path={self._folder or '.'!r}"]
+        if not self._recursive:
+            parts.append("recursive=False")
         if self._group:
             parts.append(f"group={self._group!r}")
         if self._cursor:
@@ -114,35 +123,35 @@ class Watch:
 
     async def __anext__(self) -> DriveEvent:
         event = await self.next(self._timeout)
-        if event is None:
+        if event is None:  # watch(timeout=...) ends the iteration for good
+            self._done = True
             raise StopAsyncIteration
         return event
 
     async def next(self, timeout: float | None = None) -> DriveEvent | None:
-        """Return the next event, or None (and end the watch) after ``timeout`` s without one."""
+        """Return the next event, or None if none comes within ``timeout`` s.
+
+        The watch stays open after None: call ``next`` again to keep polling. ``timeout=0``
+        takes an event already committed, without waiting for one.
+        """
         if self._done:
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
-        await self._ack()
+        looked = False
         while True:
             while self._buffer:
                 event = self._buffer.popleft()
-                if self._matches(event):
-                    self._cursor = event.id
-                    if self._group is not None:
-                        self._to_ack = event.id
-                    return event
                 self._cursor = event.id
                 if self._group is not None:
-                    self._to_ack = event.id
-                    await self._ack()
+                    self._to_ack = event.id  # acknowledged by the next step (or aclose)
+                if self._matches(event):
+                    return event
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                self._done = True
+            if looked and remaining is not None and remaining <= 0:
                 return None
             # A blocking read must end well within the reply timeout.
             block = min(BLOCK_SLICE, self._drive._redis_timeout() / 2)
-            block = block if remaining is None else min(remaining, block)
+            block = block if remaining is None else max(0.0, min(remaining, block))
             try:
                 conn = await self._drive._connection()
                 if self._group is None:
@@ -153,11 +162,12 @@ class Watch:
                 await self._backoff(exc)
             else:
                 self._failing_since = None
+                looked = True
 
     def _matches(self, event: DriveEvent) -> bool:
         folder = self._folder
         if not self._recursive:
-            return event.path.rpartition("/")[0] == folder
+            return event.path.rpartition("/")[0] == folder or event.path == folder
         return not folder or event.path == folder or event.path.startswith(folder + "/")
 
     async def _backoff(self, exc: BaseException) -> None:
@@ -177,6 +187,7 @@ class Watch:
             # was called has a larger id than this.
             server_ms = self._called_at * 1000 + conn.clock_offset_ms - conn.clock_error_ms
             self._read_cursor = f"{max(0, int(server_ms) - 1)}-0"
+        self._cursor = self._cursor or self._read_cursor  # resumable before its first event
 
     async def pin_start(self) -> None:
         """Fix the starting point exactly, at the newest event now in the log (one round trip).
@@ -187,6 +198,7 @@ class Watch:
         if not self._read_cursor:
             conn = await self._drive._connection()
             self._read_cursor = await conn.index.last_event_id()
+            self._cursor = self._cursor or self._read_cursor
 
     async def _read(self, conn: _Connection, block: float) -> None:
         self._resolve_start(conn)
@@ -208,67 +220,69 @@ class Watch:
             self._buffer.extend(events)
             self._read_cursor = events[-1].id
 
-    def _expired(self, cursor: str) -> CursorExpiredError:
+    def _expired(self, cursor: str, *, group_moved_to: str = "") -> CursorExpiredError:
+        moved = (
+            f" Group {self._group!r} now goes on from the oldest event retained (after "
+            f"{group_moved_to!r}); its other members were not told."
+            if group_moved_to
+            else ""
+        )
         return CursorExpiredError(
             f"Drive {self._drive.name!r}: watch cursor {cursor!r} has expired: events after it "
             "were trimmed from the change log (see ASYNCDRIVE_EVENTS_MAXLEN and "
             "ASYNCDRIVE_EVENTS_MAX_AGE). Re-list the drive (list(recursive=True)), then watch "
-            "from now, or with since='0' to replay what is retained."
+            f"from now, or with since='0' to replay what is retained.{moved}"
         )
 
     # -- consumer groups ---------------------------------------------------------------------
 
     async def _read_group(self, conn: _Connection, block: float) -> None:
-        client, key, group = conn.client, conn.index.keys.events, self._group
-        assert group is not None
-        if not self._started:
-            self._resolve_start(conn)
-            try:
-                await client.xgroup_create(key, group, id=self._read_cursor, mkstream=True)
-            except redis.exceptions.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            self._started = True
-        try:
-            # Events a dead (or stuck) member held longer than claim_idle come first.
-            claimed: Any = await client.xautoclaim(
-                key, group, self._consumer, self._claim_idle_ms, start_id="0-0", count=1
+        assert self._group is not None
+        self._resolve_start(conn)
+        step = await conn.index.group_step(
+            self._group, self._consumer, self._claim_idle_ms, self._to_ack, self._read_cursor
+        )
+        self._to_ack = None  # acknowledged by the step
+        self._joined = True
+        if step.kind == "event":
+            assert step.event is not None
+            self._buffer.append(step.event)
+        elif step.kind == "expired":
+            raise self._expired(step.last, group_moved_to=step.trimmed)
+        elif step.kind == "lost":
+            raise CursorExpiredError(
+                f"Drive {self._drive.name!r}: events {', '.join(step.lost)} of group "
+                f"{self._group!r}, held by a member that did not acknowledge them, were "
+                "trimmed from the change log before another member could take them (see "
+                "ASYNCDRIVE_EVENTS_MAXLEN and ASYNCDRIVE_EVENTS_MAX_AGE). Re-list the drive "
+                "(list(recursive=True)) to find what they changed, then watch again."
             )
-            entries = claimed[1]
-            if not entries:
-                # Wake up often enough to claim a dead member's events in time.
-                block_ms = max(1, int(min(block * 1000, self._claim_idle_ms / 2)))
-                reply: Any = await client.xreadgroup(
-                    group, self._consumer, {key: ">"}, count=1, block=block_ms
-                )
-                entries = [entry for _stream, batch in reply or [] for entry in batch]
-        except redis.exceptions.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self._started = False  # the group was lost (server replaced): create it again
-            return
-        for event_id, fields in entries:
-            if fields:  # a claimed entry trimmed from the log comes back without fields
-                self._buffer.append(event_from_fields(self._drive.name, event_id, fields))
-
-    async def _ack(self) -> None:
-        event_id, self._to_ack = self._to_ack, None
-        if event_id is None or self._group is None:
-            return
-        conn = await self._drive._connection()
-        await conn.client.xack(conn.index.keys.events, self._group, event_id)
+        elif block > 0:
+            # Nothing for the group now: wait for the next event after its last delivered
+            # one (the step then takes it), waking up often enough to claim a dead member's
+            # events in time.
+            block_ms = max(1, int(min(block * 1000, self._claim_idle_ms / 2)))
+            await conn.index.read_events(step.last, block_ms, 1)
 
     # -- closing -----------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """End the watch. In a group, the last event handed out counts as handled (acked)."""
+        """End the watch. Idempotent.
+
+        In a group, the last event handed out counts as handled (acknowledged), and the
+        member leaves the group unless it holds events (another member claims them).
+        """
         self._done = True
         self._buffer.clear()
-        if self._to_ack is not None and self._drive._conn is not None:
+        joined, self._joined = self._joined, False
+        if joined and self._drive._conn is not None:
+            assert self._group is not None
             try:
-                await to_its_end(self._ack())
+                conn = await self._drive._connection()
+                await to_its_end(conn.index.group_leave(self._group, self._consumer, self._to_ack))
             except _CONNECTION_ERRORS as exc:
                 raise self._drive._unavailable(exc) from exc
+            self._to_ack = None
 
     async def __aenter__(self) -> Self:
         return self

@@ -21,6 +21,7 @@ from asyncdrive import (
     Drive,
     DriveError,
     DriveEvent,
+    InvalidConfigError,
     SyncDrive,
 )
 
@@ -92,6 +93,11 @@ async def test_path_filters(make_drive: MakeDrive, drive_id: str) -> None:
         await drive.write_bytes(path, b"x")
     assert [e.path async for e in deep] == ["ckpt/1.pt", "ckpt/sub/2.pt", "ckpt/4.pt"]
     assert [e.path async for e in flat] == ["ckpt/1.pt", "ckpt/4.pt"]
+    # A file's own path, not recursive: that file's events.
+    one = drive.watch("ckpt/1.pt", recursive=False, timeout=0.5)
+    await drive.write_bytes("ckpt/1.pt", b"y")
+    await drive.write_bytes("ckpt/1.pt.bak", b"y")
+    assert [(e.path, e.version) async for e in one] == [("ckpt/1.pt", 2)]
 
 
 async def test_timeout_ends_iteration(make_drive: MakeDrive, drive_id: str) -> None:
@@ -135,8 +141,9 @@ async def test_since_resumes_after_an_event(make_drive: MakeDrive, drive_id: str
     assert [e.path async for e in resumed] == ["f2", "f3", "f4"]
     replay = drive.watch(since="0", timeout=0.3)
     assert [e.id async for e in replay] == [e.id for e in events]
-    with pytest.raises(ValueError, match="not an event id"):
-        drive.watch(since="yesterday")
+    for bad in ("yesterday", "1_000", "\u0661\u0662", str(2**64), "1-2-3", " 1", "-1", "1-"):
+        with pytest.raises(InvalidConfigError, match="not an event id"):  # not at the first read
+            drive.watch(since=bad)
 
 
 async def test_expired_cursor(
@@ -463,6 +470,7 @@ async def test_aclose_ends_a_waiting_watch_at_once_without_reconnecting(
     drive = Drive(drive_id)  # (SyncDrive: test_sync.py, a close from another thread)
     await drive.write_bytes("a.txt", b"x")
     watch = drive.watch()
+    await watch.pin_start()  # exactly after the write above
 
     async def close_soon() -> None:
         await anyio.sleep(0.3)
@@ -474,3 +482,123 @@ async def test_aclose_ends_a_waiting_watch_at_once_without_reconnecting(
             with pytest.raises(DriveError, match=r"was closed \(aclose\(\)\) before its watch"):
                 await watch.next()
     assert "retrying" not in caplog.text  # not taken for a lost connection
+
+
+async def test_next_with_a_timeout_polls_and_the_watch_goes_on(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        watch = drive.watch("jobs")
+        await watch.pin_start()
+        assert await watch.next(0.1) is None
+        assert await watch.next(0) is None
+        await drive.write_bytes("jobs/a", b"x")
+        await drive.write_bytes("jobs/b", b"x")
+        # Committed already: timeout=0 takes them without waiting.
+        assert [getattr(await watch.next(0), "path", None) for _ in range(3)] == [
+            "jobs/a",
+            "jobs/b",
+            None,
+        ]
+        await drive.write_bytes("jobs/c", b"x")
+        event = await watch.next(5)  # still watching after the Nones
+        assert event is not None and event.path == "jobs/c"
+        await watch.aclose()
+        assert await watch.next(0) is None  # closed
+
+
+def test_next_with_a_timeout_polls_a_blocking_watch(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    with SyncDrive(drive_id) as blocking, blocking.watch("jobs") as sync_watch:
+        assert sync_watch.next(0.05) is None
+        blocking.write_bytes("jobs/d", b"x")
+        got = sync_watch.next(5)
+        assert got is not None and got.path == "jobs/d"
+        assert sync_watch.cursor == got.id and "recursive" not in repr(sync_watch)
+    with SyncDrive(drive_id) as blocking, blocking.watch(recursive=False) as quiet:
+        assert quiet.cursor  # pinned when made: resumable before its first event
+        assert "recursive=False" in repr(quiet)
+
+
+async def test_a_watch_that_saw_nothing_resumes_from_its_cursor(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        async with drive.watch(timeout=0.2) as quiet:
+            assert [e async for e in quiet] == []
+        assert quiet.cursor and "cursor=" in repr(quiet)  # where it started
+        await drive.write_bytes("meanwhile", b"x")
+        assert [e.path async for e in drive.watch(since=quiet.cursor, timeout=0.3)] == ["meanwhile"]
+
+
+async def test_a_group_is_told_once_of_events_trimmed_before_it_read_them(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", "5")
+    async with Drive(drive_id) as drive:
+        async with drive.watch(group="g") as first:
+            await drive.write_bytes("f00", b"x")
+            event = await first.next(5)
+            assert event is not None and event.path == "f00"
+        for i in range(1, 20):
+            await drive.write_bytes(f"f{i:02}", b"x")
+        async with drive.watch(group="g") as late:
+            with pytest.raises(CursorExpiredError, match="Group 'g' now goes on"):
+                await late.next(5)
+        # Not told again: the group goes on from the oldest event retained.
+        async with drive.watch(group="g", timeout=0.5) as again:
+            rest = [e.path async for e in again]
+        assert 5 <= len(rest) <= 6 and rest == [f"f{i:02}" for i in range(20 - len(rest), 20)]
+
+
+async def test_a_group_is_told_of_held_events_trimmed_before_another_member_took_them(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", "5")
+    async with Drive(drive_id) as drive:
+        with pytest.raises(RuntimeError, match="failed"):
+            async with drive.watch(group="g", claim_idle=0.1) as holder:
+                await drive.write_bytes("held", b"x")
+                event = await holder.next(5)
+                assert event is not None and event.path == "held"
+                raise RuntimeError("the member failed: 'held' stays unacknowledged")
+        for i in range(20):
+            await drive.write_bytes(f"f{i:02}", b"x")
+        await anyio.sleep(0.2)  # longer than claim_idle
+        async with drive.watch(group="g", claim_idle=0.1, timeout=0.5) as other:
+            assert event is not None
+            with pytest.raises(CursorExpiredError, match=f"events {event.id} of group 'g'"):
+                await other.next(5)
+            with pytest.raises(CursorExpiredError, match="Group 'g' now goes on"):
+                await other.next(5)  # f00... were trimmed unread too
+            assert [e.path async for e in other][-1] == "f19"
+
+
+async def test_a_group_member_rides_out_a_server_restart_and_leaves_on_close(
+    private_server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    private_server.start()
+    kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": private_server.url}
+    async with Drive(drive_id, **kwargs) as drive:
+        watch = drive.watch(group="g")
+        await drive.write_bytes("before", b"x")
+        event = await watch.next(5)
+        assert event is not None and event.path == "before"
+        private_server.kill()
+
+        async def restart_and_write() -> None:
+            await anyio.sleep(0.5)  # the member's next step (its ack) meets the outage
+            private_server.start()
+            await drive.write_bytes("after", b"x")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restart_and_write)
+            event = await watch.next(30)  # retried, not a raw ConnectionError
+        assert event is not None and event.path == "after"
+        await watch.aclose()
+        conn = await drive._connection()
+        key = conn.index.keys.events
+        # Both acknowledged ("before" after the restart), and the member left the group.
+        assert (await conn.client.xpending(key, "g"))["pending"] == 0
+        assert await conn.client.xinfo_consumers(key, "g") == []
