@@ -187,7 +187,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     def _split(self, path: str) -> tuple[str, str]:
         """Split a URL or path into (drive name, path in the drive); ``""`` for the root."""
-        stripped: str = self._strip_protocol(path)
+        # 'lit:///d/a' and '/d/a' name drive d too (fsspec's local paths begin with '/').
+        stripped: str = self._strip_protocol(path).lstrip("/")
         name, _, rest = stripped.partition("/")
         if name and not is_valid_name(name):
             raise InvalidPathError(
@@ -482,10 +483,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         name1, rest1 = self._split(path1)
         name2, rest2 = self._split(path2)
-        async with (
-            self.drive(name1).open(rest1, component_name=self._read_component) as src,
-            self.drive(name2).open(rest2, "wb") as dst,
-        ):
+        try:
+            src = await self.drive(name1).open(rest1, component_name=self._read_component)
+        except DriveIsADirectoryError:
+            return  # a folder (copy(recursive=True) lists them): made by the files copied in
+        async with src, self.drive(name2).open(rest2, "wb") as dst:
             while piece := await src.read(_PIECE):
                 await dst.write(piece)
 
@@ -541,12 +543,16 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             fs, path, mode=mode, block_size=block_size, autocommit=autocommit,
             cache_options=cache_options, size=size, **kwargs,
         )  # fmt: skip
+        if mode == "xb":
+            self._initiate_upload()  # "x": refuse an existing file now, as open() does
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         assert self._reader is not None
         return sync(self.fs.loop, self._reader.read_range, start, end)  # type: ignore[no-any-return]
 
     def _initiate_upload(self) -> None:
+        if self._writer is not None:  # opened already ("xb")
+            return
         drive = self.fs.drive(self._drive_name)
         opening = drive.open(self._drive_path, "wb", exist_ok=self.mode != "xb")
         self._writer = sync(self.fs.loop, opening.open)

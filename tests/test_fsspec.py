@@ -159,7 +159,10 @@ def test_open_read_and_write(fs: DriveFileSystem, name: str) -> None:
     uploads = Path(os.environ["ASYNCDRIVE_ROOT"]) / "drives" / name / ".tmp"
     assert not any(uploads.iterdir())
     with pytest.raises(DriveFileExistsError):
-        fs.open(url, "xb").close()
+        fs.open(url, "xb")  # at open, as for local files: not after every byte is written
+    with fs.open(f"lit://{name}/new.bin", "xb", block_size=MiB) as x:
+        x.write(b"z" * (3 * MiB))
+    assert fs.cat(f"lit://{name}/new.bin") == b"z" * (3 * MiB)
     with pytest.raises(InvalidConfigError, match="'ab'"):
         fs.open(url, "ab")
 
@@ -323,6 +326,26 @@ def test_components_through_storage_options(env: dict[str, str], name: str) -> N
     for instance in DriveFileSystem._cache.values():
         instance.close()
     DriveFileSystem.clear_instance_cache()
+
+
+def test_copy_and_move_folders(fs: DriveFileSystem, name: str) -> None:
+    url = f"lit://{name}"
+    fs.pipe({f"{url}/f/one": b"1", f"{url}/f/sub/two": b"2"})
+    fs.cp(f"{url}/f", f"{url}/g", recursive=True)
+    fs.mv(f"{url}/f", f"{url}/h", recursive=True)
+    assert fs.find(url) == [f"{name}/{p}" for p in ("g/one", "g/sub/two", "h/one", "h/sub/two")]
+    assert fs.cat(f"{url}/h/sub/two") == b"2"
+
+
+def test_leading_slashes_name_the_drive(fs: DriveFileSystem, name: str) -> None:
+    fs.pipe(f"lit://{name}/x", b"1")
+    for url in (f"lit:///{name}/x", f"/{name}/x", f"//{name}/x"):
+        assert fs.cat(url) == b"1" and fs.info(url)["name"] == f"{name}/x"
+    # Not the filesystem's root: a missing file is missing.
+    assert not fs.exists(f"lit:///{name}/missing")
+    assert not fs.isdir("/nothing/here")
+    with pytest.raises(FileNotFoundError):
+        fs.ls(f"lit:///{name}/missing/deep")
 
 
 def test_bad_urls(fs: DriveFileSystem) -> None:
