@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import (
     Any,
@@ -293,6 +293,11 @@ def _redis_errors_as_unavailable(
     return wrapper
 
 
+#: What a get's copy reports as the caller's to fix: a local file or folder in the way (or
+#: above the target), or the drive's file gone.
+_GET_REFUSED = (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
 class Drive:
     """A shared folder named ``lit://<name>``, usable from any process that knows the name.
 
@@ -495,6 +500,22 @@ class Drive:
             # The embedded server went away since this process last saw it: start it again.
             forget_server(config.root)
             return await self._connect()
+        except (redis.exceptions.RedisError, AttributeError, TypeError, ValueError) as exc:
+            # An answer, but not Redis's (another service at that port; redis-py fails to
+            # parse it), or a setting of the URL the server refuses (a database number).
+            if connected is not None:
+                await connected.aclose()
+            refused = isinstance(exc, redis.exceptions.ResponseError)
+            raise (InvalidConfigError if refused else DriveUnavailableError)(
+                f"Drive {self.name!r}: the server at {redact_url(url)} "
+                + (
+                    f"refused the connection's setup ({exc})"
+                    if refused
+                    else f"does not answer as a Redis server does ({type(exc).__name__}: {exc})"
+                )
+                + ". Check the Redis URL (argument or ASYNCDRIVE_REDIS_URL): its host, port "
+                "and database number."
+            ) from exc
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
         client = connected.client
         if not embedded:
@@ -530,7 +551,9 @@ class Drive:
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
         url = url or (self._conn.url if self._conn else None) or "the embedded server"
-        if self._conn is not None and self._conn.config.redis_url is None:
+        if isinstance(exc, redis.exceptions.AuthenticationError):
+            fix = "Check the user name and password in the Redis URL: the server refused them."
+        elif self._conn is not None and self._conn.config.redis_url is None:
             fix = (
                 "The drive's embedded server stopped (asyncdrive.stop_server?); create a new "
                 "Drive to start it again."
@@ -1614,7 +1637,7 @@ class Drive:
                         info.component_name, info.path, dest, info.checksum, overwrite,
                         on_copied, info.version,
                     )  # fmt: skip
-                except (FileExistsError, FileNotFoundError) as exc:
+                except _GET_REFUSED as exc:
                     return number, exc
             return None
 
@@ -1639,7 +1662,7 @@ class Drive:
                 else:
                     await conn.small_copies.submit((info, dest, overwrite), info.size)
                 return
-            except (FileExistsError, FileNotFoundError) as refused:
+            except _GET_REFUSED as refused:
                 failed: tuple[int, OSError] | None = (0, refused)
         else:
             failed = await conn.run_sync(copy_all)
@@ -1647,6 +1670,18 @@ class Drive:
             return
         number, exc = failed
         info, dest = copies[number]
+        if isinstance(exc, IsADirectoryError):
+            raise DriveIsADirectoryError(
+                f"Drive {self.name!r}: cannot get {info.path!r}: the local path {str(dest)!r} "
+                f"in {os.getcwd()!r} is a folder. Pass to= a file path (to="
+                f"{str(dest / PurePosixPath(info.path).name)!r}, say), or move the folder away."
+            ) from None
+        if isinstance(exc, NotADirectoryError):
+            raise DriveNotADirectoryError(
+                f"Drive {self.name!r}: cannot get {info.path!r} to {str(dest)!r} in "
+                f"{os.getcwd()!r}: a folder above it is a local file ({exc.filename!r}). Pass "
+                "to= another local folder, or move that file away."
+            ) from None
         if isinstance(exc, FileExistsError):
             raise DriveFileExistsError(
                 f"Drive {self.name!r}: cannot get {info.path!r}: the local file "
@@ -1905,6 +1940,9 @@ class Drive:
     async def _commit_upload(
         self, conn: _Connection, path: str, precondition: str, staged: Staged
     ) -> FileInfo:
+        if self._closed:  # as on every server (a Cluster's client would connect again)
+            await anyio.to_thread.run_sync(conn.store.discard, staged)
+            raise self._closed_error(f"close of {path!r}")
         return await self._put(conn, path, staged, precondition)
 
     # -- watching ----------------------------------------------------------------------------

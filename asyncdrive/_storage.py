@@ -201,6 +201,17 @@ _NO_KERNEL_COPY = frozenset(
 )  # fmt: skip
 
 
+def _in_the_way(dest: Path) -> OSError:
+    """Return the error for a local ``dest`` a get must not replace: a folder, or other bytes."""
+    try:
+        is_folder = stat.S_ISDIR(os.lstat(dest).st_mode)
+    except OSError:
+        is_folder = False
+    if is_folder:
+        return IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(dest))
+    return FileExistsError(dest)
+
+
 class _FdCopier:
     """Copy from one descriptor's offset to another's, inside the kernel where it can.
 
@@ -1989,12 +2000,17 @@ class DiskStore:
                     if on_copied is not None:
                         on_copied(size)
                     return False
-                raise FileExistsError(dest)
+                raise _in_the_way(dest)
             unnamed = not overwrite  # a replacement is renamed over the old file
             try:
                 out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
             except FileNotFoundError:  # made only now: a failed open leaves no folders
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                except FileExistsError:  # a file where a folder above dest must be
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(dest.parent)
+                    ) from None
                 out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
             try:
                 try:
@@ -2020,7 +2036,7 @@ class DiskStore:
                 os.unlink(tmp)
             if _same_content(dest, size, checksum):
                 return False
-            raise FileExistsError(dest)
+            raise _in_the_way(dest)
         except FileNotFoundError as gone:  # local: the drive's file is open
             raise LocalPathGoneError(
                 errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(dest)

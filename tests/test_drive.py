@@ -293,6 +293,17 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
     await drive.get("a.txt", overwrite=True)
     assert Path("a.txt").read_bytes() == b"drive content"
     assert [p.name for p in Path().iterdir()] == ["a.txt"]  # no temporary left behind
+    # A local folder in the way (even with overwrite), or a local file above the target.
+    Path("folder").mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(DriveIsADirectoryError, match=r"to='folder/a\.txt'"):
+            await drive.get("a.txt", to="folder", overwrite=overwrite)
+    await drive.write_bytes("ckpt/1.pt", b"one")
+    with pytest.raises(DriveNotADirectoryError, match=r"is a local file \('a.txt'\)") as above:
+        await drive.get("ckpt", to="a.txt")
+    assert "disk" not in str(above.value)
+    assert sorted(p.name for p in Path().iterdir()) == ["a.txt", "folder"]
+    assert not any(Path("folder").iterdir()) and Path("a.txt").read_bytes() == b"drive content"
 
 
 @pytest.mark.parametrize("disk", ["local", "network"])

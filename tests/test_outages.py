@@ -15,7 +15,7 @@ import pytest
 import redis
 import trustme
 
-from asyncdrive import Drive, DriveUnavailableError
+from asyncdrive import Drive, DriveUnavailableError, InvalidConfigError
 
 from .servers import ServerProcess
 
@@ -123,6 +123,33 @@ async def test_acl_user_and_wrong_password(
             await drive.list(".")
     assert "wrong-pass" not in str(refused.value)
     assert "alice:***@" in str(refused.value)
+    assert "user name and password" in str(refused.value)  # not "is the server running?"
+
+
+async def test_a_server_that_is_not_redis_or_refuses_the_url(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    async def not_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)
+        writer.write(replies.pop(0))  # a web server, then one saying "+OK" to everything
+        await writer.drain()
+        await reader.read(1000)  # and no more
+        writer.close()
+
+    replies = [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", b"+OK\r\n"]
+    listener = await asyncio.start_server(not_redis, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        for _ in range(2):
+            url = f"redis://127.0.0.1:{port}"
+            async with Drive(drive_id, root=tmp_path / "root", redis_url=url) as drive:
+                with pytest.raises(DriveUnavailableError, match="not answer as a Redis server"):
+                    await asyncio.wait_for(drive.list("."), 5)  # at once, not a timeout
+    url = server.url + "?db=9999"
+    async with Drive(drive_id, root=tmp_path / "root", redis_url=url) as drive:
+        with pytest.raises(InvalidConfigError, match=r"database number") as refused:
+            await drive.list(".")
+    assert "DB index is out of range" in str(refused.value)
 
 
 async def test_tls_server(
