@@ -109,6 +109,12 @@ class DriveReader:
         """Whether the file was closed."""
         return self._fd is None
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"cannot pickle {self!r}: it holds an open file of this process; pass the path "
+            f"and open it where it is needed: drive.open({self.path!r})"
+        )
+
     def __repr__(self) -> str:
         state = "closed" if self._fd is None else f"position={self._position}"
         return (
@@ -283,6 +289,12 @@ class DriveWriter:
     def closed(self) -> bool:
         """Whether the file was committed or aborted."""
         return self._out is None
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"cannot pickle {self!r}: it writes an upload of this process; write the file "
+            "where its bytes are, or pass them along."
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._out is None else f"written={self._size}"

@@ -107,21 +107,29 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 BLOCKING_CALL_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
-def check_not_in_event_loop(what: str) -> None:
-    """Raise RuntimeError if this thread runs an event loop (a blocking call would hang it).
+def check_not_in_blocking_call(what: str) -> None:
+    """Raise RuntimeError if this thread is inside a blocking call (in its progress callback).
 
-    ``what`` names the call, e.g. ``"SyncDrive.exists"``.
+    ``what`` names the call, e.g. ``"SyncDrive.close"``.
     """
     # asyncio's low-level query, which returns None rather than raising (on every call).
     running = asyncio._get_running_loop()
-    if running is None:
-        return
-    if running in BLOCKING_CALL_LOOPS:
+    if running is not None and running in BLOCKING_CALL_LOOPS:
         raise RuntimeError(
             f"{what}() blocks, and was called inside another blocking SyncDrive call of this "
             "thread (from its progress= callback, say), whose event loop it would freeze. "
             "Call it once that call has returned, or from another thread."
         )
+
+
+def check_not_in_event_loop(what: str) -> None:
+    """Raise RuntimeError if this thread runs an event loop (a blocking call would hang it).
+
+    ``what`` names the call, e.g. ``"SyncDrive.exists"``.
+    """
+    if asyncio._get_running_loop() is None:
+        return
+    check_not_in_blocking_call(what)
     raise RuntimeError(
         f"{what}() blocks, and was called inside a running event loop, which it would freeze. "
         "Use the async Drive and 'await' its methods instead."

@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,10 +74,36 @@ def _server_dir(root: Path) -> Path:
     return root / "server"
 
 
+#: The descriptors of the server locks this process's threads hold or are taking. An flock
+#: belongs to the open file, which a forked child shares through its copy of the descriptor:
+#: the child closes its copies (below), so that the lock goes when the parent releases it.
+_lock_fds: set[int] = set()
+_lock_fds_guard = threading.Lock()
+
+
+def _close_inherited_lock_fds() -> None:
+    global _lock_fds_guard
+    for fd in _lock_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
+    _lock_fds_guard = threading.Lock()
+
+
+# Held across fork(), so that no descriptor is opened but not yet recorded as the child is made.
+os.register_at_fork(
+    before=lambda: _lock_fds_guard.acquire(),
+    after_in_parent=lambda: _lock_fds_guard.release(),
+    after_in_child=_close_inherited_lock_fds,
+)
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with _lock_fds_guard:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _lock_fds.add(fd)
     try:
         deadline = time.monotonic() + _LOCK_TIMEOUT
         while True:
@@ -92,7 +119,9 @@ def _file_lock(path: Path) -> Iterator[None]:
                 time.sleep(0.01)
         yield
     finally:
-        os.close(fd)
+        with _lock_fds_guard:
+            _lock_fds.discard(fd)
+            os.close(fd)
 
 
 def _ping(url: str) -> bool:

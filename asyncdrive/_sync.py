@@ -213,6 +213,14 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
             else:
                 base_loop._run_once()
                 polled = True
+        # The task's done callbacks, as run_until_complete runs them before it returns:
+        # anyio's, say, which ends the worker thread of an `anyio.to_thread` call when the
+        # task that made it ends (else that thread, not a daemon, would keep the
+        # interpreter from exiting until a next call ran it).
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
     finally:
         asyncio._set_running_loop(None)
         base_loop._thread_id = None
@@ -289,6 +297,9 @@ class SyncDrive:
             drive._disk_inline = True  # this thread waits on each call: no disk-thread hop
             here = _CallerLoop(drive)
             with self._caller_loops_lock:
+                if self._closed:  # closed meanwhile, by another thread: its loops are gone
+                    here.close()
+                    raise _closed_error(self.name)
                 self._forget_inherited_loops()
                 # Threads come and go (a pool, a thread per request): the loops of those
                 # that ended are closed as new ones come, so they never pile up.
@@ -409,6 +420,7 @@ class SyncDrive:
         """Close the connections and release the loop thread. Idempotent."""
         if self._closed:
             return
+        _portal.check_not_in_blocking_call("SyncDrive.close")  # the call would wait for itself
         self._closed = True
         try:
             self._close_caller_loops()

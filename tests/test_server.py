@@ -1,15 +1,20 @@
-"""The embedded server: where it listens."""
+"""The embedded server: where it listens, and the processes that start it."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import asyncdrive
-from asyncdrive import SyncDrive
+from asyncdrive import SyncDrive, _server
 
 
 @pytest.fixture(autouse=True)
@@ -43,3 +48,66 @@ def test_short_root_listens_on_a_unix_socket_under_it(tmp_path: Path, drive_id: 
     finally:
         asyncdrive.stop_server(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_process_with_an_unclosed_syncdrive_exits(tmp_path: Path, drive_id: str) -> None:
+    """The first call starts the server from a worker thread of the call's loop, which must
+    end with the call: the interpreter waits for such threads before it exits."""
+    root = Path("/tmp") / tmp_path.name
+    code = f"""
+        import multiprocessing, sys
+        from asyncdrive import SyncDrive
+
+        def work(drive):
+            drive.write_bytes("from-worker", b"x")  # and returns, the drive left open
+
+        if __name__ == "__main__":
+            drive = SyncDrive({drive_id!r}, root={str(root)!r})
+            print(drive.exists("x"), flush=True)
+            for method in ("spawn", "fork"):
+                worker = multiprocessing.get_context(method).Process(target=work, args=(drive,))
+                worker.start()
+                worker.join(30)
+                print(method, worker.exitcode, flush=True)
+    """
+    script = tmp_path / "unclosed.py"
+    script.write_text(textwrap.dedent(code))
+    env = {k: v for k, v in os.environ.items() if k != "ASYNCDRIVE_REDIS_URL"}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90
+        )  # a hang at exit fails here (TimeoutExpired), in the workers as in the script
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["False", "spawn", "0", "fork", "0"], done.stderr
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_child_forked_while_a_thread_holds_the_server_lock_does_not_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_server, "_LOCK_TIMEOUT", 5.0)
+    lock = tmp_path / "server" / "server.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _server._file_lock(lock):  # as a thread starting the server
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: once the parent's thread has let go, the lock is free
+        code = 1
+        try:
+            with _server._file_lock(lock):
+                code = 0
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # not 1, after 5 s, from its own copy

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -733,6 +734,70 @@ def test_files_outliving_their_syncdrive_let_go_without_committing(
     with SyncDrive(drive_id) as check:
         assert check.read_bytes("kept.txt") == b"old" and not check.exists("dropped.txt")
         assert uploads_in_progress(root, check) == 0
+
+
+def test_close_racing_first_calls_of_threads_leaves_nothing_open(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    with SyncDrive(drive_id) as warm:
+        warm.exists("x")  # connected and the server known: the race is in the calls
+    for round_number in range(20):
+        drive = SyncDrive(drive_id)
+        start = threading.Barrier(9)
+        ended: list[tuple[str, float]] = []
+
+        def first_call(
+            drive: SyncDrive = drive,
+            start: threading.Barrier = start,
+            ended: list[tuple[str, float]] = ended,
+        ) -> None:
+            start.wait()
+            try:
+                drive.exists("x")
+                ended.append(("done", time.monotonic()))
+            except DriveError:
+                ended.append(("closed", time.monotonic()))
+
+        threads = [threading.Thread(target=first_call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        time.sleep(0.0003 * (round_number % 10))
+        drive.close()
+        closed_at = time.monotonic()
+        for thread in threads:
+            thread.join()
+        assert [t for outcome, t in ended if outcome == "done" and t > closed_at] == []
+        assert all(loop.closed for loop in drive._caller_loops)
+
+
+def test_close_from_a_progress_callback_raises_instead_of_waiting_for_itself(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    Path("big.bin").write_bytes(os.urandom(9 << 20))
+    drive = SyncDrive(drive_id)
+
+    def close_now(done: int, total: int) -> None:
+        drive.close()
+
+    with pytest.raises(RuntimeError, match=r"SyncDrive.close\(\) .* progress= callback"):
+        drive.put("big.bin", progress=close_now)
+    assert not drive.exists("big.bin")  # the put stopped, the drive still open
+    drive.close()
+
+
+def test_open_files_and_watches_refuse_to_pickle(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    with SyncDrive(drive_id) as drive:
+        drive.write_bytes("a.txt", b"x")
+        with drive.open("a.txt") as reader, drive.open("b.txt", "wb") as writer:
+            with drive.watch() as watch:
+                for thing, fix in ((reader, "drive.open"), (writer, "write"), (watch, "cursor")):
+                    with pytest.raises(TypeError, match=f"cannot pickle.*{fix}"):
+                        pickle.dumps(thing)
+            writer.write(b"y")
+        assert drive.read_bytes("b.txt") == b"y"
 
 
 # -- repr ----------------------------------------------------------------------------------------
