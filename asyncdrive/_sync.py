@@ -629,8 +629,9 @@ class SyncDrive:
         """Return a blocking iterator of the drive's changes (see `Drive.watch`).
 
         Example:
-            >>> for event in SyncDrive("lit://d").watch(timeout=5.0):
-            ...     print(event.change, event.path)
+            >>> with SyncDrive("lit://d") as drive:
+            ...     for event in drive.watch(timeout=5.0):
+            ...         print(event.change, event.path)
             added a.txt
 
         """
@@ -656,6 +657,13 @@ class _Mirror:
     def _mirrored(self) -> Watch | DriveReader | DriveWriter:
         raise NotImplementedError
 
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _let_go(self) -> None:
+        """End it without the drive's loop, closed with the drive: nothing committed."""
+        raise NotImplementedError
+
     def __enter__(self) -> Self:
         return self
 
@@ -665,6 +673,12 @@ class _Mirror:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._drive._closed:  # the drive's loop is gone (see each close)
+            if exc_type is None:
+                self.close()
+            else:
+                self._let_go()  # the block's own exception is the one to raise
+            return
         self._drive._call(self._mirrored().__aexit__, exc_type, exc, tb)
 
 
@@ -704,8 +718,14 @@ class SyncWatch(_Mirror):
         return self._drive._call(self._watch.next, timeout)
 
     def close(self) -> None:
-        """End the watch (in a group, the last event handed out counts as handled)."""
+        """End the watch (in a group, the last event handed out counts as handled). Idempotent."""
+        if self._drive._closed:  # closed with its drive, which acknowledged nothing more
+            self._let_go()
+            return
         self._drive._call(self._watch.aclose)
+
+    def _let_go(self) -> None:
+        self._watch._done = True
 
     def _mirrored(self) -> Watch:
         return self._watch
@@ -758,16 +778,21 @@ class _SyncFile(_Mirror, Generic[FileT]):
             return
         if self._drive._closed:
             # Closed with the drive's loop thread, which this file used: let go of it here.
+            self._let_go()
             if isinstance(self._file, DriveWriter):
-                self._file._drop()
                 raise DriveError(
                     f"SyncDrive {self._drive.name!r} was closed before {self.path!r} was "
                     "committed, so nothing was stored: close a writer before its drive, or "
                     "write the file again with a new SyncDrive."
                 )
-            self._file._release()
             return
         self._drive._call(self._file.aclose)
+
+    def _let_go(self) -> None:
+        if isinstance(self._file, DriveWriter):
+            self._file._drop()
+        else:
+            self._file._release()
 
     def _mirrored(self) -> FileT:
         return self._file
@@ -845,6 +870,6 @@ class SyncDriveWriter(_SyncFile[DriveWriter]):
         if self._file.closed:
             return
         if self._drive._closed:  # its loop thread is gone: drop the upload here
-            self._file._drop()
+            self._let_go()
         else:
             self._drive._call(self._file.abort)

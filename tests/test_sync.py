@@ -708,6 +708,9 @@ def test_close_from_another_thread_ends_a_blocking_watch_with_the_closed_error(
             pass
     closer.join()
     assert joined_loop_threads() == []
+    watch.close()  # closed with its drive: nothing left to do, no error
+    with watch:
+        pass
 
 
 def test_files_outliving_their_syncdrive_let_go_without_committing(
@@ -731,6 +734,14 @@ def test_files_outliving_their_syncdrive_let_go_without_committing(
         del reader, writer, dropped
         gc.collect()
     assert raised == []
+    again = SyncDrive(drive_id)
+    r = again.open("kept.txt")
+    with pytest.raises(DriveError, match="nothing was stored"), again.open("w.txt", "wb") as w:
+        w.write(b"x")
+        again.close()  # inside the block: leaving it commits nothing, and says so
+    with pytest.raises(KeyError), r:
+        raise KeyError("the block's own error, not the closed drive's")
+    assert r.closed
     with SyncDrive(drive_id) as check:
         assert check.read_bytes("kept.txt") == b"old" and not check.exists("dropped.txt")
         assert uploads_in_progress(root, check) == 0
