@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ._config import is_valid_name, resolve_root
 from ._drive import _local_files
-from ._exceptions import DriveError, InvalidPathError
+from ._exceptions import DriveError, DriveFileNotFoundError, InvalidPathError
 from ._models import FileInfo, FolderInfo
 from ._server import ensure_server_sync, server_url, stop_server
 from ._sync import SyncDrive
@@ -131,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _drive_ids(args: argparse.Namespace) -> list[str]:
     if args.all == bool(args.drive):
-        raise DriveError("name one drive (lit://<name>) or pass --all, not both.")
+        raise _UsageError("name one drive (lit://<name>) or pass --all, not both.")
     if args.drive:
         return [args.drive]
     base = resolve_root(args.root) / "drives"
@@ -220,7 +221,10 @@ def _bar(
 
 def _put_bar(sources: Sequence[Path]) -> tuple[str, int | None]:
     """Return the label and total of a put's bar: ``put <name>``, or ``put <n> files``."""
-    found = [_local_files(local) or [] for local in sources]  # none: the put says why
+    try:
+        found = [_local_files(local) or [] for local in sources]  # none: the put says why
+    except OSError:  # a folder that cannot be read: the put says why
+        return f"put {len(sources)} files" if len(sources) > 1 else f"put {sources[0].name}", None
     count = sum(len(files) for files in found)
     total = sum(size for files in found for _, size in files)
     if len(sources) == 1 and count == 1:
@@ -236,6 +240,11 @@ def _run_file_command(args: argparse.Namespace) -> int:
             _print(args, [_long_entry(info) for info in infos], _long_listing(infos))
         elif args.command == "ls":
             entries = drive.list(path, recursive=args.recursive)
+            if not entries and path != "." and not drive.exists(path):
+                raise DriveFileNotFoundError(  # as ls does; the library lists nothing as []
+                    f"Drive {drive.name!r}: nothing at {path!r}; see what there is with "
+                    f"'asyncdrive ls {drive.id}'."
+                )
             _print(args, entries, "\n".join(entries))
         elif args.command == "cat":
             sys.stdout.buffer.write(drive.read_bytes(path))
@@ -278,7 +287,12 @@ def _run_file_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _UsageError(DriveError):
+    """The command line was given arguments that do not go together (exit status 2)."""
+
+
 _EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (_UsageError, 2),
     (FileNotFoundError, 4),
     (FileExistsError, 5),
     (ConnectionError, 6),
@@ -309,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), 1)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of the output left (`| head`): no traceback, and none at exit either,
+        # when Python flushes stdout (the standard library's advice, in "signal").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process killed by SIGPIPE
     return 0
 
 

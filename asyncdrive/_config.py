@@ -81,6 +81,19 @@ def check_component_name(component_name: str) -> str:
     return component_name
 
 
+def check_seconds(drive: str, name: str, value: float | None) -> None:
+    """Raise `InvalidConfigError` unless ``value`` (an argument ``name``) is None or >= 0.
+
+    Example:
+        >>> check_seconds("d", "timeout", 2.5)
+
+    """
+    if value is not None and not (isinstance(value, int | float) and value >= 0):
+        raise InvalidConfigError(
+            f"Drive {drive!r}: {name}={value!r} must be a number of seconds, 0 or more."
+        )
+
+
 def default_root() -> Path:
     """Return the per-user data directory used when no root is configured.
 

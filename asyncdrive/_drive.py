@@ -41,6 +41,7 @@ from ._config import (
     ResolvedConfig,
     absolute_root,
     check_component_name,
+    check_seconds,
     parse_drive_id,
     redact_url,
 )
@@ -1478,6 +1479,8 @@ class Drive:
     async def _file_info(
         self, conn: _Connection, path: str, component_name: str | None
     ) -> FileInfo:
+        if component_name is not None:
+            check_component_name(component_name)
         owners = await conn.index.owners(path)
         if not owners and await conn.index.kind(path) == "folder":
             raise DriveIsADirectoryError(
@@ -1558,6 +1561,7 @@ class Drive:
         drive_path = self._path(path)
         if component_name is not None:
             check_component_name(component_name)
+        check_seconds(self.name, "timeout", timeout)
         conn = await self._connection()
         if timeout is not None:
             await self._wait_for(conn, drive_path, component_name, timeout)
@@ -1750,6 +1754,7 @@ class Drive:
             GcReport(uploads_removed=2, installs_undone=1, ...)
 
         """
+        check_seconds(self.name, "grace", grace)  # below 0, it would touch work in progress
         conn = await self._connection()
         store, index = conn.store, conn.index
         uploads, backups = await conn.run_sync(store.leftovers, grace)
@@ -1987,6 +1992,8 @@ class Drive:
         folder = self._path(path, allow_root=True)
         if group is not None:
             check_component_name(group)
+        check_seconds(self.name, "timeout", timeout)
+        check_seconds(self.name, "claim_idle", claim_idle)
         if since is not None:
             try:
                 parse_id(since)
@@ -2356,10 +2363,17 @@ def _stage_small_file(
     return store.stage_file(local, sync, into)
 
 
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def _local_files(local: Path) -> list[tuple[str, int]] | None:
     """Return [("", size)] for a local file, or (relative path, size) of a folder's files.
 
     A folder's files come sorted; None means there is neither file nor folder at ``local``.
+    Links to files are followed; links to folders, broken links and special files (pipes,
+    sockets) are left out. A folder that cannot be read raises (PermissionError): a put
+    must not store a folder without telling what it left out.
     """
     try:
         st = local.stat()
@@ -2370,7 +2384,7 @@ def _local_files(local: Path) -> list[tuple[str, int]] | None:
     if not stat.S_ISDIR(st.st_mode):
         return None
     found: list[tuple[str, int]] = []
-    for dirpath, _dirnames, filenames in os.walk(local):
+    for dirpath, _dirnames, filenames in os.walk(local, onerror=_raise):
         rel = Path(dirpath).relative_to(local).as_posix()
         for name in filenames:
             with contextlib.suppress(OSError):

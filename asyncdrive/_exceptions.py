@@ -192,6 +192,11 @@ _LEFT_AS_IT_WAS = {
     "write": "Nothing was stored: the upload was dropped (open the file again to retry).",
     "close": "Nothing was stored: the upload was dropped.",
     "get": "The local file was left as it was.",
+    # The index lets a file go before its bytes (a reader never finds an entry without them).
+    "delete": (
+        "The drive no longer lists it (nor what this call deleted before it), but the bytes "
+        "that could not be removed stay on the disk until gc() removes them."
+    ),
 }
 
 

@@ -77,7 +77,7 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
     assert "GcReport(uploads_removed=0" in cleaned.stdout
     both = cli("gc", "lit://cli_a", "--all")
     assert (both.returncode, both.stderr.strip()) == (
-        1,
+        2,  # a usage error, as argparse's own
         "asyncdrive: error: name one drive (lit://<name>) or pass --all, not both.",
     )
     bad = cli("rebuild-index", "s3://nope")
@@ -140,6 +140,19 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     ]
     bad = cli("ls", "s3://bucket")
     assert bad.returncode == 1 and "lit://" in bad.stderr
+    nothing = cli("ls", f"{drive_id}/no/such/folder")
+    assert (nothing.returncode, nothing.stdout) == (4, "")  # as ls does, not an empty listing
+    assert "'no/such/folder'" in nothing.stderr and len(nothing.stderr.splitlines()) == 1
+    # A reader that leaves early (| head -c0): no traceback, the status of a SIGPIPE.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncdrive", "ls", "-r", drive_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert (proc.wait(60), err) == (141, "")
 
 
 def test_console_script_paths_groups_and_exit_statuses(

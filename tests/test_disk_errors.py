@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import struct
+import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from asyncdrive import Drive, DrivePermissionError, DriveStorageError, SyncDrive
 
+from .conftest import run_python
 from .procs import read_line, spawn
 
 LIMIT = 1 << 20
@@ -134,10 +136,9 @@ def test_storage_errors_say_what_an_errno_means() -> None:
     assert not isinstance(
         storage_error("d", OSError(errno.EIO, "I/O"), "get", "c"), PermissionError
     )
-    odd = storage_error("d", OSError(errno.ENAMETOOLONG, "File name too long"), "delete", "b")
+    odd = storage_error("d", OSError(errno.ENAMETOOLONG, "File name too long"), "open", "b")
     assert str(odd) == (
-        "Drive 'd': cannot delete 'b': File name too long. Check the disk (or the mount), "
-        "then retry."
+        "Drive 'd': cannot open 'b': File name too long. Check the disk (or the mount), then retry."
     )
 
 
@@ -191,3 +192,80 @@ async def test_a_folder_refusing_renames_is_a_storage_error_not_a_clash(
         ]
         await drive.write_bytes("d/kept.txt", b"after")  # and the drive works on
         assert (await drive.info("d/kept.txt")).version == 2
+
+
+async def test_a_delete_whose_bytes_stay_says_so_and_gc_removes_them(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    name = drive_id.removeprefix("lit://")
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("d/a.txt", b"a")
+        await drive.write_bytes("d/b.txt", b"b")
+        folder = root / "drives" / name / "default" / "d"
+        set_immutable(folder, True)
+        try:
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: drive.delete("d/a.txt"),
+                lambda: drive.delete("d", recursive=True),
+            ]
+            for call in calls:
+                with pytest.raises(DrivePermissionError, match="no longer lists it") as refused:
+                    await call()
+                assert "'d" in str(refused.value) and "gc()" in str(refused.value)
+        finally:
+            set_immutable(folder, False)
+        # The index let them go first: readers see them deleted, as the message says.
+        assert await drive.list(".") == [] and not await drive.exists("d/a.txt")
+        assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]
+        report = await drive.gc(grace=0)
+        assert report.orphans_removed == 2 and not folder.exists()  # empty folders go too
+
+
+UNREADABLE_FOLDER = """
+    import ctypes, os, pty, select, subprocess, sys
+    if os.geteuid() == 0:  # root reads anything: leave the capabilities that let it
+        assert ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0  # CLONE_NEWUSER
+    from asyncdrive import DrivePermissionError, SyncDrive
+
+    os.makedirs("f/locked")
+    for name in ("f/ok", "f/locked/in"):
+        open(name, "w").write("x")
+    os.chmod("f/locked", 0)
+    try:
+        with SyncDrive({drive_id!r}) as drive:
+            try:
+                drive.put("f")
+            except DrivePermissionError as exc:
+                print("refused:", exc)
+            print("stored:", drive.list(".", recursive=True))
+        # The command line, on a terminal (where it draws a bar, after looking at the files).
+        terminal, its_end = pty.openpty()
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", "put", "f", {drive_id!r} + "/"],
+            stderr=its_end, stdout=subprocess.DEVNULL,
+        )
+        os.close(its_end)
+        shown = b""
+        while select.select([terminal], [], [], 1)[0]:
+            try:
+                shown += os.read(terminal, 65536)
+            except OSError:  # the other end closed
+                break
+        print("cli:", done.returncode, b"Traceback" in shown, b"permission denied" in shown)
+    finally:
+        os.chmod("f/locked", 0o755)
+"""
+
+
+def test_a_folder_put_refuses_a_folder_it_cannot_read(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    done = run_python(
+        textwrap.dedent(UNREADABLE_FOLDER.format(drive_id=drive_id)), cwd=workdir, env=env
+    )
+    refused, stored, cli = done.stdout.splitlines()
+    # Not stored without the files it could not read, as before: refused, naming them.
+    assert refused.startswith("refused: ") and "permission denied" in refused, done.stdout
+    assert "f/locked" in refused and "cannot put 'f'" in refused
+    assert stored == "stored: []"
+    assert cli == "cli: 1 False True"  # one line, no traceback from the bar's look first

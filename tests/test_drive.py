@@ -9,6 +9,7 @@ import functools
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import threading
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from asyncdrive import (
     DriveTimeoutError,
     FileInfo,
     FolderInfo,
+    InvalidConfigError,
     InvalidPathError,
     VersionConflictError,
     _drive,
@@ -986,6 +988,26 @@ async def test_invalid_paths(make_drive: MakeDrive, drive_id: str, bad: str) -> 
         await drive.write_bytes(bad, b"x")
     assert isinstance(refused.value, ValueError)
     assert drive_id[6:] in str(refused.value)
+
+
+async def test_invalid_seconds_and_component_names(make_drive: MakeDrive, drive_id: str) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a.txt", b"x")
+    calls: list[tuple[Callable[[], Awaitable[object]], str]] = [
+        (lambda: drive.get("a.txt", timeout=-1), "timeout=-1"),
+        (lambda: drive.get("a.txt", timeout=float("nan")), "timeout=nan"),
+        (lambda: drive.gc(grace=-5), "grace=-5"),  # would touch work in progress
+        (lambda: drive.info("a.txt", component_name=".x"), "'.x'"),
+        (lambda: drive.read_bytes("a.txt", component_name="a b"), "'a b'"),
+    ]
+    for call, named in calls:
+        with pytest.raises(InvalidConfigError, match=re.escape(named)) as refused:
+            await call()
+        assert isinstance(refused.value, ValueError)
+    for kwargs in ({"timeout": -1.0}, {"claim_idle": -1.0}):
+        with pytest.raises(InvalidConfigError, match="0 or more"):
+            drive.watch(**kwargs)
+    assert not Path("a.txt").exists()  # no get went ahead
 
 
 async def test_long_paths_within_the_limits(make_drive: MakeDrive, drive_id: str) -> None:
