@@ -259,7 +259,9 @@ def _run_file_command(args: argparse.Namespace) -> int:
             bar = _bar(args, lambda: _put_bar([Path(local) for local in args.local]))
             with bar or contextlib.nullcontext():
                 for local in args.local:
-                    dest = _join(path, Path(local).name) if into_folder else path
+                    # "." or "..": the folder's own name, as cp -r gives it
+                    name = Path(local).name or Path(local).resolve().name
+                    dest = _join(path, name) if into_folder else path
                     drive.put(local, to=dest, progress=None if bar is None else bar.part())
                     _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
         elif args.command == "get":

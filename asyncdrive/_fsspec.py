@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -490,6 +491,16 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         async with src, self.drive(name2).open(rest2, "wb") as dst:
             while piece := await src.read(_PIECE):
                 await dst.write(piece)
+
+    def modified(self, path: str) -> datetime.datetime:
+        """Return when the file's current version was committed (UTC), as fsspec's others."""
+        info = self.info(path)
+        if info["type"] != "file":
+            raise DriveIsADirectoryError(
+                f"{path!r} is a folder: folders of a drive have no time of their own; ask "
+                "modified() of the files in it."
+            )
+        return datetime.datetime.fromtimestamp(info["mtime"], tz=datetime.UTC)
 
     def invalidate_cache(self, path: str | None = None) -> None:
         """Do nothing: listings are never cached, so there is nothing to invalidate."""

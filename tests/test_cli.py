@@ -93,6 +93,13 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert cli("put", "a.txt", f"{drive_id}/").stdout == f"a.txt -> {drive_id}/a.txt\n"
     assert cli("put", "d", f"{drive_id}/data/").stdout == f"d -> {drive_id}/data/d\n"
     assert cli("put", "a.txt", f"{drive_id}/renamed.txt").returncode == 0
+    other = f"{drive_id}_here"  # (this drive's events are checked below)
+    here = subprocess.run(  # "." by its own name, as cp -r does
+        [sys.executable, "-m", "asyncdrive", "put", ".", f"{other}/copy/"],
+        cwd="d", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert here.stdout == f". -> {other}/copy/d\n", here.stderr
+    assert cli("ls", "-r", other).stdout == "copy/d/x.bin\n"
     assert cli("ls", drive_id).stdout.splitlines() == ["a.txt", "data", "renamed.txt"]
     listed = cli("ls", "-r", "--json", f"{drive_id}/data")
     assert json.loads(listed.stdout) == ["data/d/x.bin"]

@@ -156,6 +156,8 @@ def test_open_read_and_write(fs: DriveFileSystem, name: str) -> None:
         raise RuntimeError("half written")
     assert fs.cat(url) == b"replaced while open"
     assert fs.info(url)["version"] == 2
+    assert fs.modified(url).timestamp() == pytest.approx(fs.info(url)["mtime"], abs=1e-5)
+    assert fs.modified(url).tzinfo is not None
     uploads = Path(os.environ["ASYNCDRIVE_ROOT"]) / "drives" / name / ".tmp"
     assert not any(uploads.iterdir())
     with pytest.raises(DriveFileExistsError):
