@@ -471,13 +471,7 @@ class Drive:
                 and await conn.run_sync(conn.store.in_use)
                 and not await conn.index.is_indexed()
             ):
-                raise IndexLostError(
-                    f"Drive {self.name!r}: the Redis server at {redact_url(conn.url)} has no "
-                    f"index for this drive, but {str(conn.store.base)!r} holds its files: the "
-                    "server lost its data (restarted without persistence, flushed or "
-                    "replaced). Run 'await drive.rebuild_index()' or 'asyncdrive "
-                    f"rebuild-index {self.id}' to rebuild the index from the disk."
-                )
+                raise self._index_lost(conn)
             conn.index_checked = True
         return conn
 
@@ -539,6 +533,27 @@ class Drive:
             inline=self._disk_inline,
             clock_offset_ms=(seconds + micros / 1e6 - (before + after) / 2) * 1000,
             clock_error_ms=(after - before) * 1000 / 2 + 1,
+        )
+
+    async def _check_not_lost(self, conn: _Connection) -> None:
+        """On an answer of nothing: raise `IndexLostError` if the index seen before is gone.
+
+        The check on connecting sees a loss from before; this one, on the path of a miss
+        (one round trip more there), sees a loss since, so that a long-lived drive never
+        serves an empty drive for a lost one.
+        """
+        if conn.index.seen_index and not await conn.index.is_indexed():
+            raise self._index_lost(conn)
+
+    def _index_lost(self, conn: _Connection | None) -> IndexLostError:
+        url = redact_url(conn.url) if conn else "(closed)"
+        base = str(conn.store.base) if conn else str(self.root)
+        return IndexLostError(
+            f"Drive {self.name!r}: the Redis server at {url} has no "
+            f"index for this drive, but {base!r} holds its files: the "
+            "server lost its data (restarted without persistence, flushed or "
+            "replaced). Run 'await drive.rebuild_index()' or 'asyncdrive "
+            f"rebuild-index {self.id}' to rebuild the index from the disk."
         )
 
     def _closed_error(self, cut_short: str | None = None) -> DriveError:
@@ -718,6 +733,7 @@ class Drive:
                 await self._put(conn, drive_path_of(rel), stage, precondition, on_copied=on_copied)
                 return
             jobs = [(drive_path_of(rel), local / rel if rel else local) for rel, _ in batch]
+            await self._mark_in_use(conn)
             await self._put_batch(conn, jobs, precondition, on_copied)
 
         await _side_by_side(conn, _put_batches(files), put_some)
@@ -935,6 +951,7 @@ class Drive:
         once a ``small`` file is installed, before its commit; if it raises, the install
         is undone and the put raises that (a progress callback, told of the bytes staged).
         """
+        await self._mark_in_use(conn)
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
         #: A file `_create` installed without the lock and could not commit: the install
@@ -1048,7 +1065,6 @@ class Drive:
                 info.checksum, precondition, token=None,
             )  # fmt: skip
             if outcome.status == "ok":
-                await self._finish_installs(conn, [])
                 return info
             if outcome.status in ("locked", "conflict"):
                 return identity
@@ -1183,19 +1199,27 @@ class Drive:
             await conn.index.unlock(conn.config.component_name, path, token)
 
     async def _finish_installs(self, conn: _Connection, backups: Sequence[Path | None]) -> None:
-        """Drop the backups of committed installs, and mark the drive in use (once)."""
+        """Drop the backups of committed installs."""
         store = conn.store
-        mark = not conn.disk_marked
         dropped = [backup for backup in backups if backup is not None]
-        if dropped or mark:
+        if dropped:
 
             def finish() -> None:
                 for backup in dropped:
                     store.drop_backup(backup)
-                store.finish_install(None, mark)
 
             await conn.run_sync(finish)
-        conn.disk_marked = True
+
+    async def _mark_in_use(self, conn: _Connection) -> None:
+        """Write the drive's marker on its disk, durably, before this connection's first commit.
+
+        With it, a drive whose index the server lost is told from a new one (`IndexLostError`,
+        and `gc()` refuses): written after the commit, a crash between the two could leave
+        files of a drive that looks unused.
+        """
+        if not conn.disk_marked:
+            await conn.run_sync(conn.store.mark_in_use)
+            conn.disk_marked = True
 
     def _refusal(self, path: str, outcome: PutOutcome, precondition: str) -> DriveError:
         """Return the error `_raise_put_refused` raises for a refused ``outcome``."""
@@ -1251,6 +1275,8 @@ class Drive:
                 f"and another put of component {component!r} committed version {detail} "
                 "meanwhile. Nothing of this put was kept; retry it."
             )
+        if status == "indexlost":
+            raise self._index_lost(self._conn)
         raise DriveError(f"{where}: the index changed during the commit ({status}); retry.")
 
     async def _lock_put(
@@ -1311,6 +1337,8 @@ class Drive:
             for start in range(0, len(files), _DELETE_BATCH_FILES):
                 await self._delete_files(conn, files[start : start + _DELETE_BATCH_FILES])
             return
+        if not owners:
+            await self._check_not_lost(conn)
         raise self._not_found(drive_path, sorted(owners), component, deleting=True)
 
     async def _delete_file(self, conn: _Connection, path: str, *, missing_ok: bool = False) -> None:
@@ -1405,6 +1433,8 @@ class Drive:
                 f"Drive {self.name!r}: {folder!r} is a file, not a folder; use info() or "
                 f"get() for a file, or list({_parent(folder)!r}) for its folder."
             )
+        if not found:
+            await self._check_not_lost(conn)
         return found
 
     @_redis_errors_as_unavailable
@@ -1456,6 +1486,8 @@ class Drive:
             check_component_name(component_name)
         conn = await self._connection()
         kind = await conn.index.kind(drive_path, component_name)
+        if kind is None:
+            await self._check_not_lost(conn)
         return kind is not None
 
     @_redis_errors_as_unavailable
@@ -1482,10 +1514,12 @@ class Drive:
         if component_name is not None:
             check_component_name(component_name)
         owners = await conn.index.owners(path)
-        if not owners and await conn.index.kind(path) == "folder":
-            raise DriveIsADirectoryError(
-                f"Drive {self.name!r}: {path!r} is a folder; list({path!r}) shows its files."
-            )
+        if not owners:
+            if await conn.index.kind(path) == "folder":
+                raise DriveIsADirectoryError(
+                    f"Drive {self.name!r}: {path!r} is a folder; list({path!r}) shows its files."
+                )
+            await self._check_not_lost(conn)
         return self._pick(path, owners, component_name)
 
     @_redis_errors_as_unavailable
@@ -1591,6 +1625,7 @@ class Drive:
             return
         _, files = await conn.index.list_files(drive_path, component_name)
         if not files:
+            await self._check_not_lost(conn)
             raise self._not_found(drive_path, [], component_name)
         copies = [
             (self._pick(file, file_owners, component_name), local / file[len(drive_path) + 1 :])
@@ -1771,19 +1806,46 @@ class Drive:
             undone += outcome == "undone"
             kept += outcome == "kept"
         on_disk = await conn.run_sync(functools.partial(store.scan, verify=False))
-        indexed = {(e.component_name, e.path) for e in await index.all_entries()}
+        indexed = {(e.component_name, e.path): e.version for e in await index.all_entries()}
+        if on_disk and not indexed and not await index.is_indexed():
+            # Files, and no index at all: the server lost it. Every file would look like an
+            # orphan: say so rather than delete the drive.
+            raise self._index_lost(conn)
         orphans = 0
         for found in on_disk:
             if (found.component, found.path) not in indexed and found.age > grace:
                 orphans += await self._remove_orphan(conn, found.component, found.path)
         present = {(f.component, f.path) for f in on_disk}
         dangling = 0
-        for component, path in sorted(indexed - present):
-            exists = store.file_path(component, path).exists
-            if not await conn.run_sync(exists):
-                done, _, _ = await index.commit_delete(component, path)
-                dangling += done
+        for component, path in sorted(indexed.keys() - present):
+            version = indexed[component, path]
+            dangling += await self._remove_dangling(conn, component, path, version)
         return GcReport(len(uploads), undone, kept, orphans, dangling)
+
+    async def _remove_dangling(
+        self, conn: _Connection, component: str, path: str, version: int
+    ) -> int:
+        """Drop the index entry of ``version`` of a file whose bytes are gone; 1 if dropped.
+
+        Under the path's lock, checked again: a put may have committed it meanwhile.
+        """
+        if await conn.run_sync(conn.store.file_path(component, path).exists):
+            return 0
+        token = await self._lock(conn, component, path)
+
+        async def check_and_delete() -> int:
+            try:
+                entry = (await conn.index.owners(path)).get(component)
+                if entry is None or entry.version != version:  # deleted or put meanwhile
+                    return 0
+                if await conn.run_sync(conn.store.file_path(component, path).exists):
+                    return 0
+                done, _, _ = await conn.index.commit_delete(component, path)
+                return int(done)
+            finally:
+                await conn.index.unlock(component, path, token)
+
+        return await to_its_end(check_and_delete())
 
     async def _settle_backup(
         self, conn: _Connection, backup: Path, component: str, path: str, token: str

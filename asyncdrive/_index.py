@@ -86,7 +86,9 @@ _PUT_LUA = (
 --       7 allow duplicates (0|1), 8 expected version, 9 size, 10 mtime, 11 checksum,
 --       12 precondition on the component's copy ("": none, "absent", or its version),
 --       13 n, then n child names (one per folder level).
--- Last KEY: the commit lock of (component, path); last two ARGV: its token and lease (ms).
+-- Last KEY: the commit lock of (component, path); last three ARGV: '1' if the caller has
+-- seen the drive's index (then a commit without it refuses: the server lost it, and a
+-- commit would start a new one that hides the loss), the lock's token and lease (ms).
 -- Modes: "check" checks; "lock" checks, then takes the lock (or answers "locked");
 -- "commit" commits and, on success, releases the lock; "create" commits a put that took
 -- no lock, unless another writer holds it now (then "locked").
@@ -127,6 +129,9 @@ end
 if mode == 'lock' then
   redis.call('SET', lock, token, 'PX', lease)
   return {'ok', tostring(current)}
+end
+if ARGV[#ARGV - 2] == '1' and redis.call('EXISTS', KEYS[4]) == 0 then
+  return {'indexlost'}
 end
 if tostring(current) ~= ARGV[8] then
   return {'conflict', tostring(current)}
@@ -383,6 +388,9 @@ class Index:
         self.readers = readers
         self.drive = drive
         self.keys = Keys(drive)
+        #: Whether this connection has seen the drive's index (`is_indexed`, or a commit of
+        #: its own): its commits then refuse to start a new one (see `_PUT_LUA`).
+        self.seen_index = False
         self._event_keys = [self.keys.events, self.keys.trimmed]
         self._event_args = [str(events_maxlen), str(int(events_max_age * 1000)), self.keys.wake]
         self._put = client.register_script(_PUT_LUA)
@@ -408,6 +416,7 @@ class Index:
             raw = await self.client.hgetall(key)  # type: ignore[assignment]
         else:
             raw = _as_dict(await self.wire.call("HGETALL", key))
+        self.seen_index = self.seen_index or bool(raw)
         return {c: parse_record(path, c, rec) for c, rec in raw.items()}
 
     async def owners_many(self, paths: Sequence[str]) -> list[dict[str, FileInfo]]:
@@ -765,6 +774,7 @@ class Index:
             precondition,
             str(len(folders)),
             *path.split("/"),
+            "1" if self.seen_index else "0",
             token,
             str(lease_ms),
         ]
@@ -777,6 +787,8 @@ class Index:
             blocking = await self._first_file_ancestor(folders[1:])
             return PutOutcome("notadir", blocking)
         if status == "ok":
+            if len(reply) > 2:  # committed: the index exists from now on
+                self.seen_index = True
             return PutOutcome("ok", reply[1], reply[2] if len(reply) > 2 else "")
         return PutOutcome(status, reply[1] if len(reply) > 1 else "")
 
@@ -821,7 +833,9 @@ class Index:
 
     async def is_indexed(self) -> bool:
         """Tell whether the drive has an index (its version counters exist once a file was put)."""
-        return bool(await self.client.exists(self.keys.versions))
+        indexed = bool(await self.client.exists(self.keys.versions))
+        self.seen_index = self.seen_index or indexed
+        return indexed
 
     async def all_entries(self) -> list[FileInfo]:
         """Return every (component, file) entry of the index."""

@@ -1777,13 +1777,6 @@ class DiskStore:
         version = (self.read_meta(component, path) or {}).get("version")
         return version if isinstance(version, int) else None
 
-    def finish_install(self, backup: Path | None, mark_in_use: bool) -> None:
-        """After a commit: drop the install's backup, and write the drive marker if asked."""
-        if backup is not None:
-            self.drop_backup(backup)
-        if mark_in_use:
-            self.mark_in_use()
-
     def drop_backup(self, backup: Path) -> None:
         """Remove the backup left by `install` (the bytes last: see `leftovers`)."""
         _meta_backup(backup).unlink(missing_ok=True)
@@ -1812,11 +1805,18 @@ class DiskStore:
     # -- whole-drive maintenance ----------------------------------------------------------
 
     def mark_in_use(self) -> None:
-        """Write the drive marker (see `DRIVE_MARKER`) if it is not there yet."""
+        """Write the drive marker (see `DRIVE_MARKER`) if it is not there yet, fsynced."""
         marker = self.base / DRIVE_MARKER
-        if not marker.exists():
-            self.base.mkdir(parents=True, exist_ok=True)
-            marker.write_text("asyncdrive drive: its files are indexed in Redis\n")
+        if marker.exists():
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, b"asyncdrive drive: its files are indexed in Redis\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.base)
 
     def in_use(self) -> bool:
         """Tell whether this drive has ever committed a file (its marker exists)."""
@@ -1849,7 +1849,10 @@ class DiskStore:
                     if name.startswith(RESERVED_PREFIX) or data.is_symlink():
                         continue
                     rel = data.relative_to(component_dir).as_posix()
-                    found.append(self._describe(component_dir.name, rel, data, now, verify))
+                    try:
+                        found.append(self._describe(component_dir.name, rel, data, now, verify))
+                    except FileNotFoundError:  # deleted (or replaced) while scanned: not here
+                        continue
         return found
 
     def _describe(

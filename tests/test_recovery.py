@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,95 @@ async def test_index_loss_detected_and_rebuilt(
     # Versions go on increasing from where they were.
     assert (await fresh.write_bytes("top.txt", b"t2")).version == 2
     assert (await fresh.write_bytes("data/a.bin", b"a3")).version == 3
+
+
+async def test_an_index_lost_under_a_connected_drive_is_never_served_nor_restarted(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str, redis_url: str
+) -> None:
+    """A drive connected before the loss: every read that finds nothing, and every commit,
+    checks again (a commit would start a new index that hides the loss from every process,
+    and gc() would then take the files for orphans)."""
+    name = drive_id[6:]
+    async with Drive(drive_id) as long_lived:
+        for i in range(5):
+            await long_lived.write_bytes(f"data/{i}.bin", b"x")
+        await drop_index(redis_url, name)
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: long_lived.list("data"),
+            lambda: long_lived.exists("data/0.bin"),
+            lambda: long_lived.info("data/0.bin"),
+            lambda: long_lived.read_bytes("data/0.bin"),
+            lambda: long_lived.get("data/0.bin"),
+            lambda: long_lived.delete("data/0.bin"),
+            lambda: long_lived.write_bytes("new.txt", b"would hide the loss"),
+            lambda: long_lived.write_bytes("data/0.bin", b"so would this"),
+            lambda: long_lived.gc(grace=0),
+        ]
+        for call in calls:
+            with pytest.raises(IndexLostError, match="rebuild"):
+                await call()
+    component = root / "drives" / name / "default"
+    assert sorted(p.name for p in (component / "data").iterdir()) == [f"{i}.bin" for i in range(5)]
+    assert not (component / "new.txt").exists() and not Path("data").exists()
+    async with Drive(drive_id) as fresh:
+        with pytest.raises(IndexLostError):
+            await fresh.gc(grace=0)  # not: 5 orphans removed
+        assert await fresh.rebuild_index() == 5
+        assert await fresh.read_bytes("data/0.bin") == b"x"
+
+
+async def test_gc_refuses_a_drive_with_files_and_no_index_at_all(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str, redis_url: str
+) -> None:
+    """Even without the drive's marker (a disk that lost it with the index), gc() deletes
+    nothing of a drive whose index does not exist."""
+    name = drive_id[6:]
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a.bin", b"a")
+        assert (root / "drives" / name / storage.DRIVE_MARKER).exists()  # made before the commit
+    await drop_index(redis_url, name)
+    (root / "drives" / name / storage.DRIVE_MARKER).unlink()
+    async with Drive(drive_id) as drive:
+        with pytest.raises(IndexLostError):
+            await drive.gc(grace=0)
+        assert (root / "drives" / name / "default" / "a.bin").read_bytes() == b"a"
+
+
+async def test_gc_keeps_an_entry_put_again_while_it_looked_and_skips_files_gone_meanwhile(
+    env: dict[str, str],
+    workdir: Path,
+    root: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = drive_id[6:]
+    store = DiskStore(root, name)
+    async with Drive(drive_id) as drive, Drive(drive_id) as other:
+        deleter = SyncDrive(drive_id)  # another writer, from gc's worker thread below
+        await drive.write_bytes("p.bin", b"v1")
+        await drive.write_bytes("going.bin", b"g")
+        store.file_path("default", "p.bin").unlink()  # its bytes lost: an entry to drop...
+        lock = drive._lock
+        describe = DiskStore._describe
+
+        async def put_again_first(conn: Any, component: str, path: str) -> str:
+            if path == "p.bin":  # ...until another writer puts it again, just before gc locks
+                await other.write_bytes("p.bin", b"v2")
+            return await lock(conn, component, path)
+
+        def then_deleted(self: DiskStore, component: str, path: str, *args: Any) -> Any:
+            if path == "going.bin":  # deleted by a writer while gc scans
+                deleter.delete(path)
+            return describe(self, component, path, *args)
+
+        monkeypatch.setattr(drive, "_lock", put_again_first)
+        monkeypatch.setattr(DiskStore, "_describe", then_deleted)
+        report = await drive.gc()  # the default grace: safe while writers work
+        assert (report.entries_removed, report.orphans_removed) == (0, 0)
+        info = await drive.info("p.bin")
+        assert (info.version, await drive.read_bytes("p.bin")) == (2, b"v2")
+        assert not await drive.exists("going.bin")
+        deleter.close()
 
 
 async def test_rebuild_with_verify_fixes_stale_metadata(
