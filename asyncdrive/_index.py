@@ -229,7 +229,7 @@ return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 # 2 its trim mark. ARGV: 1 group, 2 member, 3 claim idle (ms), 4 the event to acknowledge
 # ('' none), 5 the group's starting id. Replies: {'event', {id, fields}}, {'none', last
 # delivered id}, {'expired', last delivered id, trim mark}, or {'lost', ids}: events held by a
-# member, trimmed before any member handled them.
+# member longer than the claim idle time, trimmed before another member could take them.
 _GROUP_STEP_LUA = """
 local function after(a, b)
   local am, as = string.match(a, '^(%d+)-?(%d*)$')
@@ -251,12 +251,19 @@ if not last then
   last = ARGV[5] == '0' and trimmed or ARGV[5]
   redis.call('XGROUP', 'CREATE', events, group, last, 'MKSTREAM')
 end
-local claimed = redis.call('XAUTOCLAIM', events, group, member, ARGV[3], '0-0', 'COUNT', 1)
-local lost = claimed[3] or {}
-for _, entry in ipairs(claimed[2]) do
-  if not entry then table.insert(lost, '?') else return {'event', entry} end
+-- The oldest event a member has held unacknowledged for claim_idle: taken over, or, if the
+-- log no longer has it (trimmed while held), acknowledged and reported. (Not XAUTOCLAIM,
+-- which reports and drops every trimmed entry held, however briefly: a live member's too.)
+local held = redis.call('XPENDING', events, group, 'IDLE', ARGV[3], '-', '+', 1)
+if #held > 0 then
+  local id = held[1][1]
+  if #redis.call('XRANGE', events, id, id) == 0 then
+    redis.call('XACK', events, group, id)
+    return {'lost', {id}}
+  end
+  local claimed = redis.call('XCLAIM', events, group, member, ARGV[3], id)
+  if #claimed > 0 then return {'event', claimed[1]} end
 end
-if #lost > 0 then return {'lost', lost} end
 if after(trimmed, last) then
   redis.call('XGROUP', 'SETID', events, group, trimmed)
   return {'expired', last, trimmed}
@@ -267,14 +274,26 @@ return {'none', last}
 """
 
 # The end of a group member's watch: acknowledge its last event, and leave the group if it
-# holds none (a member holding events stays, for another to claim them). KEYS: 1 the change
-# log. ARGV: 1 group, 2 member, 3 the event to acknowledge ('' none).
+# holds none (a member holding events stays, for another to claim them). Members gone
+# without leaving (killed) and holding nothing go too, once idle for ARGV[4] ms: a member
+# holding nothing loses nothing by it (a live one is back at its next read). KEYS: 1 the
+# change log. ARGV: 1 group, 2 member, 3 the event to acknowledge ('' none), 4 idle (ms).
 _GROUP_LEAVE_LUA = """
 if ARGV[3] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) end
-local ok, held = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if ok and #held == 0 then redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end
+local ok, members = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, m in ipairs(ok and members or {}) do
+  local fields = {}
+  for i = 1, #m, 2 do fields[m[i]] = m[i + 1] end
+  local gone = fields['name'] == ARGV[2] or fields['idle'] >= tonumber(ARGV[4])
+  if fields['pending'] == 0 and gone then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+  end
+end
 return 0
 """
+
+#: How long a member that holds no event may stay idle before a leaving member removes it.
+IDLE_MEMBER_MS = 600_000
 
 
 def _glob_escape(text: str) -> str:
@@ -564,7 +583,8 @@ class Index:
 
     async def group_leave(self, group: str, member: str, ack: str | None) -> None:
         """Acknowledge ``ack`` and remove ``member`` from ``group`` if it holds no event."""
-        await self._run(self._group_leave, [self.keys.events], [group, member, ack or ""])
+        args = [group, member, ack or "", str(IDLE_MEMBER_MS)]
+        await self._run(self._group_leave, [self.keys.events], args)
 
     async def last_event_id(self) -> str:
         """Return the id of the newest event ever added (``"0-0"``: none)."""

@@ -709,12 +709,13 @@ class SyncWatch(_Mirror):
 
     def __next__(self) -> DriveEvent:
         event = self.next(self._watch._timeout)
-        if event is None:
+        if event is None:  # watch(timeout=...): the iteration ends, and with it the watch
+            self.close()
             raise StopIteration
         return event
 
     def next(self, timeout: float | None = None) -> DriveEvent | None:
-        """Return the next event, or None (ending the watch) after ``timeout`` s without one."""
+        """Return the next event, or None if none comes within ``timeout`` s (see `Watch.next`)."""
         return self._drive._call(self._watch.next, timeout)
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from ._tasks import to_its_end
 
 if TYPE_CHECKING:
     from ._drive import Drive, _Connection
+    from ._index import GroupStep
 
 __all__ = ["Watch"]
 
@@ -123,8 +124,8 @@ class Watch:
 
     async def __anext__(self) -> DriveEvent:
         event = await self.next(self._timeout)
-        if event is None:  # watch(timeout=...) ends the iteration for good
-            self._done = True
+        if event is None:  # watch(timeout=...): the iteration ends, and with it the watch
+            await self.aclose()  # (in a group: the last event handled, the member gone)
             raise StopAsyncIteration
         return event
 
@@ -159,7 +160,7 @@ class Watch:
                 else:
                     await self._read_group(conn, block)
             except _CONNECTION_ERRORS as exc:
-                await self._backoff(exc)
+                await self._backoff(exc, deadline)
             else:
                 self._failing_since = None
                 looked = True
@@ -170,7 +171,12 @@ class Watch:
             return event.path.rpartition("/")[0] == folder or event.path == folder
         return not folder or event.path == folder or event.path.startswith(folder + "/")
 
-    async def _backoff(self, exc: BaseException) -> None:
+    async def _backoff(self, exc: BaseException, deadline: float | None) -> None:
+        """Wait before the next attempt to reconnect; raise once retrying is over.
+
+        Over after `RECONNECT_TIMEOUT`, or at ``deadline`` (the caller's timeout: it cannot
+        tell that no event came, so it says why it could not look).
+        """
         if self._drive._closed:  # aclose() cut the connection: no reconnecting
             raise self._drive._closed_error("watch") from exc
         now = time.monotonic()
@@ -179,7 +185,10 @@ class Watch:
             logger.warning("watch of %s lost its connection (%s); retrying", self._drive.id, exc)
         elif now - self._failing_since > RECONNECT_TIMEOUT:
             raise self._drive._unavailable(exc) from exc
-        await anyio.sleep(min(2.0, 0.05 * 2 ** min(10, int(now - self._failing_since))))
+        if deadline is not None and now >= deadline:
+            raise self._drive._unavailable(exc) from exc
+        pause = min(2.0, 0.05 * 2 ** min(10, int(now - self._failing_since)))
+        await anyio.sleep(pause if deadline is None else min(pause, deadline - now))
 
     def _resolve_start(self, conn: _Connection) -> None:
         if not self._read_cursor:
@@ -237,17 +246,24 @@ class Watch:
     # -- consumer groups ---------------------------------------------------------------------
 
     async def _read_group(self, conn: _Connection, block: float) -> None:
-        assert self._group is not None
+        group = self._group
+        assert group is not None
         self._resolve_start(conn)
-        step = await conn.index.group_step(
-            self._group, self._consumer, self._claim_idle_ms, self._to_ack, self._read_cursor
-        )
-        self._to_ack = None  # acknowledged by the step
-        self._joined = True
-        if step.kind == "event":
-            assert step.event is not None
-            self._buffer.append(step.event)
-        elif step.kind == "expired":
+
+        async def step_and_keep() -> GroupStep:
+            step = await conn.index.group_step(
+                group, self._consumer, self._claim_idle_ms, self._to_ack, self._read_cursor
+            )
+            self._to_ack = None  # acknowledged by the step
+            self._joined = True
+            if step.event is not None:
+                self._buffer.append(step.event)
+            return step
+
+        # Once sent, the step is kept even if the caller is cancelled meanwhile: the event it
+        # took is this member's now (cut short, it would wait for another member's claim).
+        step = await to_its_end(step_and_keep())
+        if step.kind == "expired":
             raise self._expired(step.last, group_moved_to=step.trimmed)
         elif step.kind == "lost":
             raise CursorExpiredError(
@@ -257,7 +273,7 @@ class Watch:
                 "ASYNCDRIVE_EVENTS_MAXLEN and ASYNCDRIVE_EVENTS_MAX_AGE). Re-list the drive "
                 "(list(recursive=True)) to find what they changed, then watch again."
             )
-        elif block > 0:
+        elif step.kind == "none" and block > 0:
             # Nothing for the group now: wait for the next event after its last delivered
             # one (the step then takes it), waking up often enough to claim a dead member's
             # events in time.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from asyncdrive import (
     Drive,
     DriveError,
     DriveEvent,
+    DriveUnavailableError,
     InvalidConfigError,
     SyncDrive,
+    _index,
 )
 
-from .conftest import MakeDrive, run_python
+from .conftest import MakeDrive, raw_redis, run_python
 from .procs import read_line, spawn
 from .servers import ServerProcess
 
@@ -602,3 +605,82 @@ async def test_a_group_member_rides_out_a_server_restart_and_leaves_on_close(
         # Both acknowledged ("before" after the restart), and the member left the group.
         assert (await conn.client.xpending(key, "g"))["pending"] == 0
         assert await conn.client.xinfo_consumers(key, "g") == []
+
+
+async def test_an_event_held_by_a_live_member_is_not_reported_lost_when_trimmed(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", "5")
+    async with Drive(drive_id) as drive:
+        holder = drive.watch(group="g", claim_idle=60)
+        await holder.pin_start()
+        await drive.write_bytes("slow job", b"x")
+        held = await holder.next(5)
+        assert held is not None and held.path == "slow job"
+        async with drive.watch(group="g", claim_idle=60) as other:
+            for i in range(20):  # trims the held event while its member works on it
+                await drive.write_bytes(f"f{i:02}", b"x")
+                event = await other.next(5)  # no CursorExpiredError: nothing was lost
+                assert event is not None and event.path == f"f{i:02}"
+        assert await holder.next(0) is None  # done with it, and nothing else was left
+        await holder.aclose()
+
+
+async def test_a_group_member_cancelled_mid_step_keeps_the_event_it_took(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive, drive.watch(group="g", claim_idle=60) as member:
+        await member.pin_start()
+        for i in range(60):
+            await drive.write_bytes(f"f{i:02}", b"x")
+        got: list[str] = []
+        with anyio.fail_after(30):  # an event lost to a cancellation would wait 60 s
+            while len(got) < 60:
+                with anyio.move_on_after(random.uniform(0, 0.0006)):  # often mid-step
+                    event = await member.next()
+                    assert event is not None
+                    got.append(event.path)
+        assert got == [f"f{i:02}" for i in range(60)]  # all, once, in order
+
+
+async def test_a_watch_timeout_holds_during_an_outage(
+    private_server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    private_server.start()
+    kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": private_server.url}
+    async with Drive(drive_id, **kwargs) as drive:
+        for group in (None, "g"):
+            watch = drive.watch(group=group)
+            assert await watch.next(0.05) is None  # connected, and looked once
+            private_server.kill()
+            with anyio.fail_after(10):  # not the 60 s of retrying a lost connection
+                with pytest.raises(DriveUnavailableError):
+                    await watch.next(1)
+            private_server.start()
+            await watch.aclose()
+
+
+async def test_group_members_leave_when_their_iteration_ends_and_sweep_idle_ones(
+    env: dict[str, str],
+    workdir: Path,
+    drive_id: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a", b"x")
+        async for _event in drive.watch(group="g", since="0", timeout=0.2):
+            pass  # no `with`: the end of the iteration closes the watch
+        conn = await drive._connection()
+        key = conn.index.keys.events
+        async with raw_redis(redis_url) as client:
+            assert await client.xinfo_consumers(key, "g") == []
+            # Members gone without leaving (killed): one holding nothing, one holding "b".
+            await drive.write_bytes("b", b"x")
+            await client.execute_command("XGROUP", "CREATECONSUMER", key, "g", "ghost")
+            await client.xreadgroup("g", "holder", {key: ">"}, count=1)
+            monkeypatch.setattr(_index, "IDLE_MEMBER_MS", 0)
+            async with drive.watch(group="g", claim_idle=60) as member:
+                await member.next(0)
+            left = {c["name"] for c in await client.xinfo_consumers(key, "g")}
+            assert left == {"holder"}  # its event stays claimable; the idle one went
