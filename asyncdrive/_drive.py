@@ -1989,7 +1989,10 @@ class Drive:
             await anyio.sleep(0.01)
         raise DriveError(
             f"Drive {self.name!r}: {path!r} changed every time it was opened; retry. If this "
-            "persists, a writer died in the middle of a put: run gc() to settle it."
+            "persists, its bytes are of another version than the index's: a writer died in "
+            "the middle of a put (run gc() to settle it), or, after a power cut, the Redis "
+            "server lost its last commits (run rebuild_index() first: gc() would take the "
+            "files it lost for orphans)."
         )
 
     @_redis_errors_as_unavailable
