@@ -733,7 +733,6 @@ class Drive:
                 await self._put(conn, drive_path_of(rel), stage, precondition, on_copied=on_copied)
                 return
             jobs = [(drive_path_of(rel), local / rel if rel else local) for rel, _ in batch]
-            await self._mark_in_use(conn)
             await self._put_batch(conn, jobs, precondition, on_copied)
 
         await _side_by_side(conn, _put_batches(files), put_some)
@@ -951,7 +950,6 @@ class Drive:
         once a ``small`` file is installed, before its commit; if it raises, the install
         is undone and the put raises that (a progress callback, told of the bytes staged).
         """
-        await self._mark_in_use(conn)
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
         #: A file `_create` installed without the lock and could not commit: the install
@@ -1065,6 +1063,7 @@ class Drive:
                 info.checksum, precondition, token=None,
             )  # fmt: skip
             if outcome.status == "ok":
+                await self._finish_installs(conn, [])
                 return info
             if outcome.status in ("locked", "conflict"):
                 return identity
@@ -1199,27 +1198,27 @@ class Drive:
             await conn.index.unlock(conn.config.component_name, path, token)
 
     async def _finish_installs(self, conn: _Connection, backups: Sequence[Path | None]) -> None:
-        """Drop the backups of committed installs."""
+        """Drop the backups of committed installs, and mark the drive in use (once).
+
+        The marker tells a drive whose index the server lost from a new one. It is written
+        after a commit, never before: then, another process connecting to a new drive whose
+        first commit is under way would take it for a lost index. (A crash between the two,
+        then the index lost too, leaves a drive that looks new but has files: `gc()` refuses
+        to take them for orphans while the drive has no index at all.)
+        """
         store = conn.store
+        mark = not conn.disk_marked
         dropped = [backup for backup in backups if backup is not None]
-        if dropped:
+        if dropped or mark:
 
             def finish() -> None:
                 for backup in dropped:
                     store.drop_backup(backup)
+                if mark:
+                    store.mark_in_use()
 
             await conn.run_sync(finish)
-
-    async def _mark_in_use(self, conn: _Connection) -> None:
-        """Write the drive's marker on its disk, durably, before this connection's first commit.
-
-        With it, a drive whose index the server lost is told from a new one (`IndexLostError`,
-        and `gc()` refuses): written after the commit, a crash between the two could leave
-        files of a drive that looks unused.
-        """
-        if not conn.disk_marked:
-            await conn.run_sync(conn.store.mark_in_use)
-            conn.disk_marked = True
+        conn.disk_marked = True
 
     def _refusal(self, path: str, outcome: PutOutcome, precondition: str) -> DriveError:
         """Return the error `_raise_put_refused` raises for a refused ``outcome``."""

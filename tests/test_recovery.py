@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -105,6 +106,38 @@ async def test_an_index_lost_under_a_connected_drive_is_never_served_nor_restart
         assert await fresh.read_bytes("data/0.bin") == b"x"
 
 
+def test_first_writers_of_a_new_drive_together_never_see_a_lost_index(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """The drive's marker comes with a first commit: one of several threads (each its own
+    connection) writing first must not make the others take the new drive for a lost one."""
+    for round_number in range(5):
+        drive = SyncDrive(f"{drive_id}-{round_number}")
+        start = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def write(
+            n: int,
+            drive: SyncDrive = drive,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            start.wait()
+            try:
+                drive.write_bytes(f"{n}.bin", b"x")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert len(drive.list(".")) == 8
+        drive.close()
+
+
 async def test_gc_refuses_a_drive_with_files_and_no_index_at_all(
     env: dict[str, str], workdir: Path, root: Path, drive_id: str, redis_url: str
 ) -> None:
@@ -113,7 +146,7 @@ async def test_gc_refuses_a_drive_with_files_and_no_index_at_all(
     name = drive_id[6:]
     async with Drive(drive_id) as drive:
         await drive.write_bytes("a.bin", b"a")
-        assert (root / "drives" / name / storage.DRIVE_MARKER).exists()  # made before the commit
+        assert (root / "drives" / name / storage.DRIVE_MARKER).exists()  # with its first commit
     await drop_index(redis_url, name)
     (root / "drives" / name / storage.DRIVE_MARKER).unlink()
     async with Drive(drive_id) as drive:
