@@ -1792,8 +1792,9 @@ class Drive:
         conn = await self._connection()
         store, index = conn.store, conn.index
         uploads, backups = await conn.run_sync(store.leftovers, grace)
+        uploads_removed = 0
         for upload in uploads:
-            await conn.run_sync(functools.partial(upload.unlink, missing_ok=True))
+            uploads_removed += await conn.run_sync(_unlink_if_there, upload)
         undone = kept = 0
         for backup in backups:
             target = store.backup_target(backup)
@@ -1819,7 +1820,7 @@ class Drive:
         for component, path in sorted(indexed.keys() - present):
             version = indexed[component, path]
             dangling += await self._remove_dangling(conn, component, path, version)
-        return GcReport(len(uploads), undone, kept, orphans, dangling)
+        return GcReport(uploads_removed, undone, kept, orphans, dangling)
 
     async def _remove_dangling(
         self, conn: _Connection, component: str, path: str, version: int
@@ -1876,8 +1877,8 @@ class Drive:
             try:
                 if component in await conn.index.owners(path):  # committed meanwhile
                     return 0
-                await conn.run_sync(conn.store.remove, component, path)
-                return 1
+                # 0 if another gc() removed it first: each file is counted once.
+                return int(await conn.run_sync(conn.store.remove, component, path))
             finally:
                 await conn.index.unlock(component, path, token)
 
@@ -2425,6 +2426,15 @@ def _stage_small_file(
     if not stat.S_ISREG(st.st_mode) or st.st_size > _SMALL_WRITE:
         raise _NotASmallFile
     return store.stage_file(local, sync, into)
+
+
+def _unlink_if_there(path: Path) -> bool:
+    """Remove ``path``; return False if it was gone already."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _raise(exc: OSError) -> None:

@@ -1782,16 +1782,23 @@ class DiskStore:
         _meta_backup(backup).unlink(missing_ok=True)
         backup.unlink(missing_ok=True)
 
-    def remove(self, component: str, path: str) -> None:
+    def remove(self, component: str, path: str) -> bool:
         """Remove ``component``'s copy of ``path`` and its metadata, then empty folders.
 
-        Backups of it (see `install`) stay for their writers, or `DiskStore.leftovers`.
+        Returns whether there was a file to remove. Backups of it (see `install`) stay for
+        their writers, or `DiskStore.leftovers`.
         """
         target = self.file_path(component, path)
+        removed = False
         for current in (target, _meta_beside(target)):
             if _is_file(current):
-                current.unlink(missing_ok=True)
+                try:
+                    current.unlink()
+                except FileNotFoundError:  # removed meanwhile (by another gc, say)
+                    continue
+                removed = removed or current is target
         self._prune(target.parent, component)
+        return removed
 
     def _prune(self, folder: Path, component: str) -> None:
         stop = self.base / component

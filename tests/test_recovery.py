@@ -594,3 +594,20 @@ def test_crash_safety_under_sigkill(
         assert on_disk[path].checksum == info.checksum
         assert (store.read_meta("default", path) or {}).get("version") == info.version
     assert list(store.tmp_dir.iterdir()) == []
+
+
+async def test_two_gcs_at_once_count_each_file_once(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    store = DiskStore(root, drive_id[6:])
+    store.unnamed_uploads = False  # uploads with a name, for gc to find
+    async with Drive(drive_id) as first, Drive(drive_id) as second:
+        await first.write_bytes("kept.txt", b"k")
+        for i in range(30):  # writers that died: orphans and uploads, old enough for gc
+            store.install(store.stage_bytes(b"o"), "default", f"orphan/{i}", {"version": 1})
+            old(store.file_path("default", f"orphan/{i}"))
+            old(store.stage_bytes(b"half").tmp)
+        reports = await asyncio.gather(first.gc(grace=600), second.gc(grace=600))
+        assert sum(r.orphans_removed for r in reports) == 30
+        assert sum(r.uploads_removed for r in reports) == 30
+        assert await first.list(".") == ["kept.txt"] and not any(store.tmp_dir.iterdir())
