@@ -1495,7 +1495,7 @@ class Drive:
 
         Example:
             >>> (await drive.info("a.txt")).checksum[:8]
-            'a591a6d4'
+            '07f2bdef'
 
         Raises:
             DriveFileNotFoundError: no such file (for that component).
