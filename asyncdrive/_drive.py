@@ -70,6 +70,7 @@ from ._storage import (
     FileIdentity,
     NewFile,
     OpenNew,
+    OtherVersionError,
     PathClash,
     Staged,
     SyncTogether,
@@ -730,7 +731,13 @@ class Drive:
                 stage = functools.partial(
                     conn.store.stage_file, local / rel if rel else local, on_copied=on_copied
                 )
-                await self._put(conn, drive_path_of(rel), stage, precondition, on_copied=on_copied)
+                # A put of this one file: its last report before its commit, even if the
+                # file shrank while copied (its last bytes reported were then not the total).
+                last = reporter.complete if reporter is not None and not rel else None
+                await self._put(
+                    conn, drive_path_of(rel), stage, precondition,
+                    on_copied=on_copied, before_commit=last,
+                )  # fmt: skip
                 return
             jobs = [(drive_path_of(rel), local / rel if rel else local) for rel, _ in batch]
             await self._put_batch(conn, jobs, precondition, on_copied)
@@ -902,10 +909,12 @@ class Drive:
         """
         drive_path = self._path(path)
         precondition = self._precondition(drive_path, if_version, exist_ok)
+        view = memoryview(data).cast("B")  # its bytes, whatever the items: a size in bytes
         conn = await self._connection()
-        stage = functools.partial(conn.store.stage_bytes, data)
-        small = len(data) <= _SMALL_WRITE
-        return await self._put(conn, drive_path, stage, precondition, small=small)
+        stage = functools.partial(conn.store.stage_bytes, view)
+        return await self._put(
+            conn, drive_path, stage, precondition, small=len(view) <= _SMALL_WRITE
+        )
 
     def _precondition(self, path: str, if_version: int | None, exist_ok: bool) -> str:
         if if_version is None:
@@ -1532,23 +1541,70 @@ class Drive:
         """
         drive_path = self._path(path)
         conn = await self._connection()
-        info = await self._file_info(conn, drive_path, component_name)
         store = conn.store
-        try:
+
+        async def read(info: FileInfo) -> bytes:
             if (
                 info.size <= _QUICK_COPY_MAX
                 and store.local_disk
                 and not conn.inline
                 and conn.quick_calls.allows()
             ):  # here, as a get's copy: no hop to a thread and back, which would cost more
-                return conn.quick_calls.run(
+                data = conn.quick_calls.run(
                     store.read, info.component_name, drive_path, info.version
                 )
-            return await conn.run_sync(
-                _read_looking, store, info.component_name, drive_path, info.version
-            )
-        except FileNotFoundError:
-            raise self._not_found(drive_path, [], component_name) from None
+            else:
+                data = await conn.run_sync(
+                    _read_looking, store, info.component_name, drive_path, info.version
+                )
+            if len(data) != info.size:  # metadata files: no version on disk to tell by
+                raise OtherVersionError(drive_path)
+            return data
+
+        return await self._read_committed(conn, drive_path, component_name, read)
+
+    async def _read_committed(
+        self,
+        conn: _Connection,
+        path: str,
+        component_name: str | None,
+        read: Callable[[FileInfo], Awaitable[T]],
+    ) -> T:
+        """Return ``read(info)`` of the path's `FileInfo`, looked up again while it fails.
+
+        ``read`` raises `OtherVersionError` where the bytes on disk are not those of the
+        version looked up: replaced, deleted, or being written again since. Looked up
+        again, the path is then of a newer version, or not found. A file the index still
+        has, without its bytes, raises `DriveFileNotFoundError` saying so.
+        """
+        info = await self._file_info(conn, path, component_name)
+        for _attempt in range(_OPEN_ATTEMPTS):
+            try:
+                return await read(info)
+            except FileNotFoundError as exc:
+                gone = not isinstance(exc, OtherVersionError)
+            looked, info = info, await self._file_info(conn, path, component_name)
+            if (info.component_name, info.version) == (looked.component_name, looked.version):
+                if gone:
+                    raise self._bytes_missing(conn, info) from None
+                await anyio.sleep(0.01)  # the index still names bytes not on disk
+        raise DriveError(
+            f"Drive {self.name!r}: {path!r} changed every time it was read; retry. If this "
+            "persists, its bytes are of another version than the index's: a writer died in "
+            "the middle of a put (run gc() to settle it), or, after a power cut, the Redis "
+            "server lost its last commits (run rebuild_index() first: gc() would take the "
+            "files it lost for orphans)."
+        )
+
+    def _bytes_missing(self, conn: _Connection, info: FileInfo) -> DriveFileNotFoundError:
+        where = conn.store.base / info.component_name / info.path
+        return DriveFileNotFoundError(
+            f"Drive {self.name!r}: the index has {info.path!r} (version {info.version} of "
+            f"component {info.component_name!r}), but its bytes are not at {str(where)!r}. "
+            f"Check that this machine's root ({str(conn.store.root)!r}) is the shared disk "
+            "the writers use; if the file was removed from the disk by hand, gc() drops "
+            "its entry."
+        )
 
     @_redis_errors_as_unavailable
     async def get(
@@ -1644,10 +1700,10 @@ class Drive:
             batch.append((info, dest))
             batch_bytes += info.size
             if len(batch) == _COPY_BATCH_FILES or batch_bytes >= _COPY_BATCH_BYTES:
-                await self._copy_out(conn, batch, overwrite, on_copied)
+                await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
                 batch, batch_bytes = [], 0
         if batch:
-            await self._copy_out(conn, batch, overwrite, on_copied)
+            await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
         if reporter is not None:
             reporter.finish()
 
@@ -1657,12 +1713,56 @@ class Drive:
         copies: Sequence[tuple[FileInfo, Path]],
         overwrite: bool,
         on_copied: OnCopied | None = None,
+        *,
+        in_folder: bool = False,
     ) -> None:
         """Copy each (drive file, local target) in one worker-thread call, in order.
 
-        The first that fails stops the rest; those before it stay copied. ``on_copied``:
+        The first that fails stops the rest; those before it stay copied. A drive file
+        whose bytes are not those of its `FileInfo` (`OtherVersionError`: replaced, deleted
+        or being written again since it was looked up) is looked up again and copied as it
+        is now; if deleted, the get raises `DriveFileNotFoundError`, or skips it when
+        ``in_folder`` (a get of a folder, as a file deleted once listed). ``on_copied``:
         see `DiskStore.copy_out` (not called for one small file, copied at once).
         """
+        attempts = 0
+        while copies:
+            failed = await self._copy_out_once(conn, copies, overwrite, on_copied)
+            if failed is None:
+                return
+            number, exc = failed
+            info, dest = copies[number]
+            if not isinstance(exc, FileNotFoundError):
+                raise self._get_refused(info, dest, exc)
+            newer = (await conn.index.owners(info.path)).get(info.component_name)
+            if newer is None:
+                await self._check_not_lost(conn)
+                if not in_folder:
+                    raise self._not_found(info.path, [], info.component_name) from None
+                copies = copies[number + 1 :]
+                continue
+            if newer.version == info.version:
+                if not isinstance(exc, OtherVersionError):
+                    raise self._bytes_missing(conn, info) from None
+                attempts += 1
+                if attempts == _OPEN_ATTEMPTS:
+                    raise DriveError(
+                        f"Drive {self.name!r}: cannot get {info.path!r}: its bytes on disk "
+                        "are of another version than the index's, however often looked "
+                        "up; retry. If this persists, a writer died in the middle of a "
+                        "put: run gc() to settle it."
+                    )
+                await anyio.sleep(0.01)
+            copies = [(newer, dest), *copies[number + 1 :]]
+
+    async def _copy_out_once(
+        self,
+        conn: _Connection,
+        copies: Sequence[tuple[FileInfo, Path]],
+        overwrite: bool,
+        on_copied: OnCopied | None,
+    ) -> tuple[int, OSError] | None:
+        """`_copy_out` without looking again: return (number, error) of the first failure."""
         store = conn.store
 
         def copy_all() -> tuple[int, OSError] | None:
@@ -1699,34 +1799,30 @@ class Drive:
                     )
                 else:
                     await conn.small_copies.submit((info, dest, overwrite), info.size)
-                return
+                return None
             except _GET_REFUSED as refused:
-                failed: tuple[int, OSError] | None = (0, refused)
-        else:
-            failed = await conn.run_sync(copy_all)
-        if failed is None:
-            return
-        number, exc = failed
-        info, dest = copies[number]
+                return 0, refused
+        return await conn.run_sync(copy_all)
+
+    def _get_refused(self, info: FileInfo, dest: Path, exc: OSError) -> DriveError:
+        """Return the error of a get of ``info`` refused by the local path ``dest`` (``exc``)."""
         if isinstance(exc, IsADirectoryError):
-            raise DriveIsADirectoryError(
+            return DriveIsADirectoryError(
                 f"Drive {self.name!r}: cannot get {info.path!r}: the local path {str(dest)!r} "
                 f"in {os.getcwd()!r} is a folder. Pass to= a file path (to="
                 f"{str(dest / PurePosixPath(info.path).name)!r}, say), or move the folder away."
-            ) from None
+            )
         if isinstance(exc, NotADirectoryError):
-            raise DriveNotADirectoryError(
+            return DriveNotADirectoryError(
                 f"Drive {self.name!r}: cannot get {info.path!r} to {str(dest)!r} in "
                 f"{os.getcwd()!r}: a folder above it is a local file ({exc.filename!r}). Pass "
                 "to= another local folder, or move that file away."
-            ) from None
-        if isinstance(exc, FileExistsError):
-            raise DriveFileExistsError(
-                f"Drive {self.name!r}: cannot get {info.path!r}: the local file "
-                f"{str(dest)!r} in {os.getcwd()!r} exists with other content. Pass "
-                "overwrite=True to replace it, or move it away."
-            ) from None
-        raise self._not_found(info.path, [], info.component_name) from None
+            )
+        return DriveFileExistsError(  # FileExistsError
+            f"Drive {self.name!r}: cannot get {info.path!r}: the local file "
+            f"{str(dest)!r} in {os.getcwd()!r} exists with other content. Pass "
+            "overwrite=True to replace it, or move it away."
+        )
 
     async def _wait_for(
         self, conn: _Connection, path: str, component: str | None, timeout: float
@@ -1974,26 +2070,12 @@ class Drive:
     @_redis_errors_as_unavailable
     async def _open_reader(self, path: str, component_name: str | None) -> DriveReader:
         conn = await self._connection()
-        for _attempt in range(_OPEN_ATTEMPTS):
-            info = await self._file_info(conn, path, component_name)
-            try:
-                fd, is_it = await conn.run_sync(_open_version, conn.store, info)
-            except FileNotFoundError:
-                continue  # deleted or replaced between the two steps: look again
-            if is_it:
-                return DriveReader(self.name, info, fd)
-            # The bytes are of another version than the entry read (a newer one committed
-            # since, or one between its rename and its commit without a backup of the
-            # entry's): close them and read the entry again.
-            os.close(fd)
-            await anyio.sleep(0.01)
-        raise DriveError(
-            f"Drive {self.name!r}: {path!r} changed every time it was opened; retry. If this "
-            "persists, its bytes are of another version than the index's: a writer died in "
-            "the middle of a put (run gc() to settle it), or, after a power cut, the Redis "
-            "server lost its last commits (run rebuild_index() first: gc() would take the "
-            "files it lost for orphans)."
-        )
+
+        async def open_reader(info: FileInfo) -> DriveReader:
+            fd = await conn.run_sync(_open_version, conn.store, info)
+            return DriveReader(self.name, info, fd)
+
+        return await self._read_committed(conn, path, component_name, open_reader)
 
     @_redis_errors_as_unavailable
     async def _open_writer(self, path: str, precondition: str) -> DriveWriter:
@@ -2369,15 +2451,17 @@ class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
 
 
-def _open_version(store: DiskStore, info: FileInfo) -> tuple[int, bool]:
-    """Open the bytes of ``info`` (see `DiskStore.open_file`); return (fd, whether they are).
+def _open_version(store: DiskStore, info: FileInfo) -> int:
+    """Open the bytes of ``info`` (see `DiskStore.open_file`); return the descriptor.
 
-    Told by the version in the file's metadata attribute; without one (metadata files), by
-    the size.
+    Raises `OtherVersionError` if they are of another version: told by the version in the
+    file's metadata attribute, or without one (metadata files), by the size.
     """
     fd, size = store.open_file(info.component_name, info.path, info.version)
-    on_disk = version_on_disk(fd)
-    return fd, (size == info.size if on_disk is None else on_disk == info.version)
+    if version_on_disk(fd) is None and size != info.size:
+        os.close(fd)
+        raise OtherVersionError(info.path)
+    return fd
 
 
 def _read_looking(store: DiskStore, component: str, path: str, version: int) -> bytes:

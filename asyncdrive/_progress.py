@@ -62,6 +62,7 @@ class ProgressReporter:
         self._done = 0
         self._total: int | None = None
         self._reported = -1
+        self._reported_total: int | None = None
         self._scheduled = False
         self._closed = False
         #: What the callback raised, if it did: every copy stops at its next count. Any
@@ -99,8 +100,9 @@ class ProgressReporter:
             raise ProgressStopped
 
     def complete(self, total: int | None = None) -> None:
-        """Report every byte copied (``total`` if its size was not known before).
+        """Report every byte copied (``total``: the size, if not known or not right before).
 
+        The total changes for a file that shrank or grew as it was copied.
         Copies that report nothing (small files) count here: a put calls it before its
         commit, so that a callback that fails on it stops the put. Raises `ProgressStopped`
         if the callback failed (`reporting` raises the callback's own exception instead).
@@ -132,9 +134,9 @@ class ProgressReporter:
         if self._closed or self.error is not None or total is None:
             return
         done = min(done, total)  # a file that grew since it was measured: up to the total
-        if done <= self._reported:
+        if done <= self._reported and total == self._reported_total:
             return
-        self._reported = done
+        self._reported, self._reported_total = done, total
         try:
             self._callback(done, total)
         except BaseException as exc:

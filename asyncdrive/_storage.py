@@ -834,16 +834,25 @@ def _parse_meta_attribute(value: bytes) -> object:
     return json.loads(value)
 
 
+#: `version_on_disk` of a new file still being written at its path: no version's bytes.
+UNFINISHED_VERSION = -1
+
+
 def version_on_disk(fd: int) -> int | None:
     """Return the version the metadata attribute of the open file ``fd`` says, if it has one.
 
-    None without the attribute (a disk that keeps metadata files, a file being written).
+    `UNFINISHED_VERSION` for a new file being written at its path (`DiskStore.open_new`);
+    None without the attribute (a disk that keeps metadata files).
     """
     try:
         meta = _parse_meta_attribute(os.getxattr(fd, META_XATTR))
     except (OSError, ValueError):
         return None
-    version = meta.get("version") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    if meta.get(_UNFINISHED):
+        return UNFINISHED_VERSION
+    version = meta.get("version")
     return version if type(version) is int else None
 
 
@@ -1079,6 +1088,16 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
         if len(parts) > 2 and parts[2] == wanted and after:
             return after.split()[0]
     return None
+
+
+class OtherVersionError(FileNotFoundError):
+    """The bytes of the version asked for are not at the path, nor in a backup beside it.
+
+    Raised by `DiskStore.open_file` where the file's metadata attribute names another
+    version: one committed since the index was read (the backup of the one asked for
+    dropped), one being written over a path deleted since (not committed, maybe never), a
+    new file still being written there. The caller reads the index again.
+    """
 
 
 class LocalPathGoneError(OSError):
@@ -1921,8 +1940,9 @@ class DiskStore:
         metadata attribute: a replacement between its rename and its commit, or whose
         writer died there) and the backup of that version is beside it (see `install`),
         the backup is opened instead, so that a reader reads committed bytes. Without the
-        backup (a newer version committed since the index was read, and its backup
-        dropped), or without the attribute (metadata files), the file at the path.
+        backup, `OtherVersionError` (the caller looks the path up again): the bytes there
+        may be of a version never committed. Without the attribute (metadata files), the
+        file at the path, whatever its version.
 
         Raises `FileNotFoundError` if it is missing or not a regular file.
         """
@@ -1931,16 +1951,18 @@ class DiskStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise FileNotFoundError(path)
-        if (
-            version is not None
-            and self.meta_in_xattr is not False  # known to keep metadata in files: no look
-            and version_on_disk(fd) not in (version, None)
-        ):
-            backup = self._open_backup(component, path, version)
-            if backup is not None:
-                os.close(fd)
-                return backup
-        return fd, st.st_size
+        if version is None or self.meta_in_xattr is False:  # metadata files: no look
+            return fd, st.st_size
+        on_disk = version_on_disk(fd)
+        if on_disk in (version, None):
+            return fd, st.st_size
+        os.close(fd)
+        backup = self._open_backup(component, path, version)
+        if backup is None:
+            raise OtherVersionError(
+                errno.ENOENT, f"version {version} is not on disk (found {on_disk})", path
+            )
+        return backup
 
     def _open_backup(self, component: str, path: str, version: int) -> tuple[int, int] | None:
         """Open the backup of ``version`` of ``component``'s ``path``; None if there is none."""
@@ -1997,18 +2019,30 @@ class DiskStore:
         folder), even one made during the copy, raises `FileExistsError` unless
         ``overwrite``: neither the link nor the rename replaces it then. `FileNotFoundError`
         means the drive's file is missing; a local path that goes away during the copy
-        raises `LocalPathGoneError` instead. ``on_copied(n)`` as the bytes are copied, or
-        once with the size for a local file that already matched (for ``progress=``);
-        ``version``: see `open_file`.
+        raises `LocalPathGoneError` instead. ``on_copied(n)`` as the bytes are copied, the
+        last count once ``dest`` is in place (or found to match already): for
+        ``progress=``, whose last report comes with the file in place. ``version``: see
+        `open_file`.
         """
         src, size = self.open_file(component, path, version)
+        counted = 0
+
+        def count_all_but_the_end(n: int) -> None:
+            nonlocal counted
+            if on_copied is not None and counted + n < size:
+                counted += n
+                on_copied(n)
+
+        def count_the_rest() -> None:
+            if on_copied is not None:
+                on_copied(size - counted)
+
         try:
             # A large file is not copied if a local file is in the way; a small one is
             # copied first (looking would cost as much), then placed only if none is.
             if not overwrite and size > _COPY_BEFORE_LOOKING_MAX and dest.exists():
                 if _same_content(dest, size, checksum):
-                    if on_copied is not None:
-                        on_copied(size)
+                    count_the_rest()
                     return False
                 raise _in_the_way(dest)
             unnamed = not overwrite  # a replacement is renamed over the old file
@@ -2025,11 +2059,12 @@ class DiskStore:
             try:
                 try:
                     # In the kernel: no buffer in this process, whatever the size.
-                    _FdCopier(src, out).copy_all(size, on_copied)
+                    _FdCopier(src, out).copy_all(size, count_all_but_the_end)
                     if tmp is None:
                         placed = _link_unless_there(out, dest)
                     elif overwrite:
                         os.replace(tmp, dest)
+                        count_the_rest()
                         return True
                     else:
                         placed = _rename_unless_there(os.fspath(tmp), os.fspath(dest))
@@ -2041,10 +2076,12 @@ class DiskStore:
                         os.unlink(tmp)
                 raise
             if placed:
+                count_the_rest()
                 return True
             if tmp is not None:
                 os.unlink(tmp)
             if _same_content(dest, size, checksum):
+                count_the_rest()
                 return False
             raise _in_the_way(dest)
         except FileNotFoundError as gone:  # local: the drive's file is open

@@ -1558,10 +1558,10 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     copy_out = Drive._copy_out
 
     async def recording(
-        self: Drive, conn: Any, copies: Any, overwrite: bool, on_copied: Any = None
+        self: Drive, conn: Any, copies: Any, overwrite: bool, *args: Any, **kwargs: Any
     ) -> None:
         batches.append([info.path for info, _ in copies])
-        await copy_out(self, conn, copies, overwrite, on_copied)
+        await copy_out(self, conn, copies, overwrite, *args, **kwargs)
 
     monkeypatch.setattr(Drive, "_copy_out", recording)
     out = workdir / "out"
@@ -1583,3 +1583,117 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     assert sorted(p.name for p in (out / "again").iterdir()) == sorted(
         p.name for p in folder.iterdir()
     )
+
+
+# -- reads racing a delete and a new put -------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["read_bytes", "get", "open", "get folder"])
+@pytest.mark.parametrize("meanwhile", ["written again in place", "put again", "replaced"])
+async def test_a_read_never_returns_bytes_no_commit_made(
+    drive_id: str,
+    root: Path,
+    redis_url: str,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    op: str,
+    meanwhile: str,
+) -> None:
+    """Between a read's look-up and its open of the bytes, the path is deleted and written
+    again (a new small file written at its path, marked unfinished; a large one renamed
+    into place before its commit), or replaced by a committed newer version: the read
+    finds the path gone, or reads the newer version, never bytes not committed."""
+    async with (
+        Drive(drive_id, root=root, redis_url=redis_url) as reader,
+        Drive(drive_id, root=root, redis_url=redis_url) as writer,
+    ):
+        await writer.write_bytes("d/f.bin", b"version 1")
+        store = writer._conn.store  # type: ignore[union-attr]
+        left_open: list[int] = []
+
+        async def interfere() -> None:
+            if meanwhile == "replaced":  # committed: its backup of version 1 dropped
+                await writer.write_bytes("d/f.bin", b"version 2, committed")
+                return
+            await writer.delete("d/f.bin")
+            if meanwhile == "written again in place":
+                new = store.open_new("default", "d/f.bin")
+                assert new is not None, "this disk writes no new file in place"
+                os.write(new.fd, b"half-done")  # as long as version 1
+                left_open.append(new.fd)
+            else:
+                staged = store.stage_bytes(b"version 2, not committed")
+                store.install(staged, "default", "d/f.bin", {"version": 2})
+
+        armed = True
+        owners = _index.Index.owners
+
+        async def looked_up_then_interfere(self: _index.Index, path: str) -> Any:
+            nonlocal armed
+            found = await owners(self, path)
+            if armed and path == "d/f.bin":
+                armed = False
+                await interfere()
+            return found
+
+        monkeypatch.setattr(_index.Index, "owners", looked_up_then_interfere)
+        if op == "get folder":
+            owners_many = _index.Index.owners_many
+
+            async def listed_then_interfere(self: _index.Index, paths: list[str]) -> Any:
+                nonlocal armed
+                found = await owners_many(self, paths)
+                if armed:
+                    armed = False
+                    await interfere()
+                return found
+
+            monkeypatch.setattr(_index.Index, "owners_many", listed_then_interfere)
+        try:
+            if op == "read_bytes":
+                outcome: Any = reader.read_bytes("d/f.bin")
+            elif op == "open":
+
+                async def read_opened() -> bytes:
+                    async with reader.open("d/f.bin") as f:
+                        return await f.read()
+
+                outcome = read_opened()
+            elif op == "get":
+                outcome = reader.get("d/f.bin", to="out/f.bin")
+            else:
+                outcome = reader.get("d", to="out")
+            if meanwhile == "replaced":
+                got = await outcome
+                if op.startswith("get"):
+                    got = Path("out/f.bin").read_bytes()
+                assert got == b"version 2, committed"
+            elif op == "get folder":  # deleted once listed: left out
+                await outcome
+                assert not Path("out/f.bin").exists()
+            else:
+                with pytest.raises(DriveFileNotFoundError, match=r"no file 'd/f\.bin'"):
+                    await outcome
+                assert not Path("out/f.bin").exists()
+            assert not armed
+        finally:
+            for fd in left_open:
+                os.close(fd)
+
+
+async def test_a_read_of_a_file_whose_bytes_are_gone_says_so(
+    drive_id: str, root: Path, redis_url: str, workdir: Path
+) -> None:
+    async with Drive(drive_id, root=root, redis_url=redis_url) as drive:
+        await drive.write_bytes("d/f.bin", b"version 1")
+        (root / "drives" / drive.name / "default" / "d" / "f.bin").unlink()  # by hand
+        for read in (drive.read_bytes, drive.get, drive.open):
+            with pytest.raises(DriveFileNotFoundError) as missing:
+                await read("d/f.bin")
+            assert re.search(
+                r"the index has 'd/f\.bin' \(version 1 of component 'default'\), but its "
+                r"bytes are not at '.*/default/d/f\.bin'\. Check that this machine's root",
+                str(missing.value),
+            ), missing.value
+            assert "gc() drops its entry" in str(missing.value)
+        assert not Path("d").exists()

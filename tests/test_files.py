@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import hashlib
 import os
@@ -141,6 +142,21 @@ async def test_reader_errors(drive: Drive, env: dict[str, str], drive_id: str) -
 
 
 # -- writing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [10, 300_000])  # a small write, and more than 1 MiB
+async def test_bytes_of_any_buffer_count_in_bytes(drive: Drive, size: int) -> None:
+    """A memoryview of 4-byte items, or an array: stored and sized by its bytes."""
+    items = array.array("i", range(size))
+    expected = items.tobytes()
+    info = await drive.write_bytes("array.bin", memoryview(items))
+    assert info.size == len(expected) == 4 * size
+    assert info.checksum == hashlib.sha256(expected).hexdigest()
+    assert await drive.read_bytes("array.bin") == expected
+    async with drive.open("written.bin", "wb") as f:
+        assert await f.write(memoryview(items)) == len(expected)
+    assert f.info is not None and f.info.size == len(expected)
+    assert await drive.read_bytes("written.bin") == expected
 
 
 async def test_writer_commits_on_close_only(drive: Drive, root: Path) -> None:

@@ -9,6 +9,7 @@ installed ``asyncdrive`` console script on a file big enough to take a few secon
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import os
 import re
@@ -248,6 +249,84 @@ async def test_an_error_in_the_callback_stops_a_get_and_leaves_nothing(
         os.unlink(workdir / "out" / "big.bin")
     await drive.get("big.bin", to="out/big.bin")  # and nothing in the way of the next
     assert filecmp.cmp("big.bin", "out/big.bin", shallow=False)
+
+
+async def test_a_gets_last_report_comes_with_its_file_in_place(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    """An error on the last report stops the get with the file in place, whole."""
+    data = write_random(Path("big.bin"), LARGE)
+    drive = make_drive(drive_id)
+    await drive.put("big.bin")
+    seen_at_the_end: list[bytes] = []
+
+    class StopAtTheEnd(Reports):
+        def __call__(self, done: int, total: int) -> None:
+            super().__call__(done, total)
+            if done == total:
+                seen_at_the_end.append((workdir / "out" / "big.bin").read_bytes())
+                raise Stop(done)
+
+    for overwrite in (False, True):
+        stopping = StopAtTheEnd()
+        with pytest.raises(Stop):
+            await drive.get("big.bin", to="out/big.bin", progress=stopping, overwrite=overwrite)
+        stopping.check(LARGE)
+        assert seen_at_the_end.pop() == data
+        assert os.listdir(workdir / "out") == ["big.bin"]  # no temporary file beside it
+
+
+def test_a_copy_out_counts_its_last_bytes_once_its_file_is_in_place(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path / "root", "d")
+    data = os.urandom(LARGE)
+    store.install(store.stage_bytes(data), "c", "f.bin", {"version": 1})
+    checksum = hashlib.sha256(data).hexdigest()
+    dest = tmp_path / "out" / "f.bin"
+    for overwrite, copied in ((False, True), (True, True), (False, False)):  # last: same
+        if overwrite:
+            dest.write_bytes(b"older")
+        counted = [0]
+
+        def on_copied(n: int, counted: list[int] = counted) -> None:
+            counted[0] += n
+            assert (counted[0] == LARGE) == (dest.exists() and dest.stat().st_size == LARGE)
+
+        assert store.copy_out("c", "f.bin", dest, checksum, overwrite, on_copied) is copied
+        assert counted[0] == LARGE and dest.read_bytes() == data
+
+
+async def test_a_put_of_a_file_that_shrank_reports_its_end_before_the_commit(
+    make_drive: MakeDrive, drive_id: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured at LARGE bytes, then cut to half before its copy: the last report says so,
+    before the commit, so that an error there leaves the file unstored."""
+    write_random(Path("big.bin"), LARGE)
+    stage_file = DiskStore.stage_file
+
+    def shrunk_first(self: DiskStore, local: Path, *args: Any, **kwargs: Any) -> Staged:
+        os.truncate(local, LARGE // 2)
+        return stage_file(self, local, *args, **kwargs)
+
+    monkeypatch.setattr(DiskStore, "stage_file", shrunk_first)
+
+    class StopAtTheEnd(Reports):
+        def __call__(self, done: int, total: int) -> None:
+            super().__call__(done, total)
+            if done == total:
+                raise Stop(done)
+
+    drive = make_drive(drive_id)
+    stopping = StopAtTheEnd()
+    with pytest.raises(Stop):
+        await drive.put("big.bin", progress=stopping)
+    assert stopping[0] == (0, LARGE) and stopping[-1] == (LARGE // 2, LARGE // 2)
+    assert not await drive.exists("big.bin")
+    sync = drive.sync if hasattr(drive, "sync") else drive
+    assert uploads_in_progress(root, sync) == 0
+    reports = Reports()
+    await drive.put("big.bin", progress=reports)
+    assert reports[-1] == (LARGE // 2, LARGE // 2)
+    assert (await drive.info("big.bin")).size == LARGE // 2
 
 
 def test_sync_drive_reports_in_the_calling_thread(env: dict[str, str], workdir: Path,

@@ -1083,7 +1083,7 @@ def test_copies_count_every_byte_they_copy(store: DiskStore, tmp_path: Path, siz
 
 def test_a_read_of_a_version_finds_its_backup(store: DiskStore) -> None:
     """`open_file(..., version)`: the path's file if it is that version, else the backup of
-    that version beside it (a replacement not committed), else the path's file anyway."""
+    that version beside it (a replacement not committed), else `OtherVersionError`."""
     store.install(store.stage_bytes(b"version 1"), "c", "d/f.bin", {"version": 1})
     store.install(store.stage_bytes(b"other file"), "c", "d/g.bin", {"version": 1})
     assert store.read("c", "d/f.bin", 1) == b"version 1"
@@ -1096,6 +1096,29 @@ def test_a_read_of_a_version_finds_its_backup(store: DiskStore) -> None:
         assert (size, storage.version_on_disk(fd)) == (9, 1)
     finally:
         os.close(fd)
-    store.drop_backup(backup)  # committed, and the backup dropped: the path's file
-    assert store.read("c", "d/f.bin", 1) == b"version 2!"
-    assert store.read("c", "d/g.bin", 7) == b"other file"  # no backup of it at all
+    store.drop_backup(backup)  # committed, and the backup dropped: the index has changed
+    with pytest.raises(storage.OtherVersionError):
+        store.read("c", "d/f.bin", 1)
+    with pytest.raises(storage.OtherVersionError):  # no backup of it at all
+        store.read("c", "d/g.bin", 7)
+    assert store.read("c", "d/g.bin") == b"other file"  # no version asked for
+
+
+def test_a_new_file_written_in_place_is_no_version(in_place: DiskStore) -> None:
+    """A new file being written at its path (`open_new`) is marked unfinished: a read of
+    any version finds another one there, never the bytes written so far."""
+    store = in_place
+    new = store.open_new("c", "d/f.bin")
+    assert new is not None
+    try:
+        os.write(new.fd, b"half")
+        fd, _ = store.open_file("c", "d/f.bin")  # no version asked for: as it is
+        try:
+            assert storage.version_on_disk(fd) == storage.UNFINISHED_VERSION
+        finally:
+            os.close(fd)
+        for version in (1, 2):
+            with pytest.raises(storage.OtherVersionError, match=f"version {version} is not"):
+                store.read("c", "d/f.bin", version)
+    finally:
+        os.close(new.fd)
