@@ -10,6 +10,7 @@ and nothing is left behind if the block it is used in fails.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
@@ -29,8 +30,9 @@ __all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
 
 FileT = TypeVar("FileT", bound="DriveReader | DriveWriter")
 
-#: readline() reads ahead this much per step.
-_LINE_CHUNK = 64 * 1024
+#: A read of less than this, and readline(), read ahead this much into the reader's buffer:
+#: the next small reads and lines come from it, without a worker-thread call each.
+_READ_AHEAD = 64 * 1024
 
 
 def _closed_error(drive_name: str, path: str, mode: str) -> InvalidConfigError:
@@ -56,22 +58,15 @@ def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _readline(fd: int, offset: int, limit: int) -> bytes:
-    """Read from ``offset`` up to and including the next newline (at most ``limit`` bytes)."""
-    parts: list[bytes] = []
-    got = 0
-    while limit < 0 or got < limit:
-        want = _LINE_CHUNK if limit < 0 else min(_LINE_CHUNK, limit - got)
-        chunk = os.pread(fd, want, offset + got)
-        if not chunk:
-            break
-        end = chunk.find(b"\n")
-        if end >= 0:
-            parts.append(chunk[: end + 1])
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
+def _count(drive_name: str, path: str, name: str, value: int) -> int:
+    """Return ``value`` as an int, as `io` takes one (TypeError for a float, say)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"Drive {drive_name!r}: {name} for {path!r} must be an integer, not "
+            f"{type(value).__name__}"
+        ) from None
 
 
 class DriveReader:
@@ -98,6 +93,9 @@ class DriveReader:
         self._drive_name = drive_name
         self._fd: int | None = fd
         self._position = 0
+        #: Bytes of the file read ahead, from ``_buffer_start`` (the version never changes).
+        self._buffer = b""
+        self._buffer_start = 0
 
     @property
     def size(self) -> int:
@@ -139,15 +137,44 @@ class DriveReader:
             raise _closed_error(self._drive_name, self.path, "rb")
         return self._fd
 
-    async def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes from the position (all the rest if negative) and advance."""
+    def _limit(self, name: str, size: int | None) -> int:
+        """Return how many bytes a read of ``size`` may take (the rest: negative, None)."""
+        rest = max(0, self.info.size - self._position)
+        if size is None:
+            return rest
+        size = _count(self._drive_name, self.path, name, size)
+        return rest if size < 0 else min(size, rest)
+
+    def _buffered(self, start: int, end: int) -> bytes | None:
+        """Return the bytes from ``start`` to ``end`` if all are in the buffer."""
+        offset = start - self._buffer_start
+        if offset < 0 or end - self._buffer_start > len(self._buffer):
+            return None
+        return self._buffer[offset : end - self._buffer_start]
+
+    async def _fill(self, fd: int, start: int) -> None:
+        """Read up to `_READ_AHEAD` bytes from ``start`` into the buffer (fewer at the end)."""
+        want = min(_READ_AHEAD, self.info.size - start)
+        self._buffer = await anyio.to_thread.run_sync(_pread_exactly, fd, want, start)
+        self._buffer_start = start
+
+    async def read(self, size: int | None = -1) -> bytes:
+        """Read up to ``size`` bytes from the position (all the rest if negative or None).
+
+        Small reads come from a buffer read ahead, as `io.BufferedReader`'s do.
+        """
         fd = self._open_fd()
-        if size < 0:
-            size = max(0, self.info.size - self._position)
+        size = self._limit("read()'s size", size)
         if size == 0:
             return b""
-        data = await anyio.to_thread.run_sync(_pread_exactly, fd, size, self._position)
-        self._position += len(data)
+        start = self._position
+        data = self._buffered(start, start + size)
+        if data is None and size < _READ_AHEAD:
+            await self._fill(fd, start)
+            data = self._buffer[:size]
+        elif data is None:
+            data = await anyio.to_thread.run_sync(_pread_exactly, fd, size, start)
+        self._position = start + len(data)
         return data
 
     async def read_range(self, start: int, end: int | None = None) -> bytes:
@@ -157,19 +184,46 @@ class DriveReader:
         several tasks may read ranges of one reader at once.
         """
         fd = self._open_fd()
+        start = _count(self._drive_name, self.path, "read_range()'s start", start)
         size = self.info.size
-        first = max(0, start + size if start < 0 else start)
-        last = size if end is None else max(0, end + size if end < 0 else end)
+        first = min(size, max(0, start + size if start < 0 else start))
+        if end is None:
+            last = size
+        else:
+            end = _count(self._drive_name, self.path, "read_range()'s end", end)
+            last = min(size, max(0, end + size if end < 0 else end))
         if last <= first:
             return b""
+        data = self._buffered(first, last)
+        if data is not None:
+            return data
         return await anyio.to_thread.run_sync(_pread_exactly, fd, last - first, first)
 
-    async def readline(self, size: int = -1) -> bytes:
-        """Read one line, newline included (at most ``size`` bytes if not negative)."""
+    async def readline(self, size: int | None = -1) -> bytes:
+        """Read one line, newline included (at most ``size`` bytes if not negative or None).
+
+        Lines come from a buffer read ahead: one worker-thread call per 64 KiB, not per line.
+        """
         fd = self._open_fd()
-        line = await anyio.to_thread.run_sync(_readline, fd, self._position, size)
-        self._position += len(line)
-        return line
+        limit = self._limit("readline()'s size", size)
+        parts: list[bytes] = []
+        start = position = self._position
+        while position - start < limit:
+            offset = position - self._buffer_start
+            if not 0 <= offset < len(self._buffer):
+                await self._fill(fd, position)
+                offset = 0
+                if not self._buffer:
+                    break  # the file on disk ends early
+            stop = min(len(self._buffer), offset + limit - (position - start))
+            end = self._buffer.find(b"\n", offset, stop)
+            part = self._buffer[offset : stop if end < 0 else end + 1]
+            parts.append(part)
+            position += len(part)
+            if end >= 0:
+                break
+        self._position = position
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._lines()
@@ -181,6 +235,7 @@ class DriveReader:
     async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the position like `io.IOBase.seek` and return it."""
         self._open_fd()
+        offset = _count(self._drive_name, self.path, "seek()'s offset", offset)
         if whence == os.SEEK_SET:
             target = offset
         elif whence == os.SEEK_CUR:
@@ -214,6 +269,7 @@ class DriveReader:
     def _release(self) -> None:
         # Closing a descriptor needs no event loop: also usable from __del__ and blocking code.
         fd, self._fd = self._fd, None
+        self._buffer = b""
         if fd is not None:
             os.close(fd)
 
@@ -333,6 +389,15 @@ class DriveWriter:
             start_writeback(out.fileno(), self._handed, self._drained - self._handed)
             self._handed = self._drained
 
+    def _drain_all(self, out: BinaryIO, pending: bytearray, data: memoryview) -> None:
+        if len(data) < CHUNK:  # small: one write of both
+            pending += data
+            self._drain(out, pending)
+            return
+        if pending:
+            self._drain(out, pending)
+        self._drain(out, data)
+
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data`` and return how many bytes that was.
 
@@ -342,13 +407,14 @@ class DriveWriter:
         view = memoryview(data).cast("B")
         written = len(view)
         self._size += written
-        if self._pending or written < CHUNK:
+        if len(self._pending) + written < CHUNK:
             self._pending += view
-            if len(self._pending) < CHUNK:
-                return written
-            view, self._pending = memoryview(bytes(self._pending)), bytearray()
+            return written
+        # A block or more: what was pending, then these bytes as they are (a large write
+        # is never copied into the buffer).
+        pending, self._pending = self._pending, bytearray()
         try:
-            await anyio.to_thread.run_sync(self._drain, out, view)
+            await anyio.to_thread.run_sync(self._drain_all, out, pending, view)
         except OSError as exc:
             # Part of the bytes may be on disk, all of them in the hash: never commit that.
             await self.abort()

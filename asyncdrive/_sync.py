@@ -819,15 +819,15 @@ class SyncDriveReader(_SyncFile[DriveReader]):
         """The size of the file in bytes."""
         return self._file.size
 
-    def read(self, size: int = -1) -> bytes:
-        """Read up to ``size`` bytes (all the rest if negative) and advance."""
+    def read(self, size: int | None = -1) -> bytes:
+        """Read up to ``size`` bytes (all the rest if negative or None) and advance."""
         return self._drive._call(self._file.read, size)
 
     def read_range(self, start: int, end: int | None = None) -> bytes:
         """Return the bytes from ``start`` to ``end``, leaving the position alone."""
         return self._drive._call(self._file.read_range, start, end)
 
-    def readline(self, size: int = -1) -> bytes:
+    def readline(self, size: int | None = -1) -> bytes:
         """Read one line, newline included."""
         return self._drive._call(self._file.readline, size)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import array
 import asyncio
 import hashlib
+import io
 import os
+import random
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,62 @@ async def test_reader_lines_and_await_form(drive: Drive) -> None:
     await f.aclose()  # idempotent
 
 
+async def test_reader_reads_as_a_buffered_file_does(
+    drive: Drive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any sequence of reads, lines, seeks and ranges returns what `io.BytesIO` returns for
+    the same bytes; small reads and lines come from a buffer read ahead (64 KiB a call)."""
+    rng = random.Random(7)
+    lines = [bytes(rng.choices(b"abc ", k=rng.randrange(0, 90))) + b"\n" for _ in range(4000)]
+    lines[100] = b"x" * 150_000 + b"\n"  # longer than the buffer
+    data = b"".join(lines) + b"no newline at the end"
+    await drive.write_bytes("text.txt", data)
+    thread_calls = 0
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal thread_calls
+        thread_calls += 1
+        return await run_sync(*args, **kwargs)
+
+    async with drive.open("text.txt") as f:
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+        assert [line async for line in f] == data.splitlines(keepends=True)
+        assert thread_calls <= len(data) // (64 * 1024) + 2  # not one per line
+        monkeypatch.undo()
+        expected = io.BytesIO(data)
+        await f.seek(0)
+        for _ in range(3000):
+            step = rng.randrange(6)
+            if step == 0:
+                size = rng.choice([-1, None, 0, 1, 100, 70_000, 1 << 62])
+                if size == -1 and rng.random() < 0.9:
+                    size = 5  # whole reads only now and then
+                assert await f.read(size) == expected.read(size)
+            elif step == 1:
+                limit = rng.choice([-1, None, 0, 3, 50, 100_000])
+                assert await f.readline(limit) == expected.readline(limit)
+            elif step == 2:
+                where = rng.randrange(len(data) + 10)
+                assert await f.seek(where) == expected.seek(where)
+            elif step == 3:
+                back = rng.randrange(0, 200)
+                where = max(0, expected.tell() - back)
+                assert await f.seek(where) == expected.seek(where)
+            elif step == 4:
+                start, end = rng.randrange(-len(data), len(data)), rng.choice([None, 1 << 62])
+                assert await f.read_range(start, end) == data[start:end]
+            else:
+                start = rng.randrange(len(data))
+                end = start + rng.randrange(0, 300)
+                assert await f.read_range(start, end) == data[start:end]
+            assert await f.tell() == expected.tell()
+        with pytest.raises(TypeError, match=r"text\.txt.*float"):
+            await f.seek(1.5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await f.read(2.0)  # type: ignore[arg-type]
+
+
 async def test_reader_keeps_the_version_it_opened(drive: Drive) -> None:
     old, new = os.urandom(3 * MiB), os.urandom(MiB)
     await drive.write_bytes("model.pt", old)
@@ -142,6 +201,22 @@ async def test_reader_errors(drive: Drive, env: dict[str, str], drive_id: str) -
 
 
 # -- writing ---------------------------------------------------------------------------------
+
+
+async def test_a_large_write_is_never_copied(drive: Drive) -> None:
+    """After small writes, a large one goes to disk as it is: no copy of it in memory."""
+    large = os.urandom(64 * MiB)
+    tracemalloc.start()
+    try:
+        async with drive.open("big.bin", "wb") as f:
+            await f.write(b"header")
+            await f.write(large)
+            await f.write(b"trailer")
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB, f"{peak / MiB:.0f} MiB allocated"
+    assert await drive.read_bytes("big.bin") == b"header" + large + b"trailer"
 
 
 @pytest.mark.parametrize("size", [10, 300_000])  # a small write, and more than 1 MiB

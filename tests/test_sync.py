@@ -177,10 +177,13 @@ def test_one_shot_calls_run_in_the_calling_thread(env: dict[str, str], drive_id:
         assert disk_threads() == []  # nor to a disk thread: the caller waits anyway
         # Each thread gets a loop (and connections) of its own; all close with the drive.
         errors: list[BaseException] = []
+        all_called = threading.Barrier(4)  # none ends before all made their call
 
         def worker(i: int) -> None:
             try:
                 drive.write_bytes(f"t{i}.txt", b"y")
+                if i < 4:
+                    all_called.wait(timeout=30)
             except BaseException as exc:
                 errors.append(exc)
 
