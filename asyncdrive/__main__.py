@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -144,7 +145,8 @@ def _for_each_drive(args: argparse.Namespace) -> None:
     for drive_id in _drive_ids(args):
         with SyncDrive(drive_id, root=args.root and Path(args.root), redis_url=args.redis_url) as d:
             if args.command == "rebuild-index":
-                print(f"{drive_id}: {d.rebuild_index(verify=args.verify)} files indexed")
+                indexed = d.rebuild_index(verify=args.verify)
+                print(f"{drive_id}: {indexed} file{'' if indexed == 1 else 's'} indexed")
             else:
                 print(f"{drive_id}: {d.gc(grace=args.grace)}")
 
@@ -293,6 +295,27 @@ class _UsageError(DriveError):
     """The command line was given arguments that do not go together (exit status 2)."""
 
 
+def _as_commands(message: str, args: argparse.Namespace) -> str:
+    """Return the library's error ``message`` with its hints as the command line's.
+
+    ``overwrite=True`` is ``-f`` here, ``list('a')`` is ``asyncdrive ls lit://d/a``, ...
+    """
+    target = getattr(args, "target", None)
+    if not isinstance(target, str) or not target.startswith("lit://"):
+        return message
+    drive_id = _split(target)[0]
+
+    def ls(match: re.Match[str]) -> str:
+        folder = match[1]
+        return f"'asyncdrive ls {drive_id if folder == '.' else f'{drive_id}/{folder}'}'"
+
+    message = re.sub(r"list\(\) \(e\.g\. list\('([^']*)'\)\)", ls, message)
+    message = re.sub(r"list\('([^']*)'\)", ls, message)
+    message = message.replace("Pass overwrite=True", "Pass -f")
+    message = message.replace("pass recursive=True", "pass -r")
+    return message.replace("(delete(path, recursive=True))", "(with 'asyncdrive rm -r')")
+
+
 _EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (_UsageError, 2),
     (FileNotFoundError, 4),
@@ -321,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DriveError as exc:
         if args.debug:
             raise
-        print(f"asyncdrive: error: {exc}", file=sys.stderr)
+        print(f"asyncdrive: error: {_as_commands(str(exc), args)}", file=sys.stderr)
         return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), 1)
     except KeyboardInterrupt:
         return 130

@@ -639,8 +639,8 @@ class Drive:
         the same component replaces the file (a new version); readers see the old or the new
         file, never a mix. A folder's small files are stored in batches of up to 32 (one
         round trip locks them, one worker-thread call stores them, one round trip commits
-        them, each file on its own), its larger files one by one, up to
-        `FOLDER_CONCURRENCY` batches or files at a time, in no set order; if one fails, no
+        them, each file on its own), its larger files one by one, up to 8 batches or files
+        at a time, in no set order; if one fails, no
         more start, and its error is raised once those under way are done (they stay
         stored).
 
@@ -656,12 +656,13 @@ class Drive:
             to: put it at this drive path instead (``path`` may then be any local path).
             if_version: replace the file only if this component's copy has this version
                 now (0: only if it has none), atomically; else `VersionConflictError`.
-            exist_ok: False: create only; fail with `DriveFileExistsError` if this
-                component already has the file.
+            exist_ok: False: create only; fail with `VersionConflictError` (a
+                `DriveFileExistsError`) if this component already has the file.
             progress: called as ``progress(done, total)`` in bytes, in this event loop's
                 thread, as the bytes are copied: ``(0, total)`` first where the total is
-                known before copying (a folder, a large file), ``(total, total)`` last. An
-                exception it raises stops the put and is raised here (see ``_progress``).
+                known before copying (a folder, a large file), ``(total, total)`` last,
+                before the commit of a file. An exception it raises stops the put (nothing
+                of the file it was putting is stored) and is raised here.
 
         Raises:
             DriveFileNotFoundError: there is no local file or folder at ``path``.
@@ -1243,11 +1244,12 @@ class Drive:
             return
         where = f"Drive {self.name!r}: cannot put {path!r}"
         component = self._resolved().component_name
-        if status == "exists":
-            raise DriveFileExistsError(
+        if status == "exists":  # a conflict with "no version yet": .current_version says
+            raise VersionConflictError(
                 f"{where}: component {component!r} has it already (version {detail}), and "
                 "exist_ok=False (or if_version=0) asked to create only. Pass "
-                f"if_version={detail} to replace that version, or delete it first."
+                f"if_version={detail} to replace that version, or delete it first.",
+                int(detail),
             )
         if status == "version" and detail == "0":
             raise DriveFileNotFoundError(
@@ -1637,8 +1639,8 @@ class Drive:
             to: the local path to write to instead (a folder's files go below it).
             progress: called as ``progress(done, total)`` in bytes, in this event loop's
                 thread, as the bytes are copied: ``(0, total)`` first, ``(total, total)``
-                last (a local file left as it is counts as copied). An exception it raises
-                stops the get and is raised here (see ``_progress``).
+                last, with the file in place (a local file left as it is counts as copied).
+                An exception it raises stops the get and is raised here.
 
         Raises:
             DriveFileNotFoundError: nothing at ``path`` (and no ``timeout``).

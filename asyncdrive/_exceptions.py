@@ -10,7 +10,8 @@ derives from the built-in exception a Python user would catch for the same situa
     ├── InvalidConfigError       (ValueError)         a malformed ASYNCDRIVE_* setting
     ├── DriveFileNotFoundError   (FileNotFoundError)  nothing at that path
     ├── DriveFileExistsError     (FileExistsError)    owned by another component, or a folder
-    │   └── VersionConflictError                      not the version ``if_version`` named
+    │   └── VersionConflictError                      not the version ``if_version`` (or
+    │                                                 ``exist_ok=False``: none) asked for
     ├── DriveNotADirectoryError  (NotADirectoryError) a file where a folder is needed
     ├── DriveIsADirectoryError   (IsADirectoryError)  a folder where a file is needed
     ├── AmbiguousPathError       (LookupError)        several components own the path
@@ -19,6 +20,7 @@ derives from the built-in exception a Python user would catch for the same situa
     ├── IndexLostError           (RuntimeError)       Redis lost the index: rebuild_index()
     ├── DriveUnavailableError    (ConnectionError)    Redis or the server cannot be reached
     └── DriveStorageError        (OSError)            the disk refused: full, read-only, ...
+        └── DrivePermissionError (PermissionError)    ... or denied access
 """
 
 from __future__ import annotations
@@ -84,7 +86,10 @@ class DriveFileExistsError(DriveError, FileExistsError):
 
 
 class VersionConflictError(DriveFileExistsError):
-    """A conditional write (``if_version=``) found the file in another version.
+    """A conditional write found the file in another version.
+
+    ``if_version=N`` found it at another version (or at one, for ``if_version=0``), or
+    ``exist_ok=False`` found it there already.
 
     Attributes:
         current_version: the version the file has now.

@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes and one run, a few seconds in all: a smoke run (CI). Its figures "
+        help="tiny sizes and one run, about half a minute in all: a smoke run (CI). Its figures "
         "go to bench/results/ but never into the repository's BENCHMARKS.md",
     )
     parser.add_argument(

@@ -70,6 +70,10 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
         "lit://cli_a: 2 files indexed",
         "lit://cli_b: 2 files indexed",
     ]
+    with asyncdrive.SyncDrive("lit://cli_c") as drive:
+        drive.write_bytes("one.bin", b"1")
+    one = cli("rebuild-index", "lit://cli_c")
+    assert (one.returncode, one.stdout) == (0, "lit://cli_c: 1 file indexed\n")
     with asyncdrive.SyncDrive("lit://cli_b") as drive:
         assert drive.list("x") == ["x/1.bin", "x/2.bin"]
     cleaned = cli("gc", "lit://cli_a", "--grace", "0")
@@ -127,15 +131,20 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     Path("out/a.txt").write_text("changed")
     refused = cli("get", f"{drive_id}/a.txt", "out/a.txt")
     assert (refused.returncode, refused.stdout) == (5, "")
-    assert refused.stderr.startswith("asyncdrive: error: ") and "overwrite" in refused.stderr
+    assert refused.stderr.startswith("asyncdrive: error: ")
+    assert "Pass -f to replace it" in refused.stderr  # the command's flag, not the library's
     assert len(refused.stderr.splitlines()) == 1  # one line, no traceback
     assert cli("get", "-f", f"{drive_id}/a.txt", "out/a.txt").returncode == 0
     assert Path("out/a.txt").read_text() == "hello"
     missing = cli("get", f"{drive_id}/nope.txt")
     assert missing.returncode == 4 and "nope.txt" in missing.stderr
+    assert f"check the path with 'asyncdrive ls {drive_id}'." in missing.stderr
+    deeper = cli("cat", f"{drive_id}/x/y/nope.txt")
+    assert f"check the path with 'asyncdrive ls {drive_id}/x/y'." in deeper.stderr
     debug = cli("--debug", "get", f"{drive_id}/nope.txt")
     assert "Traceback" in debug.stderr
-    assert cli("rm", f"{drive_id}/data").returncode == 1
+    not_recursive = cli("rm", f"{drive_id}/data")
+    assert not_recursive.returncode == 1 and "pass -r" in not_recursive.stderr
     assert cli("rm", "-r", f"{drive_id}/data").returncode == 0
     events = cli("watch", "--since", "0", "--timeout", "0.3", "--json", drive_id)
     changes = [(e["change"], e["path"]) for e in map(json.loads, events.stdout.splitlines())]
