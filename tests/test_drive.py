@@ -1603,6 +1603,8 @@ async def test_a_read_never_returns_bytes_no_commit_made(
     again (a new small file written at its path, marked unfinished; a large one renamed
     into place before its commit), or replaced by a committed newer version: the read
     finds the path gone, or reads the newer version, never bytes not committed."""
+    if meanwhile == "written again in place" and storage._openat2 is None:
+        pytest.skip("this kernel or sandbox has no openat2: no new file is written in place")
     async with (
         Drive(drive_id, root=root, redis_url=redis_url) as reader,
         Drive(drive_id, root=root, redis_url=redis_url) as writer,
@@ -1616,7 +1618,8 @@ async def test_a_read_never_returns_bytes_no_commit_made(
                 await writer.write_bytes("d/f.bin", b"version 2, committed")
                 return
             await writer.delete("d/f.bin")
-            if meanwhile == "written again in place":
+            if meanwhile == "written again in place":  # as a put of a new small file would
+                store.new_names_durable = True  # (not on a Cluster: a put takes the lock)
                 new = store.open_new("default", "d/f.bin")
                 assert new is not None, "this disk writes no new file in place"
                 os.write(new.fd, b"half-done")  # as long as version 1
