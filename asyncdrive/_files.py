@@ -262,12 +262,12 @@ class DriveReader:
 
     async def aclose(self) -> None:
         """Close the file. Idempotent."""
-        self._release()
+        self._let_go()
 
     close = aclose
 
-    def _release(self) -> None:
-        # Closing a descriptor needs no event loop: also usable from __del__ and blocking code.
+    def _let_go(self) -> None:
+        """Close the descriptor, which needs no event loop (``__del__``, a closed drive)."""
         fd, self._fd = self._fd, None
         self._buffer = b""
         if fd is not None:
@@ -289,7 +289,7 @@ class DriveReader:
             try:
                 _warn(f"unclosed {self!r}", ResourceWarning, source=self)
             finally:  # also where warnings are errors
-                self._release()
+                self._let_go()
 
 
 class DriveWriter:
@@ -491,8 +491,8 @@ class DriveWriter:
         else:
             await self.abort()
 
-    def _drop(self) -> None:
-        # Dropping the upload needs no event loop: also usable from __del__.
+    def _let_go(self) -> None:
+        """Drop the upload, which needs no event loop (``__del__``, a closed drive)."""
         out, self._out = self._out, None
         if out is not None:
             self._discard(out)
@@ -502,7 +502,7 @@ class DriveWriter:
             try:
                 _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
             finally:  # also where warnings are errors
-                self._drop()
+                self._let_go()
 
 
 class Opening(Generic[FileT]):

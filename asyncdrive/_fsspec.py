@@ -593,7 +593,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             super().close()
         finally:
             if self._reader is not None:
-                self._reader._release()
+                self._reader._let_go()
 
     def __del__(self) -> None:
         # Never through the event loop: at interpreter exit it no longer runs. An unclosed
@@ -601,9 +601,9 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         if not getattr(self, "closed", True):
             self.closed = True
             if self._writer is not None:
-                self._writer._drop()
+                self._writer._let_go()
             if self._reader is not None:
-                self._reader._release()
+                self._reader._let_go()
 
     def __exit__(
         self,

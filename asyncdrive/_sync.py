@@ -662,7 +662,7 @@ class _Mirror:
 
     def _let_go(self) -> None:
         """End it without the drive's loop, closed with the drive: nothing committed."""
-        raise NotImplementedError
+        self._mirrored()._let_go()
 
     def __enter__(self) -> Self:
         return self
@@ -725,9 +725,6 @@ class SyncWatch(_Mirror):
             return
         self._drive._call(self._watch.aclose)
 
-    def _let_go(self) -> None:
-        self._watch._done = True
-
     def _mirrored(self) -> Watch:
         return self._watch
 
@@ -780,20 +777,12 @@ class _SyncFile(_Mirror, Generic[FileT]):
         if self._drive._closed:
             # Closed with the drive's loop thread, which this file used: let go of it here.
             self._let_go()
-            if isinstance(self._file, DriveWriter):
-                raise DriveError(
-                    f"SyncDrive {self._drive.name!r} was closed before {self.path!r} was "
-                    "committed, so nothing was stored: close a writer before its drive, or "
-                    "write the file again with a new SyncDrive."
-                )
+            self._closed_with_the_drive()
             return
         self._drive._call(self._file.aclose)
 
-    def _let_go(self) -> None:
-        if isinstance(self._file, DriveWriter):
-            self._file._drop()
-        else:
-            self._file._release()
+    def _closed_with_the_drive(self) -> None:
+        """Raise what `close` says of a file let go of by its drive's close (a reader: nothing)."""
 
     def _mirrored(self) -> FileT:
         return self._file
@@ -865,6 +854,13 @@ class SyncDriveWriter(_SyncFile[DriveWriter]):
     def flush(self) -> None:
         """Do nothing: the bytes are committed, fsynced, on close."""
         self._drive._call(self._file.flush)
+
+    def _closed_with_the_drive(self) -> None:
+        raise DriveError(
+            f"SyncDrive {self._drive.name!r} was closed before {self.path!r} was "
+            "committed, so nothing was stored: close a writer before its drive, or "
+            "write the file again with a new SyncDrive."
+        )
 
     def abort(self) -> None:
         """Drop what was written without committing it. Idempotent."""

@@ -282,6 +282,11 @@ class Watch:
 
     # -- closing -----------------------------------------------------------------------------
 
+    def _let_go(self) -> None:
+        """End the watch without its event loop (closed with its drive): nothing acknowledged."""
+        self._done = True
+        self._buffer.clear()
+
     async def aclose(self) -> None:
         """End the watch. Idempotent.
 
