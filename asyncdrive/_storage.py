@@ -1008,6 +1008,44 @@ def _new_local_file(folder: Path, *, unnamed: bool) -> tuple[int, Path | None]:
     return temp_fd_in(folder)
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """Make the local ``folder`` and the missing ones above it; return those made, deepest first.
+
+    Raises `NotADirectoryError` naming the local file that stands where a folder must be.
+    """
+    missing = []
+    while not os.path.lexists(folder) and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(folder))
+    made: list[Path] = []
+    try:
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:  # made meanwhile (by another get, say), or a file
+                if not path.is_dir():
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(path)
+                    ) from None
+                continue
+            made.insert(0, path)
+    except BaseException:
+        _remove_empty(made)
+        raise
+    return made
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty; keep the others."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # another get's file in it meanwhile, or gone
+            return
+
+
 def _link_unless_there(fd: int, target: Path) -> bool:
     """Give the open, unnamed file ``fd`` the name ``target``, unless that name exists: False.
 
@@ -2046,16 +2084,16 @@ class DiskStore:
                     return False
                 raise _in_the_way(dest)
             unnamed = not overwrite  # a replacement is renamed over the old file
+            made: list[Path] = []  # the local folders this copy made: gone if it fails
             try:
                 out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
             except FileNotFoundError:  # made only now: a failed open leaves no folders
+                made = _make_folders(dest.parent)
                 try:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                except FileExistsError:  # a file where a folder above dest must be
-                    raise NotADirectoryError(
-                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(dest.parent)
-                    ) from None
-                out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
+                    out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
+                except BaseException:
+                    _remove_empty(made)
+                    raise
             try:
                 try:
                     # In the kernel: no buffer in this process, whatever the size.
@@ -2074,6 +2112,8 @@ class DiskStore:
                 if tmp is not None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
+                if not (dest.exists() or os.path.islink(dest)):  # not in place after all
+                    _remove_empty(made)
                 raise
             if placed:
                 count_the_rest()

@@ -531,6 +531,16 @@ def test_a_get_that_fails_halfway_leaves_no_file(
     with pytest.raises(OSError, match="No space left"):
         store.copy_out("c", "f.bin", tmp_path / "local" / "a", CHECKSUM, overwrite=False)
     assert os.listdir(tmp_path / "local") == []
+    (tmp_path / "local" / "there").mkdir()
+    # Nor the folders it made for the file (a replacement takes a temporary name).
+    for overwrite in (False,) if local_way == "unnamed" else (False, True):
+        with pytest.raises(OSError, match="No space left"):
+            store.copy_out(
+                "c", "f.bin", tmp_path / "local" / "there" / "new" / "deeper" / "a", CHECKSUM,
+                overwrite=overwrite,
+            )  # fmt: skip
+        assert os.listdir(tmp_path / "local") == ["there"]
+        assert os.listdir(tmp_path / "local" / "there") == []
 
 
 def test_a_get_whose_local_folder_goes_says_so(
