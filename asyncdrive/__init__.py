@@ -17,6 +17,7 @@ from ._events import Change, DriveEvent
 from ._exceptions import (
     AmbiguousPathError,
     CursorExpiredError,
+    DriveClosedError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -59,6 +60,7 @@ __all__ = [
     "Change",
     "CursorExpiredError",
     "Drive",
+    "DriveClosedError",
     "DriveError",
     "DriveEvent",
     "DriveFileExistsError",

@@ -48,6 +48,7 @@ from ._config import (
 from ._events import Change, parse_id
 from ._exceptions import (
     AmbiguousPathError,
+    DriveClosedError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -557,11 +558,13 @@ class Drive:
             f"rebuild-index {self.id}' to rebuild the index from the disk."
         )
 
-    def _closed_error(self, cut_short: str | None = None) -> DriveError:
+    def _closed_error(self, cut_short: str | None = None) -> DriveClosedError:
         """Return the error of a closed drive; ``cut_short`` names a call its aclose() cut."""
         if cut_short is None:
-            return DriveError(f"Drive {self.name!r} is closed; create a new Drive to use it again.")
-        return DriveError(
+            return DriveClosedError(
+                f"Drive {self.name!r} is closed; create a new Drive to use it again."
+            )
+        return DriveClosedError(
             f"Drive {self.name!r} was closed (aclose()) before its {cut_short} finished; "
             "create a new Drive to use it again."
         )

@@ -18,6 +18,7 @@ derives from the built-in exception a Python user would catch for the same situa
     ├── CursorExpiredError       (LookupError)        a watch cursor older than the log
     ├── DriveTimeoutError        (TimeoutError)       waited too long
     ├── IndexLostError           (RuntimeError)       Redis lost the index: rebuild_index()
+    ├── DriveClosedError         (RuntimeError)       the drive was closed
     ├── DriveUnavailableError    (ConnectionError)    Redis or the server cannot be reached
     └── DriveStorageError        (OSError)            the disk refused: full, read-only, ...
         └── DrivePermissionError (PermissionError)    ... or denied access
@@ -31,6 +32,7 @@ import os
 __all__ = [
     "AmbiguousPathError",
     "CursorExpiredError",
+    "DriveClosedError",
     "DriveError",
     "DriveFileExistsError",
     "DriveFileNotFoundError",
@@ -128,6 +130,13 @@ class CursorExpiredError(DriveError, LookupError):
 
 class DriveTimeoutError(DriveError, TimeoutError):
     """An operation waited longer than its timeout."""
+
+
+class DriveClosedError(DriveError, RuntimeError):
+    """The drive was closed: create a new one to use it again.
+
+    Also raised by a call that the drive's close cut short (a writer's commit, a watch).
+    """
 
 
 class IndexLostError(DriveError, RuntimeError):

@@ -32,7 +32,7 @@ from anyio.from_thread import BlockingPortal
 from . import _portal
 from ._drive import Drive, StrPath, _inherited_after_fork, _restore
 from ._events import DriveEvent
-from ._exceptions import DriveError
+from ._exceptions import DriveClosedError, DriveError
 from ._files import DriveReader, DriveWriter, FileT
 from ._models import FileInfo, FolderInfo, GcReport
 from ._progress import ProgressCallback
@@ -227,8 +227,10 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
         sys.set_asyncgen_hooks(*old_hooks)
 
 
-def _closed_error(name: str) -> DriveError:
-    return DriveError(f"SyncDrive {name!r} is closed; create a new SyncDrive to use it again.")
+def _closed_error(name: str) -> DriveClosedError:
+    return DriveClosedError(
+        f"SyncDrive {name!r} is closed; create a new SyncDrive to use it again."
+    )
 
 
 #: SyncDrives with caller loops, closed at interpreter exit if their owners did not.
@@ -363,7 +365,8 @@ class SyncDrive:
         except (asyncio.CancelledError, DriveError) as exc:
             # close() from another thread closed the drive, or stopped the loop, under the
             # call: say so in this facade's words.
-            if self._closed and type(exc) in (asyncio.CancelledError, DriveError):
+            closing = (asyncio.CancelledError, DriveError, DriveClosedError)
+            if self._closed and type(exc) in closing:
                 raise _closed_error(self.name) from None
             raise
 
@@ -856,7 +859,7 @@ class SyncDriveWriter(_SyncFile[DriveWriter]):
         self._drive._call(self._file.flush)
 
     def _closed_with_the_drive(self) -> None:
-        raise DriveError(
+        raise DriveClosedError(
             f"SyncDrive {self._drive.name!r} was closed before {self.path!r} was "
             "committed, so nothing was stored: close a writer before its drive, or "
             "write the file again with a new SyncDrive."

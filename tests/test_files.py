@@ -22,6 +22,7 @@ from asyncdrive import (
     AmbiguousPathError,
     Change,
     Drive,
+    DriveClosedError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -327,7 +328,7 @@ async def test_a_writer_whose_drive_is_closed_first_says_so(
     # Not "cannot reach Redis, check the server": the caller closed the drive itself.
     with pytest.raises(DriveError, match=r"'late.bin'.*create a new Drive") as caught:
         await f.aclose()
-    assert type(caught.value) is DriveError and "closed (aclose())" in str(caught.value)
+    assert type(caught.value) is DriveClosedError and "closed (aclose())" in str(caught.value)
     assert f.closed and f.info is None and uploads_in_progress(root, drive) == 0
     async with Drive(drive_id) as again:
         assert not await again.exists("late.bin")

@@ -25,7 +25,7 @@ import anyio.to_thread
 import pytest
 import redis
 
-from asyncdrive import Drive, DriveError, FolderInfo, SyncDrive, _sync
+from asyncdrive import Drive, DriveClosedError, DriveError, FolderInfo, SyncDrive, _sync
 
 from .conftest import run_python, uploads_in_progress, warnings_as_errors
 from .procs import read_line, spawn
@@ -203,8 +203,9 @@ def test_one_shot_calls_run_in_the_calling_thread(env: dict[str, str], drive_id:
         assert [loop.thread for loop in drive._caller_loops] == [threading.current_thread(), late]
         assert drive.exists("t4.txt")
     assert joined_disk_threads() == []
-    with pytest.raises(DriveError, match="closed"):
+    with pytest.raises(DriveClosedError, match="closed") as closed:
         drive.exists("a.txt")
+    assert isinstance(closed.value, RuntimeError)
 
 
 def one_shot_calls(drive: SyncDrive) -> list[object]:
@@ -690,9 +691,10 @@ async def test_drive_after_aclose_raises(env: dict[str, str], workdir: Path, dri
     await never_used.aclose()
     for drive in (used, never_used):
         for call in async_calls(drive):
-            with pytest.raises(DriveError, match="closed") as refused:
+            with pytest.raises(DriveClosedError, match="closed") as refused:
                 await call()
             assert drive_id[6:] in str(refused.value)
+            assert isinstance(refused.value, RuntimeError)
     async with Drive(drive_id) as check:
         assert await check.list(".") == ["a.txt"]
 
@@ -706,7 +708,7 @@ def test_close_from_another_thread_ends_a_blocking_watch_with_the_closed_error(
     closer = threading.Timer(0.3, drive.close)
     closer.start()
     # Not a bare CancelledError out of the loop thread, nor a reconnection attempt.
-    with pytest.raises(DriveError, match=f"SyncDrive '{drive_id[6:]}' is closed"):
+    with pytest.raises(DriveClosedError, match=f"SyncDrive '{drive_id[6:]}' is closed"):
         for _event in watch:
             pass
     closer.join()
