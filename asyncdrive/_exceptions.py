@@ -200,6 +200,12 @@ _DISK_TROUBLE: dict[int, tuple[str, str]] = {
     ),
 }
 _DISK_TROUBLE[errno.EPERM] = _DISK_TROUBLE[errno.EACCES]
+#: What to do instead where a get's local side refused (it writes only there).
+_LOCAL_FIX = {
+    errno.EACCES: "Give this user write access to that local folder, or get to another (to=).",
+    errno.EROFS: "Get to a folder on a writable filesystem (to=).",
+}
+_LOCAL_FIX[errno.EPERM] = _LOCAL_FIX[errno.EACCES]
 _LEFT_AS_IT_WAS = {
     "put": "That file was not stored: its copy in the drive, if any, is as it was.",
     "write_bytes": "Nothing was stored: the drive is as it was.",
@@ -223,6 +229,8 @@ def storage_error(
 ) -> DriveStorageError:
     """Make the `DriveStorageError` for ``exc``, raised while ``doing`` ``path`` (``to``)."""
     reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
+    if doing == "get":
+        fix = _LOCAL_FIX.get(exc.errno or 0, fix)
     where = f" ({exc.filename})" if exc.filename else ""
     what = doing if path is None else f"{doing} {os.fspath(path)!r}"
     if to is not None:

@@ -194,6 +194,26 @@ async def test_a_folder_refusing_renames_is_a_storage_error_not_a_clash(
         assert (await drive.info("d/kept.txt")).version == 2
 
 
+async def test_a_get_into_a_local_folder_refusing_it_says_what_to_do_there(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """The fix named is the local side's (another folder, to=), not the drive root's."""
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a.txt", b"drive bytes")
+        (workdir / "locked").mkdir()
+        set_immutable(workdir / "locked", True)
+        try:
+            with pytest.raises(DrivePermissionError) as refused:
+                await drive.get("a.txt", to="locked/a.txt")
+        finally:
+            set_immutable(workdir / "locked", False)
+        message = str(refused.value)
+        assert "'a.txt'" in message and "permission denied" in message, message
+        assert "write access to that local folder" in message and "(to=)" in message, message
+        assert "root=" not in message and "The local file was left as it was." in message
+        assert os.listdir(workdir / "locked") == []
+
+
 async def test_a_delete_whose_bytes_stay_says_so_and_gc_removes_them(
     env: dict[str, str], workdir: Path, root: Path, drive_id: str
 ) -> None:
