@@ -58,6 +58,7 @@ from ._exceptions import (
     DriveUnavailableError,
     IndexLostError,
     InvalidConfigError,
+    InvalidPathError,
     VersionConflictError,
     storage_error,
 )
@@ -718,6 +719,9 @@ class Drive:
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: the local folder holds no files."
             )
+        for rel, _ in files:  # every name checked before any file is stored
+            if rel:
+                self._check_name_in_folder(local, drive_path, rel)
         if if_version is not None and [rel for rel, _ in files] != [""]:
             raise InvalidConfigError(
                 f"Drive {self.name!r}: if_version applies to one file, and {drive_path!r} is "
@@ -749,6 +753,19 @@ class Drive:
         await _side_by_side(conn, _put_batches(files), put_some)
         if reporter is not None:
             reporter.finish()
+
+    def _check_name_in_folder(self, local: Path, drive_path: str, rel: str) -> None:
+        """Raise `InvalidPathError` if a folder put's file ``rel`` is no drive path."""
+        try:
+            _paths.normalize(_paths.join(drive_path, rel), drive=self.name)
+        except InvalidPathError as exc:
+            error = InvalidPathError(
+                f"Drive {self.name!r}: cannot put the folder {str(local)!r}: its file {rel!r} "
+                f"has a name the drive refuses ({exc.reason.rstrip('.')}). Rename or move "
+                "that file; nothing was stored."
+            )
+            error.reason = exc.reason
+            raise error from None
 
     async def _put_batch(
         self,

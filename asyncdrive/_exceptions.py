@@ -72,7 +72,14 @@ class InvalidDriveIdError(DriveError, ValueError):
 
 
 class InvalidPathError(DriveError, ValueError):
-    """A path is absolute, leaves the drive, is empty or holds forbidden characters."""
+    """A path is absolute, leaves the drive, is empty or holds forbidden characters.
+
+    Attributes:
+        reason: what is wrong with the path, in a few words ("" where not told apart).
+
+    """
+
+    reason = ""
 
 
 class InvalidConfigError(DriveError, ValueError):

@@ -18,7 +18,9 @@ RESERVED_PREFIX = ".asyncdrive"
 MAX_SEGMENT_BYTES = 200
 MAX_PATH_BYTES = 4000
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: none
+#: belongs in a name, and each would break a listing printed one name a line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = False) -> str:
@@ -42,7 +44,17 @@ def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = Fa
     if raw == "":
         raise _invalid(drive, raw, "it is empty. Name a file or folder, or '.' for all.")
     if _CONTROL.search(raw):
-        raise _invalid(drive, raw, "NUL and control characters are not allowed.")
+        raise _invalid(drive, raw, "NUL, control characters and line separators are not allowed.")
+    if not raw.isascii():
+        try:
+            raw.encode()
+        except UnicodeEncodeError:  # a lone surrogate: a local name that was not UTF-8
+            raise _invalid(
+                drive,
+                raw,
+                "it is not valid Unicode (a local name that is not UTF-8?); "
+                "rename it, or pass a valid name as to=.",
+            ) from None
     if raw.startswith("/"):
         raise _invalid(
             drive, raw, "drive paths are relative to the drive (and to the current directory "
@@ -73,7 +85,9 @@ def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = Fa
 
 
 def _invalid(drive: str, raw: str, reason: str) -> InvalidPathError:
-    return InvalidPathError(f"Drive {drive!r}: invalid path {raw!r}: {reason}")
+    error = InvalidPathError(f"Drive {drive!r}: invalid path {raw!r}: {reason}")
+    error.reason = reason
+    return error
 
 
 def parent_dirs(path: str) -> list[str]:

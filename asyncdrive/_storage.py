@@ -35,6 +35,7 @@ import errno
 import hashlib
 import itertools
 import json
+import logging
 import math
 import mmap
 import os
@@ -52,8 +53,10 @@ from typing import Any, BinaryIO, NamedTuple
 from ._config import is_valid_name
 from ._exceptions import InvalidPathError
 from ._models import CHECKSUM_ALGORITHM
-from ._paths import RESERVED_PREFIX
+from ._paths import RESERVED_PREFIX, normalize
 from ._progress import OnCopied
+
+logger = logging.getLogger("asyncdrive")
 
 CHUNK = 1 << 20
 META_PREFIX = RESERVED_PREFIX + "-meta."
@@ -1901,7 +1904,8 @@ class DiskStore:
         """Return every file of the drive on disk, with its metadata.
 
         The checksum comes from the metadata when it is there and its size matches, else
-        (or with ``verify``) from the bytes. Symbolic links are never followed.
+        (or with ``verify``) from the bytes. Symbolic links are never followed, nor are
+        files whose names are no drive paths (not UTF-8, say: put there by hand) listed.
         """
         found: list[DiskFile] = []
         now = time.time()
@@ -1913,6 +1917,11 @@ class DiskStore:
                     if name.startswith(RESERVED_PREFIX) or data.is_symlink():
                         continue
                     rel = data.relative_to(component_dir).as_posix()
+                    try:
+                        normalize(rel, drive=self.drive)
+                    except InvalidPathError:
+                        logger.warning("skipped %r: its name is no drive path", str(data))
+                        continue
                     try:
                         found.append(self._describe(component_dir.name, rel, data, now, verify))
                     except FileNotFoundError:  # deleted (or replaced) while scanned: not here

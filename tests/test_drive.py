@@ -977,6 +977,8 @@ async def test_file_folder_conflicts(make_drive: MakeDrive, drive_id: str) -> No
     "bad",
     [
         "/etc/passwd", "..", "../x", "a/../../x", "", "a\x00b", "a\nb", "a\x7fb",
+        "a\x85b", "a\u2028b",  # a C1 control character, a line separator
+        "s\udc80", "a/" + "\udc80" * 60,  # not UTF-8 (a local name os gave as it was)
         ".asyncdrive-x", "a/b/.asyncdrive-x/c",
         "a/" + "é" * 101,  # 202 bytes in one name, of 101 characters
         "/".join(["abcdefghi"] * 401),  # 4009 bytes
@@ -986,8 +988,34 @@ async def test_invalid_paths(make_drive: MakeDrive, drive_id: str, bad: str) -> 
     drive = make_drive(drive_id)
     with pytest.raises(InvalidPathError) as refused:
         await drive.write_bytes(bad, b"x")
-    assert isinstance(refused.value, ValueError)
+    assert isinstance(refused.value, ValueError) and refused.value.reason
     assert drive_id[6:] in str(refused.value)
+    for call in (drive.exists, drive.read_bytes, drive.delete, drive.get):
+        with pytest.raises(InvalidPathError):
+            await call(bad)
+    assert await drive.list(".", recursive=True) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [".asyncdrive-meta.x.json", ".asyncdrive-drive", "new\nline.txt", "c\x01.txt",
+     "x" * 230, b"lat\xe9.bin"],
+)  # fmt: skip
+async def test_a_folder_put_refuses_a_name_no_drive_path_may_have(
+    make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path, bad: str | bytes
+) -> None:
+    """Checked before anything is stored, naming the local file; nothing is stored."""
+    for i in range(40):
+        write(f"src/sub/{i}.txt", b"fine")
+    name = os.fsencode("src/sub/") + (bad if isinstance(bad, bytes) else os.fsencode(bad))
+    with open(name, "wb"):
+        pass
+    drive = make_drive(drive_id)
+    with pytest.raises(InvalidPathError, match="cannot put the folder 'src': its file") as refused:
+        await drive.put("src")
+    assert "nothing was stored" in str(refused.value) and refused.value.reason
+    assert await drive.list(".", recursive=True) == []
+    assert not (root / "drives" / drive.name / "default").exists()
 
 
 async def test_invalid_seconds_and_component_names(make_drive: MakeDrive, drive_id: str) -> None:

@@ -71,6 +71,28 @@ async def test_index_loss_detected_and_rebuilt(
     assert (await fresh.write_bytes("data/a.bin", b"a3")).version == 3
 
 
+async def test_files_no_drive_path_names_are_left_alone_by_rebuild_and_gc(
+    make_drive: MakeDrive, drive_id: str, redis_url: str, root: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Files put in the drive's folder by hand under names no drive path has (not UTF-8,
+    reserved, control characters) are neither indexed nor removed, and said skipped."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("data/a.bin", b"a")
+    folder = root / "drives" / drive_id[6:] / "default" / "data"
+    odd = [os.path.join(os.fsencode(folder), b"lat\xe9.bin"), os.fsencode(folder / "x\ny")]
+    for name in odd:
+        with open(name, "wb") as f:
+            f.write(b"by hand")
+    await drop_index(redis_url, drive_id[6:])
+    assert await make_drive(drive_id).rebuild_index() == 1
+    report = await drive.gc(grace=0)
+    assert report.orphans_removed == 0 and report.entries_removed == 0
+    assert await drive.list(".", recursive=True) == ["data/a.bin"]
+    assert all(os.path.exists(name) for name in odd)
+    assert "its name is no drive path" in caplog.text
+
+
 async def test_an_index_lost_under_a_connected_drive_is_never_served_nor_restarted(
     env: dict[str, str], workdir: Path, root: Path, drive_id: str, redis_url: str
 ) -> None:
