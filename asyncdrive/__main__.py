@@ -262,7 +262,7 @@ def _run_file_command(args: argparse.Namespace) -> int:
             with bar or contextlib.nullcontext():
                 for local in args.local:
                     # "." or "..": the folder's own name, as cp -r gives it
-                    name = Path(local).name or Path(local).resolve().name
+                    name = os.path.basename(os.path.abspath(local))
                     dest = _join(path, name) if into_folder else path
                     drive.put(local, to=dest, progress=None if bar is None else bar.part())
                     _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")

@@ -622,8 +622,17 @@ class Drive:
             names,
         )
 
-    def _path(self, path: StrPath, *, allow_root: bool = False) -> str:
+    def _path(self, path: StrPath, *, allow_root: bool = False, file: bool = False) -> str:
+        """Return the normal form of a drive path (``file``: one that may name a file only)."""
+        if file and _paths.names_folder(path):
+            raise _paths.not_a_file(self.name, path)
         return _paths.normalize(path, drive=self.name, allow_root=allow_root)
+
+    def _file_not_folder(self, path: StrPath, drive_path: str) -> DriveNotADirectoryError:
+        return DriveNotADirectoryError(
+            f"Drive {self.name!r}: {os.fspath(path)!r} ends with '/', which names a folder, "
+            f"but {drive_path!r} is a file; drop the '/'."
+        )
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -657,7 +666,8 @@ class Drive:
 
         Args:
             path: the local file or folder, and the drive path it goes to.
-            to: put it at this drive path instead (``path`` may then be any local path).
+            to: put it at this drive path instead (``path`` may then be any local path);
+                ending in ``/``, into that folder under its local name, as ``cp`` does.
             if_version: replace the file only if this component's copy has this version
                 now (0: only if it has none), atomically; else `VersionConflictError`.
             exist_ok: False: create only; fail with `VersionConflictError` (a
@@ -677,7 +687,12 @@ class Drive:
             InvalidPathError: ``path`` is absolute, leaves the drive or is empty.
 
         """
-        drive_path = self._path(path if to is None else to)
+        if to is not None and _paths.names_folder(to):  # into that folder, as cp does
+            name = _local_name(path)
+            drive_path = _paths.join(self._path(to, allow_root=True), name)
+            drive_path = self._path(drive_path)
+        else:
+            drive_path = self._path(path if to is None else to)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
         conn = await self._connection()
@@ -928,7 +943,7 @@ class Drive:
             >>> await drive.write_bytes("b.bin", b"new", if_version=info.version)
 
         """
-        drive_path = self._path(path)
+        drive_path = self._path(path, file=True)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         view = memoryview(data).cast("B")  # its bytes, whatever the items: a size in bytes
         conn = await self._connection()
@@ -1351,6 +1366,8 @@ class Drive:
         conn = await self._connection()
         component = conn.config.component_name
         owners = await conn.index.owners(drive_path) if drive_path else {}
+        if owners and _paths.names_folder(path):
+            raise self._file_not_folder(path, drive_path)
         if component in owners:
             await self._delete_file(conn, drive_path)
             return
@@ -1518,6 +1535,8 @@ class Drive:
         kind = await conn.index.kind(drive_path, component_name)
         if kind is None:
             await self._check_not_lost(conn)
+        if _paths.names_folder(path):  # "a.txt/": no such folder, as for os.path.exists
+            return kind == "folder" or drive_path == ""
         return kind is not None
 
     @_redis_errors_as_unavailable
@@ -1534,7 +1553,7 @@ class Drive:
             DriveIsADirectoryError: ``path`` is a folder.
 
         """
-        drive_path = self._path(path)
+        drive_path = self._path(path, file=True)
         conn = await self._connection()
         return await self._file_info(conn, drive_path, component_name)
 
@@ -1561,7 +1580,7 @@ class Drive:
             b'Hello World !'
 
         """
-        drive_path = self._path(path)
+        drive_path = self._path(path, file=True)
         conn = await self._connection()
         store = conn.store
 
@@ -1656,7 +1675,9 @@ class Drive:
             timeout: wait up to this many seconds for the path to appear (woken by the
                 drive's change events), then raise `DriveTimeoutError`.
             overwrite: replace a local file whose content differs (atomically).
-            to: the local path to write to instead (a folder's files go below it).
+            to: the local path to write to instead (a folder's files go below it);
+                ending in ``/``, into that folder under the drive name's last part, as
+                ``cp`` does.
             progress: called as ``progress(done, total)`` in bytes, in this event loop's
                 thread, as the bytes are copied: ``(0, total)`` first, ``(total, total)``
                 last, with the file in place (a local file left as it is counts as copied).
@@ -1676,9 +1697,17 @@ class Drive:
         conn = await self._connection()
         if timeout is not None:
             await self._wait_for(conn, drive_path, component_name, timeout)
-        local = Path(drive_path if to is None else to)
+        if to is None:
+            local = Path(drive_path)
+        elif _paths.names_folder(to) or os.fspath(to).endswith(os.sep):  # into it, as cp
+            local = Path(to) / PurePosixPath(drive_path).name
+        else:
+            local = Path(to)
+        as_folder = _paths.names_folder(path)
         with _progress.reporting(progress) as reporter:
-            await self._get_to(conn, drive_path, local, component_name, overwrite, reporter)
+            await self._get_to(
+                conn, drive_path, local, component_name, overwrite, reporter, as_folder
+            )
 
     async def _get_to(
         self,
@@ -1688,10 +1717,16 @@ class Drive:
         component_name: str | None,
         overwrite: bool,
         reporter: ProgressReporter | None,
+        as_folder: bool = False,
     ) -> None:
-        """`get` once its arguments are checked (and the path waited for): into ``local``."""
+        """`get` once its arguments are checked (and the path waited for): into ``local``.
+
+        ``as_folder``: the path was written with a trailing ``/``; a file there is refused.
+        """
         on_copied = None if reporter is None else reporter.add
         owners = await conn.index.owners(drive_path)
+        if owners and as_folder:
+            raise self._file_not_folder(f"{drive_path}/", drive_path)
         if owners:
             info = self._pick(drive_path, owners, component_name)
             if reporter is not None:
@@ -2071,7 +2106,7 @@ class Drive:
                 other mode.
 
         """
-        drive_path = self._path(path)
+        drive_path = self._path(path, file=True)
         if check_mode(self.name, drive_path, mode) == "rb":
             if if_version is not None or not exist_ok:
                 raise InvalidConfigError(
@@ -2532,6 +2567,11 @@ def _stage_small_file(
     if not stat.S_ISREG(st.st_mode) or st.st_size > _SMALL_WRITE:
         raise _NotASmallFile
     return store.stage_file(local, sync, into)
+
+
+def _local_name(path: StrPath) -> str:
+    """Return the name of the local file or folder ``path`` (of ``.`` and ``..``: their own)."""
+    return os.path.basename(os.path.abspath(path))
 
 
 def _unlink_if_there(path: Path) -> bool:

@@ -84,6 +84,24 @@ def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = Fa
     return norm
 
 
+def names_folder(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` ends with ``/``: it names a folder, as for ``cp`` and POSIX.
+
+    Example:
+        >>> names_folder("ckpt/"), names_folder("ckpt")
+        (True, False)
+
+    """
+    raw = os.fspath(path)
+    return isinstance(raw, str) and raw.endswith("/")
+
+
+def not_a_file(drive: str, path: str | os.PathLike[str]) -> InvalidPathError:
+    """Return the error for a path ending with ``/`` where a file must be named."""
+    reason = "it ends with '/', which names a folder; drop the '/' to name a file."
+    return _invalid(drive, os.fspath(path), reason)
+
+
 def _invalid(drive: str, raw: str, reason: str) -> InvalidPathError:
     error = InvalidPathError(f"Drive {drive!r}: invalid path {raw!r}: {reason}")
     error.reason = reason

@@ -104,6 +104,13 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     )  # fmt: skip
     assert here.stdout == f". -> {other}/copy/d\n", here.stderr
     assert cli("ls", "-r", other).stdout == "copy/d/x.bin\n"
+    Path("d/sub").mkdir()
+    up = subprocess.run(  # ".." too
+        [sys.executable, "-m", "asyncdrive", "put", "..", f"{other}/up/"],
+        cwd="d/sub", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert up.stdout == f".. -> {other}/up/d\n", up.stderr
+    Path("d/sub").rmdir()
     assert cli("ls", drive_id).stdout.splitlines() == ["a.txt", "data", "renamed.txt"]
     listed = cli("ls", "-r", "--json", f"{drive_id}/data")
     assert json.loads(listed.stdout) == ["data/d/x.bin"]

@@ -1018,6 +1018,45 @@ async def test_a_folder_put_refuses_a_name_no_drive_path_may_have(
     assert not (root / "drives" / drive.name / "default").exists()
 
 
+async def test_a_trailing_slash_names_a_folder(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    """As for cp and POSIX: a destination ending in '/' is a folder to go into, and a file
+    cannot be named with one."""
+    drive = make_drive(drive_id)
+    write("a.txt", b"a")
+    write("src/x.txt", b"x")
+    await drive.put("a.txt", to="dir/")
+    await drive.put("src", to="dir/")
+    await drive.put("a.txt", to="./")
+    await drive.put("src/", to="other")  # a local folder's '/': that folder, as before
+    expected = ["a.txt", "dir/a.txt", "dir/src/x.txt", "other/x.txt"]
+    assert await drive.list(".", recursive=True) == expected
+    file_calls: list[Callable[[], Any]] = [
+        lambda: drive.write_bytes("t/", b"x"),
+        lambda: drive.read_bytes("dir/a.txt/"),
+        lambda: drive.info("dir/a.txt/"),
+        lambda: drive.open("dir/a.txt/"),
+        lambda: drive.open("new/", "wb"),
+    ]
+    for call in file_calls:
+        with pytest.raises(InvalidPathError, match="ends with '/', which names a folder"):
+            await call()
+    for call in (drive.get, drive.delete):
+        with pytest.raises(DriveNotADirectoryError, match=r"'dir/a\.txt' is a file; drop the"):
+            await call("dir/a.txt/")
+    assert not await drive.exists("dir/a.txt/")
+    assert await drive.exists("dir/") and await drive.exists("dir/a.txt")
+    await drive.get("dir/a.txt", to="out/")
+    await drive.get("dir/src", to="out/")
+    await drive.get("dir/src/", to="out2")
+    assert Path("out/a.txt").read_bytes() == b"a" and Path("out/src/x.txt").read_bytes() == b"x"
+    assert Path("out2/x.txt").read_bytes() == b"x"
+    assert await drive.list(".", recursive=True) == expected
+    await drive.delete("dir/", recursive=True)
+    assert await drive.list(".", recursive=True) == ["a.txt", "other/x.txt"]
+
+
 async def test_invalid_seconds_and_component_names(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
     await drive.write_bytes("a.txt", b"x")
