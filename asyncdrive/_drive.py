@@ -725,14 +725,23 @@ class Drive:
             return
         files = await conn.run_sync(_local_files, local)
         if files is None:
+            kind = await conn.run_sync(_special_kind, local)
+            if kind is not None:
+                raise InvalidPathError(
+                    f"Drive {self.name!r}: cannot put {drive_path!r}: the local "
+                    f"{str(local)!r} is {kind}, not a regular file or folder; put copies "
+                    "those only."
+                )
+            where = "" if local.is_absolute() else f" in {os.getcwd()!r}"
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: there is no local file or "
-                f"folder {str(local)!r} in {os.getcwd()!r}. Paths are relative to the current "
-                "directory."
+                f"folder {str(local)!r}{where}."
+                + ("" if where == "" else " Paths are relative to the current directory.")
             )
         if not files:
             raise DriveFileNotFoundError(
-                f"Drive {self.name!r}: cannot put {drive_path!r}: the local folder holds no files."
+                f"Drive {self.name!r}: cannot put {drive_path!r}: the local folder "
+                f"{str(local)!r} holds no files."
             )
         for rel, _ in files:  # every name checked before any file is stored
             if rel:
@@ -1870,9 +1879,10 @@ class Drive:
                 f"{str(dest / PurePosixPath(info.path).name)!r}, say), or move the folder away."
             )
         if isinstance(exc, NotADirectoryError):
+            in_the_way = _local_file_above(dest) or exc.filename
             return DriveNotADirectoryError(
                 f"Drive {self.name!r}: cannot get {info.path!r} to {str(dest)!r} in "
-                f"{os.getcwd()!r}: a folder above it is a local file ({exc.filename!r}). Pass "
+                f"{os.getcwd()!r}: a folder above it is a local file ({in_the_way!r}). Pass "
                 "to= another local folder, or move that file away."
             )
         return DriveFileExistsError(  # FileExistsError
@@ -2567,6 +2577,31 @@ def _stage_small_file(
     if not stat.S_ISREG(st.st_mode) or st.st_size > _SMALL_WRITE:
         raise _NotASmallFile
     return store.stage_file(local, sync, into)
+
+
+def _local_file_above(dest: Path) -> str | None:
+    """Return the local file that stands where a folder above ``dest`` must be, if one does."""
+    for folder in dest.parents:
+        if os.path.lexists(folder):  # the nearest that is there: a folder, or the culprit
+            return None if folder.is_dir() else str(folder)
+    return None
+
+
+def _special_kind(local: Path) -> str | None:
+    """Return what is at ``local`` if neither a file nor a folder ("a FIFO", ...), else None."""
+    try:
+        mode = local.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "a broken link" if local.is_symlink() else None
+    except OSError as exc:  # a link loop, say
+        return f"unreadable ({exc.strerror})"
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), None)
 
 
 def _local_name(path: StrPath) -> str:

@@ -201,6 +201,14 @@ _DISK_TROUBLE: dict[int, tuple[str, str]] = {
         "Give this user write access there, or use a root of its own (root= or ASYNCDRIVE_ROOT).",
     ),
     errno.EIO: ("the disk reported an I/O error", "Check the disk or the network mount."),
+    errno.ENAMETOOLONG: (
+        "a name or path is too long for the filesystem",
+        "Use shorter names, or fewer folders above the file.",
+    ),
+    errno.ELOOP: (
+        "too many symbolic links on the way (a link loop?)",
+        "Fix or remove the link, or name the files it points to.",
+    ),
     errno.ENOENT: (
         "a file or folder went away while in use",
         "Check that nothing else removes it meanwhile, then retry.",
@@ -227,6 +235,20 @@ _LEFT_AS_IT_WAS = {
 }
 
 
+def shorten(text: str, limit: int = 160) -> str:
+    """Return ``text`` for a message: its start and end around "...", if it is long.
+
+    Example:
+        >>> shorten("a" * 300, 20)
+        'aaaaaaaaa...aaaaaaaa'
+
+    """
+    if len(text) <= limit:
+        return text
+    keep = limit - 3
+    return f"{text[: keep - keep // 2]}...{text[-(keep // 2) :]}"
+
+
 def storage_error(
     drive: str,
     exc: OSError,
@@ -238,10 +260,10 @@ def storage_error(
     reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
     if doing == "get":
         fix = _LOCAL_FIX.get(exc.errno or 0, fix)
-    where = f" ({exc.filename})" if exc.filename else ""
-    what = doing if path is None else f"{doing} {os.fspath(path)!r}"
+    where = f" ({shorten(os.fsdecode(exc.filename))})" if exc.filename else ""
+    what = doing if path is None else f"{doing} {shorten(os.fspath(path))!r}"
     if to is not None:
-        what += f" to {os.fspath(to)!r}"
+        what += f" to {shorten(os.fspath(to))!r}"
     fix = fix or "Check the disk (or the mount), then retry."
     left = _LEFT_AS_IT_WAS.get(doing, "")
     kind = DrivePermissionError if exc.errno in (errno.EACCES, errno.EPERM) else DriveStorageError

@@ -10,7 +10,7 @@ import os
 import posixpath
 import re
 
-from ._exceptions import InvalidPathError
+from ._exceptions import InvalidPathError, shorten
 
 #: Names starting with this prefix are kept for asyncdrive's own files beside the user's.
 RESERVED_PREFIX = ".asyncdrive"
@@ -103,7 +103,7 @@ def not_a_file(drive: str, path: str | os.PathLike[str]) -> InvalidPathError:
 
 
 def _invalid(drive: str, raw: str, reason: str) -> InvalidPathError:
-    error = InvalidPathError(f"Drive {drive!r}: invalid path {raw!r}: {reason}")
+    error = InvalidPathError(f"Drive {drive!r}: invalid path {shorten(raw)!r}: {reason}")
     error.reason = reason
     return error
 

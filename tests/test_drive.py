@@ -29,6 +29,7 @@ from asyncdrive import (
     DriveFileNotFoundError,
     DriveIsADirectoryError,
     DriveNotADirectoryError,
+    DriveStorageError,
     DriveTimeoutError,
     FileInfo,
     FolderInfo,
@@ -301,9 +302,10 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
         with pytest.raises(DriveIsADirectoryError, match=r"to='folder/a\.txt'"):
             await drive.get("a.txt", to="folder", overwrite=overwrite)
     await drive.write_bytes("ckpt/1.pt", b"one")
-    with pytest.raises(DriveNotADirectoryError, match=r"is a local file \('a.txt'\)") as above:
-        await drive.get("ckpt", to="a.txt")
-    assert "disk" not in str(above.value)
+    for to, overwrite in [("a.txt", False), ("a.txt", True), ("a.txt/x", False)]:
+        with pytest.raises(DriveNotADirectoryError, match=r"is a local file \('a.txt'\)") as above:
+            await drive.get("ckpt", to=to, overwrite=overwrite)  # the file, not a name below
+        assert "disk" not in str(above.value)
     assert sorted(p.name for p in Path().iterdir()) == ["a.txt", "folder"]
     assert not any(Path("folder").iterdir()) and Path("a.txt").read_bytes() == b"drive content"
 
@@ -1097,6 +1099,34 @@ async def test_put_missing_local_file(make_drive: MakeDrive, drive_id: str) -> N
     drive = make_drive(drive_id)
     with pytest.raises(DriveFileNotFoundError, match="current directory"):
         await drive.put("absent.txt")
+    with pytest.raises(DriveFileNotFoundError) as absolute:
+        await drive.put("/no/such/file.txt", to="f.txt")
+    assert "'/no/such/file.txt'." in str(absolute.value)
+    assert "current directory" not in str(absolute.value)  # not relative: no such hint
+    os.mkfifo("fifo")
+    os.symlink("nowhere", "broken")
+    special = [("fifo", "a FIFO"), ("/dev/null", "a character device"), ("broken", "a broken")]
+    for local, kind in special:
+        with pytest.raises(InvalidPathError, match=f"is {kind}.*not a regular file or folder"):
+            await drive.put(local, to="f.txt")
+    Path("empty").mkdir()
+    with pytest.raises(DriveFileNotFoundError, match="local folder 'empty' holds no files"):
+        await drive.put("empty")
+    assert await drive.list(".", recursive=True) == []
+
+
+async def test_a_message_names_a_long_path_by_its_ends(
+    make_drive: MakeDrive, drive_id: str
+) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a.txt", b"a")
+    long = "/".join(["d" * 250] * 20) + "/a.txt"  # too long for the local filesystem
+    with pytest.raises(DriveStorageError, match="too long for the filesystem") as refused:
+        await drive.get("a.txt", to=long)
+    assert len(str(refused.value)) < 800 and "..." in str(refused.value)
+    with pytest.raises(InvalidPathError) as invalid:
+        await drive.write_bytes("/".join(["abcdefghi"] * 401), b"x")
+    assert len(str(invalid.value)) < 400
 
 
 async def _leftovers(redis_url: str, root: Path, drive_id: str) -> tuple[list[Any], list[Path]]:
@@ -1138,7 +1168,7 @@ async def test_put_takes_the_general_way_for_all_but_a_small_file(
     with pytest.raises(asyncdrive.InvalidConfigError, match="local folder"):
         await drive.put("data", to="fresh", if_version=0)
     os.mkfifo("pipe")
-    with pytest.raises(DriveFileNotFoundError, match="no local file"):
+    with pytest.raises(InvalidPathError, match="is a FIFO"):
         await drive.put("pipe")  # never opened: opening a FIFO would wait for a writer
     assert not await drive.exists("fresh")
     assert not await drive.exists("pipe")
