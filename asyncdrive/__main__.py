@@ -82,7 +82,15 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-url", default=None, help="the Redis server (default: $ASYNCDRIVE_REDIS_URL)"
     )
     files.add_argument(
-        "--component", default=None, help="who writes (default: $ASYNCDRIVE_COMPONENT)"
+        "--component",
+        default=None,
+        help="who writes, and whose copy to read where several own a path (default: "
+        "$ASYNCDRIVE_COMPONENT)",
+    )
+    files.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="keep this component's own copy of a path another component owns",
     )
     files.add_argument("--json", action="store_true", help="print JSON, for scripts")
     ls = commands.add_parser("ls", parents=[files], help="list a folder of a drive")
@@ -165,11 +173,17 @@ def _join(folder: str, name: str) -> str:
 
 def _open(args: argparse.Namespace) -> tuple[SyncDrive, str]:
     drive_id, path = _split(args.target)
+    if args.component is not None and not is_valid_name(args.component):
+        raise _UsageError(
+            f"--component {args.component!r}: a component name is 1-128 letters, digits, "
+            "'.', '_' or '-', not starting with '.'."
+        )
     drive = SyncDrive(
         drive_id,
         root=args.root and Path(args.root),
         redis_url=args.redis_url,
         component_name=args.component,
+        allow_duplicates=args.allow_duplicates,
     )
     return drive, path
 
@@ -249,9 +263,9 @@ def _run_file_command(args: argparse.Namespace) -> int:
                 )
             _print(args, entries, "\n".join(entries))
         elif args.command == "cat":
-            sys.stdout.buffer.write(drive.read_bytes(path))
+            sys.stdout.buffer.write(drive.read_bytes(path, component_name=args.component))
         elif args.command == "info":
-            info = drive.info(path)
+            info = drive.info(path, component_name=args.component)
             fields = dataclasses.asdict(info)
             _print(args, fields, "\n".join(f"{k}: {v}" for k, v in fields.items()))
         elif args.command == "rm":
@@ -274,6 +288,7 @@ def _run_file_command(args: argparse.Namespace) -> int:
             with bar or contextlib.nullcontext():
                 drive.get(
                     path, to=local, overwrite=args.overwrite, timeout=args.timeout,
+                    component_name=args.component,
                     progress=None if bar is None else bar.part(),
                 )  # fmt: skip
             _print(args, {"got": str(local)}, f"{drive.id}/{path} -> {local}")
@@ -311,9 +326,18 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
 
     message = re.sub(r"list\(\) \(e\.g\. list\('([^']*)'\)\)", ls, message)
     message = re.sub(r"list\('([^']*)'\)", ls, message)
-    message = message.replace("Pass overwrite=True", "Pass -f")
-    message = message.replace("pass recursive=True", "pass -r")
-    return message.replace("(delete(path, recursive=True))", "(with 'asyncdrive rm -r')")
+    replaced = {
+        "Pass overwrite=True": "Pass -f",
+        "pass recursive=True": "pass -r",
+        "(delete(path, recursive=True))": "(with 'asyncdrive rm -r')",
+        "pass component_name= ": "pass --component ",
+        "create the drive with allow_duplicates=True": "pass --allow-duplicates",
+        "use info() or get() for a file": "use 'asyncdrive info' or 'asyncdrive get' for a file",
+        "Pass to= another local folder": "Pass another LOCAL folder",
+    }
+    for library, command in replaced.items():
+        message = message.replace(library, command)
+    return message
 
 
 _EXIT_CODES: list[tuple[type[BaseException], int]] = [

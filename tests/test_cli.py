@@ -161,6 +161,16 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
         ("added", "renamed.txt"),
         ("deleted", "data/d/x.bin"),
     ]
+    owned = cli("put", "--component", "other", "a.txt", f"{drive_id}/a.txt")
+    assert owned.returncode == 5 and "pass --allow-duplicates" in owned.stderr
+    both = cli("put", "--component", "other", "--allow-duplicates", "a.txt", f"{drive_id}/")
+    assert both.returncode == 0, both.stderr
+    ambiguous = cli("cat", f"{drive_id}/a.txt")
+    assert "pass --component to choose one" in ambiguous.stderr
+    assert cli("cat", "--component", "other", f"{drive_id}/a.txt").stdout == "hello"
+    bad_name = cli("cat", "--component", "a b", f"{drive_id}/a.txt")
+    assert bad_name.returncode == 2 and "--component 'a b'" in bad_name.stderr
+    assert cli("rm", "--component", "other", f"{drive_id}/a.txt").returncode == 0
     bad = cli("ls", "s3://bucket")
     assert bad.returncode == 1 and "lit://" in bad.stderr
     nothing = cli("ls", f"{drive_id}/no/such/folder")
