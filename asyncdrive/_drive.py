@@ -1302,7 +1302,7 @@ class Drive:
             )
         if status == "version":
             raise VersionConflictError(
-                f"{where}: if_version={precondition} was given, but component {component!r}'s "
+                f"{where}: if_version={precondition} was given, but the copy of component {component!r} "
                 f"copy is at version {detail} now (someone replaced it). Read info() again, "
                 "then retry with the new version.",
                 int(detail),
@@ -1385,7 +1385,7 @@ class Drive:
             if not recursive:
                 raise DriveIsADirectoryError(
                     f"Drive {self.name!r}: {drive_path!r} is a folder; pass recursive=True to "
-                    f"delete component {component!r}'s files in it."
+                    f"delete the files of component {component!r} in it."
                 )
             _, files = await conn.index.list_files(drive_path, component)
             if not files:
