@@ -653,9 +653,8 @@ class Drive:
         file, never a mix. A folder's small files are stored in batches of up to 32 (one
         round trip locks them, one worker-thread call stores them, one round trip commits
         them, each file on its own), its larger files one by one, up to 8 batches or files
-        at a time, in no set order; if one fails, no
-        more start, and its error is raised once those under way are done (they stay
-        stored).
+        at a time, in no set order; if one fails, no more start, and its error is raised
+        once those under way are done (they stay stored).
 
         Example:
             >>> Path("a.txt").write_text("Hello World !")
@@ -1302,9 +1301,9 @@ class Drive:
             )
         if status == "version":
             raise VersionConflictError(
-                f"{where}: if_version={precondition} was given, but the copy of component {component!r} "
-                f"copy is at version {detail} now (someone replaced it). Read info() again, "
-                "then retry with the new version.",
+                f"{where}: if_version={precondition} was given, but the copy of component "
+                f"{component!r} is at version {detail} now (someone replaced it). Read info() "
+                "again, then retry with the new version.",
                 int(detail),
             )
         if status == "owned":
