@@ -1803,21 +1803,21 @@ class Drive:
             if newer is None:
                 await self._check_not_lost(conn)
                 if not in_folder:
-                    raise self._not_found(info.path, [], info.component_name) from None
-                copies = copies[number + 1 :]
+                    raise self._not_found(info.path, [], info.component_name)
+                copies, attempts = copies[number + 1 :], 0
                 continue
+            if newer.version == info.version and not isinstance(exc, OtherVersionError):
+                raise self._bytes_missing(conn, info)
+            attempts = attempts + 1 if number == 0 else 1  # this file's, if it failed again
+            if attempts == _OPEN_ATTEMPTS:
+                raise DriveError(
+                    f"Drive {self.name!r}: cannot get {info.path!r}: its bytes on disk are "
+                    "of another version than the index's, however often looked up; retry. "
+                    "If this persists, a writer died in the middle of a put: run gc() to "
+                    "settle it."
+                )
             if newer.version == info.version:
-                if not isinstance(exc, OtherVersionError):
-                    raise self._bytes_missing(conn, info) from None
-                attempts += 1
-                if attempts == _OPEN_ATTEMPTS:
-                    raise DriveError(
-                        f"Drive {self.name!r}: cannot get {info.path!r}: its bytes on disk "
-                        "are of another version than the index's, however often looked "
-                        "up; retry. If this persists, a writer died in the middle of a "
-                        "put: run gc() to settle it."
-                    )
-                await anyio.sleep(0.01)
+                await anyio.sleep(0.01)  # the index still names bytes not on disk
             copies = [(newer, dest), *copies[number + 1 :]]
 
     async def _copy_out_once(
