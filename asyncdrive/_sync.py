@@ -98,6 +98,10 @@ class _CallerLoop:
             if self.interrupts and task.uncancel() == 0:
                 raise KeyboardInterrupt from None
             raise
+        except BaseException:  # SystemExit, KeyboardInterrupt out of the task's step
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: it is the one raised here (else logged)
+            raise
         finally:
             if on_sigint is not None:
                 signal.set_wakeup_fd(old_wakeup)
@@ -193,8 +197,15 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
         finalizer=base_loop._asyncgen_finalizer_hook,
     )
     asyncio._set_running_loop(loop)
+    ready = base_loop._ready
+
+    def run_ready() -> None:
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+
     try:
-        ready = base_loop._ready
         if len(ready) == 1:
             # The task's first step, and nothing else, is ready: run it now. A turn of the
             # loop would poll for I/O and timers first (~5-10 µs), then run it first anyway.
@@ -205,10 +216,7 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
                 # What the last turn's I/O made ready (a reply's future woke the task):
                 # run it now, not after another poll. Every other turn still polls, so
                 # callbacks that keep rescheduling themselves never starve I/O or timers.
-                for _ in range(len(ready)):
-                    handle = ready.popleft()
-                    if not handle._cancelled:
-                        handle._run()
+                run_ready()
                 polled = False
             else:
                 base_loop._run_once()
@@ -217,10 +225,14 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
         # anyio's, say, which ends the worker thread of an `anyio.to_thread` call when the
         # task that made it ends (else that thread, not a daemon, would keep the
         # interpreter from exiting until a next call ran it).
-        for _ in range(len(ready)):
-            handle = ready.popleft()
-            if not handle._cancelled:
-                handle._run()
+        run_ready()
+    except BaseException:
+        # The task ended by SystemExit or KeyboardInterrupt, which asyncio raises out of
+        # the loop: its done callbacks too, or the interpreter would hang at exit.
+        if task.done():
+            with contextlib.suppress(Exception):
+                run_ready()
+        raise
     finally:
         asyncio._set_running_loop(None)
         base_loop._thread_id = None

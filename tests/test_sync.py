@@ -25,6 +25,7 @@ import anyio.to_thread
 import pytest
 import redis
 
+import asyncdrive
 from asyncdrive import Drive, DriveClosedError, DriveError, FolderInfo, SyncDrive, _sync
 
 from .conftest import run_python, uploads_in_progress, warnings_as_errors
@@ -576,6 +577,42 @@ def test_exit_with_unclosed_syncdrive_is_quiet(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert err == ""
+
+
+@pytest.mark.parametrize("raised", ["SystemExit(3)", "KeyboardInterrupt()"])
+def test_exit_raised_out_of_an_unclosed_syncdrives_call_ends_the_process(
+    env: dict[str, str], workdir: Path, drive_id: str, raised: str
+) -> None:
+    """SystemExit or KeyboardInterrupt out of a call (its progress callback here) leaves
+    no worker thread that would keep the interpreter from exiting, and nothing logged.
+
+    On the embedded server, whose start makes the call's first disk call in a thread of
+    anyio's: that thread ends with the call's task.
+    """
+    root = workdir / "embedded"
+    env = {k: v for k, v in env.items() if k != "ASYNCDRIVE_REDIS_URL"}
+    code = f"""
+        import os
+        from asyncdrive import SyncDrive
+        with open("big.bin", "wb") as f:
+            f.write(os.urandom(20 << 20))
+        drive = SyncDrive({drive_id!r}, root={str(root)!r})  # not closed: the exit does
+        def stop(done, total):
+            if done > 0:
+                raise {raised}
+        drive.put("big.bin", progress=stop)
+    """
+    proc = spawn(textwrap.dedent(code), env, workdir, warnings_as_errors=False)
+    try:
+        _, err = proc.communicate(timeout=60)  # a hang at exit fails here
+    finally:
+        proc.kill()
+        asyncdrive.stop_server(root)
+    if raised.startswith("SystemExit"):
+        assert (proc.returncode, err) == (3, "")
+    else:  # the interrupt's traceback alone
+        assert proc.returncode == -signal.SIGINT, err
+        assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
 
 
 def test_closed_syncdrive_exits_cleanly_under_w_error(
