@@ -136,9 +136,14 @@ def test_storage_errors_say_what_an_errno_means() -> None:
     assert not isinstance(
         storage_error("d", OSError(errno.EIO, "I/O"), "get", "c"), PermissionError
     )
-    odd = storage_error("d", OSError(errno.ENAMETOOLONG, "File name too long"), "open", "b")
+    odd = storage_error("d", OSError(errno.ETXTBSY, "Text file busy"), "open", "b")
     assert str(odd) == (
-        "Drive 'd': cannot open 'b': File name too long. Check the disk (or the mount), then retry."
+        "Drive 'd': cannot open 'b': Text file busy. Check the disk (or the mount), then retry."
+    )
+    long = storage_error("d", OSError(errno.ENAMETOOLONG, "File name too long"), "open", "b")
+    assert str(long) == (
+        "Drive 'd': cannot open 'b': a name or path is too long for the filesystem. Use "
+        "shorter names, or fewer folders above the file."
     )
 
 
