@@ -818,24 +818,28 @@ class Drive:
             for number, (token, outcome) in enumerate(asked)
             if outcome.status == "ok"
         ]
-        try:
-            for number, (_, outcome) in enumerate(asked):
-                if outcome.status == "locked":  # another writer of the path: wait for it
-                    token, outcome = await self._lock_put(conn, paths[number], precondition)
-                    if outcome.status == "ok":
-                        granted.append((number, token, int(outcome.detail)))
-                        continue
-                if outcome.status != "ok":
-                    errors[number] = self._refusal(paths[number], outcome, precondition)
-        except BaseException:
-            await to_its_end(index.unlock_many(component, [(paths[n], t) for n, t, _ in granted]))
-            raise
-        granted.sort()
+        waiting = []  # paths another writer holds: waited for once this batch's are done
+        for number, (_, outcome) in enumerate(asked):
+            if outcome.status == "locked":
+                waiting.append(number)
+            elif outcome.status != "ok":
+                errors[number] = self._refusal(paths[number], outcome, precondition)
+        # Between the first install and the last commit, a cancellation would leave the
+        # disk and the index disagreeing, as in `_put`: finished whatever cancels.
         if granted:
-            # Between the first install and the last commit, a cancellation would leave the
-            # disk and the index disagreeing, as in `_put`: finished whatever cancels.
             errors.update(await to_its_end(
                 self._install_and_commit_batch(conn, jobs, granted, precondition, on_copied)
+            ))  # fmt: skip
+        # Never waiting while holding locks: another batch holding some of the paths waited
+        # for here might be waiting for one of these (two puts of one folder at once).
+        for number in waiting:
+            token, outcome = await self._lock_put(conn, paths[number], precondition)
+            if outcome.status != "ok":
+                errors[number] = self._refusal(paths[number], outcome, precondition)
+                continue
+            one = [(number, token, int(outcome.detail))]
+            errors.update(await to_its_end(
+                self._install_and_commit_batch(conn, jobs, one, precondition, on_copied)
             ))  # fmt: skip
         if errors:
             raise errors[min(errors)]

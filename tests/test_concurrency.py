@@ -964,3 +964,46 @@ async def test_replacements_and_deletes_cancelled_at_random_are_done_whole_or_no
             assert locks == []
             for path in listed:
                 await drive.delete(path)
+
+
+async def test_two_folder_puts_of_one_folder_never_wait_for_each_other(
+    drive_id: str, root: Path, redis_url: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder put whose batch finds a path locked never waits for it holding the others:
+    the writer holding that path may be waiting for one of them (two puts of one folder at
+    once), which only the 30 s lease would end."""
+    for i in range(10):
+        local = workdir / "src" / f"f{i}"
+        local.parent.mkdir(exist_ok=True)
+        local.write_bytes(f"file {i}".encode())
+    batch_locked = asyncio.Event()
+    lock_put_many = asyncdrive._index.Index.lock_put_many
+
+    async def locked_then_tell(self: asyncdrive._index.Index, *args: Any, **kwargs: Any) -> Any:
+        asked = await lock_put_many(self, *args, **kwargs)
+        batch_locked.set()
+        return asked
+
+    monkeypatch.setattr(asyncdrive._index.Index, "lock_put_many", locked_then_tell)
+    async with (
+        Drive(drive_id, root=root, redis_url=redis_url) as folder_put,
+        Drive(drive_id, root=root, redis_url=redis_url) as other,
+    ):
+        index = (await other._connection()).index
+        # The other writer holds dst/f7, and will need dst/f2 (in the batch) before it
+        # lets go of it: as another put of the same folder, in the other order.
+        held, outcome = await index.lock_put("default", "dst/f7", False, "", ttl=30, timeout=5)
+        assert outcome.status == "ok"
+
+        async def other_writer() -> None:
+            await batch_locked.wait()
+            # Given at once, once the batch is committed: waiting for the lease would time
+            # out here (a deadlock ended by the lease alone, 30 s later).
+            needed, got = await index.lock_put("default", "dst/f2", False, "", ttl=30, timeout=10)
+            assert got.status == "ok"
+            await index.unlock("default", "dst/f2", needed)
+            await index.unlock("default", "dst/f7", held)
+
+        await asyncio.gather(folder_put.put("src", to="dst"), other_writer())
+        assert await folder_put.list("dst") == [f"dst/f{i}" for i in range(10)]
+        assert await folder_put.read_bytes("dst/f7") == b"file 7"
