@@ -78,7 +78,6 @@ from ._storage import (
     SyncTogether,
     is_local_filesystem,
     upload_identity,
-    version_on_disk,
 )
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
@@ -1603,16 +1602,8 @@ class Drive:
                 and not conn.inline
                 and conn.quick_calls.allows()
             ):  # here, as a get's copy: no hop to a thread and back, which would cost more
-                data = conn.quick_calls.run(
-                    store.read, info.component_name, drive_path, info.version
-                )
-            else:
-                data = await conn.run_sync(
-                    _read_looking, store, info.component_name, drive_path, info.version
-                )
-            if len(data) != info.size:  # metadata files: no version on disk to tell by
-                raise OtherVersionError(drive_path)
-            return data
+                return conn.quick_calls.run(store.read, info.component_name, drive_path, info)
+            return await conn.run_sync(_read_looking, store, info.component_name, drive_path, info)
 
         return await self._read_committed(conn, drive_path, component_name, read)
 
@@ -1842,7 +1833,7 @@ class Drive:
                 try:
                     store.copy_out(
                         info.component_name, info.path, dest, info.checksum, overwrite,
-                        on_copied, info.version,
+                        on_copied, info,
                     )  # fmt: skip
                 except _GET_REFUSED as exc:
                     return number, exc
@@ -1864,7 +1855,7 @@ class Drive:
                     conn.quick_calls.run(
                         store.copy_out,
                         *(info.component_name, info.path, dest, info.checksum, overwrite),
-                        *(None, info.version),
+                        *(None, info),
                     )
                 else:
                     await conn.small_copies.submit((info, dest, overwrite), info.size)
@@ -2522,26 +2513,18 @@ class _NotASmallFile(Exception):
 
 
 def _open_version(store: DiskStore, info: FileInfo) -> int:
-    """Open the bytes of ``info`` (see `DiskStore.open_file`); return the descriptor.
-
-    Raises `OtherVersionError` if they are of another version: told by the version in the
-    file's metadata attribute, or without one (metadata files), by the size.
-    """
-    fd, size = store.open_file(info.component_name, info.path, info.version)
-    if version_on_disk(fd) is None and size != info.size:
-        os.close(fd)
-        raise OtherVersionError(info.path)
-    return fd
+    """Open the bytes of ``info``; return the descriptor (see `DiskStore.open_file`)."""
+    return store.open_file(info.component_name, info.path, info)[0]
 
 
-def _read_looking(store: DiskStore, component: str, path: str, version: int) -> bytes:
+def _read_looking(store: DiskStore, component: str, path: str, expected: FileInfo) -> bytes:
     """`DiskStore.read`, in a worker thread, having looked where the root is.
 
     Once the root is known to be on this machine's disks, the next small reads are made in
     the event loop's thread (see `Drive.read_bytes`), even by a drive that only reads.
     """
     store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
-    return store.read(component, path, version)
+    return store.read(component, path, expected)
 
 
 def _copy_each(
@@ -2556,7 +2539,7 @@ def _copy_each(
         try:
             copied = store.copy_out(
                 info.component_name, info.path, dest, info.checksum, overwrite,
-                None, info.version,
+                None, info,
             )  # fmt: skip
             outcomes.append(copied)
         except Exception as exc:  # this file's: the others go on

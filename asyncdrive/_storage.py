@@ -52,7 +52,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from ._config import is_valid_name
 from ._exceptions import InvalidPathError
-from ._models import CHECKSUM_ALGORITHM
+from ._models import CHECKSUM_ALGORITHM, FileInfo
 from ._paths import RESERVED_PREFIX, normalize
 from ._progress import OnCopied
 
@@ -841,22 +841,50 @@ def _parse_meta_attribute(value: bytes) -> object:
 UNFINISHED_VERSION = -1
 
 
-def version_on_disk(fd: int) -> int | None:
-    """Return the version the metadata attribute of the open file ``fd`` says, if it has one.
+def meta_on_disk(fd: int) -> dict[str, object] | None:
+    """Return the metadata attribute of the open file ``fd``, if it has one.
 
-    `UNFINISHED_VERSION` for a new file being written at its path (`DiskStore.open_new`);
     None without the attribute (a disk that keeps metadata files).
     """
     try:
         meta = _parse_meta_attribute(os.getxattr(fd, META_XATTR))
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict):
+    return meta if isinstance(meta, dict) else None
+
+
+def version_on_disk(fd: int) -> int | None:
+    """Return the version the metadata attribute of the open file ``fd`` says, if it has one.
+
+    `UNFINISHED_VERSION` for a new file being written at its path (`DiskStore.open_new`);
+    None without the attribute (a disk that keeps metadata files).
+    """
+    meta = meta_on_disk(fd)
+    if meta is None:
         return None
     if meta.get(_UNFINISHED):
         return UNFINISHED_VERSION
     version = meta.get("version")
     return version if type(version) is int else None
+
+
+def is_version(fd: int, size: int, expected: FileInfo, attributes: bool | None = None) -> bool:
+    """Return whether the open file ``fd`` of ``size`` bytes holds the version ``expected``.
+
+    Told by its metadata attribute: that version and checksum (the checksum tells apart two
+    writers that both made the version, one whose lease ran out: see `Drive.put`), and not
+    a new file still being written. Without the attribute (metadata files, or a new file
+    in the moment before it is marked, still empty): by the size. ``attributes``: False
+    where the disk is known to keep none (no look).
+    """
+    meta = None if attributes is False else meta_on_disk(fd)
+    if meta is None:
+        return size == expected.size
+    return (
+        not meta.get(_UNFINISHED)
+        and meta.get("version") == expected.version
+        and meta.get("checksum") == expected.checksum
+    )
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -1934,7 +1962,7 @@ class DiskStore:
         found = data.stat()
         meta: dict[str, Any] = self.read_meta(component, path) or {}
         trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
-        return DiskFile(
+        described = DiskFile(
             component=component,
             path=path,
             size=found.st_size,
@@ -1944,6 +1972,37 @@ class DiskStore:
             age=now - found.st_mtime,
             finished=not meta.get(_UNFINISHED),
         )
+        if (
+            meta
+            and described.finished
+            and not trusted
+            and meta.get("checksum") != described.checksum
+        ):
+            # Bytes changed behind asyncdrive's back: the metadata says so too now, so that
+            # readers take them for the version the index will have (see `is_version`).
+            self._rewrite_meta(component, path, {
+                "checksum": described.checksum, "mtime": described.mtime,
+                "size": described.size, "version": described.version,
+            })  # fmt: skip
+        return described
+
+    def _rewrite_meta(self, component: str, path: str, meta: dict[str, object]) -> None:
+        """Replace the metadata of ``component``'s ``path`` (its attribute, or its file)."""
+        target = self.file_path(component, path)
+        if self.meta_in_xattr is not False:
+            try:
+                os.setxattr(target, META_XATTR, _meta_attribute(meta), follow_symlinks=False)
+                return
+            except OSError as exc:
+                if exc.errno not in _NO_XATTRS:
+                    raise
+        fd, tmp = temp_fd_in(target.parent)
+        try:
+            _write_all(fd, _meta_json(meta))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, _meta_beside(target))
 
     def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
         """Return the temporary uploads and the install backups older than ``grace`` s.
@@ -1980,16 +2039,17 @@ class DiskStore:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def open_file(self, component: str, path: str, version: int | None = None) -> tuple[int, int]:
+    def open_file(
+        self, component: str, path: str, expected: FileInfo | None = None
+    ) -> tuple[int, int]:
         """Open ``component``'s copy of ``path`` for reading; return (descriptor, size).
 
-        ``version``: the one the index has. Where the file at the path says another (its
-        metadata attribute: a replacement between its rename and its commit, or whose
-        writer died there) and the backup of that version is beside it (see `install`),
-        the backup is opened instead, so that a reader reads committed bytes. Without the
+        ``expected``: the version the index has (see `is_version`). Where the file at the
+        path is another (a replacement between its rename and its commit, or whose writer
+        died there) and the backup of that version is beside it (see `install`), the
+        backup is opened instead, so that a reader reads committed bytes. Without the
         backup, `OtherVersionError` (the caller looks the path up again): the bytes there
-        may be of a version never committed. Without the attribute (metadata files), the
-        file at the path, whatever its version.
+        may be of a version never committed.
 
         Raises `FileNotFoundError` if it is missing or not a regular file.
         """
@@ -1998,21 +2058,18 @@ class DiskStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise FileNotFoundError(path)
-        if version is None or self.meta_in_xattr is False:  # metadata files: no look
-            return fd, st.st_size
-        on_disk = version_on_disk(fd)
-        if on_disk in (version, None):
+        if expected is None or is_version(fd, st.st_size, expected, self.meta_in_xattr):
             return fd, st.st_size
         os.close(fd)
-        backup = self._open_backup(component, path, version)
+        backup = self._open_backup(component, path, expected)
         if backup is None:
             raise OtherVersionError(
-                errno.ENOENT, f"version {version} is not on disk (found {on_disk})", path
+                errno.ENOENT, f"version {expected.version} is not on disk", path
             )
         return backup
 
-    def _open_backup(self, component: str, path: str, version: int) -> tuple[int, int] | None:
-        """Open the backup of ``version`` of ``component``'s ``path``; None if there is none."""
+    def _open_backup(self, component: str, path: str, expected: FileInfo) -> tuple[int, int] | None:
+        """Open the backup of version ``expected`` of ``component``'s ``path``, if there is one."""
         parts = self._parts(component, path)
         try:
             folder = self._open_in_root(parts[:-1], path, _FOLDER_FLAGS)
@@ -2027,7 +2084,9 @@ class DiskStore:
                 except OSError:
                     continue  # dropped meanwhile, or not a file
                 st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode) and version_on_disk(fd) == version:
+                # Told by its attribute only: backups are made on disks that keep one.
+                attributed = meta_on_disk(fd) is not None
+                if stat.S_ISREG(st.st_mode) and attributed and is_version(fd, st.st_size, expected):
                     return fd, st.st_size
                 os.close(fd)
             return None
@@ -2037,9 +2096,9 @@ class DiskStore:
     def _open_component_file(self, component: str, path: str) -> int:
         return self._open_in_root(self._parts(component, path), path, _READ_FLAGS)
 
-    def read(self, component: str, path: str, version: int | None = None) -> bytes:
-        """Return the bytes of ``component``'s copy of ``path`` (``version``: see `open_file`)."""
-        fd, size = self.open_file(component, path, version)
+    def read(self, component: str, path: str, expected: FileInfo | None = None) -> bytes:
+        """Return the bytes of ``component``'s copy of ``path`` (``expected``: see `open_file`)."""
+        fd, size = self.open_file(component, path, expected)
         try:
             chunks = []
             while chunk := os.read(fd, max(size + 1, 1 << 16)):  # one read, and the end
@@ -2056,7 +2115,7 @@ class DiskStore:
         checksum: str,
         overwrite: bool,
         on_copied: OnCopied | None = None,
-        version: int | None = None,
+        expected: FileInfo | None = None,
     ) -> bool:
         """Copy ``component``'s ``path`` to local ``dest``; return False if dest already matched.
 
@@ -2068,10 +2127,10 @@ class DiskStore:
         means the drive's file is missing; a local path that goes away during the copy
         raises `LocalPathGoneError` instead. ``on_copied(n)`` as the bytes are copied, the
         last count once ``dest`` is in place (or found to match already): for
-        ``progress=``, whose last report comes with the file in place. ``version``: see
+        ``progress=``, whose last report comes with the file in place. ``expected``: see
         `open_file`.
         """
-        src, size = self.open_file(component, path, version)
+        src, size = self.open_file(component, path, expected)
         counted = 0
 
         def count_all_but_the_end(n: int) -> None:

@@ -225,6 +225,7 @@ async def test_rebuild_with_verify_fixes_stale_metadata(
     fresh = make_drive(drive_id)
     assert await fresh.rebuild_index(verify=True) == 1
     assert (await fresh.info("x.bin")).checksum == hashlib.sha256(b"new").hexdigest()
+    assert await fresh.read_bytes("x.bin") == b"new"  # the metadata was made right too
 
 
 def _sidecar_store(root: Path, name: str) -> DiskStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import hashlib
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from asyncdrive import InvalidPathError
+from asyncdrive import FileInfo, InvalidPathError
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore, Staged, temp_fd_in
 
@@ -1091,27 +1092,67 @@ def test_copies_count_every_byte_they_copy(store: DiskStore, tmp_path: Path, siz
         assert sum(got_counts) == size and dest.read_bytes() == data
 
 
+def version_of(path: str, data: bytes, version: int) -> tuple[dict[str, object], FileInfo]:
+    """The metadata of ``data`` as ``version`` of ``path``, and the index's `FileInfo` of it."""
+    checksum = hashlib.sha256(data).hexdigest()
+    meta: dict[str, object] = {
+        "checksum": checksum, "mtime": 1.0, "size": len(data), "version": version}  # fmt: skip
+    return meta, FileInfo(path, len(data), 1.0, checksum, version, "c")
+
+
 def test_a_read_of_a_version_finds_its_backup(store: DiskStore) -> None:
-    """`open_file(..., version)`: the path's file if it is that version, else the backup of
+    """`open_file(..., expected)`: the path's file if it is that version, else the backup of
     that version beside it (a replacement not committed), else `OtherVersionError`."""
-    store.install(store.stage_bytes(b"version 1"), "c", "d/f.bin", {"version": 1})
-    store.install(store.stage_bytes(b"other file"), "c", "d/g.bin", {"version": 1})
-    assert store.read("c", "d/f.bin", 1) == b"version 1"
-    backup = store.install(store.stage_bytes(b"version 2!"), "c", "d/f.bin", {"version": 2})
+    meta_1, v1 = version_of("d/f.bin", b"version 1", 1)
+    meta_2, v2 = version_of("d/f.bin", b"version 2!", 2)
+    meta_g, g1 = version_of("d/g.bin", b"other file", 1)
+    store.install(store.stage_bytes(b"version 1"), "c", "d/f.bin", meta_1)
+    store.install(store.stage_bytes(b"other file"), "c", "d/g.bin", meta_g)
+    assert store.read("c", "d/f.bin", v1) == b"version 1"
+    backup = store.install(store.stage_bytes(b"version 2!"), "c", "d/f.bin", meta_2)
     assert backup is not None
-    assert store.read("c", "d/f.bin", 1) == b"version 1"  # from the backup
-    assert store.read("c", "d/f.bin", 2) == store.read("c", "d/f.bin") == b"version 2!"
-    fd, size = store.open_file("c", "d/f.bin", 1)
+    assert store.read("c", "d/f.bin", v1) == b"version 1"  # from the backup
+    assert store.read("c", "d/f.bin", v2) == store.read("c", "d/f.bin") == b"version 2!"
+    fd, size = store.open_file("c", "d/f.bin", v1)
     try:
         assert (size, storage.version_on_disk(fd)) == (9, 1)
     finally:
         os.close(fd)
     store.drop_backup(backup)  # committed, and the backup dropped: the index has changed
     with pytest.raises(storage.OtherVersionError):
-        store.read("c", "d/f.bin", 1)
+        store.read("c", "d/f.bin", v1)
     with pytest.raises(storage.OtherVersionError):  # no backup of it at all
-        store.read("c", "d/g.bin", 7)
+        store.read("c", "d/g.bin", dataclasses.replace(g1, version=7))
     assert store.read("c", "d/g.bin") == b"other file"  # no version asked for
+
+
+def test_a_read_tells_two_makings_of_one_version_apart(store: DiskStore) -> None:
+    """Two writers made version 2 (the first one's lease ran out): the bytes of the one the
+    index does not have are not read as the index's, told by the checksum."""
+    meta_1, _ = version_of("f.bin", b"version 1", 1)
+    meta_2, v2 = version_of("f.bin", b"version 2, committed", 2)
+    other, _ = version_of("f.bin", b"version 2, late writer", 2)
+    store.install(store.stage_bytes(b"version 1"), "c", "f.bin", meta_1)
+    committed = store.install(store.stage_bytes(b"version 2, committed"), "c", "f.bin", meta_2)
+    assert committed is not None
+    store.drop_backup(committed)
+    late = store.install(store.stage_bytes(b"version 2, late writer"), "c", "f.bin", other)
+    assert late is not None
+    assert store.read("c", "f.bin", v2) == b"version 2, committed"  # its backup
+    store.restore(late, "c", "f.bin")  # the late writer's commit refused, its install undone
+    assert store.read("c", "f.bin", v2) == b"version 2, committed"
+
+
+def test_a_file_without_metadata_is_told_by_its_size(store: DiskStore) -> None:
+    """A new file written at its path has no attribute for a moment (created, still empty),
+    as every file on a disk that keeps metadata files: a read checks its size."""
+    meta, v1 = version_of("f.bin", b"version 1", 1)
+    store.install(store.stage_bytes(b"version 1"), "c", "f.bin", meta)
+    os.removexattr(store.file_path("c", "f.bin"), storage.META_XATTR)
+    assert store.read("c", "f.bin", v1) == b"version 1"
+    store.file_path("c", "f.bin").write_bytes(b"")  # as a new file the moment it is made
+    with pytest.raises(storage.OtherVersionError):
+        store.read("c", "f.bin", v1)
 
 
 def test_a_new_file_written_in_place_is_no_version(in_place: DiskStore) -> None:
@@ -1127,8 +1168,9 @@ def test_a_new_file_written_in_place_is_no_version(in_place: DiskStore) -> None:
             assert storage.version_on_disk(fd) == storage.UNFINISHED_VERSION
         finally:
             os.close(fd)
-        for version in (1, 2):
+        for data, version in ((b"half", 1), (b"whole file", 2)):
+            _, expected = version_of("d/f.bin", data, version)
             with pytest.raises(storage.OtherVersionError, match=f"version {version} is not"):
-                store.read("c", "d/f.bin", version)
+                store.read("c", "d/f.bin", expected)
     finally:
         os.close(new.fd)
