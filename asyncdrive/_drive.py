@@ -1126,10 +1126,18 @@ class Drive:
             await self._remove_uncommitted(conn, path, identity)
             return outcome
 
+        async def undo(outcome: FileInfo | Staged | FileIdentity | PutOutcome) -> None:
+            # What `_put` would have finished, its caller cancelled: the file installed and
+            # not committed (another writer's lock, an older version), or the upload.
+            if isinstance(outcome, Staged):
+                await conn.run_sync(store.discard, outcome)
+            elif isinstance(outcome, tuple):
+                await self._remove_uncommitted(conn, path, outcome)
+
         # As in `_put`, between the install and the commit a cancellation would leave the
         # disk and the index disagreeing: finished whatever cancels the caller (a small
         # file, written and committed), by anyio's scopes or by asyncio (a timeout).
-        outcome = await to_its_end(install_and_commit())
+        outcome = await to_its_end(install_and_commit(), undo)
         if not isinstance(outcome, PutOutcome):
             return outcome
         if tentative:

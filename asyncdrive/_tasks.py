@@ -16,21 +16,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
 
 T = TypeVar("T")
 
+logger = logging.getLogger("asyncdrive")
 
-async def to_its_end(work: Coroutine[Any, Any, T]) -> T:
+
+async def to_its_end(
+    work: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[object]] | None = None
+) -> T:
     """Await ``work`` to its end even if the caller is cancelled meanwhile; return its result.
 
     In a task of its own, which no cancel scope of the caller reaches and no
     ``task.cancel()`` of asyncio's (``asyncio.timeout``, a task group) interrupts, where
     ``anyio.CancelScope(shield=True)`` stops only anyio's. A cancelled caller waits for the
-    work, then is cancelled (its result or error dropped).
+    work, then is cancelled: its error is dropped, and its result too, after ``undo(result)``
+    (to its end as well) where the result holds what the caller would have had to finish
+    or release (an open file, a file installed but not committed).
     """
     task = asyncio.ensure_future(work)
     try:
@@ -40,6 +47,13 @@ async def to_its_end(work: Coroutine[Any, Any, T]) -> T:
             while not task.done():
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller is cancelled instead
+            if not task.cancelled() and task.exception() is None and undo is not None:
+                try:
+                    await to_its_end(_awaited(undo(task.result())))
+                except Exception:  # the caller is cancelled all the same: say what is left
+                    logger.warning("undoing %r after a cancellation failed", work, exc_info=True)
         raise
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable

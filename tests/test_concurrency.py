@@ -1007,3 +1007,38 @@ async def test_two_folder_puts_of_one_folder_never_wait_for_each_other(
         await asyncio.gather(folder_put.put("src", to="dst"), other_writer())
         assert await folder_put.list("dst") == [f"dst/f{i}" for i in range(10)]
         assert await folder_put.read_bytes("dst/f7") == b"file 7"
+
+
+async def test_a_new_file_put_cancelled_at_its_refused_commit_leaves_no_file(
+    drive_id: str, root: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new small file is installed without the lock, then its commit finds another writer
+    holding the path's lock: the put would go on the locked way and replace the file; its
+    caller cancelled meanwhile, the file it installed is removed (it was left, unindexed)."""
+    entered, answer = asyncio.Event(), asyncio.Event()
+    commit_put = asyncdrive._index.Index.commit_put
+
+    async def held_commit(self: asyncdrive._index.Index, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await answer.wait()
+        return await commit_put(self, *args, **kwargs)
+
+    async with Drive(drive_id, root=root, redis_url=redis_url) as drive:
+        await drive.write_bytes("first.txt", b"x")  # connected, the disk's ways known
+        index = (await drive._connection()).index
+        token, outcome = await index.lock_put("default", "new.txt", False, "", ttl=30, timeout=5)
+        assert outcome.status == "ok"  # another writer's lock on the path
+        monkeypatch.setattr(asyncdrive._index.Index, "commit_put", held_commit)
+        put = asyncio.create_task(drive.write_bytes("new.txt", b"new"))
+        await entered.wait()
+        put.cancel()
+        await asyncio.sleep(0.01)
+        answer.set()  # refused: "locked"
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        monkeypatch.undo()
+        await index.unlock("default", "new.txt", token)
+        assert not (root / "drives" / drive.name / "default" / "new.txt").exists()
+        report = await drive.gc(grace=0)
+        assert report.orphans_removed == 0
+        assert await drive.list(".") == ["first.txt"]
