@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import (
     Any,
+    BinaryIO,
     Concatenate,
     Literal,
     NamedTuple,
@@ -2141,7 +2142,8 @@ class Drive:
         conn = await self._connection()
 
         async def open_reader(info: FileInfo) -> DriveReader:
-            fd = await conn.run_sync(_open_version, conn.store, info)
+            # A caller cancelled meanwhile gets no reader: the file it opened is closed.
+            fd = await to_its_end(conn.run_sync(_open_version, conn.store, info), _closed)
             return DriveReader(self.name, info, fd)
 
         return await self._read_committed(conn, path, component_name, open_reader)
@@ -2153,7 +2155,8 @@ class Drive:
             conn.config.component_name, path, conn.config.allow_duplicates, precondition
         )
         self._raise_put_refused(path, checked, precondition)
-        out, tmp, named = await conn.run_sync(conn.store.open_upload)
+        # A caller cancelled meanwhile gets no writer: the upload it made is dropped.
+        out, tmp, named = await to_its_end(conn.run_sync(conn.store.open_upload), _dropped)
         commit = functools.partial(self._commit_upload, conn, path, precondition)
         return DriveWriter(self.name, path, out, tmp, named, commit)
 
@@ -2518,6 +2521,17 @@ def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]
 
 class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
+
+
+async def _closed(fd: int) -> None:
+    os.close(fd)
+
+
+async def _dropped(upload: tuple[BinaryIO, Path, bool]) -> None:
+    out, tmp, named = upload
+    out.close()
+    if named:
+        await anyio.to_thread.run_sync(functools.partial(tmp.unlink, missing_ok=True))
 
 
 def _open_version(store: DiskStore, info: FileInfo) -> int:

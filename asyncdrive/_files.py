@@ -23,12 +23,20 @@ import anyio.to_thread
 
 from ._exceptions import InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, FileInfo
-from ._storage import CHUNK, WRITEBACK_STEP, BehindHasher, Staged, start_writeback
+from ._storage import (
+    CHUNK,
+    WRITEBACK_STEP,
+    BehindHasher,
+    Staged,
+    discard_upload,
+    start_writeback,
+)
 from ._tasks import to_its_end
 
 __all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
 
 FileT = TypeVar("FileT", bound="DriveReader | DriveWriter")
+T = TypeVar("T")
 
 #: A read of less than this, and readline(), read ahead this much into the reader's buffer:
 #: the next small reads and lines come from it, without a worker-thread call each.
@@ -56,6 +64,15 @@ def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
         parts.append(part)
         got += len(part)
     return b"".join(parts)
+
+
+async def _in_a_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run ``func(*args)`` in a worker thread to its end, even if the caller is cancelled.
+
+    A file's disk call must not go on behind its caller's back: a write cut short would
+    leave bytes on disk the hash has not seen, or a close meet a write still going.
+    """
+    return await to_its_end(anyio.to_thread.run_sync(func, *args))
 
 
 def _count(drive_name: str, path: str, name: str, value: int) -> int:
@@ -155,7 +172,7 @@ class DriveReader:
     async def _fill(self, fd: int, start: int) -> None:
         """Read up to `_READ_AHEAD` bytes from ``start`` into the buffer (fewer at the end)."""
         want = min(_READ_AHEAD, self.info.size - start)
-        self._buffer = await anyio.to_thread.run_sync(_pread_exactly, fd, want, start)
+        self._buffer = await _in_a_thread(_pread_exactly, fd, want, start)
         self._buffer_start = start
 
     async def read(self, size: int | None = -1) -> bytes:
@@ -173,7 +190,7 @@ class DriveReader:
             await self._fill(fd, start)
             data = self._buffer[:size]
         elif data is None:
-            data = await anyio.to_thread.run_sync(_pread_exactly, fd, size, start)
+            data = await _in_a_thread(_pread_exactly, fd, size, start)
         self._position = start + len(data)
         return data
 
@@ -197,7 +214,7 @@ class DriveReader:
         data = self._buffered(first, last)
         if data is not None:
             return data
-        return await anyio.to_thread.run_sync(_pread_exactly, fd, last - first, first)
+        return await _in_a_thread(_pread_exactly, fd, last - first, first)
 
     async def readline(self, size: int | None = -1) -> bytes:
         """Read one line, newline included (at most ``size`` bytes if not negative or None).
@@ -414,7 +431,7 @@ class DriveWriter:
         # is never copied into the buffer).
         pending, self._pending = self._pending, bytearray()
         try:
-            await anyio.to_thread.run_sync(self._drain_all, out, pending, view)
+            await _in_a_thread(self._drain_all, out, pending, view)
         except OSError as exc:
             # Part of the bytes may be on disk, all of them in the hash: never commit that.
             await self.abort()
@@ -455,9 +472,9 @@ class DriveWriter:
         if out is None:
             return
         try:
-            staged = await anyio.to_thread.run_sync(self._finish, out)
+            staged = await to_its_end(anyio.to_thread.run_sync(self._finish, out), _dropped)
         except BaseException as exc:
-            await anyio.to_thread.run_sync(self._discard, out)
+            await _in_a_thread(self._discard, out)
             if isinstance(exc, OSError):
                 raise storage_error(self._drive_name, exc, "close", self.path) from exc
             raise
@@ -469,7 +486,7 @@ class DriveWriter:
         """Drop what was written without committing it. Idempotent."""
         out, self._out = self._out, None
         if out is not None:  # to its end, whatever cancels the caller: no upload left
-            await to_its_end(anyio.to_thread.run_sync(self._discard, out))
+            await _in_a_thread(self._discard, out)
 
     def _discard(self, out: BinaryIO) -> None:
         if self._behind is not None:
@@ -503,6 +520,11 @@ class DriveWriter:
                 _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
             finally:  # also where warnings are errors
                 self._let_go()
+
+
+async def _dropped(staged: Staged) -> None:
+    """Drop an upload finished for a commit its cancelled caller will not make."""
+    await anyio.to_thread.run_sync(discard_upload, staged)
 
 
 class Opening(Generic[FileT]):

@@ -186,6 +186,13 @@ def _close_upload(staged: Staged) -> None:
         os.close(fd)
 
 
+def discard_upload(staged: Staged) -> None:
+    """Remove an upload that will not be installed (`DiskStore.discard`)."""
+    assert not staged.in_place, "settle_new's, not an upload"
+    _close_upload(staged)
+    staged.tmp.unlink(missing_ok=True)
+
+
 #: Uploads at least this big are copied inside the kernel while a second thread hashes what
 #: was written; below it, one pass through a buffer costs less than starting a thread.
 #: Measured on a 1 GiB put (bench/large_files.py): one pass copies then hashes each chunk,
@@ -1453,9 +1460,7 @@ class DiskStore:
 
     def discard(self, staged: Staged) -> None:
         """Remove an upload that will not be installed."""
-        assert not staged.in_place, "settle_new's, not an upload"
-        _close_upload(staged)
-        staged.tmp.unlink(missing_ok=True)
+        discard_upload(staged)
 
     def install(
         self,

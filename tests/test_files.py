@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import gc
 import hashlib
 import io
 import os
@@ -34,7 +35,9 @@ from asyncdrive import (
     SyncDriveReader,
     SyncDriveWriter,
     VersionConflictError,
+    _drive,
 )
+from asyncdrive._storage import DiskStore
 
 from .conftest import collect_until, uploads_in_progress, warnings_as_errors
 
@@ -457,3 +460,85 @@ def test_open_errors_are_drive_errors(sync_drive: SyncDrive) -> None:
         with pytest.raises(DriveError) as caught:
             call()
         assert sync_drive.name in str(caught.value)
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["rb", "wb"])
+async def test_an_open_cancelled_as_its_file_opens_leaves_nothing_open(
+    drive: Drive, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The caller cancelled while the disk call opens the file gets no file: the one opened
+    is closed (a reader's descriptor), or dropped (a writer's upload), not leaked."""
+    await drive.write_bytes("f.bin", b"bytes")
+    loop = asyncio.get_running_loop()
+    entered, release = asyncio.Event(), threading.Event()
+    opened: list[int] = []
+    if mode == "rb":
+        open_version = _drive._open_version
+
+        def slow_open(store: Any, info: Any) -> int:
+            loop.call_soon_threadsafe(entered.set)
+            release.wait(10)
+            fd = open_version(store, info)
+            opened.append(fd)
+            return fd
+
+        monkeypatch.setattr(_drive, "_open_version", slow_open)
+    else:
+        open_upload = DiskStore.open_upload
+
+        def slow_upload(self: DiskStore) -> Any:
+            loop.call_soon_threadsafe(entered.set)
+            release.wait(10)
+            upload = open_upload(self)
+            opened.append(upload[0].fileno())
+            return upload
+
+        monkeypatch.setattr(DiskStore, "open_upload", slow_upload)
+    with warnings_as_errors() as raised:
+        opening = asyncio.create_task(drive.open("f.bin", mode).open())
+        await entered.wait()
+        opening.cancel()
+        await asyncio.sleep(0.01)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        gc.collect()
+    assert raised == []
+    (fd,) = opened
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
+
+
+async def test_a_cancelled_write_finishes_before_anything_else_touches_the_upload(
+    drive: Drive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write cut short by its caller's cancellation still ends (to its end) before the
+    call returns: what the file commits is what its hash saw."""
+    loop = asyncio.get_running_loop()
+    entered, release = asyncio.Event(), threading.Event()
+    drain_all = DriveWriter._drain_all
+
+    def slow_drain(self: DriveWriter, *args: Any) -> None:
+        loop.call_soon_threadsafe(entered.set)
+        release.wait(10)
+        drain_all(self, *args)
+
+    monkeypatch.setattr(DriveWriter, "_drain_all", slow_drain)
+    async with drive.open("f.bin", "wb") as f:
+        await f.write(b"a" * 100)
+        writing = asyncio.create_task(f.write(b"b" * (2 * MiB)))
+        await entered.wait()
+        writing.cancel()
+        await asyncio.sleep(0.01)
+        assert not writing.done()  # waiting for its disk call, cancelled or not
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        await f.write(b"c" * 10)
+    data = await drive.read_bytes("f.bin")
+    assert data == b"a" * 100 + b"b" * (2 * MiB) + b"c" * 10  # the cancelled write is in
+    assert f.info is not None and f.info.checksum == hashlib.sha256(data).hexdigest()
+    assert [t for t in threading.enumerate() if t.name == "asyncdrive-hash"] == []
