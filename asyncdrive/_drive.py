@@ -461,8 +461,14 @@ class Drive:
             if self._connect_lock is None:
                 self._connect_lock = anyio.Lock()
             async with self._connect_lock:
+                if self._closed:  # while it waited for another task's connection
+                    raise self._closed_error()
                 if self._conn is None:
-                    self._conn = await self._connect()
+                    conn = await self._connect()
+                    if self._closed:  # aclose() came while it connected: nobody closes it
+                        await conn.aclose()
+                        raise self._closed_error()
+                    self._conn = conn
         conn = self._conn
         if check_index and not conn.index_checked:
             # Files on disk but no index: the server lost its data. Say so rather than serve

@@ -26,7 +26,7 @@ import pytest
 import redis
 
 import asyncdrive
-from asyncdrive import Drive, DriveClosedError, DriveError, FolderInfo, SyncDrive, _sync
+from asyncdrive import Drive, DriveClosedError, DriveError, FolderInfo, SyncDrive, _drive, _sync
 
 from .conftest import run_python, uploads_in_progress, warnings_as_errors
 from .procs import read_line, spawn
@@ -734,6 +734,43 @@ async def test_drive_after_aclose_raises(env: dict[str, str], workdir: Path, dri
             assert isinstance(refused.value, RuntimeError)
     async with Drive(drive_id) as check:
         assert await check.list(".") == ["a.txt"]
+
+
+async def test_aclose_while_the_first_call_connects_leaves_no_connection(
+    env: dict[str, str], drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection made for a call that aclose() overtook is closed, not kept by a
+    closed drive (nobody would close it), and the call says the drive is closed."""
+    connecting, go_on = asyncio.Event(), asyncio.Event()
+    made: list[Any] = []
+    connect = Drive._connect
+
+    async def slow_connect(self: Drive) -> Any:
+        connecting.set()
+        await go_on.wait()
+        conn = await connect(self)
+        made.append(conn)
+        return conn
+
+    closed: list[Any] = []
+    close = _drive._Connection.aclose
+
+    async def recorded_close(self: Any) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(Drive, "_connect", slow_connect)
+    monkeypatch.setattr(_drive._Connection, "aclose", recorded_close)
+    drive = Drive(drive_id)
+    first = asyncio.create_task(drive.exists("a.txt"))
+    waiting = asyncio.create_task(drive.exists("b.txt"))  # behind the first, on its lock
+    await connecting.wait()
+    await drive.aclose()
+    go_on.set()
+    for call in (first, waiting):
+        with pytest.raises(DriveClosedError):
+            await call
+    assert drive._conn is None and len(made) == 1 and closed == made
 
 
 def test_close_from_another_thread_ends_a_blocking_watch_with_the_closed_error(
