@@ -34,7 +34,7 @@ from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.spec import AbstractBufferedFile
 
 from . import _paths
-from ._config import is_valid_name, resolve_root
+from ._config import is_valid_name, redact_url, resolve_root
 from ._drive import Drive
 from ._exceptions import (
     DriveFileNotFoundError,
@@ -163,7 +163,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         return loop
 
     def __repr__(self) -> str:
-        given = ", ".join(f"{k}={v!r}" for k, v in self._drive_args.items() if v)
+        shown = {
+            k: redact_url(v) if k == "redis_url" and v else v for k, v in self._drive_args.items()
+        }
+        given = ", ".join(f"{k}={v!r}" for k, v in shown.items() if v)
         return f"DriveFileSystem({given})"
 
     # -- drives and paths --------------------------------------------------------------------

@@ -397,3 +397,8 @@ async def test_asynchronous_use(env: dict[str, str], name: str) -> None:
     finally:
         await fs.aclose()
     assert repr(fs) == "DriveFileSystem()"
+    secret = DriveFileSystem(
+        redis_url="redis://me:S3cr3t@host:6379/0", component_name="c", skip_instance_cache=True
+    )
+    assert "S3cr3t" not in repr(secret) and "component_name='c'" in repr(secret)
+    assert "redis://me:***@host:6379/0" in repr(secret), repr(secret)
