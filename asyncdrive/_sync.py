@@ -469,11 +469,17 @@ class SyncDrive:
             self._close_when_collected()
 
     def _close_when_collected(self) -> None:
+        in_a_loop = threading.current_thread().name == _portal.THREAD_NAME
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
-            return  # collected inside a running loop, which closing would have to block
-        if threading.current_thread().name != _portal.THREAD_NAME:
+            in_a_loop = True
+        if not in_a_loop:
             self.close()
+            return
+        # Collected inside a running loop, which closing here would block (the process's
+        # loop thread would wait for itself): closed by a thread of its own instead.
+        with contextlib.suppress(RuntimeError):  # none started at interpreter exit: atexit's
+            threading.Thread(target=self.close, name="asyncdrive-close", daemon=True).start()
 
     # -- operations: see Drive for the documentation of each ---------------------------------
 

@@ -7,6 +7,7 @@ drives, garbage-collected drives, and what a repr may show.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import pickle
@@ -651,6 +652,29 @@ def test_unclosed_syncdrive_warns_when_collected(
     # Collecting it also closed it: the loop thread and the disk threads stop.
     assert joined_loop_threads() == []
     assert joined_disk_threads() == []
+
+
+@pytest.mark.parametrize("used", ["one-shot calls", "a watch"])
+async def test_an_unclosed_syncdrive_collected_inside_an_event_loop_is_closed_too(
+    env: dict[str, str], drive_id: str, used: str
+) -> None:
+    """Collected where closing would block a running loop (here, a test's), it is closed by
+    a thread of its own: its loops, connections and the process's loop thread all go."""
+    drive = SyncDrive(drive_id)
+    await anyio.to_thread.run_sync(drive.write_bytes, "a.txt", b"x")  # a loop of that thread
+    if used == "a watch":
+        watch = await anyio.to_thread.run_sync(functools.partial(drive.watch, since="0"))
+        assert (await anyio.to_thread.run_sync(next, iter(watch))).path == "a.txt"
+        assert len(loop_threads()) == 1
+        del watch
+    loops = list(drive._caller_loops)
+    with pytest.warns(ResourceWarning, match="unclosed SyncDrive"):
+        del drive
+        gc.collect()
+    deadline = time.monotonic() + 30
+    while not all(loop.closed for loop in loops) or loop_threads():
+        assert time.monotonic() < deadline, "not closed"
+        await asyncio.sleep(0.01)
 
 
 def test_unused_or_closed_syncdrive_does_not_warn(env: dict[str, str], drive_id: str) -> None:
