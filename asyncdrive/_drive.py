@@ -124,8 +124,12 @@ _SHARED_COPY_MAX = 1 << 20
 #: loop's own thread, where that is safe and quick (see `_Connection.quick_calls`): the hop
 #: to a worker thread and back costs more than such a copy.
 _QUICK_COPY_MAX = 64 << 10
-#: How often open() looks again when a file is replaced while it opens it.
-_OPEN_ATTEMPTS = 5
+#: How often a read looks a path up again while the index still names a version whose bytes
+#: are not on disk (a writer died between its rename and its commit, a power cut's loss).
+_STUCK_LOOKS = 5
+#: How long a read goes on looking a path up again while writers replace it faster than
+#: it can be read (each look finding a newer version).
+_REPLACED_FOR = 10.0
 
 StrPath = str | os.PathLike[str]
 
@@ -1605,6 +1609,14 @@ class Drive:
             >>> await drive.read_bytes("a.txt")
             b'Hello World !'
 
+        Raises:
+            DriveFileNotFoundError: no such file (for that component), or the index has it
+                without its bytes on this machine's root (the message says).
+            AmbiguousPathError: several components own it and ``component_name`` is None.
+            DriveTimeoutError: writers replaced it faster than it could be read, for 10 s;
+                or its bytes on disk stay of another version than the index's (a writer
+                died before its commit: gc() settles it).
+
         """
         drive_path = self._path(path, file=True)
         conn = await self._connection()
@@ -1637,23 +1649,14 @@ class Drive:
         has, without its bytes, raises `DriveFileNotFoundError` saying so.
         """
         info = await self._file_info(conn, path, component_name)
-        for _attempt in range(_OPEN_ATTEMPTS):
+        looks: _Looks | None = None
+        while True:
             try:
                 return await read(info)
             except FileNotFoundError as exc:
-                gone = not isinstance(exc, OtherVersionError)
-            looked, info = info, await self._file_info(conn, path, component_name)
-            if (info.component_name, info.version) == (looked.component_name, looked.version):
-                if gone:
-                    raise self._bytes_missing(conn, info) from None
-                await anyio.sleep(0.01)  # the index still names bytes not on disk
-        raise DriveError(
-            f"Drive {self.name!r}: {path!r} changed every time it was read; retry. If this "
-            "persists, its bytes are of another version than the index's: a writer died in "
-            "the middle of a put (run gc() to settle it), or, after a power cut, the Redis "
-            "server lost its last commits (run rebuild_index() first: gc() would take the "
-            "files it lost for orphans)."
-        )
+                looked, info = info, await self._file_info(conn, path, component_name)
+                looks = looks or _Looks(self, conn)
+                await looks.again(looked, info, exc)
 
     def _bytes_missing(self, conn: _Connection, info: FileInfo) -> DriveFileNotFoundError:
         where = conn.store.base / info.component_name / info.path
@@ -1705,7 +1708,8 @@ class Drive:
             DriveFileNotFoundError: nothing at ``path`` (and no ``timeout``).
             AmbiguousPathError: several components own the path; name one.
             DriveFileExistsError: a different local file is in the way and not ``overwrite``.
-            DriveTimeoutError: ``timeout`` passed before the path appeared.
+            DriveTimeoutError: ``timeout`` passed before the path appeared; or its bytes
+                could not be read as the index's version (see `read_bytes`).
 
         """
         drive_path = self._path(path)
@@ -1800,7 +1804,7 @@ class Drive:
         ``in_folder`` (a get of a folder, as a file deleted once listed). ``on_copied``:
         see `DiskStore.copy_out` (not called for one small file, copied at once).
         """
-        attempts = 0
+        looks: _Looks | None = None
         while copies:
             failed = await self._copy_out_once(conn, copies, overwrite, on_copied)
             if failed is None:
@@ -1814,20 +1818,11 @@ class Drive:
                 await self._check_not_lost(conn)
                 if not in_folder:
                     raise self._not_found(info.path, [], info.component_name)
-                copies, attempts = copies[number + 1 :], 0
+                copies = copies[number + 1 :]
                 continue
-            if newer.version == info.version and not isinstance(exc, OtherVersionError):
-                raise self._bytes_missing(conn, info)
-            attempts = attempts + 1 if number == 0 else 1  # this file's, if it failed again
-            if attempts == _OPEN_ATTEMPTS:
-                raise DriveError(
-                    f"Drive {self.name!r}: cannot get {info.path!r}: its bytes on disk are "
-                    "of another version than the index's, however often looked up; retry. "
-                    "If this persists, a writer died in the middle of a put: run gc() to "
-                    "settle it."
-                )
-            if newer.version == info.version:
-                await anyio.sleep(0.01)  # the index still names bytes not on disk
+            if number or looks is None:  # another file than the one looked at last
+                looks = _Looks(self, conn)
+            await looks.again(info, newer, exc)
             copies = [(newer, dest), *copies[number + 1 :]]
 
     async def _copy_out_once(
@@ -2121,6 +2116,7 @@ class Drive:
         Raises:
             DriveFileNotFoundError: (reading) no such file.
             AmbiguousPathError: (reading) several components own it; name one.
+            DriveTimeoutError: (reading) see `read_bytes`.
             InvalidConfigError: a mode other than ``"rb"``/``"wb"``, or an argument of the
                 other mode.
 
@@ -2523,6 +2519,49 @@ def _put_batches(files: Sequence[tuple[str, int]]) -> list[list[tuple[str, int]]
     if batch:
         batches.append(batch)
     return batches
+
+
+class _Looks:
+    """A read's looks at a path again, while its bytes on disk are not the index's version.
+
+    Each look that finds a newer version is progress (writers replace the path while it is
+    read): the read goes on for up to `_REPLACED_FOR` seconds. Looks that find the index
+    where it was, with other bytes on disk, give up after `_STUCK_LOOKS`.
+    """
+
+    def __init__(self, drive: Drive, conn: _Connection) -> None:
+        self.drive = drive
+        self.conn = conn
+        self.stuck = 0
+        self.deadline = time.monotonic() + _REPLACED_FOR
+
+    async def again(self, looked: FileInfo, found: FileInfo, exc: FileNotFoundError) -> None:
+        """Return if ``found`` is to be read, or raise why not.
+
+        ``found``: the path looked up again after reading ``looked`` failed with ``exc``.
+        """
+        drive, path = self.drive, looked.path
+        if (found.component_name, found.version) != (looked.component_name, looked.version):
+            self.stuck = 0
+            if time.monotonic() < self.deadline:
+                return
+            raise DriveTimeoutError(
+                f"Drive {drive.name!r}: {path!r} was replaced faster than it could be read, "
+                f"for {_REPLACED_FOR:g} s (version {found.version} now); retry when its "
+                "writers pause."
+            ) from None
+        if not isinstance(exc, OtherVersionError):
+            raise drive._bytes_missing(self.conn, found) from None
+        self.stuck += 1
+        if self.stuck == _STUCK_LOOKS:
+            raise DriveTimeoutError(
+                f"Drive {drive.name!r}: the bytes of {path!r} on disk are not version "
+                f"{found.version}, the index's, however often looked up: a writer died "
+                "between installing a new version and committing it (run gc() to settle "
+                "it), or, after a power cut, the Redis server lost its last commits (run "
+                "rebuild_index() first: gc() would take the files it lost for orphans)."
+            ) from None
+        await anyio.sleep(0.01)  # a commit on its way, maybe
 
 
 class _NotASmallFile(Exception):

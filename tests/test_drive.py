@@ -1797,3 +1797,40 @@ async def test_a_read_of_a_file_whose_bytes_are_gone_says_so(
             ), missing.value
             assert "gc() drops its entry" in str(missing.value)
         assert not Path("d").exists()
+
+
+async def test_a_read_gives_up_on_bytes_the_index_never_catches_up_with(
+    drive_id: str, root: Path, redis_url: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes of another version at the path, and none of the index's (a writer died after
+    renaming its file in, its backup gone): a few looks, then DriveTimeoutError saying so.
+    A path replaced on every look: reads go on while writers make progress, then give up."""
+    async with Drive(drive_id, root=root, redis_url=redis_url) as drive:
+        await drive.write_bytes("stuck.bin", b"version 1")
+        store = drive._conn.store  # type: ignore[union-attr]
+        backup = store.install(store.stage_bytes(b"never committed"), "default", "stuck.bin",
+                               {"version": 2})  # fmt: skip
+        assert backup is not None
+        store.drop_backup(backup)
+        for read in (drive.read_bytes, drive.get, drive.open):
+            with pytest.raises(DriveTimeoutError, match=r"however often looked up.*gc\(\)"):
+                await read("stuck.bin")
+        assert not Path("stuck.bin").exists()
+
+        await drive.write_bytes("busy.bin", b"version 1")
+        monkeypatch.setattr(_drive, "_REPLACED_FOR", 0.3)
+        owners = _index.Index.owners
+        replacing = True
+
+        async def replaced_after_each_look(self: _index.Index, path: str) -> Any:
+            found = await owners(self, path)
+            if replacing and path == "busy.bin":
+                await drive.write_bytes("busy.bin", os.urandom(10))
+            return found
+
+        monkeypatch.setattr(_index.Index, "owners", replaced_after_each_look)
+        for read in (drive.read_bytes, drive.get, drive.open):
+            with pytest.raises(DriveTimeoutError, match="replaced faster than it could be read"):
+                await read("busy.bin")
+        replacing = False
+        assert len(await drive.read_bytes("busy.bin")) == 10
