@@ -2130,14 +2130,20 @@ class Drive:
                 )
             if component_name is not None:
                 check_component_name(component_name)
-            return Opening(functools.partial(self._open_reader, drive_path, component_name))
+            return Opening(
+                functools.partial(self._open_reader, drive_path, component_name),
+                f"lit://{self.name}/{drive_path} 'rb'",
+            )
         if component_name is not None:
             raise InvalidConfigError(
                 f"Drive {self.name!r}: a writer of {drive_path!r} writes as the drive's own "
                 "component; create the Drive with component_name= instead."
             )
         precondition = self._precondition(drive_path, if_version, exist_ok)
-        return Opening(functools.partial(self._open_writer, drive_path, precondition))
+        return Opening(
+            functools.partial(self._open_writer, drive_path, precondition),
+            f"lit://{self.name}/{drive_path} 'wb'",
+        )
 
     @_redis_errors_as_unavailable
     async def _open_reader(self, path: str, component_name: str | None) -> DriveReader:

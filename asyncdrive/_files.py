@@ -536,9 +536,13 @@ class Opening(Generic[FileT]):
 
     """
 
-    def __init__(self, open_file: Callable[[], Coroutine[Any, Any, FileT]]) -> None:
+    def __init__(self, open_file: Callable[[], Coroutine[Any, Any, FileT]], what: str = "") -> None:
         self._open_file = open_file
+        self._what = what
         self._file: FileT | None = None
+
+    def __repr__(self) -> str:
+        return f"<Opening {self._what}>" if self._what else "<Opening>"
 
     async def open(self) -> FileT:
         """Open the file (what awaiting this object does)."""

@@ -14,6 +14,8 @@ import os
 import secrets
 import socket
 import time
+import warnings
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -281,6 +283,17 @@ class Watch:
             await conn.index.read_events(step.last, block_ms, 1)
 
     # -- closing -----------------------------------------------------------------------------
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # A plain watch holds nothing a collection would not free; a group member does.
+        if getattr(self, "_joined", False) and not self._done:
+            _warn(
+                f"unclosed {self!r}: its member stays in group {self._group!r}, holding its "
+                "last event until another member claims it (claim_idle); use 'async with "
+                "drive.watch(...)' or 'await watch.aclose()'",
+                ResourceWarning,
+                source=self,
+            )
 
     def _let_go(self) -> None:
         """End the watch without its event loop (closed with its drive): nothing acknowledged."""

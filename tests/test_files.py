@@ -96,7 +96,9 @@ async def test_reader_lines_and_await_form(drive: Drive) -> None:
     long_line = b"x" * (200 * 1024) + b"\n"
     text = b"first\nsecond\n" + long_line + b"last, no newline"
     await drive.write_bytes("lines.txt", text)
-    f = await drive.open("lines.txt")  # awaiting works too
+    opening = drive.open("lines.txt")
+    assert repr(opening) == f"<Opening lit://{drive.name}/lines.txt 'rb'>"
+    f = await opening  # awaiting works too
     try:
         assert await f.readline() == b"first\n"
         assert await f.readline(3) == b"sec"

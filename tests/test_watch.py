@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import random
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -684,3 +686,24 @@ async def test_group_members_leave_when_their_iteration_ends_and_sweep_idle_ones
                 await member.next(0)
             left = {c["name"] for c in await client.xinfo_consumers(key, "g")}
             assert left == {"holder"}  # its event stays claimable; the idle one went
+
+
+async def test_a_group_member_dropped_unclosed_warns(env: dict[str, str], drive_id: str) -> None:
+    """A plain watch dropped frees everything it held: no warning. A group member dropped
+    without closing stays in the group, holding its last event: a ResourceWarning says so."""
+    async with Drive(drive_id) as drive:
+        await _drop_watches(drive)
+
+
+async def _drop_watches(drive: Drive) -> None:
+    await drive.write_bytes("a.txt", b"x")
+    plain = drive.watch(since="0")
+    member = drive.watch(since="0", group="g")
+    assert (await plain.next(5), await member.next(5)) != (None, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del plain, member
+        gc.collect()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "stays in group 'g'" in messages[0], messages
+    assert "aclose()" in messages[0]
