@@ -124,9 +124,10 @@ _SHARED_COPY_MAX = 1 << 20
 #: loop's own thread, where that is safe and quick (see `_Connection.quick_calls`): the hop
 #: to a worker thread and back costs more than such a copy.
 _QUICK_COPY_MAX = 64 << 10
-#: How often a read looks a path up again while the index still names a version whose bytes
-#: are not on disk (a writer died between its rename and its commit, a power cut's loss).
-_STUCK_LOOKS = 5
+#: How long a read looks a path up again while the index still names a version whose bytes
+#: are not on disk (a commit on its way; a writer died between its rename and its commit,
+#: or a power cut lost the index's last commits: then for good, until gc() settles it).
+_STUCK_FOR = 2.0
 #: How long a read goes on looking a path up again while writers replace it faster than
 #: it can be read (each look finding a newer version).
 _REPLACED_FOR = 10.0
@@ -1818,7 +1819,7 @@ class Drive:
                 await self._check_not_lost(conn)
                 if not in_folder:
                     raise self._not_found(info.path, [], info.component_name)
-                copies = copies[number + 1 :]
+                copies, looks = copies[number + 1 :], None
                 continue
             if number or looks is None:  # another file than the one looked at last
                 looks = _Looks(self, conn)
@@ -2532,13 +2533,15 @@ class _Looks:
 
     Each look that finds a newer version is progress (writers replace the path while it is
     read): the read goes on for up to `_REPLACED_FOR` seconds. Looks that find the index
-    where it was, with other bytes on disk, give up after `_STUCK_LOOKS`.
+    where it was, with other bytes on disk, go on for up to `_STUCK_FOR` seconds, further
+    and further apart.
     """
 
     def __init__(self, drive: Drive, conn: _Connection) -> None:
         self.drive = drive
         self.conn = conn
-        self.stuck = 0
+        self.stuck_since: float | None = None
+        self.pause = 0.01
         self.deadline = time.monotonic() + _REPLACED_FOR
 
     async def again(self, looked: FileInfo, found: FileInfo, exc: FileNotFoundError) -> None:
@@ -2547,9 +2550,10 @@ class _Looks:
         ``found``: the path looked up again after reading ``looked`` failed with ``exc``.
         """
         drive, path = self.drive, looked.path
+        now = time.monotonic()
         if (found.component_name, found.version) != (looked.component_name, looked.version):
-            self.stuck = 0
-            if time.monotonic() < self.deadline:
+            self.stuck_since, self.pause = None, 0.01
+            if now < self.deadline:
                 return
             raise DriveTimeoutError(
                 f"Drive {drive.name!r}: {path!r} was replaced faster than it could be read, "
@@ -2558,8 +2562,9 @@ class _Looks:
             ) from None
         if not isinstance(exc, OtherVersionError):
             raise drive._bytes_missing(self.conn, found) from None
-        self.stuck += 1
-        if self.stuck == _STUCK_LOOKS:
+        if self.stuck_since is None:
+            self.stuck_since = now
+        elif now - self.stuck_since >= _STUCK_FOR:
             raise DriveTimeoutError(
                 f"Drive {drive.name!r}: the bytes of {path!r} on disk are not version "
                 f"{found.version}, the index's, however often looked up: a writer died "
@@ -2567,7 +2572,8 @@ class _Looks:
                 "it), or, after a power cut, the Redis server lost its last commits (run "
                 "rebuild_index() first: gc() would take the files it lost for orphans)."
             ) from None
-        await anyio.sleep(0.01)  # a commit on its way, maybe
+        await anyio.sleep(self.pause)  # a commit on its way, maybe
+        self.pause = min(self.pause * 2, 0.2)
 
 
 class _NotASmallFile(Exception):

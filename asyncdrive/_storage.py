@@ -844,10 +844,6 @@ def _parse_meta_attribute(value: bytes) -> object:
     return json.loads(value)
 
 
-#: `version_on_disk` of a new file still being written at its path: no version's bytes.
-UNFINISHED_VERSION = -1
-
-
 def meta_on_disk(fd: int) -> dict[str, object] | None:
     """Return the metadata attribute of the open file ``fd``, if it has one.
 
@@ -860,31 +856,15 @@ def meta_on_disk(fd: int) -> dict[str, object] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def version_on_disk(fd: int) -> int | None:
-    """Return the version the metadata attribute of the open file ``fd`` says, if it has one.
+def is_version(meta: dict[str, object] | None, size: int, expected: FileInfo) -> bool:
+    """Return whether a file of ``size`` bytes and metadata ``meta`` is version ``expected``.
 
-    `UNFINISHED_VERSION` for a new file being written at its path (`DiskStore.open_new`);
-    None without the attribute (a disk that keeps metadata files).
+    Told by its metadata: that version and checksum (the checksum tells apart two writers
+    that both made the version, one whose lease ran out: see `Drive.put`), and not a new
+    file still being written. Without metadata (a disk that keeps metadata files, whose
+    file is not read for every read; a new file in the moment before it is marked, still
+    empty): by the size.
     """
-    meta = meta_on_disk(fd)
-    if meta is None:
-        return None
-    if meta.get(_UNFINISHED):
-        return UNFINISHED_VERSION
-    version = meta.get("version")
-    return version if type(version) is int else None
-
-
-def is_version(fd: int, size: int, expected: FileInfo, attributes: bool | None = None) -> bool:
-    """Return whether the open file ``fd`` of ``size`` bytes holds the version ``expected``.
-
-    Told by its metadata attribute: that version and checksum (the checksum tells apart two
-    writers that both made the version, one whose lease ran out: see `Drive.put`), and not
-    a new file still being written. Without the attribute (metadata files, or a new file
-    in the moment before it is marked, still empty): by the size. ``attributes``: False
-    where the disk is known to keep none (no look).
-    """
-    meta = None if attributes is False else meta_on_disk(fd)
     if meta is None:
         return size == expected.size
     return (
@@ -892,6 +872,21 @@ def is_version(fd: int, size: int, expected: FileInfo, attributes: bool | None =
         and meta.get("version") == expected.version
         and meta.get("checksum") == expected.checksum
     )
+
+
+def _read_json(name: Path, folder: int) -> dict[str, object] | None:
+    """Return the JSON object in the file ``name`` of the open ``folder``, if it holds one."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        found = json.loads(os.read(fd, 1 << 16))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return found if isinstance(found, dict) else None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -2063,7 +2058,8 @@ class DiskStore:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise FileNotFoundError(path)
-        if expected is None or is_version(fd, st.st_size, expected, self.meta_in_xattr):
+        meta = None if self.meta_in_xattr is False else meta_on_disk(fd)
+        if expected is None or is_version(meta, st.st_size, expected):
             return fd, st.st_size
         os.close(fd)
         backup = self._open_backup(component, path, expected)
@@ -2089,9 +2085,9 @@ class DiskStore:
                 except OSError:
                     continue  # dropped meanwhile, or not a file
                 st = os.fstat(fd)
-                # Told by its attribute only: backups are made on disks that keep one.
-                attributed = meta_on_disk(fd) is not None
-                if stat.S_ISREG(st.st_mode) and attributed and is_version(fd, st.st_size, expected):
+                # Told by its metadata only, its attribute or its file: never by its size.
+                meta = meta_on_disk(fd) or _read_json(_meta_backup(Path(name)), folder)
+                if stat.S_ISREG(st.st_mode) and meta and is_version(meta, st.st_size, expected):
                     return fd, st.st_size
                 os.close(fd)
             return None
