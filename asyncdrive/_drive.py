@@ -1930,14 +1930,17 @@ class Drive:
 
         Args:
             verify: recompute every checksum from the bytes instead of trusting the metadata
-                (reads every byte of the drive).
+                (reads every byte of the drive), and fix the metadata of bytes changed by
+                hand, so that readers take them for the version indexed.
 
         Returns:
             The number of files indexed.
 
         """
         conn = await self._connection(check_index=False)
-        found = await conn.run_sync(functools.partial(conn.store.scan, verify=verify))
+        found = await conn.run_sync(
+            functools.partial(conn.store.scan, verify=verify, fix_meta=verify)
+        )
         files = [file for file in found if file.finished]
         await conn.index.replace_all(files)
         conn.index_checked = False

@@ -1928,12 +1928,14 @@ class DiskStore:
             if is_valid_name(entry.name) and entry.is_dir() and not entry.is_symlink()
         ]
 
-    def scan(self, *, verify: bool) -> list[DiskFile]:
+    def scan(self, *, verify: bool, fix_meta: bool = False) -> list[DiskFile]:
         """Return every file of the drive on disk, with its metadata.
 
         The checksum comes from the metadata when it is there and its size matches, else
         (or with ``verify``) from the bytes. Symbolic links are never followed, nor are
         files whose names are no drive paths (not UTF-8, say: put there by hand) listed.
+        ``fix_meta`` (for a rebuild, while no one writes): where the checksum of the bytes
+        is not the metadata's (bytes changed by hand), the metadata is made to say it.
         """
         found: list[DiskFile] = []
         now = time.time()
@@ -1951,13 +1953,15 @@ class DiskStore:
                         logger.warning("skipped %r: its name is no drive path", str(data))
                         continue
                     try:
-                        found.append(self._describe(component_dir.name, rel, data, now, verify))
+                        found.append(self._describe(
+                            component_dir.name, rel, data, now, verify, fix_meta
+                        ))  # fmt: skip
                     except FileNotFoundError:  # deleted (or replaced) while scanned: not here
                         continue
         return found
 
     def _describe(
-        self, component: str, path: str, data: Path, now: float, verify: bool
+        self, component: str, path: str, data: Path, now: float, verify: bool, fix_meta: bool
     ) -> DiskFile:
         found = data.stat()
         meta: dict[str, Any] = self.read_meta(component, path) or {}
@@ -1972,37 +1976,48 @@ class DiskStore:
             age=now - found.st_mtime,
             finished=not meta.get(_UNFINISHED),
         )
-        if (
-            meta
-            and described.finished
-            and not trusted
-            and meta.get("checksum") != described.checksum
-        ):
+        stale = meta and described.finished and meta.get("checksum") != described.checksum
+        if fix_meta and stale:
             # Bytes changed behind asyncdrive's back: the metadata says so too now, so that
             # readers take them for the version the index will have (see `is_version`).
-            self._rewrite_meta(component, path, {
+            new_meta: dict[str, object] = {
                 "checksum": described.checksum, "mtime": described.mtime,
                 "size": described.size, "version": described.version,
-            })  # fmt: skip
+            }  # fmt: skip
+            try:
+                self._rewrite_meta(data, found, new_meta)
+            except OSError as exc:  # a read-only root, say: readers will say what is wrong
+                logger.warning("could not fix the metadata of %r: %s", str(data), exc)
         return described
 
-    def _rewrite_meta(self, component: str, path: str, meta: dict[str, object]) -> None:
-        """Replace the metadata of ``component``'s ``path`` (its attribute, or its file)."""
-        target = self.file_path(component, path)
-        if self.meta_in_xattr is not False:
-            try:
-                os.setxattr(target, META_XATTR, _meta_attribute(meta), follow_symlinks=False)
-                return
-            except OSError as exc:
-                if exc.errno not in _NO_XATTRS:
-                    raise
-        fd, tmp = temp_fd_in(target.parent)
+    def _rewrite_meta(self, data: Path, found: os.stat_result, meta: dict[str, object]) -> None:
+        """Replace the metadata of the file ``data`` (its attribute, or its file).
+
+        Unless ``data`` is no longer the file ``found`` described (replaced since).
+        """
+        fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _write_all(fd, _meta_json(meta))
-            os.fsync(fd)
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) != (
+                found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
+            ):  # fmt: skip
+                return
+            if self.meta_in_xattr is not False:
+                try:
+                    os.setxattr(fd, META_XATTR, _meta_attribute(meta))
+                    return
+                except OSError as exc:
+                    if exc.errno not in _NO_XATTRS:
+                        raise
         finally:
             os.close(fd)
-        os.replace(tmp, _meta_beside(target))
+        out, tmp = temp_fd_in(data.parent)
+        try:
+            _write_all(out, _meta_json(meta))
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, _meta_beside(data))
 
     def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
         """Return the temporary uploads and the install backups older than ``grace`` s.
