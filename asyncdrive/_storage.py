@@ -29,6 +29,7 @@ index does not know it, so no reader of the drive opens it half-written.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -45,7 +46,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -1065,18 +1066,64 @@ def _make_folders(folder: Path) -> list[Path]:
                 continue
             made.insert(0, path)
     except BaseException:
-        _remove_empty(made)
+        _remove_empty(made, own=folder)
         raise
     return made
 
 
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove each of ``folders`` (deepest first) that is still empty; keep the others."""
-    for folder in folders:
+class _FoldersInUse:
+    """The local folders the gets of this process are copying into, by how many of them.
+
+    A failed get removes the folders it made, if empty (`_remove_empty`), but never one
+    another get copies into: that one's file has no name until linked in (`O_TMPFILE`),
+    so the folder looks empty, and its link would fail.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._counts: collections.Counter[Path] = collections.Counter()
+
+    @contextlib.contextmanager
+    def using(self, folder: Path) -> Iterator[None]:
+        """Hold ``folder`` (and the folders above it) for the duration of a copy into it."""
+        with self.lock:
+            self._counts[folder] += 1
         try:
-            os.rmdir(folder)
-        except OSError:  # another get's file in it meanwhile, or gone
-            return
+            yield
+        finally:
+            with self.lock:
+                self._counts[folder] -= 1
+                if not self._counts[folder]:
+                    del self._counts[folder]
+
+    def holds(self, folder: Path, own: Path | None) -> bool:
+        """Return whether another copy goes into ``folder`` or below it (with `lock` held).
+
+        ``own``: where the caller's own copy went, not counted.
+        """
+        return any(
+            count - (used == own) > 0 and (used == folder or folder in used.parents)
+            for used, count in self._counts.items()
+        )
+
+
+_folders_in_use = _FoldersInUse()
+
+
+def _remove_empty(folders: list[Path], own: Path | None = None) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; keep the others.
+
+    Nor one that another get of this process copies into (see `_FoldersInUse`; ``own``:
+    the folder the caller's own copy went into, registered there).
+    """
+    with _folders_in_use.lock:
+        for folder in folders:
+            if _folders_in_use.holds(folder, own):
+                return
+            try:
+                os.rmdir(folder)
+            except OSError:  # another get's file in it meanwhile, or gone
+                return
 
 
 def _link_unless_there(fd: int, target: Path) -> bool:
@@ -2168,46 +2215,47 @@ class DiskStore:
                     return False
                 raise _in_the_way(dest)
             unnamed = not overwrite  # a replacement is renamed over the old file
-            made: list[Path] = []  # the local folders this copy made: gone if it fails
-            try:
-                out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
-            except FileNotFoundError:  # made only now: a failed open leaves no folders
-                made = _make_folders(dest.parent)
+            with _folders_in_use.using(dest.parent):
+                made: list[Path] = []  # the local folders this copy made: gone if it fails
                 try:
                     out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
-                except BaseException:
-                    _remove_empty(made)
-                    raise
-            try:
+                except FileNotFoundError:  # made only now: a failed open leaves no folders
+                    made = _make_folders(dest.parent)
+                    try:
+                        out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
+                    except BaseException:
+                        _remove_empty(made, own=dest.parent)
+                        raise
                 try:
-                    # In the kernel: no buffer in this process, whatever the size.
-                    _FdCopier(src, out).copy_all(size, count_all_but_the_end)
-                    if tmp is None:
-                        placed = _link_unless_there(out, dest)
-                    elif overwrite:
-                        os.replace(tmp, dest)
-                        count_the_rest()
-                        return True
-                    else:
-                        placed = _rename_unless_there(os.fspath(tmp), os.fspath(dest))
-                finally:
-                    os.close(out)
-            except BaseException:
+                    try:
+                        # In the kernel: no buffer in this process, whatever the size.
+                        _FdCopier(src, out).copy_all(size, count_all_but_the_end)
+                        if tmp is None:
+                            placed = _link_unless_there(out, dest)
+                        elif overwrite:
+                            os.replace(tmp, dest)
+                            count_the_rest()
+                            return True
+                        else:
+                            placed = _rename_unless_there(os.fspath(tmp), os.fspath(dest))
+                    finally:
+                        os.close(out)
+                except BaseException:
+                    if tmp is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
+                    if not (dest.exists() or os.path.islink(dest)):  # not in place after all
+                        _remove_empty(made, own=dest.parent)
+                    raise
+                if placed:
+                    count_the_rest()
+                    return True
                 if tmp is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                if not (dest.exists() or os.path.islink(dest)):  # not in place after all
-                    _remove_empty(made)
-                raise
-            if placed:
-                count_the_rest()
-                return True
-            if tmp is not None:
-                os.unlink(tmp)
-            if _same_content(dest, size, checksum):
-                count_the_rest()
-                return False
-            raise _in_the_way(dest)
+                    os.unlink(tmp)
+                if _same_content(dest, size, checksum):
+                    count_the_rest()
+                    return False
+                raise _in_the_way(dest)
         except FileNotFoundError as gone:  # local: the drive's file is open
             raise LocalPathGoneError(
                 errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(dest)

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -1188,3 +1189,47 @@ def test_a_read_finds_a_backup_by_its_metadata_file_too(store: DiskStore) -> Non
     assert backup is not None and storage._meta_backup(backup).exists()  # no attributes
     assert store.read("c", "f.bin", v1) == b"version 1"
     assert store.read("c", "f.bin", v2) == b"version 2, not committed"
+
+
+def test_a_failed_get_leaves_a_folder_another_get_copies_into(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Get A makes out/new for its file and fails; get B copies into out/new meanwhile, its
+    file without a name until linked: the folder looks empty, and stays for B."""
+    meta, v1 = version_of("f.bin", b"drive bytes", 1)
+    store.install(store.stage_bytes(b"drive bytes"), "c", "f.bin", meta)
+    b_copying, a_failed = threading.Event(), threading.Event()
+    copy_all = storage._FdCopier.copy_all
+
+    def copy_in_turn(self: Any, size: int | None = None, on_copied: Any = None) -> Any:
+        if threading.current_thread().name == "get-a":
+            assert b_copying.wait(10)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        b_copying.set()
+        assert a_failed.wait(10)
+        return copy_all(self, size, on_copied)
+
+    monkeypatch.setattr(storage._FdCopier, "copy_all", copy_in_turn)
+    folder = tmp_path / "out" / "new"
+    outcomes: dict[str, object] = {}
+
+    def get(name: str) -> None:
+        try:
+            outcomes[name] = store.copy_out("c", "f.bin", folder / name, v1.checksum, False,
+                                            None, v1)  # fmt: skip
+        except OSError as exc:
+            outcomes[name] = exc
+        finally:
+            if name == "a":
+                a_failed.set()
+
+    a = threading.Thread(target=get, args=("a",), name="get-a")
+    a.start()
+    while not folder.exists():  # A made the folders first
+        time.sleep(0.001)
+    b = threading.Thread(target=get, args=("b",), name="get-b")
+    b.start()
+    a.join(30)
+    b.join(30)
+    assert isinstance(outcomes["a"], OSError) and outcomes["b"] is True, outcomes
+    assert os.listdir(folder) == ["b"] and (folder / "b").read_bytes() == b"drive bytes"
