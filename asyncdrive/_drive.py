@@ -633,11 +633,16 @@ class Drive:
             names,
         )
 
-    def _path(self, path: StrPath, *, allow_root: bool = False, file: bool = False) -> str:
-        """Return the normal form of a drive path (``file``: one that may name a file only)."""
+    def _path(
+        self, path: StrPath, *, allow_root: bool = False, file: bool = False, new: bool = False
+    ) -> str:
+        """Return the normal form of a drive path (see `_paths.normalize`).
+
+        ``file``: one that may name a file only; ``new``: a path to put.
+        """
         if file and _paths.names_folder(path):
             raise _paths.not_a_file(self.name, path)
-        return _paths.normalize(path, drive=self.name, allow_root=allow_root)
+        return _paths.normalize(path, drive=self.name, allow_root=allow_root, new=new)
 
     def _file_not_folder(self, path: StrPath, drive_path: str) -> DriveNotADirectoryError:
         return DriveNotADirectoryError(
@@ -700,9 +705,9 @@ class Drive:
         if to is not None and _paths.names_folder(to):  # into that folder, as cp does
             name = _local_name(path)
             drive_path = _paths.join(self._path(to, allow_root=True), name)
-            drive_path = self._path(drive_path)
+            drive_path = self._path(drive_path, new=True)
         else:
-            drive_path = self._path(path if to is None else to)
+            drive_path = self._path(path if to is None else to, new=True)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
         conn = await self._connection()
@@ -791,7 +796,7 @@ class Drive:
     def _check_name_in_folder(self, local: Path, drive_path: str, rel: str) -> None:
         """Raise `InvalidPathError` if a folder put's file ``rel`` is no drive path."""
         try:
-            _paths.normalize(_paths.join(drive_path, rel), drive=self.name)
+            _paths.normalize(_paths.join(drive_path, rel), drive=self.name, new=True)
         except InvalidPathError as exc:
             error = InvalidPathError(
                 f"Drive {self.name!r}: cannot put the folder {str(local)!r}: its file {rel!r} "
@@ -966,7 +971,7 @@ class Drive:
             >>> await drive.write_bytes("b.bin", b"new", if_version=info.version)
 
         """
-        drive_path = self._path(path, file=True)
+        drive_path = self._path(path, file=True, new=True)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         view = memoryview(data).cast("B")  # its bytes, whatever the items: a size in bytes
         conn = await self._connection()
@@ -2125,8 +2130,9 @@ class Drive:
                 other mode.
 
         """
-        drive_path = self._path(path, file=True)
-        if check_mode(self.name, drive_path, mode) == "rb":
+        reading = check_mode(self.name, os.fspath(path), mode) == "rb"
+        drive_path = self._path(path, file=True, new=not reading)
+        if reading:
             if if_version is not None or not exist_ok:
                 raise InvalidConfigError(
                     f"Drive {self.name!r}: if_version and exist_ok apply to writing; open "

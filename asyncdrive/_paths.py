@@ -18,12 +18,16 @@ RESERVED_PREFIX = ".asyncdrive"
 MAX_SEGMENT_BYTES = 200
 MAX_PATH_BYTES = 4000
 
-#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: none
-#: belongs in a name, and each would break a listing printed one name a line.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: NUL, the C0 control characters and DEL: never in a name.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+#: The C1 control characters and the Unicode line and paragraph separators: refused in new
+#: names (each would break a listing printed one name a line), read in names made before.
+_NEW_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = False) -> str:
+def normalize(
+    path: str | os.PathLike[str], *, drive: str, allow_root: bool = False, new: bool = False
+) -> str:
     """Return the normal form of a drive path, or raise `InvalidPathError`.
 
     Example:
@@ -36,6 +40,7 @@ def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = Fa
         path: the path as the user wrote it.
         drive: the drive's name, for the error message.
         allow_root: accept ``"."`` (the whole drive) and return ``""``.
+        new: the path is to be made (a put): the rules for new names apply too.
 
     """
     raw = os.fspath(path)
@@ -43,7 +48,7 @@ def normalize(path: str | os.PathLike[str], *, drive: str, allow_root: bool = Fa
         raise InvalidPathError(f"Drive {drive!r}: path {raw!r} must be a str, not bytes.")
     if raw == "":
         raise _invalid(drive, raw, "it is empty. Name a file or folder, or '.' for all.")
-    if _CONTROL.search(raw):
+    if (_NEW_CONTROL if new else _CONTROL).search(raw):
         raise _invalid(drive, raw, "NUL, control characters and line separators are not allowed.")
     if not raw.isascii():
         try:

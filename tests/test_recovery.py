@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import asyncdrive
 from asyncdrive import Drive, IndexLostError, SyncDrive
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
@@ -634,3 +635,22 @@ async def test_two_gcs_at_once_count_each_file_once(
         assert sum(r.orphans_removed for r in reports) == 30
         assert sum(r.uploads_removed for r in reports) == 30
         assert await first.list(".") == ["kept.txt"] and not any(store.tmp_dir.iterdir())
+
+
+async def test_names_refused_for_new_files_only_stay_readable(
+    make_drive: MakeDrive, drive_id: str, redis_url: str, root: Path
+) -> None:
+    """A name with a C1 control character or a line separator is refused for a new file,
+    but one made before that rule (found by a rebuild here) is indexed, read and deleted."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("k/first.txt", b"f")
+    folder = root / "drives" / drive_id[6:] / "default" / "k"
+    (folder / "a\u2028b").write_bytes(b"made before the rule")
+    await drop_index(redis_url, drive_id[6:])
+    assert await make_drive(drive_id).rebuild_index() == 2
+    assert await drive.list("k") == ["k/a\u2028b", "k/first.txt"]
+    assert await drive.read_bytes("k/a\u2028b") == b"made before the rule"
+    with pytest.raises(asyncdrive.InvalidPathError, match="line separators"):
+        await drive.write_bytes("k/a\u2028b", b"replaced")
+    await drive.delete("k/a\u2028b")
+    assert await drive.list("k") == ["k/first.txt"]
