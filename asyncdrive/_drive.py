@@ -296,7 +296,9 @@ def _redis_errors_as_unavailable(
                 raise
             to = kwargs.get("to")  # put's drive path, get's local one
             to = to if isinstance(to, str | os.PathLike) else None
-            raise storage_error(self.name, exc, doing, _path_argument(args), to) from exc
+            drive_dir = None if self._conn is None else self._conn.store.base
+            path = _path_argument(args)
+            raise storage_error(self.name, exc, doing, path, to, drive_dir) from exc
 
     functools.update_wrapper(wrapper, method)
     return wrapper

@@ -255,10 +255,20 @@ def storage_error(
     doing: str,
     path: str | os.PathLike[str] | None,
     to: str | os.PathLike[str] | None = None,
+    drive_dir: str | os.PathLike[str] | None = None,
 ) -> DriveStorageError:
-    """Make the `DriveStorageError` for ``exc``, raised while ``doing`` ``path`` (``to``)."""
+    """Make the `DriveStorageError` for ``exc``, raised while ``doing`` ``path`` (``to``).
+
+    ``drive_dir``: the drive's folder on the shared disk, where the drive side's errors
+    name their files (a get's others are the local side's).
+    """
     reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
-    if doing == "get":
+    on_the_drive = (
+        drive_dir is not None
+        and exc.filename is not None
+        and os.fsdecode(exc.filename).startswith(os.fspath(drive_dir) + os.sep)
+    )
+    if doing == "get" and not on_the_drive:
         fix = _LOCAL_FIX.get(exc.errno or 0, fix)
     where = f" ({shorten(os.fsdecode(exc.filename))})" if exc.filename else ""
     what = doing if path is None else f"{doing} {shorten(os.fspath(path))!r}"

@@ -136,6 +136,12 @@ def test_storage_errors_say_what_an_errno_means() -> None:
     assert not isinstance(
         storage_error("d", OSError(errno.EIO, "I/O"), "get", "c"), PermissionError
     )
+    local = storage_error("d", OSError(errno.EACCES, "Denied", "/home/me/out/c"), "get", "c",
+                          drive_dir="/shared/drives/d")  # fmt: skip
+    assert "write access to that local folder" in str(local)
+    drive_side = storage_error("d", OSError(errno.EACCES, "Denied", "/shared/drives/d/c/p"),
+                               "get", "p", drive_dir="/shared/drives/d")  # fmt: skip
+    assert "local folder" not in str(drive_side) and "root=" in str(drive_side)
     odd = storage_error("d", OSError(errno.ETXTBSY, "Text file busy"), "open", "b")
     assert str(odd) == (
         "Drive 'd': cannot open 'b': Text file busy. Check the disk (or the mount), then retry."
