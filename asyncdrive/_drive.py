@@ -2176,7 +2176,7 @@ class Drive:
         )
         self._raise_put_refused(path, checked, precondition)
         # A caller cancelled meanwhile gets no writer: the upload it made is dropped.
-        out, tmp, named = await to_its_end(conn.run_sync(conn.store.open_upload), _dropped)
+        out, tmp, named = await to_its_end(conn.run_sync(conn.store.open_upload), _drop_upload)
         commit = functools.partial(self._commit_upload, conn, path, precondition)
         return DriveWriter(self.name, path, out, tmp, named, commit)
 
@@ -2595,7 +2595,7 @@ async def _closed(fd: int) -> None:
     os.close(fd)
 
 
-async def _dropped(upload: tuple[BinaryIO, Path, bool]) -> None:
+async def _drop_upload(upload: tuple[BinaryIO, Path, bool]) -> None:
     out, tmp, named = upload
     out.close()
     if named:

@@ -75,6 +75,15 @@ async def _in_a_thread(func: Callable[..., T], *args: Any) -> T:
     return await to_its_end(anyio.to_thread.run_sync(func, *args))
 
 
+async def _read_in_a_thread(fd: int, size: int, offset: int) -> bytes:
+    """`_pread_exactly` in a worker thread.
+
+    Not to its end if the caller is cancelled: a read changes nothing, and what it read is
+    dropped (`_in_a_thread` would cost a task more per read).
+    """
+    return await anyio.to_thread.run_sync(_pread_exactly, fd, size, offset)
+
+
 def _count(drive_name: str, path: str, name: str, value: int) -> int:
     """Return ``value`` as an int, as `io` takes one (TypeError for a float, say)."""
     try:
@@ -172,7 +181,7 @@ class DriveReader:
     async def _fill(self, fd: int, start: int) -> None:
         """Read up to `_READ_AHEAD` bytes from ``start`` into the buffer (fewer at the end)."""
         want = min(_READ_AHEAD, self.info.size - start)
-        self._buffer = await _in_a_thread(_pread_exactly, fd, want, start)
+        self._buffer = await _read_in_a_thread(fd, want, start)
         self._buffer_start = start
 
     async def read(self, size: int | None = -1) -> bytes:
@@ -190,7 +199,7 @@ class DriveReader:
             await self._fill(fd, start)
             data = self._buffer[:size]
         elif data is None:
-            data = await _in_a_thread(_pread_exactly, fd, size, start)
+            data = await _read_in_a_thread(fd, size, start)
         self._position = start + len(data)
         return data
 
@@ -214,7 +223,7 @@ class DriveReader:
         data = self._buffered(first, last)
         if data is not None:
             return data
-        return await _in_a_thread(_pread_exactly, fd, last - first, first)
+        return await _read_in_a_thread(fd, last - first, first)
 
     async def readline(self, size: int | None = -1) -> bytes:
         """Read one line, newline included (at most ``size`` bytes if not negative or None).
