@@ -1048,11 +1048,12 @@ def _make_folders(folder: Path) -> list[Path]:
     Raises `NotADirectoryError` naming the local file that stands where a folder must be.
     """
     missing = []
-    while not os.path.lexists(folder) and folder.parent != folder:
-        missing.append(folder)
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(folder))
+    above = folder
+    while not os.path.lexists(above) and above.parent != above:
+        missing.append(above)
+        above = above.parent
+    if not above.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(above))
     made: list[Path] = []
     try:
         for path in reversed(missing):
