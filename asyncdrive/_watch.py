@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 import redis.exceptions
 
+from ._config import check_seconds
 from ._events import DriveEvent, parse_id
 from ._exceptions import CursorExpiredError
 from ._tasks import to_its_end
@@ -40,6 +41,9 @@ BLOCK_SLICE = 5.0
 RECONNECT_TIMEOUT = 60.0
 #: Default idle time after which a group member's unacknowledged event goes to another member.
 DEFAULT_CLAIM_IDLE = 30.0
+#: How much longer than its blocking time a read's reply may take, in a call with a timeout,
+#: before the server counts as not answering (hung): the call's timeout holds then too.
+_REPLY_MARGIN = 1.0
 
 _BATCH = 500
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -92,6 +96,10 @@ class Watch:
         self._joined = False  # a group member that has read (and so may leave the group)
         self._done = False
         self._failing_since: float | None = None
+        #: One `next` at a time: two tasks (or threads) sharing a watch get each event once.
+        self._next_lock = anyio.Lock()
+        #: The read under way, which `aclose` cuts short (from another task).
+        self._reading: anyio.CancelScope | None = None
 
     @property
     def cursor(self) -> str:
@@ -135,13 +143,19 @@ class Watch:
         """Return the next event, or None if none comes within ``timeout`` s.
 
         The watch stays open after None: call ``next`` again to keep polling. ``timeout=0``
-        takes an event already committed, without waiting for one.
+        takes an event already committed, without waiting for one. Returns None at once, or
+        as soon as it is, once the watch is closed (by another task, say).
         """
+        check_seconds(self._drive.name, "timeout", timeout)
         if self._done:
             return None
+        async with self._next_lock:
+            return await self._next(timeout)
+
+    async def _next(self, timeout: float | None) -> DriveEvent | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         looked = False
-        while True:
+        while not self._done:
             while self._buffer:
                 event = self._buffer.popleft()
                 self._cursor = event.id
@@ -155,17 +169,24 @@ class Watch:
             # A blocking read must end well within the reply timeout.
             block = min(BLOCK_SLICE, self._drive._redis_timeout() / 2)
             block = block if remaining is None else max(0.0, min(remaining, block))
-            try:
-                conn = await self._drive._connection()
-                if self._group is None:
-                    await self._read(conn, block)
+            with anyio.CancelScope() as self._reading:
+                try:
+                    conn = await self._drive._connection()
+                    # With a timeout, a server that does not answer (hung) keeps to it too.
+                    limit = None if deadline is None else block + _REPLY_MARGIN
+                    with anyio.fail_after(limit):
+                        if self._group is None:
+                            await self._read(conn, block)
+                        else:
+                            await self._read_group(conn, block, limit)
+                except (*_CONNECTION_ERRORS, TimeoutError) as exc:
+                    await self._backoff(exc, deadline)
                 else:
-                    await self._read_group(conn, block)
-            except _CONNECTION_ERRORS as exc:
-                await self._backoff(exc, deadline)
-            else:
-                self._failing_since = None
-                looked = True
+                    self._failing_since = None
+                    looked = True
+                finally:
+                    self._reading = None
+        return None
 
     def _matches(self, event: DriveEvent) -> bool:
         folder = self._folder
@@ -247,15 +268,21 @@ class Watch:
 
     # -- consumer groups ---------------------------------------------------------------------
 
-    async def _read_group(self, conn: _Connection, block: float) -> None:
+    async def _read_group(self, conn: _Connection, block: float, limit: float | None) -> None:
+        """One step of the group, then (if it took nothing) a wait for the next event.
+
+        ``limit``: how long the step's reply may take (a hung server): cut short then, the
+        step may have taken an event, claimed from this member later (at least once).
+        """
         group = self._group
         assert group is not None
         self._resolve_start(conn)
 
         async def step_and_keep() -> GroupStep:
-            step = await conn.index.group_step(
-                group, self._consumer, self._claim_idle_ms, self._to_ack, self._read_cursor
-            )
+            with anyio.fail_after(limit):
+                step = await conn.index.group_step(
+                    group, self._consumer, self._claim_idle_ms, self._to_ack, self._read_cursor
+                )
             self._to_ack = None  # acknowledged by the step
             self._joined = True
             if step.event is not None:
@@ -308,6 +335,8 @@ class Watch:
         """
         self._done = True
         self._buffer.clear()
+        if self._reading is not None:  # another task's next(): it returns None now
+            self._reading.cancel()
         joined, self._joined = self._joined, False
         if joined and self._drive._conn is not None:
             assert self._group is not None

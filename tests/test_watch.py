@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import pickle
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -662,6 +664,32 @@ async def test_a_watch_timeout_holds_during_an_outage(
             await watch.aclose()
 
 
+async def test_a_watch_timeout_holds_while_the_server_hangs(
+    private_server: ServerProcess,
+    tmp_path: Path,
+    workdir: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that answers nothing (stopped, its connections open): next(timeout) keeps
+    to its timeout (and a margin), not the 30 s of waiting for any reply."""
+    monkeypatch.setenv("ASYNCDRIVE_REDIS_TIMEOUT", "30")
+    private_server.start()
+    kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": private_server.url}
+    async with Drive(drive_id, **kwargs) as drive:
+        for group in (None, "g"):
+            watch = drive.watch(group=group)
+            assert await watch.next(0.05) is None  # connected, and looked once
+            assert private_server.proc is not None
+            os.kill(private_server.proc.pid, signal.SIGSTOP)
+            try:
+                with anyio.fail_after(10), pytest.raises(DriveUnavailableError):
+                    await watch.next(1)
+            finally:
+                os.kill(private_server.proc.pid, signal.SIGCONT)
+            await watch.aclose()
+
+
 async def test_group_members_leave_when_their_iteration_ends_and_sweep_idle_ones(
     env: dict[str, str],
     workdir: Path,
@@ -707,3 +735,68 @@ async def _drop_watches(drive: Drive) -> None:
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "stays in group 'g'" in messages[0], messages
     assert "aclose()" in messages[0]
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+async def test_closing_a_watch_ends_another_tasks_iteration_at_once(
+    env: dict[str, str], drive_id: str, group: str | None
+) -> None:
+    """aclose() from another task cuts the waiting read short: the iteration ends, on a
+    quiet drive too, and a group member that left takes no event after."""
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("before.txt", b"x")
+        watch = drive.watch(group=group)
+        await watch.pin_start()  # exactly after before.txt
+        seen: list[str] = []
+
+        async def iterate() -> None:
+            async for event in watch:
+                seen.append(event.path)
+
+        iterating = asyncio.create_task(iterate())
+        await asyncio.sleep(0.2)  # waiting for an event now
+        await watch.aclose()
+        await asyncio.wait_for(iterating, 10)  # not until the next event
+        assert seen == []
+        await drive.write_bytes("after.txt", b"x")
+        if group is not None:  # the event is the group's other members', none taken
+            async with drive.watch(group=group) as other:
+                event = await other.next(5)
+                assert event is not None and event.path == "after.txt"
+        assert seen == []
+
+
+def test_closing_a_sync_watch_ends_another_threads_iteration(
+    env: dict[str, str], drive_id: str
+) -> None:
+    with SyncDrive(drive_id) as drive:
+        watch = drive.watch()
+        seen: list[str] = []
+        thread = threading.Thread(target=lambda: seen.extend(e.path for e in watch))
+        thread.start()
+        time.sleep(0.2)
+        watch.close()
+        thread.join(10)
+        assert not thread.is_alive() and seen == []
+
+
+async def test_tasks_sharing_a_watch_get_each_event_once(
+    env: dict[str, str], drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        watch = drive.watch()
+        got: list[str] = []
+
+        async def take() -> None:
+            while (event := await watch.next(1)) is not None:
+                got.append(event.path)
+
+        takers = [asyncio.create_task(take()) for _ in range(3)]
+        for i in range(60):
+            await drive.write_bytes(f"f{i:02}", b"x")
+        await asyncio.gather(*takers)
+        assert sorted(got) == [f"f{i:02}" for i in range(60)]
+        for bad in (float("nan"), -1):
+            with pytest.raises(InvalidConfigError, match="timeout"):
+                await watch.next(bad)
+        await watch.aclose()
