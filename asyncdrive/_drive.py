@@ -49,6 +49,7 @@ from ._config import (
 from ._events import Change, parse_id
 from ._exceptions import (
     AmbiguousPathError,
+    CursorExpiredError,
     DriveClosedError,
     DriveError,
     DriveFileExistsError,
@@ -1911,7 +1912,12 @@ class Drive:
         kind = await conn.index.kind(path, component)
         while kind is None:
             remaining = deadline - time.monotonic()
-            event = await watch.next(remaining) if remaining > 0 else None
+            try:
+                event = await watch.next(remaining) if remaining > 0 else None
+            except CursorExpiredError:  # events it waited on were trimmed: look, then anew
+                watch = self.watch(path)
+                kind = await conn.index.kind(path, component)
+                continue
             if event is None:
                 who = f" by component {component!r}" if component else ""
                 raise DriveTimeoutError(

@@ -800,3 +800,35 @@ async def test_tasks_sharing_a_watch_get_each_event_once(
             with pytest.raises(InvalidConfigError, match="timeout"):
                 await watch.next(bad)
         await watch.aclose()
+
+
+async def test_a_get_waiting_for_a_path_rides_out_trimmed_events(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get(timeout=) falls behind the change log (paused while others write): it looks
+    again and waits on, not CursorExpiredError, which is a watcher's to handle."""
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", "5")
+    gate = asyncio.Event()
+    read_events = _index.Index.read_events
+    reads = 0
+
+    async def first_read_late(self: _index.Index, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            await gate.wait()
+        return await read_events(self, *args, **kwargs)
+
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("warm", b"x")
+        monkeypatch.setattr(_index.Index, "read_events", first_read_late)
+        getting = asyncio.create_task(drive.get("target.txt", timeout=30))
+        while reads == 0:
+            await asyncio.sleep(0.01)
+        for i in range(30):  # the get's next events trimmed meanwhile
+            await drive.write_bytes(f"other/{i}", b"x")
+        gate.set()
+        await asyncio.sleep(0.2)
+        await drive.write_bytes("target.txt", b"at last")
+        await asyncio.wait_for(getting, 20)
+        assert Path("target.txt").read_bytes() == b"at last"
