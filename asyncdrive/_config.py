@@ -66,7 +66,7 @@ def parse_drive_id(drive_id: str) -> str:
     return name
 
 
-def check_component_name(component_name: str) -> str:
+def check_component_name(component_name: str, what: str = "component name") -> str:
     """Return ``component_name`` if it follows the naming rule, else raise `InvalidConfigError`.
 
     Example:
@@ -75,9 +75,7 @@ def check_component_name(component_name: str) -> str:
 
     """
     if not isinstance(component_name, str) or not is_valid_name(component_name):
-        raise InvalidConfigError(
-            f"Invalid component name {component_name!r}: it must be {_NAME_RULE}."
-        )
+        raise InvalidConfigError(f"Invalid {what} {component_name!r}: it must be {_NAME_RULE}.")
     return component_name
 
 

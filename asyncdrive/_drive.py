@@ -2236,12 +2236,12 @@ class Drive:
         """
         folder = self._path(path, allow_root=True)
         if group is not None:
-            check_component_name(group)
+            check_component_name(group, "group name")
         check_seconds(self.name, "timeout", timeout)
         check_seconds(self.name, "claim_idle", claim_idle)
         if since is not None:
             try:
-                parse_id(since)
+                parse_id(since if isinstance(since, str) else "")
             except ValueError:
                 raise InvalidConfigError(
                     f"Drive {self.name!r}: since={since!r} is not an event id; pass a "

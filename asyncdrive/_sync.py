@@ -656,6 +656,7 @@ class SyncDrive:
             added a.txt
 
         """
+        _portal.check_not_in_event_loop("SyncDrive.watch")
         watch = self._drive.watch(
             path,
             recursive=recursive,

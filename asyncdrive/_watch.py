@@ -253,17 +253,21 @@ class Watch:
             self._read_cursor = events[-1].id
 
     def _expired(self, cursor: str, *, group_moved_to: str = "") -> CursorExpiredError:
-        moved = (
-            f" Group {self._group!r} now goes on from the oldest event retained (after "
-            f"{group_moved_to!r}); its other members were not told."
-            if group_moved_to
-            else ""
-        )
+        if group_moved_to:
+            what_now = (
+                "Re-list the drive (list(recursive=True)) to find what they changed. Group "
+                f"{self._group!r} now goes on from the oldest event retained (after "
+                f"{group_moved_to!r}); its other members were not told."
+            )
+        else:
+            what_now = (
+                "Re-list the drive (list(recursive=True)), then watch from now, or with "
+                "since='0' to replay what is retained."
+            )
         return CursorExpiredError(
             f"Drive {self._drive.name!r}: watch cursor {cursor!r} has expired: events after it "
             "were trimmed from the change log (see ASYNCDRIVE_EVENTS_MAXLEN and "
-            "ASYNCDRIVE_EVENTS_MAX_AGE). Re-list the drive (list(recursive=True)), then watch "
-            f"from now, or with since='0' to replay what is retained.{moved}"
+            f"ASYNCDRIVE_EVENTS_MAX_AGE). {what_now}"
         )
 
     # -- consumer groups ---------------------------------------------------------------------

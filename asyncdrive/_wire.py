@@ -287,6 +287,10 @@ class Wire:
                 waiter.set_exception(error(message))  # one each: tracebacks are per raise
 
 
+#: How many wires a `WirePool` keeps idle for the next reads; more, once returned, close.
+_MAX_IDLE_WIRES = 4
+
+
 class WirePool:
     """Wires for blocking reads (``XREAD BLOCK``): one caller at a time on each, reused.
 
@@ -330,6 +334,8 @@ class WirePool:
         self._lent.discard(wire)
         if self._closed:
             wire.abort()
+        elif len(self._idle) >= _MAX_IDLE_WIRES:  # after many at once: back to a few
+            await wire.aclose()
         else:
             self._idle.append(wire)
 

@@ -832,3 +832,28 @@ async def test_a_get_waiting_for_a_path_rides_out_trimmed_events(
         await drive.write_bytes("target.txt", b"at last")
         await asyncio.wait_for(getting, 20)
         assert Path("target.txt").read_bytes() == b"at last"
+
+
+async def test_watch_arguments_are_checked_with_messages_of_their_own(
+    env: dict[str, str], drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        with pytest.raises(InvalidConfigError, match="Invalid group name 'a:b'"):
+            drive.watch(group="a:b")
+        with pytest.raises(InvalidConfigError, match="since=123 is not an event id"):
+            drive.watch(since=123)  # type: ignore[arg-type]
+        blocking = r"SyncDrive\.watch\(\)"
+        with SyncDrive(drive_id) as sync, pytest.raises(RuntimeError, match=blocking):
+            sync.watch()
+
+
+async def test_a_drive_keeps_a_few_idle_connections_for_watches(
+    env: dict[str, str], drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        watches = [drive.watch() for _ in range(12)]
+        await asyncio.gather(*(w.next(0.3) for w in watches))  # 12 reads at once
+        readers = (await drive._connection()).connected.readers
+        assert readers is not None and "4 idle, 0 lent" in repr(readers)
+        for w in watches:
+            await w.aclose()
