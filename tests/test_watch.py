@@ -854,6 +854,8 @@ async def test_a_drive_keeps_a_few_idle_connections_for_watches(
         watches = [drive.watch() for _ in range(12)]
         await asyncio.gather(*(w.next(0.3) for w in watches))  # 12 reads at once
         readers = (await drive._connection()).connected.readers
-        assert readers is not None and "4 idle, 0 lent" in repr(readers)
         for w in watches:
             await w.aclose()
+        if readers is None:
+            pytest.skip("a Redis Cluster's watches read through redis-py's own pool")
+        assert "4 idle, 0 lent" in repr(readers)
