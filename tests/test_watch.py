@@ -647,32 +647,18 @@ async def test_a_group_member_cancelled_mid_step_keeps_the_event_it_took(
         assert got == [f"f{i:02}" for i in range(60)]  # all, once, in order
 
 
+@pytest.mark.parametrize("outage", ["killed", "hung"])
 async def test_a_watch_timeout_holds_during_an_outage(
-    private_server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
-) -> None:
-    private_server.start()
-    kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": private_server.url}
-    async with Drive(drive_id, **kwargs) as drive:
-        for group in (None, "g"):
-            watch = drive.watch(group=group)
-            assert await watch.next(0.05) is None  # connected, and looked once
-            private_server.kill()
-            with anyio.fail_after(10):  # not the 60 s of retrying a lost connection
-                with pytest.raises(DriveUnavailableError):
-                    await watch.next(1)
-            private_server.start()
-            await watch.aclose()
-
-
-async def test_a_watch_timeout_holds_while_the_server_hangs(
     private_server: ServerProcess,
     tmp_path: Path,
     workdir: Path,
     drive_id: str,
     monkeypatch: pytest.MonkeyPatch,
+    outage: str,
 ) -> None:
-    """A server that answers nothing (stopped, its connections open): next(timeout) keeps
-    to its timeout (and a margin), not the 30 s of waiting for any reply."""
+    """The server killed (connections refused) or hung (stopped: its connections open,
+    nothing answered): next(timeout) keeps to its timeout (and a margin), not the 60 s of
+    retrying a lost connection, nor the 30 s of waiting for a reply."""
     monkeypatch.setenv("ASYNCDRIVE_REDIS_TIMEOUT", "30")
     private_server.start()
     kwargs: dict[str, Any] = {"root": tmp_path / "root", "redis_url": private_server.url}
@@ -681,12 +667,19 @@ async def test_a_watch_timeout_holds_while_the_server_hangs(
             watch = drive.watch(group=group)
             assert await watch.next(0.05) is None  # connected, and looked once
             assert private_server.proc is not None
-            os.kill(private_server.proc.pid, signal.SIGSTOP)
+            pid = private_server.proc.pid
+            if outage == "killed":
+                private_server.kill()
+            else:
+                os.kill(pid, signal.SIGSTOP)
             try:
                 with anyio.fail_after(10), pytest.raises(DriveUnavailableError):
                     await watch.next(1)
             finally:
-                os.kill(private_server.proc.pid, signal.SIGCONT)
+                if outage == "killed":
+                    private_server.start()
+                else:
+                    os.kill(pid, signal.SIGCONT)
             await watch.aclose()
 
 
