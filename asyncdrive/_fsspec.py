@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import os
+import re
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from fsspec.asyn import AsyncFileSystem, get_loop, sync
@@ -37,6 +39,7 @@ from . import _paths
 from ._config import is_valid_name, redact_url, resolve_root
 from ._drive import Drive
 from ._exceptions import (
+    DriveError,
     DriveFileNotFoundError,
     DriveIsADirectoryError,
     DriveNotADirectoryError,
@@ -97,6 +100,65 @@ def _reporting_to(callback: Callback) -> ProgressCallback:
 async def _aclose_all(drives: Iterable[Drive]) -> None:
     for drive in drives:
         await drive.aclose()
+
+
+T = TypeVar("T")
+
+#: The library's hints, as an fsspec user takes them (see `_in_fsspec_terms`).
+_FSSPEC_TERMS = {
+    "exist_ok=False (or if_version=0) asked to create only": (
+        "mode 'xb' (or pipe's mode='create') asked to create only"
+    ),
+    "pass component_name= to choose one": "pass component_name= (a storage option) to choose one",
+    "create the drive with allow_duplicates=True": "pass allow_duplicates=True as a storage option",
+}
+
+
+def _in_fsspec_terms(message: str, name: str) -> str:
+    """Return the library's error ``message`` with its hints as an fsspec user takes them.
+
+    ``list('a')`` is ``fs.ls('lit://d/a')`` here, ``if_version=`` a write with mode 'wb', ...
+    """
+
+    def ls(match: re.Match[str]) -> str:
+        folder = match[1]
+        return f"fs.ls({f'lit://{name}' if folder == '.' else f'lit://{name}/{folder}'!r})"
+
+    message = re.sub(r"list\(\) \(e\.g\. list\('([^']*)'\)\)", ls, message)
+    message = re.sub(r"list\('([^']*)'\)", ls, message)
+    message = re.sub(
+        r"Pass if_version=\d+ to replace that version, or delete it first",
+        "Write it with mode 'wb' to replace it, or rm it first",
+        message,
+    )
+    for library, fsspec in _FSSPEC_TERMS.items():
+        message = message.replace(library, fsspec)
+    return message
+
+
+def _fsspec_terms(
+    drive_arg: int = 0,
+) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Give the errors of a filesystem coroutine fsspec's terms (see `_in_fsspec_terms`).
+
+    ``drive_arg``: which positional argument is the drive URL (or URLs).
+    """
+
+    def decorate(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(method)
+        async def wrapper(self: DriveFileSystem, *args: Any, **kwargs: Any) -> T:
+            try:
+                return await method(self, *args, **kwargs)
+            except DriveError as exc:
+                url = args[drive_arg] if len(args) > drive_arg else ""
+                url = url[0] if isinstance(url, list) and url else url
+                name = str(url).removeprefix("lit://").partition("/")[0]
+                exc.args = (_in_fsspec_terms(str(exc), name), *exc.args[1:])
+                raise
+
+        return wrapper
+
+    return decorate
 
 
 class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyped
@@ -216,6 +278,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     # -- reading the index -------------------------------------------------------------------
 
+    @_fsspec_terms()
     async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         name, rest = self._split(path)
         if not name:
@@ -235,6 +298,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             return _dir_entry(f"{name}/{rest}")
         return _file_entry(f"{name}/{rest}", info)
 
+    @_fsspec_terms()
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         name, rest = self._split(path)
         if not name:
@@ -416,6 +480,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         names = sorted(found)
         return {n: found[n] for n in names} if detail else names
 
+    @_fsspec_terms()
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
@@ -425,12 +490,14 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     # -- writing -----------------------------------------------------------------------------
 
+    @_fsspec_terms()
     async def _pipe_file(
         self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any
     ) -> None:
         name, rest = self._split(path)
         await self.drive(name).write_bytes(rest, value, exist_ok=mode != "create")
 
+    @_fsspec_terms(drive_arg=1)
     async def _put_file(
         self,
         lpath: str,
@@ -446,6 +513,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             lpath, to=rest, exist_ok=mode != "create", progress=_reporting_to(callback)
         )
 
+    @_fsspec_terms()
     async def _get_file(
         self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any
     ) -> None:
@@ -458,10 +526,12 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             progress=_reporting_to(callback),
         )  # fmt: skip
 
+    @_fsspec_terms()
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         name, rest = self._split(path)
         await self.drive(name).delete(rest)
 
+    @_fsspec_terms()
     async def _rm(
         self,
         path: str | list[str],
@@ -484,6 +554,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _makedirs(self, path: str, exist_ok: bool = False) -> None:
         self._split(path)
 
+    @_fsspec_terms()
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         name1, rest1 = self._split(path1)
         name2, rest2 = self._split(path2)
@@ -569,7 +640,11 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             return
         drive = self.fs.drive(self._drive_name)
         opening = drive.open(self._drive_path, "wb", exist_ok=self.mode != "xb")
-        self._writer = sync(self.fs.loop, opening.open)
+        try:
+            self._writer = sync(self.fs.loop, opening.open)
+        except DriveError as exc:
+            exc.args = (_in_fsspec_terms(str(exc), self._drive_name), *exc.args[1:])
+            raise
 
     def _upload_chunk(self, final: bool = False) -> bool:
         assert self._writer is not None

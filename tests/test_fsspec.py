@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import pickle
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,21 @@ def test_files_and_folders(fs: DriveFileSystem, walked: DriveFileSystem, name: s
         fs.info(f"{url}/a.txt")
     with pytest.raises(FileNotFoundError):
         fs.ls(f"{url}/nothing/here")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as missing:
         fs.cat(f"{url}/a.txt")
+    # The hints in fsspec's terms: fs.ls(), not the library's list().
+    assert f"check the path with fs.ls('{url}')" in str(missing.value), missing.value
+    fs.pipe(f"{url}/once", b"1", mode="create")
+    creates: list[Callable[[], object]] = [
+        lambda: fs.pipe(f"{url}/once", b"2", mode="create"),
+        lambda: fs.open(f"{url}/once", "xb"),
+    ]
+    for create in creates:
+        with pytest.raises(FileExistsError) as exists:
+            create()
+        message = str(exists.value)
+        assert "mode 'xb' (or pipe's mode='create') asked to create only" in message, message
+        assert "Write it with mode 'wb' to replace it" in message and "if_version" not in message
     with pytest.raises(FileNotFoundError, match="no such drive") as no_drive:
         fs.info("lit://never-made")
     assert isinstance(no_drive.value, DriveError)
