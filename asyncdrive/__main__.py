@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._config import is_valid_name, resolve_root
-from ._drive import _local_files
+from ._drive import _local_files, _local_name
 from ._exceptions import DriveError, DriveFileNotFoundError, InvalidPathError
 from ._models import FileInfo, FolderInfo
 from ._server import ensure_server_sync, server_url, stop_server
@@ -275,8 +275,7 @@ def _run_file_command(args: argparse.Namespace) -> int:
             bar = _bar(args, lambda: _put_bar([Path(local) for local in args.local]))
             with bar or contextlib.nullcontext():
                 for local in args.local:
-                    # "." or "..": the folder's own name, as cp -r gives it
-                    name = os.path.basename(os.path.abspath(local))
+                    name = _local_name(local)  # of "." or "..": their own, as cp -r gives it
                     dest = _join(path, name) if into_folder else path
                     drive.put(local, to=dest, progress=None if bar is None else bar.part())
                     _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")

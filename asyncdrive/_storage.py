@@ -1782,12 +1782,7 @@ class DiskStore:
             finally:
                 _close_upload(staged)
             if not attached:
-                meta_out, meta_tmp = _temp_beside(self.tmp_dir)
-                with meta_out:
-                    meta_out.write(_meta_json(meta))
-                    meta_out.flush()
-                    os.fsync(meta_out.fileno())
-                _replace_into(meta_tmp, meta_target)
+                meta_tmp = self._put_meta_file(meta, meta_target)
                 moved = True
             if linked or (folder >= 0 and _replace_in(staged.tmp, folder, parts[-1])):
                 moved = True
@@ -2050,22 +2045,28 @@ class DiskStore:
                 found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
             ):  # fmt: skip
                 return
-            if self.meta_in_xattr is not False:
-                try:
-                    os.setxattr(fd, META_XATTR, _meta_attribute(meta))
-                    return
-                except OSError as exc:
-                    if exc.errno not in _NO_XATTRS:
-                        raise
+            if self.meta_in_xattr is not False and self._set_meta_attribute(fd, meta):
+                return
         finally:
             os.close(fd)
-        out, tmp = temp_fd_in(data.parent)
+        self._put_meta_file(meta, _meta_beside(data))
+
+    def _put_meta_file(self, meta: dict[str, object], meta_target: Path) -> Path:
+        """Write ``meta`` to the metadata file ``meta_target``, whole: fsynced, then renamed.
+
+        Returns the temporary name it had (gone: for a caller undoing a failure after it).
+        """
+        meta_out, meta_tmp = _temp_beside(self.tmp_dir)
         try:
-            _write_all(out, _meta_json(meta))
-            os.fsync(out)
-        finally:
-            os.close(out)
-        os.replace(tmp, _meta_beside(data))
+            with meta_out:
+                meta_out.write(_meta_json(meta))
+                meta_out.flush()
+                os.fsync(meta_out.fileno())
+            _replace_into(meta_tmp, meta_target)
+        except BaseException:
+            meta_tmp.unlink(missing_ok=True)
+            raise
+        return meta_tmp
 
     def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
         """Return the temporary uploads and the install backups older than ``grace`` s.

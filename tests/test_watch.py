@@ -747,7 +747,8 @@ async def test_closing_a_watch_ends_another_tasks_iteration_at_once(
                 seen.append(event.path)
 
         iterating = asyncio.create_task(iterate())
-        await asyncio.sleep(0.2)  # waiting for an event now
+        while watch._reading is None:  # until it waits for an event
+            await asyncio.sleep(0.001)
         await watch.aclose()
         await asyncio.wait_for(iterating, 10)  # not until the next event
         assert seen == []
@@ -767,7 +768,8 @@ def test_closing_a_sync_watch_ends_another_threads_iteration(
         seen: list[str] = []
         thread = threading.Thread(target=lambda: seen.extend(e.path for e in watch))
         thread.start()
-        time.sleep(0.2)
+        while watch._watch._reading is None:  # until it waits for an event
+            time.sleep(0.001)
         watch.close()
         thread.join(10)
         assert not thread.is_alive() and seen == []
@@ -821,7 +823,8 @@ async def test_a_get_waiting_for_a_path_rides_out_trimmed_events(
         for i in range(30):  # the get's next events trimmed meanwhile
             await drive.write_bytes(f"other/{i}", b"x")
         gate.set()
-        await asyncio.sleep(0.2)
+        while reads < 2:  # told the events were trimmed, it looked again and waits anew
+            await asyncio.sleep(0.001)
         await drive.write_bytes("target.txt", b"at last")
         await asyncio.wait_for(getting, 20)
         assert Path("target.txt").read_bytes() == b"at last"
