@@ -1762,9 +1762,9 @@ class Drive:
             info = self._pick(drive_path, owners, component_name)
             if reporter is not None:
                 reporter.expect(info.size)
-            await self._copy_out(conn, [(info, local)], overwrite, on_copied)
+            copied = await self._copy_out(conn, [(info, local)], overwrite, on_copied)
             if reporter is not None:
-                reporter.finish()
+                reporter.finish(copied[0].size)  # its size, if replaced since looked up
             return
         _, files = await conn.index.list_files(drive_path, component_name)
         if not files:
@@ -1784,16 +1784,20 @@ class Drive:
         # each, ~5,200/s in calls of 64).
         batch: list[tuple[FileInfo, Path]] = []
         batch_bytes = 0
-        for info, dest in copies:
+        copied_bytes = 0  # of the versions copied: files replaced or deleted since listed
+        for number, (info, dest) in enumerate(copies, 1):
             batch.append((info, dest))
             batch_bytes += info.size
-            if len(batch) == _COPY_BATCH_FILES or batch_bytes >= _COPY_BATCH_BYTES:
-                await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
+            if (
+                len(batch) == _COPY_BATCH_FILES
+                or batch_bytes >= _COPY_BATCH_BYTES
+                or number == len(copies)
+            ):
+                copied = await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
+                copied_bytes += sum(info.size for info in copied)
                 batch, batch_bytes = [], 0
-        if batch:
-            await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
         if reporter is not None:
-            reporter.finish()
+            reporter.finish(copied_bytes)
 
     async def _copy_out(
         self,
@@ -1803,7 +1807,7 @@ class Drive:
         on_copied: OnCopied | None = None,
         *,
         in_folder: bool = False,
-    ) -> None:
+    ) -> builtins.list[FileInfo]:
         """Copy each (drive file, local target) in one worker-thread call, in order.
 
         The first that fails stops the rest; those before it stay copied. A drive file
@@ -1811,14 +1815,17 @@ class Drive:
         or being written again since it was looked up) is looked up again and copied as it
         is now; if deleted, the get raises `DriveFileNotFoundError`, or skips it when
         ``in_folder`` (a get of a folder, as a file deleted once listed). ``on_copied``:
-        see `DiskStore.copy_out` (not called for one small file, copied at once).
+        see `DiskStore.copy_out` (not called for one small file, copied at once). Returns
+        the versions copied.
         """
         looks: _Looks | None = None
+        copied: builtins.list[FileInfo] = []
         while copies:
             failed = await self._copy_out_once(conn, copies, overwrite, on_copied)
             if failed is None:
-                return
+                return copied + [info for info, _ in copies]
             number, exc = failed
+            copied += [info for info, _ in copies[:number]]
             info, dest = copies[number]
             if not isinstance(exc, FileNotFoundError):
                 raise self._get_refused(info, dest, exc)
@@ -1833,6 +1840,7 @@ class Drive:
                 looks = _Looks(self, conn)
             await looks.again(info, newer, exc)
             copies = [(newer, dest), *copies[number + 1 :]]
+        return copied
 
     async def _copy_out_once(
         self,

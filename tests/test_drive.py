@@ -1657,9 +1657,9 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
 
     async def recording(
         self: Drive, conn: Any, copies: Any, overwrite: bool, *args: Any, **kwargs: Any
-    ) -> None:
+    ) -> list[FileInfo]:
         batches.append([info.path for info, _ in copies])
-        await copy_out(self, conn, copies, overwrite, *args, **kwargs)
+        return await copy_out(self, conn, copies, overwrite, *args, **kwargs)
 
     monkeypatch.setattr(Drive, "_copy_out", recording)
     out = workdir / "out"

@@ -133,6 +133,48 @@ async def test_folders_report_every_byte_once(
         assert put.threads == got.threads != {threading.get_ident()}
 
 
+class Replacing(Reports):
+    """Reports that, at the first (before any byte is copied), change the drive: ``calls``
+    of a `SyncDrive` in another thread, such as another worker's, done when it returns."""
+
+    def __init__(self, drive_id: str, *calls: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.drive_id = drive_id
+        self.calls = calls
+
+    def __call__(self, done: int, total: int) -> None:
+        super().__call__(done, total)
+        if len(self) == 1:
+            thread = threading.Thread(target=self.change)
+            thread.start()
+            thread.join()
+
+    def change(self) -> None:
+        with SyncDrive(self.drive_id) as other:
+            for method, *args in self.calls:
+                getattr(other, method)(*args)
+
+
+async def test_a_get_reports_what_it_copied_of_files_changed_as_it_starts(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a.bin", b"a" * 1000)
+        for name in ("keep", "grows", "gone"):
+            await drive.write_bytes(f"d/{name}.bin", b"d" * 100)
+        got = Replacing(drive_id, ("write_bytes", "a.bin", b"b" * 3000))
+        await drive.get("a.bin", to="out/a.bin", progress=got)
+        assert Path("out/a.bin").read_bytes() == b"b" * 3000
+        assert got[0] == (0, 1000) and got[-1] == (3000, 3000)
+        got = Replacing(
+            drive_id, ("write_bytes", "d/grows.bin", b"e" * 500), ("delete", "d/gone.bin")
+        )
+        await drive.get("d", to="out/d", progress=got)
+        assert sorted(os.listdir("out/d")) == ["grows.bin", "keep.bin"]
+        assert got[0] == (0, 300) and got[-1] == (600, 600)
+        assert [done for done, _ in got] == sorted(done for done, _ in got)
+
+
 async def test_small_files_report_once_done(make_drive: MakeDrive, drive_id: str) -> None:
     Path("a.txt").write_bytes(b"hello")
     Path("empty.txt").write_bytes(b"")
