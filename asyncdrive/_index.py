@@ -13,6 +13,7 @@ Keys (``P`` a drive path, ``D`` a folder, ``""`` the root, ``C`` a component)::
     asyncdrive:{name}:versions   HASH  "C:P" -> last version (kept after delete: never reused)
     asyncdrive:{name}:events     STREAM  change log: change, path, component, size, ...
     asyncdrive:{name}:trimmed    STRING  id of the newest event trimmed from the log
+    asyncdrive:{name}:groups     HASH  consumer group -> what its members watch ("r:D", "d:D")
     asyncdrive:{name}:wake       pub/sub channel, the id of every new event
     asyncdrive:{name}:lock:C:P   STRING  short lock held while C commits P
 
@@ -225,11 +226,16 @@ return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 # that a member has held unacknowledged too long, else read the group's next event: unless
 # events after the last one delivered to the group were trimmed from the log unread, which is
 # reported (once: the group moves past them) instead of skipped in silence. The group is
-# created where missing, at ARGV[5] ('0': the oldest event retained). KEYS: 1 the change log,
-# 2 its trim mark. ARGV: 1 group, 2 member, 3 claim idle (ms), 4 the event to acknowledge
-# ('' none), 5 the group's starting id. Replies: {'event', {id, fields}}, {'none', last
-# delivered id}, {'expired', last delivered id, trim mark}, or {'lost', ids}: events held by a
-# member longer than the claim idle time, trimmed before another member could take them.
+# created where missing, at ARGV[5] ('0': the oldest event retained). Each step also checks
+# what the member watches (ARGV[6]) against what the group watches (kept in KEYS[3]): members
+# share one position, so they must watch one path. Another path is refused while any other
+# member has stepped within ARGV[7] ms, and otherwise becomes the group's (its members left,
+# or are gone). KEYS: 1 the change log, 2 its trim mark, 3 the groups' paths. ARGV: 1 group,
+# 2 member, 3 claim idle (ms), 4 the event to acknowledge ('' none), 5 the group's starting
+# id, 6 the member's path, 7 how recently a member must have stepped to count (ms). Replies:
+# {'event', {id, fields}}, {'none', last delivered id}, {'expired', last delivered id, trim
+# mark}, {'path', the group's path}, or {'lost', ids}: events held by a member longer than
+# the claim idle time, trimmed before another member could take them.
 _GROUP_STEP_LUA = """
 local function after(a, b)
   local am, as = string.match(a, '^(%d+)-?(%d*)$')
@@ -250,6 +256,19 @@ end
 if not last then
   last = ARGV[5] == '0' and trimmed or ARGV[5]
   redis.call('XGROUP', 'CREATE', events, group, last, 'MKSTREAM')
+end
+local path = redis.call('HGET', KEYS[3], group)
+if path ~= ARGV[6] then
+  if path then
+    for _, m in ipairs(redis.call('XINFO', 'CONSUMERS', events, group)) do
+      local fields = {}
+      for i = 1, #m, 2 do fields[m[i]] = m[i + 1] end
+      if fields['name'] ~= member and fields['idle'] < tonumber(ARGV[7]) then
+        return {'path', path}
+      end
+    end
+  end
+  redis.call('HSET', KEYS[3], group, ARGV[6])
 end
 -- The oldest event a member has held unacknowledged for claim_idle: taken over, or, if the
 -- log no longer has it (trimmed while held), acknowledged and reported. (Not XAUTOCLAIM,
@@ -302,7 +321,7 @@ def _glob_escape(text: str) -> str:
 
 @dataclass(frozen=True)
 class GroupStep:
-    """What one `Index.group_step` found: ``kind`` is "event", "none", "expired" or "lost"."""
+    """What one `Index.group_step` found: "event", "none", "expired", "path" or "lost"."""
 
     kind: str
     event: DriveEvent | None = None
@@ -310,6 +329,8 @@ class GroupStep:
     last: str = ""
     #: The log's trim mark, past the group's last delivered event ("expired").
     trimmed: str = ""
+    #: What the group's members watch, which a member watching another path may not ("path").
+    path: str = ""
     #: Ids of events a member held, trimmed before any member handled them ("lost").
     lost: list[str] = field(default_factory=list)
 
@@ -329,6 +350,7 @@ class Keys:
         self.versions = self.prefix + "versions"
         self.events = self.prefix + "events"
         self.trimmed = self.prefix + "trimmed"
+        self.group_paths = self.prefix + "groups"
         self.wake = self.prefix + "wake"
 
     def entry(self, path: str) -> str:
@@ -560,15 +582,23 @@ class Index:
         return events, trimmed or "0-0"
 
     async def group_step(
-        self, group: str, member: str, claim_idle_ms: int, ack: str | None, start: str
+        self,
+        group: str,
+        member: str,
+        claim_idle_ms: int,
+        ack: str | None,
+        start: str,
+        path: str,
+        active_ms: int,
     ) -> GroupStep:
         """Acknowledge ``ack``, then claim or read one event for ``member`` (`_GROUP_STEP_LUA`).
 
         ``start`` is where the group starts if it must be created (``"0"``: the oldest event
-        retained).
+        retained). ``path`` is what the member watches: a step of kind "path" refused it,
+        since another member, one that stepped within ``active_ms``, watches another.
         """
-        keys = [self.keys.events, self.keys.trimmed]
-        args = [group, member, str(claim_idle_ms), ack or "", start]
+        keys = [self.keys.events, self.keys.trimmed, self.keys.group_paths]
+        args = [group, member, str(claim_idle_ms), ack or "", start, path, str(active_ms)]
         reply = await self._run(self._group_step, keys, args)
         kind = reply[0]
         if kind == "event":
@@ -579,6 +609,8 @@ class Index:
             return GroupStep(kind, last=reply[1])
         if kind == "expired":
             return GroupStep(kind, last=reply[1], trimmed=reply[2])
+        if kind == "path":
+            return GroupStep(kind, path=reply[1])
         return GroupStep(kind, lost=list(reply[1]))
 
     async def group_leave(self, group: str, member: str, ack: str | None) -> None:
@@ -873,7 +905,7 @@ class Index:
         The version counters are written last: until they are, the index still counts as
         lost, so an interrupted rebuild is detected and can simply be run again.
         """
-        keep = {self.keys.events, self.keys.trimmed}
+        keep = {self.keys.events, self.keys.trimmed, self.keys.group_paths}
         doomed = [
             k async for k in self.client.scan_iter(match=_glob_escape(self.keys.prefix) + "*")
         ]

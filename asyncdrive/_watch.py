@@ -24,7 +24,7 @@ import redis.exceptions
 
 from ._config import check_seconds
 from ._events import DriveEvent, parse_id
-from ._exceptions import CursorExpiredError
+from ._exceptions import CursorExpiredError, InvalidConfigError
 from ._tasks import to_its_end
 
 if TYPE_CHECKING:
@@ -41,6 +41,10 @@ BLOCK_SLICE = 5.0
 RECONNECT_TIMEOUT = 60.0
 #: Default idle time after which a group member's unacknowledged event goes to another member.
 DEFAULT_CLAIM_IDLE = 30.0
+
+#: A group member that read this recently (s) keeps the group's path: one watching another
+#: path is refused meanwhile. (A waiting member reads at least every `BLOCK_SLICE`.)
+ACTIVE_MEMBER = 2 * BLOCK_SLICE
 #: How much longer than its blocking time a read's reply may take, in a call with a timeout,
 #: before the server counts as not answering (hung): the call's timeout holds then too.
 _REPLY_MARGIN = 1.0
@@ -285,8 +289,16 @@ class Watch:
         async def step_and_keep() -> GroupStep:
             with anyio.fail_after(limit):
                 step = await conn.index.group_step(
-                    group, self._consumer, self._claim_idle_ms, self._to_ack, self._read_cursor
+                    group,
+                    self._consumer,
+                    self._claim_idle_ms,
+                    self._to_ack,
+                    self._read_cursor,
+                    self._group_path(),
+                    int(ACTIVE_MEMBER * 1000),
                 )
+            if step.kind == "path":
+                return step
             self._to_ack = None  # acknowledged by the step
             self._joined = True
             if step.event is not None:
@@ -296,6 +308,8 @@ class Watch:
         # Once sent, the step is kept even if the caller is cancelled meanwhile: the event it
         # took is this member's now (cut short, it would wait for another member's claim).
         step = await to_its_end(step_and_keep())
+        if step.kind == "path":
+            raise self._other_path(step.path)
         if step.kind == "expired":
             raise self._expired(step.last, group_moved_to=step.trimmed)
         elif step.kind == "lost":
@@ -312,6 +326,27 @@ class Watch:
             # events in time.
             block_ms = max(1, int(min(block * 1000, self._claim_idle_ms / 2)))
             await conn.index.read_events(step.last, block_ms, 1)
+
+    def _group_path(self) -> str:
+        """Return what this member watches, as its group keeps it: "r:<folder>" or "d:<folder>"."""
+        return f"{'r' if self._recursive else 'd'}:{self._folder}"
+
+    def _other_path(self, group_path: str) -> InvalidConfigError:
+        def described(path: str) -> str:
+            kind, _, folder = path.partition(":")
+            if kind == "r":
+                return f"{folder!r} and its sub-folders" if folder else "the whole drive"
+            return f"{folder or '.'!r}, direct children only"
+
+        return InvalidConfigError(
+            f"Drive {self._drive.name!r}: consumer group {self._group!r} watches "
+            f"{described(group_path)}; this watch is of {described(self._group_path())}. The "
+            "members of a group share one position in the change log, so they must watch the "
+            "same path (a member would take, and drop, events the others wait for). Watch "
+            "the group's path, or give this path a group of its own; a group takes another "
+            "path once its members have left it (closed their watches) or have not read "
+            f"for {ACTIVE_MEMBER:g} s."
+        )
 
     # -- closing -----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from asyncdrive import (
     InvalidConfigError,
     SyncDrive,
     _index,
+    _watch,
 )
 
 from .conftest import MakeDrive, raw_redis, run_python
@@ -609,6 +610,57 @@ async def test_a_group_member_rides_out_a_server_restart_and_leaves_on_close(
         # Both acknowledged ("before" after the restart), and the member left the group.
         assert (await conn.client.xpending(key, "g"))["pending"] == 0
         assert await conn.client.xinfo_consumers(key, "g") == []
+
+
+async def test_group_members_must_watch_one_path(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Drive(drive_id) as drive:
+        conn = await drive._connection()
+        key = conn.index.keys.events
+        async with drive.watch("ckpt", group="g", claim_idle=60) as member:
+            await drive.write_bytes("ckpt/1.pt", b"x")
+            event = await member.next(5)
+            assert event is not None and event.path == "ckpt/1.pt"
+            other = drive.watch("logs", group="g")
+            with pytest.raises(InvalidConfigError) as refused:
+                await other.next(1)
+            message = str(refused.value)
+            assert isinstance(refused.value, DriveError) and isinstance(refused.value, ValueError)
+            assert f"Drive {drive.name!r}: consumer group 'g' watches 'ckpt' and its " in message
+            assert "this watch is of 'logs' and its sub-folders" in message
+            assert "give this path a group of its own" in message
+            for wrong in (drive.watch("ckpt", recursive=False, group="g"), drive.watch(group="g")):
+                with pytest.raises(InvalidConfigError, match=r"direct children only|whole drive"):
+                    await wrong.next(1)
+                await wrong.aclose()
+            # Refused before taking anything: the event goes to the member, and the refused
+            # watch never joined.
+            await drive.write_bytes("ckpt/2.pt", b"x")
+            event = await member.next(5)
+            assert event is not None and event.path == "ckpt/2.pt"
+            names = {c["name"] for c in await conn.client.xinfo_consumers(key, "g")}
+            assert names == {member._consumer}
+            await other.aclose()
+        # Its members gone (closed), the group takes another path, from its position.
+        async with drive.watch("logs", group="g", timeout=0.5) as logs:
+            await drive.write_bytes("ckpt/3.pt", b"x")
+            await drive.write_bytes("logs/a", b"x")
+            assert [e.path async for e in logs] == ["logs/a"]
+        # A member that has not read for a while counts as gone; one still in the group
+        # that reads again after the group took another path is refused then.
+        monkeypatch.setattr(_watch, "ACTIVE_MEMBER", 0.2)
+        async with drive.watch("logs", group="g", claim_idle=60) as stale:
+            await drive.write_bytes("logs/b", b"x")
+            event = await stale.next(5)
+            assert event is not None and event.path == "logs/b"
+            await anyio.sleep(0.3)
+            async with drive.watch("ckpt", group="g", claim_idle=60) as new:
+                await drive.write_bytes("ckpt/4.pt", b"x")
+                event = await new.next(5)
+                assert event is not None and event.path == "ckpt/4.pt"
+                with pytest.raises(InvalidConfigError, match="group 'g' watches 'ckpt'"):
+                    await stale.next(1)
 
 
 async def test_an_event_held_by_a_live_member_is_not_reported_lost_when_trimmed(
