@@ -375,6 +375,9 @@ class Drive:
         #: (component, path) -> the version this drive last put (> 0) or deleted (< 0) of it,
         #: newest last (see `_remember`).
         self._last_versions: dict[tuple[str, str], int] = {}
+        #: Whose copy a read takes, where it names none and this component owns one among
+        #: others (the fsspec filesystem's component_name); else the one owner's, as ever.
+        self._read_first: str | None = None
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -627,6 +630,8 @@ class Drive:
             raise self._not_found(path, sorted(owners), component)
         if len(owners) == 1:
             return next(iter(owners.values()))
+        if self._read_first in owners:
+            return owners[self._read_first]
         if not owners:
             raise self._not_found(path, [], None)
         names = sorted(owners)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import io
 import os
 import re
 import weakref
@@ -33,12 +34,15 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from fsspec.asyn import AsyncFileSystem, get_loop, sync
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+from fsspec.compression import compr
+from fsspec.core import get_compression
 from fsspec.spec import AbstractBufferedFile
 
 from . import _paths
 from ._config import is_valid_name, redact_url, resolve_root
 from ._drive import Drive
 from ._exceptions import (
+    AmbiguousPathError,
     DriveError,
     DriveFileNotFoundError,
     DriveIsADirectoryError,
@@ -104,6 +108,9 @@ async def _aclose_all(drives: Iterable[Drive]) -> None:
 
 T = TypeVar("T")
 
+#: A glob's special characters, as fsspec's ``expand_path`` looks for them.
+_GLOB = re.compile(r"[*?\[]")
+
 #: The library's hints, as an fsspec user takes them (see `_in_fsspec_terms`).
 _FSSPEC_TERMS = {
     "exist_ok=False (or if_version=0) asked to create only": (
@@ -111,6 +118,12 @@ _FSSPEC_TERMS = {
     ),
     "pass component_name= to choose one": "pass component_name= (a storage option) to choose one",
     "create the drive with allow_duplicates=True": "pass allow_duplicates=True as a storage option",
+    "(delete(path, recursive=True))": "(fs.rm(path, recursive=True))",
+    "use a Drive created with that component_name": ("pass that component_name (a storage option)"),
+    "Pass to= another local folder": "Pass another local path",
+    "or get to another (to=).": "or get to another.",
+    "Get to a folder on a writable filesystem (to=).": "Get to a writable filesystem.",
+    "rename it, or pass a valid name as to=.": "rename it.",
 }
 
 
@@ -129,6 +142,14 @@ def _in_fsspec_terms(message: str, name: str) -> str:
     message = re.sub(
         r"Pass if_version=\d+ to replace that version, or delete it first",
         "Write it with mode 'wb' to replace it, or rm it first",
+        message,
+    )
+    message = re.sub(
+        r"Pass to= a file path \(to=('[^']*'), say\)", r"Name a file (\1, say)", message
+    )
+    message = re.sub(
+        r"\b(gc|rebuild_index)\(\)",
+        lambda m: f"'asyncdrive {m[1].replace('_', '-')} lit://{name}'",
         message,
     )
     for library, fsspec in _FSSPEC_TERMS.items():
@@ -152,13 +173,20 @@ def _fsspec_terms(
             except DriveError as exc:
                 url = args[drive_arg] if len(args) > drive_arg else ""
                 url = url[0] if isinstance(url, list) and url else url
-                name = str(url).removeprefix("lit://").partition("/")[0]
-                exc.args = (_in_fsspec_terms(str(exc), name), *exc.args[1:])
+                name = ""
+                with contextlib.suppress(DriveError):  # (not a drive URL: no hint names it)
+                    name = self._split(str(url))[0]
+                _give_fsspec_terms(exc, name)
                 raise
 
         return wrapper
 
     return decorate
+
+
+def _give_fsspec_terms(exc: DriveError, name: str) -> None:
+    """Rewrite the message of ``exc``, raised for drive ``name``, in fsspec's terms."""
+    exc.args = (_in_fsspec_terms(str(exc), name), *exc.args[1:])
 
 
 class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyped
@@ -238,6 +266,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         drive = self._drives.get(name)
         if drive is None:
             drive = self._drives[name] = Drive(f"lit://{name}", **self._drive_args)
+            # Reads take this component's copy where several own a path, else the owner's.
+            drive._read_first = self._read_component
         return drive
 
     async def aclose(self) -> None:
@@ -260,6 +290,17 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             raise InvalidPathError(
                 f"{path!r} does not start with a drive name: lit:// URLs are "
                 "'lit://<drive>/<path>', the name 1-128 letters, digits, '.', '_' or '-'."
+            )
+        return name, rest
+
+    def _file(self, path: str) -> tuple[str, str]:
+        """`_split` a path that names a file: a drive (or the root) is a folder."""
+        name, rest = self._split(path)
+        if not rest:
+            drive = f"lit://{name}" if name else "lit://"
+            raise DriveIsADirectoryError(
+                f"{path!r} is {f'drive {name!r}' if name else 'the root of the drives'}, a "
+                f"folder: name a file in it ({drive.rstrip('/')}/<path>)."
             )
         return name, rest
 
@@ -293,9 +334,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             )
         drive = self.drive(name)
         try:
-            info = await drive.info(rest, component_name=self._read_component)
+            info = await drive.info(rest)
         except DriveIsADirectoryError:
             return _dir_entry(f"{name}/{rest}")
+        except AmbiguousPathError as several:  # a file all the same: the copy ls shows
+            info = await drive.info(rest, component_name=several.owners[0])
         return _file_entry(f"{name}/{rest}", info)
 
     @_fsspec_terms()
@@ -480,12 +523,25 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         names = sorted(found)
         return {n: found[n] for n in names} if detail else names
 
+    async def _du(
+        self, path: str, total: bool = True, maxdepth: int | None = None, **kwargs: Any
+    ) -> Any:
+        """Return the size of what is below ``path``, from one recursive listing (see `_find`).
+
+        In all (``total``), or by name. A file owned by several components counts once, as
+        `ls` shows it.
+        """
+        kwargs["detail"] = True
+        found: dict[str, dict[str, Any]] = await self._find(path, maxdepth=maxdepth, **kwargs)
+        sizes = {name: entry["size"] for name, entry in found.items()}
+        return sum(sizes.values()) if total else sizes
+
     @_fsspec_terms()
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
-        name, rest = self._split(path)
-        async with self.drive(name).open(rest, component_name=self._read_component) as f:
+        name, rest = self._file(path)
+        async with self.drive(name).open(rest) as f:
             return await f.read_range(start or 0, end)
 
     # -- writing -----------------------------------------------------------------------------
@@ -494,7 +550,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _pipe_file(
         self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any
     ) -> None:
-        name, rest = self._split(path)
+        name, rest = self._file(path)
         await self.drive(name).write_bytes(rest, value, exist_ok=mode != "create")
 
     @_fsspec_terms(drive_arg=1)
@@ -508,7 +564,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     ) -> None:
         if await anyio.Path(lpath).is_dir():
             return  # folders exist by what they hold
-        name, rest = self._split(rpath)
+        name, rest = self._file(rpath)
         await self.drive(name).put(
             lpath, to=rest, exist_ok=mode != "create", progress=_reporting_to(callback)
         )
@@ -517,18 +573,24 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _get_file(
         self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any
     ) -> None:
+        name, rest = self._file(rpath)
         if await anyio.Path(lpath).is_dir():
-            return
-        name, rest = self._split(rpath)
+            if (await self._info(rpath))["type"] == "directory":
+                return  # a folder (get(recursive=True) has them): made for the files in it
+            raise DriveIsADirectoryError(
+                f"Drive {name!r}: cannot get {rest!r}: the local path {lpath!r} is a folder. "
+                f"Name a file in it ({os.path.join(lpath, os.path.basename(rest))!r}, say), "
+                "or copy into it with fs.get(rpath, lpath + '/')."
+            )
         # The local file appears complete, or not at all (as any get's copy).
         await self.drive(name).get(
-            rest, to=lpath, component_name=self._read_component, overwrite=True,
+            rest, to=lpath, overwrite=True,
             progress=_reporting_to(callback),
         )  # fmt: skip
 
     @_fsspec_terms()
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
-        name, rest = self._split(path)
+        name, rest = self._file(path)
         await self.drive(name).delete(rest)
 
     @_fsspec_terms()
@@ -546,7 +608,20 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                     f"{one!r} is a whole drive: remove its files with rm('lit://{name}/<folder>', "
                     "recursive=True), folder by folder."
                 )
-            await self.drive(name).delete(rest, recursive=recursive)
+            if maxdepth is None and not _GLOB.search(rest):
+                await self.drive(name).delete(rest, recursive=recursive)
+                continue
+            # What fsspec's rm removes: the paths the pattern matches, and with ``recursive``
+            # what is below them, down to ``maxdepth`` levels (folders go with their files).
+            for found in await self._expand_path(one, recursive=recursive, maxdepth=maxdepth):
+                found_name, found_rest = self._split(found)
+                if not found_rest:
+                    continue  # the drive itself ('lit://d/**' names it): its files follow
+                try:
+                    await self.drive(found_name).delete(found_rest)
+                except DriveIsADirectoryError:
+                    if not recursive:
+                        raise
 
     async def _mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
         self._split(path)  # folders exist by what they hold: nothing to make
@@ -556,12 +631,12 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     @_fsspec_terms()
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
-        name1, rest1 = self._split(path1)
-        name2, rest2 = self._split(path2)
         try:
-            src = await self.drive(name1).open(rest1, component_name=self._read_component)
+            name1, rest1 = self._file(path1)
+            src = await self.drive(name1).open(rest1)
         except DriveIsADirectoryError:
             return  # a folder (copy(recursive=True) lists them): made by the files copied in
+        name2, rest2 = self._file(path2)
         async with src, self.drive(name2).open(rest2, "wb") as dst:
             while piece := await src.read(_PIECE):
                 await dst.write(piece)
@@ -580,6 +655,40 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         """Do nothing: listings are never cached, so there is nothing to invalidate."""
 
     # -- file objects --------------------------------------------------------------------------
+
+    def open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: int | str | None = None,
+        cache_options: dict[str, Any] | None = None,
+        compression: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Open a drive file, as fsspec's ``open`` does (text modes, ``compression=``).
+
+        Whatever the layers, closing the file closes (commits) the drive file under them,
+        and leaving a ``with`` block by an exception drops what was written: fsspec's own
+        text and compression layers close nothing under them, and an unclosed drive file is
+        dropped.
+
+        Example:
+            >>> with fs.open("lit://d/log.txt.gz", "w", compression="infer") as f:
+            ...     f.write("hello")  # committed, compressed, when the block ends
+
+        """
+        if "b" not in mode:
+            text = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline") if k in kwargs}
+            binary = self.open(
+                path, mode.replace("t", "") + "b", block_size, cache_options, compression,
+                **kwargs,
+            )  # fmt: skip
+            return _TextFile(binary, **text)
+        file = super().open(path, mode, block_size, cache_options, **kwargs)
+        codec = None if compression is None else get_compression(path, compression)
+        if codec is None:
+            return file
+        return _Compressed(compr[codec](file, mode=mode[0]), file)
 
     def _open(
         self,
@@ -610,18 +719,22 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         cache_options: dict[str, Any] | None,
         **kwargs: Any,
     ) -> None:
-        name, rest = fs._split(path)
+        name, rest = fs._file(path)
         self._reader: DriveReader | None = None
         self._writer: DriveWriter | None = None
         size = None
         if mode == "rb":
             drive = fs.drive(name)
-            self._reader = sync(fs.loop, drive.open(rest, component_name=fs._read_component).open)
+            try:
+                self._reader = sync(fs.loop, drive.open(rest).open)
+            except DriveError as exc:
+                _give_fsspec_terms(exc, name)
+                raise
             size = self._reader.size
         elif mode not in ("wb", "xb"):
             raise InvalidConfigError(
                 f"Drive {name!r}: cannot open {rest!r} with mode {mode!r}: drive files "
-                "open as 'rb' or 'wb' (committed on close), never appended to."
+                "open as 'rb', or as 'wb' or 'xb' (committed on close), never appended to."
             )
         self._drive_name, self._drive_path = name, rest
         super().__init__(
@@ -643,7 +756,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         try:
             self._writer = sync(self.fs.loop, opening.open)
         except DriveError as exc:
-            exc.args = (_in_fsspec_terms(str(exc), self._drive_name), *exc.args[1:])
+            _give_fsspec_terms(exc, self._drive_name)
             raise
 
     def _upload_chunk(self, final: bool = False) -> bool:
@@ -656,7 +769,11 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
     def commit(self) -> None:
         """Commit what was written: readers see the new file from now on."""
         if self._writer is not None:
-            sync(self.fs.loop, self._writer.aclose)
+            try:
+                sync(self.fs.loop, self._writer.aclose)
+            except DriveError as exc:
+                _give_fsspec_terms(exc, self._drive_name)
+                raise
 
     def discard(self) -> None:
         """Drop what was written; the drive stays as it was."""
@@ -694,3 +811,62 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             self.discard()  # never commit half of what the block meant to write
             return
         self.close()
+
+
+class _TextFile(io.TextIOWrapper):
+    """fsspec's text layer over a drive file, which drops a write its ``with`` block failed."""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            under: Any = self.buffer  # a DriveFile, or a codec's file over one
+            under.__exit__(exc_type, exc, tb)  # dropped: closed under this layer
+        self.close()
+
+
+class _Compressed:
+    """A compression codec's file over a `DriveFile` (``fs.open(..., compression=)``).
+
+    fsspec's codecs leave the file under them open, where an unclosed drive file is dropped:
+    closing this closes both, and a ``with`` block that fails drops the write.
+    """
+
+    def __init__(self, codec: Any, file: DriveFile) -> None:
+        self._codec = codec
+        self._file = file
+
+    def __repr__(self) -> str:
+        return f"<compressed {self._file!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._codec, name)
+
+    def __iter__(self) -> Any:
+        return iter(self._codec)
+
+    def __enter__(self) -> _Compressed:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        self._file.__exit__(exc_type, exc, tb)  # dropped first: nothing of it is committed
+        with contextlib.suppress(Exception):
+            self._codec.close()  # its last bytes go nowhere
+
+    def close(self) -> None:
+        """Close the codec (its last bytes written), then the drive file (committed)."""
+        try:
+            self._codec.close()
+        finally:
+            self._file.close()

@@ -238,6 +238,7 @@ class WalkedWay(DriveFileSystem):
 
     _walk = AsyncFileSystem._walk
     _find = AsyncFileSystem._find
+    _du = AsyncFileSystem._du
 
 
 @pytest.fixture
@@ -251,7 +252,9 @@ TREE = ("top.txt", "a/1.txt", "a/b/2.txt", "a/b/c/3.txt", "a/b/c/d/4.txt", "a/b-
 PLACES = ("", "/a", "/a/b", "/a/b/c/d", "/e", "/missing", "/a/1.txt", "/./a/../a/b/", "/a/")
 
 
-def test_find_answers_as_fsspecs_walk(fs: DriveFileSystem, walked: WalkedWay, name: str) -> None:
+def test_find_answers_as_fsspecs_walk(
+    fs: DriveFileSystem, walked: WalkedWay, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"lit://{name}"
     for path in TREE:
         fs.pipe(f"{url}/{path}", path.encode())
@@ -262,6 +265,23 @@ def test_find_answers_as_fsspecs_walk(fs: DriveFileSystem, walked: WalkedWay, na
                     options = {"maxdepth": maxdepth, "withdirs": withdirs, "detail": detail}
                     expected = walked.find(url + where, **options)
                     assert fs.find(url + where, **options) == expected, (where, options)
+            for total in (True, False):  # du from the same listing, as fsspec's from find
+                options = {"maxdepth": maxdepth, "total": total}
+                if where == "/missing":
+                    continue  # (fsspec's du of a missing path: 0 or {}; ours the same below)
+                expected = walked.du(url + where, **options)
+                assert fs.du(url + where, **options) == expected, (where, options)
+    assert fs.du(f"{url}/missing") == walked.du(f"{url}/missing") == 0
+    infos: list[str] = []
+    info = DriveFileSystem._info
+
+    async def counting(self: DriveFileSystem, path: str, **kwargs: Any) -> Any:
+        infos.append(path)
+        return await info(self, path, **kwargs)
+
+    monkeypatch.setattr(DriveFileSystem, "_info", counting)
+    assert fs.du(url) == sum(len(path) for path in TREE)
+    assert infos == []  # one listing, not a lookup a file
     with pytest.raises(ValueError, match="maxdepth"):
         fs.find(url, maxdepth=0)
 
@@ -341,6 +361,107 @@ def test_components_through_storage_options(env: dict[str, str], name: str) -> N
     for instance in DriveFileSystem._cache.values():
         instance.close()
     DriveFileSystem.clear_instance_cache()
+
+
+def test_a_component_reads_what_another_wrote(env: dict[str, str], name: str) -> None:
+    """component_name chooses whose copy to read where several own a path, and only then."""
+    url = f"lit://{name}/run/a.csv"
+    pd.DataFrame({"x": [1]}).to_csv(url, index=False, storage_options={"component_name": "t"})
+    loader = {"component_name": "loader", "allow_duplicates": True}
+    assert pd.read_csv(url, storage_options=loader)["x"].tolist() == [1]  # the one owner's
+    fs = fsspec.filesystem("lit", **loader)
+    assert fs.info(url)["component_name"] == "t" and fs.exists(url) and fs.isfile(url)
+    assert fs.du(f"lit://{name}") == len("x\n1\n")
+    fs.pipe(url, b"mine")
+    assert fs.cat_file(url) == b"mine" and fs.info(url)["component_name"] == "loader"
+    # Owned by two, neither of them the reader: a file, though reading it needs a choice.
+    anyone = fsspec.filesystem("lit")
+    assert anyone.exists(url) and anyone.isfile(url)
+    assert anyone.info(url)["component_name"] == "loader"  # the copy ls shows
+    assert anyone.du(f"lit://{name}") == len(b"mine")  # counted once
+    with pytest.raises(AmbiguousPathError, match=r"\(a storage option\) to choose one"):
+        anyone.cat_file(url)
+    for instance in DriveFileSystem._cache.values():
+        instance.close()
+    DriveFileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "bz2"])
+def test_text_and_compressed_files_commit_on_close_and_drop_on_failure(
+    fs: DriveFileSystem, name: str, compression: str | None
+) -> None:
+    """fsspec's text and compression layers close nothing under them: ours do."""
+    url = f"lit://{name}/log.txt"
+    with fs.open(url, "w", compression=compression) as text:
+        text.write("whole\n")
+    with fs.open(url, "r", compression=compression) as text:
+        assert text.read() == "whole\n"
+    with fs.open(url, "rb", compression=compression) as raw:
+        assert raw.read() == b"whole\n"
+    for mode, data in (("w", "half"), ("wb", b"half")):
+        with (
+            pytest.raises(RuntimeError, match="failed"),
+            fs.open(url, mode, compression=compression) as f,
+        ):
+            f.write(data)
+            raise RuntimeError("the block failed")
+    plain = fs.open(url, "wb", compression=compression)
+    plain.write(b"closed")
+    plain.close()
+    with fs.open(url, "rb", compression=compression) as raw:
+        assert raw.read() == b"closed"
+    assert fs.info(url)["version"] == 2  # the failed blocks committed nothing
+    uploads = Path(os.environ["ASYNCDRIVE_ROOT"]) / "drives" / name / ".tmp"
+    assert not any(uploads.iterdir())
+
+
+def test_rm_expands_globs_down_to_maxdepth(fs: DriveFileSystem, name: str) -> None:
+    url = f"lit://{name}"
+    for path in ("a.txt", "b.bin", "sub/c.txt", "sub/d.bin", "sub/deep/e.txt", "sub/deep/f.bin"):
+        fs.pipe(f"{url}/{path}", b"x")
+    fs.rm(f"{url}/**/*.txt")
+    assert fs.find(url) == [f"{name}/{p}" for p in ("b.bin", "sub/d.bin", "sub/deep/f.bin")]
+    fs.rm(f"{url}/sub", recursive=True, maxdepth=1)  # not what is deeper
+    assert fs.find(url) == [f"{name}/b.bin", f"{name}/sub/deep/f.bin"]
+    with pytest.raises(IsADirectoryError, match="'sub' is a folder"):
+        fs.rm(f"{url}/*")  # a folder matched, without recursive
+    fs.rm(f"{url}/*", recursive=True)
+    assert fs.find(url) == []
+
+
+def test_messages_speak_fsspec(fs: DriveFileSystem, name: str, workdir: Path) -> None:
+    """Hints name fsspec's calls and storage options, not the library's Python arguments."""
+    url = f"lit://{name}"
+    fs.pipe({f"{url}/a.txt": b"a", f"{url}/sub/b.txt": b"b"})
+    with pytest.raises(FileNotFoundError, match=rf"fs\.ls\('lit://{name}'\)"):
+        pd.read_csv(f"{url}/nope.csv")
+    with pytest.raises(FileNotFoundError, match=rf"fs\.ls\('lit://{name}/sub'\)"):
+        fs.cat_file(f"lit:///{name}/sub/nope")  # named by its other spelling
+    with pytest.raises(IsADirectoryError, match=rf"fs\.ls\('lit://{name}/sub'\)"):
+        fs.open(f"{url}/sub")
+    calls: list[Callable[[], object]] = [
+        lambda: fs.cat_file(url),
+        lambda: fs.pipe(url, b"x"),
+        lambda: fs.open(url),
+    ]
+    for call in calls:
+        with pytest.raises(IsADirectoryError, match=rf"is drive '{name}', a folder: name a file"):
+            call()
+    with pytest.raises(FileExistsError, match=r"\(fs\.rm\(path, recursive=True\)\)"):
+        fs.pipe(f"{url}/sub", b"x")
+    with pytest.raises(IsADirectoryError, match="Name a file in it") as into_folder:
+        fs.get_file(f"{url}/a.txt", str(workdir))
+    assert isinstance(into_folder.value, DriveError)
+    fs.get(f"{url}/a.txt", f"{workdir}/")  # into it, as the hint says
+    assert (workdir / "a.txt").read_bytes() == b"a"
+    late = fs.open(f"{url}/late.txt", "xb")
+    fs.pipe(f"{url}/late.txt", b"first")
+    late.write(b"second")
+    with pytest.raises(FileExistsError, match=r"mode 'xb'.*Write it with mode 'wb'"):
+        late.close()
+    other = fsspec.filesystem("lit", component_name="other")
+    with pytest.raises(FileNotFoundError, match=r"pass that component_name \(a storage option\)"):
+        other.rm(f"{url}/a.txt")
 
 
 def test_copy_and_move_folders(fs: DriveFileSystem, name: str) -> None:
