@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--root", default=None, help="the shared root (default: $ASYNCDRIVE_ROOT or per-user)"
     )
+    # Also after the command (`asyncdrive cat lit://d/a --debug`); SUPPRESS: not given
+    # there, it leaves the value given before the command.
+    where.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
+    )
     server = commands.add_parser(
         "server",
         parents=[where],
@@ -250,6 +255,8 @@ def _put_bar(sources: Sequence[Path]) -> tuple[str, int | None]:
 
 def _run_file_command(args: argparse.Namespace) -> int:
     drive, path = _open(args)
+    # As the library takes it (and cp): 'lit://d/a.txt/' names a folder, refused for a file.
+    given = f"{path}/" if args.target.endswith("/") and path != "." else path
     with drive:
         if args.command == "ls" and args.long:
             infos = drive.list_info(path, recursive=args.recursive)
@@ -263,13 +270,13 @@ def _run_file_command(args: argparse.Namespace) -> int:
                 )
             _print(args, entries, "\n".join(entries))
         elif args.command == "cat":
-            sys.stdout.buffer.write(drive.read_bytes(path, component_name=args.component))
+            sys.stdout.buffer.write(drive.read_bytes(given, component_name=args.component))
         elif args.command == "info":
-            info = drive.info(path, component_name=args.component)
+            info = drive.info(given, component_name=args.component)
             fields = dataclasses.asdict(info)
             _print(args, fields, "\n".join(f"{k}: {v}" for k, v in fields.items()))
         elif args.command == "rm":
-            drive.delete(path, recursive=args.recursive)
+            drive.delete(given, recursive=args.recursive)
         elif args.command == "put":
             into_folder = args.target.endswith("/") or len(args.local) > 1 or path == "."
             bar = _bar(args, lambda: _put_bar([Path(local) for local in args.local]))
@@ -286,7 +293,7 @@ def _run_file_command(args: argparse.Namespace) -> int:
             bar = _bar(args, lambda: (f"get {Path(path).name or drive.name}", None))
             with bar or contextlib.nullcontext():
                 drive.get(
-                    path, to=local, overwrite=args.overwrite, timeout=args.timeout,
+                    given, to=local, overwrite=args.overwrite, timeout=args.timeout,
                     component_name=args.component,
                     progress=None if bar is None else bar.part(),
                 )  # fmt: skip

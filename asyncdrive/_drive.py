@@ -702,7 +702,8 @@ class Drive:
                 of the file it was putting is stored) and is raised here.
 
         Raises:
-            DriveFileNotFoundError: there is no local file or folder at ``path``.
+            DriveFileNotFoundError: there is no local file or folder at ``path``; or
+                ``if_version=N`` (N > 0) was given, and this component has no copy.
             DriveFileExistsError: another component owns the path (see ``allow_duplicates``),
                 or a folder stands at the path in the drive.
             DriveNotADirectoryError: a file stands where a folder of the path should be.
@@ -720,7 +721,10 @@ class Drive:
         local = Path(drive_path) if to is None else Path(path)
         conn = await self._connection()
         with _progress.reporting(progress) as reporter:
-            await self._put_local(conn, local, drive_path, precondition, if_version, reporter)
+            await self._put_local(
+                conn, local, drive_path, precondition, if_version, reporter,
+                as_folder=_paths.names_folder(path),
+            )  # fmt: skip
 
     async def _put_local(
         self,
@@ -730,14 +734,22 @@ class Drive:
         precondition: str,
         if_version: int | None,
         reporter: ProgressReporter | None,
+        *,
+        as_folder: bool = False,
     ) -> None:
-        """`put` once its arguments are checked: the local file or folder ``local``."""
+        """`put` once its arguments are checked: the local file or folder ``local``.
+
+        ``as_folder``: the local path was written with a trailing ``/``; a file there is
+        refused (as ``cp file/ x`` is).
+        """
         on_copied = None if reporter is None else reporter.add
         # The common case first: one small local file, found, staged and installed in the
         # one worker-thread call that follows the lock. Anything else (a folder, a large or
         # missing file, a refused check) takes the general way below, which finds out what
         # is at ``local`` first and reports it in that order.
         with contextlib.suppress(_NotASmallFile):
+            if as_folder:
+                raise _NotASmallFile
             await self._put(
                 conn, drive_path, functools.partial(_stage_small_file, conn.store, local),
                 precondition, small=True, tentative=True,
@@ -765,6 +777,12 @@ class Drive:
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: the local folder "
                 f"{str(local)!r} holds no files."
+            )
+        if as_folder and files[0][0] == "":
+            raise DriveNotADirectoryError(
+                f"Drive {self.name!r}: cannot put {drive_path!r}: the local path "
+                f"{str(local) + '/'!r} ends with '/', which names a folder, but "
+                f"{str(local)!r} is a file; drop the '/'."
             )
         for rel, _ in files:  # every name checked before any file is stored
             if rel:
@@ -1333,7 +1351,8 @@ class Drive:
         if status == "version" and detail == "0":
             raise DriveFileNotFoundError(
                 f"{where}: if_version={precondition} was given, but component {component!r} "
-                "has no copy of it now (it was deleted). Read info() again and retry."
+                "has no copy of it (never put, or deleted since). Read info() again, or put "
+                "without if_version= to create it."
             )
         if status == "version":
             raise VersionConflictError(

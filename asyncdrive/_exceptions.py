@@ -177,7 +177,18 @@ class DriveStorageError(DriveError, OSError):
 
     def __init__(self, message: str, cause: OSError) -> None:
         super().__init__(message)
-        self.errno, self.strerror, self.filename = cause.errno, cause.strerror, cause.filename
+        self.errno, self.strerror = cause.errno, cause.strerror
+        self.filename = _disk_name(cause.filename)
+
+
+def _disk_name(filename: str | bytes | None) -> str | bytes | None:
+    """Return the ``filename`` of an `OSError` worth showing: None for a ``/proc/self/fd`` one.
+
+    Such is the name of a file being linked into place, which has none yet: of no use.
+    """
+    if filename is not None and os.fsdecode(filename).startswith("/proc/self/fd/"):
+        return None
+    return filename
 
 
 class DrivePermissionError(DriveStorageError, PermissionError):
@@ -270,7 +281,8 @@ def storage_error(
     )
     if doing == "get" and not on_the_drive:
         fix = _LOCAL_FIX.get(exc.errno or 0, fix)
-    where = f" ({shorten(os.fsdecode(exc.filename))})" if exc.filename else ""
+    filename = _disk_name(exc.filename)
+    where = f" ({shorten(os.fsdecode(filename))})" if filename else ""
     what = doing if path is None else f"{doing} {shorten(os.fspath(path))!r}"
     if to is not None:
         what += f" to {shorten(os.fspath(to))!r}"

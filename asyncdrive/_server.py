@@ -6,6 +6,7 @@ PATH). Its files live in ``<root>/server/``::
 
     server.lock    a file lock: processes starting at once start exactly one server
     server.json    {"url": ..., "pid": ...} of the running server
+    server.pid     the pid the server itself writes once it runs
     valkey.sock    the unix socket it listens on (loopback TCP if that path is too long)
     appendonly*    its append-only file, so a restart loses nothing
     server.log     its log

@@ -150,6 +150,12 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert f"check the path with 'asyncdrive ls {drive_id}/x/y'." in deeper.stderr
     debug = cli("--debug", "get", f"{drive_id}/nope.txt")
     assert "Traceback" in debug.stderr
+    assert "Traceback" in cli("get", f"{drive_id}/nope.txt", "--debug").stderr  # after it too
+    # A trailing '/' names a folder, as for cp: refused for a file, and nothing done.
+    for command in (["cat"], ["info"], ["rm"], ["get"]):
+        slashed = cli(*command, f"{drive_id}/a.txt/")
+        assert slashed.returncode != 0 and "names a folder" in slashed.stderr, slashed
+    assert cli("cat", f"{drive_id}/a.txt").stdout == "hello"
     not_recursive = cli("rm", f"{drive_id}/data")
     assert not_recursive.returncode == 1 and "pass -r" in not_recursive.stderr
     assert cli("rm", "-r", f"{drive_id}/data").returncode == 0

@@ -190,6 +190,10 @@ async def test_a_folder_refusing_renames_is_a_storage_error_not_a_clash(
                 message = str(refused.value)
                 assert f"Drive {name!r}" in message and repr(target) in message, message
                 assert "permission denied" in message and "write access" in message, message
+                # Not the /proc/self/fd name through which a new file is linked into place.
+                assert "/proc/self/fd" not in message, message
+                filename = refused.value.filename
+                assert filename is None or str(folder) in os.fsdecode(filename), filename
         finally:
             set_immutable(folder, False)
         # Nothing changed: the old bytes and version, no new file, nothing left in .tmp.

@@ -1033,6 +1033,9 @@ async def test_a_trailing_slash_names_a_folder(
     await drive.put("src", to="dir/")
     await drive.put("a.txt", to="./")
     await drive.put("src/", to="other")  # a local folder's '/': that folder, as before
+    for put in (lambda: drive.put("a.txt/"), lambda: drive.put("a.txt/", to="elsewhere")):
+        with pytest.raises(DriveNotADirectoryError, match=r"'a\.txt/' ends with '/'"):
+            await put()  # a local file's '/', as cp refuses it
     expected = ["a.txt", "dir/a.txt", "dir/src/x.txt", "other/x.txt"]
     assert await drive.list(".", recursive=True) == expected
     file_calls: list[Callable[[], Any]] = [
@@ -1339,8 +1342,10 @@ async def test_conditional_writes(make_drive: MakeDrive, drive_id: str) -> None:
         await drive.write_bytes("a", b"5", if_version=7)
     await drive.put("local.txt", if_version=0)
     await drive.delete("a")
-    with pytest.raises(DriveFileNotFoundError, match="deleted"):
+    with pytest.raises(DriveFileNotFoundError, match=r"has no copy of it \(never put, or deleted"):
         await drive.write_bytes("a", b"6", if_version=second.version)
+    with pytest.raises(DriveFileNotFoundError, match="put without if_version= to create it"):
+        await drive.write_bytes("never", b"6", if_version=1)
     with pytest.raises(ValueError, match="contradict"):
         await drive.write_bytes("a", b"7", if_version=3, exist_ok=False)
     with pytest.raises(ValueError, match="version number"):
