@@ -119,7 +119,7 @@ _FSSPEC_TERMS = {
     "pass component_name= to choose one": "pass component_name= (a storage option) to choose one",
     "create the drive with allow_duplicates=True": "pass allow_duplicates=True as a storage option",
     "(delete(path, recursive=True))": "(fs.rm(path, recursive=True))",
-    "use a Drive created with that component_name": ("pass that component_name (a storage option)"),
+    "use a Drive created with that component_name": "pass that component_name (a storage option)",
     "Pass to= another local folder": "Pass another local path",
     "or get to another (to=).": "or get to another.",
     "Get to a folder on a writable filesystem (to=).": "Get to a writable filesystem.",

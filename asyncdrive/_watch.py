@@ -41,7 +41,6 @@ BLOCK_SLICE = 5.0
 RECONNECT_TIMEOUT = 60.0
 #: Default idle time after which a group member's unacknowledged event goes to another member.
 DEFAULT_CLAIM_IDLE = 30.0
-
 #: A group member that read this recently (s) keeps the group's path: one watching another
 #: path is refused meanwhile. (A waiting member reads at least every `BLOCK_SLICE`.)
 ACTIVE_MEMBER = 2 * BLOCK_SLICE
