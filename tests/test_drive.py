@@ -1033,7 +1033,11 @@ async def test_a_trailing_slash_names_a_folder(
     await drive.put("src", to="dir/")
     await drive.put("a.txt", to="./")
     await drive.put("src/", to="other")  # a local folder's '/': that folder, as before
-    for put in (lambda: drive.put("a.txt/"), lambda: drive.put("a.txt/", to="elsewhere")):
+    puts: list[Callable[[], Any]] = [
+        lambda: drive.put("a.txt/"),
+        lambda: drive.put("a.txt/", to="elsewhere"),
+    ]
+    for put in puts:
         with pytest.raises(DriveNotADirectoryError, match=r"'a\.txt/' ends with '/'"):
             await put()  # a local file's '/', as cp refuses it
     expected = ["a.txt", "dir/a.txt", "dir/src/x.txt", "other/x.txt"]
