@@ -10,6 +10,7 @@ Example:
 """
 
 import logging
+from typing import TYPE_CHECKING
 
 from ._config import default_root
 from ._drive import Drive
@@ -46,13 +47,21 @@ __version__ = "0.1.0"
 logging.getLogger("asyncdrive").addHandler(logging.NullHandler())
 
 
-def __getattr__(name: str) -> object:
-    # The fsspec filesystem needs the optional fsspec package: import it only when asked.
-    if name == "DriveFileSystem":
-        from ._fsspec import DriveFileSystem
+if TYPE_CHECKING:
+    from ._fsspec import DriveFileSystem as DriveFileSystem  # (not in __all__: fsspec is optional)
+else:
 
-        return DriveFileSystem
-    raise AttributeError(f"module 'asyncdrive' has no attribute {name!r}")
+    def __getattr__(name: str) -> object:
+        # The fsspec filesystem needs the optional fsspec package: imported when asked for.
+        # (Not for type checkers, which see the import above, and no other name.)
+        if name == "DriveFileSystem":
+            from ._fsspec import DriveFileSystem
+
+            return DriveFileSystem
+        raise AttributeError(f"module 'asyncdrive' has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return [*globals(), "DriveFileSystem"]
 
 
 __all__ = [

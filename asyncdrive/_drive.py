@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import (
+    TYPE_CHECKING,
     Any,
     BinaryIO,
     Concatenate,
@@ -84,6 +85,9 @@ from ._storage import (
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
+
+if TYPE_CHECKING:
+    from ._models import Buffer
 
 __all__ = ["Drive"]
 
@@ -981,7 +985,7 @@ class Drive:
     async def write_bytes(
         self,
         path: StrPath,
-        data: bytes | bytearray | memoryview,
+        data: Buffer,
         *,
         if_version: int | None = None,
         exist_ok: bool = True,
@@ -2126,7 +2130,7 @@ class Drive:
         component_name: str | None = None,
         if_version: int | None = None,
         exist_ok: bool = True,
-    ) -> Opening[Any]: ...
+    ) -> Opening[DriveReader | DriveWriter]: ...
 
     def open(
         self,
@@ -2136,7 +2140,7 @@ class Drive:
         component_name: str | None = None,
         if_version: int | None = None,
         exist_ok: bool = True,
-    ) -> Opening[Any]:
+    ) -> Opening[DriveReader | DriveWriter]:
         """Open a file of the drive as a stream: ``"rb"`` to read, ``"wb"`` to write.
 
         Await the result, or use it as an async context manager (aiofiles-style). A reader

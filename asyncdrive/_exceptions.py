@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 __all__ = [
     "AmbiguousPathError",
@@ -109,6 +110,9 @@ class VersionConflictError(DriveFileExistsError):
         super().__init__(message)
         self.current_version = current_version
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (a process pool's worker raised it)
+        return type(self), (self.args[0], self.current_version), self.__dict__
+
 
 class DriveNotADirectoryError(DriveError, NotADirectoryError):
     """A file stands where a folder is needed."""
@@ -129,6 +133,9 @@ class AmbiguousPathError(DriveError, LookupError):
     def __init__(self, message: str, owners: list[str]) -> None:
         super().__init__(message)
         self.owners = owners
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (a process pool's worker raised it)
+        return type(self), (self.args[0], self.owners), self.__dict__
 
 
 class CursorExpiredError(DriveError, LookupError):
@@ -179,6 +186,10 @@ class DriveStorageError(DriveError, OSError):
         super().__init__(message)
         self.errno, self.strerror = cause.errno, cause.strerror
         self.filename = _disk_name(cause.filename)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (a process pool's worker raised it)
+        cause = OSError(self.errno, self.strerror, self.filename)
+        return type(self), (self.args[0], cause), self.__dict__
 
 
 def _disk_name(filename: str | bytes | None) -> str | bytes | None:

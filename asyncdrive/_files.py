@@ -13,10 +13,10 @@ import hashlib
 import operator
 import os
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,9 +33,13 @@ from ._storage import (
 )
 from ._tasks import to_its_end
 
+if TYPE_CHECKING:
+    from ._models import Buffer
+
 __all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
 
-FileT = TypeVar("FileT", bound="DriveReader | DriveWriter")
+#: What an `Opening` opens (covariant: an Opening[DriveReader] is an Opening of a file).
+FileT = TypeVar("FileT", bound="DriveReader | DriveWriter", covariant=True)
 T = TypeVar("T")
 
 #: A read of less than this, and readline(), read ahead this much into the reader's buffer:
@@ -251,12 +255,18 @@ class DriveReader:
         self._position = position
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._lines()
+    def __aiter__(self) -> Self:
+        return self
 
-    async def _lines(self) -> AsyncIterator[bytes]:
-        while line := await self.readline():
-            yield line
+    async def __anext__(self) -> bytes:
+        """Return the next line (`readline`), as ``async for line in f`` iterates."""
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    async def flush(self) -> None:
+        """Do nothing: a reader has nothing to write (as `io.IOBase.flush` of a reader)."""
 
     async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the position like `io.IOBase.seek` and return it."""
@@ -424,7 +434,7 @@ class DriveWriter:
             self._drain(out, pending)
         self._drain(out, data)
 
-    async def write(self, data: bytes | bytearray | memoryview) -> int:
+    async def write(self, data: Buffer) -> int:
         """Append ``data`` and return how many bytes that was.
 
         Small writes gather in memory (up to 1 MiB) and go to disk together.

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what write_bytes and a writer take: any bytes-like object (PEP 688)
+    if sys.version_info >= (3, 12):
+        from collections.abc import Buffer as Buffer
+    else:
+        from typing_extensions import Buffer as Buffer
 
 __all__ = ["FileInfo", "FolderInfo", "GcReport"]
 

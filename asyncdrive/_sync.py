@@ -14,6 +14,7 @@ import atexit
 import builtins
 import contextlib
 import functools
+import io
 import itertools
 import os
 import signal
@@ -22,10 +23,10 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal
 
@@ -37,6 +38,9 @@ from ._files import DriveReader, DriveWriter, FileT
 from ._models import FileInfo, FolderInfo, GcReport
 from ._progress import ProgressCallback
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
+
+if TYPE_CHECKING:
+    from ._models import Buffer
 
 __all__ = ["SyncDrive", "SyncDriveReader", "SyncDriveWriter", "SyncWatch"]
 
@@ -506,7 +510,7 @@ class SyncDrive:
     def write_bytes(
         self,
         path: StrPath,
-        data: bytes | bytearray | memoryview,
+        data: Buffer,
         *,
         if_version: int | None = None,
         exist_ok: bool = True,
@@ -723,6 +727,11 @@ class SyncWatch(_Mirror):
         """The id of the last event handed out, for ``watch(since=...)``."""
         return self._watch.cursor
 
+    @property
+    def group(self) -> str | None:
+        """The consumer group this watch belongs to, if any."""
+        return self._watch.group
+
     def __repr__(self) -> str:
         return "Sync" + repr(self._watch)
 
@@ -842,13 +851,46 @@ class SyncDriveReader(_SyncFile[DriveReader]):
         """Read one line, newline included."""
         return self._drive._call(self._file.readline, size)
 
-    def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> bytes:
+        """Return the next line (`readline`), as ``for line in f`` iterates."""
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         """Move the position like `io.IOBase.seek` and return it."""
         return self._drive._call(self._file.seek, offset, whence)
+
+    def flush(self) -> None:
+        """Do nothing: a reader has nothing to write (``io.TextIOWrapper`` calls it)."""
+
+    # What else makes it a binary file to io (``io.TextIOWrapper(reader)`` reads text), as
+    # an `io.BufferedReader` of a file opened "rb" answers them.
+
+    @property
+    def name(self) -> str:
+        """The file's drive path (what io's files call their name)."""
+        return self.path
+
+    def write(self, data: Buffer, /) -> int:
+        """Refuse: a reader does not write (`io.UnsupportedOperation`, as io's readers)."""
+        raise io.UnsupportedOperation(f"{self.path!r} was opened for reading")
+
+    def truncate(self, size: int | None = None, /) -> int:
+        """Refuse: a reader does not write (`io.UnsupportedOperation`, as io's readers)."""
+        raise io.UnsupportedOperation(f"{self.path!r} was opened for reading")
+
+    def fileno(self) -> int:
+        """Refuse: a drive file has no descriptor of the caller's (`io.UnsupportedOperation`)."""
+        raise io.UnsupportedOperation("a drive file has no file descriptor to lend")
+
+    def isatty(self) -> bool:
+        """Return False: a drive file is no terminal."""
+        return False
 
 
 class SyncDriveWriter(_SyncFile[DriveWriter]):
@@ -869,7 +911,7 @@ class SyncDriveWriter(_SyncFile[DriveWriter]):
         """The `FileInfo` of the committed file, once closed (None before)."""
         return self._file.info
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def write(self, data: Buffer) -> int:
         """Append ``data`` and return how many bytes that was."""
         return self._drive._call(self._file.write, data)
 

@@ -227,8 +227,16 @@ class Watch:
     async def pin_start(self) -> None:
         """Fix the starting point exactly, at the newest event now in the log (one round trip).
 
-        `SyncDrive.watch` calls this, since it may block; an async ``watch()`` cannot do I/O
-        and fixes its start from the clock instead.
+        An async ``watch()`` cannot do I/O, so it fixes its start from the clock (a change
+        committed a moment before the call may come too); this fixes it at the log's newest
+        event, and gives `cursor` a value to save before any event came. `SyncDrive.watch`
+        does it at once.
+
+        Example:
+            >>> watch = drive.watch("ckpt")
+            >>> await watch.pin_start()
+            >>> save(watch.cursor)  # resume from here, even if no event comes first
+
         """
         if not self._read_cursor:
             conn = await self._drive._connection()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import errno
 import functools
 import hashlib
 import itertools
 import os
+import pickle
 import re
 import shutil
 import threading
@@ -1325,6 +1327,27 @@ def test_public_names() -> None:
     assert sorted(asyncdrive.__all__) == asyncdrive.__all__
     for name in asyncdrive.__all__:
         assert hasattr(asyncdrive, name)
+    assert "DriveFileSystem" in dir(asyncdrive)  # imported when asked for: fsspec is optional
+    assert asyncdrive.DriveFileSystem.protocol == "lit"  # (typed: mypy checks this file)
+
+
+def test_errors_pickle_with_what_they_carry() -> None:
+    """As a process pool's worker sends them back to the parent (else: BrokenProcessPool)."""
+    errors: list[asyncdrive.DriveError] = [
+        VersionConflictError("Drive 'd': at version 3", 3),
+        AmbiguousPathError("Drive 'd': owned by a and b", ["a", "b"]),
+        asyncdrive.DrivePermissionError("Drive 'd': denied", OSError(errno.EACCES, "no", "/x")),
+        asyncdrive.DriveStorageError("Drive 'd': full", OSError(errno.ENOSPC, "full", "/y")),
+        DriveFileNotFoundError("Drive 'd': no file"),
+    ]
+    for error in errors:
+        for back in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+            assert type(back) is type(error) and str(back) == str(error)
+            assert vars(back) == vars(error)
+    conflict, ambiguous, denied, full, _ = (pickle.loads(pickle.dumps(e)) for e in errors)
+    assert conflict.current_version == 3 and ambiguous.owners == ["a", "b"]
+    assert (denied.errno, denied.filename) == (errno.EACCES, "/x")
+    assert (full.errno, full.strerror) == (errno.ENOSPC, "full")
 
 
 async def test_conditional_writes(make_drive: MakeDrive, drive_id: str) -> None:

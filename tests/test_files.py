@@ -102,7 +102,9 @@ async def test_reader_lines_and_await_form(drive: Drive) -> None:
     try:
         assert await f.readline() == b"first\n"
         assert await f.readline(3) == b"sec"
-        assert [line async for line in f] == [b"ond\n", long_line, b"last, no newline"]
+        assert await anext(f) == b"ond\n"  # an async iterator of its lines
+        assert [line async for line in f] == [long_line, b"last, no newline"]
+        await f.flush()  # nothing to write: as io's readers
     finally:
         await f.aclose()
     await f.aclose()  # idempotent
@@ -232,6 +234,7 @@ async def test_bytes_of_any_buffer_count_in_bytes(drive: Drive, size: int) -> No
     expected = items.tobytes()
     info = await drive.write_bytes("array.bin", memoryview(items))
     assert info.size == len(expected) == 4 * size
+    assert (await drive.write_bytes("array.bin", items)).size == info.size  # any buffer
     assert info.checksum == hashlib.sha256(expected).hexdigest()
     assert await drive.read_bytes("array.bin") == expected
     async with drive.open("written.bin", "wb") as f:
@@ -436,6 +439,16 @@ def test_sync_reader_and_writer(sync_drive: SyncDrive, root: Path) -> None:
         assert r.read_range(-2) == b"2\n"
         assert r.readline() == b"\n"
         assert "SyncDriveReader" in repr(r)
+    assert r.closed
+    with sync_drive.open("logs/run.txt") as r:
+        assert next(r) == b"line 0\n"  # an iterator of its lines
+        assert (r.name, r.isatty()) == ("logs/run.txt", False)
+        refusals: list[Callable[[], object]] = [lambda: r.write(b"x"), r.fileno, r.truncate]
+        for refused in refusals:
+            with pytest.raises(io.UnsupportedOperation):
+                refused()
+        with io.TextIOWrapper(r, encoding="utf-8") as text:  # closing it flushes, then closes r
+            assert text.readline() == "line 1\n"
     assert r.closed
     with pytest.raises(KeyError), sync_drive.open("logs/run.txt", "wb") as w2:
         w2.write(b"lost")

@@ -54,7 +54,7 @@ def test_registered_for_the_lit_protocol() -> None:
     assert fsspec.get_filesystem_class("lit") is DriveFileSystem
     assert asyncdrive.DriveFileSystem is DriveFileSystem
     with pytest.raises(AttributeError, match="Nothing"):
-        asyncdrive.Nothing  # noqa: B018
+        asyncdrive.Nothing  # type: ignore[attr-defined]  # noqa: B018
     assert "lit" in fsspec.available_protocols()
 
 

@@ -203,6 +203,9 @@ def test_sync_watch(env: dict[str, str], workdir: Path, drive_id: str) -> None:
         watch = drive.watch(since="0")
         assert next(watch).path == "a"
         watch.close()
+        assert watch.group is None
+        with drive.watch(group="g", timeout=0.3) as member:
+            assert member.group == "g" and "group='g'" in repr(member)
 
 
 async def test_many_writers_two_watchers_same_order(
