@@ -295,6 +295,8 @@ def _redis_errors_as_unavailable(
                     f"{doing} of {os.fspath(path)!r}" if path else doing
                 ) from exc
             raise self._unavailable(exc) from exc
+        except redis.exceptions.ResponseError as exc:  # an error reply: the server refused
+            raise self._refused(exc) from exc
         except OSError as exc:
             # Not the disk: ours, and the timeouts and broken connections of the builtins.
             if isinstance(exc, DriveError | TimeoutError | ConnectionError):
@@ -308,6 +310,13 @@ def _redis_errors_as_unavailable(
     functools.update_wrapper(wrapper, method)
     return wrapper
 
+
+#: How to give a Redis user what a drive needs (an ACL user has no keys nor channels at first).
+_ACL_FIX = (
+    "Give it the drive's keys and the commands asyncdrive runs, e.g. ACL SETUSER <user> "
+    "~asyncdrive:* &asyncdrive:* +@read +@write +@stream +@scripting +@connection +info "
+    "+time (or +@all)."
+)
 
 #: What a get's copy reports as the caller's to fix: a local file or folder in the way (or
 #: above the target), or the drive's file gone.
@@ -524,6 +533,11 @@ class Drive:
             # parse it), or a setting of the URL the server refuses (a database number).
             if connected is not None:
                 await connected.aclose()
+            if isinstance(exc, redis.exceptions.NoPermissionError):
+                raise InvalidConfigError(
+                    f"Drive {self.name!r}: the server at {redact_url(url)} refused the "
+                    f"connection's setup to its user ({exc}). {_ACL_FIX}"
+                ) from exc
             refused = isinstance(exc, redis.exceptions.ResponseError)
             raise (InvalidConfigError if refused else DriveUnavailableError)(
                 f"Drive {self.name!r}: the server at {redact_url(url)} "
@@ -537,27 +551,56 @@ class Drive:
             ) from exc
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
         client = connected.client
+        maxlen, max_age = config.retention
+        index = Index(
+            client,
+            config.name,
+            events_maxlen=maxlen,
+            events_max_age=max_age,
+            wire=connected.wire,
+            readers=connected.readers,
+        )
         if not embedded:
             await _check_server_settings(client, url)
-        maxlen, max_age = config.retention
+            try:
+                await self._check_permissions(index, url)
+            except BaseException:
+                await connected.aclose()
+                raise
         return _Connection(
             config=config,
             url=url,
             connected=connected,
             client=client,
-            index=Index(
-                client,
-                config.name,
-                events_maxlen=maxlen,
-                events_max_age=max_age,
-                wire=connected.wire,
-                readers=connected.readers,
-            ),
+            index=index,
             store=DiskStore(config.root, config.name),
             inline=self._disk_inline,
             clock_offset_ms=(seconds + micros / 1e6 - (before + after) / 2) * 1000,
             clock_error_ms=(after - before) * 1000 / 2 + 1,
         )
+
+    async def _check_permissions(self, index: Index, url: str) -> None:
+        """Refuse a server whose ACL denies its user a command asyncdrive runs on the drive.
+
+        Checked before any is run: a commit script denied one halfway would leave half a
+        commit (Redis does not roll scripts back).
+        """
+        try:
+            denied = await index.denied_commands()
+        except redis.exceptions.NoPermissionError as exc:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: Redis at {redact_url(url)} denies its user ({exc}) "
+                "what asyncdrive needs: to run scripts (EVAL, EVALSHA) on the drive's keys "
+                f"({index.keys.prefix}*). {_ACL_FIX}"
+            ) from exc
+        except redis.exceptions.ResponseError:
+            return  # (a server that cannot tell: each command is checked as it runs)
+        if denied:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: Redis at {redact_url(url)} denies its user "
+                f"{', '.join(sorted(set(denied)))} on the drive's keys "
+                f"({index.keys.prefix}*). {_ACL_FIX}"
+            )
 
     async def _check_not_lost(self, conn: _Connection) -> None:
         """On an answer of nothing: raise `IndexLostError` if the index seen before is gone.
@@ -593,8 +636,20 @@ class Drive:
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
         url = url or (self._conn.url if self._conn else None) or "the embedded server"
-        if isinstance(exc, redis.exceptions.AuthenticationError):
+        text = str(exc)
+        if "NOAUTH" in text or "HELLO must be called with the client already auth" in text:
+            fix = (
+                "The server asks for a password, and the Redis URL has none: give it as "
+                "redis://user:password@host:port (or redis://:password@host:port)."
+            )
+            exc = redis.exceptions.AuthenticationError("authentication required")
+        elif isinstance(exc, redis.exceptions.AuthenticationError):
             fix = "Check the user name and password in the Redis URL: the server refused them."
+        elif "max number of clients reached" in text:
+            fix = (
+                "The server serves its most clients already (maxclients): raise maxclients, "
+                "or close drives not in use (each holds a few connections)."
+            )
         elif self._conn is not None and self._conn.config.redis_url is None:
             fix = (
                 "The drive's embedded server stopped (asyncdrive.stop_server?); create a new "
@@ -609,6 +664,28 @@ class Drive:
         return DriveUnavailableError(
             f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} ({exc}). {fix}"
         )
+
+    def _refused(self, exc: redis.exceptions.ResponseError, url: str | None = None) -> DriveError:
+        """Return the `DriveError` of an error reply: the server refused a command."""
+        url = redact_url(url or (self._conn.url if self._conn else None) or "the server")
+        at = f"Drive {self.name!r}: Redis at {url}"
+        text = str(exc).split(" script: ", 1)[0]  # (not the line of our script it ran)
+        if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in text:
+            return InvalidConfigError(f"{at} refused a command to its user: {text}. {_ACL_FIX}")
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            fix = "raise its maxmemory, or free memory there; nothing was stored"
+        elif isinstance(exc, redis.exceptions.ReadOnlyError):
+            fix = (
+                "it is a read-only replica: give the URL of the primary (or of Sentinel, "
+                "redis+sentinel://...); nothing was stored"
+            )
+        elif text.startswith("BUSY"):
+            fix = "it is busy running another client's script: retry"
+        elif text.startswith("MISCONF"):
+            fix = "it cannot save its data (see its log): fix its disk, then retry"
+        else:
+            return DriveError(f"{at} refused a command: {text}")
+        return DriveUnavailableError(f"{at} refused a command ({text}): {fix}.")
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -1161,10 +1238,15 @@ class Drive:
                 raise
             # If the commit fails now (the connection dropped), it may or may not have
             # happened: the file stays, and gc() removes it if the index does not know it.
-            outcome = await conn.index.commit_put(
-                component, path, conn.config.allow_duplicates, current, info.size, info.mtime,
-                info.checksum, precondition, token=None,
-            )  # fmt: skip
+            # Refused for want of memory, or by a replica, it did not: nothing was written.
+            try:
+                outcome = await conn.index.commit_put(
+                    component, path, conn.config.allow_duplicates, current, info.size,
+                    info.mtime, info.checksum, precondition, token=None,
+                )  # fmt: skip
+            except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError):
+                await self._remove_uncommitted(conn, path, identity)
+                raise
             if outcome.status == "ok":
                 await self._finish_installs(conn, [])
                 return info
@@ -1946,6 +2028,8 @@ class Drive:
         deadline = time.monotonic() + timeout
         watch = self.watch(path)  # from now: nothing put after the check below is missed
         kind = await conn.index.kind(path, component)
+        if kind is None:
+            await self._check_not_lost(conn)  # not waiting for a file the server forgot
         while kind is None:
             remaining = deadline - time.monotonic()
             try:

@@ -72,7 +72,9 @@ local function append_event(fields)
       redis.call('SET', trimmed, last[1][1])
     end
   end
-  redis.call('PUBLISH', ARGV[3], id)
+  -- A wake-up for whoever subscribes (not asyncdrive itself): a user without rights on the
+  -- channel (an ACL user's default, 'resetchannels') must not fail a commit made already.
+  redis.pcall('PUBLISH', ARGV[3], id)
   return id
 end
 """
@@ -309,6 +311,33 @@ for _, m in ipairs(ok and members or {}) do
   end
 end
 return 0
+"""
+
+# What the server's ACL denies the connection's user, of the commands asyncdrive runs on a
+# drive's keys: checked once at connect, so that a denied command is reported then, not met
+# halfway through a commit script (which Redis does not roll back). Redis 7+ / Valkey
+# (redis.acl_check_cmd); older servers answer nothing. KEYS: 1 a file's entry, 2 a folder's
+# children, 3 the file list, 4 a lock, 5 the change log, 6 the groups' paths. Reply: the
+# commands denied on them.
+_DENIED_LUA = """
+if not redis.acl_check_cmd then return {} end
+local denied = {}
+local function check(command, ...)
+  local ok, allowed = pcall(redis.acl_check_cmd, command, ...)
+  if ok and not allowed then denied[#denied + 1] = command end
+end
+local entry, children, files, lock, events, groups = unpack(KEYS)
+check('HGETALL', entry); check('HSET', entry, 'c', 'v'); check('HDEL', entry, 'c')
+check('HINCRBY', children, 'n', '1'); check('HKEYS', children)
+check('ZADD', files, '0', 'p'); check('ZREM', files, 'p'); check('ZRANGEBYLEX', files, '-', '+')
+check('SET', lock, 'v'); check('GET', lock); check('DEL', lock); check('EXISTS', lock)
+check('XADD', events, '*', 'f', 'v'); check('XREAD', 'STREAMS', events, '0')
+check('XRANGE', events, '-', '+'); check('XTRIM', events, 'MAXLEN', '1')
+check('XGROUP', 'CREATE', events, 'g', '0')
+check('XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', events, '>')
+check('XACK', events, 'g', '0-1'); check('XINFO', 'GROUPS', events); check('HSET', groups, 'g', 'v')
+check('EVALSHA', '0', '1', entry)
+return denied
 """
 
 #: How long a member that holds no event may stay idle before a leaving member removes it.
@@ -617,6 +646,17 @@ class Index:
         """Acknowledge ``ack`` and remove ``member`` from ``group`` if it holds no event."""
         args = [group, member, ack or "", str(IDLE_MEMBER_MS)]
         await self._run(self._group_leave, [self.keys.events], args)
+
+    async def denied_commands(self) -> list[str]:
+        """Return the commands on this drive's keys the server's ACL denies its user.
+
+        Empty where all are allowed, or the server cannot tell (before Redis 7). Raises
+        redis-py's `NoPermissionError` if the user may not run scripts at all.
+        """
+        k = self.keys
+        keys = [k.entry("x"), k.children(""), k.files, k.lock("c", "x"), k.events, k.group_paths]
+        denied: list[str] = await self.client.eval(_DENIED_LUA, len(keys), *keys)
+        return denied
 
     async def last_event_id(self) -> str:
         """Return the id of the newest event ever added (``"0-0"``: none)."""

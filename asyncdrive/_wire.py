@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -97,7 +98,7 @@ class Wire:
         command = hiredis.pack_command(args)
         protocol = self._protocol
         loop = asyncio.get_running_loop()
-        if protocol is None or loop is not self._loop:
+        if protocol is None or loop is not self._loop or self._hung_up(protocol):
             protocol = await self._connect(loop)
         (waiter,) = self._queue(protocol, loop, command, 1)
         await self._drained(protocol)
@@ -116,7 +117,7 @@ class Wire:
         packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
         protocol = self._protocol
         loop = asyncio.get_running_loop()
-        if protocol is None or loop is not self._loop:
+        if protocol is None or loop is not self._loop or self._hung_up(protocol):
             protocol = await self._connect(loop)
         waiters = self._queue(protocol, loop, packed, len(commands))
         await self._drained(protocol)
@@ -159,6 +160,17 @@ class Wire:
         if self._timer is None and self._timeout:
             self._timer = loop.call_at(sent_at + self._timeout, self._check_overdue)
         return waiters
+
+    def _hung_up(self, protocol: _WireProtocol) -> bool:
+        """Drop a connection the server closed unseen (see `_WireProtocol.hung_up`): True.
+
+        Only where no command awaits its reply: then nothing was sent on it, and a new
+        connection is safe (with commands in flight, the loop runs and sees the close).
+        """
+        if self._awaiting or not protocol.hung_up():
+            return False
+        self._fail(ConnectionError, "The drive's server closed the connection")
+        return True
 
     def _flush(self, protocol: _WireProtocol) -> None:
         """Write the queued commands, unless their connection failed (their callers with it)."""
@@ -349,6 +361,10 @@ class WirePool:
             await wire.aclose()
 
 
+#: What `_WireProtocol.hung_up` polls for: the server's end closed (Linux; else not checked).
+_HANGUP = getattr(select, "POLLRDHUP", 0)
+
+
 class _WireProtocol(asyncio.Protocol):
     """A `Wire`'s connection once connected: parses replies as they arrive, in order."""
 
@@ -368,6 +384,20 @@ class _WireProtocol(asyncio.Protocol):
         #: Done when the transport has closed (`connection_lost`).
         self.closed: asyncio.Future[None] = loop.create_future()
         self._writable: asyncio.Future[None] | None = None  # while writing is paused
+        self._hangup: select.poll | None = None
+        sock = self.transport.get_extra_info("socket")
+        if _HANGUP and sock is not None:
+            self._hangup = select.poll()
+            self._hangup.register(sock.fileno(), _HANGUP)
+
+    def hung_up(self) -> bool:
+        """Return whether the server closed the connection while no event loop ran to see it.
+
+        A `SyncDrive`'s loop runs only during its calls: a server restarted (or a client
+        killed, an idle timeout) between two calls leaves a closed connection it has not
+        seen, which the next command would be sent on, and fail. One ``poll`` (~1 µs).
+        """
+        return self._hangup is not None and bool(self._hangup.poll(0))
 
     def data_received(self, data: bytes) -> None:
         """Hand each complete reply to the oldest caller awaiting one."""

@@ -15,7 +15,13 @@ import pytest
 import redis
 import trustme
 
-from asyncdrive import Drive, DriveUnavailableError, InvalidConfigError
+from asyncdrive import (
+    Drive,
+    DriveUnavailableError,
+    IndexLostError,
+    InvalidConfigError,
+    SyncDrive,
+)
 
 from .servers import ServerProcess
 
@@ -124,6 +130,126 @@ async def test_acl_user_and_wrong_password(
     assert "wrong-pass" not in str(refused.value)
     assert "alice:***@" in str(refused.value)
     assert "user name and password" in str(refused.value)  # not "is the server running?"
+
+
+def acl_user(server: ServerProcess, name: str, *rules: str) -> str:
+    """Make an ACL user of ``rules`` (``ACL SETUSER``'s words); return its URL."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.execute_command("ACL", "SETUSER", name, "on", ">pw", *rules)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+    return f"unix://{name}:pw@{server.sock}"
+
+
+def files_under(root: Path) -> list[str]:
+    """The drives' files on disk (not asyncdrive's own, nor uploads)."""
+    return sorted(
+        str(f.relative_to(root))
+        for f in root.glob("drives/*/*/**/*")
+        if f.is_file() and ".tmp" not in f.parts and not f.name.startswith(".asyncdrive")
+    )
+
+
+async def test_acl_users_are_checked_before_anything_is_written(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """A user without a command a commit needs is refused at connect, not halfway through
+    a commit script (which Redis does not roll back); one without channels is no matter."""
+    root = tmp_path / "root"
+    # The usual ACL user: every command and key, no channel (Valkey's resetchannels default).
+    usual = acl_user(server, "usual", "~*", "+@all")
+    async with Drive(drive_id, root=root, redis_url=usual) as drive:
+        await drive.write_bytes("a.txt", b"a")  # its wake-up PUBLISH denied: no matter
+        await drive.delete("a.txt")
+        assert await drive.list(".") == []
+    cases = [
+        (acl_user(server, "nostream", "~*", "&*", "+@all", "-xadd"), "XADD"),
+        (acl_user(server, "nokeys", "~other:*", "&*", "+@all"), "access a key"),
+    ]
+    for url, denied in cases:
+        async with Drive(drive_id, root=root, redis_url=url) as drive:
+            with pytest.raises(InvalidConfigError) as refused:
+                await drive.write_bytes("b.txt", b"b")
+        message = str(refused.value)
+        assert f"Drive {drive.name!r}" in message and denied in message, message
+        assert "ACL SETUSER" in message and ":pw@" not in message, message
+    noscripts = acl_user(server, "noscripts", "~*", "&*", "+@all", "-eval", "-evalsha")
+    noinfo = acl_user(server, "noinfo", "~*", "&*", "+@all", "-info")
+    for url, said in ((noscripts, "to run scripts"), (noinfo, "setup")):
+        async with Drive(drive_id, root=root, redis_url=url) as drive:
+            with pytest.raises(InvalidConfigError, match=said) as refused:
+                await drive.list(".")
+            assert "ACL SETUSER" in str(refused.value)
+    assert files_under(root) == []  # nothing was written, on disk or (below) in Redis
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert client.keys(f"asyncdrive:{{{drive_id[6:]}}}:e:*") == []
+    finally:
+        client.close()
+
+
+async def test_a_server_refusing_writes_says_why_and_keeps_nothing(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """Out of memory, or a read-only replica: an error saying what to do, no file left."""
+    root = tmp_path / "root"
+    admin = redis.Redis.from_url(server.url)
+    try:
+        async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+            await drive.write_bytes("kept.txt", b"kept")
+            refusals = [
+                (("CONFIG", "SET", "maxmemory", "1"), "maxmemory"),
+                (("REPLICAOF", "127.0.0.1", "1"), "read-only replica"),
+            ]
+            for setting, said in refusals:
+                admin.execute_command(*setting)  # type: ignore[no-untyped-call]
+                try:
+                    for write in (
+                        lambda: drive.write_bytes("new.txt", b"new"),
+                        lambda: drive.write_bytes("kept.txt", b"replaced"),
+                        lambda: drive.delete("kept.txt"),
+                    ):
+                        with pytest.raises(DriveUnavailableError, match=said) as refused:
+                            await write()
+                        assert f"Drive {drive.name!r}" in str(refused.value)
+                    assert await drive.read_bytes("kept.txt") == b"kept"  # reads go on
+                    assert files_under(root) == [f"drives/{drive.name}/default/kept.txt"]
+                finally:
+                    admin.execute_command("CONFIG", "SET", "maxmemory", "0")  # type: ignore[no-untyped-call]
+                    admin.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+            await drive.write_bytes("new.txt", b"new")  # and the same drive writes again
+            assert await drive.list(".") == ["kept.txt", "new.txt"]
+    finally:
+        admin.close()
+
+
+async def test_a_get_waiting_for_a_file_the_server_forgot_says_so(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("a.txt", b"a")
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+        with pytest.raises(IndexLostError, match="rebuild"):
+            await drive.get("a.txt", to="out.txt", timeout=30)  # at once, not in 30 s
+
+
+def test_a_sync_drive_rides_out_a_restart_between_its_calls(
+    private_server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """Its loop runs only during calls: the closed connection is seen before the next one."""
+    private_server.start()
+    with SyncDrive(drive_id, **kwargs(private_server, tmp_path)) as drive:
+        drive.write_bytes("a.txt", b"a")
+        for _ in range(2):
+            private_server.kill()
+            private_server.start()
+            assert drive.read_bytes("a.txt") == b"a"  # the first call after, not a retry
+            drive.write_bytes("a.txt", b"a")
 
 
 async def test_a_server_that_is_not_redis_or_refuses_the_url(
