@@ -165,6 +165,11 @@ async def connect(url: str, *, timeout: float) -> Connected:
     scheme = url.partition("://")[0].lower()
     if scheme in SENTINEL_SCHEMES:
         return await _connect_sentinel(url, timeout)
+    if scheme in ("redis", "rediss"):
+        # redis-py reads '/abc' as database 0, and '/1/2' as 12: say so instead.
+        database = urlsplit(url).path.strip("/")
+        if database and not database.isdigit():
+            raise _bad_url(url, ValueError(f"{database!r} is not a database number"))
     try:
         client = aioredis.Redis.from_url(url, **_options(timeout))
     except ValueError as exc:

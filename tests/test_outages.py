@@ -276,6 +276,11 @@ async def test_a_server_that_is_not_redis_or_refuses_the_url(
         with pytest.raises(InvalidConfigError, match=r"database number") as refused:
             await drive.list(".")
     assert "DB index is out of range" in str(refused.value)
+    for database in ("abc", "1/2"):  # redis-py would take them for 0 and 12
+        url = f"redis://127.0.0.1:{port}/{database}"
+        async with Drive(drive_id, root=tmp_path / "root", redis_url=url) as drive:
+            with pytest.raises(InvalidConfigError, match="is not a database number"):
+                await drive.list(".")
 
 
 async def test_tls_server(
