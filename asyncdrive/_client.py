@@ -203,6 +203,8 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
             name, _, port = host.rpartition(":")
             addresses.append((name or "127.0.0.1", int(port or 26379)))
         segments = [s for s in parts.path.split("/") if s]
+        if not segments:
+            raise ValueError("it names no service: redis+sentinel://host:port/service")
         service = segments[0]
         db = int(segments[1]) if len(segments) > 1 else 0
     except (ValueError, IndexError) as exc:

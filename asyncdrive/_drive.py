@@ -63,6 +63,7 @@ from ._exceptions import (
     InvalidConfigError,
     InvalidPathError,
     VersionConflictError,
+    shorten,
     storage_error,
 )
 from ._files import DriveReader, DriveWriter, Opening, check_mode
@@ -661,8 +662,9 @@ class Drive:
                 "configure no Redis URL (argument or ASYNCDRIVE_REDIS_URL) to use the "
                 "embedded server."
             )
-        return DriveUnavailableError(
-            f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} ({exc}). {fix}"
+        return DriveUnavailableError(  # (Sentinel's errors hold whole reprs: shortened)
+            f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} "
+            f"({shorten(str(exc), 300)}). {fix}"
         )
 
     def _refused(self, exc: redis.exceptions.ResponseError, url: str | None = None) -> DriveError:

@@ -283,6 +283,20 @@ async def test_a_server_that_is_not_redis_or_refuses_the_url(
                 await drive.list(".")
 
 
+async def test_sentinel_urls_say_what_is_wrong(
+    tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    no_service = "redis+sentinel://127.0.0.1:1/"
+    async with Drive(drive_id, root=tmp_path / "root", redis_url=no_service) as drive:
+        with pytest.raises(InvalidConfigError, match="names no service"):
+            await drive.list(".")
+    nobody = "redis+sentinel://127.0.0.1:1/mymaster"
+    async with Drive(drive_id, root=tmp_path / "root", redis_url=nobody) as drive:
+        with pytest.raises(DriveUnavailableError) as unreachable:
+            await drive.list(".")
+    assert len(str(unreachable.value)) < 700, str(unreachable.value)  # no client's repr
+
+
 async def test_tls_server(
     server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
 ) -> None:
