@@ -328,6 +328,9 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             names = await anyio.to_thread.run_sync(self._drive_names)
             if name in names or await self.drive(name).list("."):
                 return _dir_entry(name)
+            missing = self._drives.pop(name, None)  # not kept connected: probes add up
+            if missing is not None:
+                await missing.aclose()
             raise DriveFileNotFoundError(
                 f"Drive {name!r}: no such drive under {str(self._root())!r}; check the name, "
                 "or the root (storage_options root=, or $ASYNCDRIVE_ROOT)."

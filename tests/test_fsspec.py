@@ -484,6 +484,11 @@ def test_leading_slashes_name_the_drive(fs: DriveFileSystem, name: str) -> None:
         fs.ls(f"lit:///{name}/missing/deep")
 
 
+def test_probing_drives_that_do_not_exist_keeps_nothing_open(fs: DriveFileSystem) -> None:
+    assert not any(fs.exists(f"lit://nothing{i}") for i in range(5))
+    assert fs._drives == {}  # (each Drive kept would hold its connections)
+
+
 def test_bad_urls(fs: DriveFileSystem) -> None:
     with pytest.raises(InvalidPathError, match="drive name"):
         fs.ls("lit://bad name/x")
