@@ -2358,7 +2358,10 @@ class Drive:
         """
         folder = self._path(path, allow_root=True)
         if group is not None:
-            check_component_name(group, "group name")
+            try:
+                check_component_name(group, "group name")
+            except InvalidConfigError as exc:
+                raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
         check_seconds(self.name, "timeout", timeout)
         check_seconds(self.name, "claim_idle", claim_idle)
         if since is not None:

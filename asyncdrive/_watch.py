@@ -184,6 +184,8 @@ class Watch:
                             await self._read_group(conn, block, limit)
                 except (*_CONNECTION_ERRORS, TimeoutError) as exc:
                     await self._backoff(exc, deadline)
+                except redis.exceptions.ResponseError as exc:  # refused: out of memory, ...
+                    raise self._drive._refused(exc) from exc
                 else:
                     self._failing_since = None
                     looked = True

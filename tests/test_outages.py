@@ -213,6 +213,9 @@ async def test_a_server_refusing_writes_says_why_and_keeps_nothing(
                         with pytest.raises(DriveUnavailableError, match=said) as refused:
                             await write()
                         assert f"Drive {drive.name!r}" in str(refused.value)
+                    async with drive.watch(group="new") as member:  # (created: a write)
+                        with pytest.raises(DriveUnavailableError, match=said):
+                            await member.next(1)
                     assert await drive.read_bytes("kept.txt") == b"kept"  # reads go on
                     assert files_under(root) == [f"drives/{drive.name}/default/kept.txt"]
                 finally:

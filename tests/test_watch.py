@@ -889,7 +889,9 @@ async def test_watch_arguments_are_checked_with_messages_of_their_own(
     env: dict[str, str], drive_id: str
 ) -> None:
     async with Drive(drive_id) as drive:
-        with pytest.raises(InvalidConfigError, match="Invalid group name 'a:b'"):
+        with pytest.raises(
+            InvalidConfigError, match=rf"^Drive {drive.name!r}: Invalid group name 'a:b'"
+        ):
             drive.watch(group="a:b")
         with pytest.raises(InvalidConfigError, match="since=123 is not an event id"):
             drive.watch(since=123)  # type: ignore[arg-type]
