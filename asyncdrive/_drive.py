@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import (
-    TYPE_CHECKING,
     Any,
     BinaryIO,
     Concatenate,
@@ -66,9 +66,9 @@ from ._exceptions import (
     shorten,
     storage_error,
 )
-from ._files import DriveReader, DriveWriter, Opening, check_mode
-from ._index import Index, PutOutcome
-from ._models import FileInfo, FolderInfo, GcReport
+from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
+from ._index import WRITES, Index, PutOutcome
+from ._models import Buffer, FileInfo, FolderInfo, GcReport
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
 from ._server import ensure_server, forget_server
 from ._storage import (
@@ -86,9 +86,6 @@ from ._storage import (
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
-
-if TYPE_CHECKING:
-    from ._models import Buffer
 
 __all__ = ["Drive"]
 
@@ -312,11 +309,29 @@ def _redis_errors_as_unavailable(
     return wrapper
 
 
+#: The end of an error reply raised in a script: which line of ours it was.
+_SCRIPT_LINE = re.compile(r" script: on @user_script:\d+\.?$")
+#: A cluster's passing states: worth retrying.
+_BUSY_CLUSTER = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+)
+
+
+def _denied(exc: redis.exceptions.ResponseError) -> bool:
+    """Return whether an error reply is the server's ACL denying its user a command."""
+    text = str(exc)
+    return isinstance(exc, redis.exceptions.NoPermissionError) or (
+        "NOPERM" in text or text.startswith("ACL failure") or "no permissions" in text
+    )
+
+
 #: How to give a Redis user what a drive needs (an ACL user has no keys nor channels at first).
 _ACL_FIX = (
     "Give it the drive's keys and the commands asyncdrive runs, e.g. ACL SETUSER <user> "
-    "~asyncdrive:* &asyncdrive:* +@read +@write +@stream +@scripting +@connection +info "
-    "+time (or +@all)."
+    "~asyncdrive:* &asyncdrive:* +@read +@write +@stream +@scripting +@transaction "
+    "+@connection +info +time (or +@all)."
 )
 
 #: What a get's copy reports as the caller's to fix: a local file or folder in the way (or
@@ -534,11 +549,13 @@ class Drive:
             # parse it), or a setting of the URL the server refuses (a database number).
             if connected is not None:
                 await connected.aclose()
-            if isinstance(exc, redis.exceptions.NoPermissionError):
+            if isinstance(exc, redis.exceptions.ResponseError) and _denied(exc):
                 raise InvalidConfigError(
                     f"Drive {self.name!r}: the server at {redact_url(url)} refused the "
                     f"connection's setup to its user ({exc}). {_ACL_FIX}"
                 ) from exc
+            if isinstance(exc, redis.exceptions.ResponseError) and "DB index" not in str(exc):
+                raise self._refused(exc, url) from exc  # (busy, loading, a cluster down...)
             refused = isinstance(exc, redis.exceptions.ResponseError)
             raise (InvalidConfigError if refused else DriveUnavailableError)(
                 f"Drive {self.name!r}: the server at {redact_url(url)} "
@@ -584,7 +601,7 @@ class Drive:
         """Refuse a server whose ACL denies its user a command asyncdrive runs on the drive.
 
         Checked before any is run: a commit script denied one halfway would leave half a
-        commit (Redis does not roll scripts back).
+        commit (Redis does not roll scripts back). A user denied every write may read.
         """
         try:
             denied = await index.denied_commands()
@@ -596,10 +613,12 @@ class Drive:
             ) from exc
         except redis.exceptions.ResponseError:
             return  # (a server that cannot tell: each command is checked as it runs)
-        if denied:
+        # A user that may not write at all (a reader's) is refused cleanly, at a script's
+        # first write; one that may write some things only would be refused halfway.
+        if denied - WRITES or (denied & WRITES and WRITES - denied):
             raise InvalidConfigError(
                 f"Drive {self.name!r}: Redis at {redact_url(url)} denies its user "
-                f"{', '.join(sorted(set(denied)))} on the drive's keys "
+                f"{', '.join(sorted(denied))} on the drive's keys "
                 f"({index.keys.prefix}*). {_ACL_FIX}"
             )
 
@@ -638,7 +657,11 @@ class Drive:
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
         url = url or (self._conn.url if self._conn else None) or "the embedded server"
         text = str(exc)
-        if "NOAUTH" in text or "HELLO must be called with the client already auth" in text:
+        if (
+            "NOAUTH" in text
+            or "HELLO must be called with the client already auth" in text
+            or text.startswith("Authentication required")
+        ):
             fix = (
                 "The server asks for a password, and the Redis URL has none: give it as "
                 "redis://user:password@host:port (or redis://:password@host:port)."
@@ -671,10 +694,12 @@ class Drive:
         """Return the `DriveError` of an error reply: the server refused a command."""
         url = redact_url(url or (self._conn.url if self._conn else None) or "the server")
         at = f"Drive {self.name!r}: Redis at {url}"
-        text = str(exc).split(" script: ", 1)[0]  # (not the line of our script it ran)
-        if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in text:
+        text = _SCRIPT_LINE.sub("", str(exc))  # (not the line of our script it ran)
+        if _denied(exc):
             return InvalidConfigError(f"{at} refused a command to its user: {text}. {_ACL_FIX}")
-        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        if isinstance(exc, _BUSY_CLUSTER):
+            fix = "its cluster is failing over or down: retry"
+        elif isinstance(exc, redis.exceptions.OutOfMemoryError):
             fix = "raise its maxmemory, or free memory there; nothing was stored"
         elif isinstance(exc, redis.exceptions.ReadOnlyError):
             fix = (
@@ -1082,7 +1107,7 @@ class Drive:
         """
         drive_path = self._path(path, file=True, new=True)
         precondition = self._precondition(drive_path, if_version, exist_ok)
-        view = memoryview(data).cast("B")  # its bytes, whatever the items: a size in bytes
+        view = byte_view(data)  # its bytes, whatever the items: a size in bytes
         conn = await self._connection()
         stage = functools.partial(conn.store.stage_bytes, view)
         return await self._put(
@@ -1240,14 +1265,18 @@ class Drive:
                 raise
             # If the commit fails now (the connection dropped), it may or may not have
             # happened: the file stays, and gc() removes it if the index does not know it.
-            # Refused for want of memory, or by a replica, it did not: nothing was written.
+            # Refused by an error reply, it did not (see below): nothing was written.
             try:
                 outcome = await conn.index.commit_put(
                     component, path, conn.config.allow_duplicates, current, info.size,
                     info.mtime, info.checksum, precondition, token=None,
                 )  # fmt: skip
-            except (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError):
-                await self._remove_uncommitted(conn, path, identity)
+            except redis.exceptions.ResponseError as refused:
+                # An error reply: refused before its first write (out of memory, a replica,
+                # busy, ...): nothing was committed. Not sure for a denied command, which a
+                # script may meet after its writes: gc() settles it.
+                if not _denied(refused):
+                    await self._remove_uncommitted(conn, path, identity)
                 raise
             if outcome.status == "ok":
                 await self._finish_installs(conn, [])

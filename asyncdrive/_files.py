@@ -16,13 +16,13 @@ import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Generic, Self, TypeVar
+from typing import Any, BinaryIO, Generic, Self, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from ._exceptions import InvalidConfigError, storage_error
-from ._models import CHECKSUM_ALGORITHM, FileInfo
+from ._models import CHECKSUM_ALGORITHM, Buffer, FileInfo
 from ._storage import (
     CHUNK,
     WRITEBACK_STEP,
@@ -33,10 +33,22 @@ from ._storage import (
 )
 from ._tasks import to_its_end
 
-if TYPE_CHECKING:
-    from ._models import Buffer
+__all__ = ["DriveReader", "DriveWriter", "Opening", "byte_view", "check_mode"]
 
-__all__ = ["DriveReader", "DriveWriter", "Opening", "check_mode"]
+
+def byte_view(data: Buffer) -> memoryview:
+    """Return the bytes of ``data`` as a flat view; a copy only of a buffer with gaps.
+
+    Example:
+        >>> byte_view(array.array("i", [1])).nbytes, byte_view(memoryview(b"abcd")[::2]).tobytes()
+        (4, b'ac')
+
+    """
+    view = memoryview(data)
+    if not view.c_contiguous:  # (a strided slice, a numpy array's transposed view)
+        view = memoryview(view.tobytes())
+    return view.cast("B")
+
 
 #: What an `Opening` opens (covariant: an Opening[DriveReader] is an Opening of a file).
 FileT = TypeVar("FileT", bound="DriveReader | DriveWriter", covariant=True)
@@ -440,7 +452,7 @@ class DriveWriter:
         Small writes gather in memory (up to 1 MiB) and go to disk together.
         """
         out = self._open_out()
-        view = memoryview(data).cast("B")
+        view = byte_view(data)
         written = len(view)
         self._size += written
         if len(self._pending) + written < CHUNK:

@@ -614,17 +614,49 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             if maxdepth is None and not _GLOB.search(rest):
                 await self.drive(name).delete(rest, recursive=recursive)
                 continue
-            # What fsspec's rm removes: the paths the pattern matches, and with ``recursive``
-            # what is below them, down to ``maxdepth`` levels (folders go with their files).
-            for found in await self._expand_path(one, recursive=recursive, maxdepth=maxdepth):
-                found_name, found_rest = self._split(found)
-                if not found_rest:
-                    continue  # the drive itself ('lit://d/**' names it): its files follow
-                try:
-                    await self.drive(found_name).delete(found_rest)
-                except DriveIsADirectoryError:
-                    if not recursive:
-                        raise
+            await self._rm_matches(one, recursive=recursive, maxdepth=maxdepth)
+
+    async def _rm_matches(self, pattern: str, *, recursive: bool, maxdepth: int | None) -> None:
+        """`_rm` of a glob, or with ``maxdepth``: what fsspec's rm removes, as its way finds it.
+
+        The paths the pattern matches, and with ``recursive`` what is below them, down to
+        ``maxdepth`` levels. Without ``recursive``, a folder among them refuses them all
+        before any is deleted; with it, one matched whole goes in one delete.
+        """
+        name, rest = self._split(pattern)
+        matched = await self._glob(pattern, maxdepth=maxdepth, detail=True)
+        folders = sorted(n for n, e in matched.items() if e["type"] == "directory")
+        if folders and not recursive:
+            raise DriveIsADirectoryError(
+                f"Drive {name!r}: {rest!r} matches the folder {folders[0]!r}; pass "
+                "recursive=True to delete the files in it."
+            )
+        if maxdepth is None:  # each folder matched, whole; files below them go with them
+            for folder in folders:
+                if not any(folder.startswith(f"{done}/") for done in folders if done != folder):
+                    await self._delete_folder(folder)
+            below = tuple(f"{folder}/" for folder in folders)
+            files = [n for n, e in matched.items() if e["type"] == "file"]
+            for file in files:
+                if not file.startswith(below):
+                    await self._delete_file(file)
+            return
+        for found in await self._expand_path(pattern, recursive=recursive, maxdepth=maxdepth):
+            with contextlib.suppress(DriveIsADirectoryError):  # (folders go with their files)
+                await self._delete_file(found)
+
+    async def _delete_file(self, path: str) -> None:
+        name, rest = self._split(path)
+        if rest:  # (not the drive itself, which 'lit://d/**' names: its files come too)
+            await self.drive(name).delete(rest)
+
+    async def _delete_folder(self, path: str) -> None:
+        name, rest = self._split(path)
+        if rest:
+            await self.drive(name).delete(rest, recursive=True)
+        else:  # the drive itself ('lit://d/**' names it): what is in it
+            for entry in await self.drive(name).list("."):
+                await self.drive(name).delete(entry, recursive=True)
 
     async def _mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
         self._split(path)  # folders exist by what they hold: nothing to make
@@ -830,6 +862,14 @@ class _TextFile(io.TextIOWrapper):
             under.__exit__(exc_type, exc, tb)  # dropped: closed under this layer
         self.close()
 
+    def __del__(self) -> None:
+        # Unclosed: dropped, as an unclosed drive file is (io's finalizer would close, so
+        # commit, half a file; and at interpreter exit, wait forever for fsspec's loop).
+        if not self.closed:
+            under: Any = self.buffer
+            file = under._file if isinstance(under, _Compressed) else under
+            file.__del__()
+
 
 class _Compressed:
     """A compression codec's file over a `DriveFile` (``fs.open(..., compression=)``).
@@ -850,6 +890,9 @@ class _Compressed:
 
     def __iter__(self) -> Any:
         return iter(self._codec)
+
+    def __next__(self) -> Any:
+        return next(self._codec)
 
     def __enter__(self) -> _Compressed:
         return self
@@ -873,3 +916,6 @@ class _Compressed:
             self._codec.close()
         finally:
             self._file.close()
+
+
+io.IOBase.register(_Compressed)  # a file object, as the codec's file it wraps

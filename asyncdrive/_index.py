@@ -231,10 +231,11 @@ return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 # created where missing, at ARGV[5] ('0': the oldest event retained). Each step also checks
 # what the member watches (ARGV[6]) against what the group watches (kept in KEYS[3]): members
 # share one position, so they must watch one path. Another path is refused while any other
-# member has stepped within ARGV[7] ms, and otherwise becomes the group's (its members left,
-# or are gone). KEYS: 1 the change log, 2 its trim mark, 3 the groups' paths. ARGV: 1 group,
-# 2 member, 3 claim idle (ms), 4 the event to acknowledge ('' none), 5 the group's starting
-# id, 6 the member's path, 7 how recently a member must have stepped to count (ms). Replies:
+# member has stepped within ARGV[7] ms, or holds an event it took within the claim idle time
+# (it works on it), and otherwise becomes the group's (its members left, or are gone). KEYS:
+# 1 the change log, 2 its trim mark, 3 the groups' paths. ARGV: 1 group, 2 member, 3 claim
+# idle (ms), 4 the event to acknowledge ('' none), 5 the group's starting id, 6 the
+# member's path, 7 how recently a member must have stepped to count (ms). Replies:
 # {'event', {id, fields}}, {'none', last delivered id}, {'expired', last delivered id, trim
 # mark}, {'path', the group's path}, or {'lost', ids}: events held by a member longer than
 # the claim idle time, trimmed before another member could take them.
@@ -265,7 +266,9 @@ if path ~= ARGV[6] then
     for _, m in ipairs(redis.call('XINFO', 'CONSUMERS', events, group)) do
       local fields = {}
       for i = 1, #m, 2 do fields[m[i]] = m[i + 1] end
-      if fields['name'] ~= member and fields['idle'] < tonumber(ARGV[7]) then
+      local idle = fields['idle']
+      local holding = fields['pending'] > 0 and idle < tonumber(ARGV[3])
+      if fields['name'] ~= member and (idle < tonumber(ARGV[7]) or holding) then
         return {'path', path}
       end
     end
@@ -313,6 +316,12 @@ end
 return 0
 """
 
+#: The commands of `_DENIED_LUA` that change a drive (the others only read).
+WRITES = frozenset(
+    {"HSET", "HDEL", "HINCRBY", "ZADD", "ZREM", "SET", "DEL", "XADD", "XTRIM", "XGROUP"}
+    | {"XREADGROUP", "XACK", "XCLAIM"}
+)
+
 # What the server's ACL denies the connection's user, of the commands asyncdrive runs on a
 # drive's keys: checked once at connect, so that a denied command is reported then, not met
 # halfway through a commit script (which Redis does not roll back). Redis 7+ / Valkey
@@ -327,15 +336,19 @@ local function check(command, ...)
   if ok and not allowed then denied[#denied + 1] = command end
 end
 local entry, children, files, lock, events, groups = unpack(KEYS)
-check('HGETALL', entry); check('HSET', entry, 'c', 'v'); check('HDEL', entry, 'c')
+check('HGETALL', entry); check('HGET', entry, 'c'); check('HSET', entry, 'c', 'v')
+check('HDEL', entry, 'c'); check('MULTI'); check('EXEC'); check('TIME')
 check('HINCRBY', children, 'n', '1'); check('HKEYS', children)
 check('ZADD', files, '0', 'p'); check('ZREM', files, 'p'); check('ZRANGEBYLEX', files, '-', '+')
 check('SET', lock, 'v'); check('GET', lock); check('DEL', lock); check('EXISTS', lock)
 check('XADD', events, '*', 'f', 'v'); check('XREAD', 'STREAMS', events, '0')
-check('XRANGE', events, '-', '+'); check('XTRIM', events, 'MAXLEN', '1')
+check('XRANGE', events, '-', '+'); check('XREVRANGE', events, '+', '-')
+check('XLEN', events); check('XTRIM', events, 'MAXLEN', '1')
 check('XGROUP', 'CREATE', events, 'g', '0')
 check('XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', events, '>')
 check('XACK', events, 'g', '0-1'); check('XINFO', 'GROUPS', events); check('HSET', groups, 'g', 'v')
+check('XPENDING', events, 'g'); check('XCLAIM', events, 'g', 'c', '0', '0-1')
+check('XGROUP', 'SETID', events, 'g', '0'); check('XGROUP', 'DELCONSUMER', events, 'g', 'c')
 check('EVALSHA', '0', '1', entry)
 return denied
 """
@@ -647,16 +660,17 @@ class Index:
         args = [group, member, ack or "", str(IDLE_MEMBER_MS)]
         await self._run(self._group_leave, [self.keys.events], args)
 
-    async def denied_commands(self) -> list[str]:
+    async def denied_commands(self) -> set[str]:
         """Return the commands on this drive's keys the server's ACL denies its user.
 
         Empty where all are allowed, or the server cannot tell (before Redis 7). Raises
-        redis-py's `NoPermissionError` if the user may not run scripts at all.
+        redis-py's `NoPermissionError` if the user may not run scripts at all. (`WRITES`
+        are those that change the drive.)
         """
         k = self.keys
         keys = [k.entry("x"), k.children(""), k.files, k.lock("c", "x"), k.events, k.group_paths]
         denied: list[str] = await self.client.eval(_DENIED_LUA, len(keys), *keys)
-        return denied
+        return set(denied)
 
     async def last_event_id(self) -> str:
         """Return the id of the newest event ever added (``"0-0"``: none)."""

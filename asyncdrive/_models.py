@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # what write_bytes and a writer take: any bytes-like object (PEP 688)
-    if sys.version_info >= (3, 12):
-        from collections.abc import Buffer as Buffer
-    else:
-        from typing_extensions import Buffer as Buffer
+# What write_bytes and a writer take: any bytes-like object (PEP 688). Defined at run time
+# too, for what reads annotations then (typing.get_type_hints: pydantic, typer, sphinx).
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer as Buffer
+else:
+    from typing_extensions import Buffer as Buffer
 
 __all__ = ["FileInfo", "FolderInfo", "GcReport"]
 

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal
 
@@ -35,12 +35,9 @@ from ._drive import Drive, StrPath, _inherited_after_fork, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveClosedError, DriveError
 from ._files import DriveReader, DriveWriter, FileT
-from ._models import FileInfo, FolderInfo, GcReport
+from ._models import Buffer, FileInfo, FolderInfo, GcReport
 from ._progress import ProgressCallback
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
-
-if TYPE_CHECKING:
-    from ._models import Buffer
 
 __all__ = ["SyncDrive", "SyncDriveReader", "SyncDriveWriter", "SyncWatch"]
 

@@ -353,8 +353,9 @@ class Watch:
             "members of a group share one position in the change log, so they must watch the "
             "same path (a member would take, and drop, events the others wait for). Watch "
             "the group's path, or give this path a group of its own; a group takes another "
-            "path once its members have left it (closed their watches) or have not read "
-            f"for {ACTIVE_MEMBER:g} s."
+            "path once its members have left it (closed their watches), or have not read "
+            f"for {ACTIVE_MEMBER:g} s nor held an event for claim_idle "
+            f"({self._claim_idle_ms / 1000:g} s)."
         )
 
     # -- closing -----------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class Wire:
         sent) from a command lost on the way (which may or may not have run).
         """
         loop = asyncio.get_running_loop()
-        if self._protocol is None or loop is not self._loop:
+        protocol = self._protocol
+        if protocol is None or loop is not self._loop or self._hung_up(protocol):
             await self._connect(loop)
 
     async def call(self, *args: Any) -> Any:

@@ -14,6 +14,7 @@ import pickle
 import re
 import shutil
 import threading
+import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -1329,6 +1330,12 @@ def test_public_names() -> None:
         assert hasattr(asyncdrive, name)
     assert "DriveFileSystem" in dir(asyncdrive)  # imported when asked for: fsspec is optional
     assert asyncdrive.DriveFileSystem.protocol == "lit"  # (typed: mypy checks this file)
+    for method in (
+        Drive.write_bytes,
+        asyncdrive.SyncDrive.write_bytes,
+        asyncdrive.DriveWriter.write,
+    ):
+        assert "data" in typing.get_type_hints(method)  # annotations resolve at run time
 
 
 def test_errors_pickle_with_what_they_carry() -> None:

@@ -235,6 +235,8 @@ async def test_bytes_of_any_buffer_count_in_bytes(drive: Drive, size: int) -> No
     info = await drive.write_bytes("array.bin", memoryview(items))
     assert info.size == len(expected) == 4 * size
     assert (await drive.write_bytes("array.bin", items)).size == info.size  # any buffer
+    assert (await drive.write_bytes("gaps.bin", memoryview(b"abcdef")[::2])).size == 3
+    assert await drive.read_bytes("gaps.bin") == b"ace"  # a strided view: its items
     assert info.checksum == hashlib.sha256(expected).hexdigest()
     assert await drive.read_bytes("array.bin") == expected
     async with drive.open("written.bin", "wb") as f:

@@ -163,8 +163,28 @@ async def test_acl_users_are_checked_before_anything_is_written(
         await drive.write_bytes("a.txt", b"a")  # its wake-up PUBLISH denied: no matter
         await drive.delete("a.txt")
         assert await drive.list(".") == []
+    # What the messages advise works, every call; a user denied every write reads.
+    advised = ("+@read", "+@write", "+@stream", "+@scripting", "+@transaction", "+@connection")
+    advised_url = acl_user(server, "advised", "~asyncdrive:*", *advised, "+info", "+time")
+    reading = ("+@read", "+@scripting", "+@transaction", "+@connection", "+info", "+time")
+    reader = acl_user(server, "reader", "~asyncdrive:*", *reading)
+    async with Drive(drive_id, root=root, redis_url=advised_url) as drive:
+        await drive.write_bytes("x/a.txt", b"a")
+        assert await drive.list(".", recursive=True) == ["x/a.txt"]
+        assert [i.path for i in await drive.list_info("x")] == ["x/a.txt"]
+        await drive.get("x", to="got")
+    async with Drive(drive_id, root=root, redis_url=reader) as drive:
+        assert await drive.read_bytes("x/a.txt") == b"a"
+        assert await drive.list("x") == ["x/a.txt"]
+        with pytest.raises(InvalidConfigError, match="refused a command to its user"):
+            await drive.write_bytes("x/a.txt", b"b")
+        assert await drive.read_bytes("x/a.txt") == b"a"
+    async with Drive(drive_id, root=root, redis_url=advised_url) as drive:
+        await drive.delete("x", recursive=True)
     cases = [
         (acl_user(server, "nostream", "~*", "&*", "+@all", "-xadd"), "XADD"),
+        (acl_user(server, "nolen", "~*", "&*", "+@all", "-xlen"), "XLEN"),
+        (acl_user(server, "nomulti", "~*", "&*", "+@all", "-multi"), "MULTI"),
         (acl_user(server, "nokeys", "~other:*", "&*", "+@all"), "access a key"),
     ]
     for url, denied in cases:
@@ -253,6 +273,10 @@ def test_a_sync_drive_rides_out_a_restart_between_its_calls(
             private_server.start()
             assert drive.read_bytes("a.txt") == b"a"  # the first call after, not a retry
             drive.write_bytes("a.txt", b"a")
+        private_server.kill()  # and not restarted: a new file's put leaves no file
+        with pytest.raises(DriveUnavailableError):
+            drive.write_bytes("new.txt", b"new")
+        assert files_under(tmp_path / "root") == [f"drives/{drive.name}/default/a.txt"]
 
 
 async def test_a_server_that_is_not_redis_or_refuses_the_url(

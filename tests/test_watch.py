@@ -650,15 +650,25 @@ async def test_group_members_must_watch_one_path(
             await drive.write_bytes("ckpt/3.pt", b"x")
             await drive.write_bytes("logs/a", b"x")
             assert [e.path async for e in logs] == ["logs/a"]
-        # A member that has not read for a while counts as gone; one still in the group
-        # that reads again after the group took another path is refused then.
+        # A member working on an event it holds keeps the group's path however long it has
+        # not read, within claim_idle: another path is refused meanwhile.
         monkeypatch.setattr(_watch, "ACTIVE_MEMBER", 0.2)
+        async with drive.watch("logs", group="g", claim_idle=60) as busy:
+            await drive.write_bytes("logs/busy", b"x")
+            event = await busy.next(5)
+            assert event is not None and event.path == "logs/busy"
+            await anyio.sleep(0.3)  # working on it: longer than ACTIVE_MEMBER
+            with pytest.raises(InvalidConfigError, match="group 'g' watches 'logs'"):
+                await drive.watch("ckpt", group="g", claim_idle=60).next(1)
+        # A member that has not read for a while, nor held its event within claim_idle,
+        # counts as gone; one still in the group that reads again after the group took
+        # another path is refused then.
         async with drive.watch("logs", group="g", claim_idle=60) as stale:
             await drive.write_bytes("logs/b", b"x")
             event = await stale.next(5)
             assert event is not None and event.path == "logs/b"
             await anyio.sleep(0.3)
-            async with drive.watch("ckpt", group="g", claim_idle=60) as new:
+            async with drive.watch("ckpt", group="g", claim_idle=0.2) as new:
                 await drive.write_bytes("ckpt/4.pt", b"x")
                 event = await new.next(5)
                 assert event is not None and event.path == "ckpt/4.pt"
