@@ -1182,7 +1182,7 @@ class Drive:
         if not isinstance(stage, Staged) and not small:
             # Refuse early, before copying any bytes; the commit checks again atomically.
             checked = await conn.index.check_put(component, path, allow, precondition)
-            self._raise_put_refused(path, checked, precondition)
+            await self._raise_put_refused(conn, path, checked, precondition)
             stage = await conn.run_sync(stage, True)
         try:
             if on_copied is not None:
@@ -1190,7 +1190,7 @@ class Drive:
             token, checked = await self._lock_put(conn, path, precondition)
             if tentative and checked.status != "ok":
                 raise _NotASmallFile  # no lock held if refused
-            self._raise_put_refused(path, checked, precondition)
+            await self._raise_put_refused(conn, path, checked, precondition)
             # Between here and the index commit, a cancellation would leave the disk and the
             # index disagreeing: the section is short (a rename and one Lua call), so it is
             # finished whatever cancels the caller (anyio's scopes, or asyncio's timeouts).
@@ -1302,7 +1302,7 @@ class Drive:
             return outcome
         if tentative:
             raise _NotASmallFile
-        self._raise_put_refused(path, outcome, precondition)
+        await self._raise_put_refused(conn, path, outcome, precondition)
         raise AssertionError(f"not a refusal: {outcome}")
 
     def _remember(self, component: str, path: str, version: int) -> None:
@@ -1406,7 +1406,7 @@ class Drive:
         # A "conflict": another writer committed the path since the lock was taken, so
         # the lock's lease ran out; that writer may have installed over this upload.
         await self._undo_install(conn, path, token, installed)
-        self._raise_put_refused(path, outcome, precondition)
+        await self._raise_put_refused(conn, path, outcome, precondition)
 
     async def _undo_install(
         self, conn: _Connection, path: str, token: str, installed: _Installed
@@ -1447,12 +1447,20 @@ class Drive:
     def _refusal(self, path: str, outcome: PutOutcome, precondition: str) -> DriveError:
         """Return the error `_raise_put_refused` raises for a refused ``outcome``."""
         try:
-            self._raise_put_refused(path, outcome, precondition)
+            self._raise_refusal(path, outcome, precondition)
         except DriveError as exc:
             return exc
         raise AssertionError(f"not a refusal: {outcome}")
 
-    def _raise_put_refused(self, path: str, outcome: PutOutcome, precondition: str) -> None:
+    async def _raise_put_refused(
+        self, conn: _Connection, path: str, outcome: PutOutcome, precondition: str
+    ) -> None:
+        """Raise the error of a refused ``outcome`` (nothing if it is "ok")."""
+        if outcome.status == "version" and outcome.detail == "0":  # or the index is lost
+            await self._check_not_lost(conn)
+        self._raise_refusal(path, outcome, precondition)
+
+    def _raise_refusal(self, path: str, outcome: PutOutcome, precondition: str) -> None:
         status, detail = outcome.status, outcome.detail
         if status == "ok":
             return
@@ -2331,7 +2339,7 @@ class Drive:
         checked = await conn.index.check_put(
             conn.config.component_name, path, conn.config.allow_duplicates, precondition
         )
-        self._raise_put_refused(path, checked, precondition)
+        await self._raise_put_refused(conn, path, checked, precondition)
         # A caller cancelled meanwhile gets no writer: the upload it made is dropped.
         out, tmp, named = await to_its_end(conn.run_sync(conn.store.open_upload), _drop_upload)
         commit = functools.partial(self._commit_upload, conn, path, precondition)

@@ -259,6 +259,8 @@ async def test_a_get_waiting_for_a_file_the_server_forgot_says_so(
             client.close()
         with pytest.raises(IndexLostError, match="rebuild"):
             await drive.get("a.txt", to="out.txt", timeout=30)  # at once, not in 30 s
+        with pytest.raises(IndexLostError, match="rebuild"):  # not "it has no copy"
+            await drive.write_bytes("a.txt", b"b", if_version=1)
 
 
 def test_a_sync_drive_rides_out_a_restart_between_its_calls(
