@@ -195,6 +195,9 @@ class _Connection:
     #: Whether the index was found present, and the disk marker written, in this connection.
     index_checked: bool = False
     disk_marked: bool = False
+    #: False where the server's ACL denies its user every write (a reader's): a commit is
+    #: then refused at its script's first write, before it changed anything.
+    may_write: bool = True
     #: Run disk calls in the event loop's own thread: for a loop that runs one call at a
     #: time for a thread that waits on it (a SyncDrive's caller loop), where a hop to a
     #: worker thread would only add two thread wake-ups.
@@ -325,6 +328,19 @@ def _denied(exc: redis.exceptions.ResponseError) -> bool:
     return isinstance(exc, redis.exceptions.NoPermissionError) or (
         "NOPERM" in text or text.startswith("ACL failure") or "no permissions" in text
     )
+
+
+def _before_writing(exc: redis.exceptions.ResponseError) -> bool:
+    """Return whether an error reply refuses a script before it writes anything."""
+    return isinstance(
+        exc,
+        (
+            redis.exceptions.OutOfMemoryError,
+            redis.exceptions.ReadOnlyError,
+            redis.exceptions.NoScriptError,
+            *_BUSY_CLUSTER,
+        ),
+    ) or str(exc).startswith(("BUSY", "MISCONF", "LOADING"))
 
 
 #: How to give a Redis user what a drive needs (an ACL user has no keys nor channels at first).
@@ -578,10 +594,11 @@ class Drive:
             wire=connected.wire,
             readers=connected.readers,
         )
+        may_write = True
         if not embedded:
             await _check_server_settings(client, url)
             try:
-                await self._check_permissions(index, url)
+                may_write = await self._check_permissions(index, url)
             except BaseException:
                 await connected.aclose()
                 raise
@@ -591,17 +608,19 @@ class Drive:
             connected=connected,
             client=client,
             index=index,
+            may_write=may_write,
             store=DiskStore(config.root, config.name),
             inline=self._disk_inline,
             clock_offset_ms=(seconds + micros / 1e6 - (before + after) / 2) * 1000,
             clock_error_ms=(after - before) * 1000 / 2 + 1,
         )
 
-    async def _check_permissions(self, index: Index, url: str) -> None:
+    async def _check_permissions(self, index: Index, url: str) -> bool:
         """Refuse a server whose ACL denies its user a command asyncdrive runs on the drive.
 
         Checked before any is run: a commit script denied one halfway would leave half a
-        commit (Redis does not roll scripts back). A user denied every write may read.
+        commit (Redis does not roll scripts back). A user denied every write may read:
+        returns False for it.
         """
         try:
             denied = await index.denied_commands()
@@ -612,7 +631,7 @@ class Drive:
                 f"({index.keys.prefix}*). {_ACL_FIX}"
             ) from exc
         except redis.exceptions.ResponseError:
-            return  # (a server that cannot tell: each command is checked as it runs)
+            return True  # (a server that cannot tell: each command is checked as it runs)
         # A user that may not write at all (a reader's) is refused cleanly, at a script's
         # first write; one that may write some things only would be refused halfway.
         if denied - WRITES or (denied & WRITES and WRITES - denied):
@@ -621,6 +640,7 @@ class Drive:
                 f"{', '.join(sorted(denied))} on the drive's keys "
                 f"({index.keys.prefix}*). {_ACL_FIX}"
             )
+        return not denied & WRITES
 
     async def _check_not_lost(self, conn: _Connection) -> None:
         """On an answer of nothing: raise `IndexLostError` if the index seen before is gone.
@@ -1272,10 +1292,11 @@ class Drive:
                     info.mtime, info.checksum, precondition, token=None,
                 )  # fmt: skip
             except redis.exceptions.ResponseError as refused:
-                # An error reply: refused before its first write (out of memory, a replica,
-                # busy, ...): nothing was committed. Not sure for a denied command, which a
-                # script may meet after its writes: gc() settles it.
-                if not _denied(refused):
+                # Refused before its first write (out of memory, a replica, busy, a denied
+                # write where all are: see may_write): nothing was committed. Other errors
+                # may come after writes (Redis does not roll a script back): the file stays
+                # for the index, and gc() settles it.
+                if _before_writing(refused) or (_denied(refused) and not conn.may_write):
                     await self._remove_uncommitted(conn, path, identity)
                 raise
             if outcome.status == "ok":
@@ -2401,6 +2422,11 @@ class Drive:
                 raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
         check_seconds(self.name, "timeout", timeout)
         check_seconds(self.name, "claim_idle", claim_idle)
+        if claim_idle == float("inf"):
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: claim_idle=inf would leave a dead member's events "
+                "unhandled forever; give the longest time a member may take over an event."
+            )
         if since is not None:
             try:
                 parse_id(since if isinstance(since, str) else "")

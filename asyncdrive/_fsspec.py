@@ -25,6 +25,7 @@ import functools
 import io
 import os
 import re
+import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -625,6 +626,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         """
         name, rest = self._split(pattern)
         matched = await self._glob(pattern, maxdepth=maxdepth, detail=True)
+        if not matched:  # as fsspec's rm: a pattern that matches nothing is an error
+            raise DriveFileNotFoundError(
+                f"Drive {name!r}: nothing matches {rest!r}; check it with fs.glob({pattern!r})."
+            )
         folders = sorted(n for n, e in matched.items() if e["type"] == "directory")
         if folders and not recursive:
             raise DriveIsADirectoryError(
@@ -651,12 +656,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             await self.drive(name).delete(rest)
 
     async def _delete_folder(self, path: str) -> None:
-        name, rest = self._split(path)
-        if rest:
-            await self.drive(name).delete(rest, recursive=True)
-        else:  # the drive itself ('lit://d/**' names it): what is in it
-            for entry in await self.drive(name).list("."):
-                await self.drive(name).delete(entry, recursive=True)
+        name, rest = self._split(path)  # ('lit://d/**' names the drive itself: all of it)
+        await self.drive(name).delete(rest or ".", recursive=True)  # (this component's own)
 
     async def _mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
         self._split(path)  # folders exist by what they hold: nothing to make
@@ -819,6 +820,12 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         """Close the file: commit a write (unless in a transaction), release a read."""
         if getattr(self, "closed", True):
             return
+        if sys.is_finalizing():
+            # Closed by a finalizer at interpreter exit (fsspec's own text layer, left
+            # open): fsspec's loop is gone, a commit would wait forever. Dropped instead,
+            # as an unclosed drive file is.
+            self.__del__()
+            return
         try:
             super().close()
         finally:
@@ -865,10 +872,14 @@ class _TextFile(io.TextIOWrapper):
     def __del__(self) -> None:
         # Unclosed: dropped, as an unclosed drive file is (io's finalizer would close, so
         # commit, half a file; and at interpreter exit, wait forever for fsspec's loop).
-        if not self.closed:
+        try:
+            if self.closed:
+                return
             under: Any = self.buffer
-            file = under._file if isinstance(under, _Compressed) else under
-            file.__del__()
+        except (ValueError, AttributeError):  # its __init__ failed: nothing to drop
+            return
+        file = under._file if isinstance(under, _Compressed) else under
+        file.__del__()
 
 
 class _Compressed:

@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import pickle
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -434,6 +436,14 @@ def test_rm_expands_globs_down_to_maxdepth(fs: DriveFileSystem, name: str) -> No
     assert fs.find(url) == [f"{name}/b.bin", f"{name}/sub/deep/f.bin"]
     fs.rm(f"{url}/*", recursive=True)
     assert fs.find(url) == []
+    with pytest.raises(FileNotFoundError, match="nothing matches"):
+        fs.rm(f"{url}/nomatch*")  # as fsspec's rm: a typo is not silence
+    fs.pipe({f"{url}/mine/a": b"1", f"{url}/b": b"2"})
+    theirs = fsspec.filesystem("lit", component_name="other")
+    theirs.pipe({f"{url}/theirs/c": b"3", f"{url}/mine/d": b"4"})
+    fs.rm(f"{url}/**", recursive=True)  # the whole drive: this component's copies
+    assert fs.find(url) == [f"{name}/mine/d", f"{name}/theirs/c"]
+    theirs.close()
 
 
 def test_messages_speak_fsspec(fs: DriveFileSystem, name: str, workdir: Path) -> None:
@@ -489,6 +499,29 @@ def test_leading_slashes_name_the_drive(fs: DriveFileSystem, name: str) -> None:
     assert not fs.isdir("/nothing/here")
     with pytest.raises(FileNotFoundError):
         fs.ls(f"lit:///{name}/missing/deep")
+
+
+def test_text_files_left_open_are_dropped_even_at_exit(
+    fs: DriveFileSystem, name: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsspec's own text layer (fsspec.open) closes its file from its finalizer: at exit,
+    with fsspec's loop gone, a commit would wait forever. Dropped, as unclosed files are."""
+    script = f"""
+import fsspec
+f = fsspec.open("lit://{name}/left.txt", "w").open()
+f.write("never closed")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, timeout=60, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert not fs.exists(f"lit://{name}/left.txt")
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(LookupError):
+        fs.open(f"lit://{name}/x.txt", "w", encoding="no such encoding")
+    gc.collect()
+    assert unraisable == []  # (its finalizer met a wrapper its __init__ left unmade)
 
 
 def test_probing_drives_that_do_not_exist_keeps_nothing_open(fs: DriveFileSystem) -> None:

@@ -17,6 +17,7 @@ import trustme
 
 from asyncdrive import (
     Drive,
+    DriveError,
     DriveUnavailableError,
     IndexLostError,
     InvalidConfigError,
@@ -176,9 +177,11 @@ async def test_acl_users_are_checked_before_anything_is_written(
     async with Drive(drive_id, root=root, redis_url=reader) as drive:
         assert await drive.read_bytes("x/a.txt") == b"a"
         assert await drive.list("x") == ["x/a.txt"]
-        with pytest.raises(InvalidConfigError, match="refused a command to its user"):
-            await drive.write_bytes("x/a.txt", b"b")
+        for path in ("x/a.txt", "x/new.txt"):  # refused at the first write: nothing left
+            with pytest.raises(InvalidConfigError, match="refused a command to its user"):
+                await drive.write_bytes(path, b"b")
         assert await drive.read_bytes("x/a.txt") == b"a"
+        assert files_under(root) == [f"drives/{drive.name}/default/x/a.txt"]
     async with Drive(drive_id, root=root, redis_url=advised_url) as drive:
         await drive.delete("x", recursive=True)
     cases = [
@@ -261,6 +264,23 @@ async def test_a_get_waiting_for_a_file_the_server_forgot_says_so(
             await drive.get("a.txt", to="out.txt", timeout=30)  # at once, not in 30 s
         with pytest.raises(IndexLostError, match="rebuild"):  # not "it has no copy"
             await drive.write_bytes("a.txt", b"b", if_version=1)
+
+
+async def test_a_commit_failing_after_its_writes_keeps_its_file(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """An error reply after a commit script wrote the index (Redis does not roll it back):
+    the new file stays with the entry, never an entry without its bytes."""
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("f/a.txt", b"a")
+        client = redis.Redis.from_url(server.url)
+        try:  # a folder's count that HINCRBY refuses, after the entry's HSETs
+            client.hset(f"asyncdrive:{{{drive.name}}}:d:", "f", "not a number")
+        finally:
+            client.close()
+        with pytest.raises(DriveError, match="not an integer"):
+            await drive.write_bytes("f/b.txt", b"b")
+        assert await drive.read_bytes("f/b.txt") == b"b"  # indexed, and its bytes there
 
 
 def test_a_sync_drive_rides_out_a_restart_between_its_calls(

@@ -903,6 +903,8 @@ async def test_watch_arguments_are_checked_with_messages_of_their_own(
             InvalidConfigError, match=rf"^Drive {drive.name!r}: Invalid group name 'a:b'"
         ):
             drive.watch(group="a:b")
+        with pytest.raises(InvalidConfigError, match="claim_idle=inf"):
+            drive.watch(group="g", claim_idle=float("inf"))
         with pytest.raises(InvalidConfigError, match="since=123 is not an event id"):
             drive.watch(since=123)  # type: ignore[arg-type]
         blocking = r"SyncDrive\.watch\(\)"
