@@ -1285,7 +1285,6 @@ class Drive:
                 raise
             # If the commit fails now (the connection dropped), it may or may not have
             # happened: the file stays, and gc() removes it if the index does not know it.
-            # Refused by an error reply, it did not (see below): nothing was written.
             try:
                 outcome = await conn.index.commit_put(
                     component, path, conn.config.allow_duplicates, current, info.size,
