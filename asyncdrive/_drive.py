@@ -472,7 +472,8 @@ class Drive:
             parts.append(f"root={str(config.root)!r}")
         if config.redis_url:
             parts.append(f"redis_url={redact_url(config.redis_url)!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+        closed = " [closed]" if getattr(self, "_closed", False) else ""  # (as a socket's)
+        return f"{type(self).__name__}({', '.join(parts)}){closed}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle the arguments as given, never connections: defaults are resolved again

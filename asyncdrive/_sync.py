@@ -416,7 +416,8 @@ class SyncDrive:
         return self._drive
 
     def __repr__(self) -> str:
-        return "Sync" + repr(self._drive)
+        text = "Sync" + repr(self._drive)
+        return text if not self._closed or text.endswith(" [closed]") else f"{text} [closed]"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, (type(self), self._drive._config))

@@ -128,7 +128,7 @@ class Watch:
             parts.append(f"group={self._group!r}")
         if self._cursor:
             parts.append(f"cursor={self._cursor!r}")
-        return f"Watch({', '.join(parts)})"
+        return f"Watch({', '.join(parts)})" + (" [closed]" if self._done else "")
 
     # -- iteration ---------------------------------------------------------------------------
 

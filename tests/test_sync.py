@@ -960,6 +960,9 @@ def test_repr_of_default_drive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         "Drive('lit://d', component_name='default', allow_duplicates=True, "
         f"root={str(tmp_path.resolve())!r})"
     )
+    closed = SyncDrive("lit://d")
+    closed.close()
+    assert repr(closed).endswith("root=" + repr(str(tmp_path.resolve())) + ") [closed]")
     assert not (tmp_path / "server").exists()  # repr started no server
 
 

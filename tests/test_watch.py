@@ -206,6 +206,8 @@ def test_sync_watch(env: dict[str, str], workdir: Path, drive_id: str) -> None:
         assert watch.group is None
         with drive.watch(group="g", timeout=0.3) as member:
             assert member.group == "g" and "group='g'" in repr(member)
+        assert repr(member).endswith(") [closed]")
+    assert repr(drive).endswith(") [closed]")
 
 
 async def test_many_writers_two_watchers_same_order(
