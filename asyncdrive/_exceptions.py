@@ -2,7 +2,9 @@
 
 Every error raised by asyncdrive derives from `DriveError`, and every concrete error also
 derives from the built-in exception a Python user would catch for the same situation, so
-``except FileNotFoundError`` works as well as ``except asyncdrive.DriveError``::
+``except FileNotFoundError`` works as well as ``except asyncdrive.DriveError``; those that
+are OSErrors carry its ``errno`` too (``ENOENT``, ``EEXIST``, ``ENOTDIR``, ``EISDIR``,
+``ETIMEDOUT``; a `DriveStorageError` the disk's own)::
 
     DriveError
     ├── InvalidDriveIdError      (ValueError)         a malformed ``lit://`` id
@@ -62,6 +64,15 @@ class DriveError(Exception):
 
     """
 
+    #: The ``errno`` (and ``strerror``) an error that is also an `OSError` carries, as the
+    #: built-in would from the operating system: ``exc.errno == errno.ENOENT`` holds.
+    _errno: int | None = None
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        if self._errno is not None and isinstance(self, OSError):
+            _give_errno(self, self._errno)
+
     def __str__(self) -> str:
         # OSError subclasses format themselves from (errno, strerror); we always pass one
         # ready-made message, so show it as it is.
@@ -90,9 +101,13 @@ class InvalidConfigError(DriveError, ValueError):
 class DriveFileNotFoundError(DriveError, FileNotFoundError):
     """Nothing exists at the requested path (for the requested component)."""
 
+    _errno = errno.ENOENT
+
 
 class DriveFileExistsError(DriveError, FileExistsError):
     """The target exists already: owned by another component, a folder, or a differing file."""
+
+    _errno = errno.EEXIST
 
 
 class VersionConflictError(DriveFileExistsError):
@@ -117,9 +132,13 @@ class VersionConflictError(DriveFileExistsError):
 class DriveNotADirectoryError(DriveError, NotADirectoryError):
     """A file stands where a folder is needed."""
 
+    _errno = errno.ENOTDIR
+
 
 class DriveIsADirectoryError(DriveError, IsADirectoryError):
     """A folder stands where a file is needed (or ``recursive=True`` is missing)."""
+
+    _errno = errno.EISDIR
 
 
 class AmbiguousPathError(DriveError, LookupError):
@@ -144,6 +163,8 @@ class CursorExpiredError(DriveError, LookupError):
 
 class DriveTimeoutError(DriveError, TimeoutError):
     """An operation waited longer than its timeout."""
+
+    _errno = errno.ETIMEDOUT
 
 
 class DriveClosedError(DriveError, RuntimeError):
@@ -190,6 +211,10 @@ class DriveStorageError(DriveError, OSError):
     def __reduce__(self) -> tuple[Any, ...]:  # pickled (a process pool's worker raised it)
         cause = OSError(self.errno, self.strerror, self.filename)
         return type(self), (self.args[0], cause), self.__dict__
+
+
+def _give_errno(error: OSError, number: int) -> None:
+    error.errno, error.strerror = number, os.strerror(number)
 
 
 def _disk_name(filename: str | bytes | None) -> str | bytes | None:

@@ -1357,6 +1357,29 @@ def test_errors_pickle_with_what_they_carry() -> None:
     assert (full.errno, full.strerror) == (errno.ENOSPC, "full")
 
 
+async def test_errors_carry_the_errno_of_their_builtin(
+    make_drive: MakeDrive, drive_id: str, tmp_path: Path
+) -> None:
+    """As the operating system's would: code checking ``exc.errno == errno.ENOENT`` works."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a.txt", b"1")
+    await drive.write_bytes("folder/b.txt", b"2")
+    calls: list[tuple[Awaitable[object], type[OSError], int]] = [
+        (drive.get("missing.txt", to=tmp_path / "x"), FileNotFoundError, errno.ENOENT),
+        (drive.write_bytes("a.txt", b"3", exist_ok=False), FileExistsError, errno.EEXIST),
+        (drive.write_bytes("a.txt/c", b"3"), NotADirectoryError, errno.ENOTDIR),
+        (drive.read_bytes("folder"), IsADirectoryError, errno.EISDIR),
+    ]
+    for call, kind, number in calls:
+        with pytest.raises(kind) as raised:
+            await call
+        assert isinstance(raised.value, asyncdrive.DriveError)
+        assert (raised.value.errno, raised.value.strerror) == (number, os.strerror(number))
+        back = pickle.loads(pickle.dumps(raised.value))
+        assert (back.errno, str(back)) == (number, str(raised.value))
+        assert "Drive " in str(raised.value) and str(raised.value) != os.strerror(number)
+
+
 async def test_conditional_writes(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
     first = await drive.write_bytes("a", b"1", exist_ok=False)
