@@ -1597,6 +1597,16 @@ class Drive:
             await self._check_not_lost(conn)
         raise self._not_found(drive_path, sorted(owners), component, deleting=True)
 
+    async def _check_deletable(self, path: str) -> None:
+        """Raise what `delete` would if this component does not own the file ``path``.
+
+        (A folder, or nothing there, passes: fsspec's ``mv`` asks before it copies.)
+        """
+        conn = await self._connection()
+        owners = await conn.index.owners(path)
+        if owners and conn.config.component_name not in owners:
+            raise self._not_found(path, sorted(owners), conn.config.component_name, deleting=True)
+
     async def _delete_file(self, conn: _Connection, path: str, *, missing_ok: bool = False) -> None:
         component = conn.config.component_name
         token = await self._lock(conn, component, path)

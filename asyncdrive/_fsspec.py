@@ -659,6 +659,39 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         name, rest = self._split(path)  # ('lit://d/**' names the drive itself: all of it)
         await self.drive(name).delete(rest or ".", recursive=True)  # (this component's own)
 
+    def mv(
+        self,
+        path1: str | list[str],
+        path2: str,
+        recursive: bool = False,
+        maxdepth: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Move files as fsspec does, copying them then deleting the sources.
+
+        Refused before anything is copied where a source is another component's: a
+        component deletes only its own copies, so the move would leave both.
+
+        Example:
+            >>> fs.mv("lit://d/tmp/model.pt", "lit://d/models/model.pt")
+
+        """
+        if path1 != path2:
+            sync(self.loop, self._check_movable, path1, recursive, maxdepth)
+        super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+
+    @_fsspec_terms()
+    async def _check_movable(
+        self, path: str | list[str], recursive: bool, maxdepth: int | None
+    ) -> None:
+        for found in await self._expand_path(path, recursive=recursive, maxdepth=maxdepth):
+            name, rest = self._split(found)
+            if rest:
+                try:
+                    await self.drive(name)._check_deletable(rest)
+                except DriveFileNotFoundError as exc:
+                    raise DriveFileNotFoundError(f"{exc} Nothing was moved.") from None
+
     async def _mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
         self._split(path)  # folders exist by what they hold: nothing to make
 

@@ -488,6 +488,17 @@ def test_copy_and_move_folders(fs: DriveFileSystem, name: str) -> None:
     fs.mv(f"{url}/f", f"{url}/h", recursive=True)
     assert fs.find(url) == [f"{name}/{p}" for p in ("g/one", "g/sub/two", "h/one", "h/sub/two")]
     assert fs.cat(f"{url}/h/sub/two") == b"2"
+    theirs = fsspec.filesystem("lit", component_name="other")
+    theirs.pipe(f"{url}/h/sub/three", b"3")
+    for source, recursive in ((f"{url}/h/sub/three", False), (f"{url}/h", True)):
+        # Its copy would stay (a component deletes only its own): refused before copying.
+        with pytest.raises(FileNotFoundError, match=r"owned by 'other'.*Nothing was moved\."):
+            fs.mv(source, f"{url}/i", recursive=recursive)
+    assert not fs.exists(f"{url}/i")
+    theirs.mv(f"{url}/h/sub/three", f"{url}/j/three")
+    assert fs.find(f"{url}/h") == [f"{name}/h/one", f"{name}/h/sub/two"]
+    assert fs.cat(f"{url}/j/three") == b"3"
+    theirs.close()
 
 
 def test_leading_slashes_name_the_drive(fs: DriveFileSystem, name: str) -> None:
