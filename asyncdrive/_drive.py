@@ -67,7 +67,7 @@ from ._exceptions import (
     storage_error,
 )
 from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
-from ._index import WRITES, Index, PutOutcome
+from ._index import DIRECT_WRITES, WRITES, Index, PutOutcome
 from ._models import Buffer, FileInfo, FolderInfo, GcReport
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
 from ._server import ensure_server, forget_server
@@ -509,7 +509,14 @@ class Drive:
                 stacklevel=2,
             )
 
-    async def _connection(self, *, check_index: bool = True) -> _Connection:
+    async def _connection(
+        self, *, check_index: bool = True, writing: str | None = None
+    ) -> _Connection:
+        """Return the drive's connection, connecting first if needed.
+
+        ``writing``: what the caller will write (for the message), refused at once where
+        the server's ACL lets the drive's user only read (see `_check_permissions`).
+        """
         if self._closed:
             raise self._closed_error()
         if self._pid != os.getpid():
@@ -539,6 +546,12 @@ class Drive:
             ):
                 raise self._index_lost(conn)
             conn.index_checked = True
+        if writing is not None and not conn.may_write:
+            raise InvalidConfigError(
+                f"Drive {self.name!r}: Redis at {redact_url(conn.url)} lets its user only "
+                f"read the drive's keys ({conn.index.keys.prefix}*): it cannot {writing}; "
+                f"nothing was written. {_ACL_FIX}"
+            )
         return conn
 
     async def _connect(self) -> _Connection:
@@ -635,13 +648,18 @@ class Drive:
             return True  # (a server that cannot tell: each command is checked as it runs)
         # A user that may not write at all (a reader's) is refused cleanly, at a script's
         # first write; one that may write some things only would be refused halfway.
-        if denied - WRITES or (denied & WRITES and WRITES - denied):
+        # Where scripts that only read run as such (EVALSHA_RO), EVALSHA runs only those
+        # that write: a user denied it (one allowed only to read the keys, '%R~') reads,
+        # and of the writes only those made outside scripts could then be made at all.
+        optional = {"EVALSHA"} if index.read_only_scripts else set()
+        writes = DIRECT_WRITES if denied & optional else WRITES
+        if denied - WRITES - optional or (denied & writes and writes - denied):
             raise InvalidConfigError(
                 f"Drive {self.name!r}: Redis at {redact_url(url)} denies its user "
                 f"{', '.join(sorted(denied))} on the drive's keys "
                 f"({index.keys.prefix}*). {_ACL_FIX}"
             )
-        return not denied & WRITES
+        return not denied & (writes | optional)
 
     async def _check_not_lost(self, conn: _Connection) -> None:
         """On an answer of nothing: raise `IndexLostError` if the index seen before is gone.
@@ -848,7 +866,7 @@ class Drive:
             drive_path = self._path(path if to is None else to, new=True)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
-        conn = await self._connection()
+        conn = await self._connection(writing=f"put {os.fspath(path)!r}")
         with _progress.reporting(progress) as reporter:
             await self._put_local(
                 conn, local, drive_path, precondition, if_version, reporter,
@@ -1129,7 +1147,7 @@ class Drive:
         drive_path = self._path(path, file=True, new=True)
         precondition = self._precondition(drive_path, if_version, exist_ok)
         view = byte_view(data)  # its bytes, whatever the items: a size in bytes
-        conn = await self._connection()
+        conn = await self._connection(writing=f"write {os.fspath(path)!r}")
         stage = functools.partial(conn.store.stage_bytes, view)
         return await self._put(
             conn, drive_path, stage, precondition, small=len(view) <= _SMALL_WRITE
@@ -1572,7 +1590,7 @@ class Drive:
 
         """
         drive_path = self._path(path, allow_root=recursive)
-        conn = await self._connection()
+        conn = await self._connection(writing=f"delete {os.fspath(path)!r}")
         component = conn.config.component_name
         owners = await conn.index.owners(drive_path) if drive_path else {}
         if owners and _paths.names_folder(path):
@@ -2140,7 +2158,7 @@ class Drive:
             The number of files indexed.
 
         """
-        conn = await self._connection(check_index=False)
+        conn = await self._connection(check_index=False, writing="rebuild the index")
         found = await conn.run_sync(
             functools.partial(conn.store.scan, verify=verify, fix_meta=verify)
         )
@@ -2366,7 +2384,7 @@ class Drive:
 
     @_redis_errors_as_unavailable
     async def _open_writer(self, path: str, precondition: str) -> DriveWriter:
-        conn = await self._connection()
+        conn = await self._connection(writing=f"write {path!r}")
         checked = await conn.index.check_put(
             conn.config.component_name, path, conn.config.allow_duplicates, precondition
         )

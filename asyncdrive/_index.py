@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import redis.exceptions
@@ -321,6 +321,8 @@ WRITES = frozenset(
     {"HSET", "HDEL", "HINCRBY", "ZADD", "ZREM", "SET", "DEL", "XADD", "XTRIM", "XGROUP"}
     | {"XREADGROUP", "XACK", "XCLAIM"}
 )
+#: Of `WRITES`, those also run outside scripts (the locks, `rebuild`'s pipeline).
+DIRECT_WRITES = frozenset({"SET", "DEL", "HSET", "ZADD", "HINCRBY"})
 
 # What the server's ACL denies the connection's user, of the commands asyncdrive runs on a
 # drive's keys: checked once at connect, so that a denied command is reported then, not met
@@ -349,7 +351,7 @@ check('XREADGROUP', 'GROUP', 'g', 'c', 'STREAMS', events, '>')
 check('XACK', events, 'g', '0-1'); check('XINFO', 'GROUPS', events); check('HSET', groups, 'g', 'v')
 check('XPENDING', events, 'g'); check('XCLAIM', events, 'g', 'c', '0', '0-1')
 check('XGROUP', 'SETID', events, 'g', '0'); check('XGROUP', 'DELCONSUMER', events, 'g', 'c')
-check('EVALSHA', '0', '1', entry)
+check('EVALSHA', '0', '1', entry); check('EVALSHA_RO', '0', '1', entry)
 return denied
 """
 
@@ -483,11 +485,27 @@ class Index:
         self._kind = client.register_script(_KIND_LUA)
         self._group_step = client.register_script(_GROUP_STEP_LUA)
         self._group_leave = client.register_script(_GROUP_LEAVE_LUA)
+        #: Whether scripts that only read run as such (``EVALSHA_RO``), which a user allowed
+        #: only to read the drive's keys (ACL ``%R~``) may run: set by `denied_commands`
+        #: where the server has them (Redis 7+, Valkey).
+        self.read_only_scripts = False
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
         if self.wire is None:
             return await script(keys=keys, args=args)
         return await self.wire.run_script(script, keys, args)
+
+    async def _run_reading(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
+        """`_run` a script that only reads: as ``EVALSHA_RO`` where `read_only_scripts`."""
+        if not self.read_only_scripts:
+            return await self._run(script, keys, args)
+        if self.wire is not None:
+            return await self.wire.run_script(script, keys, args, read_only=True)
+        try:
+            return await self.client.evalsha_ro(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            source = cast(str, script.script)  # (registered from our str constants)
+            return await self.client.eval_ro(source, len(keys), *keys, *args)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -542,7 +560,7 @@ class Index:
         if path == "":
             return "folder"
         keys = [self.keys.entry(path), self.keys.children_of(path, component)]
-        owners, is_folder = await self._run(self._kind, keys, [])
+        owners, is_folder = await self._run_reading(self._kind, keys, [])
         if owners if component is None else component in owners:
             return "file"
         return "folder" if is_folder else None
@@ -665,11 +683,20 @@ class Index:
 
         Empty where all are allowed, or the server cannot tell (before Redis 7). Raises
         redis-py's `NoPermissionError` if the user may not run scripts at all. (`WRITES`
-        are those that change the drive.)
+        are those that change the drive.) Sets `read_only_scripts` where the server has
+        them: the check itself is one.
         """
         k = self.keys
         keys = [k.entry("x"), k.children(""), k.files, k.lock("c", "x"), k.events, k.group_paths]
-        denied: list[str] = await self.client.eval(_DENIED_LUA, len(keys), *keys)
+        denied: list[str]
+        try:
+            denied = await self.client.eval_ro(_DENIED_LUA, len(keys), *keys)
+        except redis.exceptions.ResponseError as exc:
+            if "unknown command" not in str(exc).lower():
+                raise
+            denied = await self.client.eval(_DENIED_LUA, len(keys), *keys)  # before Redis 7
+        else:
+            self.read_only_scripts = True
         return set(denied)
 
     async def last_event_id(self) -> str:

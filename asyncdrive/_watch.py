@@ -174,7 +174,9 @@ class Watch:
             block = block if remaining is None else max(0.0, min(remaining, block))
             with anyio.CancelScope() as self._reading:
                 try:
-                    conn = await self._drive._connection()
+                    conn = await self._drive._connection(
+                        writing=None if self._group is None else f"join group {self._group!r}"
+                    )
                     # With a timeout, a server that does not answer (hung) keeps to it too.
                     limit = None if deadline is None else block + _REPLY_MARGIN
                     with anyio.fail_after(limit):

@@ -200,12 +200,18 @@ class Wire:
             raise reply
         return reply
 
-    async def run_script(self, script: AsyncScript, keys: list[str], args: list[str]) -> Any:
-        """Run a registered script by its hash, sending its source once if the server lacks it."""
+    async def run_script(
+        self, script: AsyncScript, keys: list[str], args: list[str], *, read_only: bool = False
+    ) -> Any:
+        """Run a registered script by its hash, sending its source once if the server lacks it.
+
+        ``read_only``: as ``EVALSHA_RO`` (Redis 7+, Valkey), for a script that only reads.
+        """
+        ro = "_RO" if read_only else ""
         try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call(f"EVALSHA{ro}", script.sha, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or flushed server: the script did not run
-            return await self.call("EVAL", script.script, len(keys), *keys, *args)
+            return await self.call(f"EVAL{ro}", script.script, len(keys), *keys, *args)
 
     async def aclose(self) -> None:
         """Close the connection; commands still awaiting a reply fail. Idempotent."""

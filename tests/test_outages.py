@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +177,33 @@ async def test_acl_users_are_checked_before_anything_is_written(
     async with Drive(drive_id, root=root, redis_url=reader) as drive:
         assert await drive.read_bytes("x/a.txt") == b"a"
         assert await drive.list("x") == ["x/a.txt"]
-        for path in ("x/a.txt", "x/new.txt"):  # refused at the first write: nothing left
-            with pytest.raises(InvalidConfigError, match="refused a command to its user"):
-                await drive.write_bytes(path, b"b")
+
+        async def join_a_group() -> object:
+            async with drive.watch(group="g") as member:
+                return await anext(member)
+
+        writes: list[Callable[[], Awaitable[object]]] = [
+            join_a_group,
+            lambda: drive.write_bytes("x/a.txt", b"b"),
+            lambda: drive.write_bytes("x/new.txt", b"b"),
+            lambda: drive.put(workdir / "local.txt", to="x/put.txt"),
+            lambda: drive.delete("x/a.txt"),
+        ]
+        (workdir / "local.txt").write_bytes(b"local")
+        for write in writes:  # refused before writing anything, on disk or in Redis
+            with pytest.raises(InvalidConfigError, match="lets its user only read") as refused:
+                await write()
+            assert "nothing was written" in str(refused.value)
         assert await drive.read_bytes("x/a.txt") == b"a"
+        assert files_under(root) == [f"drives/{drive.name}/default/x/a.txt"]
+    # Redis 7's read-only keys: its scripts that only read run as such (EVALSHA_RO).
+    keys_reader = acl_user(server, "keysreader", "%R~asyncdrive:*", "+@all")
+    async with Drive(drive_id, root=root, redis_url=keys_reader) as drive:
+        assert await drive.exists("x/a.txt") and not await drive.exists("x/b.txt")
+        assert await drive.exists("x") and (await drive.info("x/a.txt")).size == 1
+        assert await drive.read_bytes("x/a.txt") == b"a"
+        with pytest.raises(InvalidConfigError, match="lets its user only read"):
+            await drive.write_bytes("x/new.txt", b"b")
         assert files_under(root) == [f"drives/{drive.name}/default/x/a.txt"]
     async with Drive(drive_id, root=root, redis_url=advised_url) as drive:
         await drive.delete("x", recursive=True)
@@ -197,7 +220,7 @@ async def test_acl_users_are_checked_before_anything_is_written(
         message = str(refused.value)
         assert f"Drive {drive.name!r}" in message and denied in message, message
         assert "ACL SETUSER" in message and ":pw@" not in message, message
-    noscripts = acl_user(server, "noscripts", "~*", "&*", "+@all", "-eval", "-evalsha")
+    noscripts = acl_user(server, "noscripts", "~*", "&*", "+@all", "-@scripting")
     noinfo = acl_user(server, "noinfo", "~*", "&*", "+@all", "-info")
     for url, said in ((noscripts, "to run scripts"), (noinfo, "setup")):
         async with Drive(drive_id, root=root, redis_url=url) as drive:
