@@ -16,7 +16,15 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+import weakref
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -204,6 +212,10 @@ class _Connection:
     inline: bool = False
     #: The process's disk threads (see `_SharedDiskThreads`), held while this connection is open.
     disk: DiskThreads | None = field(default=None, init=False)
+    #: Whether `aclose` was called; and the generator that its event loop's shutdown
+    #: closes, closing the connection (see `close_with_loop`).
+    closed: bool = field(default=False, init=False)
+    loop_end: AsyncGenerator[None, None] | None = field(default=None, init=False)
     #: The copies of small files out of the drive (gets), each (file, local path,
     #: overwrite): those of concurrent tasks go together, a worker-thread call at a time.
     small_copies: CallBatcher[tuple[FileInfo, Path, bool], bool] = field(init=False)
@@ -262,11 +274,41 @@ class _Connection:
 
     async def aclose(self) -> None:
         """Close the Redis connections and let the disk threads go."""
+        self.closed = True
         try:
             await to_its_end(self.connected.aclose())
         finally:
             if self.disk is not None:
                 _disk_threads.release(self.disk)
+            loop_end, self.loop_end = self.loop_end, None
+            if loop_end is not None:
+                await loop_end.aclose()
+
+    async def close_with_loop(self, drive: Drive) -> None:
+        """Have the running event loop close this connection when it shuts down.
+
+        An async generator started in a loop is one the loop finalizes when it shuts down
+        (``asyncio.run``'s end): this one's end closes the connection then, and lets its
+        drive connect afresh in a later loop, where a connection of a closed loop could
+        neither be used nor closed.
+        """
+        self.loop_end = _closes_with_its_loop(self, weakref.ref(drive))
+        await anext(self.loop_end)
+
+
+async def _closes_with_its_loop(
+    conn: _Connection, drive: weakref.ref[Drive]
+) -> AsyncGenerator[None, None]:
+    """See `_Connection.close_with_loop`."""
+    try:
+        yield
+    finally:
+        if not conn.closed:  # not closed by its drive: the loop is shutting down
+            owner = drive()
+            if owner is not None and owner._conn is conn:
+                owner._conn = None
+            conn.loop_end = None  # (this generator: running)
+            await conn.aclose()
 
 
 def _path_argument(args: tuple[object, ...]) -> str | os.PathLike[str] | None:
@@ -532,6 +574,7 @@ class Drive:
                     if self._closed:  # aclose() came while it connected: nobody closes it
                         await conn.aclose()
                         raise self._closed_error()
+                    await conn.close_with_loop(self)
                     self._conn = conn
         conn = self._conn
         if check_index and not conn.index_checked:

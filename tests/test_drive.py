@@ -7,6 +7,7 @@ import contextlib
 import copy
 import errno
 import functools
+import gc
 import hashlib
 import itertools
 import os
@@ -47,7 +48,7 @@ from asyncdrive import _storage as storage
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
 from asyncdrive._storage import META_XATTR, DiskStore, Staged, _parse_meta_attribute
 
-from .conftest import MakeDrive, opens, quiet_syncfs, raw_redis
+from .conftest import MakeDrive, opens, quiet_syncfs, raw_redis, warnings_as_errors
 
 HELLO = b"Hello World !"
 
@@ -1378,6 +1379,30 @@ async def test_errors_carry_the_errno_of_their_builtin(
         back = pickle.loads(pickle.dumps(raised.value))
         assert (back.errno, str(back)) == (number, str(raised.value))
         assert "Drive " in str(raised.value) and str(raised.value) != os.strerror(number)
+
+
+def test_a_drive_outlives_its_event_loops(env: dict[str, str], drive_id: str) -> None:
+    """Each ``asyncio.run()`` is a new event loop: a drive's connections close with the loop
+    they were opened in (at its end), and it connects afresh in the next one."""
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    drive = Drive(drive_id)
+    files = open_files()
+    with warnings_as_errors() as raised:
+        asyncio.run(drive.write_bytes("a.txt", b"1"))
+        assert open_files() == files  # its sockets closed with the loop
+        assert asyncio.run(drive.read_bytes("a.txt")) == b"1"  # (was: "another event loop")
+        with asyncio.Runner() as runner:
+            assert runner.run(drive.exists("a.txt"))
+            assert open_files() > files
+        assert open_files() == files
+        asyncio.run(drive.aclose())  # (was: "Event loop is closed", and its sockets leaked)
+        gc.collect()
+    assert raised == [] and repr(drive).endswith("[closed]")
+    with pytest.raises(asyncdrive.DriveClosedError):
+        asyncio.run(drive.exists("a.txt"))
 
 
 async def test_conditional_writes(make_drive: MakeDrive, drive_id: str) -> None:
