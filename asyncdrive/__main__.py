@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -372,8 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"running: {url}" if url else "not running")
             return 0 if url else 3
     except DriveError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and the same exit status as without --debug
+            traceback.print_exc()
         print(f"asyncdrive: error: {_as_commands(str(exc), args)}", file=sys.stderr)
         return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), 1)
     except KeyboardInterrupt:

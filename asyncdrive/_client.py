@@ -14,6 +14,7 @@ multi-key scripts and transactions run on one node.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, cast
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
@@ -35,6 +37,18 @@ RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
+logger = logging.getLogger("asyncdrive")
+
+#: What redis-py's cluster client raises, not an error reply, where a drive's slot moves
+#: (resharding, failover) faster than it follows it: "TTL exhausted", a slot not covered.
+CLUSTER_MOVING = (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException)
+#: Error replies of a cluster whose slot moves (resharding) or that fails over: passing.
+CLUSTER_PASSING = (
+    redis.exceptions.AskError,  # (and MovedError)
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+
 
 @dataclass
 class Connected:
@@ -48,6 +62,28 @@ class Connected:
     wire: Wire | None = None
     #: The connections for blocking reads (watches), as wires; None on a Cluster.
     readers: WirePool | None = None
+
+    async def follow_primary(self) -> None:
+        """Under Sentinel: drop the connections to a server the sentinels no longer name.
+
+        After a failover the old primary takes writes until Sentinel demotes it (about 10 s
+        after a ``SENTINEL FAILOVER``), then discards them as it becomes a replica of the
+        new one: the connections must not wait for it to close them. Each reconnects to the
+        primary named now at its next command. (Sentinels that cannot answer: no change.)
+        """
+        if self.kind != "sentinel":
+            return
+        pool: Any = cast(aioredis.Redis, self.client).connection_pool  # (Sentinel's)
+        try:
+            host, port = await pool.get_master_address()  # (drops its own idle connections)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            logger.debug("sentinels did not name the primary (%s)", exc)
+            return
+        reason = f"Sentinel names another primary ({host}:{port}): a failover"
+        if self.wire is not None and self.wire.server not in (None, (host, int(port))):
+            self.wire.disconnect(reason)
+        if self.readers is not None:
+            self.readers.disconnect_unless((host, int(port)), reason)
 
     async def aclose(self) -> None:
         """Close the client, the wires and the sentinel connections, if any."""

@@ -43,9 +43,10 @@ from typing import (
 
 import anyio
 import redis.exceptions
+from redis.asyncio.sentinel import MasterNotFoundError
 
 from . import _paths, _progress
-from ._client import Connected, RedisClient, connect
+from ._client import CLUSTER_MOVING, CLUSTER_PASSING, Connected, RedisClient, connect
 from ._config import (
     DriveConfig,
     ResolvedConfig,
@@ -200,6 +201,8 @@ class _Connection:
     #: Server clock minus this machine's clock, and the uncertainty of that estimate (ms).
     clock_offset_ms: float = 0.0
     clock_error_ms: float = 0.0
+    #: When (monotonic) the sentinels were last asked which server is primary (Sentinel).
+    primary_checked_at: float = 0.0
     #: Whether the index was found present, and the disk marker written, in this connection.
     index_checked: bool = False
     disk_marked: bool = False
@@ -340,6 +343,8 @@ def _redis_errors_as_unavailable(
             raise self._unavailable(exc) from exc
         except redis.exceptions.ResponseError as exc:  # an error reply: the server refused
             raise self._refused(exc) from exc
+        except CLUSTER_MOVING as exc:
+            raise self._unavailable(exc) from exc
         except OSError as exc:
             # Not the disk: ours, and the timeouts and broken connections of the builtins.
             if isinstance(exc, DriveError | TimeoutError | ConnectionError):
@@ -356,6 +361,9 @@ def _redis_errors_as_unavailable(
 
 #: The end of an error reply raised in a script: which line of ours it was.
 _SCRIPT_LINE = re.compile(r" script: on @user_script:\d+\.?$")
+#: Under Sentinel, a drive in use asks the sentinels at most this often (s) which server is
+#: primary, and leaves one they no longer name (see `Connected.follow_primary`).
+PRIMARY_CHECK_INTERVAL = 0.5
 #: A cluster's passing states: worth retrying.
 _BUSY_CLUSTER = (
     redis.exceptions.ClusterDownError,
@@ -380,9 +388,10 @@ def _before_writing(exc: redis.exceptions.ResponseError) -> bool:
             redis.exceptions.OutOfMemoryError,
             redis.exceptions.ReadOnlyError,
             redis.exceptions.NoScriptError,
+            redis.exceptions.AskError,  # (and MovedError: the command went to no node)
             *_BUSY_CLUSTER,
         ),
-    ) or str(exc).startswith(("BUSY", "MISCONF", "LOADING"))
+    ) or str(exc).startswith(("BUSY", "MISCONF", "LOADING", "NOREPLICAS"))
 
 
 #: How to give a Redis user what a drive needs (an ACL user has no keys nor channels at first).
@@ -497,6 +506,12 @@ class Drive:
         conn = self._conn
         return conn.config.redis_timeout if conn is not None else self._resolved().redis_timeout
 
+    def _configured_url(self) -> str:
+        """Return the Redis URL the settings name, for messages ("the embedded server")."""
+        with contextlib.suppress(DriveError):
+            return self._resolved().redis_url or "the embedded server"
+        return "the server"
+
     def _resolved(self) -> ResolvedConfig:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn.config
@@ -577,6 +592,11 @@ class Drive:
                     await conn.close_with_loop(self)
                     self._conn = conn
         conn = self._conn
+        if conn.connected.kind == "sentinel":
+            now = time.monotonic()
+            if now - conn.primary_checked_at >= PRIMARY_CHECK_INTERVAL:
+                conn.primary_checked_at = now
+                await conn.connected.follow_primary()
         if check_index and not conn.index_checked:
             # Files on disk but no index: the server lost its data. Say so rather than serve
             # an empty drive. The disk's marker is written after a first commit, so once it
@@ -717,12 +737,18 @@ class Drive:
     def _index_lost(self, conn: _Connection | None) -> IndexLostError:
         url = redact_url(conn.url) if conn else "(closed)"
         base = str(conn.store.base) if conn else str(self.root)
+        wrong_url = ""
+        if conn is not None and conn.config.redis_url is not None:
+            wrong_url = (
+                " (If the URL names another server or database than the one holding the "
+                "index, fix the URL instead: a rebuild there would make a second index.)"
+            )
         return IndexLostError(
             f"Drive {self.name!r}: the Redis server at {url} has no "
             f"index for this drive, but {base!r} holds its files: the "
             "server lost its data (restarted without persistence, flushed or "
             "replaced). Run 'await drive.rebuild_index()' or 'asyncdrive "
-            f"rebuild-index {self.id}' to rebuild the index from the disk."
+            f"rebuild-index {self.id}' to rebuild the index from the disk.{wrong_url}"
         )
 
     def _closed_error(self, cut_short: str | None = None) -> DriveClosedError:
@@ -737,8 +763,9 @@ class Drive:
         )
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
-        url = url or (self._conn.url if self._conn else None) or "the embedded server"
+        url = url or (self._conn.url if self._conn else None) or self._configured_url()
         text = str(exc)
+        sentinel = url.startswith("redis+sentinel")
         if (
             "NOAUTH" in text
             or "HELLO must be called with the client already auth" in text
@@ -748,7 +775,25 @@ class Drive:
                 "The server asks for a password, and the Redis URL has none: give it as "
                 "redis://user:password@host:port (or redis://:password@host:port)."
             )
+            if sentinel:
+                fix = (
+                    "A server asks for a password it was not given: the sentinels' goes in "
+                    "the URL's query (?sentinel_password=...), the primary's before its "
+                    "hosts (redis+sentinel://user:password@host:port/service)."
+                )
             exc = redis.exceptions.AuthenticationError("authentication required")
+        elif isinstance(exc, MasterNotFoundError):
+            fix = (
+                "No sentinel named a primary for that service: check the service name in "
+                "the URL (redis+sentinel://host:port/service), that the URL names sentinels "
+                "(not a Redis server), and their password (?sentinel_password=...)."
+            )
+            exc = MasterNotFoundError(text.split(" : ")[0])  # (not the sentinels' reprs)
+        elif isinstance(exc, (*CLUSTER_MOVING, *CLUSTER_PASSING)):
+            fix = (
+                "Its cluster is moving the drive's keys between nodes (resharding) or failing "
+                "over: retry once it is done."
+            )
         elif isinstance(exc, redis.exceptions.AuthenticationError):
             fix = "Check the user name and password in the Redis URL: the server refused them."
         elif "max number of clients reached" in text:
@@ -767,6 +812,8 @@ class Drive:
                 "configure no Redis URL (argument or ASYNCDRIVE_REDIS_URL) to use the "
                 "embedded server."
             )
+            if url.startswith("rediss"):  # (a server without TLS does not answer its hello)
+                fix += " With rediss:// (TLS), check that the server speaks TLS on that port."
         return DriveUnavailableError(  # (Sentinel's errors hold whole reprs: shortened)
             f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} "
             f"({shorten(str(exc), 300)}). {fix}"
@@ -774,12 +821,14 @@ class Drive:
 
     def _refused(self, exc: redis.exceptions.ResponseError, url: str | None = None) -> DriveError:
         """Return the `DriveError` of an error reply: the server refused a command."""
-        url = redact_url(url or (self._conn.url if self._conn else None) or "the server")
+        url = redact_url(url or (self._conn.url if self._conn else None) or self._configured_url())
         at = f"Drive {self.name!r}: Redis at {url}"
         text = _SCRIPT_LINE.sub("", str(exc))  # (not the line of our script it ran)
         if _denied(exc):
             return InvalidConfigError(f"{at} refused a command to its user: {text}. {_ACL_FIX}")
-        if isinstance(exc, _BUSY_CLUSTER):
+        if isinstance(exc, redis.exceptions.AskError | redis.exceptions.TryAgainError):
+            fix = "its cluster is moving the drive's keys between nodes (resharding): retry"
+        elif isinstance(exc, _BUSY_CLUSTER):
             fix = "its cluster is failing over or down: retry"
         elif isinstance(exc, redis.exceptions.OutOfMemoryError):
             fix = "raise its maxmemory, or free memory there; nothing was stored"
@@ -792,6 +841,11 @@ class Drive:
             fix = "it is busy running another client's script: retry"
         elif text.startswith("MISCONF"):
             fix = "it cannot save its data (see its log): fix its disk, then retry"
+        elif text.startswith("NOREPLICAS"):
+            fix = (
+                "it has fewer in-sync replicas than its min-replicas-to-write asks (a "
+                "failover under way, or a replica down): retry; nothing was stored"
+            )
         else:
             return DriveError(f"{at} refused a command: {text}")
         return DriveUnavailableError(f"{at} refused a command ({text}): {fix}.")

@@ -35,7 +35,7 @@ import anyio
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ._client import RedisClient
+from ._client import CLUSTER_PASSING, RedisClient
 from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo
@@ -355,6 +355,9 @@ check('EVALSHA', '0', '1', entry); check('EVALSHA_RO', '0', '1', entry)
 return denied
 """
 
+#: How many times a Cluster's transaction is tried while the drive's slot moves (~0.5 s).
+_CLUSTER_ATTEMPTS = 5
+
 #: How long a member that holds no event may stay idle before a leaving member removes it.
 IDLE_MEMBER_MS = 600_000
 
@@ -589,18 +592,33 @@ class Index:
         return bool(is_file) and folder != "", paths
 
     async def _atomically(self, *commands: tuple[str, ...]) -> list[Any]:
-        """Run ``commands`` in one MULTI/EXEC, in one round trip; return their replies."""
+        """Run ``commands`` (reads) in one MULTI/EXEC, in one round trip; return their replies."""
         if self.wire is None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                replies: list[Any] = await pipe.execute()
-            return replies
+            return await self._atomically_on_cluster(commands)
         *_, results = await self.wire.call_many([("MULTI",), *commands, ("EXEC",)])
         for result in results:
             if isinstance(result, Exception):  # an error reply of one of the commands
                 raise result
         return list(results)
+
+    async def _atomically_on_cluster(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+        """`_atomically` on a Cluster, whose client routes it to the drive's node.
+
+        A transaction that met the drive's slot moved (which redis-py follows for lone
+        commands, not in a transaction) ran nowhere: it is run again, for about 0.5 s.
+        """
+        for attempt in range(_CLUSTER_ATTEMPTS):
+            try:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies: list[Any] = await pipe.execute()
+                return replies
+            except CLUSTER_PASSING:
+                if attempt == _CLUSTER_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * attempt)  # (MOVED: at once, its map renewed)
+        raise AssertionError("not reached")
 
     async def read_events(
         self, after: str, block_ms: int, count: int

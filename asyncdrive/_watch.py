@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 import redis.exceptions
 
+from ._client import CLUSTER_MOVING, CLUSTER_PASSING
 from ._config import check_seconds
 from ._events import DriveEvent, parse_id
 from ._exceptions import CursorExpiredError, InvalidConfigError
@@ -50,6 +51,9 @@ _REPLY_MARGIN = 1.0
 
 _BATCH = 500
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: What a watch retries (for up to `RECONNECT_TIMEOUT`): a lost connection, a cluster's
+#: slot moving (resharding) or failing over.
+_RETRIED = (*_CONNECTION_ERRORS, *CLUSTER_MOVING, *CLUSTER_PASSING)
 
 
 class Watch:
@@ -184,7 +188,7 @@ class Watch:
                             await self._read(conn, block)
                         else:
                             await self._read_group(conn, block, limit)
-                except (*_CONNECTION_ERRORS, TimeoutError) as exc:
+                except (*_RETRIED, TimeoutError) as exc:
                     await self._backoff(exc, deadline)
                 except redis.exceptions.ResponseError as exc:  # refused: out of memory, ...
                     raise self._drive._refused(exc) from exc

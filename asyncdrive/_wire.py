@@ -67,6 +67,9 @@ class Wire:
         #: in one write (`_flush`), and their bytes.
         self._outgoing: list[bytes] = []
         self._outgoing_size = 0
+        #: The (host, port) of the server the connection reached (None: not connected yet,
+        #: or a unix socket's): under Sentinel, which primary it is.
+        self.server: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
         state = (
@@ -220,6 +223,10 @@ class Wire:
         if protocol is not None and self._loop is asyncio.get_running_loop():
             await protocol.closed  # the transport's end: no socket is left open
 
+    def disconnect(self, reason: str) -> None:
+        """Drop the connection (commands awaiting replies fail): the next call reconnects."""
+        self._fail(ConnectionError, reason)
+
     def abort(self) -> None:
         """Close the connection without waiting for it to end, as `aclose` does otherwise."""
         self._closed = True
@@ -252,6 +259,8 @@ class Wire:
             except BaseException:
                 await conn.disconnect(nowait=True)
                 raise
+            host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+            self.server = (host, port) if isinstance(host, str) and isinstance(port, int) else None
             reader: asyncio.StreamReader | None = conn._reader
             writer: asyncio.StreamWriter | None = conn._writer
             conn._reader = conn._writer = None
@@ -357,6 +366,12 @@ class WirePool:
             await wire.aclose()
         else:
             self._idle.append(wire)
+
+    def disconnect_unless(self, server: tuple[str, int], reason: str) -> None:
+        """Drop the connections to any other server than ``server`` (see `Wire.disconnect`)."""
+        for wire in [*self._idle, *self._lent]:
+            if wire.server is not None and wire.server != server:
+                wire.disconnect(reason)
 
     async def aclose(self) -> None:
         """Close every wire: those lent fail their callers' reads. Idempotent."""

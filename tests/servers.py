@@ -222,6 +222,15 @@ class SentinelServers:
             )
         )
         wait_for(f"redis://127.0.0.1:{self.replica}")
+        replica = redis.Redis(port=self.replica, decode_responses=True)
+        try:  # synced: a replica promoted before its first sync would hold nothing
+            deadline = time.monotonic() + 30
+            while command(replica, "INFO", "replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the test replica did not sync within 30 s")
+                time.sleep(0.05)
+        finally:
+            replica.close()
         config = self.folder / "sentinel.conf"
         config.write_text(
             f"port {self.sentinel}\nbind 127.0.0.1\ndir {self.folder}\n"

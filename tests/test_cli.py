@@ -149,7 +149,7 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     deeper = cli("cat", f"{drive_id}/x/y/nope.txt")
     assert f"check the path with 'asyncdrive ls {drive_id}/x/y'." in deeper.stderr
     debug = cli("--debug", "get", f"{drive_id}/nope.txt")
-    assert "Traceback" in debug.stderr
+    assert "Traceback" in debug.stderr and debug.returncode == 4  # the same status
     assert "Traceback" in cli("get", f"{drive_id}/nope.txt", "--debug").stderr  # after it too
     # A trailing '/' names a folder, as for cp: refused for a file, and nothing done.
     for command in (["cat"], ["info"], ["rm"], ["get"]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 import trustme
+from redis.crc import key_slot
 
 from asyncdrive import (
     Drive,
@@ -24,7 +26,7 @@ from asyncdrive import (
     SyncDrive,
 )
 
-from .servers import ServerProcess
+from .servers import ClusterServers, ServerProcess, command
 
 
 @pytest.fixture
@@ -238,7 +240,8 @@ async def test_acl_users_are_checked_before_anything_is_written(
 async def test_a_server_refusing_writes_says_why_and_keeps_nothing(
     server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
 ) -> None:
-    """Out of memory, or a read-only replica: an error saying what to do, no file left."""
+    """Out of memory, a read-only replica, too few replicas: an error saying what to do, no
+    file left."""
     root = tmp_path / "root"
     admin = redis.Redis.from_url(server.url)
     try:
@@ -247,6 +250,7 @@ async def test_a_server_refusing_writes_says_why_and_keeps_nothing(
             refusals = [
                 (("CONFIG", "SET", "maxmemory", "1"), "maxmemory"),
                 (("REPLICAOF", "127.0.0.1", "1"), "read-only replica"),
+                (("CONFIG", "SET", "min-replicas-to-write", "1"), "min-replicas-to-write"),
             ]
             for setting, said in refusals:
                 admin.execute_command(*setting)  # type: ignore[no-untyped-call]
@@ -267,6 +271,7 @@ async def test_a_server_refusing_writes_says_why_and_keeps_nothing(
                 finally:
                     admin.execute_command("CONFIG", "SET", "maxmemory", "0")  # type: ignore[no-untyped-call]
                     admin.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
+                    admin.execute_command("CONFIG", "SET", "min-replicas-to-write", "0")  # type: ignore[no-untyped-call]
             await drive.write_bytes("new.txt", b"new")  # and the same drive writes again
             assert await drive.list(".") == ["kept.txt", "new.txt"]
     finally:
@@ -367,6 +372,38 @@ async def test_sentinel_urls_say_what_is_wrong(
         with pytest.raises(DriveUnavailableError) as unreachable:
             await drive.list(".")
     assert len(str(unreachable.value)) < 700, str(unreachable.value)  # no client's repr
+    # A Redis server named as a sentinel (no SENTINEL command), then one asking a password.
+    for password, said in (("", "the URL names sentinels"), ("pw", "?sentinel_password=")):
+        folder = tmp_path / f"not-a-sentinel{password}"
+        folder.mkdir()
+        plain = ServerProcess(folder, tcp=True)
+        plain.start()
+        try:
+            if password:
+                admin = redis.Redis(port=plain.port)
+                admin.config_set("requirepass", password)
+                admin.close()
+            url = f"redis+sentinel://:secret@127.0.0.1:{plain.port}/mymaster"
+            async with Drive(drive_id, root=tmp_path / "root", redis_url=url) as drive:
+                with pytest.raises(DriveUnavailableError, match=re.escape(said)) as refused:
+                    await drive.list(".")
+        finally:
+            plain.stop()
+        message = str(refused.value)
+        assert "<redis" not in message and "secret" not in message, message
+        assert f"Drive {drive.name!r}" in message and "mymaster" in message, message
+
+
+async def test_a_url_naming_another_database_is_not_a_lost_index(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("a.txt", b"a")
+    other_db = f"{server.url}?db=3"
+    async with Drive(drive_id, root=tmp_path / "root", redis_url=other_db) as drive:
+        with pytest.raises(IndexLostError, match="fix the URL instead") as lost:
+            await drive.list(".")
+    assert "rebuild_index()" in str(lost.value)
 
 
 async def test_tls_server(
@@ -406,3 +443,61 @@ async def test_tls_server(
     finally:
         proxy.close()
         await proxy.wait_closed()
+
+
+async def test_a_cluster_resharding_the_drive_gives_drive_errors(
+    tmp_path: Path, drive_id: str
+) -> None:
+    """While the drive's slot moves between nodes, calls raise `DriveUnavailableError`
+    saying so (redis-py gave up with its own ClusterError, or an ASK redirect surfaced as a
+    refusal), a watch waits it out, and everything works once the slot has moved."""
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    cluster = ClusterServers(folder)
+    cluster.start()
+    clients = [redis.Redis(port=port, decode_responses=True) for port in cluster.ports]
+    try:
+        name = drive_id[6:]
+        slot = key_slot(f"asyncdrive:{{{name}}}:files".encode())
+        source = next(n for n, bound in enumerate((5461, 10923, 16384)) if slot < bound)
+        target = (source + 1) % 3
+        src, dst = clients[source], clients[target]
+        ids = [command(c, "CLUSTER", "MYID") for c in clients]
+        async with Drive(drive_id, root=tmp_path / "root", redis_url=cluster.url) as drive:
+            await drive.write_bytes("a.txt", b"1")
+            command(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            command(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+            # Half-way: the file list has moved, the rest of the drive's keys not yet.
+            moved = [f"asyncdrive:{{{name}}}:files"]
+            command(src, "MIGRATE", "127.0.0.1", cluster.ports[target], "", 0, 5000, "KEYS", *moved)
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: drive.write_bytes("b.txt", b"2"),
+                lambda: drive.exists("a.txt"),
+                lambda: drive.list("."),
+                lambda: drive.delete("a.txt"),
+            ]
+            for call in calls:
+                with pytest.raises(DriveUnavailableError, match="resharding") as moving:
+                    await call()
+                assert f"Drive {drive.name!r}" in str(moving.value)
+
+            async def finish_the_move() -> None:
+                await asyncio.sleep(0.5)
+                while keys := command(src, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+                    command(src, "MIGRATE", "127.0.0.1", cluster.ports[target], "", 0, 5000,
+                            "KEYS", *keys)  # fmt: skip
+                for client in clients:
+                    command(client, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+
+            async with drive.watch(since="0") as watch, asyncio.TaskGroup() as tasks:
+                tasks.create_task(finish_the_move())
+                first = await watch.next(timeout=30)  # waited through the move
+            assert first is not None and first.path == "a.txt"
+            assert await drive.list(".") == ["a.txt"]
+            await drive.write_bytes("b.txt", b"2")
+            await drive.delete("a.txt")
+            assert await drive.list(".") == ["b.txt"]
+    finally:
+        for client in clients:
+            client.close()
+        cluster.stop()

@@ -19,6 +19,8 @@ import redis.exceptions
 
 from asyncdrive import Drive, DriveUnavailableError
 from asyncdrive._client import connect
+from asyncdrive._drive import PRIMARY_CHECK_INTERVAL
+from asyncdrive._index import Keys
 from asyncdrive._wire import Wire, WirePool
 
 from .servers import SentinelServers, ServerProcess
@@ -431,10 +433,12 @@ async def _true(value: object) -> bool:
 
 
 async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
-    """After a failover, the wire's old primary is a replica: it reconnects to the new one.
+    """After a failover, the drive leaves its old primary for the new one.
 
-    A write may fail once while Sentinel switches (as `DriveUnavailableError`), never twice
-    in a row for long, and never with the replica's READONLY error.
+    The old primary takes writes until Sentinel demotes it (~10 s after a SENTINEL
+    FAILOVER), then discards them: the drive asks the sentinels (`PRIMARY_CHECK_INTERVAL`)
+    rather than wait for it. A write may fail once while Sentinel switches (as
+    `DriveUnavailableError`), never twice in a row for long, and never with READONLY.
     """
     servers = SentinelServers(tmp_path / "servers")
     (tmp_path / "servers").mkdir()
@@ -458,6 +462,7 @@ async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.1)
             assert int(address[1]) == servers.replica
+            await asyncio.sleep(PRIMARY_CHECK_INTERVAL)
             for _ in range(100):
                 try:
                     await drive.write_bytes("after.txt", b"2")
@@ -466,7 +471,13 @@ async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
                     await asyncio.sleep(0.1)
             assert await drive.read_bytes("after.txt") == b"2"
             role = await wire.call("ROLE")
-            assert role[0] == "master"
+            assert role[0] == "master" and wire.server == ("127.0.0.1", servers.replica)
+            # Stored on the new primary (the old one would discard it once demoted).
+            new_primary = aioredis.Redis(port=servers.replica, decode_responses=True)
+            try:
+                assert await new_primary.exists(Keys("failover").entry("after.txt")) == 1
+            finally:
+                await new_primary.aclose()
     finally:
         await sentinel.aclose()
         servers.stop()
