@@ -1001,14 +1001,17 @@ class Index:
     async def replace_all(self, files: Sequence[DiskFile]) -> None:
         """Replace the drive's whole index by ``files`` (the change log is kept).
 
-        The version counters are written last: until they are, the index still counts as
-        lost, so an interrupted rebuild is detected and can simply be run again.
+        The version counters go first and are written last: until they are, the index
+        counts as lost, so an interrupted rebuild is detected (never a half-deleted index
+        taken for whole, whose files gc would take for orphans) and can be run again.
         """
         keep = {self.keys.events, self.keys.trimmed, self.keys.group_paths}
         doomed = [
             k async for k in self.client.scan_iter(match=_glob_escape(self.keys.prefix) + "*")
         ]
         old_versions: dict[str, str] = await self.client.hgetall(self.keys.versions)  # type: ignore[assignment]
+        await self.client.delete(self.keys.versions)
+        keep.add(self.keys.versions)  # (gone)
         doomed = [k for k in doomed if k not in keep and ":lock:" not in k]
         for start in range(0, len(doomed), 1000):
             await self.client.delete(*doomed[start : start + 1000])

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
+import redis.exceptions
 
 import asyncdrive
 from asyncdrive import Drive, IndexLostError, SyncDrive
@@ -70,6 +72,39 @@ async def test_index_loss_detected_and_rebuilt(
     # Versions go on increasing from where they were.
     assert (await fresh.write_bytes("top.txt", b"t2")).version == 2
     assert (await fresh.write_bytes("data/a.bin", b"a3")).version == 3
+
+
+async def test_an_interrupted_rebuild_leaves_the_index_lost(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild cut short while it clears the old index (a kill, an outage) must leave
+    the index lost, to be detected and rebuilt again: not half of it, taken for whole (and
+    the files it lacks for orphans by gc)."""
+    drive = make_drive(drive_id)
+    for n in range(5):
+        await drive.write_bytes(f"d{n}/f.txt", b"x")
+    calls = 0
+
+    def cut_after_the_first(original: Any) -> Any:
+        async def delete(self: Any, *names: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise redis.exceptions.ConnectionError("cut short")
+            return await original(self, *names)
+
+        return delete
+
+    with monkeypatch.context() as patched:
+        for client in (redis.asyncio.Redis, redis.asyncio.RedisCluster):  # (--server-kind)
+            patched.setattr(client, "delete", cut_after_the_first(client.delete))
+        with pytest.raises(asyncdrive.DriveUnavailableError):
+            await drive.rebuild_index()
+    fresh = make_drive(drive_id)
+    with pytest.raises(IndexLostError):
+        await fresh.list(".", recursive=True)
+    assert await fresh.rebuild_index() == 5
+    assert len(await fresh.list(".", recursive=True)) == 5
 
 
 async def test_files_no_drive_path_names_are_left_alone_by_rebuild_and_gc(
