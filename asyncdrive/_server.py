@@ -203,9 +203,44 @@ def ensure_server_sync(root: Path) -> str:
         state = _read_state(folder)
         url = str(state["url"]) if state else ""
         if not (url and _ping(url)):
-            url = _start(folder)
+            pid = int(str(state.get("pid") or 0)) if state else 0
+            if not (url and pid and _wait_for_answer(root, url, pid)):
+                url = _start(folder)
     _known[key] = url
     return url
+
+
+def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
+    """Wait for a server that runs but does not answer (loading its data, stalled).
+
+    Returns False if it is gone (start another), True once it answers; raises if it runs
+    on without answering: a second server of the root would split its index in two.
+    """
+    deadline = time.monotonic() + _START_TIMEOUT
+    while _serving(pid, url):
+        if _ping(url):
+            return True
+        if time.monotonic() > deadline:
+            raise DriveUnavailableError(
+                f"The embedded server of {root} (pid {pid}, {url}) runs but has not answered "
+                f"for {_START_TIMEOUT:.0f} s (stopped, or overloaded?); a second one would "
+                f"split the drives' index. Check it (see {_server_dir(root) / 'server.log'}), "
+                "or stop it ('asyncdrive server stop', else kill it), then retry."
+            )
+        time.sleep(0.05)
+    return False
+
+
+def _serving(pid: int, url: str) -> bool:
+    """Return whether process ``pid`` runs, and is the server of ``url`` (not a reused pid)."""
+    if not _alive(pid):
+        return False
+    try:  # the server's title names where it listens: "valkey-server unixsocket:<path>"
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return True  # (no /proc: taken for it)
+    address = url.removeprefix("unix://").removeprefix("redis://")
+    return address in title
 
 
 async def ensure_server(root: Path) -> str:

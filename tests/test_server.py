@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -111,3 +114,49 @@ def test_a_child_forked_while_a_thread_holds_the_server_lock_does_not_keep_it(
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0  # not 1, after 5 s, from its own copy
+
+
+def test_a_server_that_does_not_answer_is_waited_for_never_doubled(
+    tmp_path: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled server (or one loading its data) answers late: a second server of the root
+    would split its index in two. It is waited for, then refused, never replaced."""
+    root = Path("/tmp") / tmp_path.name
+    state = root / "server" / "server.json"
+
+    def servers_of_root() -> list[str]:
+        titles = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                title = (proc / "cmdline").read_bytes().decode(errors="replace")
+                if "valkey-server" in title and f"{root}/server/" in title:
+                    titles.append(title)
+        return titles
+
+    try:
+        with SyncDrive(drive_id, root=root) as drive:
+            drive.write_bytes("a.txt", b"x")
+        first = json.loads(state.read_text())
+        os.kill(first["pid"], signal.SIGSTOP)
+        try:
+            threading.Timer(1.0, os.kill, (first["pid"], signal.SIGCONT)).start()
+            _server.forget_server(root.resolve())  # as a new process would
+            assert _server.ensure_server_sync(root.resolve()) == first["url"]  # waited
+            assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
+            os.kill(first["pid"], signal.SIGSTOP)
+            monkeypatch.setattr(_server, "_START_TIMEOUT", 0.5)
+            _server.forget_server(root.resolve())
+            with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
+                _server.ensure_server_sync(root.resolve())
+            assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
+        finally:
+            os.kill(first["pid"], signal.SIGCONT)
+        asyncdrive.stop_server(root)
+        # A pid of the state file that is not the server's (reused): a server is started.
+        state.write_text(json.dumps({"url": first["url"], "pid": os.getpid()}))
+        with SyncDrive(drive_id, root=root) as drive:
+            assert drive.read_bytes("a.txt") == b"x"
+        assert len(servers_of_root()) == 1
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
