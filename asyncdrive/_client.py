@@ -165,6 +165,18 @@ class _LeanCommands(AbstractConnection):
             return
         await super().send_packed_command(command, check_health)
 
+    async def disconnect(self, nowait: bool = False, *args: Any, **kwargs: Any) -> None:
+        """Close the connection; one dropped after a failure (``nowait``) at once.
+
+        redis-py closes the transport, which first sends what is left of its write
+        buffer: from a hung server (a write that timed out), never, and the socket stayed
+        open, to be collected with a ResourceWarning. Its unsent bytes are dropped here.
+        """
+        writer = self._writer
+        if nowait and writer is not None:
+            writer.transport.abort()
+        await super().disconnect(nowait, *args, **kwargs)  # (redis-py 5.2 has no others)
+
 
 _lean_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 ConnectionT = TypeVar("ConnectionT", bound=AbstractConnection)

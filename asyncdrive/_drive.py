@@ -364,6 +364,9 @@ _SCRIPT_LINE = re.compile(r" script: on @user_script:\d+\.?$")
 #: Under Sentinel, a drive in use asks the sentinels at most this often (s) which server is
 #: primary, and leaves one they no longer name (see `Connected.follow_primary`).
 PRIMARY_CHECK_INTERVAL = 0.5
+#: Files in a put's way on disk, not indexed and unchanged this long (s), are a dead
+#: writer's: the put removes them (a live writer commits within its lock's lease).
+_ABANDONED_AFTER = LOCK_TTL
 #: A cluster's passing states: worth retrying.
 _BUSY_CLUSTER = (
     redis.exceptions.ClusterDownError,
@@ -1185,11 +1188,11 @@ class Drive:
         errors: dict[int, BaseException] = {}
         installed: list[tuple[int, str, int, _Installed]] = []
         for (number, token, current), result in zip(granted, results, strict=True):
-            if isinstance(result, Exception):
-                errors[number] = (
-                    self._clash_error(jobs[number][0], result)
-                    if isinstance(result, PathClash) else result
-                )  # fmt: skip
+            if isinstance(result, PathClash):
+                cleared = await self._clear_the_way(conn, jobs[number][0])
+                errors[number] = self._clash_error(jobs[number][0], result, cleared=cleared)
+            elif isinstance(result, Exception):
+                errors[number] = result
             else:
                 installed.append((number, token, current, result))
         if errors:
@@ -1266,6 +1269,34 @@ class Drive:
         return str(if_version) if if_version else "absent"
 
     async def _put(
+        self,
+        conn: _Connection,
+        path: str,
+        stage: _Stage | Staged,
+        precondition: str,
+        *,
+        small: bool = False,
+        tentative: bool = False,
+        on_copied: OnCopied | None = None,
+        before_commit: Callable[[int], None] | None = None,
+    ) -> FileInfo:
+        """`_put_once`, and once more where it removed a dead writer's files in its way.
+
+        (The upload went with the first try: staged again from its source, unless the
+        caller staged it.)
+        """
+        options: dict[str, Any] = {
+            "small": small, "tentative": tentative, "on_copied": on_copied,
+            "before_commit": before_commit,
+        }  # fmt: skip
+        try:
+            return await self._put_once(conn, path, stage, precondition, **options)
+        except _WayCleared as cleared:
+            if isinstance(stage, Staged):
+                raise cleared.error from None
+        return await self._put_once(conn, path, stage, precondition, **options)
+
+    async def _put_once(
         self,
         conn: _Connection,
         path: str,
@@ -1488,6 +1519,8 @@ class Drive:
             info, backup, installed = await conn.run_sync(install)
         except PathClash as clash:
             await conn.index.unlock(component, path, token)
+            if await self._clear_the_way(conn, path):
+                raise _WayCleared(self._clash_error(path, clash, cleared=True)) from None
             raise self._clash_error(path, clash) from None
         except BaseException:
             await conn.index.unlock(component, path, token)
@@ -1515,17 +1548,42 @@ class Drive:
         await self._finish_installs(conn, [backup])
         return info
 
-    def _clash_error(self, path: str, clash: PathClash) -> DriveError:
+    def _clash_error(self, path: str, clash: PathClash, *, cleared: bool = False) -> DriveError:
         # Another put of this component, of a path above or below this one, is between
-        # its install and its commit: one of the two must fail, and this one has.
+        # its install and its commit: one of the two must fail, and this one has. Or a
+        # writer that died left its bytes there (see `_clear_the_way`).
         kind = DriveNotADirectoryError if isinstance(clash.__cause__, (
             NotADirectoryError, FileExistsError)) else DriveFileExistsError  # fmt: skip
+        where = f"Drive {self.name!r}: cannot put {path!r}: "
+        if cleared:
+            return kind(
+                f"{where}a writer that died had left files in its way on the disk (never "
+                "indexed, or deleted): they are removed now. Retry it."
+            )
         return kind(
-            f"Drive {self.name!r}: cannot put {path!r}: component "
-            f"{self._resolved().component_name!r} is putting a path above or below it at the "
-            "same moment, and a path cannot be both a file and a folder. Retry once that put "
-            "is done."
+            f"{where}files of component {self._resolved().component_name!r} stand in its way "
+            "on the disk, not yet indexed: a put of a path above or below it at the same "
+            "moment (a path cannot be both a file and a folder; retry once that put is done), "
+            f"or a writer that died less than {_ABANDONED_AFTER:.0f} s ago (the next put "
+            "after that removes its files, as gc() does)."
         )
+
+    async def _clear_the_way(self, conn: _Connection, path: str) -> bool:
+        """After a `PathClash`: remove the files in ``path``'s way if a dead writer left them.
+
+        Files that the index does not list, unchanged for `_ABANDONED_AFTER` (a live writer
+        commits within its lock's lease), are a writer's that died before its commit, or a
+        delete's cut short before the bytes went: orphans, as `gc` removes them. Returns
+        whether the way is clear now (False: something there may be a live put's).
+        """
+        component = conn.config.component_name
+        found = await conn.run_sync(conn.store.in_the_way, component, path)
+        for other, age in found:
+            if age < _ABANDONED_AFTER or component in await conn.index.owners(other):
+                return False
+        for other, _ in found:
+            await self._remove_orphan(conn, component, other)
+        return True
 
     async def _refused_commit(
         self,
@@ -2904,6 +2962,17 @@ class _Looks:
             ) from None
         await anyio.sleep(self.pause)  # a commit on its way, maybe
         self.pause = min(self.pause * 2, 0.2)
+
+
+class _WayCleared(Exception):
+    """A put met files on disk that a dead writer left in its way, and removed them.
+
+    ``error``: what to raise if the put cannot be tried again (its upload went).
+    """
+
+    def __init__(self, error: DriveError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _NotASmallFile(Exception):

@@ -24,6 +24,7 @@ import redis.exceptions
 
 import asyncdrive
 from asyncdrive import Drive, IndexLostError, SyncDrive
+from asyncdrive import _drive as drive_module
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
 
@@ -370,6 +371,42 @@ async def test_restarted_server_without_persistence(
 def old(path: Path, seconds: float = 7200) -> None:
     past = time.time() - seconds
     os.utime(path, (past, past))
+
+
+async def test_a_put_removes_files_a_dead_writer_left_in_its_way(
+    make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Bytes on disk the index does not list (a writer killed before its commit, a delete
+    cut short before its bytes went) stop a put of a path above or below them: refused
+    while they may be a live put's, removed once older than a lock's lease."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("kept.txt", b"k")  # (the component's folder exists)
+    mine = root / "drives" / drive_id[6:] / "default"
+    (mine / "x").write_bytes(b"left by a delete cut short")
+    (mine / "z").mkdir()
+    (mine / "z" / "y").write_bytes(b"left by a writer killed before its commit")
+    with pytest.raises(NotADirectoryError, match="a writer that died less than 30 s ago"):
+        await drive.write_bytes("x/y", b"new")
+    with pytest.raises(FileExistsError, match="stand in its way on the disk"):
+        await drive.write_bytes("z", b"new")
+    assert (mine / "x").read_bytes() == b"left by a delete cut short"  # (maybe a live put's)
+    monkeypatch.setattr(drive_module, "_ABANDONED_AFTER", 0.2)
+    await asyncio.sleep(0.3)
+    await drive.write_bytes("x/y", b"new")
+    (workdir / "z").write_bytes(b"put")
+    await drive.put("z")
+    assert await drive.list(".", recursive=True) == ["kept.txt", "x/y", "z"]
+    assert await drive.read_bytes("z") == b"put"
+    (mine / "f").mkdir()
+    (mine / "f" / "w").write_bytes(b"left")  # in a folder put's way: removed, and said so
+    await asyncio.sleep(0.3)
+    (workdir / "folder" / "w").mkdir(parents=True)
+    (workdir / "folder" / "w" / "q").write_bytes(b"q")
+    with pytest.raises(NotADirectoryError, match=r"they are removed now\. Retry it"):
+        await drive.put("folder", to="f")
+    await drive.put("folder", to="f")
+    assert await drive.read_bytes("f/w/q") == b"q"
 
 
 async def test_gc_cleans_up_after_dead_writers(
