@@ -612,6 +612,8 @@ class Drive:
             ):
                 raise self._index_lost(conn)
             conn.index_checked = True
+        if conn.index.unreleased:  # locks an outage kept: let them go, now it is over
+            await conn.index.release_unreleased()
         if writing is not None and not conn.may_write:
             raise InvalidConfigError(
                 f"Drive {self.name!r}: Redis at {redact_url(conn.url)} lets its user only "

@@ -355,6 +355,13 @@ check('EVALSHA', '0', '1', entry); check('EVALSHA_RO', '0', '1', entry)
 return denied
 """
 
+#: A lost connection, or a server out of reach: the command may or may not have run.
+_LOST = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 #: How many times a Cluster's transaction is tried while the drive's slot moves (~0.5 s).
 _CLUSTER_ATTEMPTS = 5
 
@@ -488,6 +495,9 @@ class Index:
         self._kind = client.register_script(_KIND_LUA)
         self._group_step = client.register_script(_GROUP_STEP_LUA)
         self._group_leave = client.register_script(_GROUP_LEAVE_LUA)
+        #: Locks (component, path, token) this connection took and could not release, the
+        #: server out of reach: released when it answers again (`release_unreleased`).
+        self.unreleased: list[tuple[str, str, str]] = []
         #: Whether scripts that only read run as such (``EVALSHA_RO``), which a user allowed
         #: only to read the drive's keys (ACL ``%R~``) may run: set by `denied_commands`
         #: where the server has them (Redis 7+, Valkey).
@@ -1112,6 +1122,9 @@ class Index:
                 else:
                     await to_its_end(self.release_cut_short(component, locks))
             raise
+        except _LOST:  # taken or not: released once the server answers again
+            self.unreleased.extend((component, path, token) for path, token in locks)
+            raise
 
     async def release_cut_short(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
         """Release (path, token) locks whose requests were cut short, maybe still on their way.
@@ -1126,8 +1139,34 @@ class Index:
     async def unlock_many(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
         """`unlock` each (path, token), in one round trip where a `Wire` is."""
         calls = [([self.keys.lock(component, path)], [token]) for path, token in locks]
-        await self._run_many(self._unlock, calls)
+        try:
+            await self._run_many(self._unlock, calls)
+        except _LOST:
+            self.unreleased.extend((component, path, token) for path, token in locks)
+            raise
 
     async def unlock(self, component: str, path: str, token: str) -> None:
-        """Release a lock taken by `lock`, unless it expired and someone else holds it now."""
-        await self._run(self._unlock, [self.keys.lock(component, path)], [token])
+        """Release a lock taken by `lock`, unless it expired and someone else holds it now.
+
+        One that cannot be released for a lost connection is kept in `unreleased`.
+        """
+        try:
+            await self._run(self._unlock, [self.keys.lock(component, path)], [token])
+        except _LOST:
+            self.unreleased.append((component, path, token))
+            raise
+
+    async def release_unreleased(self) -> None:
+        """Release the locks a lost connection kept from being released (`unreleased`).
+
+        A server that comes back from an outage with its data holds them again, and each
+        would stand in the way of its path's writers (this drive's too) until its lease
+        ends. Those that still cannot be released stay for the next try.
+        """
+        locks, self.unreleased = self.unreleased, []
+        by_component: dict[str, list[tuple[str, str]]] = {}
+        for component, path, token in locks:
+            by_component.setdefault(component, []).append((path, token))
+        for component, paths in by_component.items():
+            with contextlib.suppress(*_LOST):  # (kept again by unlock_many)
+                await self.unlock_many(component, paths)

@@ -25,6 +25,7 @@ from asyncdrive import (
     InvalidConfigError,
     SyncDrive,
 )
+from asyncdrive._index import Index, Keys
 
 from .servers import ClusterServers, ServerProcess, command
 
@@ -235,6 +236,38 @@ async def test_acl_users_are_checked_before_anything_is_written(
         assert client.keys(f"asyncdrive:{{{drive_id[6:]}}}:e:*") == []
     finally:
         client.close()
+
+
+async def test_locks_an_outage_kept_are_released_when_the_server_is_back(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A replacement whose commit the server's crash cut holds the path's lock, which the
+    server restores with its data: the drive releases it at its first call after the
+    outage, rather than leave it in every writer's way (its own too) for its lease."""
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("a.txt", b"1")
+        commit_put = Index.commit_put
+
+        async def crash_first(self: Index, *args: Any, **options: Any) -> Any:
+            server.kill()  # the lock is taken (and fsynced: appendfsync always)
+            return await commit_put(self, *args, **options)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Index, "commit_put", crash_first)
+            with pytest.raises(DriveUnavailableError):
+                await drive.write_bytes("a.txt", b"2")
+        server.start()
+        lock = Keys(drive.name).lock("default", "a.txt")
+        admin = redis.Redis.from_url(server.url)
+        try:
+            assert admin.exists(lock) == 1  # restored with the server's data
+            assert await drive.exists("a.txt")  # any call: released first
+            assert admin.exists(lock) == 0
+        finally:
+            admin.close()
+        await drive.write_bytes("a.txt", b"3")
+        assert await drive.read_bytes("a.txt") == b"3"
 
 
 async def test_a_server_refusing_writes_says_why_and_keeps_nothing(
