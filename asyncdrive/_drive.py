@@ -6,12 +6,15 @@ watches and open files, on a background loop thread); no logic lives there.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import functools
 import logging
 import os
 import re
+import select
+import selectors
 import stat
 import threading
 import time
@@ -149,6 +152,38 @@ StrPath = str | os.PathLike[str]
 # What a forked child inherited from its parent (connections, SyncDrive caller loops): never
 # used, closed nor freed, as their cleanup would reach the parent's sockets (see _reset).
 _inherited_after_fork: list[object] = []
+#: The event loops drives connected in (see `_isolate_inherited_loops`).
+_loops_with_connections: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _isolate_inherited_loops() -> None:
+    """In a forked child: give each event loop a drive used an epoll instance of its own.
+
+    Parent and child share their epoll instances (one open file): a socket that the child
+    unregisters from one, as it closes or collects a transport it inherited (at its exit,
+    say, a drive it never used), is gone from the parent's loop too, which then never hears
+    from it again: the parent's next call waited for its whole timeout. Each loop gets a new
+    instance holding what the old one did; the child's copy of the old one is closed.
+    """
+    for loop in list(_loops_with_connections):
+        selector = getattr(loop, "_selector", None)
+        shared: Any = getattr(selector, "_selector", None)
+        if not isinstance(selector, selectors.EpollSelector) or not isinstance(shared, _EPOLL):
+            continue  # (not asyncio's epoll loop: uvloop, another platform)
+        own = select.epoll()
+        for key in selector.get_map().values():
+            events = (select.EPOLLIN if key.events & selectors.EVENT_READ else 0) | (
+                select.EPOLLOUT if key.events & selectors.EVENT_WRITE else 0
+            )
+            with contextlib.suppress(OSError):
+                own.register(key.fd, events)
+        selector._selector = own  # type: ignore[attr-defined]
+        shared.close()
+
+
+_EPOLL: Any = getattr(select, "epoll", ())
+if _EPOLL:  # (Linux)
+    os.register_at_fork(after_in_child=_isolate_inherited_loops)
 
 
 class _SharedDiskThreads:
@@ -593,6 +628,7 @@ class Drive:
                         await conn.aclose()
                         raise self._closed_error()
                     await conn.close_with_loop(self)
+                    _loops_with_connections.add(asyncio.get_running_loop())
                     self._conn = conn
         conn = self._conn
         if conn.connected.kind == "sentinel":

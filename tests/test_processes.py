@@ -465,6 +465,39 @@ def test_fork_after_use_leaves_the_parent_working(
         drive.close()
 
 
+def test_a_forked_child_exiting_leaves_the_parents_loops_working(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A child that never uses the drives it inherited and exits normally (its interpreter
+    collects them) must not take the parent's sockets from the epoll instance they share:
+    the parent's next call through them waited its whole timeout, then failed."""
+    code = f"""
+        import gc, os, sys
+        from asyncdrive import Drive, DriveNotADirectoryError, SyncDrive
+        drive = SyncDrive({drive_id!r})
+        drive.write_bytes("a.bin", b"a")
+        watch = drive.watch()  # (the background loop thread, connected)
+        pid = os.fork()
+        if pid == 0:
+            del drive, watch
+            gc.collect()
+            sys.exit(0)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        try:
+            drive.open("a.bin/x", "wb")  # answered by the server, through redis-py's pool
+        except DriveNotADirectoryError:
+            print("refused")
+        drive.write_bytes("b.bin", b"b")
+        print(sorted(drive.list(".")))
+        watch.close()
+        drive.close()
+    """
+    done = run_python(
+        textwrap.dedent(code), cwd=workdir, env={**env, "ASYNCDRIVE_REDIS_TIMEOUT": "3"}
+    )
+    assert done.stdout.split("\n")[:2] == ["refused", "['a.bin', 'b.bin']"], done.stderr
+
+
 # -- the embedded server -----------------------------------------------------------------------
 
 
