@@ -169,7 +169,8 @@ def acquire(key: int, closer: Callable[[], Coroutine[Any, Any, None]]) -> Blocki
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
             _atexit_registered = True
-        state.users += 1
+        if key not in state.closers:  # once per user, however many of its threads race
+            state.users += 1
         state.closers[key] = closer
         return portal
 

@@ -541,6 +541,28 @@ def test_ctrl_c_taken_by_another_thread_interrupts_a_waiting_call(
     assert out.strip() == "interrupted", err
 
 
+def test_threads_racing_to_a_first_watch_leave_no_loop_thread_after_close(
+    env: dict[str, str], drive_id: str
+) -> None:
+    """The first watches of several threads at once count the SyncDrive once among the
+    loop thread's users: closing it (the process's only one) stops that thread."""
+    for _ in range(3):
+        drive = SyncDrive(drive_id)
+        start = threading.Barrier(8)
+
+        def first_watch() -> None:
+            start.wait()
+            drive.watch().close()
+
+        threads = [threading.Thread(target=first_watch) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        drive.close()
+        assert not [t for t in threading.enumerate() if t.name == LOOP_THREAD]
+
+
 # -- 6. interpreter exit with an unclosed SyncDrive; garbage collection -------------------------
 
 EXIT_CODE = """
