@@ -71,19 +71,24 @@ class _CallerLoop:
         self.lock = threading.Lock()
         self.pid = os.getpid()
         self.closed = False
+        #: Set by `close` before it waits for a call in flight: no other call starts.
+        self.closing = False
+        #: The task of the call in flight, if any (`close` cancels it).
+        self.task: asyncio.Task[Any] | None = None
         self.interrupts = 0
         # The main thread's wake-up for Ctrl-C (see _wake_on_signals), made on first need.
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         with self.lock:
-            if self.closed:
+            if self.closed or self.closing:
                 coro.close()
                 raise _closed_error(self.drive.name)
             return self._run_task(coro)
 
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
         task = self.loop.create_task(coro)
+        self.task = task
         on_sigint = None
         in_main_thread = threading.current_thread() is threading.main_thread()
         old_wakeup = -1
@@ -104,6 +109,7 @@ class _CallerLoop:
                 task.exception()  # retrieved: it is the one raised here (else logged)
             raise
         finally:
+            self.task = None
             if on_sigint is not None:
                 signal.set_wakeup_fd(old_wakeup)
                 if _get_handler(_SIGINT) is on_sigint:
@@ -136,25 +142,44 @@ class _CallerLoop:
             return
         raise KeyboardInterrupt
 
-    def close(self) -> None:
-        with self.lock:
-            if self.closed:
+    def close(self, *, at_exit: bool = False) -> None:
+        """Close the drive and the loop; a call in flight in its thread is cancelled first.
+
+        That call raises `DriveClosedError` once the step it is in ends (a disk call is
+        never cut short). ``at_exit``: a call in flight then is a daemon thread's (the
+        others were joined): the process ends under it, not waiting for it.
+        """
+        self.closing = True
+        while not self.lock.acquire(timeout=0.05):
+            if at_exit:
                 return
-            self.closed = True
-            loop = self.loop
-            try:
-                self._run_task(self.drive.aclose())
-                for task in asyncio.all_tasks(loop):  # none are left by a drive: just in case
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        loop.run_until_complete(task)
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                loop.close()
-                if self.wakeup is not None:
-                    for sock in self.wakeup:
-                        sock.close()
+            task = self.task
+            if task is not None:
+                with contextlib.suppress(RuntimeError):  # (done and closed meanwhile)
+                    self.loop.call_soon_threadsafe(task.cancel)
+        try:
+            self._close()
+        finally:
+            self.lock.release()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.loop
+        try:
+            self._run_task(self.drive.aclose())
+            for task in asyncio.all_tasks(loop):  # none are left by a drive: just in case
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(task)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+            if self.wakeup is not None:
+                for sock in self.wakeup:
+                    sock.close()
 
 
 def _drain(sock: socket.socket) -> None:
@@ -253,7 +278,7 @@ _with_caller_loops: weakref.WeakSet[SyncDrive] = weakref.WeakSet()
 @atexit.register
 def _close_caller_loops_at_exit() -> None:
     for drive in list(_with_caller_loops):
-        drive._close_caller_loops()
+        drive._close_caller_loops(at_exit=True)
 
 
 class SyncDrive:
@@ -325,7 +350,12 @@ class SyncDrive:
             self._here.loop = here
             for loop in ended:
                 loop.close()
-        return here.run(call(here.drive))
+        try:
+            return here.run(call(here.drive))
+        except asyncio.CancelledError:
+            if self._closed:  # close() from another thread cancelled it
+                raise _closed_error(self.name) from None
+            raise
 
     def _forget_inherited_loops(self) -> None:
         pid = os.getpid()
@@ -334,7 +364,7 @@ class SyncDrive:
             _inherited_after_fork.extend(inherited)
             self._caller_loops = [loop for loop in self._caller_loops if loop.pid == pid]
 
-    def _close_caller_loops(self) -> None:
+    def _close_caller_loops(self, *, at_exit: bool = False) -> None:
         with self._caller_loops_lock:
             self._forget_inherited_loops()
             loops, self._caller_loops = self._caller_loops, []
@@ -345,7 +375,7 @@ class SyncDrive:
             for loop in loops:
                 if loop.pid == pid:
                     try:
-                        loop.close()
+                        loop.close(at_exit=at_exit)
                     except Exception as exc:  # close the others, then raise the first
                         errors.append(exc)
 

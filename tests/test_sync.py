@@ -546,21 +546,66 @@ def test_threads_racing_to_a_first_watch_leave_no_loop_thread_after_close(
 ) -> None:
     """The first watches of several threads at once count the SyncDrive once among the
     loop thread's users: closing it (the process's only one) stops that thread."""
+
+    def first_watch(drive: SyncDrive, start: threading.Barrier) -> None:
+        start.wait()
+        drive.watch().close()
+
     for _ in range(3):
         drive = SyncDrive(drive_id)
         start = threading.Barrier(8)
-
-        def first_watch() -> None:
-            start.wait()
-            drive.watch().close()
-
-        threads = [threading.Thread(target=first_watch) for _ in range(8)]
+        threads = [threading.Thread(target=first_watch, args=(drive, start)) for _ in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         drive.close()
         assert not [t for t in threading.enumerate() if t.name == LOOP_THREAD]
+
+
+def test_close_cancels_the_calls_of_other_threads(
+    env: dict[str, str], drive_id: str, workdir: Path
+) -> None:
+    """As httpx's and redis-py's clients: close() ends what other threads are waiting on
+    (they raise DriveClosedError), rather than wait for it."""
+    drive = SyncDrive(drive_id)
+    drive.write_bytes("a.txt", b"a")
+    raised: list[BaseException] = []
+
+    def wait_for_a_file() -> None:
+        try:
+            drive.get("never.txt", timeout=60)
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiting = threading.Thread(target=wait_for_a_file)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not any(loop.task for loop in drive._caller_loops if loop.thread is waiting):
+        assert time.monotonic() < deadline, "the get never started"
+        time.sleep(0.01)
+    drive.close()
+    waiting.join(timeout=30)
+    assert not waiting.is_alive()
+    assert [type(e) for e in raised] == [DriveClosedError], raised
+    assert not (workdir / "never.txt").exists()
+
+
+def test_exit_does_not_wait_for_a_daemon_threads_call(
+    env: dict[str, str], drive_id: str, workdir: Path
+) -> None:
+    code = f"""
+        import threading, time
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        drive.exists("a.txt")
+        threading.Thread(target=drive.get, args=("never.txt",), kwargs={{"timeout": 120}},
+                         daemon=True).start()
+        time.sleep(0.3)
+        print("exiting", flush=True)
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
+    assert done.stdout.strip() == "exiting" and "Traceback" not in done.stderr, done.stderr
 
 
 # -- 6. interpreter exit with an unclosed SyncDrive; garbage collection -------------------------
