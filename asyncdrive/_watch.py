@@ -105,6 +105,7 @@ class Watch:
         self._failing_since: float | None = None
         #: One `next` at a time: two tasks (or threads) sharing a watch get each event once.
         self._next_lock = anyio.Lock()
+        self._pid = os.getpid()
         #: The read under way, which `aclose` cuts short (from another task).
         self._reading: anyio.CancelScope | None = None
 
@@ -156,6 +157,8 @@ class Watch:
         check_seconds(self._drive.name, "timeout", timeout)
         if self._done:
             return None
+        if self._pid != os.getpid():  # forked: a parent's read in flight holds it for ever
+            self._pid, self._next_lock, self._reading = os.getpid(), anyio.Lock(), None
         async with self._next_lock:
             return await self._next(timeout)
 

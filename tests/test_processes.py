@@ -498,6 +498,41 @@ def test_a_forked_child_exiting_leaves_the_parents_loops_working(
     assert done.stdout.split("\n")[:2] == ["refused", "['a.bin', 'b.bin']"], done.stderr
 
 
+def test_a_watch_forked_mid_read_reads_in_the_child(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A watch that a thread of the parent was reading from when the process forked: its
+    read's lock, held by a task the child does not have, no longer hangs the child's."""
+    code = f"""
+        import os, threading, time
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        watch = drive.watch()
+        reader = threading.Thread(target=watch.next, args=(5,))
+        reader.start()
+        time.sleep(0.3)  # (the thread waits in its read)
+        pid = os.fork()
+        if pid == 0:
+            drive.write_bytes("child.txt", b"c")
+            event = watch.next(10)
+            print("child:", event and event.path, flush=True)
+            os._exit(0)
+        deadline = time.monotonic() + 30
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                print("child hung", flush=True)
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
+        reader.join()
+        watch.close()
+        drive.close()
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=90)
+    assert done.stdout.splitlines() == ["child: child.txt"], done.stdout + done.stderr
+
+
 # -- the embedded server -----------------------------------------------------------------------
 
 
