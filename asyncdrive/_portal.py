@@ -204,7 +204,14 @@ def _stop(state: _LoopThread) -> None:
         thread.join()
 
 
+#: Set once the interpreter exits: the watches the loop thread's drives close then end
+#: their iteration, as at their own close, rather than raise in their daemon threads.
+exiting = False
+
+
 def _shutdown_at_exit() -> None:
+    global exiting
+    exiting = True
     state = _state
     with state.lock:
         closers = list(state.closers.values())

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 import redis.exceptions
 
+from . import _portal
 from ._client import CLUSTER_MOVING, CLUSTER_PASSING
 from ._config import check_seconds
 from ._events import DriveEvent, parse_id
@@ -215,6 +216,9 @@ class Watch:
         tell that no event came, so it says why it could not look).
         """
         if self._drive._closed:  # aclose() cut the connection: no reconnecting
+            if _portal.exiting:  # (at interpreter exit: ended, as by the watch's close)
+                self._done = True
+                return
             raise self._drive._closed_error("watch") from exc
         now = time.monotonic()
         if self._failing_since is None:

@@ -608,6 +608,29 @@ def test_exit_does_not_wait_for_a_daemon_threads_call(
     assert done.stdout.strip() == "exiting" and "Traceback" not in done.stderr, done.stderr
 
 
+def test_exit_ends_a_daemon_threads_watch_quietly(
+    env: dict[str, str], drive_id: str, workdir: Path
+) -> None:
+    """The drives closed at exit end the iterations of their watches, as closing those
+    would: no "Exception in thread" traceback at each exit."""
+    code = f"""
+        import threading, time
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+
+        def follow():
+            for event in drive.watch():
+                print(event.path, flush=True)
+            print("ended", flush=True)
+
+        threading.Thread(target=follow, daemon=True).start()
+        time.sleep(0.5)
+        print("exiting", flush=True)
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
+    assert done.stdout.split()[0] == "exiting" and "Traceback" not in done.stderr, done.stderr
+
+
 # -- 6. interpreter exit with an unclosed SyncDrive; garbage collection -------------------------
 
 EXIT_CODE = """
