@@ -65,8 +65,10 @@ class _CallerLoop:
     def __init__(self, drive: Drive) -> None:
         self.drive = drive
         self.thread = threading.current_thread()
-        # A loop of our own, never set as the thread's current one.
+        # A loop of our own, never set as the thread's current one. Its callbacks do the
+        # call's disk work in place, by design: not "slow" ones for debug mode (-X dev).
         self.loop = asyncio.new_event_loop()
+        self.loop.slow_callback_duration = float("inf")
         _portal.BLOCKING_CALL_LOOPS.add(self.loop)
         self.lock = threading.Lock()
         self.pid = os.getpid()

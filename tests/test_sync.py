@@ -27,7 +27,15 @@ import pytest
 import redis
 
 import asyncdrive
-from asyncdrive import Drive, DriveClosedError, DriveError, FolderInfo, SyncDrive, _drive, _sync
+from asyncdrive import (
+    Drive,
+    DriveClosedError,
+    DriveError,
+    FolderInfo,
+    SyncDrive,
+    _drive,
+    _sync,
+)
 
 from .conftest import run_python, uploads_in_progress, warnings_as_errors
 from .procs import read_line, spawn
@@ -629,6 +637,27 @@ def test_exit_ends_a_daemon_threads_watch_quietly(
     """
     done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
     assert done.stdout.split()[0] == "exiting" and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_syncdrive_call_is_no_slow_callback_in_debug_mode(
+    env: dict[str, str], drive_id: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Its disk work runs in its loop's callbacks by design: asyncio's debug mode (-X dev,
+    PYTHONASYNCIODEBUG) must not log each call as a slow callback."""
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+    run_sync = _drive._Connection.run_sync
+
+    async def slowly(self: _drive._Connection, func: Callable[..., Any], *args: Any) -> Any:
+        time.sleep(0.15)  # in the loop's thread, as the disk work it does there (> 0.1 s)
+        return await run_sync(self, func, *args)
+
+    monkeypatch.setattr(_drive._Connection, "run_sync", slowly)
+    with caplog.at_level("WARNING", logger="asyncio"), SyncDrive(drive_id) as drive:
+        drive.write_bytes("a.txt", b"a")
+        assert drive.read_bytes("a.txt") == b"a"
+        assert [loop.loop.get_debug() for loop in drive._caller_loops] == [True]
+    assert [r.getMessage() for r in caplog.records if "took" in r.getMessage()] == []
 
 
 # -- 6. interpreter exit with an unclosed SyncDrive; garbage collection -------------------------
