@@ -1317,34 +1317,7 @@ class Drive:
         tentative: bool = False,
         on_copied: OnCopied | None = None,
         before_commit: Callable[[int], None] | None = None,
-    ) -> FileInfo:
-        """`_put_once`, and once more where it removed a dead writer's files in its way.
-
-        (The upload went with the first try: staged again from its source, unless the
-        caller staged it.)
-        """
-        options: dict[str, Any] = {
-            "small": small, "tentative": tentative, "on_copied": on_copied,
-            "before_commit": before_commit,
-        }  # fmt: skip
-        try:
-            return await self._put_once(conn, path, stage, precondition, **options)
-        except _WayCleared as cleared:
-            if isinstance(stage, Staged):
-                raise cleared.error from None
-        return await self._put_once(conn, path, stage, precondition, **options)
-
-    async def _put_once(
-        self,
-        conn: _Connection,
-        path: str,
-        stage: _Stage | Staged,
-        precondition: str,
-        *,
-        small: bool = False,
-        tentative: bool = False,
-        on_copied: OnCopied | None = None,
-        before_commit: Callable[[int], None] | None = None,
+        way_cleared: bool = False,
     ) -> FileInfo:
         """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them.
 
@@ -1361,7 +1334,10 @@ class Drive:
         copy stops the put then, whenever its report ran. ``before_commit(size)``: called
         once a ``small`` file is installed, before its commit; if it raises, the install
         is undone and the put raises that (a progress callback, told of the bytes staged).
+        A put that removed a dead writer's files in its way (`_clear_the_way`) is made once
+        more (``way_cleared``), staged again from ``stage``, unless it came staged.
         """
+        given = stage
         component = conn.config.component_name
         allow = conn.config.allow_duplicates
         #: A file `_create` installed without the lock and could not commit: the install
@@ -1405,7 +1381,7 @@ class Drive:
                     conn, path, stage, precondition, current, token, before_commit
                 )
             )
-        except BaseException:
+        except BaseException as exc:
 
             async def clean_up() -> None:
                 if isinstance(stage, Staged):  # once installed, it is gone: this is a no-op
@@ -1415,9 +1391,17 @@ class Drive:
                         await self._remove_uncommitted(conn, path, uncommitted)
 
             await to_its_end(clean_up())
-            raise
-        self._remember(component, path, info.version)
-        return info
+            if not isinstance(exc, _WayCleared):
+                raise
+            if isinstance(given, Staged) or way_cleared:
+                raise exc.error from None
+        else:
+            self._remember(component, path, info.version)
+            return info
+        return await self._put(
+            conn, path, given, precondition, small=small, tentative=tentative,
+            on_copied=on_copied, before_commit=before_commit, way_cleared=True,
+        )  # fmt: skip
 
     async def _create(
         self,
