@@ -92,6 +92,7 @@ from ._storage import (
     PathClash,
     Staged,
     SyncTogether,
+    committed_version,
     is_local_filesystem,
     upload_identity,
 )
@@ -399,9 +400,6 @@ _SCRIPT_LINE = re.compile(r" script: on @user_script:\d+\.?$")
 #: Under Sentinel, a drive in use asks the sentinels at most this often (s) which server is
 #: primary, and leaves one they no longer name (see `Connected.follow_primary`).
 PRIMARY_CHECK_INTERVAL = 0.5
-#: Files in a put's way on disk, not indexed and unchanged this long (s), are a dead
-#: writer's: the put removes them (a live writer commits within its lock's lease).
-_ABANDONED_AFTER = LOCK_TTL
 #: A cluster's passing states: worth retrying.
 _BUSY_CLUSTER = (
     redis.exceptions.ClusterDownError,
@@ -1573,39 +1571,57 @@ class Drive:
     def _clash_error(self, path: str, clash: PathClash, *, cleared: bool = False) -> DriveError:
         # Another put of this component, of a path above or below this one, is between
         # its install and its commit: one of the two must fail, and this one has. Or a
-        # writer that died left its bytes there (see `_clear_the_way`).
+        # delete cut short left its bytes there (see `_clear_the_way`), or a writer that
+        # died before its commit.
         kind = DriveNotADirectoryError if isinstance(clash.__cause__, (
             NotADirectoryError, FileExistsError)) else DriveFileExistsError  # fmt: skip
         where = f"Drive {self.name!r}: cannot put {path!r}: "
         if cleared:
             return kind(
-                f"{where}a writer that died had left files in its way on the disk (never "
-                "indexed, or deleted): they are removed now. Retry it."
+                f"{where}the bytes of files deleted from the index (by a delete cut short) "
+                "stood in its way on the disk: they are removed now. Retry it."
             )
         return kind(
             f"{where}files of component {self._resolved().component_name!r} stand in its way "
-            "on the disk, not yet indexed: a put of a path above or below it at the same "
-            "moment (a path cannot be both a file and a folder; retry once that put is done), "
-            f"or a writer that died less than {_ABANDONED_AFTER:.0f} s ago (the next put "
-            "after that removes its files, as gc() does)."
+            "on the disk, not indexed: a put of a path above or below it at the same moment "
+            "(a path cannot be both a file and a folder: retry once that put is done), or a "
+            "writer that died before its commit (gc() removes its files once older than its "
+            "grace: gc(grace=60), say)."
         )
 
     async def _clear_the_way(self, conn: _Connection, path: str) -> bool:
-        """After a `PathClash`: remove the files in ``path``'s way if a dead writer left them.
+        """After a `PathClash`: remove what a delete cut short left in ``path``'s way.
 
-        Files that the index does not list, unchanged for `_ABANDONED_AFTER` (a live writer
-        commits within its lock's lease), are a writer's that died before its commit, or a
-        delete's cut short before the bytes went: orphans, as `gc` removes them. Returns
-        whether the way is clear now (False: something there may be a live put's).
+        Such bytes were committed once: their version is one the index has counted, and
+        no writer makes that version again (versions never repeat), while the file of a
+        put between its install and its commit, however long it stalls, has a version
+        the index has not counted yet: left alone (`gc` takes those of dead writers once
+        older than its grace). Returns whether the way is clear now.
         """
         component = conn.config.component_name
-        found = await conn.run_sync(conn.store.in_the_way, component, path)
-        for other, age in found:
-            if age < _ABANDONED_AFTER or component in await conn.index.owners(other):
-                return False
-        for other, _ in found:
-            await self._remove_orphan(conn, component, other)
-        return True
+        clear = True
+        for other in await conn.run_sync(conn.store.in_the_way, component, path):
+            clear = await self._remove_deleted_bytes(conn, component, other) and clear
+        return clear
+
+    async def _remove_deleted_bytes(self, conn: _Connection, component: str, path: str) -> bool:
+        """Remove ``component``'s bytes of ``path`` if the index deleted that version."""
+        token = await self._lock(conn, component, path)
+
+        async def check_and_remove() -> bool:
+            try:
+                if component in await conn.index.owners(path):  # committed: a real file
+                    return False
+                meta = await conn.run_sync(conn.store.read_meta, component, path)
+                version = committed_version(meta)
+                if version is None or version > await conn.index.last_version(component, path):
+                    return False  # (never committed: maybe a live put's)
+                await conn.run_sync(conn.store.remove, component, path)
+                return True
+            finally:
+                await conn.index.unlock(component, path, token)
+
+        return await to_its_end(check_and_remove())
 
     async def _refused_commit(
         self,

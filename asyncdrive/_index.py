@@ -522,6 +522,19 @@ class Index:
 
     # -- reads -------------------------------------------------------------------------------
 
+    async def last_version(self, component: str, path: str) -> int:
+        """Return the last version of ``component``'s ``path`` the index counted (0: none).
+
+        Kept after a delete: versions never repeat.
+        """
+        field = f"{component}:{path}"
+        value: Any
+        if self.wire is None:
+            value = await self.client.hget(self.keys.versions, field)
+        else:
+            value = await self.wire.call("HGET", self.keys.versions, field)
+        return int(value or 0)
+
     async def owners(self, path: str) -> dict[str, FileInfo]:
         """Return every component's copy of file ``path`` (empty if there is none)."""
         key = self.keys.entry(path)

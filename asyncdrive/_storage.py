@@ -857,6 +857,12 @@ def meta_on_disk(fd: int) -> dict[str, object] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def committed_version(meta: dict[str, object] | None) -> int | None:
+    """Return the version a file's metadata names, None for a file not finished (or none)."""
+    version = None if meta is None or meta.get(_UNFINISHED) else meta.get("version")
+    return version if isinstance(version, int) else None
+
+
 def is_version(meta: dict[str, object] | None, size: int, expected: FileInfo) -> bool:
     """Return whether a file of ``size`` bytes and metadata ``meta`` is version ``expected``.
 
@@ -1913,39 +1919,32 @@ class DiskStore:
         _meta_backup(backup).unlink(missing_ok=True)
         backup.unlink(missing_ok=True)
 
-    def in_the_way(self, component: str, path: str) -> list[tuple[str, float]]:
+    def in_the_way(self, component: str, path: str) -> list[str]:
         """Return the files of ``component`` on disk that keep ``path`` from being a file.
 
         A file where a folder of ``path`` goes, or the files in a folder standing at
-        ``path``: each (drive path, seconds since it last changed, by the newer of its
-        ``st_mtime`` and ``st_ctime``: a link or rename counts). After a `PathClash`.
+        ``path`` (their drive paths). After a `PathClash`.
         """
-        now = time.time()
-        found: list[tuple[str, float]] = []
         parts = path.split("/")
         for end in range(1, len(parts) + 1):
             prefix = "/".join(parts[:end])
             current = self.base / component / prefix
             try:
-                info = current.lstat()
+                mode = current.lstat().st_mode
             except (FileNotFoundError, NotADirectoryError):
-                break
-            if stat.S_ISREG(info.st_mode):
-                found.append((prefix, now - max(info.st_mtime, info.st_ctime)))
-                break
-            if not stat.S_ISDIR(info.st_mode):
-                break
-            if end == len(parts):  # a folder where the file goes: what it holds
-                for dirpath, dirnames, filenames in os.walk(current):
-                    dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
-                    for name in filenames:
-                        data = Path(dirpath) / name
-                        if name.startswith(RESERVED_PREFIX):
-                            continue
-                        with contextlib.suppress(FileNotFoundError):
-                            changed = data.lstat()
-                            rel = data.relative_to(self.base / component).as_posix()
-                            found.append((rel, now - max(changed.st_mtime, changed.st_ctime)))
+                return []
+            if stat.S_ISREG(mode):
+                return [prefix]
+            if not stat.S_ISDIR(mode):
+                return []
+        found: list[str] = []  # a folder where the file goes: what it holds
+        for dirpath, dirnames, filenames in os.walk(self.base / component / path):
+            dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
+            found.extend(
+                (Path(dirpath) / name).relative_to(self.base / component).as_posix()
+                for name in filenames
+                if not name.startswith(RESERVED_PREFIX)
+            )
         return found
 
     def remove(self, component: str, path: str) -> bool:

@@ -24,7 +24,6 @@ import redis.exceptions
 
 import asyncdrive
 from asyncdrive import Drive, IndexLostError, SyncDrive
-from asyncdrive import _drive as drive_module
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
 
@@ -373,40 +372,57 @@ def old(path: Path, seconds: float = 7200) -> None:
     os.utime(path, (past, past))
 
 
-async def test_a_put_removes_files_a_dead_writer_left_in_its_way(
+async def test_a_put_removes_bytes_a_cut_delete_left_in_its_way_and_nothing_else(
     make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """Bytes on disk the index does not list (a writer killed before its commit, a delete
-    cut short before its bytes went) stop a put of a path above or below them: refused
-    while they may be a live put's, removed once older than a lock's lease."""
+    """A delete cut short after its index commit leaves bytes of a version the index
+    counted: a put of a path above or below them removes them. Bytes of a version never
+    committed (a writer that died, or one stalled between install and commit) stay."""
     drive = make_drive(drive_id)
-    await drive.write_bytes("kept.txt", b"k")  # (the component's folder exists)
+    for path in ("x", "f/w"):
+        await drive.write_bytes(path, b"deleted")
+        with monkeypatch.context() as patched:
+            patched.setattr(DiskStore, "remove", lambda *args, **kwargs: False)  # (cut)
+            await drive.delete(path)
     mine = root / "drives" / drive_id[6:] / "default"
-    (mine / "x").write_bytes(b"left by a delete cut short")
-    (mine / "z").mkdir()
-    (mine / "z" / "y").write_bytes(b"left by a writer killed before its commit")
-    with pytest.raises(NotADirectoryError, match="a writer that died less than 30 s ago"):
-        await drive.write_bytes("x/y", b"new")
-    with pytest.raises(FileExistsError, match="stand in its way on the disk"):
-        await drive.write_bytes("z", b"new")
-    assert (mine / "x").read_bytes() == b"left by a delete cut short"  # (maybe a live put's)
-    monkeypatch.setattr(drive_module, "_ABANDONED_AFTER", 0.2)
-    await asyncio.sleep(0.3)
-    await drive.write_bytes("x/y", b"new")
-    (workdir / "z").write_bytes(b"put")
-    await drive.put("z")
-    assert await drive.list(".", recursive=True) == ["kept.txt", "x/y", "z"]
-    assert await drive.read_bytes("z") == b"put"
-    (mine / "f").mkdir()
-    (mine / "f" / "w").write_bytes(b"left")  # in a folder put's way: removed, and said so
-    await asyncio.sleep(0.3)
+    assert (mine / "x").exists() and (mine / "f" / "w").exists()
+    await drive.write_bytes("x/y", b"new")  # in one call: removed, then put
     (workdir / "folder" / "w").mkdir(parents=True)
     (workdir / "folder" / "w" / "q").write_bytes(b"q")
     with pytest.raises(NotADirectoryError, match=r"they are removed now\. Retry it"):
-        await drive.put("folder", to="f")
+        await drive.put("folder", to="f")  # (a folder put's batch says so)
     await drive.put("folder", to="f")
-    assert await drive.read_bytes("f/w/q") == b"q"
+    (mine / "z").mkdir()
+    (mine / "z" / "y").write_bytes(b"never committed: no metadata")
+    with pytest.raises(FileExistsError, match=r"gc\(\) removes its files"):
+        await drive.write_bytes("z", b"new")
+    assert (mine / "z" / "y").exists()
+    assert await drive.list(".", recursive=True) == ["f/w/q", "x/y"]
+
+    # A live writer stalled between its install and its commit: its file is never taken.
+    staged, go_on = threading.Event(), threading.Event()
+
+    def stall(done: int, total: int) -> None:
+        if total and done == total:
+            staged.set()
+            assert go_on.wait(30)
+
+    (workdir / "l.txt").write_bytes(b"live")
+    with SyncDrive(drive_id) as writer:
+        putting = threading.Thread(
+            target=writer.put, args=(str(workdir / "l.txt"),),
+            kwargs={"to": "l/y", "progress": stall},
+        )  # fmt: skip
+        putting.start()
+        try:
+            assert await asyncio.to_thread(staged.wait, 30)
+            with pytest.raises(FileExistsError, match="stand in its way"):
+                await drive.write_bytes("l", b"in the way")
+        finally:
+            go_on.set()
+            putting.join()
+    assert await drive.read_bytes("l/y") == b"live"
 
 
 async def test_gc_cleans_up_after_dead_writers(
