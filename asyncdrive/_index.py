@@ -729,16 +729,20 @@ class Index:
         """
         k = self.keys
         keys = [k.entry("x"), k.children(""), k.files, k.lock("c", "x"), k.events, k.group_paths]
-        denied: list[str]
+        denied: set[str]
         try:
-            denied = await self.client.eval_ro(_DENIED_LUA, len(keys), *keys)
+            denied = set(await self.client.eval_ro(_DENIED_LUA, len(keys), *keys))
         except redis.exceptions.ResponseError as exc:
-            if "unknown command" not in str(exc).lower():
+            text = str(exc).lower()
+            if "unknown command" not in text and "no permissions" not in text:
                 raise
-            denied = await self.client.eval(_DENIED_LUA, len(keys), *keys)  # before Redis 7
-        else:
-            self.read_only_scripts = True
-        return set(denied)
+            # Before Redis 7, or a user allowed EVAL and EVALSHA by name only.
+            denied = set(await self.client.eval(_DENIED_LUA, len(keys), *keys))
+            denied.add("EVALSHA_RO")
+        # Scripts that only read run as EVALSHA, as all did, where EVALSHA_RO is denied.
+        self.read_only_scripts = "EVALSHA_RO" not in denied
+        denied.discard("EVALSHA_RO")
+        return denied
 
     async def last_event_id(self) -> str:
         """Return the id of the newest event ever added (``"0-0"``: none)."""

@@ -208,6 +208,11 @@ async def test_acl_users_are_checked_before_anything_is_written(
         with pytest.raises(InvalidConfigError, match="lets its user only read"):
             await drive.write_bytes("x/new.txt", b"b")
         assert files_under(root) == [f"drives/{drive.name}/default/x/a.txt"]
+    # Scripts allowed by name (EVAL, EVALSHA), not their read-only forms: all as before.
+    by_name = acl_user(server, "byname", "~*", "&*", "+@all", "-@scripting", "+eval", "+evalsha")
+    async with Drive(drive_id, root=root, redis_url=by_name) as drive:
+        await drive.write_bytes("x/b.txt", b"b")
+        assert await drive.exists("x/b.txt") and await drive.read_bytes("x/a.txt") == b"a"
     async with Drive(drive_id, root=root, redis_url=advised_url) as drive:
         await drive.delete("x", recursive=True)
     cases = [
