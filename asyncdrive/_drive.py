@@ -255,6 +255,8 @@ class _Connection:
     #: closes, closing the connection (see `close_with_loop`).
     closed: bool = field(default=False, init=False)
     loop_end: AsyncGenerator[None, None] | None = field(default=None, init=False)
+    #: Work under way beside the calls, by name (see `start_chore`).
+    chores: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
     #: The copies of small files out of the drive (gets), each (file, local path,
     #: overwrite): those of concurrent tasks go together, a worker-thread call at a time.
     small_copies: CallBatcher[tuple[FileInfo, Path, bool], bool] = field(init=False)
@@ -311,9 +313,26 @@ class _Connection:
             pool, self.disk = self.disk, None
             _disk_threads.release(pool)
 
+    def start_chore(self, name: str, chore: Coroutine[Any, Any, None]) -> None:
+        """Run ``chore`` beside the calls, unless one of that ``name`` is under way.
+
+        For what no call should wait for (asking the sentinels, releasing locks): its
+        errors are its own to handle. `aclose` cancels those under way.
+        """
+        if name in self.chores:
+            chore.close()
+            return
+        task = asyncio.get_running_loop().create_task(chore, name=f"asyncdrive-{name}")
+        self.chores[name] = task
+        task.add_done_callback(lambda _: self.chores.pop(name, None))
+
     async def aclose(self) -> None:
         """Close the Redis connections and let the disk threads go."""
         self.closed = True
+        for chore in list(self.chores.values()):
+            chore.cancel()
+            with contextlib.suppress(BaseException):
+                await chore
         try:
             await to_its_end(self.connected.aclose())
         finally:
@@ -629,11 +648,11 @@ class Drive:
                     _loops_with_connections.add(asyncio.get_running_loop())
                     self._conn = conn
         conn = self._conn
-        if conn.connected.kind == "sentinel":
+        if conn.connected.kind == "sentinel":  # (beside the call: a sentinel may hang)
             now = time.monotonic()
             if now - conn.primary_checked_at >= PRIMARY_CHECK_INTERVAL:
                 conn.primary_checked_at = now
-                await conn.connected.follow_primary()
+                conn.start_chore("primary", conn.connected.follow_primary())
         if check_index and not conn.index_checked:
             # Files on disk but no index: the server lost its data. Say so rather than serve
             # an empty drive. The disk's marker is written after a first commit, so once it
@@ -646,8 +665,8 @@ class Drive:
             ):
                 raise self._index_lost(conn)
             conn.index_checked = True
-        if conn.index.unreleased:  # locks an outage kept: let them go, now it is over
-            await conn.index.release_unreleased()
+        if conn.index.unreleased:  # locks an outage kept: let them go, once it is over
+            conn.start_chore("unlocks", conn.index.release_unreleased())
         if writing is not None and not conn.may_write:
             raise InvalidConfigError(
                 f"Drive {self.name!r}: Redis at {redact_url(conn.url)} lets its user only "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -43,6 +44,8 @@ from ._paths import parent_dirs
 from ._storage import DiskFile
 from ._tasks import to_its_end
 from ._wire import Wire, WirePool
+
+logger = logging.getLogger("asyncdrive")
 
 # Shared by every script that changes the index: KEYS[1] is the change log, KEYS[2] the id of
 # the newest event trimmed from it; ARGV[1] the most events to keep, ARGV[2] the most age in
@@ -1185,5 +1188,10 @@ class Index:
         for component, path, token in locks:
             by_component.setdefault(component, []).append((path, token))
         for component, paths in by_component.items():
-            with contextlib.suppress(*_LOST):  # (kept again by unlock_many)
+            try:
                 await self.unlock_many(component, paths)
+            except _LOST:
+                pass  # (kept again by unlock_many)
+            except Exception as exc:  # refused (a replica, loading): kept for the next try
+                logger.debug("could not release locks yet (%s)", exc)
+                self.unreleased.extend((component, path, token) for path, token in paths)

@@ -301,6 +301,7 @@ class Wire:
     def _fail(self, error: type[Exception], message: str) -> None:
         """Close the connection, failing each command that awaits a reply with ``error``."""
         protocol, self._protocol = self._protocol, None
+        self.server = None
         self._outgoing, self._outgoing_size = [], 0  # never to be sent: a new connection
         if self._timer is not None:
             self._timer.cancel()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -463,6 +464,11 @@ async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
                 await asyncio.sleep(0.1)
             assert int(address[1]) == servers.replica
             await asyncio.sleep(PRIMARY_CHECK_INTERVAL)
+            conn = await drive._connection()  # (a call: the sentinels are asked beside it)
+            for _ in range(500):
+                if "primary" not in conn.chores:
+                    break
+                await asyncio.sleep(0.01)
             for _ in range(100):
                 try:
                     await drive.write_bytes("after.txt", b"2")
@@ -480,6 +486,28 @@ async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
                 await new_primary.aclose()
     finally:
         await sentinel.aclose()
+        servers.stop()
+
+
+async def test_a_hung_sentinel_holds_up_no_call(tmp_path: Path) -> None:
+    """The drive asks the sentinels beside its calls: one that does not answer (stopped)
+    leaves the calls to the primary as they were, not each waiting for its timeout."""
+    servers = SentinelServers(tmp_path / "servers")
+    (tmp_path / "servers").mkdir()
+    servers.start()
+    try:
+        async with Drive("lit://hung", root=tmp_path / "root", redis_url=servers.url) as drive:
+            await drive.write_bytes("a.txt", b"a")
+            sentinel = servers.procs[-1]
+            os.kill(sentinel.pid, signal.SIGSTOP)
+            try:
+                with anyio.fail_after(8):  # each call waited the sentinel's timeout (10 s)
+                    for _ in range(4):
+                        assert await drive.read_bytes("a.txt") == b"a"
+                        await asyncio.sleep(PRIMARY_CHECK_INTERVAL)
+            finally:
+                os.kill(sentinel.pid, signal.SIGCONT)
+    finally:
         servers.stop()
 
 
