@@ -268,6 +268,11 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
 
 
 def _closed_error(name: str) -> DriveClosedError:
+    if _portal.exiting and threading.current_thread().daemon:
+        # A daemon thread's call at interpreter exit, to a drive the exit closed: it waits
+        # for the end, as a daemon thread in any blocking call does, rather than raise (and
+        # print a traceback at each exit) in a thread nobody joins.
+        threading.Event().wait()
     return DriveClosedError(
         f"SyncDrive {name!r} is closed; create a new SyncDrive to use it again."
     )
@@ -279,6 +284,7 @@ _with_caller_loops: weakref.WeakSet[SyncDrive] = weakref.WeakSet()
 
 @atexit.register
 def _close_caller_loops_at_exit() -> None:
+    _portal.exiting = True
     for drive in list(_with_caller_loops):
         drive._close_caller_loops(at_exit=True)
 

@@ -26,7 +26,7 @@ from . import _portal
 from ._client import CLUSTER_MOVING, CLUSTER_PASSING
 from ._config import check_seconds
 from ._events import DriveEvent, parse_id
-from ._exceptions import CursorExpiredError, InvalidConfigError
+from ._exceptions import CursorExpiredError, DriveClosedError, InvalidConfigError
 from ._tasks import to_its_end
 
 if TYPE_CHECKING:
@@ -161,7 +161,13 @@ class Watch:
         if self._pid != os.getpid():  # forked: a parent's read in flight holds it for ever
             self._pid, self._next_lock, self._reading = os.getpid(), anyio.Lock(), None
         async with self._next_lock:
-            return await self._next(timeout)
+            try:
+                return await self._next(timeout)
+            except DriveClosedError:
+                if not _portal.exiting:
+                    raise
+                self._done = True  # its drive closed at interpreter exit: ended, as by close
+                return None
 
     async def _next(self, timeout: float | None) -> DriveEvent | None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -216,9 +222,6 @@ class Watch:
         tell that no event came, so it says why it could not look).
         """
         if self._drive._closed:  # aclose() cut the connection: no reconnecting
-            if _portal.exiting:  # (at interpreter exit: ended, as by the watch's close)
-                self._done = True
-                return
             raise self._drive._closed_error("watch") from exc
         now = time.monotonic()
         if self._failing_since is None:
