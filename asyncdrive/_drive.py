@@ -2393,7 +2393,7 @@ class Drive:
 
         """
         check_seconds(self.name, "grace", grace)  # below 0, it would touch work in progress
-        conn = await self._connection()
+        conn = await self._connection(writing="collect garbage (gc)")
         store, index = conn.store, conn.index
         uploads, backups = await conn.run_sync(store.leftovers, grace)
         uploads_removed = 0

@@ -680,6 +680,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             sync(self.loop, self._check_movable, path1, recursive, maxdepth)
         super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
 
+    async def _mv_file(self, path1: str, path2: str) -> None:
+        """Move one file (async mode): refused first if it is another component's."""
+        await self._check_movable(path1, False, None)
+        await super()._mv_file(path1, path2)
+
     @_fsspec_terms()
     async def _check_movable(
         self, path: str | list[str], recursive: bool, maxdepth: int | None

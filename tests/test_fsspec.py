@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import fsspec.asyn
 import pandas as pd
 import pytest
 from fsspec.asyn import AsyncFileSystem
@@ -494,6 +495,9 @@ def test_copy_and_move_folders(fs: DriveFileSystem, name: str) -> None:
         # Its copy would stay (a component deletes only its own): refused before copying.
         with pytest.raises(FileNotFoundError, match=r"owned by 'other'.*Nothing was moved\."):
             fs.mv(source, f"{url}/i", recursive=recursive)
+    assert not fs.exists(f"{url}/i")
+    with pytest.raises(FileNotFoundError, match="Nothing was moved"):  # (async mode's one)
+        fsspec.asyn.sync(fs.loop, fs._mv_file, f"{url}/h/sub/three", f"{url}/i")
     assert not fs.exists(f"{url}/i")
     theirs.mv(f"{url}/h/sub/three", f"{url}/j/three")
     assert fs.find(f"{url}/h") == [f"{name}/h/one", f"{name}/h/sub/two"]

@@ -191,6 +191,7 @@ async def test_acl_users_are_checked_before_anything_is_written(
             lambda: drive.write_bytes("x/new.txt", b"b"),
             lambda: drive.put(workdir / "local.txt", to="x/put.txt"),
             lambda: drive.delete("x/a.txt"),
+            lambda: drive.gc(),
         ]
         (workdir / "local.txt").write_bytes(b"local")
         for write in writes:  # refused before writing anything, on disk or in Redis
