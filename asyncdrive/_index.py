@@ -1034,18 +1034,25 @@ class Index:
         The version counters go first and are written last: until they are, the index
         counts as lost, so an interrupted rebuild is detected (never a half-deleted index
         taken for whole, whose files gc would take for orphans) and can be run again.
+        Meanwhile they are kept aside (those of deleted paths are on no disk), for a rerun.
         """
-        keep = {self.keys.events, self.keys.trimmed, self.keys.group_paths}
+        versions_kept = self.keys.versions + ":kept"
+        keep = {self.keys.events, self.keys.trimmed, self.keys.group_paths, versions_kept}
         doomed = [
             k async for k in self.client.scan_iter(match=_glob_escape(self.keys.prefix) + "*")
         ]
-        old_versions: dict[str, str] = await self.client.hgetall(self.keys.versions)  # type: ignore[assignment]
+        versions: dict[str, int] = {}
+        for key in (versions_kept, self.keys.versions):  # (kept: of a rebuild cut short)
+            counted: dict[str, str] = await self.client.hgetall(key)  # type: ignore[assignment]
+            for name, value in counted.items():
+                versions[name] = max(versions.get(name, 0), int(value))
+        if versions:
+            await self.client.hset(versions_kept, mapping=versions)  # type: ignore[arg-type]
         await self.client.delete(self.keys.versions)
         keep.add(self.keys.versions)  # (gone)
         doomed = [k for k in doomed if k not in keep and ":lock:" not in k]
         for start in range(0, len(doomed), 1000):
             await self.client.delete(*doomed[start : start + 1000])
-        versions: dict[str, int] = {k: int(v) for k, v in old_versions.items()}
         for start in range(0, len(files), 1000):
             async with self.client.pipeline(transaction=False) as pipe:
                 for f in files[start : start + 1000]:
@@ -1063,6 +1070,7 @@ class Index:
         versions.setdefault("", 0)  # the counters must exist even for an empty drive
         mapping: Any = versions
         await self.client.hset(self.keys.versions, mapping=mapping)
+        await self.client.delete(versions_kept)
 
     # -- locks -------------------------------------------------------------------------------
 

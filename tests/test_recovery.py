@@ -83,6 +83,9 @@ async def test_an_interrupted_rebuild_leaves_the_index_lost(
     drive = make_drive(drive_id)
     for n in range(5):
         await drive.write_bytes(f"d{n}/f.txt", b"x")
+    for _ in range(2):  # versions 1 and 2 of a path now deleted: on no disk
+        await drive.write_bytes("gone.txt", b"g")
+        await drive.delete("gone.txt")
     calls = 0
 
     def cut_after_the_first(original: Any) -> Any:
@@ -105,6 +108,7 @@ async def test_an_interrupted_rebuild_leaves_the_index_lost(
         await fresh.list(".", recursive=True)
     assert await fresh.rebuild_index() == 5
     assert len(await fresh.list(".", recursive=True)) == 5
+    assert (await fresh.write_bytes("gone.txt", b"g")).version == 3  # never reused
 
 
 async def test_files_no_drive_path_names_are_left_alone_by_rebuild_and_gc(
