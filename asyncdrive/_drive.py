@@ -1615,26 +1615,35 @@ class Drive:
         no writer makes that version again (versions never repeat), while the file of a
         put between its install and its commit, however long it stalls, has a version
         the index has not counted yet: left alone (`gc` takes those of dead writers once
-        older than its grace). Returns whether the way is clear now.
+        older than its grace), as is a path whose lock is held (a writer at work: not
+        waited for, as this put may hold locks). Returns whether anything was removed and
+        nothing is left in the way (a folder, even empty, is left: a writer may be making
+        it; gc removes empty ones).
         """
         component = conn.config.component_name
-        clear = True
-        for other in await conn.run_sync(conn.store.in_the_way, component, path):
+        found = await conn.run_sync(conn.store.in_the_way, component, path)
+        clear = bool(found)
+        for other in found:
             clear = await self._remove_deleted_bytes(conn, component, other) and clear
-        return clear
+        return clear and not await conn.run_sync(conn.store.in_the_way, component, path)
 
     async def _remove_deleted_bytes(self, conn: _Connection, component: str, path: str) -> bool:
         """Remove ``component``'s bytes of ``path`` if the index deleted that version."""
-        token = await self._lock(conn, component, path)
+        try:
+            token = await conn.index.lock(component, path, ttl=LOCK_TTL, timeout=0)
+        except TimeoutError:  # a writer of that path at work
+            return False
 
         async def check_and_remove() -> bool:
             try:
-                if component in await conn.index.owners(path):  # committed: a real file
-                    return False
+                # In this order: a commit landing meanwhile (one whose lease ran out takes
+                # no heed of the lock) is counted, or seen as an owner, or both.
                 meta = await conn.run_sync(conn.store.read_meta, component, path)
                 version = committed_version(meta)
                 if version is None or version > await conn.index.last_version(component, path):
                     return False  # (never committed: maybe a live put's)
+                if component in await conn.index.owners(path):  # committed: a real file
+                    return False
                 await conn.run_sync(conn.store.remove, component, path)
                 return True
             finally:

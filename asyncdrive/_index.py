@@ -1050,7 +1050,8 @@ class Index:
             await self.client.hset(versions_kept, mapping=versions)  # type: ignore[arg-type]
         await self.client.delete(self.keys.versions)
         keep.add(self.keys.versions)  # (gone)
-        doomed = [k for k in doomed if k not in keep and ":lock:" not in k]
+        locks = self.keys.prefix + "lock:"  # (not an entry of a path holding ':lock:')
+        doomed = [k for k in doomed if k not in keep and not k.startswith(locks)]
         for start in range(0, len(doomed), 1000):
             await self.client.delete(*doomed[start : start + 1000])
         for start in range(0, len(files), 1000):

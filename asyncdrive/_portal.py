@@ -93,10 +93,16 @@ _state = _LoopThread()
 _atexit_registered = False
 
 
+#: Set once the interpreter exits: the watches the loop thread's drives close then end
+#: their iteration, as at their own close, rather than raise in their daemon threads.
+exiting = False
+
+
 def _after_fork_in_child() -> None:
-    global _state
+    global _state, exiting
     # The loop thread was not copied into the child; its locks may be held forever.
     _state = _LoopThread()
+    exiting = False  # (a child forked at exit runs on)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -202,11 +208,6 @@ def _stop(state: _LoopThread) -> None:
             run(portal, portal.stop)
     if thread is not None:
         thread.join()
-
-
-#: Set once the interpreter exits: the watches the loop thread's drives close then end
-#: their iteration, as at their own close, rather than raise in their daemon threads.
-exiting = False
 
 
 def _shutdown_at_exit() -> None:

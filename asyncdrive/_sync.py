@@ -268,11 +268,6 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
 
 
 def _closed_error(name: str) -> DriveClosedError:
-    if _portal.exiting and threading.current_thread().daemon:
-        # A daemon thread's call at interpreter exit, to a drive the exit closed: it waits
-        # for the end, as a daemon thread in any blocking call does, rather than raise (and
-        # print a traceback at each exit) in a thread nobody joins.
-        threading.Event().wait()
     return DriveClosedError(
         f"SyncDrive {name!r} is closed; create a new SyncDrive to use it again."
     )
@@ -787,8 +782,8 @@ class SyncWatch(_Mirror):
 
     def close(self) -> None:
         """End the watch (in a group, the last event handed out counts as handled). Idempotent."""
-        if self._drive._closed:  # closed with its drive, which acknowledged nothing more
-            self._let_go()
+        if self._drive._closed or _portal.exiting:  # closed with its drive (at exit too)
+            self._let_go()  # (which acknowledged nothing more)
             return
         self._drive._call(self._watch.aclose)
 

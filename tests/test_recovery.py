@@ -18,12 +18,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio
 import redis.exceptions
 
 import asyncdrive
-from asyncdrive import Drive, IndexLostError, SyncDrive
+from asyncdrive import Drive, DriveNotADirectoryError, IndexLostError, SyncDrive
+from asyncdrive import _drive as drive_module
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
 
@@ -109,6 +111,17 @@ async def test_an_interrupted_rebuild_leaves_the_index_lost(
     assert await fresh.rebuild_index() == 5
     assert len(await fresh.list(".", recursive=True)) == 5
     assert (await fresh.write_bytes("gone.txt", b"g")).version == 3  # never reused
+
+
+async def test_a_rebuild_drops_the_entry_of_a_path_naming_a_lock(
+    make_drive: MakeDrive, drive_id: str, root: Path
+) -> None:
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a:lock:b", b"x")
+    await drive.write_bytes("kept.txt", b"k")
+    (root / "drives" / drive_id[6:] / "default" / "a:lock:b").unlink()  # (bytes gone)
+    assert await drive.rebuild_index() == 1
+    assert await drive.list(".") == ["kept.txt"] and not await drive.exists("a:lock:b")
 
 
 async def test_files_no_drive_path_names_are_left_alone_by_rebuild_and_gc(
@@ -427,6 +440,41 @@ async def test_a_put_removes_bytes_a_cut_delete_left_in_its_way_and_nothing_else
             go_on.set()
             putting.join()
     assert await drive.read_bytes("l/y") == b"live"
+    (mine / "e").mkdir()  # an empty folder in the way (a writer making it, or one that died)
+    for _ in range(2):
+        with pytest.raises(FileExistsError, match="stand in its way"):
+            await drive.write_bytes("e", b"x")
+
+
+async def test_folder_puts_clashing_crosswise_wait_for_no_lease(
+    drive_id: str, root: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two folder puts, {a, b/z} and {b, a/z}, each installed its first file: each clashes
+    on its second, while it holds its batch's locks. Neither waits for the other's lock
+    (for its whole lease, 30 s): both are refused at once."""
+    for tree, files in (("p1", ["a", "b/z"]), ("p2", ["b", "a/z"])):
+        for name in files:
+            (workdir / tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / tree / name).write_bytes(f"{tree}:{name}".encode())
+    both_installed = threading.Barrier(2, timeout=10)
+    install_new = drive_module._install_new
+
+    def install_then_wait(store: DiskStore, component: str, path: str, *args: Any,
+                          **kwargs: Any) -> Any:  # fmt: skip
+        installed = install_new(store, component, path, *args, **kwargs)
+        if path in ("src/a", "src/b"):
+            both_installed.wait()
+        return installed
+
+    monkeypatch.setattr(drive_module, "_install_new", install_then_wait)
+    async with Drive(drive_id) as one, Drive(drive_id) as other:
+        await one.write_bytes("seed", b"s")
+        with anyio.fail_after(20):
+            results = await asyncio.gather(
+                one.put(workdir / "p1", to="src"), other.put(workdir / "p2", to="src"),
+                return_exceptions=True,
+            )  # fmt: skip
+    assert [type(r) for r in results] == [DriveNotADirectoryError] * 2, results
 
 
 async def test_gc_cleans_up_after_dead_writers(
