@@ -823,7 +823,7 @@ class Drive:
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
         url = url or (self._conn.url if self._conn else None) or self._configured_url()
         text = str(exc)
-        sentinel = url.startswith("redis+sentinel")
+        sentinel = url.partition("://")[0].endswith("+sentinel")
         if (
             "NOAUTH" in text
             or "HELLO must be called with the client already auth" in text
@@ -1351,8 +1351,8 @@ class Drive:
         copy stops the put then, whenever its report ran. ``before_commit(size)``: called
         once a ``small`` file is installed, before its commit; if it raises, the install
         is undone and the put raises that (a progress callback, told of the bytes staged).
-        A put that removed a dead writer's files in its way (`_clear_the_way`) is made once
-        more (``way_cleared``), staged again from ``stage``, unless it came staged.
+        A put that removed bytes a delete cut short left in its way (`_clear_the_way`) is
+        made once more (``way_cleared``), staged again from ``stage``, unless it came staged.
         """
         given = stage
         component = conn.config.component_name
@@ -1618,7 +1618,7 @@ class Drive:
         older than its grace), as is a path whose lock is held (a writer at work: not
         waited for, as this put may hold locks). Returns whether anything was removed and
         nothing is left in the way (a folder, even empty, is left: a writer may be making
-        it; gc removes empty ones).
+        it).
         """
         component = conn.config.component_name
         found = await conn.run_sync(conn.store.in_the_way, component, path)
@@ -3031,7 +3031,7 @@ class _Looks:
 
 
 class _WayCleared(Exception):
-    """A put met files on disk that a dead writer left in its way, and removed them.
+    """A put met bytes a delete cut short left in its way on disk, and removed them.
 
     ``error``: what to raise if the put cannot be tried again (its upload went).
     """
