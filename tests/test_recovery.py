@@ -24,7 +24,13 @@ import redis.asyncio
 import redis.exceptions
 
 import asyncdrive
-from asyncdrive import Drive, DriveNotADirectoryError, IndexLostError, SyncDrive
+from asyncdrive import (
+    Drive,
+    DriveFileExistsError,
+    DriveNotADirectoryError,
+    IndexLostError,
+    SyncDrive,
+)
 from asyncdrive import _drive as drive_module
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
@@ -451,7 +457,8 @@ async def test_folder_puts_clashing_crosswise_wait_for_no_lease(
 ) -> None:
     """Two folder puts, {a, b/z} and {b, a/z}, each installed its first file: each clashes
     on its second, while it holds its batch's locks. Neither waits for the other's lock
-    (for its whole lease, 30 s): both are refused at once."""
+    (for its whole lease, 30 s): both are refused at once (on a Cluster, whose puts take
+    another way, one of them may go through)."""
     for tree, files in (("p1", ["a", "b/z"]), ("p2", ["b", "a/z"])):
         for name in files:
             (workdir / tree / name).parent.mkdir(parents=True, exist_ok=True)
@@ -474,7 +481,9 @@ async def test_folder_puts_clashing_crosswise_wait_for_no_lease(
                 one.put(workdir / "p1", to="src"), other.put(workdir / "p2", to="src"),
                 return_exceptions=True,
             )  # fmt: skip
-    assert [type(r) for r in results] == [DriveNotADirectoryError] * 2, results
+    clashes = (DriveNotADirectoryError, DriveFileExistsError)
+    assert all(r is None or isinstance(r, clashes) for r in results), results
+    assert any(isinstance(r, clashes) for r in results), results  # (a path is file or folder)
 
 
 async def test_gc_cleans_up_after_dead_writers(
