@@ -1604,8 +1604,8 @@ class Drive:
             f"{where}files of component {self._resolved().component_name!r} stand in its way "
             "on the disk, not indexed: a put of a path above or below it at the same moment "
             "(a path cannot be both a file and a folder: retry once that put is done), or a "
-            "writer that died before its commit (gc() removes its files once older than its "
-            "grace: gc(grace=60), say)."
+            "writer that died before its commit (gc() removes its files, and empty folders, "
+            "once older than its grace: gc(grace=60), say)."
         )
 
     async def _clear_the_way(self, conn: _Connection, path: str) -> bool:
@@ -1618,7 +1618,7 @@ class Drive:
         older than its grace), as is a path whose lock is held (a writer at work: not
         waited for, as this put may hold locks). Returns whether anything was removed and
         nothing is left in the way (a folder, even empty, is left: a writer may be making
-        it).
+        it; gc removes empty ones).
         """
         component = conn.config.component_name
         found = await conn.run_sync(conn.store.in_the_way, component, path)
@@ -2394,6 +2394,7 @@ class Drive:
         """Clean up after writers that died: temporary files, half-done puts and deletes.
 
         Only what is older than ``grace`` seconds is touched, so work in progress is safe.
+        Empty folders (of a writer that died once it had made a file's folder) go too.
         Afterwards no index entry lacks its bytes, and no bytes lack their index entry.
 
         Example:
@@ -2433,7 +2434,8 @@ class Drive:
         for component, path in sorted(indexed.keys() - present):
             version = indexed[component, path]
             dangling += await self._remove_dangling(conn, component, path, version)
-        return GcReport(uploads_removed, undone, kept, orphans, dangling)
+        folders = await conn.run_sync(store.remove_empty_folders, grace)
+        return GcReport(uploads_removed, undone, kept, orphans, dangling, folders)
 
     async def _remove_dangling(
         self, conn: _Connection, component: str, path: str, version: int

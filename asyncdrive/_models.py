@@ -74,6 +74,7 @@ class GcReport:
         installs_kept: replacements that were committed, whose backups were removed.
         orphans_removed: bytes on disk with no index entry (a delete or put cut short).
         entries_removed: index entries whose bytes were gone from the disk.
+        folders_removed: empty folders (a writer that died after making a file's folder).
 
     """
 
@@ -82,3 +83,4 @@ class GcReport:
     installs_kept: int = 0
     orphans_removed: int = 0
     entries_removed: int = 0
+    folders_removed: int = 0

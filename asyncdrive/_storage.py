@@ -1947,6 +1947,30 @@ class DiskStore:
             )
         return found
 
+    def remove_empty_folders(self, grace: float) -> int:
+        """Remove the drive's empty folders unchanged for ``grace`` s; return how many.
+
+        Left by writers that died between making a file's folder and installing it (or
+        by hand): a folder, even empty, stands in the way of a file of its name. A
+        folder emptied by this pass goes too, if it was unchanged that long before it.
+        """
+        now = time.time()
+        removed = 0
+        for component_dir in self._component_dirs():
+            changed: dict[str, float] = {}
+            for dirpath, dirnames, _ in os.walk(component_dir):
+                dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
+                for name in dirnames:
+                    with contextlib.suppress(OSError):
+                        folder = os.path.join(dirpath, name)
+                        changed[folder] = os.lstat(folder).st_mtime
+            for folder in sorted(changed, key=len, reverse=True):  # (the deepest first)
+                if now - changed[folder] >= grace:
+                    with contextlib.suppress(OSError):  # not empty (or gone): kept
+                        os.rmdir(folder)
+                        removed += 1
+        return removed
+
     def remove(self, component: str, path: str) -> bool:
         """Remove ``component``'s copy of ``path`` and its metadata, then empty folders.
 

@@ -447,9 +447,16 @@ async def test_a_put_removes_bytes_a_cut_delete_left_in_its_way_and_nothing_else
             putting.join()
     assert await drive.read_bytes("l/y") == b"live"
     (mine / "e").mkdir()  # an empty folder in the way (a writer making it, or one that died)
+    (mine / "n" / "i" / "d").mkdir(parents=True)
     for _ in range(2):
         with pytest.raises(FileExistsError, match="stand in its way"):
             await drive.write_bytes("e", b"x")
+    assert (await drive.gc(grace=3600)).folders_removed == 0  # (maybe a writer's, at work)
+    assert (await drive.gc(grace=0)).folders_removed == 4  # e, n/i/d, n/i, n (z went
+    # with the orphan z/y it held)
+    await drive.write_bytes("e", b"x")
+    await drive.write_bytes("n", b"x")
+    assert sorted(p.name for p in mine.iterdir()) == ["e", "f", "l", "n", "x"]
 
 
 async def test_folder_puts_clashing_crosswise_wait_for_no_lease(
