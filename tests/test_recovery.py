@@ -396,7 +396,7 @@ def old(path: Path, seconds: float = 7200) -> None:
 
 
 async def test_a_put_removes_bytes_a_cut_delete_left_in_its_way_and_nothing_else(
-    make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path,
+    make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path, env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """A delete cut short after its index commit leaves bytes of a version the index
@@ -460,7 +460,7 @@ async def test_a_put_removes_bytes_a_cut_delete_left_in_its_way_and_nothing_else
 
 
 async def test_folder_puts_clashing_crosswise_wait_for_no_lease(
-    drive_id: str, root: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+    drive_id: str, env: dict[str, str], workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two folder puts, {a, b/z} and {b, a/z}, each installed its first file: each clashes
     on its second, while it holds its batch's locks. Neither waits for the other's lock
