@@ -39,6 +39,14 @@ SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 logger = logging.getLogger("asyncdrive")
 
+#: A lost connection, or a server out of reach (redis-py's, or a timeout of our own): the
+#: command may or may not have run.
+CONNECTION_LOST = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 #: What redis-py's cluster client raises, not an error reply, where a drive's slot moves
 #: (resharding, failover) faster than it follows it: "TTL exhausted", a slot not covered.
 CLUSTER_MOVING = (redis.exceptions.ClusterError, redis.exceptions.RedisClusterException)

@@ -419,12 +419,6 @@ _SCRIPT_LINE = re.compile(r" script: on @user_script:\d+\.?$")
 #: Under Sentinel, a drive in use asks the sentinels at most this often (s) which server is
 #: primary, and leaves one they no longer name (see `Connected.follow_primary`).
 PRIMARY_CHECK_INTERVAL = 0.5
-#: A cluster's passing states: worth retrying.
-_BUSY_CLUSTER = (
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.MasterDownError,
-)
 
 
 def _denied(exc: redis.exceptions.ResponseError) -> bool:
@@ -443,8 +437,7 @@ def _before_writing(exc: redis.exceptions.ResponseError) -> bool:
             redis.exceptions.OutOfMemoryError,
             redis.exceptions.ReadOnlyError,
             redis.exceptions.NoScriptError,
-            redis.exceptions.AskError,  # (and MovedError: the command went to no node)
-            *_BUSY_CLUSTER,
+            *CLUSTER_PASSING,  # (the command went to no node, or ran on none)
         ),
     ) or str(exc).startswith(("BUSY", "MISCONF", "LOADING", "NOREPLICAS"))
 
@@ -886,7 +879,7 @@ class Drive:
             return InvalidConfigError(f"{at} refused a command to its user: {text}. {_ACL_FIX}")
         if isinstance(exc, redis.exceptions.AskError | redis.exceptions.TryAgainError):
             fix = "its cluster is moving the drive's keys between nodes (resharding): retry"
-        elif isinstance(exc, _BUSY_CLUSTER):
+        elif isinstance(exc, redis.exceptions.ClusterDownError):  # (MasterDownError too)
             fix = "its cluster is failing over or down: retry"
         elif isinstance(exc, redis.exceptions.OutOfMemoryError):
             fix = "raise its maxmemory, or free memory there; nothing was stored"

@@ -36,7 +36,7 @@ import anyio
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ._client import CLUSTER_PASSING, RedisClient
+from ._client import CLUSTER_PASSING, CONNECTION_LOST, RedisClient
 from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo
@@ -358,13 +358,6 @@ check('EVALSHA', '0', '1', entry); check('EVALSHA_RO', '0', '1', entry)
 return denied
 """
 
-#: A lost connection, or a server out of reach: the command may or may not have run.
-_LOST = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 #: How many times a Cluster's transaction is tried while the drive's slot moves (~0.5 s).
 _CLUSTER_ATTEMPTS = 5
 
@@ -1151,7 +1144,7 @@ class Index:
                 else:
                     await to_its_end(self.release_cut_short(component, locks))
             raise
-        except _LOST:  # taken or not: released once the server answers again
+        except CONNECTION_LOST:  # taken or not: released once the server answers again
             self.unreleased.extend((component, path, token) for path, token in locks)
             raise
 
@@ -1170,7 +1163,7 @@ class Index:
         calls = [([self.keys.lock(component, path)], [token]) for path, token in locks]
         try:
             await self._run_many(self._unlock, calls)
-        except _LOST:
+        except CONNECTION_LOST:
             self.unreleased.extend((component, path, token) for path, token in locks)
             raise
 
@@ -1181,7 +1174,7 @@ class Index:
         """
         try:
             await self._run(self._unlock, [self.keys.lock(component, path)], [token])
-        except _LOST:
+        except CONNECTION_LOST:
             self.unreleased.append((component, path, token))
             raise
 
@@ -1199,7 +1192,7 @@ class Index:
         for component, paths in by_component.items():
             try:
                 await self.unlock_many(component, paths)
-            except _LOST:
+            except CONNECTION_LOST:
                 pass  # (kept again by unlock_many)
             except Exception as exc:  # refused (a replica, loading): kept for the next try
                 logger.debug("could not release locks yet (%s)", exc)

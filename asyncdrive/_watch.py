@@ -23,7 +23,7 @@ import anyio
 import redis.exceptions
 
 from . import _portal
-from ._client import CLUSTER_MOVING, CLUSTER_PASSING
+from ._client import CLUSTER_MOVING, CLUSTER_PASSING, CONNECTION_LOST
 from ._config import check_seconds
 from ._events import DriveEvent, parse_id
 from ._exceptions import CursorExpiredError, DriveClosedError, InvalidConfigError
@@ -51,10 +51,9 @@ ACTIVE_MEMBER = 2 * BLOCK_SLICE
 _REPLY_MARGIN = 1.0
 
 _BATCH = 500
-_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 #: What a watch retries (for up to `RECONNECT_TIMEOUT`): a lost connection, a cluster's
 #: slot moving (resharding) or failing over.
-_RETRIED = (*_CONNECTION_ERRORS, *CLUSTER_MOVING, *CLUSTER_PASSING)
+_RETRIED = (*CONNECTION_LOST, *CLUSTER_MOVING, *CLUSTER_PASSING)
 
 
 class Watch:
@@ -198,7 +197,7 @@ class Watch:
                             await self._read(conn, block)
                         else:
                             await self._read_group(conn, block, limit)
-                except (*_RETRIED, TimeoutError) as exc:
+                except _RETRIED as exc:
                     await self._backoff(exc, deadline)
                 except redis.exceptions.ResponseError as exc:  # refused: out of memory, ...
                     raise self._drive._refused(exc) from exc
@@ -408,7 +407,7 @@ class Watch:
             try:
                 conn = await self._drive._connection()
                 await to_its_end(conn.index.group_leave(self._group, self._consumer, self._to_ack))
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_LOST as exc:
                 raise self._drive._unavailable(exc) from exc
             self._to_ack = None
 

@@ -510,7 +510,8 @@ def test_a_watch_forked_mid_read_reads_in_the_child(
         watch = drive.watch()
         reader = threading.Thread(target=watch.next, args=(5,))
         reader.start()
-        time.sleep(0.3)  # (the thread waits in its read)
+        while watch._watch._reading is None:  # until the thread waits in its read
+            time.sleep(0.01)
         pid = os.fork()
         if pid == 0:
             drive.write_bytes("child.txt", b"c")

@@ -609,7 +609,8 @@ def test_exit_does_not_wait_for_a_daemon_threads_call(
         drive.exists("a.txt")
         threading.Thread(target=drive.get, args=("never.txt",), kwargs={{"timeout": 120}},
                          daemon=True).start()
-        time.sleep(0.3)
+        while not any(loop.task for loop in drive._caller_loops[1:]):  # (its get under way)
+            time.sleep(0.01)
         print("exiting", flush=True)
     """
     done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
