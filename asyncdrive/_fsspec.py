@@ -45,6 +45,7 @@ from ._drive import Drive
 from ._exceptions import (
     AmbiguousPathError,
     DriveError,
+    DriveFileExistsError,
     DriveFileNotFoundError,
     DriveIsADirectoryError,
     DriveNotADirectoryError,
@@ -697,11 +698,54 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 except DriveFileNotFoundError as exc:
                     raise DriveFileNotFoundError(f"{exc} Nothing was moved.") from None
 
+    @_fsspec_terms()
     async def _mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
-        self._split(path)  # folders exist by what they hold: nothing to make
+        """Check that a folder may be made at ``path``; nothing is written.
 
+        A drive's folders, and drives, exist by the files they hold (as an object store's
+        prefixes): one appears with its first file. As with fsspec's local filesystem, a
+        folder or file already there raises `FileExistsError`, a file standing where a
+        parent folder would `NotADirectoryError`.
+        """
+        await self._makedirs(path, exist_ok=False)
+
+    @_fsspec_terms()
     async def _makedirs(self, path: str, exist_ok: bool = False) -> None:
-        self._split(path)
+        """Check that ``path`` is, or may become, a folder (see `_mkdir`); nothing is written.
+
+        Raises `FileExistsError` if a file is there, or a folder and not ``exist_ok``.
+        """
+        name, rest = self._split(path)
+        try:
+            kind = (await self._info(path))["type"]
+        except FileNotFoundError:
+            if rest:
+                await self._check_no_file_above(name, rest)
+            return
+        if kind == "file":
+            raise DriveFileExistsError(
+                f"Drive {name!r}: {rest!r} is a file, so no folder can be made there; "
+                "delete it first (fs.rm), or choose another path."
+            )
+        if not exist_ok:
+            where = f"Drive {name!r}: folder {rest!r}" if rest else f"Drive {name!r}"
+            raise DriveFileExistsError(
+                f"{where if name else 'The root of the drives'} already exists; use "
+                "fs.makedirs(path, exist_ok=True) to accept an existing folder."
+            )
+
+    async def _check_no_file_above(self, name: str, rest: str) -> None:
+        """Raise `DriveNotADirectoryError` if a file stands for a folder above ``rest``."""
+        drive = self.drive(name)
+        parents = _paths.parent_dirs(rest.rstrip("/"))[1:]
+        exist = await asyncio.gather(*(drive.exists(p) for p in parents))
+        are_folders = await asyncio.gather(*(drive.exists(f"{p}/") for p in parents))
+        for parent, exists, is_folder in zip(parents, exist, are_folders, strict=True):
+            if exists and not is_folder:
+                raise DriveNotADirectoryError(
+                    f"Drive {name!r}: {parent!r} is a file, so {rest!r} cannot be a folder "
+                    "below it; choose another path, or delete the file first (fs.rm)."
+                )
 
     @_fsspec_terms()
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:

@@ -505,6 +505,43 @@ def test_copy_and_move_folders(fs: DriveFileSystem, name: str) -> None:
     theirs.close()
 
 
+def test_mkdir_and_makedirs_answer_as_the_local_filesystem(
+    fs: DriveFileSystem, name: str, workdir: Path
+) -> None:
+    """Folders exist by their files, so nothing is made; what is in the way is an error."""
+    url = f"lit://{name}"
+    fs.pipe({f"{url}/a.txt": b"1", f"{url}/f/b.txt": b"2"})
+    local = fsspec.filesystem("file", auto_mkdir=True)
+    local.pipe({f"{workdir}/a.txt": b"1", f"{workdir}/f/b.txt": b"2"})
+    for base in (url, str(workdir)):  # the same calls, the same errors
+        on = local if base == str(workdir) else fs
+        with pytest.raises(FileExistsError):
+            on.mkdir(f"{base}/a.txt")
+        with pytest.raises(FileExistsError):
+            on.makedirs(f"{base}/a.txt", exist_ok=True)
+        with pytest.raises(FileExistsError):
+            on.mkdir(f"{base}/f")
+        with pytest.raises(FileExistsError):
+            on.makedirs(f"{base}/f")
+        with pytest.raises(NotADirectoryError):
+            on.makedirs(f"{base}/a.txt/x/y", exist_ok=True)
+        on.makedirs(f"{base}/f", exist_ok=True)
+        on.makedirs(f"{base}/new/deep", exist_ok=False)
+    with pytest.raises(FileExistsError, match=rf"Drive '{name}': 'a.txt' is a file.*fs\.rm"):
+        fs.makedirs(f"{url}/a.txt", exist_ok=True)
+    with pytest.raises(FileExistsError, match=r"folder 'f' already exists.*exist_ok=True"):
+        fs.makedirs(f"{url}/f/")
+    with pytest.raises(NotADirectoryError, match=r"'a.txt' is a file, so 'a.txt/x' cannot") as e:
+        fs.mkdir(f"{url}/a.txt/x")
+    assert isinstance(e.value, DriveError)
+    with pytest.raises(FileExistsError, match=rf"Drive '{name}' already exists"):
+        fs.mkdir(url)
+    fs.mkdir(f"{url}/new")  # nothing is written: it appears with its first file
+    assert fs.find(url) == [f"{name}/a.txt", f"{name}/f/b.txt"]
+    fs.makedirs("lit://no-such-drive-yet", exist_ok=False)
+    assert not fs.exists("lit://no-such-drive-yet")
+
+
 def test_leading_slashes_name_the_drive(fs: DriveFileSystem, name: str) -> None:
     fs.pipe(f"lit://{name}/x", b"1")
     for url in (f"lit:///{name}/x", f"/{name}/x", f"//{name}/x"):
