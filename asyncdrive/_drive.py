@@ -840,6 +840,12 @@ class Drive:
                 "(not a Redis server), and their password (?sentinel_password=...)."
             )
             exc = MasterNotFoundError(text.split(" : ")[0])  # (not the sentinels' reprs)
+        elif "slots are not covered" in text:  # (redis-py's, at its first connection)
+            fix = (
+                "Its cluster does not serve every slot: it is being set up (are slots "
+                "assigned to its nodes?), resharded or failing over. Retry once CLUSTER INFO "
+                "says cluster_state:ok on its nodes."
+            )
         elif isinstance(exc, (*CLUSTER_MOVING, *CLUSTER_PASSING)):
             fix = (
                 "Its cluster is moving the drive's keys between nodes (resharding) or failing "

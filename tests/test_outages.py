@@ -437,6 +437,19 @@ async def test_sentinel_urls_say_what_is_wrong(
         assert f"Drive {drive.name!r}" in message and "mymaster" in message, message
 
 
+async def test_a_cluster_not_set_up_says_so(tmp_path: Path, drive_id: str) -> None:
+    """A cluster node serving no slots yet: not taken for one "resharding"."""
+    node = ServerProcess(tmp_path, tcp=True, extra_args=["--cluster-enabled", "yes"])
+    node.start()
+    try:
+        async with Drive(drive_id, root=tmp_path / "root", redis_url=node.url) as drive:
+            with pytest.raises(DriveUnavailableError, match="slots assigned") as refused:
+                await drive.list(".")
+    finally:
+        node.stop()
+    assert "cluster_state:ok" in str(refused.value) and node.url in str(refused.value)
+
+
 async def test_a_url_naming_another_database_is_not_a_lost_index(
     server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
 ) -> None:
