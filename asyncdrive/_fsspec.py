@@ -191,6 +191,13 @@ def _give_fsspec_terms(exc: DriveError, name: str) -> None:
     exc.args = (_in_fsspec_terms(str(exc), name), *exc.args[1:])
 
 
+class _Environment:
+    """Stands for the drive configuration in ``os.environ`` where fsspec tokenizes (repr)."""
+
+    def __repr__(self) -> str:
+        return repr(sorted((k, v) for k, v in os.environ.items() if k.startswith("ASYNCDRIVE_")))
+
+
 class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyped
     """The drives under one root as an fsspec filesystem: ``lit://<drive>/<path>``.
 
@@ -216,6 +223,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     protocol = "lit"
     root_marker = ""
+    # fsspec caches instances by their arguments, and by these: one made before the
+    # environment changed ($ASYNCDRIVE_ROOT, ...) is not given for the new one.
+    _extra_tokenize_attributes = ("_environment",)
+    _environment = _Environment()
 
     def __init__(
         self,

@@ -368,6 +368,24 @@ def test_components_through_storage_options(env: dict[str, str], name: str) -> N
     DriveFileSystem.clear_instance_cache()
 
 
+def test_instances_follow_the_environment(
+    env: dict[str, str], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsspec caches instances by their arguments: a changed environment makes another."""
+    monkeypatch.setenv("ASYNCDRIVE_COMPONENT", "one")
+    first = fsspec.filesystem("lit")
+    first.pipe(f"lit://{name}/a", b"1")
+    monkeypatch.setenv("ASYNCDRIVE_COMPONENT", "two")
+    second = fsspec.filesystem("lit")
+    second.pipe(f"lit://{name}/b", b"2")
+    assert second.info(f"lit://{name}/b")["component_name"] == "two"
+    monkeypatch.setenv("ASYNCDRIVE_COMPONENT", "one")
+    assert fsspec.filesystem("lit") is first
+    for instance in DriveFileSystem._cache.values():
+        instance.close()
+    DriveFileSystem.clear_instance_cache()
+
+
 def test_a_component_reads_what_another_wrote(env: dict[str, str], name: str) -> None:
     """component_name chooses whose copy to read where several own a path, and only then."""
     url = f"lit://{name}/run/a.csv"
