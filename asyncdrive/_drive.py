@@ -2613,16 +2613,23 @@ class Drive:
         await self._raise_put_refused(conn, path, checked, precondition)
         # A caller cancelled meanwhile gets no writer: the upload it made is dropped.
         out, tmp, named = await to_its_end(conn.run_sync(conn.store.open_upload), _drop_upload)
-        commit = functools.partial(self._commit_upload, conn, path, precondition)
+        commit = functools.partial(self._commit_upload, conn.store, path, precondition)
         return DriveWriter(self.name, path, out, tmp, named, commit)
 
     @_redis_errors_as_unavailable
     async def _commit_upload(
-        self, conn: _Connection, path: str, precondition: str, staged: Staged
+        self, store: DiskStore, path: str, precondition: str, staged: Staged
     ) -> FileInfo:
         if self._closed:  # as on every server (a Cluster's client would connect again)
-            await anyio.to_thread.run_sync(conn.store.discard, staged)
+            await anyio.to_thread.run_sync(store.discard, staged)
             raise self._closed_error(f"close of {path!r}")
+        # The connection of the loop closing the file: the one it was opened in may have
+        # ended since (a writer kept from one asyncio.run() to the next).
+        try:
+            conn = await self._connection(writing=f"write {path!r}")
+        except BaseException:
+            await anyio.to_thread.run_sync(store.discard, staged)
+            raise
         return await self._put(conn, path, staged, precondition)
 
     # -- watching ----------------------------------------------------------------------------

@@ -1398,6 +1398,14 @@ def test_a_drive_outlives_its_event_loops(env: dict[str, str], drive_id: str) ->
             assert runner.run(drive.exists("a.txt"))
             assert open_files() > files
         assert open_files() == files
+        # Files opened in one loop are written, read and closed in the next.
+        writer = asyncio.run(drive.open("b.bin", "wb").open())
+        asyncio.run(writer.write(b"2"))
+        asyncio.run(writer.aclose())  # (was: "the drive's connection was closed")
+        assert writer.info is not None and writer.info.size == 1
+        reader = asyncio.run(drive.open("b.bin").open())
+        assert asyncio.run(reader.read()) == b"2"
+        asyncio.run(reader.aclose())
         asyncio.run(drive.aclose())  # (was: "Event loop is closed", and its sockets leaked)
         gc.collect()
     assert raised == [] and repr(drive).endswith("[closed]")
