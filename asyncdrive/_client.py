@@ -15,6 +15,7 @@ multi-key scripts and transactions run on one node.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar, cast
@@ -214,6 +215,35 @@ def lean_connections(client: RedisClient) -> None:
             node.connection_class = lean
     else:
         client.connection_pool.connection_class = _lean(client.connection_pool.connection_class)
+
+
+def refusal_at_accept(url: str, timeout: float = 0.25) -> str | None:
+    """Return the error a server greets a new connection with, if any ("max number of ...").
+
+    A server serving its ``maxclients`` already, say, answers a new connection with an error
+    and closes it, before any command: a client whose first command meets the closed socket
+    sees only a lost connection. This connects once more and reads the greeting (None where
+    the server says nothing within ``timeout``, or is not reached: plain ``redis://`` and
+    ``unix://`` URLs only).
+    """
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX)
+        elif parts.scheme == "redis":
+            address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+            sock = socket.create_connection(address, timeout)
+        else:
+            return None
+        with sock:
+            if parts.scheme == "unix":
+                sock.settimeout(timeout)
+                sock.connect(parts.path)
+            greeting = sock.recv(256)
+    except (OSError, ValueError):  # (a timeout: said nothing; ValueError: a bad port)
+        return None
+    line = greeting.partition(b"\r\n")[0].decode(errors="replace")
+    return line[1:].strip() or None if line.startswith("-") else None
 
 
 async def connect(url: str, *, timeout: float) -> Connected:

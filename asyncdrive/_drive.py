@@ -49,7 +49,14 @@ import redis.exceptions
 from redis.asyncio.sentinel import MasterNotFoundError
 
 from . import _paths, _progress
-from ._client import CLUSTER_MOVING, CLUSTER_PASSING, Connected, RedisClient, connect
+from ._client import (
+    CLUSTER_MOVING,
+    CLUSTER_PASSING,
+    Connected,
+    RedisClient,
+    connect,
+    refusal_at_accept,
+)
 from ._config import (
     DriveConfig,
     ResolvedConfig,
@@ -683,6 +690,9 @@ class Drive:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             if connected is not None:
                 await connected.aclose()
+            refusal = await anyio.to_thread.run_sync(refusal_at_accept, url)
+            if refusal is not None:  # (it runs, and refuses: maxclients, say)
+                raise self._unavailable(redis.exceptions.ConnectionError(refusal), url) from exc
             if not embedded:
                 raise self._unavailable(exc, url) from exc
             # The embedded server went away since this process last saw it: start it again.

@@ -33,6 +33,7 @@ from pathlib import Path
 import anyio
 import redis
 
+from ._client import refusal_at_accept
 from ._config import resolve_root
 from ._exceptions import DriveUnavailableError
 
@@ -130,7 +131,8 @@ def _ping(url: str) -> bool:
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
+        # A server that greets new connections with an error (maxclients) answers.
+        return refusal_at_accept(url) is not None
     finally:
         client.close()
 

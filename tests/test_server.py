@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 import asyncdrive
 from asyncdrive import SyncDrive, _server
@@ -157,6 +158,41 @@ def test_a_server_that_does_not_answer_is_waited_for_never_doubled(
         with SyncDrive(drive_id, root=root) as drive:
             assert drive.read_bytes("a.txt") == b"x"
         assert len(servers_of_root()) == 1
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_full_server_says_maxclients_at_once(tmp_path: Path, drive_id: str) -> None:
+    """A server at its maxclients greets a new connection with an error and closes it: on a
+    unix socket the client meets only the closed socket. Said as such, and at once (the
+    embedded one was waited for 15 s as a stalled server, then said to be one)."""
+    root = Path("/tmp") / tmp_path.name
+    try:
+        with SyncDrive(drive_id, root=root) as drive:
+            drive.write_bytes("a.txt", b"x")
+        url = asyncdrive.server_url(root)
+        assert url is not None and url.startswith("unix://")
+        admin = redis.Redis.from_url(url)
+        holder = redis.Redis.from_url(url)
+        try:
+            admin.config_set("maxclients", admin.info("clients")["connected_clients"] + 1)
+            holder.ping()  # the last place taken
+            _server.forget_server(root.resolve())  # as a new process would
+            for redis_url in (None, url):  # the embedded server, and a configured URL
+                with (
+                    SyncDrive(drive_id, root=root, redis_url=redis_url) as drive,
+                    pytest.raises(asyncdrive.DriveUnavailableError) as full,
+                ):
+                    drive.read_bytes("a.txt")
+                assert "max number of clients reached" in str(full.value)
+                assert "raise maxclients" in str(full.value)
+        finally:
+            admin.config_set("maxclients", 10000)
+            admin.close()
+            holder.close()
+        with SyncDrive(drive_id, root=root) as drive:
+            assert drive.read_bytes("a.txt") == b"x"
     finally:
         asyncdrive.stop_server(root)
         shutil.rmtree(root, ignore_errors=True)
