@@ -66,10 +66,9 @@ from ._config import (
     parse_drive_id,
     redact_url,
 )
-from ._events import Change, parse_id
+from ._events import parse_id
 from ._exceptions import (
     AmbiguousPathError,
-    CursorExpiredError,
     DriveClosedError,
     DriveError,
     DriveFileExistsError,
@@ -105,7 +104,7 @@ from ._storage import (
 )
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
-from ._watch import DEFAULT_CLAIM_IDLE, Watch
+from ._watch import DEFAULT_CLAIM_IDLE, WaitingRoom, Watch
 
 __all__ = ["Drive"]
 
@@ -264,6 +263,8 @@ class _Connection:
     loop_end: AsyncGenerator[None, None] | None = field(default=None, init=False)
     #: Work under way beside the calls, by name (see `start_chore`).
     chores: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    #: The gets waiting for their files (``timeout=``), made on first need.
+    waiting_room: WaitingRoom | None = field(default=None, init=False)
     #: The copies of small files out of the drive (gets), each (file, local path,
     #: overwrite): those of concurrent tasks go together, a worker-thread call at a time.
     small_copies: CallBatcher[tuple[FileInfo, Path, bool], bool] = field(init=False)
@@ -2344,26 +2345,25 @@ class Drive:
         self, conn: _Connection, path: str, component: str | None, timeout: float
     ) -> None:
         deadline = time.monotonic() + timeout
-        watch = self.watch(path)  # from now: nothing put after the check below is missed
-        kind = await conn.index.kind(path, component)
-        if kind is None:
-            await self._check_not_lost(conn)  # not waiting for a file the server forgot
-        while kind is None:
-            remaining = deadline - time.monotonic()
-            try:
-                event = await watch.next(remaining) if remaining > 0 else None
-            except CursorExpiredError:  # events it waited on were trimmed: look, then anew
-                watch = self.watch(path)
+        if conn.waiting_room is None:
+            conn.waiting_room = WaitingRoom(self, conn)
+        room = conn.waiting_room
+        waiter = room.join(path, component)  # from now: nothing put after the look is missed
+        try:
+            kind = await conn.index.kind(path, component)
+            if kind is None:
+                await self._check_not_lost(conn)  # not waiting for a file the server forgot
+            while kind is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await room.wait(waiter, remaining):
+                    who = f" by component {component!r}" if component else ""
+                    raise DriveTimeoutError(
+                        f"Drive {self.name!r}: {path!r} was not put{who} within {timeout:g} "
+                        "s; check that the writer is running, or wait longer."
+                    )
                 kind = await conn.index.kind(path, component)
-                continue
-            if event is None:
-                who = f" by component {component!r}" if component else ""
-                raise DriveTimeoutError(
-                    f"Drive {self.name!r}: {path!r} was not put{who} within {timeout:g} s; "
-                    "check that the writer is running, or wait longer."
-                )
-            if event.change != Change.DELETED and component in (None, event.component_name):
-                kind = await conn.index.kind(path, component)
+        finally:
+            room.leave(waiter)
 
     # -- maintenance -------------------------------------------------------------------------
 

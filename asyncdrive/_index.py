@@ -750,8 +750,8 @@ class Index:
 
     async def trimmed(self) -> str:
         """Return the id of the newest event trimmed from the log (``"0-0"``: none)."""
-        value: Any = await self.client.get(self.keys.trimmed)
-        return value or "0-0"
+        (value,) = await self._pipelined([("GET", self.keys.trimmed)])
+        return str(value or "0-0")
 
     # -- atomic updates ----------------------------------------------------------------------
 
@@ -967,10 +967,7 @@ class Index:
         return PutOutcome(status, reply[1] if len(reply) > 1 else "")
 
     async def _first_file_ancestor(self, folders: Sequence[str]) -> str:
-        async with self.client.pipeline(transaction=False) as pipe:
-            for folder in folders:
-                pipe.exists(self.keys.entry(folder))
-            found = await pipe.execute()
+        found = await self._pipelined([("EXISTS", self.keys.entry(f)) for f in folders])
         return next((f for f, hit in zip(folders, found, strict=True) if hit), "")
 
     async def commit_delete(self, component: str, path: str) -> tuple[bool, list[str], int]:
@@ -1007,7 +1004,10 @@ class Index:
 
     async def is_indexed(self) -> bool:
         """Tell whether the drive has an index (its version counters exist once a file was put)."""
-        indexed = bool(await self.client.exists(self.keys.versions))
+        if self.wire is None:
+            indexed = bool(await self.client.exists(self.keys.versions))
+        else:  # (pipelined: the misses of many concurrent calls take no connection each)
+            indexed = bool(await self.wire.call("EXISTS", self.keys.versions))
         self.seen_index = self.seen_index or indexed
         return indexed
 

@@ -8,7 +8,10 @@ member, and events held by a member that died are handed to another.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import copy
+import dataclasses
 import logging
 import os
 import secrets
@@ -25,7 +28,7 @@ import redis.exceptions
 from . import _portal
 from ._client import CLUSTER_MOVING, CLUSTER_PASSING, CONNECTION_LOST
 from ._config import check_seconds
-from ._events import DriveEvent, parse_id
+from ._events import Change, DriveEvent, parse_id
 from ._exceptions import CursorExpiredError, DriveClosedError, InvalidConfigError
 from ._tasks import to_its_end
 
@@ -424,3 +427,135 @@ class Watch:
             # The event in hand was not handled: leave it for another group member.
             self._to_ack = None
         await self.aclose()
+
+
+#: How long the waiting room's watch blocks per read before it looks whether anyone waits.
+_ROOM_POLL = 1.0
+
+
+@dataclasses.dataclass(eq=False)
+class Waiter:
+    """One call waiting in a `WaitingRoom` for ``path`` to be put (by ``component``, if set)."""
+
+    path: str
+    component: str | None
+    woken: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    #: What ended the room's watch, if it failed: the waiter raises (a copy of) it.
+    error: BaseException | None = None
+
+
+class WaitingRoom:
+    """The calls of a drive connection waiting for paths to be put, on one shared watch.
+
+    ``get(path, timeout=)`` waits for its file: a watch of its own each would hold a Redis
+    connection each (a blocking read cannot share one), so a thousand waiting gets took a
+    thousand connections, and the drive's pool refused those past its size. One watch of
+    the whole drive wakes the waiters each event concerns instead (the path itself, or a
+    path below it: a folder appears with its first file), for as long as any wait.
+
+    A waiter joins before it looks at the index: every event committed after its look is
+    read after it joined (the watch, once started, reads on from its cursor), so none is
+    missed. Lost events (the log trimmed past the watch) wake everyone to look again.
+
+    Example:
+        >>> waiter = room.join("ckpt/3.pt", None)
+        >>> try:
+        ...     while not await looked_and_found():
+        ...         await room.wait(waiter, timeout=5)
+        ... finally:
+        ...     room.leave(waiter)
+
+    """
+
+    def __init__(self, drive: Drive, conn: _Connection) -> None:
+        self._drive = drive
+        self._conn = conn
+        self._waiting: dict[str, set[Waiter]] = {}
+        self._watch: Watch | None = None
+        self._started = 0
+
+    def __repr__(self) -> str:
+        count = sum(len(waiters) for waiters in self._waiting.values())
+        return f"<WaitingRoom lit://{self._drive.name} {count} waiting>"
+
+    def join(self, path: str, component: str | None) -> Waiter:
+        """Register a waiter for ``path``; start the room's watch if none runs."""
+        waiter = Waiter(path, component)
+        self._waiting.setdefault(path, set()).add(waiter)
+        if self._watch is None:
+            self._watch = self._drive.watch(".")  # its start is fixed now: before the look
+            self._started += 1
+            self._conn.start_chore(f"waiting-room-{self._started}", self._read(self._watch))
+        return waiter
+
+    def leave(self, waiter: Waiter) -> None:
+        """Unregister ``waiter`` (the room's watch ends once no one waits)."""
+        waiters = self._waiting.get(waiter.path)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiting[waiter.path]
+
+    async def wait(self, waiter: Waiter, timeout: float) -> bool:
+        """Wait until an event concerns ``waiter``; False if none did within ``timeout`` s.
+
+        Raises what ended the room's watch, if it failed (the server out of reach, say).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.woken.wait()
+        except TimeoutError:
+            return False
+        waiter.woken.clear()
+        if waiter.error is not None:
+            try:  # each waiter its own copy, with a traceback of its own
+                error = copy.copy(waiter.error)
+            except Exception:  # (an error that cannot be made again from its args)
+                raise waiter.error from None
+            raise error from waiter.error
+        return True
+
+    def _wake(self, event: DriveEvent | None) -> None:
+        """Wake the waiters ``event`` concerns; everyone if None."""
+        if event is None:
+            for waiters in self._waiting.values():
+                for waiter in waiters:
+                    waiter.woken.set()
+            return
+        if event.change == Change.DELETED:
+            return
+        path = event.path
+        while True:  # the path, then each folder above it
+            for waiter in self._waiting.get(path, ()):
+                if waiter.component in (None, event.component_name):
+                    waiter.woken.set()
+            path, slash, _ = path.rpartition("/")
+            if not slash:
+                return
+
+    async def _read(self, watch: Watch) -> None:
+        try:
+            while self._waiting:
+                try:
+                    event = await watch.next(_ROOM_POLL)
+                except CursorExpiredError:  # events were lost: everyone looks again
+                    await watch.aclose()
+                    watch = self._watch = self._drive.watch(".")
+                    self._wake(None)
+                    continue
+                if event is not None:
+                    self._wake(event)
+        except BaseException as exc:
+            # The waiters raise it (the connection closing: the drive's closing).
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            error = self._drive._closed_error("wait for a file") if cancelled else exc
+            for waiters in self._waiting.values():
+                for waiter in waiters:
+                    waiter.error = error
+            self._wake(None)
+            if cancelled or not isinstance(exc, Exception):
+                raise
+        finally:
+            if self._watch is watch:
+                self._watch = None
+            await to_its_end(watch.aclose())

@@ -33,6 +33,7 @@ import asyncdrive._storage
 from asyncdrive import (
     Change,
     Drive,
+    DriveClosedError,
     DriveError,
     DriveEvent,
     DriveFileExistsError,
@@ -1042,3 +1043,51 @@ async def test_a_new_file_put_cancelled_at_its_refused_commit_leaves_no_file(
         report = await drive.gc(grace=0)
         assert report.orphans_removed == 0
         assert await drive.list(".") == ["first.txt"]
+
+
+async def test_many_waiting_gets_and_misses_share_the_drives_connections(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A get waiting for its file took a connection of its own (its watch's), and a miss
+    one of redis-py's pool, which refuses a 101st: 300 of each at once failed ("Too many
+    connections"), or ran the process out of file descriptors under a low limit."""
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    count = 300
+    async with Drive(drive_id) as reader, Drive(drive_id, component_name="w") as writer:
+        await writer.write_bytes("warm", b"x")
+        assert await reader.exists("warm")
+        before = open_files()
+        assert (
+            await asyncio.gather(*(reader.exists(f"no/{i}") for i in range(count)))
+            == [False] * count
+        )
+        gets = [
+            asyncio.create_task(reader.get(f"in/{i}", to=f"out/{i}", timeout=60))
+            for i in range(count)
+        ]
+        room = reader._conn.waiting_room if reader._conn else None
+        while room is None or "300 waiting" not in repr(room):
+            await asyncio.sleep(0.01)
+            room = reader._conn.waiting_room if reader._conn else None
+        assert open_files() - before < 10  # one watch for them all (was one each)
+        await asyncio.gather(*(writer.write_bytes(f"in/{i}", b"%d" % i) for i in range(count)))
+        await asyncio.wait_for(asyncio.gather(*gets), 60)
+        assert all((workdir / "out" / str(i)).read_bytes() == b"%d" % i for i in range(count))
+        assert repr(room).endswith(" 0 waiting>")
+
+
+async def test_waiting_gets_end_with_their_drive(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    drive = Drive(drive_id)
+    await drive.write_bytes("warm", b"x")
+    gets = [asyncio.create_task(drive.get(f"in/{i}", timeout=60)) for i in range(3)]
+    while drive._conn is None or "3 waiting" not in repr(drive._conn.waiting_room):
+        await asyncio.sleep(0.01)
+    await drive.aclose()
+    for get in gets:
+        with pytest.raises(DriveClosedError, match="before its wait for a file finished"):
+            await asyncio.wait_for(get, 10)
