@@ -217,12 +217,15 @@ def _give_errno(error: OSError, number: int) -> None:
     error.errno, error.strerror = number, os.strerror(number)
 
 
-def _disk_name(filename: str | bytes | None) -> str | bytes | None:
+def _disk_name(filename: object) -> str | bytes | None:
     """Return the ``filename`` of an `OSError` worth showing: None for a ``/proc/self/fd`` one.
 
-    Such is the name of a file being linked into place, which has none yet: of no use.
+    Such is the name of a file being linked into place, which has none yet: of no use; as
+    is the descriptor an fd-based call (``os.setxattr(fd, ...)``) gives for its filename.
     """
-    if filename is not None and os.fsdecode(filename).startswith("/proc/self/fd/"):
+    if not isinstance(filename, str | bytes):
+        return None
+    if os.fsdecode(filename).startswith("/proc/self/fd/"):
         return None
     return filename
 
@@ -259,6 +262,15 @@ _DISK_TROUBLE: dict[int, tuple[str, str]] = {
     errno.ENOENT: (
         "a file or folder went away while in use",
         "Check that nothing else removes it meanwhile, then retry.",
+    ),
+    errno.EMFILE: (
+        "this process has too many files open",
+        "Raise its limit ('ulimit -n', or resource.setrlimit(RLIMIT_NOFILE)), or run fewer "
+        "calls at once.",
+    ),
+    errno.ENFILE: (
+        "the system has too many files open",
+        "Close files elsewhere, or raise the system's limit (fs.file-max), then retry.",
     ),
 }
 _DISK_TROUBLE[errno.EPERM] = _DISK_TROUBLE[errno.EACCES]
@@ -312,7 +324,7 @@ def storage_error(
     reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
     on_the_drive = (
         drive_dir is not None
-        and exc.filename is not None
+        and isinstance(exc.filename, str | bytes)
         and os.fsdecode(exc.filename).startswith(os.fspath(drive_dir) + os.sep)
     )
     if doing == "get" and not on_the_drive:

@@ -151,6 +151,13 @@ def test_storage_errors_say_what_an_errno_means() -> None:
         "Drive 'd': cannot open 'b': a name or path is too long for the filesystem. Use "
         "shorter names, or fewer folders above the file."
     )
+    # An fd-based call (os.setxattr(fd, ...)) names its descriptor: not a file name.
+    attribute = storage_error("d", OSError(errno.ENOSPC, "No space", 8), "write_bytes", "b",
+                              drive_dir="/shared/drives/d")  # fmt: skip
+    assert isinstance(attribute, DriveStorageError) and attribute.errno == errno.ENOSPC
+    assert attribute.filename is None and "(8)" not in str(attribute)
+    many = storage_error("d", OSError(errno.EMFILE, "Too many open files"), "put", "b")
+    assert "too many files open" in str(many) and "ulimit -n" in str(many)
 
 
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
