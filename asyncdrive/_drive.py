@@ -90,6 +90,7 @@ from ._models import Buffer, FileInfo, FolderInfo, GcReport
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
 from ._server import ensure_server, forget_server
 from ._storage import (
+    PATH_MAX,
     DiskStore,
     FileIdentity,
     NewFile,
@@ -99,6 +100,7 @@ from ._storage import (
     Staged,
     SyncTogether,
     committed_version,
+    disk_path_bytes,
     is_local_filesystem,
     upload_identity,
 )
@@ -114,6 +116,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 DriveT = TypeVar("DriveT", bound="Drive")
 
+#: A path of more characters than this may be too long for the disk under its root: checked.
+_LONG_PATH = 2048
 #: How long a commit lock lives if its holder dies, and how long to wait for one.
 LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
@@ -962,7 +966,19 @@ class Drive:
         """
         if file and _paths.names_folder(path):
             raise _paths.not_a_file(self.name, path)
-        return _paths.normalize(path, drive=self.name, allow_root=allow_root, new=new)
+        norm = _paths.normalize(path, drive=self.name, allow_root=allow_root, new=new)
+        if new and len(norm) * 4 > _LONG_PATH:  # (most paths are far too short to matter)
+            config = self._resolved()
+            length = disk_path_bytes(config.root, self.name, config.component_name, norm)
+            if length >= PATH_MAX:
+                room = PATH_MAX - 1 - (length - len(norm.encode()))
+                raise InvalidPathError(
+                    f"Drive {self.name!r}: {shorten(norm)!r} is too long to store under "
+                    f"{shorten(str(config.root))!r}: its files' paths on the disk would "
+                    f"reach {length} bytes, past the system's {PATH_MAX - 1}; use a path of "
+                    f"at most {max(room, 0)} bytes there, or a shorter root."
+                )
+        return norm
 
     def _file_not_folder(self, path: StrPath, drive_path: str) -> DriveNotADirectoryError:
         return DriveNotADirectoryError(
@@ -1705,14 +1721,24 @@ class Drive:
         dropped = [backup for backup in backups if backup is not None]
         if dropped or mark:
 
-            def finish() -> None:
+            def finish() -> bool:
+                # The commits are made: what fails here is told, never raised (the caller
+                # would take its put for failed). A backup left is gc()'s to remove; the
+                # marker is written again after the next commit.
                 for backup in dropped:
-                    store.drop_backup(backup)
-                if mark:
-                    store.mark_in_use()
+                    try:
+                        store.drop_backup(backup)
+                    except OSError as exc:
+                        logger.warning("drive %s: backup %s left: %s", self.name, backup, exc)
+                try:
+                    if mark:
+                        store.mark_in_use()
+                except OSError as exc:
+                    logger.warning("drive %s: marker not written: %s", self.name, exc)
+                    return False
+                return True
 
-            await conn.run_sync(finish)
-        conn.disk_marked = True
+            conn.disk_marked = await conn.run_sync(finish)
 
     def _refusal(self, path: str, outcome: PutOutcome, precondition: str) -> DriveError:
         """Return the error `_raise_put_refused` raises for a refused ``outcome``."""

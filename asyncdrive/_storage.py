@@ -765,6 +765,19 @@ def _backup_parts(name: str) -> tuple[str, str] | None:
     return (token, file) if token and file else None
 
 
+#: The most system calls take in a path (bytes, with its NUL: Linux's PATH_MAX).
+PATH_MAX = 4096
+#: The most a name the store makes beside a file adds to the file's own name (the backup
+#: of its metadata file, ``.asyncdrive-backup.<id>..asyncdrive-meta.<file>.json``).
+_LONGEST_DERIVED = len(f"{BACKUP_PREFIX}00000000.{META_PREFIX}.json")
+
+
+def disk_path_bytes(root: Path, drive: str, component: str, path: str) -> int:
+    """Return the length of the longest path the store may make for ``path`` (bytes)."""
+    folder = os.fsencode(root / "drives" / drive / component)
+    return len(folder) + 1 + len(path.encode()) + _LONGEST_DERIVED
+
+
 def _meta_backup(backup: Path) -> Path:
     """Return where the backup ``backup`` keeps its file's metadata file, if it had one."""
     token, file = _backup_parts(backup.name) or ("", backup.name)
@@ -913,7 +926,7 @@ def _replace_into(source: Path, target: Path) -> None:
         except FileNotFoundError:
             if not os.path.lexists(source):
                 raise
-        target.parent.mkdir(parents=True, exist_ok=True)  # missing, or pruned meanwhile
+        _make_folders(target.parent)  # missing, or pruned meanwhile
     os.replace(source, target)
 
 
@@ -1720,7 +1733,7 @@ class DiskStore:
             return -1
         try:
             self._refuse_links(parts, path)
-            Path(self.root, *parts[:-1]).mkdir(parents=True, exist_ok=True)
+            _make_folders(Path(self.root, *parts[:-1]))
         except (OSError, InvalidPathError):
             return -1
         return self._open_folder(parts[:-1])

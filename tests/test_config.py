@@ -124,6 +124,10 @@ def test_normalize_root_and_pathlike() -> None:
         normalize(".", drive="d")
     with pytest.raises(InvalidPathError, match="longer than"):
         normalize("x" * 300, drive="d")
+    deepest = "/".join(["x"] * 256)  # 255 folders above its file
+    assert normalize(deepest, drive="d") == deepest
+    with pytest.raises(InvalidPathError, match="more than 255 folders above its file"):
+        normalize(f"x/{deepest}", drive="d")  # (os.walk's recursion failed near 1000)
 
 
 def test_parent_dirs() -> None:

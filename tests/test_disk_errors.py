@@ -311,3 +311,25 @@ def test_a_folder_put_refuses_a_folder_it_cannot_read(
     assert "f/locked" in refused and "cannot put 'f'" in refused
     assert stored == "stored: []"
     assert cli == "cli: 1 False True"  # one line, no traceback from the bar's look first
+
+
+async def test_a_commit_made_is_never_reported_failed_by_what_follows_it(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a drive's first commit, its marker is written: a disk refusing it (full, say)
+    made the put raise "Nothing was stored" though its file was committed and listed."""
+    name = drive_id.removeprefix("lit://")
+    base = root / "drives" / name
+    for folder in (base / "default", base / ".tmp"):
+        folder.mkdir(parents=True)
+    set_immutable(base, True)  # no new entry there: the marker cannot be made
+    try:
+        async with Drive(drive_id) as drive:
+            info = await drive.write_bytes("a.txt", b"committed")
+            assert info.version == 1 and await drive.read_bytes("a.txt") == b"committed"
+    finally:
+        set_immutable(base, False)
+    assert "marker not written" in caplog.text
+    async with Drive(drive_id) as drive:  # written after the next commit
+        await drive.write_bytes("b.txt", b"2")
+    assert (base / ".asyncdrive-drive").exists()

@@ -965,6 +965,27 @@ async def test_delete_rules(make_drive: MakeDrive, drive_id: str) -> None:
     assert not await drive.exists("f")
 
 
+async def test_paths_too_long_for_the_disk_under_the_root_are_refused_up_front(
+    env: dict[str, str], tmp_path: Path, drive_id: str
+) -> None:
+    """A path within the drive's limit, under a long root, makes disk paths past the
+    system's: its replacement committed, then failed to drop its backup ("nothing was
+    stored"), and every gc() after failed on that backup."""
+    async with Drive(drive_id, root=tmp_path / ("r" * 200)) as drive:
+        longest = "/".join(["s" * 99] * 40)  # 3999 bytes: a drive path may have 4000
+        with pytest.raises(InvalidPathError, match=r"too long to store under") as refused:
+            await drive.write_bytes(longest, b"1")
+        found = re.search(r"at most (\d+) bytes there", str(refused.value))
+        assert found is not None, str(refused.value)
+        fits = longest[: int(found.group(1))].rstrip("/")
+        await drive.write_bytes(fits, b"1")
+        await drive.write_bytes(fits, b"2")  # replaced: its backups' names fit too
+        assert await drive.read_bytes(fits) == b"2"
+        report = await drive.gc(grace=0)
+        assert report == type(report)()  # nothing left behind
+        assert await drive.list(".", recursive=True) == [fits]
+
+
 async def test_file_folder_conflicts(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
     await drive.write_bytes("x", b"file")
@@ -1094,7 +1115,7 @@ async def test_invalid_seconds_and_component_names(make_drive: MakeDrive, drive_
 async def test_long_paths_within_the_limits(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
     longest_name = "é" * 100  # 200 bytes
-    deep = "/".join(["abcdefghi"] * 399)  # 3989 bytes
+    deep = "/".join(["abcdefghi"] * 256)  # 255 folders above the file, 2559 bytes
     for path in (f"a/{longest_name}", deep, "a.asyncdrive/b"):
         await drive.write_bytes(path, b"x")
         assert await drive.read_bytes(path) == b"x"
