@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import resource
 import select
 import selectors
 import stat
@@ -2810,10 +2811,27 @@ async def _side_by_side(
 
     with conn.side_by_side():
         async with anyio.create_task_group() as movers:
-            for _ in range(min(FOLDER_CONCURRENCY, len(items))):
+            for _ in range(min(FOLDER_CONCURRENCY, len(items), _batches_the_fds_allow())):
                 movers.start_soon(mover)
     if failures:
         raise failures[0]
+
+
+def _batches_the_fds_allow() -> int:
+    """Return how many batches of a folder put this process's open-file limit leaves room for.
+
+    A batch keeps its new files open until they are made durable together, and reads as
+    many: ~2 descriptors a file. Under a low limit (``ulimit -n 256``), 8 batches at once
+    ran out (EMFILE) where one after the other would not. At least 1.
+    """
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError):
+        return FOLDER_CONCURRENCY
+    if soft == resource.RLIM_INFINITY:
+        return FOLDER_CONCURRENCY
+    return max(1, (soft - in_use) // (4 * _PUT_BATCH_FILES))
 
 
 #: What an install hands its commit: the new file's info, the backup of the bytes it

@@ -333,3 +333,33 @@ async def test_a_commit_made_is_never_reported_failed_by_what_follows_it(
     async with Drive(drive_id) as drive:  # written after the next commit
         await drive.write_bytes("b.txt", b"2")
     assert (base / ".asyncdrive-drive").exists()
+
+
+FOLDER_PUT_UNDER_A_LOW_FD_LIMIT = """
+import asyncio, os, resource
+from asyncdrive import Drive
+
+async def main():
+    os.mkdir("src")
+    for i in range(300):
+        with open(f"src/f{{i:03}}", "wb") as f:
+            f.write(b"x" * 100)
+    async with Drive("{drive_id}") as drive:
+        await drive.list(".")
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+        await drive.put("src", to="folder")
+        print(len(await drive.list("folder")))
+
+asyncio.run(main())
+"""
+
+
+def test_a_folder_put_keeps_within_the_open_file_limit(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """8 batches of 32 files at once kept ~220 descriptors open: EMFILE midway under
+    ``ulimit -n 128``, part of the folder stored. The batches at once follow the limit."""
+    code = FOLDER_PUT_UNDER_A_LOW_FD_LIMIT.format(drive_id=drive_id)
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env)
+    assert done.stdout.split() == ["300"]
