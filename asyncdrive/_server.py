@@ -182,12 +182,20 @@ def _start(folder: Path) -> str:
             f"The embedded server {binary} failed to start in {folder} "
             f"(exit {launched.returncode}): {launched.stderr.decode(errors='replace').strip()}"
         )
-    deadline = time.monotonic() + _START_TIMEOUT
+    started = time.monotonic()
     while not _ping(url):
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        # Died while starting (its disk full, say): said at once, not after the timeout.
+        gone = waited > 0.5 and not _running_at(url)
+        if gone or waited > _START_TIMEOUT:
+            what = "stopped while starting" if gone else (
+                f"did not answer within {_START_TIMEOUT:.0f} s")  # fmt: skip
+            full = ""
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(folder).free < 1 << 20:
+                    full = " The disk is full there: free space on it, then retry."
             raise DriveUnavailableError(
-                f"The embedded server in {folder} did not answer within {_START_TIMEOUT:.0f} s; "
-                f"see {folder / 'server.log'}."
+                f"The embedded server in {folder} {what}; see {folder / 'server.log'}.{full}"
             )
         time.sleep(0.005)
     pid = int(pidfile.read_text().strip()) if pidfile.exists() else 0
@@ -230,6 +238,20 @@ def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
                 "or stop it ('asyncdrive server stop', else kill it), then retry."
             )
         time.sleep(0.05)
+    return False
+
+
+def _running_at(url: str) -> bool:
+    """Return whether a process listening at ``url`` runs (by its title; True without /proc)."""
+    address = url.removeprefix("unix://").removeprefix("redis://")
+    try:
+        processes = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return True
+    for pid in processes:
+        with contextlib.suppress(OSError):
+            if address in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                return _alive(int(pid))
     return False
 
 

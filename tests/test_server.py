@@ -196,3 +196,20 @@ def test_a_full_server_says_maxclients_at_once(tmp_path: Path, drive_id: str) ->
     finally:
         asyncdrive.stop_server(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_server_dying_as_it_starts_is_said_so_at_once(tmp_path: Path, drive_id: str) -> None:
+    """It daemonizes, then exits (here: its append-only folder cannot be made; a full disk
+    does the same): said at once, not waited for 15 s as one that does not answer."""
+    root = Path("/tmp") / tmp_path.name
+    (root / "server").mkdir(parents=True)
+    (root / "server" / "appendonlydir").write_bytes(b"in the way")
+    try:
+        with (
+            SyncDrive(drive_id, root=root) as drive,
+            pytest.raises(asyncdrive.DriveUnavailableError, match="stopped while starting"),
+        ):
+            drive.list(".")
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
