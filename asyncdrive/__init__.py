@@ -1,8 +1,9 @@
 """asyncdrive: share files between Python processes through a shared disk and Redis.
 
-Example:
+Example (in ``python -m asyncio``, or inside a coroutine):
     >>> from asyncdrive import Drive
     >>> async with Drive("lit://drive_1") as drive:
+    ...     _ = Path("a.txt").write_text("Hello World !")
     ...     await drive.put("a.txt")
     ...     await drive.list(".")
     ['a.txt']

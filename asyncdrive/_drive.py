@@ -475,7 +475,7 @@ class Drive:
 
     Example:
         >>> async with Drive("lit://drive_1") as drive:
-        ...     Path("a.txt").write_text("Hello World !")
+        ...     _ = Path("a.txt").write_text("Hello World !")
         ...     await drive.put("a.txt")
         ...     await drive.list(".")
         ['a.txt']
@@ -1011,6 +1011,7 @@ class Drive:
 
         Example:
             >>> Path("a.txt").write_text("Hello World !")
+            13
             >>> await drive.put("a.txt")
             >>> await drive.put("a.txt", if_version=1)  # only if nobody replaced version 1
             >>> await drive.put("/data/run-7/model.pt", to="ckpt/7.pt")
@@ -1323,7 +1324,8 @@ class Drive:
             >>> info = await drive.write_bytes("b.bin", b"...")
             >>> info.size
             3
-            >>> await drive.write_bytes("b.bin", b"new", if_version=info.version)
+            >>> (await drive.write_bytes("b.bin", b"new", if_version=info.version)).version
+            2
 
         """
         drive_path = self._path(path, file=True, new=True)
@@ -2582,10 +2584,10 @@ class Drive:
 
         Example:
             >>> async with drive.open("big.bin") as f:
-            ...     await f.seek(1 << 20)
+            ...     position = await f.seek(1 << 20)
             ...     chunk = await f.read(4096)
             >>> async with drive.open("out/log.txt", "wb") as f:
-            ...     await f.write(b"results")
+            ...     written = await f.write(b"results")
             >>> f.info.version
             1
 

@@ -14,9 +14,11 @@ import atexit
 import builtins
 import contextlib
 import functools
+import inspect
 import io
 import itertools
 import os
+import re
 import signal
 import socket
 import sys
@@ -51,6 +53,40 @@ _keys = itertools.count()
 _SIGINT = signal.SIGINT.value
 _set_handler: Callable[[int, Any], Any] = _signal.signal
 _get_handler: Callable[[int], Any] = _signal.getsignal
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+#: ``(await drive.info("a"))`` in an example: the call alone once blocking.
+_AWAITED_IN_PARENS = re.compile(r"\(await ([\w.]+\([^()]*\))\)")
+
+
+def _blocking_doc(doc: str) -> str:
+    """Return a `Drive` coroutine's docstring as its blocking `SyncDrive` method's.
+
+    One text for both faces: the examples drop ``await`` (and ``async with``/``async for``
+    become ``with``/``for``), and what runs "in this event loop's thread" runs in the
+    calling thread.
+    """
+    lines = []
+    for line in inspect.cleandoc(doc).splitlines():
+        if line.lstrip().startswith((">>>", "...")):
+            line = _AWAITED_IN_PARENS.sub(r"\1", line)
+            line = line.replace("async with ", "with ").replace("async for ", "for ")
+            line = line.replace("await ", "")
+        lines.append(line)
+    text = "\n".join(lines).replace("in this event loop's\n", "in the calling\n")
+    text = text.replace("in this event loop's thread", "in the calling thread")
+    return text + "\n"
+
+
+def _documented_by(coroutine: Callable[..., Any]) -> Callable[[_F], _F]:
+    """Give a `SyncDrive` method the docstring of the `Drive` coroutine it runs."""
+
+    def document(method: _F) -> _F:
+        method.__doc__ = _blocking_doc(coroutine.__doc__ or "")
+        return method
+
+    return document
 
 
 class _CallerLoop:
@@ -518,6 +554,7 @@ class SyncDrive:
 
     # -- operations: see Drive for the documentation of each ---------------------------------
 
+    @_documented_by(Drive.put)
     def put(
         self,
         path: StrPath,
@@ -538,6 +575,7 @@ class SyncDrive:
             ),
         )
 
+    @_documented_by(Drive.write_bytes)
     def write_bytes(
         self,
         path: StrPath,
@@ -552,10 +590,12 @@ class SyncDrive:
             lambda d: d.write_bytes(path, data, if_version=if_version, exist_ok=exist_ok),
         )
 
+    @_documented_by(Drive.delete)
     def delete(self, path: StrPath, *, recursive: bool = False) -> None:
         """Remove this component's copy of a file or folder (see `Drive.delete`)."""
         return self._run("delete", lambda d: d.delete(path, recursive=recursive))
 
+    @_documented_by(Drive.list)
     def list(
         self, path: StrPath = ".", *, component_name: str | None = None, recursive: bool = False
     ) -> list[str]:
@@ -564,6 +604,7 @@ class SyncDrive:
             "list", lambda d: d.list(path, component_name=component_name, recursive=recursive)
         )
 
+    @_documented_by(Drive.list_info)
     def list_info(
         self, path: StrPath = ".", *, component_name: str | None = None, recursive: bool = False
     ) -> builtins.list[FileInfo | FolderInfo]:
@@ -573,18 +614,22 @@ class SyncDrive:
             lambda d: d.list_info(path, component_name=component_name, recursive=recursive),
         )
 
+    @_documented_by(Drive.exists)
     def exists(self, path: StrPath, *, component_name: str | None = None) -> bool:
         """Tell whether a file or folder exists (see `Drive.exists`)."""
         return self._run("exists", lambda d: d.exists(path, component_name=component_name))
 
+    @_documented_by(Drive.info)
     def info(self, path: StrPath, *, component_name: str | None = None) -> FileInfo:
         """Return a file's `FileInfo` (see `Drive.info`)."""
         return self._run("info", lambda d: d.info(path, component_name=component_name))
 
+    @_documented_by(Drive.read_bytes)
     def read_bytes(self, path: StrPath, *, component_name: str | None = None) -> bytes:
         """Return a file's content (see `Drive.read_bytes`)."""
         return self._run("read_bytes", lambda d: d.read_bytes(path, component_name=component_name))
 
+    @_documented_by(Drive.get)
     def get(
         self,
         path: StrPath,
@@ -607,10 +652,12 @@ class SyncDrive:
             ),
         )  # fmt: skip
 
+    @_documented_by(Drive.rebuild_index)
     def rebuild_index(self, *, verify: bool = False) -> int:
         """Rebuild the index from the disk (see `Drive.rebuild_index`)."""
         return self._run("rebuild_index", lambda d: d.rebuild_index(verify=verify))
 
+    @_documented_by(Drive.gc)
     def gc(self, *, grace: float = 3600.0) -> GcReport:
         """Clean up after writers that died (see `Drive.gc`)."""
         return self._run("gc", lambda d: d.gc(grace=grace))
@@ -654,10 +701,10 @@ class SyncDrive:
 
         Example:
             >>> with drive.open("big.bin") as f:
-            ...     f.seek(1 << 20)
+            ...     position = f.seek(1 << 20)
             ...     chunk = f.read(4096)
             >>> with drive.open("out/result.bin", "wb") as f:  # committed on close
-            ...     f.write(b"results")
+            ...     written = f.write(b"results")
 
         """
         opening = self._drive.open(
@@ -931,7 +978,7 @@ class SyncDriveWriter(_SyncFile[DriveWriter]):
 
     Example:
         >>> with drive.open("out/result.bin", "wb") as f:
-        ...     f.write(b"results")
+        ...     written = f.write(b"results")
         >>> f.info.size
         7
 

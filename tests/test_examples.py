@@ -207,3 +207,19 @@ def test_watch_new_files(example_env: dict[str, str], tmp_path: Path) -> None:
         assert evaluated == [f"ckpt/{i}.pt" for i in range(6)], run
         assert all(" evaluated by evaluator-" in line for line in lines_list[6:12])
         assert lines_list[12:] == ["every checkpoint evaluated exactly once: True"], run
+
+
+def test_the_readmes_first_example_runs_as_shown(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Pasted into a file and run: it prints what its comment says, and leaves ./a.txt."""
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "first.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "first.py"],
+        cwd=tmp_path, env=example_env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert proc.stdout == "['a.txt']\n"
+    assert (tmp_path / "a.txt").read_text() == "Hello World !"

@@ -1222,3 +1222,18 @@ def test_an_interrupt_anywhere_in_a_loop_thread_call_leaves_the_drive_usable(
     """
     done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=120)
     assert done.stdout.strip() == "done", done.stderr
+
+
+def test_blocking_methods_have_drives_docs_read_as_blocking() -> None:
+    """help(SyncDrive.put) was one line pointing to an async docstring."""
+    for name in ("put", "write_bytes", "delete", "list", "list_info", "exists", "info",
+                 "read_bytes", "get", "rebuild_index", "gc"):  # fmt: skip
+        blocking = getattr(SyncDrive, name).__doc__
+        awaited = getattr(Drive, name).__doc__
+        assert blocking and awaited and "drive." in blocking.split(">>> ", 1)[1], name
+        assert "await" not in blocking and "async " not in blocking, (name, blocking)
+        assert "event loop's thread" not in blocking, name
+        for section in ("Args:", "Raises:", "Returns:"):
+            assert (section in blocking) == (section in awaited), (name, section)
+    assert 'drive.info("a.txt").checksum[:8]' in str(SyncDrive.info.__doc__)
+    assert "progress(done, total)`` in bytes, in the calling\n" in str(SyncDrive.put.__doc__)
