@@ -93,13 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         help="who writes, and whose copy to read where several own a path (default: "
         "$ASYNCDRIVE_COMPONENT)",
     )
-    files.add_argument(
-        "--allow-duplicates",
-        action="store_true",
-        help="keep this component's own copy of a path another component owns",
-    )
-    files.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    ls = commands.add_parser("ls", parents=[files], help="list a folder of a drive")
+    json_output = argparse.ArgumentParser(add_help=False)
+    json_output.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    ls = commands.add_parser("ls", parents=[files, json_output], help="list a folder of a drive")
     ls.add_argument("target", metavar="lit://DRIVE[/PATH]")
     ls.add_argument("-r", "--recursive", action="store_true", help="every file below")
     ls.add_argument(
@@ -107,16 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     put = commands.add_parser(
         "put",
-        parents=[files],
+        parents=[files, json_output],
         help="copy local files or folders into a drive",
         description="Copy LOCAL files or folders to a drive path. As with cp, a destination "
         "ending in '/' (or several LOCALs) is a folder they go into.",
+    )
+    put.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="keep this component's own copy of a path another component owns",
     )
     put.add_argument("local", nargs="+", metavar="LOCAL")
     put.add_argument("target", metavar="lit://DRIVE/PATH")
     get = commands.add_parser(
         "get",
-        parents=[files],
+        parents=[files, json_output],
         help="copy a file or folder out of a drive",
         description="Copy a drive file or folder to LOCAL (default: its base name in the "
         "current directory). A LOCAL ending in '/' or naming a folder receives it inside.",
@@ -130,9 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     rm = commands.add_parser("rm", parents=[files], help="delete this component's copy")
     rm.add_argument("target", metavar="lit://DRIVE/PATH")
     rm.add_argument("-r", "--recursive", action="store_true", help="a whole folder")
-    info = commands.add_parser("info", parents=[files], help="show a file's size, version...")
+    info = commands.add_parser(
+        "info", parents=[files, json_output], help="show a file's size, version..."
+    )
     info.add_argument("target", metavar="lit://DRIVE/PATH")
-    watch = commands.add_parser("watch", parents=[files], help="print changes as they happen")
+    watch = commands.add_parser(
+        "watch", parents=[files, json_output], help="print changes as they happen"
+    )
     watch.add_argument("target", metavar="lit://DRIVE[/PATH]")
     watch.add_argument("--since", help="resume after this event id ('0': all retained)")
     watch.add_argument("--group", help="share the events with the other members of GROUP")
@@ -146,8 +151,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _drive_ids(args: argparse.Namespace) -> list[str]:
-    if args.all == bool(args.drive):
+    if args.all and args.drive:
         raise _UsageError("name one drive (lit://<name>) or pass --all, not both.")
+    if not args.all and not args.drive:
+        raise _UsageError("name a drive (lit://<name>), or pass --all for every drive.")
     if args.drive:
         return [args.drive]
     base = resolve_root(args.root) / "drives"
@@ -189,7 +196,7 @@ def _open(args: argparse.Namespace) -> tuple[SyncDrive, str]:
         root=args.root and Path(args.root),
         redis_url=args.redis_url,
         component_name=args.component,
-        allow_duplicates=args.allow_duplicates,
+        allow_duplicates=getattr(args, "allow_duplicates", False),  # (put's)
     )
     return drive, path
 
@@ -224,7 +231,11 @@ def _long_listing(infos: list[FileInfo | FolderInfo]) -> str:
 
 
 def _print(args: argparse.Namespace, value: object, text: str) -> None:
-    print(json.dumps(value) if args.json else text)
+    """Print ``value`` as JSON with ``--json``, else ``text`` (nothing for no text)."""
+    if args.json:
+        print(json.dumps(value))
+    elif text:
+        print(text)
 
 
 def _bar(
@@ -234,7 +245,7 @@ def _bar(
 
     ``describe()`` gives its label and total (None: unknown), only if it is shown.
     """
-    if args.json or not sys.stderr.isatty():
+    if getattr(args, "json", False) or not sys.stderr.isatty():
         return None
     from . import _bar as bar_module  # rich is only imported where a bar is shown
 

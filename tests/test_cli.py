@@ -84,6 +84,11 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
         2,  # a usage error, as argparse's own
         "asyncdrive: error: name one drive (lit://<name>) or pass --all, not both.",
     )
+    neither = cli("gc")
+    assert (neither.returncode, neither.stderr.strip()) == (
+        2,
+        "asyncdrive: error: name a drive (lit://<name>), or pass --all for every drive.",
+    )
     bad = cli("rebuild-index", "s3://nope")
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
@@ -231,3 +236,20 @@ def test_console_script_paths_groups_and_exit_statuses(
     assert waited.returncode == 7 and "late.txt" in waited.stderr
     down = cli("ls", "--redis-url", "redis://127.0.0.1:1/0", drive_id)
     assert down.returncode == 6 and len(down.stderr.splitlines()) == 1
+
+
+def test_empty_listings_print_nothing_and_flags_go_where_they_do_something(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    for args in (["ls", drive_id], ["ls", "-l", drive_id]):
+        listed = cli(*args)
+        assert (listed.returncode, listed.stdout) == (0, ""), args  # was one empty line
+    assert cli("ls", "--json", drive_id).stdout == "[]\n"
+    for command in ("cat", "rm"):  # --json did nothing there: refused as unknown
+        flagged = cli(command, "--json", f"{drive_id}/a.txt")
+        assert flagged.returncode == 2 and "--json" in flagged.stderr, command
+    for command in ("ls", "cat", "info", "rm", "watch"):  # they never put
+        flagged = cli(command, "--allow-duplicates", f"{drive_id}/a.txt")
+        assert flagged.returncode == 2 and "--allow-duplicates" in flagged.stderr, command
+    Path("a.txt").write_text("a")
+    assert cli("put", "--allow-duplicates", "--json", "a.txt", f"{drive_id}/").returncode == 0
