@@ -802,7 +802,10 @@ class SyncWatch(_Mirror):
 
     @property
     def cursor(self) -> str:
-        """The id of the last event handed out, for ``watch(since=...)``."""
+        """The id to resume after (``watch(since=cursor)``): see `Watch.cursor`.
+
+        A blocking watch looks at the log when it is made: never ``""``.
+        """
         return self._watch.cursor
 
     @property

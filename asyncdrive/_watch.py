@@ -114,7 +114,12 @@ class Watch:
 
     @property
     def cursor(self) -> str:
-        """The id of the last event handed out (or the ``since`` given), for resuming."""
+        """The id to resume after (``watch(since=cursor)``): the last event handed out.
+
+        Before the first: the ``since`` given; else ``""`` until the watch has looked at the
+        log (its first `next`, or `pin_start`), then the newest event it found there
+        (``"0-0"``: none yet).
+        """
         return self._cursor
 
     @property
