@@ -33,9 +33,29 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
-#: ``progress(done, total)``: bytes copied so far, and in all (see the module's docstring).
-ProgressCallback = Callable[[int, int], object]
+
+class ProgressCallback(Protocol):
+    """What ``put(..., progress=)`` and ``get(..., progress=)`` call: any such function.
+
+    Called as ``progress(done, total)``, in bytes: ``(0, total)`` first, ``(total, total)``
+    last; an exception it raises stops the transfer and is raised by it.
+
+    Example:
+        >>> def show(done: int, total: int) -> None:
+        ...     print(f"{done}/{total} bytes")
+        >>> await drive.put("model.pt", progress=show)
+        0/73400320 bytes
+        ...
+        73400320/73400320 bytes
+
+    """
+
+    def __call__(self, done: int, total: int, /) -> object:
+        """Report ``done`` of ``total`` bytes copied."""
+
+
 #: What the copies call with each count of bytes they copy, in any thread.
 OnCopied = Callable[[int], None]
 

@@ -609,3 +609,18 @@ def test_bar_on_a_terminal(
         assert drive.info("big.bin").size == BIG * MiB
         assert drive.read_bytes("small.txt") == b"small"
     assert not list(Path(env["ASYNCDRIVE_ROOT"], "drives").glob(f"*/.tmp/{TMP_PREFIX}*"))
+
+
+def test_the_callback_type_documents_itself() -> None:
+    """A plain alias of Callable: help(asyncdrive.ProgressCallback) showed typing's help."""
+    from asyncdrive import ProgressCallback
+
+    assert "progress(done, total)" in (ProgressCallback.__doc__ or "")
+    seen: list[tuple[int, int]] = []
+
+    def record(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    callback: ProgressCallback = record  # any function of (done, total) is one
+    callback(0, 3)
+    assert seen == [(0, 3)]
