@@ -968,18 +968,31 @@ class Drive:
         if file and _paths.names_folder(path):
             raise _paths.not_a_file(self.name, path)
         norm = _paths.normalize(path, drive=self.name, allow_root=allow_root, new=new)
-        if new and len(norm) * 4 > _LONG_PATH:  # (most paths are far too short to matter)
-            config = self._resolved()
-            length = disk_path_bytes(config.root, self.name, config.component_name, norm)
-            if length >= PATH_MAX:
-                room = PATH_MAX - 1 - (length - len(norm.encode()))
-                raise InvalidPathError(
-                    f"Drive {self.name!r}: {shorten(norm)!r} is too long to store under "
-                    f"{shorten(str(config.root))!r}: its files' paths on the disk would "
-                    f"reach {length} bytes, past the system's {PATH_MAX - 1}; use a path of "
-                    f"at most {max(room, 0)} bytes there, or a shorter root."
-                )
+        if new:
+            self._check_fits_on_disk(norm)
         return norm
+
+    def _check_fits_on_disk(self, norm: str) -> None:
+        """Raise `InvalidPathError` if a new file at ``norm`` would be past PATH_MAX on disk.
+
+        Its paths there (its metadata's backup's, the longest) hold the root, the drive's
+        and the component's names: under a long root, a path within the drive's limit
+        could be stored, then neither replaced nor cleaned up after.
+        """
+        if len(norm) * 4 <= _LONG_PATH:  # (most paths are far too short to matter)
+            return
+        config = self._resolved()
+        length = disk_path_bytes(config.root, self.name, config.component_name, norm)
+        if length >= PATH_MAX:
+            room = PATH_MAX - 1 - (length - len(norm.encode()))
+            error = InvalidPathError(
+                f"Drive {self.name!r}: {shorten(norm)!r} is too long to store under "
+                f"{shorten(str(config.root))!r}: its files' paths on the disk would reach "
+                f"{length} bytes, past the system's {PATH_MAX - 1}; use a path of at most "
+                f"{max(room, 0)} bytes there, or a shorter root."
+            )
+            error.reason = f"too long to store under the drive's root (at most {room} bytes)."
+            raise error
 
     def _file_not_folder(self, path: StrPath, drive_path: str) -> DriveNotADirectoryError:
         return DriveNotADirectoryError(
@@ -1152,7 +1165,8 @@ class Drive:
     def _check_name_in_folder(self, local: Path, drive_path: str, rel: str) -> None:
         """Raise `InvalidPathError` if a folder put's file ``rel`` is no drive path."""
         try:
-            _paths.normalize(_paths.join(drive_path, rel), drive=self.name, new=True)
+            norm = _paths.normalize(_paths.join(drive_path, rel), drive=self.name, new=True)
+            self._check_fits_on_disk(norm)
         except InvalidPathError as exc:
             error = InvalidPathError(
                 f"Drive {self.name!r}: cannot put the folder {str(local)!r}: its file {rel!r} "
@@ -2393,6 +2407,7 @@ class Drive:
                 kind = await conn.index.kind(path, component)
         finally:
             room.leave(waiter)
+            await room.ended()
 
     # -- maintenance -------------------------------------------------------------------------
 

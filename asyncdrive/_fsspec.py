@@ -283,6 +283,21 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             drive._read_first = self._read_component
         return drive
 
+    async def _has_files(self, name: str) -> bool:
+        """Tell whether drive ``name`` lists any file, without keeping a drive for it.
+
+        A drive used already answers; another is asked by a drive made for the question
+        and closed after it (probes of many names would keep a connection each).
+        """
+        used = self._drives.get(name)
+        if used is not None:
+            return bool(await used.list("."))
+        probe = Drive(f"lit://{name}", **self._drive_args)
+        try:
+            return bool(await probe.list("."))
+        finally:
+            await probe.aclose()
+
     async def aclose(self) -> None:
         """Close the drives' connections (done by itself at garbage collection and exit)."""
         drives = list(self._drives.values())
@@ -339,11 +354,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             return _dir_entry("")
         if not rest:
             names = await anyio.to_thread.run_sync(self._drive_names)
-            if name in names or await self.drive(name).list("."):
+            if name in names or await self._has_files(name):
                 return _dir_entry(name)
-            missing = self._drives.pop(name, None)  # not kept connected: probes add up
-            if missing is not None:
-                await missing.aclose()
             raise DriveFileNotFoundError(
                 f"Drive {name!r}: no such drive under {str(self._root())!r}; check the name, "
                 "or the root (storage_options root=, or $ASYNCDRIVE_ROOT)."

@@ -17,8 +17,9 @@ RESERVED_PREFIX = ".asyncdrive"
 #: Longest name of one path segment, in UTF-8 bytes; leaves room for the sidecar prefix.
 MAX_SEGMENT_BYTES = 200
 MAX_PATH_BYTES = 4000
-#: The most folders a path may have above its file: ~1000 would take Python's recursive
-#: folder walks (os.walk, of gc and folder puts) past its recursion limit.
+#: The most folders a new path may have above its file: ~1000 would take Python's recursive
+#: folder walks (os.walk, of gc and folder puts) past its recursion limit. (Paths made
+#: before the limit are read, and deleted, still.)
 MAX_DEPTH = 255
 
 #: NUL, the C0 control characters and DEL: never in a name.
@@ -78,7 +79,7 @@ def normalize(
     # A character is at most 4 bytes of UTF-8: most paths are checked without encoding.
     if len(norm) * 4 > MAX_PATH_BYTES and len(norm.encode()) > MAX_PATH_BYTES:
         raise _invalid(drive, raw, f"longer than {MAX_PATH_BYTES} bytes.")
-    if len(norm) > 2 * MAX_DEPTH and norm.count("/") > MAX_DEPTH:
+    if new and len(norm) > 2 * MAX_DEPTH and norm.count("/") > MAX_DEPTH:
         raise _invalid(drive, raw, f"it has more than {MAX_DEPTH} folders above its file.")
     if RESERVED_PREFIX in norm or len(norm) * 4 > MAX_SEGMENT_BYTES:
         for segment in norm.split("/"):

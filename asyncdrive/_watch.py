@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -29,7 +30,7 @@ from . import _portal
 from ._client import CLUSTER_MOVING, CLUSTER_PASSING, CONNECTION_LOST
 from ._config import check_seconds
 from ._events import Change, DriveEvent, parse_id
-from ._exceptions import CursorExpiredError, DriveClosedError, InvalidConfigError
+from ._exceptions import CursorExpiredError, DriveClosedError, DriveError, InvalidConfigError
 from ._tasks import to_its_end
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class Watch:
         self._joined = False  # a group member that has read (and so may leave the group)
         self._done = False
         self._failing_since: float | None = None
+        #: What its last read failed on, while it is failing (`_failing_since`).
+        self._last_failure: BaseException | None = None
         #: One `next` at a time: two tasks (or threads) sharing a watch get each event once.
         self._next_lock = anyio.Lock()
         self._pid = os.getpid()
@@ -231,6 +234,7 @@ class Watch:
         if self._drive._closed:  # aclose() cut the connection: no reconnecting
             raise self._drive._closed_error("watch") from exc
         now = time.monotonic()
+        self._last_failure = exc
         if self._failing_since is None:
             self._failing_since = now
             logger.warning("watch of %s lost its connection (%s); retrying", self._drive.id, exc)
@@ -434,10 +438,6 @@ class Watch:
         await self.aclose()
 
 
-#: How long the waiting room's watch blocks per read before it looks whether anyone waits.
-_ROOM_POLL = 1.0
-
-
 @dataclasses.dataclass(eq=False)
 class Waiter:
     """One call waiting in a `WaitingRoom` for ``path`` to be put (by ``component``, if set)."""
@@ -458,9 +458,11 @@ class WaitingRoom:
     the whole drive wakes the waiters each event concerns instead (the path itself, or a
     path below it: a folder appears with its first file), for as long as any wait.
 
-    A waiter joins before it looks at the index: every event committed after its look is
-    read after it joined (the watch, once started, reads on from its cursor), so none is
-    missed. Lost events (the log trimmed past the watch) wake everyone to look again.
+    A waiter joins before it looks at the index: the room's watch, made then if there is
+    none, starts from that moment (or earlier), so no event committed after the look is
+    missed. It is read from the first wait on, and dropped when the last waiter leaves. It
+    rides out outages as any watch does (`RECONNECT_TIMEOUT`); lost events (the log
+    trimmed past it) wake everyone to look again.
 
     Example:
         >>> waiter = room.join("ckpt/3.pt", None)
@@ -477,39 +479,68 @@ class WaitingRoom:
         self._conn = conn
         self._waiting: dict[str, set[Waiter]] = {}
         self._watch: Watch | None = None
-        self._started = 0
+        self._reader: asyncio.Task[None] | None = None
+        #: The reader the last waiter's leaving cancelled, until `ended`.
+        self._ending: asyncio.Task[None] | None = None
+        self._readers_started = 0
 
     def __repr__(self) -> str:
         count = sum(len(waiters) for waiters in self._waiting.values())
         return f"<WaitingRoom lit://{self._drive.name} {count} waiting>"
 
     def join(self, path: str, component: str | None) -> Waiter:
-        """Register a waiter for ``path``; start the room's watch if none runs."""
+        """Register a waiter for ``path`` (before it looks at the index)."""
         waiter = Waiter(path, component)
         self._waiting.setdefault(path, set()).add(waiter)
         if self._watch is None:
             self._watch = self._drive.watch(".")  # its start is fixed now: before the look
-            self._started += 1
-            self._conn.start_chore(f"waiting-room-{self._started}", self._read(self._watch))
         return waiter
 
     def leave(self, waiter: Waiter) -> None:
-        """Unregister ``waiter`` (the room's watch ends once no one waits)."""
+        """Unregister ``waiter``; the last to leave ends the room's watch."""
         waiters = self._waiting.get(waiter.path)
         if waiters is not None:
             waiters.discard(waiter)
             if not waiters:
                 del self._waiting[waiter.path]
+        if not self._waiting:  # (a watch never read holds nothing: dropped as it is)
+            reader, self._reader, self._watch = self._reader, None, None
+            if reader is not None:
+                reader.cancel()
+                self._ending = reader
+
+    async def ended(self) -> None:
+        """Wait for the watch the last waiter's leaving ended to let its connection go.
+
+        A blocking call's event loop runs only during its calls: unless waited for here,
+        the read would end at the thread's next call, its connection held meanwhile.
+        """
+        ending, self._ending = self._ending, None
+        if ending is not None and not ending.done():
+            await asyncio.wait([ending])
 
     async def wait(self, waiter: Waiter, timeout: float) -> bool:
         """Wait until an event concerns ``waiter``; False if none did within ``timeout`` s.
 
-        Raises what ended the room's watch, if it failed (the server out of reach, say).
+        Raises what ended the room's watch, if it failed (the server out of reach for
+        `RECONNECT_TIMEOUT`, say), and `DriveUnavailableError` if it could not read when
+        ``timeout`` passed (it cannot tell that nothing came).
         """
+        if self._watch is None:  # (its last one ended by itself, and no other could start)
+            self._watch = self._drive.watch(".")
+        watch = self._watch
+        if self._reader is None:
+            self._readers_started += 1
+            name = f"waiting-room-{self._readers_started}"
+            self._conn.start_chore(name, self._read(watch))
+            self._reader = self._conn.chores.get(name)
         try:
             async with asyncio.timeout(timeout):
                 await waiter.woken.wait()
         except TimeoutError:
+            failure = watch._last_failure if watch and watch._failing_since else None
+            if failure is not None:
+                raise self._drive._unavailable(failure) from failure
             return False
         waiter.woken.clear()
         if waiter.error is not None:
@@ -540,27 +571,37 @@ class WaitingRoom:
 
     async def _read(self, watch: Watch) -> None:
         try:
-            while self._waiting:
+            while True:
                 try:
-                    event = await watch.next(_ROOM_POLL)
+                    event = await watch.next()  # (no timeout: ends when cancelled)
                 except CursorExpiredError:  # events were lost: everyone looks again
                     await watch.aclose()
+                    if self._watch is not watch:
+                        return
                     watch = self._watch = self._drive.watch(".")
                     self._wake(None)
                     continue
-                if event is not None:
-                    self._wake(event)
+                if event is None:  # (closed)
+                    return
+                self._wake(event)
         except BaseException as exc:
-            # The waiters raise it (the connection closing: the drive's closing).
             cancelled = isinstance(exc, asyncio.CancelledError)
-            error = self._drive._closed_error("wait for a file") if cancelled else exc
-            for waiters in self._waiting.values():
-                for waiter in waiters:
-                    waiter.error = error
-            self._wake(None)
+            if self._watch is watch:  # still the room's: its waiters are told (else none wait)
+                self._watch = self._reader = None
+                # The connection closing (the drive's closing), or what the watch raised.
+                error = self._drive._closed_error("wait for a file") if cancelled else exc
+                for waiters in self._waiting.values():
+                    for waiter in waiters:
+                        waiter.error = error
+                self._wake(None)
             if cancelled or not isinstance(exc, Exception):
                 raise
         finally:
-            if self._watch is watch:
+            if self._watch is watch:  # ended by itself (its watch closed): all look again
                 self._watch = None
+                with contextlib.suppress(DriveError):  # (its drive closed: they hear of it)
+                    self._watch = self._drive.watch(".") if self._waiting else None
+                self._wake(None)
+            if self._reader is asyncio.current_task():
+                self._reader = None
             await to_its_end(watch.aclose())

@@ -966,7 +966,7 @@ async def test_delete_rules(make_drive: MakeDrive, drive_id: str) -> None:
 
 
 async def test_paths_too_long_for_the_disk_under_the_root_are_refused_up_front(
-    env: dict[str, str], tmp_path: Path, drive_id: str
+    env: dict[str, str], tmp_path: Path, workdir: Path, drive_id: str
 ) -> None:
     """A path within the drive's limit, under a long root, makes disk paths past the
     system's: its replacement committed, then failed to drop its backup ("nothing was
@@ -984,6 +984,13 @@ async def test_paths_too_long_for_the_disk_under_the_root_are_refused_up_front(
         report = await drive.gc(grace=0)
         assert report == type(report)()  # nothing left behind
         assert await drive.list(".", recursive=True) == [fits]
+        # A folder put's files too, before anything is stored.
+        inside = Path(longest[:-2])  # "f/" + this: 3999 bytes, too long on the disk
+        (workdir / "src" / inside.parent).mkdir(parents=True)
+        (workdir / "src" / inside).write_bytes(b"1")
+        with pytest.raises(InvalidPathError, match=r"cannot put the folder .*too long to st"):
+            await drive.put(workdir / "src", to="f")
+        assert not await drive.exists("f")
 
 
 async def test_file_folder_conflicts(make_drive: MakeDrive, drive_id: str) -> None:

@@ -599,6 +599,18 @@ def test_probing_drives_that_do_not_exist_keeps_nothing_open(fs: DriveFileSystem
     assert fs._drives == {}  # (each Drive kept would hold its connections)
 
 
+def test_a_folder_put_into_a_new_drive(fs: DriveFileSystem, name: str, workdir: Path) -> None:
+    """fsspec's put checks its target folders at once (makedirs): the probe of the new
+    drive closed the drive the others were using (DriveClosedError)."""
+    (workdir / "src" / "sub" / "deeper").mkdir(parents=True)
+    for rel in ("a.txt", "sub/b.txt", "sub/deeper/c.txt"):
+        (workdir / "src" / rel).write_text(rel)
+    fs.put(f"{workdir}/src/", f"lit://{name}", recursive=True)
+    assert fs.find(f"lit://{name}") == [
+        f"{name}/{rel}" for rel in ("a.txt", "sub/b.txt", "sub/deeper/c.txt")
+    ]
+
+
 def test_bad_urls(fs: DriveFileSystem) -> None:
     with pytest.raises(InvalidPathError, match="drive name"):
         fs.ls("lit://bad name/x")

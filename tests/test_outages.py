@@ -67,6 +67,29 @@ async def test_outage_fails_fast_then_recovers(
         assert await drive.list(".") == ["a.txt", "b.txt"]
 
 
+async def test_waiting_gets_ride_out_a_restart_of_the_server(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """As a watch does: the gets waiting for their files (one watch for them all) failed
+    on an outage of a few tenths of a second, whatever their timeouts."""
+    async with (
+        Drive(drive_id, **kwargs(server, tmp_path)) as reader,
+        Drive(drive_id, component_name="w", **kwargs(server, tmp_path)) as writer,
+    ):
+        await writer.write_bytes("warm", b"x")
+        gets = [asyncio.create_task(reader.get(f"in/{i}", timeout=60)) for i in range(3)]
+        while reader._conn is None or "3 waiting" not in repr(reader._conn.waiting_room):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # its watch reads (blocked on the server)
+        server.kill()
+        await asyncio.sleep(1.5)
+        server.start()
+        for i in range(3):
+            await writer.write_bytes(f"in/{i}", b"%d" % i)
+        await asyncio.wait_for(asyncio.gather(*gets), 30)
+        assert [(workdir / "in" / str(i)).read_bytes() for i in range(3)] == [b"0", b"1", b"2"]
+
+
 async def test_hung_server_times_out(
     server: ServerProcess,
     tmp_path: Path,

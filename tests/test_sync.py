@@ -7,6 +7,7 @@ drives, garbage-collected drives, and what a repr may show.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import gc
 import os
@@ -1237,3 +1238,35 @@ def test_blocking_methods_have_drives_docs_read_as_blocking() -> None:
             assert (section in blocking) == (section in awaited), (name, section)
     assert 'drive.info("a.txt").checksum[:8]' in str(SyncDrive.info.__doc__)
     assert "progress(done, total)`` in bytes, in the calling\n" in str(SyncDrive.put.__doc__)
+
+
+def test_a_get_that_waited_lets_its_watch_go_when_it_returns(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A blocking call's loop runs only during its calls: the watch of a get that waited
+    stayed reading, its connection held, until the thread's next call."""
+
+    def sockets() -> int:
+        return sum(
+            os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        )
+
+    def write_later(writer: SyncDrive) -> None:
+        time.sleep(0.3)
+        writer.write_bytes("late.txt", b"late")
+
+    with (
+        SyncDrive(drive_id) as reader,
+        SyncDrive(drive_id, component_name="w") as writer,
+        concurrent.futures.ThreadPoolExecutor(1) as writing,  # one thread: its connections
+    ):
+        writing.submit(writer.write_bytes, "warm", b"x").result()
+        assert reader.exists("warm")
+        idle = sockets()
+        written = writing.submit(write_later, writer)
+        reader.get("late.txt", timeout=30)  # waits for it
+        written.result()
+        assert Path("late.txt").read_bytes() == b"late"
+        assert sockets() == idle
