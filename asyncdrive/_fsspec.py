@@ -283,20 +283,29 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             drive._read_first = self._read_component
         return drive
 
-    async def _has_files(self, name: str) -> bool:
-        """Tell whether drive ``name`` lists any file, without keeping a drive for it.
+    @contextlib.asynccontextmanager
+    async def _drive_to_ask(self, name: str) -> AsyncIterator[Drive]:
+        """Lend the drive to ask about a path of drive ``name`` (`_info`'s probes).
 
-        A drive used already answers; another is asked by a drive made for the question
-        and closed after it (probes of many names would keep a connection each).
+        The one kept for it, where this root has its folder (it has files) or it is used
+        already; else, most likely a drive that does not exist, one made for the question
+        and closed after it: probes of many names would keep a connection each.
         """
-        used = self._drives.get(name)
-        if used is not None:
-            return bool(await used.list("."))
+        kept = self._drives.get(name)
+        if kept is None and await anyio.to_thread.run_sync(self._has_folder, name):
+            kept = self.drive(name)
+        if kept is not None:
+            yield kept
+            return
         probe = Drive(f"lit://{name}", **self._drive_args)
+        probe._read_first = self._read_component
         try:
-            return bool(await probe.list("."))
+            yield probe
         finally:
             await probe.aclose()
+
+    def _has_folder(self, name: str) -> bool:
+        return (self._root() / "drives" / name).is_dir()
 
     async def aclose(self) -> None:
         """Close the drives' connections (done by itself at garbage collection and exit)."""
@@ -354,19 +363,22 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             return _dir_entry("")
         if not rest:
             names = await anyio.to_thread.run_sync(self._drive_names)
-            if name in names or await self._has_files(name):
+            if name in names:
                 return _dir_entry(name)
+            async with self._drive_to_ask(name) as drive:
+                if await drive.list("."):
+                    return _dir_entry(name)
             raise DriveFileNotFoundError(
                 f"Drive {name!r}: no such drive under {str(self._root())!r}; check the name, "
                 "or the root (storage_options root=, or $ASYNCDRIVE_ROOT)."
             )
-        drive = self.drive(name)
-        try:
-            info = await drive.info(rest)
-        except DriveIsADirectoryError:
-            return _dir_entry(f"{name}/{rest}")
-        except AmbiguousPathError as several:  # a file all the same: the copy ls shows
-            info = await drive.info(rest, component_name=several.owners[0])
+        async with self._drive_to_ask(name) as drive:
+            try:
+                info = await drive.info(rest)
+            except DriveIsADirectoryError:
+                return _dir_entry(f"{name}/{rest}")
+            except AmbiguousPathError as several:  # a file all the same: the copy ls shows
+                info = await drive.info(rest, component_name=several.owners[0])
         return _file_entry(f"{name}/{rest}", info)
 
     @_fsspec_terms()
@@ -759,10 +771,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     async def _check_no_file_above(self, name: str, rest: str) -> None:
         """Raise `DriveNotADirectoryError` if a file stands for a folder above ``rest``."""
-        drive = self.drive(name)
         parents = _paths.parent_dirs(rest.rstrip("/"))[1:]
-        exist = await asyncio.gather(*(drive.exists(p) for p in parents))
-        are_folders = await asyncio.gather(*(drive.exists(f"{p}/") for p in parents))
+        async with self._drive_to_ask(name) as drive:
+            exist = await asyncio.gather(*(drive.exists(p) for p in parents))
+            are_folders = await asyncio.gather(*(drive.exists(f"{p}/") for p in parents))
         for parent, exists, is_folder in zip(parents, exist, are_folders, strict=True):
             if exists and not is_folder:
                 raise DriveNotADirectoryError(

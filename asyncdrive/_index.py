@@ -1002,6 +1002,13 @@ class Index:
 
     # -- whole-drive maintenance ----------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Make one round trip to the drive's server (raises if it does not answer)."""
+        if self.wire is None:
+            await self.client.ping()
+        else:
+            await self.wire.call("PING")
+
     async def is_indexed(self) -> bool:
         """Tell whether the drive has an index (its version counters exist once a file was put)."""
         if self.wire is None:

@@ -534,11 +534,14 @@ class WaitingRoom:
             name = f"waiting-room-{self._readers_started}"
             self._conn.start_chore(name, self._read(watch))
             self._reader = self._conn.chores.get(name)
+            if self._reader is not None:
+                self._reader.add_done_callback(self._reader_done)
         try:
             async with asyncio.timeout(timeout):
                 await waiter.woken.wait()
         except TimeoutError:
-            failure = watch._last_failure if watch and watch._failing_since else None
+            # Not "not put" where it could not look: the server out of reach, or hung.
+            failure = watch._last_failure if watch._failing_since else await self._unanswered()
             if failure is not None:
                 raise self._drive._unavailable(failure) from failure
             return False
@@ -550,6 +553,31 @@ class WaitingRoom:
                 raise waiter.error from None
             raise error from waiter.error
         return True
+
+    async def _unanswered(self) -> BaseException | None:
+        """Return why the server did not answer a round trip in time, if it did not.
+
+        The room's watch finds a hung server out only at the client's reply timeout
+        (10 s): a get timing out before that asks once more, briefly.
+        """
+        try:
+            with anyio.fail_after(_REPLY_MARGIN):
+                await self._conn.index.ping()
+        except TimeoutError:
+            return TimeoutError(f"no answer within {_REPLY_MARGIN:g} s")
+        except _RETRIED as exc:
+            return exc
+        return None
+
+    def _reader_done(self, reader: asyncio.Task[None]) -> None:
+        """Tell the waiters of a reader cancelled before it ran (its drive closed at once)."""
+        if reader.cancelled() and self._reader is reader:  # (else it told them, or none wait)
+            self._reader = self._watch = None
+            error = self._drive._closed_error("wait for a file")
+            for waiters in self._waiting.values():
+                for waiter in waiters:
+                    waiter.error = error
+            self._wake(None)
 
     def _wake(self, event: DriveEvent | None) -> None:
         """Wake the waiters ``event`` concerns; everyone if None."""

@@ -1079,15 +1079,20 @@ async def test_many_waiting_gets_and_misses_share_the_drives_connections(
         assert repr(room).endswith(" 0 waiting>")
 
 
+@pytest.mark.parametrize("when", ["reading", "reader not started yet"])
 async def test_waiting_gets_end_with_their_drive(
-    env: dict[str, str], workdir: Path, drive_id: str
+    env: dict[str, str], workdir: Path, drive_id: str, when: str
 ) -> None:
     drive = Drive(drive_id)
     await drive.write_bytes("warm", b"x")
     gets = [asyncio.create_task(drive.get(f"in/{i}", timeout=60)) for i in range(3)]
-    while drive._conn is None or "3 waiting" not in repr(drive._conn.waiting_room):
-        await asyncio.sleep(0.01)
+    if when == "reading":
+        while drive._conn is None or "3 waiting" not in repr(drive._conn.waiting_room):
+            await asyncio.sleep(0.01)
+    else:  # the room's reader made, not yet run: cancelled, it ran none of its code
+        while drive._conn is None or getattr(drive._conn.waiting_room, "_reader", None) is None:
+            await asyncio.sleep(0)
     await drive.aclose()
-    for get in gets:
+    for get in gets:  # (not each one's whole timeout, then DriveTimeoutError)
         with pytest.raises(DriveClosedError, match="before its wait for a file finished"):
             await asyncio.wait_for(get, 10)

@@ -596,6 +596,8 @@ f.write("never closed")
 
 def test_probing_drives_that_do_not_exist_keeps_nothing_open(fs: DriveFileSystem) -> None:
     assert not any(fs.exists(f"lit://nothing{i}") for i in range(5))
+    assert not any(fs.exists(f"lit://nothing{i}/a/b") for i in range(5))
+    fs.makedirs("lit://nothing/a/b", exist_ok=True)
     assert fs._drives == {}  # (each Drive kept would hold its connections)
 
 

@@ -90,6 +90,24 @@ async def test_waiting_gets_ride_out_a_restart_of_the_server(
         assert [(workdir / "in" / str(i)).read_bytes() for i in range(3)] == [b"0", b"1", b"2"]
 
 
+async def test_a_get_waiting_on_a_hung_server_says_it_is_unavailable(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """Its timeout passing while the server hangs: not "was not put" (it could not look)."""
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("warm", b"x")
+        getting = asyncio.create_task(drive.get("never", timeout=2))
+        while drive._conn is None or "1 waiting" not in repr(drive._conn.waiting_room):
+            await asyncio.sleep(0.01)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(DriveUnavailableError, match="no answer within"):
+                await asyncio.wait_for(getting, 20)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+
+
 async def test_hung_server_times_out(
     server: ServerProcess,
     tmp_path: Path,
