@@ -1,6 +1,7 @@
 """asyncdrive: share files between Python processes through a shared disk and Redis.
 
 Example (in ``python -m asyncio``, or inside a coroutine):
+    >>> from pathlib import Path
     >>> from asyncdrive import Drive
     >>> async with Drive("lit://drive_1") as drive:
     ...     _ = Path("a.txt").write_text("Hello World !")

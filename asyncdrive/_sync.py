@@ -552,7 +552,8 @@ class SyncDrive:
         with contextlib.suppress(RuntimeError):  # none started at interpreter exit: atexit's
             threading.Thread(target=self.close, name="asyncdrive-close", daemon=True).start()
 
-    # -- operations: see Drive for the documentation of each ---------------------------------
+    # -- operations: each has its Drive coroutine's docstring, read as blocking -------------
+    # (`_documented_by`: the one-line docstrings below are for readers of this file)
 
     @_documented_by(Drive.put)
     def put(
