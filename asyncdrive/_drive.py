@@ -117,6 +117,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 DriveT = TypeVar("DriveT", bound="Drive")
 
+#: How much longer than its timeout a get waiting for its file may take to look at the index.
+_LOOK_MARGIN = 1.0
 #: A path of more characters than this may be too long for the disk under its root: checked.
 _LONG_PATH = 2048
 #: How long a commit lock lives if its holder dies, and how long to wait for one.
@@ -2392,10 +2394,23 @@ class Drive:
             conn.waiting_room = WaitingRoom(self, conn)
         room = conn.waiting_room
         waiter = room.join(path, component)  # from now: nothing put after the look is missed
+
+        async def look(first: bool = False) -> str | None:
+            # Within the get's own timeout (and a second): a hung server holds a call up
+            # to the client's reply timeout (10 s) otherwise.
+            limit = max(0.0, deadline - time.monotonic()) + _LOOK_MARGIN
+            try:
+                with anyio.fail_after(limit):
+                    kind = await conn.index.kind(path, component)
+                    if kind is None and first:  # not waiting for a file the server forgot
+                        await self._check_not_lost(conn)
+                    return kind
+            except TimeoutError:
+                no_answer = TimeoutError(f"no answer within {limit:.3g} s")
+                raise self._unavailable(no_answer) from None
+
         try:
-            kind = await conn.index.kind(path, component)
-            if kind is None:
-                await self._check_not_lost(conn)  # not waiting for a file the server forgot
+            kind = await look(first=True)
             while kind is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not await room.wait(waiter, remaining):
@@ -2404,7 +2419,7 @@ class Drive:
                         f"Drive {self.name!r}: {path!r} was not put{who} within {timeout:g} "
                         "s; check that the writer is running, or wait longer."
                     )
-                kind = await conn.index.kind(path, component)
+                kind = await look()
         finally:
             room.leave(waiter)
             await room.ended()

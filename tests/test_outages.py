@@ -104,6 +104,10 @@ async def test_a_get_waiting_on_a_hung_server_says_it_is_unavailable(
         try:
             with pytest.raises(DriveUnavailableError, match="no answer within"):
                 await asyncio.wait_for(getting, 20)
+            # One started during the hang: its first look keeps to its timeout too (it
+            # waited the client's 10 s reply timeout).
+            with pytest.raises(DriveUnavailableError, match=r"no answer within 2 s"):
+                await drive.get("never", timeout=1)
         finally:
             server.proc.send_signal(signal.SIGCONT)
 
