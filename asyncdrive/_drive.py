@@ -3242,10 +3242,6 @@ def _unlink_if_there(path: Path) -> bool:
     return True
 
 
-def _raise(exc: OSError) -> None:
-    raise exc
-
-
 def _local_files(local: Path) -> list[tuple[str, int]] | None:
     """Return [("", size)] for a local file, or (relative path, size) of a folder's files.
 
@@ -3263,11 +3259,20 @@ def _local_files(local: Path) -> list[tuple[str, int]] | None:
     if not stat.S_ISDIR(st.st_mode):
         return None
     found: list[tuple[str, int]] = []
-    for dirpath, _dirnames, filenames in os.walk(local, onerror=_raise):
-        rel = Path(dirpath).relative_to(local).as_posix()
-        for name in filenames:
-            with contextlib.suppress(OSError):
-                st = (Path(dirpath) / name).stat()
+    folders = [""]  # (walked without recursion: os.walk's fails ~1000 folders down)
+    while folders:
+        rel = folders.pop()
+        with os.scandir(local / rel if rel else local) as entries:  # unreadable: raises
+            for entry in entries:
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    if entry.is_dir():  # a link to a folder is not walked, as by os.walk
+                        if not entry.is_symlink():
+                            folders.append(name)
+                        continue
+                    st = os.stat(entry.path)  # links to files are followed
+                except OSError:
+                    continue
                 if stat.S_ISREG(st.st_mode):
-                    found.append((name if rel == "." else f"{rel}/{name}", st.st_size))
+                    found.append((name, st.st_size))
     return sorted(found)

@@ -993,6 +993,30 @@ async def test_paths_too_long_for_the_disk_under_the_root_are_refused_up_front(
         assert not await drive.exists("f")
 
 
+async def test_a_local_folder_deeper_than_python_recursion_is_refused_by_name(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    """Its walk (os.walk, recursive) raised RecursionError ~1000 folders down."""
+    drive = make_drive(drive_id)
+    top = os.open(workdir, os.O_RDONLY)
+    fds = [top]
+    try:  # 1100 folders, made and later removed one below the other (no deep path names)
+        for _ in range(1100):
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+        with open(os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fds[-1]), "wb"):
+            pass
+        with pytest.raises(InvalidPathError, match="more than 255 folders above its file"):
+            await drive.put("d")
+        assert await drive.list(".") == []
+    finally:
+        os.unlink("f.txt", dir_fd=fds[-1])
+        while len(fds) > 1:
+            os.close(fds.pop())
+            os.rmdir("d", dir_fd=fds[-1])
+        os.close(top)
+
+
 async def test_file_folder_conflicts(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
     await drive.write_bytes("x", b"file")
