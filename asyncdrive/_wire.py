@@ -242,6 +242,14 @@ class Wire:
         elif loop is not self._loop:
             # As redis-py's connections: a stream opened in one event loop cannot be used,
             # nor even closed, in another (a drive belongs to the loop it first ran in).
+            if self._loop.is_closed():  # (asyncio.run() would have closed the drive's)
+                raise RuntimeError(
+                    "A drive's Redis connection was opened in an event loop that was then "
+                    "closed without shutting down its async generators, which closes the "
+                    "drive's connections with it: await drive.aclose() before closing that "
+                    "loop, call loop.shutdown_asyncgens() (as asyncio.run() does), or run "
+                    "it with asyncio.run()."
+                )
             raise RuntimeError(
                 "A drive's Redis connection is used in another event loop than the one it "
                 "was opened in (each asyncio.run() makes a new loop). Create the Drive in "

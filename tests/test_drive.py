@@ -48,7 +48,7 @@ from asyncdrive import _storage as storage
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
 from asyncdrive._storage import META_XATTR, DiskStore, Staged, _parse_meta_attribute
 
-from .conftest import MakeDrive, opens, quiet_syncfs, raw_redis, warnings_as_errors
+from .conftest import MakeDrive, opens, quiet_syncfs, raw_redis, run_python, warnings_as_errors
 
 HELLO = b"Hello World !"
 
@@ -1463,6 +1463,31 @@ def test_a_drive_outlives_its_event_loops(env: dict[str, str], drive_id: str) ->
     assert raised == [] and repr(drive).endswith("[closed]")
     with pytest.raises(asyncdrive.DriveClosedError):
         asyncio.run(drive.exists("a.txt"))
+
+
+LOOP_CLOSED_BY_HAND = """
+import asyncio
+from asyncdrive import Drive
+
+drive = Drive("{drive_id}")
+loop = asyncio.new_event_loop()
+loop.run_until_complete(drive.write_bytes("a.txt", b"1"))
+loop.close()  # without loop.shutdown_asyncgens(), which closes the drive's connections
+try:
+    asyncio.run(drive.exists("a.txt"))
+except RuntimeError as exc:
+    print(exc)
+"""
+
+
+def test_a_loop_closed_by_hand_is_named_as_such(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """Not "used in another event loop (each asyncio.run() makes a new loop)": says how."""
+    done = run_python(LOOP_CLOSED_BY_HAND.format(drive_id=drive_id), cwd=workdir, env=env)
+    said = done.stdout.strip()
+    assert "closed without shutting down its async generators" in said, done.stdout
+    assert "await drive.aclose() before closing that loop" in said
 
 
 async def test_conditional_writes(make_drive: MakeDrive, drive_id: str) -> None:
