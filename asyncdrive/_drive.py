@@ -108,6 +108,7 @@ from ._storage import (
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, WaitingRoom, Watch
+from ._wire import LOOP_CLOSED_BY_HAND
 
 __all__ = ["Drive"]
 
@@ -268,6 +269,8 @@ class _Connection:
     #: closes, closing the connection (see `close_with_loop`).
     closed: bool = field(default=False, init=False)
     loop_end: AsyncGenerator[None, None] | None = field(default=None, init=False)
+    #: The event loop it was opened in (see `close_with_loop`).
+    loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
     #: Work under way beside the calls, by name (see `start_chore`).
     chores: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
     #: The gets waiting for their files (``timeout=``), made on first need.
@@ -365,6 +368,7 @@ class _Connection:
         drive connect afresh in a later loop, where a connection of a closed loop could
         neither be used nor closed.
         """
+        self.loop = asyncio.get_running_loop()
         self.loop_end = _closes_with_its_loop(self, weakref.ref(drive))
         await anext(self.loop_end)
 
@@ -656,6 +660,8 @@ class Drive:
                     _loops_with_connections.add(asyncio.get_running_loop())
                     self._conn = conn
         conn = self._conn
+        if conn.loop is not None and conn.loop.is_closed():  # (on every kind of server)
+            raise RuntimeError(LOOP_CLOSED_BY_HAND)
         if conn.connected.kind == "sentinel":  # (beside the call: a sentinel may hang)
             now = time.monotonic()
             if now - conn.primary_checked_at >= PRIMARY_CHECK_INTERVAL:

@@ -50,6 +50,15 @@ from redis.exceptions import ConnectionError, NoScriptError, ReadOnlyError, Time
 _WRITE_BUFFER_LIMIT = 64 * 1024
 
 
+#: What a connection used after its event loop was closed by hand says.
+LOOP_CLOSED_BY_HAND = (
+    "A drive's Redis connection was opened in an event loop that was then closed without "
+    "shutting down its async generators, which closes the drive's connections with it: "
+    "await drive.aclose() before closing that loop, call loop.shutdown_asyncgens() (as "
+    "asyncio.run() does), or run it with asyncio.run()."
+)
+
+
 class Wire:
     """A drive's connection for commands answered at once, shared and pipelined."""
 
@@ -243,13 +252,7 @@ class Wire:
             # As redis-py's connections: a stream opened in one event loop cannot be used,
             # nor even closed, in another (a drive belongs to the loop it first ran in).
             if self._loop.is_closed():  # (asyncio.run() would have closed the drive's)
-                raise RuntimeError(
-                    "A drive's Redis connection was opened in an event loop that was then "
-                    "closed without shutting down its async generators, which closes the "
-                    "drive's connections with it: await drive.aclose() before closing that "
-                    "loop, call loop.shutdown_asyncgens() (as asyncio.run() does), or run "
-                    "it with asyncio.run()."
-                )
+                raise RuntimeError(LOOP_CLOSED_BY_HAND)
             raise RuntimeError(
                 "A drive's Redis connection is used in another event loop than the one it "
                 "was opened in (each asyncio.run() makes a new loop). Create the Drive in "
