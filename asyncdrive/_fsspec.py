@@ -875,6 +875,8 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         name, rest = fs._file(path)
         self._reader: DriveReader | None = None
         self._writer: DriveWriter | None = None
+        #: Whether the write was dropped (an exception in its block, or never closed).
+        self._dropped = False
         size = None
         if mode == "rb":
             drive = fs.drive(name)
@@ -949,11 +951,24 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             if self._reader is not None:
                 self._reader._let_go()
 
+    def write(self, data: Any) -> int:
+        """Write ``data`` (bytes-like); return how many bytes. Into a dropped write: nowhere.
+
+        A codec's file over this one (``compression=``) or fsspec's text layer, closed or
+        collected after the write was dropped, writes its last bytes here: they go nowhere
+        (they raised, and Python 3.13 reports errors of finalizers).
+        """
+        if self._dropped:
+            return memoryview(data).nbytes
+        written: int = super().write(data)
+        return written
+
     def __del__(self) -> None:
         # Never through the event loop: at interpreter exit it no longer runs. An unclosed
         # write is dropped, not committed: only close() commits.
         if not getattr(self, "closed", True):
             self.closed = True
+            self._dropped = True
             if self._writer is not None:
                 self._writer._let_go()
             if self._reader is not None:
@@ -966,7 +981,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         tb: TracebackType | None,
     ) -> None:
         if exc_type is not None and self.mode != "rb" and not getattr(self, "closed", True):
-            self.closed = True
+            self.closed = self._dropped = True
             self.discard()  # never commit half of what the block meant to write
             return
         self.close()
