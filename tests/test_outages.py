@@ -78,9 +78,10 @@ async def test_waiting_gets_ride_out_a_restart_of_the_server(
     ):
         await writer.write_bytes("warm", b"x")
         gets = [asyncio.create_task(reader.get(f"in/{i}", timeout=60)) for i in range(3)]
-        while reader._conn is None or "3 waiting" not in repr(reader._conn.waiting_room):
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # its watch reads (blocked on the server)
+        room = None
+        while room is None or room._watch is None or room._watch._reading is None:
+            await asyncio.sleep(0.01)  # until the room's watch reads (blocked on the server)
+            room = reader._conn.waiting_room if reader._conn else None
         server.kill()
         await asyncio.sleep(1.5)
         server.start()

@@ -1254,7 +1254,9 @@ def test_a_get_that_waited_lets_its_watch_go_when_it_returns(
         )
 
     def write_later(writer: SyncDrive) -> None:
-        time.sleep(0.3)
+        (caller,) = reader._caller_loops  # the main thread's loop and drive
+        while "1 waiting" not in repr(caller.drive._conn and caller.drive._conn.waiting_room):
+            time.sleep(0.01)  # until the get waits
         writer.write_bytes("late.txt", b"late")
 
     with (
