@@ -558,12 +558,17 @@ async def _dropped(staged: Staged) -> None:
     await anyio.to_thread.run_sync(discard_upload, staged)
 
 
-class Opening(Generic[FileT]):
+class Opening(Coroutine[Any, Any, FileT], Generic[FileT]):
     """What `Drive.open` returns: await it, or use it as an async context manager.
+
+    It is a coroutine too, so it can be handed to whatever takes one, as the call of an
+    ``async def`` would be: ``asyncio.create_task(drive.open(path))``, a `TaskGroup`'s
+    ``create_task``, ``asyncio.run``.
 
     Example:
         >>> f = await drive.open("a.txt")
         >>> async with drive.open("a.txt") as f: ...
+        >>> task = asyncio.create_task(drive.open("a.txt"))
 
     """
 
@@ -571,6 +576,7 @@ class Opening(Generic[FileT]):
         self._open_file = open_file
         self._what = what
         self._file: FileT | None = None
+        self._running: Coroutine[Any, Any, FileT] | None = None
 
     def __repr__(self) -> str:
         return f"<Opening {self._what}>" if self._what else "<Opening>"
@@ -581,6 +587,26 @@ class Opening(Generic[FileT]):
 
     def __await__(self) -> Generator[Any, None, FileT]:
         return self.open().__await__()
+
+    # The coroutine protocol, run by a task (which sends and throws rather than awaits): the
+    # opening starts at the first of them, not when `Drive.open` is called, so an object
+    # that is never run leaves no coroutine behind to warn "never awaited".
+    def _started(self) -> Coroutine[Any, Any, FileT]:
+        if self._running is None:
+            self._running = self.open()
+        return self._running
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._started().throw(typ)
+        return self._started().throw(typ, val, tb)
+
+    def close(self) -> None:
+        if self._running is not None:
+            self._running.close()
 
     async def __aenter__(self) -> FileT:
         self._file = await self.open()

@@ -110,6 +110,25 @@ async def test_reader_lines_and_await_form(drive: Drive) -> None:
     await f.aclose()  # idempotent
 
 
+async def test_opening_is_a_coroutine_a_task_can_run(drive: Drive) -> None:
+    """`drive.open(...)` goes wherever an ``async def``'s call goes: a task, a TaskGroup."""
+    await drive.write_bytes("t.txt", b"task")
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(drive.open("t.txt")) for _ in range(3)]
+        writing = group.create_task(drive.open("w.txt", "wb"))
+    for task in tasks:
+        async with task.result() as f:
+            assert await f.read() == b"task"
+    async with writing.result() as w:
+        await w.write(b"written")
+    assert await drive.read_bytes("w.txt") == b"written"
+    cancelled = asyncio.create_task(drive.open("t.txt"))
+    cancelled.cancel()  # before it ever ran: nothing was opened
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    drive.open("t.txt").close()  # never run: no "never awaited" warning (warnings are errors)
+
+
 async def test_reader_reads_as_a_buffered_file_does(
     drive: Drive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
