@@ -162,14 +162,36 @@ def _drive_ids(args: argparse.Namespace) -> list[str]:
     return [f"lit://{name}" for name in names]
 
 
-def _for_each_drive(args: argparse.Namespace) -> None:
-    for drive_id in _drive_ids(args):
-        with SyncDrive(drive_id, root=args.root and Path(args.root), redis_url=args.redis_url) as d:
-            if args.command == "rebuild-index":
-                indexed = d.rebuild_index(verify=args.verify)
-                print(f"{drive_id}: {indexed} file{'' if indexed == 1 else 's'} indexed")
-            else:
-                print(f"{drive_id}: {d.gc(grace=args.grace)}")
+def _for_each_drive(args: argparse.Namespace) -> int:
+    """Run gc or rebuild-index; with --all, a drive that fails is reported, the next done.
+
+    Returns the exit status: that of the first drive that failed, else 0.
+    """
+    drive_ids = _drive_ids(args)
+    status = 0
+    for drive_id in drive_ids:
+        try:
+            with SyncDrive(
+                drive_id, root=args.root and Path(args.root), redis_url=args.redis_url
+            ) as d:
+                if args.command == "rebuild-index":
+                    indexed = d.rebuild_index(verify=args.verify)
+                    print(f"{drive_id}: {indexed} file{'' if indexed == 1 else 's'} indexed")
+                else:
+                    print(f"{drive_id}: {d.gc(grace=args.grace)}")
+        except DriveError as exc:
+            if not args.all:
+                raise
+            status = status or _report(exc, args)
+    return status
+
+
+def _report(exc: DriveError, args: argparse.Namespace) -> int:
+    """Print ``exc`` as the command line's error; return its exit status."""
+    if args.debug:  # the traceback, and the same exit status as without --debug
+        traceback.print_exc()
+    print(f"asyncdrive: error: {_as_commands(str(exc), args)}", file=sys.stderr)
+    return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), 1)
 
 
 def _split(target: str) -> tuple[str, str]:
@@ -372,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("rebuild-index", "gc"):
-            _for_each_drive(args)
+            return _for_each_drive(args)
         elif args.command != "server":
             return _run_file_command(args)
         elif args.action == "start":
@@ -384,10 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"running: {url}" if url else "not running")
             return 0 if url else 3
     except DriveError as exc:
-        if args.debug:  # the traceback, and the same exit status as without --debug
-            traceback.print_exc()
-        print(f"asyncdrive: error: {_as_commands(str(exc), args)}", file=sys.stderr)
-        return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), 1)
+        return _report(exc, args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

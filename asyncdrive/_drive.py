@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -91,6 +92,7 @@ from ._models import Buffer, FileInfo, FolderInfo, GcReport
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
 from ._server import ensure_server, forget_server
 from ._storage import (
+    ACCESS_AS_EFFECTIVE,
     PATH_MAX,
     DiskStore,
     FileIdentity,
@@ -427,7 +429,10 @@ def _redis_errors_as_unavailable(
             to = to if isinstance(to, str | os.PathLike) else None
             drive_dir = None if self._conn is None else self._conn.store.base
             path = _path_argument(args)
-            raise storage_error(self.name, exc, doing, path, to, drive_dir) from exc
+            reading = False if method.__name__ == "_open_writer" else None
+            raise storage_error(
+                self.name, exc, doing, path, to, drive_dir, reading=reading
+            ) from exc
 
     functools.update_wrapper(wrapper, method)
     return wrapper
@@ -1890,8 +1895,17 @@ class Drive:
             _, files = await conn.index.list_files(drive_path, component)
             if not files:
                 raise self._not_found(drive_path, [], component)
+            refused: dict[str, OSError] = {}
             for start in range(0, len(files), _DELETE_BATCH_FILES):
-                await self._delete_files(conn, files[start : start + _DELETE_BATCH_FILES])
+                batch = files[start : start + _DELETE_BATCH_FILES]
+                refused.update(await self._delete_files(conn, batch))
+            if refused:
+                first = min(refused)
+                raise self._delete_refused(
+                    conn, first, refused[first], f"{first!r} and {len(refused) - 1} other "
+                    f"file(s) there are still in the drive; the other {len(files) - len(refused)}"
+                    " are deleted.",
+                )  # fmt: skip
             return
         if not owners:
             await self._check_not_lost(conn)
@@ -1907,8 +1921,18 @@ class Drive:
         if owners and conn.config.component_name not in owners:
             raise self._not_found(path, sorted(owners), conn.config.component_name, deleting=True)
 
+    def _delete_refused(self, conn: _Connection, path: str, exc: OSError, left: str) -> DriveError:
+        """Return the error of a delete the disk would refuse, told before the index changed."""
+        return storage_error(
+            self.name, exc, "delete", path, drive_dir=conn.store.base,
+            left=f"Nothing was deleted there: {left}",
+        )  # fmt: skip
+
     async def _delete_file(self, conn: _Connection, path: str, *, missing_ok: bool = False) -> None:
         component = conn.config.component_name
+        refused = await conn.run_sync(conn.store.removal_refused, component, [path])
+        if refused:
+            raise self._delete_refused(conn, path, refused[path], "the drive still lists it.")
         token = await self._lock(conn, component, path)
 
         async def delete_and_unlock() -> tuple[bool, list[str]]:
@@ -1926,16 +1950,20 @@ class Drive:
         if not done and not missing_ok:
             raise self._not_found(path, others, component, deleting=True)
 
-    async def _delete_files(self, conn: _Connection, paths: Sequence[str]) -> None:
+    async def _delete_files(self, conn: _Connection, paths: Sequence[str]) -> dict[str, OSError]:
         """`_delete_file` each path (missing ones are skipped), with a few calls for all.
 
-        One round trip tries their locks, one removes them from the index (each file's
-        own atomic script, with its event), one worker-thread call removes their bytes,
-        one round trip releases the locks. A file whose lock another writer holds is
-        deleted on its own once that writer is done.
+        One worker-thread call asks whether their folders let them go, one round trip
+        tries their locks, one removes them from the index (each file's own atomic
+        script, with its event), one worker-thread call removes their bytes, one round
+        trip releases the locks. A file whose lock another writer holds is deleted on its
+        own once that writer is done. Returns, by path, why the disk would refuse those
+        left in the drive (see `DiskStore.removal_refused`).
         """
         component = conn.config.component_name
         index = conn.index
+        refused = await conn.run_sync(conn.store.removal_refused, component, paths)
+        paths = [path for path in paths if path not in refused]
         tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL)
         locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
         store = conn.store
@@ -1963,6 +1991,7 @@ class Drive:
         for path, token in zip(paths, tokens, strict=True):
             if token is None:  # being put or deleted by another writer: wait for it
                 await self._delete_file(conn, path, missing_ok=True)
+        return refused
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -2273,7 +2302,14 @@ class Drive:
                 or batch_bytes >= _COPY_BATCH_BYTES
                 or number == len(copies)
             ):
-                copied = await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
+                try:
+                    copied = await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
+                except OSError as exc:  # the files before it are copied: say so
+                    if isinstance(exc, DriveError | TimeoutError | ConnectionError):
+                        raise
+                    raise storage_error(
+                        self.name, exc, "get a folder", drive_path, local, conn.store.base
+                    ) from exc
                 copied_bytes += sum(info.size for info in copied)
                 batch, batch_bytes = [], 0
         if reporter is not None:
@@ -2500,16 +2536,29 @@ class Drive:
             # orphan: say so rather than delete the drive.
             raise self._index_lost(conn)
         orphans = 0
+        refused: list[OSError] = []  # stray files this user may not remove: the others go
         for found in on_disk:
             if (found.component, found.path) not in indexed and found.age > grace:
-                orphans += await self._remove_orphan(conn, found.component, found.path)
+                try:
+                    orphans += await self._remove_orphan(conn, found.component, found.path)
+                except OSError as exc:
+                    if isinstance(exc, DriveError | TimeoutError | ConnectionError):
+                        raise
+                    refused.append(exc)
         present = {(f.component, f.path) for f in on_disk}
         dangling = 0
         for component, path in sorted(indexed.keys() - present):
             version = indexed[component, path]
             dangling += await self._remove_dangling(conn, component, path, version)
         folders = await conn.run_sync(store.remove_empty_folders, grace)
-        return GcReport(uploads_removed, undone, kept, orphans, dangling, folders)
+        report = GcReport(uploads_removed, undone, kept, orphans, dangling, folders)
+        if refused:
+            raise storage_error(
+                self.name, refused[0], "gc", None, drive_dir=store.base,
+                left=f"It did the rest ({report}); the {len(refused)} stray file(s) it could "
+                "not remove stay, for a gc() that can.",
+            )  # fmt: skip
+        return report
 
     async def _remove_dangling(
         self, conn: _Connection, component: str, path: str, version: int
@@ -3253,8 +3302,9 @@ def _local_files(local: Path) -> list[tuple[str, int]] | None:
 
     A folder's files come sorted; None means there is neither file nor folder at ``local``.
     Links to files are followed; links to folders, broken links and special files (pipes,
-    sockets) are left out. A folder that cannot be read raises (PermissionError): a put
-    must not store a folder without telling what it left out.
+    sockets) are left out. A folder that cannot be read or searched, and a file that cannot
+    be read, raise (PermissionError): a put must not store a folder without telling what it
+    left out, nor store part of it before it finds a file it cannot read.
     """
     try:
         st = local.stat()
@@ -3277,8 +3327,16 @@ def _local_files(local: Path) -> list[tuple[str, int]] | None:
                             folders.append(name)
                         continue
                     st = os.stat(entry.path)  # links to files are followed
-                except OSError:
-                    continue
+                except OSError as exc:
+                    if exc.errno in _BROKEN_LINK:
+                        continue
+                    raise  # (a folder that cannot be searched, say)
                 if stat.S_ISREG(st.st_mode):
+                    if not os.access(entry.path, os.R_OK, effective_ids=ACCESS_AS_EFFECTIVE):
+                        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), entry.path)
                     found.append((name, st.st_size))
     return sorted(found)
+
+
+#: What `os.stat` of a link meets where the link leads nowhere: gone, through a file, a loop.
+_BROKEN_LINK = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})

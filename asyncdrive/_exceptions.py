@@ -280,12 +280,32 @@ _LOCAL_FIX = {
     errno.EROFS: "Get to a folder on a writable filesystem (to=).",
 }
 _LOCAL_FIX[errno.EPERM] = _LOCAL_FIX[errno.EACCES]
+#: What to do where reading was refused: access to read, not to write.
+_READ_FIX = (
+    "Give this user read access there (and to the folders above it), or run it as one who has."
+)
+#: ...by the passes that read every folder of the drive and remove what they find stray.
+_READ_ALL_FIX = (
+    "Run it as a user who can read, and write, all of the drive's folders, or give this "
+    "user that access."
+)
+#: The calls that only read the drive (their local side, if any, is written: get's).
+_READING = frozenset({"read_bytes", "open", "get", "info", "exists", "list", "list_info"})
 _LEFT_AS_IT_WAS = {
     "put": "That file was not stored: its copy in the drive, if any, is as it was.",
     "write_bytes": "Nothing was stored: the drive is as it was.",
     "write": "Nothing was stored: the upload was dropped (open the file again to retry).",
     "close": "Nothing was stored: the upload was dropped.",
     "get": "The local file was left as it was.",
+    "get a folder": "The files got before it stay; that file was left as it was.",
+    "rebuild_index": (
+        "Nothing was changed: rebuilt from the folders it can read, the index would lose the "
+        "files of the others."
+    ),
+    "gc": (
+        "gc() stopped there: it removes no file, and drops no index entry, in a drive it "
+        "cannot see whole."
+    ),
     # The index lets a file go before its bytes (a reader never finds an entry without them).
     "delete": (
         "The drive no longer lists it (nor what this call deleted before it), but the bytes "
@@ -315,26 +335,38 @@ def storage_error(
     path: str | os.PathLike[str] | None,
     to: str | os.PathLike[str] | None = None,
     drive_dir: str | os.PathLike[str] | None = None,
+    *,
+    reading: bool | None = None,
+    left: str | None = None,
 ) -> DriveStorageError:
     """Make the `DriveStorageError` for ``exc``, raised while ``doing`` ``path`` (``to``).
 
     ``drive_dir``: the drive's folder on the shared disk, where the drive side's errors
-    name their files (a get's others are the local side's).
+    name their files (a get's others are the local side's). ``reading``: whether the call
+    only reads the drive (a refusal then asks for access to read); by default, as the
+    calls named ``doing`` do. ``left``: what the call left as it was, where not what
+    ``doing`` leaves.
     """
+    reading = doing in _READING if reading is None else reading
     reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
     on_the_drive = (
         drive_dir is not None
         and isinstance(exc.filename, str | bytes)
         and os.fsdecode(exc.filename).startswith(os.fspath(drive_dir) + os.sep)
     )
-    if doing == "get" and not on_the_drive:
+    refused = exc.errno in (errno.EACCES, errno.EPERM)
+    if doing.startswith("get") and not on_the_drive:
         fix = _LOCAL_FIX.get(exc.errno or 0, fix)
+    elif doing in ("gc", "rebuild_index") and refused:
+        fix = _READ_ALL_FIX
+    elif exc.errno == errno.EACCES and (reading or (doing == "put" and not on_the_drive)):
+        fix = _READ_FIX  # (a put reads its local side)
     filename = _disk_name(exc.filename)
     where = f" ({shorten(os.fsdecode(filename))})" if filename else ""
     what = doing if path is None else f"{doing} {shorten(os.fspath(path))!r}"
     if to is not None:
         what += f" to {shorten(os.fspath(to))!r}"
     fix = fix or "Check the disk (or the mount), then retry."
-    left = _LEFT_AS_IT_WAS.get(doing, "")
-    kind = DrivePermissionError if exc.errno in (errno.EACCES, errno.EPERM) else DriveStorageError
+    left = _LEFT_AS_IT_WAS.get(doing, "") if left is None else left
+    kind = DrivePermissionError if refused else DriveStorageError
     return kind(f"Drive {drive!r}: cannot {what}: {reason}{where}. {fix} {left}".rstrip(), exc)

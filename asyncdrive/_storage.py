@@ -46,7 +46,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -974,6 +974,43 @@ def _is_file(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return False
+
+
+#: Whether `os.access` can ask as the effective user (as `open` does), not the real one.
+ACCESS_AS_EFFECTIVE = os.access in os.supports_effective_ids
+
+
+def _refusal_to_change(folder: Path) -> OSError | None:
+    """Return the error removing an entry of ``folder`` would meet, None if it may succeed.
+
+    (A missing folder has nothing to remove.) Not a promise: permissions may change, and a
+    sticky folder or an immutable file refuses what this cannot tell.
+    """
+    if os.access(folder, os.W_OK | os.X_OK, effective_ids=ACCESS_AS_EFFECTIVE):
+        return None
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        read_only = False
+    code = errno.EROFS if read_only else errno.EACCES
+    return OSError(code, os.strerror(code), str(folder))
+
+
+def _walk_every_folder(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk` of ``top`` that raises where a folder cannot be read (``os.walk`` skips it).
+
+    For the passes that must see the whole drive: a rebuild of the index from part of the
+    files would drop the others, and gc would take them for deleted. A folder gone
+    meanwhile (removed by a delete) is skipped.
+    """
+
+    def refuse(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError | NotADirectoryError):
+            raise exc
+
+    return os.walk(top, onerror=refuse)
 
 
 def _older(path: Path, now: float, grace: float, clock: str) -> bool:
@@ -1984,6 +2021,25 @@ class DiskStore:
                         removed += 1
         return removed
 
+    def removal_refused(self, component: str, paths: Sequence[str]) -> dict[str, OSError]:
+        """Return, by path, why this process could not remove ``component``'s copies now.
+
+        Asked before a delete lets files go from the index, which it does before their
+        bytes (a reader never finds an entry without them): a folder this user may not
+        change (no write or search access, a read-only mount, an immutable folder) would
+        otherwise lose its files from the drive, bytes kept, by a delete that fails.
+        """
+        verdicts: dict[Path, OSError | None] = {}
+        refused: dict[str, OSError] = {}
+        for path in paths:
+            folder = (self.base / component / path).parent
+            if folder not in verdicts:
+                verdicts[folder] = _refusal_to_change(folder)
+            verdict = verdicts[folder]
+            if verdict is not None:
+                refused[path] = verdict
+        return refused
+
     def remove(self, component: str, path: str) -> bool:
         """Remove ``component``'s copy of ``path`` and its metadata, then empty folders.
 
@@ -2050,11 +2106,12 @@ class DiskStore:
         files whose names are no drive paths (not UTF-8, say: put there by hand) listed.
         ``fix_meta`` (for a rebuild, while no one writes): where the checksum of the bytes
         is not the metadata's (bytes changed by hand), the metadata is made to say it.
+        A folder that cannot be read raises (`PermissionError`): its files would be missed.
         """
         found: list[DiskFile] = []
         now = time.time()
         for component_dir in self._component_dirs():
-            for dirpath, dirnames, filenames in os.walk(component_dir):
+            for dirpath, dirnames, filenames in _walk_every_folder(component_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
                 for name in filenames:
                     data = Path(dirpath) / name
@@ -2151,7 +2208,7 @@ class DiskStore:
             uploads = [e for e in self.tmp_dir.iterdir() if _older(e, now, grace, "st_mtime")]
         backups: list[Path] = []
         for component_dir in self._component_dirs():
-            for dirpath, dirnames, filenames in os.walk(component_dir):
+            for dirpath, dirnames, filenames in _walk_every_folder(component_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
                 for name in filenames:
                     parts = _backup_parts(name)

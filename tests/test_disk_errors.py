@@ -11,13 +11,15 @@ import fcntl
 import json
 import os
 import struct
+import subprocess
+import sys
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from asyncdrive import Drive, DrivePermissionError, DriveStorageError, SyncDrive
+from asyncdrive import Drive, DrivePermissionError, DriveStorageError, GcReport, SyncDrive
 
 from .conftest import run_python
 from .procs import read_line, spawn
@@ -141,7 +143,14 @@ def test_storage_errors_say_what_an_errno_means() -> None:
     assert "write access to that local folder" in str(local)
     drive_side = storage_error("d", OSError(errno.EACCES, "Denied", "/shared/drives/d/c/p"),
                                "get", "p", drive_dir="/shared/drives/d")  # fmt: skip
-    assert "local folder" not in str(drive_side) and "root=" in str(drive_side)
+    # The drive side of a get is read: access to read it is what is missing.
+    assert "local folder" not in str(drive_side) and "read access there" in str(drive_side)
+    reading_local = storage_error("d", OSError(errno.EACCES, "Denied", "/home/me/in/c"), "put",
+                                  "c", drive_dir="/shared/drives/d")  # fmt: skip
+    writing_drive = storage_error("d", OSError(errno.EACCES, "Denied", "/shared/drives/d/c"),
+                                  "put", "c", drive_dir="/shared/drives/d")  # fmt: skip
+    assert "read access there" in str(reading_local), str(reading_local)
+    assert "write access there" in str(writing_drive), str(writing_drive)
     odd = storage_error("d", OSError(errno.ETXTBSY, "Text file busy"), "open", "b")
     assert str(odd) == (
         "Drive 'd': cannot open 'b': Text file busy. Check the disk (or the mount), then retry."
@@ -164,8 +173,8 @@ FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
 
 
 def set_immutable(folder: Path, immutable: bool) -> None:
-    """Set or clear a folder's immutable flag (chattr +i): even root cannot change its entries."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    """Set or clear the immutable flag of a folder (or file): even root cannot change it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         (flags,) = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0)))
         flags = flags | FS_IMMUTABLE_FL if immutable else flags & ~FS_IMMUTABLE_FL
@@ -236,15 +245,49 @@ async def test_a_get_into_a_local_folder_refusing_it_says_what_to_do_there(
         assert os.listdir(workdir / "locked") == []
 
 
-async def test_a_delete_whose_bytes_stay_says_so_and_gc_removes_them(
+async def test_a_delete_the_disk_would_refuse_is_refused_before_the_index_changes(
     env: dict[str, str], workdir: Path, root: Path, drive_id: str
 ) -> None:
+    """As `rm`: a file whose folder may not change stays in the drive; a failed delete
+    took it out of the index (and gc() then removed its bytes for good)."""
+    name = drive_id.removeprefix("lit://")
+    async with Drive(drive_id) as drive:
+        for path in ("d/a.txt", "d/b.txt", "e/c.txt", "f.txt"):
+            await drive.write_bytes(path, path.encode())
+        folder = root / "drives" / name / "default" / "d"
+        set_immutable(folder, True)
+        try:
+            with pytest.raises(DrivePermissionError) as refused:
+                await drive.delete("d/a.txt")
+            message = str(refused.value)
+            assert "cannot delete 'd/a.txt'" in message and str(folder) in message, message
+            assert "write access" in message and "the drive still lists it" in message, message
+            with pytest.raises(DrivePermissionError) as refused:
+                await drive.delete(".", recursive=True)
+            message = str(refused.value)
+            assert "cannot delete 'd/a.txt'" in message, message
+            assert "'d/a.txt' and 1 other file(s) there are still" in message, message
+            assert "the other 2 are deleted" in message, message
+        finally:
+            set_immutable(folder, False)
+        assert await drive.list(".", recursive=True) == ["d/a.txt", "d/b.txt"]
+        assert await drive.read_bytes("d/b.txt") == b"d/b.txt"
+        assert not (folder.parent / "e").exists() and not (folder.parent / "f.txt").exists()
+        assert await drive.gc(grace=0) == GcReport(0, 0, 0, 0, 0, 0)  # nothing stray
+
+
+async def test_a_delete_whose_bytes_stay_all_the_same_says_so_and_gc_removes_them(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    """What the check before cannot tell (an immutable file): the index lets it go first,
+    readers see it deleted, the message says its bytes stay until gc()."""
     name = drive_id.removeprefix("lit://")
     async with Drive(drive_id) as drive:
         await drive.write_bytes("d/a.txt", b"a")
         await drive.write_bytes("d/b.txt", b"b")
         folder = root / "drives" / name / "default" / "d"
-        set_immutable(folder, True)
+        for file in ("a.txt", "b.txt"):
+            set_immutable(folder / file, True)
         try:
             calls: list[Callable[[], Awaitable[object]]] = [
                 lambda: drive.delete("d/a.txt"),
@@ -255,12 +298,33 @@ async def test_a_delete_whose_bytes_stay_says_so_and_gc_removes_them(
                     await call()
                 assert "'d" in str(refused.value) and "gc()" in str(refused.value)
         finally:
-            set_immutable(folder, False)
+            for file in ("a.txt", "b.txt"):
+                set_immutable(folder / file, False)
         # The index let them go first: readers see them deleted, as the message says.
         assert await drive.list(".") == [] and not await drive.exists("d/a.txt")
         assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]
         report = await drive.gc(grace=0)
         assert report.orphans_removed == 2 and not folder.exists()  # empty folders go too
+
+
+async def test_a_folder_get_stopped_midway_says_what_it_copied(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    async with Drive(drive_id) as drive:
+        for path in ("f/b1.txt", "f/b2.txt", "f/sub/x.txt"):
+            await drive.write_bytes(path, b"x")
+        (workdir / "out" / "sub").mkdir(parents=True)
+        set_immutable(workdir / "out" / "sub", True)
+        try:
+            with pytest.raises(DrivePermissionError) as refused:
+                await drive.get("f", to="out")
+        finally:
+            set_immutable(workdir / "out" / "sub", False)
+        message = str(refused.value)
+        assert "cannot get a folder 'f' to 'out'" in message, message
+        assert "The files got before it stay" in message, message
+        assert "write access to that local folder" in message, message
+        assert sorted(os.listdir(workdir / "out")) == ["b1.txt", "b2.txt", "sub"]
 
 
 UNREADABLE_FOLDER = """
@@ -311,6 +375,116 @@ def test_a_folder_put_refuses_a_folder_it_cannot_read(
     assert "f/locked" in refused and "cannot put 'f'" in refused
     assert stored == "stored: []"
     assert cli == "cli: 1 False True"  # one line, no traceback from the bar's look first
+
+
+async def test_gc_removes_what_it_may_and_says_what_it_could_not(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    """One stray file that gc could not remove stopped it (the others stayed); `gc --all`
+    stopped at the first drive that failed (the next were never visited)."""
+    other_id = f"{drive_id}b"  # listed after this one
+    for one in (drive_id, other_id):
+        async with Drive(one) as drive:
+            await drive.write_bytes("kept.txt", b"indexed")
+        files = root / "drives" / one.removeprefix("lit://") / "default"
+        (files / "locked").mkdir()
+        for stray in ("locked/stray.txt", "loose.txt"):
+            (files / stray).write_bytes(b"put there by hand")
+    locked = root / "drives" / drive_id.removeprefix("lit://") / "default" / "locked"
+    set_immutable(locked, True)
+    try:
+        async with Drive(drive_id) as drive:
+            with pytest.raises(DrivePermissionError) as refused:
+                await drive.gc(grace=0)
+        message = str(refused.value)
+        assert "cannot gc: permission denied" in message and str(locked) in message, message
+        assert "orphans_removed=1" in message and "the 1 stray file(s)" in message, message
+        assert not (locked.parent / "loose.txt").exists() and (locked / "stray.txt").exists()
+        every = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", "gc", "--all", "--grace", "0"],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        set_immutable(locked, False)
+    assert every.returncode == 1 and "Traceback" not in every.stderr, every.stderr
+    assert every.stderr.startswith(f"asyncdrive: error: Drive {drive_id[6:]!r}: cannot gc")
+    assert every.stdout.startswith(f"{other_id}: GcReport(uploads_removed=0"), every.stdout
+    assert "orphans_removed=2" in every.stdout  # the next drive's gc ran, whole
+
+
+AS_A_USER_WITHOUT_ACCESS = """
+    import ctypes, os
+    if os.geteuid() == 0:  # root reads anything: leave the capabilities that let it
+        assert ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0  # CLONE_NEWUSER
+    from asyncdrive import DriveError, SyncDrive
+
+    def attempt(what, call):
+        try:
+            print(what, "->", call())
+        except DriveError as exc:
+            print(what, "->", type(exc).__name__, exc)
+"""
+
+REBUILD_AND_GC_OF_A_DRIVE_PARTLY_UNREADABLE = """
+    with SyncDrive({drive_id!r}) as drive:
+        attempt("rebuild", drive.rebuild_index)
+        attempt("gc", lambda: drive.gc(grace=0))
+        attempt("list", lambda: drive.list(".", recursive=True))
+"""
+
+
+async def test_rebuild_and_gc_refuse_a_drive_they_cannot_read_whole(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    """A rebuild by a user who could not read one folder replaced the index with the rest
+    (and said so nowhere); gc then took that folder's files for deleted."""
+    name = drive_id.removeprefix("lit://")
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("pub/p.txt", b"public")
+        await drive.write_bytes("priv/s.txt", b"private")
+    private = root / "drives" / name / "default" / "priv"
+    private.chmod(0)
+    try:
+        code = AS_A_USER_WITHOUT_ACCESS + REBUILD_AND_GC_OF_A_DRIVE_PARTLY_UNREADABLE
+        done = run_python(textwrap.dedent(code.format(drive_id=drive_id)), cwd=workdir, env=env)
+    finally:
+        private.chmod(0o755)
+    rebuild, gc, listed = done.stdout.splitlines()
+    assert rebuild.startswith("rebuild -> DrivePermissionError") and str(private) in rebuild
+    assert "Nothing was changed" in rebuild and "read, and write, all of" in rebuild, rebuild
+    assert gc.startswith("gc -> DrivePermissionError") and "gc() stopped there" in gc, gc
+    assert listed == "list -> ['priv/s.txt', 'pub/p.txt']"
+    async with Drive(drive_id) as drive:
+        assert await drive.gc(grace=0) == GcReport(0, 0, 0, 0, 0, 0)
+        assert await drive.read_bytes("priv/s.txt") == b"private"
+
+
+FOLDER_PUTS_OF_WHAT_CANNOT_BE_READ = """
+    for folder, blocked in (("a", "a/x"), ("b", "b/secret.txt")):
+        os.makedirs(f"{{folder}}/x")
+        for name in ("1.txt", "x/2.txt", "secret.txt"):
+            open(f"{{folder}}/{{name}}", "w").write("x")
+        os.chmod(blocked, 0o600 if folder == "a" else 0)  # a/x: listed, not searchable
+    with SyncDrive({drive_id!r}) as drive:
+        attempt("put a", lambda: drive.put("a"))
+        attempt("put b", lambda: drive.put("b"))
+        attempt("list", lambda: drive.list(".", recursive=True))
+    os.chmod("a/x", 0o755)
+"""
+
+
+def test_a_folder_put_refuses_files_it_cannot_reach_or_read_before_storing_any(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A folder that lists but cannot be searched had its files left out without a word;
+    a file that cannot be read was found only once the files before it were stored."""
+    code = AS_A_USER_WITHOUT_ACCESS + FOLDER_PUTS_OF_WHAT_CANNOT_BE_READ
+    done = run_python(textwrap.dedent(code.format(drive_id=drive_id)), cwd=workdir, env=env)
+    put_a, put_b, listed = done.stdout.splitlines()
+    assert put_a.startswith("put a -> DrivePermissionError") and "a/x/2.txt" in put_a, put_a
+    assert put_b.startswith("put b -> DrivePermissionError") and "b/secret.txt" in put_b, put_b
+    assert "read access there" in put_b, put_b
+    assert listed == "list -> []"
 
 
 async def test_a_commit_made_is_never_reported_failed_by_what_follows_it(
