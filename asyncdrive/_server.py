@@ -18,10 +18,12 @@ using the same root until `stop_server` (or ``asyncdrive server stop``) stops it
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -35,7 +37,7 @@ import redis
 
 from ._client import refusal_at_accept
 from ._config import resolve_root
-from ._exceptions import DriveUnavailableError
+from ._exceptions import DrivePermissionError, DriveStorageError, DriveUnavailableError
 
 __all__ = ["server_binary", "server_url", "stop_server"]
 
@@ -100,12 +102,69 @@ os.register_at_fork(
 )
 
 
+def _check_owner(root: Path, *, starting: bool = False) -> None:
+    """Raise `DrivePermissionError` if ``root``'s server is another user's.
+
+    Its folder, socket and files are its owner's alone (mode 0700): any other user would
+    be refused at each step, told to fix what is no fault of theirs. Root may use and
+    stop it, but not start one there (``starting``): that server would serve root alone.
+    """
+    folder = _server_dir(root)
+    try:
+        owner = folder.stat().st_uid
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _server_folder_error(root, exc) from exc
+    me = os.geteuid()
+    if owner == me or (me == 0 and not starting):
+        return
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = str(owner)
+    denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+    if me == 0:
+        raise DrivePermissionError(
+            f"The embedded server of {root} belongs to user {name!r} (uid {owner}) and is "
+            f"not running: one started by root would serve root alone. Start it as that "
+            f"user (sudo -u {name} asyncdrive server start --root {root}), or use a root of "
+            "root's own (root= or ASYNCDRIVE_ROOT).",
+            denied,
+        )
+    raise DrivePermissionError(
+        f"The embedded server of {root} belongs to user {name!r} (uid {owner}): it serves "
+        "that user alone. Use a root of this user's own (root= or ASYNCDRIVE_ROOT); to share "
+        "drives between users, give them a Redis server of your own (ASYNCDRIVE_REDIS_URL) "
+        "and a root they can all write.",
+        denied,
+    )
+
+
+def _server_folder_error(root: Path, exc: OSError) -> DriveStorageError:
+    """Return the error of ``root``'s server folder refusing this user (or failing)."""
+    kind = DrivePermissionError if exc.errno in (errno.EACCES, errno.EPERM) else DriveStorageError
+    return kind(
+        f"Cannot use the embedded server of {root}: {exc.strerror or exc} ({exc.filename}). "
+        "Give this user write access to the root, or use a root of its own (root= or "
+        "ASYNCDRIVE_ROOT).",
+        exc,
+    )
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with _lock_fds_guard:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        _lock_fds.add(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _lock_fds_guard:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _lock_fds.add(fd)
+        if os.geteuid() == 0:  # made by root in another user's folder: that user's, as all
+            folder = os.stat(path.parent)
+            if os.fstat(fd).st_uid != folder.st_uid:
+                os.fchown(fd, folder.st_uid, folder.st_gid)
+    except OSError as exc:
+        raise _server_folder_error(path.parent.parent, exc) from exc
     try:
         deadline = time.monotonic() + _LOCK_TIMEOUT
         while True:
@@ -209,12 +268,14 @@ def ensure_server_sync(root: Path) -> str:
     if key in _known:
         return _known[key]
     folder = _server_dir(root)
+    _check_owner(root)
     with _file_lock(folder / "server.lock"):
         state = _read_state(folder)
         url = str(state["url"]) if state else ""
         if not (url and _ping(url)):
             pid = int(str(state.get("pid") or 0)) if state else 0
             if not (url and pid and _wait_for_answer(root, url, pid)):
+                _check_owner(root, starting=True)
                 url = _start(folder)
     _known[key] = url
     return url
@@ -288,8 +349,9 @@ def server_url(root: str | os.PathLike[str] | None = None) -> str | None:
         'unix:///tmp/shared/server/valkey.sock'
 
     """
-    folder = _server_dir(resolve_root(root))
-    state = _read_state(folder)
+    resolved = resolve_root(root)
+    _check_owner(resolved)
+    state = _read_state(_server_dir(resolved))
     url = str(state["url"]) if state else ""
     return url if url and _ping(url) else None
 
@@ -311,6 +373,7 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
     folder = _server_dir(resolved)
     if not folder.exists():
         return False
+    _check_owner(resolved)
     with _file_lock(folder / "server.lock"):
         forget_server(resolved)
         state = _read_state(folder)

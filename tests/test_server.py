@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -213,3 +214,77 @@ def test_a_server_dying_as_it_starts_is_said_so_at_once(tmp_path: Path, drive_id
     finally:
         asyncdrive.stop_server(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+ANOTHER_USER = """
+    import os
+    import asyncdrive
+    from asyncdrive import DriveError, SyncDrive, _server
+
+    shared = {shared!r}
+    with SyncDrive("lit://warm", root=shared) as drive:  # as root: every module loaded
+        drive.list(".")
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)  # from here, another user: nobody
+    _server.forget_server(shared)  # (as a process of that user would start)
+    def list_other():
+        with SyncDrive("lit://other", root=shared) as drive:
+            return drive.list(".")
+
+    calls = {{
+        "list": list_other,
+        "server_url": lambda: asyncdrive.server_url(shared),
+        "stop_server": lambda: asyncdrive.stop_server(shared),
+    }}
+    for name, call in calls.items():
+        try:
+            print(name, "->", call())
+        except DriveError as exc:
+            print(name, "->", type(exc).__name__, exc)
+"""
+
+
+def test_another_users_embedded_server_is_named_theirs() -> None:
+    """The server and its files are its owner's alone: another user was told to fix access
+    to a lock file, then waited 15 s on a socket it may not open, its status 'not running'."""
+    top = Path(tempfile.mkdtemp(prefix="asyncdrive-users-"))  # (pytest's is root's alone)
+    top.chmod(0o755)
+    shared = top / "shared"
+    try:
+        with SyncDrive("lit://mine", root=shared) as drive:
+            drive.write_bytes("a.txt", b"x")
+        code = textwrap.dedent(ANOTHER_USER.format(shared=str(shared)))
+        done = subprocess.run(
+            [sys.executable, "-W", "error", "-c", code],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert [line.split(" -> ")[0] for line in lines] == ["list", "server_url", "stop_server"]
+        for line in lines:
+            assert " -> DrivePermissionError The embedded server of " in line, line
+            assert "belongs to user 'root' (uid 0)" in line and "ASYNCDRIVE_REDIS_URL" in line
+        assert asyncdrive.server_url(shared) is not None  # still running, as root's
+    finally:
+        asyncdrive.stop_server(shared)
+        shutil.rmtree(top)
+
+
+def test_root_does_not_start_a_server_in_another_users_root(tmp_path: Path) -> None:
+    """Started by root there (sudo), the server would refuse the root's owner."""
+    (tmp_path / "server").mkdir(mode=0o700)
+    os.chown(tmp_path / "server", 65534, 65534)
+    with (
+        asyncdrive.SyncDrive("lit://x", root=tmp_path) as drive,
+        pytest.raises(asyncdrive.DrivePermissionError) as refused,
+    ):
+        drive.list(".")
+    message = str(refused.value)
+    assert "belongs to user 'nobody' (uid 65534) and is not running" in message, message
+    assert f"sudo -u nobody asyncdrive server start --root {tmp_path}" in message, message
+    # Nothing started; the lock file root made there is the folder owner's, as all of it.
+    assert sorted(os.listdir(tmp_path / "server")) == ["server.lock"]
+    assert (tmp_path / "server" / "server.lock").stat().st_uid == 65534
+    assert asyncdrive.server_url(tmp_path) is None  # root may ask, and stop
+    assert asyncdrive.stop_server(tmp_path) is False
