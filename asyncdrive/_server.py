@@ -117,7 +117,8 @@ def _check_owner(root: Path, *, starting: bool = False) -> None:
     except OSError as exc:
         raise _server_folder_error(root, exc) from exc
     me = os.geteuid()
-    if owner == me or (me == 0 and not starting):
+    # (On a mount that squashes root, such as NFS's default, root's own files are nobody's.)
+    if owner == me or (me == 0 and (not starting or owner == _squashed_uid())):
         return
     try:
         name = pwd.getpwuid(owner).pw_name
@@ -139,6 +140,14 @@ def _check_owner(root: Path, *, starting: bool = False) -> None:
         "and a root they can all write.",
         denied,
     )
+
+
+def _squashed_uid() -> int:
+    """Return the uid that files of an unmapped or squashed user show: nobody's, mostly."""
+    try:
+        return int(Path("/proc/sys/fs/overflowuid").read_text())
+    except (OSError, ValueError):
+        return 65534
 
 
 def _server_folder_error(root: Path, exc: OSError) -> DriveStorageError:

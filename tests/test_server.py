@@ -274,17 +274,29 @@ def test_another_users_embedded_server_is_named_theirs() -> None:
 def test_root_does_not_start_a_server_in_another_users_root(tmp_path: Path) -> None:
     """Started by root there (sudo), the server would refuse the root's owner."""
     (tmp_path / "server").mkdir(mode=0o700)
-    os.chown(tmp_path / "server", 65534, 65534)
+    os.chown(tmp_path / "server", 1, 1)  # daemon's (nobody's would be root's, squashed)
     with (
         asyncdrive.SyncDrive("lit://x", root=tmp_path) as drive,
         pytest.raises(asyncdrive.DrivePermissionError) as refused,
     ):
         drive.list(".")
     message = str(refused.value)
-    assert "belongs to user 'nobody' (uid 65534) and is not running" in message, message
-    assert f"sudo -u nobody asyncdrive server start --root {tmp_path}" in message, message
+    assert "belongs to user 'daemon' (uid 1) and is not running" in message, message
+    assert f"sudo -u daemon asyncdrive server start --root {tmp_path}" in message, message
     # Nothing started; the lock file root made there is the folder owner's, as all of it.
     assert sorted(os.listdir(tmp_path / "server")) == ["server.lock"]
-    assert (tmp_path / "server" / "server.lock").stat().st_uid == 65534
+    assert (tmp_path / "server" / "server.lock").stat().st_uid == 1
     assert asyncdrive.server_url(tmp_path) is None  # root may ask, and stop
     assert asyncdrive.stop_server(tmp_path) is False
+
+
+def test_root_starts_a_server_where_its_files_are_nobodys(tmp_path: Path) -> None:
+    """On a mount that squashes root (NFS's default), root's own folder is nobody's."""
+    (tmp_path / "server").mkdir(mode=0o700)
+    os.chown(tmp_path / "server", 65534, 65534)
+    try:
+        with SyncDrive("lit://squashed", root=tmp_path) as drive:
+            drive.write_bytes("a.txt", b"root's")
+            assert drive.read_bytes("a.txt") == b"root's"
+    finally:
+        asyncdrive.stop_server(tmp_path)
