@@ -87,8 +87,37 @@ def _read_umask() -> int:
     return mask
 
 
-#: Files asyncdrive creates get the mode a plain ``open(path, "w")`` would give them.
-FILE_MODE = 0o666 & ~_read_umask()
+#: The mode asyncdrive asks for when it creates a file by name: the kernel takes the umask
+#: in force off it, as for a plain ``open(path, "w")``.
+CREATE_MODE = 0o666
+_umask_seen = _read_umask()
+_umask_lock = threading.Lock()
+
+
+def _new_umask_lock() -> None:  # (a fork copies the lock as it was: maybe held)
+    global _umask_lock
+    _umask_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_umask_lock)
+
+
+def file_mode() -> int:
+    """Return the mode a plain ``open(path, "w")`` gives a new file now: 0o666 less the umask.
+
+    For files made without a name (``O_TMPFILE``), which kernels before 6.0 did not always
+    give the umask (on filesystems without ACLs). The umask is read by setting it, to the
+    value it had the last time (nothing changes for other threads), and set back only if
+    the program changed it since: then, for a moment, it is the one before that change.
+    """
+    global _umask_seen
+    with _umask_lock:
+        seen = _umask_seen
+        now = os.umask(seen)
+        if now != seen:
+            os.umask(now)
+            _umask_seen = now
+    return 0o666 & ~now
 
 
 @dataclass(frozen=True, slots=True)
@@ -1065,7 +1094,7 @@ def temp_fd_in(folder: Path) -> tuple[int, Path]:
     while True:
         name = f"{folder}/{_temp_names.next()}"
         try:
-            return os.open(name, _TEMP_FLAGS, FILE_MODE), Path(name)
+            return os.open(name, _TEMP_FLAGS, CREATE_MODE), Path(name)
         except FileExistsError:
             continue
 
@@ -1091,7 +1120,7 @@ def _new_local_file(folder: Path, *, unnamed: bool) -> tuple[int, Path | None]:
     """
     if unnamed and _CAN_TMPFILE and _linkat is not None:
         try:
-            return os.open(folder, _UNNAMED_LOCAL_FLAGS, FILE_MODE), None
+            return os.open(folder, _UNNAMED_LOCAL_FLAGS, file_mode()), None
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
@@ -1413,7 +1442,7 @@ class DiskStore:
             name = _temp_names.next()
             parts = ["drives", self.drive, ".tmp", name]
             try:
-                fd = self._open_in_root(parts, ".tmp", _TEMP_FLAGS, FILE_MODE)
+                fd = self._open_in_root(parts, ".tmp", _TEMP_FLAGS, CREATE_MODE)
             except FileExistsError:
                 continue
             except FileNotFoundError:
@@ -1432,7 +1461,7 @@ class DiskStore:
         parts = ["drives", self.drive, ".tmp"]
         for _attempt in range(2):
             try:
-                return self._open_in_root(parts, ".tmp", _TMPFILE_FLAGS, FILE_MODE)
+                return self._open_in_root(parts, ".tmp", _TMPFILE_FLAGS, file_mode())
             except FileNotFoundError:
                 self.tmp_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -1672,13 +1701,13 @@ class DiskStore:
             return None
         parts = self._parts(component, path)
         try:
-            fd = self._open_without_links(parts, _NEW_FILE_FLAGS, FILE_MODE)
+            fd = self._open_without_links(parts, _NEW_FILE_FLAGS, CREATE_MODE)
         except FileNotFoundError:
             folder = self._make_folder(parts, path)
             if folder < 0:
                 return None
             try:
-                fd = os.open(parts[-1], _NEW_FILE_FLAGS | os.O_NOFOLLOW, FILE_MODE, dir_fd=folder)
+                fd = os.open(parts[-1], _NEW_FILE_FLAGS | os.O_NOFOLLOW, CREATE_MODE, dir_fd=folder)
             except OSError:
                 return None
             finally:
@@ -2075,7 +2104,7 @@ class DiskStore:
         if marker.exists():
             return
         self.base.mkdir(parents=True, exist_ok=True)
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, CREATE_MODE)
         try:
             os.write(fd, b"asyncdrive drive: its files are indexed in Redis\n")
             os.fsync(fd)

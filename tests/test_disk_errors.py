@@ -537,3 +537,40 @@ def test_a_folder_put_keeps_within_the_open_file_limit(
     code = FOLDER_PUT_UNDER_A_LOW_FD_LIMIT.format(drive_id=drive_id)
     done = run_python(textwrap.dedent(code), cwd=workdir, env=env)
     assert done.stdout.split() == ["300"]
+
+
+UMASK_SET_AFTER_IMPORT = """
+    import os, stat
+    os.umask(0o022)
+    from asyncdrive import SyncDrive
+
+    os.umask(0o002)  # set by the program once its modules are imported: to share with a group
+    with open("local.bin", "wb") as f:
+        f.write(os.urandom(3 << 20))
+    with SyncDrive({drive_id!r}) as drive:
+        drive.write_bytes("d/small.txt", b"in place")  # a new file made at its name
+        drive.put("local.bin", to="d/large.bin")  # an upload without a name, linked in
+        with drive.open("d/streamed.bin", "wb") as f:
+            f.write(b"streamed")
+        drive.get("d/small.txt", to="got.txt")  # a local copy without a name, linked in
+    files = [os.path.join({files!r}, "d", name) for name in sorted(os.listdir({files!r} + "/d"))]
+    for path in [{files!r} + "/d", *files, "got.txt"]:
+        print(os.path.basename(path), oct(stat.S_IMODE(os.stat(path).st_mode)))
+"""
+
+
+def test_files_take_the_umask_in_force_not_the_one_at_import(
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+) -> None:
+    """The mode was reckoned once, at import: a program that then set umask 002 to share
+    with its group made drive files (and got files) 0644 all the same."""
+    files = str(root / "drives" / drive_id.removeprefix("lit://") / "default")
+    code = UMASK_SET_AFTER_IMPORT.format(drive_id=drive_id, files=files)
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env)
+    assert done.stdout.splitlines() == [
+        "d 0o775",
+        "large.bin 0o664",
+        "small.txt 0o664",
+        "streamed.bin 0o664",
+        "got.txt 0o664",
+    ]
