@@ -328,6 +328,18 @@ def shorten(text: str, limit: int = 160) -> str:
     return f"{text[: keep - keep // 2]}...{text[-(keep // 2) :]}"
 
 
+class ExplainedOSError(OSError):
+    """An `OSError` of the disk that says what it means here, and what to do (`storage_error`).
+
+    For refusals whose usual meaning would mislead: a hard link refused by
+    ``fs.protected_hardlinks`` is no missing write access to the folder.
+    """
+
+    def __init__(self, number: int, filename: str, reason: str, fix: str) -> None:
+        super().__init__(number, os.strerror(number), filename)
+        self.reason, self.fix = reason, fix
+
+
 def storage_error(
     drive: str,
     exc: OSError,
@@ -349,6 +361,8 @@ def storage_error(
     """
     reading = doing in _READING if reading is None else reading
     reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
+    if isinstance(exc, ExplainedOSError):
+        reason, fix = exc.reason, exc.fix
     on_the_drive = (
         drive_dir is not None
         and isinstance(exc.filename, str | bytes)

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from ._config import is_valid_name
-from ._exceptions import InvalidPathError
+from ._exceptions import ExplainedOSError, InvalidPathError
 from ._models import CHECKSUM_ALGORITHM, FileInfo
 from ._paths import RESERVED_PREFIX, normalize
 from ._progress import OnCopied
@@ -1898,7 +1898,19 @@ class DiskStore:
     def _backup(self, target: Path) -> Path:
         """Hard-link ``target`` and its metadata file beside them, under a new id."""
         backup = target.with_name(f"{BACKUP_PREFIX}{secrets.token_hex(4)}.{target.name}")
-        os.link(target, backup, follow_symlinks=False)
+        try:
+            os.link(target, backup, follow_symlinks=False)
+        except PermissionError as exc:
+            if exc.errno == errno.EPERM and os.stat(target).st_uid != os.geteuid():
+                raise ExplainedOSError(
+                    errno.EPERM, str(target),
+                    "it is another user's file, and replacing it takes access to read and "
+                    "write it (its backup, kept until the commit, is a hard link: "
+                    "fs.protected_hardlinks allows no other)",
+                    "Give this user read and write access to the file (umask 002 for every "
+                    "user of a group-shared drive), or replace it as its owner.",
+                ) from exc  # fmt: skip
+            raise
         meta_target = _meta_beside(target)
         if _is_file(meta_target):
             os.link(meta_target, _meta_backup(backup), follow_symlinks=False)

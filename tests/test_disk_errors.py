@@ -10,9 +10,11 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -574,3 +576,47 @@ def test_files_take_the_umask_in_force_not_the_one_at_import(
         "streamed.bin 0o664",
         "got.txt 0o664",
     ]
+
+
+REPLACE_ANOTHER_USERS_FILE = """
+    import os
+    from asyncdrive import DriveError, SyncDrive
+
+    drive = SyncDrive({drive_id!r}, root={root!r})
+    drive.write_bytes("d/x.txt", b"root's")  # root's file, 0644, in a folder all may write
+    for folder, _, _ in os.walk({root!r} + "/drives"):
+        os.chmod(folder, 0o777)
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)  # from here, another user (its connection open)
+    try:
+        drive.write_bytes("d/x.txt", b"nobody's")
+    except DriveError as exc:
+        print(type(exc).__name__, exc)
+    else:
+        print("replaced")
+    print(drive.read_bytes("d/x.txt"))
+    drive.close()
+"""
+
+
+def test_replacing_another_users_file_says_why_it_is_refused(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """Its folder writable, `mv` over it works, but its backup (a hard link) is refused by
+    fs.protected_hardlinks: the message asked for write access to the folder."""
+    top = Path(tempfile.mkdtemp(prefix="asyncdrive-users-"))  # (pytest's is root's alone)
+    top.chmod(0o755)
+    try:
+        code = REPLACE_ANOTHER_USERS_FILE.format(drive_id=drive_id, root=str(top / "root"))
+        done = run_python(textwrap.dedent(code), cwd=workdir, env=env)
+    finally:
+        shutil.rmtree(top)
+    outcome, content = done.stdout.splitlines()
+    if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() == "0":
+        assert (outcome, content) == ("replaced", 'b"nobody\'s"')
+        return
+    assert outcome.startswith("DrivePermissionError Drive "), outcome
+    assert "it is another user's file" in outcome and "fs.protected_hardlinks" in outcome
+    assert "read and write access to the file" in outcome and "d/x.txt" in outcome, outcome
+    assert content == 'b"root\'s"'  # kept, whole
