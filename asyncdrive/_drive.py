@@ -1903,8 +1903,8 @@ class Drive:
                 first = min(refused)
                 raise self._delete_refused(
                     conn, first, refused[first], f"{first!r} and {len(refused) - 1} other "
-                    f"file(s) there are still in the drive; the other {len(files) - len(refused)}"
-                    " are deleted.",
+                    "file(s) in folders this user may not change are still in the drive; the "
+                    f"other {len(files) - len(refused)} are deleted.",
                 )  # fmt: skip
             return
         if not owners:

@@ -290,7 +290,9 @@ _READ_ALL_FIX = (
     "user that access."
 )
 #: The calls that only read the drive (their local side, if any, is written: get's).
-_READING = frozenset({"read_bytes", "open", "get", "info", "exists", "list", "list_info"})
+_READING = frozenset(
+    {"read_bytes", "open", "get", "get a folder", "info", "exists", "list", "list_info"}
+)
 _LEFT_AS_IT_WAS = {
     "put": "That file was not stored: its copy in the drive, if any, is as it was.",
     "write_bytes": "Nothing was stored: the drive is as it was.",

@@ -268,7 +268,7 @@ async def test_a_delete_the_disk_would_refuse_is_refused_before_the_index_change
                 await drive.delete(".", recursive=True)
             message = str(refused.value)
             assert "cannot delete 'd/a.txt'" in message, message
-            assert "'d/a.txt' and 1 other file(s) there are still" in message, message
+            assert "'d/a.txt' and 1 other file(s) in folders this user may not change" in message
             assert "the other 2 are deleted" in message, message
         finally:
             set_immutable(folder, False)
