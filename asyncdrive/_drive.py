@@ -539,6 +539,9 @@ class Drive:
             _inherited_after_fork.append(self._conn)
         self._pid = os.getpid()
         self._conn: _Connection | None = None
+        #: Connected (in this process) and not closed since: collected so, it warns, even
+        #: where the end of an event loop closed its connection meanwhile.
+        self._unclosed = False
         self._connect_lock: anyio.Lock | None = None
         #: (component, path) -> the version this drive last put (> 0) or deleted (< 0) of it,
         #: newest last (see `_remember`).
@@ -625,12 +628,13 @@ class Drive:
     async def aclose(self) -> None:
         """Close the drive's Redis connections. Idempotent; the drive cannot be used after."""
         self._closed = True
+        self._unclosed = False
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             await conn.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if getattr(self, "_conn", None) is not None and self._pid == os.getpid():
+        if getattr(self, "_unclosed", False) and self._pid == os.getpid():
             _warn(
                 f"unclosed Drive {self.id!r}: use 'async with' or 'await drive.aclose()'",
                 ResourceWarning,
@@ -663,7 +667,7 @@ class Drive:
                         raise self._closed_error()
                     await conn.close_with_loop(self)
                     _loops_with_connections.add(asyncio.get_running_loop())
-                    self._conn = conn
+                    self._conn, self._unclosed = conn, True
         conn = self._conn
         if conn.loop is not None and conn.loop.is_closed():  # (on every kind of server)
             raise RuntimeError(LOOP_CLOSED_BY_HAND)
