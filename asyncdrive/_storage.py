@@ -655,9 +655,16 @@ _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EI
 def _link_open_file(fd: int, folder: int, name: str) -> None:
     """Give the open, unnamed file ``fd`` the name ``name`` in the open ``folder``.
 
-    Atomic, and never replaces: `FileExistsError` if the name exists.
+    Atomic, and never replaces: `FileExistsError` if the name exists. Other errors name
+    the path the file was to have (the file's own is a ``/proc/self/fd`` one, of no use).
     """
-    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+    except OSError as exc:
+        if not isinstance(exc, FileExistsError | FileNotFoundError):
+            with contextlib.suppress(OSError):
+                exc.filename = os.path.join(os.readlink(f"/proc/self/fd/{folder}"), name)
+        raise
 
 
 _RENAME_NOREPLACE = 1

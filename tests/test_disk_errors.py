@@ -210,8 +210,9 @@ async def test_a_folder_refusing_renames_is_a_storage_error_not_a_clash(
                 assert "permission denied" in message and "write access" in message, message
                 # Not the /proc/self/fd name through which a new file is linked into place.
                 assert "/proc/self/fd" not in message, message
-                filename = refused.value.filename
-                assert filename is None or str(folder) in os.fsdecode(filename), filename
+                # The folder that refused is named (a link into place named nothing).
+                assert refused.value.filename is not None, message
+                assert str(folder) in os.fsdecode(refused.value.filename), message
         finally:
             set_immutable(folder, False)
         # Nothing changed: the old bytes and version, no new file, nothing left in .tmp.
