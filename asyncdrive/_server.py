@@ -8,6 +8,7 @@ PATH). Its files live in ``<root>/server/``::
     server.json    {"url": ..., "pid": ...} of the running server
     server.pid     the pid the server itself writes once it runs
     valkey.sock    the unix socket it listens on (loopback TCP if that path is too long)
+    server.conf    on loopback TCP, the password that keeps other users out (mode 0600)
     appendonly*    its append-only file, so a restart loses nothing
     server.log     its log
 
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -31,12 +33,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import redis
 
 from ._client import refusal_at_accept
-from ._config import resolve_root
+from ._config import redact_url, resolve_root
 from ._exceptions import DrivePermissionError, DriveStorageError, DriveUnavailableError
 
 __all__ = ["server_binary", "server_url", "stop_server"]
@@ -240,10 +243,18 @@ def _start(folder: Path) -> str:
         url = f"unix://{sock}"
         args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
     else:
+        # Any local user may connect to a loopback port (a socket's mode is 0700): a
+        # password of its own keeps them out, given in a file only this user reads, not
+        # on the command line, which every user may read.
+        password = secrets.token_hex(16)
+        config = os.open(folder / "server.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(config, "w") as conf:
+            conf.write(f"requirepass {password}\n")
         port = _free_port()
-        url = f"redis://127.0.0.1:{port}"
+        url = f"redis://:{password}@127.0.0.1:{port}"
+        args[1:1] = [str(folder / "server.conf")]  # (a config file comes first)
         args += ["--port", str(port), "--bind", "127.0.0.1"]
-    logger.info("starting embedded server for %s: %s", folder.parent, url)
+    logger.info("starting embedded server for %s: %s", folder.parent, redact_url(url))
     launched = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if launched.returncode != 0:
         raise DriveUnavailableError(
@@ -302,7 +313,8 @@ def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
             return True
         if time.monotonic() > deadline:
             raise DriveUnavailableError(
-                f"The embedded server of {root} (pid {pid}, {url}) runs but has not answered "
+                f"The embedded server of {root} (pid {pid}, {redact_url(url)}) runs but has "
+                "not answered "
                 f"for {_START_TIMEOUT:.0f} s (stopped, or overloaded?); a second one would "
                 f"split the drives' index. Check it (see {_server_dir(root) / 'server.log'}), "
                 "or stop it ('asyncdrive server stop', else kill it), then retry."
@@ -311,9 +323,15 @@ def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
     return False
 
 
+def _listening_at(url: str) -> str:
+    """Return where the server of ``url`` listens, as its title names it: a path, host:port."""
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port}"
+
+
 def _running_at(url: str) -> bool:
     """Return whether a process listening at ``url`` runs (by its title; True without /proc)."""
-    address = url.removeprefix("unix://").removeprefix("redis://")
+    address = _listening_at(url)
     try:
         processes = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -333,8 +351,7 @@ def _serving(pid: int, url: str) -> bool:
         title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return True  # (no /proc: taken for it)
-    address = url.removeprefix("unix://").removeprefix("redis://")
-    return address in title
+    return _listening_at(url) in title
 
 
 async def ensure_server(root: Path) -> str:

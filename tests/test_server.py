@@ -36,9 +36,22 @@ def test_long_root_listens_on_loopback_tcp(tmp_path: Path, drive_id: str) -> Non
         with SyncDrive(drive_id, root=root) as drive:
             drive.write_bytes("a.txt", b"over tcp")
         url = asyncdrive.server_url(root)
-        assert url is not None and url.startswith("redis://127.0.0.1:"), url
+        assert url is not None and url.startswith("redis://:"), url
+        password, _, address = url.removeprefix("redis://:").partition("@")
+        assert address.startswith("127.0.0.1:") and len(password) == 32, url
         with SyncDrive(drive_id, root=root) as drive:
             assert drive.read_bytes("a.txt") == b"over tcp"
+        # Any local user reaches a loopback port: without the password, nothing.
+        stranger = redis.Redis.from_url(f"redis://{address}")
+        try:
+            with pytest.raises(redis.AuthenticationError):
+                stranger.keys("*")
+        finally:
+            stranger.close()
+        conf = root / "server" / "server.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600
+        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+        assert password not in Path(f"/proc/{pid}/cmdline").read_text()  # ps shows it all
     finally:
         asyncdrive.stop_server(root)
     assert asyncdrive.server_url(root) is None
