@@ -365,11 +365,9 @@ def storage_error(
     reason, fix = _DISK_TROUBLE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
     if isinstance(exc, ExplainedOSError):
         reason, fix = exc.reason, exc.fix
-    on_the_drive = (
-        drive_dir is not None
-        and isinstance(exc.filename, str | bytes)
-        and os.fsdecode(exc.filename).startswith(os.fspath(drive_dir) + os.sep)
-    )
+    refused_at = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
+    drive_folder = "" if drive_dir is None else os.fspath(drive_dir)
+    on_the_drive = bool(drive_folder) and refused_at.startswith(drive_folder + os.sep)
     refused = exc.errno in (errno.EACCES, errno.EPERM)
     if doing.startswith("get") and not on_the_drive:
         fix = _LOCAL_FIX.get(exc.errno or 0, fix)
@@ -377,6 +375,12 @@ def storage_error(
         fix = _READ_ALL_FIX
     elif exc.errno == errno.EACCES and (reading or (doing == "put" and not on_the_drive)):
         fix = _READ_FIX  # (a put reads its local side)
+    elif refused and refused_at.startswith(os.path.join(drive_folder, ".tmp")) and on_the_drive:
+        # The uploads' folder is only the first place refused: the files go elsewhere next.
+        fix = (
+            f"Give this user write access to the drive's folders ({shorten(drive_folder)} and "
+            "those below it), or use a root of its own (root= or ASYNCDRIVE_ROOT)."
+        )
     filename = _disk_name(exc.filename)
     where = f" ({shorten(os.fsdecode(filename))})" if filename else ""
     what = doing if path is None else f"{doing} {shorten(os.fspath(path))!r}"

@@ -153,6 +153,10 @@ def test_storage_errors_say_what_an_errno_means() -> None:
                                   "put", "c", drive_dir="/shared/drives/d")  # fmt: skip
     assert "read access there" in str(reading_local), str(reading_local)
     assert "write access there" in str(writing_drive), str(writing_drive)
+    # Refused first in the uploads' folder: the whole drive is what needs the access.
+    uploads = storage_error("d", OSError(errno.EACCES, "Denied", "/shared/drives/d/.tmp/x"),
+                            "put", "c", drive_dir="/shared/drives/d")  # fmt: skip
+    assert "write access to the drive's folders (/shared/drives/d and those" in str(uploads)
     odd = storage_error("d", OSError(errno.ETXTBSY, "Text file busy"), "open", "b")
     assert str(odd) == (
         "Drive 'd': cannot open 'b': Text file busy. Check the disk (or the mount), then retry."
