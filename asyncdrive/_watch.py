@@ -269,7 +269,12 @@ class Watch:
         """
         if not self._read_cursor:
             conn = await self._drive._connection()
-            self._read_cursor = await conn.index.last_event_id()
+            try:
+                self._read_cursor = await conn.index.last_event_id()
+            except _RETRIED as exc:  # an outage: said as a drive's call says it
+                raise self._drive._unavailable(exc) from exc
+            except redis.exceptions.ResponseError as exc:
+                raise self._drive._refused(exc) from exc
             self._cursor = self._cursor or self._read_cursor
 
     async def _read(self, conn: _Connection, block: float) -> None:

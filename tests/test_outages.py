@@ -52,6 +52,7 @@ async def test_outage_fails_fast_then_recovers(
             drive.read_bytes("a.txt"),
             drive.delete("a.txt"),
             drive.get("a.txt"),
+            drive.watch().pin_start(),  # (let redis-py's ConnectionError out: a chaos soak)
         ):
             with pytest.raises(DriveUnavailableError, match="cannot reach Redis") as down:
                 await operation
