@@ -2335,7 +2335,12 @@ class DiskStore:
             os.close(folder)
 
     def _open_component_file(self, component: str, path: str) -> int:
-        return self._open_in_root(self._parts(component, path), path, _READ_FLAGS)
+        try:
+            return self._open_in_root(self._parts(component, path), path, _READ_FLAGS)
+        except NotADirectoryError as exc:
+            # A file where a folder of the path was (deleted, and a file put in its place
+            # since it was looked up): the file is gone, as a reader looks again to find.
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), exc.filename) from exc
 
     def read(self, component: str, path: str, expected: FileInfo | None = None) -> bytes:
         """Return the bytes of ``component``'s copy of ``path`` (``expected``: see `open_file`)."""

@@ -1970,6 +1970,16 @@ async def test_a_read_of_a_file_whose_bytes_are_gone_says_so(
             ), missing.value
             assert "gc() drops its entry" in str(missing.value)
         assert not Path("d").exists()
+        # A file where a folder of its path was (deleted, and a file put there meanwhile,
+        # in a race; here by hand): gone as well, not the disk failing (ENOTDIR).
+        await drive.write_bytes("e/g/h.bin", b"version 1")
+        folder = root / "drives" / drive.name / "default" / "e" / "g"
+        (folder / "h.bin").unlink()
+        folder.rmdir()
+        folder.write_bytes(b"a file now")
+        for read in (drive.read_bytes, drive.get, drive.open):
+            with pytest.raises(DriveFileNotFoundError, match=r"bytes are not at '.*/e/g/h\.bin'"):
+                await read("e/g/h.bin")
 
 
 async def test_a_read_gives_up_on_bytes_the_index_never_catches_up_with(
