@@ -90,7 +90,7 @@ from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
 from ._index import DIRECT_WRITES, WRITES, Index, PutOutcome
 from ._models import Buffer, FileInfo, FolderInfo, GcReport
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
-from ._server import ensure_server, forget_server
+from ._server import ensure_server, forget_server, running_at
 from ._storage import (
     ACCESS_AS_EFFECTIVE,
     PATH_MAX,
@@ -892,10 +892,18 @@ class Drive:
                 "or close drives not in use (each holds a few connections)."
             )
         elif self._conn is not None and self._conn.config.redis_url is None:
-            fix = (
-                "The drive's embedded server stopped (asyncdrive.stop_server?); create a new "
-                "Drive to start it again."
-            )
+            if isinstance(exc, redis.exceptions.BusyLoadingError):
+                fix = "The drive's embedded server is loading its data (restarted): retry soon."
+            elif running_at(url):  # (not stopped: it did not answer in time)
+                fix = (
+                    "The drive's embedded server runs, but did not answer in time (stalled, "
+                    "overloaded, or this process was paused meanwhile): retry."
+                )
+            else:
+                fix = (
+                    "The drive's embedded server stopped (asyncdrive.stop_server?); create a "
+                    "new Drive to start it again."
+                )
         else:
             fix = (
                 "Check that the server is running and reachable from this machine, or "
@@ -904,9 +912,11 @@ class Drive:
             )
             if url.startswith("rediss"):  # (a server without TLS does not answer its hello)
                 fix += " With rediss:// (TLS), check that the server speaks TLS on that port."
-        return DriveUnavailableError(  # (Sentinel's errors hold whole reprs: shortened)
+        # (Sentinel's errors hold whole reprs: shortened. A timeout of ours says nothing.)
+        detail = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else repr(exc))
+        return DriveUnavailableError(
             f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} "
-            f"({shorten(str(exc), 300)}). {fix}"
+            f"({shorten(detail, 300)}). {fix}"
         )
 
     def _refused(self, exc: redis.exceptions.ResponseError, url: str | None = None) -> DriveError:

@@ -265,7 +265,7 @@ def _start(folder: Path) -> str:
     while not _ping(url):
         waited = time.monotonic() - started
         # Died while starting (its disk full, say): said at once, not after the timeout.
-        gone = waited > 0.5 and not _running_at(url)
+        gone = waited > 0.5 and not running_at(url)
         if gone or waited > _START_TIMEOUT:
             what = "stopped while starting" if gone else (
                 f"did not answer within {_START_TIMEOUT:.0f} s")  # fmt: skip
@@ -329,7 +329,7 @@ def _listening_at(url: str) -> str:
     return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port}"
 
 
-def _running_at(url: str) -> bool:
+def running_at(url: str) -> bool:
     """Return whether a process listening at ``url`` runs (by its title; True without /proc)."""
     address = _listening_at(url)
     try:

@@ -313,3 +313,34 @@ def test_root_starts_a_server_where_its_files_are_nobodys(tmp_path: Path) -> Non
             assert drive.read_bytes("a.txt") == b"root's"
     finally:
         asyncdrive.stop_server(tmp_path)
+
+
+def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled server (or a paused client) was told "stopped; create a new Drive"."""
+    monkeypatch.setenv("ASYNCDRIVE_REDIS_TIMEOUT", "0.5")
+    try:
+        with SyncDrive("lit://hung", root=tmp_path) as drive:
+            drive.write_bytes("a.txt", b"x")
+            pid = json.loads((tmp_path / "server" / "server.json").read_text())["pid"]
+            watch = drive.watch()
+            os.kill(pid, signal.SIGSTOP)  # runs, answers nothing
+            try:
+                with pytest.raises(asyncdrive.DriveUnavailableError) as hung:
+                    drive.list(".")
+                with pytest.raises(asyncdrive.DriveUnavailableError) as watching:
+                    watch.next(timeout=0.5)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+                watch.close()
+            for message in (str(hung.value), str(watching.value)):
+                assert "runs, but did not answer in time" in message, message
+                assert "stopped" not in message and "()" not in message, message
+            assert drive.list(".") == ["a.txt"]  # the same drive, once it answers
+            asyncdrive.stop_server(tmp_path)
+            with pytest.raises(asyncdrive.DriveUnavailableError) as stopped:
+                drive.list(".")
+            assert "embedded server stopped" in str(stopped.value), stopped.value
+    finally:
+        asyncdrive.stop_server(tmp_path)
