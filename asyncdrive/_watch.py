@@ -209,6 +209,8 @@ class Watch:
                         else:
                             await self._read_group(conn, block, limit)
                 except _RETRIED as exc:
+                    if await self._ran_out_here(exc, deadline):
+                        return None
                     await self._backoff(exc, deadline)
                 except redis.exceptions.ResponseError as exc:  # refused: out of memory, ...
                     raise self._drive._refused(exc) from exc
@@ -224,6 +226,18 @@ class Watch:
         if not self._recursive:
             return event.path.rpartition("/")[0] == folder or event.path == folder
         return not folder or event.path == folder or event.path.startswith(folder + "/")
+
+    async def _ran_out_here(self, exc: BaseException, deadline: float | None) -> bool:
+        """Tell whether a read's time limit, past the caller's timeout, ran out in this process.
+
+        As when the process was paused (a debugger, SIGSTOP, a suspended machine) through
+        the read: the server answers now, so no event came in time, which is no outage.
+        (Nothing is lost: the cursor stays; a group's step cut short is claimed later.)
+        """
+        if deadline is None or time.monotonic() < deadline or self._failing_since is not None:
+            return False
+        conn = self._drive._conn
+        return isinstance(exc, TimeoutError) and conn is not None and not await _unanswered(conn)
 
     async def _backoff(self, exc: BaseException, deadline: float | None) -> None:
         """Wait before the next attempt to reconnect; raise once retrying is over.
@@ -546,7 +560,7 @@ class WaitingRoom:
                 await waiter.woken.wait()
         except TimeoutError:
             # Not "not put" where it could not look: the server out of reach, or hung.
-            failure = watch._last_failure if watch._failing_since else await self._unanswered()
+            failure = watch._last_failure if watch._failing_since else await _unanswered(self._conn)
             if failure is not None:
                 raise self._drive._unavailable(failure) from failure
             return False
@@ -558,21 +572,6 @@ class WaitingRoom:
                 raise waiter.error from None
             raise error from waiter.error
         return True
-
-    async def _unanswered(self) -> BaseException | None:
-        """Return why the server did not answer a round trip in time, if it did not.
-
-        The room's watch finds a hung server out only at the client's reply timeout
-        (10 s): a get timing out before that asks once more, briefly.
-        """
-        try:
-            with anyio.fail_after(_REPLY_MARGIN):
-                await self._conn.index.ping()
-        except TimeoutError:
-            return TimeoutError(f"no answer within {_REPLY_MARGIN:g} s")
-        except _RETRIED as exc:
-            return exc
-        return None
 
     def _reader_done(self, reader: asyncio.Task[None]) -> None:
         """Tell the waiters of a reader cancelled before it ran (its drive closed at once)."""
@@ -638,3 +637,19 @@ class WaitingRoom:
             if self._reader is asyncio.current_task():
                 self._reader = None
             await to_its_end(watch.aclose())
+
+
+async def _unanswered(conn: _Connection) -> BaseException | None:
+    """Return why the server did not answer a round trip in time, if it did not.
+
+    A watch finds a hung server out only at the client's reply timeout (10 s): a call
+    whose own timeout ends before that asks once more, briefly.
+    """
+    try:
+        with anyio.fail_after(_REPLY_MARGIN):
+            await conn.index.ping()
+    except TimeoutError:
+        return TimeoutError(f"no answer within {_REPLY_MARGIN:g} s")
+    except _RETRIED as exc:
+        return exc
+    return None

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from asyncdrive import (
 )
 from asyncdrive._index import Index, Keys
 
+from .procs import read_line, spawn, stop_all
 from .servers import ClusterServers, ServerProcess, command
 
 
@@ -604,3 +606,52 @@ async def test_a_cluster_resharding_the_drive_gives_drive_errors(
         for client in clients:
             client.close()
         cluster.stop()
+
+
+PAUSED_WATCHER = """
+    import asyncio
+    from asyncdrive import Drive
+
+    async def main():
+        async with Drive({drive_id!r}, root={root!r}, redis_url={url!r}) as drive:
+            watch = drive.watch()
+            await watch.pin_start()
+            print("ready", flush=True)
+            print("first:", await watch.next(timeout=1.0), flush=True)
+            print("then:", (await watch.next(timeout=30)).path, flush=True)
+            await watch.aclose()
+
+    asyncio.run(main())
+"""
+
+
+async def test_a_watcher_paused_past_its_timeout_finds_no_outage(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """A process paused through its read (a debugger, SIGSTOP, a suspended machine) was
+    told the server did not answer; it answers: no event came in time, that is all."""
+    code = PAUSED_WATCHER.format(drive_id=drive_id, root=str(tmp_path / "root"), url=server.url)
+    child = spawn(code, dict(os.environ), workdir)
+    assert server.proc is not None
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert read_line(child) == "ready"
+        deadline = time.monotonic() + 10
+        while not any(c["cmd"] == "xread" for c in client.client_list()):
+            assert time.monotonic() < deadline, "the watcher never blocked in its read"
+            await asyncio.sleep(0.01)
+        os.kill(child.pid, signal.SIGSTOP)
+        os.kill(server.proc.pid, signal.SIGSTOP)  # so that no reply comes before its limit
+        await asyncio.sleep(2.0)  # the pause itself, past the read's timeout and margin
+        os.kill(child.pid, signal.SIGCONT)
+        await asyncio.sleep(0.1)  # its read's time limit runs out, while the server sleeps
+        os.kill(server.proc.pid, signal.SIGCONT)
+        assert read_line(child) == "first: None"
+        async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+            await drive.write_bytes("after.txt", b"x")
+        assert read_line(child) == "then: after.txt"
+        assert child.wait(timeout=30) == 0
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        client.close()
+        stop_all([child])
