@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._config import is_valid_name, resolve_root
+from ._config import is_valid_name, redact_url, resolve_root
 from ._drive import _local_files, _local_name
 from ._exceptions import DriveError, DriveFileNotFoundError, InvalidPathError
 from ._models import FileInfo, FolderInfo
@@ -182,7 +182,8 @@ def _for_each_drive(args: argparse.Namespace) -> int:
         except DriveError as exc:
             if not args.all:
                 raise
-            status = status or _report(exc, args)
+            reported = _report(exc, args)
+            status = status or reported
     return status
 
 
@@ -398,12 +399,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command != "server":
             return _run_file_command(args)
         elif args.action == "start":
-            print(f"running: {ensure_server_sync(resolve_root(args.root))}")
+            print(f"running: {redact_url(ensure_server_sync(resolve_root(args.root)))}")
         elif args.action == "stop":
             print("stopped" if stop_server(args.root) else "not running")
         else:
             url = server_url(args.root)
-            print(f"running: {url}" if url else "not running")
+            print(f"running: {redact_url(url)}" if url else "not running")
             return 0 if url else 3
     except DriveError as exc:
         return _report(exc, args)

@@ -90,7 +90,7 @@ from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
 from ._index import DIRECT_WRITES, WRITES, Index, PutOutcome
 from ._models import Buffer, FileInfo, FolderInfo, GcReport
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
-from ._server import ensure_server, forget_server, running_at
+from ._server import ensure_server, forget_server, server_runs
 from ._storage import (
     ACCESS_AS_EFFECTIVE,
     PATH_MAX,
@@ -894,7 +894,7 @@ class Drive:
         elif self._conn is not None and self._conn.config.redis_url is None:
             if isinstance(exc, redis.exceptions.BusyLoadingError):
                 fix = "The drive's embedded server is loading its data (restarted): retry soon."
-            elif running_at(url):  # (not stopped: it did not answer in time)
+            elif server_runs(self._conn.store.root):  # (not stopped: no answer in time)
                 fix = (
                     "The drive's embedded server runs, but did not answer in time (stalled, "
                     "overloaded, or this process was paused meanwhile): retry."

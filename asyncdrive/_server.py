@@ -110,39 +110,60 @@ def _check_owner(root: Path, *, starting: bool = False) -> None:
 
     Its folder, socket and files are its owner's alone (mode 0700): any other user would
     be refused at each step, told to fix what is no fault of theirs. Root may use and
-    stop it, but not start one there (``starting``): that server would serve root alone.
+    stop it, but not start one there (``starting``), nor in another user's root that has
+    no server folder yet: that server would serve root alone, and lock its owner out.
     """
     folder = _server_dir(root)
+    me = os.geteuid()
+    what = "its folder"
     try:
         owner = folder.stat().st_uid
     except FileNotFoundError:
-        return
+        if me != 0:
+            return
+        try:
+            owner, what, starting = root.stat().st_uid, "the root", True
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _server_folder_error(root, exc) from exc
     except OSError as exc:
         raise _server_folder_error(root, exc) from exc
-    me = os.geteuid()
     # (On a mount that squashes root, such as NFS's default, root's own files are nobody's.)
     if owner == me or (me == 0 and (not starting or owner == _squashed_uid())):
         return
-    try:
-        name = pwd.getpwuid(owner).pw_name
-    except KeyError:
-        name = str(owner)
+    name = _user_name(owner)
     denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
     if me == 0:
         raise DrivePermissionError(
-            f"The embedded server of {root} belongs to user {name!r} (uid {owner}) and is "
-            f"not running: one started by root would serve root alone. Start it as that "
-            f"user (sudo -u {name} asyncdrive server start --root {root}), or use a root of "
-            "root's own (root= or ASYNCDRIVE_ROOT).",
+            f"The embedded server of {root} is not running, and {what} belongs to user "
+            f"{name!r} (uid {owner}): one started by root would serve root alone, and "
+            f"refuse that user. Start it as that user (sudo -u {name} asyncdrive server "
+            f"start --root {root}), or use a root of root's own (root= or ASYNCDRIVE_ROOT).",
             denied,
         )
+    by_root = (
+        f" If root started it by mistake, have root stop it (sudo asyncdrive server stop "
+        f"--root {root}) and give this user its folder (sudo chown -R {_user_name()} {folder})."
+        if owner == 0
+        else ""
+    )
     raise DrivePermissionError(
         f"The embedded server of {root} belongs to user {name!r} (uid {owner}): it serves "
         "that user alone. Use a root of this user's own (root= or ASYNCDRIVE_ROOT); to share "
         "drives between users, give them a Redis server of your own (ASYNCDRIVE_REDIS_URL) "
-        "and a root they can all write.",
+        f"and a root they can all write.{by_root}",
         denied,
     )
+
+
+def _user_name(uid: int | None = None) -> str:
+    """Return the name of user ``uid`` (default: this process's), or its number."""
+    uid = os.geteuid() if uid is None else uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _squashed_uid() -> int:
@@ -164,14 +185,23 @@ def _server_folder_error(root: Path, exc: OSError) -> DriveStorageError:
     )
 
 
+#: The lock file is opened without following a link: whoever owns the folder could make
+#: it one to a file of root's, which root would then hand over (see `_file_lock`).
+_LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _lock_fds_guard:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+                made = True
+            except FileExistsError:
+                fd, made = os.open(path, _LOCK_FLAGS), False
             _lock_fds.add(fd)
-        if os.geteuid() == 0:  # made by root in another user's folder: that user's, as all
+        if made and os.geteuid() == 0:  # root's, in another user's folder: that user's
             folder = os.stat(path.parent)
             if os.fstat(fd).st_uid != folder.st_uid:
                 os.fchown(fd, folder.st_uid, folder.st_gid)
@@ -223,7 +253,19 @@ def _free_port() -> int:
         return port
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` anew, readable by this user alone (it may hold the server's password)."""
+    path.unlink(missing_ok=True)  # (a file made before, with a wider mode, or a link)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+
+
 def _start(folder: Path) -> str:
+    # The folder, made 0700, may have been made wider by hand (or by mkdir -p): its files
+    # are this user's alone.
+    if folder.stat().st_mode & 0o077 and folder.stat().st_uid == os.geteuid():
+        folder.chmod(0o700)
     binary = server_binary()
     sock = folder / "valkey.sock"
     pidfile = folder / "server.pid"
@@ -247,9 +289,7 @@ def _start(folder: Path) -> str:
         # password of its own keeps them out, given in a file only this user reads, not
         # on the command line, which every user may read.
         password = secrets.token_hex(16)
-        config = os.open(folder / "server.conf", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(config, "w") as conf:
-            conf.write(f"requirepass {password}\n")
+        _write_private(folder / "server.conf", f"requirepass {password}\n")
         port = _free_port()
         url = f"redis://:{password}@127.0.0.1:{port}"
         args[1:1] = [str(folder / "server.conf")]  # (a config file comes first)
@@ -265,7 +305,7 @@ def _start(folder: Path) -> str:
     while not _ping(url):
         waited = time.monotonic() - started
         # Died while starting (its disk full, say): said at once, not after the timeout.
-        gone = waited > 0.5 and not running_at(url)
+        gone = waited > 0.5 and not _running_at(url)
         if gone or waited > _START_TIMEOUT:
             what = "stopped while starting" if gone else (
                 f"did not answer within {_START_TIMEOUT:.0f} s")  # fmt: skip
@@ -278,7 +318,7 @@ def _start(folder: Path) -> str:
             )
         time.sleep(0.005)
     pid = int(pidfile.read_text().strip()) if pidfile.exists() else 0
-    (folder / "server.json").write_text(json.dumps({"url": url, "pid": pid}))
+    _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
     return url
 
 
@@ -329,7 +369,16 @@ def _listening_at(url: str) -> str:
     return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port}"
 
 
-def running_at(url: str) -> bool:
+def server_runs(root: Path) -> bool:
+    """Return whether ``root``'s embedded server process runs (answering or not)."""
+    state = _read_state(_server_dir(root))
+    if not state:
+        return False
+    pid = int(str(state.get("pid") or 0))
+    return pid > 0 and _serving(pid, str(state.get("url")))
+
+
+def _running_at(url: str) -> bool:
     """Return whether a process listening at ``url`` runs (by its title; True without /proc)."""
     address = _listening_at(url)
     try:

@@ -81,7 +81,7 @@ def _read_umask() -> int:
                     return int(line.split()[1], 8)
     except OSError:
         pass
-    # Elsewhere the only way to read it is to set it; do so once, at import.
+    # Elsewhere the only way to read it is to set it (no Linux: no files without a name).
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -90,34 +90,31 @@ def _read_umask() -> int:
 #: The mode asyncdrive asks for when it creates a file by name: the kernel takes the umask
 #: in force off it, as for a plain ``open(path, "w")``.
 CREATE_MODE = 0o666
-_umask_seen = _read_umask()
-_umask_lock = threading.Lock()
 
 
-def _new_umask_lock() -> None:  # (a fork copies the lock as it was: maybe held)
-    global _umask_lock
-    _umask_lock = threading.Lock()
+def _kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    """Whether this Linux kernel is ``major.minor`` or newer (``release``: as `os.uname`)."""
+    numbers = (release or os.uname().release).split("-")[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
 
 
-os.register_at_fork(after_in_child=_new_umask_lock)
+#: Whether the kernel takes the umask off files made without a name (``O_TMPFILE``) too:
+#: from Linux 6.0 (``mode_strip_umask``; 6.2 here, to be safe). Before, only filesystems
+#: with ACLs did, so the umask was read and applied by hand.
+_UNNAMED_FILES_GET_THE_UMASK = sys.platform == "linux" and _kernel_at_least(6, 2)
 
 
-def file_mode() -> int:
-    """Return the mode a plain ``open(path, "w")`` gives a new file now: 0o666 less the umask.
+def unnamed_file_mode() -> int:
+    """Return the mode to make a file without a name with: as ``open(path, "w")`` would.
 
-    For files made without a name (``O_TMPFILE``), which kernels before 6.0 did not always
-    give the umask (on filesystems without ACLs). The umask is read by setting it, to the
-    value it had the last time (nothing changes for other threads), and set back only if
-    the program changed it since: then, for a moment, it is the one before that change.
+    The umask in force when it is made (a program may set it after importing us), taken
+    off by the kernel where it does, else read from ``/proc`` (never by setting it, which
+    races with other threads' own setting of it).
     """
-    global _umask_seen
-    with _umask_lock:
-        seen = _umask_seen
-        now = os.umask(seen)
-        if now != seen:
-            os.umask(now)
-            _umask_seen = now
-    return 0o666 & ~now
+    return CREATE_MODE if _UNNAMED_FILES_GET_THE_UMASK else CREATE_MODE & ~_read_umask()
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,15 +415,6 @@ _sync_file_range: Callable[[int, int, int, int], int] | None = _libc_function(
 )
 _SYNC_FILE_RANGE_WRITE = 2
 _syncfs: Callable[[int], int] | None = _libc_function("syncfs", [ctypes.c_int], ctypes.c_int)
-
-
-def _kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
-    """Whether this Linux kernel is ``major.minor`` or newer (``release``: as `os.uname`)."""
-    numbers = (release or os.uname().release).split("-")[0].split(".")
-    try:
-        return (int(numbers[0]), int(numbers[1])) >= (major, minor)
-    except (IndexError, ValueError):
-        return False
 
 
 #: Whether syncfs(2) is here and returns the writeback errors it meets (Linux 5.8+: before,
@@ -1127,7 +1115,7 @@ def _new_local_file(folder: Path, *, unnamed: bool) -> tuple[int, Path | None]:
     """
     if unnamed and _CAN_TMPFILE and _linkat is not None:
         try:
-            return os.open(folder, _UNNAMED_LOCAL_FLAGS, file_mode()), None
+            return os.open(folder, _UNNAMED_LOCAL_FLAGS, unnamed_file_mode()), None
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
@@ -1468,7 +1456,7 @@ class DiskStore:
         parts = ["drives", self.drive, ".tmp"]
         for _attempt in range(2):
             try:
-                return self._open_in_root(parts, ".tmp", _TMPFILE_FLAGS, file_mode())
+                return self._open_in_root(parts, ".tmp", _TMPFILE_FLAGS, unnamed_file_mode())
             except FileNotFoundError:
                 self.tmp_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

@@ -389,8 +389,8 @@ async def test_gc_removes_what_it_may_and_says_what_it_could_not(
 ) -> None:
     """One stray file that gc could not remove stopped it (the others stayed); `gc --all`
     stopped at the first drive that failed (the next were never visited)."""
-    other_id = f"{drive_id}b"  # listed after this one
-    for one in (drive_id, other_id):
+    other_id, third_id = f"{drive_id}b", f"{drive_id}c"  # listed after this one
+    for one in (drive_id, other_id, third_id):
         async with Drive(one) as drive:
             await drive.write_bytes("kept.txt", b"indexed")
         files = root / "drives" / one.removeprefix("lit://") / "default"
@@ -398,7 +398,9 @@ async def test_gc_removes_what_it_may_and_says_what_it_could_not(
         for stray in ("locked/stray.txt", "loose.txt"):
             (files / stray).write_bytes(b"put there by hand")
     locked = root / "drives" / drive_id.removeprefix("lit://") / "default" / "locked"
+    third_locked = root / "drives" / third_id.removeprefix("lit://") / "default" / "locked"
     set_immutable(locked, True)
+    set_immutable(third_locked, True)
     try:
         async with Drive(drive_id) as drive:
             with pytest.raises(DrivePermissionError) as refused:
@@ -413,8 +415,12 @@ async def test_gc_removes_what_it_may_and_says_what_it_could_not(
         )  # fmt: skip
     finally:
         set_immutable(locked, False)
+        set_immutable(third_locked, False)
     assert every.returncode == 1 and "Traceback" not in every.stderr, every.stderr
-    assert every.stderr.startswith(f"asyncdrive: error: Drive {drive_id[6:]!r}: cannot gc")
+    failed = every.stderr.splitlines()  # each drive that failed, said
+    assert len(failed) == 2, every.stderr
+    assert failed[0].startswith(f"asyncdrive: error: Drive {drive_id[6:]!r}: cannot gc")
+    assert failed[1].startswith(f"asyncdrive: error: Drive {third_id[6:]!r}: cannot gc")
     assert every.stdout.startswith(f"{other_id}: GcReport(uploads_removed=0"), every.stdout
     assert "orphans_removed=2" in every.stdout  # the next drive's gc ran, whole
 
@@ -549,8 +555,10 @@ def test_a_folder_put_keeps_within_the_open_file_limit(
 UMASK_SET_AFTER_IMPORT = """
     import os, stat
     os.umask(0o022)
-    from asyncdrive import SyncDrive
+    from asyncdrive import SyncDrive, _storage
 
+    # False: as on kernels before 6.0, which gave files without a name no umask.
+    _storage._UNNAMED_FILES_GET_THE_UMASK = {kernel_masks}
     os.umask(0o002)  # set by the program once its modules are imported: to share with a group
     with open("local.bin", "wb") as f:
         f.write(os.urandom(3 << 20))
@@ -566,13 +574,14 @@ UMASK_SET_AFTER_IMPORT = """
 """
 
 
+@pytest.mark.parametrize("kernel_masks", [True, False])
 def test_files_take_the_umask_in_force_not_the_one_at_import(
-    env: dict[str, str], workdir: Path, root: Path, drive_id: str
+    env: dict[str, str], workdir: Path, root: Path, drive_id: str, kernel_masks: bool
 ) -> None:
     """The mode was reckoned once, at import: a program that then set umask 002 to share
     with its group made drive files (and got files) 0644 all the same."""
     files = str(root / "drives" / drive_id.removeprefix("lit://") / "default")
-    code = UMASK_SET_AFTER_IMPORT.format(drive_id=drive_id, files=files)
+    code = UMASK_SET_AFTER_IMPORT.format(drive_id=drive_id, files=files, kernel_masks=kernel_masks)
     done = run_python(textwrap.dedent(code), cwd=workdir, env=env)
     assert done.stdout.splitlines() == [
         "d 0o775",

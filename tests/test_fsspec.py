@@ -34,7 +34,6 @@ from asyncdrive import (
     SyncDrive,
 )
 from asyncdrive._fsspec import DriveFileSystem
-from asyncdrive._storage import file_mode
 
 MiB = 1 << 20
 
@@ -221,7 +220,9 @@ def test_put_and_get_with_progress(fs: DriveFileSystem, name: str, workdir: Path
     fs.get_file(f"lit://{name}/big.bin", str(workdir / "out" / "big.bin"), callback=progress)
     assert (workdir / "out" / "big.bin").read_bytes() == big
     # The mode a plain open() gives, as Drive.get's copies have (not mkstemp's 0o600).
-    assert stat.S_IMODE(os.stat(workdir / "out" / "big.bin").st_mode) == file_mode()
+    (workdir / "plain").write_bytes(b"")
+    plain_mode = stat.S_IMODE(os.stat(workdir / "plain").st_mode)
+    assert stat.S_IMODE(os.stat(workdir / "out" / "big.bin").st_mode) == plain_mode
     assert progress.updates[-1] == len(big)
     fs.get(f"lit://{name}/tree/", str(workdir / "copy"), recursive=True)
     assert (workdir / "copy" / "sub" / "small.txt").read_bytes() == b"small"

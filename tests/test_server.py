@@ -32,9 +32,11 @@ def embedded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_long_root_listens_on_loopback_tcp(tmp_path: Path, drive_id: str) -> None:
     # A unix socket path is limited to about 100 bytes: under a deeper root, loopback TCP.
     root = tmp_path / ("r" * 60) / ("s" * 60)
+    (root / "server").mkdir(parents=True, mode=0o755)  # made by hand (mkdir -p): too wide
     try:
         with SyncDrive(drive_id, root=root) as drive:
             drive.write_bytes("a.txt", b"over tcp")
+        assert (root / "server").stat().st_mode & 0o777 == 0o700
         url = asyncdrive.server_url(root)
         assert url is not None and url.startswith("redis://:"), url
         password, _, address = url.removeprefix("redis://:").partition("@")
@@ -48,8 +50,13 @@ def test_long_root_listens_on_loopback_tcp(tmp_path: Path, drive_id: str) -> Non
                 stranger.keys("*")
         finally:
             stranger.close()
-        conf = root / "server" / "server.conf"
-        assert conf.stat().st_mode & 0o777 == 0o600
+        for private in ("server.conf", "server.json"):  # (the URL holds the password)
+            assert (root / "server" / private).stat().st_mode & 0o777 == 0o600
+        status = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", "server", "status", "--root", str(root)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert status.stdout == f"running: redis://:***@{address}\n"  # (into CI logs)
         pid = json.loads((root / "server" / "server.json").read_text())["pid"]
         assert password not in Path(f"/proc/{pid}/cmdline").read_text()  # ps shows it all
     finally:
@@ -286,21 +293,40 @@ def test_another_users_embedded_server_is_named_theirs() -> None:
 
 def test_root_does_not_start_a_server_in_another_users_root(tmp_path: Path) -> None:
     """Started by root there (sudo), the server would refuse the root's owner."""
-    (tmp_path / "server").mkdir(mode=0o700)
-    os.chown(tmp_path / "server", 1, 1)  # daemon's (nobody's would be root's, squashed)
-    with (
-        asyncdrive.SyncDrive("lit://x", root=tmp_path) as drive,
-        pytest.raises(asyncdrive.DrivePermissionError) as refused,
-    ):
-        drive.list(".")
-    message = str(refused.value)
-    assert "belongs to user 'daemon' (uid 1) and is not running" in message, message
-    assert f"sudo -u daemon asyncdrive server start --root {tmp_path}" in message, message
+    theirs, fresh = tmp_path / "theirs", tmp_path / "fresh"
+    (theirs / "server").mkdir(parents=True, mode=0o700)
+    os.chown(theirs / "server", 1, 1)  # daemon's (nobody's would be root's, squashed)
+    fresh.mkdir()
+    os.chown(fresh, 1, 1)  # a root of daemon's with no server folder yet
+    for root, what in ((theirs, "its folder"), (fresh, "the root")):
+        with (
+            asyncdrive.SyncDrive("lit://x", root=root) as drive,
+            pytest.raises(asyncdrive.DrivePermissionError) as refused,
+        ):
+            drive.list(".")
+        message = str(refused.value)
+        assert f"is not running, and {what} belongs to user 'daemon' (uid 1)" in message
+        assert f"sudo -u daemon asyncdrive server start --root {root}" in message, message
+    assert not (fresh / "server").exists()
     # Nothing started; the lock file root made there is the folder owner's, as all of it.
-    assert sorted(os.listdir(tmp_path / "server")) == ["server.lock"]
-    assert (tmp_path / "server" / "server.lock").stat().st_uid == 1
-    assert asyncdrive.server_url(tmp_path) is None  # root may ask, and stop
-    assert asyncdrive.stop_server(tmp_path) is False
+    assert sorted(os.listdir(theirs / "server")) == ["server.lock"]
+    assert (theirs / "server" / "server.lock").stat().st_uid == 1
+    assert asyncdrive.server_url(theirs) is None  # root may ask, and stop
+    assert asyncdrive.stop_server(theirs) is False
+
+
+def test_root_follows_no_link_the_owner_of_a_server_folder_made(tmp_path: Path) -> None:
+    """The folder's owner made its lock file a link to a file of root's: root, using the
+    root, gave that file to the folder's owner."""
+    (tmp_path / "server").mkdir(mode=0o700)
+    os.chown(tmp_path / "server", 1, 1)
+    secret = tmp_path / "roots-secret"
+    secret.write_bytes(b"root's")
+    secret.chmod(0o600)
+    (tmp_path / "server" / "server.lock").symlink_to(secret)
+    with pytest.raises(asyncdrive.DriveStorageError, match=r"server\.lock"):
+        asyncdrive.stop_server(tmp_path)
+    assert secret.stat().st_uid == 0 and secret.read_bytes() == b"root's"
 
 
 def test_root_starts_a_server_where_its_files_are_nobodys(tmp_path: Path) -> None:
