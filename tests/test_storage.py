@@ -385,8 +385,8 @@ def test_links_are_refused_by_the_probe_as_by_the_walk(
             store.open_file(component, path)
         return
     assert store.file_path(component, path) == store.base / checked
-    error = NotADirectoryError if "file/" in checked else FileNotFoundError
-    with pytest.raises(error):
+    # (A file where a folder of the path goes: missing too, as a reader finds it.)
+    with pytest.raises(FileNotFoundError):
         store.open_file(component, path)
     fd, size = store.open_file("c", "real/file")
     os.close(fd)
