@@ -640,12 +640,13 @@ class Index:
         raise AssertionError("not reached")
 
     async def read_events(
-        self, after: str, block_ms: int, count: int
+        self, after: str, block_ms: int | None, count: int
     ) -> tuple[list[DriveEvent], str]:
         """Wait up to ``block_ms`` for events after id ``after``; return them and the trim mark.
 
-        The trim mark (the newest event trimmed from the log) is read in the same pipeline,
-        right after the wait: if it is newer than ``after``, events after ``after`` were lost.
+        ``block_ms=None``: no wait, what is there now. The trim mark (the newest event
+        trimmed from the log) is read in the same pipeline, right after the wait: if it is
+        newer than ``after``, events after ``after`` were lost.
         """
         if self.readers is None:  # a Cluster: its client routes the pipeline to the drive's node
             async with self.client.pipeline(transaction=False) as pipe:
@@ -662,8 +663,9 @@ class Index:
         # The same two commands on a wire of their own: every event waits for this on its
         # way (redis-py's pipeline cost ~280 µs of CPU a read more, its connection ~40 µs
         # of latency more an event, measured).
+        wait = () if block_ms is None else ("BLOCK", block_ms)
         commands = [
-            ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", self.keys.events, after),
+            ("XREAD", "COUNT", count, *wait, "STREAMS", self.keys.events, after),
             ("GET", self.keys.trimmed),
         ]
         async with self.readers.borrowed() as wire:

@@ -299,9 +299,7 @@ class Watch:
             if parse_id(trimmed) > parse_id(self._read_cursor):
                 self._read_cursor = trimmed
         self._started = True
-        events, trimmed = await conn.index.read_events(
-            self._read_cursor, max(1, int(block * 1000)), _BATCH
-        )
+        events, trimmed = await _read_events(conn, self._read_cursor, block, _BATCH)
         # Trimming removes the oldest events: if it reached past the cursor, events after the
         # cursor were lost (or, rarely, the ones just read were trimmed right after: the
         # watcher is at the very edge of what is retained either way). Never skip silently.
@@ -379,8 +377,7 @@ class Watch:
             # Nothing for the group now: wait for the next event after its last delivered
             # one (the step then takes it), waking up often enough to claim a dead member's
             # events in time.
-            block_ms = max(1, int(min(block * 1000, self._claim_idle_ms / 2)))
-            await conn.index.read_events(step.last, block_ms, 1)
+            await _read_events(conn, step.last, min(block, self._claim_idle_ms / 2000), 1)
 
     def _group_path(self) -> str:
         """Return what this member watches, as its group keeps it: "r:<folder>" or "d:<folder>"."""
@@ -653,3 +650,26 @@ async def _unanswered(conn: _Connection) -> BaseException | None:
     except _RETRIED as exc:
         return exc
     return None
+
+
+#: The server ends a blocked read's wait on its own clock, which ticks every 100 ms (hz
+#: 10): `XREAD BLOCK 1` waits ~100 ms. Shorter waits are made here instead.
+_SERVER_TICK = 0.1
+
+
+async def _read_events(
+    conn: _Connection, after: str, block: float, count: int
+) -> tuple[list[DriveEvent], str]:
+    """Wait up to ``block`` s for events after id ``after`` (`Index.read_events`).
+
+    A wait shorter than the server's clock can time is a read now, a sleep here, and a
+    read again: ``next(timeout=0)`` takes what is there at once, and ``next(0.01)`` is
+    back within ~10 ms, not ~100.
+    """
+    if block >= _SERVER_TICK:
+        return await conn.index.read_events(after, int(block * 1000), count)
+    events, trimmed = await conn.index.read_events(after, None, count)
+    if events or block <= 0:
+        return events, trimmed
+    await anyio.sleep(block)
+    return await conn.index.read_events(after, None, count)

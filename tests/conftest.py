@@ -212,6 +212,12 @@ class SyncWatchAsAsync:
             raise StopAsyncIteration
         return event
 
+    async def next(self, timeout: float | None = None) -> Any:
+        return await anyio.to_thread.run_sync(self.sync.next, timeout)
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.sync.close)
+
     async def __aenter__(self) -> SyncWatchAsAsync:
         return self
 

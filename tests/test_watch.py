@@ -114,6 +114,24 @@ async def test_timeout_ends_iteration(make_drive: MakeDrive, drive_id: str) -> N
         assert [e async for e in events] == []
 
 
+@pytest.mark.parametrize("group", [None, "pollers"])
+async def test_short_timeouts_take_what_is_committed_without_a_blocking_read(
+    make_drive: MakeDrive, drive_id: str, group: str | None
+) -> None:
+    """``next(0)`` and waits shorter than the server's clock are reads that do not block
+    (a blocked XREAD ends on the server's tick: ~100 ms for ``next(0)``)."""
+    drive = make_drive(drive_id)
+    watch = drive.watch(group=group)
+    assert await watch.next(timeout=0) is None
+    assert await watch.next(timeout=0.01) is None
+    await drive.write_bytes("a.txt", b"1")
+    await drive.write_bytes("b.txt", b"2")
+    first, second = await watch.next(timeout=0), await watch.next(timeout=0.01)
+    assert (first and first.path, second and second.path) == ("a.txt", "b.txt")
+    assert await watch.next(timeout=0) is None
+    await watch.aclose()
+
+
 async def test_a_read_cancelled_while_it_waits_leaves_no_reply_for_the_next_command(
     drive_id: str, env: dict[str, str]
 ) -> None:
