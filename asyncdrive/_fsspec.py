@@ -62,6 +62,8 @@ __all__ = ["DriveFileSystem"]
 _PIECE = 4 << 20
 #: How long closing the drives at interpreter exit may take.
 _CLOSE_TIMEOUT = 10.0
+#: How many drives not in use a filesystem keeps connected (the ones it used last).
+_KEPT_DRIVES = 16
 
 
 def _file_entry(name: str, info: FileInfo) -> dict[str, Any]:
@@ -246,6 +248,9 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         }
         self._read_component = component_name
         self._drives: dict[str, Drive] = {}
+        #: Calls and open files using each drive (see `_using`), and drives handed out.
+        self._users: dict[str, int] = {}
+        self._pinned: set[str] = set()
         self._finalizer = weakref.finalize(
             self, _close_drives, os.getpid(), self._loop, self._drives
         )
@@ -258,7 +263,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             # does for the instances it caches; the drives reconnect by themselves.
             self._pid = os.getpid()
             self._loop = get_loop()
-            self._drives = {}
+            self._drives, self._users, self._pinned = {}, {}, set()
             self._finalizer = weakref.finalize(
                 self, _close_drives, self._pid, self._loop, self._drives
             )
@@ -275,13 +280,63 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     # -- drives and paths --------------------------------------------------------------------
 
     def drive(self, name: str) -> Drive:
-        """Return the `Drive` named ``name`` this filesystem uses (made on first use)."""
-        drive = self._drives.get(name)
+        """Return the `Drive` named ``name`` this filesystem uses (made on first use).
+
+        Kept until the filesystem closes (the drives it uses by itself, only while in use
+        or among the last it used: see `_using`).
+        """
+        self._pinned.add(name)
+        return self._kept(name)
+
+    def _kept(self, name: str) -> Drive:
+        """Return the drive ``name``, made if none is kept, as the one used last."""
+        drive = self._drives.pop(name, None)
         if drive is None:
-            drive = self._drives[name] = Drive(f"lit://{name}", **self._drive_args)
+            drive = Drive(f"lit://{name}", **self._drive_args)
             # Reads take this component's copy where several own a path, else the owner's.
             drive._read_first = self._read_component
+        self._drives[name] = drive  # (the dict's order: the least recently used first)
         return drive
+
+    @contextlib.asynccontextmanager
+    async def _using(self, name: str) -> AsyncIterator[Drive]:
+        """Lend the drive ``name`` for one call; then close the drives no longer needed.
+
+        Each drive holds two connections: one per drive name ever used (a run's own
+        drive, say) would add up to thousands. Kept: those in use (a call, an open
+        file), those handed out by `drive`, and the `_KEPT_DRIVES` used last.
+        """
+        self._hold(name)
+        drive = self._kept(name)
+        try:
+            yield drive
+        finally:
+            self._release(name)
+            await self._close_unneeded()
+
+    async def _lend(self, name: str) -> Drive:
+        """Return the drive ``name`` held for an open file (`_release` it once closed)."""
+        self._hold(name)
+        return self._kept(name)
+
+    def _hold(self, name: str) -> None:
+        self._users[name] = self._users.get(name, 0) + 1
+
+    def _release(self, name: str) -> None:
+        users = self._users.get(name, 0) - 1
+        if users > 0:
+            self._users[name] = users
+        else:
+            self._users.pop(name, None)
+
+    async def _close_unneeded(self) -> None:
+        names = list(self._drives)  # (at once: files of other threads take drives too)
+        kept = {*self._users, *self._pinned}
+        unneeded = [name for name in names if name not in kept]
+        for name in unneeded[: max(0, len(names) - _KEPT_DRIVES)]:
+            drive = self._drives.pop(name, None)
+            if drive is not None:
+                await drive.aclose()
 
     @contextlib.asynccontextmanager
     async def _drive_to_ask(self, name: str) -> AsyncIterator[Drive]:
@@ -291,11 +346,9 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         already; else, most likely a drive that does not exist, one made for the question
         and closed after it: probes of many names would keep a connection each.
         """
-        kept = self._drives.get(name)
-        if kept is None and await anyio.to_thread.run_sync(self._has_folder, name):
-            kept = self.drive(name)
-        if kept is not None:
-            yield kept
+        if name in self._drives or await anyio.to_thread.run_sync(self._has_folder, name):
+            async with self._using(name) as kept:
+                yield kept
             return
         probe = Drive(f"lit://{name}", **self._drive_args)
         probe._read_first = self._read_component
@@ -311,6 +364,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         """Close the drives' connections (done by itself at garbage collection and exit)."""
         drives = list(self._drives.values())
         self._drives.clear()
+        self._pinned.clear()
         await _aclose_all(drives)
 
     def close(self) -> None:
@@ -387,10 +441,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if not name:
             names = await anyio.to_thread.run_sync(self._drive_names)
             return [_dir_entry(n) for n in names] if detail else names
-        drive = self.drive(name)
         try:
-            infos = await drive.list_info(rest or ".") if detail else []
-            names = [] if detail else await drive.list(rest or ".")
+            async with self._using(name) as drive:
+                infos = await drive.list_info(rest or ".") if detail else []
+                names = [] if detail else await drive.list(rest or ".")
         except DriveNotADirectoryError:
             infos, names = [], []  # a file: it lists as itself, like in fsspec's others
         if not infos and not names:
@@ -486,10 +540,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         One recursive listing; with ``detail``, one round trip more for fsspec's entries
         (else they are empty). Raises `DriveNotADirectoryError` if ``folder`` is a file.
         """
-        drive = self.drive(name)
-        if detail:
-            return self._entries(name, await drive.list_info(folder or ".", recursive=True))
-        return {f"{name}/{file}": {} for file in await drive.list(folder or ".", recursive=True)}
+        async with self._using(name) as drive:
+            if detail:
+                return self._entries(name, await drive.list_info(folder or ".", recursive=True))
+            files = await drive.list(folder or ".", recursive=True)
+        return {f"{name}/{file}": {} for file in files}
 
     async def _tree(
         self, name: str, rest: str, *, detail: bool
@@ -581,7 +636,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
         name, rest = self._file(path)
-        async with self.drive(name).open(rest) as f:
+        async with self._using(name) as drive, drive.open(rest) as f:
             return await f.read_range(start or 0, end)
 
     # -- writing -----------------------------------------------------------------------------
@@ -591,7 +646,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any
     ) -> None:
         name, rest = self._file(path)
-        await self.drive(name).write_bytes(rest, value, exist_ok=mode != "create")
+        async with self._using(name) as drive:
+            await drive.write_bytes(rest, value, exist_ok=mode != "create")
 
     @_fsspec_terms(drive_arg=1)
     async def _put_file(
@@ -605,9 +661,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if await anyio.Path(lpath).is_dir():
             return  # folders exist by what they hold
         name, rest = self._file(rpath)
-        await self.drive(name).put(
-            lpath, to=rest, exist_ok=mode != "create", progress=_reporting_to(callback)
-        )
+        async with self._using(name) as drive:
+            await drive.put(
+                lpath, to=rest, exist_ok=mode != "create", progress=_reporting_to(callback)
+            )
 
     @_fsspec_terms()
     async def _get_file(
@@ -623,15 +680,14 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 "or copy into it with fs.get(rpath, lpath + '/')."
             )
         # The local file appears complete, or not at all (as any get's copy).
-        await self.drive(name).get(
-            rest, to=lpath, overwrite=True,
-            progress=_reporting_to(callback),
-        )  # fmt: skip
+        async with self._using(name) as drive:
+            await drive.get(rest, to=lpath, overwrite=True, progress=_reporting_to(callback))
 
     @_fsspec_terms()
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         name, rest = self._file(path)
-        await self.drive(name).delete(rest)
+        async with self._using(name) as drive:
+            await drive.delete(rest)
 
     @_fsspec_terms()
     async def _rm(
@@ -649,7 +705,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                     "recursive=True), folder by folder."
                 )
             if maxdepth is None and not _GLOB.search(rest):
-                await self.drive(name).delete(rest, recursive=recursive)
+                async with self._using(name) as drive:
+                    await drive.delete(rest, recursive=recursive)
                 continue
             await self._rm_matches(one, recursive=recursive, maxdepth=maxdepth)
 
@@ -689,11 +746,13 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _delete_file(self, path: str) -> None:
         name, rest = self._split(path)
         if rest:  # (not the drive itself, which 'lit://d/**' names: its files come too)
-            await self.drive(name).delete(rest)
+            async with self._using(name) as drive:
+                await drive.delete(rest)
 
     async def _delete_folder(self, path: str) -> None:
         name, rest = self._split(path)  # ('lit://d/**' names the drive itself: all of it)
-        await self.drive(name).delete(rest or ".", recursive=True)  # (this component's own)
+        async with self._using(name) as drive:
+            await drive.delete(rest or ".", recursive=True)  # (this component's own)
 
     def mv(
         self,
@@ -729,7 +788,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             name, rest = self._split(found)
             if rest:
                 try:
-                    await self.drive(name)._check_deletable(rest)
+                    async with self._using(name) as drive:
+                        await drive._check_deletable(rest)
                 except DriveFileNotFoundError as exc:
                     raise DriveFileNotFoundError(f"{exc} Nothing was moved.") from None
 
@@ -784,15 +844,16 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     @_fsspec_terms()
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
-        try:
-            name1, rest1 = self._file(path1)
-            src = await self.drive(name1).open(rest1)
-        except DriveIsADirectoryError:
-            return  # a folder (copy(recursive=True) lists them): made by the files copied in
+        name1, rest1 = self._file(path1)
         name2, rest2 = self._file(path2)
-        async with src, self.drive(name2).open(rest2, "wb") as dst:
-            while piece := await src.read(_PIECE):
-                await dst.write(piece)
+        async with self._using(name1) as source, self._using(name2) as target:
+            try:
+                src = await source.open(rest1)
+            except DriveIsADirectoryError:
+                return  # a folder (copy(recursive=True) lists them): made by the files in it
+            async with src, target.open(rest2, "wb") as dst:
+                while piece := await src.read(_PIECE):
+                    await dst.write(piece)
 
     def modified(self, path: str) -> datetime.datetime:
         """Return when the file's current version was committed (UTC), as fsspec's others."""
@@ -878,26 +939,38 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         #: Whether the write was dropped (an exception in its block, or never closed).
         self._dropped = False
         size = None
-        if mode == "rb":
-            drive = fs.drive(name)
-            try:
-                self._reader = sync(fs.loop, drive.open(rest).open)
-            except DriveError as exc:
-                _give_fsspec_terms(exc, name)
-                raise
-            size = self._reader.size
-        elif mode not in ("wb", "xb"):
+        if mode not in ("rb", "wb", "xb"):
             raise InvalidConfigError(
                 f"Drive {name!r}: cannot open {rest!r} with mode {mode!r}: drive files "
                 "open as 'rb', or as 'wb' or 'xb' (committed on close), never appended to."
             )
         self._drive_name, self._drive_path = name, rest
-        super().__init__(
-            fs, path, mode=mode, block_size=block_size, autocommit=autocommit,
-            cache_options=cache_options, size=size, **kwargs,
-        )  # fmt: skip
-        if mode == "xb":
-            self._initiate_upload()  # "x": refuse an existing file now, as open() does
+        #: The drive, held from the filesystem's closing of unused drives until closed.
+        self._lender = fs
+        self._drive: Drive | None = sync(fs.loop, fs._lend, name)
+        try:
+            if mode == "rb":
+                try:
+                    self._reader = sync(fs.loop, self._drive.open(rest).open)
+                except DriveError as exc:
+                    _give_fsspec_terms(exc, name)
+                    raise
+                size = self._reader.size
+            super().__init__(
+                fs, path, mode=mode, block_size=block_size, autocommit=autocommit,
+                cache_options=cache_options, size=size, **kwargs,
+            )  # fmt: skip
+            if mode == "xb":
+                self._initiate_upload()  # "x": refuse an existing file now, as open() does
+        except BaseException:
+            self._let_go_of_drive()
+            raise
+
+    def _let_go_of_drive(self) -> None:
+        """Hand the drive back to the filesystem (once), whatever thread this runs in."""
+        if getattr(self, "_drive", None) is not None:
+            self._drive = None
+            self._lender._release(self._drive_name)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         assert self._reader is not None
@@ -906,8 +979,8 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
     def _initiate_upload(self) -> None:
         if self._writer is not None:  # opened already ("xb")
             return
-        drive = self.fs.drive(self._drive_name)
-        opening = drive.open(self._drive_path, "wb", exist_ok=self.mode != "xb")
+        assert self._drive is not None
+        opening = self._drive.open(self._drive_path, "wb", exist_ok=self.mode != "xb")
         try:
             self._writer = sync(self.fs.loop, opening.open)
         except DriveError as exc:
@@ -950,6 +1023,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         finally:
             if self._reader is not None:
                 self._reader._let_go()
+            self._let_go_of_drive()
 
     def write(self, data: Any) -> int:
         """Write ``data`` (bytes-like); return how many bytes. Into a dropped write: nowhere.
@@ -973,6 +1047,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
                 self._writer._let_go()
             if self._reader is not None:
                 self._reader._let_go()
+            self._let_go_of_drive()
 
     def __exit__(
         self,
@@ -982,7 +1057,10 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
     ) -> None:
         if exc_type is not None and self.mode != "rb" and not getattr(self, "closed", True):
             self.closed = self._dropped = True
-            self.discard()  # never commit half of what the block meant to write
+            try:
+                self.discard()  # never commit half of what the block meant to write
+            finally:
+                self._let_go_of_drive()
             return
         self.close()
 
