@@ -13,7 +13,8 @@ Keys (``P`` a drive path, ``D`` a folder, ``""`` the root, ``C`` a component)::
     asyncdrive:{name}:versions   HASH  "C:P" -> last version (kept after delete: never reused)
     asyncdrive:{name}:events     STREAM  change log: change, path, component, size, ...
     asyncdrive:{name}:trimmed    STRING  id of the newest event trimmed from the log
-    asyncdrive:{name}:groups     HASH  consumer group -> what its members watch ("r:D", "d:D")
+    asyncdrive:{name}:groups     HASH  consumer group -> what its members watch ("r:D", "d:D"),
+                                       and "last:" + group -> its last event delivered
     asyncdrive:{name}:wake       pub/sub channel, the id of every new event
     asyncdrive:{name}:lock:C:P   STRING  short lock held while C commits P
 
@@ -252,16 +253,24 @@ end
 local events, group, member = KEYS[1], ARGV[1], ARGV[2]
 local trimmed = redis.call('GET', KEYS[2]) or '0-0'
 if ARGV[4] ~= '' then redis.call('XACK', events, group, ARGV[4]) end
-local last
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', events)
-for _, g in ipairs(ok and groups or {}) do
-  local fields = {}
-  for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
-  if fields['name'] == group then last = fields['last-delivered-id'] end
-end
+-- The group's last delivered event, as kept beside its path ('last:' and a name: no group
+-- has a ':' in its name), so that a step costs what one group costs, not all of them. Read
+-- from the log's list of groups only for a group older than that, or if it is gone.
+local kept_last = 'last:' .. group
+local last = redis.call('HGET', KEYS[3], kept_last)
+if last and not pcall(redis.call, 'XINFO', 'CONSUMERS', events, group) then last = nil end
 if not last then
-  last = ARGV[5] == '0' and trimmed or ARGV[5]
-  redis.call('XGROUP', 'CREATE', events, group, last, 'MKSTREAM')
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', events)
+  for _, g in ipairs(ok and groups or {}) do
+    local fields = {}
+    for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
+    if fields['name'] == group then last = fields['last-delivered-id'] end
+  end
+  if not last then
+    last = ARGV[5] == '0' and trimmed or ARGV[5]
+    redis.call('XGROUP', 'CREATE', events, group, last, 'MKSTREAM')
+  end
+  redis.call('HSET', KEYS[3], kept_last, last)
 end
 local path = redis.call('HGET', KEYS[3], group)
 if path ~= ARGV[6] then
@@ -293,10 +302,14 @@ if #held > 0 then
 end
 if after(trimmed, last) then
   redis.call('XGROUP', 'SETID', events, group, trimmed)
+  redis.call('HSET', KEYS[3], kept_last, trimmed)
   return {'expired', last, trimmed}
 end
 local read = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '>')
-if read and #read[1][2] > 0 then return {'event', read[1][2][1]} end
+if read and #read[1][2] > 0 then
+  redis.call('HSET', KEYS[3], kept_last, read[1][2][1][1])
+  return {'event', read[1][2][1]}
+end
 return {'none', last}
 """
 

@@ -944,3 +944,35 @@ async def test_a_drive_keeps_a_few_idle_connections_for_watches(
         if readers is None:
             pytest.skip("a Redis Cluster's watches read through redis-py's own pool")
         assert "4 idle, 0 lent" in repr(readers)
+
+
+async def test_a_group_step_reads_its_own_group_not_every_group(
+    env: dict[str, str], drive_id: str, redis_url: str
+) -> None:
+    """Each step listed every group of the drive (XINFO GROUPS) to find its own position:
+    with a group per job, every group read grew slower, blocking the server meanwhile. The
+    position is kept beside the group's path now; groups from before, and groups gone
+    (destroyed by hand), are found, or made again, as they were."""
+    async with Drive(drive_id) as drive:
+        conn = await drive._connection()
+        keys = conn.index.keys
+        for n in range(3):
+            await drive.write_bytes(f"{n}.txt", b"x")
+        async with raw_redis(redis_url) as client:
+            watch = drive.watch(group="g", since="0")
+            first = await watch.next(timeout=0)
+            assert first is not None and first.path == "0.txt"
+            kept = await client.hget(keys.group_paths, "last:g")
+            assert kept == first.id  # kept as delivered
+            # A group from before the position was kept: found by the list, then kept.
+            await client.hdel(keys.group_paths, "last:g")
+            second = await watch.next(timeout=0)
+            assert second is not None and second.path == "1.txt"
+            assert await client.hget(keys.group_paths, "last:g") == second.id
+            # Destroyed by hand, its kept position stale: made again, as from the start.
+            await watch.aclose()
+            await client.execute_command("XGROUP", "DESTROY", keys.events, "g")
+            again = drive.watch(group="g", since="0")
+            event = await again.next(timeout=0)
+            assert event is not None and event.path == "0.txt", event
+            await again.aclose()
