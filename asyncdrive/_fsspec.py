@@ -336,7 +336,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         for name in unneeded[: max(0, len(names) - _KEPT_DRIVES)]:
             drive = self._drives.pop(name, None)
             if drive is not None:
-                await drive.aclose()
+                with contextlib.suppress(Exception):  # (its failure is not the caller's call's)
+                    await drive.aclose()
 
     @contextlib.asynccontextmanager
     async def _drive_to_ask(self, name: str) -> AsyncIterator[Drive]:
