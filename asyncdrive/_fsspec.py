@@ -26,6 +26,7 @@ import io
 import os
 import re
 import sys
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -251,6 +252,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         #: Calls and open files using each drive (see `_using`), and drives handed out.
         self._users: dict[str, int] = {}
         self._pinned: set[str] = set()
+        #: Guards the three: files in other threads take drives and give them back.
+        self._drives_lock = threading.Lock()
         self._finalizer = weakref.finalize(
             self, _close_drives, os.getpid(), self._loop, self._drives
         )
@@ -264,6 +267,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             self._pid = os.getpid()
             self._loop = get_loop()
             self._drives, self._users, self._pinned = {}, {}, set()
+            self._drives_lock = threading.Lock()
             self._finalizer = weakref.finalize(
                 self, _close_drives, self._pid, self._loop, self._drives
             )
@@ -285,11 +289,12 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         Kept until the filesystem closes (the drives it uses by itself, only while in use
         or among the last it used: see `_using`).
         """
-        self._pinned.add(name)
-        return self._kept(name)
+        with self._drives_lock:
+            self._pinned.add(name)
+            return self._kept(name)
 
     def _kept(self, name: str) -> Drive:
-        """Return the drive ``name``, made if none is kept, as the one used last."""
+        """Return the drive ``name``, made if none is kept, as the one used last (locked)."""
         drive = self._drives.pop(name, None)
         if drive is None:
             drive = Drive(f"lit://{name}", **self._drive_args)
@@ -306,38 +311,52 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         drive, say) would add up to thousands. Kept: those in use (a call, an open
         file), those handed out by `drive`, and the `_KEPT_DRIVES` used last.
         """
-        self._hold(name)
-        drive = self._kept(name)
+        drive = self._lend(name)
         try:
             yield drive
         finally:
             self._release(name)
             await self._close_unneeded()
 
-    async def _lend(self, name: str) -> Drive:
-        """Return the drive ``name`` held for an open file (`_release` it once closed)."""
-        self._hold(name)
-        return self._kept(name)
-
-    def _hold(self, name: str) -> None:
-        self._users[name] = self._users.get(name, 0) + 1
+    def _lend(self, name: str) -> Drive:
+        """Return the drive ``name``, held until `_release` (for a call, or an open file)."""
+        with self._drives_lock:
+            self._users[name] = self._users.get(name, 0) + 1
+            return self._kept(name)
 
     def _release(self, name: str) -> None:
-        users = self._users.get(name, 0) - 1
-        if users > 0:
-            self._users[name] = users
-        else:
-            self._users.pop(name, None)
+        with self._drives_lock:
+            users = self._users.get(name, 0) - 1
+            if users > 0:
+                self._users[name] = users
+            else:
+                self._users.pop(name, None)
+
+    def _close_unneeded_soon(self) -> None:
+        """Have the filesystem's loop close the drives no longer needed (from any thread).
+
+        For files, which give their drive back when closed, in whatever thread closes them
+        (or collects them): many files of many drives, and no call between, would keep
+        every drive.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed() or sys.is_finalizing():
+            return
+        with self._drives_lock:
+            if len(self._drives) <= _KEPT_DRIVES:
+                return
+        with contextlib.suppress(RuntimeError):  # (the loop stopped meanwhile)
+            asyncio.run_coroutine_threadsafe(self._close_unneeded(), loop)
 
     async def _close_unneeded(self) -> None:
-        names = list(self._drives)  # (at once: files of other threads take drives too)
-        kept = {*self._users, *self._pinned}
-        unneeded = [name for name in names if name not in kept]
-        for name in unneeded[: max(0, len(names) - _KEPT_DRIVES)]:
-            drive = self._drives.pop(name, None)
-            if drive is not None:
-                with contextlib.suppress(Exception):  # (its failure is not the caller's call's)
-                    await drive.aclose()
+        with self._drives_lock:  # chosen and taken out at once: none is lent meanwhile
+            kept = {*self._users, *self._pinned}
+            unneeded = [name for name in self._drives if name not in kept]
+            excess = max(0, len(self._drives) - _KEPT_DRIVES)
+            closing = [self._drives.pop(name) for name in unneeded[:excess]]
+        for drive in closing:
+            with contextlib.suppress(Exception):  # (its failure is not the caller's call's)
+                await drive.aclose()
 
     @contextlib.asynccontextmanager
     async def _drive_to_ask(self, name: str) -> AsyncIterator[Drive]:
@@ -363,9 +382,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     async def aclose(self) -> None:
         """Close the drives' connections (done by itself at garbage collection and exit)."""
-        drives = list(self._drives.values())
-        self._drives.clear()
-        self._pinned.clear()
+        with self._drives_lock:
+            drives = list(self._drives.values())
+            self._drives.clear()
+            self._pinned.clear()
         await _aclose_all(drives)
 
     def close(self) -> None:
@@ -948,7 +968,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         self._drive_name, self._drive_path = name, rest
         #: The drive, held from the filesystem's closing of unused drives until closed.
         self._lender = fs
-        self._drive: Drive | None = sync(fs.loop, fs._lend, name)
+        self._drive: Drive | None = fs._lend(name)
         try:
             if mode == "rb":
                 try:
@@ -972,6 +992,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         if getattr(self, "_drive", None) is not None:
             self._drive = None
             self._lender._release(self._drive_name)
+            self._lender._close_unneeded_soon()
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         assert self._reader is not None
@@ -997,17 +1018,22 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
 
     def commit(self) -> None:
         """Commit what was written: readers see the new file from now on."""
-        if self._writer is not None:
-            try:
+        try:
+            if self._writer is not None:
                 sync(self.fs.loop, self._writer.aclose)
-            except DriveError as exc:
-                _give_fsspec_terms(exc, self._drive_name)
-                raise
+        except DriveError as exc:
+            _give_fsspec_terms(exc, self._drive_name)
+            raise
+        finally:
+            self._let_go_of_drive()
 
     def discard(self) -> None:
         """Drop what was written; the drive stays as it was."""
-        if self._writer is not None:
-            sync(self.fs.loop, self._writer.abort)
+        try:
+            if self._writer is not None:
+                sync(self.fs.loop, self._writer.abort)
+        finally:
+            self._let_go_of_drive()
 
     def close(self) -> None:
         """Close the file: commit a write (unless in a transaction), release a read."""
@@ -1024,7 +1050,8 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         finally:
             if self._reader is not None:
                 self._reader._let_go()
-            self._let_go_of_drive()
+            if self.mode == "rb" or self.autocommit:  # (in a transaction: at its end)
+                self._let_go_of_drive()
 
     def write(self, data: Any) -> int:
         """Write ``data`` (bytes-like); return how many bytes. Into a dropped write: nowhere.

@@ -256,16 +256,22 @@ if ARGV[4] ~= '' then redis.call('XACK', events, group, ARGV[4]) end
 -- The group's last delivered event, as kept beside its path ('last:' and a name: no group
 -- has a ':' in its name), so that a step costs what one group costs, not all of them. Read
 -- from the log's list of groups only for a group older than that, or if it is gone.
-local kept_last = 'last:' .. group
-local last = redis.call('HGET', KEYS[3], kept_last)
-if last and not pcall(redis.call, 'XINFO', 'CONSUMERS', events, group) then last = nil end
-if not last then
+-- The kept position may lag the group's own (moved by an older version of this script, or
+-- by hand): it is read again before it is reported as trimmed past, and waits start after
+-- the log's newest event once the group has nothing more to read.
+local function listed_last()
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', events)
   for _, g in ipairs(ok and groups or {}) do
     local fields = {}
     for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
-    if fields['name'] == group then last = fields['last-delivered-id'] end
+    if fields['name'] == group then return fields['last-delivered-id'] end
   end
+end
+local kept_last = 'last:' .. group
+local last = redis.call('HGET', KEYS[3], kept_last)
+if last and not pcall(redis.call, 'XINFO', 'CONSUMERS', events, group) then last = nil end
+if not last then
+  last = listed_last()
   if not last then
     last = ARGV[5] == '0' and trimmed or ARGV[5]
     redis.call('XGROUP', 'CREATE', events, group, last, 'MKSTREAM')
@@ -301,6 +307,10 @@ if #held > 0 then
   if #claimed > 0 then return {'event', claimed[1]} end
 end
 if after(trimmed, last) then
+  last = listed_last() or last
+  redis.call('HSET', KEYS[3], kept_last, last)
+end
+if after(trimmed, last) then
   redis.call('XGROUP', 'SETID', events, group, trimmed)
   redis.call('HSET', KEYS[3], kept_last, trimmed)
   return {'expired', last, trimmed}
@@ -309,6 +319,12 @@ local read = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREA
 if read and #read[1][2] > 0 then
   redis.call('HSET', KEYS[3], kept_last, read[1][2][1][1])
   return {'event', read[1][2][1]}
+end
+-- Nothing to read: the group is at the log's newest event, or past it.
+local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+if #newest > 0 and after(newest[1][1], last) then
+  last = newest[1][1]
+  redis.call('HSET', KEYS[3], kept_last, last)
 end
 return {'none', last}
 """

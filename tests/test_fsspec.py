@@ -12,6 +12,7 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -723,3 +724,30 @@ def test_drives_used_once_are_closed_not_kept_for_ever(fs: DriveFileSystem, name
     assert not handed._closed and len(fs._drives) <= _KEPT_DRIVES + 2
     # Flat once as many drives are kept as may be: 40 names more, no descriptor more.
     assert descriptors[2] - descriptors[1] <= 4, descriptors
+
+
+def test_a_write_in_a_transaction_keeps_its_drive_until_the_transaction_ends(
+    fs: DriveFileSystem, name: str
+) -> None:
+    """Given back at close, its drive was closed by the use of 16 others before the
+    transaction's end committed it: the write was lost (DriveClosedError)."""
+    with fs.transaction:
+        with fs.open(f"lit://{name}-tx/result.bin", "wb") as f:
+            f.write(b"payload")
+        for other in range(_KEPT_DRIVES + 4):
+            fs.pipe(f"lit://{name}-other{other}/x.bin", b"x")
+    assert fs.cat(f"lit://{name}-tx/result.bin") == b"payload"
+    assert fs._users == {}  # every drive given back
+
+
+def test_files_alone_close_the_drives_no_longer_needed(fs: DriveFileSystem, name: str) -> None:
+    """Files give their drive back when closed, with no call after that would close the
+    drives no longer needed: the filesystem's loop does it then."""
+    for run in range(_KEPT_DRIVES + 24):
+        with fsspec.open(f"lit://{name}-file{run}/metrics.csv", "w") as f:
+            f.write(f"run,{run}\n")
+    deadline = time.monotonic() + 10
+    while len(fs._drives) > _KEPT_DRIVES:  # (closed by the loop, just after the close)
+        assert time.monotonic() < deadline, len(fs._drives)
+        time.sleep(0.01)
+    assert fs.cat(f"lit://{name}-file0/metrics.csv") == b"run,0\n"

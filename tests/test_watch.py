@@ -976,3 +976,28 @@ async def test_a_group_step_reads_its_own_group_not_every_group(
             event = await again.next(timeout=0)
             assert event is not None and event.path == "0.txt", event
             await again.aclose()
+
+
+async def test_a_group_moved_by_hand_goes_on_from_where_it_was_moved(
+    env: dict[str, str], drive_id: str, redis_url: str
+) -> None:
+    """Its kept position lagged (moved by hand, or by an older version's step): the member
+    read the events after it again and again (thousands of steps a second)."""
+    async with Drive(drive_id) as drive:
+        keys = (await drive._connection()).index.keys
+        watch = drive.watch(group="g", since="0")
+        await drive.write_bytes("first.txt", b"x")
+        first = await watch.next(timeout=5)
+        assert first is not None and first.path == "first.txt"
+        for n in range(5):
+            await drive.write_bytes(f"backlog{n}.txt", b"x")
+        async with raw_redis(redis_url) as client:
+            await client.execute_command("XGROUP", "SETID", keys.events, "g", "$")  # skipped
+            assert await watch.next(timeout=0.3) is None
+            newest = await client.xrevrange(keys.events, count=1)
+            assert newest and await client.hget(keys.group_paths, "last:g") == newest[0][0]
+        await drive.write_bytes("after.txt", b"x")
+        after = await watch.next(timeout=5)
+        assert after is not None and after.path == "after.txt"
+        assert await watch.next(timeout=0) is None
+        await watch.aclose()
