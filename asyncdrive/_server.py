@@ -264,7 +264,8 @@ def _write_private(path: Path, text: str) -> None:
 def _start(folder: Path) -> str:
     # The folder, made 0700, may have been made wider by hand (or by mkdir -p): its files
     # are this user's alone.
-    if folder.stat().st_mode & 0o077 and folder.stat().st_uid == os.geteuid():
+    found = folder.stat()
+    if found.st_mode & 0o077 and found.st_uid == os.geteuid():
         folder.chmod(0o700)
     binary = server_binary()
     sock = folder / "valkey.sock"
