@@ -30,6 +30,7 @@ from ._exceptions import (
     DriveStorageError,
     DriveTimeoutError,
     DriveUnavailableError,
+    GroupInUseError,
     IndexLostError,
     InvalidConfigError,
     InvalidDriveIdError,
@@ -37,7 +38,7 @@ from ._exceptions import (
     VersionConflictError,
 )
 from ._files import DriveReader, DriveWriter, Opening
-from ._models import FileInfo, FolderInfo, GcReport
+from ._models import FileInfo, FolderInfo, GcReport, GroupInfo
 from ._progress import ProgressCallback
 from ._server import server_binary, server_url, stop_server
 from ._sync import SyncDrive, SyncDriveReader, SyncDriveWriter, SyncWatch
@@ -87,6 +88,8 @@ __all__ = [
     "FileInfo",
     "FolderInfo",
     "GcReport",
+    "GroupInUseError",
+    "GroupInfo",
     "IndexLostError",
     "InvalidConfigError",
     "InvalidDriveIdError",

@@ -142,6 +142,21 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--since", help="resume after this event id ('0': all retained)")
     watch.add_argument("--group", help="share the events with the other members of GROUP")
     watch.add_argument("--timeout", type=float, help="stop after this many idle seconds")
+    groups = commands.add_parser(
+        "groups",
+        parents=[files, json_output],
+        help="list a drive's consumer groups, or remove one",
+        description="List the consumer groups of a drive (watch --group): what their members "
+        "watch, how many there are, events held and not yet handed out. --remove removes a "
+        "group no longer used (groups are kept when their last member leaves).",
+    )
+    groups.add_argument("target", metavar="lit://DRIVE")
+    groups.add_argument(
+        "--remove", metavar="GROUP", help="remove this group (refused while a member works)"
+    )
+    groups.add_argument(
+        "--force", action="store_true", help="with --remove: even while a member works"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.epilog = (
         "exit status: 0 done, 1 error, 2 usage, 3 server not running, 4 not found, "
@@ -333,6 +348,8 @@ def _run_file_command(args: argparse.Namespace) -> int:
                     progress=None if bar is None else bar.part(),
                 )  # fmt: skip
             _print(args, {"got": str(local)}, f"{drive.id}/{path} -> {local}")
+        elif args.command == "groups":
+            return _groups_command(args, drive, path)
         else:  # watch
             with drive.watch(path, since=args.since, group=args.group, timeout=args.timeout) as w:
                 for event in w:
@@ -344,6 +361,40 @@ def _run_file_command(args: argparse.Namespace) -> int:
                         f"{event.component_name}",
                     )
                     sys.stdout.flush()
+    return 0
+
+
+def _groups_command(args: argparse.Namespace, drive: SyncDrive, path: str) -> int:
+    """List the drive's consumer groups, or remove one (``--remove``)."""
+    if path != ".":
+        raise _UsageError(f"groups belong to a drive: name it alone ({drive.id}), not a path.")
+    if args.force and args.remove is None:
+        raise _UsageError("--force goes with --remove GROUP.")
+    if args.remove is not None:
+        removed = drive.remove_group(args.remove, force=args.force)
+        done = f"{drive.id}: group {args.remove!r} removed" if removed else ""
+        _print(args, {"removed": removed}, done)
+        if not removed:
+            print(f"asyncdrive: {drive.id} has no group {args.remove!r}", file=sys.stderr)
+        return 0 if removed else 4
+    found = drive.groups()
+    rows = [("GROUP", "PATH", "MEMBERS", "PENDING", "LAG", "IDLE")] + [
+        (
+            group.name,
+            group.path + ("/**" if group.recursive else "/*"),
+            str(group.members),
+            str(group.pending),
+            "?" if group.lag is None else str(group.lag),
+            "-" if group.idle is None else f"{group.idle:.1f}s",
+        )
+        for group in found
+    ]
+    widths = [*(max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)), 0]
+    text = "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    )
+    _print(args, [dataclasses.asdict(group) for group in found], text if found else "")
     return 0
 
 
@@ -375,6 +426,7 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "create the drive with allow_duplicates=True": "pass --allow-duplicates",
         "use info() or get() for a file": "use 'asyncdrive info' or 'asyncdrive get' for a file",
         "Pass to= another local folder": "Pass another LOCAL folder",
+        "pass force=True to remove it": "pass --force to remove it",
     }
     for library, command in replaced.items():
         message = message.replace(library, command)

@@ -79,6 +79,19 @@ def check_component_name(component_name: str, what: str = "component name") -> s
     return component_name
 
 
+def check_group_name(drive: str, group: str) -> None:
+    """Raise `InvalidConfigError` unless ``group`` is a valid consumer group name.
+
+    Example:
+        >>> check_group_name("d", "evaluators")
+
+    """
+    try:
+        check_component_name(group, "group name")
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"Drive {drive!r}: {exc}") from None
+
+
 def check_seconds(drive: str, name: str, value: float | None) -> None:
     """Raise `InvalidConfigError` unless ``value`` (an argument ``name``) is None or >= 0.
 

@@ -50,7 +50,7 @@ import anyio
 import redis.exceptions
 from redis.asyncio.sentinel import MasterNotFoundError
 
-from . import _paths, _progress
+from . import _paths, _progress, _watch
 from ._client import (
     CLUSTER_MOVING,
     CLUSTER_PASSING,
@@ -64,6 +64,7 @@ from ._config import (
     ResolvedConfig,
     absolute_root,
     check_component_name,
+    check_group_name,
     check_seconds,
     parse_drive_id,
     redact_url,
@@ -79,6 +80,7 @@ from ._exceptions import (
     DriveNotADirectoryError,
     DriveTimeoutError,
     DriveUnavailableError,
+    GroupInUseError,
     IndexLostError,
     InvalidConfigError,
     InvalidPathError,
@@ -88,7 +90,7 @@ from ._exceptions import (
 )
 from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
 from ._index import DIRECT_WRITES, WRITES, Index, PutOutcome
-from ._models import Buffer, FileInfo, FolderInfo, GcReport
+from ._models import Buffer, FileInfo, FolderInfo, GcReport, GroupInfo
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
 from ._server import ensure_server, forget_server, server_runs
 from ._storage import (
@@ -2811,10 +2813,7 @@ class Drive:
         """
         folder = self._path(path, allow_root=True)
         if group is not None:
-            try:
-                check_component_name(group, "group name")
-            except InvalidConfigError as exc:
-                raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
+            check_group_name(self.name, group)
         check_seconds(self.name, "timeout", timeout)
         check_seconds(self.name, "claim_idle", claim_idle)
         if claim_idle == float("inf"):
@@ -2839,6 +2838,64 @@ class Drive:
             timeout=timeout,
             claim_idle=claim_idle,
         )
+
+    @_redis_errors_as_unavailable
+    async def groups(self) -> builtins.list[GroupInfo]:
+        """Return the drive's consumer groups (``watch(group=...)``), sorted by name.
+
+        Example:
+            >>> [(g.name, g.members, g.pending, g.lag) for g in await drive.groups()]
+            [('evaluators', 2, 1, 0)]
+
+        """
+        conn = await self._connection(check_index=False)
+        return await conn.index.groups()
+
+    @_redis_errors_as_unavailable
+    async def remove_group(self, group: str, *, force: bool = False) -> bool:
+        """Remove a consumer group: its position in the change log, and its members.
+
+        Groups are kept when their last member leaves (the next one goes on from there):
+        remove those no longer used, such as a finished run's. Events of the drive are not
+        touched; other groups and plain watches go on as before.
+
+        Example:
+            >>> await drive.remove_group("evaluators")
+            True
+
+        Args:
+            group: the group's name.
+            force: remove it even while a member works: one that holds an event not yet
+                acknowledged, or read within the last 10 s. Such a member's next read
+                raises `CursorExpiredError` (the event it held counts as handled).
+
+        Returns:
+            True if the group was removed; False if the drive had no such group.
+
+        Raises:
+            GroupInUseError: a member works (see ``force``); nothing was removed.
+
+        """
+        check_group_name(self.name, group)
+        conn = await self._connection(check_index=False, writing=f"remove group {group!r}")
+        reply = await conn.index.remove_group(
+            group, active_ms=int(_watch.ACTIVE_MEMBER * 1000), force=force
+        )
+        if reply[0] == "busy":
+            member, held, idle_ms = reply[1:]
+            doing = (
+                f"holds {held} event{'' if held == 1 else 's'} not yet acknowledged"
+                if held
+                else f"read {idle_ms / 1000:.1f} s ago"
+            )
+            raise GroupInUseError(
+                f"Drive {self.name!r}: consumer group {group!r} is in use (member "
+                f"{member!r} {doing}); nothing was removed. Close its members' watches "
+                "first, or pass force=True to remove it under them (their next read "
+                "raises CursorExpiredError)."
+            )
+        logger.info("drive %s: consumer group %r %s", self.name, group, reply[0])
+        return bool(reply[0] == "removed")
 
 
 _checked_servers: set[str] = set()

@@ -161,6 +161,10 @@ class CursorExpiredError(DriveError, LookupError):
     """A watch cannot resume: events after its cursor were trimmed from the change log."""
 
 
+class GroupInUseError(DriveError, RuntimeError):
+    """A consumer group has members at work, so `Drive.remove_group` did not remove it."""
+
+
 class DriveTimeoutError(DriveError, TimeoutError):
     """An operation waited longer than its timeout."""
 

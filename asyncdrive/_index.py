@@ -40,7 +40,7 @@ from redis.commands.core import AsyncScript
 from ._client import CLUSTER_PASSING, CONNECTION_LOST, RedisClient
 from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
-from ._models import FileInfo
+from ._models import FileInfo, GroupInfo
 from ._paths import parent_dirs
 from ._storage import DiskFile
 from ._tasks import to_its_end
@@ -252,7 +252,8 @@ local function after(a, b)
 end
 local events, group, member = KEYS[1], ARGV[1], ARGV[2]
 local trimmed = redis.call('GET', KEYS[2]) or '0-0'
-if ARGV[4] ~= '' then redis.call('XACK', events, group, ARGV[4]) end
+-- (pcall: the group may have been removed meanwhile, its events with it)
+if ARGV[4] ~= '' then pcall(redis.call, 'XACK', events, group, ARGV[4]) end
 -- The group's last delivered event, as kept beside its path ('last:' and a name: no group
 -- has a ':' in its name), so that a step costs what one group costs, not all of them. Read
 -- from the log's list of groups only for a group older than that, or if it is gone.
@@ -273,6 +274,8 @@ if last and not pcall(redis.call, 'XINFO', 'CONSUMERS', events, group) then last
 if not last then
   last = listed_last()
   if not last then
+    -- A member that has read the group before finds it gone: removed (`remove_group`).
+    if ARGV[8] == '1' then return {'removed'} end
     last = ARGV[5] == '0' and trimmed or ARGV[5]
     redis.call('XGROUP', 'CREATE', events, group, last, 'MKSTREAM')
   end
@@ -335,7 +338,7 @@ return {'none', last}
 # holding nothing loses nothing by it (a live one is back at its next read). KEYS: 1 the
 # change log. ARGV: 1 group, 2 member, 3 the event to acknowledge ('' none), 4 idle (ms).
 _GROUP_LEAVE_LUA = """
-if ARGV[3] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) end
+if ARGV[3] ~= '' then pcall(redis.call, 'XACK', KEYS[1], ARGV[1], ARGV[3]) end
 local ok, members = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 for _, m in ipairs(ok and members or {}) do
   local fields = {}
@@ -346,6 +349,56 @@ for _, m in ipairs(ok and members or {}) do
   end
 end
 return 0
+"""
+
+# A drive's consumer groups: for each, its name, what its members watch (as the groups'
+# paths keep it, '' if not kept), members, events held unacknowledged, last delivered event,
+# lag ('' where the server cannot count it) and the least idle member's idle time (ms, -1:
+# no member). KEYS: 1 the change log, 2 the groups' paths.
+_GROUPS_LUA = """
+local function fields_of(flat)
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  return fields
+end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+local found = {}
+for _, g in ipairs(ok and groups or {}) do
+  local fields = fields_of(g)
+  local idle = -1
+  for _, m in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], fields['name'])) do
+    local member_idle = fields_of(m)['idle']
+    if idle < 0 or member_idle < idle then idle = member_idle end
+  end
+  local lag = fields['lag']
+  table.insert(found, {
+    fields['name'], redis.call('HGET', KEYS[2], fields['name']) or '', fields['consumers'],
+    fields['pending'], fields['last-delivered-id'], lag and tostring(lag) or '', idle,
+  })
+end
+return found
+"""
+
+# Remove a consumer group: its position, its members and what they hold. Unless ARGV[3] is
+# '1', refused while a member holds an event or read within ARGV[2] ms: {'busy', member,
+# events held, idle ms}. {'removed'} or {'none'} (no such group; what the groups' paths kept
+# of it is removed all the same). KEYS: 1 the change log, 2 the groups' paths. ARGV: 1 group.
+_GROUP_REMOVE_LUA = """
+local group = ARGV[1]
+local ok, members = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], group)
+if ok and ARGV[3] ~= '1' then
+  for _, m in ipairs(members) do
+    local fields = {}
+    for i = 1, #m, 2 do fields[m[i]] = m[i + 1] end
+    if fields['pending'] > 0 or fields['idle'] < tonumber(ARGV[2]) then
+      return {'busy', fields['name'], fields['pending'], fields['idle']}
+    end
+  end
+end
+redis.call('HDEL', KEYS[2], group, 'last:' .. group)
+if not ok then return {'none'} end
+redis.call('XGROUP', 'DESTROY', KEYS[1], group)
+return {'removed'}
 """
 
 #: The commands of `_DENIED_LUA` that change a drive (the others only read).
@@ -400,7 +453,10 @@ def _glob_escape(text: str) -> str:
 
 @dataclass(frozen=True)
 class GroupStep:
-    """What one `Index.group_step` found: "event", "none", "expired", "path" or "lost"."""
+    """What one `Index.group_step` found: "event", "none", "expired", "path", "lost", "removed".
+
+    "removed": the group is gone, removed since this member last read it.
+    """
 
     kind: str
     event: DriveEvent | None = None
@@ -520,6 +576,8 @@ class Index:
         self._kind = client.register_script(_KIND_LUA)
         self._group_step = client.register_script(_GROUP_STEP_LUA)
         self._group_leave = client.register_script(_GROUP_LEAVE_LUA)
+        self._groups = client.register_script(_GROUPS_LUA)
+        self._group_remove = client.register_script(_GROUP_REMOVE_LUA)
         #: Locks (component, path, token) this connection took and could not release, the
         #: server out of reach: released when it answers again (`release_unreleased`).
         self.unreleased: list[tuple[str, str, str]] = []
@@ -718,17 +776,24 @@ class Index:
         start: str,
         path: str,
         active_ms: int,
+        *,
+        joined: bool = False,
     ) -> GroupStep:
         """Acknowledge ``ack``, then claim or read one event for ``member`` (`_GROUP_STEP_LUA`).
 
         ``start`` is where the group starts if it must be created (``"0"``: the oldest event
-        retained). ``path`` is what the member watches: a step of kind "path" refused it,
-        since another member, one that stepped within ``active_ms``, watches another.
+        retained), unless the member ``joined`` it before (it has read): then a group gone
+        is reported ("removed"), not made again. ``path`` is what the member watches: a step
+        of kind "path" refused it, since another member, one that stepped within
+        ``active_ms``, watches another.
         """
         keys = [self.keys.events, self.keys.trimmed, self.keys.group_paths]
         args = [group, member, str(claim_idle_ms), ack or "", start, path, str(active_ms)]
+        args.append("1" if joined else "0")
         reply = await self._run(self._group_step, keys, args)
         kind = reply[0]
+        if kind == "removed":
+            return GroupStep(kind)
         if kind == "event":
             event_id, flat = reply[1]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -745,6 +810,38 @@ class Index:
         """Acknowledge ``ack`` and remove ``member`` from ``group`` if it holds no event."""
         args = [group, member, ack or "", str(IDLE_MEMBER_MS)]
         await self._run(self._group_leave, [self.keys.events], args)
+
+    async def groups(self) -> list[GroupInfo]:
+        """Return the drive's consumer groups, by name (`_GROUPS_LUA`)."""
+        keys = [self.keys.events, self.keys.group_paths]
+        found = []
+        for name, kept_path, members, pending, last, lag, idle in await self._run_reading(
+            self._groups, keys, []
+        ):
+            kind, _, folder = (kept_path or "r:").partition(":")
+            found.append(
+                GroupInfo(
+                    name=name,
+                    path=folder or ".",
+                    recursive=kind != "d",
+                    members=int(members),
+                    pending=int(pending),
+                    last_event_id=last,
+                    lag=int(lag) if lag else None,
+                    idle=None if int(idle) < 0 else int(idle) / 1000,
+                )
+            )
+        return sorted(found, key=lambda group: group.name)
+
+    async def remove_group(self, group: str, *, active_ms: int, force: bool) -> list[Any]:
+        """Remove ``group`` (`_GROUP_REMOVE_LUA`); return the script's reply.
+
+        Unless ``force``, refused ("busy") while a member holds an event or read within
+        ``active_ms``.
+        """
+        keys = [self.keys.events, self.keys.group_paths]
+        args = [group, str(active_ms), "1" if force else "0"]
+        return cast(list[Any], await self._run(self._group_remove, keys, args))
 
     async def denied_commands(self) -> set[str]:
         """Return the commands on this drive's keys the server's ACL denies its user.

@@ -12,7 +12,7 @@ if sys.version_info >= (3, 12):
 else:
     from typing_extensions import Buffer as Buffer
 
-__all__ = ["FileInfo", "FolderInfo", "GcReport"]
+__all__ = ["FileInfo", "FolderInfo", "GcReport", "GroupInfo"]
 
 #: The checksum algorithm of `FileInfo.checksum` (hex digest). SHA-256 was measured to be the
 #: fastest strong hash here (hardware-accelerated in OpenSSL), faster than BLAKE2b.
@@ -62,6 +62,40 @@ class FolderInfo:
     """
 
     path: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A consumer group of a drive (``watch(group=...)``), as `Drive.groups` returns it.
+
+    Example:
+        >>> [(g.name, g.path, g.members, g.lag) for g in await drive.groups()]
+        [('evaluators', 'ckpt', 2, 0)]
+
+    Attributes:
+        name: the group's name.
+        path: the folder (or file) its members watch; ``"."``: the whole drive.
+        recursive: whether they watch its sub-folders too.
+        members: its members: watches open in it, or gone (killed) while holding events,
+            or gone within the last 10 minutes.
+        pending: events handed to members and not yet acknowledged.
+        last_event_id: the id of the last event handed to the group: its position.
+        lag: events of the drive committed after that position (the members skip those
+            outside their path); None where the server cannot count them (Redis before 7,
+            or events deleted from the log by hand).
+        idle: seconds since a member last read (the most recent); None: no members. A
+            waiting member reads at least every 5 s.
+
+    """
+
+    name: str
+    path: str
+    recursive: bool
+    members: int
+    pending: int
+    last_event_id: str
+    lag: int | None
+    idle: float | None
 
 
 @dataclass(frozen=True, slots=True)

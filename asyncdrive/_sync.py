@@ -37,7 +37,7 @@ from ._drive import Drive, StrPath, _inherited_after_fork, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveClosedError, DriveError
 from ._files import DriveReader, DriveWriter, FileT
-from ._models import Buffer, FileInfo, FolderInfo, GcReport
+from ._models import Buffer, FileInfo, FolderInfo, GcReport, GroupInfo
 from ._progress import ProgressCallback
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
@@ -662,6 +662,16 @@ class SyncDrive:
     def gc(self, *, grace: float = 3600.0) -> GcReport:
         """Clean up after writers that died (see `Drive.gc`)."""
         return self._run("gc", lambda d: d.gc(grace=grace))
+
+    @_documented_by(Drive.groups)
+    def groups(self) -> builtins.list[GroupInfo]:
+        """Return the drive's consumer groups (see `Drive.groups`)."""
+        return self._run("groups", lambda d: d.groups())
+
+    @_documented_by(Drive.remove_group)
+    def remove_group(self, group: str, *, force: bool = False) -> bool:
+        """Remove a consumer group (see `Drive.remove_group`)."""
+        return self._run("remove_group", lambda d: d.remove_group(group, force=force))
 
     @overload
     def open(

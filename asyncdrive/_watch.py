@@ -349,8 +349,9 @@ class Watch:
                     self._read_cursor,
                     self._group_path(),
                     int(ACTIVE_MEMBER * 1000),
+                    joined=self._joined,
                 )
-            if step.kind == "path":
+            if step.kind in ("path", "removed"):
                 return step
             self._to_ack = None  # acknowledged by the step
             self._joined = True
@@ -363,6 +364,13 @@ class Watch:
         step = await to_its_end(step_and_keep())
         if step.kind == "path":
             raise self._other_path(step.path)
+        if step.kind == "removed":
+            raise CursorExpiredError(
+                f"Drive {self._drive.name!r}: consumer group {self._group!r} was removed "
+                "(remove_group) while this member read it: its position, and any event "
+                "handed out and not acknowledged, are gone. Watch again (with since=, or "
+                "from now) to start the group anew."
+            )
         if step.kind == "expired":
             raise self._expired(step.last, group_moved_to=step.trimmed)
         elif step.kind == "lost":

@@ -207,7 +207,8 @@ def test_console_script_paths_groups_and_exit_statuses(
         [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert helped.returncode == 0
-    for command in ("ls", "put", "get", "cat", "rm", "info", "watch", "rebuild-index", "gc"):
+    commands = ("ls", "put", "get", "cat", "rm", "info", "watch", "groups", "rebuild-index", "gc")
+    for command in commands:
         assert command in helped.stdout
     Path("a.txt").write_text("A")
     Path("b.txt").write_text("B")
@@ -229,6 +230,21 @@ def test_console_script_paths_groups_and_exit_statuses(
     ]
     again = cli("watch", "--group", "g", "--since", "0", "--timeout", "0.3", drive_id)
     assert (again.returncode, again.stdout) == (0, "")
+    # The group stays (its members left): listed, then removed.
+    listed = cli("groups", drive_id)
+    assert [line.split() for line in listed.stdout.splitlines()] == [
+        ["GROUP", "PATH", "MEMBERS", "PENDING", "LAG", "IDLE"],
+        ["g", "./**", "0", "0", "0", "-"],
+    ]
+    (group,) = json.loads(cli("groups", "--json", drive_id).stdout)
+    assert (group["name"], group["members"], group["idle"]) == ("g", 0, None)
+    removed = cli("groups", "--remove", "g", drive_id)
+    assert (removed.returncode, removed.stdout) == (0, f"{drive_id}: group 'g' removed\n")
+    missing = cli("groups", "--remove", "g", drive_id)
+    assert (missing.returncode, missing.stdout) == (4, "")
+    assert missing.stderr == f"asyncdrive: {drive_id} has no group 'g'\n"
+    assert cli("groups", drive_id).stdout == ""
+    assert cli("groups", f"{drive_id}/two").returncode == 2  # a drive's, not a path's
     assert cli("rm", f"{drive_id}/two/a.txt").returncode == 0
     gone = cli("cat", f"{drive_id}/two/a.txt")
     assert (gone.returncode, gone.stdout) == (4, "")

@@ -27,6 +27,7 @@ from asyncdrive import (
     DriveError,
     DriveEvent,
     DriveUnavailableError,
+    GroupInUseError,
     InvalidConfigError,
     SyncDrive,
     _index,
@@ -694,6 +695,76 @@ async def test_group_members_must_watch_one_path(
                 assert event is not None and event.path == "ckpt/4.pt"
                 with pytest.raises(InvalidConfigError, match="group 'g' watches 'ckpt'"):
                     await stale.next(1)
+
+
+async def test_groups_are_listed_and_removed_once_unused(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Drive(drive_id) as drive:
+        assert await drive.groups() == []
+        async with drive.watch(timeout=0.1) as plain:  # a plain watch makes no group
+            assert [e async for e in plain] == []
+        assert await drive.groups() == []
+        member = drive.watch("ckpt", group="g", claim_idle=60)
+        await drive.write_bytes("ckpt/1.pt", b"x")
+        held = await member.next(5)
+        assert held is not None
+        for name in ("ckpt/2.pt", "ckpt/3.pt"):
+            await drive.write_bytes(name, b"x")
+        (info,) = await drive.groups()
+        assert (info.name, info.path, info.recursive) == ("g", "ckpt", True)
+        assert (info.members, info.pending, info.last_event_id) == (1, 1, held.id)
+        assert info.lag == 2 and info.idle is not None and 0 <= info.idle < 5
+        # Held by a member: refused, and nothing removed.
+        with pytest.raises(GroupInUseError) as refused:
+            await drive.remove_group("g")
+        assert isinstance(refused.value, DriveError) and isinstance(refused.value, RuntimeError)
+        message = str(refused.value)
+        assert f"Drive {drive.name!r}: consumer group 'g' is in use" in message
+        assert f"member {member._consumer!r} holds 1 event not yet acknowledged" in message
+        assert "nothing was removed" in message and "force=True" in message
+        assert [g.name for g in await drive.groups()] == ["g"]
+        # Read within ACTIVE_MEMBER, holding nothing: refused too.
+        event = await member.next(5)
+        assert event is not None and event.path == "ckpt/2.pt"
+        assert await member.next(5) is not None and await member.next(0) is None  # acked all
+        with pytest.raises(GroupInUseError, match=r"read \d+\.\d s ago"):
+            await drive.remove_group("g")
+        # Idle longer than that, holding nothing (it may be gone): removed.
+        monkeypatch.setattr(_watch, "ACTIVE_MEMBER", 0.2)
+        await anyio.sleep(0.3)
+        assert await drive.remove_group("g") is True
+        assert await drive.groups() == []
+        conn = await drive._connection()
+        assert await conn.client.hgetall(conn.index.keys.group_paths) == {}
+        assert await drive.remove_group("g") is False  # none left
+        # The member that read it learns its group is gone, rather than making it again
+        # from where it started (which would hand out its events twice).
+        with pytest.raises(CursorExpiredError, match="group 'g' was removed"):
+            await member.next(1)
+        assert await drive.groups() == []
+        await member.aclose()
+        # force=True removes a group whose member holds an event.
+        async with drive.watch("ckpt", group="g", since="0", claim_idle=60) as anew:
+            event = await anew.next(5)
+            assert event is not None and event.path == "ckpt/1.pt"  # a new group, from since
+            assert await drive.remove_group("g", force=True) is True
+            with pytest.raises(CursorExpiredError, match="was removed"):
+                await anew.next(1)
+        assert await drive.groups() == []
+        with pytest.raises(InvalidConfigError, match="Invalid group name 'a:b'"):
+            await drive.remove_group("a:b")
+
+        def blocking() -> tuple[list[Any], bool]:
+            with SyncDrive(drive_id) as sync:
+                with sync.watch(group="s", timeout=0.1) as watch:
+                    assert list(watch) == []  # the iteration's end: the member left
+                    listed = sync.groups()
+                return listed, sync.remove_group("s")
+
+        listed, removed = await anyio.to_thread.run_sync(blocking)
+        assert [(g.name, g.path, g.members, g.idle) for g in listed] == [("s", ".", 0, None)]
+        assert removed
 
 
 async def test_an_event_held_by_a_live_member_is_not_reported_lost_when_trimmed(
