@@ -152,6 +152,11 @@ class _CallerLoop:
                 signal.set_wakeup_fd(old_wakeup)
                 if _get_handler(_SIGINT) is on_sigint:
                     _set_handler(_SIGINT, signal.default_int_handler)
+            # The task holds the exception raised here, whose traceback holds this frame:
+            # let go of it, so that the exception, and the SyncDrive its frames hold, are
+            # freed when the caller drops it (not left to the cyclic collector, whose
+            # finalizers, run in any order, would report the drive's parts unclosed).
+            del task, on_sigint
 
     def _wake_on_signals(self) -> int:
         """Have a signal wake this loop from its wait; return the wake-up fd it replaces.
@@ -249,7 +254,9 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
         or getattr(type(loop), "_run_once", None) is not _ASYNCIO_RUN_ONCE
         or loop.get_debug()
     ):
-        loop.run_until_complete(task)
+        # (Until the task is done, not for its result: run_until_complete(task) would raise
+        # the task's exception from a frame holding the task, which holds the exception.)
+        loop.run_until_complete(asyncio.wait([task]))
         return
     if loop.is_running():  # as run_forever: never two runs of one loop at once
         raise RuntimeError("This event loop is already running")

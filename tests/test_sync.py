@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -831,6 +832,49 @@ def test_unclosed_syncdrive_warns_when_collected(
     # Collecting it also closed it: the loop thread and the disk threads stop.
     assert joined_loop_threads() == []
     assert joined_disk_threads() == []
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_syncdrive_whose_call_raised_is_freed_once_dropped(
+    env: dict[str, str], workdir: Path, drive_id: str, debug: bool
+) -> None:
+    """A call's exception holds no cycle back to the drive: dropped unclosed, the drive goes
+    at once with one warning. (In a cycle, the collector finalizes its parts in any order:
+    the loop and each connection would report themselves unclosed, a dozen warnings.)"""
+    code = f"""
+        import gc, time, warnings, weakref
+        from asyncdrive import SyncDrive
+        gc.disable()
+        warnings.simplefilter("always")
+        with SyncDrive({drive_id!r}) as owner:
+            owner.write_bytes("a.txt", b"x")
+        caught = []  # the messages only (a record's source would keep the drive alive)
+        warnings.showwarning = lambda message, *args: caught.append(str(message))
+        other = SyncDrive({drive_id!r}, component_name="other")
+        try:
+            other.write_bytes("a.txt", b"y")
+        except FileExistsError:
+            pass
+        try:
+            other.read_bytes("missing")
+        except FileNotFoundError:
+            pass
+        collected = weakref.ref(other)
+        del other
+        deadline = time.monotonic() + 10  # (a worker thread of the connect may hold it)
+        while collected() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(collected() is None, caught)
+    """
+    flags = ["-X", "dev"] if debug else []  # asyncio's debug mode: run_until_complete
+    done = subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    freed, messages = done.stdout.strip().split(" ", 1)
+    assert freed == "True", done.stderr
+    assert messages == f"[\"unclosed SyncDrive {drive_id!r}: use 'with' or call close()\"]"
+    assert done.stderr == ""
 
 
 @pytest.mark.parametrize("used", ["one-shot calls", "a watch"])
