@@ -423,6 +423,7 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "pass recursive=True": "pass -r",
         "(delete(path, recursive=True))": "(with 'asyncdrive rm -r')",
         "pass component_name= ": "pass --component ",
+        "use a Drive created with that component_name": "pass --component with that name",
         "create the drive with allow_duplicates=True": "pass --allow-duplicates",
         "use info() or get() for a file": "use 'asyncdrive info' or 'asyncdrive get' for a file",
         "Pass to= another local folder": "Pass another LOCAL folder",

@@ -1910,7 +1910,7 @@ class Drive:
                 )
             _, files = await conn.index.list_files(drive_path, component)
             if not files:
-                raise self._not_found(drive_path, [], component)
+                raise await self._none_of_ours(conn, drive_path, component)
             refused: dict[str, OSError] = {}
             for start in range(0, len(files), _DELETE_BATCH_FILES):
                 batch = files[start : start + _DELETE_BATCH_FILES]
@@ -1926,6 +1926,19 @@ class Drive:
         if not owners:
             await self._check_not_lost(conn)
         raise self._not_found(drive_path, sorted(owners), component, deleting=True)
+
+    async def _none_of_ours(self, conn: _Connection, folder: str, component: str) -> DriveError:
+        """Return the error of a recursive delete of a folder holding no file of ``component``.
+
+        It names the components whose files the folder holds (of its first 100 files).
+        """
+        _, files = await conn.index.list_files(folder, None)
+        owners = {name for found in await conn.index.owners_many(files[:100]) for name in found}
+        return DriveFileNotFoundError(
+            f"Drive {self.name!r}: component {component!r} has no file in folder {folder!r} "
+            f"(its files are owned by {', '.join(map(repr, sorted(owners)))}; a component "
+            "deletes only its own copies: use a Drive created with that component_name)."
+        )
 
     async def _check_deletable(self, path: str) -> None:
         """Raise what `delete` would if this component does not own the file ``path``.
@@ -2689,7 +2702,7 @@ class Drive:
             ...     chunk = await f.read(4096)
             >>> async with drive.open("out/log.txt", "wb") as f:
             ...     written = await f.write(b"results")
-            >>> f.info.version
+            >>> f.info.version if f.info else None  # committed on leaving the block
             1
 
         Args:

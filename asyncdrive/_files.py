@@ -353,7 +353,7 @@ class DriveWriter:
         >>> async with drive.open("out/result.bin", "wb") as f:
         ...     for chunk in chunks:
         ...         await f.write(chunk)
-        >>> f.info.version
+        >>> f.info.version if f.info else None  # committed on leaving the block
         1
 
     Attributes:

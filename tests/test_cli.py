@@ -182,6 +182,9 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     bad_name = cli("cat", "--component", "a b", f"{drive_id}/a.txt")
     assert bad_name.returncode == 2 and "--component 'a b'" in bad_name.stderr
     assert cli("rm", "--component", "other", f"{drive_id}/a.txt").returncode == 0
+    theirs = cli("rm", "--component", "other", f"{drive_id}/a.txt")  # only default's now
+    assert theirs.returncode == 4 and "(owned by 'default';" in theirs.stderr
+    assert "deletes only its own copies: pass --component with that name" in theirs.stderr
     bad = cli("ls", "s3://bucket")
     assert bad.returncode == 1 and "lit://" in bad.stderr
     nothing = cli("ls", f"{drive_id}/no/such/folder")

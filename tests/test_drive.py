@@ -279,6 +279,16 @@ async def test_components_and_duplicates(make_drive: MakeDrive, drive_id: str) -
     with pytest.raises(DriveFileNotFoundError, match="'w2'"):
         await d1.delete("a.txt")
     assert await d1.read_bytes("a.txt") == b"from w2"
+    # A folder of others' files: the message names them, and deleting as one of them.
+    await d2.write_bytes("ckpt/1.pt", b"x")
+    with pytest.raises(DriveFileNotFoundError) as none_of_ours:
+        await d1.delete("ckpt", recursive=True)
+    assert str(none_of_ours.value) == (
+        f"Drive {d1.name!r}: component 'w1' has no file in folder 'ckpt' (its files are owned "
+        "by 'w2'; a component deletes only its own copies: use a Drive created with that "
+        "component_name)."
+    )
+    assert await d1.list("ckpt") == ["ckpt/1.pt"]
 
 
 async def test_get_missing_and_component_missing(make_drive: MakeDrive, drive_id: str) -> None:
