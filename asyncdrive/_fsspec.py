@@ -720,14 +720,14 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     ) -> None:
         for one in [path] if isinstance(path, str) else path:
             name, rest = self._split(one)
-            if not rest:
-                raise InvalidPathError(
-                    f"{one!r} is a whole drive: remove its files with rm('lit://{name}/<folder>', "
-                    "recursive=True), folder by folder."
+            if not rest and not recursive:
+                raise DriveIsADirectoryError(
+                    f"Drive {name!r}: {one!r} is a whole drive; pass recursive=True to delete "
+                    "the files of this filesystem's component in it."
                 )
             if maxdepth is None and not _GLOB.search(rest):
-                async with self._using(name) as drive:
-                    await drive.delete(rest, recursive=recursive)
+                async with self._using(name) as drive:  # (the whole drive: as delete('.'))
+                    await drive.delete(rest or ".", recursive=recursive)
                 continue
             await self._rm_matches(one, recursive=recursive, maxdepth=maxdepth)
 

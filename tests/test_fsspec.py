@@ -29,6 +29,7 @@ from asyncdrive import (
     AmbiguousPathError,
     DriveError,
     DriveFileExistsError,
+    DriveIsADirectoryError,
     DriveUnavailableError,
     InvalidConfigError,
     InvalidPathError,
@@ -465,6 +466,9 @@ def test_rm_expands_globs_down_to_maxdepth(fs: DriveFileSystem, name: str) -> No
     theirs.pipe({f"{url}/theirs/c": b"3", f"{url}/mine/d": b"4"})
     fs.rm(f"{url}/**", recursive=True)  # the whole drive: this component's copies
     assert fs.find(url) == [f"{name}/mine/d", f"{name}/theirs/c"]
+    fs.pipe(f"{url}/again/a", b"1")
+    fs.rm(url, recursive=True)  # the drive named alone too (as delete('.', recursive=True))
+    assert fs.find(url) == [f"{name}/mine/d", f"{name}/theirs/c"]
     theirs.close()
 
 
@@ -621,8 +625,8 @@ def test_bad_urls(fs: DriveFileSystem) -> None:
         fs.ls("lit://bad name/x")
     with pytest.raises(ValueError, match="would leave the drive"):
         fs.cat("lit://d/../../etc/passwd")
-    with pytest.raises(InvalidPathError, match="whole drive"):
-        fs.rm("lit://d", recursive=True)
+    with pytest.raises(DriveIsADirectoryError, match="'lit://d' is a whole drive; pass recursive"):
+        fs.rm("lit://d")
 
 
 def _read_in_child(url: str, queue: multiprocessing.Queue[bytes]) -> None:
