@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import __version__
 from ._config import is_valid_name, redact_url, resolve_root
 from ._drive import _local_files, _local_name
 from ._exceptions import DriveError, DriveFileNotFoundError, InvalidPathError
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="asyncdrive",
         description="Share files between Python processes through a shared disk and Redis.",
     )
+    parser.add_argument("--version", action="version", version=f"asyncdrive {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(

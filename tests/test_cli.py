@@ -46,6 +46,7 @@ def test_help_and_bad_usage() -> None:
     helped = cli("--help")
     assert helped.returncode == 0
     assert "server" in helped.stdout
+    assert cli("--version").stdout == f"asyncdrive {asyncdrive.__version__}\n"
     bad = cli("server", "explode")
     assert bad.returncode == 2
     assert "invalid choice" in bad.stderr
