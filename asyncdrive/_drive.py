@@ -112,7 +112,7 @@ from ._storage import (
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, WaitingRoom, Watch
-from ._wire import LOOP_CLOSED_BY_HAND
+from ._wire import IN_ANOTHER_LOOP, LOOP_CLOSED_BY_HAND
 
 __all__ = ["Drive"]
 
@@ -440,6 +440,12 @@ def _redis_errors_as_unavailable(
     return wrapper
 
 
+NOT_IN_ASYNCIO = (
+    "A Drive runs in an asyncio event loop (asyncio.run(), or anyio.run() with its asyncio "
+    "backend), and none runs in this thread: trio is not supported. From blocking code, "
+    "use a SyncDrive."
+)
+
 #: The end of an error reply raised in a script: which line of ours it was.
 _SCRIPT_LINE = re.compile(r" script: on @user_script:\d+\.?$")
 #: Under Sentinel, a drive in use asks the sentinels at most this often (s) which server is
@@ -544,7 +550,10 @@ class Drive:
         #: Connected (in this process) and not closed since: collected so, it warns, even
         #: where the end of an event loop closed its connection meanwhile.
         self._unclosed = False
-        self._connect_lock: anyio.Lock | None = None
+        #: The loop connecting (or that connected) the drive, and its lock for that: a lock
+        #: of another loop could not wake this one (see `_connect_lock_of_this_loop`).
+        self._connect_lock: tuple[asyncio.AbstractEventLoop, anyio.Lock] | None = None
+        self._connect_lock_guard = threading.Lock()
         #: (component, path) -> the version this drive last put (> 0) or deleted (< 0) of it,
         #: newest last (see `_remember`).
         self._last_versions: dict[tuple[str, str], int] = {}
@@ -657,9 +666,7 @@ class Drive:
         if self._pid != os.getpid():
             self._reset()
         if self._conn is None:
-            if self._connect_lock is None:
-                self._connect_lock = anyio.Lock()
-            async with self._connect_lock:
+            async with self._connect_lock_of_this_loop():
                 if self._closed:  # while it waited for another task's connection
                     raise self._closed_error()
                 if self._conn is None:
@@ -699,6 +706,28 @@ class Drive:
                 f"nothing was written. {_ACL_FIX}"
             )
         return conn
+
+    def _connect_lock_of_this_loop(self) -> anyio.Lock:
+        """Return the lock that tasks of the running loop take to connect the drive.
+
+        Raises RuntimeError where another loop, still running, has it: that loop connects
+        the drive (or did), whose connections cannot serve this one; or where no asyncio
+        loop runs (trio, say).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(NOT_IN_ASYNCIO) from None
+        with self._connect_lock_guard:  # (threads: each thread's loop may come here at once)
+            if self._connect_lock is not None:
+                owner, lock = self._connect_lock
+                if owner is loop:
+                    return lock
+                if owner.is_running():
+                    raise RuntimeError(IN_ANOTHER_LOOP)
+            lock = anyio.Lock()
+            self._connect_lock = (loop, lock)
+            return lock
 
     async def _connect(self) -> _Connection:
         config = self._config.resolve()

@@ -58,6 +58,12 @@ LOOP_CLOSED_BY_HAND = (
     "asyncio.run() does), or run it with asyncio.run()."
 )
 
+IN_ANOTHER_LOOP = (
+    "A drive's Redis connection is used in another event loop than the one it was opened "
+    "in (each asyncio.run() makes a new loop). Create the Drive in the loop that uses it, "
+    "or use a SyncDrive from blocking code."
+)
+
 
 class Wire:
     """A drive's connection for commands answered at once, shared and pipelined."""
@@ -253,11 +259,7 @@ class Wire:
             # nor even closed, in another (a drive belongs to the loop it first ran in).
             if self._loop.is_closed():  # (asyncio.run() would have closed the drive's)
                 raise RuntimeError(LOOP_CLOSED_BY_HAND)
-            raise RuntimeError(
-                "A drive's Redis connection is used in another event loop than the one it "
-                "was opened in (each asyncio.run() makes a new loop). Create the Drive in "
-                "the loop that uses it, or use a SyncDrive from blocking code."
-            )
+            raise RuntimeError(IN_ANOTHER_LOOP)
         assert self._connecting is not None
         async with self._connecting:
             if self._protocol is not None:

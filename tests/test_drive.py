@@ -1475,6 +1475,54 @@ def test_a_drive_outlives_its_event_loops(env: dict[str, str], drive_id: str) ->
         asyncio.run(drive.exists("a.txt"))
 
 
+@pytest.mark.parametrize("earlier_loop", [True, False])
+def test_a_drive_used_by_two_running_loops_at_once_refuses_the_second(
+    env: dict[str, str], drive_id: str, earlier_loop: bool
+) -> None:
+    """Each thread in its own asyncio.run(): the drive belongs to the loop that connects
+    it first, and the other loop's calls raise (its connect waited for ever on a lock of an
+    earlier loop, which the first loop's release could not wake)."""
+    drive = Drive(drive_id)
+    if earlier_loop:  # connected in a loop that has ended: either may take it now
+        asyncio.run(drive.write_bytes("before", b"x"))
+    both = threading.Barrier(2)
+    outcomes: dict[str, list[str]] = {}
+
+    def run(name: str) -> None:
+        async def calls() -> list[str]:
+            both.wait()
+            done = []
+            for i in range(20):
+                try:
+                    await drive.write_bytes(f"{name}{i}", b"x")
+                    done.append("ok")
+                except RuntimeError as exc:
+                    assert "used in another event loop" in str(exc)
+                    done.append("refused")
+            return done
+
+        outcomes[name] = asyncio.run(calls())
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in "xy"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "hung"
+    assert sorted(",".join(sorted(set(done))) for done in outcomes.values()) == ["ok", "refused"]
+    asyncio.run(drive.aclose())
+
+
+def test_a_drive_outside_asyncio_says_so(env: dict[str, str], drive_id: str) -> None:
+    """Run by another framework (trio: here, by hand), not a server fault or a TypeError."""
+    drive = Drive(drive_id)
+    call = drive.exists("a.txt")
+    with pytest.raises(RuntimeError, match="runs in an asyncio event loop") as refused:
+        call.send(None)
+    assert not isinstance(refused.value, ConnectionError) and "trio" in str(refused.value)
+    assert drive._conn is None and repr(drive).endswith(")")  # nothing to close
+
+
 LOOP_CLOSED_BY_HAND = """
 import asyncio
 from asyncdrive import Drive
