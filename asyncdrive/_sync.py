@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine
@@ -143,6 +144,8 @@ class _CallerLoop:
                 raise KeyboardInterrupt from None
             raise
         except BaseException:  # SystemExit, KeyboardInterrupt out of the task's step
+            if not task.done():
+                self._wind_down(task)
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: it is the one raised here (else logged)
             raise
@@ -157,6 +160,25 @@ class _CallerLoop:
             # freed when the caller drops it (not left to the cyclic collector, whose
             # finalizers, run in any order, would report the drive's parts unclosed).
             del task, on_sigint
+
+    def _wind_down(self, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task``, left pending by an exception out of the loop, and let it end.
+
+        Such an exception comes from a signal's handler (SIGTERM's ``sys.exit()``, say),
+        raised wherever the loop was: the task is cancelled and run to its end, as
+        ``asyncio.run()`` does with what is left, so that its shielded steps complete now,
+        not when the drive's close next runs the loop (failing there, unseen). For up to
+        `WIND_DOWN` seconds: the exception may have cut a wake-up short, which the task
+        would wait for until its reply timeout. Left pending then, its end is not logged.
+        """
+        task.cancel()
+        deadline = time.monotonic() + WIND_DOWN
+        while not task.done() and (left := deadline - time.monotonic()) > 0:
+            waiter = self.loop.create_task(asyncio.wait([task], timeout=left))
+            with contextlib.suppress(BaseException):  # (raised again by a step of it)
+                _run_until_done(self.loop, waiter)
+        if not task.done():
+            task.add_done_callback(_retrieved)
 
     def _wake_on_signals(self) -> int:
         """Have a signal wake this loop from its wait; return the wake-up fd it replaces.
@@ -212,10 +234,19 @@ class _CallerLoop:
         loop = self.loop
         try:
             self._run_task(self.drive.aclose())
-            for task in asyncio.all_tasks(loop):  # none are left by a drive: just in case
+            # None are left by a drive, but by a call a signal's handler cut short (see
+            # `_wind_down`): given a last chance to end, and then abandoned, quietly.
+            left = asyncio.all_tasks(loop)
+            for task in left:
                 task.cancel()
+            if left:
                 with contextlib.suppress(BaseException):
-                    loop.run_until_complete(task)
+                    loop.run_until_complete(asyncio.wait(left, timeout=WIND_DOWN))
+            for task in left:
+                if task.done():
+                    _retrieved(task)
+                else:  # (asyncio's own flag, which its internal tasks clear the same way)
+                    task._log_destroy_pending = False  # type: ignore[attr-defined]
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
@@ -223,6 +254,16 @@ class _CallerLoop:
             if self.wakeup is not None:
                 for sock in self.wakeup:
                     sock.close()
+
+
+#: How long (s) a SyncDrive call's task may take to end once an exception out of its loop
+#: (a signal handler's) left it pending: see `_CallerLoop._wind_down`.
+WIND_DOWN = 2.0
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _drain(sock: socket.socket) -> None:

@@ -451,6 +451,12 @@ class _WireProtocol(asyncio.Protocol):
                     waiter.set_result(reply)
         except Exception as exc:  # a reply nobody asked for, or bytes that are no reply
             self._lost(f"Error while reading from the drive's server: {exc}")
+        except BaseException as exc:
+            # A signal's handler raised (SIGTERM's sys.exit(), Ctrl-C) amid the replies: those
+            # read and not handed out are gone, so the callers awaiting them fail now (not
+            # at their timeout), as do those behind them, and the connection is dropped.
+            self._lost(f"Reading from the drive's server was interrupted ({exc!r})")
+            raise
 
     def eof_received(self) -> bool:
         self._lost("Error while reading from the drive's server: Connection closed by server.")

@@ -796,6 +796,38 @@ def test_exit_raised_out_of_an_unclosed_syncdrives_call_ends_the_process(
         assert err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
 
 
+def test_sigterm_raising_systemexit_amid_calls_ends_them_quietly(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A worker's SIGTERM handler calls sys.exit() (as under Kubernetes or systemd): the
+    exception lands wherever the call's loop is, its wait included. The call is cancelled
+    and run to its end then, not left to the drive's close, which ran it, unseen: each run
+    logged a task exception never retrieved, and often pending tasks destroyed."""
+    code = f"""
+        import signal, sys
+        from asyncdrive import SyncDrive
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        with SyncDrive({drive_id!r}) as drive:
+            print("ready", flush=True)
+            i = 0
+            while True:
+                drive.write_bytes(f"c/{{i % 20}}", b"x" * 100)
+                drive.list("c")
+                i += 1
+    """
+    for delay in (0.1, 0.25, 0.4):
+        proc = spawn(textwrap.dedent(code), env, workdir, warnings_as_errors=False)
+        try:
+            assert read_line(proc) == "ready"
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 143, err
+        assert "never retrieved" not in err and "destroyed but it is pending" not in err, err
+
+
 def test_closed_syncdrive_exits_cleanly_under_w_error(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
