@@ -987,6 +987,8 @@ class Drive:
         self, path: str, owners: list[str], component: str | None, *, deleting: bool = False
     ) -> DriveError:
         who = f"component {component!r} has" if component else "there is"
+        if path in ("", "."):  # (a recursive delete of the whole drive)
+            return DriveFileNotFoundError(f"Drive {self.name!r}: {who} no file in the drive.")
         message = f"Drive {self.name!r}: {who} no file {path!r}"
         if owners and deleting:
             message += f" (owned by {', '.join(map(repr, owners))}; a component deletes only "
@@ -1963,10 +1965,13 @@ class Drive:
         """
         _, files = await conn.index.list_files(folder, None)
         owners = {name for found in await conn.index.owners_many(files[:100]) for name in found}
+        where = f"in folder {folder!r}" if folder else "in the drive"
+        if not owners:  # (deleted meanwhile)
+            return self._not_found(folder, [], component)
         return DriveFileNotFoundError(
-            f"Drive {self.name!r}: component {component!r} has no file in folder {folder!r} "
-            f"(its files are owned by {', '.join(map(repr, sorted(owners)))}; a component "
-            "deletes only its own copies: use a Drive created with that component_name)."
+            f"Drive {self.name!r}: component {component!r} has no file {where} (its files "
+            f"are owned by {', '.join(map(repr, sorted(owners)))}; a component deletes only "
+            "its own copies: use a Drive created with that component_name)."
         )
 
     async def _check_deletable(self, path: str) -> None:

@@ -289,6 +289,8 @@ async def test_components_and_duplicates(make_drive: MakeDrive, drive_id: str) -
         "component_name)."
     )
     assert await d1.list("ckpt") == ["ckpt/1.pt"]
+    with pytest.raises(DriveFileNotFoundError, match=r"has no file in the drive \(its files are"):
+        await d1.delete(".", recursive=True)
 
 
 async def test_get_missing_and_component_missing(make_drive: MakeDrive, drive_id: str) -> None:
