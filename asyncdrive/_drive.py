@@ -99,6 +99,7 @@ from ._storage import (
     DiskStore,
     FileIdentity,
     NewFile,
+    NotARegularFileError,
     OpenNew,
     OtherVersionError,
     PathClash,
@@ -2484,6 +2485,13 @@ class Drive:
                 f"Drive {self.name!r}: cannot get {info.path!r} to {str(dest)!r} in "
                 f"{os.getcwd()!r}: a folder above it is a local file ({in_the_way!r}). Pass "
                 "to= another local folder, or move that file away."
+            )
+        if isinstance(exc, NotARegularFileError):
+            return DriveFileExistsError(
+                f"Drive {self.name!r}: cannot get {info.path!r}: the local path "
+                f"{str(dest)!r} in {os.getcwd()!r} is not a regular file (a device, a pipe "
+                "or a socket), which a get never replaces, even with overwrite=True. Pass "
+                "to= another path."
             )
         return DriveFileExistsError(  # FileExistsError
             f"Drive {self.name!r}: cannot get {info.path!r}: the local file "

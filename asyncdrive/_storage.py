@@ -238,15 +238,32 @@ _NO_KERNEL_COPY = frozenset(
 )  # fmt: skip
 
 
+class NotARegularFileError(FileExistsError):
+    """A local path a get would write is a device, a pipe or a socket: never replaced."""
+
+
 def _in_the_way(dest: Path) -> OSError:
     """Return the error for a local ``dest`` a get must not replace: a folder, or other bytes."""
     try:
-        is_folder = stat.S_ISDIR(os.lstat(dest).st_mode)
+        mode = os.lstat(dest).st_mode
     except OSError:
-        is_folder = False
-    if is_folder:
+        mode = stat.S_IFREG
+    if stat.S_ISDIR(mode):
         return IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(dest))
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        return NotARegularFileError(errno.EEXIST, "not a regular file", os.fspath(dest))
     return FileExistsError(dest)
+
+
+def _refuse_special(dest: Path) -> None:
+    """Raise `NotARegularFileError` if ``dest`` is a device, pipe or socket.
+
+    Even with ``overwrite``, a get replaces files and links, never such a path (as root,
+    ``to="/dev/null"`` would otherwise replace the device with a file).
+    """
+    error = _in_the_way(dest)
+    if isinstance(error, NotARegularFileError):
+        raise error
 
 
 class _FdCopier:
@@ -2385,6 +2402,8 @@ class DiskStore:
                     count_the_rest()
                     return False
                 raise _in_the_way(dest)
+            if overwrite:
+                _refuse_special(dest)
             unnamed = not overwrite  # a replacement is renamed over the old file
             with _folders_in_use.using(dest.parent):
                 made: list[Path] = []  # the local folders this copy made: gone if it fails

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import threading
 import typing
 from collections.abc import Awaitable, Callable
@@ -324,6 +325,14 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
         assert "disk" not in str(above.value)
     assert sorted(p.name for p in Path().iterdir()) == ["a.txt", "folder"]
     assert not any(Path("folder").iterdir()) and Path("a.txt").read_bytes() == b"drive content"
+    # A pipe (or a device: to='/dev/null' as root) is never replaced, even with overwrite.
+    os.mkfifo("pipe")
+    await drive.write_bytes("empty", b"")  # as empty as the pipe: not read for content
+    for name, overwrite in [("a.txt", False), ("a.txt", True), ("empty", False)]:
+        with pytest.raises(DriveFileExistsError, match="'pipe' .* is not a regular file") as no:
+            await drive.get(name, to="pipe", overwrite=overwrite)
+        assert "never replaces, even with overwrite=True" in str(no.value)
+    assert stat.S_ISFIFO(os.lstat("pipe").st_mode)
 
 
 @pytest.mark.parametrize("disk", ["local", "network"])
