@@ -329,7 +329,7 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
     os.mkfifo("pipe")
     await drive.write_bytes("empty", b"")  # as empty as the pipe: not read for content
     for name, overwrite in [("a.txt", False), ("a.txt", True), ("empty", False)]:
-        with pytest.raises(DriveFileExistsError, match="'pipe' .* is not a regular file") as no:
+        with pytest.raises(DriveFileExistsError, match=r"'pipe' .* is not a regular file") as no:
             await drive.get(name, to="pipe", overwrite=overwrite)
         assert "never replaces, even with overwrite=True" in str(no.value)
     assert stat.S_ISFIFO(os.lstat("pipe").st_mode)
