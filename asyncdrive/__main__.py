@@ -22,14 +22,21 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import __version__
 from ._config import is_valid_name, redact_url, resolve_root
 from ._drive import _local_files, _local_name
-from ._exceptions import DriveError, DriveFileNotFoundError, InvalidPathError
+from ._exceptions import (
+    DriveError,
+    DriveFileNotFoundError,
+    DriveUnavailableError,
+    InvalidConfigError,
+    InvalidPathError,
+)
 from ._models import FileInfo, FolderInfo
 from ._server import ensure_server_sync, server_url, stop_server
+from ._storage import DRIVE_MARKER
 from ._sync import SyncDrive
 
 if TYPE_CHECKING:
@@ -44,9 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"asyncdrive {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument(
-        "--root", default=None, help="the shared root (default: $ASYNCDRIVE_ROOT or per-user)"
-    )
+    root_help = "the shared root (default: $ASYNCDRIVE_ROOT or per-user)"
+    # Before the command or after it (SUPPRESS there: not given after, it leaves the value
+    # given before, or the default).
+    parser.add_argument("--root", default=None, help=root_help)
+    where.add_argument("--root", default=argparse.SUPPRESS, help=root_help)
     # Also after the command (`asyncdrive cat lit://d/a --debug`); SUPPRESS: not given
     # there, it leaves the value given before the command.
     where.add_argument(
@@ -60,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument("action", choices=["start", "stop", "status"])
 
+    json_output = argparse.ArgumentParser(add_help=False)
+    json_output.add_argument("--json", action="store_true", help="print JSON, for scripts")
     drives = argparse.ArgumentParser(add_help=False, parents=[where])
     drives.add_argument("drive", nargs="?", help="the drive, lit://<name>")
     drives.add_argument("--all", action="store_true", help="every drive under the root")
@@ -68,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rebuild = commands.add_parser(
         "rebuild-index",
-        parents=[drives],
+        parents=[drives, json_output],
         help="rebuild a drive's index in Redis from the disk",
         description="Rebuild the index of a drive (or --all) from its files and metadata on "
         "disk, after the Redis server lost its data. Stop the writers first.",
@@ -78,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gc = commands.add_parser(
         "gc",
-        parents=[drives],
+        parents=[drives, json_output],
         help="clean up after writers that died",
         description="Remove temporary uploads, undo half-done puts and drop orphaned bytes "
         "or index entries older than the grace period.",
@@ -95,8 +106,6 @@ def _parser() -> argparse.ArgumentParser:
         help="who writes, and whose copy to read where several own a path (default: "
         "$ASYNCDRIVE_COMPONENT)",
     )
-    json_output = argparse.ArgumentParser(add_help=False)
-    json_output.add_argument("--json", action="store_true", help="print JSON, for scripts")
     ls = commands.add_parser("ls", parents=[files, json_output], help="list a folder of a drive")
     ls.add_argument("target", metavar="lit://DRIVE[/PATH]")
     ls.add_argument("-r", "--recursive", action="store_true", help="every file below")
@@ -173,10 +182,20 @@ def _drive_ids(args: argparse.Namespace) -> list[str]:
     if not args.all and not args.drive:
         raise _UsageError("name a drive (lit://<name>), or pass --all for every drive.")
     if args.drive:
-        return [args.drive]
+        drive = args.drive  # 'lit://d/' too, as ls takes it
+        while drive.endswith("/") and len(drive) > len("lit://"):
+            drive = drive[:-1]
+        return [drive]
     base = resolve_root(args.root) / "drives"
-    names = sorted(p.name for p in base.iterdir() if is_valid_name(p.name)) if base.is_dir() else []
+    names = sorted(p.name for p in (base.iterdir() if base.is_dir() else []) if _is_drive_folder(p))
+    if not names:
+        print(f"asyncdrive: no drives under {base.parent}", file=sys.stderr)
     return [f"lit://{name}" for name in names]
+
+
+def _is_drive_folder(path: Path) -> bool:
+    """Whether ``path`` is a drive's folder: a valid name, marked at the drive's first commit."""
+    return is_valid_name(path.name) and (path / DRIVE_MARKER).is_file()
 
 
 def _for_each_drive(args: argparse.Namespace) -> int:
@@ -188,20 +207,25 @@ def _for_each_drive(args: argparse.Namespace) -> int:
     status = 0
     for drive_id in drive_ids:
         try:
-            with SyncDrive(
-                drive_id, root=args.root and Path(args.root), redis_url=args.redis_url
-            ) as d:
+            with SyncDrive(drive_id, root=args.root, redis_url=args.redis_url) as d:
                 if args.command == "rebuild-index":
                     indexed = d.rebuild_index(verify=args.verify)
-                    print(f"{drive_id}: {indexed} file{'' if indexed == 1 else 's'} indexed")
+                    text = f"{drive_id}: {indexed} file{'' if indexed == 1 else 's'} indexed"
+                    _print(args, {"drive": drive_id, "indexed": indexed}, text)
                 else:
-                    print(f"{drive_id}: {d.gc(grace=args.grace)}")
+                    report = dataclasses.asdict(d.gc(grace=args.grace))
+                    done = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in report.items())
+                    _print(args, {"drive": drive_id, **report}, f"{drive_id}: {done}")
         except DriveError as exc:
-            if not args.all:
+            if not args.all or isinstance(exc, _EVERY_DRIVES):
                 raise
             reported = _report(exc, args)
             status = status or reported
     return status
+
+
+#: Errors that every drive of ``--all`` would meet (the server, the settings): reported once.
+_EVERY_DRIVES = (DriveUnavailableError, InvalidConfigError)
 
 
 def _report(exc: DriveError, args: argparse.Namespace) -> int:
@@ -233,7 +257,7 @@ def _open(args: argparse.Namespace) -> tuple[SyncDrive, str]:
         )
     drive = SyncDrive(
         drive_id,
-        root=args.root and Path(args.root),
+        root=args.root,
         redis_url=args.redis_url,
         component_name=args.component,
         allow_duplicates=getattr(args, "allow_duplicates", False),  # (put's)
@@ -272,10 +296,24 @@ def _long_listing(infos: list[FileInfo | FolderInfo]) -> str:
 
 def _print(args: argparse.Namespace, value: object, text: str) -> None:
     """Print ``value`` as JSON with ``--json``, else ``text`` (nothing for no text)."""
-    if args.json:
-        print(json.dumps(value))
+    if getattr(args, "json", False):
+        _say(json.dumps(value))
     elif text:
+        _say(text)
+
+
+def _say(text: str) -> None:
+    """Print ``text`` on stdout; `_OutputFailed` if it cannot be written (a full disk)."""
+    try:
         print(text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _OutputFailed(exc) from exc
+
+
+class _OutputFailed(Exception):
+    """Stdout could not be written (not a reader gone: that is BrokenPipeError)."""
 
 
 def _bar(
@@ -306,6 +344,13 @@ def _put_bar(sources: Sequence[Path]) -> tuple[str, int | None]:
 
 
 def _run_file_command(args: argparse.Namespace) -> int:
+    locals_given = getattr(args, "local", None)
+    for local in [locals_given] if isinstance(locals_given, str) else locals_given or []:
+        if local.startswith("lit://"):
+            raise _UsageError(
+                f"{local!r} is a drive path, where {args.command} takes a local one: a "
+                "copy from drive to drive is not supported (get, then put)."
+            )
     drive, path = _open(args)
     # As the library takes it (and cp): 'lit://d/a.txt/' names a folder, refused for a file.
     given = f"{path}/" if args.target.endswith("/") and path != "." else path
@@ -322,7 +367,9 @@ def _run_file_command(args: argparse.Namespace) -> int:
                 )
             _print(args, entries, "\n".join(entries))
         elif args.command == "cat":
-            sys.stdout.buffer.write(drive.read_bytes(given, component_name=args.component))
+            with drive.open(given, component_name=args.component) as f:  # streamed
+                while chunk := f.read(_CAT_CHUNK):
+                    _write_all(sys.stdout.buffer, chunk)
         elif args.command == "info":
             info = drive.info(given, component_name=args.component)
             fields = dataclasses.asdict(info)
@@ -400,6 +447,23 @@ def _groups_command(args: argparse.Namespace, drive: SyncDrive, path: str) -> in
     return 0
 
 
+#: How much of a file ``cat`` reads at a time (its memory, whatever the file's size).
+_CAT_CHUNK = 1 << 20
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    """Write all of ``data``: an unbuffered stdout (``python -u``) may take only part."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = out.write(view)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc) from exc
+        view = view[written if written is not None else len(view) :]
+
+
 class _UsageError(DriveError):
     """The command line was given arguments that do not go together (exit status 2)."""
 
@@ -409,7 +473,7 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
 
     ``overwrite=True`` is ``-f`` here, ``list('a')`` is ``asyncdrive ls lit://d/a``, ...
     """
-    target = getattr(args, "target", None)
+    target = getattr(args, "target", None) or getattr(args, "drive", None)
     if not isinstance(target, str) or not target.startswith("lit://"):
         return message
     drive_id = _split(target)[0]
@@ -430,6 +494,12 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "use info() or get() for a file": "use 'asyncdrive info' or 'asyncdrive get' for a file",
         "Pass to= another local folder": "Pass another LOCAL folder",
         "pass force=True to remove it": "pass --force to remove it",
+        "pass a DriveEvent.id, a Watch.cursor, or '0'": "pass an event id (the first column "
+        "of 'asyncdrive watch') or '0'",
+        "(list(recursive=True))": f"('asyncdrive ls -r {drive_id}')",
+        ": timeout=": ": --timeout ",
+        ": grace=": ": --grace ",
+        ": since=": ": --since ",
     }
     for library, command in replaced.items():
         message = message.replace(library, command)
@@ -448,19 +518,16 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (see ``asyncdrive --help``)."""
     args = _parser().parse_args(argv)
+    args.root = args.root or None  # '' ($UNSET): the default root, as ASYNCDRIVE_ROOT=''
     try:
-        if args.command in ("rebuild-index", "gc"):
-            return _for_each_drive(args)
-        elif args.command != "server":
-            return _run_file_command(args)
-        elif args.action == "start":
-            print(f"running: {redact_url(ensure_server_sync(resolve_root(args.root)))}")
-        elif args.action == "stop":
-            print("stopped" if stop_server(args.root) else "not running")
-        else:
-            url = server_url(args.root)
-            print(f"running: {redact_url(url)}" if url else "not running")
-            return 0 if url else 3
+        status = _run_command(args)
+        try:
+            sys.stdout.flush()  # here, not at exit: a reader gone (| head) is told below
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _OutputFailed(exc) from exc
+        return status
     except DriveError as exc:
         return _report(exc, args)
     except KeyboardInterrupt:
@@ -470,6 +537,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # when Python flushes stdout (the standard library's advice, in "signal").
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a process killed by SIGPIPE
+    except _OutputFailed as failed:  # a full disk, > /dev/full: said in one line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reason = getattr(failed.__cause__, "strerror", None) or failed.__cause__
+        print(f"asyncdrive: error: cannot write the output: {reason}", file=sys.stderr)
+        return 1
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    if args.command in ("rebuild-index", "gc"):
+        return _for_each_drive(args)
+    if args.command != "server":
+        return _run_file_command(args)
+    if args.action == "start":
+        _say(f"running: {redact_url(ensure_server_sync(resolve_root(args.root)))}")
+    elif args.action == "stop":
+        _say("stopped" if stop_server(args.root) else "not running")
+    else:
+        url = server_url(args.root)
+        _say(f"running: {redact_url(url)}" if url else "not running")
+        return 0 if url else 3
     return 0
 
 

@@ -467,7 +467,7 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
                 client.close()
             stopped = True
         deadline = time.monotonic() + timeout
-        while pid and _alive(pid):
+        while pid and _serving(pid, url):  # (not a process that took a dead server's pid)
             if time.monotonic() > deadline:
                 raise DriveUnavailableError(
                     f"The embedded server of {resolved} (pid {pid}) did not stop within "

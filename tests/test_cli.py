@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -79,7 +82,21 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
         assert drive.list("x") == ["x/1.bin", "x/2.bin"]
     cleaned = cli("gc", "lit://cli_a", "--grace", "0")
     assert cleaned.returncode == 0
-    assert "GcReport(uploads_removed=0" in cleaned.stdout
+    assert cleaned.stdout.startswith("lit://cli_a: 0 uploads removed, 0 installs undone, ")
+    report = json.loads(cli("gc", "--json", "lit://cli_a/").stdout)  # a '/' as ls takes it
+    assert report["drive"] == "lit://cli_a" and report["folders_removed"] == 0
+    # --all takes the drives' folders alone (marked at their first commit), not strays.
+    (root / "drives" / "NOTES").write_text("not a drive")
+    (root / "drives" / "stray").mkdir()
+    assert cli("rebuild-index", "--all").stdout.count("indexed") == 3
+    nothing = cli("gc", "--all", "--root", str(root / "empty"))
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert nothing.stderr == f"asyncdrive: no drives under {root / 'empty'}\n"
+    # A failure every drive would meet is said once, not once a drive.
+    down = cli("gc", "--all", "--redis-url", "redis://127.0.0.1:1")
+    assert down.returncode == 6 and len(down.stderr.splitlines()) == 1
+    bad_grace = cli("gc", "--grace", "-1", "lit://cli_a")
+    assert "--grace -1.0 must be" in bad_grace.stderr  # the option, not grace=
     both = cli("gc", "lit://cli_a", "--all")
     assert (both.returncode, both.stderr.strip()) == (
         2,  # a usage error, as argparse's own
@@ -94,6 +111,71 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     assert "lit://" in bad.stderr
+
+
+def test_output_is_whole_or_said_to_fail(env: dict[str, str], workdir: Path, drive_id: str) -> None:
+    data = os.urandom(3 << 20)
+    Path("big.bin").write_bytes(data)
+    assert cli("put", "big.bin", f"{drive_id}/big.bin").returncode == 0
+    unbuffered = {**env, "PYTHONUNBUFFERED": "1"}  # stdout then takes part of a large write
+    cat = subprocess.run(
+        [sys.executable, "-m", "asyncdrive", "cat", f"{drive_id}/big.bin"],
+        capture_output=True, env=unbuffered, timeout=60, check=False,
+    )  # fmt: skip
+    assert (cat.returncode, cat.stdout == data) == (0, True)
+    with open("/dev/full", "w") as full:  # a full disk: one line, status 1
+        failed = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", "ls", "-r", drive_id],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert failed.returncode == 1
+    assert failed.stderr == "asyncdrive: error: cannot write the output: No space left on device\n"
+    # A reader that leaves before a short output is flushed: no traceback at exit.
+    for command in ("ls", "info"):
+        target = drive_id if command == "ls" else f"{drive_id}/big.bin"
+        gone = subprocess.run(
+            f"{sys.executable} -m asyncdrive {command} {target} | true",
+            shell=True, env={k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert gone.stderr == ""
+
+
+def test_write_all_writes_what_a_stream_takes_in_parts() -> None:
+    class Narrow(io.RawIOBase):
+        def __init__(self) -> None:
+            self.taken = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            part = bytes(data[:3])
+            self.taken += part
+            return len(part)
+
+    from asyncdrive.__main__ import _write_all
+
+    out = Narrow()
+    _write_all(out, b"0123456789")  # type: ignore[arg-type]
+    assert out.taken == b"0123456789"
+
+
+def test_drive_paths_where_local_ones_go_and_root_options(
+    env: dict[str, str], workdir: Path, drive_id: str, root: Path
+) -> None:
+    Path("a.txt").write_text("A")
+    other = f"lit://o{drive_id[7:]}"
+    put = cli("put", "a.txt", f"{drive_id}/", f"{other}/")  # lit://d/ taken as a LOCAL
+    assert put.returncode == 2 and "is a drive path, where put takes a local one" in put.stderr
+    assert cli("ls", other).stdout == ""  # nothing stored, none before it either
+    assert cli("put", "a.txt", f"{drive_id}/a.txt").returncode == 0
+    get = cli("get", f"{drive_id}/a.txt", f"{other}/x")
+    assert get.returncode == 2 and not Path("lit:").exists()
+    # --root before the command too; '' is the default root, as ASYNCDRIVE_ROOT=''.
+    assert cli("--root", str(root), "ls", drive_id).stdout == "a.txt\n"
+    assert cli("ls", "--root", "", drive_id).stdout == "a.txt\n"  # ($ASYNCDRIVE_ROOT here)
+    assert not Path("server").exists()
 
 
 def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> None:

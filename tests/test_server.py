@@ -370,3 +370,21 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
             assert "embedded server stopped" in str(stopped.value), stopped.value
     finally:
         asyncdrive.stop_server(tmp_path)
+
+
+def test_stopping_a_server_gone_leaves_the_process_that_took_its_pid(tmp_path: Path) -> None:
+    """After a reboot, server.json's pid may be another process's: stop neither waits for
+    it (10 s, then "kill it by hand") nor blames it; it says no server ran."""
+    with SyncDrive("lit://gone", root=tmp_path) as drive:
+        drive.write_bytes("a.txt", b"x")
+    state_file = tmp_path / "server" / "server.json"
+    state = json.loads(state_file.read_text())
+    asyncdrive.stop_server(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state_file.write_text(json.dumps({**state, "pid": other.pid}))
+        assert asyncdrive.stop_server(tmp_path, timeout=1) is False
+        assert other.poll() is None and not state_file.exists()
+    finally:
+        other.kill()
+        other.wait()
