@@ -35,7 +35,7 @@ from ._exceptions import (
     InvalidPathError,
 )
 from ._models import FileInfo, FolderInfo
-from ._server import ensure_server_sync, server_url, stop_server
+from ._server import ensure_server_sync, server_runs, server_url, stop_server
 from ._storage import DRIVE_MARKER
 from ._sync import SyncDrive
 
@@ -555,6 +555,10 @@ def _run_command(args: argparse.Namespace) -> int:
         _say("stopped" if stop_server(args.root) else "not running")
     else:
         url = server_url(args.root)
+        if url is None and server_runs(resolve_root(args.root)):
+            log = resolve_root(args.root) / "server" / "server.log"
+            _say(f"running, not answering (stalled, or loading its data?): see {log}")
+            return 6  # as a call would fail: unavailable
         _say(f"running: {redact_url(url)}" if url else "not running")
         return 0 if url else 3
     return 0

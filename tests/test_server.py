@@ -353,6 +353,13 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
             watch = drive.watch()
             os.kill(pid, signal.SIGSTOP)  # runs, answers nothing
             try:
+                command = ["server", "status", "--root", str(tmp_path)]
+                status = subprocess.run(
+                    [sys.executable, "-m", "asyncdrive", *command],
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                assert status.returncode == 6, status  # (was 3, "not running")
+                assert status.stdout.startswith("running, not answering")
                 with pytest.raises(asyncdrive.DriveUnavailableError) as hung:
                     drive.list(".")
                 with pytest.raises(asyncdrive.DriveUnavailableError) as watching:
