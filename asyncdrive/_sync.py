@@ -118,15 +118,19 @@ class _CallerLoop:
         # The main thread's wake-up for Ctrl-C (see _wake_on_signals), made on first need.
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, call: Callable[[Drive], Coroutine[Any, Any, T]]) -> T:
+        """Run ``call(drive)`` (made here: an interrupt before never leaves it unawaited)."""
         with self.lock:
             if self.closed or self.closing:
-                coro.close()
                 raise _closed_error(self.drive.name)
-            return self._run_task(coro)
+            return self._run_task(call(self.drive))
 
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
-        task = self.loop.create_task(coro)
+        try:
+            task = self.loop.create_task(coro)
+        except BaseException:  # (a signal's handler raised just before)
+            coro.close()
+            raise
         self.task = task
         on_sigint = None
         in_main_thread = threading.current_thread() is threading.main_thread()
@@ -242,7 +246,7 @@ class _CallerLoop:
             if left:
                 with contextlib.suppress(BaseException):
                     loop.run_until_complete(asyncio.wait(left, timeout=WIND_DOWN))
-            for task in left:
+            for task in left | asyncio.all_tasks(loop):  # (and those they started)
                 if task.done():
                     _retrieved(task)
                 else:  # (asyncio's own flag, which its internal tasks clear the same way)
@@ -438,7 +442,7 @@ class SyncDrive:
             for loop in ended:
                 loop.close()
         try:
-            return here.run(call(here.drive))
+            return here.run(call)
         except asyncio.CancelledError:
             if self._closed:  # close() from another thread cancelled it
                 raise _closed_error(self.name) from None
