@@ -110,7 +110,7 @@ from ._storage import (
     is_local_filesystem,
     upload_identity,
 )
-from ._tasks import to_its_end
+from ._tasks import finish_unfinished, to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, WaitingRoom, Watch
 from ._wire import IN_ANOTHER_LOOP, LOOP_CLOSED_BY_HAND
@@ -350,7 +350,11 @@ class _Connection:
         task.add_done_callback(lambda _: self.chores.pop(name, None))
 
     async def aclose(self) -> None:
-        """Close the Redis connections and let the disk threads go."""
+        """Close the Redis connections and let the disk threads go.
+
+        Work of calls in flight that must end once begun (see `to_its_end`) ends first.
+        """
+        await finish_unfinished(LOCK_TTL)  # (its locks' lease: longer would not help them)
         self.closed = True
         for chore in list(self.chores.values()):
             chore.cancel()
@@ -412,7 +416,21 @@ def _redis_errors_as_unavailable(
 
     async def wrapper(self: DriveT, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no asyncio loop: the call says so (`_connection`)
+            task = None
+        calls = self._calls
+        if task is not None:  # (in flight: aclose() cancels it and waits, see there)
+            calls[task] = calls.get(task, 0) + 1
+        try:
             return await method(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            if task is None or task not in self._cut_by_close:
+                raise
+            self._cut_by_close.discard(task)
+            task.uncancel()
+            path = _path_argument(args)
+            raise self._closed_error(f"{doing} of {os.fspath(path)!r}" if path else doing) from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             if self._closed:  # aclose() cut the connection under the call (a writer's commit)
                 path = _path_argument(args)
@@ -436,6 +454,15 @@ def _redis_errors_as_unavailable(
             raise storage_error(
                 self.name, exc, doing, path, to, drive_dir, reading=reading
             ) from exc
+        finally:
+            if task is not None:
+                if calls[task] == 1:
+                    del calls[task]
+                else:
+                    calls[task] -= 1
+            # The task holds the exception raised here, whose traceback holds this frame:
+            # let go of it (see `_sync._CallerLoop._run_task`).
+            task = None
 
     functools.update_wrapper(wrapper, method)
     return wrapper
@@ -555,6 +582,9 @@ class Drive:
         #: of another loop could not wake this one (see `_connect_lock_of_this_loop`).
         self._connect_lock: tuple[asyncio.AbstractEventLoop, anyio.Lock] | None = None
         self._connect_lock_guard = threading.Lock()
+        #: The tasks in a call of this drive (how many deep), and those aclose() cancelled.
+        self._calls: dict[asyncio.Task[Any], int] = {}
+        self._cut_by_close: set[asyncio.Task[Any]] = set()
         #: (component, path) -> the version this drive last put (> 0) or deleted (< 0) of it,
         #: newest last (see `_remember`).
         self._last_versions: dict[tuple[str, str], int] = {}
@@ -638,9 +668,22 @@ class Drive:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the drive's Redis connections. Idempotent; the drive cannot be used after."""
+        """Close the drive's Redis connections. Idempotent; the drive cannot be used after.
+
+        Calls of other tasks still in flight are cancelled, and raise `DriveClosedError`
+        once the steps they are in (that must end once begun) have ended.
+        """
         self._closed = True
         self._unclosed = False
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        calls = [t for t in self._calls if t is not current and t.get_loop() is loop]
+        if calls:
+            self._cut_by_close.update(calls)
+            for task in calls:
+                task.cancel()
+            await asyncio.wait(calls, timeout=LOCK_TTL)
+            self._cut_by_close.difference_update(calls)
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             await conn.aclose()
@@ -874,8 +917,8 @@ class Drive:
                 f"Drive {self.name!r} is closed; create a new Drive to use it again."
             )
         return DriveClosedError(
-            f"Drive {self.name!r} was closed (aclose()) before its {cut_short} finished; "
-            "create a new Drive to use it again."
+            f"Drive {self.name!r} was closed (aclose()) before its {cut_short} finished (what "
+            "it changed may stand: look again); create a new Drive to use it again."
         )
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:
@@ -2545,7 +2588,9 @@ class Drive:
 
         For when the Redis server lost its data (`IndexLostError`). Listings, sizes,
         checksums, versions and ownership come back as they were; the change log is kept.
-        Run it while no process writes to the drive.
+        Run it while no process writes to the drive. Cancelled while it scans the disk, it
+        changes nothing; once it replaces the index, it does so to the end (killed then,
+        the index counts as lost until it is run again).
 
         Example:
             >>> await drive.rebuild_index()
@@ -2565,7 +2610,9 @@ class Drive:
             functools.partial(conn.store.scan, verify=verify, fix_meta=verify)
         )
         files = [file for file in found if file.finished]
-        await conn.index.replace_all(files)
+        # Once begun, to its end: cut short, the index would be half replaced (found lost by
+        # new drives until a rerun, while this one, which has seen it, served the half).
+        await to_its_end(conn.index.replace_all(files))
         conn.index_checked = False
         logger.info("drive %s: index rebuilt from disk (%d files)", self.name, len(files))
         return len(files)

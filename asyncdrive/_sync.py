@@ -134,13 +134,16 @@ class _CallerLoop:
         self.task = task
         on_sigint = None
         in_main_thread = threading.current_thread() is threading.main_thread()
-        old_wakeup = -1
-        if in_main_thread and _get_handler(_SIGINT) is signal.default_int_handler:
-            on_sigint = functools.partial(self._on_sigint, task)
-            _set_handler(_SIGINT, on_sigint)
-            old_wakeup = self._wake_on_signals()
+        old_wakeup: int | None = None
+        # Counted from here, and the handler set inside the try: a Ctrl-C as it is set
+        # cancels this call (not taken for a second one, which left it pending, to run
+        # during a later call).
         self.interrupts = 0
         try:
+            if in_main_thread and _get_handler(_SIGINT) is signal.default_int_handler:
+                on_sigint = functools.partial(self._on_sigint, task)
+                _set_handler(_SIGINT, on_sigint)
+                old_wakeup = self._wake_on_signals()
             _run_until_done(self.loop, task)
             return task.result()
         except asyncio.CancelledError:
@@ -156,7 +159,12 @@ class _CallerLoop:
         finally:
             self.task = None
             if on_sigint is not None:
-                signal.set_wakeup_fd(old_wakeup)
+                if old_wakeup is not None:
+                    signal.set_wakeup_fd(old_wakeup)
+                elif self.wakeup is not None:  # (interrupted as it was set: if it was, undo)
+                    previous = signal.set_wakeup_fd(-1)
+                    if previous != self.wakeup[1].fileno():  # not set: as it was
+                        signal.set_wakeup_fd(previous)
                 if _get_handler(_SIGINT) is on_sigint:
                     _set_handler(_SIGINT, signal.default_int_handler)
             # The task holds the exception raised here, whose traceback holds this frame:

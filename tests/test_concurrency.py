@@ -1094,5 +1094,5 @@ async def test_waiting_gets_end_with_their_drive(
             await asyncio.sleep(0)
     await drive.aclose()
     for get in gets:  # (not each one's whole timeout, then DriveTimeoutError)
-        with pytest.raises(DriveClosedError, match="before its wait for a file finished"):
+        with pytest.raises(DriveClosedError, match=r"before its get of 'in/\d' finished"):
             await asyncio.wait_for(get, 10)

@@ -363,6 +363,43 @@ async def test_a_writer_whose_drive_is_closed_first_says_so(
         assert not await again.exists("late.bin")
 
 
+@pytest.mark.parametrize("operation", ["replace", "put", "delete"])
+async def test_closing_a_drive_under_calls_in_flight_leaves_no_lock_or_backup(
+    env: dict[str, str], workdir: Path, drive_id: str, root: Path, operation: str
+) -> None:
+    """aclose() while another task's call runs: the call is cancelled and ends its steps
+    (raising DriveClosedError) before the connections close. They were closed under it:
+    the path's lock stayed until its lease ended (30 s for every writer of the path, in
+    every process), a replaced file's backup stayed on the disk."""
+    big = os.urandom(3 << 20)
+    Path("big.bin").write_bytes(big)
+    for turns in range(0, 40, 3):  # where the close comes: each step of the call, in turn
+        drive = Drive(drive_id)
+        await drive.write_bytes("p", b"old")
+        calls = {
+            "replace": drive.write_bytes("p", b"new"),
+            "put": drive.put("big.bin", to="p"),
+            "delete": drive.delete("p"),
+        }
+        call = asyncio.create_task(calls.pop(operation))
+        for unused in calls.values():
+            unused.close()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await drive.aclose()
+        try:
+            await call
+        except DriveClosedError as exc:  # (before it started, the drive "is closed")
+            assert "closed (aclose()) before its " in str(exc) or turns == 0, str(exc)
+        async with Drive(drive_id) as again:
+            conn = await again._connection()
+            assert not await conn.client.exists(conn.index.keys.lock("default", "p")), turns
+            folder = root / "drives" / drive_id[len("lit://") :]
+            assert list(folder.rglob(".asyncdrive-backup*")) == [], turns
+            now = await again.read_bytes("p") if await again.exists("p") else None
+            assert now in ({b"old", b"new"} if operation == "replace" else {b"old", big, None})
+
+
 async def test_a_writer_cancelled_again_while_dropping_its_upload_waits_for_it(
     drive: Drive, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

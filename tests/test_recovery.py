@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -117,6 +118,31 @@ async def test_an_interrupted_rebuild_leaves_the_index_lost(
     assert await fresh.rebuild_index() == 5
     assert len(await fresh.list(".", recursive=True)) == 5
     assert (await fresh.write_bytes("gone.txt", b"g")).version == 3  # never reused
+
+
+async def test_a_cancelled_rebuild_changes_nothing_or_all(
+    env: dict[str, str], make_drive: MakeDrive, drive_id: str
+) -> None:
+    """Cancelled at any point (asyncio.timeout, a task group): the index is the old one or
+    the rebuilt one, never half replaced (new drives found it lost; the drive that had
+    seen it served the half)."""
+    drive = Drive(drive_id)  # (an async one: a SyncDrive's call is not cancelled so)
+    for n in range(60):
+        await drive.write_bytes(f"d{n % 6}/f{n}.txt", b"x")
+    turns, finished = 0, False
+    while not finished:
+        rebuild = asyncio.ensure_future(drive.rebuild_index())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        finished = rebuild.done()
+        rebuild.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rebuild
+        assert len(await drive.list(".", recursive=True)) == 60, turns
+        fresh = make_drive(drive_id)
+        assert len(await fresh.list(".", recursive=True)) == 60, turns
+        turns += 5
+    await drive.aclose()
 
 
 async def test_a_rebuild_drops_the_entry_of_a_path_naming_a_lock(
