@@ -213,9 +213,9 @@ def _for_each_drive(args: argparse.Namespace) -> int:
                     text = f"{drive_id}: {indexed} file{'' if indexed == 1 else 's'} indexed"
                     _print(args, {"drive": drive_id, "indexed": indexed}, text)
                 else:
-                    report = dataclasses.asdict(d.gc(grace=args.grace))
-                    done = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in report.items())
-                    _print(args, {"drive": drive_id, **report}, f"{drive_id}: {done}")
+                    report = d.gc(grace=args.grace)
+                    fields = {"drive": drive_id, **dataclasses.asdict(report)}
+                    _print(args, fields, f"{drive_id}: {report}")
         except DriveError as exc:
             if not args.all or isinstance(exc, _EVERY_DRIVES):
                 raise

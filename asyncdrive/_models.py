@@ -118,3 +118,9 @@ class GcReport:
     orphans_removed: int = 0
     entries_removed: int = 0
     folders_removed: int = 0
+
+    def __str__(self) -> str:
+        """Say what was done: ``"2 uploads removed, 0 installs undone, ..."``."""
+        return ", ".join(
+            f"{getattr(self, name)} {name.replace('_', ' ')}" for name in self.__slots__
+        )
