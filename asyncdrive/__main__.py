@@ -30,6 +30,7 @@ from ._drive import _local_files, _local_name
 from ._exceptions import (
     DriveError,
     DriveFileNotFoundError,
+    DriveNotADirectoryError,
     DriveUnavailableError,
     InvalidConfigError,
     InvalidPathError,
@@ -356,10 +357,20 @@ def _run_file_command(args: argparse.Namespace) -> int:
     given = f"{path}/" if args.target.endswith("/") and path != "." else path
     with drive:
         if args.command == "ls" and args.long:
-            infos = drive.list_info(path, recursive=args.recursive)
+            try:
+                infos = drive.list_info(given, recursive=args.recursive)
+            except DriveNotADirectoryError:  # a file: listed alone, as ls does
+                if given != path:  # ('lit://d/a.txt/': a folder asked for)
+                    raise
+                infos = [drive.info(path, component_name=args.component)]
             _print(args, [_long_entry(info) for info in infos], _long_listing(infos))
         elif args.command == "ls":
-            entries = drive.list(path, recursive=args.recursive)
+            try:
+                entries = drive.list(given, recursive=args.recursive)
+            except DriveNotADirectoryError:
+                if given != path:
+                    raise
+                entries = [path]
             if not entries and path != "." and not drive.exists(path):
                 raise DriveFileNotFoundError(  # as ls does; the library lists nothing as []
                     f"Drive {drive.name!r}: nothing at {path!r}; see what there is with "

@@ -175,6 +175,11 @@ def test_drive_paths_where_local_ones_go_and_root_options(
     # --root before the command too; '' is the default root, as ASYNCDRIVE_ROOT=''.
     assert cli("--root", str(root), "ls", drive_id).stdout == "a.txt\n"
     assert cli("ls", "--root", "", drive_id).stdout == "a.txt\n"  # ($ASYNCDRIVE_ROOT here)
+    # ls of a file lists it, as ls does; with a '/', a folder is asked for.
+    assert cli("ls", f"{drive_id}/a.txt").stdout == "a.txt\n"
+    assert cli("ls", "-l", f"{drive_id}/a.txt").stdout.split()[:2] == ["1", "v1"]
+    not_folder = cli("ls", f"{drive_id}/a.txt/")
+    assert not_folder.returncode == 1 and "is a file, not a folder" in not_folder.stderr
     assert not Path("server").exists()
 
 
