@@ -435,16 +435,20 @@ class SyncDrive:
             drive = _restore(Drive, self._drive._config)
             drive._disk_inline = True  # this thread waits on each call: no disk-thread hop
             here = _CallerLoop(drive)
-            with self._caller_loops_lock:
-                if self._closed:  # closed meanwhile, by another thread: its loops are gone
+            try:
+                with self._caller_loops_lock:
+                    if self._closed:  # closed meanwhile, by another thread: its loops are gone
+                        raise _closed_error(self.name)
+                    self._forget_inherited_loops()
+                    # Threads come and go (a pool, a thread per request): the loops of those
+                    # that ended are closed as new ones come, so they never pile up.
+                    ended = [loop for loop in self._caller_loops if not loop.thread.is_alive()]
+                    self._caller_loops = [c for c in self._caller_loops if c not in ended]
+                    self._caller_loops.append(here)
+            except BaseException:  # closed meanwhile, or Ctrl-C: the new loop is nobody's
+                if here not in self._caller_loops:
                     here.close()
-                    raise _closed_error(self.name)
-                self._forget_inherited_loops()
-                # Threads come and go (a pool, a thread per request): the loops of those
-                # that ended are closed as new ones come, so they never pile up.
-                ended = [loop for loop in self._caller_loops if not loop.thread.is_alive()]
-                self._caller_loops = [c for c in self._caller_loops if c not in ended]
-                self._caller_loops.append(here)
+                raise
             _with_caller_loops.add(self)
             self._here.loop = here
             for loop in ended:
