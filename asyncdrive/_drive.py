@@ -468,6 +468,10 @@ def _redis_errors_as_unavailable(
     return wrapper
 
 
+def _loop_of(task: asyncio.Task[Any] | None) -> asyncio.AbstractEventLoop | None:
+    return None if task is None else task.get_loop()
+
+
 NOT_IN_ASYNCIO = (
     "A Drive runs in an asyncio event loop (asyncio.run(), or anyio.run() with its asyncio "
     "backend), and none runs in this thread: trio is not supported. From blocking code, "
@@ -675,18 +679,22 @@ class Drive:
         """
         self._closed = True
         self._unclosed = False
-        loop = asyncio.get_running_loop()
-        current = asyncio.current_task()
-        calls = [t for t in self._calls if t is not current and t.get_loop() is loop]
-        if calls:
-            self._cut_by_close.update(calls)
-            for task in calls:
-                task.cancel()
-            await asyncio.wait(calls, timeout=LOCK_TTL)
+        try:
+            current = asyncio.current_task()
+        except RuntimeError:  # (no asyncio loop: no calls either)
+            current = None
+        calls = [t for t in self._calls if t is not current and t.get_loop() is _loop_of(current)]
+        try:
+            if calls:
+                self._cut_by_close.update(calls)
+                for task in calls:
+                    task.cancel()
+                await asyncio.wait(calls, timeout=LOCK_TTL)
+        finally:  # (cancelled meanwhile too: closed all the same)
             self._cut_by_close.difference_update(calls)
-        conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid():
-            await conn.aclose()
+            conn, self._conn = self._conn, None
+            if conn is not None and self._pid == os.getpid():
+                await conn.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_unclosed", False) and self._pid == os.getpid():
