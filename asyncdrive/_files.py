@@ -219,6 +219,17 @@ class DriveReader:
         self._position = start + len(data)
         return data
 
+    async def readinto(self, buffer: Buffer) -> int:
+        """Read up to ``len(buffer)`` bytes into ``buffer``; return how many (0: the end).
+
+        As `io.RawIOBase.readinto`, which `io.BufferedReader` and readers that fill their
+        own arrays call.
+        """
+        view = memoryview(buffer).cast("B")  # (contiguous and writable, as io's want it)
+        data = await self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
     async def read_range(self, start: int, end: int | None = None) -> bytes:
         """Return the bytes from ``start`` to ``end`` (exclusive; None: the end of the file).
 

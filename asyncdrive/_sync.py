@@ -1003,6 +1003,10 @@ class SyncDriveReader(_SyncFile[DriveReader]):
         """Return the bytes from ``start`` to ``end``, leaving the position alone."""
         return self._drive._call(self._file.read_range, start, end)
 
+    def readinto(self, buffer: Buffer, /) -> int:
+        """Read up to ``len(buffer)`` bytes into ``buffer``; return how many (0: the end)."""
+        return self._drive._call(self._file.readinto, buffer)
+
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line, newline included."""
         return self._drive._call(self._file.readline, size)

@@ -508,6 +508,18 @@ def test_sync_reader_and_writer(sync_drive: SyncDrive, root: Path) -> None:
         with io.TextIOWrapper(r, encoding="utf-8") as text:  # closing it flushes, then closes r
             assert text.readline() == "line 1\n"
     assert r.closed
+    with sync_drive.open("logs/run.txt") as r:  # readinto: as raw files fill buffers
+        into = bytearray(4)
+        assert r.readinto(into) == 4 and into == b"line" and r.tell() == 4
+        assert r.readinto(memoryview(into)[1:3]) == 2 and into == b"l 0e"
+        r.seek(-2, os.SEEK_END)
+        assert r.readinto(into) == 2 and into[:2] == b"2\n" and r.readinto(into) == 0
+        with pytest.raises(TypeError):
+            r.readinto(b"read-only")
+        r.seek(0)
+        with io.BufferedReader(r) as buffered:  # (closing it closes r)
+            assert buffered.read() == sync_drive.read_bytes("logs/run.txt")
+    assert r.closed
     with pytest.raises(KeyError), sync_drive.open("logs/run.txt", "wb") as w2:
         w2.write(b"lost")
         raise KeyError("stop")
