@@ -359,10 +359,11 @@ def _run_file_command(args: argparse.Namespace) -> int:
         if args.command == "ls" and args.long:
             try:
                 infos = drive.list_info(given, recursive=args.recursive)
-            except DriveNotADirectoryError:  # a file: listed alone, as ls does
+            except DriveNotADirectoryError:  # a file: listed alone (each copy), as ls does
                 if given != path:  # ('lit://d/a.txt/': a folder asked for)
                     raise
-                infos = [drive.info(path, component_name=args.component)]
+                parent = path.rpartition("/")[0] or "."
+                infos = [i for i in drive.list_info(parent) if i.path == path]
             _print(args, [_long_entry(info) for info in infos], _long_listing(infos))
         elif args.command == "ls":
             try:

@@ -110,7 +110,7 @@ from ._storage import (
     is_local_filesystem,
     upload_identity,
 )
-from ._tasks import finish_unfinished, to_its_end
+from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, WaitingRoom, Watch
 from ._wire import IN_ANOTHER_LOOP, LOOP_CLOSED_BY_HAND
@@ -350,11 +350,7 @@ class _Connection:
         task.add_done_callback(lambda _: self.chores.pop(name, None))
 
     async def aclose(self) -> None:
-        """Close the Redis connections and let the disk threads go.
-
-        Work of calls in flight that must end once begun (see `to_its_end`) ends first.
-        """
-        await finish_unfinished(LOCK_TTL)  # (its locks' lease: longer would not help them)
+        """Close the Redis connections and let the disk threads go."""
         self.closed = True
         for chore in list(self.chores.values()):
             chore.cancel()
@@ -428,7 +424,8 @@ def _redis_errors_as_unavailable(
             if task is None or task not in self._cut_by_close:
                 raise
             self._cut_by_close.discard(task)
-            task.uncancel()
+            if task.uncancel() > 0:  # cancelled by someone else too: theirs goes on
+                raise
             path = _path_argument(args)
             raise self._closed_error(f"{doing} of {os.fspath(path)!r}" if path else doing) from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -458,6 +455,10 @@ def _redis_errors_as_unavailable(
             if task is not None:
                 if calls[task] == 1:
                     del calls[task]
+                    left = self._calls_left  # the last call aclose() waits for has left:
+                    waited = self._cut_by_close & calls.keys()
+                    if left is not None and not left.done() and not waited:
+                        left.set_result(None)
                 else:
                     calls[task] -= 1
             # The task holds the exception raised here, whose traceback holds this frame:
@@ -589,6 +590,8 @@ class Drive:
         #: The tasks in a call of this drive (how many deep), and those aclose() cancelled.
         self._calls: dict[asyncio.Task[Any], int] = {}
         self._cut_by_close: set[asyncio.Task[Any]] = set()
+        #: Set by the last call aclose() cancelled as it leaves (see there).
+        self._calls_left: asyncio.Future[None] | None = None
         #: (component, path) -> the version this drive last put (> 0) or deleted (< 0) of it,
         #: newest last (see `_remember`).
         self._last_versions: dict[tuple[str, str], int] = {}
@@ -683,13 +686,24 @@ class Drive:
             current = asyncio.current_task()
         except RuntimeError:  # (no asyncio loop: no calls either)
             current = None
-        calls = [t for t in self._calls if t is not current and t.get_loop() is _loop_of(current)]
+        loop = _loop_of(current)
+        calls = [t for t in self._calls if t is not current and t.get_loop() is loop]
         try:
             if calls:
-                self._cut_by_close.update(calls)
                 for task in calls:
-                    task.cancel()
-                await asyncio.wait(calls, timeout=LOCK_TTL)
+                    if task not in self._cut_by_close:  # (not twice: one uncancel each)
+                        self._cut_by_close.add(task)
+                        task.cancel()
+                # Until each has left its call of this drive (not until its task ends: it
+                # may go on, or be the one awaiting this close).
+                assert loop is not None
+                left = self._calls_left  # (another aclose() may wait already: the same)
+                if left is None or left.done():
+                    self._calls_left = left = loop.create_future()
+                if not self._cut_by_close & self._calls.keys() and not left.done():
+                    left.set_result(None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(left), LOCK_TTL)
         finally:  # (cancelled meanwhile too: closed all the same)
             self._cut_by_close.difference_update(calls)
             conn, self._conn = self._conn, None
@@ -3002,7 +3016,8 @@ class Drive:
                 f"Drive {self.name!r}: consumer group {group!r} is in use (member "
                 f"{member!r} {doing}); nothing was removed. Close its members' watches "
                 "first, or pass force=True to remove it under them (their next read "
-                "raises CursorExpiredError)."
+                "raises CursorExpiredError; a member that died holding events stays in "
+                "the group: force=True is the way then)."
             )
         logger.info("drive %s: consumer group %r %s", self.name, group, reply[0])
         return bool(reply[0] == "removed")

@@ -128,8 +128,12 @@ class _CallerLoop:
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
             task = self.loop.create_task(coro)
-        except BaseException:  # (a signal's handler raised just before)
-            coro.close()
+        except BaseException:  # (a signal's handler raised in it, or just after)
+            made = [t for t in asyncio.all_tasks(self.loop) if t.get_coro() is coro]
+            for task in made:  # never to run: cancelled before its first step
+                task.cancel()
+            if not made:
+                coro.close()
             raise
         self.task = task
         on_sigint = None
@@ -187,8 +191,13 @@ class _CallerLoop:
         deadline = time.monotonic() + WIND_DOWN
         while not task.done() and (left := deadline - time.monotonic()) > 0:
             waiter = self.loop.create_task(asyncio.wait([task], timeout=left))
-            with contextlib.suppress(BaseException):  # (raised again by a step of it)
+            try:
                 _run_until_done(self.loop, waiter)
+            except RuntimeError:  # the loop cannot run (left running by a raise in it)
+                waiter.cancel()
+                break
+            except BaseException:  # raised again by a step of it: on with the rest
+                waiter.cancel()
         if not task.done():
             task.add_done_callback(_retrieved)
 
@@ -314,13 +323,7 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
     if loop.is_running():  # as run_forever: never two runs of one loop at once
         raise RuntimeError("This event loop is already running")
     base_loop: Any = loop  # its private attributes, as run_forever sets them
-    base_loop._thread_id = threading.get_ident()
     old_hooks = sys.get_asyncgen_hooks()
-    sys.set_asyncgen_hooks(
-        firstiter=base_loop._asyncgen_firstiter_hook,
-        finalizer=base_loop._asyncgen_finalizer_hook,
-    )
-    asyncio._set_running_loop(loop)
     ready = base_loop._ready
 
     def run_ready() -> None:
@@ -330,6 +333,14 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
                 handle._run()
 
     try:
+        # Set in the try, undone in the finally whatever raises meanwhile (a signal's
+        # handler): a loop left marked as running would refuse every later call.
+        base_loop._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(
+            firstiter=base_loop._asyncgen_firstiter_hook,
+            finalizer=base_loop._asyncgen_finalizer_hook,
+        )
+        asyncio._set_running_loop(loop)
         if len(ready) == 1:
             # The task's first step, and nothing else, is ready: run it now. A turn of the
             # loop would poll for I/O and timers first (~5-10 µs), then run it first anyway.
@@ -358,9 +369,13 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
                 run_ready()
         raise
     finally:
-        asyncio._set_running_loop(None)
-        base_loop._thread_id = None
-        sys.set_asyncgen_hooks(*old_hooks)
+        try:
+            asyncio._set_running_loop(None)
+        finally:
+            try:
+                base_loop._thread_id = None
+            finally:
+                sys.set_asyncgen_hooks(*old_hooks)
 
 
 def _closed_error(name: str) -> DriveClosedError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -41,7 +40,6 @@ async def to_its_end(
     or release (an open file, a file installed but not committed).
     """
     task = asyncio.ensure_future(work)
-    _unfinished.add(task)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -59,21 +57,3 @@ async def to_its_end(
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
-
-
-#: The work of every `to_its_end` not yet collected (see `finish_unfinished`).
-_unfinished: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
-
-
-async def finish_unfinished(timeout: float) -> None:
-    """Wait (up to ``timeout`` s) for the `to_its_end` work in flight in this event loop.
-
-    For a drive's close: the work of calls still running (another task's put between its
-    install and its commit, a lock's release) ends before the connections it uses close,
-    rather than failing, its lock held until its lease ends, a backup left on the disk.
-    """
-    loop = asyncio.get_running_loop()
-    current = asyncio.current_task()
-    waiting = [t for t in _unfinished if not t.done() and t is not current and t.get_loop() is loop]
-    if waiting:
-        await asyncio.wait(waiting, timeout=timeout)

@@ -366,10 +366,10 @@ class Watch:
             raise self._other_path(step.path)
         if step.kind == "removed":
             raise CursorExpiredError(
-                f"Drive {self._drive.name!r}: consumer group {self._group!r} was removed "
-                "(remove_group) while this member read it: its position, and any event "
-                "handed out and not acknowledged, are gone. Watch again (with since=, or "
-                "from now) to start the group anew."
+                f"Drive {self._drive.name!r}: consumer group {self._group!r} is gone "
+                "while this member read it (removed with remove_group(), or lost by the "
+                "server): its position, and any event handed out and not acknowledged, are "
+                "gone. Watch again (with since=, or from now) to start the group anew."
             )
         if step.kind == "expired":
             raise self._expired(step.last, group_moved_to=step.trimmed)

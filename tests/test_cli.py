@@ -178,6 +178,10 @@ def test_drive_paths_where_local_ones_go_and_root_options(
     # ls of a file lists it, as ls does; with a '/', a folder is asked for.
     assert cli("ls", f"{drive_id}/a.txt").stdout == "a.txt\n"
     assert cli("ls", "-l", f"{drive_id}/a.txt").stdout.split()[:2] == ["1", "v1"]
+    copy = cli("put", "--component", "w2", "--allow-duplicates", "a.txt", f"{drive_id}/")
+    assert copy.returncode == 0
+    both = cli("ls", "-l", f"{drive_id}/a.txt").stdout.splitlines()  # each copy, as ls -l DIR
+    assert [line.split()[2] for line in both] == ["default", "w2"]
     not_folder = cli("ls", f"{drive_id}/a.txt/")
     assert not_folder.returncode == 1 and "is a file, not a folder" in not_folder.stderr
     assert not Path("server").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import gc
 import hashlib
 import io
@@ -398,6 +399,52 @@ async def test_closing_a_drive_under_calls_in_flight_leaves_no_lock_or_backup(
             assert list(folder.rglob(".asyncdrive-backup*")) == [], turns
             now = await again.read_bytes("p") if await again.exists("p") else None
             assert now in ({b"old", b"new"} if operation == "replace" else {b"old", big, None})
+
+
+async def test_closing_a_drive_waits_for_its_calls_not_for_the_tasks_that_made_them(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """aclose() waits for the calls it cancels to leave the drive: a task that goes on
+    after its call (here, until the close is done) or that awaits the close itself is not
+    waited for (it was, up to the lock lease: 30 s). Its own cancellation stays its own."""
+    drive = Drive(drive_id)
+    await drive.write_bytes("a", b"x")
+    closed = asyncio.Event()
+    cancellings: list[int] = []
+
+    async def worker() -> None:
+        with contextlib.suppress(DriveClosedError):
+            await drive.get("never", timeout=60)
+        cancellings.append(asyncio.current_task().cancelling())  # type: ignore[union-attr]
+        await closed.wait()  # goes on, off the drive, until the close is done
+
+    working = asyncio.create_task(worker())
+    user_cancelled = asyncio.create_task(drive.get("never either", timeout=60))
+    await asyncio.sleep(0.2)
+    user_cancelled.cancel()  # by the user, before the close: a CancelledError
+    await asyncio.wait_for(asyncio.gather(drive.aclose(), drive.aclose()), 10)
+    closed.set()
+    await working
+    assert cancellings == [0]  # cancelled once, and that taken back: no stray request
+    with pytest.raises(asyncio.CancelledError):
+        await user_cancelled
+    # A task awaiting the close, whose own call the close cut short.
+    drive = Drive(drive_id)
+    await drive.exists("a")
+    closer: asyncio.Task[None] | None = None
+
+    async def close_soon() -> None:
+        nonlocal closer
+        await asyncio.sleep(0.2)
+        closer = asyncio.create_task(drive.aclose())
+
+    async def call_then_await_the_close() -> None:
+        with contextlib.suppress(DriveClosedError):
+            await drive.get("never", timeout=60)
+        assert closer is not None
+        await closer
+
+    await asyncio.wait_for(asyncio.gather(close_soon(), call_then_await_the_close()), 10)
 
 
 async def test_a_writer_cancelled_again_while_dropping_its_upload_waits_for_it(

@@ -870,6 +870,34 @@ def test_sigterm_raising_systemexit_amid_calls_ends_them_quietly(
         assert "exception was never retrieved" not in err, err
 
 
+def test_a_signal_as_a_call_sets_its_loop_running_leaves_the_drive_usable(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A SIGTERM handler's sys.exit() landing as the call's loop is set up (raised here by
+    the asyncgen hooks' setter, called there) left the loop marked as running: each later
+    call said "already running", the close "cannot close a running event loop"."""
+    code = f"""
+        import sys
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        drive.write_bytes("a", b"1")
+        setting = sys.set_asyncgen_hooks
+        def interrupted(*args, **kwargs):
+            sys.set_asyncgen_hooks = setting
+            raise SystemExit(3)  # as `signal.signal(SIGTERM, lambda *_: sys.exit(3))`
+        sys.set_asyncgen_hooks = interrupted
+        try:
+            drive.read_bytes("a")
+        except SystemExit:
+            print("interrupted", flush=True)
+        print(drive.read_bytes("a"), flush=True)
+        drive.close()
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
+    assert done.stdout.splitlines() == ["interrupted", "b'1'"], done.stderr
+    assert done.stderr == ""
+
+
 def test_closed_syncdrive_exits_cleanly_under_w_error(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
