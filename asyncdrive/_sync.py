@@ -198,8 +198,9 @@ class _CallerLoop:
                 break
             except BaseException:  # raised again by a step of it: on with the rest
                 waiter.cancel()
-        if not task.done():
+        if not task.done():  # abandoned: neither logged when it ends, nor waited for
             task.add_done_callback(_retrieved)
+            self.drive._calls.pop(task, None)  # (by the drive's close: see Drive.aclose)
 
     def _wake_on_signals(self) -> int:
         """Have a signal wake this loop from its wait; return the wake-up fd it replaces.
