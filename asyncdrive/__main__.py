@@ -153,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("target", metavar="lit://DRIVE[/PATH]")
     watch.add_argument("--since", help="resume after this event id ('0': all retained)")
     watch.add_argument("--group", help="share the events with the other members of GROUP")
+    watch.add_argument(
+        "--member", help="this member's name in GROUP: restarted, it takes back what it held"
+    )
     watch.add_argument("--timeout", type=float, help="stop after this many idle seconds")
     groups = commands.add_parser(
         "groups",
@@ -412,7 +415,10 @@ def _run_file_command(args: argparse.Namespace) -> int:
         elif args.command == "groups":
             return _groups_command(args, drive, path)
         else:  # watch
-            with drive.watch(path, since=args.since, group=args.group, timeout=args.timeout) as w:
+            with drive.watch(
+                path, since=args.since, group=args.group, timeout=args.timeout,
+                member=args.member,
+            ) as w:  # fmt: skip
                 for event in w:
                     fields = dataclasses.asdict(event)
                     _print(
@@ -512,6 +518,8 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         ": timeout=": ": --timeout ",
         ": grace=": ": --grace ",
         ": since=": ": --since ",
+        ": member=": ": --member ",
+        "pass group= too": "pass --group too",
     }
     for library, command in replaced.items():
         message = message.replace(library, command)

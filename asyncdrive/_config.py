@@ -79,15 +79,15 @@ def check_component_name(component_name: str, what: str = "component name") -> s
     return component_name
 
 
-def check_group_name(drive: str, group: str) -> None:
-    """Raise `InvalidConfigError` unless ``group`` is a valid consumer group name.
+def check_group_name(drive: str, group: str, what: str = "group name") -> None:
+    """Raise `InvalidConfigError` unless ``group`` is a valid consumer group (member) name.
 
     Example:
         >>> check_group_name("d", "evaluators")
 
     """
     try:
-        check_component_name(group, "group name")
+        check_component_name(group, what)
     except InvalidConfigError as exc:
         raise InvalidConfigError(f"Drive {drive!r}: {exc}") from None
 

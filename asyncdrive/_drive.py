@@ -2907,6 +2907,7 @@ class Drive:
         group: str | None = None,
         timeout: float | None = None,
         claim_idle: float = DEFAULT_CLAIM_IDLE,
+        member: str | None = None,
     ) -> Watch:
         """Return a `Watch` of the changes below ``path``: an async iterator of `DriveEvent`.
 
@@ -2933,11 +2934,22 @@ class Drive:
             timeout: end the iteration (normally) after this many seconds without an event.
             claim_idle: in a group, hand an event to another member when the member holding
                 it has not acknowledged it for this many seconds (it died, say).
+            member: in a group, this member's name, kept across restarts (default: one of
+                its own per watch): a member of that name that died holding an event gets
+                it back at its first read, at once, rather than another member after
+                ``claim_idle``. Give each running member a name of its own.
 
         """
         folder = self._path(path, allow_root=True)
         if group is not None:
             check_group_name(self.name, group)
+        if member is not None:
+            if group is None:
+                raise InvalidConfigError(
+                    f"Drive {self.name!r}: member={member!r} names a consumer group's member: "
+                    "pass group= too."
+                )
+            check_group_name(self.name, member, "member name")
         check_seconds(self.name, "timeout", timeout)
         check_seconds(self.name, "claim_idle", claim_idle)
         if claim_idle == float("inf"):
@@ -2961,6 +2973,7 @@ class Drive:
             group=group,
             timeout=timeout,
             claim_idle=claim_idle,
+            member=member,
         )
 
     @_redis_errors_as_unavailable

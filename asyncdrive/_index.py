@@ -239,10 +239,11 @@ return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 # (it works on it), and otherwise becomes the group's (its members left, or are gone). KEYS:
 # 1 the change log, 2 its trim mark, 3 the groups' paths. ARGV: 1 group, 2 member, 3 claim
 # idle (ms), 4 the event to acknowledge ('' none), 5 the group's starting id, 6 the
-# member's path, 7 how recently a member must have stepped to count (ms). Replies:
-# {'event', {id, fields}}, {'none', last delivered id}, {'expired', last delivered id, trim
-# mark}, {'path', the group's path}, or {'lost', ids}: events held by a member longer than
-# the claim idle time, trimmed before another member could take them.
+# member's path, 7 how recently a member must have stepped to count (ms), 8 '1': the member
+# has read before, 9 '1': a named member's first step. Replies: {'event', {id, fields}},
+# {'none', last delivered id}, {'expired', last delivered id, trim mark}, {'path', the
+# group's path}, {'removed'}, or {'lost', ids}: events held by a member longer than the
+# claim idle time (or by a member of its name), trimmed before another could take them.
 _GROUP_STEP_LUA = """
 local function after(a, b)
   local am, as = string.match(a, '^(%d+)-?(%d*)$')
@@ -295,6 +296,17 @@ if path ~= ARGV[6] then
     end
   end
   redis.call('HSET', KEYS[3], group, ARGV[6])
+end
+-- A named member's first step (ARGV[9]): what a member of its name held (it was
+-- restarted) comes back to it first, not to another after claim_idle.
+if ARGV[9] == '1' then
+  local own = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '0')
+  local entries = own and own[1] and own[1][2] or {}
+  if #entries > 0 then
+    if entries[1][2] then return {'event', entries[1]} end
+    redis.call('XACK', events, group, entries[1][1])  -- trimmed while held
+    return {'lost', {entries[1][1]}}
+  end
 end
 -- The oldest event a member has held unacknowledged for claim_idle: taken over, or, if the
 -- log no longer has it (trimmed while held), acknowledged and reported. (Not XAUTOCLAIM,
@@ -778,6 +790,7 @@ class Index:
         active_ms: int,
         *,
         joined: bool = False,
+        own_first: bool = False,
     ) -> GroupStep:
         """Acknowledge ``ack``, then claim or read one event for ``member`` (`_GROUP_STEP_LUA`).
 
@@ -790,6 +803,7 @@ class Index:
         keys = [self.keys.events, self.keys.trimmed, self.keys.group_paths]
         args = [group, member, str(claim_idle_ms), ack or "", start, path, str(active_ms)]
         args.append("1" if joined else "0")
+        args.append("1" if own_first else "0")  # what this member held, first (a restart)
         reply = await self._run(self._group_step, keys, args)
         kind = reply[0]
         if kind == "removed":

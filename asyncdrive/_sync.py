@@ -819,6 +819,7 @@ class SyncDrive:
         group: str | None = None,
         timeout: float | None = None,
         claim_idle: float = DEFAULT_CLAIM_IDLE,
+        member: str | None = None,
     ) -> SyncWatch:
         """Return a blocking iterator of the drive's changes (see `Drive.watch`).
 
@@ -837,6 +838,7 @@ class SyncDrive:
             group=group,
             timeout=timeout,
             claim_idle=claim_idle,
+            member=member,
         )
         if since is None:
             # A blocking call may do I/O: fix the start exactly, at the newest event now.

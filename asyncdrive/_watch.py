@@ -87,6 +87,7 @@ class Watch:
         group: str | None,
         timeout: float | None,
         claim_idle: float,
+        member: str | None = None,
     ) -> None:
         self._drive = drive
         self._folder = folder
@@ -99,7 +100,9 @@ class Watch:
         self._group = group
         self._timeout = timeout
         self._claim_idle_ms = max(1, int(claim_idle * 1000))
-        self._consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._consumer = member or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: Named by the user: at its first step, it takes back what a member of its name held.
+        self._named = member is not None
         self._buffer: collections.deque[DriveEvent] = collections.deque()
         self._cursor = since or ""
         self._started = False
@@ -350,6 +353,7 @@ class Watch:
                     self._group_path(),
                     int(ACTIVE_MEMBER * 1000),
                     joined=self._joined,
+                    own_first=self._named and not self._joined,
                 )
             if step.kind in ("path", "removed"):
                 return step

@@ -325,12 +325,21 @@ def test_console_script_paths_groups_and_exit_statuses(
     ]
     again = cli("watch", "--group", "g", "--since", "0", "--timeout", "0.3", drive_id)
     assert (again.returncode, again.stdout) == (0, "")
+    named = cli(
+        "watch", "--group", "n", "--member", "m1", "--since", "0", "--timeout", "0.3", drive_id
+    )
+    assert named.returncode == 0 and len(named.stdout.splitlines()) == 2
+    alone = cli("watch", "--member", "m1", "--timeout", "0.3", drive_id)
+    assert alone.returncode == 1 and "--member 'm1' names" in alone.stderr
+    assert "pass --group too" in alone.stderr
     # The group stays (its members left): listed, then removed.
     listed = cli("groups", drive_id)
     assert [line.split() for line in listed.stdout.splitlines()] == [
         ["GROUP", "PATH", "MEMBERS", "PENDING", "LAG", "IDLE"],
         ["g", "./**", "0", "0", "0", "-"],
+        ["n", "./**", "0", "0", "0", "-"],
     ]
+    assert cli("groups", "--remove", "n", drive_id).returncode == 0
     (group,) = json.loads(cli("groups", "--json", drive_id).stdout)
     assert (group["name"], group["members"], group["idle"]) == ("g", 0, None)
     removed = cli("groups", "--remove", "g", drive_id)

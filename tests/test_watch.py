@@ -768,6 +768,35 @@ async def test_groups_are_listed_and_removed_once_unused(
         assert removed
 
 
+async def test_a_named_member_restarted_takes_back_what_it_held_at_once(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A member named with member= that died holding an event (here: left its watch on an
+    error, which acknowledges nothing) gets it back at its first read, not another member
+    after claim_idle (a minute here): a restarted evaluator resumes its checkpoint first."""
+    async with Drive(drive_id) as drive:
+        with pytest.raises(RuntimeError, match="crashed"):
+            async with drive.watch(group="g", member="eval-0", claim_idle=60) as first:
+                await drive.write_bytes("ckpt/1.pt", b"1")
+                held = await first.next(5)
+                assert held is not None and held.path == "ckpt/1.pt"
+                raise RuntimeError("crashed while evaluating")
+        await drive.write_bytes("ckpt/2.pt", b"2")
+        async with drive.watch(group="g", member="eval-0", claim_idle=60) as again:
+            back = await again.next(5)
+            assert back is not None and held is not None
+            assert (back.id, back.path) == (held.id, "ckpt/1.pt")
+            after = await again.next(5)
+            assert after is not None and after.path == "ckpt/2.pt"  # then on, once each
+            assert await again.next(0) is None
+        (group,) = await drive.groups()
+        assert (group.members, group.pending) == (0, 0)  # all acknowledged, the member left
+        with pytest.raises(InvalidConfigError, match="pass group= too"):
+            drive.watch(member="eval-0")
+        with pytest.raises(InvalidConfigError, match="Invalid member name 'a b'"):
+            drive.watch(group="g", member="a b")
+
+
 async def test_an_event_held_by_a_live_member_is_not_reported_lost_when_trimmed(
     env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
