@@ -20,7 +20,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -308,16 +308,23 @@ def _print(args: argparse.Namespace, value: object, text: str) -> None:
 
 def _say(text: str) -> None:
     """Print ``text`` on stdout; `_OutputFailed` if it cannot be written (a full disk)."""
-    try:
+    with _writing_output():
         print(text)
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise _OutputFailed(exc) from exc
 
 
 class _OutputFailed(Exception):
     """Stdout could not be written (not a reader gone: that is BrokenPipeError)."""
+
+
+@contextlib.contextmanager
+def _writing_output() -> Iterator[None]:
+    """Turn what writing stdout raises into `_OutputFailed`, but a reader gone (SIGPIPE)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _OutputFailed(exc) from exc
 
 
 def _bar(
@@ -473,12 +480,8 @@ def _write_all(out: BinaryIO, data: bytes) -> None:
     """Write all of ``data``: an unbuffered stdout (``python -u``) may take only part."""
     view = memoryview(data)
     while view:
-        try:
+        with _writing_output():
             written = out.write(view)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _OutputFailed(exc) from exc
         view = view[written if written is not None else len(view) :]
 
 
@@ -541,12 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.root = args.root or None  # '' ($UNSET): the default root, as ASYNCDRIVE_ROOT=''
     try:
         status = _run_command(args)
-        try:
+        with _writing_output():
             sys.stdout.flush()  # here, not at exit: a reader gone (| head) is told below
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _OutputFailed(exc) from exc
         return status
     except DriveError as exc:
         return _report(exc, args)

@@ -783,14 +783,14 @@ class Drive:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            raise RuntimeError(NOT_IN_ASYNCIO) from None
+            raise RuntimeError(f"Drive {self.name!r}: {NOT_IN_ASYNCIO}") from None
         with self._connect_lock_guard:  # (threads: each thread's loop may come here at once)
             if self._connect_lock is not None:
                 owner, lock = self._connect_lock
                 if owner is loop:
                     return lock
                 if owner.is_running():
-                    raise RuntimeError(IN_ANOTHER_LOOP)
+                    raise RuntimeError(f"Drive {self.name!r}: {IN_ANOTHER_LOOP}")
             lock = anyio.Lock()
             self._connect_lock = (loop, lock)
             return lock

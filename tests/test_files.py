@@ -420,7 +420,7 @@ async def test_closing_a_drive_waits_for_its_calls_not_for_the_tasks_that_made_t
 
     working = asyncio.create_task(worker())
     user_cancelled = asyncio.create_task(drive.get("never either", timeout=60))
-    await asyncio.sleep(0.2)
+    await _in_calls(drive, working, user_cancelled)
     user_cancelled.cancel()  # by the user, before the close: a CancelledError
     await asyncio.wait_for(asyncio.gather(drive.aclose(), drive.aclose()), 10)
     closed.set()
@@ -433,18 +433,22 @@ async def test_closing_a_drive_waits_for_its_calls_not_for_the_tasks_that_made_t
     await drive.exists("a")
     closer: asyncio.Task[None] | None = None
 
-    async def close_soon() -> None:
-        nonlocal closer
-        await asyncio.sleep(0.2)
-        closer = asyncio.create_task(drive.aclose())
-
     async def call_then_await_the_close() -> None:
         with contextlib.suppress(DriveClosedError):
             await drive.get("never", timeout=60)
         assert closer is not None
         await closer
 
-    await asyncio.wait_for(asyncio.gather(close_soon(), call_then_await_the_close()), 10)
+    calling = asyncio.create_task(call_then_await_the_close())
+    await _in_calls(drive, calling)
+    closer = asyncio.create_task(drive.aclose())
+    await asyncio.wait_for(calling, 10)
+
+
+async def _in_calls(drive: Drive, *tasks: asyncio.Task[Any]) -> None:
+    """Wait until each task is in a call of ``drive`` (what its aclose() cancels)."""
+    while not all(task in drive._calls for task in tasks):
+        await asyncio.sleep(0)
 
 
 async def test_a_writer_cancelled_again_while_dropping_its_upload_waits_for_it(
