@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
         parents=[files, json_output],
         help="copy local files or folders into a drive",
         description="Copy LOCAL files or folders to a drive path. As with cp, a destination "
-        "ending in '/' (or several LOCALs) is a folder they go into.",
+        "ending in '/' (or several LOCALs) is a folder they go into. LOCAL '-' stores stdin's "
+        "bytes at the path, committed at their end (interrupted: nothing stored).",
     )
     put.add_argument(
         "--allow-duplicates",
@@ -398,6 +399,8 @@ def _run_file_command(args: argparse.Namespace) -> int:
             _print(args, fields, "\n".join(f"{k}: {v}" for k, v in fields.items()))
         elif args.command == "rm":
             drive.delete(given, recursive=args.recursive)
+        elif args.command == "put" and "-" in args.local:
+            _put_stdin(args, drive, given)
         elif args.command == "put":
             into_folder = args.target.endswith("/") or len(args.local) > 1 or path == "."
             bar = _bar(args, lambda: _put_bar([Path(local) for local in args.local]))
@@ -472,8 +475,32 @@ def _groups_command(args: argparse.Namespace, drive: SyncDrive, path: str) -> in
     return 0
 
 
-#: How much of a file ``cat`` reads at a time (its memory, whatever the file's size).
+#: How much of a file ``cat`` (or of stdin ``put -``) reads at a time: its memory, whatever
+#: the file's size.
 _CAT_CHUNK = 1 << 20
+
+
+def _put_stdin(args: argparse.Namespace, drive: SyncDrive, path: str) -> None:
+    """``put - lit://d/path``: store stdin's bytes, streamed, committed at its end (EOF).
+
+    Interrupted (Ctrl-C, a signal) or failing before the end, nothing is stored.
+    """
+    if args.local != ["-"] or path == "." or path.endswith("/"):
+        raise _UsageError(
+            "'-' (stdin) is put alone, to a file's path: e.g. 'tar c data | asyncdrive put - "
+            f"{drive.id}/data.tar'."
+        )
+    if sys.stdin is None:  # (started with stdin closed: `<&-`)
+        raise _UsageError("'-' reads stdin, which is closed: pipe the bytes in.")
+    # What is there, up to a chunk (read1: not waiting for a whole one from a slow writer).
+    read: Callable[[int], bytes] = getattr(sys.stdin.buffer, "read1", sys.stdin.buffer.read)
+    bar = _bar(args, lambda: (f"put stdin as {Path(path).name}", None))
+    with bar or contextlib.nullcontext(), drive.open(path, "wb") as f:
+        while chunk := read(_CAT_CHUNK):
+            f.write(chunk)
+            if bar is not None:
+                bar.advance(len(chunk))
+    _print(args, {"put": "-", "to": path}, f"- -> {drive.id}/{path}")
 
 
 def _write_all(out: BinaryIO, data: bytes) -> None:

@@ -81,6 +81,10 @@ class TransferBar:
 
         return report
 
+    def advance(self, done: int) -> None:
+        """Count ``done`` more bytes of a transfer of no known size (``put -``, stdin)."""
+        self._show(self.completed + done)
+
     def _show(self, completed: int, *, refresh: bool = False) -> None:
         self.completed = completed
         self._progress.update(self._task, completed=completed, total=self.total, refresh=refresh)

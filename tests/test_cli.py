@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +144,51 @@ def test_output_is_whole_or_said_to_fail(env: dict[str, str], workdir: Path, dri
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert gone.stderr == ""
+
+
+def test_put_of_stdin_streams_and_stores_nothing_if_interrupted(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    data = os.urandom((3 << 20) + 5)  # several chunks
+    command = [sys.executable, "-m", "asyncdrive", "put", "-", f"{drive_id}/in/data.bin"]
+    put = subprocess.run(command, input=data, capture_output=True, timeout=60, check=False)
+    assert (put.returncode, put.stdout) == (0, f"- -> {drive_id}/in/data.bin\n".encode())
+    assert cli("info", "--json", f"{drive_id}/in/data.bin").stdout.count(f'"size": {len(data)}')
+    cat = subprocess.run([*command[:3], "cat", command[-1]], capture_output=True, timeout=60)
+    assert cat.stdout == data
+    for wrong in (["-", f"{drive_id}/in/"], ["-", "a.txt", f"{drive_id}/in/"]):
+        refused = cli("put", *wrong)
+        assert refused.returncode == 2 and "'-' (stdin) is put alone" in refused.stderr
+    closed = subprocess.run(
+        [*command[:-1], f"{drive_id}/closed.bin"], stdin=subprocess.DEVNULL, capture_output=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert closed.returncode == 0  # an empty stdin: an empty file, as `cat /dev/null |`
+    # Interrupted before stdin's end (Ctrl-C): exit 130, nothing stored, no upload left.
+    replaced = [*command[:-1], f"{drive_id}/in/data.bin"]
+    writer = subprocess.Popen(replaced, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert writer.stdin is not None
+    writer.stdin.write(data[: 1 << 20])
+    writer.stdin.flush()
+    deadline = time.monotonic() + 30
+    while _unread(writer.stdin.fileno()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the command has read it: its upload has begun
+    assert _unread(writer.stdin.fileno()) == 0
+    writer.send_signal(signal.SIGINT)
+    assert writer.wait(timeout=30) == 130
+    writer.stdin.close()
+    assert writer.stderr is not None and writer.stderr.read() == b""
+    writer.stderr.close()
+    after = subprocess.run([*command[:3], "cat", command[-1]], capture_output=True, timeout=60)
+    assert after.stdout == data  # as it was
+    gc = json.loads(cli("gc", "--json", "--grace", "0", drive_id).stdout)
+    assert gc["uploads_removed"] == 0  # the upload went with the interruption
+
+
+def _unread(fd: int) -> int:
+    """The bytes written into a pipe that its reader has not read yet."""
+    (count,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))
+    return int(count)
 
 
 def test_write_all_writes_what_a_stream_takes_in_parts() -> None:
