@@ -542,6 +542,7 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "use info() or get() for a file": "use 'asyncdrive info' or 'asyncdrive get' for a file",
         "Pass to= another local folder": "Pass another LOCAL folder",
         "pass force=True to remove it": "pass --force to remove it",
+        "removing it then takes force=True": "removing it then takes --force",
         "pass a DriveEvent.id, a Watch.cursor, or '0'": "pass an event id (the first column "
         "of 'asyncdrive watch') or '0'",
         "(list(recursive=True))": f"('asyncdrive ls -r {drive_id}')",

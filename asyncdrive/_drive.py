@@ -3030,7 +3030,7 @@ class Drive:
                 f"{member!r} {doing}); nothing was removed. Close its members' watches "
                 "first, or pass force=True to remove it under them (their next read "
                 "raises CursorExpiredError; a member that died holding events stays in "
-                "the group: force=True is the way then)."
+                "the group: removing it then takes force=True)."
             )
         logger.info("drive %s: consumer group %r %s", self.name, group, reply[0])
         return bool(reply[0] == "removed")

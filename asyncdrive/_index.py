@@ -240,10 +240,11 @@ return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 # 1 the change log, 2 its trim mark, 3 the groups' paths. ARGV: 1 group, 2 member, 3 claim
 # idle (ms), 4 the event to acknowledge ('' none), 5 the group's starting id, 6 the
 # member's path, 7 how recently a member must have stepped to count (ms), 8 '1': the member
-# has read before, 9 '1': a named member's first step. Replies: {'event', {id, fields}},
+# has read before, 9 '1': a named member's first steps. Replies: {'event', {id, fields}},
 # {'none', last delivered id}, {'expired', last delivered id, trim mark}, {'path', the
 # group's path}, {'removed'}, or {'lost', ids}: events held by a member longer than the
 # claim idle time (or by a member of its name), trimmed before another could take them.
+# An event or loss of what a member of its name held (ARGV[9]) ends with 'own'.
 _GROUP_STEP_LUA = """
 local function after(a, b)
   local am, as = string.match(a, '^(%d+)-?(%d*)$')
@@ -290,22 +291,25 @@ if path ~= ARGV[6] then
       for i = 1, #m, 2 do fields[m[i]] = m[i + 1] end
       local idle = fields['idle']
       local holding = fields['pending'] > 0 and idle < tonumber(ARGV[3])
-      if fields['name'] ~= member and (idle < tonumber(ARGV[7]) or holding) then
+      -- (its own name's too: two live members of one name must not switch the group's
+      -- path back and forth, each dropping the other's events)
+      if idle < tonumber(ARGV[7]) or holding then
         return {'path', path}
       end
     end
   end
   redis.call('HSET', KEYS[3], group, ARGV[6])
 end
--- A named member's first step (ARGV[9]): what a member of its name held (it was
--- restarted) comes back to it first, not to another after claim_idle.
+-- A named member's first steps (ARGV[9]): what a member of its name held (it was
+-- restarted) comes back to it first, one event a step until none is left ('own': the
+-- member asks again), not to another after claim_idle.
 if ARGV[9] == '1' then
   local own = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '0')
   local entries = own and own[1] and own[1][2] or {}
   if #entries > 0 then
-    if entries[1][2] then return {'event', entries[1]} end
+    if entries[1][2] then return {'event', entries[1], 'own'} end
     redis.call('XACK', events, group, entries[1][1])  -- trimmed while held
-    return {'lost', {entries[1][1]}}
+    return {'lost', {entries[1][1]}, 'own'}
   end
 end
 -- The oldest event a member has held unacknowledged for claim_idle: taken over, or, if the
@@ -480,6 +484,8 @@ class GroupStep:
     path: str = ""
     #: Ids of events a member held, trimmed before any member handled them ("lost").
     lost: list[str] = field(default_factory=list)
+    #: The event ("event") or the loss ("lost") is of what a member of this one's name held.
+    own: bool = False
 
 
 class Keys:
@@ -803,22 +809,23 @@ class Index:
         keys = [self.keys.events, self.keys.trimmed, self.keys.group_paths]
         args = [group, member, str(claim_idle_ms), ack or "", start, path, str(active_ms)]
         args.append("1" if joined else "0")
-        args.append("1" if own_first else "0")  # what this member held, first (a restart)
+        args.append("1" if own_first else "0")  # what its name held, first (a restart)
         reply = await self._run(self._group_step, keys, args)
         kind = reply[0]
         if kind == "removed":
             return GroupStep(kind)
+        own = reply[-1] == "own"
         if kind == "event":
             event_id, flat = reply[1]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            return GroupStep(kind, event=event_from_fields(self.drive, event_id, fields))
+            return GroupStep(kind, event=event_from_fields(self.drive, event_id, fields), own=own)
         if kind == "none":
             return GroupStep(kind, last=reply[1])
         if kind == "expired":
             return GroupStep(kind, last=reply[1], trimmed=reply[2])
         if kind == "path":
             return GroupStep(kind, path=reply[1])
-        return GroupStep(kind, lost=list(reply[1]))
+        return GroupStep(kind, lost=list(reply[1]), own=own)
 
     async def group_leave(self, group: str, member: str, ack: str | None) -> None:
         """Acknowledge ``ack`` and remove ``member`` from ``group`` if it holds no event."""

@@ -101,8 +101,10 @@ class Watch:
         self._timeout = timeout
         self._claim_idle_ms = max(1, int(claim_idle * 1000))
         self._consumer = member or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        #: Named by the user: at its first step, it takes back what a member of its name held.
+        #: Named by the user, it takes back what a member of its name held (it was restarted)
+        #: at its first steps, until none is left.
         self._named = member is not None
+        self._own_first = self._named
         self._buffer: collections.deque[DriveEvent] = collections.deque()
         self._cursor = since or ""
         self._started = False
@@ -145,6 +147,8 @@ class Watch:
             parts.append("recursive=False")
         if self._group:
             parts.append(f"group={self._group!r}")
+        if self._named:
+            parts.append(f"member={self._consumer!r}")
         if self._cursor:
             parts.append(f"cursor={self._cursor!r}")
         return f"Watch({', '.join(parts)})" + (" [closed]" if self._done else "")
@@ -353,10 +357,11 @@ class Watch:
                     self._group_path(),
                     int(ACTIVE_MEMBER * 1000),
                     joined=self._joined,
-                    own_first=self._named and not self._joined,
+                    own_first=self._own_first,
                 )
             if step.kind in ("path", "removed"):
                 return step
+            self._own_first = step.own  # (one a step: it asks again until none is left)
             self._to_ack = None  # acknowledged by the step
             self._joined = True
             if step.event is not None:
@@ -377,6 +382,14 @@ class Watch:
             )
         if step.kind == "expired":
             raise self._expired(step.last, group_moved_to=step.trimmed)
+        elif step.kind == "lost" and step.own:
+            raise CursorExpiredError(
+                f"Drive {self._drive.name!r}: events {', '.join(step.lost)} of group "
+                f"{self._group!r}, held by member {self._consumer!r} when it stopped, were "
+                "trimmed from the change log before it came back (see "
+                "ASYNCDRIVE_EVENTS_MAXLEN and ASYNCDRIVE_EVENTS_MAX_AGE). Re-list the drive "
+                "(list(recursive=True)) to find what they changed, then watch again."
+            )
         elif step.kind == "lost":
             raise CursorExpiredError(
                 f"Drive {self._drive.name!r}: events {', '.join(step.lost)} of group "
@@ -420,8 +433,9 @@ class Watch:
         if getattr(self, "_joined", False) and not self._done:
             _warn(
                 f"unclosed {self!r}: its member stays in group {self._group!r}, holding its "
-                "last event until another member claims it (claim_idle); use 'async with "
-                "drive.watch(...)' or 'await watch.aclose()'",
+                "last event until another member claims it (claim_idle), or a member of its "
+                "name takes it back; use 'async with drive.watch(...)' or 'await "
+                "watch.aclose()'",
                 ResourceWarning,
                 source=self,
             )
@@ -435,7 +449,8 @@ class Watch:
         """End the watch. Idempotent.
 
         In a group, the last event handed out counts as handled (acknowledged), and the
-        member leaves the group unless it holds events (another member claims them).
+        member leaves the group unless it holds events (another member claims them, or a
+        member of its name, ``member=``, takes them back).
         """
         self._done = True
         self._buffer.clear()

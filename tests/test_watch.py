@@ -797,6 +797,32 @@ async def test_a_named_member_restarted_takes_back_what_it_held_at_once(
             drive.watch(group="g", member="a b")
 
 
+async def test_a_named_member_takes_back_all_its_name_held_and_keeps_to_one_path(
+    env: dict[str, str], workdir: Path, drive_id: str, redis_url: str
+) -> None:
+    """Every event a member of its name held comes back at once, one a step, before new
+    ones (not the first only, the others after claim_idle). Two live members of one name
+    watching two paths: the second is refused (they took the group's path from each other,
+    each dropping the other's events)."""
+    async with Drive(drive_id) as drive:
+        for name in ("e1", "e2", "e3"):
+            await drive.write_bytes(f"jobs/{name}", b"x")
+        key = (await drive._connection()).index.keys.events
+        async with raw_redis(redis_url) as client:  # "w" held two (a step cut short, say)
+            await client.xgroup_create(key, "g", id="0")
+            await client.xreadgroup("g", "w", {key: ">"}, count=2)
+            assert (await client.xpending(key, "g"))["pending"] == 2
+        async with drive.watch("jobs", group="g", member="w", claim_idle=60) as again:
+            got = [(await again.next(5)) for _ in range(3)]
+            assert [e.path if e else None for e in got] == ["jobs/e1", "jobs/e2", "jobs/e3"]
+            assert "member='w'" in repr(again)
+            async with drive.watch("other", group="g", member="w") as elsewhere:
+                with pytest.raises(InvalidConfigError, match="watches 'jobs' and its sub-"):
+                    await elsewhere.next(0)
+        (group,) = await drive.groups()
+        assert (group.path, group.pending) == ("jobs", 0)
+
+
 async def test_an_event_held_by_a_live_member_is_not_reported_lost_when_trimmed(
     env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
