@@ -242,10 +242,12 @@ return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
 # member's path, 7 how recently a member must have stepped to count (ms), 8 '1': the member
 # has read before, 9 '1': a named member's first steps. Replies: {'event', {id, fields}},
 # {'none', last delivered id}, {'expired', last delivered id, trim mark}, {'path', the
-# group's path}, {'removed'}, or {'lost', ids}: events held by a member longer than the
+# group's path}, {'removed'}, {'skipped', last delivered id}: events of other paths only
+# (acknowledged; more may follow), or {'lost', ids}: events held by a member longer than the
 # claim idle time (or by a member of its name), trimmed before another could take them.
 # An event or loss of what a member of its name held (ARGV[9]) ends with 'own'.
 _GROUP_STEP_LUA = """
+local SKIP_AT_MOST = 200
 local function after(a, b)
   local am, as = string.match(a, '^(%d+)-?(%d*)$')
   local bm, bs = string.match(b, '^(%d+)-?(%d*)$')
@@ -334,10 +336,30 @@ if after(trimmed, last) then
   redis.call('HSET', KEYS[3], kept_last, trimmed)
   return {'expired', last, trimmed}
 end
-local read = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '>')
-if read and #read[1][2] > 0 then
-  redis.call('HSET', KEYS[3], kept_last, read[1][2][1][1])
-  return {'event', read[1][2][1]}
+-- The next event of the path the members watch. Those of other paths are acknowledged
+-- here, up to a bounded number a step ('skipped': there may be more, step again at once),
+-- not handed out one round trip each (a member of a folder of a busy drive).
+local kind, folder = string.sub(ARGV[6], 1, 1), string.sub(ARGV[6], 3)
+local function watched(fields)
+  local p
+  for i = 1, #fields, 2 do
+    if fields[i] == 'path' then p = fields[i + 1] break end
+  end
+  if not p or p == folder then return true end
+  if kind == 'r' then
+    return folder == '' or string.sub(p, 1, #folder + 1) == folder .. '/'
+  end
+  return (string.match(p, '^(.*)/[^/]*$') or '') == folder
+end
+for n = 1, SKIP_AT_MOST do
+  local read = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '>')
+  if not (read and #read[1][2] > 0) then break end
+  local entry = read[1][2][1]
+  redis.call('HSET', KEYS[3], kept_last, entry[1])
+  last = entry[1]
+  if watched(entry[2]) then return {'event', entry} end
+  redis.call('XACK', events, group, entry[1])
+  if n == SKIP_AT_MOST then return {'skipped', last} end
 end
 -- Nothing to read: the group is at the log's newest event, or past it.
 local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
@@ -469,14 +491,16 @@ def _glob_escape(text: str) -> str:
 
 @dataclass(frozen=True)
 class GroupStep:
-    """What one `Index.group_step` found: "event", "none", "expired", "path", "lost", "removed".
+    """What one `Index.group_step` found (its ``kind``).
 
-    "removed": the group is gone, removed since this member last read it.
+    "event", "none", "skipped" (only events of other paths, acknowledged: step again),
+    "expired", "path", "lost", or "removed": the group is gone, removed since this member
+    last read it.
     """
 
     kind: str
     event: DriveEvent | None = None
-    #: The id of the last event delivered to the group ("none", "expired").
+    #: The id of the last event delivered to the group ("none", "skipped", "expired").
     last: str = ""
     #: The log's trim mark, past the group's last delivered event ("expired").
     trimmed: str = ""
@@ -819,7 +843,7 @@ class Index:
             event_id, flat = reply[1]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             return GroupStep(kind, event=event_from_fields(self.drive, event_id, fields), own=own)
-        if kind == "none":
+        if kind in ("none", "skipped"):
             return GroupStep(kind, last=reply[1])
         if kind == "expired":
             return GroupStep(kind, last=reply[1], trimmed=reply[2])

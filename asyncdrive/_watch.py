@@ -188,7 +188,10 @@ class Watch:
 
     async def _next(self, timeout: float | None) -> DriveEvent | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        looked = False
+        #: The watch has read the log to its newest event (since this call began): only
+        #: then is "no event" an answer. A read of a full batch (or a group step that
+        #: skipped events of other paths) leaves more to read, waited for or not.
+        caught_up = False
         while not self._done:
             while self._buffer:
                 event = self._buffer.popleft()
@@ -198,7 +201,7 @@ class Watch:
                 if self._matches(event):
                     return event
             remaining = None if deadline is None else deadline - time.monotonic()
-            if looked and remaining is not None and remaining <= 0:
+            if caught_up and remaining is not None and remaining <= 0:
                 return None
             # A blocking read must end well within the reply timeout.
             block = min(BLOCK_SLICE, self._drive._redis_timeout() / 2)
@@ -212,9 +215,9 @@ class Watch:
                     limit = None if deadline is None else block + _REPLY_MARGIN
                     with anyio.fail_after(limit):
                         if self._group is None:
-                            await self._read(conn, block)
+                            read_all = await self._read(conn, block)
                         else:
-                            await self._read_group(conn, block, limit)
+                            read_all = await self._read_group(conn, block, limit)
                 except _RETRIED as exc:
                     if await self._ran_out_here(exc, deadline):
                         return None
@@ -223,7 +226,7 @@ class Watch:
                     raise self._drive._refused(exc) from exc
                 else:
                     self._failing_since = None
-                    looked = True
+                    caught_up = read_all
                 finally:
                     self._reading = None
         return None
@@ -298,7 +301,8 @@ class Watch:
                 raise self._drive._refused(exc) from exc
             self._cursor = self._cursor or self._read_cursor
 
-    async def _read(self, conn: _Connection, block: float) -> None:
+    async def _read(self, conn: _Connection, block: float) -> bool:
+        """Read the next batch of events into the buffer; tell whether it was the last."""
         self._resolve_start(conn)
         if self._since == "0" and not self._started:
             # Replay what is retained: start after the newest event trimmed so far.
@@ -315,6 +319,7 @@ class Watch:
         if events:
             self._buffer.extend(events)
             self._read_cursor = events[-1].id
+        return len(events) < _BATCH
 
     def _expired(self, cursor: str, *, group_moved_to: str = "") -> CursorExpiredError:
         if group_moved_to:
@@ -336,8 +341,11 @@ class Watch:
 
     # -- consumer groups ---------------------------------------------------------------------
 
-    async def _read_group(self, conn: _Connection, block: float, limit: float | None) -> None:
+    async def _read_group(self, conn: _Connection, block: float, limit: float | None) -> bool:
         """One step of the group, then (if it took nothing) a wait for the next event.
+
+        Returns whether the group had nothing more to hand out (after the wait, if any:
+        the next call takes what came meanwhile), as `_read` does.
 
         ``limit``: how long the step's reply may take (a hung server): cut short then, the
         step may have taken an event, claimed from this member later (at least once).
@@ -403,6 +411,7 @@ class Watch:
             # one (the step then takes it), waking up often enough to claim a dead member's
             # events in time.
             await _read_events(conn, step.last, min(block, self._claim_idle_ms / 2000), 1)
+        return step.kind == "none"
 
     def _group_path(self) -> str:
         """Return what this member watches, as its group keeps it: "r:<folder>" or "d:<folder>"."""

@@ -823,6 +823,45 @@ async def test_a_named_member_takes_back_all_its_name_held_and_keeps_to_one_path
         assert (group.path, group.pending) == ("jobs", 0)
 
 
+async def test_a_folder_watch_reads_past_other_paths_events_within_its_timeout(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch of a folder reads the whole drive's log: events of other paths, however
+    many, never make next(0) (or a short timeout) say "no event" while its own wait. A
+    group's step acknowledges other paths' events in the server (up to 200 a step), rather
+    than handing out each in a round trip of its own."""
+    monkeypatch.setattr(_watch, "_BATCH", 5)  # (a batch is 500: 12 events are 3 batches)
+    Path("other").mkdir()
+    for i in range(250):  # more than a group step skips
+        Path(f"other/{i}").write_bytes(b"x")
+    async with Drive(drive_id) as drive:
+        await drive.put("other", to="other")
+        await drive.write_bytes("jobs/sub/c", b"x")
+        await drive.write_bytes("jobs/a", b"x")
+        await drive.write_bytes("jobs/b", b"x")
+        async with drive.watch("jobs", since="0") as plain:
+            got = [await plain.next(0) for _ in range(4)]
+            assert [e.path if e else None for e in got] == ["jobs/sub/c", "jobs/a", "jobs/b", None]
+        async with drive.watch("jobs", since="0", group="sub", recursive=False) as children:
+            got = [await children.next(0) for _ in range(3)]
+            assert [e.path if e else None for e in got] == ["jobs/a", "jobs/b", None]
+        steps = 0
+        group_step = _index.Index.group_step
+
+        async def counted(*args: Any, **kwargs: Any) -> _index.GroupStep:
+            nonlocal steps
+            steps += 1
+            return await group_step(*args, **kwargs)
+
+        monkeypatch.setattr(_index.Index, "group_step", counted)
+        async with drive.watch("jobs/sub", since="0", group="g") as member:
+            got = [await member.next(0), await member.next(0)]
+            assert [e.path if e else None for e in got] == ["jobs/sub/c", None]
+        assert steps <= 5  # 252 events of other paths skipped in 2 steps, not 252
+        for group in await drive.groups():
+            assert (group.pending, group.lag) == (0, 0)  # the others acknowledged
+
+
 async def test_an_event_held_by_a_live_member_is_not_reported_lost_when_trimmed(
     env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
