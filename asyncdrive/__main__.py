@@ -373,8 +373,7 @@ def _run_file_command(args: argparse.Namespace) -> int:
             except DriveNotADirectoryError:  # a file: listed alone (each copy), as ls does
                 if given != path:  # ('lit://d/a.txt/': a folder asked for)
                     raise
-                parent = path.rpartition("/")[0] or "."
-                infos = [i for i in drive.list_info(parent) if i.path == path]
+                infos = list(drive._call(drive.drive._copies, path))  # (not all its folder's)
             _print(args, [_long_entry(info) for info in infos], _long_listing(infos))
         elif args.command == "ls":
             try:

@@ -2234,6 +2234,19 @@ class Drive:
         conn = await self._connection()
         return await self._file_info(conn, drive_path, component_name)
 
+    @_redis_errors_as_unavailable
+    async def _copies(self, path: StrPath) -> builtins.list[FileInfo]:
+        """Return each component's copy of file ``path``, by component (for ``ls -l FILE``).
+
+        Raises as `info` does where no component owns it.
+        """
+        drive_path = self._path(path, file=True)
+        conn = await self._connection()
+        owners = await conn.index.owners(drive_path)
+        if not owners:
+            await self._file_info(conn, drive_path, None)  # raises: said as info says it
+        return [owners[component] for component in sorted(owners)]
+
     async def _file_info(
         self, conn: _Connection, path: str, component_name: str | None
     ) -> FileInfo:

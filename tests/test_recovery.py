@@ -416,6 +416,32 @@ async def test_restarted_server_without_persistence(
         server.stop()
 
 
+async def test_a_rebuild_scans_a_busy_server_in_few_round_trips(
+    tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """A rebuild finds a drive's old keys with SCAN, which walks every key of the server:
+    1,000 a round trip (its default, 10, took ~2,000 round trips for 20,000 other keys)."""
+    server = ServerProcess(tmp_path / "srv", persistence=None)
+    (tmp_path / "srv").mkdir()
+    server.start()
+    try:
+        client = redis.asyncio.Redis.from_url(server.url)
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(20_000):  # another application's keys
+                pipe.set(f"other:{i}", "x")
+            await pipe.execute()
+        async with Drive(drive_id, root=tmp_path / "root", redis_url=server.url) as drive:
+            await drive.write_bytes("a.txt", b"a")
+            await client.config_resetstat()
+            await drive.rebuild_index()
+            assert await drive.list() == ["a.txt"]
+        stats = await client.info("commandstats")
+        await client.aclose()
+        assert 20 <= stats["cmdstat_scan"]["calls"] <= 40
+    finally:
+        server.stop()
+
+
 def old(path: Path, seconds: float = 7200) -> None:
     past = time.time() - seconds
     os.utime(path, (past, past))
