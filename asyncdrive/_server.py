@@ -285,6 +285,14 @@ def _start(folder: Path) -> str:
     if len(str(sock).encode()) <= _MAX_SOCKET_PATH:
         url = f"unix://{sock}"
         args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+        # A server of this root may run with no state file naming it: its starter died, or
+        # gave up waiting for its answer (a long load of its data), before writing one. A
+        # second one would share its files: it is waited for instead, as a named one is.
+        running = _pid_listening_at(url)
+        if running > 0:
+            _write_private(folder / "server.json", json.dumps({"url": url, "pid": running}))
+            if _wait_for_answer(folder.parent, url, running):
+                return url
     else:
         # Any local user may connect to a loopback port (a socket's mode is 0700): a
         # password of its own keeps them out, given in a file only this user reads, not
@@ -303,7 +311,13 @@ def _start(folder: Path) -> str:
             f"(exit {launched.returncode}): {launched.stderr.decode(errors='replace').strip()}"
         )
     started = time.monotonic()
+    pid = 0
     while not _ping(url):
+        if not pid and (pid := _read_pid(pidfile)):
+            # Said at once, not once it answers: a process that finds the root's server
+            # not answering yet (loading its data) waits for it, never starts another,
+            # even if this one gives up waiting first.
+            _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
         waited = time.monotonic() - started
         # Died while starting (its disk full, say): said at once, not after the timeout.
         gone = waited > 0.5 and not _running_at(url)
@@ -318,9 +332,16 @@ def _start(folder: Path) -> str:
                 f"The embedded server in {folder} {what}; see {folder / 'server.log'}.{full}"
             )
         time.sleep(0.005)
-    pid = int(pidfile.read_text().strip()) if pidfile.exists() else 0
-    _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
+    _write_private(folder / "server.json", json.dumps({"url": url, "pid": _read_pid(pidfile)}))
     return url
+
+
+def _read_pid(pidfile: Path) -> int:
+    """Return the pid a server wrote in ``pidfile``, 0 if not yet (or not a whole one)."""
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def ensure_server_sync(root: Path) -> str:
@@ -381,16 +402,27 @@ def server_runs(root: Path) -> bool:
 
 def _running_at(url: str) -> bool:
     """Return whether a process listening at ``url`` runs (by its title; True without /proc)."""
+    return _pid_listening_at(url) != 0
+
+
+def _pid_listening_at(url: str) -> int:
+    """Return the pid of a server whose title says it listens at ``url`` (0: none; -1: no /proc).
+
+    A server's title is its binary and where it listens (``... unixsocket:<path>``); until
+    it sets it, its command line (``--unixsocket <path>``).
+    """
     address = _listening_at(url)
     try:
         processes = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return True
+        return -1
     for pid in processes:
         with contextlib.suppress(OSError):
-            if address in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                return _alive(int(pid))
-    return False
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            words = title.replace("\0", " ").split()
+            if (f"unixsocket:{address}" in words or address in words) and _alive(int(pid)):
+                return int(pid)
+    return 0
 
 
 def _serving(pid: int, url: str) -> bool:

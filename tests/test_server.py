@@ -171,6 +171,12 @@ def test_a_server_that_does_not_answer_is_waited_for_never_doubled(
             with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
                 _server.ensure_server_sync(root.resolve())
             assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
+            # No state file naming it (its starter died, or gave up waiting for a long load
+            # of its data, before writing one): found by where it listens, all the same.
+            state.unlink()
+            with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
+                _server.ensure_server_sync(root.resolve())
+            assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
         finally:
             os.kill(first["pid"], signal.SIGCONT)
         asyncdrive.stop_server(root)
@@ -180,6 +186,45 @@ def test_a_server_that_does_not_answer_is_waited_for_never_doubled(
             assert drive.read_bytes("a.txt") == b"x"
         assert len(servers_of_root()) == 1
     finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_server_given_up_on_while_starting_is_named_for_the_next_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that gives up waiting for the server it launched (a long load of its data;
+    here it stops itself) has named it in the state file already: the next one waits for
+    it, and never starts a second one on its files."""
+    root = Path("/tmp") / tmp_path.name
+    wrapper = tmp_path / "stalling-server"
+    wrapper.write_text(
+        textwrap.dedent(f"""\
+            #!/bin/sh
+            {_server.server_binary()} "$@" || exit $?
+            while [ $# -gt 0 ]; do [ "$1" = --pidfile ] && pidfile=$2; shift; done
+            for _ in $(seq 500); do [ -s "$pidfile" ] && break; sleep 0.01; done
+            kill -STOP "$(cat "$pidfile")"
+            """)
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(_server, "server_binary", lambda: str(wrapper))
+    monkeypatch.setattr(_server, "_START_TIMEOUT", 0.5)
+    state = root / "server" / "server.json"
+    pid = 0
+    try:
+        with pytest.raises(asyncdrive.DriveUnavailableError, match="did not answer within"):
+            _server.ensure_server_sync(root.resolve())
+        pid = json.loads(state.read_text())["pid"]
+        assert pid == int((root / "server" / "server.pid").read_text())
+        os.kill(pid, signal.SIGCONT)  # (its data loaded, say)
+        _server.forget_server(root.resolve())
+        url = _server.ensure_server_sync(root.resolve())
+        assert json.loads(state.read_text()) == {"url": url, "pid": pid}
+    finally:
+        pid = pid or _server._read_pid(root / "server" / "server.pid")
+        if pid:
+            os.kill(pid, signal.SIGCONT)
         asyncdrive.stop_server(root)
         shutil.rmtree(root, ignore_errors=True)
 
