@@ -151,6 +151,8 @@ _DELETE_BATCH_FILES = 64
 #: this many bytes once reached (a cancelled get waits for the call under way to finish).
 _COPY_BATCH_FILES = 64
 _COPY_BATCH_BYTES = 16 << 20
+#: How many paths a get of a folder looks up in one round trip (and holds at a time).
+_LOOKUP_CHUNK = 1000
 #: Gets of files up to this size made by concurrent tasks share worker-thread calls, where
 #: the root is on a local disk (see `_Connection.small_copies`); a larger file's copy, or
 #: one from a network filesystem, has a call of its own.
@@ -2421,13 +2423,24 @@ class Drive:
         if not files:
             await self._check_not_lost(conn)
             raise self._not_found(drive_path, [], component_name)
-        copies = [
-            (self._pick(file, file_owners, component_name), local / file[len(drive_path) + 1 :])
-            for file, file_owners in zip(files, await conn.index.owners_many(files), strict=True)
-            if file_owners  # else deleted since listed: skipped
-        ]
+
+        async def each_copy() -> AsyncGenerator[tuple[FileInfo, Path], None]:
+            # Looked up a chunk at a time: memory follows a chunk, not the folder (~1 KiB
+            # a file, ~1 GiB for a folder of a million files, all looked up at once).
+            for start in range(0, len(files), _LOOKUP_CHUNK):
+                chunk = files[start : start + _LOOKUP_CHUNK]
+                for file, owners in zip(chunk, await conn.index.owners_many(chunk), strict=True):
+                    if owners:  # else deleted since listed: skipped
+                        info = self._pick(file, owners, component_name)
+                        yield info, local / file[len(drive_path) + 1 :]
+
+        # Twice: first for what is refused before anything is copied (a file several
+        # components own, none named) and for the bytes to expect, then to copy.
+        expected = 0
+        async for info, _ in each_copy():
+            expected += info.size
         if reporter is not None:
-            reporter.expect(sum(info.size for info, _ in copies))
+            reporter.expect(expected)
         # One at a time (a get is mostly CPU here: side by side it ran no faster with an
         # async Drive, and 2-3x slower with a SyncDrive, whose copies then left its thread),
         # in batches, each one worker-thread call: for a small file the hop to a thread and
@@ -2436,24 +2449,27 @@ class Drive:
         batch: list[tuple[FileInfo, Path]] = []
         batch_bytes = 0
         copied_bytes = 0  # of the versions copied: files replaced or deleted since listed
-        for number, (info, dest) in enumerate(copies, 1):
+
+        async def copy_batch() -> None:
+            nonlocal batch, batch_bytes, copied_bytes
+            try:
+                copied = await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
+            except OSError as exc:  # the files before it are copied: say so
+                if isinstance(exc, DriveError | TimeoutError | ConnectionError):
+                    raise
+                raise storage_error(
+                    self.name, exc, "get a folder", drive_path, local, conn.store.base
+                ) from exc
+            copied_bytes += sum(info.size for info in copied)
+            batch, batch_bytes = [], 0
+
+        async for info, dest in each_copy():
             batch.append((info, dest))
             batch_bytes += info.size
-            if (
-                len(batch) == _COPY_BATCH_FILES
-                or batch_bytes >= _COPY_BATCH_BYTES
-                or number == len(copies)
-            ):
-                try:
-                    copied = await self._copy_out(conn, batch, overwrite, on_copied, in_folder=True)
-                except OSError as exc:  # the files before it are copied: say so
-                    if isinstance(exc, DriveError | TimeoutError | ConnectionError):
-                        raise
-                    raise storage_error(
-                        self.name, exc, "get a folder", drive_path, local, conn.store.base
-                    ) from exc
-                copied_bytes += sum(info.size for info in copied)
-                batch, batch_bytes = [], 0
+            if len(batch) == _COPY_BATCH_FILES or batch_bytes >= _COPY_BATCH_BYTES:
+                await copy_batch()
+        if batch:
+            await copy_batch()
         if reporter is not None:
             reporter.finish(copied_bytes)
 

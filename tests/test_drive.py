@@ -1923,6 +1923,27 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
         p.name for p in folder.iterdir()
     )
 
+    # The owners are looked up a chunk at a time (memory follows a chunk, not the folder),
+    # and a file two other components own, none named, is refused before any is copied.
+    looked_up: list[int] = []
+    owners_many = asyncdrive._index.Index.owners_many
+
+    async def counted(self: Any, paths: Any) -> Any:
+        looked_up.append(len(paths))
+        return await owners_many(self, paths)
+
+    monkeypatch.setattr(asyncdrive._index.Index, "owners_many", counted)
+    monkeypatch.setattr(asyncdrive._drive, "_LOOKUP_CHUNK", 40)
+    await drive.get("many", to=out / "chunked")
+    assert looked_up == [40, 40, 40, 30] * 2  # (twice: what is refused first, then copies)
+    assert len(list((out / "chunked").iterdir())) == 150
+    for component in ("w1", "w2"):
+        other = make_drive(drive_id, component_name=component, allow_duplicates=True)
+        await other.write_bytes("many/zz.bin", b"either")
+    with pytest.raises(AmbiguousPathError, match=r"'many/zz\.bin'"):
+        await drive.get("many", to=out / "refused")
+    assert not (out / "refused").exists()  # nothing copied
+
 
 # -- reads racing a delete and a new put -------------------------------------------------------
 
