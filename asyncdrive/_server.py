@@ -27,6 +27,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -497,6 +498,13 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
                 pass  # the server closes the connection as it goes (the wait below checks)
             finally:
                 client.close()
+            stopped = True
+        elif pid and _serving(pid, url):
+            # It runs without answering: loading its data (it answers nothing until it has),
+            # or stalled. Told to shut down by the signal that does (continued, if stopped).
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # (said below)
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)
             stopped = True
         deadline = time.monotonic() + timeout
         while pid and _serving(pid, url):  # (not a process that took a dead server's pid)

@@ -229,6 +229,25 @@ def test_a_server_given_up_on_while_starting_is_named_for_the_next_process(
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_stop_stops_a_server_that_does_not_answer(tmp_path: Path, drive_id: str) -> None:
+    """A server loading its data answers nothing until it has, a stalled one nothing at all:
+    `stop_server` (`asyncdrive server stop`) stops it by signal, as it would by SHUTDOWN
+    (it waited 10 s, then said to kill it by hand)."""
+    root = Path("/tmp") / tmp_path.name
+    try:
+        with SyncDrive(drive_id, root=root) as drive:
+            drive.write_bytes("a.txt", b"kept")
+        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        assert asyncdrive.stop_server(root, timeout=5) is True
+        assert not _server._alive(pid)
+        with SyncDrive(drive_id, root=root) as drive:  # started again, its data kept
+            assert drive.read_bytes("a.txt") == b"kept"
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_full_server_says_maxclients_at_once(tmp_path: Path, drive_id: str) -> None:
     """A server at its maxclients greets a new connection with an error and closes it: on a
     unix socket the client meets only the closed socket. Said as such, and at once (the
