@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -271,6 +272,15 @@ def _start(folder: Path) -> str:
     binary = server_binary()
     sock = folder / "valkey.sock"
     pidfile = folder / "server.pid"
+    # A server of this root may run with no state file naming it: its starter died, or gave
+    # up waiting for its answer (a long load of its data), before writing one. A second one
+    # would share its files: it is waited for instead, as a named one is.
+    unnamed = _unnamed_server(folder, sock)
+    if unnamed is not None:
+        url, pid = unnamed
+        _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
+        if _wait_for_answer(folder.parent, url, pid):
+            return url
     pidfile.unlink(missing_ok=True)
     args = [
         binary,
@@ -283,17 +293,9 @@ def _start(folder: Path) -> str:
         "--save", "",
         "--maxmemory-policy", "noeviction",
     ]  # fmt: skip
-    if len(str(sock).encode()) <= _MAX_SOCKET_PATH:
+    if _on_unix_socket(sock):
         url = f"unix://{sock}"
         args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
-        # A server of this root may run with no state file naming it: its starter died, or
-        # gave up waiting for its answer (a long load of its data), before writing one. A
-        # second one would share its files: it is waited for instead, as a named one is.
-        running = _pid_listening_at(url)
-        if running > 0:
-            _write_private(folder / "server.json", json.dumps({"url": url, "pid": running}))
-            if _wait_for_answer(folder.parent, url, running):
-                return url
     else:
         # Any local user may connect to a loopback port (a socket's mode is 0700): a
         # password of its own keeps them out, given in a file only this user reads, not
@@ -386,10 +388,20 @@ def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
     return False
 
 
-def _listening_at(url: str) -> str:
-    """Return where the server of ``url`` listens, as its title names it: a path, host:port."""
+def _says_it_listens_at(cmdline: str, url: str) -> bool:
+    """Tell whether a process's command line is that of a server listening at ``url``.
+
+    Its title (``<binary> unixsocket:<path>``, ``<binary> <host>:<port>``), or until it
+    sets one its arguments (``--unixsocket <path>``, ``--port <port>``): not any process
+    naming the path (a client, a monitor).
+    """
     parts = urlsplit(url)
-    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port}"
+    if parts.scheme == "unix":
+        return (
+            f" unixsocket:{parts.path}" in cmdline or f"\0--unixsocket\0{parts.path}\0" in cmdline
+        )
+    address = f"{parts.hostname}:{parts.port}"
+    return f" {address}" in cmdline or f"\0--port\0{parts.port}\0" in cmdline
 
 
 def server_runs(root: Path) -> bool:
@@ -402,39 +414,56 @@ def server_runs(root: Path) -> bool:
 
 
 def _running_at(url: str) -> bool:
-    """Return whether a process listening at ``url`` runs (by its title; True without /proc)."""
-    return _pid_listening_at(url) != 0
-
-
-def _pid_listening_at(url: str) -> int:
-    """Return the pid of a server whose title says it listens at ``url`` (0: none; -1: no /proc).
-
-    A server's title is its binary and where it listens (``... unixsocket:<path>``); until
-    it sets it, its command line (``--unixsocket <path>``).
-    """
-    address = _listening_at(url)
+    """Return whether a server listening at ``url`` runs (by its title; True without /proc)."""
     try:
         processes = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return -1
+        return True
     for pid in processes:
         with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            if _says_it_listens_at(cmdline, url) and _alive(int(pid)):
+                return True
+    return False
+
+
+def _on_unix_socket(sock: Path) -> bool:
+    """Tell whether the server of ``sock``'s folder listens there (else on loopback TCP)."""
+    return len(str(sock).encode()) <= _MAX_SOCKET_PATH
+
+
+def _unnamed_server(folder: Path, sock: Path) -> tuple[str, int] | None:
+    """Return the URL and pid of the server of ``folder`` that its pidfile names, if it runs.
+
+    Its pidfile, written by the server itself, names it even where no state file does (see
+    `_start`); its title tells where it listens (a pid reused since is not taken for it).
+    """
+    pid = _read_pid(folder / "server.pid")
+    if not pid or not _alive(pid):
+        return None
+    url = f"unix://{sock}"
+    if not _on_unix_socket(sock):  # its port from its title, its password from its file
+        try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            words = title.replace("\0", " ").split()
-            if (f"unixsocket:{address}" in words or address in words) and _alive(int(pid)):
-                return int(pid)
-    return 0
+            password = (folder / "server.conf").read_text().split()[1]  # requirepass <it>
+        except (OSError, IndexError):
+            return None
+        port = re.search(r"127\.0\.0\.1:(\d+)", title)
+        if port is None:
+            return None
+        url = f"redis://:{password}@127.0.0.1:{port[1]}"
+    return (url, pid) if _serving(pid, url) else None
 
 
 def _serving(pid: int, url: str) -> bool:
     """Return whether process ``pid`` runs, and is the server of ``url`` (not a reused pid)."""
     if not _alive(pid):
         return False
-    try:  # the server's title names where it listens: "valkey-server unixsocket:<path>"
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return True  # (no /proc: taken for it)
-    return _listening_at(url) in title
+    return _says_it_listens_at(cmdline, url)
 
 
 async def ensure_server(root: Path) -> str:

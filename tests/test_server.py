@@ -248,6 +248,54 @@ def test_stop_stops_a_server_that_does_not_answer(tmp_path: Path, drive_id: str)
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.parametrize("where", ["a root with a space", "a root long enough for TCP"])
+def test_a_server_its_pidfile_names_is_waited_for_never_doubled(
+    tmp_path: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """With no state file naming it, the root's server is found by its pidfile (its own),
+    on a unix socket or on loopback TCP, and never doubled; a process that merely names
+    its socket, or a pid reused since, is not taken for it."""
+    root = Path("/tmp") / f"{tmp_path.name} x"
+    if "TCP" in where:
+        root = Path("/tmp") / (tmp_path.name + "-" + "l" * 60)
+    state = root / "server" / "server.json"
+    monkeypatch.setattr(_server, "_START_TIMEOUT", 1.0)
+    try:
+        with SyncDrive(drive_id, root=root) as drive:
+            drive.write_bytes("a.txt", b"x")
+        first = json.loads(state.read_text())
+        assert first["url"].startswith("redis://" if "TCP" in where else "unix://")
+        os.kill(first["pid"], signal.SIGSTOP)
+        try:
+            state.unlink()
+            _server.forget_server(root.resolve())
+            with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
+                _server.ensure_server_sync(root.resolve())
+            assert json.loads(state.read_text()) == first
+        finally:
+            os.kill(first["pid"], signal.SIGCONT)
+        state.unlink()
+        _server.forget_server(root.resolve())
+        assert _server.ensure_server_sync(root.resolve()) == first["url"]
+        assert asyncdrive.stop_server(root)
+        # Not the server: a process naming its socket, whose pid the pidfile names.
+        sock = first["url"].removeprefix("unix://")
+        naming = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", sock, "127.0.0.1:1"]
+        )
+        try:
+            (root / "server" / "server.pid").write_text(f"{naming.pid}\n")
+            _server.forget_server(root.resolve())
+            with SyncDrive(drive_id, root=root) as drive:
+                assert drive.read_bytes("a.txt") == b"x"
+        finally:
+            naming.kill()
+            naming.wait()
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_a_full_server_says_maxclients_at_once(tmp_path: Path, drive_id: str) -> None:
     """A server at its maxclients greets a new connection with an error and closes it: on a
     unix socket the client meets only the closed socket. Said as such, and at once (the
