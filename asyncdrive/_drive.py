@@ -18,6 +18,7 @@ import resource
 import select
 import selectors
 import stat
+import sys
 import threading
 import time
 import warnings
@@ -2424,20 +2425,28 @@ class Drive:
             await self._check_not_lost(conn)
             raise self._not_found(drive_path, [], component_name)
 
-        async def each_copy() -> AsyncGenerator[tuple[FileInfo, Path], None]:
+        #: Whose copy of each file is copied, as the first look-up picked it ("": none).
+        picked: list[str] = []
+
+        async def each_copy(first: bool) -> AsyncGenerator[tuple[FileInfo, Path], None]:
             # Looked up a chunk at a time: memory follows a chunk, not the folder (~1 KiB
             # a file, ~1 GiB for a folder of a million files, all looked up at once).
             for start in range(0, len(files), _LOOKUP_CHUNK):
                 chunk = files[start : start + _LOOKUP_CHUNK]
-                for file, owners in zip(chunk, await conn.index.owners_many(chunk), strict=True):
-                    if owners:  # else deleted since listed: skipped
-                        info = self._pick(file, owners, component_name)
+                found = await conn.index.owners_many(chunk)
+                for number, (file, owners) in enumerate(zip(chunk, found, strict=True)):
+                    if first:  # refused here, before any copy (several own it, none named)
+                        info = self._pick(file, owners, component_name) if owners else None
+                        picked.append(sys.intern(info.component_name) if info else "")
+                    else:  # that copy as it is now: gone if deleted since (skipped)
+                        info = owners.get(picked[start + number])
+                    if info is not None:  # (else deleted since listed: skipped)
                         yield info, local / file[len(drive_path) + 1 :]
 
-        # Twice: first for what is refused before anything is copied (a file several
-        # components own, none named) and for the bytes to expect, then to copy.
+        # Twice: first for what is refused before anything is copied, whose copy is copied,
+        # and the bytes to expect; then to copy, a chunk at a time.
         expected = 0
-        async for info, _ in each_copy():
+        async for info, _ in each_copy(first=True):
             expected += info.size
         if reporter is not None:
             reporter.expect(expected)
@@ -2463,7 +2472,7 @@ class Drive:
             copied_bytes += sum(info.size for info in copied)
             batch, batch_bytes = [], 0
 
-        async for info, dest in each_copy():
+        async for info, dest in each_copy(first=False):
             batch.append((info, dest))
             batch_bytes += info.size
             if len(batch) == _COPY_BATCH_FILES or batch_bytes >= _COPY_BATCH_BYTES:

@@ -1927,9 +1927,13 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     # and a file two other components own, none named, is refused before any is copied.
     looked_up: list[int] = []
     owners_many = asyncdrive._index.Index.owners_many
+    between: list[Callable[[], Awaitable[object]]] = []  # run as the second look-up starts
 
     async def counted(self: Any, paths: Any) -> Any:
         looked_up.append(len(paths))
+        if len(looked_up) == 5:
+            for change in between:
+                await change()
         return await owners_many(self, paths)
 
     monkeypatch.setattr(asyncdrive._index.Index, "owners_many", counted)
@@ -1937,10 +1941,25 @@ async def test_a_folder_get_copies_in_batches_and_stops_at_the_first_refusal(
     await drive.get("many", to=out / "chunked")
     assert looked_up == [40, 40, 40, 30] * 2  # (twice: what is refused first, then copies)
     assert len(list((out / "chunked").iterdir())) == 150
-    for component in ("w1", "w2"):
-        other = make_drive(drive_id, component_name=component, allow_duplicates=True)
-        await other.write_bytes("many/zz.bin", b"either")
-    with pytest.raises(AmbiguousPathError, match=r"'many/zz\.bin'"):
+    # Changed between the two look-ups: copied as first looked up, or skipped if deleted
+    # (not refused midway, its copies half made: a copy another component made since, of a
+    # file the first owned alone, made the path ambiguous).
+    w1, w2 = (
+        make_drive(drive_id, component_name=name, allow_duplicates=True) for name in ("w1", "w2")
+    )
+    await w1.write_bytes("many/ww.bin", b"w1's")  # (151 files: chunks of 40, 40, 40, 31)
+    between[:] = [
+        lambda: w2.write_bytes("many/ww.bin", b"w2's"),
+        lambda: drive.delete("many/149.bin"),
+    ]
+    looked_up.clear()
+    await drive.get("many", to=out / "changed")
+    assert len(looked_up) == 8
+    assert (out / "changed" / "ww.bin").read_bytes() == b"w1's"
+    assert not (out / "changed" / "149.bin").exists()
+    assert len(list((out / "changed").iterdir())) == 150
+    between.clear()
+    with pytest.raises(AmbiguousPathError, match=r"'many/ww\.bin'"):  # (now w1's and w2's)
         await drive.get("many", to=out / "refused")
     assert not (out / "refused").exists()  # nothing copied
 
