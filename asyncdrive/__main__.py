@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import select
 import sys
 import time
 import traceback
@@ -374,6 +375,7 @@ def _run_file_command(args: argparse.Namespace) -> int:
                 if given != path:  # ('lit://d/a.txt/': a folder asked for)
                     raise
                 infos = list(drive._call(drive.drive._copies, path))  # (not all its folder's)
+            _check_something_at(drive, path, infos)
             _print(args, [_long_entry(info) for info in infos], _long_listing(infos))
         elif args.command == "ls":
             try:
@@ -382,11 +384,7 @@ def _run_file_command(args: argparse.Namespace) -> int:
                 if given != path:
                     raise
                 entries = [path]
-            if not entries and path != "." and not drive.exists(path):
-                raise DriveFileNotFoundError(  # as ls does; the library lists nothing as []
-                    f"Drive {drive.name!r}: nothing at {path!r}; see what there is with "
-                    f"'asyncdrive ls {drive.id}'."
-                )
+            _check_something_at(drive, path, entries)
             _print(args, entries, "\n".join(entries))
         elif args.command == "cat":
             with drive.open(given, component_name=args.component) as f:  # streamed
@@ -440,6 +438,18 @@ def _run_file_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_something_at(drive: SyncDrive, path: str, listed: Sequence[object]) -> None:
+    """Raise for an empty listing of a path where nothing is, as ls does (exit status 4).
+
+    (The library lists a path where nothing is as ``[]``.)
+    """
+    if not listed and path != "." and not drive.exists(path):
+        raise DriveFileNotFoundError(
+            f"Drive {drive.name!r}: nothing at {path!r}; see what there is with "
+            f"'asyncdrive ls {drive.id}'."
+        )
+
+
 def _groups_command(args: argparse.Namespace, drive: SyncDrive, path: str) -> int:
     """List the drive's consumer groups, or remove one (``--remove``)."""
     if path != ".":
@@ -489,17 +499,30 @@ def _put_stdin(args: argparse.Namespace, drive: SyncDrive, path: str) -> None:
             "'-' (stdin) is put alone, to a file's path: e.g. 'tar c data | asyncdrive put - "
             f"{drive.id}/data.tar'."
         )
-    if sys.stdin is None:  # (started with stdin closed: `<&-`)
-        raise _UsageError("'-' reads stdin, which is closed: pipe the bytes in.")
-    # What is there, up to a chunk (read1: not waiting for a whole one from a slow writer).
-    read: Callable[[int], bytes] = getattr(sys.stdin.buffer, "read1", sys.stdin.buffer.read)
+    try:
+        stdin = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # (started with stdin closed: `<&-`)
+        raise _UsageError("'-' reads stdin, which is closed: pipe the bytes in.") from None
     bar = _bar(args, lambda: (f"put stdin as {Path(path).name}", None))
     with bar or contextlib.nullcontext(), drive.open(path, "wb") as f:
-        while chunk := read(_CAT_CHUNK):
+        while chunk := _read_some(stdin):
             f.write(chunk)
             if bar is not None:
                 bar.advance(len(chunk))
     _print(args, {"put": "-", "to": path}, f"- -> {drive.id}/{path}")
+
+
+def _read_some(fd: int) -> bytes:
+    """Read what is there of ``fd``, up to `_CAT_CHUNK` (b"": its end), waiting for some.
+
+    On the descriptor itself: a stdin another process made non-blocking (a shared pipe)
+    says "nothing yet" (EAGAIN), which Python's buffered reader takes for the end.
+    """
+    while True:
+        try:
+            return os.read(fd, _CAT_CHUNK)
+        except BlockingIOError:
+            select.select([fd], [], [])
 
 
 def _write_all(out: BinaryIO, data: bytes) -> None:

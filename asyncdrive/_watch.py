@@ -169,8 +169,11 @@ class Watch:
         """Return the next event, or None if none comes within ``timeout`` s.
 
         The watch stays open after None: call ``next`` again to keep polling. ``timeout=0``
-        takes an event already committed, without waiting for one. Returns None at once, or
-        as soon as it is, once the watch is closed (by another task, say).
+        takes an event already committed, without waiting for one. None is said once the
+        change log is read to its end: a backlog of other paths' events (a watch of a
+        folder replaying a busy drive's log) is read through first, which can take longer
+        than ``timeout``. Returns None at once, or as soon as it is, once the watch is
+        closed (by another task, say).
         """
         check_seconds(self._drive.name, "timeout", timeout)
         if self._done:

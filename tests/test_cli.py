@@ -164,6 +164,17 @@ def test_put_of_stdin_streams_and_stores_nothing_if_interrupted(
         timeout=60, check=False,
     )  # fmt: skip
     assert closed.returncode == 0  # an empty stdin: an empty file, as `cat /dev/null |`
+    # A stdin another process made non-blocking (a shared pipe): "nothing yet" is no end.
+    reading, writing = os.pipe()
+    os.set_blocking(reading, False)
+    slow = subprocess.Popen([*command[:-1], f"{drive_id}/slow.bin"], stdin=reading)
+    os.close(reading)
+    time.sleep(0.5)  # (it has started, found nothing yet, and waits)
+    os.write(writing, b"late bytes")
+    os.close(writing)
+    assert slow.wait(timeout=30) == 0
+    late = subprocess.run([*command[:3], "cat", f"{drive_id}/slow.bin"], capture_output=True)
+    assert late.stdout == b"late bytes"
     # Interrupted before stdin's end (Ctrl-C): exit 130, nothing stored, no upload left.
     replaced = [*command[:-1], f"{drive_id}/in/data.bin"]
     writer = subprocess.Popen(replaced, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -329,9 +340,10 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert "deletes only its own copies: pass --component with that name" in theirs.stderr
     bad = cli("ls", "s3://bucket")
     assert bad.returncode == 1 and "lit://" in bad.stderr
-    nothing = cli("ls", f"{drive_id}/no/such/folder")
-    assert (nothing.returncode, nothing.stdout) == (4, "")  # as ls does, not an empty listing
-    assert "'no/such/folder'" in nothing.stderr and len(nothing.stderr.splitlines()) == 1
+    for long in ([], ["-l"]):
+        nothing = cli("ls", *long, f"{drive_id}/no/such/folder")
+        assert (nothing.returncode, nothing.stdout) == (4, "")  # as ls does, not an empty list
+        assert "'no/such/folder'" in nothing.stderr and len(nothing.stderr.splitlines()) == 1
     # A reader that leaves early (| head -c0): no traceback, the status of a SIGPIPE.
     proc = subprocess.Popen(
         [sys.executable, "-m", "asyncdrive", "ls", "-r", drive_id],
