@@ -33,7 +33,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,6 +52,9 @@ logger = logging.getLogger("asyncdrive")
 _MAX_SOCKET_PATH = 100
 _START_TIMEOUT = 15.0
 _LOCK_TIMEOUT = 30.0
+#: How long a server that does not answer yet, but works (its CPU time grows: it loads its
+#: data before it answers, ~1 s a million keys here), is waited for in all.
+_LOAD_TIMEOUT = 600.0
 
 # Server url per root, for this process: saves the lock and ping on later first uses.
 _known: dict[tuple[int, Path], str] = {}
@@ -193,7 +196,12 @@ _LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path, *, patience: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Hold the file lock ``path`` (made if missing), waiting up to `_LOCK_TIMEOUT` for it.
+
+    ``patience()`` is asked once that time is up: whether to wait on (up to
+    `_LOAD_TIMEOUT` in all), for a holder that waits for a server loading its data, say.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _lock_fds_guard:
@@ -210,13 +218,17 @@ def _file_lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise _server_folder_error(path.parent.parent, exc) from exc
     try:
-        deadline = time.monotonic() + _LOCK_TIMEOUT
+        began = time.monotonic()
+        deadline = began + _LOCK_TIMEOUT
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline and now - began < _LOAD_TIMEOUT and patience():
+                    deadline = now + _LOCK_TIMEOUT
+                if now > deadline:
                     raise DriveUnavailableError(
                         f"Timed out after {_LOCK_TIMEOUT:.0f} s waiting for the server lock "
                         f"{path}: another process holds it. Check for a hung asyncdrive process."
@@ -238,6 +250,49 @@ def _ping(url: str) -> bool:
         return refusal_at_accept(url) is not None
     finally:
         client.close()
+
+
+class _Patience:
+    """How long to wait for a server's first answer: `_START_TIMEOUT` of it doing nothing.
+
+    A server loads its data before it answers anything (after a restart, a large index
+    takes a while): while its CPU time grows, the wait goes on, up to `_LOAD_TIMEOUT`.
+    """
+
+    def __init__(self, pid: int = 0) -> None:
+        self.pid = pid
+        self.started = self.last_work = time.monotonic()
+        self.cpu = _cpu_ticks(pid) if pid else None
+        #: Seen working (loading its data) while waited for.
+        self.worked = False
+
+    def found(self, pid: int) -> None:
+        """Watch ``pid`` from now on: the server just launched, found (it waits anew)."""
+        self.pid, self.cpu, self.last_work = pid, _cpu_ticks(pid), time.monotonic()
+
+    def over(self) -> bool:
+        """Tell whether the wait is over (asked after each unanswered ping)."""
+        now = time.monotonic()
+        cpu = _cpu_ticks(self.pid) if self.pid else None
+        if cpu is not None and self.cpu is not None and cpu > self.cpu:
+            self.last_work, self.worked = now, True  # working: loading its data
+        self.cpu = cpu
+        return now - self.last_work > _START_TIMEOUT or now - self.started > _LOAD_TIMEOUT
+
+    def waited(self) -> str:
+        """Say how long it waited, once `over`: for an answer, or for a load to end."""
+        if self.worked:
+            return f"{time.monotonic() - self.started:.0f} s, loading its data"
+        return f"{_START_TIMEOUT:.0f} s"
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """Return the CPU time process ``pid`` has used, in clock ticks (None: not known)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _read_state(folder: Path) -> dict[str, object] | None:
@@ -314,19 +369,23 @@ def _start(folder: Path) -> str:
             f"(exit {launched.returncode}): {launched.stderr.decode(errors='replace').strip()}"
         )
     started = time.monotonic()
-    pid = 0
+    patience = _Patience()
     while not _ping(url):
-        if not pid and (pid := _read_pid(pidfile)):
-            # Said at once, not once it answers: a process that finds the root's server
-            # not answering yet (loading its data) waits for it, never starts another,
-            # even if this one gives up waiting first.
-            _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
         waited = time.monotonic() - started
+        if not patience.pid:
+            # Its pidfile comes a while into a long load: until then, found where it listens.
+            pid = _read_pid(pidfile) or (max(0, _pid_at(url)) if waited > 0.1 else 0)
+            if pid:
+                # Said at once, not once it answers: a process that finds the root's server
+                # not answering yet (loading its data) waits for it, never starts another,
+                # even if this one gives up waiting first.
+                _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
+                patience.found(pid)
         # Died while starting (its disk full, say): said at once, not after the timeout.
         gone = waited > 0.5 and not _running_at(url)
-        if gone or waited > _START_TIMEOUT:
+        if gone or patience.over():
             what = "stopped while starting" if gone else (
-                f"did not answer within {_START_TIMEOUT:.0f} s")  # fmt: skip
+                f"did not answer within {patience.waited()}")  # fmt: skip
             full = ""
             with contextlib.suppress(OSError):
                 if shutil.disk_usage(folder).free < 1 << 20:
@@ -354,7 +413,14 @@ def ensure_server_sync(root: Path) -> str:
         return _known[key]
     folder = _server_dir(root)
     _check_owner(root)
-    with _file_lock(folder / "server.lock"):
+    url = _answering(folder)
+    if url:  # (no lock needed: taken only to start one)
+        _known[key] = url
+        return url
+    # A process waiting for the lock waits on while its holder waits for a server that
+    # loads its data, or one that answers now (the holder lets go in a moment).
+    patience = lambda: _loading(folder) or bool(_answering(folder))  # noqa: E731
+    with _file_lock(folder / "server.lock", patience=patience):
         state = _read_state(folder)
         url = str(state["url"]) if state else ""
         if not (url and _ping(url)):
@@ -366,21 +432,51 @@ def ensure_server_sync(root: Path) -> str:
     return url
 
 
+def _answering(folder: Path) -> str:
+    """Return the URL its state file names if a server answers there, else ""."""
+    state = _read_state(folder)
+    url = str(state["url"]) if state else ""
+    return url if url and _ping(url) else ""
+
+
+def _loading(folder: Path) -> bool:
+    """Tell whether the root's server works without answering (loading its data).
+
+    The one its state file names, or before there is one (a server writes its pidfile a
+    while into its load), the one listening at the root's socket.
+    """
+    state = _read_state(folder)
+    if state:
+        pid = int(str(state.get("pid") or 0))
+        if not (pid and _serving(pid, str(state.get("url")))):
+            return False
+    else:
+        sock = folder / "valkey.sock"
+        pid = _pid_at(f"unix://{sock}") if _on_unix_socket(sock) else 0
+        if pid <= 0:
+            return False
+    before = _cpu_ticks(pid)
+    time.sleep(0.2)
+    after = _cpu_ticks(pid)
+    return before is not None and after is not None and after > before
+
+
 def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
     """Wait for a server that runs but does not answer (loading its data, stalled).
 
     Returns False if it is gone (start another), True once it answers; raises if it runs
     on without answering: a second server of the root would split its index in two.
     """
-    deadline = time.monotonic() + _START_TIMEOUT
+    patience = _Patience(pid)
     while _serving(pid, url):
         if _ping(url):
             return True
-        if time.monotonic() > deadline:
+        if patience.over():
             raise DriveUnavailableError(
                 f"The embedded server of {root} (pid {pid}, {redact_url(url)}) runs but has "
                 "not answered "
-                f"for {_START_TIMEOUT:.0f} s (stopped, or overloaded?); a second one would "
+                f"for {patience.waited()}{'' if patience.worked else ' (stopped, or overloaded?)'}"
+                "; a second one would "
                 f"split the drives' index. Check it (see {_server_dir(root) / 'server.log'}), "
                 "or stop it ('asyncdrive server stop', else kill it), then retry."
             )
@@ -415,16 +511,21 @@ def server_runs(root: Path) -> bool:
 
 def _running_at(url: str) -> bool:
     """Return whether a server listening at ``url`` runs (by its title; True without /proc)."""
+    return _pid_at(url) != 0
+
+
+def _pid_at(url: str) -> int:
+    """Return the pid of a server listening at ``url`` (by its title): 0 none, -1 no /proc."""
     try:
         processes = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return True
+        return -1
     for pid in processes:
         with contextlib.suppress(OSError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             if _says_it_listens_at(cmdline, url) and _alive(int(pid)):
-                return True
-    return False
+                return int(pid)
+    return 0
 
 
 def _on_unix_socket(sock: Path) -> bool:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -291,6 +292,53 @@ def test_a_server_its_pidfile_names_is_waited_for_never_doubled(
         finally:
             naming.kill()
             naming.wait()
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_server_loading_its_data_is_waited_for_by_every_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restarted, a server loads its data before it answers anything (~1 s a million keys
+    here): longer than a silent server is waited for. While it works (its CPU time grows),
+    the process that started it waits on, and so do those waiting for the lock."""
+    root = Path("/tmp") / tmp_path.name
+    wrapper = tmp_path / "debug-server"  # (DEBUG POPULATE fills it fast)
+    wrapper.write_text(
+        f'#!/bin/sh\nexec {_server.server_binary()} "$@" --enable-debug-command yes\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(_server, "server_binary", lambda: str(wrapper))
+    try:
+        url = _server.ensure_server_sync(root.resolve())
+        client = redis.Redis.from_url(url)
+        client.execute_command("DEBUG", "POPULATE", 1_500_000, "key", 64)  # type: ignore[no-untyped-call]
+        client.bgrewriteaof()
+        while client.info("persistence")["aof_rewrite_in_progress"]:
+            time.sleep(0.05)
+        client.close()
+        asyncdrive.stop_server(root)
+        monkeypatch.setattr(_server, "_START_TIMEOUT", 0.5)  # (the load takes ~2 s)
+        monkeypatch.setattr(_server, "_LOCK_TIMEOUT", 0.5)
+        _server.forget_server(root.resolve())
+        found: list[str | BaseException] = []
+
+        def start() -> None:
+            try:
+                found.append(_server.ensure_server_sync(root.resolve()))
+            except BaseException as exc:
+                found.append(exc)
+
+        starters = [threading.Thread(target=start) for _ in range(2)]
+        for starter in starters:
+            starter.start()
+        for starter in starters:
+            starter.join(120)
+        assert found == [url, url]
+        client = redis.Redis.from_url(url)
+        assert client.dbsize() == 1_500_000
+        client.close()
     finally:
         asyncdrive.stop_server(root)
         shutil.rmtree(root, ignore_errors=True)
