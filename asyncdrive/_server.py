@@ -195,13 +195,21 @@ def _server_folder_error(root: Path, exc: OSError) -> DriveStorageError:
 _LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class _LockTimedOut(DriveUnavailableError):
+    """The server lock of a root stayed held by another process (see `_file_lock`)."""
+
+
 @contextlib.contextmanager
-def _file_lock(path: Path, *, patience: Callable[[], bool] = lambda: False) -> Iterator[None]:
+def _file_lock(
+    path: Path, *, patience: Callable[[], bool] = lambda: False, ask_after: float = 0.0
+) -> Iterator[None]:
     """Hold the file lock ``path`` (made if missing), waiting up to `_LOCK_TIMEOUT` for it.
 
-    ``patience()`` is asked once that time is up: whether to wait on (up to
-    `_LOAD_TIMEOUT` in all), for a holder that waits for a server loading its data, say.
+    ``patience()`` is asked every ``ask_after`` s while held (default: the lock's timeout):
+    whether to wait on (up to `_LOAD_TIMEOUT` in all), for a holder that waits for a
+    server loading its data, say.
     """
+    ask_after = ask_after or _LOCK_TIMEOUT
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _lock_fds_guard:
@@ -219,18 +227,20 @@ def _file_lock(path: Path, *, patience: Callable[[], bool] = lambda: False) -> I
         raise _server_folder_error(path.parent.parent, exc) from exc
     try:
         began = time.monotonic()
-        deadline = began + _LOCK_TIMEOUT
+        deadline, ask_at = began + _LOCK_TIMEOUT, began + ask_after
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 now = time.monotonic()
-                if now > deadline and now - began < _LOAD_TIMEOUT and patience():
-                    deadline = now + _LOCK_TIMEOUT
+                if now >= ask_at and now - began < _LOAD_TIMEOUT:
+                    ask_at = now + ask_after
+                    if patience():
+                        deadline = max(deadline, now + _LOCK_TIMEOUT)
                 if now > deadline:
-                    raise DriveUnavailableError(
-                        f"Timed out after {_LOCK_TIMEOUT:.0f} s waiting for the server lock "
+                    raise _LockTimedOut(
+                        f"Timed out after {now - began:.3g} s waiting for the server lock "
                         f"{path}: another process holds it. Check for a hung asyncdrive process."
                     ) from None
                 time.sleep(0.01)
@@ -281,9 +291,12 @@ class _Patience:
 
     def waited(self) -> str:
         """Say how long it waited, once `over`: for an answer, or for a load to end."""
-        if self.worked:
-            return f"{time.monotonic() - self.started:.0f} s, loading its data"
-        return f"{_START_TIMEOUT:.0f} s"
+        now = time.monotonic()
+        if not self.worked:
+            return f"{_START_TIMEOUT:g} s"
+        if now - self.last_work > _START_TIMEOUT:  # (it stopped working: stalled)
+            return f"{now - self.started:.0f} s (it loaded its data, then stopped working)"
+        return f"{now - self.started:.0f} s, loading its data all along"
 
 
 def _cpu_ticks(pid: int) -> int | None:
@@ -417,17 +430,20 @@ def ensure_server_sync(root: Path) -> str:
     if url:  # (no lock needed: taken only to start one)
         _known[key] = url
         return url
-    # A process waiting for the lock waits on while its holder waits for a server that
-    # loads its data, or one that answers now (the holder lets go in a moment).
-    patience = lambda: _loading(folder) or bool(_answering(folder))  # noqa: E731
-    with _file_lock(folder / "server.lock", patience=patience):
-        state = _read_state(folder)
-        url = str(state["url"]) if state else ""
-        if not (url and _ping(url)):
-            pid = int(str(state.get("pid") or 0)) if state else 0
-            if not (url and pid and _wait_for_answer(root, url, pid)):
-                _check_owner(root, starting=True)
-                url = _start(folder)
+    try:
+        # (waited on while its holder waits for a server that loads its data)
+        with _file_lock(folder / "server.lock", patience=lambda: _loading_pid(folder) > 0):
+            state = _read_state(folder)
+            url = str(state["url"]) if state else ""
+            if not (url and _ping(url)):
+                pid = int(str(state.get("pid") or 0)) if state else 0
+                if not (url and pid and _wait_for_answer(root, url, pid)):
+                    _check_owner(root, starting=True)
+                    url = _start(folder)
+    except _LockTimedOut:
+        url = _answering(folder)  # (answering since: a holder stuck after it started it)
+        if not url:
+            raise
     _known[key] = url
     return url
 
@@ -439,8 +455,8 @@ def _answering(folder: Path) -> str:
     return url if url and _ping(url) else ""
 
 
-def _loading(folder: Path) -> bool:
-    """Tell whether the root's server works without answering (loading its data).
+def _loading_pid(folder: Path) -> int:
+    """Return the pid of the root's server if it works without answering (loading), else 0.
 
     The one its state file names, or before there is one (a server writes its pidfile a
     while into its load), the one listening at the root's socket.
@@ -449,16 +465,29 @@ def _loading(folder: Path) -> bool:
     if state:
         pid = int(str(state.get("pid") or 0))
         if not (pid and _serving(pid, str(state.get("url")))):
-            return False
+            return 0
     else:
         sock = folder / "valkey.sock"
         pid = _pid_at(f"unix://{sock}") if _on_unix_socket(sock) else 0
         if pid <= 0:
-            return False
+            return 0
+    if _works_in(pid, folder) is False:
+        return 0
     before = _cpu_ticks(pid)
     time.sleep(0.2)
     after = _cpu_ticks(pid)
-    return before is not None and after is not None and after > before
+    return pid if before is not None and after is not None and after > before else 0
+
+
+def _works_in(pid: int, folder: Path) -> bool | None:
+    """Tell whether process ``pid`` works in ``folder`` (a server in its ``--dir``).
+
+    None where that cannot be told (no /proc, or another user's process).
+    """
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") == str(folder.resolve())
+    except OSError:
+        return None
 
 
 def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
@@ -492,12 +521,10 @@ def _says_it_listens_at(cmdline: str, url: str) -> bool:
     naming the path (a client, a monitor).
     """
     parts = urlsplit(url)
+    words = f" {cmdline.replace(chr(0), ' ')} "  # (a title's words end in spaces, or NULs)
     if parts.scheme == "unix":
-        return (
-            f" unixsocket:{parts.path}" in cmdline or f"\0--unixsocket\0{parts.path}\0" in cmdline
-        )
-    address = f"{parts.hostname}:{parts.port}"
-    return f" {address}" in cmdline or f"\0--port\0{parts.port}\0" in cmdline
+        return f" unixsocket:{parts.path} " in words or f" --unixsocket {parts.path} " in words
+    return f" {parts.hostname}:{parts.port} " in words or f" --port {parts.port} " in words
 
 
 def server_runs(root: Path) -> bool:
@@ -540,18 +567,24 @@ def _unnamed_server(folder: Path, sock: Path) -> tuple[str, int] | None:
     `_start`); its title tells where it listens (a pid reused since is not taken for it).
     """
     pid = _read_pid(folder / "server.pid")
-    if not pid or not _alive(pid):
-        return None
+    if not pid or not _alive(pid) or _works_in(pid, folder) is False:
+        return None  # (a pid reused since: another process, elsewhere)
     url = f"unix://{sock}"
     if not _on_unix_socket(sock):  # its port from its title, its password from its file
-        try:
+        title = ""
+        with contextlib.suppress(OSError):
             title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        port = re.search(r" 127\.0\.0\.1:(\d+)(?: |\x00|$)", title)
+        if port is None:
+            return None  # (not a server of ours, or no /proc)
+        try:
             password = (folder / "server.conf").read_text().split()[1]  # requirepass <it>
         except (OSError, IndexError):
-            return None
-        port = re.search(r"127\.0\.0\.1:(\d+)", title)
-        if port is None:
-            return None
+            raise DriveUnavailableError(
+                f"The embedded server of {folder.parent} runs (pid {pid}) but its password "
+                f"file {folder / 'server.conf'} is gone: it cannot be reached, and a second "
+                "server would split the drives' index. Stop it (kill it), then retry."
+            ) from None
         url = f"redis://:{password}@127.0.0.1:{port[1]}"
     return (url, pid) if _serving(pid, url) else None
 
@@ -613,14 +646,29 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
     if not folder.exists():
         return False
     _check_owner(resolved)
-    with _file_lock(folder / "server.lock"):
+    loading: list[int] = []
+
+    def stop_a_load() -> bool:
+        # The lock's holder waits for a server loading its data (up to 10 minutes): stopped
+        # now, the holder's wait ends, and with it the lock.
+        if not loading and (pid := _loading_pid(folder)) and _terminate(pid):
+            loading.append(pid)
+        return bool(loading)
+
+    with _file_lock(folder / "server.lock", patience=stop_a_load, ask_after=0.5):
         forget_server(resolved)
         state = _read_state(folder)
-        if state is None:
-            return False
+        if state is None:  # none named: the one its own pidfile names, if any
+            pid = _read_pid(folder / "server.pid")
+            if not (pid and _alive(pid) and _works_in(pid, folder)):
+                return bool(loading)
+            state = {"url": "", "pid": pid}
         url, pid = str(state["url"]), int(str(state.get("pid") or 0))
+        # Its own: not a process that took a dead server's pid since, or names its socket.
+        ours = bool(pid) and _works_in(pid, folder) is not False and (
+            not url or _serving(pid, url))  # fmt: skip
         stopped = False
-        if _ping(url):
+        if url and _ping(url):
             client = redis.Redis.from_url(url, socket_timeout=timeout)
             try:
                 client.shutdown()
@@ -629,15 +677,12 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
             finally:
                 client.close()
             stopped = True
-        elif pid and _serving(pid, url):
+        elif ours:
             # It runs without answering: loading its data (it answers nothing until it has),
             # or stalled. Told to shut down by the signal that does (continued, if stopped).
-            with contextlib.suppress(ProcessLookupError, PermissionError):  # (said below)
-                os.kill(pid, signal.SIGTERM)
-                os.kill(pid, signal.SIGCONT)
-            stopped = True
+            stopped = _terminate(pid)
         deadline = time.monotonic() + timeout
-        while pid and _serving(pid, url):  # (not a process that took a dead server's pid)
+        while ours and _alive(pid) and _works_in(pid, folder) is not False:  # (not reused)
             if time.monotonic() > deadline:
                 raise DriveUnavailableError(
                     f"The embedded server of {resolved} (pid {pid}) did not stop within "
@@ -645,7 +690,17 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
                 )
             time.sleep(0.01)
         (folder / "server.json").unlink(missing_ok=True)
-        return stopped
+        return stopped or bool(loading)
+
+
+def _terminate(pid: int) -> bool:
+    """Ask a server to shut down by signal, as SHUTDOWN does (continued, if stopped)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
+    except (ProcessLookupError, PermissionError):  # (gone; or not ours: said by the wait)
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -278,17 +278,35 @@ def test_a_server_its_pidfile_names_is_waited_for_never_doubled(
         state.unlink()
         _server.forget_server(root.resolve())
         assert _server.ensure_server_sync(root.resolve()) == first["url"]
-        assert asyncdrive.stop_server(root)
-        # Not the server: a process naming its socket, whose pid the pidfile names.
+        if "TCP" in where:  # its password file gone: it cannot be reached, nor doubled
+            conf = root / "server" / "server.conf"
+            password = conf.read_text()
+            conf.unlink()
+            state.unlink()
+            _server.forget_server(root.resolve())
+            with pytest.raises(asyncdrive.DriveUnavailableError, match="password file"):
+                _server.ensure_server_sync(root.resolve())
+            conf.write_text(password)
+            state.unlink(missing_ok=True)
+        assert asyncdrive.stop_server(root)  # (without a state file: the one its pidfile names)
+        assert not _server._alive(first["pid"])
+        # Not the server: a process naming its socket (its address, in one argument),
+        # whose pid the pidfile, then the state file, names.
         sock = first["url"].removeprefix("unix://")
+        port = first["url"].rpartition(":")[2]
+        named = [f" unixsocket:{sock} ", f" 127.0.0.1:{port} "]
         naming = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(60)", sock, "127.0.0.1:1"]
+            [sys.executable, "-c", "import time; time.sleep(60)", *named], cwd="/"
         )
         try:
             (root / "server" / "server.pid").write_text(f"{naming.pid}\n")
             _server.forget_server(root.resolve())
             with SyncDrive(drive_id, root=root) as drive:
                 assert drive.read_bytes("a.txt") == b"x"
+            assert asyncdrive.stop_server(root)
+            state.write_text(json.dumps({"url": first["url"], "pid": naming.pid}))
+            assert asyncdrive.stop_server(root) is False  # and no signal sent to it
+            assert naming.poll() is None
         finally:
             naming.kill()
             naming.wait()
@@ -339,6 +357,53 @@ def test_a_server_loading_its_data_is_waited_for_by_every_process(
         client = redis.Redis.from_url(url)
         assert client.dbsize() == 1_500_000
         client.close()
+        # Stopped while it loads (`asyncdrive server stop`): the starter's wait ends there.
+        asyncdrive.stop_server(root)
+        _server.forget_server(root.resolve())
+        found.clear()
+        starter = threading.Thread(target=start)
+        starter.start()
+        while not _server._loading_pid(root / "server"):
+            assert starter.is_alive(), found
+        assert asyncdrive.stop_server(root) is True
+        starter.join(60)
+        assert len(found) == 1 and isinstance(found[0], asyncdrive.DriveUnavailableError)
+        assert "stopped while starting" in str(found[0])
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_process_waiting_for_a_stuck_lock_uses_a_server_that_answers(
+    tmp_path: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's holder stuck (a debugger, Ctrl-Z) after the server came back: a process
+    waiting for the lock uses the server once its wait is over, rather than failing."""
+    root = Path("/tmp") / tmp_path.name
+    monkeypatch.setattr(_server, "_LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(_server, "_LOAD_TIMEOUT", 6.0)
+    held, release = threading.Event(), threading.Event()
+
+    def stuck_holder() -> None:
+        with _server._file_lock(root / "server" / "server.lock"):
+            held.set()
+            release.wait(30)
+
+    try:
+        url = _server.ensure_server_sync(root.resolve())
+        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+        os.kill(pid, signal.SIGSTOP)  # not answering as the process comes...
+        holder = threading.Thread(target=stuck_holder)
+        holder.start()
+        assert held.wait(10)
+        # ...then answering, once its first look (a ping, 2 s at most) found it silent
+        threading.Timer(2.5, os.kill, (pid, signal.SIGCONT)).start()
+        _server.forget_server(root.resolve())
+        try:
+            assert _server.ensure_server_sync(root.resolve()) == url
+        finally:
+            release.set()
+            holder.join()
     finally:
         asyncdrive.stop_server(root)
         shutil.rmtree(root, ignore_errors=True)
