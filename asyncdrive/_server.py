@@ -205,10 +205,11 @@ def _file_lock(
 ) -> Iterator[None]:
     """Hold the file lock ``path`` (made if missing), waiting up to `_LOCK_TIMEOUT` for it.
 
-    ``patience()`` is asked every ``ask_after`` s while held (default: the lock's timeout):
-    whether to wait on (up to `_LOAD_TIMEOUT` in all), for a holder that waits for a
-    server loading its data, say.
+    ``patience()`` is asked every ``ask_after`` s while held, the first time at once
+    (default: each time the lock's timeout is up): whether to wait on (up to
+    `_LOAD_TIMEOUT` in all), for a holder that waits for a server loading its data, say.
     """
+    asks_at_once = bool(ask_after)
     ask_after = ask_after or _LOCK_TIMEOUT
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -227,7 +228,8 @@ def _file_lock(
         raise _server_folder_error(path.parent.parent, exc) from exc
     try:
         began = time.monotonic()
-        deadline, ask_at = began + _LOCK_TIMEOUT, began + ask_after
+        deadline = began + _LOCK_TIMEOUT
+        ask_at = began if asks_at_once else deadline
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -331,7 +331,7 @@ def test_a_server_loading_its_data_is_waited_for_by_every_process(
     try:
         url = _server.ensure_server_sync(root.resolve())
         client = redis.Redis.from_url(url)
-        client.execute_command("DEBUG", "POPULATE", 1_500_000, "key", 64)  # type: ignore[no-untyped-call]
+        client.execute_command("DEBUG", "POPULATE", 2_000_000, "key", 64)  # type: ignore[no-untyped-call]
         client.bgrewriteaof()
         while client.info("persistence")["aof_rewrite_in_progress"]:
             time.sleep(0.05)
@@ -355,7 +355,7 @@ def test_a_server_loading_its_data_is_waited_for_by_every_process(
             starter.join(120)
         assert found == [url, url]
         client = redis.Redis.from_url(url)
-        assert client.dbsize() == 1_500_000
+        assert client.dbsize() == 2_000_000
         client.close()
         # Stopped while it loads (`asyncdrive server stop`): the starter's wait ends there.
         asyncdrive.stop_server(root)
