@@ -169,7 +169,12 @@ def test_put_of_stdin_streams_and_stores_nothing_if_interrupted(
     os.set_blocking(reading, False)
     slow = subprocess.Popen([*command[:-1], f"{drive_id}/slow.bin"], stdin=reading)
     os.close(reading)
-    time.sleep(0.5)  # (it has started, found nothing yet, and waits)
+    # Until it has found nothing yet and waits for stdin (select: the kernel's poll wait).
+    wchan = Path(f"/proc/{slow.pid}/wchan")
+    deadline = time.monotonic() + 30
+    while "poll_schedule" not in wchan.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "poll_schedule" in wchan.read_text(), wchan.read_text()
     os.write(writing, b"late bytes")
     os.close(writing)
     assert slow.wait(timeout=30) == 0

@@ -30,6 +30,18 @@ def embedded(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture
+def short_root(tmp_path: Path) -> Iterator[Path]:
+    """A root under /tmp (its path short enough for a unix socket); its server stopped and
+    its files removed after the test."""
+    root = Path("/tmp") / tmp_path.name
+    try:
+        yield root
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_long_root_listens_on_loopback_tcp(tmp_path: Path, drive_id: str) -> None:
     # A unix socket path is limited to about 100 bytes: under a deeper root, loopback TCP.
     root = tmp_path / ("r" * 60) / ("s" * 60)
@@ -65,21 +77,19 @@ def test_long_root_listens_on_loopback_tcp(tmp_path: Path, drive_id: str) -> Non
     assert asyncdrive.server_url(root) is None
 
 
-def test_short_root_listens_on_a_unix_socket_under_it(tmp_path: Path, drive_id: str) -> None:
-    root = Path("/tmp") / tmp_path.name  # short enough for a socket path
-    try:
-        with SyncDrive(drive_id, root=root) as drive:
-            drive.write_bytes("a.txt", b"x")
-        assert asyncdrive.server_url(root) == f"unix://{root.resolve()}/server/valkey.sock"
-    finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+def test_short_root_listens_on_a_unix_socket_under_it(short_root: Path, drive_id: str) -> None:
+    root = short_root
+    with SyncDrive(drive_id, root=root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    assert asyncdrive.server_url(root) == f"unix://{root.resolve()}/server/valkey.sock"
 
 
-def test_a_process_with_an_unclosed_syncdrive_exits(tmp_path: Path, drive_id: str) -> None:
+def test_a_process_with_an_unclosed_syncdrive_exits(
+    tmp_path: Path, short_root: Path, drive_id: str
+) -> None:
     """The first call starts the server from a worker thread of the call's loop, which must
     end with the call: the interpreter waits for such threads before it exits."""
-    root = Path("/tmp") / tmp_path.name
+    root = short_root
     code = f"""
         import multiprocessing, sys
         from asyncdrive import SyncDrive
@@ -99,15 +109,11 @@ def test_a_process_with_an_unclosed_syncdrive_exits(tmp_path: Path, drive_id: st
     script = tmp_path / "unclosed.py"
     script.write_text(textwrap.dedent(code))
     env = {k: v for k, v in os.environ.items() if k != "ASYNCDRIVE_REDIS_URL"}
-    try:
-        done = subprocess.run(
-            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90
-        )  # a hang at exit fails here (TimeoutExpired), in the workers as in the script
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.split() == ["False", "spawn", "0", "fork", "0"], done.stderr
-    finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90
+    )  # a hang at exit fails here (TimeoutExpired), in the workers as in the script
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "spawn", "0", "fork", "0"], done.stderr
 
 
 def test_a_child_forked_while_a_thread_holds_the_server_lock_does_not_keep_it(
@@ -140,11 +146,11 @@ def test_a_child_forked_while_a_thread_holds_the_server_lock_does_not_keep_it(
 
 
 def test_a_server_that_does_not_answer_is_waited_for_never_doubled(
-    tmp_path: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+    short_root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stalled server (or one loading its data) answers late: a second server of the root
     would split its index in two. It is waited for, then refused, never replaced."""
-    root = Path("/tmp") / tmp_path.name
+    root = short_root
     state = root / "server" / "server.json"
 
     def servers_of_root() -> list[str]:
@@ -156,48 +162,44 @@ def test_a_server_that_does_not_answer_is_waited_for_never_doubled(
                     titles.append(title)
         return titles
 
+    with SyncDrive(drive_id, root=root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    first = json.loads(state.read_text())
+    os.kill(first["pid"], signal.SIGSTOP)
     try:
-        with SyncDrive(drive_id, root=root) as drive:
-            drive.write_bytes("a.txt", b"x")
-        first = json.loads(state.read_text())
+        threading.Timer(1.0, os.kill, (first["pid"], signal.SIGCONT)).start()
+        _server.forget_server(root.resolve())  # as a new process would
+        assert _server.ensure_server_sync(root.resolve()) == first["url"]  # waited
+        assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
         os.kill(first["pid"], signal.SIGSTOP)
-        try:
-            threading.Timer(1.0, os.kill, (first["pid"], signal.SIGCONT)).start()
-            _server.forget_server(root.resolve())  # as a new process would
-            assert _server.ensure_server_sync(root.resolve()) == first["url"]  # waited
-            assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
-            os.kill(first["pid"], signal.SIGSTOP)
-            monkeypatch.setattr(_server, "_START_TIMEOUT", 0.5)
-            _server.forget_server(root.resolve())
-            with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
-                _server.ensure_server_sync(root.resolve())
-            assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
-            # No state file naming it (its starter died, or gave up waiting for a long load
-            # of its data, before writing one): found by where it listens, all the same.
-            state.unlink()
-            with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
-                _server.ensure_server_sync(root.resolve())
-            assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
-        finally:
-            os.kill(first["pid"], signal.SIGCONT)
-        asyncdrive.stop_server(root)
-        # A pid of the state file that is not the server's (reused): a server is started.
-        state.write_text(json.dumps({"url": first["url"], "pid": os.getpid()}))
-        with SyncDrive(drive_id, root=root) as drive:
-            assert drive.read_bytes("a.txt") == b"x"
-        assert len(servers_of_root()) == 1
+        monkeypatch.setattr(_server, "_START_TIMEOUT", 0.5)
+        _server.forget_server(root.resolve())
+        with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
+            _server.ensure_server_sync(root.resolve())
+        assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
+        # No state file naming it (its starter died, or gave up waiting for a long load
+        # of its data, before writing one): found by where it listens, all the same.
+        state.unlink()
+        with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
+            _server.ensure_server_sync(root.resolve())
+        assert json.loads(state.read_text()) == first and len(servers_of_root()) == 1
     finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+        os.kill(first["pid"], signal.SIGCONT)
+    asyncdrive.stop_server(root)
+    # A pid of the state file that is not the server's (reused): a server is started.
+    state.write_text(json.dumps({"url": first["url"], "pid": os.getpid()}))
+    with SyncDrive(drive_id, root=root) as drive:
+        assert drive.read_bytes("a.txt") == b"x"
+    assert len(servers_of_root()) == 1
 
 
 def test_a_server_given_up_on_while_starting_is_named_for_the_next_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, short_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A process that gives up waiting for the server it launched (a long load of its data;
     here it stops itself) has named it in the state file already: the next one waits for
     it, and never starts a second one on its files."""
-    root = Path("/tmp") / tmp_path.name
+    root = short_root
     wrapper = tmp_path / "stalling-server"
     wrapper.write_text(
         textwrap.dedent(f"""\
@@ -222,31 +224,25 @@ def test_a_server_given_up_on_while_starting_is_named_for_the_next_process(
         _server.forget_server(root.resolve())
         url = _server.ensure_server_sync(root.resolve())
         assert json.loads(state.read_text()) == {"url": url, "pid": pid}
-    finally:
+    finally:  # (stopped by the fixture, once continued)
         pid = pid or _server._read_pid(root / "server" / "server.pid")
         if pid:
             os.kill(pid, signal.SIGCONT)
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
 
 
-def test_stop_stops_a_server_that_does_not_answer(tmp_path: Path, drive_id: str) -> None:
+def test_stop_stops_a_server_that_does_not_answer(short_root: Path, drive_id: str) -> None:
     """A server loading its data answers nothing until it has, a stalled one nothing at all:
     `stop_server` (`asyncdrive server stop`) stops it by signal, as it would by SHUTDOWN
     (it waited 10 s, then said to kill it by hand)."""
-    root = Path("/tmp") / tmp_path.name
-    try:
-        with SyncDrive(drive_id, root=root) as drive:
-            drive.write_bytes("a.txt", b"kept")
-        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
-        os.kill(pid, signal.SIGSTOP)
-        assert asyncdrive.stop_server(root, timeout=5) is True
-        assert not _server._alive(pid)
-        with SyncDrive(drive_id, root=root) as drive:  # started again, its data kept
-            assert drive.read_bytes("a.txt") == b"kept"
-    finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+    root = short_root
+    with SyncDrive(drive_id, root=root) as drive:
+        drive.write_bytes("a.txt", b"kept")
+    pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    assert asyncdrive.stop_server(root, timeout=5) is True
+    assert not _server._alive(pid)
+    with SyncDrive(drive_id, root=root) as drive:  # started again, its data kept
+        assert drive.read_bytes("a.txt") == b"kept"
 
 
 @pytest.mark.parametrize("where", ["a root with a space", "a root long enough for TCP"])
@@ -316,70 +312,66 @@ def test_a_server_its_pidfile_names_is_waited_for_never_doubled(
 
 
 def test_a_server_loading_its_data_is_waited_for_by_every_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, short_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Restarted, a server loads its data before it answers anything (~1 s a million keys
     here): longer than a silent server is waited for. While it works (its CPU time grows),
     the process that started it waits on, and so do those waiting for the lock."""
-    root = Path("/tmp") / tmp_path.name
+    root = short_root
     wrapper = tmp_path / "debug-server"  # (DEBUG POPULATE fills it fast)
     wrapper.write_text(
         f'#!/bin/sh\nexec {_server.server_binary()} "$@" --enable-debug-command yes\n'
     )
     wrapper.chmod(0o755)
     monkeypatch.setattr(_server, "server_binary", lambda: str(wrapper))
-    try:
-        url = _server.ensure_server_sync(root.resolve())
-        client = redis.Redis.from_url(url)
-        client.execute_command("DEBUG", "POPULATE", 2_000_000, "key", 64)  # type: ignore[no-untyped-call]
-        client.bgrewriteaof()
-        while client.info("persistence")["aof_rewrite_in_progress"]:
-            time.sleep(0.05)
-        client.close()
-        asyncdrive.stop_server(root)
-        monkeypatch.setattr(_server, "_START_TIMEOUT", 0.5)  # (the load takes ~2 s)
-        monkeypatch.setattr(_server, "_LOCK_TIMEOUT", 0.5)
-        _server.forget_server(root.resolve())
-        found: list[str | BaseException] = []
+    url = _server.ensure_server_sync(root.resolve())
+    client = redis.Redis.from_url(url)
+    client.execute_command("DEBUG", "POPULATE", 2_000_000, "key", 64)  # type: ignore[no-untyped-call]
+    client.bgrewriteaof()
+    while client.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.05)
+    client.close()
+    asyncdrive.stop_server(root)
+    monkeypatch.setattr(_server, "_START_TIMEOUT", 0.5)  # (the load takes ~2 s)
+    monkeypatch.setattr(_server, "_LOCK_TIMEOUT", 0.5)
+    _server.forget_server(root.resolve())
+    found: list[str | BaseException] = []
 
-        def start() -> None:
-            try:
-                found.append(_server.ensure_server_sync(root.resolve()))
-            except BaseException as exc:
-                found.append(exc)
+    def start() -> None:
+        try:
+            found.append(_server.ensure_server_sync(root.resolve()))
+        except BaseException as exc:
+            found.append(exc)
 
-        starters = [threading.Thread(target=start) for _ in range(2)]
-        for starter in starters:
-            starter.start()
-        for starter in starters:
-            starter.join(120)
-        assert found == [url, url]
-        client = redis.Redis.from_url(url)
-        assert client.dbsize() == 2_000_000
-        client.close()
-        # Stopped while it loads (`asyncdrive server stop`): the starter's wait ends there.
-        asyncdrive.stop_server(root)
-        _server.forget_server(root.resolve())
-        found.clear()
-        starter = threading.Thread(target=start)
+    starters = [threading.Thread(target=start) for _ in range(2)]
+    for starter in starters:
         starter.start()
-        while not _server._loading_pid(root / "server"):
-            assert starter.is_alive(), found
-        assert asyncdrive.stop_server(root) is True
-        starter.join(60)
-        assert len(found) == 1 and isinstance(found[0], asyncdrive.DriveUnavailableError)
-        assert "stopped while starting" in str(found[0])
-    finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+    for starter in starters:
+        starter.join(120)
+    assert found == [url, url]
+    client = redis.Redis.from_url(url)
+    assert client.dbsize() == 2_000_000
+    client.close()
+    # Stopped while it loads (`asyncdrive server stop`): the starter's wait ends there.
+    asyncdrive.stop_server(root)
+    _server.forget_server(root.resolve())
+    found.clear()
+    starter = threading.Thread(target=start)
+    starter.start()
+    while not _server._loading_pid(root / "server"):
+        assert starter.is_alive(), found
+    assert asyncdrive.stop_server(root) is True
+    starter.join(60)
+    assert len(found) == 1 and isinstance(found[0], asyncdrive.DriveUnavailableError)
+    assert "stopped while starting" in str(found[0])
 
 
 def test_a_process_waiting_for_a_stuck_lock_uses_a_server_that_answers(
-    tmp_path: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+    short_root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The lock's holder stuck (a debugger, Ctrl-Z) after the server came back: a process
     waiting for the lock uses the server once its wait is over, rather than failing."""
-    root = Path("/tmp") / tmp_path.name
+    root = short_root
     monkeypatch.setattr(_server, "_LOCK_TIMEOUT", 1.0)
     monkeypatch.setattr(_server, "_LOAD_TIMEOUT", 6.0)
     held, release = threading.Event(), threading.Event()
@@ -389,76 +381,64 @@ def test_a_process_waiting_for_a_stuck_lock_uses_a_server_that_answers(
             held.set()
             release.wait(30)
 
+    url = _server.ensure_server_sync(root.resolve())
+    pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)  # not answering as the process comes...
+    holder = threading.Thread(target=stuck_holder)
+    holder.start()
+    assert held.wait(10)
+    # ...then answering, once its first look (a ping, 2 s at most) found it silent
+    threading.Timer(2.5, os.kill, (pid, signal.SIGCONT)).start()
+    _server.forget_server(root.resolve())
     try:
-        url = _server.ensure_server_sync(root.resolve())
-        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
-        os.kill(pid, signal.SIGSTOP)  # not answering as the process comes...
-        holder = threading.Thread(target=stuck_holder)
-        holder.start()
-        assert held.wait(10)
-        # ...then answering, once its first look (a ping, 2 s at most) found it silent
-        threading.Timer(2.5, os.kill, (pid, signal.SIGCONT)).start()
-        _server.forget_server(root.resolve())
-        try:
-            assert _server.ensure_server_sync(root.resolve()) == url
-        finally:
-            release.set()
-            holder.join()
+        assert _server.ensure_server_sync(root.resolve()) == url
     finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+        release.set()
+        holder.join()
 
 
-def test_a_full_server_says_maxclients_at_once(tmp_path: Path, drive_id: str) -> None:
+def test_a_full_server_says_maxclients_at_once(short_root: Path, drive_id: str) -> None:
     """A server at its maxclients greets a new connection with an error and closes it: on a
     unix socket the client meets only the closed socket. Said as such, and at once (the
     embedded one was waited for 15 s as a stalled server, then said to be one)."""
-    root = Path("/tmp") / tmp_path.name
+    root = short_root
+    with SyncDrive(drive_id, root=root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    url = asyncdrive.server_url(root)
+    assert url is not None and url.startswith("unix://")
+    admin = redis.Redis.from_url(url)
+    holder = redis.Redis.from_url(url)
     try:
-        with SyncDrive(drive_id, root=root) as drive:
-            drive.write_bytes("a.txt", b"x")
-        url = asyncdrive.server_url(root)
-        assert url is not None and url.startswith("unix://")
-        admin = redis.Redis.from_url(url)
-        holder = redis.Redis.from_url(url)
-        try:
-            admin.config_set("maxclients", admin.info("clients")["connected_clients"] + 1)
-            holder.ping()  # the last place taken
-            _server.forget_server(root.resolve())  # as a new process would
-            for redis_url in (None, url):  # the embedded server, and a configured URL
-                with (
-                    SyncDrive(drive_id, root=root, redis_url=redis_url) as drive,
-                    pytest.raises(asyncdrive.DriveUnavailableError) as full,
-                ):
-                    drive.read_bytes("a.txt")
-                assert "max number of clients reached" in str(full.value)
-                assert "raise maxclients" in str(full.value)
-        finally:
-            admin.config_set("maxclients", 10000)
-            admin.close()
-            holder.close()
-        with SyncDrive(drive_id, root=root) as drive:
-            assert drive.read_bytes("a.txt") == b"x"
+        admin.config_set("maxclients", admin.info("clients")["connected_clients"] + 1)
+        holder.ping()  # the last place taken
+        _server.forget_server(root.resolve())  # as a new process would
+        for redis_url in (None, url):  # the embedded server, and a configured URL
+            with (
+                SyncDrive(drive_id, root=root, redis_url=redis_url) as drive,
+                pytest.raises(asyncdrive.DriveUnavailableError) as full,
+            ):
+                drive.read_bytes("a.txt")
+            assert "max number of clients reached" in str(full.value)
+            assert "raise maxclients" in str(full.value)
     finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+        admin.config_set("maxclients", 10000)
+        admin.close()
+        holder.close()
+    with SyncDrive(drive_id, root=root) as drive:
+        assert drive.read_bytes("a.txt") == b"x"
 
 
-def test_a_server_dying_as_it_starts_is_said_so_at_once(tmp_path: Path, drive_id: str) -> None:
+def test_a_server_dying_as_it_starts_is_said_so_at_once(short_root: Path, drive_id: str) -> None:
     """It daemonizes, then exits (here: its append-only folder cannot be made; a full disk
     does the same): said at once, not waited for 15 s as one that does not answer."""
-    root = Path("/tmp") / tmp_path.name
+    root = short_root
     (root / "server").mkdir(parents=True)
     (root / "server" / "appendonlydir").write_bytes(b"in the way")
-    try:
-        with (
-            SyncDrive(drive_id, root=root) as drive,
-            pytest.raises(asyncdrive.DriveUnavailableError, match="stopped while starting"),
-        ):
-            drive.list(".")
-    finally:
-        asyncdrive.stop_server(root)
-        shutil.rmtree(root, ignore_errors=True)
+    with (
+        SyncDrive(drive_id, root=root) as drive,
+        pytest.raises(asyncdrive.DriveUnavailableError, match="stopped while starting"),
+    ):
+        drive.list(".")
 
 
 ANOTHER_USER = """
