@@ -2707,29 +2707,40 @@ class Drive:
             outcome = await to_its_end(self._settle_backup(conn, backup, *target, token))
             undone += outcome == "undone"
             kept += outcome == "kept"
-        on_disk = await conn.run_sync(functools.partial(store.scan, verify=False))
-        indexed = {(e.component_name, e.path): e.version for e in await index.all_entries()}
-        if on_disk and not indexed and not await index.is_indexed():
+        # What is on disk (by component: path -> mtime), less what the index holds, read
+        # 1,000 paths at a time: not a drive's worth of both in memory.
+        on_disk = await conn.run_sync(store.file_times)
+        now = time.time()
+        dangling: list[tuple[str, str, int]] = []  # indexed, bytes missing
+        indexed = False
+        async with contextlib.aclosing(index.all_entries()) as chunks:
+            async for entries in chunks:
+                for entry in entries:
+                    indexed = True
+                    files = on_disk.get(entry.component_name)
+                    if files is None or files.pop(entry.path, None) is None:
+                        dangling.append((entry.component_name, entry.path, entry.version))
+        if not indexed and any(on_disk.values()) and not await index.is_indexed():
             # Files, and no index at all: the server lost it. Every file would look like an
             # orphan: say so rather than delete the drive.
             raise self._index_lost(conn)
         orphans = 0
         refused: list[OSError] = []  # stray files this user may not remove: the others go
-        for found in on_disk:
-            if (found.component, found.path) not in indexed and found.age > grace:
+        for component, files in on_disk.items():
+            for path, mtime in files.items():
+                if now - mtime <= grace:
+                    continue
                 try:
-                    orphans += await self._remove_orphan(conn, found.component, found.path)
+                    orphans += await self._remove_orphan(conn, component, path)
                 except OSError as exc:
                     if isinstance(exc, DriveError | TimeoutError | ConnectionError):
                         raise
                     refused.append(exc)
-        present = {(f.component, f.path) for f in on_disk}
-        dangling = 0
-        for component, path in sorted(indexed.keys() - present):
-            version = indexed[component, path]
-            dangling += await self._remove_dangling(conn, component, path, version)
+        removed = 0
+        for component, path, version in sorted(dangling):
+            removed += await self._remove_dangling(conn, component, path, version)
         folders = await conn.run_sync(store.remove_empty_folders, grace)
-        report = GcReport(uploads_removed, undone, kept, orphans, dangling, folders)
+        report = GcReport(uploads_removed, undone, kept, orphans, removed, folders)
         if refused:
             raise storage_error(
                 self.name, refused[0], "gc", None, drive_dir=store.base,

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -219,6 +219,8 @@ return 0
 #: waiting (instead of the lock's whole lease, had the request come after the release).
 CUT_SHORT_HOLD = 1.0
 
+#: How many commands (or a command's members) a bulk write sends at once.
+_BULK = 1000
 #: Keys a SCAN round trip of `Index.replace_all` looks at (the server's whole key space).
 _SCAN_COUNT = 1000
 
@@ -1194,15 +1196,12 @@ class Index:
         self.seen_index = self.seen_index or indexed
         return indexed
 
-    async def all_entries(self) -> list[FileInfo]:
-        """Return every (component, file) entry of the index."""
+    async def all_entries(self) -> AsyncGenerator[list[FileInfo], None]:
+        """Yield every (component, file) entry of the index, those of 1,000 paths at a time."""
         paths: Any = await self.client.zrange(self.keys.files, 0, -1)
-        entries: list[FileInfo] = []
-        for start in range(0, len(paths), 1000):
-            chunk = paths[start : start + 1000]
-            for owners in await self.owners_many(chunk):
-                entries.extend(owners.values())
-        return entries
+        for start in range(0, len(paths), _BULK):
+            chunk = paths[start : start + _BULK]
+            yield [info for owners in await self.owners_many(chunk) for info in owners.values()]
 
     async def replace_all(self, files: Sequence[DiskFile]) -> None:
         """Replace the drive's whole index by ``files`` (the change log is kept).
@@ -1231,20 +1230,41 @@ class Index:
         doomed = [k for k in doomed if k not in keep and not k.startswith(locks)]
         for start in range(0, len(doomed), 1000):
             await self.client.delete(*doomed[start : start + 1000])
-        for start in range(0, len(files), 1000):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for f in files[start : start + 1000]:
-                    record = f"{f.size}|{f.mtime!r}|{f.checksum}|{f.version}"
-                    pipe.hset(self.keys.entry(f.path), f.component, record)
-                    pipe.zadd(self.keys.files, {f.path: 0})
-                    pipe.zadd(self.keys.component_files(f.component), {f.path: 0})
-                    names = f.path.split("/")
-                    for folder, name in zip(parent_dirs(f.path), names, strict=True):
-                        pipe.hincrby(self.keys.children(folder), name, 1)
-                        pipe.hincrby(self.keys.component_children(f.component, folder), name, 1)
-                    field = f"{f.component}:{f.path}"
-                    versions[field] = max(versions.get(field, 0), f.version)
-                await pipe.execute()
+        # Written in as few commands as the index allows: an entry a copy, and the sets and
+        # counters each for many files at once (not a ZADD and an HINCRBY a file and
+        # folder: ~9 commands a file, ~180 µs of redis-py's time, 18 s per 100,000 files).
+        members: dict[str, list[str]] = {}  # sorted set: its paths
+        counts: dict[str, dict[str, int]] = {}  # children counter: name: files under it
+        for start in range(0, len(files), _BULK):
+            entries: list[tuple[str, ...]] = []
+            for f in files[start : start + _BULK]:
+                record = f"{f.size}|{f.mtime!r}|{f.checksum}|{f.version}"
+                entries.append(("HSET", self.keys.entry(f.path), f.component, record))
+                members.setdefault(self.keys.files, []).append(f.path)
+                members.setdefault(self.keys.component_files(f.component), []).append(f.path)
+                names = f.path.split("/")
+                for folder, name in zip(parent_dirs(f.path), names, strict=True):
+                    for key in (
+                        self.keys.children(folder),
+                        self.keys.component_children(f.component, folder),
+                    ):
+                        tally = counts.setdefault(key, {})
+                        tally[name] = tally.get(name, 0) + 1
+                field = f"{f.component}:{f.path}"
+                versions[field] = max(versions.get(field, 0), f.version)
+            await self._pipelined(entries)
+        bulk: list[tuple[str, ...]] = []
+        for key, paths in members.items():
+            for start in range(0, len(paths), _BULK):
+                scored = [arg for path in paths[start : start + _BULK] for arg in ("0", path)]
+                bulk.append(("ZADD", key, *scored))
+        for key, tally in counts.items():
+            pairs = list(tally.items())
+            for start in range(0, len(pairs), _BULK):
+                flat = [arg for n, c in pairs[start : start + _BULK] for arg in (n, str(c))]
+                bulk.append(("HSET", key, *flat))
+        for start in range(0, len(bulk), 100):  # (each of up to 1,000 members)
+            await self._pipelined(bulk[start : start + 100])
         versions.setdefault("", 0)  # the counters must exist even for an empty drive
         mapping: Any = versions
         await self.client.hset(self.keys.versions, mapping=mapping)

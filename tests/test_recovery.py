@@ -33,6 +33,7 @@ from asyncdrive import (
     SyncDrive,
 )
 from asyncdrive import _drive as drive_module
+from asyncdrive import _index as index_module
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
 
@@ -81,6 +82,44 @@ async def test_index_loss_detected_and_rebuilt(
     # Versions go on increasing from where they were.
     assert (await fresh.write_bytes("top.txt", b"t2")).version == 2
     assert (await fresh.write_bytes("data/a.bin", b"a3")).version == 3
+
+
+async def index_keys(redis_url: str, name: str) -> dict[str, Any]:
+    """Every key of a drive's index with its value, but its change log."""
+    found: dict[str, Any] = {}
+    async with raw_redis(redis_url) as client:
+        async for key in client.scan_iter(match=f"asyncdrive:{{{name}}}:*"):
+            kind = await client.type(key)
+            if kind == "hash":
+                found[key] = await client.hgetall(key)
+            elif kind == "zset":
+                found[key] = await client.zrange(key, 0, -1, withscores=True)
+            elif kind == "string":
+                found[key] = await client.get(key)
+            else:
+                assert kind == "stream", (key, kind)
+    return found
+
+
+async def test_a_rebuilt_index_is_the_index_it_replaces(
+    make_drive: MakeDrive, drive_id: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Key for key, value for value: entries, listings' sets, folders' counters, versions
+    (written a few members a command here, as a large drive's are)."""
+    monkeypatch.setattr(index_module, "_BULK", 3)
+    name = drive_id[6:]
+    for component in ("w1", "w2"):
+        drive = make_drive(drive_id, component_name=component, allow_duplicates=True)
+        for n in range(7):
+            await drive.write_bytes(f"data/{n % 3}/f{n}.bin", b"x" * n)
+        await drive.write_bytes(f"{component}.txt", b"own")
+        await drive.write_bytes("data/0/f0.bin", b"v2")
+    before = await index_keys(redis_url, name)
+    await drop_index(redis_url, name)
+    assert await make_drive(drive_id).rebuild_index() == 16
+    # (The one difference: an empty field, so that even an empty drive's counters exist.)
+    before[f"asyncdrive:{{{name}}}:versions"][""] = "0"
+    assert await index_keys(redis_url, name) == before
 
 
 async def test_an_interrupted_rebuild_leaves_the_index_lost(
@@ -277,20 +316,38 @@ async def test_gc_keeps_an_entry_put_again_while_it_looked_and_skips_files_gone_
         await drive.write_bytes("going.bin", b"g")
         store.file_path("default", "p.bin").unlink()  # its bytes lost: an entry to drop...
         lock = drive._lock
-        describe = DiskStore._describe
+        scandir = os.scandir
 
         async def put_again_first(conn: Any, component: str, path: str) -> str:
             if path == "p.bin":  # ...until another writer puts it again, just before gc locks
                 await other.write_bytes("p.bin", b"v2")
             return await lock(conn, component, path)
 
-        def then_deleted(self: DiskStore, component: str, path: str, *args: Any) -> Any:
-            if path == "going.bin":  # deleted by a writer while gc scans
-                deleter.delete(path)
-            return describe(self, component, path, *args)
+        class ThenDeleted:
+            """`os.scandir` whose listing of going.bin is followed by its delete."""
+
+            def __init__(self, path: str) -> None:
+                self.entries = scandir(path)
+                # (gc's walk of the files, not of its leftovers before: os.walk's)
+                self.in_scan = sys._getframe(1).f_code is storage._files_below.__code__
+
+            def __enter__(self) -> ThenDeleted:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.entries.close()
+
+            def __iter__(self) -> ThenDeleted:
+                return self
+
+            def __next__(self) -> os.DirEntry[str]:
+                entry = next(self.entries)
+                if self.in_scan and entry.name == "going.bin":  # deleted while gc scans
+                    deleter.delete(entry.name)
+                return entry
 
         monkeypatch.setattr(drive, "_lock", put_again_first)
-        monkeypatch.setattr(DiskStore, "_describe", then_deleted)
+        monkeypatch.setattr(os, "scandir", ThenDeleted)
         report = await drive.gc()  # the default grace: safe while writers work
         assert (report.entries_removed, report.orphans_removed) == (0, 0)
         info = await drive.info("p.bin")
