@@ -2188,15 +2188,17 @@ class Drive:
         """
         found = await self.list(path, component_name=component_name, recursive=recursive)
         conn = await self._connection()
-        described = await conn.index.describe_many(found, component_name, folders=not recursive)
         entries: list[FileInfo | FolderInfo] = []
-        for entry, (owners, is_folder) in zip(found, described, strict=True):
-            if component_name is not None:
-                owners = {c: info for c, info in owners.items() if c == component_name}
-            if owners:
-                entries.extend(owners[c] for c in sorted(owners))
-            elif is_folder:
-                entries.append(FolderInfo(entry))
+        for start in range(0, len(found), _LOOKUP_CHUNK):  # (not every reply at once)
+            chunk = found[start : start + _LOOKUP_CHUNK]
+            described = await conn.index.describe_many(chunk, component_name, folders=not recursive)
+            for entry, (owners, is_folder) in zip(chunk, described, strict=True):
+                if component_name is not None:
+                    owners = {c: info for c, info in owners.items() if c == component_name}
+                if owners:
+                    entries.extend(owners[c] for c in sorted(owners))
+                elif is_folder:
+                    entries.append(FolderInfo(entry))
         return entries
 
     @_redis_errors_as_unavailable

@@ -45,6 +45,7 @@ from asyncdrive import (
     _index,
     _threads,
 )
+from asyncdrive import _drive as drive_module
 from asyncdrive import _storage as storage
 from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
 from asyncdrive._storage import META_XATTR, DiskStore, Staged, _parse_meta_attribute
@@ -157,7 +158,9 @@ async def test_list_folders(make_drive: MakeDrive, drive_id: str) -> None:
     assert await drive.list(".") == ["top.txt"]
 
 
-async def test_list_info(make_drive: MakeDrive, drive_id: str) -> None:
+async def test_list_info(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w1 = make_drive(drive_id, component_name="w1", allow_duplicates=True)
     w2 = make_drive(drive_id, component_name="w2", allow_duplicates=True)
     await w2.write_bytes("ckpt/x.txt", b"w2's x, longer")  # first: w2 first in its HASH
@@ -198,6 +201,11 @@ async def test_list_info(make_drive: MakeDrive, drive_id: str) -> None:
     await w1.write_bytes("top.txt", b"v2")
     top = (await w1.list_info(".", component_name="w1"))[-1]
     assert (top.path, top.size, top.version) == ("top.txt", 2, 2)
+    # Looked up a few entries at a time (a large folder's 1,000), the same answers.
+    asked = [("ckpt", False, None), (".", True, None), (".", True, "w2")]
+    whole = [await w1.list_info(p, recursive=r, component_name=c) for p, r, c in asked]
+    monkeypatch.setattr(drive_module, "_LOOKUP_CHUNK", 2)
+    assert [await w1.list_info(p, recursive=r, component_name=c) for p, r, c in asked] == whole
 
 
 async def test_list_info_leaves_out_what_goes_while_it_looks(
