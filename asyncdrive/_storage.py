@@ -2238,24 +2238,22 @@ class DiskStore:
         verify: bool,
         fix_meta: bool,
     ) -> DiskFile:
-        data = self.base / component / path if verify or fix_meta else None
+        data = f"{self.base}/{component}/{path}"  # (a string: see `_files_below`)
         # Reached by a walk that follows no link: no need to look for one again.
-        meta: dict[str, Any] = self._meta_at(f"{self.base}/{component}/{path}") or {}
+        meta: dict[str, Any] = self._meta_at(data) or {}
         trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
         described = DiskFile(
             component=component,
             path=path,
             size=found.st_size,
             mtime=float(meta.get("mtime", found.st_mtime)),
-            checksum=(
-                meta["checksum"] if trusted else file_checksum(data or self.base / component / path)
-            ),
+            checksum=meta["checksum"] if trusted else file_checksum(Path(data)),
             version=int(meta.get("version", 1)),
             age=now - found.st_mtime,
             finished=not meta.get(_UNFINISHED),
         )
         stale = meta and described.finished and meta.get("checksum") != described.checksum
-        if fix_meta and stale and data is not None:
+        if fix_meta and stale:
             # Bytes changed behind asyncdrive's back: the metadata says so too now, so that
             # readers take them for the version the index will have (see `is_version`).
             new_meta: dict[str, object] = {
@@ -2263,9 +2261,9 @@ class DiskStore:
                 "size": described.size, "version": described.version,
             }  # fmt: skip
             try:
-                self._rewrite_meta(data, found, new_meta)
+                self._rewrite_meta(Path(data), found, new_meta)
             except OSError as exc:  # a read-only root, say: readers will say what is wrong
-                logger.warning("could not fix the metadata of %r: %s", str(data), exc)
+                logger.warning("could not fix the metadata of %r: %s", data, exc)
         return described
 
     def _rewrite_meta(self, data: Path, found: os.stat_result, meta: dict[str, object]) -> None:
