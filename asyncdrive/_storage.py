@@ -1054,36 +1054,6 @@ def _walk_every_folder(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
     return os.walk(top, onerror=refuse)
 
 
-def _files_below(top: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield each drive file below ``top``: its path relative to ``top``, and its `os.lstat`.
-
-    No link is followed (nor yielded), nor any name reserved for asyncdrive's own files, nor
-    anything but regular files. As `_walk_every_folder`, a folder that cannot be read
-    raises, and one gone meanwhile (removed by a delete) is skipped; so is a file gone
-    between its folder's listing and its `lstat`. (Strings and `os.scandir`, not `Path`s:
-    their making took most of a scan's time, ~30 µs a file.)
-    """
-    below = [""]
-    while below:
-        folder = below.pop()
-        try:
-            listing = os.scandir(os.path.join(top, folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with listing as entries:
-            for entry in entries:
-                if entry.name.startswith(RESERVED_PREFIX):
-                    continue
-                rel = f"{folder}/{entry.name}" if folder else entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        below.append(rel)
-                    elif entry.is_file(follow_symlinks=False):
-                        yield rel, entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-
-
 def _older(path: Path, now: float, grace: float, clock: str) -> bool:
     """Tell whether ``path``'s ``clock`` (``st_mtime``, ``st_ctime``) is ``grace`` s old."""
     try:
@@ -1989,10 +1959,7 @@ class DiskStore:
 
     def read_meta(self, component: str, path: str) -> dict[str, object] | None:
         """Return the metadata stored with ``component``'s copy of ``path``, if any."""
-        return self._meta_at(os.fspath(self.file_path(component, path)))
-
-    def _meta_at(self, target: str) -> dict[str, object] | None:
-        """Return the metadata of the file ``target``, reached through no link, if any."""
+        target = self.file_path(component, path)
         try:
             if self.meta_in_xattr is not False:
                 with contextlib.suppress(OSError):
@@ -2000,7 +1967,7 @@ class DiskStore:
                     found = _parse_meta_attribute(value)
                     if isinstance(found, dict):
                         return found
-            found = json.loads(_meta_beside(Path(target)).read_bytes())
+            found = json.loads(_meta_beside(target).read_bytes())
         except (OSError, ValueError):
             return None
         return found if isinstance(found, dict) else None
@@ -2197,7 +2164,8 @@ class DiskStore:
         found: list[DiskFile] = []
         now = time.time()
         for component_dir in self._component_dirs():
-            for rel, lstat in _files_below(component_dir):
+            component = component_dir.name
+            for rel, lstat in self._files_below(component):
                 try:
                     normalize(rel, drive=self.drive)
                 except InvalidPathError:
@@ -2205,10 +2173,8 @@ class DiskStore:
                     logger.warning("skipped %r: its name is no drive path", name)
                     continue
                 try:
-                    found.append(self._describe(
-                        component_dir.name, rel, lstat, now, verify, fix_meta
-                    ))  # fmt: skip
-                except FileNotFoundError:  # deleted (or replaced) while scanned: not here
+                    found.append(self._describe(component, rel, lstat, now, verify, fix_meta))
+                except (FileNotFoundError, InvalidPathError):  # gone, or a link, since listed
                     continue
         return found
 
@@ -2221,13 +2187,52 @@ class DiskStore:
         times: dict[str, dict[str, float]] = {}
         for component_dir in self._component_dirs():
             files = times.setdefault(component_dir.name, {})
-            for rel, lstat in _files_below(component_dir):
+            for rel, lstat in self._files_below(component_dir.name):
                 try:
                     normalize(rel, drive=self.drive)
-                except InvalidPathError:  # (`scan` says it)
+                except InvalidPathError:
+                    name = f"{component_dir}/{rel}"
+                    logger.warning("gc skipped %r: its name is no drive path", name)
                     continue
                 files[rel] = lstat.st_mtime
         return times
+
+    def _files_below(self, component: str) -> Iterator[tuple[str, os.stat_result]]:
+        """Yield each file of ``component``: its path, and its `os.lstat`.
+
+        No link is followed, nor yielded (each folder is opened by a path with no link on
+        the way, and listed by its descriptor: a folder made a link after its parent was
+        listed is skipped), nor any name reserved for asyncdrive's own files, nor anything
+        but regular files. A folder that cannot be read raises: its files would be missed.
+        One gone meanwhile (removed by a delete) is skipped, as is a file gone between its
+        folder's listing and its `lstat`. (Strings and `os.scandir`, not `os.walk` and
+        `Path`s, whose making took most of a scan's time: ~30 µs a file.)
+        """
+        below = [""]
+        while below:
+            folder = below.pop()
+            parts = ["drives", self.drive, component, *(folder.split("/") if folder else [])]
+            try:
+                fd = self._open_in_root(parts, folder, _FOLDER_FLAGS)
+            except (FileNotFoundError, NotADirectoryError, InvalidPathError):
+                continue  # gone, or made a link, since its parent was listed
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(RESERVED_PREFIX):
+                            continue
+                        rel = f"{folder}/{entry.name}" if folder else entry.name
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                below.append(rel)
+                                continue
+                            found = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if stat.S_ISREG(found.st_mode):
+                            yield rel, found
+            finally:
+                os.close(fd)
 
     def _describe(
         self,
@@ -2238,16 +2243,30 @@ class DiskStore:
         verify: bool,
         fix_meta: bool,
     ) -> DiskFile:
-        data = f"{self.base}/{component}/{path}"  # (a string: see `_files_below`)
-        # Reached by a walk that follows no link: no need to look for one again.
-        meta: dict[str, Any] = self._meta_at(data) or {}
-        trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
+        # Opened with no link on the way: a file made a link since it was listed raises
+        # InvalidPathError; one replaced by another file is not the one listed.
+        fd = self._open_in_root(self._parts(component, path), path, _READ_FLAGS)
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
+                raise FileNotFoundError(errno.ENOENT, "replaced while scanned", path)
+            meta: dict[str, Any] = meta_on_disk(fd) or {}
+            if not meta and self.meta_in_xattr is not True:  # its metadata file, if any
+                meta = self.read_meta(component, path) or {}
+            trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
+            if trusted:
+                checksum = str(meta["checksum"])
+            else:
+                with open(fd, "rb", closefd=False) as f:
+                    checksum = hashlib.file_digest(f, CHECKSUM_ALGORITHM).hexdigest()
+        finally:
+            os.close(fd)
         described = DiskFile(
             component=component,
             path=path,
             size=found.st_size,
             mtime=float(meta.get("mtime", found.st_mtime)),
-            checksum=meta["checksum"] if trusted else file_checksum(Path(data)),
+            checksum=checksum,
             version=int(meta.get("version", 1)),
             age=now - found.st_mtime,
             finished=not meta.get(_UNFINISHED),
@@ -2261,9 +2280,9 @@ class DiskStore:
                 "size": described.size, "version": described.version,
             }  # fmt: skip
             try:
-                self._rewrite_meta(Path(data), found, new_meta)
+                self._rewrite_meta(self.file_path(component, path), found, new_meta)
             except OSError as exc:  # a read-only root, say: readers will say what is wrong
-                logger.warning("could not fix the metadata of %r: %s", data, exc)
+                logger.warning("could not fix the metadata of %r: %s", path, exc)
         return described
 
     def _rewrite_meta(self, data: Path, found: os.stat_result, meta: dict[str, object]) -> None:

@@ -118,6 +118,59 @@ def test_planted_symlinks_are_never_followed(
     assert not Path("real").exists()
 
 
+def test_links_made_while_the_disk_is_walked_are_never_followed(
+    env: dict[str, str],
+    root: Path,
+    tmp_path: Path,
+    workdir: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A folder listed, then made a link before the walk goes into it; a file listed, then
+    made a link before it is read: rebuild_index (and scan) take neither, nor anything
+    outside the root behind them."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours")
+    name = drive_id[6:]
+    component_dir = root / "drives" / name / "default"
+    scandir = os.scandir
+
+    class Swapping:
+        """`os.scandir` that makes 'victim' and 't.txt' links once it has listed them."""
+
+        def __init__(self, folder: int | str) -> None:
+            self.entries = scandir(folder)
+
+        def __enter__(self) -> Swapping:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.entries.close()
+
+        def __iter__(self) -> Swapping:
+            return self
+
+        def __next__(self) -> os.DirEntry[str]:
+            entry = next(self.entries)
+            if entry.name == "victim":
+                (component_dir / "victim").rename(tmp_path / "moved")
+                (component_dir / "victim").symlink_to(outside)
+            elif entry.name == "t.txt":
+                (component_dir / "t.txt").unlink()
+                (component_dir / "t.txt").symlink_to(outside / "secret.txt")
+            return entry
+
+    with SyncDrive(drive_id) as drive:
+        for path in ("victim/a.txt", "t.txt", "o.txt"):
+            drive.write_bytes(path, path.encode())
+        monkeypatch.setattr(os, "scandir", Swapping)
+        assert drive.rebuild_index() == 1
+        monkeypatch.undo()
+        assert drive.list(".", recursive=True) == ["o.txt"]
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+
+
 def test_created_files_respect_the_umask(
     env: dict[str, str], root: Path, workdir: Path, drive_id: str
 ) -> None:

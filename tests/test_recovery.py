@@ -326,10 +326,10 @@ async def test_gc_keeps_an_entry_put_again_while_it_looked_and_skips_files_gone_
         class ThenDeleted:
             """`os.scandir` whose listing of going.bin is followed by its delete."""
 
-            def __init__(self, path: str) -> None:
+            def __init__(self, path: int) -> None:
                 self.entries = scandir(path)
                 # (gc's walk of the files, not of its leftovers before: os.walk's)
-                self.in_scan = sys._getframe(1).f_code is storage._files_below.__code__
+                self.in_scan = sys._getframe(1).f_code is DiskStore._files_below.__code__
 
             def __enter__(self) -> ThenDeleted:
                 return self
