@@ -8,6 +8,7 @@ coordinator writes under the worker's own ``ASYNCDRIVE_COMPONENT``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -178,9 +179,10 @@ def resolve_retention() -> tuple[int, float]:
             f"Invalid {ENV_EVENTS_MAXLEN} or {ENV_EVENTS_MAX_AGE}: {exc}. Use a whole number of "
             "events and a number of seconds."
         ) from None
-    if maxlen < 1 or max_age < 0:
+    if maxlen < 1 or not 0 <= max_age < math.inf:  # (not nan)
         raise InvalidConfigError(
-            f"{ENV_EVENTS_MAXLEN} must be at least 1 and {ENV_EVENTS_MAX_AGE} at least 0."
+            f"{ENV_EVENTS_MAXLEN} must be at least 1 and {ENV_EVENTS_MAX_AGE} a finite number "
+            "of seconds, at least 0 (0: no age limit)."
         )
     return maxlen, max_age
 

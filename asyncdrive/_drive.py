@@ -70,7 +70,7 @@ from ._config import (
     parse_drive_id,
     redact_url,
 )
-from ._events import parse_id
+from ._events import parse_id, steady_now
 from ._exceptions import (
     AmbiguousPathError,
     DriveClosedError,
@@ -152,6 +152,9 @@ _DELETE_BATCH_FILES = 64
 #: this many bytes once reached (a cancelled get waits for the call under way to finish).
 _COPY_BATCH_FILES = 64
 _COPY_BATCH_BYTES = 16 << 20
+#: `watch(claim_idle=)` at least this long (s; ~30,000 years) is refused: as inf, it would
+#: leave a dead member's events forever, and the server counts no more than 2**63 ms.
+_CLAIM_IDLE_MAX = 1e12
 #: How many paths a get of a folder looks up in one round trip (and holds at a time).
 _LOOKUP_CHUNK = 1000
 #: Gets of files up to this size made by concurrent tasks share worker-thread calls, where
@@ -256,8 +259,10 @@ class _Connection:
     client: RedisClient
     index: Index
     store: DiskStore
-    #: Server clock minus this machine's clock, and the uncertainty of that estimate (ms).
-    clock_offset_ms: float = 0.0
+    #: The server's clock (ms since the epoch) at `steady_now()` ``clock_at``, measured at
+    #: connect, and the uncertainty of that measure (ms): see `server_ms`.
+    server_ms_at: float = 0.0
+    clock_at: float = 0.0
     clock_error_ms: float = 0.0
     #: When (monotonic) the sentinels were last asked which server is primary (Sentinel).
     primary_checked_at: float = 0.0
@@ -307,6 +312,20 @@ class _Connection:
             max_items=_PUT_BATCH_FILES,
             max_weight=_PUT_BATCH_BYTES,
         )
+        self.store.clock = self.server_time  # new versions' mtimes: see `server_ms`
+
+    def server_ms(self, at: float) -> float:
+        """Return the server's clock (ms since the epoch) at `steady_now()` ``at``.
+
+        Carried from its measure at connect by a clock that setting this machine's time
+        does not move: by the wall clock, a watch made after a step forward of 2 s missed
+        the events of its first 2 s, and after a step back replayed older ones.
+        """
+        return self.server_ms_at + (at - self.clock_at) * 1000
+
+    def server_time(self) -> float:
+        """Return the server's clock now, in seconds since the epoch (see `server_ms`)."""
+        return self.server_ms(steady_now()) / 1000
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
@@ -805,9 +824,9 @@ class Drive:
         connected: Connected | None = None
         try:
             connected = await connect(url, timeout=config.redis_timeout)
-            before = time.time()
+            before = steady_now()
             seconds, micros = await connected.client.time()
-            after = time.time()
+            after = steady_now()
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
@@ -872,7 +891,8 @@ class Drive:
             may_write=may_write,
             store=DiskStore(config.root, config.name),
             inline=self._disk_inline,
-            clock_offset_ms=(seconds + micros / 1e6 - (before + after) / 2) * 1000,
+            server_ms_at=seconds * 1000 + micros / 1000,
+            clock_at=(before + after) / 2,
             clock_error_ms=(after - before) * 1000 / 2 + 1,
         )
 
@@ -2683,7 +2703,8 @@ class Drive:
     async def gc(self, *, grace: float = 3600.0) -> GcReport:
         """Clean up after writers that died: temporary files, half-done puts and deletes.
 
-        Only what is older than ``grace`` seconds is touched, so work in progress is safe.
+        Only what is older than ``grace`` seconds is touched, so work in progress is safe
+        (aged by the disk's clock, which stamps the files: see `DiskStore.disk_time`).
         Empty folders (of a writer that died once it had made a file's folder) go too.
         Afterwards no index entry lacks its bytes, and no bytes lack their index entry.
 
@@ -2695,7 +2716,9 @@ class Drive:
         check_seconds(self.name, "grace", grace)  # below 0, it would touch work in progress
         conn = await self._connection(writing="collect garbage (gc)")
         store, index = conn.store, conn.index
-        uploads, backups = await conn.run_sync(store.leftovers, grace)
+        # Ages by the disk's clock: it stamps the files (a file server's, on a shared disk).
+        now = await conn.run_sync(store.disk_time)
+        uploads, backups = await conn.run_sync(store.leftovers, grace, now)
         uploads_removed = 0
         for upload in uploads:
             uploads_removed += await conn.run_sync(_unlink_if_there, upload)
@@ -2712,7 +2735,6 @@ class Drive:
         # What is on disk (by component: path -> mtime), less what the index holds, read
         # 1,000 paths at a time: not a drive's worth of both in memory.
         on_disk = await conn.run_sync(store.file_times)
-        now = time.time()
         dangling: list[tuple[str, str, int]] = []  # indexed, bytes missing
         indexed = False
         async with contextlib.aclosing(index.all_entries()) as chunks:
@@ -2730,7 +2752,7 @@ class Drive:
         refused: list[OSError] = []  # stray files this user may not remove: the others go
         for component, files in on_disk.items():
             for path, mtime in files.items():
-                if now - mtime <= grace:
+                if abs(now - mtime) <= grace:  # (in the future: a broken clock's)
                     continue
                 try:
                     orphans += await self._remove_orphan(conn, component, path)
@@ -2741,7 +2763,7 @@ class Drive:
         removed = 0
         for component, path, version in sorted(dangling):
             removed += await self._remove_dangling(conn, component, path, version)
-        folders = await conn.run_sync(store.remove_empty_folders, grace)
+        folders = await conn.run_sync(store.remove_empty_folders, grace, now)
         report = GcReport(uploads_removed, undone, kept, orphans, removed, folders)
         if refused:
             raise storage_error(
@@ -3003,10 +3025,11 @@ class Drive:
             check_group_name(self.name, member, "member name")
         check_seconds(self.name, "timeout", timeout)
         check_seconds(self.name, "claim_idle", claim_idle)
-        if claim_idle == float("inf"):
+        if claim_idle >= _CLAIM_IDLE_MAX:  # (inf; or more ms than the server counts)
             raise InvalidConfigError(
-                f"Drive {self.name!r}: claim_idle=inf would leave a dead member's events "
-                "unhandled forever; give the longest time a member may take over an event."
+                f"Drive {self.name!r}: claim_idle={claim_idle!r} would leave a dead member's "
+                "events unhandled forever; give the longest time a member may take over an "
+                f"event (below {_CLAIM_IDLE_MAX:.0e} s)."
             )
         if since is not None:
             try:
@@ -3196,7 +3219,7 @@ def _install_staged(
     sync_folder: bool = True,
 ) -> _Installed:
     """Install ``staged`` as ``version`` of ``path`` (in a worker thread); discard it on error."""
-    info, meta = _new_version(component, path, staged, version)
+    info, meta = _new_version(store, component, path, staged, version)
     try:
         identity = upload_identity(staged)
         backup = store.install(staged, component, path, meta, sync_folder=sync_folder)
@@ -3207,10 +3230,10 @@ def _install_staged(
 
 
 def _new_version(
-    component: str, path: str, staged: Staged, version: int
+    store: DiskStore, component: str, path: str, staged: Staged, version: int
 ) -> tuple[FileInfo, dict[str, object]]:
     """Return the `FileInfo` of ``staged`` installed as ``version``, and its disk metadata."""
-    info = FileInfo(path, staged.size, time.time(), staged.checksum, version, component)
+    info = FileInfo(path, staged.size, store.clock(), staged.checksum, version, component)
     return info, {"size": info.size, "mtime": info.mtime, "checksum": info.checksum,
                   "version": version}  # fmt: skip
 
@@ -3244,7 +3267,7 @@ def _install_new(
 
     try:
         staged = stage(False, open_new)
-        info, meta = _new_version(component, path, staged, version)
+        info, meta = _new_version(store, component, path, staged, version)
         if staged.in_place:
             if store.settle_new(staged, meta, sync=sync, start_writing=start_writing):
                 return info, opened[0].identity, None if sync else staged
@@ -3252,7 +3275,7 @@ def _install_new(
             store.restore(None, component, path, installed=opened[0].identity)
             opened.clear()
             staged = stage(False)
-            info, meta = _new_version(component, path, staged, version)
+            info, meta = _new_version(store, component, path, staged, version)
     except BaseException:
         if opened:
             store.restore(None, component, path, installed=opened[0].identity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -86,3 +87,18 @@ def parse_id(event_id: str) -> tuple[int, int]:
     if ms > _MAX_ID_PART or seq > _MAX_ID_PART:
         raise ValueError(f"not an event id (a part is over 64 bits): {event_id!r}")
     return ms, seq
+
+
+#: This machine's clock that setting its time moves neither forward nor back (NTP steps, a
+#: VM's resume, `date -s`) and that runs on while it sleeps: CLOCK_BOOTTIME on Linux;
+#: elsewhere CLOCK_MONOTONIC (which macOS keeps running during sleep).
+_STEADY_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def steady_now() -> float:
+    """Return the seconds of this machine's steady clock (see `_STEADY_CLOCK`).
+
+    What the server's time is carried by, from a measure of it (`_Connection.server_ms`):
+    event ids are the server's time in ms.
+    """
+    return time.clock_gettime(_STEADY_CLOCK)

@@ -1055,9 +1055,13 @@ def _walk_every_folder(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
 
 
 def _older(path: Path, now: float, grace: float, clock: str) -> bool:
-    """Tell whether ``path``'s ``clock`` (``st_mtime``, ``st_ctime``) is ``grace`` s old."""
+    """Tell whether ``path``'s ``clock`` (``st_mtime``, ``st_ctime``) is ``grace`` s old.
+
+    At ``now`` on the disk's clock (`DiskStore.disk_time`); or ``grace`` s ahead of it: in
+    the future, the time of a broken clock, which would otherwise never age.
+    """
     try:
-        return bool(now - getattr(path.lstat(), clock) >= grace)
+        return bool(abs(now - getattr(path.lstat(), clock)) >= grace)
     except FileNotFoundError:
         return False
 
@@ -1331,6 +1335,9 @@ class DiskStore:
         self.drive = drive
         self.base = root / "drives" / drive
         self.tmp_dir = self.base / ".tmp"
+        #: The time (seconds since the epoch) a new version is stamped with: its drive's
+        #: connection sets the Redis server's, which its events carry.
+        self.clock: Callable[[], float] = time.time
         #: Whether metadata goes into an extended attribute (None: not tried yet), else a file.
         self.meta_in_xattr: bool | None = None if hasattr(os, "setxattr") else False
         #: Whether unsynced uploads are created without a name (see `_stage`).
@@ -2050,14 +2057,37 @@ class DiskStore:
             )
         return found
 
-    def remove_empty_folders(self, grace: float) -> int:
+    def disk_time(self) -> float:
+        """Return the time on the disk's clock: the modification time of a file made now.
+
+        What `Drive.gc` ages files by (and `leftovers`, `remove_empty_folders`): the disk
+        (a file server) stamps them, by a clock that need not be this machine's. By this
+        one's, a gc 2 h ahead took a put 3 s old for one 2 h old, and removed it before its
+        commit. This machine's clock where no file can be made (a read-only root).
+        """
+        try:
+            fd = self._new_unnamed_upload() if self.unnamed_uploads else -1
+            made = None
+            if fd < 0:
+                fd, made = self._new_upload()
+        except OSError:
+            return time.time()
+        try:
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+            if made is not None:
+                made.unlink(missing_ok=True)
+
+    def remove_empty_folders(self, grace: float, now: float | None = None) -> int:
         """Remove the drive's empty folders unchanged for ``grace`` s; return how many.
 
         Left by writers that died between making a file's folder and installing it (or
         by hand): a folder, even empty, stands in the way of a file of its name. A
         folder emptied by this pass goes too, if it was unchanged that long before it.
+        Aged at ``now`` on the disk's clock (default: `disk_time`).
         """
-        now = time.time()
+        now = self.disk_time() if now is None else now
         removed = 0
         for component_dir in self._component_dirs():
             changed: dict[str, float] = {}
@@ -2068,7 +2098,7 @@ class DiskStore:
                         folder = os.path.join(dirpath, name)
                         changed[folder] = os.lstat(folder).st_mtime
             for folder in sorted(changed, key=len, reverse=True):  # (the deepest first)
-                if now - changed[folder] >= grace:
+                if abs(now - changed[folder]) >= grace:  # (in the future: a broken clock)
                     with contextlib.suppress(OSError):  # not empty (or gone): kept
                         os.rmdir(folder)
                         removed += 1
@@ -2320,13 +2350,14 @@ class DiskStore:
             raise
         return meta_tmp
 
-    def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
+    def leftovers(self, grace: float, now: float | None = None) -> tuple[list[Path], list[Path]]:
         """Return the temporary uploads and the install backups older than ``grace`` s.
 
         Uploads are the files of ``.tmp``; backups (see `install`) are found beside the
-        files they back up, aged by the time their link was made (``st_ctime``).
+        files they back up, aged by the time their link was made (``st_ctime``). Both at
+        ``now`` on the disk's clock (default: `disk_time`).
         """
-        now = time.time()
+        now = self.disk_time() if now is None else now
         uploads: list[Path] = []
         if self.tmp_dir.is_dir():
             uploads = [e for e in self.tmp_dir.iterdir() if _older(e, now, grace, "st_mtime")]

@@ -29,7 +29,7 @@ import redis.exceptions
 from . import _portal
 from ._client import CLUSTER_MOVING, CLUSTER_PASSING, CONNECTION_LOST
 from ._config import check_seconds
-from ._events import Change, DriveEvent, parse_id
+from ._events import Change, DriveEvent, parse_id, steady_now
 from ._exceptions import CursorExpiredError, DriveClosedError, DriveError, InvalidConfigError
 from ._tasks import to_its_end
 
@@ -92,9 +92,9 @@ class Watch:
         self._drive = drive
         self._folder = folder
         self._recursive = recursive
-        # Without since: "now", on this machine's clock, turned into an event id on the
-        # server's clock (offset measured when the drive connected) at the first read.
-        self._called_at = time.time()
+        # Without since: "now", on this machine's steady clock, turned into an event id on
+        # the server's clock (as measured when the drive connected) at the first read.
+        self._called_at = steady_now()
         self._read_cursor = since or ""
         self._since = since
         self._group = group
@@ -276,7 +276,7 @@ class Watch:
         if not self._read_cursor:
             # Stream ids are the server's time in ms: every event committed after watch()
             # was called has a larger id than this.
-            server_ms = self._called_at * 1000 + conn.clock_offset_ms - conn.clock_error_ms
+            server_ms = conn.server_ms(self._called_at) - conn.clock_error_ms
             self._read_cursor = f"{max(0, int(server_ms) - 1)}-0"
         self._cursor = self._cursor or self._read_cursor  # resumable before its first event
 

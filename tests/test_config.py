@@ -18,7 +18,7 @@ from asyncdrive import (
     InvalidPathError,
     SyncDrive,
 )
-from asyncdrive._config import DriveConfig, default_root, redact_url
+from asyncdrive._config import DriveConfig, default_root, redact_url, resolve_retention
 from asyncdrive._paths import normalize, parent_dirs
 
 
@@ -89,6 +89,22 @@ def test_settings_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert explicit.component_name == "w"
     assert explicit.root == (tmp_path / "x").resolve()
     assert explicit.redis_url == "redis://h"
+
+
+@pytest.mark.parametrize(
+    ("maxlen", "max_age"), [("0", ""), ("x", ""), ("", "-1"), ("", "inf"), ("", "nan")]
+)
+def test_retention_settings_are_checked(
+    monkeypatch: pytest.MonkeyPatch, maxlen: str, max_age: str
+) -> None:
+    """Not at a drive's first call, as OverflowError or ValueError (inf, nan)."""
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", maxlen)
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", max_age)
+    with pytest.raises(InvalidConfigError, match="ASYNCDRIVE_EVENTS_MAX"):
+        resolve_retention()
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", "10")
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", "1e9")
+    assert resolve_retention() == (10, 1e9)
 
 
 def test_default_root_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

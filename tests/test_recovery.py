@@ -602,6 +602,29 @@ async def test_folder_puts_clashing_crosswise_wait_for_no_lease(
     assert any(isinstance(r, clashes) for r in results), results  # (a path is file or folder)
 
 
+async def test_gc_ages_files_by_the_disks_clock(
+    env: dict[str, str], root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gc on a machine whose clock is 2 h ahead of the disk's (a file server's) took a
+    file made a moment ago, a put's before its commit, for one 2 h old and removed it; a
+    file or folder stamped 2 h ahead of the disk (by a broken clock) never grew old."""
+    component = root / "drives" / drive_id[6:] / "default"
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("kept.txt", b"k")
+        (component / "young.bin").write_bytes(b"y")  # no entry: as a put's, not committed
+        (component / "young").mkdir()
+        ahead = time.time() + 7200
+        for made in (component / "future.bin", component / "future"):
+            made.write_bytes(b"f") if made.suffix else made.mkdir()
+            os.utime(made, (ahead, ahead))
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() + 7200)
+        report = await drive.gc(grace=3600)
+        assert (report.orphans_removed, report.folders_removed) == (1, 1)
+        assert sorted(p.name for p in component.iterdir()) == ["kept.txt", "young", "young.bin"]
+        assert await drive.read_bytes("kept.txt") == b"k"
+
+
 async def test_gc_cleans_up_after_dead_writers(
     env: dict[str, str], root: Path, workdir: Path, drive_id: str
 ) -> None:

@@ -195,6 +195,37 @@ async def test_expired_cursor(
     assert kept[-1] == "f39"
 
 
+@pytest.mark.parametrize("step", [3600.0, -3600.0])
+async def test_a_step_of_this_machines_clock_moves_no_watch(
+    env: dict[str, str], drive_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    """This machine's clock set an hour forward after the drive connected: a watch made
+    then missed what was committed in its first hour, and a get waiting for a file did not
+    see it come; set back, a watch replayed the hour before it. A new version's mtime was
+    this clock's, not the server's that its event carries."""
+    async with Drive(drive_id) as drive, Drive(drive_id) as other:
+        await drive.write_bytes("before.txt", b"x")  # connected; an event before the watch
+        await asyncio.sleep(0.1)  # (one committed a moment before watch() may come too)
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() + step)
+        watch = drive.watch()
+        getting = asyncio.ensure_future(drive.get("late.txt", to=tmp_path / "late", timeout=30))
+        await asyncio.sleep(0.2)  # (the get waits)
+        await other.write_bytes("after.txt", b"y")
+        await other.write_bytes("late.txt", b"z")
+        event = await watch.next(timeout=10)
+        assert event is not None and event.path == "after.txt"
+        await asyncio.wait_for(getting, 20)
+        assert (tmp_path / "late").read_bytes() == b"z"
+        written = await drive.write_bytes("mine.txt", b"m")
+        mine = await watch.next(timeout=10)
+        while mine is not None and mine.path != "mine.txt":
+            mine = await watch.next(timeout=10)
+        assert mine is not None and abs(written.mtime - mine.timestamp) < 5
+        assert abs((await other.info("mine.txt")).mtime - wall()) < 5
+        await watch.aclose()
+
+
 async def test_max_age_retention(
     make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1091,6 +1122,8 @@ async def test_watch_arguments_are_checked_with_messages_of_their_own(
             drive.watch(group="a:b")
         with pytest.raises(InvalidConfigError, match="claim_idle=inf"):
             drive.watch(group="g", claim_idle=float("inf"))
+        with pytest.raises(InvalidConfigError, match="claim_idle=1e"):  # (more than 2**63 ms)
+            drive.watch(group="g", claim_idle=1e300)
         with pytest.raises(InvalidConfigError, match="since=123 is not an event id"):
             drive.watch(since=123)  # type: ignore[arg-type]
         blocking = r"SyncDrive\.watch\(\)"
