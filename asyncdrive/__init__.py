@@ -7,6 +7,7 @@ Example (in ``python -m asyncio``, or inside a coroutine):
     ...     _ = Path("a.txt").write_text("Hello World !")
     ...     await drive.put("a.txt")
     ...     await drive.list(".")
+    ...     await drive.delete("a.txt")
     ['a.txt']
 
 """

@@ -176,8 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.epilog = (
-        "exit status: 0 done, 1 error, 2 usage, 3 server not running, 4 not found, "
-        "5 already exists or changed meanwhile, 6 Redis unavailable, 7 timed out"
+        "exit status: 0 done, 1 error, 2 usage, 3 server not running (server status), "
+        "4 not found, 5 already exists or changed meanwhile, 6 Redis unavailable, "
+        "7 timed out, 130 interrupted (Ctrl-C), 141 output closed (| head)"
     )
     return parser
 
@@ -591,7 +592,7 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (see ``asyncdrive --help``)."""
     args = _parser().parse_args(argv)
-    args.root = args.root or None  # '' ($UNSET): the default root, as ASYNCDRIVE_ROOT=''
+    args.root = args.root or None  # '' ($UNSET, say): as if not given (ASYNCDRIVE_ROOT...)
     try:
         status = _run_command(args)
         with _writing_output():

@@ -1178,6 +1178,8 @@ class Drive:
             >>> await drive.put("a.txt", if_version=1)  # only if nobody replaced version 1
             >>> await drive.put("/data/run-7/model.pt", to="ckpt/7.pt")
             >>> await drive.put("ckpt", progress=lambda done, total: print(done, total))
+            0 14
+            14 14
 
         Args:
             path: the local file or folder, and the drive path it goes to.
@@ -2374,6 +2376,8 @@ class Drive:
             'Hello World !'
             >>> await drive.get("ckpt/last.pt", timeout=60)  # wait for it to be put
             >>> await drive.get("ckpt", progress=lambda done, total: print(done, total))
+            0 14
+            14 14
 
         Args:
             path: the drive path, and the local path relative to the current directory.

@@ -210,7 +210,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     Example:
         >>> fs = fsspec.filesystem("lit")
-        >>> fs.pipe("lit://d/a.txt", b"Hello World !")
+        >>> fs.pipe_file("lit://d/a.txt", b"Hello World !")
         >>> fs.ls("lit://d", detail=False)
         ['d/a.txt']
         >>> pandas.read_csv("lit://d/a.csv", storage_options={"component_name": "loader"})
@@ -910,6 +910,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         Example:
             >>> with fs.open("lit://d/log.txt.gz", "w", compression="infer") as f:
             ...     f.write("hello")  # committed, compressed, when the block ends
+            5
 
         """
         if "b" not in mode:

@@ -403,6 +403,7 @@ class SyncDrive:
         >>> with SyncDrive("lit://drive_1") as drive:
         ...     drive.put("a.txt")
         ...     drive.list(".")
+        ...     drive.delete("a.txt")
         ['a.txt']
 
     A call runs in the calling thread, on an event loop (and connections) of that thread's
