@@ -327,6 +327,15 @@ class _Connection:
         """Return the server's clock now, in seconds since the epoch (see `server_ms`)."""
         return self.server_ms(steady_now()) / 1000
 
+    async def measure_clock(self, *, older_than: float = 0.0) -> None:
+        """Measure the server's clock again, unless it was ``older_than`` s ago or less.
+
+        One round trip: the clocks of two machines drift apart (~4 s a day at 50 ppm,
+        without NTP), and the server's may be set.
+        """
+        if steady_now() - self.clock_at > older_than:
+            self.server_ms_at, self.clock_at, self.clock_error_ms = await _clock_of(self.client)
+
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
 
@@ -824,9 +833,7 @@ class Drive:
         connected: Connected | None = None
         try:
             connected = await connect(url, timeout=config.redis_timeout)
-            before = steady_now()
-            seconds, micros = await connected.client.time()
-            after = steady_now()
+            server_ms_at, clock_at, clock_error_ms = await _clock_of(connected.client)
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
@@ -891,9 +898,9 @@ class Drive:
             may_write=may_write,
             store=DiskStore(config.root, config.name),
             inline=self._disk_inline,
-            server_ms_at=seconds * 1000 + micros / 1000,
-            clock_at=(before + after) / 2,
-            clock_error_ms=(after - before) * 1000 / 2 + 1,
+            server_ms_at=server_ms_at,
+            clock_at=clock_at,
+            clock_error_ms=clock_error_ms,
         )
 
     async def _check_permissions(self, index: Index, url: str) -> bool:
@@ -3231,6 +3238,18 @@ def _install_staged(
         store.discard(staged)
         raise
     return info, backup, identity
+
+
+async def _clock_of(client: RedisClient) -> tuple[float, float, float]:
+    """Measure the server's clock (one round trip).
+
+    Returns its time (ms since the epoch), the `steady_now()` it was at, and the measure's
+    uncertainty (ms): half the round trip, and a millisecond.
+    """
+    before = steady_now()
+    seconds, micros = await client.time()
+    after = steady_now()
+    return seconds * 1000 + micros / 1000, (before + after) / 2, (after - before) * 500 + 1
 
 
 def _new_version(

@@ -43,6 +43,9 @@ logger = logging.getLogger("asyncdrive")
 
 #: A blocking read waits at most this long per call, well inside the client's reply timeout.
 BLOCK_SLICE = 5.0
+#: A watch starting from "now" measures the server's clock first if its drive last did
+#: longer ago than this (s): it drifts from this machine's, or is set.
+_CLOCK_MEASURED_FOR = 60.0
 #: How long a watch keeps retrying a lost connection before it gives up.
 RECONNECT_TIMEOUT = 60.0
 #: Default idle time after which a group member's unacknowledged event goes to another member.
@@ -272,8 +275,9 @@ class Watch:
         pause = min(2.0, 0.05 * 2 ** min(10, int(now - self._failing_since)))
         await anyio.sleep(pause if deadline is None else min(pause, deadline - now))
 
-    def _resolve_start(self, conn: _Connection) -> None:
+    async def _resolve_start(self, conn: _Connection) -> None:
         if not self._read_cursor:
+            await conn.measure_clock(older_than=_CLOCK_MEASURED_FOR)
             # Stream ids are the server's time in ms: every event committed after watch()
             # was called has a larger id than this.
             server_ms = conn.server_ms(self._called_at) - conn.clock_error_ms
@@ -306,7 +310,7 @@ class Watch:
 
     async def _read(self, conn: _Connection, block: float) -> bool:
         """Read the next batch of events into the buffer; tell whether it was the last."""
-        self._resolve_start(conn)
+        await self._resolve_start(conn)
         if self._since == "0" and not self._started:
             # Replay what is retained: start after the newest event trimmed so far.
             trimmed = await conn.index.trimmed()
@@ -355,7 +359,7 @@ class Watch:
         """
         group = self._group
         assert group is not None
-        self._resolve_start(conn)
+        await self._resolve_start(conn)
 
         async def step_and_keep() -> GroupStep:
             with anyio.fail_after(limit):

@@ -226,6 +226,27 @@ async def test_a_step_of_this_machines_clock_moves_no_watch(
         await watch.aclose()
 
 
+async def test_a_watch_measures_the_servers_clock_again_once_its_measure_is_old(
+    env: dict[str, str], drive_id: str
+) -> None:
+    """Two machines' clocks drift apart (~4 s a day at 50 ppm, without NTP): a watch made a
+    day after its drive connected would take its start from a clock that far off."""
+    async with Drive(drive_id) as drive, Drive(drive_id) as other:
+        await drive.write_bytes("before.txt", b"x")
+        conn = drive._conn
+        assert conn is not None
+        # Measured 2 minutes ago, by a clock that ran 5 s fast since: 5 s ahead now.
+        conn.clock_at -= 120
+        conn.server_ms_at -= 115_000
+        await asyncio.sleep(0.1)
+        watch = drive.watch()
+        await other.write_bytes("after.txt", b"y")
+        event = await watch.next(timeout=10)
+        assert event is not None and event.path == "after.txt"
+        assert abs(conn.server_time() - (await other.info("after.txt")).mtime) < 1
+        await watch.aclose()
+
+
 async def test_max_age_retention(
     make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
