@@ -38,6 +38,10 @@ class DriveEvent:
         version: the new version (the deleted one, for a delete).
         checksum: the SHA-256 hex digest (of the deleted version, for a delete).
         timestamp: when the change was committed, in seconds since the epoch (server clock).
+        deliveries: in a consumer group, how many times the group has handed this event to
+            a member, this time included: 1 the first time, more once it came back (its
+            member died, or took longer than ``claim_idle``). Set aside one that keeps
+            coming back (it may crash its member). 1 outside groups.
 
     """
 
@@ -50,10 +54,13 @@ class DriveEvent:
     version: int
     checksum: str
     timestamp: float
+    deliveries: int = 1
 
 
-def event_from_fields(drive: str, event_id: str, fields: dict[str, str]) -> DriveEvent:
-    """Build a `DriveEvent` from a change-log entry."""
+def event_from_fields(
+    drive: str, event_id: str, fields: dict[str, str], deliveries: int = 1
+) -> DriveEvent:
+    """Build a `DriveEvent` from a change-log entry (handed out ``deliveries`` times)."""
     return DriveEvent(
         id=event_id,
         change=Change(fields["change"]),
@@ -64,6 +71,7 @@ def event_from_fields(drive: str, event_id: str, fields: dict[str, str]) -> Driv
         version=int(fields["version"]),
         checksum=fields["checksum"],
         timestamp=int(fields["timestamp"]) / 1_000_000,
+        deliveries=deliveries,
     )
 
 

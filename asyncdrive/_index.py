@@ -261,6 +261,11 @@ local function after(a, b)
 end
 local events, group, member = KEYS[1], ARGV[1], ARGV[2]
 local trimmed = redis.call('GET', KEYS[2]) or '0-0'
+-- How many times the group has handed out the event it holds as ``id``, this time included.
+local function deliveries(id)
+  local held = redis.call('XPENDING', events, group, id, id, 1)
+  return held[1] and held[1][4] or 1
+end
 -- (pcall: the group may have been removed meanwhile, its events with it)
 if ARGV[4] ~= '' then pcall(redis.call, 'XACK', events, group, ARGV[4]) end
 -- The group's last delivered event, as kept beside its path ('last:' and a name: no group
@@ -314,7 +319,7 @@ if ARGV[9] == '1' then
   local own = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '0')
   local entries = own and own[1] and own[1][2] or {}
   if #entries > 0 then
-    if entries[1][2] then return {'event', entries[1], 'own'} end
+    if entries[1][2] then return {'event', entries[1], 'own', deliveries(entries[1][1])} end
     redis.call('XACK', events, group, entries[1][1])  -- trimmed while held
     return {'lost', {entries[1][1]}, 'own'}
   end
@@ -330,7 +335,7 @@ if #held > 0 then
     return {'lost', {id}}
   end
   local claimed = redis.call('XCLAIM', events, group, member, ARGV[3], id)
-  if #claimed > 0 then return {'event', claimed[1]} end
+  if #claimed > 0 then return {'event', claimed[1], '', deliveries(id)} end
 end
 if after(trimmed, last) then
   last = listed_last() or last
@@ -362,7 +367,7 @@ for n = 1, SKIP_AT_MOST do
   local entry = read[1][2][1]
   redis.call('HSET', KEYS[3], kept_last, entry[1])
   last = entry[1]
-  if watched(entry[2]) then return {'event', entry} end
+  if watched(entry[2]) then return {'event', entry, '', 1} end
   redis.call('XACK', events, group, entry[1])
   if n == SKIP_AT_MOST then return {'skipped', last} end
 end
@@ -843,18 +848,18 @@ class Index:
         kind = reply[0]
         if kind == "removed":
             return GroupStep(kind)
-        own = reply[-1] == "own"
-        if kind == "event":
+        if kind == "event":  # (its entry, 'own' or '', how many times handed out)
             event_id, flat = reply[1]
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            return GroupStep(kind, event=event_from_fields(self.drive, event_id, fields), own=own)
+            event = event_from_fields(self.drive, event_id, fields, int(reply[3]))
+            return GroupStep(kind, event=event, own=reply[2] == "own")
         if kind in ("none", "skipped"):
             return GroupStep(kind, last=reply[1])
         if kind == "expired":
             return GroupStep(kind, last=reply[1], trimmed=reply[2])
         if kind == "path":
             return GroupStep(kind, path=reply[1])
-        return GroupStep(kind, lost=list(reply[1]), own=own)
+        return GroupStep(kind, lost=list(reply[1]), own=reply[-1] == "own")
 
     async def group_leave(self, group: str, member: str, ack: str | None) -> None:
         """Acknowledge ``ack`` and remove ``member`` from ``group`` if it holds no event."""

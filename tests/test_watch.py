@@ -415,7 +415,7 @@ async def test_group_redelivers_from_a_killed_member(
         watch = drive.watch(group="workers", claim_idle=1.0, timeout=3)
         print("ready", flush=True)
         for event in watch:
-            print("got", event.path, flush=True)
+            print("got", event.path, event.deliveries, flush=True)
             if event.path == hang_on:
                 time.sleep(3600)  # dies here, mid-event, before asking for the next
             print("done", event.path, flush=True)
@@ -429,7 +429,7 @@ async def test_group_redelivers_from_a_killed_member(
         assert victim.stdout is not None
         assert await anyio.to_thread.run_sync(victim.stdout.readline) == "ready\n"
         await drive.write_bytes("f00", b"x")
-        assert await anyio.to_thread.run_sync(victim.stdout.readline) == "got f00\n"
+        assert await anyio.to_thread.run_sync(victim.stdout.readline) == "got f00 1\n"
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         victim.stdout.close()
@@ -442,6 +442,8 @@ async def test_group_redelivers_from_a_killed_member(
         )
     done = [line.split()[1] for line in survivor.stdout.splitlines() if line.startswith("done")]
     assert sorted(done) == [f"f{i:02}" for i in range(10)]
+    got = dict(line.split()[1:] for line in survivor.stdout.splitlines() if line[:3] == "got")
+    assert got == {f"f{i:02}": "2" if i == 0 else "1" for i in range(10)}  # (f00: again)
 
 
 def loop_threads() -> list[threading.Thread]:
@@ -834,12 +836,21 @@ async def test_a_named_member_restarted_takes_back_what_it_held_at_once(
                 assert held is not None and held.path == "ckpt/1.pt"
                 raise RuntimeError("crashed while evaluating")
         await drive.write_bytes("ckpt/2.pt", b"2")
+        with pytest.raises(RuntimeError, match="crashed"):
+            async with drive.watch(group="g", member="eval-0", claim_idle=60) as again:
+                back = await again.next(5)
+                assert back is not None and held is not None
+                assert (back.id, back.path) == (held.id, "ckpt/1.pt")
+                raise RuntimeError("crashed again")
         async with drive.watch(group="g", member="eval-0", claim_idle=60) as again:
-            back = await again.next(5)
-            assert back is not None and held is not None
-            assert (back.id, back.path) == (held.id, "ckpt/1.pt")
+            last = await again.next(5)
+            assert held is not None and back is not None and last is not None
+            assert last.id == held.id
+            # How many times it came: the member may set aside one that keeps crashing it.
+            assert (held.deliveries, back.deliveries, last.deliveries) == (1, 2, 3)
             after = await again.next(5)
             assert after is not None and after.path == "ckpt/2.pt"  # then on, once each
+            assert after.deliveries == 1
             assert await again.next(0) is None
         (group,) = await drive.groups()
         assert (group.members, group.pending) == (0, 0)  # all acknowledged, the member left
