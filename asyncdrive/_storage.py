@@ -2193,19 +2193,11 @@ class DiskStore:
         """
         found: list[DiskFile] = []
         now = time.time()
-        for component_dir in self._component_dirs():
-            component = component_dir.name
-            for rel, lstat in self._files_below(component):
-                try:
-                    normalize(rel, drive=self.drive)
-                except InvalidPathError:
-                    name = f"{component_dir}/{rel}"
-                    logger.warning("skipped %r: its name is no drive path", name)
-                    continue
-                try:
-                    found.append(self._describe(component, rel, lstat, now, verify, fix_meta))
-                except (FileNotFoundError, InvalidPathError):  # gone, or a link, since listed
-                    continue
+        for component, path, lstat in self._drive_files():
+            try:
+                found.append(self._describe(component, path, lstat, now, verify, fix_meta))
+            except (FileNotFoundError, InvalidPathError):  # gone, or a link, since listed
+                continue
         return found
 
     def file_times(self) -> dict[str, dict[str, float]]:
@@ -2215,17 +2207,25 @@ class DiskStore:
         metadata (~150 bytes a file, not ~1 KiB).
         """
         times: dict[str, dict[str, float]] = {}
-        for component_dir in self._component_dirs():
-            files = times.setdefault(component_dir.name, {})
-            for rel, lstat in self._files_below(component_dir.name):
-                try:
-                    normalize(rel, drive=self.drive)
-                except InvalidPathError:
-                    name = f"{component_dir}/{rel}"
-                    logger.warning("gc skipped %r: its name is no drive path", name)
-                    continue
-                files[rel] = lstat.st_mtime
+        for component, path, lstat in self._drive_files():
+            times.setdefault(component, {})[path] = lstat.st_mtime
         return times
+
+    def _drive_files(self) -> Iterator[tuple[str, str, os.stat_result]]:
+        """Yield (component, path, `os.lstat`) for each file of the drive on disk.
+
+        As `_files_below` finds them; a name that is no drive path (not UTF-8, say: put
+        there by hand) is skipped, and said in the log.
+        """
+        for component_dir in self._component_dirs():
+            for path, lstat in self._files_below(component_dir.name):
+                try:
+                    normalize(path, drive=self.drive)
+                except InvalidPathError:
+                    name = f"{component_dir}/{path}"
+                    logger.warning("skipped %r: its name is no drive path", name)
+                    continue
+                yield component_dir.name, path, lstat
 
     def _files_below(self, component: str) -> Iterator[tuple[str, os.stat_result]]:
         """Yield each file of ``component``: its path, and its `os.lstat`.

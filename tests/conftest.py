@@ -345,3 +345,34 @@ def uploads_in_progress(root: Path, drive: Drive | SyncDrive) -> int:
             target = os.readlink(f"/proc/self/fd/{fd}")
             unnamed += target.startswith(tmp + "#") and target.endswith(" (deleted)")
     return len(uploads(root, drive)) + unnamed
+
+
+def scandir_calling(
+    on_entry: Callable[[os.DirEntry[str]], object], *, walker: Callable[..., Any] | None = None
+) -> Callable[[Any], Any]:
+    """Return an `os.scandir` that calls ``on_entry`` with each entry it lists, as it lists
+    it: to change the disk while a walk goes through it (``walker``: only that function's).
+    """
+    scandir = os.scandir
+
+    class Listing:
+        def __init__(self, folder: Any) -> None:
+            self.entries = scandir(folder)
+            self.watched = walker is None or sys._getframe(1).f_code is walker.__code__
+
+        def __enter__(self) -> Listing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.entries.close()
+
+        def __iter__(self) -> Listing:
+            return self
+
+        def __next__(self) -> os.DirEntry[str]:
+            entry = next(self.entries)
+            if self.watched:
+                on_entry(entry)
+            return entry
+
+    return Listing

@@ -19,6 +19,8 @@ from asyncdrive import InvalidDriveIdError, InvalidPathError, SyncDrive
 from asyncdrive._index import Keys
 from asyncdrive._storage import DiskStore
 
+from .conftest import scandir_calling
+
 SEGMENT = st.one_of(
     st.sampled_from(["..", ".", "", "a", "ckpt", "..a", "...", "~", "$HOME", "\\", "a b"]),
     st.text(min_size=1, max_size=12),
@@ -134,37 +136,19 @@ def test_links_made_while_the_disk_is_walked_are_never_followed(
     (outside / "secret.txt").write_text("not yours")
     name = drive_id[6:]
     component_dir = root / "drives" / name / "default"
-    scandir = os.scandir
 
-    class Swapping:
-        """`os.scandir` that makes 'victim' and 't.txt' links once it has listed them."""
-
-        def __init__(self, folder: int | str) -> None:
-            self.entries = scandir(folder)
-
-        def __enter__(self) -> Swapping:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.entries.close()
-
-        def __iter__(self) -> Swapping:
-            return self
-
-        def __next__(self) -> os.DirEntry[str]:
-            entry = next(self.entries)
-            if entry.name == "victim":
-                (component_dir / "victim").rename(tmp_path / "moved")
-                (component_dir / "victim").symlink_to(outside)
-            elif entry.name == "t.txt":
-                (component_dir / "t.txt").unlink()
-                (component_dir / "t.txt").symlink_to(outside / "secret.txt")
-            return entry
+    def made_a_link(entry: os.DirEntry[str]) -> None:  # once listed
+        if entry.name == "victim":
+            (component_dir / "victim").rename(tmp_path / "moved")
+            (component_dir / "victim").symlink_to(outside)
+        elif entry.name == "t.txt":
+            (component_dir / "t.txt").unlink()
+            (component_dir / "t.txt").symlink_to(outside / "secret.txt")
 
     with SyncDrive(drive_id) as drive:
         for path in ("victim/a.txt", "t.txt", "o.txt"):
             drive.write_bytes(path, path.encode())
-        monkeypatch.setattr(os, "scandir", Swapping)
+        monkeypatch.setattr(os, "scandir", scandir_calling(made_a_link))
         assert drive.rebuild_index() == 1
         monkeypatch.undo()
         assert drive.list(".", recursive=True) == ["o.txt"]

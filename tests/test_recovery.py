@@ -37,7 +37,7 @@ from asyncdrive import _index as index_module
 from asyncdrive import _storage as storage
 from asyncdrive._storage import DiskStore
 
-from .conftest import MakeDrive, raw_redis
+from .conftest import MakeDrive, raw_redis, scandir_calling
 from .servers import ServerProcess
 
 
@@ -316,38 +316,20 @@ async def test_gc_keeps_an_entry_put_again_while_it_looked_and_skips_files_gone_
         await drive.write_bytes("going.bin", b"g")
         store.file_path("default", "p.bin").unlink()  # its bytes lost: an entry to drop...
         lock = drive._lock
-        scandir = os.scandir
 
         async def put_again_first(conn: Any, component: str, path: str) -> str:
             if path == "p.bin":  # ...until another writer puts it again, just before gc locks
                 await other.write_bytes("p.bin", b"v2")
             return await lock(conn, component, path)
 
-        class ThenDeleted:
-            """`os.scandir` whose listing of going.bin is followed by its delete."""
-
-            def __init__(self, path: int) -> None:
-                self.entries = scandir(path)
-                # (gc's walk of the files, not of its leftovers before: os.walk's)
-                self.in_scan = sys._getframe(1).f_code is DiskStore._files_below.__code__
-
-            def __enter__(self) -> ThenDeleted:
-                return self
-
-            def __exit__(self, *exc: object) -> None:
-                self.entries.close()
-
-            def __iter__(self) -> ThenDeleted:
-                return self
-
-            def __next__(self) -> os.DirEntry[str]:
-                entry = next(self.entries)
-                if self.in_scan and entry.name == "going.bin":  # deleted while gc scans
-                    deleter.delete(entry.name)
-                return entry
+        def then_deleted(entry: os.DirEntry[str]) -> None:
+            if entry.name == "going.bin":  # deleted by a writer while gc walks the files
+                deleter.delete(entry.name)
 
         monkeypatch.setattr(drive, "_lock", put_again_first)
-        monkeypatch.setattr(os, "scandir", ThenDeleted)
+        # (gc's walk of the files, not of its leftovers before: os.walk's)
+        walk = scandir_calling(then_deleted, walker=DiskStore._files_below)
+        monkeypatch.setattr(os, "scandir", walk)
         report = await drive.gc()  # the default grace: safe while writers work
         assert (report.entries_removed, report.orphans_removed) == (0, 0)
         info = await drive.info("p.bin")
