@@ -8,7 +8,6 @@ coordinator writes under the worker's own ``ASYNCDRIVE_COMPONENT``.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -165,6 +164,11 @@ def resolve_redis_timeout() -> float:
     return timeout
 
 
+#: The longest ``ASYNCDRIVE_EVENTS_MAX_AGE`` (s, ~30,000 years): the server counts ms in
+#: 64 bits, and Lua in doubles.
+_MAX_AGE_MAX = 1e12
+
+
 def resolve_retention() -> tuple[int, float]:
     """Return (events kept, longest age in seconds) of change logs, from the environment.
 
@@ -179,10 +183,10 @@ def resolve_retention() -> tuple[int, float]:
             f"Invalid {ENV_EVENTS_MAXLEN} or {ENV_EVENTS_MAX_AGE}: {exc}. Use a whole number of "
             "events and a number of seconds."
         ) from None
-    if maxlen < 1 or not 0 <= max_age < math.inf:  # (not nan)
+    if maxlen < 1 or not 0 <= max_age <= _MAX_AGE_MAX:  # (not nan, nor too many ms)
         raise InvalidConfigError(
-            f"{ENV_EVENTS_MAXLEN} must be at least 1 and {ENV_EVENTS_MAX_AGE} a finite number "
-            "of seconds, at least 0 (0: no age limit)."
+            f"{ENV_EVENTS_MAXLEN} must be at least 1 and {ENV_EVENTS_MAX_AGE} a number of "
+            f"seconds from 0 (no age limit) to {_MAX_AGE_MAX:.0e}."
         )
     return maxlen, max_age
 

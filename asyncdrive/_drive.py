@@ -155,6 +155,9 @@ _COPY_BATCH_BYTES = 16 << 20
 #: `watch(claim_idle=)` at least this long (s; ~30,000 years) is refused: as inf, it would
 #: leave a dead member's events forever, and the server counts no more than 2**63 ms.
 _CLAIM_IDLE_MAX = 1e12
+#: A drive measures the server's clock again, beside a call, once its measure is this old
+#: (s): the clocks of two machines drift apart, and may be set.
+_CLOCK_MEASURED_FOR = 60.0
 #: How many paths a get of a folder looks up in one round trip (and holds at a time).
 _LOOKUP_CHUNK = 1000
 #: Gets of files up to this size made by concurrent tasks share worker-thread calls, where
@@ -327,14 +330,21 @@ class _Connection:
         """Return the server's clock now, in seconds since the epoch (see `server_ms`)."""
         return self.server_ms(steady_now()) / 1000
 
-    async def measure_clock(self, *, older_than: float = 0.0) -> None:
-        """Measure the server's clock again, unless it was ``older_than`` s ago or less.
+    async def measure_clock(self) -> None:
+        """Measure the server's clock again (one round trip).
 
-        One round trip: the clocks of two machines drift apart (~4 s a day at 50 ppm,
-        without NTP), and the server's may be set.
+        The clocks of two machines drift apart (~4 s a day at 50 ppm, without NTP), and the
+        server's may be set: measured at a watch's start, and beside a call once a minute
+        old (`measure_clock_quietly`), for the mtimes of new versions.
         """
-        if steady_now() - self.clock_at > older_than:
-            self.server_ms_at, self.clock_at, self.clock_error_ms = await _clock_of(self.client)
+        self.server_ms_at, self.clock_at, self.clock_error_ms = await _clock_of(self.client)
+
+    async def measure_clock_quietly(self) -> None:
+        """`measure_clock`, as a chore: an error (an outage) leaves the measure as it was."""
+        try:
+            await self.measure_clock()
+        except Exception as exc:  # (the calls meet the outage and say it)
+            logger.debug("could not measure the server's clock: %s", exc)
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
@@ -794,6 +804,8 @@ class Drive:
             ):
                 raise self._index_lost(conn)
             conn.index_checked = True
+        if steady_now() - conn.clock_at > _CLOCK_MEASURED_FOR:  # (beside the call)
+            conn.start_chore("clock", conn.measure_clock_quietly())
         if conn.index.unreleased:  # locks an outage kept: let them go, once it is over
             conn.start_chore("unlocks", conn.index.release_unreleased())
         if writing is not None and not conn.may_write:
@@ -873,35 +885,35 @@ class Drive:
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
         client = connected.client
         maxlen, max_age = config.retention
-        index = Index(
-            client,
-            config.name,
-            events_maxlen=maxlen,
-            events_max_age=max_age,
-            wire=connected.wire,
-            readers=connected.readers,
-        )
-        may_write = True
-        if not embedded:
-            await _check_server_settings(client, url)
-            try:
+        try:  # (whatever fails now, the connection is closed: not one left a failed call)
+            index = Index(
+                client,
+                config.name,
+                events_maxlen=maxlen,
+                events_max_age=max_age,
+                wire=connected.wire,
+                readers=connected.readers,
+            )
+            may_write = True
+            if not embedded:
+                await _check_server_settings(client, url)
                 may_write = await self._check_permissions(index, url)
-            except BaseException:
-                await connected.aclose()
-                raise
-        return _Connection(
-            config=config,
-            url=url,
-            connected=connected,
-            client=client,
-            index=index,
-            may_write=may_write,
-            store=DiskStore(config.root, config.name),
-            inline=self._disk_inline,
-            server_ms_at=server_ms_at,
-            clock_at=clock_at,
-            clock_error_ms=clock_error_ms,
-        )
+            return _Connection(
+                config=config,
+                url=url,
+                connected=connected,
+                client=client,
+                index=index,
+                may_write=may_write,
+                store=DiskStore(config.root, config.name),
+                inline=self._disk_inline,
+                server_ms_at=server_ms_at,
+                clock_at=clock_at,
+                clock_error_ms=clock_error_ms,
+            )
+        except BaseException:
+            await connected.aclose()
+            raise
 
     async def _check_permissions(self, index: Index, url: str) -> bool:
         """Refuse a server whose ACL denies its user a command asyncdrive runs on the drive.

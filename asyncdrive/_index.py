@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -620,7 +621,9 @@ class Index:
         #: its own): its commits then refuse to start a new one (see `_PUT_LUA`).
         self.seen_index = False
         self._event_keys = [self.keys.events, self.keys.trimmed]
-        self._event_args = [str(events_maxlen), str(int(events_max_age * 1000)), self.keys.wake]
+        # (in ms, at least 1: below, 0 would mean no age limit)
+        max_age_ms = math.ceil(events_max_age * 1000)
+        self._event_args = [str(events_maxlen), str(max_age_ms), self.keys.wake]
         self._put = client.register_script(_PUT_LUA)
         self._delete = client.register_script(_DELETE_LUA)
         self._unlock = client.register_script(_UNLOCK_LUA)

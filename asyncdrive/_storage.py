@@ -2063,8 +2063,11 @@ class DiskStore:
         What `Drive.gc` ages files by (and `leftovers`, `remove_empty_folders`): the disk
         (a file server) stamps them, by a clock that need not be this machine's. By this
         one's, a gc 2 h ahead took a put 3 s old for one 2 h old, and removed it before its
-        commit. This machine's clock where no file can be made (a read-only root).
+        commit. This machine's clock where no file can be made (a read-only root), or
+        where the drive has no folder yet (nothing to age: none is made for it).
         """
+        if not self.base.is_dir():
+            return time.time()
         try:
             fd = self._new_unnamed_upload() if self.unnamed_uploads else -1
             made = None

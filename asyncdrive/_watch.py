@@ -43,9 +43,6 @@ logger = logging.getLogger("asyncdrive")
 
 #: A blocking read waits at most this long per call, well inside the client's reply timeout.
 BLOCK_SLICE = 5.0
-#: A watch starting from "now" measures the server's clock first if its drive last did
-#: longer ago than this (s): it drifts from this machine's, or is set.
-_CLOCK_MEASURED_FOR = 60.0
 #: How long a watch keeps retrying a lost connection before it gives up.
 RECONNECT_TIMEOUT = 60.0
 #: Default idle time after which a group member's unacknowledged event goes to another member.
@@ -96,8 +93,11 @@ class Watch:
         self._folder = folder
         self._recursive = recursive
         # Without since: "now", on this machine's steady clock, turned into an event id on
-        # the server's clock (as measured when the drive connected) at the first read.
+        # the server's clock at the first read: see `_resolve_start`. Guessed now from the
+        # drive's last measure, if it has one.
         self._called_at = steady_now()
+        conn = drive._conn
+        self._start_guess = conn.server_ms(self._called_at) if conn is not None else None
         self._read_cursor = since or ""
         self._since = since
         self._group = group
@@ -277,10 +277,15 @@ class Watch:
 
     async def _resolve_start(self, conn: _Connection) -> None:
         if not self._read_cursor:
-            await conn.measure_clock(older_than=_CLOCK_MEASURED_FOR)
             # Stream ids are the server's time in ms: every event committed after watch()
-            # was called has a larger id than this.
-            server_ms = conn.server_ms(self._called_at) - conn.clock_error_ms
+            # was called has a larger id than this. By a measure made now (the clocks may
+            # have drifted since the last), and the guess of the call's time from the last:
+            # the earlier of the two, for the server's clock may have been set since, back
+            # (new ids then stay past its time, up to the newest) or forward (a measure
+            # after the step puts the call later than the events that came before it).
+            await conn.measure_clock()
+            guesses = [conn.server_ms(self._called_at), self._start_guess]
+            server_ms = min(g for g in guesses if g is not None) - conn.clock_error_ms
             self._read_cursor = f"{max(0, int(server_ms) - 1)}-0"
         self._cursor = self._cursor or self._read_cursor  # resumable before its first event
 

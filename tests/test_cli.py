@@ -90,6 +90,8 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
     assert cleaned.stdout.startswith("lit://cli_a: 0 uploads removed, 0 installs undone, ")
     report = json.loads(cli("gc", "--json", "lit://cli_a/").stdout)  # a '/' as ls takes it
     assert report["drive"] == "lit://cli_a" and report["folders_removed"] == 0
+    assert cli("gc", "lit://cli_typo").returncode == 0  # nothing to clean: nothing made
+    assert not (root / "drives" / "cli_typo").exists()
     # --all takes the drives' folders alone (marked at their first commit), not strays.
     (root / "drives" / "NOTES").write_text("not a drive")
     (root / "drives" / "stray").mkdir()

@@ -92,12 +92,13 @@ def test_settings_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("maxlen", "max_age"), [("0", ""), ("x", ""), ("", "-1"), ("", "inf"), ("", "nan")]
+    ("maxlen", "max_age"),
+    [("0", ""), ("x", ""), ("", "-1"), ("", "inf"), ("", "nan"), ("", "1e306"), ("", "2e12")],
 )
 def test_retention_settings_are_checked(
     monkeypatch: pytest.MonkeyPatch, maxlen: str, max_age: str
 ) -> None:
-    """Not at a drive's first call, as OverflowError or ValueError (inf, nan)."""
+    """Not at a drive's first call, as OverflowError or ValueError (inf, nan, 1e306 s)."""
     monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", maxlen)
     monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", max_age)
     with pytest.raises(InvalidConfigError, match="ASYNCDRIVE_EVENTS_MAX"):

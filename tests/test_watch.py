@@ -33,6 +33,7 @@ from asyncdrive import (
     _index,
     _watch,
 )
+from asyncdrive import _drive as drive_module
 
 from .conftest import MakeDrive, raw_redis, run_python
 from .procs import read_line, spawn
@@ -226,18 +227,20 @@ async def test_a_step_of_this_machines_clock_moves_no_watch(
         await watch.aclose()
 
 
-async def test_a_watch_measures_the_servers_clock_again_once_its_measure_is_old(
-    env: dict[str, str], drive_id: str
+@pytest.mark.parametrize(("age", "ahead"), [(120, 5), (0.5, 3600)])
+async def test_a_watch_measures_the_servers_clock_again_at_its_start(
+    env: dict[str, str], drive_id: str, age: float, ahead: float
 ) -> None:
-    """Two machines' clocks drift apart (~4 s a day at 50 ppm, without NTP): a watch made a
-    day after its drive connected would take its start from a clock that far off."""
+    """Measured ``age`` s ago, the drive's idea of the server's clock is ``ahead`` s ahead
+    of it now: the clocks drifted apart (~4 s a day at 50 ppm, without NTP), or the server's
+    was set back since (its new events' ids then stay at the newest's, behind the old
+    measure). A start taken from it missed what came after the call."""
     async with Drive(drive_id) as drive, Drive(drive_id) as other:
         await drive.write_bytes("before.txt", b"x")
         conn = drive._conn
         assert conn is not None
-        # Measured 2 minutes ago, by a clock that ran 5 s fast since: 5 s ahead now.
-        conn.clock_at -= 120
-        conn.server_ms_at -= 115_000
+        conn.clock_at -= age
+        conn.server_ms_at -= (age - ahead) * 1000
         await asyncio.sleep(0.1)
         watch = drive.watch()
         await other.write_bytes("after.txt", b"y")
@@ -247,10 +250,48 @@ async def test_a_watch_measures_the_servers_clock_again_once_its_measure_is_old(
         await watch.aclose()
 
 
-async def test_max_age_retention(
-    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+async def test_a_watch_started_before_the_servers_clock_was_set_forward_misses_nothing(
+    env: dict[str, str], drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", "0.2")
+    """Set forward between watch() and its first read: a start taken from a measure made
+    then would put the call an hour later than the events committed after it."""
+    async with Drive(drive_id) as drive, Drive(drive_id) as other:
+        await drive.write_bytes("before.txt", b"x")
+        await asyncio.sleep(0.1)
+        watch = drive.watch()
+        clock_of = drive_module._clock_of
+
+        async def set_forward(client: Any) -> tuple[float, float, float]:
+            server_ms, at, error = await clock_of(client)
+            return server_ms + 3_600_000, at, error
+
+        monkeypatch.setattr(drive_module, "_clock_of", set_forward)
+        await other.write_bytes("after.txt", b"y")
+        event = await watch.next(timeout=10)
+        assert event is not None and event.path == "after.txt"
+        await watch.aclose()
+
+
+async def test_a_drive_measures_the_servers_clock_again_beside_a_call_once_a_minute(
+    env: dict[str, str], drive_id: str
+) -> None:
+    """For the mtimes of new versions, on the server's clock: it drifts, or is set."""
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("a", b"x")
+        conn = drive._conn
+        assert conn is not None
+        conn.clock_at -= 120  # measured 2 minutes ago, an hour ahead of the server now
+        conn.server_ms_at -= (120 - 3600) * 1000
+        await drive.write_bytes("b", b"x")  # (stamped so; measures the clock beside)
+        await asyncio.sleep(0.2)
+        assert abs((await drive.write_bytes("c", b"x")).mtime - time.time()) < 5
+
+
+@pytest.mark.parametrize("max_age", ["0.2", "0.0004"])  # (less than a ms: one, not none)
+async def test_max_age_retention(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch, max_age: str
+) -> None:
+    monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", max_age)
     drive = make_drive(drive_id)
     watch = drive.watch()
     await drive.write_bytes("old", b"x")
@@ -258,7 +299,7 @@ async def test_max_age_retention(
     # Wait out the age limit on the server's clock (the events' own timestamps), then write.
     while True:
         event = (await drive.write_bytes("tick", b"x"), await collect(watch, 1))[1][0]
-        if event.timestamp - old.timestamp > 0.3:
+        if event.timestamp - old.timestamp > float(max_age) + 0.1:
             break
         await anyio.sleep(0.05)
     with pytest.raises(CursorExpiredError):
