@@ -49,6 +49,7 @@ from typing import (
 
 import anyio
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import MasterNotFoundError
 
 from . import _paths, _progress, _watch
@@ -90,7 +91,7 @@ from ._exceptions import (
     storage_error,
 )
 from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
-from ._index import DIRECT_WRITES, WRITES, Index, PutOutcome
+from ._index import DIRECT_WRITES, WRITES, Index, Keys, PutOutcome
 from ._models import Buffer, FileInfo, FolderInfo, GcReport, GroupInfo
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
 from ._server import ensure_server, forget_server, server_runs
@@ -106,6 +107,7 @@ from ._storage import (
     PathClash,
     Staged,
     SyncTogether,
+    aged,
     committed_version,
     disk_path_bytes,
     is_local_filesystem,
@@ -155,9 +157,11 @@ _COPY_BATCH_BYTES = 16 << 20
 #: `watch(claim_idle=)` at least this long (s; ~30,000 years) is refused: as inf, it would
 #: leave a dead member's events forever, and the server counts no more than 2**63 ms.
 _CLAIM_IDLE_MAX = 1e12
-#: A drive measures the server's clock again, beside a call, once its measure is this old
-#: (s): the clocks of two machines drift apart, and may be set.
+#: A drive measures the server's clock again, in a call, once its measure is this old (s):
+#: the clocks of two machines drift apart, and may be set.
 _CLOCK_MEASURED_FOR = 60.0
+#: A measure of the server's clock whose round trip took longer (ms) is not taken.
+_CLOCK_ERROR_MAX_MS = 1000.0
 #: How many paths a get of a folder looks up in one round trip (and holds at a time).
 _LOOKUP_CHUNK = 1000
 #: Gets of files up to this size made by concurrent tasks share worker-thread calls, where
@@ -334,17 +338,27 @@ class _Connection:
         """Measure the server's clock again (one round trip).
 
         The clocks of two machines drift apart (~4 s a day at 50 ppm, without NTP), and the
-        server's may be set: measured at a watch's start, and beside a call once a minute
-        old (`measure_clock_quietly`), for the mtimes of new versions.
+        server's may be set: measured at a watch's start, and in a call once a minute old
+        (`measure_clock_quietly`), for the mtimes of new versions. A measure whose round
+        trip took over `_CLOCK_ERROR_MAX_MS` (a stalled server, a paused process) is not
+        taken: the last one stays.
         """
-        self.server_ms_at, self.clock_at, self.clock_error_ms = await _clock_of(self.client)
+        measured = await _clock_of(self.client, self.index.keys.events)
+        if measured[2] <= _CLOCK_ERROR_MAX_MS:
+            self.server_ms_at, self.clock_at, self.clock_error_ms = measured
 
     async def measure_clock_quietly(self) -> None:
-        """`measure_clock`, as a chore: an error (an outage) leaves the measure as it was."""
-        try:
-            await self.measure_clock()
-        except Exception as exc:  # (the calls meet the outage and say it)
-            logger.debug("could not measure the server's clock: %s", exc)
+        """`measure_clock` in a call, for at most a second; failing, the last one stays.
+
+        In the call, not beside it: a `SyncDrive`'s loop runs only during its calls, so a
+        measure begun beside one would end in the next, and take a pause for a round trip.
+        The call meets an outage itself and says it.
+        """
+        with anyio.move_on_after(_CLOCK_ERROR_MAX_MS / 1000):
+            try:
+                await self.measure_clock()
+            except Exception as exc:
+                logger.debug("could not measure the server's clock: %s", exc)
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
@@ -804,8 +818,8 @@ class Drive:
             ):
                 raise self._index_lost(conn)
             conn.index_checked = True
-        if steady_now() - conn.clock_at > _CLOCK_MEASURED_FOR:  # (beside the call)
-            conn.start_chore("clock", conn.measure_clock_quietly())
+        if steady_now() - conn.clock_at > _CLOCK_MEASURED_FOR:  # (in the call: see there)
+            await conn.measure_clock_quietly()
         if conn.index.unreleased:  # locks an outage kept: let them go, once it is over
             conn.start_chore("unlocks", conn.index.release_unreleased())
         if writing is not None and not conn.may_write:
@@ -845,7 +859,8 @@ class Drive:
         connected: Connected | None = None
         try:
             connected = await connect(url, timeout=config.redis_timeout)
-            server_ms_at, clock_at, clock_error_ms = await _clock_of(connected.client)
+            events = Keys(config.name).events
+            server_ms_at, clock_at, clock_error_ms = await _clock_of(connected.client, events)
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
@@ -2739,9 +2754,8 @@ class Drive:
         check_seconds(self.name, "grace", grace)  # below 0, it would touch work in progress
         conn = await self._connection(writing="collect garbage (gc)")
         store, index = conn.store, conn.index
-        # Ages by the disk's clock: it stamps the files (a file server's, on a shared disk).
-        now = await conn.run_sync(store.disk_time)
-        uploads, backups = await conn.run_sync(store.leftovers, grace, now)
+        # Aged by the disk's clock: it stamps the files (a file server's, on a shared disk).
+        uploads, backups = await conn.run_sync(store.leftovers, grace)
         uploads_removed = 0
         for upload in uploads:
             uploads_removed += await conn.run_sync(_unlink_if_there, upload)
@@ -2767,6 +2781,7 @@ class Drive:
                     files = on_disk.get(entry.component_name)
                     if files is None or files.pop(entry.path, None) is None:
                         dangling.append((entry.component_name, entry.path, entry.version))
+        now = await conn.run_sync(store.disk_time)  # (after the walk: see `aged`)
         if not indexed and any(on_disk.values()) and not await index.is_indexed():
             # Files, and no index at all: the server lost it. Every file would look like an
             # orphan: say so rather than delete the drive.
@@ -2775,7 +2790,7 @@ class Drive:
         refused: list[OSError] = []  # stray files this user may not remove: the others go
         for component, files in on_disk.items():
             for path, mtime in files.items():
-                if abs(now - mtime) <= grace:  # (in the future: a broken clock's)
+                if not aged(mtime, now, grace):
                     continue
                 try:
                     orphans += await self._remove_orphan(conn, component, path)
@@ -2786,7 +2801,7 @@ class Drive:
         removed = 0
         for component, path, version in sorted(dangling):
             removed += await self._remove_dangling(conn, component, path, version)
-        folders = await conn.run_sync(store.remove_empty_folders, grace, now)
+        folders = await conn.run_sync(store.remove_empty_folders, grace)
         report = GcReport(uploads_removed, undone, kept, orphans, removed, folders)
         if refused:
             raise storage_error(
@@ -3252,14 +3267,19 @@ def _install_staged(
     return info, backup, identity
 
 
-async def _clock_of(client: RedisClient) -> tuple[float, float, float]:
-    """Measure the server's clock (one round trip).
+async def _clock_of(client: RedisClient, events: str) -> tuple[float, float, float]:
+    """Measure the clock of the server holding the change log ``events`` (one round trip).
 
     Returns its time (ms since the epoch), the `steady_now()` it was at, and the measure's
-    uncertainty (ms): half the round trip, and a millisecond.
+    uncertainty (ms): half the round trip, and a millisecond. (In a Cluster, the node
+    that stamps the log's ids, not any other: their clocks may differ.)
     """
     before = steady_now()
-    seconds, micros = await client.time()
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(events)
+        seconds, micros = await client.execute_command("TIME", target_nodes=node)
+    else:
+        seconds, micros = await client.time()
     after = steady_now()
     return seconds * 1000 + micros / 1000, (before + after) / 2, (after - before) * 500 + 1
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 __all__ = ["Change", "DriveEvent"]
@@ -39,9 +40,12 @@ class DriveEvent:
         checksum: the SHA-256 hex digest (of the deleted version, for a delete).
         timestamp: when the change was committed, in seconds since the epoch (server clock).
         deliveries: in a consumer group, how many times the group has handed this event to
-            a member, this time included: 1 the first time, more once it came back (its
-            member died, or took longer than ``claim_idle``). Set aside one that keeps
-            coming back (it may crash its member). 1 outside groups.
+            a member, this time included, as the server counts: 1 the first time, more once
+            it came back (its member died, was restarted under its name, or took longer than
+            ``claim_idle``; or a hand-out never reached its member: cut short by a timeout
+            or a cancellation, or dropped unread by a watch closed). Set aside one that
+            keeps coming back (it may crash its member). 1 outside groups. Not compared:
+            the event handed out again equals the event.
 
     """
 
@@ -54,7 +58,14 @@ class DriveEvent:
     version: int
     checksum: str
     timestamp: float
-    deliveries: int = 1
+    deliveries: int = field(default=1, compare=False)
+
+    def __setstate__(self, state: Sequence[object]) -> None:
+        # A pickle of asyncdrive 0.1.0 before `deliveries` has one value less: the default.
+        names = [f.name for f in fields(self)]
+        values = [*state, 1][: len(names)]
+        for name, value in zip(names, values, strict=True):
+            object.__setattr__(self, name, value)
 
 
 def event_from_fields(

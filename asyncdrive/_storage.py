@@ -1054,16 +1054,22 @@ def _walk_every_folder(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
     return os.walk(top, onerror=refuse)
 
 
-def _older(path: Path, now: float, grace: float, clock: str) -> bool:
-    """Tell whether ``path``'s ``clock`` (``st_mtime``, ``st_ctime``) is ``grace`` s old.
+def aged(stamp: float, now: float, grace: float) -> bool:
+    """Tell whether a file stamped ``stamp`` (its mtime, or ctime) is ``grace`` s old.
 
-    At ``now`` on the disk's clock (`DiskStore.disk_time`); or ``grace`` s ahead of it: in
-    the future, the time of a broken clock, which would otherwise never age.
+    At ``now`` on the disk's clock (`DiskStore.disk_time`, read after the stamp); or
+    stamped ``grace`` s ahead of it: in the future, the time of a broken clock, which
+    would otherwise never age.
     """
+    return abs(now - stamp) >= grace
+
+
+def _stamp(path: Path, clock: str) -> float | None:
+    """Return ``path``'s ``clock`` (``st_mtime``, ``st_ctime``); None if it is gone."""
     try:
-        return bool(abs(now - getattr(path.lstat(), clock)) >= grace)
+        return float(getattr(path.lstat(), clock))
     except FileNotFoundError:
-        return False
+        return None
 
 
 class PathClash(Exception):
@@ -2082,15 +2088,14 @@ class DiskStore:
             if made is not None:
                 made.unlink(missing_ok=True)
 
-    def remove_empty_folders(self, grace: float, now: float | None = None) -> int:
+    def remove_empty_folders(self, grace: float) -> int:
         """Remove the drive's empty folders unchanged for ``grace`` s; return how many.
 
         Left by writers that died between making a file's folder and installing it (or
         by hand): a folder, even empty, stands in the way of a file of its name. A
         folder emptied by this pass goes too, if it was unchanged that long before it.
-        Aged at ``now`` on the disk's clock (default: `disk_time`).
+        Aged by the disk's clock (`disk_time`), read once a component's are found.
         """
-        now = self.disk_time() if now is None else now
         removed = 0
         for component_dir in self._component_dirs():
             changed: dict[str, float] = {}
@@ -2100,8 +2105,9 @@ class DiskStore:
                     with contextlib.suppress(OSError):
                         folder = os.path.join(dirpath, name)
                         changed[folder] = os.lstat(folder).st_mtime
+            now = self.disk_time()
             for folder in sorted(changed, key=len, reverse=True):  # (the deepest first)
-                if abs(now - changed[folder]) >= grace:  # (in the future: a broken clock)
+                if aged(changed[folder], now, grace):
                     with contextlib.suppress(OSError):  # not empty (or gone): kept
                         os.rmdir(folder)
                         removed += 1
@@ -2196,9 +2202,9 @@ class DiskStore:
         """
         found: list[DiskFile] = []
         now = time.time()
-        for component, path, lstat in self._drive_files():
+        for component, path, _ in self._drive_files():
             try:
-                found.append(self._describe(component, path, lstat, now, verify, fix_meta))
+                found.append(self._describe(component, path, now, verify, fix_meta))
             except (FileNotFoundError, InvalidPathError):  # gone, or a link, since listed
                 continue
         return found
@@ -2268,20 +2274,15 @@ class DiskStore:
                 os.close(fd)
 
     def _describe(
-        self,
-        component: str,
-        path: str,
-        found: os.stat_result,
-        now: float,
-        verify: bool,
-        fix_meta: bool,
+        self, component: str, path: str, now: float, verify: bool, fix_meta: bool
     ) -> DiskFile:
         # Opened with no link on the way: a file made a link since it was listed raises
-        # InvalidPathError; one replaced by another file is not the one listed.
+        # InvalidPathError. One replaced since by another file is described (the file at
+        # the path now); by something else (a folder, a pipe), it is not there.
         fd = self._open_in_root(self._parts(component, path), path, _READ_FLAGS)
         try:
-            opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino):
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
                 raise FileNotFoundError(errno.ENOENT, "replaced while scanned", path)
             meta: dict[str, Any] = meta_on_disk(fd) or {}
             if not meta and self.meta_in_xattr is not True:  # its metadata file, if any
@@ -2353,18 +2354,19 @@ class DiskStore:
             raise
         return meta_tmp
 
-    def leftovers(self, grace: float, now: float | None = None) -> tuple[list[Path], list[Path]]:
+    def leftovers(self, grace: float) -> tuple[list[Path], list[Path]]:
         """Return the temporary uploads and the install backups older than ``grace`` s.
 
         Uploads are the files of ``.tmp``; backups (see `install`) are found beside the
-        files they back up, aged by the time their link was made (``st_ctime``). Both at
-        ``now`` on the disk's clock (default: `disk_time`).
+        files they back up, aged by the time their link was made (``st_ctime``). Both by
+        the disk's clock (`disk_time`), read once all are found: one made meanwhile is
+        not older than that.
         """
-        now = self.disk_time() if now is None else now
-        uploads: list[Path] = []
+        uploads: list[tuple[Path, float]] = []
         if self.tmp_dir.is_dir():
-            uploads = [e for e in self.tmp_dir.iterdir() if _older(e, now, grace, "st_mtime")]
-        backups: list[Path] = []
+            stamped = ((e, _stamp(e, "st_mtime")) for e in self.tmp_dir.iterdir())
+            uploads = [(e, t) for e, t in stamped if t is not None]
+        backups: list[tuple[Path, float]] = []
         for component_dir in self._component_dirs():
             for dirpath, dirnames, filenames in _walk_every_folder(component_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
@@ -2372,9 +2374,13 @@ class DiskStore:
                     parts = _backup_parts(name)
                     if parts is not None and not parts[1].startswith(META_PREFIX):
                         backup = Path(dirpath) / name
-                        if _older(backup, now, grace, "st_ctime"):
-                            backups.append(backup)
-        return uploads, backups
+                        if (linked := _stamp(backup, "st_ctime")) is not None:
+                            backups.append((backup, linked))
+        now = self.disk_time()
+        return (
+            [upload for upload, stamp in uploads if aged(stamp, now, grace)],
+            [backup for backup, stamp in backups if aged(stamp, now, grace)],
+        )
 
     def backup_target(self, backup: Path) -> tuple[str, str] | None:
         """Return the (component, path) an install backup was made for, if it is one."""

@@ -327,6 +327,10 @@ class Wire:
         for waiter, _ in awaiting:
             if not waiter.done():
                 waiter.set_exception(error(message))  # one each: tracebacks are per raise
+                # Marked seen: its caller, if still there, gets it all the same; one that
+                # an exception (a signal's SystemExit) took away between the send and the
+                # wait logged "Future exception was never retrieved" at its collection.
+                waiter.exception()
 
 
 #: How many wires a `WirePool` keeps idle for the next reads; more, once returned, close.

@@ -35,6 +35,7 @@ from asyncdrive import (
 from asyncdrive import _drive as drive_module
 from asyncdrive import _index as index_module
 from asyncdrive import _storage as storage
+from asyncdrive._paths import normalize
 from asyncdrive._storage import DiskStore
 
 from .conftest import MakeDrive, raw_redis, scandir_calling
@@ -99,6 +100,28 @@ async def index_keys(redis_url: str, name: str) -> dict[str, Any]:
             else:
                 assert kind == "stream", (key, kind)
     return found
+
+
+async def test_a_rebuild_describes_a_file_replaced_while_it_walks(
+    make_drive: MakeDrive, drive_id: str, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaced after its folder was listed (by hand, here: bytes without metadata): the
+    file at the path then is indexed, not left out (then removed by gc as an orphan)."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a.txt", b"first")
+    component = root / "drives" / drive_id[6:] / "default"
+
+    def replaced_once_seen(path: str, **kwargs: Any) -> str:  # (after the walk's lstat)
+        if path == "a.txt":
+            (component / "new").write_bytes(b"second")
+            (component / "new").replace(component / "a.txt")
+        return normalize(path, **kwargs)
+
+    monkeypatch.setattr(storage, "normalize", replaced_once_seen)  # (as _storage calls it)
+    assert await drive.rebuild_index() == 1
+    monkeypatch.undo()
+    info = await drive.info("a.txt")
+    assert (info.size, info.checksum) == (6, hashlib.sha256(b"second").hexdigest())
 
 
 async def test_a_rebuilt_index_is_the_index_it_replaces(
@@ -605,6 +628,29 @@ async def test_gc_ages_files_by_the_disks_clock(
         assert (report.orphans_removed, report.folders_removed) == (1, 1)
         assert sorted(p.name for p in component.iterdir()) == ["kept.txt", "young", "young.bin"]
         assert await drive.read_bytes("kept.txt") == b"k"
+
+
+async def test_gc_that_takes_longer_than_its_grace_keeps_what_came_meanwhile(
+    env: dict[str, str], root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its clock read at its start, a gc longer than its grace took a file (a put's, before
+    its commit) and a folder made meanwhile for ones ``grace`` s in the future: old."""
+    component = root / "drives" / drive_id[6:] / "default"
+    leftovers = DiskStore.leftovers
+
+    def then_a_put_begins(self: DiskStore, *args: Any) -> Any:
+        found = leftovers(self, *args)
+        time.sleep(1.5)  # (settling dead writers' backups, say)
+        (component / "young.bin").write_bytes(b"y")
+        (component / "young").mkdir()
+        return found
+
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("kept.txt", b"k")
+        monkeypatch.setattr(DiskStore, "leftovers", then_a_put_begins)
+        report = await drive.gc(grace=1)
+        assert (report.orphans_removed, report.folders_removed) == (0, 0)
+        assert sorted(p.name for p in component.iterdir()) == ["kept.txt", "young", "young.bin"]
 
 
 async def test_gc_cleans_up_after_dead_writers(

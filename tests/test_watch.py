@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import pickle
@@ -69,6 +70,25 @@ async def test_events_of_each_change(make_drive: MakeDrive, drive_id: str) -> No
     assert abs(first.timestamp - events[2].timestamp) < 60
     assert pickle.loads(pickle.dumps(first)) == first
     assert watch.cursor == events[-1].id
+    assert first.deliveries == 1  # (outside groups)
+    # Handed out again, the same event: equal, and one in a set (deliveries not compared).
+    again = dataclasses.replace(first, deliveries=2)
+    assert again == first and len({first, again}) == 1
+    assert pickle.loads(pickle.dumps(again)).deliveries == 2
+
+
+def test_an_event_pickled_before_deliveries_loads() -> None:
+    """Pickled by asyncdrive 0.1.0 before `DriveEvent.deliveries` (a worker of the last
+    version sharing a queue): 1 delivery, not a broken object."""
+    old = (
+        b"\x80\x04\x95k\x00\x00\x00\x00\x00\x00\x00\x8c\x12asyncdrive._events\x94\x8c\n"
+        b"DriveEvent\x94\x93\x94)\x81\x94]\x94(\x8c\x031-0\x94h\x00\x8c\x06Change\x94\x93"
+        b"\x94\x8c\x05added\x94\x85\x94R\x94\x8c\x01d\x94\x8c\x01p\x94\x8c\x01c\x94K\x01K"
+        b"\x01\x8c\x01x\x94G?\xf0\x00\x00\x00\x00\x00\x00K\x01eb."
+    )
+    event = pickle.loads(old)
+    assert (event.id, event.path, event.timestamp, event.deliveries) == ("1-0", "p", 1.0, 1)
+    assert event == DriveEvent("1-0", Change.ADDED, "d", "p", "c", 1, 1, "x", 1.0)
 
 
 async def test_start_is_fixed_when_watch_is_called(make_drive: MakeDrive, drive_id: str) -> None:
@@ -261,8 +281,8 @@ async def test_a_watch_started_before_the_servers_clock_was_set_forward_misses_n
         watch = drive.watch()
         clock_of = drive_module._clock_of
 
-        async def set_forward(client: Any) -> tuple[float, float, float]:
-            server_ms, at, error = await clock_of(client)
+        async def set_forward(client: Any, events: str) -> tuple[float, float, float]:
+            server_ms, at, error = await clock_of(client, events)
             return server_ms + 3_600_000, at, error
 
         monkeypatch.setattr(drive_module, "_clock_of", set_forward)
@@ -272,19 +292,31 @@ async def test_a_watch_started_before_the_servers_clock_was_set_forward_misses_n
         await watch.aclose()
 
 
-async def test_a_drive_measures_the_servers_clock_again_beside_a_call_once_a_minute(
+async def test_a_drive_measures_the_servers_clock_again_in_a_call_once_a_minute(
     env: dict[str, str], drive_id: str
 ) -> None:
-    """For the mtimes of new versions, on the server's clock: it drifts, or is set."""
+    """For the mtimes of new versions, on the server's clock: it drifts, or is set. In the
+    call: a SyncDrive's loop runs only during its calls, so a measure begun beside one
+    took the pause until the next for its round trip."""
+
+    def measured_two_minutes_ago_an_hour_ahead(conn: Any) -> None:
+        conn.clock_at -= 120
+        conn.server_ms_at -= (120 - 3600) * 1000
+
     async with Drive(drive_id) as drive:
         await drive.write_bytes("a", b"x")
-        conn = drive._conn
-        assert conn is not None
-        conn.clock_at -= 120  # measured 2 minutes ago, an hour ahead of the server now
-        conn.server_ms_at -= (120 - 3600) * 1000
-        await drive.write_bytes("b", b"x")  # (stamped so; measures the clock beside)
-        await asyncio.sleep(0.2)
-        assert abs((await drive.write_bytes("c", b"x")).mtime - time.time()) < 5
+        measured_two_minutes_ago_an_hour_ahead(drive._conn)
+        assert abs((await drive.write_bytes("b", b"x")).mtime - time.time()) < 5
+
+    def blocking() -> None:
+        with SyncDrive(drive_id) as sync:
+            sync.write_bytes("c", b"x")
+            conn = sync._here.loop.drive._conn
+            measured_two_minutes_ago_an_hour_ahead(conn)
+            assert abs(sync.write_bytes("d", b"x").mtime - time.time()) < 5
+            assert conn.clock_error_ms < 1000
+
+    await anyio.to_thread.run_sync(blocking)
 
 
 @pytest.mark.parametrize("max_age", ["0.2", "0.0004"])  # (less than a ms: one, not none)

@@ -7,6 +7,7 @@ standalone server or Sentinel's primary), so that it can stop, kill or restart i
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -314,6 +316,31 @@ async def test_aclose_fails_the_callers_and_closes_the_connection(
     await eventually(gone, "the server sees the wire's connection closed")
     assert repr(wire) == "<Wire closed>"
     await wire.aclose()  # idempotent
+
+
+async def test_a_reply_its_caller_abandoned_fails_quietly_when_the_connection_closes(
+    server: ServerProcess,
+) -> None:
+    """A signal's exception (SIGTERM's SystemExit) may take a caller away between the send
+    of its command and its wait for the reply: failed by the close, that reply logged
+    "Future exception was never retrieved" when collected."""
+    wire = make_wire(server)
+    await wire.call("PING")
+    loop = asyncio.get_running_loop()
+    logged: list[str] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: logged.append(context["message"]))
+    try:
+        assert wire._protocol is not None
+        args: tuple[Any, ...] = ("EVAL", BUSY_LUA, "0", "100", "late")
+        command = hiredis.pack_command(args)
+        abandoned = wire._queue(wire._protocol, loop, command, 1)  # (nobody awaits it)
+        await wire.aclose()
+        del abandoned
+        gc.collect()
+    finally:
+        loop.set_exception_handler(handler)
+    assert logged == []
 
 
 def test_a_wire_belongs_to_the_event_loop_it_connected_in(server: ServerProcess) -> None:
