@@ -107,7 +107,6 @@ from ._storage import (
     PathClash,
     Staged,
     SyncTogether,
-    aged,
     committed_version,
     disk_path_bytes,
     is_local_filesystem,
@@ -116,7 +115,7 @@ from ._storage import (
 from ._tasks import to_its_end
 from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
 from ._watch import DEFAULT_CLAIM_IDLE, WaitingRoom, Watch
-from ._wire import IN_ANOTHER_LOOP, LOOP_CLOSED_BY_HAND
+from ._wire import IN_ANOTHER_LOOP, LOOP_CLOSED_BY_HAND, Wire
 
 __all__ = ["Drive"]
 
@@ -270,6 +269,8 @@ class _Connection:
     #: connect, and the uncertainty of that measure (ms): see `server_ms`.
     server_ms_at: float = 0.0
     clock_at: float = 0.0
+    #: When (`steady_now()`) a measure beside the calls was last begun (see `_connection`).
+    clock_tried_at: float = 0.0
     clock_error_ms: float = 0.0
     #: When (monotonic) the sentinels were last asked which server is primary (Sentinel).
     primary_checked_at: float = 0.0
@@ -335,30 +336,25 @@ class _Connection:
         return self.server_ms(steady_now()) / 1000
 
     async def measure_clock(self) -> None:
-        """Measure the server's clock again (one round trip).
+        """Measure the server's clock again (one round trip, on the drive's `Wire` if any).
 
         The clocks of two machines drift apart (~4 s a day at 50 ppm, without NTP), and the
-        server's may be set: measured at a watch's start, and in a call once a minute old
-        (`measure_clock_quietly`), for the mtimes of new versions. A measure whose round
-        trip took over `_CLOCK_ERROR_MAX_MS` (a stalled server, a paused process) is not
-        taken: the last one stays.
+        server's may be set: measured at a watch's start, and beside the calls once a
+        minute old (`measure_clock_quietly`), for the mtimes of new versions. A measure
+        whose round trip took over `_CLOCK_ERROR_MAX_MS` is not taken: the last one stays
+        (a stalled server; or a `SyncDrive`, whose loop runs only in its calls, paused
+        between two of them with the measure under way).
         """
-        measured = await _clock_of(self.client, self.index.keys.events)
+        measured = await _clock_of(self.client, self.index.keys.events, self.connected.wire)
         if measured[2] <= _CLOCK_ERROR_MAX_MS:
             self.server_ms_at, self.clock_at, self.clock_error_ms = measured
 
     async def measure_clock_quietly(self) -> None:
-        """`measure_clock` in a call, for at most a second; failing, the last one stays.
-
-        In the call, not beside it: a `SyncDrive`'s loop runs only during its calls, so a
-        measure begun beside one would end in the next, and take a pause for a round trip.
-        The call meets an outage itself and says it.
-        """
-        with anyio.move_on_after(_CLOCK_ERROR_MAX_MS / 1000):
-            try:
-                await self.measure_clock()
-            except Exception as exc:
-                logger.debug("could not measure the server's clock: %s", exc)
+        """`measure_clock`, as a chore: failing (an outage), the last measure stays."""
+        try:
+            await self.measure_clock()
+        except Exception as exc:  # (the calls meet the outage and say it)
+            logger.debug("could not measure the server's clock: %s", exc)
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
@@ -818,8 +814,12 @@ class Drive:
             ):
                 raise self._index_lost(conn)
             conn.index_checked = True
-        if steady_now() - conn.clock_at > _CLOCK_MEASURED_FOR:  # (in the call: see there)
-            await conn.measure_clock_quietly()
+        now = steady_now()
+        if now - max(conn.clock_at, conn.clock_tried_at) > _CLOCK_MEASURED_FOR:
+            # Beside the call, one at a time, and once a minute: a measure failed, or not
+            # taken, is not tried again at each call (an outage would cost each call one).
+            conn.clock_tried_at = now
+            conn.start_chore("clock", conn.measure_clock_quietly())
         if conn.index.unreleased:  # locks an outage kept: let them go, once it is over
             conn.start_chore("unlocks", conn.index.release_unreleased())
         if writing is not None and not conn.may_write:
@@ -860,6 +860,8 @@ class Drive:
         try:
             connected = await connect(url, timeout=config.redis_timeout)
             events = Keys(config.name).events
+            # (By redis-py: its errors, a refusal at the first command, are what follows
+            # expects; the Wire connects at its first call.)
             server_ms_at, clock_at, clock_error_ms = await _clock_of(connected.client, events)
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
@@ -2769,9 +2771,9 @@ class Drive:
             outcome = await to_its_end(self._settle_backup(conn, backup, *target, token))
             undone += outcome == "undone"
             kept += outcome == "kept"
-        # What is on disk (by component: path -> mtime), less what the index holds, read
-        # 1,000 paths at a time: not a drive's worth of both in memory.
-        on_disk = await conn.run_sync(store.file_times)
+        # What is on disk (by component), less what the index holds, read 1,000 paths at a
+        # time: not a drive's worth of both in memory.
+        on_disk = await conn.run_sync(store.file_paths)
         dangling: list[tuple[str, str, int]] = []  # indexed, bytes missing
         indexed = False
         async with contextlib.aclosing(index.all_entries()) as chunks:
@@ -2779,9 +2781,10 @@ class Drive:
                 for entry in entries:
                     indexed = True
                     files = on_disk.get(entry.component_name)
-                    if files is None or files.pop(entry.path, None) is None:
+                    if files is not None and entry.path in files:
+                        files.remove(entry.path)
+                    else:
                         dangling.append((entry.component_name, entry.path, entry.version))
-        now = await conn.run_sync(store.disk_time)  # (after the walk: see `aged`)
         if not indexed and any(on_disk.values()) and not await index.is_indexed():
             # Files, and no index at all: the server lost it. Every file would look like an
             # orphan: say so rather than delete the drive.
@@ -2789,9 +2792,8 @@ class Drive:
         orphans = 0
         refused: list[OSError] = []  # stray files this user may not remove: the others go
         for component, files in on_disk.items():
-            for path, mtime in files.items():
-                if not aged(mtime, now, grace):
-                    continue
+            # Aged by the disk's clock, and their times read after it (see `DiskStore.aged_files`).
+            for path in await conn.run_sync(store.aged_files, component, sorted(files), grace):
                 try:
                     orphans += await self._remove_orphan(conn, component, path)
                 except OSError as exc:
@@ -3267,15 +3269,20 @@ def _install_staged(
     return info, backup, identity
 
 
-async def _clock_of(client: RedisClient, events: str) -> tuple[float, float, float]:
+async def _clock_of(
+    client: RedisClient, events: str, wire: Wire | None = None
+) -> tuple[float, float, float]:
     """Measure the clock of the server holding the change log ``events`` (one round trip).
 
     Returns its time (ms since the epoch), the `steady_now()` it was at, and the measure's
-    uncertainty (ms): half the round trip, and a millisecond. (In a Cluster, the node
-    that stamps the log's ids, not any other: their clocks may differ.)
+    uncertainty (ms): half the round trip, and a millisecond. On the ``wire`` where there
+    is one (no connection of its own); in a Cluster, on the node that stamps the log's
+    ids, not any other: their clocks may differ.
     """
     before = steady_now()
-    if isinstance(client, RedisCluster):
+    if wire is not None:
+        seconds, micros = (int(part) for part in await wire.call("TIME"))
+    elif isinstance(client, RedisCluster):
         node = client.get_node_from_key(events)
         seconds, micros = await client.execute_command("TIME", target_nodes=node)
     else:

@@ -1054,22 +1054,23 @@ def _walk_every_folder(top: Path) -> Iterator[tuple[str, list[str], list[str]]]:
     return os.walk(top, onerror=refuse)
 
 
-def aged(stamp: float, now: float, grace: float) -> bool:
+def _aged(stamp: float, now: float, grace: float) -> bool:
     """Tell whether a file stamped ``stamp`` (its mtime, or ctime) is ``grace`` s old.
 
-    At ``now`` on the disk's clock (`DiskStore.disk_time`, read after the stamp); or
-    stamped ``grace`` s ahead of it: in the future, the time of a broken clock, which
-    would otherwise never age.
+    At ``now`` on the disk's clock (`DiskStore.disk_time`); or stamped ``grace`` s ahead
+    of it: in the future, the time of a broken clock, which would otherwise never age. The
+    stamp is to be read after ``now``: one read before, and a file written since (a
+    stamp taken early in a long pass), would be aged by a time it has since left.
     """
     return abs(now - stamp) >= grace
 
 
-def _stamp(path: Path, clock: str) -> float | None:
-    """Return ``path``'s ``clock`` (``st_mtime``, ``st_ctime``); None if it is gone."""
+def _aged_now(path: Path, clock: str, now: float, grace: float) -> bool:
+    """`_aged`, by ``path``'s ``clock`` (``st_mtime``, ``st_ctime``) read now; False if gone."""
     try:
-        return float(getattr(path.lstat(), clock))
+        return _aged(float(getattr(path.lstat(), clock)), now, grace)
     except FileNotFoundError:
-        return None
+        return False
 
 
 class PathClash(Exception):
@@ -2094,20 +2095,18 @@ class DiskStore:
         Left by writers that died between making a file's folder and installing it (or
         by hand): a folder, even empty, stands in the way of a file of its name. A
         folder emptied by this pass goes too, if it was unchanged that long before it.
-        Aged by the disk's clock (`disk_time`), read once a component's are found.
+        Aged by the disk's clock (`disk_time`), read once a component's are found, and
+        their stamps after it (see `_aged`).
         """
         removed = 0
         for component_dir in self._component_dirs():
-            changed: dict[str, float] = {}
+            found: list[str] = []
             for dirpath, dirnames, _ in os.walk(component_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
-                for name in dirnames:
-                    with contextlib.suppress(OSError):
-                        folder = os.path.join(dirpath, name)
-                        changed[folder] = os.lstat(folder).st_mtime
+                found.extend(os.path.join(dirpath, name) for name in dirnames)
             now = self.disk_time()
-            for folder in sorted(changed, key=len, reverse=True):  # (the deepest first)
-                if aged(changed[folder], now, grace):
+            for folder in sorted(found, key=len, reverse=True):  # (the deepest first)
+                if _aged_now(Path(folder), "st_mtime", now, grace):
                     with contextlib.suppress(OSError):  # not empty (or gone): kept
                         os.rmdir(folder)
                         removed += 1
@@ -2209,16 +2208,22 @@ class DiskStore:
                 continue
         return found
 
-    def file_times(self) -> dict[str, dict[str, float]]:
-        """Return the modification time of every file of the drive on disk, by component.
+    def file_paths(self) -> dict[str, set[str]]:
+        """Return the path of every file of the drive on disk, by component.
 
         What `Drive.gc` compares with the index: the files `scan` finds, without their
-        metadata (~150 bytes a file, not ~1 KiB).
+        metadata (~120 bytes a file, not ~1 KiB).
         """
-        times: dict[str, dict[str, float]] = {}
-        for component, path, lstat in self._drive_files():
-            times.setdefault(component, {})[path] = lstat.st_mtime
-        return times
+        paths: dict[str, set[str]] = {}
+        for component, path, _ in self._drive_files():
+            paths.setdefault(component, set()).add(path)
+        return paths
+
+    def aged_files(self, component: str, paths: Sequence[str], grace: float) -> list[str]:
+        """Return those of ``component``'s files ``paths`` ``grace`` s old (see `_aged`)."""
+        now = self.disk_time()
+        base = self.base / component
+        return [path for path in paths if _aged_now(base / path, "st_mtime", now, grace)]
 
     def _drive_files(self) -> Iterator[tuple[str, str, os.stat_result]]:
         """Yield (component, path, `os.lstat`) for each file of the drive on disk.
@@ -2359,27 +2364,22 @@ class DiskStore:
 
         Uploads are the files of ``.tmp``; backups (see `install`) are found beside the
         files they back up, aged by the time their link was made (``st_ctime``). Both by
-        the disk's clock (`disk_time`), read once all are found: one made meanwhile is
-        not older than that.
+        the disk's clock (`disk_time`), read once all are found, and their stamps after it
+        (see `_aged`).
         """
-        uploads: list[tuple[Path, float]] = []
-        if self.tmp_dir.is_dir():
-            stamped = ((e, _stamp(e, "st_mtime")) for e in self.tmp_dir.iterdir())
-            uploads = [(e, t) for e, t in stamped if t is not None]
-        backups: list[tuple[Path, float]] = []
+        found: list[Path] = []
         for component_dir in self._component_dirs():
             for dirpath, dirnames, filenames in _walk_every_folder(component_dir):
                 dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
                 for name in filenames:
                     parts = _backup_parts(name)
                     if parts is not None and not parts[1].startswith(META_PREFIX):
-                        backup = Path(dirpath) / name
-                        if (linked := _stamp(backup, "st_ctime")) is not None:
-                            backups.append((backup, linked))
+                        found.append(Path(dirpath) / name)
         now = self.disk_time()
+        uploads = list(self.tmp_dir.iterdir()) if self.tmp_dir.is_dir() else []
         return (
-            [upload for upload, stamp in uploads if aged(stamp, now, grace)],
-            [backup for backup, stamp in backups if aged(stamp, now, grace)],
+            [upload for upload in uploads if _aged_now(upload, "st_mtime", now, grace)],
+            [backup for backup in found if _aged_now(backup, "st_ctime", now, grace)],
         )
 
     def backup_target(self, backup: Path) -> tuple[str, str] | None:

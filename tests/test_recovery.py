@@ -653,6 +653,44 @@ async def test_gc_that_takes_longer_than_its_grace_keeps_what_came_meanwhile(
         assert sorted(p.name for p in component.iterdir()) == ["kept.txt", "young", "young.bin"]
 
 
+async def test_gc_ages_what_it_found_by_times_read_after_the_disks_clock(
+    env: dict[str, str], root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass longer than the grace: an upload (named, as on NFS) or a new file still being
+    written, stamped as the pass found it and aged by the clock read at its end, was taken
+    for as old as the pass was long, and removed under its writer."""
+    store = DiskStore(root, drive_id[6:])
+    component = store.base / "default"
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("kept.txt", b"k")
+        upload, written = store.tmp_dir / "upload", component / "written.bin"
+        store.tmp_dir.mkdir(exist_ok=True)
+        for made in (upload, written):
+            made.write_bytes(b"begun")
+        walk, listed = storage._walk_every_folder, DiskStore.file_paths
+
+        def written_on(*_: Any) -> None:  # the pass takes 1.5 s; the writers go on meanwhile
+            time.sleep(1.5)
+            for made in (upload, written):
+                with made.open("ab") as f:
+                    f.write(b", more")
+
+        def slow_walk(top: Path) -> Any:
+            yield from walk(top)
+            written_on()
+
+        def slow_listing(self: DiskStore) -> Any:
+            found = listed(self)
+            written_on()
+            return found
+
+        monkeypatch.setattr(storage, "_walk_every_folder", slow_walk)
+        monkeypatch.setattr(DiskStore, "file_paths", slow_listing)
+        report = await drive.gc(grace=1)
+        assert (report.uploads_removed, report.orphans_removed) == (0, 0)
+        assert upload.exists() and written.exists()
+
+
 async def test_gc_cleans_up_after_dead_writers(
     env: dict[str, str], root: Path, workdir: Path, drive_id: str
 ) -> None:
