@@ -156,8 +156,8 @@ _COPY_BATCH_BYTES = 16 << 20
 #: `watch(claim_idle=)` at least this long (s; ~30,000 years) is refused: as inf, it would
 #: leave a dead member's events forever, and the server counts no more than 2**63 ms.
 _CLAIM_IDLE_MAX = 1e12
-#: A drive measures the server's clock again, in a call, once its measure is this old (s):
-#: the clocks of two machines drift apart, and may be set.
+#: A drive measures the server's clock again, beside its calls, once its measure (or its
+#: last try) is this old (s): the clocks of two machines drift apart, and may be set.
 _CLOCK_MEASURED_FOR = 60.0
 #: A measure of the server's clock whose round trip took longer (ms) is not taken.
 _CLOCK_ERROR_MAX_MS = 1000.0
@@ -325,9 +325,9 @@ class _Connection:
     def server_ms(self, at: float) -> float:
         """Return the server's clock (ms since the epoch) at `steady_now()` ``at``.
 
-        Carried from its measure at connect by a clock that setting this machine's time
-        does not move: by the wall clock, a watch made after a step forward of 2 s missed
-        the events of its first 2 s, and after a step back replayed older ones.
+        Carried from its last measure (`measure_clock`) by a clock that setting this
+        machine's time does not move: by the wall clock, a watch made after a step forward
+        of 2 s missed the events of its first 2 s, and after a step back replayed older ones.
         """
         return self.server_ms_at + (at - self.clock_at) * 1000
 
@@ -902,7 +902,7 @@ class Drive:
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
         client = connected.client
         maxlen, max_age = config.retention
-        try:  # (whatever fails now, the connection is closed: not one left a failed call)
+        try:  # (whatever fails now closes the connection: a failed call leaves none open)
             index = Index(
                 client,
                 config.name,
