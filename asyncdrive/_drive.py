@@ -159,8 +159,8 @@ _CLAIM_IDLE_MAX = 1e12
 #: A drive measures the server's clock again, beside its calls, once its measure (or its
 #: last try) is this old (s): the clocks of two machines drift apart, and may be set.
 _CLOCK_MEASURED_FOR = 60.0
-#: A measure of the server's clock whose round trip took longer (ms) is not taken.
-_CLOCK_ERROR_MAX_MS = 1000.0
+#: A measure of the server's clock whose round trip took longer (s) is not taken.
+_CLOCK_ROUND_TRIP_MAX = 1.0
 #: How many paths a get of a folder looks up in one round trip (and holds at a time).
 _LOOKUP_CHUNK = 1000
 #: Gets of files up to this size made by concurrent tasks share worker-thread calls, where
@@ -341,20 +341,21 @@ class _Connection:
         The clocks of two machines drift apart (~4 s a day at 50 ppm, without NTP), and the
         server's may be set: measured at a watch's start, and beside the calls once a
         minute old (`measure_clock_quietly`), for the mtimes of new versions. A measure
-        whose round trip took over `_CLOCK_ERROR_MAX_MS` is not taken: the last one stays
+        whose round trip took over `_CLOCK_ROUND_TRIP_MAX` is not taken: the last one stays
         (a stalled server; or a `SyncDrive`, whose loop runs only in its calls, paused
         between two of them with the measure under way).
         """
         measured = await _clock_of(self.client, self.index.keys.events, self.connected.wire)
-        if measured[2] <= _CLOCK_ERROR_MAX_MS:
+        if measured[2] <= _CLOCK_ROUND_TRIP_MAX * 500 + 1:  # (the error: half the round trip)
             self.server_ms_at, self.clock_at, self.clock_error_ms = measured
 
     async def measure_clock_quietly(self) -> None:
-        """`measure_clock`, as a chore: failing (an outage), the last measure stays."""
-        try:
-            await self.measure_clock()
-        except Exception as exc:  # (the calls meet the outage and say it)
-            logger.debug("could not measure the server's clock: %s", exc)
+        """`measure_clock` for at most a second; failing (an outage), the last one stays."""
+        with anyio.move_on_after(_CLOCK_ROUND_TRIP_MAX):
+            try:
+                await self.measure_clock()
+            except Exception as exc:  # (the calls meet the outage and say it)
+                logger.debug("could not measure the server's clock: %s", exc)
 
     async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
@@ -816,10 +817,15 @@ class Drive:
             conn.index_checked = True
         now = steady_now()
         if now - max(conn.clock_at, conn.clock_tried_at) > _CLOCK_MEASURED_FOR:
-            # Beside the call, one at a time, and once a minute: a measure failed, or not
-            # taken, is not tried again at each call (an outage would cost each call one).
+            # Once a minute: a measure failed, or not taken, is not tried again at each call
+            # (an outage would cost each call one). Beside the call, one at a time; in it
+            # where the loop runs only in calls (a SyncDrive's: a measure left under way
+            # past the call's end kept its connection from being seen closed meanwhile).
             conn.clock_tried_at = now
-            conn.start_chore("clock", conn.measure_clock_quietly())
+            if conn.inline:
+                await conn.measure_clock_quietly()
+            else:
+                conn.start_chore("clock", conn.measure_clock_quietly())
         if conn.index.unreleased:  # locks an outage kept: let them go, once it is over
             conn.start_chore("unlocks", conn.index.release_unreleased())
         if writing is not None and not conn.may_write:

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 import redis.exceptions
 
 from asyncdrive import (
@@ -338,8 +339,8 @@ async def test_a_drive_measures_the_servers_clock_again_beside_its_calls_once_a_
             await asyncio.sleep(0)
         assert tried == ["TIME"]
 
-        async def slow(*args: Any) -> tuple[float, float, float]:  # (a 4 s round trip)
-            return time.time() * 1000 + 3_600_000, steady_now(), 2001.0
+        async def slow(*args: Any) -> tuple[float, float, float]:  # (a 1.9 s round trip)
+            return time.time() * 1000 + 3_600_000, steady_now(), 951.0
 
         monkeypatch.setattr(drive_module, "_clock_of", slow)
         kept = (conn.server_ms_at, conn.clock_at, conn.clock_error_ms)
@@ -358,6 +359,29 @@ async def test_a_drive_measures_the_servers_clock_again_beside_its_calls_once_a_
             assert conn.clock_error_ms < 1000
 
     await anyio.to_thread.run_sync(blocking)
+
+
+def test_a_syncdrive_sees_its_connection_closed_between_calls_the_clock_due(
+    drive_id: str, tmp_path: Path, private_server: ServerProcess
+) -> None:
+    """Measured beside a SyncDrive's call, the clock's reply was often left unread when the
+    call returned (its loop runs only in calls); the connection, dropped by the server
+    meanwhile (an idle timeout, a restart), then went unseen, and the next call failed."""
+    private_server.start()
+    with SyncDrive(drive_id, root=tmp_path / "root", redis_url=private_server.url) as drive:
+        drive.write_bytes("a.txt", b"x")
+        conn = drive._here.loop.drive._conn
+        for _ in range(10):
+            conn.clock_at -= 61  # (as a minute later)
+            conn.clock_tried_at -= 61
+            with pytest.raises(FileNotFoundError):  # (a call that sends no command itself)
+                drive.put(tmp_path / "missing.txt", to="m.txt")
+            client = redis.Redis.from_url(private_server.url)
+            try:
+                client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
+            finally:
+                client.close()
+            assert drive.exists("a.txt")
 
 
 @pytest.mark.parametrize("max_age", ["0.2", "0.0004"])  # (less than a ms: one, not none)
