@@ -126,6 +126,8 @@ class _CallerLoop:
             return self._run_task(call(self.drive))
 
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
+        on_sigint = None
+        old_wakeup: int | None = None
         try:
             task = self.loop.create_task(coro)
         except BaseException:  # (a signal's handler raised in it, or just after)
@@ -135,15 +137,13 @@ class _CallerLoop:
             if not made:
                 coro.close()
             raise
-        self.task = task
-        on_sigint = None
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        old_wakeup: int | None = None
-        # Counted from here, and the handler set inside the try: a Ctrl-C as it is set
-        # cancels this call (not taken for a second one, which left it pending, to run
-        # during a later call).
-        self.interrupts = 0
-        try:
+        try:  # (at once: a signal's exception before it left the task to the drive's close)
+            self.task = task
+            in_main_thread = threading.current_thread() is threading.main_thread()
+            # Counted from here, and the handler set inside the try: a Ctrl-C as it is set
+            # cancels this call (not taken for a second one, which left it pending, to run
+            # during a later call).
+            self.interrupts = 0
             if in_main_thread and _get_handler(_SIGINT) is signal.default_int_handler:
                 on_sigint = functools.partial(self._on_sigint, task)
                 _set_handler(_SIGINT, on_sigint)

@@ -183,10 +183,12 @@ class Wire:
     def _hung_up(self, protocol: _WireProtocol) -> bool:
         """Drop a connection the server closed unseen (see `_WireProtocol.hung_up`): True.
 
-        Only where no command awaits its reply: then nothing was sent on it, and a new
-        connection is safe (with commands in flight, the loop runs and sees the close).
+        Only where no caller awaits a reply: then none is lost by it, and a new connection
+        is safe (with callers waiting, the loop runs and sees the close).
         """
-        if self._awaiting or not protocol.hung_up():
+        # (Waiters all given up, their replies are nobody's: a measure of the clock cut at
+        # its time limit, say, on a loop that runs only in calls, a SyncDrive's.)
+        if any(not waiter.done() for waiter, _ in self._awaiting) or not protocol.hung_up():
             return False
         self._fail(ConnectionError, "The drive's server closed the connection")
         return True

@@ -301,28 +301,29 @@ def measured_two_minutes_ago_an_hour_ahead(conn: Any) -> None:
 
 
 async def test_a_drive_measures_the_servers_clock_again_beside_its_calls_once_a_minute(
-    env: dict[str, str], drive_id: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """For the mtimes of new versions, on the server's clock: it drifts, or is set. Once
     for many calls at once (each sent its own, on a connection of its own: a busy drive
     opened ~100 a minute), and not again at each call if it failed (an outage cost each
     call a wait for it)."""
 
-    async def times_measured() -> int:
-        async with raw_redis(redis_url) as client:
-            stats: Any = await client.info("commandstats")
-        return int(stats.get("cmdstat_time", {}).get("calls", 0))
+    clock_of, measures = drive_module._clock_of, []
+
+    async def counted(*args: Any) -> tuple[float, float, float]:
+        measures.append(args)
+        return await clock_of(*args)
 
     async with Drive(drive_id) as drive:
         await drive.write_bytes("a", b"x")
         conn = drive._conn
         assert conn is not None
         measured_two_minutes_ago_an_hour_ahead(conn)
-        before = await times_measured()
+        monkeypatch.setattr(drive_module, "_clock_of", counted)
         await asyncio.gather(*(drive.exists(f"f{n}") for n in range(50)))
         if "clock" in conn.chores:
             await conn.chores["clock"]
-        assert await times_measured() - before == 1
+        assert len(measures) == 1
         assert abs((await drive.write_bytes("b", b"x")).mtime - time.time()) < 5
 
         measured_two_minutes_ago_an_hour_ahead(conn)
@@ -382,6 +383,38 @@ def test_a_syncdrive_sees_its_connection_closed_between_calls_the_clock_due(
             finally:
                 client.close()
             assert drive.exists("a.txt")
+
+
+def test_a_syncdrive_sees_its_connection_closed_after_a_clock_measure_cut_short(
+    drive_id: str, tmp_path: Path, private_server: ServerProcess
+) -> None:
+    """The measure cut at its second by a stalled server, its reply left to no one: the
+    drive's connection, dropped by the server before the next call, went unseen (the
+    reply still counted as awaited), and that call failed."""
+    private_server.start()
+    assert private_server.proc is not None
+    pid = private_server.proc.pid
+    with SyncDrive(drive_id, root=tmp_path / "root", redis_url=private_server.url) as drive:
+        drive.write_bytes("a.txt", b"x")
+        conn = drive._here.loop.drive._conn
+        conn.clock_at -= 61  # (as a minute later)
+        conn.clock_tried_at -= 61
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(1.5, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        try:
+            with pytest.raises(FileNotFoundError):  # (a call that sends no command itself)
+                drive.put(tmp_path / "missing.txt", to="m.txt")
+        finally:
+            resume.join()
+            os.kill(pid, signal.SIGCONT)
+        client = redis.Redis.from_url(private_server.url)
+        try:
+            client.ping()  # (the server answers again, the measure's reply with it)
+            client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+        assert drive.exists("a.txt")
 
 
 @pytest.mark.parametrize("max_age", ["0.2", "0.0004"])  # (less than a ms: one, not none)
