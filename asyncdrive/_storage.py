@@ -2201,7 +2201,7 @@ class DiskStore:
         """
         found: list[DiskFile] = []
         now = time.time()
-        for component, path, _ in self._drive_files():
+        for component, path in self._drive_files():
             try:
                 found.append(self._describe(component, path, now, verify, fix_meta))
             except (FileNotFoundError, InvalidPathError):  # gone, or a link, since listed
@@ -2215,7 +2215,7 @@ class DiskStore:
         metadata (~120 bytes a file, not ~1 KiB).
         """
         paths: dict[str, set[str]] = {}
-        for component, path, _ in self._drive_files():
+        for component, path in self._drive_files():
             paths.setdefault(component, set()).add(path)
         return paths
 
@@ -2225,24 +2225,24 @@ class DiskStore:
         base = self.base / component
         return [path for path in paths if _aged_now(base / path, "st_mtime", now, grace)]
 
-    def _drive_files(self) -> Iterator[tuple[str, str, os.stat_result]]:
-        """Yield (component, path, `os.lstat`) for each file of the drive on disk.
+    def _drive_files(self) -> Iterator[tuple[str, str]]:
+        """Yield (component, path) for each file of the drive on disk.
 
         As `_files_below` finds them; a name that is no drive path (not UTF-8, say: put
         there by hand) is skipped, and said in the log.
         """
         for component_dir in self._component_dirs():
-            for path, lstat in self._files_below(component_dir.name):
+            for path in self._files_below(component_dir.name):
                 try:
                     normalize(path, drive=self.drive)
                 except InvalidPathError:
                     name = f"{component_dir}/{path}"
                     logger.warning("skipped %r: its name is no drive path", name)
                     continue
-                yield component_dir.name, path, lstat
+                yield component_dir.name, path
 
-    def _files_below(self, component: str) -> Iterator[tuple[str, os.stat_result]]:
-        """Yield each file of ``component``: its path, and its `os.lstat`.
+    def _files_below(self, component: str) -> Iterator[str]:
+        """Yield the path of each file of ``component``.
 
         No link is followed, nor yielded (each folder is opened by a path with no link on
         the way, and listed by its descriptor: a folder made a link after its parent was
@@ -2274,7 +2274,7 @@ class DiskStore:
                         except FileNotFoundError:
                             continue
                         if stat.S_ISREG(found.st_mode):
-                            yield rel, found
+                            yield rel
             finally:
                 os.close(fd)
 
