@@ -28,6 +28,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
+import asyncdrive
 from asyncdrive import Drive, SyncDrive, SyncWatch
 from asyncdrive import _storage as storage
 from asyncdrive._client import RedisClient, connect
@@ -109,6 +110,30 @@ def private_server() -> Iterator[ServerProcess]:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_root_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The default root (no ``root=``, no ASYNCDRIVE_ROOT) in a folder of the session's.
+
+    Not the user's: a test whose drive missed `env` (a ``monkeypatch.undo()`` undoes it)
+    wrote its drive into ~/.local/share/asyncdrive and left its embedded server running.
+    Stopped at the end, if one started.
+    """
+    data = tmp_path_factory.mktemp("data")
+    kept = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(data)
+    try:
+        yield data / "asyncdrive"
+    finally:
+        with contextlib.suppress(Exception):
+            storage_root = data / "asyncdrive"
+            if storage_root.exists():
+                asyncdrive.stop_server(storage_root)
+        if kept is None:
+            os.environ.pop("XDG_DATA_HOME", None)
+        else:
+            os.environ["XDG_DATA_HOME"] = kept
 
 
 @pytest.fixture

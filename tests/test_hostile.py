@@ -148,9 +148,9 @@ def test_links_made_while_the_disk_is_walked_are_never_followed(
     with SyncDrive(drive_id) as drive:
         for path in ("victim/a.txt", "t.txt", "o.txt"):
             drive.write_bytes(path, path.encode())
-        monkeypatch.setattr(os, "scandir", scandir_calling(made_a_link))
-        assert drive.rebuild_index() == 1
-        monkeypatch.undo()
+        with monkeypatch.context() as patch:  # (undone alone: not `env` too)
+            patch.setattr(os, "scandir", scandir_calling(made_a_link))
+            assert drive.rebuild_index() == 1
         assert drive.list(".", recursive=True) == ["o.txt"]
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
 

@@ -117,9 +117,9 @@ async def test_a_rebuild_describes_a_file_replaced_while_it_walks(
             (component / "new").replace(component / "a.txt")
         return normalize(path, **kwargs)
 
-    monkeypatch.setattr(storage, "normalize", replaced_once_seen)  # (as _storage calls it)
-    assert await drive.rebuild_index() == 1
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # (undone alone: not `env` too)
+        patch.setattr(storage, "normalize", replaced_once_seen)  # (as _storage calls it)
+        assert await drive.rebuild_index() == 1
     info = await drive.info("a.txt")
     assert (info.size, info.checksum) == (6, hashlib.sha256(b"second").hexdigest())
 

@@ -347,7 +347,9 @@ async def test_a_drive_measures_the_servers_clock_again_beside_its_calls_once_a_
         kept = (conn.server_ms_at, conn.clock_at, conn.clock_error_ms)
         await conn.measure_clock()  # (a SyncDrive paused with it under way, say)
         assert (conn.server_ms_at, conn.clock_at, conn.clock_error_ms) == kept
-    monkeypatch.undo()
+    # (not monkeypatch.undo(): it would undo `env` too, and the SyncDrive below would use
+    # the default root, the user's, and start its embedded server)
+    monkeypatch.setattr(drive_module, "_clock_of", clock_of)
 
     def blocking() -> None:  # a SyncDrive's calls, its loop running only meanwhile
         with SyncDrive(drive_id) as sync:
