@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -363,7 +364,9 @@ def test_a_server_loading_its_data_is_waited_for_by_every_process(
     assert asyncdrive.stop_server(root) is True
     starter.join(60)
     assert len(found) == 1 and isinstance(found[0], asyncdrive.DriveUnavailableError)
-    assert "stopped while starting" in str(found[0])
+    # (Or, its exit slower than the 0.5 s of silence a starter waits here, not 15 s: said
+    # silent. Seen once in a CI run.)
+    assert re.search("stopped while starting|did not answer within 0.5 s", str(found[0]))
 
 
 def test_a_process_waiting_for_a_stuck_lock_uses_a_server_that_answers(
