@@ -234,7 +234,7 @@ async def test_a_step_of_this_machines_clock_moves_no_watch(
         monkeypatch.setattr(time, "time", lambda: wall() + step)
         watch = drive.watch()
         getting = asyncio.ensure_future(drive.get("late.txt", to=tmp_path / "late", timeout=30))
-        await asyncio.sleep(0.2)  # (the get waits)
+        await until_a_get_waits(drive)
         await other.write_bytes("after.txt", b"y")
         await other.write_bytes("late.txt", b"z")
         event = await watch.next(timeout=10)
@@ -293,6 +293,32 @@ async def test_a_watch_started_before_the_servers_clock_was_set_forward_misses_n
         event = await watch.next(timeout=10)
         assert event is not None and event.path == "after.txt"
         await watch.aclose()
+
+
+async def until_a_get_waits(drive: Drive) -> None:
+    """Return once a ``get(timeout=)`` of ``drive`` waits for its file (its watch reads)."""
+    while True:
+        room = drive._conn.waiting_room if drive._conn is not None else None
+        watch = room._watch if room is not None else None
+        if watch is not None and watch._reading is not None:
+            return
+        await asyncio.sleep(0.001)
+
+
+def measure_due(conn: Any) -> None:
+    """As a minute later: the drive measures the server's clock again at its next call."""
+    conn.clock_at -= 61
+    conn.clock_tried_at -= 61
+
+
+def drop_connections(url: str) -> None:
+    """Have the server close its clients' connections (an idle timeout, a restart, say)."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()  # (a stopped server answers again first)
+        client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
 
 
 def measured_two_minutes_ago_an_hour_ahead(conn: Any) -> None:
@@ -375,15 +401,10 @@ def test_a_syncdrive_sees_its_connection_closed_between_calls_the_clock_due(
         drive.write_bytes("a.txt", b"x")
         conn = drive._here.loop.drive._conn
         for _ in range(10):
-            conn.clock_at -= 61  # (as a minute later)
-            conn.clock_tried_at -= 61
+            measure_due(conn)
             with pytest.raises(FileNotFoundError):  # (a call that sends no command itself)
                 drive.put(tmp_path / "missing.txt", to="m.txt")
-            client = redis.Redis.from_url(private_server.url)
-            try:
-                client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
-            finally:
-                client.close()
+            drop_connections(private_server.url)
             assert drive.exists("a.txt")
 
 
@@ -398,9 +419,7 @@ def test_a_syncdrive_sees_its_connection_closed_after_a_clock_measure_cut_short(
     pid = private_server.proc.pid
     with SyncDrive(drive_id, root=tmp_path / "root", redis_url=private_server.url) as drive:
         drive.write_bytes("a.txt", b"x")
-        conn = drive._here.loop.drive._conn
-        conn.clock_at -= 61  # (as a minute later)
-        conn.clock_tried_at -= 61
+        measure_due(drive._here.loop.drive._conn)
         os.kill(pid, signal.SIGSTOP)
         resume = threading.Timer(1.5, os.kill, (pid, signal.SIGCONT))
         resume.start()
@@ -410,12 +429,7 @@ def test_a_syncdrive_sees_its_connection_closed_after_a_clock_measure_cut_short(
         finally:
             resume.join()
             os.kill(pid, signal.SIGCONT)
-        client = redis.Redis.from_url(private_server.url)
-        try:
-            client.ping()  # (the server answers again, the measure's reply with it)
-            client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # type: ignore[no-untyped-call]
-        finally:
-            client.close()
+        drop_connections(private_server.url)  # (once it answers, the measure's reply too)
         assert drive.exists("a.txt")
 
 
