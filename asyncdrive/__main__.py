@@ -433,7 +433,8 @@ def _run_file_command(args: argparse.Namespace) -> int:
                         args,
                         fields,
                         f"{event.id} {event.change} {event.path} v{event.version} "
-                        f"{event.component_name}",
+                        f"{event.component_name}"
+                        + (f" (delivery {event.deliveries})" if event.deliveries > 1 else ""),
                     )
                     sys.stdout.flush()
     return 0
