@@ -231,16 +231,23 @@ class DriveConfig:
     redis_url: str | None = None
 
     def resolve(self) -> ResolvedConfig:
-        """Resolve the defaults in the current process."""
-        return ResolvedConfig(
-            name=self.name,
-            component_name=resolve_component(self.component_name),
-            allow_duplicates=self.allow_duplicates,
-            root=resolve_root(self.root),
-            redis_url=resolve_redis_url(self.redis_url),
-            retention=resolve_retention(),
-            redis_timeout=resolve_redis_timeout(),
-        )
+        """Resolve the defaults in the current process.
+
+        An invalid setting raises `InvalidConfigError` naming this drive (the environment's
+        settings are read here, at a drive's first use, not where they were set).
+        """
+        try:
+            return ResolvedConfig(
+                name=self.name,
+                component_name=resolve_component(self.component_name),
+                allow_duplicates=self.allow_duplicates,
+                root=resolve_root(self.root),
+                redis_url=resolve_redis_url(self.redis_url),
+                retention=resolve_retention(),
+                redis_timeout=resolve_redis_timeout(),
+            )
+        except InvalidConfigError as exc:
+            raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def test_invalid_component_name(monkeypatch: pytest.MonkeyPatch) -> None:
         Drive("lit://d", component_name="a:b")
     assert isinstance(refused.value, ValueError)
     monkeypatch.setenv("ASYNCDRIVE_COMPONENT", "no spaces")
-    with pytest.raises(InvalidConfigError, match="no spaces"):
+    with pytest.raises(InvalidConfigError, match=r"^Drive 'd': .*no spaces"):
         _ = Drive("lit://d").component_name
 
 
@@ -63,7 +63,7 @@ def test_relative_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir("/")
     assert drive.root == (tmp_path / "shared").resolve()
     monkeypatch.setenv("ASYNCDRIVE_ROOT", "relative/dir")
-    with pytest.raises(InvalidConfigError, match="absolute"):
+    with pytest.raises(InvalidConfigError, match=r"^Drive 'd': .*absolute"):
         _ = Drive("lit://d").root
 
 
@@ -103,6 +103,8 @@ def test_retention_settings_are_checked(
     monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", max_age)
     with pytest.raises(InvalidConfigError, match="ASYNCDRIVE_EVENTS_MAX"):
         resolve_retention()
+    with pytest.raises(InvalidConfigError, match=r"^Drive 'd': .*ASYNCDRIVE_EVENTS_MAX"):
+        _ = Drive("lit://d").root  # (read at a drive's first use: named)
     monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAXLEN", "10")
     monkeypatch.setenv("ASYNCDRIVE_EVENTS_MAX_AGE", "1e9")
     assert resolve_retention() == (10, 1e9)
