@@ -12,12 +12,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import re
 import select
+import shlex
 import sys
 import time
 import traceback
@@ -37,6 +40,7 @@ from ._exceptions import (
     InvalidPathError,
 )
 from ._models import FileInfo, FolderInfo
+from ._paths import normalize
 from ._server import ensure_server_sync, server_runs, server_url, stop_server
 from ._storage import DRIVE_MARKER
 from ._sync import SyncDrive
@@ -255,7 +259,13 @@ def _join(folder: str, name: str) -> str:
     return name if folder == "." else f"{folder}/{name}"
 
 
+def _join_id(drive_id: str, path: str) -> str:
+    """Return the ``lit://`` target of ``path`` (``"."``: the drive) in drive ``drive_id``."""
+    return drive_id if path in (".", "") else f"{drive_id}/{path}"
+
+
 def _open(args: argparse.Namespace) -> tuple[SyncDrive, str]:
+    """Return the drive of ``args.target`` and its path, normalised (``"."``: the drive)."""
     drive_id, path = _split(args.target)
     if args.component is not None and not is_valid_name(args.component):
         raise _UsageError(
@@ -269,6 +279,11 @@ def _open(args: argparse.Namespace) -> tuple[SyncDrive, str]:
         component_name=args.component,
         allow_duplicates=getattr(args, "allow_duplicates", False),  # (put's)
     )
+    try:  # as the library takes it: printed so, and named so ('a/..' is '.', named by it)
+        path = normalize(path, drive=drive.name, allow_root=True) or "."
+    except BaseException:
+        drive.close()
+        raise
     return drive, path
 
 
@@ -317,6 +332,10 @@ def _say(text: str) -> None:
 
 class _OutputFailed(Exception):
     """Stdout could not be written (not a reader gone: that is BrokenPipeError)."""
+
+
+class _InputFailed(Exception):
+    """Stdin could not be read (``put -``)."""
 
 
 @contextlib.contextmanager
@@ -369,23 +388,27 @@ def _run_file_command(args: argparse.Namespace) -> int:
     # As the library takes it (and cp): 'lit://d/a.txt/' names a folder, refused for a file.
     given = f"{path}/" if args.target.endswith("/") and path != "." else path
     with drive:
+        # ls: every component's files, or only those of --component, as the library lists.
         if args.command == "ls" and args.long:
             try:
-                infos = drive.list_info(given, recursive=args.recursive)
+                infos = drive.list_info(
+                    given, recursive=args.recursive, component_name=args.component
+                )
             except DriveNotADirectoryError:  # a file: listed alone (each copy), as ls does
                 if given != path:  # ('lit://d/a.txt/': a folder asked for)
                     raise
-                infos = list(drive._call(drive.drive._copies, path))  # (not all its folder's)
-            _check_something_at(drive, path, infos)
+                copies = drive._call(drive.drive._copies, path)  # (not all its folder's)
+                infos = [c for c in copies if args.component in (None, c.component_name)]
+            _check_something_at(drive, path, infos, args.component)
             _print(args, [_long_entry(info) for info in infos], _long_listing(infos))
         elif args.command == "ls":
             try:
-                entries = drive.list(given, recursive=args.recursive)
+                entries = drive.list(given, recursive=args.recursive, component_name=args.component)
             except DriveNotADirectoryError:
                 if given != path:
                     raise
-                entries = [path]
-            _check_something_at(drive, path, entries)
+                entries = [path] if drive.exists(path, component_name=args.component) else []
+            _check_something_at(drive, path, entries, args.component)
             _print(args, entries, "\n".join(entries))
         elif args.command == "cat":
             with drive.open(given, component_name=args.component) as f:  # streamed
@@ -440,14 +463,18 @@ def _run_file_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_something_at(drive: SyncDrive, path: str, listed: Sequence[object]) -> None:
+def _check_something_at(
+    drive: SyncDrive, path: str, listed: Sequence[object], component: str | None
+) -> None:
     """Raise for an empty listing of a path where nothing is, as ls does (exit status 4).
 
-    (The library lists a path where nothing is as ``[]``.)
+    (The library lists a path where nothing is as ``[]``.) Where ``component`` is given,
+    nothing of that component's.
     """
-    if not listed and path != "." and not drive.exists(path):
+    if not listed and path != "." and not drive.exists(path, component_name=component):
+        whose = "" if component is None else f" of component {component!r}"
         raise DriveFileNotFoundError(
-            f"Drive {drive.name!r}: nothing at {path!r}; see what there is with "
+            f"Drive {drive.name!r}: nothing{whose} at {path!r}; see what there is with "
             f"'asyncdrive ls {drive.id}'."
         )
 
@@ -525,6 +552,8 @@ def _read_some(fd: int) -> bytes:
             return os.read(fd, _CAT_CHUNK)
         except BlockingIOError:
             select.select([fd], [], [])
+        except OSError as exc:  # (a stdin opened for writing only, a folder: `< /`)
+            raise _InputFailed(exc) from exc
 
 
 def _write_all(out: BinaryIO, data: bytes) -> None:
@@ -551,11 +580,13 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
     drive_id = _split(target)[0]
 
     def ls(match: re.Match[str]) -> str:
-        folder = match[1]
-        return f"'asyncdrive ls {drive_id if folder == '.' else f'{drive_id}/{folder}'}'"
+        folder = match[1] if match[1] is not None else match[2]
+        command = f"asyncdrive ls {shlex.quote(_join_id(drive_id, folder))}"
+        return f'"{command}"' if "'" in command else f"'{command}'"
 
-    message = re.sub(r"list\(\) \(e\.g\. list\('([^']*)'\)\)", ls, message)
-    message = re.sub(r"list\('([^']*)'\)", ls, message)
+    folder_repr = r"""(?:'([^']*)'|"([^"]*)")"""  # (repr's quotes: " if it holds a ')
+    message = re.sub(rf"list\(\) \(e\.g\. list\({folder_repr}\)\)", ls, message)
+    message = re.sub(rf"list\({folder_repr}\)", ls, message)
     replaced = {
         "Pass overwrite=True": "Pass -f",
         "pass recursive=True": "pass -r",
@@ -573,6 +604,12 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         ": timeout=": ": --timeout ",
         ": grace=": ": --grace ",
         ": since=": ": --since ",
+        "with since='0'": "with --since 0",
+        "(with since=, or from now)": "(with --since, or from now)",
+        "rename it, or pass a valid name as to=.": "rename it, or name it in the drive path.",
+        "or get to another (to=).": "or get to another LOCAL folder.",
+        "Get to a folder on a writable filesystem (to=).": "Get to a writable filesystem.",
+        "create a new Drive to start it again": "run the command again to start it",
         ": member=": ": --member ",
         "pass group= too": "pass --group too",
     }
@@ -592,6 +629,7 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (see ``asyncdrive --help``)."""
+    _print_any_name()
     args = _parser().parse_args(argv)
     args.root = args.root or None  # '' ($UNSET, say): as if not given (ASYNCDRIVE_ROOT...)
     try:
@@ -613,6 +651,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = getattr(failed.__cause__, "strerror", None) or failed.__cause__
         print(f"asyncdrive: error: cannot write the output: {reason}", file=sys.stderr)
         return 1
+    except _InputFailed as failed:  # (nothing stored: the file in the drive was dropped)
+        reason = getattr(failed.__cause__, "strerror", None) or failed.__cause__
+        print(f"asyncdrive: error: cannot read stdin: {reason}", file=sys.stderr)
+        return 1
+
+
+def _print_any_name() -> None:
+    """Let stdout and stderr print any local name, as ``ls`` does.
+
+    A name that is not valid UTF-8 is read by Python with lone surrogates, which a strict
+    UTF-8 output (the default, but in the C locale) refuses after the work is done: written
+    back as its own bytes instead; where the output's encoding lacks a character, escaped.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            utf8 = codecs.lookup(stream.encoding).name == "utf-8"
+            stream.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
 
 
 def _run_command(args: argparse.Namespace) -> int:

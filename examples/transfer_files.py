@@ -7,7 +7,9 @@ arguments it was created with, so each worker gets a drive that connects afresh 
 process.
 
 The drive is created without ``component_name``, so it is resolved where the drive is used:
-each worker sets ``ASYNCDRIVE_COMPONENT`` before its first call and writes as that component.
+each worker process sets ``ASYNCDRIVE_COMPONENT`` to its work's name before the work runs,
+as a framework names its components, and writes as that component. Run alone (``--role``),
+a work takes ``ASYNCDRIVE_COMPONENT`` from its environment, or else that name.
 
 - Work_1 (``root.work_1``) writes a.txt, puts it into the drive, and deletes its local copy.
 - Work_2 (``root.work_2``) lists the drive, gets a.txt and reads it.
@@ -53,8 +55,6 @@ from asyncdrive import DriveFileNotFoundError, SyncDrive
 
 def work_1(drive: SyncDrive) -> None:
     """Create a.txt, put it into the drive, then delete the local copy."""
-    # Set before the drive's first use: that is when its component name is resolved.
-    os.environ["ASYNCDRIVE_COMPONENT"] = "root.work_1"
     with drive:
         print(f"work_1: writes as {drive.component_name!r}")
 
@@ -72,7 +72,6 @@ def work_1(drive: SyncDrive) -> None:
 
 def work_2(drive: SyncDrive) -> None:
     """List the drive, then get a.txt into this worker's own directory and read it."""
-    os.environ["ASYNCDRIVE_COMPONENT"] = "root.work_2"
     with drive:
         print(f"work_2: writes as {drive.component_name!r}")
         print("work_2: drive.list('.') ->", drive.list("."))  # ['a.txt']
@@ -84,6 +83,17 @@ def work_2(drive: SyncDrive) -> None:
 
         with open("a.txt") as f:
             print("work_2: first line of a.txt ->", f.readlines()[0])  # Hello World !
+
+
+#: Each work's component name, as the seed's app names them.
+COMPONENTS = {"work_1": "root.work_1", "work_2": "root.work_2"}
+
+
+def run_as_component(work: Callable[[SyncDrive], None], drive: SyncDrive) -> None:
+    """Run ``work`` in a worker process as its component (`COMPONENTS`), in a folder of its own."""
+    # Set before the drive's first use: that is when its component name is resolved.
+    os.environ["ASYNCDRIVE_COMPONENT"] = COMPONENTS[work.__name__]
+    run_in_own_folder(work, drive)
 
 
 def run_in_own_folder(work: Callable[[SyncDrive], None], drive: SyncDrive) -> None:
@@ -100,7 +110,9 @@ def run_one_role(role: str) -> None:
     works = {"work_1": work_1, "work_2": work_2}
     if role not in works:
         sys.exit(f"transfer_files: --role must be one of {', '.join(works)}, not {role!r}")
-    # Configured only by ASYNCDRIVE_* variables: root, Redis URL and component name.
+    # Configured only by ASYNCDRIVE_* variables: root, Redis URL and component name (else
+    # the work's own name).
+    os.environ.setdefault("ASYNCDRIVE_COMPONENT", COMPONENTS[role])
     run_in_own_folder(works[role], SyncDrive("lit://drive_1"))
 
 
@@ -118,7 +130,7 @@ def main() -> None:
             # The works run one after the other: Work_2 reads what Work_1 put.
             for work in (work_1, work_2):
                 process = context.Process(
-                    target=run_in_own_folder, args=(work, drive), name=work.__name__
+                    target=run_as_component, args=(work, drive), name=work.__name__
                 )
                 process.start()
                 process.join()

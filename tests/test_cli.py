@@ -410,10 +410,10 @@ def test_console_script_paths_groups_and_exit_statuses(
     holder.communicate(timeout=60)
     restarted = cli("watch", "--group", "h", "--member", "m2", "--timeout", "0.3", drive_id)
     # (It may have taken the next event, acknowledging the one printed, before the kill.)
-    first, *rest = restarted.stdout.splitlines()
+    again_first, *rest = restarted.stdout.splitlines()
     events = named.stdout.splitlines()  # (the same events, from a group of its own)
-    assert first.removesuffix(" (delivery 2)") in events[events.index(held) :]
-    assert first.endswith(" (delivery 2)") and not any("(delivery" in line for line in rest)
+    assert again_first.removesuffix(" (delivery 2)") in events[events.index(held) :]
+    assert again_first.endswith(" (delivery 2)") and not any("(delivery" in x for x in rest)
     alone = cli("watch", "--member", "m1", "--timeout", "0.3", drive_id)
     assert alone.returncode == 1 and "--member 'm1' names" in alone.stderr
     assert "pass --group too" in alone.stderr
@@ -460,3 +460,77 @@ def test_empty_listings_print_nothing_and_flags_go_where_they_do_something(
         assert flagged.returncode == 2 and "--allow-duplicates" in flagged.stderr, command
     Path("a.txt").write_text("a")
     assert cli("put", "--allow-duplicates", "--json", "a.txt", f"{drive_id}/").returncode == 0
+
+
+def test_paths_are_taken_normalised_and_ls_lists_a_components_files(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    Path("dir/sub").mkdir(parents=True)
+    Path("dir/x").write_text("x")
+    Path("dir/sub/y").write_text("y")
+    assert cli("put", "dir", f"{drive_id}/").returncode == 0
+    # 'dir/sub/..' is 'dir', as the library takes it: got as ./dir, not into '..' (its name).
+    Path("nest/a").mkdir(parents=True)
+    Path("nest/x").write_text("precious")
+    got = subprocess.run(
+        [sys.executable, "-m", "asyncdrive", "get", "-f", f"{drive_id}/dir/sub/.."],
+        cwd="nest/a", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (got.returncode, got.stdout) == (0, f"{drive_id}/dir -> dir\n"), got.stderr
+    assert Path("nest/x").read_text() == "precious"
+    assert sorted(p.name for p in Path("nest/a/dir").iterdir()) == ["sub", "x"]
+    assert cli("ls", f"{drive_id}/./dir/../dir/x").stdout == "dir/x\n"
+    assert cli("ls", "--json", f"{drive_id}/./dir/x").stdout == '["dir/x"]\n'
+    put = cli("put", "dir/x", f"{drive_id}/./b.txt")
+    assert put.stdout == f"dir/x -> {drive_id}/b.txt\n"
+    # --component: only that component's files, as the library lists them.
+    assert cli("put", "--component", "w6", "dir/x", f"{drive_id}/w6.txt").returncode == 0
+    assert cli("ls", "--component", "w6", drive_id).stdout == "w6.txt\n"
+    (line,) = cli("ls", "-l", "--component", "w6", drive_id).stdout.splitlines()
+    assert (line.split()[2], line.split()[-1]) == ("w6", "w6.txt")
+    for args in (["ls"], ["ls", "-l"]):
+        mine = cli(*args, "--component", "w6", f"{drive_id}/w6.txt")
+        assert (mine.returncode, mine.stdout.split()[-1]) == (0, "w6.txt")
+        not_mine = cli(*args, "--component", "w6", f"{drive_id}/b.txt")
+        assert (not_mine.returncode, not_mine.stdout) == (4, "")
+        assert "nothing of component 'w6' at 'b.txt'" in not_mine.stderr
+        none = cli(*args, "--component", "w6", f"{drive_id}/dir")
+        assert (none.returncode, none.stdout) == (4, "")
+
+
+def test_names_not_utf8_print_and_hints_are_the_command_lines(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    # A local name that is not UTF-8, printed on a strict UTF-8 stdout (any UTF-8 locale but
+    # C's): its bytes, not a traceback once the work is done.
+    name = os.fsdecode(b"bad\xffname")
+    Path(name).write_text("b")
+    strict = {**env, "PYTHONIOENCODING": "utf-8:strict"}
+    for args in (["put", name, f"{drive_id}/good"], ["get", f"{drive_id}/good", f"{name}2"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", *args],
+            capture_output=True, env=strict, timeout=60, check=False,
+        )  # fmt: skip
+        assert (done.returncode, done.stderr) == (0, b""), done.stderr
+        assert os.fsencode(name) in done.stdout
+    assert Path(f"{name}2").read_text() == "b"
+    # The library's hints, in the command line's words (quoted for a shell where needed).
+    Path("a.txt").write_text("a")
+    for folder in ("it's", "a b"):
+        assert cli("put", "a.txt", f"{drive_id}/{folder}/").returncode == 0
+    told = cli("info", f"{drive_id}/it's").stderr
+    assert f""""asyncdrive ls '{drive_id}/it'"'"'s'" shows its files""" in told, told
+    told = cli("get", f"{drive_id}/a b/c").stderr
+    assert f"""check the path with "asyncdrive ls '{drive_id}/a b'".""" in told, told
+    told = cli("put", name, f"{drive_id}/odd/").stderr
+    assert told.endswith("rename it, or name it in the drive path.\n"), told
+    # A stdin that cannot be read: one line, nothing stored.
+    with open("write-only", "w") as write_only:
+        unread = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", "put", "-", f"{drive_id}/in.txt"],
+            stdin=write_only, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert (unread.returncode, unread.stderr) == (
+        1, "asyncdrive: error: cannot read stdin: Bad file descriptor\n"
+    )  # fmt: skip
+    assert cli("ls", f"{drive_id}/in.txt").returncode == 4

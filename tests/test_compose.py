@@ -135,6 +135,8 @@ def test_services_run_as_local_processes(tmp_path: Path) -> None:
                     for key, value in service["environment"].items()
                 },
             }
+            # Renamed, to see that a worker takes its component from the environment.
+            env["ASYNCDRIVE_COMPONENT"] = f"renamed.{env['ASYNCDRIVE_COMPONENT']}"
             shell = service["command"][-1]
             install, _, run = shell.partition(" && ")
             assert install.startswith("pip install")  # done already: this package is installed
@@ -149,10 +151,12 @@ def test_services_run_as_local_processes(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert outputs["worker_1"] == [
-        "work_1: writes as 'root.work_1'",
+        "work_1: writes as 'renamed.root.work_1'",
         "work_1: put a.txt, then deleted the local copy",
     ]
     assert outputs["worker_2"][-1] == "work_2: first line of a.txt -> Hello World !"
     assert "work_2: drive.list('.') -> ['a.txt']" in outputs["worker_2"]
     # The file's bytes landed in the shared volume, under the writer's component.
-    assert (shared / "drives" / "drive_1" / "root.work_1" / "a.txt").read_text() == "Hello World !"
+    written = shared / "drives" / "drive_1" / "renamed.root.work_1" / "a.txt"
+    assert written.read_text() == "Hello World !"
+    assert "work_2: writes as 'renamed.root.work_2'" in outputs["worker_2"]
