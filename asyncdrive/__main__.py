@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from . import __version__
-from ._config import is_valid_name, redact_url, resolve_root
+from ._config import ENV_REDIS_URL, is_valid_name, redact_url, resolve_root
 from ._drive import _local_files, _local_name
 from ._exceptions import (
     DriveError,
@@ -686,6 +686,12 @@ def _run_command(args: argparse.Namespace) -> int:
             _say(f"running, not answering (stalled, or loading its data?): see {log}")
             return 6  # as a call would fail: unavailable
         _say(f"running: {redact_url(url)}" if url else "not running")
+        if url is None and os.environ.get(ENV_REDIS_URL):
+            print(
+                f"asyncdrive: {ENV_REDIS_URL} is set: drives use that server, not this root's "
+                "embedded one.",
+                file=sys.stderr,
+            )
         return 0 if url else 3
     return 0
 

@@ -34,7 +34,14 @@ def test_server_start_status_stop(tmp_path: Path) -> None:
     root = tmp_path / "r"
     try:
         status = cli("server", "status", "--root", str(root))
-        assert (status.returncode, status.stdout.strip()) == (3, "not running")
+        assert (status.returncode, status.stdout.strip(), status.stderr) == (3, "not running", "")
+        with_url = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", "server", "status", "--root", str(root)],
+            env={**os.environ, "ASYNCDRIVE_REDIS_URL": "redis://elsewhere:6379"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (with_url.returncode, with_url.stdout) == (3, "not running\n")
+        assert "ASYNCDRIVE_REDIS_URL is set: drives use that server" in with_url.stderr
         started = cli("server", "start", "--root", str(root))
         assert started.returncode == 0, started.stderr
         url = asyncdrive.server_url(root)
