@@ -403,7 +403,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 f"{path!r} does not start with a drive name: lit:// URLs are "
                 "'lit://<drive>/<path>', the name 1-128 letters, digits, '.', '_' or '-'."
             )
-        return name, rest
+        # ('lit://d//a', as f"lit://d/{prefix}/a" with no prefix: 'a', as 'lit://d/x//a' is 'x/a')
+        return name, rest.lstrip("/")
 
     def _file(self, path: str) -> tuple[str, str]:
         """`_split` a path that names a file: a drive (or the root) is a folder."""
@@ -691,6 +692,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _get_file(
         self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any
     ) -> None:
+        name, rest = self._split(rpath)
+        if name and not rest:  # a whole drive (get(recursive=True) has it): a folder
+            await anyio.Path(lpath).mkdir(parents=True, exist_ok=True)
+            return
         name, rest = self._file(rpath)
         if await anyio.Path(lpath).is_dir():
             if (await self._info(rpath))["type"] == "directory":
@@ -720,6 +725,12 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     ) -> None:
         for one in [path] if isinstance(path, str) else path:
             name, rest = self._split(one)
+            if not name:
+                raise InvalidPathError(
+                    f"fs.rm({one!r}) names the root of the drives, not a drive: name one "
+                    "(lit://<drive>), or every drive with fs.rm('lit://*', recursive=True), "
+                    "to delete the files of this filesystem's component in it."
+                )
             if not rest and not recursive:
                 raise DriveIsADirectoryError(
                     f"Drive {name!r}: {one!r} is a whole drive; pass recursive=True to delete "
@@ -792,9 +803,14 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             >>> fs.mv("lit://d/tmp/model.pt", "lit://d/models/model.pt")
 
         """
-        if path1 != path2:
-            sync(self.loop, self._check_movable, path1, recursive, maxdepth)
-        super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        if path1 == path2:
+            super().mv(path1, path2)  # (nothing moved, as fsspec says in its log)
+            return
+        sync(self.loop, self._check_movable, path1, recursive, maxdepth)
+        self.copy(path1, path2, recursive=recursive, maxdepth=maxdepth, on_error="raise")
+        # What was copied: fsspec's own mv removes all below the sources, whatever maxdepth
+        # copied (so it deleted the files deeper down, never copied).
+        self.rm(path1, recursive=recursive, maxdepth=maxdepth)
 
     async def _mv_file(self, path1: str, path2: str) -> None:
         """Move one file (async mode): refused first if it is another component's."""
@@ -865,16 +881,20 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     @_fsspec_terms()
     async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
-        name1, rest1 = self._file(path1)
-        name2, rest2 = self._file(path2)
-        async with self._using(name1) as source, self._using(name2) as target:
+        name1, rest1 = self._split(path1)
+        if name1 and not rest1:
+            return  # a whole drive (copy(recursive=True) lists it): made by the files in it
+        name1, rest1 = self._file(path1)  # (the root of the drives: refused)
+        async with self._using(name1) as source:
             try:
                 src = await source.open(rest1)
             except DriveIsADirectoryError:
                 return  # a folder (copy(recursive=True) lists them): made by the files in it
-            async with src, target.open(rest2, "wb") as dst:
-                while piece := await src.read(_PIECE):
-                    await dst.write(piece)
+            async with src:
+                name2, rest2 = self._file(path2)  # (a file's copy is a file, not a drive)
+                async with self._using(name2) as target, target.open(rest2, "wb") as dst:
+                    while piece := await src.read(_PIECE):
+                        await dst.write(piece)
 
     def modified(self, path: str) -> datetime.datetime:
         """Return when the file's current version was committed (UTC), as fsspec's others."""
@@ -919,7 +939,15 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 path, mode.replace("t", "") + "b", block_size, cache_options, compression,
                 **kwargs,
             )  # fmt: skip
-            return _TextFile(binary, **text)
+            if not isinstance(binary, DriveFile) or binary.readable():
+                return _TextFile(binary, **text)
+            # A new file: io's text layer writes its encoding's start (UTF-16's byte order
+            # mark) only where it can ask the stream's position, and finds it 0.
+            binary._text_starts = True
+            try:
+                return _TextFile(binary, **text)
+            finally:
+                binary._text_starts = False
         file = super().open(path, mode, block_size, cache_options, **kwargs)
         codec = None if compression is None else get_compression(path, compression)
         if codec is None:
@@ -956,6 +984,7 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         **kwargs: Any,
     ) -> None:
         name, rest = fs._file(path)
+        kwargs.pop("size", None)  # (a pickled file's, reopened: the version opened now has its own)
         self._reader: DriveReader | None = None
         self._writer: DriveWriter | None = None
         #: Whether the write was dropped (an exception in its block, or never closed).
@@ -967,6 +996,8 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
                 "open as 'rb', or as 'wb' or 'xb' (committed on close), never appended to."
             )
         self._drive_name, self._drive_path = name, rest
+        #: Set while a text layer is made over a new file (see `DriveFileSystem.open`).
+        self._text_starts = False
         #: The drive, held from the filesystem's closing of unused drives until closed.
         self._lender = fs
         self._drive: Drive | None = fs._lend(name)
@@ -994,6 +1025,10 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             self._drive = None
             self._lender._release(self._drive_name)
             self._lender._close_unneeded_soon()
+
+    def seekable(self) -> bool:
+        """Whether `seek` works: in a read (in a write, only as a text layer starts on it)."""
+        return bool(self.readable() or self._text_starts)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         assert self._reader is not None

@@ -755,3 +755,53 @@ def test_files_alone_close_the_drives_no_longer_needed(fs: DriveFileSystem, name
         assert time.monotonic() < deadline, len(fs._drives)
         time.sleep(0.01)
     assert fs.cat(f"lit://{name}-file0/metrics.csv") == b"run,0\n"
+
+
+def test_a_whole_drive_copies_gets_and_moves_as_a_folder(
+    fs: DriveFileSystem, name: str, workdir: Path
+) -> None:
+    url = f"lit://{name}"
+    fs.pipe({f"{url}/a.txt": b"a", f"{url}/sub/b.txt": b"b"})
+    fs.get(url, "copy", recursive=True)  # (the drive is among the paths find() gives)
+    fs.get(f"{url}/", "copy2/", recursive=True)
+    for copy in ("copy", "copy2"):
+        found = sorted(p.relative_to(copy).as_posix() for p in Path(copy).rglob("*.txt"))
+        assert found == ["a.txt", "sub/b.txt"], copy
+    fs.cp(url, f"{url}-dst", recursive=True)
+    assert fs.find(f"{url}-dst") == [f"{name}-dst/a.txt", f"{name}-dst/sub/b.txt"]
+    fs.mv(f"{url}-dst", f"{url}-moved", recursive=True)  # (copied all, then raised)
+    assert fs.find(f"{url}-moved") == [f"{name}-moved/a.txt", f"{name}-moved/sub/b.txt"]
+    assert fs.find(f"{url}-dst") == []
+    # mv down to a depth moves what it copies: fsspec's own deleted the files deeper down.
+    fs.pipe(f"{url}/c.txt", b"c")
+    fs.mv(url, f"{url}-top", recursive=True, maxdepth=1)
+    assert fs.find(f"{url}-top") == [f"{name}-top/a.txt", f"{name}-top/c.txt"]
+    assert fs.find(url) == [f"{name}/sub/b.txt"]
+    # The root of the drives is no drive: rm says so (it built a drive named '').
+    for root in ("lit://", ""):
+        with pytest.raises(InvalidPathError, match="names the root of the drives"):
+            fs.rm(root, recursive=True)
+    for drive in (url, f"{url}-moved", f"{url}-top"):
+        fs.rm(drive, recursive=True)
+
+
+def test_odd_urls_files_pickled_and_text_encodings(fs: DriveFileSystem, name: str) -> None:
+    fs.pipe(f"lit://{name}/sub/x", b"0123456789")
+    # An empty part after the drive's name, as f"lit://d/{prefix}/x" with no prefix.
+    assert fs.info(f"lit://{name}//sub/x")["type"] == "file"
+    assert fs.info(f"lit://{name}//sub")["type"] == "directory"
+    # A file open for reading pickles (to a worker) as its place in the file.
+    with fs.open(f"lit://{name}/sub/x", "rb") as f:
+        f.seek(3)
+        with pickle.loads(pickle.dumps(f)) as again:
+            assert (again.read(3), again.tell()) == (b"345", 6)
+    # Text files start as their encoding says: UTF-16 with its byte order mark.
+    for encoding in ("utf-16", "utf-32", "utf-8-sig"):
+        fs.write_text(f"lit://{name}/t.txt", "héllo", encoding=encoding)
+        assert fs.cat(f"lit://{name}/t.txt") == "héllo".encode(encoding), encoding
+        assert fs.read_text(f"lit://{name}/t.txt", encoding=encoding) == "héllo"
+        with fs.open(f"lit://{name}/t.txt", "w", encoding=encoding) as text:
+            assert text.tell() == 0
+            text.write("a")
+    with fs.open(f"lit://{name}/t.txt", "wb") as binary:
+        assert binary.seekable() is False  # (only as a text layer starts on it)
