@@ -1571,6 +1571,7 @@ class Drive:
         on_copied: OnCopied | None = None,
         before_commit: Callable[[int], None] | None = None,
         way_cleared: bool = False,
+        on_commit: Callable[[FileInfo], None] | None = None,
     ) -> FileInfo:
         """Stage the bytes (unless already staged, as by a `DriveWriter`), then commit them.
 
@@ -1589,6 +1590,9 @@ class Drive:
         is undone and the put raises that (a progress callback, told of the bytes staged).
         A put that removed bytes a delete cut short left in its way (`_clear_the_way`) is
         made once more (``way_cleared``), staged again from ``stage``, unless it came staged.
+        ``on_commit(info)``: called with the commit's `FileInfo` where the caller was
+        cancelled during the install and commit, which end all the same (a `DriveWriter`'s
+        close: its ``info``), as the return value is then lost.
         """
         given = stage
         component = conn.config.component_name
@@ -1629,10 +1633,16 @@ class Drive:
             # index disagreeing: the section is short (a rename and one Lua call), so it is
             # finished whatever cancels the caller (anyio's scopes, or asyncio's timeouts).
             current = int(checked.detail)
+
+            async def tell_committed(info: FileInfo) -> None:  # (the caller was cancelled)
+                if on_commit is not None:
+                    on_commit(info)
+
             info = await to_its_end(
                 self._install_and_commit(
                     conn, path, stage, precondition, current, token, before_commit
-                )
+                ),
+                tell_committed,
             )
         except BaseException as exc:
 
@@ -3001,7 +3011,12 @@ class Drive:
 
     @_redis_errors_as_unavailable
     async def _commit_upload(
-        self, store: DiskStore, path: str, precondition: str, staged: Staged
+        self,
+        store: DiskStore,
+        path: str,
+        precondition: str,
+        staged: Staged,
+        on_commit: Callable[[FileInfo], None],
     ) -> FileInfo:
         if self._closed:  # as on every server (a Cluster's client would connect again)
             await anyio.to_thread.run_sync(store.discard, staged)
@@ -3013,7 +3028,7 @@ class Drive:
         except BaseException:
             await anyio.to_thread.run_sync(store.discard, staged)
             raise
-        return await self._put(conn, path, staged, precondition)
+        return await self._put(conn, path, staged, precondition, on_commit=on_commit)
 
     # -- watching ----------------------------------------------------------------------------
 

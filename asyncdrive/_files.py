@@ -382,7 +382,7 @@ class DriveWriter:
         out: BinaryIO,
         tmp: Path,
         named: bool,
-        commit: Callable[[Staged], Awaitable[FileInfo]],
+        commit: Callable[[Staged, Callable[[FileInfo], None]], Awaitable[FileInfo]],
     ) -> None:
         self.path = path
         self.info: FileInfo | None = None
@@ -520,7 +520,11 @@ class DriveWriter:
             if isinstance(exc, OSError):
                 raise storage_error(self._drive_name, exc, "close", self.path) from exc
             raise
-        self.info = await self._commit(staged)
+        self.info = await self._commit(staged, self._committed)
+
+    def _committed(self, info: FileInfo) -> None:
+        # Committed, its close cancelled meanwhile (the commit ends all the same): said.
+        self.info = info
 
     close = aclose
 

@@ -922,9 +922,8 @@ def is_version(meta: dict[str, object] | None, size: int, expected: FileInfo) ->
 
     Told by its metadata: that version and checksum (the checksum tells apart two writers
     that both made the version, one whose lease ran out: see `Drive.put`), and not a new
-    file still being written. Without metadata (a disk that keeps metadata files, whose
-    file is not read for every read; a new file in the moment before it is marked, still
-    empty): by the size.
+    file still being written. Without metadata (a new file in the moment before it is
+    marked, still empty; a metadata file missing): by the size.
     """
     if meta is None:
         return size == expected.size
@@ -2415,6 +2414,10 @@ class DiskStore:
             os.close(fd)
             raise FileNotFoundError(path)
         meta = None if self.meta_in_xattr is False else meta_on_disk(fd)
+        if meta is None and expected is not None:
+            # Its metadata file, where the disk keeps no attributes: by the size alone, a
+            # dead writer's replacement of the same size passed for the version indexed.
+            meta = self._meta_file_of(component, path)
         if expected is None or is_version(meta, st.st_size, expected):
             return fd, st.st_size
         os.close(fd)
@@ -2424,6 +2427,23 @@ class DiskStore:
                 errno.ENOENT, f"version {expected.version} is not on disk", path
             )
         return backup
+
+    def _meta_file_of(self, component: str, path: str) -> dict[str, object] | None:
+        """Return what the metadata file beside ``component``'s ``path`` holds, if any.
+
+        Read after the file was opened: a writer renames the metadata file in before the
+        bytes, so one found naming another version than the index's (a replacement not
+        committed) sends the reader to the backup (or to look the path up again).
+        """
+        parts = self._parts(component, path)
+        try:
+            folder = self._open_in_root(parts[:-1], path, _FOLDER_FLAGS)
+        except (OSError, InvalidPathError):
+            return None
+        try:
+            return _read_json(_meta_beside(Path(parts[-1])), folder)
+        finally:
+            os.close(folder)
 
     def _open_backup(self, component: str, path: str, expected: FileInfo) -> tuple[int, int] | None:
         """Open the backup of version ``expected`` of ``component``'s ``path``, if there is one."""

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 
+import asyncdrive._index
 from asyncdrive import (
     AmbiguousPathError,
     Change,
@@ -678,3 +679,31 @@ async def test_a_cancelled_write_finishes_before_anything_else_touches_the_uploa
     assert data == b"a" * 100 + b"b" * (2 * MiB) + b"c" * 10  # the cancelled write is in
     assert f.info is not None and f.info.checksum == hashlib.sha256(data).hexdigest()
     assert [t for t in threading.enumerate() if t.name == "asyncdrive-hash"] == []
+
+
+async def test_a_close_cancelled_during_its_commit_says_what_it_committed(
+    drive: Drive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit ends whatever cancels the caller (a put's too): the file is committed,
+    and the writer's ``info`` says so (it stayed None: a retry wrote the file twice)."""
+    entered, answer = asyncio.Event(), asyncio.Event()
+    commit_put = asyncdrive._index.Index.commit_put
+
+    async def held_commit(self: asyncdrive._index.Index, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await answer.wait()
+        return await commit_put(self, *args, **kwargs)
+
+    await drive.write_bytes("f.bin", b"old")  # (a replacement: the locked way, as a writer)
+    monkeypatch.setattr(asyncdrive._index.Index, "commit_put", held_commit)
+    f = await drive.open("f.bin", "wb")
+    await f.write(b"new")
+    closing = asyncio.create_task(f.aclose())
+    await entered.wait()
+    closing.cancel()
+    await asyncio.sleep(0.01)
+    answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert f.info is not None and f.info == await drive.info("f.bin")
+    assert (f.info.version, await drive.read_bytes("f.bin")) == (2, b"new")

@@ -837,6 +837,35 @@ async def test_readers_read_the_committed_bytes_while_a_replacement_is_not_commi
     assert await drive.read_bytes("d/large.bin") == committed["d/large.bin"]
 
 
+async def test_readers_read_the_committed_bytes_where_metadata_lives_in_files(
+    make_drive: MakeDrive, drive_id: str, root: Path, workdir: Path
+) -> None:
+    """A replacement of the same size, renamed in with its metadata file (a disk without
+    user attributes) by a writer that died before its commit: readers read the backup of
+    the version indexed, as where the metadata is an attribute (the size told nothing)."""
+    drive = make_drive(drive_id)
+    store = _sidecar_store(root, drive_id[6:])
+    committed = {"d/small.bin": b"A" * 100, "d/large.bin": b"A" * (3 << 20)}
+    for path, data in committed.items():
+        await drive.write_bytes(path, data)
+        never = b"B" * len(data)
+        meta = {"size": len(never), "mtime": 1.0, "version": 2,
+                "checksum": hashlib.sha256(never).hexdigest()}  # fmt: skip
+        assert store.install(store.stage_bytes(never), "default", path, meta) is not None
+        assert store.file_path("default", path).read_bytes() == never
+    for path, data in committed.items():
+        assert await drive.read_bytes(path) == data
+        await drive.get(path, to=f"out/{path}")
+        assert (workdir / "out" / path).read_bytes() == data
+        if isinstance(drive, Drive):
+            async with drive.open(path) as f:
+                assert (f.info.version, await f.read()) == (1, data)
+    report = await drive.gc(grace=0)  # (the dead writer's, undone)
+    assert report.installs_undone == 2
+    for path, data in committed.items():
+        assert store.file_path("default", path).read_bytes() == data
+
+
 async def test_gc_drops_a_backup_whose_file_has_no_entry(
     make_drive: MakeDrive, drive_id: str, root: Path
 ) -> None:
