@@ -424,6 +424,11 @@ def _run_file_command(args: argparse.Namespace) -> int:
             _put_stdin(args, drive, given)
         elif args.command == "put":
             into_folder = args.target.endswith("/") or len(args.local) > 1 or path == "."
+            if not into_folder and not Path(args.local[0]).is_dir():
+                # As cp: a file put where a folder of the drive is goes into it (a folder
+                # put there goes on into the same folder: re-put, it updates its files).
+                with contextlib.suppress(DriveNotADirectoryError):
+                    into_folder = bool(drive.list(path))
             bar = _bar(args, lambda: _put_bar([Path(local) for local in args.local]))
             with bar or contextlib.nullcontext():
                 for local in args.local:

@@ -490,6 +490,12 @@ def test_paths_are_taken_normalised_and_ls_lists_a_components_files(
     assert cli("ls", "--json", f"{drive_id}/./dir/x").stdout == '["dir/x"]\n'
     put = cli("put", "dir/x", f"{drive_id}/./b.txt")
     assert put.stdout == f"dir/x -> {drive_id}/b.txt\n"
+    # As cp: a file put where a folder is goes into it (it was refused: a folder there).
+    into = cli("put", "dir/x", f"{drive_id}/dir/sub")
+    assert (into.returncode, into.stdout) == (0, f"dir/x -> {drive_id}/dir/sub/x\n")
+    again = cli("put", "dir", f"{drive_id}/dir")  # a folder: re-put, into the same folder
+    assert again.stdout == f"dir -> {drive_id}/dir\n"
+    assert cli("ls", "-r", f"{drive_id}/dir").stdout.split() == ["dir/sub/x", "dir/sub/y", "dir/x"]
     # --component: only that component's files, as the library lists them.
     assert cli("put", "--component", "w6", "dir/x", f"{drive_id}/w6.txt").returncode == 0
     assert cli("ls", "--component", "w6", drive_id).stdout == "w6.txt\n"
