@@ -451,11 +451,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         async with self._drive_to_ask(name) as drive:
             try:
                 info = await drive.info(rest)
-            except DriveIsADirectoryError:
-                return _dir_entry(f"{name}/{rest}")
+            except DriveIsADirectoryError:  # (named as the drive takes it, as its files)
+                return _dir_entry(f"{name}/{_paths.normalize(rest, drive=name)}")
             except AmbiguousPathError as several:  # a file all the same: the copy ls shows
                 info = await drive.info(rest, component_name=several.owners[0])
-        return _file_entry(f"{name}/{rest}", info)
+        return _file_entry(f"{name}/{info.path}", info)
 
     @_fsspec_terms()
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:

@@ -790,6 +790,9 @@ def test_odd_urls_files_pickled_and_text_encodings(fs: DriveFileSystem, name: st
     # An empty part after the drive's name, as f"lit://d/{prefix}/x" with no prefix.
     assert fs.info(f"lit://{name}//sub/x")["type"] == "file"
     assert fs.info(f"lit://{name}//sub")["type"] == "directory"
+    # Named as the drive takes the path (not as written), as the files found below.
+    assert fs.info(f"lit://{name}/./sub/../sub")["name"] == f"{name}/sub"
+    assert fs.info(f"lit://{name}/./sub/x")["name"] == f"{name}/sub/x"
     # A file open for reading pickles (to a worker) as its place in the file.
     with fs.open(f"lit://{name}/sub/x", "rb") as f:
         f.seek(3)
