@@ -614,7 +614,7 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "rename it, or pass a valid name as to=.": "rename it, or name it in the drive path.",
         "or get to another (to=).": "or get to another LOCAL folder.",
         "Get to a folder on a writable filesystem (to=).": "Get to a writable filesystem.",
-        "create a new Drive to start it again": "run the command again to start it",
+        "create a new Drive (or SyncDrive) to start it again": "run the command again to start it",
         ": member=": ": --member ",
         "pass group= too": "pass --group too",
     }

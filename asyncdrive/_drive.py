@@ -94,7 +94,7 @@ from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
 from ._index import DIRECT_WRITES, WRITES, Index, Keys, PutOutcome
 from ._models import Buffer, FileInfo, FolderInfo, GcReport, GroupInfo
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
-from ._server import ensure_server, forget_server, server_runs
+from ._server import ensure_server, forget_server, running_server, server_runs
 from ._storage import (
     ACCESS_AS_EFFECTIVE,
     PATH_MAX,
@@ -560,6 +560,9 @@ def _before_writing(exc: redis.exceptions.ResponseError) -> bool:
 
 
 #: How to give a Redis user what a drive needs (an ACL user has no keys nor channels at first).
+#: How a stopped embedded server starts again (a drive that connected never restarts it).
+_RESTART = "create a new Drive (or SyncDrive) to start it again"
+
 _ACL_FIX = (
     "Give it the drive's keys and the commands asyncdrive runs, e.g. ACL SETUSER <user> "
     "~asyncdrive:* &asyncdrive:* +@read +@write +@stream +@scripting +@transaction "
@@ -621,6 +624,10 @@ class Drive:
         self._closed = False
         #: See `_Connection.inline`; set by SyncDrive on the drives of its caller loops.
         self._disk_inline = False
+        #: Whether connecting may start the root's embedded server (a new drive's first
+        #: connection): not for the drive of a new thread of a SyncDrive that connected
+        #: before, which, as any drive that did, does not start it again itself.
+        self._starts_server = True
 
     def _reset(self) -> None:
         # Connection state belongs to one process: after fork the child starts afresh. The
@@ -861,7 +868,14 @@ class Drive:
     async def _connect(self) -> _Connection:
         config = self._config.resolve()
         embedded = config.redis_url is None
-        url = config.redis_url or await ensure_server(config.root)
+        if config.redis_url is not None:
+            url = config.redis_url
+        elif self._starts_server:
+            url = await ensure_server(config.root)
+        elif (url_running := await running_server(config.root)) is not None:
+            url = url_running
+        else:
+            raise self._embedded_stopped(config.root)
         connected: Connected | None = None
         try:
             connected = await connect(url, timeout=config.redis_timeout)
@@ -879,6 +893,8 @@ class Drive:
                 raise self._unavailable(redis.exceptions.ConnectionError(refusal), url) from exc
             if not embedded:
                 raise self._unavailable(exc, url) from exc
+            if not self._starts_server:
+                raise self._embedded_stopped(config.root) from exc
             # The embedded server went away since this process last saw it: start it again.
             forget_server(config.root)
             return await self._connect()
@@ -1062,10 +1078,7 @@ class Drive:
                     "overloaded, or this process was paused meanwhile): retry."
                 )
             else:
-                fix = (
-                    "The drive's embedded server stopped (asyncdrive.stop_server?); create a "
-                    "new Drive to start it again."
-                )
+                fix = f"The drive's embedded server stopped (asyncdrive.stop_server?); {_RESTART}."
         else:
             fix = (
                 "Check that the server is running and reachable from this machine, or "
@@ -1079,6 +1092,13 @@ class Drive:
         return DriveUnavailableError(
             f"Drive {self.name!r}: cannot reach Redis at {redact_url(url)} "
             f"({shorten(detail, 300)}). {fix}"
+        )
+
+    def _embedded_stopped(self, root: Path) -> DriveUnavailableError:
+        """Return the error of a drive that does not start its stopped embedded server."""
+        return DriveUnavailableError(
+            f"Drive {self.name!r}: the embedded server of {str(root)!r} stopped "
+            f"(asyncdrive.stop_server?); {_RESTART}."
         )
 
     def _refused(self, exc: redis.exceptions.ResponseError, url: str | None = None) -> DriveError:

@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import functools
 import io
+import itertools
 import os
 import re
 import sys
@@ -63,8 +64,28 @@ __all__ = ["DriveFileSystem"]
 _PIECE = 4 << 20
 #: How long closing the drives at interpreter exit may take.
 _CLOSE_TIMEOUT = 10.0
-#: How many drives not in use a filesystem keeps connected (the ones it used last).
+#: How many drives not in use the filesystems of a process keep connected, together (the
+#: ones used last): fsspec keeps an instance for each set of arguments, and a drive kept
+#: holds two connections.
 _KEPT_DRIVES = 16
+#: Every filesystem of this process (for `_KEPT_DRIVES`), and a count of drive uses.
+_filesystems: weakref.WeakValueDictionary[int, DriveFileSystem] = weakref.WeakValueDictionary()
+_uses = itertools.count()
+
+
+def _used_last() -> set[tuple[int, str]]:
+    """Return the `_KEPT_DRIVES` drives used last by the filesystems: (id(filesystem), name)."""
+    uses: list[tuple[int, int, str]] = []
+    for filesystem in list(_filesystems.values()):
+        with filesystem._drives_lock:
+            last = filesystem._last_use
+            uses.extend((last.get(name, 0), id(filesystem), name) for name in filesystem._drives)
+    uses.sort(reverse=True)
+    return {(fs_id, name) for _, fs_id, name in uses[:_KEPT_DRIVES]}
+
+
+def _kept_in_all() -> int:
+    return sum(len(filesystem._drives) for filesystem in list(_filesystems.values()))
 
 
 def _file_entry(name: str, info: FileInfo) -> dict[str, Any]:
@@ -252,8 +273,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         #: Calls and open files using each drive (see `_using`), and drives handed out.
         self._users: dict[str, int] = {}
         self._pinned: set[str] = set()
-        #: Guards the three: files in other threads take drives and give them back.
+        #: When each drive was used last (a count of `_uses`).
+        self._last_use: dict[str, int] = {}
+        #: Guards the four: files in other threads take drives and give them back.
         self._drives_lock = threading.Lock()
+        _filesystems[id(self)] = self  # (by id: fsspec hashes an instance once it is made)
         self._finalizer = weakref.finalize(
             self, _close_drives, os.getpid(), self._loop, self._drives
         )
@@ -266,7 +290,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             # does for the instances it caches; the drives reconnect by themselves.
             self._pid = os.getpid()
             self._loop = get_loop()
-            self._drives, self._users, self._pinned = {}, {}, set()
+            self._drives, self._users, self._pinned, self._last_use = {}, {}, set(), {}
             self._drives_lock = threading.Lock()
             self._finalizer = weakref.finalize(
                 self, _close_drives, self._pid, self._loop, self._drives
@@ -300,7 +324,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             drive = Drive(f"lit://{name}", **self._drive_args)
             # Reads take this component's copy where several own a path, else the owner's.
             drive._read_first = self._read_component
-        self._drives[name] = drive  # (the dict's order: the least recently used first)
+        self._drives[name] = drive
+        self._last_use[name] = next(_uses)
         return drive
 
     @contextlib.asynccontextmanager
@@ -309,7 +334,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
         Each drive holds two connections: one per drive name ever used (a run's own
         drive, say) would add up to thousands. Kept: those in use (a call, an open
-        file), those handed out by `drive`, and the `_KEPT_DRIVES` used last.
+        file), those handed out by `drive`, and the `_KEPT_DRIVES` used last by any
+        filesystem of the process.
         """
         drive = self._lend(name)
         try:
@@ -339,21 +365,42 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         (or collects them): many files of many drives, and no call between, would keep
         every drive.
         """
+        self._close_unneeded_soon_if(others=True)
+
+    def _close_unneeded_soon_if(self, *, others: bool) -> None:
         loop = self._loop
         if loop is None or loop.is_closed() or sys.is_finalizing():
             return
-        with self._drives_lock:
-            if len(self._drives) <= _KEPT_DRIVES:
-                return
+        if _kept_in_all() <= _KEPT_DRIVES:
+            return
         with contextlib.suppress(RuntimeError):  # (the loop stopped meanwhile)
-            asyncio.run_coroutine_threadsafe(self._close_unneeded(), loop)
+            asyncio.run_coroutine_threadsafe(self._close_unneeded(others=others), loop)
 
-    async def _close_unneeded(self) -> None:
+    async def _close_unneeded(self, *, others: bool = True) -> None:
+        """Close this filesystem's drives not in use, and not among those used last.
+
+        ``others``: have the other filesystems of the process close theirs too (on their
+        own loops): a filesystem no longer used keeps its drives until then.
+        """
+        if _kept_in_all() <= _KEPT_DRIVES:
+            return
+        used_last = _used_last()
         with self._drives_lock:  # chosen and taken out at once: none is lent meanwhile
             kept = {*self._users, *self._pinned}
-            unneeded = [name for name in self._drives if name not in kept]
-            excess = max(0, len(self._drives) - _KEPT_DRIVES)
-            closing = [self._drives.pop(name) for name in unneeded[:excess]]
+            closing = [
+                self._drives.pop(name)
+                for name in list(self._drives)
+                if name not in kept and (id(self), name) not in used_last
+            ]
+            for drive in closing:
+                del self._last_use[drive.name]
+        if others:
+            for filesystem in list(_filesystems.values()):
+                idle = set(filesystem._drives) - {*filesystem._users, *filesystem._pinned}
+                if filesystem is not self and any(
+                    (id(filesystem), name) not in used_last for name in idle
+                ):
+                    filesystem._close_unneeded_soon_if(others=False)
         for drive in closing:
             with contextlib.suppress(Exception):  # (its failure is not the caller's call's)
                 await drive.aclose()
@@ -386,6 +433,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             drives = list(self._drives.values())
             self._drives.clear()
             self._pinned.clear()
+            self._last_use.clear()
         await _aclose_all(drives)
 
     def close(self) -> None:

@@ -610,6 +610,14 @@ async def ensure_server(root: Path) -> str:
     return await anyio.to_thread.run_sync(ensure_server_sync, root)
 
 
+async def running_server(root: Path) -> str | None:
+    """Return the URL of ``root``'s embedded server if it runs (`server_url`); never start it."""
+    known = _known.get((os.getpid(), root))
+    if known is not None:  # (a connection to it then says whether it still runs)
+        return known
+    return await anyio.to_thread.run_sync(server_url, root)
+
+
 def forget_server(root: Path) -> None:
     """Drop this process's memory of ``root``'s server URL, so the next use checks again."""
     _known.pop((os.getpid(), root), None)

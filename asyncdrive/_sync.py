@@ -441,6 +441,9 @@ class SyncDrive:
         self._here = threading.local()  # .loop: this thread's _CallerLoop
         self._caller_loops: list[_CallerLoop] = []
         self._caller_loops_lock = threading.Lock()
+        #: The process in which one of its drives connected: a new thread's drive does not
+        #: start the embedded server there, as a drive that connected does not restart it.
+        self._connected_in: int | None = None
 
     def _run(self, what: str, call: Callable[[Drive], Coroutine[Any, Any, T]]) -> T:
         """Run ``call(drive)`` on this thread's own loop and drive (made on first use)."""
@@ -451,6 +454,7 @@ class SyncDrive:
         if here is None or here.pid != os.getpid():
             drive = _restore(Drive, self._drive._config)
             drive._disk_inline = True  # this thread waits on each call: no disk-thread hop
+            drive._starts_server = self._connected_in != os.getpid()
             here = _CallerLoop(drive)
             try:
                 with self._caller_loops_lock:
@@ -476,6 +480,9 @@ class SyncDrive:
             if self._closed:  # close() from another thread cancelled it
                 raise _closed_error(self.name) from None
             raise
+        finally:
+            if here.drive._conn is not None:
+                self._connected_in = here.pid
 
     def _forget_inherited_loops(self) -> None:
         pid = os.getpid()
@@ -523,6 +530,7 @@ class SyncDrive:
             self._pid, self._portal = os.getpid(), None
         if self._portal is None:
             self._portal = _portal.acquire(self._key, self._drive.aclose)
+        self._drive._starts_server = self._connected_in != os.getpid()
         try:
             return _portal.run(self._portal, functools.partial(method, *args, **kwargs))
         except (asyncio.CancelledError, DriveError) as exc:
@@ -532,6 +540,9 @@ class SyncDrive:
             if self._closed and type(exc) in closing:
                 raise _closed_error(self.name) from None
             raise
+        finally:
+            if self._drive._conn is not None:
+                self._connected_in = os.getpid()
 
     # -- identity and lifecycle --------------------------------------------------------------
 

@@ -808,3 +808,26 @@ def test_odd_urls_files_pickled_and_text_encodings(fs: DriveFileSystem, name: st
             text.write("a")
     with fs.open(f"lit://{name}/t.txt", "wb") as binary:
         assert binary.seekable() is False  # (only as a text layer starts on it)
+
+
+def test_the_filesystems_of_a_process_keep_few_drives_together(
+    fs: DriveFileSystem, name: str
+) -> None:
+    """fsspec keeps an instance per set of arguments (a component name per run, say), and
+    each kept its last 16 drives connected: connections grew with every new set. The
+    drives kept idle are the 16 used last by any of them."""
+    fs.pipe(f"lit://{name}/a.txt", b"a")
+    descriptors = []
+    for run in range(60):
+        if run % 20 == 0:
+            descriptors.append(len(os.listdir("/proc/self/fd")))
+        with fsspec.open(f"lit://{name}/a.txt", "rb", component_name=f"c{run}") as f:
+            assert f.read() == b"a"
+    descriptors.append(len(os.listdir("/proc/self/fd")))
+    instances = [i for i in DriveFileSystem._cache.values() if isinstance(i, DriveFileSystem)]
+    assert len(instances) >= 60  # (fsspec's cache: one each)
+    deadline = time.monotonic() + 10  # (closed on their loop, soon after)
+    while sum(len(i._drives) for i in instances) > _KEPT_DRIVES and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(len(i._drives) for i in instances) <= _KEPT_DRIVES
+    assert descriptors[3] - descriptors[1] <= 4, descriptors  # flat, past the first 16

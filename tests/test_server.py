@@ -583,6 +583,28 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
             with pytest.raises(asyncdrive.DriveUnavailableError) as stopped:
                 drive.list(".")
             assert "embedded server stopped" in str(stopped.value), stopped.value
+            # Nor does the same SyncDrive start it again from another thread (whose calls
+            # have a drive of their own), nor by a watch (the shared loop thread's drive).
+            errors: list[BaseException] = []
+
+            def call_from_a_new_thread() -> None:
+                try:
+                    drive.list(".")
+                except BaseException as exc:
+                    errors.append(exc)
+
+            thread = threading.Thread(target=call_from_a_new_thread)
+            thread.start()
+            thread.join()
+            assert [type(e) for e in errors] == [asyncdrive.DriveUnavailableError]
+            assert "embedded server of" in str(errors[0]) and "stopped" in str(errors[0])
+            assert asyncdrive.server_url(tmp_path) is None
+        with SyncDrive("lit://hung", root=tmp_path) as new:  # a new one starts it
+            assert new.list(".") == ["a.txt"]
+            asyncdrive.stop_server(tmp_path)
+            with pytest.raises(asyncdrive.DriveUnavailableError) as late, new.watch() as watch:
+                watch.next(timeout=0.5)  # (its first use of the loop thread's drive)
+            assert "stopped" in str(late.value) and asyncdrive.server_url(tmp_path) is None
     finally:
         asyncdrive.stop_server(tmp_path)
 
