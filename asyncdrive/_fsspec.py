@@ -465,6 +465,19 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             )
         return name, rest
 
+    def _where(self, path: str) -> str:
+        """Return ``path`` as ``<drive>/<path in the drive>``, normalised ('d//a/.' is 'd/a')."""
+        name, rest = self._split(path)
+        rest = _paths.normalize(rest or ".", drive=name, allow_root=True)
+        return f"{name}/{rest}" if rest else name
+
+    def _whole_drive(self, path: object, recursive: bool) -> str | None:
+        """Return the drive's name if ``path`` is a whole drive copied as a folder."""
+        if not (isinstance(path, str) and recursive) or path.endswith("/") or _GLOB.search(path):
+            return None  # (a '/' at its end: its contents, as for any folder)
+        name, rest = self._split(path)
+        return name if name and not rest else None
+
     def _root(self) -> Path:
         return resolve_root(self._drive_args["root"])
 
@@ -736,6 +749,22 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 lpath, to=rest, exist_ok=mode != "create", progress=_reporting_to(callback)
             )
 
+    async def _get(self, rpath: Any, lpath: Any, recursive: bool = False, **kwargs: Any) -> Any:
+        """Get as fsspec does; a whole drive got into a folder goes in as a folder of its name."""
+        name = self._whole_drive(rpath, recursive)
+        into = isinstance(lpath, str) and lpath.endswith(("/", os.sep))
+        if name and isinstance(lpath, str) and (into or await anyio.Path(lpath).is_dir()):
+            lpath = os.path.join(lpath, name)  # (fsspec took its name for no level)
+        return await super()._get(rpath, lpath, recursive=recursive, **kwargs)
+
+    async def _copy(self, path1: Any, path2: Any, recursive: bool = False, **kwargs: Any) -> Any:
+        """Copy as fsspec does; a whole drive copied into a folder goes in as a folder named so."""
+        name = self._whole_drive(path1, recursive)
+        into = isinstance(path2, str) and path2.endswith("/")
+        if name and isinstance(path2, str) and (into or await self._isdir(path2)):
+            path2 = f"{path2.rstrip('/')}/{name}"
+        return await super()._copy(path1, path2, recursive=recursive, **kwargs)
+
     @_fsspec_terms()
     async def _get_file(
         self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK, **kwargs: Any
@@ -775,9 +804,9 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             name, rest = self._split(one)
             if not name:
                 raise InvalidPathError(
-                    f"fs.rm({one!r}) names the root of the drives, not a drive: name one "
-                    "(lit://<drive>), or every drive with fs.rm('lit://*', recursive=True), "
-                    "to delete the files of this filesystem's component in it."
+                    f"fs.rm({one!r}) names the root of the drives, not a drive: name a drive "
+                    "(fs.rm('lit://<drive>', recursive=True)) to delete the files of this "
+                    "filesystem's component in it."
                 )
             if not rest and not recursive:
                 raise DriveIsADirectoryError(
@@ -851,9 +880,16 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             >>> fs.mv("lit://d/tmp/model.pt", "lit://d/models/model.pt")
 
         """
-        if path1 == path2:
-            super().mv(path1, path2)  # (nothing moved, as fsspec says in its log)
-            return
+        if isinstance(path1, str) and not _GLOB.search(path1):
+            source, target = self._where(path1), self._where(path2)
+            if source == target and not path2.endswith("/"):  # ('d/a' and 'd//a', say)
+                super().mv(path1, path1)  # (nothing moved, as fsspec says in its log)
+                return
+            if target == source or target.startswith(f"{source}/"):
+                raise InvalidPathError(
+                    f"fs.mv({path1!r}, {path2!r}) would move {source!r} into itself, then "
+                    "delete it: nothing was moved. Move it elsewhere."
+                )
         sync(self.loop, self._check_movable, path1, recursive, maxdepth)
         self.copy(path1, path2, recursive=recursive, maxdepth=maxdepth, on_error="raise")
         # What was copied: fsspec's own mv removes all below the sources, whatever maxdepth
@@ -862,6 +898,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     async def _mv_file(self, path1: str, path2: str) -> None:
         """Move one file (async mode): refused first if it is another component's."""
+        if self._where(path1) == self._where(path2):
+            return  # (the same file, named twice: nothing to move, nothing to delete)
         await self._check_movable(path1, False, None)
         await super()._mv_file(path1, path2)
 
@@ -987,15 +1025,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 path, mode.replace("t", "") + "b", block_size, cache_options, compression,
                 **kwargs,
             )  # fmt: skip
-            if not isinstance(binary, DriveFile) or binary.readable():
-                return _TextFile(binary, **text)
-            # A new file: io's text layer writes its encoding's start (UTF-16's byte order
-            # mark) only where it can ask the stream's position, and finds it 0.
-            binary._text_starts = True
-            try:
-                return _TextFile(binary, **text)
-            finally:
-                binary._text_starts = False
+            return _TextFile(binary, **text)
         file = super().open(path, mode, block_size, cache_options, **kwargs)
         codec = None if compression is None else get_compression(path, compression)
         if codec is None:
@@ -1044,8 +1074,6 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
                 "open as 'rb', or as 'wb' or 'xb' (committed on close), never appended to."
             )
         self._drive_name, self._drive_path = name, rest
-        #: Set while a text layer is made over a new file (see `DriveFileSystem.open`).
-        self._text_starts = False
         #: The drive, held from the filesystem's closing of unused drives until closed.
         self._lender = fs
         self._drive: Drive | None = fs._lend(name)
@@ -1075,8 +1103,13 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
             self._lender._close_unneeded_soon()
 
     def seekable(self) -> bool:
-        """Whether `seek` works: in a read (in a write, only as a text layer starts on it)."""
-        return bool(self.readable() or self._text_starts)
+        """Whether the position may be asked: in a read; in a write, until its first byte.
+
+        A text layer over a new file (``fs.open``'s, ``fsspec.open``'s, pandas') writes its
+        encoding's start (UTF-16's byte order mark) only where it finds the stream at 0.
+        A write's `seek` then raises, as ever: it only appends.
+        """
+        return bool(self.readable() or (not self.closed and self.loc == 0))
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         assert self._reader is not None

@@ -777,11 +777,30 @@ def test_a_whole_drive_copies_gets_and_moves_as_a_folder(
     fs.mv(url, f"{url}-top", recursive=True, maxdepth=1)
     assert fs.find(f"{url}-top") == [f"{name}-top/a.txt", f"{name}-top/c.txt"]
     assert fs.find(url) == [f"{name}/sub/b.txt"]
+    # Into a folder there, a whole drive goes as a folder of its name (its files merged
+    # into the folder, over those of the same names, before).
+    fs.pipe({f"{url}-b/a.txt": b"b's", f"{url}-top/a.txt": b"top's"})
+    Path("backups").mkdir()
+    for source in (url, f"{url}-b"):
+        fs.get(source, "backups/", recursive=True)
+    assert Path(f"backups/{name}/sub/b.txt").read_bytes() == b"b"
+    assert Path(f"backups/{name}-b/a.txt").read_bytes() == b"b's"
+    fs.cp(f"{url}-b", f"{url}-top", recursive=True)
+    assert fs.cat(f"{url}-top/a.txt") == b"top's"
+    assert fs.cat(f"{url}-top/{name}-b/a.txt") == b"b's"
+    # A move onto itself, however written, moves nothing and deletes nothing; into itself,
+    # it is refused before anything is copied (it copied, then deleted all).
+    fs.mv(f"{url}-b/a.txt", f"{url}-b//a.txt")
+    for inside in (f"{url}/sub/", f"{url}/./sub/", f"{url}/sub/inner"):
+        with pytest.raises(InvalidPathError, match="into itself"):
+            fs.mv(f"{url}/sub", inside, recursive=True)
+    fsspec.asyn.sync(fs.loop, fs._mv_file, f"{url}-b/a.txt", f"{url}-b/./a.txt")
+    assert fs.cat(f"{url}-b/a.txt") == b"b's" and fs.cat(f"{url}/sub/b.txt") == b"b"
     # The root of the drives is no drive: rm says so (it built a drive named '').
     for root in ("lit://", ""):
         with pytest.raises(InvalidPathError, match="names the root of the drives"):
             fs.rm(root, recursive=True)
-    for drive in (url, f"{url}-moved", f"{url}-top"):
+    for drive in (url, f"{url}-moved", f"{url}-top", f"{url}-b"):
         fs.rm(drive, recursive=True)
 
 
@@ -807,7 +826,16 @@ def test_odd_urls_files_pickled_and_text_encodings(fs: DriveFileSystem, name: st
             assert text.tell() == 0
             text.write("a")
     with fs.open(f"lit://{name}/t.txt", "wb") as binary:
-        assert binary.seekable() is False  # (only as a text layer starts on it)
+        assert binary.seekable() is True  # (at 0: a text layer over it writes a BOM)
+        binary.write(b"x")
+        assert binary.seekable() is False  # (a write only appends)
+    # So do fsspec's own text layer and pandas over it.
+    with fsspec.open(f"lit://{name}/u.txt", "w", encoding="utf-16") as text:
+        text.write("héllo")
+    assert fs.cat(f"lit://{name}/u.txt") == "héllo".encode("utf-16")
+    frame = pd.DataFrame({"name": ["héllo"], "n": [1]})
+    frame.to_csv(f"lit://{name}/x.csv", encoding="utf-16", index=False)
+    assert pd.read_csv(f"lit://{name}/x.csv", encoding="utf-16").equals(frame)
 
 
 def test_the_filesystems_of_a_process_keep_few_drives_together(
