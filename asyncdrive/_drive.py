@@ -2756,8 +2756,9 @@ class Drive:
 
         Args:
             verify: recompute every checksum from the bytes instead of trusting the metadata
-                (reads every byte of the drive), and fix the metadata of bytes changed by
-                hand, so that readers take them for the version indexed.
+                (reads every byte of the drive), to find bytes changed by hand that kept their
+                size. Those whose size changed are found either way; their metadata is fixed,
+                so that readers take them for the version indexed.
 
         Returns:
             The number of files indexed.
@@ -2765,7 +2766,8 @@ class Drive:
         """
         conn = await self._connection(check_index=False, writing="rebuild the index")
         found = await conn.run_sync(
-            functools.partial(conn.store.scan, verify=verify, fix_meta=verify)
+            # (Metadata found stale, fixed either way: readers would refuse what is indexed.)
+            functools.partial(conn.store.scan, verify=verify, fix_meta=True)
         )
         files = [file for file in found if file.finished]
         # Once begun, to its end: cut short, the index would be half replaced (found lost by

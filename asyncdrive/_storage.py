@@ -1896,11 +1896,15 @@ class DiskStore:
                 moved = True
             if linked or (folder >= 0 and _replace_in(staged.tmp, folder, parts[-1])):
                 moved = True
+                if attached and replaces_file:  # a metadata file of the bytes replaced
+                    meta_target.unlink(missing_ok=True)  # (backed up: see `restore`)
                 if sync_folder:
                     os.fsync(folder)
             else:
                 _replace_into(staged.tmp, target)
                 moved = True
+                if attached and replaces_file:
+                    meta_target.unlink(missing_ok=True)
                 if sync_folder:
                     _fsync_dir(target.parent)
         except BaseException as exc:
@@ -2289,8 +2293,8 @@ class DiskStore:
             if not stat.S_ISREG(found.st_mode):
                 raise FileNotFoundError(errno.ENOENT, "replaced while scanned", path)
             meta: dict[str, Any] = meta_on_disk(fd) or {}
-            if not meta and self.meta_in_xattr is not True:  # its metadata file, if any
-                meta = self.read_meta(component, path) or {}
+            if not meta:  # its metadata file, if any (as readers look: see `open_file`)
+                meta.update(self.read_meta(component, path) or {})
             trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
             if trusted:
                 checksum = str(meta["checksum"])
@@ -2336,6 +2340,7 @@ class DiskStore:
             ):  # fmt: skip
                 return
             if self.meta_in_xattr is not False and self._set_meta_attribute(fd, meta):
+                _meta_beside(data).unlink(missing_ok=True)  # (stale, were it read again)
                 return
         finally:
             os.close(fd)
