@@ -9,6 +9,7 @@ and nothing is left behind if the block it is used in fails.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import operator
 import os
@@ -134,6 +135,7 @@ class DriveReader:
         self.path = info.path
         self._drive_name = drive_name
         self._fd: int | None = fd
+        self._pid = os.getpid()  # (a forked child's copy is not its to warn about)
         self._position = 0
         #: Bytes of the file read ahead, from ``_buffer_start`` (the version never changes).
         self._buffer = b""
@@ -345,6 +347,9 @@ class DriveReader:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_fd", None) is not None:
+            if getattr(self, "_pid", None) != os.getpid():  # a forked child's copy: the
+                self._let_go()  # parent's to close (this closes the child's descriptor)
+                return
             try:
                 _warn(f"unclosed {self!r}", ResourceWarning, source=self)
             finally:  # also where warnings are errors
@@ -386,6 +391,7 @@ class DriveWriter:
     ) -> None:
         self.path = path
         self.info: FileInfo | None = None
+        self._pid = os.getpid()  # (a forked child's copy leaves the upload alone)
         self._drive_name = drive_name
         self._out: BinaryIO | None = out
         self._tmp = tmp
@@ -562,6 +568,14 @@ class DriveWriter:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_out", None) is not None:
+            if getattr(self, "_pid", None) != os.getpid():
+                # A forked child's copy: the upload is the parent's, to commit or drop (its
+                # name, where it has one, must stay): only the child's descriptor goes.
+                out, self._out = self._out, None
+                with contextlib.suppress(OSError):
+                    if out is not None:
+                        out.close()  # (nothing waits in its buffer: each write is flushed)
+                return
             try:
                 _warn(f"unclosed {self!r}: nothing was committed", ResourceWarning, source=self)
             finally:  # also where warnings are errors

@@ -533,11 +533,14 @@ class SyncDrive:
         self._drive._starts_server = self._connected_in != os.getpid()
         try:
             return _portal.run(self._portal, functools.partial(method, *args, **kwargs))
-        except (asyncio.CancelledError, DriveError) as exc:
+        except (asyncio.CancelledError, DriveError, RuntimeError) as exc:
             # close() from another thread closed the drive, or stopped the loop, under the
-            # call: say so in this facade's words.
+            # call; or the interpreter's exit did (a daemon thread's call, whose loop
+            # thread is stopped: anyio's RuntimeError): say so in this facade's words.
             closing = (asyncio.CancelledError, DriveError, DriveClosedError)
-            if self._closed and type(exc) in closing:
+            if (self._closed and type(exc) in closing) or (
+                _portal.exiting and type(exc) in (*closing, RuntimeError)
+            ):
                 raise _closed_error(self.name) from None
             raise
         finally:

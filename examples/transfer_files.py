@@ -112,7 +112,8 @@ def run_one_role(role: str) -> None:
         sys.exit(f"transfer_files: --role must be one of {', '.join(works)}, not {role!r}")
     # Configured only by ASYNCDRIVE_* variables: root, Redis URL and component name (else
     # the work's own name).
-    os.environ.setdefault("ASYNCDRIVE_COMPONENT", COMPONENTS[role])
+    if not os.environ.get("ASYNCDRIVE_COMPONENT"):  # (set but empty: as unset)
+        os.environ["ASYNCDRIVE_COMPONENT"] = COMPONENTS[role]
     run_in_own_folder(works[role], SyncDrive("lit://drive_1"))
 
 

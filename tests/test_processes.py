@@ -498,6 +498,39 @@ def test_a_forked_child_exiting_leaves_the_parents_loops_working(
     assert done.stdout.split("\n")[:2] == ["refused", "['a.bin', 'b.bin']"], done.stderr
 
 
+def test_a_forked_child_leaves_the_parents_open_files_alone(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A child's copies of the parent's open reader and writer, collected, warned of being
+    unclosed and dropped the upload (its name too, where it has one: the parent's commit
+    then failed); the parent commits what it wrote."""
+    code = f"""
+        import gc, os, warnings
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        drive.write_bytes("r.txt", b"read me")
+        reader = drive.open("r.txt")
+        assert reader.read(4) == b"read"
+        writer = drive.open("w.bin", "wb")
+        writer.write(b"x" * (3 << 20))
+        pid = os.fork()
+        if pid == 0:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                del reader, writer
+                gc.collect()
+            os._exit(len(caught))
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0  # no warning
+        writer.write(b"y")
+        writer.close()
+        print(reader.read().decode(), drive.info("w.bin").size)
+        reader.close()
+        drive.close()
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env)
+    assert done.stdout.split() == ["me", str((3 << 20) + 1)], done
+
+
 def test_a_watch_forked_mid_read_reads_in_the_child(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:

@@ -659,6 +659,27 @@ def test_exit_does_not_wait_for_a_daemon_threads_call(
     assert done.stdout.strip() == "exiting" and "Traceback" not in done.stderr, done.stderr
 
 
+def test_a_call_after_the_exit_stopped_the_loop_thread_says_the_drive_is_closed(
+    env: dict[str, str], drive_id: str, workdir: Path
+) -> None:
+    """A daemon thread's call at exit, once the loop thread is stopped: anyio's RuntimeError
+    ("This portal is not running") or a CancelledError reached it (not Exception)."""
+    code = f"""
+        from asyncdrive import DriveClosedError, SyncDrive, _portal
+        drive = SyncDrive({drive_id!r})
+        drive.write_bytes("a.txt", b"x")
+        with drive.open("a.txt") as f:  # (the loop thread's)
+            f.read()
+        _portal._shutdown_at_exit()  # (what the exit does, before the daemon thread ends)
+        try:
+            drive.open("a.txt")
+        except DriveClosedError as exc:
+            print("closed:", exc)
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
+    assert done.stdout.startswith("closed: ") and "is closed" in done.stdout, done
+
+
 def test_exit_ends_a_daemon_threads_watch_quietly(
     env: dict[str, str], drive_id: str, workdir: Path
 ) -> None:
