@@ -666,8 +666,8 @@ def _print_any_name() -> None:
     """Let stdout and stderr print any local name, as ``ls`` does.
 
     A name that is not valid UTF-8 is read by Python with lone surrogates, which a strict
-    UTF-8 output (the default, but in the C locale) refuses after the work is done: written
-    back as its own bytes instead; where the output's encoding lacks a character, escaped.
+    UTF-8 output (Python's default outside the C and POSIX locales) refused once the work
+    was done: written back as its own bytes; where the encoding lacks a character, escaped.
     """
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":

@@ -559,10 +559,10 @@ def _before_writing(exc: redis.exceptions.ResponseError) -> bool:
     ) or str(exc).startswith(("BUSY", "MISCONF", "LOADING", "NOREPLICAS"))
 
 
-#: How to give a Redis user what a drive needs (an ACL user has no keys nor channels at first).
 #: How a stopped embedded server starts again (a drive that connected never restarts it).
 _RESTART = "create a new Drive (or SyncDrive) to start it again"
 
+#: How to give a Redis user what a drive needs (an ACL user has no keys nor channels at first).
 _ACL_FIX = (
     "Give it the drive's keys and the commands asyncdrive runs, e.g. ACL SETUSER <user> "
     "~asyncdrive:* &asyncdrive:* +@read +@write +@stream +@scripting +@transaction "
@@ -893,10 +893,19 @@ class Drive:
                 raise self._unavailable(redis.exceptions.ConnectionError(refusal), url) from exc
             if not embedded:
                 raise self._unavailable(exc, url) from exc
-            if not self._starts_server:
-                raise self._embedded_stopped(config.root) from exc
-            # The embedded server went away since this process last saw it: start it again.
+            # The embedded server went away since this process last saw it: start it again
+            # (or, for a drive that may not, find it where another process started it).
             forget_server(config.root)
+            if not self._starts_server:
+                running = await running_server(config.root)
+                if running is None or running == url:  # (not elsewhere now)
+                    if not await anyio.to_thread.run_sync(server_runs, config.root):
+                        raise self._embedded_stopped(config.root) from exc
+                    raise DriveUnavailableError(
+                        f"Drive {self.name!r}: cannot reach the embedded server of "
+                        f"{str(config.root)!r} ({exc or type(exc).__name__}). It runs, but "
+                        "did not answer in time (stalled, or overloaded): retry."
+                    ) from exc
             return await self._connect()
         except (redis.exceptions.RedisError, AttributeError, TypeError, ValueError) as exc:
             # An answer, but not Redis's (another service at that port; redis-py fails to

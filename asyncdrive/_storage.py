@@ -1897,7 +1897,8 @@ class DiskStore:
             if linked or (folder >= 0 and _replace_in(staged.tmp, folder, parts[-1])):
                 moved = True
                 if attached and replaces_file:  # a metadata file of the bytes replaced
-                    meta_target.unlink(missing_ok=True)  # (backed up: see `restore`)
+                    with contextlib.suppress(FileNotFoundError):  # (backed up: `restore`)
+                        os.unlink(meta_target.name, dir_fd=folder)
                 if sync_folder:
                     os.fsync(folder)
             else:

@@ -572,9 +572,22 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
                     drive.list(".")
                 with pytest.raises(asyncdrive.DriveUnavailableError) as watching:
                     watch.next(timeout=0.5)
+                stalled: list[BaseException] = []
+
+                def first_call_of_a_thread() -> None:  # (a drive of its own, connecting)
+                    try:
+                        drive.exists("a.txt")
+                    except BaseException as exc:
+                        stalled.append(exc)
+
+                thread = threading.Thread(target=first_call_of_a_thread)
+                thread.start()
+                thread.join()
             finally:
                 os.kill(pid, signal.SIGCONT)
                 watch.close()
+            assert [type(e) for e in stalled] == [asyncdrive.DriveUnavailableError]
+            assert "It runs, but did not answer" in str(stalled[0]), stalled
             for message in (str(hung.value), str(watching.value)):
                 assert "runs, but did not answer in time" in message, message
                 assert "stopped" not in message and "()" not in message, message
