@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 import redis.exceptions
 
-from . import _portal
+from . import _index, _portal
 from ._client import CLUSTER_MOVING, CLUSTER_PASSING, CONNECTION_LOST
 from ._config import check_seconds
 from ._events import Change, DriveEvent, parse_id, steady_now
@@ -452,11 +452,15 @@ class Watch:
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # A plain watch holds nothing a collection would not free; a group member does.
         if getattr(self, "_joined", False) and not self._done:
+            held = (
+                "holding its last event until another member claims it (claim_idle), or a "
+                "member of its name takes it back"
+                if self._to_ack is not None
+                else f"until the group drops it, idle for {_index.IDLE_MEMBER_MS / 60_000:g} min"
+            )
             _warn(
-                f"unclosed {self!r}: its member stays in group {self._group!r}, holding its "
-                "last event until another member claims it (claim_idle), or a member of its "
-                "name takes it back; use 'async with drive.watch(...)' or 'await "
-                "watch.aclose()'",
+                f"unclosed {self!r}: its member stays in group {self._group!r}, {held}; use "
+                "'async with drive.watch(...)' or 'await watch.aclose()'",
                 ResourceWarning,
                 source=self,
             )

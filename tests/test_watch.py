@@ -1221,14 +1221,17 @@ async def _drop_watches(drive: Drive) -> None:
     await drive.write_bytes("a.txt", b"x")
     plain = drive.watch(since="0")
     member = drive.watch(since="0", group="g")
+    idle = drive.watch("elsewhere", group="g-idle")  # (joined, given nothing: holds none)
     assert (await plain.next(5), await member.next(5)) != (None, None)
+    assert await idle.next(0) is None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        del plain, member
+        del plain, member, idle
         gc.collect()
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "stays in group 'g'" in messages[0], messages
-    assert "aclose()" in messages[0]
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and "stays in group 'g'" in messages[0], messages
+    assert "holding its last event" in messages[0] and "aclose()" in messages[0]
+    assert "stays in group 'g-idle', until the group drops it" in messages[1], messages
 
 
 @pytest.mark.parametrize("group", [None, "g"])
