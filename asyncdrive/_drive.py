@@ -2703,10 +2703,24 @@ class Drive:
                 "or a socket), which a get never replaces, even with overwrite=True. Pass "
                 "to= another path."
             )
+        if os.path.islink(dest):  # never followed: overwrite=True replaces the link itself
+            name = PurePosixPath(info.path).name
+            if os.path.isdir(dest):  # (a link to a folder: as a folder, name a file in it)
+                return DriveIsADirectoryError(
+                    f"Drive {self.name!r}: cannot get {info.path!r}: the local path "
+                    f"{str(dest)!r} in {os.getcwd()!r} is a link to a folder, which a get "
+                    f"never follows. Pass to= a file path (to={str(dest / name)!r}, say)."
+                )
+            return DriveFileExistsError(
+                f"Drive {self.name!r}: cannot get {info.path!r}: the local path "
+                f"{str(dest)!r} in {os.getcwd()!r} is a symbolic link, which a get never "
+                "follows: overwrite=True would replace the link itself. Pass to= the path "
+                "it should write, or remove the link."
+            )
         return DriveFileExistsError(  # FileExistsError
             f"Drive {self.name!r}: cannot get {info.path!r}: the local file "
-            f"{str(dest)!r} in {os.getcwd()!r} exists with other content. Pass "
-            "overwrite=True to replace it, or move it away."
+            f"{str(dest)!r} in {os.getcwd()!r} exists with other content (or content it "
+            "cannot read). Pass overwrite=True to replace it, or move it away."
         )
 
     async def _wait_for(

@@ -341,6 +341,15 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
             await drive.get(name, to="pipe", overwrite=overwrite)
         assert "never replaces, even with overwrite=True" in str(no.value)
     assert stat.S_ISFIFO(os.lstat("pipe").st_mode)
+    # A link is never followed: to a folder, named as a folder is (it said "other content",
+    # and overwrite=True, its advice, replaced the link); a broken one, said so.
+    os.symlink("folder", "to-folder")
+    os.symlink("missing", "broken")
+    with pytest.raises(DriveIsADirectoryError, match=r"a link to a folder.*'to-folder/a\.txt'"):
+        await drive.get("a.txt", to="to-folder")
+    with pytest.raises(DriveFileExistsError, match=r"'broken' .* is a symbolic link"):
+        await drive.get("a.txt", to="broken")
+    assert os.path.islink("to-folder") and os.path.islink("broken")
 
 
 @pytest.mark.parametrize("disk", ["local", "network"])
