@@ -766,7 +766,9 @@ class Drive:
         finally:  # (cancelled meanwhile too: closed all the same)
             self._cut_by_close.difference_update(calls)
             conn, self._conn = self._conn, None
-            if conn is not None and self._pid == os.getpid():
+            # (Its loop closed by hand: its connections went with it, and cannot be closed.)
+            lost = conn is not None and conn.loop is not None and conn.loop.is_closed()
+            if conn is not None and self._pid == os.getpid() and not lost:
                 await conn.aclose()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:

@@ -55,7 +55,8 @@ LOOP_CLOSED_BY_HAND = (
     "A drive's Redis connection was opened in an event loop that was then closed without "
     "shutting down its async generators, which closes the drive's connections with it: "
     "await drive.aclose() before closing that loop, call loop.shutdown_asyncgens() (as "
-    "asyncio.run() does), or run it with asyncio.run()."
+    "asyncio.run() does), or run it with asyncio.run(). This drive's connections went "
+    "with that loop: create a new Drive."
 )
 
 IN_ANOTHER_LOOP = (

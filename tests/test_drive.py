@@ -1563,6 +1563,8 @@ try:
     asyncio.run(drive.exists("a.txt"))
 except RuntimeError as exc:
     print(exc)
+asyncio.run(drive.aclose())  # (closes without error: nothing left it can close)
+print("closed")
 """
 
 
@@ -1574,6 +1576,7 @@ def test_a_loop_closed_by_hand_is_named_as_such(
     said = done.stdout.strip()
     assert "closed without shutting down its async generators" in said, done.stdout
     assert "await drive.aclose() before closing that loop" in said
+    assert said.endswith("create a new Drive.\nclosed"), said
 
 
 async def test_conditional_writes(make_drive: MakeDrive, drive_id: str) -> None:
