@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
-from ._exceptions import InvalidConfigError, InvalidDriveIdError
+from ._exceptions import ConfigTypeError, DriveIdTypeError, InvalidConfigError, InvalidDriveIdError
 
 ENV_ROOT = "ASYNCDRIVE_ROOT"
 ENV_REDIS_URL = "ASYNCDRIVE_REDIS_URL"
@@ -51,7 +51,7 @@ def parse_drive_id(drive_id: str) -> str:
 
     """
     if not isinstance(drive_id, str):
-        raise InvalidDriveIdError(
+        raise DriveIdTypeError(
             f"Drive id must be a str like 'lit://my_drive', got {type(drive_id).__name__}."
         )
     if not drive_id.startswith(SCHEME):
@@ -74,7 +74,9 @@ def check_component_name(component_name: str, what: str = "component name") -> s
         'root.work_1'
 
     """
-    if not isinstance(component_name, str) or not is_valid_name(component_name):
+    if not isinstance(component_name, str):
+        raise ConfigTypeError(f"Invalid {what} {component_name!r}: it must be a str, {_NAME_RULE}.")
+    if not is_valid_name(component_name):
         raise InvalidConfigError(f"Invalid {what} {component_name!r}: it must be {_NAME_RULE}.")
     return component_name
 

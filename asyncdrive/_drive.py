@@ -11,6 +11,7 @@ import builtins
 import contextlib
 import errno
 import functools
+import inspect
 import logging
 import os
 import re
@@ -74,6 +75,7 @@ from ._config import (
 from ._events import parse_id, steady_now
 from ._exceptions import (
     AmbiguousPathError,
+    ConfigTypeError,
     DriveClosedError,
     DriveError,
     DriveFileExistsError,
@@ -81,6 +83,7 @@ from ._exceptions import (
     DriveIsADirectoryError,
     DriveNotADirectoryError,
     DriveTimeoutError,
+    DriveTypeError,
     DriveUnavailableError,
     GroupInUseError,
     IndexLostError,
@@ -90,7 +93,7 @@ from ._exceptions import (
     shorten,
     storage_error,
 )
-from ._files import DriveReader, DriveWriter, Opening, byte_view, check_mode
+from ._files import DriveReader, DriveWriter, Opening, byte_view, check_data_type, check_mode
 from ._index import DIRECT_WRITES, WRITES, Index, Keys, PutOutcome
 from ._models import Buffer, FileInfo, FolderInfo, GcReport, GroupInfo
 from ._progress import OnCopied, ProgressCallback, ProgressReporter
@@ -450,6 +453,28 @@ def _path_argument(args: tuple[object, ...]) -> str | os.PathLike[str] | None:
     return next((a for a in args if isinstance(a, str | os.PathLike)), None)
 
 
+def _check_argument_types(
+    drive: str, args: tuple[object, ...], kwargs: dict[str, Any], takes_data: bool
+) -> None:
+    """Raise `DriveTypeError` for a call's path, ``to``, data or ``progress`` of a wrong type.
+
+    Before anything else: a TypeError from deep in the call would name neither the drive,
+    nor the argument, nor the fix.
+    """
+    _paths.check_path_type(drive, args[0] if args else kwargs.get("path", "."))
+    to = kwargs.get("to")
+    if to is not None:
+        _paths.check_path_type(drive, to, "to=")
+    if takes_data and (len(args) > 1 or "data" in kwargs):  # (write_bytes)
+        check_data_type(drive, args[1] if len(args) > 1 else kwargs["data"])
+    progress = kwargs.get("progress")
+    if progress is not None and not callable(progress):
+        raise DriveTypeError(
+            f"Drive {drive!r}: progress={shorten(repr(progress), 100)} is not callable: pass "
+            "a function of (bytes done, bytes in all), or None."
+        )
+
+
 def _redis_errors_as_unavailable(
     method: Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]]:
@@ -461,8 +486,12 @@ def _redis_errors_as_unavailable(
     doing = {"_open_reader": "open", "_open_writer": "open", "_commit_upload": "close"}.get(
         method.__name__, method.__name__
     )
+    named = [*inspect.signature(method).parameters][1:3]  # (after self)
+    takes_path, takes_data = named[:1] == ["path"], named == ["path", "data"]
 
     async def wrapper(self: DriveT, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if takes_path:
+            _check_argument_types(self.name, args, kwargs, takes_data)
         try:
             task = asyncio.current_task()
         except RuntimeError:  # no asyncio loop: the call says so (`_connection`)
@@ -613,6 +642,16 @@ class Drive:
         name = parse_drive_id(id)
         if component_name is not None:
             check_component_name(component_name)
+        for setting, value, kinds in (
+            ("root", root, str | os.PathLike),
+            ("redis_url", redis_url, str),
+        ):  # (else a repr, and every call, raised a bare TypeError)
+            if value is not None and not isinstance(value, kinds):
+                raise ConfigTypeError(
+                    f"Drive {name!r}: {setting}={shorten(repr(value), 100)} must be a str"
+                    + (" or an os.PathLike" if setting == "root" else "")
+                    + f", not {type(value).__name__}."
+                )
         self._config = DriveConfig(
             name=name,
             component_name=component_name,
@@ -3008,6 +3047,7 @@ class Drive:
                 other mode.
 
         """
+        _paths.check_path_type(self.name, path)
         reading = check_mode(self.name, os.fspath(path), mode) == "rb"
         drive_path = self._path(path, file=True, new=not reading)
         if reading:

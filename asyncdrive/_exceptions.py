@@ -98,6 +98,28 @@ class InvalidConfigError(DriveError, ValueError):
     """A setting (argument or ``ASYNCDRIVE_*`` environment variable) has an invalid value."""
 
 
+class DriveTypeError(DriveError, TypeError):
+    """An argument has the wrong type.
+
+    A path that is not a str (nor an ``os.PathLike`` of one: not None, an int, bytes), data
+    that is not bytes-like (a str: encode it), a callback that cannot be called. A drive id,
+    path or setting of the wrong type is also the `InvalidDriveIdError`, `InvalidPathError`
+    or `InvalidConfigError` it always was.
+    """
+
+
+class PathTypeError(InvalidPathError, DriveTypeError):
+    """A path that is not a str (nor an ``os.PathLike`` of one)."""
+
+
+class DriveIdTypeError(InvalidDriveIdError, DriveTypeError):
+    """A drive id that is not a str."""
+
+
+class ConfigTypeError(InvalidConfigError, DriveTypeError):
+    """A setting of the wrong type (a root given as an int, say)."""
+
+
 class DriveFileNotFoundError(DriveError, FileNotFoundError):
     """Nothing exists at the requested path (for the requested component)."""
 

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Generic, Self, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._exceptions import InvalidConfigError, storage_error
+from ._exceptions import DriveTypeError, InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, Buffer, FileInfo
 from ._storage import (
     CHUNK,
@@ -49,6 +49,28 @@ def byte_view(data: Buffer) -> memoryview:
     if not view.c_contiguous:  # (a strided slice, a numpy array's transposed view)
         view = memoryview(view.tobytes())
     return view.cast("B")
+
+
+def check_data_type(drive_name: str, data: object) -> None:
+    """Raise `DriveTypeError` unless ``data`` is bytes-like (a str: encode it).
+
+    Example:
+        >>> check_data_type("d", b"abc")
+
+    """
+    if isinstance(data, str):
+        raise DriveTypeError(
+            f"Drive {drive_name!r}: the data to write is a str, where a drive stores bytes: "
+            "encode it (data.encode())."
+        )
+    if not isinstance(data, bytes | bytearray | memoryview):
+        try:
+            memoryview(data).release()  # type: ignore[arg-type]
+        except TypeError:
+            raise DriveTypeError(
+                f"Drive {drive_name!r}: the data to write must be bytes-like (bytes, "
+                f"bytearray, memoryview, an array), not {type(data).__name__}."
+            ) from None
 
 
 #: What an `Opening` opens (covariant: an Opening[DriveReader] is an Opening of a file).
@@ -106,7 +128,7 @@ def _count(drive_name: str, path: str, name: str, value: int) -> int:
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(
+        raise DriveTypeError(
             f"Drive {drive_name!r}: {name} for {path!r} must be an integer, not "
             f"{type(value).__name__}"
         ) from None
@@ -152,7 +174,7 @@ class DriveReader:
         return self._fd is None
 
     def __reduce__(self) -> Any:
-        raise TypeError(
+        raise DriveTypeError(
             f"cannot pickle {self!r}: it holds an open file of this process; pass the path "
             f"and open it where it is needed: drive.open({self.path!r})"
         )
@@ -412,7 +434,7 @@ class DriveWriter:
         return self._out is None
 
     def __reduce__(self) -> Any:
-        raise TypeError(
+        raise DriveTypeError(
             f"cannot pickle {self!r}: it writes an upload of this process; write the file "
             "where its bytes are, or pass them along."
         )
@@ -469,6 +491,7 @@ class DriveWriter:
         Small writes gather in memory (up to 1 MiB) and go to disk together.
         """
         out = self._open_out()
+        check_data_type(self._drive_name, data)
         view = byte_view(data)
         written = len(view)
         self._size += written

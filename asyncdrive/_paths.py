@@ -10,7 +10,7 @@ import os
 import posixpath
 import re
 
-from ._exceptions import InvalidPathError, shorten
+from ._exceptions import InvalidPathError, PathTypeError, shorten
 
 #: Names starting with this prefix are kept for asyncdrive's own files beside the user's.
 RESERVED_PREFIX = ".asyncdrive"
@@ -27,6 +27,21 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 #: The C1 control characters and the Unicode line and paragraph separators: refused in new
 #: names (each would break a listing printed one name a line), read in names made before.
 _NEW_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_path_type(drive: str, path: object, what: str = "path") -> None:
+    """Raise `PathTypeError` unless ``path`` is a str or an ``os.PathLike`` (of a str).
+
+    Example:
+        >>> check_path_type("d", "a.txt")
+
+    """
+    if not isinstance(path, str | os.PathLike):
+        hint = " (decode it: os.fsdecode)" if isinstance(path, bytes) else ""
+        raise PathTypeError(
+            f"Drive {drive!r}: {what} {shorten(repr(path), 100)} must be a str or an "
+            f"os.PathLike, not {type(path).__name__}{hint}."
+        )
 
 
 def normalize(
@@ -47,9 +62,10 @@ def normalize(
         new: the path is to be made (a put): the rules for new names apply too.
 
     """
+    check_path_type(drive, path)
     raw = os.fspath(path)
-    if not isinstance(raw, str):
-        raise InvalidPathError(f"Drive {drive!r}: path {raw!r} must be a str, not bytes.")
+    if not isinstance(raw, str):  # (an os.PathLike of bytes)
+        raise PathTypeError(f"Drive {drive!r}: path {raw!r} must be a str, not bytes.")
     if raw == "":
         raise _invalid(drive, raw, "it is empty. Name a file or folder, or '.' for all.")
     if (_NEW_CONTROL if new else _CONTROL).search(raw):

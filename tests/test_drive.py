@@ -1093,6 +1093,43 @@ async def test_invalid_paths(make_drive: MakeDrive, drive_id: str, bad: str) -> 
     assert await drive.list(".", recursive=True) == []
 
 
+async def test_arguments_of_a_wrong_type_are_drive_type_errors(
+    make_drive: MakeDrive, drive_id: str, workdir: Path
+) -> None:
+    """None, an int or bytes as a path, a str as data, a number as a callback: a bare
+    TypeError from deep in the call named neither the drive, nor the argument, nor the fix."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("f.txt", b"x")
+    write("local.txt")
+    calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        *((f"{name}({bad!r})", functools.partial(getattr(drive, name), bad))
+          for name in ("exists", "info", "list", "list_info", "read_bytes", "delete", "get",
+                       "put")
+          for bad in (None, 5, b"f.txt")),
+        ("put(to=5)", functools.partial(drive.put, "local.txt", to=5)),
+        ("get(to=5)", functools.partial(drive.get, "f.txt", to=5)),
+        ("write_bytes(str)", functools.partial(drive.write_bytes, "s.txt", "text")),
+        ("write_bytes(int)", functools.partial(drive.write_bytes, "s.txt", 5)),
+        ("put(progress=5)", functools.partial(drive.put, "local.txt", progress=5)),
+    ]  # fmt: skip
+    for what, call in calls:
+        with pytest.raises(asyncdrive.DriveTypeError) as refused:
+            await call()
+        assert isinstance(refused.value, TypeError), what
+        assert drive_id[6:] in str(refused.value), (what, refused.value)
+    with pytest.raises(InvalidPathError):  # (bytes were one: they are both now)
+        await drive.exists(b"f.txt")
+    with pytest.raises(asyncdrive.DriveTypeError, match="encode it"):
+        await drive.write_bytes("s.txt", "text")
+    for setting in ({"root": 5}, {"root": b"/tmp"}, {"redis_url": 5}):
+        with pytest.raises(asyncdrive.DriveTypeError, match=next(iter(setting))):
+            Drive(drive_id, **setting)
+    with pytest.raises(asyncdrive.InvalidDriveIdError) as no_id:
+        Drive(None)  # type: ignore[arg-type]
+    assert isinstance(no_id.value, TypeError)
+    assert await drive.list(".", recursive=True) == ["f.txt"]  # nothing stored meanwhile
+
+
 @pytest.mark.parametrize(
     "bad",
     [".asyncdrive-meta.x.json", ".asyncdrive-drive", "new\nline.txt", "c\x01.txt",
