@@ -1144,6 +1144,14 @@ class Drive:
             f"({shorten(detail, 300)}). {fix}"
         )
 
+    def _check_component(self, component_name: str, path: StrPath) -> None:
+        """Raise the error of an invalid ``component_name=``, naming the drive and the path."""
+        try:
+            check_component_name(component_name)
+        except InvalidConfigError as exc:
+            reading = os.fspath(path)
+            raise type(exc)(f"Drive {self.name!r}: cannot read {reading!r}: {exc}") from None
+
     def _embedded_stopped(self, root: Path) -> DriveUnavailableError:
         """Return the error of a drive that does not start its stopped embedded server."""
         return DriveUnavailableError(
@@ -1321,8 +1329,16 @@ class Drive:
             name = _local_name(path)
             drive_path = _paths.join(self._path(to, allow_root=True), name)
             drive_path = self._path(drive_path, new=True)
+        elif to is not None:
+            drive_path = self._path(to, new=True)
         else:
-            drive_path = self._path(path if to is None else to, new=True)
+            try:
+                drive_path = self._path(path, new=True)
+            except InvalidPathError as exc:  # a local path outside: a drive path is to=
+                if exc.reason.startswith(("drive paths are relative", "'..' would leave")):
+                    name = PurePosixPath(os.fspath(path)).name or "<name>"
+                    exc.args = (f"{exc} Or name the drive path with to= (to={name!r}, say).",)
+                raise
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
         conn = await self._connection(writing=f"put {os.fspath(path)!r}")
@@ -2292,7 +2308,7 @@ class Drive:
         """
         folder = self._path(path, allow_root=True)
         if component_name is not None:
-            check_component_name(component_name)
+            self._check_component(component_name, path)
         conn = await self._connection()
         if recursive:
             is_file, found = await conn.index.list_files(folder, component_name)
@@ -2356,7 +2372,7 @@ class Drive:
         """
         drive_path = self._path(path, allow_root=True)
         if component_name is not None:
-            check_component_name(component_name)
+            self._check_component(component_name, path)
         conn = await self._connection()
         kind = await conn.index.kind(drive_path, component_name)
         if kind is None:
@@ -2400,7 +2416,7 @@ class Drive:
         self, conn: _Connection, path: str, component_name: str | None
     ) -> FileInfo:
         if component_name is not None:
-            check_component_name(component_name)
+            self._check_component(component_name, path)
         owners = await conn.index.owners(path)
         if not owners:
             if await conn.index.kind(path) == "folder":
@@ -2525,7 +2541,7 @@ class Drive:
         """
         drive_path = self._path(path)
         if component_name is not None:
-            check_component_name(component_name)
+            self._check_component(component_name, path)
         check_seconds(self.name, "timeout", timeout)
         conn = await self._connection()
         if timeout is not None:
@@ -3057,7 +3073,7 @@ class Drive:
                     f"{drive_path!r} with mode 'wb' to use them."
                 )
             if component_name is not None:
-                check_component_name(component_name)
+                self._check_component(component_name, path)
             return Opening(
                 functools.partial(self._open_reader, drive_path, component_name),
                 f"lit://{self.name}/{drive_path} 'rb'",

@@ -94,9 +94,11 @@ def normalize(
         raise _invalid(drive, raw, "'..' would leave the drive; use a path inside it.")
     # A character is at most 4 bytes of UTF-8: most paths are checked without encoding.
     if len(norm) * 4 > MAX_PATH_BYTES and len(norm.encode()) > MAX_PATH_BYTES:
-        raise _invalid(drive, raw, f"longer than {MAX_PATH_BYTES} bytes.")
+        raise _invalid(drive, raw, f"longer than {MAX_PATH_BYTES} bytes; choose a shorter path.")
     if new and len(norm) > 2 * MAX_DEPTH and norm.count("/") > MAX_DEPTH:
-        raise _invalid(drive, raw, f"it has more than {MAX_DEPTH} folders above its file.")
+        raise _invalid(
+            drive, raw, f"it has more than {MAX_DEPTH} folders above its file; nest it less."
+        )
     if RESERVED_PREFIX in norm or len(norm) * 4 > MAX_SEGMENT_BYTES:
         for segment in norm.split("/"):
             if segment.startswith(RESERVED_PREFIX):
@@ -106,7 +108,8 @@ def normalize(
             if len(segment.encode()) > MAX_SEGMENT_BYTES:
                 raise _invalid(
                     drive, raw,
-                    f"the name {segment[:20]!r}... is longer than {MAX_SEGMENT_BYTES} bytes.",
+                    f"the name {segment[:20]!r}... is longer than {MAX_SEGMENT_BYTES} bytes; "
+                    "choose a shorter name.",
                 )  # fmt: skip
     return norm
 

@@ -1093,6 +1093,21 @@ async def test_invalid_paths(make_drive: MakeDrive, drive_id: str, bad: str) -> 
     assert await drive.list(".", recursive=True) == []
 
 
+async def test_refusals_say_the_fix(make_drive: MakeDrive, drive_id: str, workdir: Path) -> None:
+    """A local file outside the current folder, put without to=, was told to drop its '/'
+    (or stay inside the drive); a bad component_name named neither drive nor path."""
+    drive = make_drive(drive_id)
+    write("data/m.pt")
+    for local in (str(workdir / "data" / "m.pt"), "../work/data/m.pt"):
+        with pytest.raises(InvalidPathError, match=r"with to= \(to='m\.pt', say\)"):
+            await drive.put(local)
+    with pytest.raises(InvalidPathError, match="choose a shorter name"):
+        await drive.write_bytes("é" * 101, b"x")
+    with pytest.raises(InvalidConfigError, match=rf"'{drive_id[6:]}': cannot read 'a\.txt'"):
+        await drive.info("a.txt", component_name="a/b")
+    assert await drive.list(".", recursive=True) == []
+
+
 async def test_arguments_of_a_wrong_type_are_drive_type_errors(
     make_drive: MakeDrive, drive_id: str, workdir: Path
 ) -> None:
