@@ -453,6 +453,15 @@ def _path_argument(args: tuple[object, ...]) -> str | os.PathLike[str] | None:
     return next((a for a in args if isinstance(a, str | os.PathLike)), None)
 
 
+def _check_flag(drive: str, name: str, value: object) -> None:
+    """Raise `DriveTypeError` unless ``value`` is a bool (or an int): "false" is true."""
+    if not isinstance(value, bool | int):
+        raise DriveTypeError(
+            f"Drive {drive!r}: {name}={shorten(repr(value), 100)} must be True or False, not "
+            f"{type(value).__name__} (a non-empty str is true)."
+        )
+
+
 def _check_argument_types(
     drive: str, args: tuple[object, ...], kwargs: dict[str, Any], takes_data: bool
 ) -> None:
@@ -467,6 +476,8 @@ def _check_argument_types(
         _paths.check_path_type(drive, to, "to=")
     if takes_data and (len(args) > 1 or "data" in kwargs):  # (write_bytes)
         check_data_type(drive, args[1] if len(args) > 1 else kwargs["data"])
+    for flag in ("exist_ok", "overwrite", "recursive"):
+        _check_flag(drive, flag, kwargs.get(flag, False))
     progress = kwargs.get("progress")
     if progress is not None and not callable(progress):
         raise DriveTypeError(
@@ -642,6 +653,7 @@ class Drive:
         name = parse_drive_id(id)
         if component_name is not None:
             check_component_name(component_name)
+        _check_flag(name, "allow_duplicates", allow_duplicates)
         for setting, value, kinds in (
             ("root", root, str | os.PathLike),
             ("redis_url", redis_url, str),

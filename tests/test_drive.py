@@ -1126,6 +1126,12 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
         ("write_bytes(str)", functools.partial(drive.write_bytes, "s.txt", "text")),
         ("write_bytes(int)", functools.partial(drive.write_bytes, "s.txt", 5)),
         ("put(progress=5)", functools.partial(drive.put, "local.txt", progress=5)),
+        # A flag given as a str: "false" is true (it replaced the file, the local file).
+        ("exist_ok='false'", functools.partial(drive.write_bytes, "f.txt", b"y",
+                                                exist_ok="false")),
+        ("overwrite='false'", functools.partial(drive.get, "f.txt", to="local.txt",
+                                                 overwrite="false")),
+        ("recursive=None", functools.partial(drive.delete, "f.txt", recursive=None)),
     ]  # fmt: skip
     for what, call in calls:
         with pytest.raises(asyncdrive.DriveTypeError) as refused:
@@ -1136,13 +1142,14 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
         await drive.exists(b"f.txt")
     with pytest.raises(asyncdrive.DriveTypeError, match="encode it"):
         await drive.write_bytes("s.txt", "text")
-    for setting in ({"root": 5}, {"root": b"/tmp"}, {"redis_url": 5}):
+    for setting in ({"root": 5}, {"root": b"/tmp"}, {"redis_url": 5}, {"allow_duplicates": "no"}):
         with pytest.raises(asyncdrive.DriveTypeError, match=next(iter(setting))):
             Drive(drive_id, **setting)
     with pytest.raises(asyncdrive.InvalidDriveIdError) as no_id:
         Drive(None)  # type: ignore[arg-type]
     assert isinstance(no_id.value, TypeError)
     assert await drive.list(".", recursive=True) == ["f.txt"]  # nothing stored meanwhile
+    assert (await drive.info("f.txt")).version == 1 and Path("local.txt").read_bytes() == HELLO
 
 
 @pytest.mark.parametrize(
