@@ -2441,26 +2441,32 @@ class DiskStore:
         bytes, so one found naming another version than the index's (a replacement not
         committed) sends the reader to the backup (or to look the path up again).
         """
-        parts = self._parts(component, path)
-        try:
-            folder = self._open_in_root(parts[:-1], path, _FOLDER_FLAGS)
-        except (OSError, InvalidPathError):
+        opened = self._folder_of(component, path)
+        if opened is None:
             return None
+        name, folder = opened
         try:
-            return _read_json(_meta_beside(Path(parts[-1])), folder)
+            return _read_json(_meta_beside(Path(name)), folder)
         finally:
             os.close(folder)
 
-    def _open_backup(self, component: str, path: str, expected: FileInfo) -> tuple[int, int] | None:
-        """Open the backup of version ``expected`` of ``component``'s ``path``, if there is one."""
+    def _folder_of(self, component: str, path: str) -> tuple[str, int] | None:
+        """Open the folder of ``component``'s ``path`` (no link on the way): (name, fd)."""
         parts = self._parts(component, path)
         try:
-            folder = self._open_in_root(parts[:-1], path, _FOLDER_FLAGS)
+            return parts[-1], self._open_in_root(parts[:-1], path, _FOLDER_FLAGS)
         except (OSError, InvalidPathError):
             return None
+
+    def _open_backup(self, component: str, path: str, expected: FileInfo) -> tuple[int, int] | None:
+        """Open the backup of version ``expected`` of ``component``'s ``path``, if there is one."""
+        opened = self._folder_of(component, path)
+        if opened is None:
+            return None
+        file_name, folder = opened
         try:
             for name in os.listdir(folder):
-                if (_backup_parts(name) or ("", ""))[1] != parts[-1]:
+                if (_backup_parts(name) or ("", ""))[1] != file_name:
                     continue
                 try:
                     fd = os.open(name, _READ_FLAGS, dir_fd=folder)

@@ -8,6 +8,7 @@ nothing but its own uniquely named drives.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import gc
@@ -29,6 +30,7 @@ import anyio.to_thread
 import pytest
 
 import asyncdrive
+import asyncdrive._index
 from asyncdrive import Drive, SyncDrive, SyncWatch
 from asyncdrive import _storage as storage
 from asyncdrive._client import RedisClient, connect
@@ -370,6 +372,24 @@ def uploads_in_progress(root: Path, drive: Drive | SyncDrive) -> int:
             target = os.readlink(f"/proc/self/fd/{fd}")
             unnamed += target.startswith(tmp + "#") and target.endswith(" (deleted)")
     return len(uploads(root, drive)) + unnamed
+
+
+def hold_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold every commit script of the drives (``Index.commit_put``) until ``answer`` is set.
+
+    Returns (``entered``: set once a commit waits, ``answer``): a test cancels its caller
+    there, say. The commit then runs as it would have.
+    """
+    entered, answer = asyncio.Event(), asyncio.Event()
+    commit_put = asyncdrive._index.Index.commit_put
+
+    async def held_commit(self: asyncdrive._index.Index, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await answer.wait()
+        return await commit_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncdrive._index.Index, "commit_put", held_commit)
+    return entered, answer
 
 
 def scandir_calling(

@@ -47,7 +47,7 @@ from asyncdrive import (
 )
 from asyncdrive._storage import DiskStore
 
-from .conftest import REPO, MakeDrive, SyncAsAsync, raw_redis
+from .conftest import REPO, MakeDrive, SyncAsAsync, hold_commits, raw_redis
 from .procs import stop_all
 
 Key = tuple[str, str]  # (component, path)
@@ -1016,20 +1016,12 @@ async def test_a_new_file_put_cancelled_at_its_refused_commit_leaves_no_file(
     """A new small file is installed without the lock, then its commit finds another writer
     holding the path's lock: the put would go on the locked way and replace the file; its
     caller cancelled meanwhile, the file it installed is removed (it was left, unindexed)."""
-    entered, answer = asyncio.Event(), asyncio.Event()
-    commit_put = asyncdrive._index.Index.commit_put
-
-    async def held_commit(self: asyncdrive._index.Index, *args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        await answer.wait()
-        return await commit_put(self, *args, **kwargs)
-
     async with Drive(drive_id, root=root, redis_url=redis_url) as drive:
         await drive.write_bytes("first.txt", b"x")  # connected, the disk's ways known
         index = (await drive._connection()).index
         token, outcome = await index.lock_put("default", "new.txt", False, "", ttl=30, timeout=5)
         assert outcome.status == "ok"  # another writer's lock on the path
-        monkeypatch.setattr(asyncdrive._index.Index, "commit_put", held_commit)
+        entered, answer = hold_commits(monkeypatch)
         put = asyncio.create_task(drive.write_bytes("new.txt", b"new"))
         await entered.wait()
         put.cancel()

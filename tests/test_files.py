@@ -20,7 +20,6 @@ from typing import Any
 import anyio
 import pytest
 
-import asyncdrive._index
 from asyncdrive import (
     AmbiguousPathError,
     Change,
@@ -41,7 +40,7 @@ from asyncdrive import (
 )
 from asyncdrive._storage import DiskStore
 
-from .conftest import collect_until, uploads_in_progress, warnings_as_errors
+from .conftest import collect_until, hold_commits, uploads_in_progress, warnings_as_errors
 
 MiB = 1 << 20
 
@@ -686,16 +685,8 @@ async def test_a_close_cancelled_during_its_commit_says_what_it_committed(
 ) -> None:
     """The commit ends whatever cancels the caller (a put's too): the file is committed,
     and the writer's ``info`` says so (it stayed None: a retry wrote the file twice)."""
-    entered, answer = asyncio.Event(), asyncio.Event()
-    commit_put = asyncdrive._index.Index.commit_put
-
-    async def held_commit(self: asyncdrive._index.Index, *args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        await answer.wait()
-        return await commit_put(self, *args, **kwargs)
-
     await drive.write_bytes("f.bin", b"old")  # (a replacement: the locked way, as a writer)
-    monkeypatch.setattr(asyncdrive._index.Index, "commit_put", held_commit)
+    entered, answer = hold_commits(monkeypatch)
     f = await drive.open("f.bin", "wb")
     await f.write(b"new")
     closing = asyncio.create_task(f.aclose())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -549,6 +550,22 @@ def test_root_starts_a_server_where_its_files_are_nobodys(tmp_path: Path) -> Non
         asyncdrive.stop_server(tmp_path)
 
 
+def errors_in_a_new_thread(call: Callable[[], object]) -> list[BaseException]:
+    """Run ``call`` in a thread of its own; return what it raised (nothing: [])."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return errors
+
+
 def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -572,17 +589,8 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
                     drive.list(".")
                 with pytest.raises(asyncdrive.DriveUnavailableError) as watching:
                     watch.next(timeout=0.5)
-                stalled: list[BaseException] = []
-
-                def first_call_of_a_thread() -> None:  # (a drive of its own, connecting)
-                    try:
-                        drive.exists("a.txt")
-                    except BaseException as exc:
-                        stalled.append(exc)
-
-                thread = threading.Thread(target=first_call_of_a_thread)
-                thread.start()
-                thread.join()
+                # (A call from a new thread has a drive of its own, connecting.)
+                stalled = errors_in_a_new_thread(functools.partial(drive.exists, "a.txt"))
             finally:
                 os.kill(pid, signal.SIGCONT)
                 watch.close()
@@ -598,17 +606,7 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
             assert "embedded server stopped" in str(stopped.value), stopped.value
             # Nor does the same SyncDrive start it again from another thread (whose calls
             # have a drive of their own), nor by a watch (the shared loop thread's drive).
-            errors: list[BaseException] = []
-
-            def call_from_a_new_thread() -> None:
-                try:
-                    drive.list(".")
-                except BaseException as exc:
-                    errors.append(exc)
-
-            thread = threading.Thread(target=call_from_a_new_thread)
-            thread.start()
-            thread.join()
+            errors = errors_in_a_new_thread(functools.partial(drive.list, "."))
             assert [type(e) for e in errors] == [asyncdrive.DriveUnavailableError]
             assert "embedded server of" in str(errors[0]) and "stopped" in str(errors[0])
             assert asyncdrive.server_url(tmp_path) is None
