@@ -454,8 +454,11 @@ def _path_argument(args: tuple[object, ...]) -> str | os.PathLike[str] | None:
 
 
 def _check_flag(drive: str, name: str, value: object) -> None:
-    """Raise `DriveTypeError` unless ``value`` is a bool (or an int): "false" is true."""
-    if not isinstance(value, bool | int):
+    """Raise `DriveTypeError` for a flag given as a str, bytes or None: "false" is true.
+
+    Whatever else has a truth is taken (a numpy bool, an int).
+    """
+    if value is None or isinstance(value, str | bytes):
         raise DriveTypeError(
             f"Drive {drive!r}: {name}={shorten(repr(value), 100)} must be True or False, not "
             f"{type(value).__name__} (a non-empty str is true)."
@@ -928,7 +931,7 @@ class Drive:
         elif (url_running := await running_server(config.root)) is not None:
             url = url_running
         else:
-            raise self._embedded_stopped(config.root)
+            raise await self._not_started(config.root)
         connected: Connected | None = None
         try:
             connected = await connect(url, timeout=config.redis_timeout)
@@ -952,13 +955,7 @@ class Drive:
             if not self._starts_server:
                 running = await running_server(config.root)
                 if running is None or running == url:  # (not elsewhere now)
-                    if not await anyio.to_thread.run_sync(server_runs, config.root):
-                        raise self._embedded_stopped(config.root) from exc
-                    raise DriveUnavailableError(
-                        f"Drive {self.name!r}: cannot reach the embedded server of "
-                        f"{str(config.root)!r} ({exc or type(exc).__name__}). It runs, but "
-                        "did not answer in time (stalled, or overloaded): retry."
-                    ) from exc
+                    raise await self._not_started(config.root, exc) from exc
             return await self._connect()
         except (redis.exceptions.RedisError, AttributeError, TypeError, ValueError) as exc:
             # An answer, but not Redis's (another service at that port; redis-py fails to
@@ -1164,8 +1161,20 @@ class Drive:
             reading = os.fspath(path)
             raise type(exc)(f"Drive {self.name!r}: cannot read {reading!r}: {exc}") from None
 
-    def _embedded_stopped(self, root: Path) -> DriveUnavailableError:
-        """Return the error of a drive that does not start its stopped embedded server."""
+    async def _not_started(
+        self, root: Path, exc: BaseException | None = None
+    ) -> DriveUnavailableError:
+        """Return the error of a drive that may not start its embedded server, not answering.
+
+        Stopped (no process), or stalled (it runs: a ping found no answer in time).
+        """
+        if await anyio.to_thread.run_sync(server_runs, root):
+            detail = f" ({exc or type(exc).__name__})" if exc is not None else ""
+            return DriveUnavailableError(
+                f"Drive {self.name!r}: cannot reach the embedded server of {str(root)!r}"
+                f"{detail}. It runs, but did not answer in time (stalled, or overloaded): "
+                "retry."
+            )
         return DriveUnavailableError(
             f"Drive {self.name!r}: the embedded server of {str(root)!r} stopped "
             f"(asyncdrive.stop_server?); {_RESTART}."
@@ -1347,10 +1356,16 @@ class Drive:
             try:
                 drive_path = self._path(path, new=True)
             except InvalidPathError as exc:  # a local path outside: a drive path is to=
-                if exc.reason.startswith(("drive paths are relative", "'..' would leave")):
-                    name = PurePosixPath(os.fspath(path)).name or "<name>"
-                    exc.args = (f"{exc} Or name the drive path with to= (to={name!r}, say).",)
-                raise
+                if not exc.reason.startswith(("drive paths are relative", "'..' would leave")):
+                    raise
+                name = PurePosixPath(os.fspath(path)).name or "<name>"
+                why = "absolute" if exc.reason[0] == "d" else "outside the current folder"
+                outside = InvalidPathError(
+                    f"Drive {self.name!r}: cannot put {os.fspath(path)!r} at the same path in "
+                    f"the drive: it is {why}. Name its drive path with to= (to={name!r}, say)."
+                )
+                outside.reason = exc.reason
+                raise outside from None
         precondition = self._precondition(drive_path, if_version, exist_ok)
         local = Path(drive_path) if to is None else Path(path)
         conn = await self._connection(writing=f"put {os.fspath(path)!r}")

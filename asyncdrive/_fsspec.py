@@ -759,6 +759,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     async def _copy(self, path1: Any, path2: Any, recursive: bool = False, **kwargs: Any) -> Any:
         """Copy as fsspec does; a whole drive copied into a folder goes in as a folder named so."""
+        if isinstance(path2, str) and not self._split(path2)[0]:
+            raise InvalidPathError(
+                f"Cannot copy into {path2!r}, the root of the drives: name a drive "
+                "(lit://<drive>/<path>) to copy into."
+            )
         name = self._whole_drive(path1, recursive)
         into = isinstance(path2, str) and path2.endswith("/")
         if name and isinstance(path2, str) and (into or await self._isdir(path2)):

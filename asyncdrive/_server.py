@@ -612,10 +612,14 @@ async def ensure_server(root: Path) -> str:
 
 async def running_server(root: Path) -> str | None:
     """Return the URL of ``root``'s embedded server if it runs (`server_url`); never start it."""
-    known = _known.get((os.getpid(), root))
+    key = (os.getpid(), root)
+    known = _known.get(key)
     if known is not None:  # (a connection to it then says whether it still runs)
         return known
-    return await anyio.to_thread.run_sync(server_url, root)
+    found = await anyio.to_thread.run_sync(server_url, root)
+    if found is not None:
+        _known[key] = found  # (as `ensure_server` would remember it)
+    return found
 
 
 def forget_server(root: Path) -> None:

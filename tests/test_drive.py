@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy
 import pytest
 from redis.crc import key_slot
 
@@ -1099,8 +1100,9 @@ async def test_refusals_say_the_fix(make_drive: MakeDrive, drive_id: str, workdi
     drive = make_drive(drive_id)
     write("data/m.pt")
     for local in (str(workdir / "data" / "m.pt"), "../work/data/m.pt"):
-        with pytest.raises(InvalidPathError, match=r"with to= \(to='m\.pt', say\)"):
+        with pytest.raises(InvalidPathError, match=r"with to= \(to='m\.pt', say\)") as told:
             await drive.put(local)
+        assert "drop the leading" not in str(told.value) and "inside" not in str(told.value)
     with pytest.raises(InvalidPathError, match="choose a shorter name"):
         await drive.write_bytes("é" * 101, b"x")
     with pytest.raises(InvalidConfigError, match=rf"'{drive_id[6:]}': cannot read 'a\.txt'"):
@@ -1148,6 +1150,7 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
     with pytest.raises(asyncdrive.InvalidDriveIdError) as no_id:
         Drive(None)  # type: ignore[arg-type]
     assert isinstance(no_id.value, TypeError)
+    assert await drive.list(".", recursive=numpy.True_) == ["f.txt"]  # (a numpy bool: taken)
     assert await drive.list(".", recursive=True) == ["f.txt"]  # nothing stored meanwhile
     assert (await drive.info("f.txt")).version == 1 and Path("local.txt").read_bytes() == HELLO
 

@@ -796,6 +796,8 @@ def test_a_whole_drive_copies_gets_and_moves_as_a_folder(
             fs.mv(f"{url}/sub", inside, recursive=True)
     fsspec.asyn.sync(fs.loop, fs._mv_file, f"{url}-b/a.txt", f"{url}-b/./a.txt")
     assert fs.cat(f"{url}-b/a.txt") == b"b's" and fs.cat(f"{url}/sub/b.txt") == b"b"
+    with pytest.raises(InvalidPathError, match="the root of the drives"):  # (said 'lit:/a')
+        fs.copy(url, "lit://", recursive=True)
     # The root of the drives is no drive: rm says so (it built a drive named '').
     for root in ("lit://", ""):
         with pytest.raises(InvalidPathError, match="names the root of the drives"):
