@@ -109,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     files.add_argument(
         "--component",
         default=None,
-        help="who writes, and whose copy to read where several own a path (default: "
-        "$ASYNCDRIVE_COMPONENT)",
+        help="who writes, and whose copy to read where several own a path; ls: list only "
+        "its files (default: $ASYNCDRIVE_COMPONENT; ls: every component's)",
     )
     ls = commands.add_parser("ls", parents=[files, json_output], help="list a folder of a drive")
     ls.add_argument("target", metavar="lit://DRIVE[/PATH]")
@@ -123,8 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         parents=[files, json_output],
         help="copy local files or folders into a drive",
         description="Copy LOCAL files or folders to a drive path. As with cp, a destination "
-        "ending in '/' (or several LOCALs) is a folder they go into. LOCAL '-' stores stdin's "
-        "bytes at the path, committed at their end (interrupted: nothing stored).",
+        "ending in '/' (or several LOCALs) is a folder they go into, and so is a folder of the "
+        "drive for a file. LOCAL '-' stores stdin's bytes at the path, committed at their "
+        "end (interrupted: nothing stored).",
     )
     put.add_argument(
         "--allow-duplicates",
@@ -557,7 +558,7 @@ def _read_some(fd: int) -> bytes:
             return os.read(fd, _CAT_CHUNK)
         except BlockingIOError:
             select.select([fd], [], [])
-        except OSError as exc:  # (a stdin opened for writing only, a folder: `< /`)
+        except OSError as exc:  # (a stdin opened for writing only: `0>>file`)
             raise _InputFailed(exc) from exc
 
 
@@ -592,6 +593,9 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
     folder_repr = r"""(?:'([^']*)'|"([^"]*)")"""  # (repr's quotes: " if it holds a ')
     message = re.sub(rf"list\(\) \(e\.g\. list\({folder_repr}\)\)", ls, message)
     message = re.sub(rf"list\({folder_repr}\)", ls, message)
+    message = re.sub(
+        r"Pass to= a file path \(to=('[^']*'), say\)", r"Name a LOCAL file (\1, say)", message
+    )
     replaced = {
         "Pass overwrite=True": "Pass -f",
         "pass recursive=True": "pass -r",
@@ -615,6 +619,8 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "or get to another (to=).": "or get to another LOCAL folder.",
         "Get to a folder on a writable filesystem (to=).": "Get to a writable filesystem.",
         "create a new Drive (or SyncDrive) to start it again": "run the command again to start it",
+        "overwrite=True would replace the link itself": "-f would replace the link itself",
+        "Pass to= the path it should write": "Pass the LOCAL path it should write",
         ": member=": ": --member ",
         "pass group= too": "pass --group too",
     }
@@ -691,10 +697,10 @@ def _run_command(args: argparse.Namespace) -> int:
             _say(f"running, not answering (stalled, or loading its data?): see {log}")
             return 6  # as a call would fail: unavailable
         _say(f"running: {redact_url(url)}" if url else "not running")
-        if url is None and os.environ.get(ENV_REDIS_URL):
+        if os.environ.get(ENV_REDIS_URL):
             print(
                 f"asyncdrive: {ENV_REDIS_URL} is set: drives use that server, not this root's "
-                "embedded one.",
+                "embedded one (this status).",
                 file=sys.stderr,
             )
         return 0 if url else 3

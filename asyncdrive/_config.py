@@ -90,8 +90,8 @@ def check_group_name(drive: str, group: str, what: str = "group name") -> None:
     """
     try:
         check_component_name(group, what)
-    except InvalidConfigError as exc:
-        raise InvalidConfigError(f"Drive {drive!r}: {exc}") from None
+    except InvalidConfigError as exc:  # (a ConfigTypeError stays one)
+        raise type(exc)(f"Drive {drive!r}: {exc}") from None
 
 
 def check_seconds(drive: str, name: str, value: float | None) -> None:
@@ -102,9 +102,8 @@ def check_seconds(drive: str, name: str, value: float | None) -> None:
 
     """
     if value is not None and not (isinstance(value, int | float) and value >= 0):
-        raise InvalidConfigError(
-            f"Drive {drive!r}: {name}={value!r} must be a number of seconds, 0 or more."
-        )
+        kind = InvalidConfigError if isinstance(value, int | float) else ConfigTypeError
+        raise kind(f"Drive {drive!r}: {name}={value!r} must be a number of seconds, 0 or more.")
 
 
 def default_root() -> Path:

@@ -1658,10 +1658,12 @@ class Drive:
         )
 
     def _precondition(self, path: str, if_version: int | None, exist_ok: bool) -> str:
+        _check_flag(self.name, "exist_ok", exist_ok)  # (open() too)
         if if_version is None:
             return "" if exist_ok else "absent"
         if isinstance(if_version, bool) or not isinstance(if_version, int) or if_version < 0:
-            raise InvalidConfigError(
+            wrong_type = isinstance(if_version, bool) or not isinstance(if_version, int)
+            raise (ConfigTypeError if wrong_type else InvalidConfigError)(
                 f"Drive {self.name!r}: if_version={if_version!r} for {path!r} must be a "
                 "version number (FileInfo.version), or 0 for 'only if absent'."
             )
@@ -2871,6 +2873,7 @@ class Drive:
             The number of files indexed.
 
         """
+        _check_flag(self.name, "verify", verify)
         conn = await self._connection(check_index=False, writing="rebuild the index")
         found = await conn.run_sync(
             # (Metadata found stale, fixed either way: readers would refuse what is indexed.)
@@ -3205,6 +3208,7 @@ class Drive:
 
         """
         folder = self._path(path, allow_root=True)
+        _check_flag(self.name, "recursive", recursive)
         if group is not None:
             check_group_name(self.name, group)
         if member is not None:
@@ -3226,7 +3230,7 @@ class Drive:
             try:
                 parse_id(since if isinstance(since, str) else "")
             except ValueError:
-                raise InvalidConfigError(
+                raise (InvalidConfigError if isinstance(since, str) else ConfigTypeError)(
                     f"Drive {self.name!r}: since={since!r} is not an event id; pass a "
                     "DriveEvent.id, a Watch.cursor, or '0' to replay everything retained."
                 ) from None
@@ -3279,6 +3283,7 @@ class Drive:
 
         """
         check_group_name(self.name, group)
+        _check_flag(self.name, "force", force)
         conn = await self._connection(check_index=False, writing=f"remove group {group!r}")
         reply = await conn.index.remove_group(
             group, active_ms=int(_watch.ACTIVE_MEMBER * 1000), force=force

@@ -102,9 +102,10 @@ class DriveTypeError(DriveError, TypeError):
     """An argument has the wrong type.
 
     A path that is not a str (nor an ``os.PathLike`` of one: not None, an int, bytes), data
-    that is not bytes-like (a str: encode it), a callback that cannot be called. A drive id,
-    path or setting of the wrong type is also the `InvalidDriveIdError`, `InvalidPathError`
-    or `InvalidConfigError` it always was.
+    that is not bytes-like (a str: encode it), a callback that cannot be called, a flag
+    given as a str or None (``"false"`` is true). A drive id, path or setting of the wrong
+    type (a timeout given as a str, say) is also the `InvalidDriveIdError`,
+    `InvalidPathError` or `InvalidConfigError` it always was.
     """
 
 

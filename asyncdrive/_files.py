@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Generic, Self, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._exceptions import DriveTypeError, InvalidConfigError, storage_error
+from ._exceptions import ConfigTypeError, DriveTypeError, InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, Buffer, FileInfo
 from ._storage import (
     CHUNK,
@@ -676,9 +676,13 @@ class Opening(Coroutine[Any, Any, FileT], Generic[FileT]):
 
 def check_mode(drive_name: str, path: str, mode: str) -> str:
     """Return ``mode`` normalised to ``"rb"`` or ``"wb"``, or raise `InvalidConfigError`."""
-    normal = {"rb": "rb", "br": "rb", "wb": "wb", "bw": "wb"}.get(mode)
+    normal = (
+        {"rb": "rb", "br": "rb", "wb": "wb", "bw": "wb"}.get(mode)
+        if isinstance(mode, str)
+        else None
+    )
     if normal is None:
-        raise InvalidConfigError(
+        raise (InvalidConfigError if isinstance(mode, str) else ConfigTypeError)(
             f"Drive {drive_name!r}: cannot open {path!r} with mode {mode!r}: drive files open "
             "in binary, as 'rb' (read) or 'wb' (write, committed on close). For text, wrap "
             "read_bytes()/write_bytes() or the file in a decoder."

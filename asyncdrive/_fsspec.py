@@ -876,9 +876,12 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         maxdepth: int | None = None,
         **kwargs: Any,
     ) -> None:
-        """Move files as fsspec does, copying them then deleting the sources.
+        """Move files as fsspec does, copying them then deleting what was copied.
 
-        Refused before anything is copied where a source is another component's: a
+        Unlike fsspec's own: with ``maxdepth``, the files deeper down stay (fsspec's removes
+        all below the sources); a move onto itself, however written (``d/a``, ``d//a``),
+        does nothing; a folder moved into itself is refused; a whole drive moves as a
+        folder. Refused before anything is copied where a source is another component's: a
         component deletes only its own copies, so the move would leave both.
 
         Example:

@@ -189,6 +189,8 @@ class SyncAsAsync:
             "get",
             "gc",
             "rebuild_index",
+            "groups",
+            "remove_group",
         }
     )
 

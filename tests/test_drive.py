@@ -1134,12 +1134,23 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
         ("overwrite='false'", functools.partial(drive.get, "f.txt", to="local.txt",
                                                  overwrite="false")),
         ("recursive=None", functools.partial(drive.delete, "f.txt", recursive=None)),
+        ("verify='false'", functools.partial(drive.rebuild_index, verify="false")),
+        ("force='false'", functools.partial(drive.remove_group, "g", force="false")),
+        # Settings of a wrong type: DriveTypeErrors too (and InvalidConfigErrors, as ever).
+        ("timeout='5'", functools.partial(drive.get, "f.txt", timeout="5")),
+        ("if_version='1'", functools.partial(drive.write_bytes, "f.txt", b"y", if_version="1")),
+        ("remove_group(5)", functools.partial(drive.remove_group, 5)),
     ]  # fmt: skip
     for what, call in calls:
         with pytest.raises(asyncdrive.DriveTypeError) as refused:
             await call()
         assert isinstance(refused.value, TypeError), what
         assert drive_id[6:] in str(refused.value), (what, refused.value)
+    if isinstance(drive, Drive):  # (not wrapped: checked all the same)
+        with pytest.raises(asyncdrive.DriveTypeError, match="exist_ok"):
+            drive.open("f.txt", "wb", exist_ok="false")  # type: ignore[call-overload]
+        with pytest.raises(asyncdrive.DriveTypeError, match="recursive"):
+            drive.watch("sub", recursive="false")  # type: ignore[arg-type]
     with pytest.raises(InvalidPathError):  # (bytes were one: they are both now)
         await drive.exists(b"f.txt")
     with pytest.raises(asyncdrive.DriveTypeError, match="encode it"):
