@@ -1661,8 +1661,8 @@ class Drive:
         _check_flag(self.name, "exist_ok", exist_ok)  # (open() too)
         if if_version is None:
             return "" if exist_ok else "absent"
-        if isinstance(if_version, bool) or not isinstance(if_version, int) or if_version < 0:
-            wrong_type = isinstance(if_version, bool) or not isinstance(if_version, int)
+        wrong_type = isinstance(if_version, bool) or not isinstance(if_version, int)
+        if wrong_type or if_version < 0:
             raise (ConfigTypeError if wrong_type else InvalidConfigError)(
                 f"Drive {self.name!r}: if_version={if_version!r} for {path!r} must be a "
                 "version number (FileInfo.version), or 0 for 'only if absent'."
