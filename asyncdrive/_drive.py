@@ -777,6 +777,8 @@ class Drive:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self._closed:  # (its calls would all raise: say so here, as httpx's clients do)
+            raise self._closed_error()
         return self
 
     async def __aexit__(

@@ -587,6 +587,8 @@ class SyncDrive:
         return (_restore, (type(self), self._drive._config))
 
     def __enter__(self) -> Self:
+        if self._closed:  # (its calls would all raise: say so here)
+            raise _closed_error(self.name)
         return self
 
     def __exit__(

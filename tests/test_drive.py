@@ -1575,6 +1575,13 @@ def test_a_drive_outlives_its_event_loops(env: dict[str, str], drive_id: str) ->
     with pytest.raises(asyncdrive.DriveClosedError):
         asyncio.run(drive.exists("a.txt"))
 
+    async def enter() -> None:
+        async with drive:  # (a closed drive is not entered: it raised at each call inside)
+            pass
+
+    with pytest.raises(asyncdrive.DriveClosedError, match="is closed"):
+        asyncio.run(enter())
+
 
 @pytest.mark.parametrize("earlier_loop", [True, False])
 def test_a_drive_used_by_two_running_loops_at_once_refuses_the_second(

@@ -1032,6 +1032,8 @@ def test_unused_or_closed_syncdrive_does_not_warn(env: dict[str, str], drive_id:
         with closed.open("absent.txt", "wb") as f:
             f.write(b"x")
         closed.close()
+        with pytest.raises(DriveClosedError, match="is closed"), closed:
+            pass  # (a closed drive is not entered: it raised at each call inside)
         del unused, closed
         gc.collect()
     assert [str(w.message) for w in caught] == []
