@@ -1877,7 +1877,7 @@ class DiskStore:
         # Where nothing is at the path (a folder put's new files, mostly), an upload without
         # a name is linked in, as by `install_new`; anything else moves in from `.tmp`.
         link_in = folder >= 0 and mode is None and not staged.named
-        backup = self._backup(target) if replaces_file else None
+        backup, had_meta_file = self._backup(target) if replaces_file else (None, False)
         meta_tmp: Path | None = None
         moved = False  # whether anything of the drive's files has changed yet
         try:
@@ -1896,7 +1896,7 @@ class DiskStore:
                 moved = True
             if linked or (folder >= 0 and _replace_in(staged.tmp, folder, parts[-1])):
                 moved = True
-                if attached and replaces_file:  # a metadata file of the bytes replaced
+                if attached and had_meta_file:  # that of the bytes replaced: stale now
                     with contextlib.suppress(FileNotFoundError):  # (backed up: `restore`)
                         os.unlink(meta_target.name, dir_fd=folder)
                 if sync_folder:
@@ -1904,7 +1904,7 @@ class DiskStore:
             else:
                 _replace_into(staged.tmp, target)
                 moved = True
-                if attached and replaces_file:
+                if attached and had_meta_file:
                     meta_target.unlink(missing_ok=True)
                 if sync_folder:
                     _fsync_dir(target.parent)
@@ -1925,8 +1925,11 @@ class DiskStore:
             raise
         return backup
 
-    def _backup(self, target: Path) -> Path:
-        """Hard-link ``target`` and its metadata file beside them, under a new id."""
+    def _backup(self, target: Path) -> tuple[Path, bool]:
+        """Hard-link ``target`` and its metadata file beside them, under a new id.
+
+        Returns the backup, and whether ``target`` had a metadata file (backed up too).
+        """
         backup = target.with_name(f"{BACKUP_PREFIX}{secrets.token_hex(4)}.{target.name}")
         try:
             os.link(target, backup, follow_symlinks=False)
@@ -1942,9 +1945,10 @@ class DiskStore:
                 ) from exc  # fmt: skip
             raise
         meta_target = _meta_beside(target)
-        if _is_file(meta_target):
-            os.link(meta_target, _meta_backup(backup), follow_symlinks=False)
-        return backup
+        if not _is_file(meta_target):
+            return backup, False
+        os.link(meta_target, _meta_backup(backup), follow_symlinks=False)
+        return backup, True
 
     def _attach_meta(self, staged: Staged, meta: dict[str, object]) -> bool:
         """Set the metadata attribute on the upload, and fsync it; False if the disk keeps none.
