@@ -325,9 +325,24 @@ if ARGV[9] == '1' then
     return {'lost', {entries[1][1]}, 'own'}
   end
 end
+-- Whether an event (its fields) is of the path the group's members watch.
+local kind, folder = string.sub(ARGV[6], 1, 1), string.sub(ARGV[6], 3)
+local function watched(fields)
+  local p
+  for i = 1, #fields, 2 do
+    if fields[i] == 'path' then p = fields[i + 1] break end
+  end
+  if not p or p == folder then return true end
+  if kind == 'r' then
+    return folder == '' or string.sub(p, 1, #folder + 1) == folder .. '/'
+  end
+  return (string.match(p, '^(.*)/[^/]*$') or '') == folder
+end
 -- The oldest event a member has held unacknowledged for claim_idle: taken over, or, if the
 -- log no longer has it (trimmed while held), acknowledged and reported. (Not XAUTOCLAIM,
 -- which reports and drops every trimmed entry held, however briefly: a live member's too.)
+-- One of another path (held by a member of the path the group watched before this one took
+-- it over) is acknowledged, as the old path's events not yet read are ('skipped').
 local held = redis.call('XPENDING', events, group, 'IDLE', ARGV[3], '-', '+', 1)
 if #held > 0 then
   local id = held[1][1]
@@ -336,7 +351,11 @@ if #held > 0 then
     return {'lost', {id}}
   end
   local claimed = redis.call('XCLAIM', events, group, member, ARGV[3], id)
-  if #claimed > 0 then return {'event', claimed[1], '', deliveries(id)} end
+  if #claimed > 0 then
+    if watched(claimed[1][2]) then return {'event', claimed[1], '', deliveries(id)} end
+    redis.call('XACK', events, group, id)
+    return {'skipped', last}
+  end
 end
 if after(trimmed, last) then
   last = listed_last() or last
@@ -350,18 +369,6 @@ end
 -- The next event of the path the members watch. Those of other paths are acknowledged
 -- here, up to a bounded number a step ('skipped': there may be more, step again at once),
 -- not handed out one round trip each (a member of a folder of a busy drive).
-local kind, folder = string.sub(ARGV[6], 1, 1), string.sub(ARGV[6], 3)
-local function watched(fields)
-  local p
-  for i = 1, #fields, 2 do
-    if fields[i] == 'path' then p = fields[i + 1] break end
-  end
-  if not p or p == folder then return true end
-  if kind == 'r' then
-    return folder == '' or string.sub(p, 1, #folder + 1) == folder .. '/'
-  end
-  return (string.match(p, '^(.*)/[^/]*$') or '') == folder
-end
 for n = 1, SKIP_AT_MOST do
   local read = redis.call('XREADGROUP', 'GROUP', group, member, 'COUNT', 1, 'STREAMS', events, '>')
   if not (read and #read[1][2] > 0) then break end

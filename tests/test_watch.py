@@ -934,6 +934,10 @@ async def test_group_members_must_watch_one_path(
                 await drive.write_bytes("ckpt/4.pt", b"x")
                 event = await new.next(5)
                 assert event is not None and event.path == "ckpt/4.pt"
+                # What the stale member held (logs/b) is dropped with the group's old path,
+                # as its events not yet read are: acknowledged, handed to no member.
+                held = await conn.client.xpending_range(key, "g", min="-", max="+", count=10)
+                assert [h["message_id"] for h in held] == [event.id]
                 with pytest.raises(InvalidConfigError, match="group 'g' watches 'ckpt'"):
                     await stale.next(1)
 
