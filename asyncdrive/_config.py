@@ -8,6 +8,7 @@ coordinator writes under the worker's own ``ASYNCDRIVE_COMPONENT``.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -101,8 +102,12 @@ def check_seconds(drive: str, name: str, value: float | None) -> None:
         >>> check_seconds("d", "timeout", 2.5)
 
     """
-    if value is not None and not (isinstance(value, int | float) and value >= 0):
-        kind = InvalidConfigError if isinstance(value, int | float) else ConfigTypeError
+    if value is None or (type(value) in (int, float) and value >= 0):
+        return
+    # (A number of another type, numpy's say, is one; a bool is not, though an int.)
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or not value >= 0:
+        kind = InvalidConfigError if number else ConfigTypeError
         raise kind(f"Drive {drive!r}: {name}={value!r} must be a number of seconds, 0 or more.")
 
 

@@ -1074,15 +1074,21 @@ class Drive:
             f"rebuild-index {self.id}' to rebuild the index from the disk.{wrong_url}"
         )
 
-    def _closed_error(self, cut_short: str | None = None) -> DriveClosedError:
-        """Return the error of a closed drive; ``cut_short`` names a call its aclose() cut."""
+    def _closed_error(
+        self, cut_short: str | None = None, *, changes: bool = True
+    ) -> DriveClosedError:
+        """Return the error of a closed drive; ``cut_short`` names a call its aclose() cut.
+
+        ``changes``: that call may have changed the drive (not a watch, say).
+        """
         if cut_short is None:
             return DriveClosedError(
                 f"Drive {self.name!r} is closed; create a new Drive to use it again."
             )
+        may_stand = " (what it changed may stand: look again)" if changes else ""
         return DriveClosedError(
-            f"Drive {self.name!r} was closed (aclose()) before its {cut_short} finished (what "
-            "it changed may stand: look again); create a new Drive to use it again."
+            f"Drive {self.name!r} was closed (aclose()) before its {cut_short} finished"
+            f"{may_stand}; create a new Drive to use it again."
         )
 
     def _unavailable(self, exc: BaseException, url: str | None = None) -> DriveUnavailableError:

@@ -76,8 +76,9 @@ class GroupInfo:
         name: the group's name.
         path: the folder (or file) its members watch; ``"."``: the whole drive.
         recursive: whether they watch its sub-folders too.
-        members: its members: watches open in it, or gone (killed) while holding events,
-            or gone within the last 10 minutes.
+        members: its members: watches open in it, and members gone without leaving
+            (killed): until what they held is handled and they have been idle 10 minutes,
+            when the next member to leave the group removes them.
         pending: events handed to members and not yet acknowledged.
         last_event_id: the id of the last event handed to the group: its position.
         lag: events of the drive committed after that position (the members skip those

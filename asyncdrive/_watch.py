@@ -262,7 +262,7 @@ class Watch:
         tell that no event came, so it says why it could not look).
         """
         if self._drive._closed:  # aclose() cut the connection: no reconnecting
-            raise self._drive._closed_error("watch") from exc
+            raise self._drive._closed_error("watch", changes=False) from exc
         now = time.monotonic()
         self._last_failure = exc
         if self._failing_since is None:
@@ -626,7 +626,7 @@ class WaitingRoom:
         """Tell the waiters of a reader cancelled before it ran (its drive closed at once)."""
         if reader.cancelled() and self._reader is reader:  # (else it told them, or none wait)
             self._reader = self._watch = None
-            error = self._drive._closed_error("wait for a file")
+            error = self._drive._closed_error("wait for a file", changes=False)
             for waiters in self._waiting.values():
                 for waiter in waiters:
                     waiter.error = error
@@ -670,7 +670,11 @@ class WaitingRoom:
             if self._watch is watch:  # still the room's: its waiters are told (else none wait)
                 self._watch = self._reader = None
                 # The connection closing (the drive's closing), or what the watch raised.
-                error = self._drive._closed_error("wait for a file") if cancelled else exc
+                error = (
+                    self._drive._closed_error("wait for a file", changes=False)
+                    if cancelled
+                    else exc
+                )
                 for waiters in self._waiting.values():
                     for waiter in waiters:
                         waiter.error = error

@@ -1138,6 +1138,7 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
         ("force='false'", functools.partial(drive.remove_group, "g", force="false")),
         # Settings of a wrong type: DriveTypeErrors too (and InvalidConfigErrors, as ever).
         ("timeout='5'", functools.partial(drive.get, "f.txt", timeout="5")),
+        ("timeout=True", functools.partial(drive.get, "f.txt", timeout=True)),  # (an int)
         ("if_version='1'", functools.partial(drive.write_bytes, "f.txt", b"y", if_version="1")),
         ("remove_group(5)", functools.partial(drive.remove_group, 5)),
     ]  # fmt: skip
@@ -1151,6 +1152,9 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
             drive.open("f.txt", "wb", exist_ok="false")  # type: ignore[call-overload]
         with pytest.raises(asyncdrive.DriveTypeError, match="recursive"):
             drive.watch("sub", recursive="false")  # type: ignore[arg-type]
+        # A number of seconds of another type (numpy's) is one: taken.
+        async with drive.watch("sub", timeout=numpy.float32(0.05)) as quiet:
+            assert [event async for event in quiet] == []
     with pytest.raises(InvalidPathError):  # (bytes were one: they are both now)
         await drive.exists(b"f.txt")
     with pytest.raises(asyncdrive.DriveTypeError, match="encode it"):
