@@ -1153,7 +1153,7 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
         with pytest.raises(asyncdrive.DriveTypeError, match="recursive"):
             drive.watch("sub", recursive="false")  # type: ignore[arg-type]
         # A number of seconds of another type (numpy's) is one: taken.
-        async with drive.watch("sub", timeout=numpy.float32(0.05)) as quiet:
+        async with drive.watch("sub", timeout=numpy.float32(0.05)) as quiet:  # type: ignore[arg-type]
             assert [event async for event in quiet] == []
     with pytest.raises(InvalidPathError):  # (bytes were one: they are both now)
         await drive.exists(b"f.txt")
