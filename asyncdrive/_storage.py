@@ -1103,6 +1103,11 @@ _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # instead of waiting for a writer; a regular file's reads ignore it.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+#: A file written in place (`DiskStore.open_new`) is made with the sticky bit, which no
+#: other of the drive's files has (it means nothing on a file to Linux), and its attribute
+#: "unfinished" set next: a writer killed between the two left a file with no metadata,
+#: which `DiskStore.scan` took for one put by hand, finished (an empty version 1).
+_NEW_FILE_MODE = CREATE_MODE | stat.S_ISVTX
 
 
 def temp_fd_in(folder: Path) -> tuple[int, Path]:
@@ -1726,13 +1731,14 @@ class DiskStore:
             return None
         parts = self._parts(component, path)
         try:
-            fd = self._open_without_links(parts, _NEW_FILE_FLAGS, CREATE_MODE)
+            fd = self._open_without_links(parts, _NEW_FILE_FLAGS, _NEW_FILE_MODE)
         except FileNotFoundError:
             folder = self._make_folder(parts, path)
             if folder < 0:
                 return None
             try:
-                fd = os.open(parts[-1], _NEW_FILE_FLAGS | os.O_NOFOLLOW, CREATE_MODE, dir_fd=folder)
+                flags = _NEW_FILE_FLAGS | os.O_NOFOLLOW
+                fd = os.open(parts[-1], flags, _NEW_FILE_MODE, dir_fd=folder)
             except OSError:
                 return None
             finally:
@@ -1749,6 +1755,10 @@ class DiskStore:
             os.close(fd)
             self.restore(None, component, path, installed=new.identity)
             raise
+        # The attribute says "unfinished" now: the sticky bit, which said so from the
+        # file's creation, goes (left where refused: the attribute decides wherever set).
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, stat.S_IMODE(found.st_mode) & ~stat.S_ISVTX)
         return new
 
     def settle_new(
@@ -2300,6 +2310,8 @@ class DiskStore:
             meta: dict[str, Any] = meta_on_disk(fd) or {}
             if not meta:  # its metadata file, if any (as readers look: see `open_file`)
                 meta.update(self.read_meta(component, path) or {})
+            # No metadata and the sticky bit: made in place, its writer killed at once.
+            made_in_place_by_the_dead = not meta and bool(found.st_mode & stat.S_ISVTX)
             trusted = not verify and meta.get("size") == found.st_size and "checksum" in meta
             if trusted:
                 checksum = str(meta["checksum"])
@@ -2316,7 +2328,7 @@ class DiskStore:
             checksum=checksum,
             version=int(meta.get("version", 1)),
             age=now - found.st_mtime,
-            finished=not meta.get(_UNFINISHED),
+            finished=not (meta.get(_UNFINISHED) or made_in_place_by_the_dead),
         )
         stale = meta and described.finished and meta.get("checksum") != described.checksum
         if fix_meta and stale:

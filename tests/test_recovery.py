@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -927,9 +928,21 @@ def half_then_killed(fd, data):
     os.write(fd, bytes(data[: len(data) // 2]))
     os.kill(os.getpid(), signal.SIGKILL)
 
+class KilledMarking:  # killed once the file is made, before it is marked unfinished
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def setxattr(self, fd, name, value, *args):
+        if value == _storage._UNFINISHED_ATTRIBUTE:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.setxattr(fd, name, value, *args)
+
 with SyncDrive(sys.argv[1]) as drive:
     drive.write_bytes("first.txt", b"finds out what the disk keeps")
-    _storage._write_all = half_then_killed
+    if sys.argv[3] == "made":
+        _storage.os = KilledMarking()
+    else:
+        _storage._write_all = half_then_killed
     drive.write_bytes(sys.argv[2], b"x" * 1000)
 """
 
@@ -938,8 +951,9 @@ async def test_a_new_file_whose_writer_was_killed_writing_it_in_place_is_never_i
     env: dict[str, str], root: Path, workdir: Path, drive_id: str
 ) -> None:
     """A new small file is written straight at its path (`DiskStore.open_new`): a writer
-    killed halfway leaves it there, marked unfinished. Readers and listings never see it,
-    `rebuild_index` skips it, a put replaces it, and `gc` removes it."""
+    killed halfway leaves it there, marked unfinished (by its sticky bit until its
+    attribute says so: killed in between, it has no metadata). Readers and listings never
+    see it, `rebuild_index` skips it, a put replaces it, and `gc` removes it."""
     if storage.filesystem_type(root) not in storage._NEW_NAMES_DURABLE:
         pytest.skip("this disk needs the folder's fsync: new files go through uploads")
     async with Drive(drive_id) as drive:
@@ -947,15 +961,25 @@ async def test_a_new_file_whose_writer_was_killed_writing_it_in_place_is_never_i
         assert drive._conn is not None
         if drive._conn.index.wire is None:
             pytest.skip("on a Cluster every put takes the lock: its upload goes through .tmp")
-    for path in ("a/replaced.txt", "removed.txt"):
+    for path, killed in (("a/replaced.txt", "writing"), ("removed.txt", "writing"),
+                         ("made.txt", "made")):  # fmt: skip
         proc = subprocess.run(
-            [sys.executable, "-c", KILLED_WRITING, drive_id, path], cwd=workdir, env=env
+            [sys.executable, "-c", KILLED_WRITING, drive_id, path, killed],
+            cwd=workdir,
+            env=env,
         )
         assert proc.returncode == -signal.SIGKILL
     store = DiskStore(root, drive_id[6:])
     left = {f.path: f for f in store.scan(verify=False)}
-    assert sorted(left) == ["a/replaced.txt", "first.txt", "removed.txt"]
+    assert sorted(left) == ["a/replaced.txt", "first.txt", "made.txt", "removed.txt"]
     assert not left["removed.txt"].finished and left["removed.txt"].size == 500
+    made = store.file_path("default", "made.txt")
+    fd = os.open(made, os.O_RDONLY)
+    try:
+        assert storage.meta_on_disk(fd) is None and os.fstat(fd).st_mode & stat.S_ISVTX
+    finally:
+        os.close(fd)
+    assert not left["made.txt"].finished and left["made.txt"].size == 0
     async with Drive(drive_id) as drive:
         assert await drive.list(".", recursive=True) == ["first.txt"]
         with pytest.raises(FileNotFoundError):
@@ -965,10 +989,15 @@ async def test_a_new_file_whose_writer_was_killed_writing_it_in_place_is_never_i
         await drive.write_bytes("a/replaced.txt", b"complete")
         assert await drive.read_bytes("a/replaced.txt") == b"complete"
         report = await drive.gc(grace=0)
-        assert report.orphans_removed == 1 and report.installs_undone == 0
+        assert report.orphans_removed == 2 and report.installs_undone == 0
         assert await drive.list(".", recursive=True) == ["a/replaced.txt", "first.txt"]
-    assert not store.file_path("default", "removed.txt").exists()
+    assert not store.file_path("default", "removed.txt").exists() and not made.exists()
     assert all(f.finished for f in store.scan(verify=True))
+    # A file written in place keeps no sticky bit once marked (nor once finished).
+    modes = {
+        p: store.file_path("default", p).stat().st_mode for p in ("first.txt", "a/replaced.txt")
+    }
+    assert not any(mode & stat.S_ISVTX for mode in modes.values())
 
 
 WORKER = """
