@@ -602,6 +602,28 @@ def _before_writing(exc: redis.exceptions.ResponseError) -> bool:
     ) or str(exc).startswith(("BUSY", "MISCONF", "LOADING", "NOREPLICAS"))
 
 
+def _not_committed(conn: _Connection, refused: redis.exceptions.ResponseError) -> bool:
+    """Tell whether a commit script's error reply means it wrote nothing.
+
+    Refused before its first write (out of memory, a replica, busy, a denied write where
+    all are: see `_Connection.may_write`). Other errors may come after writes (Redis does
+    not roll a script back): what the put installed stays for the index, gc() settles it.
+    """
+    return _before_writing(refused) or (_denied(refused) and not conn.may_write)
+
+
+async def _reachable(conn: _Connection) -> None:
+    """Connect for a commit, unless connected; raise where the server cannot be reached.
+
+    Then no commit was sent, and the caller undoes what its put installed. A commit that
+    fails once sent (the connection dropped) may or may not have happened: the install
+    stays, and gc() keeps or undoes it against the index once Redis is back. (On a
+    Cluster, whose client connects as it sends, no such step: gc() settles it there.)
+    """
+    if conn.index.wire is not None:
+        await conn.index.wire.connect()
+
+
 #: How a stopped embedded server starts again (a drive that connected never restarts it).
 _RESTART = "create a new Drive (or SyncDrive) to start it again"
 
@@ -1615,13 +1637,37 @@ class Drive:
             (jobs[number][0], current, info.size, info.mtime, info.checksum, token)
             for number, token, current, (info, _, _) in installed
         ]
+        locks = [(jobs[n][0], t) for n, t, _, _ in installed]
+
+        async def undo(*, unlock: bool = True) -> None:  # (no commit ran)
+            def restore_all() -> None:
+                for number, _, _, (_, backup, identity) in installed:
+                    store.restore(backup, component, jobs[number][0], installed=identity)
+
+            try:
+                await conn.run_sync(restore_all)
+            finally:
+                if not unlock:  # (the server cannot be reached: once it can)
+                    index.unlock_later(component, locks)
+                else:
+                    with contextlib.suppress(Exception):  # (its lease ends it anyway)
+                        await index.unlock_many(component, locks)
+
+        try:
+            await _reachable(conn)
+        except BaseException:
+            await undo(unlock=False)
+            raise
         try:
             outcomes = await index.commit_put_many(
                 component, conn.config.allow_duplicates, precondition, commits
             )
-        except BaseException:  # as in `_install_and_commit`: gc() settles them
+        except BaseException as exc:  # as in `_install_and_commit`: gc() settles them
+            if isinstance(exc, redis.exceptions.ResponseError) and _not_committed(conn, exc):
+                await undo()
+                raise
             with contextlib.suppress(Exception):
-                await index.unlock_many(component, [(jobs[n][0], t) for n, t, _, _ in installed])
+                await index.unlock_many(component, locks)
             raise
         backups: list[Path | None] = []
         for (number, token, _, done), outcome in zip(installed, outcomes, strict=True):
@@ -1829,28 +1875,20 @@ class Drive:
             if isinstance(created, Staged):
                 return created
             info, identity, _ = created
-            wire = conn.index.wire
-            assert wire is not None
-            try:  # an unreachable server: no commit was sent, so undo the install
+            try:
                 if before_commit is not None:
                     before_commit(info.size)
-                await wire.connect()
+                await _reachable(conn)
             except BaseException:
                 await self._remove_uncommitted(conn, path, identity)
                 raise
-            # If the commit fails now (the connection dropped), it may or may not have
-            # happened: the file stays, and gc() removes it if the index does not know it.
             try:
                 outcome = await conn.index.commit_put(
                     component, path, conn.config.allow_duplicates, current, info.size,
                     info.mtime, info.checksum, precondition, token=None,
                 )  # fmt: skip
             except redis.exceptions.ResponseError as refused:
-                # Refused before its first write (out of memory, a replica, busy, a denied
-                # write where all are: see may_write): nothing was committed. Other errors
-                # may come after writes (Redis does not roll a script back): the file stays
-                # for the index, and gc() settles it.
-                if _before_writing(refused) or (_denied(refused) and not conn.may_write):
+                if _not_committed(conn, refused):
                     await self._remove_uncommitted(conn, path, identity)
                 raise
             if outcome.status == "ok":
@@ -1939,15 +1977,22 @@ class Drive:
             except BaseException:
                 await self._undo_install(conn, path, token, (info, backup, installed))
                 raise
-        # If the commit fails (the connection dropped), it may or may not have happened:
-        # the new bytes and the backup of the old ones stay, and gc() compares the index
-        # with the installed version to keep or undo the install, once Redis is back.
+        try:
+            await _reachable(conn)
+        except BaseException:
+            await self._undo_install(conn, path, token, (info, backup, installed), unlock=False)
+            raise
         try:
             outcome = await conn.index.commit_put(
                 component, path, conn.config.allow_duplicates, current, info.size, info.mtime,
                 info.checksum, precondition, token,
             )  # fmt: skip
-        except BaseException:
+        except BaseException as exc:
+            # As `_reachable` says: the new bytes and the backup of the old ones stay, for
+            # gc() to keep or undo the install against the index once Redis is back.
+            if isinstance(exc, redis.exceptions.ResponseError) and _not_committed(conn, exc):
+                await self._undo_install(conn, path, token, (info, backup, installed))
+                raise
             with contextlib.suppress(Exception):  # the lock's lease ends it anyway
                 await conn.index.unlock(component, path, token)
             raise
@@ -2038,17 +2083,29 @@ class Drive:
         await self._raise_put_refused(conn, path, outcome, precondition)
 
     async def _undo_install(
-        self, conn: _Connection, path: str, token: str, installed: _Installed
+        self,
+        conn: _Connection,
+        path: str,
+        token: str,
+        installed: _Installed,
+        *,
+        unlock: bool = True,
     ) -> None:
-        """Put back what an uncommitted install replaced (unless replaced since); unlock."""
+        """Put back what an uncommitted install replaced (unless replaced since); unlock.
+
+        ``unlock=False``: the server cannot be reached; the lock is released once it is.
+        """
         _, backup, identity = installed
+        component = conn.config.component_name
         try:
             await conn.run_sync(
-                functools.partial(conn.store.restore, installed=identity),
-                backup, conn.config.component_name, path,
-            )  # fmt: skip
+                functools.partial(conn.store.restore, installed=identity), backup, component, path
+            )
         finally:
-            await conn.index.unlock(conn.config.component_name, path, token)
+            if unlock:
+                await conn.index.unlock(component, path, token)
+            else:
+                conn.index.unlock_later(component, [(path, token)])
 
     async def _finish_installs(self, conn: _Connection, backups: Sequence[Path | None]) -> None:
         """Drop the backups of committed installs, and mark the drive in use (once).
@@ -2057,7 +2114,8 @@ class Drive:
         after a commit, never before: then, another process connecting to a new drive whose
         first commit is under way would take it for a lost index. (A crash between the two,
         then the index lost too, leaves a drive that looks new but has files: `gc()` refuses
-        to take them for orphans while the drive has no index at all.)
+        to take them for orphans while the drive has no index at all, not once a put made
+        one: README, Recovery, says to rebuild first.)
         """
         store = conn.store
         mark = not conn.disk_marked

@@ -30,7 +30,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -1364,7 +1364,7 @@ class Index:
                     await to_its_end(self.release_cut_short(component, locks))
             raise
         except CONNECTION_LOST:  # taken or not: released once the server answers again
-            self.unreleased.extend((component, path, token) for path, token in locks)
+            self.unlock_later(component, locks)
             raise
 
     async def release_cut_short(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
@@ -1383,8 +1383,15 @@ class Index:
         try:
             await self._run_many(self._unlock, calls)
         except CONNECTION_LOST:
-            self.unreleased.extend((component, path, token) for path, token in locks)
+            self.unlock_later(component, locks)
             raise
+
+    def unlock_later(self, component: str, locks: Iterable[tuple[str, str]]) -> None:
+        """Release (path, token) locks once the server answers again (`release_unreleased`).
+
+        For a caller that knows it cannot be reached now: no round trip is tried.
+        """
+        self.unreleased.extend((component, path, token) for path, token in locks)
 
     async def unlock(self, component: str, path: str, token: str) -> None:
         """Release a lock taken by `lock`, unless it expired and someone else holds it now.

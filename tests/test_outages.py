@@ -22,10 +22,12 @@ from asyncdrive import (
     Drive,
     DriveError,
     DriveUnavailableError,
+    GcReport,
     IndexLostError,
     InvalidConfigError,
     SyncDrive,
 )
+from asyncdrive import _drive as drive_module
 from asyncdrive._index import Index, Keys
 
 from .procs import read_line, spawn, stop_all
@@ -368,6 +370,49 @@ async def test_a_server_refusing_writes_says_why_and_keeps_nothing(
             assert await drive.list(".") == ["kept.txt", "new.txt"]
     finally:
         admin.close()
+
+
+async def test_a_replacing_put_whose_server_went_before_its_commit_leaves_nothing(
+    server: ServerProcess,
+    tmp_path: Path,
+    workdir: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server gone between a replacing put's install and its commit (one file, or a
+    folder's): no commit was sent (the server cannot be reached), so the put undoes its
+    install before it raises. It left the new bytes at the path and the old in a backup,
+    for gc() to settle (or a rebuild of the index to take for committed)."""
+    root = tmp_path / "root"
+    Path("folder").mkdir()
+    Path("folder/a.bin").write_bytes(b"new")
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        await drive.write_bytes("a.bin", b"old")
+        await drive.write_bytes("f/a.bin", b"old")
+        on_disk = files_under(root)
+        real = drive_module._install_staged
+
+        def installed_then_server_gone(*args: Any, **kw: Any) -> Any:
+            installed = real(*args, **kw)
+            server.kill()
+            return installed
+
+        monkeypatch.setattr(drive_module, "_install_staged", installed_then_server_gone)
+        for put in (lambda: drive.write_bytes("a.bin", b"new"),
+                    lambda: drive.put("folder", to="f")):  # fmt: skip
+            with pytest.raises(DriveUnavailableError, match="cannot reach Redis"):
+                await put()
+            assert files_under(root) == on_disk
+            assert not list(root.glob("drives/*/*/**/.asyncdrive-backup*"))
+            for name in ("a.bin", "f/a.bin"):
+                assert (root / "drives" / drive.name / "default" / name).read_bytes() == b"old"
+            server.start()
+        monkeypatch.undo()
+        assert await drive.read_bytes("a.bin") == b"old"
+        assert await drive.read_bytes("f/a.bin") == b"old"
+        assert await drive.gc(grace=0) == GcReport()  # nothing left to settle
+        await drive.write_bytes("a.bin", b"new")  # and the lock went with the outage
+        assert await drive.read_bytes("a.bin") == b"new"
 
 
 async def test_a_get_waiting_for_a_file_the_server_forgot_says_so(
