@@ -431,12 +431,22 @@ def _run_file_command(args: argparse.Namespace) -> int:
                 with contextlib.suppress(DriveNotADirectoryError):
                     into_folder = bool(drive.list(path))
             bar = _bar(args, lambda: _put_bar([Path(local) for local in args.local]))
+            status = 0
             with bar or contextlib.nullcontext():
                 for local in args.local:
                     name = _local_name(local)  # of "." or "..": their own, as cp -r gives it
                     dest = _join(path, name) if into_folder else path
-                    drive.put(local, to=dest, progress=None if bar is None else bar.part())
+                    try:
+                        drive.put(local, to=dest, progress=None if bar is None else bar.part())
+                    except DriveError as exc:
+                        # As cp: said, and on with the other sources (not when the drive
+                        # cannot be reached: each would say so); the first failure's status.
+                        if len(args.local) == 1 or isinstance(exc, DriveUnavailableError):
+                            raise
+                        status = status or _report(exc, args)
+                        continue
                     _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
+            return status
         elif args.command == "get":
             local = Path(args.local or Path(path).name)
             if (args.local or "").endswith("/") or local.is_dir():
@@ -641,7 +651,11 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (see ``asyncdrive --help``)."""
     _print_any_name()
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "member", None) is not None and args.group is None:
+        # (A usage error, exit status 2, as argparse's own: not the drive's error, 1.)
+        parser.error(f"watch: --member {args.member!r} names a group's member: pass --group too")
     args.root = args.root or None  # '' ($UNSET, say): as if not given (ASYNCDRIVE_ROOT...)
     try:
         status = _run_command(args)

@@ -422,7 +422,7 @@ def test_console_script_paths_groups_and_exit_statuses(
     assert again_first.removesuffix(" (delivery 2)") in events[events.index(held) :]
     assert again_first.endswith(" (delivery 2)") and not any("(delivery" in x for x in rest)
     alone = cli("watch", "--member", "m1", "--timeout", "0.3", drive_id)
-    assert alone.returncode == 1 and "--member 'm1' names" in alone.stderr
+    assert alone.returncode == 2 and "--member 'm1' names" in alone.stderr  # usage
     assert "pass --group too" in alone.stderr
     # The group stays (its members left): listed, then removed.
     listed = cli("groups", drive_id)
@@ -450,6 +450,14 @@ def test_console_script_paths_groups_and_exit_statuses(
     assert waited.returncode == 7 and "late.txt" in waited.stderr
     down = cli("ls", "--redis-url", "redis://127.0.0.1:1/0", drive_id)
     assert down.returncode == 6 and len(down.stderr.splitlines()) == 1
+    # As cp: a source that fails is said, the others are put, and the status says it.
+    some = cli("put", "a.txt", "missing.txt", "b.txt", f"{drive_id}/three")
+    assert some.returncode == 4, some.stderr  # a FileNotFoundError's, the first failure's
+    assert some.stdout.splitlines() == [f"a.txt -> {drive_id}/three/a.txt",
+                                        f"b.txt -> {drive_id}/three/b.txt"]  # fmt: skip
+    assert some.stderr.count("error:") == 1 and "missing.txt" in some.stderr
+    down = cli("put", "--redis-url", "redis://127.0.0.1:1/0", "a.txt", "b.txt", drive_id)
+    assert down.returncode == 6 and len(down.stderr.splitlines()) == 1  # said once
 
 
 def test_empty_listings_print_nothing_and_flags_go_where_they_do_something(
