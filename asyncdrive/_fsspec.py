@@ -493,6 +493,19 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
 
     # -- reading the index -------------------------------------------------------------------
 
+    async def _exists(self, path: str, **kwargs: Any) -> bool:
+        """Tell whether a file or folder is at ``path``; False for a path no drive may have.
+
+        As fsspec's filesystems and `os.path.exists` answer (a name reserved for
+        asyncdrive's own files, a control character, ``..`` out of the drive): nothing can
+        be there. A drive that cannot be reached still raises.
+        """
+        try:
+            await self._info(path, **kwargs)
+        except (FileNotFoundError, InvalidPathError):
+            return False
+        return True
+
     @_fsspec_terms()
     async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         name, rest = self._split(path)

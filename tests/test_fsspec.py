@@ -95,6 +95,10 @@ def test_files_and_folders(fs: DriveFileSystem, walked: DriveFileSystem, name: s
     ]
     assert fs.isfile(f"{url}/a.txt") and fs.isdir(f"{url}/ckpt") and fs.isdir(url)
     assert not fs.exists(f"{url}/missing") and fs.exists(f"{url}/ckpt/sub/2.pt")
+    # A path no drive may have: nothing is there (as os.path.exists and fsspec's answer).
+    for invalid in (".asyncdrive-meta.x", "a\nb", "../x"):
+        assert not fs.exists(f"{url}/{invalid}")
+    assert not fs.exists("lit://.hidden/a")
     assert fs.du(url) == 13 + 3 + 4
     assert fs.du(url, total=False) == {
         f"{name}/a.txt": 13, f"{name}/ckpt/1.pt": 3, f"{name}/ckpt/sub/2.pt": 4,
