@@ -606,6 +606,7 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
     message = re.sub(
         r"Pass to= a file path \(to=('[^']*'), say\)", r"Name a LOCAL file (\1, say)", message
     )
+    message = re.sub(r"component_name=('[^']*')", r"--component \1", message)
     replaced = {
         "Pass overwrite=True": "Pass -f",
         "pass recursive=True": "pass -r",

@@ -1253,6 +1253,9 @@ class Drive:
         if owners and deleting:
             message += f" (owned by {', '.join(map(repr, owners))}; a component deletes only "
             message += "its own copies: use a Drive created with that component_name)."
+        elif owners and component is not None:  # (given, and not one of them)
+            choices = " or ".join(f"component_name={owner!r}" for owner in owners)
+            message += f" (owned by {', '.join(map(repr, owners))}: pass {choices})."
         elif owners:
             message += f" (owned by {', '.join(map(repr, owners))}; pass component_name= "
             message += "to choose one)."

@@ -1020,15 +1020,25 @@ def _is_file(path: Path) -> bool:
 ACCESS_AS_EFFECTIVE = os.access in os.supports_effective_ids
 
 
+def _may_change(folder: Path) -> bool:
+    """Tell whether this process may add or remove entries of ``folder`` (as `open` asks)."""
+    return os.access(folder, os.W_OK | os.X_OK, effective_ids=ACCESS_AS_EFFECTIVE)
+
+
 def _refusal_to_change(folder: Path) -> OSError | None:
     """Return the error removing an entry of ``folder`` would meet, None if it may succeed.
 
-    (A missing folder has nothing to remove.) Not a promise: permissions may change, and a
+    (A missing folder has nothing to remove, nor a file where the folder was: a put or a
+    delete of another process meanwhile.) Not a promise: permissions may change, and a
     sticky folder or an immutable file refuses what this cannot tell.
     """
-    if os.access(folder, os.W_OK | os.X_OK, effective_ids=ACCESS_AS_EFFECTIVE):
+    if _may_change(folder):
         return None
+    # Refused: by the folder, unless it is gone or is a file now (`os.access` says no to
+    # those too); and if one was made again since, it is asked again.
     try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode) or _may_change(folder):
+            return None
         read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
         return None

@@ -352,6 +352,10 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     theirs = cli("rm", "--component", "other", f"{drive_id}/a.txt")  # only default's now
     assert theirs.returncode == 4 and "(owned by 'default';" in theirs.stderr
     assert "deletes only its own copies: pass --component with that name" in theirs.stderr
+    nobodys = cli("cat", "--component", "other", f"{drive_id}/a.txt")
+    assert nobodys.returncode == 4 and "(owned by 'default': pass --component 'default')" in (
+        nobodys.stderr
+    )
     bad = cli("ls", "s3://bucket")
     assert bad.returncode == 1 and "lit://" in bad.stderr
     for long in ([], ["-l"]):

@@ -18,10 +18,12 @@ import tempfile
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asyncdrive import Drive, DrivePermissionError, DriveStorageError, GcReport, SyncDrive
+from asyncdrive._storage import DiskStore
 
 from .conftest import run_python
 from .procs import read_line, spawn
@@ -312,6 +314,38 @@ async def test_a_delete_whose_bytes_stay_all_the_same_says_so_and_gc_removes_the
         assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]
         report = await drive.gc(grace=0)
         assert report.orphans_removed == 2 and not folder.exists()  # empty folders go too
+
+
+def test_a_folder_another_process_changed_meanwhile_does_not_refuse_a_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a delete lets files go from the index, it asks whether their folders may
+    change. A folder that a put of another process made a file, or a delete removed, or
+    that was made again as it was asked (`os.access` says no to those too) refuses
+    nothing: it was a false DrivePermissionError. One that may not change still refuses."""
+    store = DiskStore(tmp_path, "d")
+    folder = store.base / "c"
+    folder.mkdir(parents=True)
+    (folder / "a").write_bytes(b"a file, where a folder was")
+    assert store.removal_refused("c", ["a/b", "gone/x", "a/b/c"]) == {}
+    real_access = os.access
+
+    def made_again_as_asked(path: Path, *args: Any, **kwargs: Any) -> bool:
+        if Path(path) == folder / "later" and not Path(path).exists():
+            Path(path).mkdir()
+            return False  # asked while it was gone
+        return real_access(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", made_again_as_asked)
+    assert store.removal_refused("c", ["later/x"]) == {}
+    monkeypatch.undo()
+    set_immutable(folder / "later", True)
+    try:
+        refused = store.removal_refused("c", ["later/x", "later/y"])
+    finally:
+        set_immutable(folder / "later", False)
+    assert sorted(refused) == ["later/x", "later/y"]
+    assert refused["later/x"].errno == errno.EACCES
 
 
 async def test_a_folder_get_stopped_midway_says_what_it_copied(

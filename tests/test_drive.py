@@ -308,8 +308,11 @@ async def test_get_missing_and_component_missing(make_drive: MakeDrive, drive_id
     with pytest.raises(DriveFileNotFoundError, match=drive_id[6:]):
         await drive.get("nope.txt")
     await drive.write_bytes("a.txt", b"x")
-    with pytest.raises(FileNotFoundError, match="'w1'"):
+    with pytest.raises(FileNotFoundError, match="'w1'") as not_w9s:
         await drive.get("a.txt", component_name="w9")
+    assert str(not_w9s.value).endswith(
+        "component 'w9' has no file 'a.txt' (owned by 'w1': pass component_name='w1')."
+    )
 
 
 async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
