@@ -108,7 +108,8 @@ def check_seconds(drive: str, name: str, value: float | None) -> None:
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not number or not value >= 0:
         kind = InvalidConfigError if number else ConfigTypeError
-        raise kind(f"Drive {drive!r}: {name}={value!r} must be a number of seconds, 0 or more.")
+        where = f"Drive {drive!r}: " if drive else ""  # ("": not a drive's, stop_server's)
+        raise kind(f"{where}{name}={value!r} must be a number of seconds, 0 or more.")
 
 
 def default_root() -> Path:

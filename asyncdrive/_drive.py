@@ -945,7 +945,13 @@ class Drive:
             self._connect_lock = (loop, lock)
             return lock
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, *, again: bool = False) -> _Connection:
+        """Connect to the drive's server (the embedded one started, if needed and allowed).
+
+        ``again``: a second try, once the embedded server did not answer the first: its
+        failure is the call's (a server that answers too slowly for the timeout would
+        otherwise be tried for ever).
+        """
         config = self._config.resolve()
         embedded = config.redis_url is None
         if config.redis_url is not None:
@@ -971,7 +977,7 @@ class Drive:
             refusal = await anyio.to_thread.run_sync(refusal_at_accept, url)
             if refusal is not None:  # (it runs, and refuses: maxclients, say)
                 raise self._unavailable(redis.exceptions.ConnectionError(refusal), url) from exc
-            if not embedded:
+            if not embedded or again:
                 raise self._unavailable(exc, url) from exc
             # The embedded server went away since this process last saw it: start it again
             # (or, for a drive that may not, find it where another process started it).
@@ -980,7 +986,7 @@ class Drive:
                 running = await running_server(config.root)
                 if running is None or running == url:  # (not elsewhere now)
                     raise await self._not_started(config.root, exc) from exc
-            return await self._connect()
+            return await self._connect(again=True)
         except (redis.exceptions.RedisError, AttributeError, TypeError, ValueError) as exc:
             # An answer, but not Redis's (another service at that port; redis-py fails to
             # parse it), or a setting of the URL the server refuses (a database number).

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import pwd
 import re
@@ -41,7 +42,7 @@ import anyio
 import redis
 
 from ._client import refusal_at_accept
-from ._config import redact_url, resolve_root
+from ._config import check_seconds, redact_url, resolve_root
 from ._exceptions import DrivePermissionError, DriveStorageError, DriveUnavailableError
 
 __all__ = ["server_binary", "server_url", "stop_server"]
@@ -311,11 +312,20 @@ def _cpu_ticks(pid: int) -> int | None:
 
 
 def _read_state(folder: Path) -> dict[str, object] | None:
+    """Return what the state file of ``folder`` says of its server, None if it names none.
+
+    A state naming a server that works in another folder is not this one's: a root copied
+    with its state (``cp -a`` while its server ran) would use, and stop, the original's
+    server, its writes going to the original's index.
+    """
     try:
         state: dict[str, object] = json.loads((folder / "server.json").read_text())
-        return state
     except (OSError, ValueError):
         return None
+    pid = state.get("pid")
+    if isinstance(pid, int) and pid > 0 and _works_in(pid, folder) is False:
+        return None
+    return state
 
 
 def _free_port() -> int:
@@ -558,8 +568,15 @@ def _pid_at(url: str) -> int:
 
 
 def _on_unix_socket(sock: Path) -> bool:
-    """Tell whether the server of ``sock``'s folder listens there (else on loopback TCP)."""
-    return len(str(sock).encode()) <= _MAX_SOCKET_PATH
+    """Tell whether the server of ``sock``'s folder listens there (else on loopback TCP).
+
+    Where its path is short enough for a socket, and written as is in a ``unix://`` URL
+    and the server's title: no ``#``, ``?`` or ``%`` (a URL's fragment, query, escape),
+    nothing unprintable (a newline, a name that is not UTF-8).
+    """
+    path = str(sock)
+    plain = path.isprintable() and not any(ch in path for ch in "#?%")
+    return plain and len(os.fsencode(path)) <= _MAX_SOCKET_PATH
 
 
 def _unnamed_server(folder: Path, sock: Path) -> tuple[str, int] | None:
@@ -642,10 +659,13 @@ def server_url(root: str | os.PathLike[str] | None = None) -> str | None:
     return url if url and _ping(url) else None
 
 
-def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 10.0) -> bool:
+def stop_server(
+    root: str | os.PathLike[str] | None = None, *, timeout: float | None = 10.0
+) -> bool:
     """Stop the embedded server of ``root`` (default: the configured root).
 
     Its data is kept under the root; the next drive to use the root starts it again.
+    ``timeout``: how long to wait for it to stop (None: as long as it takes).
 
     Example:
         >>> asyncdrive.stop_server("/tmp/shared")
@@ -655,6 +675,7 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
         True if a server was running and stopped, False if none was running.
 
     """
+    check_seconds("", "stop_server() timeout", timeout)
     resolved = resolve_root(root)
     folder = _server_dir(resolved)
     if not folder.exists():
@@ -683,7 +704,9 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
             not url or _serving(pid, url))  # fmt: skip
         stopped = False
         if url and _ping(url):
-            client = redis.Redis.from_url(url, socket_timeout=timeout)
+            # (never 0: a socket that waits for nothing fails its first read)
+            wait = None if timeout is None else max(timeout, 0.5)
+            client = redis.Redis.from_url(url, socket_timeout=wait)
             try:
                 client.shutdown()
             except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -695,7 +718,7 @@ def stop_server(root: str | os.PathLike[str] | None = None, *, timeout: float = 
             # It runs without answering: loading its data (it answers nothing until it has),
             # or stalled. Told to shut down by the signal that does (continued, if stopped).
             stopped = _terminate(pid)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         while ours and _alive(pid) and _works_in(pid, folder) is not False:  # (not reused)
             if time.monotonic() > deadline:
                 raise DriveUnavailableError(

@@ -17,12 +17,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 import redis
 
 import asyncdrive
 from asyncdrive import SyncDrive, _server
+from asyncdrive import _drive as drive_module
 
 
 @pytest.fixture(autouse=True)
@@ -639,3 +642,81 @@ def test_stopping_a_server_gone_leaves_the_process_that_took_its_pid(tmp_path: P
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize(
+    "name", ["ha#sh", "q?m", "pc%41t", "new\nline", os.fsdecode(b"lat\xe9")]
+)  # fmt: skip
+def test_a_root_a_unix_url_cannot_name_listens_on_loopback_tcp(
+    name: str, tmp_path: Path, drive_id: str
+) -> None:
+    """A socket's path with a URL's fragment, query or escape in it, or anything
+    unprintable: its server was started, never reached (a second one started on the same
+    data), and never stopped; a name not UTF-8 raised UnicodeEncodeError."""
+    root = Path("/tmp") / f"{tmp_path.name}-{name}"
+    try:
+        with SyncDrive(drive_id, root=root) as drive:
+            drive.write_bytes("a.txt", b"reached")
+        url = asyncdrive.server_url(root)
+        assert url is not None and url.startswith("redis://:"), url
+        with SyncDrive(drive_id, root=root) as drive:  # the same server, found again
+            assert drive.read_bytes("a.txt") == b"reached"
+        assert asyncdrive.server_url(root) == url
+        assert asyncdrive.stop_server(root) is True
+        assert asyncdrive.server_url(root) is None and not _server.server_runs(root)
+    finally:
+        asyncdrive.stop_server(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_copied_root_gets_a_server_of_its_own(short_root: Path, drive_id: str) -> None:
+    """A root copied with its state while its server ran (``cp -a``) used that server: its
+    writes went to the original's index, and stopping its server stopped the original's."""
+    with SyncDrive(drive_id, root=short_root) as drive:
+        drive.write_bytes("both.txt", b"before the copy")
+    copy = Path(f"{short_root}-copy")
+    try:
+        subprocess.run(["cp", "-a", str(short_root), str(copy)], check=True)
+        with SyncDrive(drive_id, root=copy) as drive:
+            drive.write_bytes("only_in_copy.txt", b"copy")
+            assert drive.list(".") == ["both.txt", "only_in_copy.txt"]
+        assert asyncdrive.server_url(copy) != asyncdrive.server_url(short_root)
+        with SyncDrive(drive_id, root=short_root) as drive:
+            assert drive.list(".") == ["both.txt"]
+        assert asyncdrive.stop_server(copy) is True
+        assert asyncdrive.server_url(short_root) is not None  # the original's runs on
+    finally:
+        asyncdrive.stop_server(copy)
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+async def test_an_embedded_server_too_slow_for_the_timeout_is_tried_twice_not_for_ever(
+    short_root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers, but later than ASYNCDRIVE_REDIS_TIMEOUT: each failed connection
+    forgot it and tried again, for ever (a first call that never returned)."""
+    tries = 0
+
+    async def too_slow(url: str, *, timeout: float) -> Any:
+        nonlocal tries
+        tries += 1
+        raise redis.exceptions.TimeoutError("Timeout connecting to server")
+
+    monkeypatch.setattr(drive_module, "connect", too_slow)
+    async with asyncdrive.Drive(drive_id, root=short_root) as drive:
+        with anyio.fail_after(20), pytest.raises(asyncdrive.DriveUnavailableError):
+            await drive.write_bytes("a.txt", b"x")
+    assert tries == 2  # the second try, once the server was found again, is the last
+
+
+def test_stop_server_checks_its_timeout(short_root: Path, drive_id: str) -> None:
+    """A timeout below 0 or not a number: refused before anything is done (it raised
+    ValueError, or TypeError once the server was told to stop); None waits as needed."""
+    with SyncDrive(drive_id, root=short_root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    for bad, kind in ((-1, asyncdrive.InvalidConfigError), ("1", TypeError), (True, TypeError)):
+        with pytest.raises(kind, match="stop_server"):
+            asyncdrive.stop_server(short_root, timeout=bad)  # type: ignore[arg-type]
+        assert asyncdrive.server_url(short_root) is not None  # still running
+    assert asyncdrive.stop_server(short_root, timeout=None) is True
+    assert not _server.server_runs(short_root)
