@@ -494,10 +494,11 @@ def _loading_pid(folder: Path) -> int:
 def _works_in(pid: int, folder: Path) -> bool | None:
     """Tell whether process ``pid`` works in ``folder`` (a server in its ``--dir``).
 
-    None where that cannot be told (no /proc, or another user's process).
+    None where that cannot be told (no /proc, or another user's process). The same folder,
+    not the same path: a root reached by two paths (links, bind mounts) has one server.
     """
     try:
-        return os.readlink(f"/proc/{pid}/cwd") == str(folder.resolve())
+        return os.path.samefile(f"/proc/{pid}/cwd", folder)
     except OSError:
         return None
 
@@ -694,6 +695,9 @@ def stop_server(
         forget_server(resolved)
         state = _read_state(folder)
         if state is None:  # none named: the one its own pidfile names, if any
+            # (A state file naming another folder's server, or a process that took a dead
+            # server's pid since, names none: it goes.)
+            (folder / "server.json").unlink(missing_ok=True)
             pid = _read_pid(folder / "server.pid")
             if not (pid and _alive(pid) and _works_in(pid, folder)):
                 return bool(loading)

@@ -938,7 +938,14 @@ class SyncWatch(_Mirror):
 
     def next(self, timeout: float | None = None) -> DriveEvent | None:
         """Return the next event, or None if none comes within ``timeout`` s (see `Watch.next`)."""
-        return self._drive._call(self._watch.next, timeout)
+        try:
+            return self._drive._call(self._watch.next, timeout)
+        except DriveClosedError:
+            # Its drive closed at interpreter exit (the loop thread stopped before this
+            # call, or under it): the watch ends, as the watch itself says in the loop.
+            if not _portal.exiting:
+                raise
+            return None
 
     def close(self) -> None:
         """End the watch (in a group, the last event handed out counts as handled). Idempotent."""
