@@ -2000,7 +2000,8 @@ class Drive:
             # As `_reachable` says: the new bytes and the backup of the old ones stay, for
             # gc() to keep or undo the install against the index once Redis is back.
             if isinstance(exc, redis.exceptions.ResponseError) and _not_committed(conn, exc):
-                await self._undo_install(conn, path, token, (info, backup, installed))
+                with contextlib.suppress(Exception):  # (the refusal is the error to say)
+                    await self._undo_install(conn, path, token, (info, backup, installed))
                 raise
             with contextlib.suppress(Exception):  # the lock's lease ends it anyway
                 await conn.index.unlock(component, path, token)
