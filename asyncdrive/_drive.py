@@ -130,8 +130,6 @@ DriveT = TypeVar("DriveT", bound="Drive")
 
 #: How much longer than its timeout a get waiting for its file may take to look at the index.
 _LOOK_MARGIN = 1.0
-#: A path of more characters than this may be too long for the disk under its root: checked.
-_LONG_PATH = 2048
 #: How long a commit lock lives if its holder dies, and how long to wait for one.
 LOCK_TTL = 30.0
 LOCK_TIMEOUT = 60.0
@@ -733,6 +731,10 @@ class Drive:
         #: Whose copy a read takes, where it names none and this component owns one among
         #: others (the fsspec filesystem's component_name); else the one owner's, as ever.
         self._read_first: str | None = None
+        #: The bytes a path's longest file path on the disk takes besides the path's own
+        #: (the root, drive and component folders, a backup's metadata name): see
+        #: `_check_fits_on_disk`. Known at the first put.
+        self._disk_overhead: int | None = None
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -1308,7 +1310,12 @@ class Drive:
         and the component's names: under a long root, a path within the drive's limit
         could be stored, then neither replaced nor cleaned up after.
         """
-        if len(norm) * 4 <= _LONG_PATH:  # (most paths are far too short to matter)
+        overhead = self._disk_overhead
+        if overhead is None:
+            config = self._resolved()
+            overhead = disk_path_bytes(config.root, self.name, config.component_name, "")
+            self._disk_overhead = overhead
+        if overhead + len(norm) * 4 < PATH_MAX:  # (most paths are far too short to matter)
             return
         config = self._resolved()
         length = disk_path_bytes(config.root, self.name, config.component_name, norm)
@@ -1406,7 +1413,9 @@ class Drive:
                 outside.reason = exc.reason
                 raise outside from None
         precondition = self._precondition(drive_path, if_version, exist_ok)
-        local = Path(drive_path) if to is None else Path(path)
+        # The local file the path names, as the system opens it ('link/../a.txt' is the
+        # link's folder's parent's a.txt): the drive path alone is taken lexically.
+        local = Path(path)
         conn = await self._connection(writing=f"put {os.fspath(path)!r}")
         with _progress.reporting(progress) as reporter:
             await self._put_local(

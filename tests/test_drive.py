@@ -1033,6 +1033,13 @@ async def test_paths_too_long_for_the_disk_under_the_root_are_refused_up_front(
         with pytest.raises(InvalidPathError, match=r"cannot put the folder .*too long to st"):
             await drive.put(workdir / "src", to="f")
         assert not await drive.exists("f")
+    # Under a root of ~3,700 bytes, a path of a few hundred: checked too (only paths of
+    # over 512 characters were, whatever the root).
+    async with Drive(f"{drive_id}-deep", root=tmp_path.joinpath(*["d" * 240] * 15)) as drive:
+        short = "/".join(["p" * 190] * 2)
+        with pytest.raises(InvalidPathError, match=r"too long to store under"):
+            await drive.write_bytes(short, b"1")
+        assert await drive.list(".") == []
 
 
 async def test_a_local_folder_deeper_than_python_recursion_is_refused_by_name(
@@ -1285,6 +1292,16 @@ async def test_put_missing_local_file(make_drive: MakeDrive, drive_id: str) -> N
         await drive.put("/no/such/file.txt", to="f.txt")
     assert "'/no/such/file.txt'." in str(absolute.value)
     assert "current directory" not in str(absolute.value)  # not relative: no such hint
+    # The local file put is the one the system opens: 'missing/../a.txt' is none, and
+    # 'link/../a.txt' is the a.txt beside the link's folder (both were ./a.txt).
+    Path("a.txt").write_bytes(b"here")
+    with pytest.raises(DriveFileNotFoundError):
+        await drive.put("missing/../a.txt")
+    Path("other/dir").mkdir(parents=True)
+    Path("other/a.txt").write_bytes(b"beside the link's folder")
+    os.symlink("other/dir", "link")
+    await drive.put("link/../a.txt")
+    assert await drive.read_bytes("a.txt") == b"beside the link's folder"
     os.mkfifo("fifo")
     os.symlink("nowhere", "broken")
     special = [("fifo", "a FIFO"), ("/dev/null", "a character device"), ("broken", "a broken")]
@@ -1294,7 +1311,7 @@ async def test_put_missing_local_file(make_drive: MakeDrive, drive_id: str) -> N
     Path("empty").mkdir()
     with pytest.raises(DriveFileNotFoundError, match="local folder 'empty' holds no files"):
         await drive.put("empty")
-    assert await drive.list(".", recursive=True) == []
+    assert await drive.list(".", recursive=True) == ["a.txt"]  # (the link's one, above)
 
 
 async def test_a_message_names_a_long_path_by_its_ends(
