@@ -634,6 +634,8 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "Pass to= the path it should write": "Pass the LOCAL path it should write",
         ": member=": ": --member ",
         "pass group= too": "pass --group too",
+        # (a lit:// target's path: the library's words for a put's local path do not apply)
+        " (and to the current directory for local files)": "",
     }
     for library, command in replaced.items():
         message = message.replace(library, command)

@@ -356,6 +356,9 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert nobodys.returncode == 4 and "(owned by 'default': pass --component 'default')" in (
         nobodys.stderr
     )
+    slashed = cli("cat", f"{drive_id}//abs")
+    assert slashed.returncode == 1 and "current directory" not in slashed.stderr
+    assert "drive paths are relative to the drive; drop the leading '/'" in slashed.stderr
     bad = cli("ls", "s3://bucket")
     assert bad.returncode == 1 and "lit://" in bad.stderr
     for long in ([], ["-l"]):
