@@ -966,7 +966,10 @@ def _replace_into(source: Path, target: Path) -> None:
         except FileNotFoundError:
             if not os.path.lexists(source):
                 raise
-        _make_folders(target.parent)  # missing, or pruned meanwhile
+        # Missing, or pruned meanwhile: made again; one above pruned as they are made, by a
+        # delete of their last file (its mkdir's ENOENT), is made at the next attempt.
+        with contextlib.suppress(FileNotFoundError):
+            _make_folders(target.parent)
     os.replace(source, target)
 
 

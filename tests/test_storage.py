@@ -755,6 +755,29 @@ def test_an_install_whose_folder_a_delete_removed_makes_it_again(
     assert list(store.tmp_dir.iterdir()) == []
 
 
+def test_an_install_whose_folders_a_delete_prunes_as_they_are_made_makes_them_again(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its folders missing, an install makes them; a delete of another file of the same
+    folders may prune one just made, before the one below it is: that mkdir's ENOENT was
+    the put's error (seen once in CI, under concurrent puts and deletes of one component)."""
+    store.base.joinpath("c").mkdir(parents=True)
+    pruned: list[str] = []
+    real_mkdir = os.mkdir
+
+    def mkdir_as_a_delete_prunes(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == store.base / "c" / "a" / "b" and not pruned:
+            pruned.append(str(path))
+            (store.base / "c" / "a").rmdir()  # made just before, pruned by a delete
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(DiskStore, "_open_folder", lambda self, parts: -1)  # (by paths)
+    monkeypatch.setattr(os, "mkdir", mkdir_as_a_delete_prunes)
+    store.install(store.stage_bytes(b"made again", sync=False), "c", "a/b/f", META)
+    assert pruned and (store.base / "c" / "a" / "b" / "f").read_bytes() == b"made again"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
 @pytest.fixture(params=["unnamed", "renameat2", "link"])
 def rename_way(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, store: DiskStore
