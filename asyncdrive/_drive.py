@@ -622,6 +622,9 @@ async def _reachable(conn: _Connection) -> None:
         await conn.index.wire.connect()
 
 
+#: In redis-py's MasterNotFoundError: what a sentinel that could not be reached met.
+_SENTINEL_UNREACHED = re.compile(r"(?:ConnectionError|TimeoutError): (.*?)(?=, <redis\.|$)")
+
 #: How a stopped embedded server starts again (a drive that connected never restarts it).
 _RESTART = "create a new Drive (or SyncDrive) to start it again"
 
@@ -1142,12 +1145,22 @@ class Drive:
                 )
             exc = redis.exceptions.AuthenticationError("authentication required")
         elif isinstance(exc, MasterNotFoundError):
-            fix = (
-                "No sentinel named a primary for that service: check the service name in "
-                "the URL (redis+sentinel://host:port/service), that the URL names sentinels "
-                "(not a Redis server), and their password (?sentinel_password=...)."
-            )
-            exc = MasterNotFoundError(text.split(" : ")[0])  # (not the sentinels' reprs)
+            # (redis-py's text: each sentinel's client's repr, " - ", and what it met)
+            unreached = _SENTINEL_UNREACHED.findall(text)
+            if unreached and len(unreached) == text.count(" - "):
+                fix = (
+                    "No sentinel of the URL could be reached: check that they run, and "
+                    "their hosts and ports in the URL (redis+sentinel://host:port,...)."
+                )
+                exc = MasterNotFoundError(f"{text.split(' : ')[0]}: {unreached[0]}")
+            else:
+                fix = (
+                    "No sentinel named a primary for that service: check the service name "
+                    "in the URL (redis+sentinel://host:port/service), that the URL names "
+                    "sentinels (not a Redis server), and their password "
+                    "(?sentinel_password=...)."
+                )
+                exc = MasterNotFoundError(text.split(" : ")[0])  # (not the sentinels' reprs)
         elif "slots are not covered" in text:  # (redis-py's, at its first connection)
             fix = (
                 "Its cluster does not serve every slot: it is being set up (are slots "
@@ -1245,8 +1258,14 @@ class Drive:
                 "it has fewer in-sync replicas than its min-replicas-to-write asks (a "
                 "failover under way, or a replica down): retry; nothing was stored"
             )
+        elif "unknown command" in text:
+            return InvalidConfigError(
+                f"{at} does not know a command asyncdrive sends ({text}): it is no Redis "
+                "(6.2 or later) or Valkey server. Check the Redis URL (argument or "
+                "ASYNCDRIVE_REDIS_URL): a Sentinel's is redis+sentinel://host:port/<service>."
+            )
         else:
-            return DriveError(f"{at} refused a command: {text}")
+            fix = "see that server's message, and its log"
         return DriveUnavailableError(f"{at} refused a command ({text}): {fix}.")
 
     # -- errors ------------------------------------------------------------------------------

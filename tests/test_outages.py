@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import ssl
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import redis
 import trustme
 from redis.crc import key_slot
 
+import asyncdrive
 from asyncdrive import (
     Drive,
     DriveError,
@@ -31,7 +33,7 @@ from asyncdrive import _drive as drive_module
 from asyncdrive._index import Index, Keys
 
 from .procs import read_line, spawn, stop_all
-from .servers import ClusterServers, ServerProcess, command
+from .servers import ClusterServers, ServerProcess, command, free_ports, wait_for
 
 
 @pytest.fixture
@@ -509,6 +511,29 @@ async def test_sentinel_urls_say_what_is_wrong(
         with pytest.raises(DriveUnavailableError) as unreachable:
             await drive.list(".")
     assert len(str(unreachable.value)) < 700, str(unreachable.value)  # no client's repr
+    # Said as it is: not reached (it blamed the service name), with what the first met.
+    assert "No sentinel of the URL could be reached" in str(unreachable.value)
+    assert "connecting to 127.0.0.1:1" in str(unreachable.value), str(unreachable.value)
+    # A sentinel's port given as a Redis server's (redis://): it knows no TIME, and said so
+    # as a bare DriveError naming no fix.
+    (port,) = free_ports(1)
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\nsentinel monitor mymaster 127.0.0.1 1 1\n"
+    )
+    sentinel = subprocess.Popen(
+        [asyncdrive.server_binary(), str(config), "--sentinel"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(f"redis://127.0.0.1:{port}")
+        url = f"redis://127.0.0.1:{port}"
+        async with Drive(drive_id, root=tmp_path / "root", redis_url=url) as drive:
+            with pytest.raises(InvalidConfigError, match="redis\\+sentinel://host:port/"):
+                await drive.exists("a.txt")
+    finally:
+        sentinel.terminate()
+        sentinel.wait(timeout=10)
     # A Redis server named as a sentinel (no SENTINEL command), then one asking a password.
     for password, said in (("", "the URL names sentinels"), ("pw", "?sentinel_password=")):
         folder = tmp_path / f"not-a-sentinel{password}"
