@@ -60,6 +60,18 @@ _BATCH = 500
 _RETRIED = (*CONNECTION_LOST, *CLUSTER_MOVING, *CLUSTER_PASSING)
 
 
+def _for_a_while(refused: redis.exceptions.ResponseError) -> bool:
+    """Tell whether a server refuses for a while only: a watch retries as for a lost link.
+
+    A group's step writes (it takes an event): during a failover the old primary is read
+    only or short of replicas (`min-replicas-to-write`), a new one may still load its data;
+    a server may be busy with another client's script. A plain watch only reads.
+    """
+    return isinstance(
+        refused, redis.exceptions.ReadOnlyError | redis.exceptions.BusyLoadingError
+    ) or str(refused).startswith(("NOREPLICAS", "MASTERDOWN", "BUSY", "LOADING"))
+
+
 class Watch:
     """An async iterator (and async context manager) of the events (`DriveEvent`) of a drive.
 
@@ -229,7 +241,9 @@ class Watch:
                         return None
                     await self._backoff(exc, deadline)
                 except redis.exceptions.ResponseError as exc:  # refused: out of memory, ...
-                    raise self._drive._refused(exc) from exc
+                    if not _for_a_while(exc):
+                        raise self._drive._refused(exc) from exc
+                    await self._backoff(exc, deadline)  # (a group's step, in a failover)
                 else:
                     self._failing_since = None
                     caught_up = read_all
@@ -265,12 +279,16 @@ class Watch:
             raise self._drive._closed_error("watch", changes=False) from exc
         now = time.monotonic()
         self._last_failure = exc
+        refused = exc if isinstance(exc, redis.exceptions.ResponseError) else None
         if self._failing_since is None:
             self._failing_since = now
-            logger.warning("watch of %s lost its connection (%s); retrying", self._drive.id, exc)
-        elif now - self._failing_since > RECONNECT_TIMEOUT:
-            raise self._drive._unavailable(exc) from exc
-        if deadline is not None and now >= deadline:
+            what = "lost its connection" if refused is None else "was refused"
+            logger.warning("watch of %s %s (%s); retrying", self._drive.id, what, exc)
+        if now - self._failing_since > RECONNECT_TIMEOUT or (
+            deadline is not None and now >= deadline
+        ):
+            if refused is not None:
+                raise self._drive._refused(refused) from exc
             raise self._drive._unavailable(exc) from exc
         pause = min(2.0, 0.05 * 2 ** min(10, int(now - self._failing_since)))
         await anyio.sleep(pause if deadline is None else min(pause, deadline - now))

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis
 import trustme
@@ -415,6 +416,36 @@ async def test_a_replacing_put_whose_server_went_before_its_commit_leaves_nothin
         assert await drive.gc(grace=0) == GcReport()  # nothing left to settle
         await drive.write_bytes("a.bin", b"new")  # and the lock went with the outage
         assert await drive.read_bytes("a.bin") == b"new"
+
+
+async def test_a_group_member_rides_out_a_server_short_of_replicas(
+    server: ServerProcess, tmp_path: Path, workdir: Path, drive_id: str
+) -> None:
+    """With min-replicas-to-write (as README advises beside Sentinel), a primary short of
+    replicas in a failover refuses writes for a while: a group's step, which writes, raised
+    at once (each retry too) where a plain watch rode it out. It waits too now, within its
+    timeout, then says what refused it."""
+    admin = redis.Redis.from_url(server.url)
+    try:
+        async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+            await drive.write_bytes("a.txt", b"a")
+            async with drive.watch(group="g", since="0") as member:
+                admin.config_set("min-replicas-to-write", 1)
+                with pytest.raises(DriveUnavailableError, match="NOREPLICAS") as refused:
+                    await member.next(0.5)
+                assert "fewer in-sync replicas" in str(refused.value)
+
+                async def replicas_back() -> None:
+                    await anyio.sleep(0.5)
+                    await anyio.to_thread.run_sync(admin.config_set, "min-replicas-to-write", 0)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(replicas_back)
+                    event = await member.next(20)
+                assert event is not None and event.path == "a.txt"
+    finally:
+        admin.config_set("min-replicas-to-write", 0)
+        admin.close()
 
 
 async def test_a_get_waiting_for_a_file_the_server_forgot_says_so(
