@@ -577,6 +577,10 @@ _SCRIPT_LINE = re.compile(r" script: on @user_script:\d+\.?$")
 #: Under Sentinel, a drive in use asks the sentinels at most this often (s) which server is
 #: primary, and leaves one they no longer name (see `Connected.follow_primary`).
 PRIMARY_CHECK_INTERVAL = 0.5
+#: A drive that made no call for this long (s) asks before its next one (up to
+#: `PRIMARY_CHECK_INTERVAL`): it would be made on the old primary of a failover meanwhile,
+#: and lost with it, seconds after the switch.
+_IDLE_FOR_A_FAILOVER = 3 * PRIMARY_CHECK_INTERVAL
 
 
 def _denied(exc: redis.exceptions.ResponseError) -> bool:
@@ -890,11 +894,16 @@ class Drive:
         conn = self._conn
         if conn.loop is not None and conn.loop.is_closed():  # (on every kind of server)
             raise RuntimeError(LOOP_CLOSED_BY_HAND)
-        if conn.connected.kind == "sentinel":  # (beside the call: a sentinel may hang)
+        if conn.connected.kind == "sentinel":
             now = time.monotonic()
-            if now - conn.primary_checked_at >= PRIMARY_CHECK_INTERVAL:
+            since = now - conn.primary_checked_at
+            if since >= PRIMARY_CHECK_INTERVAL:
                 conn.primary_checked_at = now
-                conn.start_chore("primary", conn.connected.follow_primary())
+                if since < _IDLE_FOR_A_FAILOVER:  # in use: beside the call (it may hang)
+                    conn.start_chore("primary", conn.connected.follow_primary())
+                else:  # idle across a failover, maybe: before the call, for a moment at most
+                    with anyio.move_on_after(PRIMARY_CHECK_INTERVAL):
+                        await conn.connected.follow_primary()
         if check_index and not conn.index_checked:
             # Files on disk but no index: the server lost its data. Say so rather than serve
             # an empty drive. The disk's marker is written after a first commit, so once it

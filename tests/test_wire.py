@@ -20,7 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from asyncdrive import Drive, DriveUnavailableError
+from asyncdrive import Drive, DriveUnavailableError, SyncDrive
+from asyncdrive import _drive as drive_module
 from asyncdrive._client import connect
 from asyncdrive._drive import PRIMARY_CHECK_INTERVAL
 from asyncdrive._index import Keys
@@ -512,6 +513,47 @@ async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
             finally:
                 await new_primary.aclose()
     finally:
+        await sentinel.aclose()
+        servers.stop()
+
+
+async def test_a_drive_idle_across_a_sentinel_failover_makes_its_next_call_on_the_new_primary(
+    tmp_path: Path,
+) -> None:
+    """A drive in use asks the sentinels beside its calls: one idle across the failover made
+    its next call on the old primary (still taking writes, until Sentinel demotes it and
+    discards them), seconds after the switch: a SyncDrive's write, whose disk work runs in
+    its loop, before the check could. It asks before that call now."""
+    servers = SentinelServers(tmp_path / "servers")
+    (tmp_path / "servers").mkdir()
+    servers.start()
+    sentinel = aioredis.Redis(port=servers.sentinel, decode_responses=True)
+    drive = SyncDrive("lit://idle", root=tmp_path / "root", redis_url=servers.url)
+    try:
+        await anyio.to_thread.run_sync(drive.write_bytes, "before.txt", b"1")
+        for _ in range(300):  # until the sentinel has found the replica (it polls)
+            try:
+                await raw(sentinel, "SENTINEL", "FAILOVER", "mymaster")
+                break
+            except redis.exceptions.ResponseError as exc:
+                assert "NOGOODSLAVE" in str(exc)
+                await asyncio.sleep(0.1)
+        for _ in range(300):
+            address = await raw(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+            if int(address[1]) == servers.replica:
+                break
+            await asyncio.sleep(0.1)
+        assert int(address[1]) == servers.replica
+        await asyncio.sleep(drive_module._IDLE_FOR_A_FAILOVER)
+        # Its first call since, no retry: stored on the new primary.
+        await anyio.to_thread.run_sync(drive.write_bytes, "after.txt", b"2")
+        new_primary = aioredis.Redis(port=servers.replica, decode_responses=True)
+        try:
+            assert await new_primary.exists(Keys("idle").entry("after.txt")) == 1
+        finally:
+            await new_primary.aclose()
+    finally:
+        await anyio.to_thread.run_sync(drive.close)
         await sentinel.aclose()
         servers.stop()
 
