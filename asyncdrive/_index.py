@@ -790,12 +790,13 @@ class Index:
 
     async def read_events(
         self, after: str, block_ms: int | None, count: int
-    ) -> tuple[list[DriveEvent], str]:
+    ) -> tuple[list[DriveEvent], str, tuple[str, int] | None]:
         """Wait up to ``block_ms`` for events after id ``after``; return them and the trim mark.
 
         ``block_ms=None``: no wait, what is there now. The trim mark (the newest event
         trimmed from the log) is read in the same pipeline, right after the wait: if it is
-        newer than ``after``, events after ``after`` were lost.
+        newer than ``after``, events after ``after`` were lost. Third: the server read
+        (host, port), where known (not on a Cluster, nor through a unix socket).
         """
         if self.readers is None:  # a Cluster: its client routes the pipeline to the drive's node
             async with self.client.pipeline(transaction=False) as pipe:
@@ -808,7 +809,7 @@ class Index:
                 for _stream, entries in reply or []
                 for event_id, fields in entries
             ]
-            return events, trimmed or "0-0"
+            return events, trimmed or "0-0", None
         # The same two commands on a wire of their own: every event waits for this on its
         # way (redis-py's pipeline cost ~280 µs of CPU a read more, its connection ~40 µs
         # of latency more an event, measured).
@@ -819,6 +820,7 @@ class Index:
         ]
         async with self.readers.borrowed() as wire:
             raw, trimmed = await wire.call_many(commands)
+            server = wire.server
         # RESP3 (redis-py's default) answers a map of stream -> entries, RESP2 a list of
         # [stream, entries]; None when the wait ended without events.
         streams = raw.values() if isinstance(raw, dict) else [s[1] for s in raw or []]
@@ -827,7 +829,11 @@ class Index:
             for entries in streams
             for event_id, flat in entries
         ]
-        return events, trimmed or "0-0"
+        return events, trimmed or "0-0", server
+
+    async def has_event(self, event_id: str) -> bool:
+        """Tell whether the change log holds the event ``event_id``."""
+        return bool(await self.client.xrange(self.keys.events, event_id, event_id, count=1))
 
     async def group_step(
         self,

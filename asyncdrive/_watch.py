@@ -123,6 +123,10 @@ class Watch:
         self._buffer: collections.deque[DriveEvent] = collections.deque()
         self._cursor = since or ""
         self._started = False
+        #: The server the last read was of, where known (see `_read`), and whether its
+        #: cursor is an event it read (not a start made from the clock, or an id given).
+        self._server: tuple[str, int] | None = None
+        self._read_an_event = False
         self._to_ack: str | None = None
         self._joined = False  # a group member that has read (and so may leave the group)
         self._done = False
@@ -340,16 +344,35 @@ class Watch:
             if parse_id(trimmed) > parse_id(self._read_cursor):
                 self._read_cursor = trimmed
         self._started = True
-        events, trimmed = await _read_events(conn, self._read_cursor, block, _BATCH)
+        events, trimmed, server = await _read_events(conn, self._read_cursor, block, _BATCH)
         # Trimming removes the oldest events: if it reached past the cursor, events after the
         # cursor were lost (or, rarely, the ones just read were trimmed right after: the
         # watcher is at the very edge of what is retained either way). Never skip silently.
         if parse_id(trimmed) > parse_id(self._read_cursor):
             raise self._expired(self._cursor or self._read_cursor)
+        if server is not None and server != self._server:
+            # Another server than the last read's: a failover (Sentinel). Events the old
+            # primary took in its last moments are lost with it: if this watch read one,
+            # its cursor is past events the new one holds (of other writers, already on
+            # it), which a read after the cursor would skip. Said, never skipped silently.
+            lost = self._read_an_event and not await conn.index.has_event(self._read_cursor)
+            self._server = server
+            if lost:
+                raise self._lost_in_failover(self._cursor or self._read_cursor, server)
         if events:
             self._buffer.extend(events)
             self._read_cursor = events[-1].id
+            self._read_an_event = True
         return len(events) < _BATCH
+
+    def _lost_in_failover(self, cursor: str, server: tuple[str, int]) -> CursorExpiredError:
+        return CursorExpiredError(
+            f"Drive {self._drive.name!r}: watch cursor {cursor!r} has expired: the server now "
+            f"primary ({server[0]}:{server[1]}, after a failover) has not the event this watch "
+            "read last, which the old primary took and lost; events after it may have been "
+            "missed. Re-list the drive (list(recursive=True)), then watch from now, or with "
+            "since='0' to replay what is retained."
+        )
 
     def _expired(self, cursor: str, *, group_moved_to: str = "") -> CursorExpiredError:
         if group_moved_to:
@@ -733,7 +756,7 @@ _SERVER_TICK = 0.1
 
 async def _read_events(
     conn: _Connection, after: str, block: float, count: int
-) -> tuple[list[DriveEvent], str]:
+) -> tuple[list[DriveEvent], str, tuple[str, int] | None]:
     """Wait up to ``block`` s for events after id ``after`` (`Index.read_events`).
 
     A wait shorter than the server's clock can time is a read now, a sleep here, and a
@@ -742,8 +765,8 @@ async def _read_events(
     """
     if block >= _SERVER_TICK:
         return await conn.index.read_events(after, int(block * 1000), count)
-    events, trimmed = await conn.index.read_events(after, None, count)
+    events, trimmed, server = await conn.index.read_events(after, None, count)
     if events or block <= 0:
-        return events, trimmed
+        return events, trimmed, server
     await anyio.sleep(block)
     return await conn.index.read_events(after, None, count)

@@ -1429,3 +1429,37 @@ async def test_a_group_moved_by_hand_goes_on_from_where_it_was_moved(
         assert after is not None and after.path == "after.txt"
         assert await watch.next(timeout=0) is None
         await watch.aclose()
+
+
+async def test_a_watch_read_of_another_server_says_if_it_lost_the_event_read_last(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a Sentinel failover the new primary may lack the events the old one took in
+    its last moments: a watch that read one had its cursor past events the new one holds,
+    and skipped them in silence. Its first read of another server checks that the event
+    it read last is there: CursorExpiredError where it is not."""
+    read_events = _index.Index.read_events
+    serving = {"server": ("10.0.0.1", 6379)}
+
+    async def of_the_server_now(self: _index.Index, *args: Any, **kwargs: Any) -> Any:
+        events, trimmed, _ = await read_events(self, *args, **kwargs)
+        return events, trimmed, serving["server"]
+
+    monkeypatch.setattr(_index.Index, "read_events", of_the_server_now)
+    async with Drive(drive_id) as drive, drive.watch() as watch:
+        await drive.write_bytes("a.txt", b"a")
+        event = await watch.next(5)
+        assert event is not None and event.path == "a.txt"
+        # Another server, which has the event read last: the watch goes on.
+        serving["server"] = ("10.0.0.2", 6379)
+        await drive.write_bytes("b.txt", b"b")
+        event = await watch.next(5)
+        assert event is not None and event.path == "b.txt"
+        # Another, which lost it (as the old primary of a failover took it): said.
+        conn = await drive._connection()
+        await conn.client.xdel(conn.index.keys.events, event.id)
+        serving["server"] = ("10.0.0.3", 6379)
+        await drive.write_bytes("c.txt", b"c")
+        with pytest.raises(CursorExpiredError, match=r"after a failover") as lost:
+            await watch.next(5)
+        assert event.id in str(lost.value) and "Re-list the drive" in str(lost.value)
