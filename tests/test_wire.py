@@ -461,6 +461,23 @@ async def _true(value: object) -> bool:
     return bool(value)
 
 
+async def fail_over(sentinel: aioredis.Redis, servers: SentinelServers) -> None:
+    """Have ``sentinel`` fail over to the replica, and wait until it names it primary."""
+    for _ in range(300):  # until the sentinel has found the replica (it polls)
+        try:
+            await raw(sentinel, "SENTINEL", "FAILOVER", "mymaster")
+            break
+        except redis.exceptions.ResponseError as exc:
+            assert "NOGOODSLAVE" in str(exc)
+            await asyncio.sleep(0.1)
+    for _ in range(300):
+        address = await raw(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        if int(address[1]) == servers.replica:
+            break
+        await asyncio.sleep(0.1)
+    assert int(address[1]) == servers.replica
+
+
 async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
     """After a failover, the drive leaves its old primary for the new one.
 
@@ -478,19 +495,7 @@ async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
             await drive.write_bytes("before.txt", b"1")
             wire = (await drive._connection()).connected.wire
             assert wire is not None
-            for _ in range(300):  # until the sentinel has found the replica (it polls)
-                try:
-                    await raw(sentinel, "SENTINEL", "FAILOVER", "mymaster")
-                    break
-                except redis.exceptions.ResponseError as exc:
-                    assert "NOGOODSLAVE" in str(exc)
-                    await asyncio.sleep(0.1)
-            for _ in range(300):
-                address = await raw(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
-                if int(address[1]) == servers.replica:
-                    break
-                await asyncio.sleep(0.1)
-            assert int(address[1]) == servers.replica
+            await fail_over(sentinel, servers)
             await asyncio.sleep(PRIMARY_CHECK_INTERVAL)
             conn = await drive._connection()  # (a call: the sentinels are asked beside it)
             for _ in range(500):
@@ -531,19 +536,7 @@ async def test_a_drive_idle_across_a_sentinel_failover_makes_its_next_call_on_th
     drive = SyncDrive("lit://idle", root=tmp_path / "root", redis_url=servers.url)
     try:
         await anyio.to_thread.run_sync(drive.write_bytes, "before.txt", b"1")
-        for _ in range(300):  # until the sentinel has found the replica (it polls)
-            try:
-                await raw(sentinel, "SENTINEL", "FAILOVER", "mymaster")
-                break
-            except redis.exceptions.ResponseError as exc:
-                assert "NOGOODSLAVE" in str(exc)
-                await asyncio.sleep(0.1)
-        for _ in range(300):
-            address = await raw(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
-            if int(address[1]) == servers.replica:
-                break
-            await asyncio.sleep(0.1)
-        assert int(address[1]) == servers.replica
+        await fail_over(sentinel, servers)
         await asyncio.sleep(drive_module._IDLE_FOR_A_FAILOVER)
         # Its first call since, no retry: stored on the new primary.
         await anyio.to_thread.run_sync(drive.write_bytes, "after.txt", b"2")
