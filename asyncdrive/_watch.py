@@ -368,10 +368,10 @@ class Watch:
     def _lost_in_failover(self, cursor: str, server: tuple[str, int]) -> CursorExpiredError:
         return CursorExpiredError(
             f"Drive {self._drive.name!r}: watch cursor {cursor!r} has expired: the server now "
-            f"primary ({server[0]}:{server[1]}, after a failover) has not the event this watch "
-            "read last, which the old primary took and lost; events after it may have been "
-            "missed. Re-list the drive (list(recursive=True)), then watch from now, or with "
-            "since='0' to replay what is retained."
+            f"primary ({server[0]}:{server[1]}, after a failover) does not have the event this "
+            "watch read last, which the old primary took and lost; events before it may have "
+            "been missed. Re-list the drive (list(recursive=True)), then watch from now, or "
+            "with since='0' to replay what is retained."
         )
 
     def _expired(self, cursor: str, *, group_moved_to: str = "") -> CursorExpiredError:
