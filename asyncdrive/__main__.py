@@ -443,7 +443,8 @@ def _run_file_command(args: argparse.Namespace) -> int:
                         # cannot be reached: each would say so); the first failure's status.
                         if len(args.local) == 1 or isinstance(exc, DriveUnavailableError):
                             raise
-                        status = status or _report(exc, args)
+                        code = _report(exc, args)
+                        status = status or code
                         continue
                     _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
             return status

@@ -627,7 +627,9 @@ async def _reachable(conn: _Connection) -> None:
 
 
 #: In redis-py's MasterNotFoundError: what a sentinel that could not be reached met.
-_SENTINEL_UNREACHED = re.compile(r"(?:ConnectionError|TimeoutError): (.*?)(?=, <redis\.|$)")
+_SENTINEL_UNREACHED = re.compile(
+    r"(?:ConnectionError|TimeoutError)(?::\s*|\(['\"])(.*?)(?=['\"]\)|, <redis\.|$)"
+)
 
 #: How a stopped embedded server starts again (a drive that connected never restarts it).
 _RESTART = "create a new Drive (or SyncDrive) to start it again"
@@ -1156,7 +1158,7 @@ class Drive:
         elif isinstance(exc, MasterNotFoundError):
             # (redis-py's text: each sentinel's client's repr, " - ", and what it met)
             unreached = _SENTINEL_UNREACHED.findall(text)
-            if unreached and len(unreached) == text.count(" - "):
+            if unreached and len(unreached) == (text.count(" - ") or len(unreached)):
                 fix = (
                     "No sentinel of the URL could be reached: check that they run, and "
                     "their hosts and ports in the URL (redis+sentinel://host:port,...)."
@@ -1685,33 +1687,26 @@ class Drive:
         ]
         locks = [(jobs[n][0], t) for n, t, _, _ in installed]
 
-        async def undo(*, unlock: bool = True) -> None:  # (no commit ran)
-            def restore_all() -> None:
-                for number, _, _, (_, backup, identity) in installed:
+        def restore_all() -> None:  # (each, whatever the others meet: gc() settles those)
+            for number, _, _, (_, backup, identity) in installed:
+                with contextlib.suppress(OSError):
                     store.restore(backup, component, jobs[number][0], installed=identity)
-
-            try:
-                await conn.run_sync(restore_all)
-            finally:
-                if not unlock:  # (the server cannot be reached: once it can)
-                    index.unlock_later(component, locks)
-                else:
-                    with contextlib.suppress(Exception):  # (its lease ends it anyway)
-                        await index.unlock_many(component, locks)
 
         try:
             await _reachable(conn)
-        except BaseException:
-            await undo(unlock=False)
+        except BaseException:  # no commit was sent: undone, locks released once it can be
+            index.unlock_later(component, locks)
+            with contextlib.suppress(Exception):  # (the error to say is the server's)
+                await conn.run_sync(restore_all)
             raise
         try:
             outcomes = await index.commit_put_many(
                 component, conn.config.allow_duplicates, precondition, commits
             )
-        except BaseException as exc:  # as in `_install_and_commit`: gc() settles them
-            if isinstance(exc, redis.exceptions.ResponseError) and _not_committed(conn, exc):
-                await undo()
-                raise
+        except BaseException:
+            # As in `_install_and_commit`: gc() settles them. Not undone on a refusal, even
+            # one before its script wrote: a script a file, those before it may have
+            # committed (the first refusal is what is raised).
             with contextlib.suppress(Exception):
                 await index.unlock_many(component, locks)
             raise
@@ -2026,7 +2021,8 @@ class Drive:
         try:
             await _reachable(conn)
         except BaseException:
-            await self._undo_install(conn, path, token, (info, backup, installed), unlock=False)
+            with contextlib.suppress(Exception):  # (the error to say is the server's)
+                await self._undo_install(conn, path, token, (info, backup, installed), unlock=False)
             raise
         try:
             outcome = await conn.index.commit_put(

@@ -709,7 +709,8 @@ def stop_server(
         stopped = False
         if url and _ping(url):
             # (never 0: a socket that waits for nothing fails its first read)
-            wait = None if timeout is None else max(timeout, 0.5)
+            # (nor past what a socket takes: for ever, as None, beyond ~11 days)
+            wait = None if timeout is None or timeout > 1e6 else max(timeout, 0.5)
             client = redis.Redis.from_url(url, socket_timeout=wait)
             try:
                 client.shutdown()

@@ -1167,6 +1167,17 @@ def _new_local_file(folder: Path, *, unnamed: bool) -> tuple[int, Path | None]:
     return temp_fd_in(folder)
 
 
+def _not_a_folder(path: Path) -> OSError:
+    """Return the error of a folder to make where ``path`` is no folder.
+
+    A file there; or nothing any more (removed meanwhile: a delete pruned it), which a
+    retry makes.
+    """
+    if not os.path.lexists(path):
+        return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
+    return NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(path))
+
+
 def _make_folders(folder: Path) -> list[Path]:
     """Make the local ``folder`` and the missing ones above it; return those made, deepest first.
 
@@ -1178,7 +1189,7 @@ def _make_folders(folder: Path) -> list[Path]:
         missing.append(above)
         above = above.parent
     if not above.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(above))
+        raise _not_a_folder(above)
     made: list[Path] = []
     try:
         for path in reversed(missing):
@@ -1186,9 +1197,7 @@ def _make_folders(folder: Path) -> list[Path]:
                 os.mkdir(path)
             except FileExistsError:  # made meanwhile (by another get, say), or a file
                 if not path.is_dir():
-                    raise NotADirectoryError(
-                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fspath(path)
-                    ) from None
+                    raise _not_a_folder(path) from None
                 continue
             made.insert(0, path)
     except BaseException:

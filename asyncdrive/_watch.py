@@ -355,10 +355,16 @@ class Watch:
             # primary took in its last moments are lost with it: if this watch read one,
             # its cursor is past events the new one holds (of other writers, already on
             # it), which a read after the cursor would skip. Said, never skipped silently.
-            lost = self._read_an_event and not await conn.index.has_event(self._read_cursor)
-            self._server = server
+            # (Trimmed at the cursor is no loss. Until the check passes the server is not
+            # taken: each read says it again, as the trim check does.)
+            lost = (
+                self._read_an_event
+                and parse_id(trimmed) < parse_id(self._read_cursor)
+                and not await conn.index.has_event(self._read_cursor)
+            )
             if lost:
                 raise self._lost_in_failover(self._cursor or self._read_cursor, server)
+            self._server = server
         if events:
             self._buffer.extend(events)
             self._read_cursor = events[-1].id

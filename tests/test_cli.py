@@ -458,11 +458,12 @@ def test_console_script_paths_groups_and_exit_statuses(
     down = cli("ls", "--redis-url", "redis://127.0.0.1:1/0", drive_id)
     assert down.returncode == 6 and len(down.stderr.splitlines()) == 1
     # As cp: a source that fails is said, the others are put, and the status says it.
-    some = cli("put", "a.txt", "missing.txt", "b.txt", f"{drive_id}/three")
+    some = cli("put", "a.txt", "missing.txt", "b.txt", "gone.txt", f"{drive_id}/three")
     assert some.returncode == 4, some.stderr  # a FileNotFoundError's, the first failure's
     assert some.stdout.splitlines() == [f"a.txt -> {drive_id}/three/a.txt",
                                         f"b.txt -> {drive_id}/three/b.txt"]  # fmt: skip
-    assert some.stderr.count("error:") == 1 and "missing.txt" in some.stderr
+    assert some.stderr.count("error:") == 2  # each said
+    assert "missing.txt" in some.stderr and "gone.txt" in some.stderr
     down = cli("put", "--redis-url", "redis://127.0.0.1:1/0", "a.txt", "b.txt", drive_id)
     assert down.returncode == 6 and len(down.stderr.splitlines()) == 1  # said once
 

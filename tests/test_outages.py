@@ -29,6 +29,7 @@ from asyncdrive import (
     IndexLostError,
     InvalidConfigError,
     SyncDrive,
+    _wire,
 )
 from asyncdrive import _drive as drive_module
 from asyncdrive._index import Index, Keys
@@ -416,6 +417,44 @@ async def test_a_replacing_put_whose_server_went_before_its_commit_leaves_nothin
         assert await drive.gc(grace=0) == GcReport()  # nothing left to settle
         await drive.write_bytes("a.bin", b"new")  # and the lock went with the outage
         assert await drive.read_bytes("a.bin") == b"new"
+
+
+async def test_a_folder_put_refused_midway_through_its_commits_keeps_what_they_committed(
+    server: ServerProcess,
+    tmp_path: Path,
+    workdir: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A folder put commits a batch of files by a script each: one refused (maxmemory
+    reached midway, say) after another committed must not undo the committed one's
+    install (it did: its index said the new version, its disk held the old bytes)."""
+    real_call_many = _wire.Wire.call_many
+    armed = False
+
+    async def second_refused(self: _wire.Wire, commands: Any, **kwargs: Any) -> Any:
+        commits = all(c[0] == "EVALSHA" and "commit" in c for c in commands)
+        if armed and len(commands) > 1 and commits:  # (the commit scripts, not the locks')
+            replies = await real_call_many(self, commands[:1], **kwargs)
+            refused = redis.exceptions.OutOfMemoryError("command not allowed when used memory")
+            return [*replies, *[refused] * (len(commands) - 1)]
+        return await real_call_many(self, commands, **kwargs)
+
+    monkeypatch.setattr(_wire.Wire, "call_many", second_refused)
+    Path("src").mkdir()
+    async with Drive(drive_id, **kwargs(server, tmp_path)) as drive:
+        for name in ("a", "b"):
+            await drive.write_bytes(f"dir/{name}.txt", f"old {name}".encode())
+            Path(f"src/{name}.txt").write_text(f"new {name}")
+        armed = True
+        with pytest.raises(DriveError):
+            await drive.put("src", to="dir")
+        armed = False
+        for name in ("a", "b"):  # each as its index says, whichever was committed
+            info = await drive.info(f"dir/{name}.txt")
+            data = await drive.read_bytes(f"dir/{name}.txt")
+            assert data == (f"new {name}" if info.version == 2 else f"old {name}").encode()
+        assert (await drive.info("dir/a.txt")).version == 2  # (the first was committed)
 
 
 async def test_a_group_member_rides_out_a_server_short_of_replicas(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -719,4 +720,8 @@ def test_stop_server_checks_its_timeout(short_root: Path, drive_id: str) -> None
             asyncdrive.stop_server(short_root, timeout=bad)  # type: ignore[arg-type]
         assert asyncdrive.server_url(short_root) is not None  # still running
     assert asyncdrive.stop_server(short_root, timeout=None) is True
+    assert not _server.server_runs(short_root)
+    with SyncDrive(drive_id, root=short_root) as drive:  # (started again)
+        drive.write_bytes("b.txt", b"x")
+    assert asyncdrive.stop_server(short_root, timeout=math.inf) is True  # (OverflowError)
     assert not _server.server_runs(short_root)

@@ -778,6 +778,30 @@ def test_an_install_whose_folders_a_delete_prunes_as_they_are_made_makes_them_ag
     assert list(store.tmp_dir.iterdir()) == []
 
 
+def test_a_rename_into_folders_one_of_which_a_delete_prunes_as_it_is_looked_at_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder found there, then pruned by a delete before it is checked to be a folder:
+    no file stands there (it said NotADirectoryError, "a file where a folder must be"); it
+    is made again."""
+    (tmp_path / "a").mkdir()
+    upload = tmp_path / "upload.tmp"
+    upload.write_bytes(b"x")
+    real_lexists = os.path.lexists
+    pruned: list[str] = []
+
+    def pruned_once_found(path: Any) -> bool:
+        found = real_lexists(path)
+        if found and Path(path) == tmp_path / "a" and not pruned:
+            pruned.append(str(path))
+            (tmp_path / "a").rmdir()  # a delete of its last file prunes it
+        return found
+
+    monkeypatch.setattr(os.path, "lexists", pruned_once_found)
+    storage._replace_into(upload, tmp_path / "a" / "b" / "f")
+    assert pruned and (tmp_path / "a" / "b" / "f").read_bytes() == b"x"
+
+
 @pytest.fixture(params=["unnamed", "renameat2", "link"])
 def rename_way(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, store: DiskStore
