@@ -336,11 +336,21 @@ def _free_port() -> int:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``path`` anew, readable by this user alone (it may hold the server's password)."""
-    path.unlink(missing_ok=True)  # (a file made before, with a wider mode, or a link)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
+    """Write ``path`` anew, readable by this user alone (it may hold the server's password).
+
+    A new file renamed over the old one (a file made before, with a wider mode, or a link:
+    replaced, not followed): a reader without the lock (`server_url`, ``server status``)
+    finds the old state or the new, never none or half of one.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _start(folder: Path) -> str:

@@ -725,3 +725,30 @@ def test_stop_server_checks_its_timeout(short_root: Path, drive_id: str) -> None
         drive.write_bytes("b.txt", b"x")
     assert asyncdrive.stop_server(short_root, timeout=math.inf) is True  # (OverflowError)
     assert not _server.server_runs(short_root)
+
+
+def test_the_state_file_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process reading the state without the lock (server_url, `server status`) found no
+    file, or an empty one, while it was written again (removed, then made): "not running"."""
+    state = tmp_path / "server.json"
+    state.write_text('{"url": "old"}')
+    seen: list[str | None] = []
+    real_open = os.open
+
+    def looking(path: Any, *args: Any, **kwargs: Any) -> int:
+        seen.append(state.read_text() if state.exists() else None)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", looking)
+    _server._write_private(state, '{"url": "new"}')
+    monkeypatch.undo()
+    assert seen == ['{"url": "old"}'] and state.read_text() == '{"url": "new"}'
+    assert state.stat().st_mode & 0o777 == 0o600 and list(tmp_path.iterdir()) == [state]
+    # A link there is replaced, not followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("kept")
+    state.unlink()
+    state.symlink_to(elsewhere)
+    _server._write_private(state, "{}")
+    assert not state.is_symlink() and state.read_text() == "{}"
+    assert elsewhere.read_text() == "kept"
