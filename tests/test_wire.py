@@ -478,6 +478,15 @@ async def fail_over(sentinel: aioredis.Redis, servers: SentinelServers) -> None:
     assert int(address[1]) == servers.replica
 
 
+async def on_the_replica(servers: SentinelServers, drive: str, path: str) -> bool:
+    """Tell whether the index entry of ``path`` is on the (promoted) replica."""
+    replica = aioredis.Redis(port=servers.replica, decode_responses=True)
+    try:
+        return bool(await replica.exists(Keys(drive).entry(path)))
+    finally:
+        await replica.aclose()
+
+
 async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
     """After a failover, the drive leaves its old primary for the new one.
 
@@ -512,11 +521,7 @@ async def test_a_drive_follows_a_sentinel_failover(tmp_path: Path) -> None:
             role = await wire.call("ROLE")
             assert role[0] == "master" and wire.server == ("127.0.0.1", servers.replica)
             # Stored on the new primary (the old one would discard it once demoted).
-            new_primary = aioredis.Redis(port=servers.replica, decode_responses=True)
-            try:
-                assert await new_primary.exists(Keys("failover").entry("after.txt")) == 1
-            finally:
-                await new_primary.aclose()
+            assert await on_the_replica(servers, "failover", "after.txt")
     finally:
         await sentinel.aclose()
         servers.stop()
@@ -540,11 +545,7 @@ async def test_a_drive_idle_across_a_sentinel_failover_makes_its_next_call_on_th
         await asyncio.sleep(drive_module._IDLE_FOR_A_FAILOVER)
         # Its first call since, no retry: stored on the new primary.
         await anyio.to_thread.run_sync(drive.write_bytes, "after.txt", b"2")
-        new_primary = aioredis.Redis(port=servers.replica, decode_responses=True)
-        try:
-            assert await new_primary.exists(Keys("idle").entry("after.txt")) == 1
-        finally:
-            await new_primary.aclose()
+        assert await on_the_replica(servers, "idle", "after.txt")
     finally:
         await anyio.to_thread.run_sync(drive.close)
         await sentinel.aclose()
