@@ -420,7 +420,8 @@ def _run_file_command(args: argparse.Namespace) -> int:
             fields = dataclasses.asdict(info)
             _print(args, fields, "\n".join(f"{k}: {v}" for k, v in fields.items()))
         elif args.command == "rm":
-            drive.delete(given, recursive=args.recursive)
+            # 'lit://d/sub/..' as written: the library refuses it, where '.' would delete all.
+            drive.delete(_split(args.target)[1] if path == "." else given, recursive=args.recursive)
         elif args.command == "put" and "-" in args.local:
             _put_stdin(args, drive, given)
         elif args.command == "put":
@@ -622,6 +623,8 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "pass a DriveEvent.id, a Watch.cursor, or '0'": "pass an event id (the first column "
         "of 'asyncdrive watch') or '0'",
         "(list(recursive=True))": f"('asyncdrive ls -r {drive_id}')",
+        "to delete every file of this component, pass '.'.": "to delete every file of this "
+        f"component, name the drive ('asyncdrive rm -r {drive_id}').",
         ": timeout=": ": --timeout ",
         ": grace=": ": --grace ",
         ": since=": ": --since ",

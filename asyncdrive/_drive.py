@@ -2291,6 +2291,13 @@ class Drive:
 
         """
         drive_path = self._path(path, allow_root=recursive)
+        if not drive_path and ".." in os.fspath(path).split("/"):
+            # As rm refuses 'sub/..': a folder's path climbing back to the top would
+            # otherwise delete every file of the component.
+            raise InvalidPathError(
+                f"Drive {self.name!r}: {shorten(os.fspath(path))!r} climbs back to the whole "
+                "drive through '..'; to delete every file of this component, pass '.'."
+            )
         conn = await self._connection(writing=f"delete {os.fspath(path)!r}")
         component = conn.config.component_name
         owners = await conn.index.owners(drive_path) if drive_path else {}

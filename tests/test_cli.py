@@ -330,6 +330,12 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert cli("cat", f"{drive_id}/a.txt").stdout == "hello"
     not_recursive = cli("rm", f"{drive_id}/data")
     assert not_recursive.returncode == 1 and "pass -r" in not_recursive.stderr
+    climbing = cli("rm", "-r", f"{drive_id}/data/..")  # refused, as rm refuses 'data/..'
+    assert climbing.returncode == 1, climbing
+    assert climbing.stderr.endswith(
+        f"to delete every file of this component, name the drive ('asyncdrive rm -r {drive_id}').\n"
+    )
+    assert cli("cat", f"{drive_id}/a.txt").stdout == "hello"
     assert cli("rm", "-r", f"{drive_id}/data").returncode == 0
     events = cli("watch", "--since", "0", "--timeout", "0.3", "--json", drive_id)
     changes = [(e["change"], e["path"]) for e in map(json.loads, events.stdout.splitlines())]

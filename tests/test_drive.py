@@ -303,6 +303,26 @@ async def test_components_and_duplicates(make_drive: MakeDrive, drive_id: str) -
         await d1.delete(".", recursive=True)
 
 
+async def test_recursive_delete_climbing_to_the_top_is_refused(
+    make_drive: MakeDrive, drive_id: str
+) -> None:
+    """As ``rm -r sub/..`` refuses: only '.' deletes a component's every file."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("sub/a.txt", b"a")
+    await drive.write_bytes("b.txt", b"b")
+    for path in ("sub/..", "sub/../", "./sub/x/../..", Path("sub/..")):
+        with pytest.raises(InvalidPathError) as climbing:
+            await drive.delete(path, recursive=True)
+        assert str(climbing.value) == (
+            f"Drive {drive.name!r}: {os.fspath(path)!r} climbs back to the whole drive "
+            "through '..'; to delete every file of this component, pass '.'."
+        )
+    assert await drive.list(".", recursive=True) == ["b.txt", "sub/a.txt"]
+    await drive.delete("sub/x/..", recursive=True)  # a folder inside: as before
+    await drive.delete("./", recursive=True)
+    assert await drive.list(".", recursive=True) == []
+
+
 async def test_get_missing_and_component_missing(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id, component_name="w1")
     with pytest.raises(DriveFileNotFoundError, match=drive_id[6:]):
