@@ -13,7 +13,10 @@ PATH). Its files live in ``<root>/server/``::
     server.log     its log
 
 The server is daemonized: it outlives the process that started it and serves every process
-using the same root until `stop_server` (or ``asyncdrive server stop``) stops it.
+using the same root until `stop_server` (or ``asyncdrive server stop``) stops it, or its
+folder goes: a keeper (a small Python process beside it) stops it within a second once
+``<root>/server`` is deleted, moved or replaced, so that a temporary root removed with its
+server running leaves no server behind, and a moved root starts one of its own there.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -311,6 +315,65 @@ def _cpu_ticks(pid: int) -> int | None:
         return None
 
 
+#: What the keeper of a server runs (``python -I -S -c``; see `_keep`): every second, it
+#: stops the server (as `stop_server` does by signal) once its folder is no longer at its
+#: path, and ends once the server has: gone, or its pid taken by another process since.
+_KEEPER = """\
+import os, signal, sys, time
+pid, folder, device, inode, period = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
+def started():
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+born = started()
+while True:
+    time.sleep(period / 1000)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        break
+    if started() != born:
+        break
+    try:
+        found = os.stat(folder)
+        if (found.st_dev, found.st_ino) == (device, inode):
+            continue
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:
+        continue
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGCONT)
+    break
+"""
+
+#: How often a keeper looks at its server's folder, in milliseconds.
+_KEEPER_PERIOD_MS = 1000
+
+
+def _keep(folder: Path, pid: int) -> None:
+    """Start the keeper of the server ``pid`` working in ``folder`` (see `_KEEPER`).
+
+    It runs detached, as the server does (started through ``sh``, which exits at once: no
+    child left for this process to reap), in a session of its own, from ``/``.
+    """
+    if not (pid and sys.executable):
+        return
+    try:
+        found = folder.stat()
+        keeper = [sys.executable, "-I", "-S", "-c", _KEEPER, str(pid), str(folder)]
+        keeper += [str(found.st_dev), str(found.st_ino), str(_KEEPER_PERIOD_MS)]
+        subprocess.run(
+            ["/bin/sh", "-c", '"$@" &', "asyncdrive-keeper", *keeper],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd="/", start_new_session=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:  # (it runs on without one)
+        logger.warning("no keeper for the embedded server in %s: %s", folder, exc)
+
+
 def _read_state(folder: Path) -> dict[str, object] | None:
     """Return what the state file of ``folder`` says of its server, None if it names none.
 
@@ -429,7 +492,9 @@ def _start(folder: Path) -> str:
                 f"The embedded server in {folder} {what}; see {folder / 'server.log'}.{full}"
             )
         time.sleep(0.005)
-    _write_private(folder / "server.json", json.dumps({"url": url, "pid": _read_pid(pidfile)}))
+    pid = _read_pid(pidfile)
+    _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
+    _keep(folder, pid)
     return url
 
 

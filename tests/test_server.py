@@ -752,3 +752,86 @@ def test_the_state_file_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.Mo
     _server._write_private(state, "{}")
     assert not state.is_symlink() and state.read_text() == "{}"
     assert elsewhere.read_text() == "kept"
+
+
+def _keepers(folder: Path) -> list[int]:
+    """Return the pids of the keepers of the server working in ``folder``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[1:4] == [b"-I", b"-S", b"-c"] and argv[6:7] == [os.fsencode(folder)]:
+                found.append(int(pid))
+    return found
+
+
+def _gone_within(seconds: float, *pids: int) -> bool:
+    """Wait up to ``seconds`` for every process of ``pids`` to end."""
+    deadline = time.monotonic() + seconds
+    while any(_server._alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def quick_keeper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keepers started by this process look at their folder every 20 ms, not every second."""
+    monkeypatch.setattr(_server, "_KEEPER_PERIOD_MS", 20)
+
+
+@pytest.mark.usefixtures("quick_keeper")
+def test_a_removed_root_stops_its_server(short_root: Path, drive_id: str) -> None:
+    """A temporary root removed with its server running (a test's folder, say) left the
+    server running for ever, unreachable: its keeper stops it, then ends."""
+    with SyncDrive(drive_id, root=short_root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    folder = short_root / "server"
+    pid = json.loads((folder / "server.json").read_text())["pid"]
+    keepers = _keepers(folder)
+    assert len(keepers) == 1
+    time.sleep(0.2)  # ten looks at a folder that stays: both run on
+    assert _server._alive(pid) and _server._alive(keepers[0])
+    shutil.rmtree(short_root)
+    short_root.mkdir()  # (a new root at the path: another folder, with no server in it)
+    assert _gone_within(30, pid, *keepers)
+    assert asyncdrive.server_url(short_root) is None
+
+
+@pytest.mark.usefixtures("quick_keeper")
+def test_a_moved_root_starts_a_server_of_its_own_with_its_data(
+    short_root: Path, drive_id: str
+) -> None:
+    """A root moved while its server ran waited for that server (15 s), then failed: it was
+    unreachable at the socket path the state file names, and alive. Its keeper stops it
+    (the data saved with the root), and the moved root starts its own from that data."""
+    with SyncDrive(drive_id, root=short_root) as drive:
+        drive.write_bytes("a.txt", b"kept")
+    pid = json.loads((short_root / "server" / "server.json").read_text())["pid"]
+    moved = Path(f"{short_root}-moved")
+    try:
+        short_root.rename(moved)
+        with SyncDrive(drive_id, root=moved) as drive:
+            assert drive.read_bytes("a.txt") == b"kept"
+            drive.write_bytes("b.txt", b"new")
+        assert not _server._alive(pid)
+        url = asyncdrive.server_url(moved)
+        assert url == f"unix://{moved}/server/valkey.sock"
+        assert len(_keepers(moved / "server")) == 1
+    finally:
+        asyncdrive.stop_server(moved)
+        shutil.rmtree(moved, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("quick_keeper")
+def test_a_keeper_ends_with_its_server(short_root: Path, drive_id: str) -> None:
+    with SyncDrive(drive_id, root=short_root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    keepers = _keepers(short_root / "server")
+    assert len(keepers) == 1
+    assert asyncdrive.stop_server(short_root) is True
+    assert _gone_within(30, *keepers)
+    with SyncDrive(drive_id, root=short_root) as drive:  # started again: a new keeper
+        assert drive.read_bytes("a.txt") == b"x"
+    assert len(_keepers(short_root / "server")) == 1
