@@ -2463,6 +2463,9 @@ class DiskStore:
             # dead writer's replacement of the same size passed for the version indexed.
             meta = self._meta_file_of(component, path)
         if expected is None or is_version(meta, st.st_size, expected):
+            if expected is not None and st.st_size != expected.size:
+                os.close(fd)
+                raise self._changed_by_hand(path, expected, st.st_size)
             return fd, st.st_size
         os.close(fd)
         backup = self._open_backup(component, path, expected)
@@ -2471,6 +2474,21 @@ class DiskStore:
                 errno.ENOENT, f"version {expected.version} is not on disk", path
             )
         return backup
+
+    def _changed_by_hand(self, path: str, expected: FileInfo, size: int) -> ExplainedOSError:
+        """Return the error of a file whose bytes on disk are not of its version's size.
+
+        Its metadata names the version the index has, but not its bytes: written, cut or
+        extended outside asyncdrive (or lost by the disk). Served, a get would copy them as
+        if they were that version.
+        """
+        return ExplainedOSError(
+            errno.EIO,
+            "/".join((os.fspath(self.root), *self._parts(expected.component_name, path))),
+            f"it is {size} bytes on disk, where its version {expected.version} has "
+            f"{expected.size}: its bytes were changed outside asyncdrive (or lost by the disk)",
+            "Put it again, or run rebuild_index() to index the bytes as they are.",
+        )
 
     def _meta_file_of(self, component: str, path: str) -> dict[str, object] | None:
         """Return what the metadata file beside ``component``'s ``path`` holds, if any.

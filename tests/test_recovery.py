@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +32,7 @@ from asyncdrive import (
     Drive,
     DriveFileExistsError,
     DriveNotADirectoryError,
+    DriveStorageError,
     IndexLostError,
     SyncDrive,
 )
@@ -397,6 +400,52 @@ async def test_rebuild_fixes_the_metadata_of_bytes_whose_size_changed(
     assert info.checksum == hashlib.sha256(b"oldedited by hand\n").hexdigest()
     folder = root / "drives" / drive_id[6:] / "default"  # (fixed in its attribute)
     assert sorted(p.name for p in folder.iterdir()) == ["x.bin", "y.bin"]
+
+
+async def test_bytes_of_another_size_than_their_version_are_never_served(
+    make_drive: MakeDrive, drive_id: str, root: Path, tmp_path: Path
+) -> None:
+    """A file cut or extended on disk by hand (or by a failing disk), its metadata naming
+    the indexed version, was served as that version: a get copied a tenth of the file and
+    succeeded; a grown file's get and open() read different bytes."""
+    drive = make_drive(drive_id)
+    folder = root / "drives" / drive_id[6:] / "default" / "d"
+    await drive.write_bytes("d/cut.bin", b"x" * 100_000)
+    await drive.write_bytes("d/grown.bin", b"small")
+    os.truncate(folder / "cut.bin", 10_000)
+    with open(folder / "grown.bin", "ab") as grown:
+        grown.write(b"junk")
+    (tmp_path / "out.bin").write_bytes(b"mine")
+
+    async def read_whole(path: str) -> bytes:
+        assert isinstance(drive, Drive)
+        async with drive.open(path) as f:
+            return await f.read()
+
+    for path, size, indexed in (("d/cut.bin", 10_000, 100_000), ("d/grown.bin", 9, 5)):
+        readings: list[Callable[[], Awaitable[object]]] = [
+            functools.partial(drive.get, path, to=tmp_path / "out.bin", overwrite=True),
+            functools.partial(drive.read_bytes, path),
+        ]
+        if isinstance(drive, Drive):
+            readings.append(functools.partial(read_whole, path))
+        for reading in readings:
+            with pytest.raises(DriveStorageError) as changed:
+                await reading()
+            message = str(changed.value)
+            assert changed.value.errno == errno.EIO
+            assert message.startswith(f"Drive {drive_id[6:]!r}: cannot ") and path in message
+            assert (
+                f": it is {size} bytes on disk, where its version 1 has {indexed}: its bytes "
+                "were changed outside asyncdrive (or lost by the disk)" in message
+            )
+            assert "run rebuild_index() to index the bytes as they are" in message
+    assert (tmp_path / "out.bin").read_bytes() == b"mine"
+    with pytest.raises(DriveStorageError, match="changed outside"):
+        await drive.get("d", to=tmp_path / "all")  # a folder's get too
+    assert await drive.rebuild_index() == 2  # as the message says: taken as they are
+    assert await drive.read_bytes("d/grown.bin") == b"smalljunk"
+    assert (await drive.info("d/cut.bin")).size == 10_000
 
 
 def _sidecar_store(root: Path, name: str) -> DiskStore:
