@@ -1276,6 +1276,14 @@ def _link_unless_there(fd: int, target: Path) -> bool:
     raise OSError(error, os.strerror(error), os.fspath(target))
 
 
+def _link_under_a_temporary_name(fd: int, folder: Path) -> Path:
+    """Give the open, unnamed file ``fd`` a new temporary name in ``folder``; return it."""
+    while True:
+        name = Path(f"{folder}/{_temp_names.next()}")
+        if _link_unless_there(fd, name):
+            return name
+
+
 def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
     fd, path = temp_fd_in(folder)
     return os.fdopen(fd, "wb"), path
@@ -2570,9 +2578,10 @@ class DiskStore:
         """Copy ``component``'s ``path`` to local ``dest``; return False if dest already matched.
 
         ``dest`` appears whole or not at all: the copy is made in a file without a name
-        where the local filesystem allows, then linked at ``dest``; else in a temporary
-        file beside it, then renamed. An existing ``dest`` with other content (or a link, a
-        folder), even one made during the copy, raises `FileExistsError` unless
+        where the local filesystem allows, then linked at ``dest`` (with ``overwrite``,
+        linked under a temporary name once copied, then renamed over it); else in a
+        temporary file beside it, then renamed. An existing ``dest`` with other content (or a
+        link, a folder), even one made during the copy, raises `FileExistsError` unless
         ``overwrite``: neither the link nor the rename replaces it then. `FileNotFoundError`
         means the drive's file is missing; a local path that goes away during the copy
         raises `LocalPathGoneError` instead. ``on_copied(n)`` as the bytes are copied, the
@@ -2603,15 +2612,14 @@ class DiskStore:
                 raise _in_the_way(dest)
             if overwrite:
                 _refuse_special(dest)
-            unnamed = not overwrite  # a replacement is renamed over the old file
             with _folders_in_use.using(dest.parent):
                 made: list[Path] = []  # the local folders this copy made: gone if it fails
                 try:
-                    out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
+                    out, tmp = _new_local_file(dest.parent, unnamed=True)
                 except FileNotFoundError:  # made only now: a failed open leaves no folders
                     made = _make_folders(dest.parent)
                     try:
-                        out, tmp = _new_local_file(dest.parent, unnamed=unnamed)
+                        out, tmp = _new_local_file(dest.parent, unnamed=True)
                     except BaseException:
                         _remove_empty(made, own=dest.parent)
                         raise
@@ -2619,12 +2627,16 @@ class DiskStore:
                     try:
                         # In the kernel: no buffer in this process, whatever the size.
                         _FdCopier(src, out).copy_all(size, count_all_but_the_end)
-                        if tmp is None:
-                            placed = _link_unless_there(out, dest)
-                        elif overwrite:
+                        if overwrite:
+                            # A replacement is renamed over the old file: named only now,
+                            # so that a process killed while it copied leaves nothing.
+                            if tmp is None:
+                                tmp = _link_under_a_temporary_name(out, dest.parent)
                             os.replace(tmp, dest)
                             count_the_rest()
                             return True
+                        if tmp is None:
+                            placed = _link_unless_there(out, dest)
                         else:
                             placed = _rename_unless_there(os.fspath(tmp), os.fspath(dest))
                     finally:
