@@ -29,6 +29,7 @@ index does not know it, so no reader of the drive opens it half-written.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import ctypes
@@ -228,6 +229,12 @@ PARALLEL_HASH_MIN = 8 * CHUNK
 #: How much one kernel copy call moves, and how much the hasher maps at a time: it bounds
 #: the memory a put holds (the mapped window counts in its resident size).
 _KERNEL_STEP = 8 * CHUNK
+
+#: The threads whose copies stop at their next step (raising `asyncio.CancelledError`):
+#: that of a `SyncDrive` call a Ctrl-C cancelled, whose disk steps run in its own thread
+#: (see ``_sync``). A large file's copy would else run to its end first (minutes on a slow
+#: disk), and a get's land in place, before the call was cancelled.
+interrupted_threads: set[int] = set()
 #: A large upload is handed to the disk in ranges of this size as it is written.
 WRITEBACK_STEP = 8 * CHUNK
 _HASH_WINDOW = 8 * CHUNK
@@ -284,6 +291,8 @@ class _FdCopier:
 
     def step(self, count: int = _KERNEL_STEP) -> int:
         """Copy up to ``count`` bytes; return how many (0 at the end of the source)."""
+        if interrupted_threads and threading.get_ident() in interrupted_threads:
+            raise asyncio.CancelledError
         while True:
             method = self.methods[0]
             try:

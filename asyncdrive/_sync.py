@@ -33,7 +33,7 @@ from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal
 
-from . import _portal
+from . import _portal, _storage
 from ._drive import Drive, StrPath, _inherited_after_fork, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveClosedError, DriveError
@@ -163,6 +163,7 @@ class _CallerLoop:
         finally:
             self.task = None
             if on_sigint is not None:
+                _storage.interrupted_threads.discard(threading.get_ident())
                 if old_wakeup is not None:
                     signal.set_wakeup_fd(old_wakeup)
                 elif self.wakeup is not None:  # (interrupted as it was set: if it was, undo)
@@ -225,6 +226,7 @@ class _CallerLoop:
         self.interrupts += 1
         if self.interrupts == 1 and not task.done():
             task.cancel()
+            _storage.interrupted_threads.add(threading.get_ident())  # a copy in it stops
             self.loop.call_soon_threadsafe(lambda: None)  # wake the loop from its select
             return
         raise KeyboardInterrupt

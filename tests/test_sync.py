@@ -511,6 +511,58 @@ def test_ctrl_c_cancels_the_call_on_the_loop(
     assert err == ""
 
 
+@pytest.mark.parametrize("call", ["put", "get"])
+def test_ctrl_c_stops_a_large_files_copy_at_its_next_step(
+    env: dict[str, str], workdir: Path, drive_id: str, call: str
+) -> None:
+    """The first Ctrl-C cancelled the call's task, but a SyncDrive's disk steps run in the
+    caller's thread: a large file's copy ran to its end first (minutes on a slow disk, here
+    a progress callback that sleeps), and an interrupted get's file landed in place."""
+    Path("big.bin").write_bytes(os.urandom(64 << 20))
+    if call == "get":
+        with SyncDrive(drive_id) as drive:
+            drive.put("big.bin")
+        Path("big.bin").write_bytes(b"mine")
+    code = f"""
+        import time
+        from asyncdrive import SyncDrive
+
+        def slow_disk(done, total):
+            if done:  # (a first report, of 0, comes before the copy)
+                print(done, flush=True)
+                time.sleep(0.3)
+
+        drive = SyncDrive({drive_id!r})
+        try:
+            if {call!r} == "get":
+                drive.get("big.bin", overwrite=True, progress=slow_disk)
+            else:
+                drive.put("big.bin", progress=slow_disk)
+            print("returned", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        print(drive.list("."), flush=True)
+        drive.close()
+    """
+    proc = spawn(code, env, workdir, warnings_as_errors=False)
+    try:
+        first = int(read_line(proc))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    *copied, outcome, listed = out.splitlines()
+    assert outcome == "interrupted", out
+    assert len(copied) <= 1 and first < 64 << 20, out  # at its next step, at the latest
+    assert listed == ("['big.bin']" if call == "get" else "[]")
+    if call == "get":
+        assert Path("big.bin").read_bytes() == b"mine"
+    assert sorted(os.listdir(".")) == ["big.bin"]
+
+
 def test_ctrl_c_as_a_call_sets_its_handler_cancels_that_call(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
