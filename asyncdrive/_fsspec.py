@@ -160,11 +160,12 @@ def _in_fsspec_terms(message: str, name: str) -> str:
     """
 
     def ls(match: re.Match[str]) -> str:
-        folder = match[1]
+        folder = match[1] if match[1] is not None else match[2]
         return f"fs.ls({f'lit://{name}' if folder == '.' else f'lit://{name}/{folder}'!r})"
 
-    message = re.sub(r"list\(\) \(e\.g\. list\('([^']*)'\)\)", ls, message)
-    message = re.sub(r"list\('([^']*)'\)", ls, message)
+    folder_repr = r"""(?:'([^']*)'|"([^"]*)")"""  # (repr's quotes: " if it holds a ')
+    message = re.sub(rf"list\(\) \(e\.g\. list\({folder_repr}\)\)", ls, message)
+    message = re.sub(rf"list\({folder_repr}\)", ls, message)
     message = re.sub(
         r"Pass if_version=\d+ to replace that version, or delete it first",
         "Write it with mode 'wb' to replace it, or rm it first",
@@ -458,10 +459,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         """`_split` a path that names a file: a drive (or the root) is a folder."""
         name, rest = self._split(path)
         if not rest:
-            drive = f"lit://{name}" if name else "lit://"
+            example = f"lit://{name}/<path>" if name else "lit://<drive>/<path>"
             raise DriveIsADirectoryError(
                 f"{path!r} is {f'drive {name!r}' if name else 'the root of the drives'}, a "
-                f"folder: name a file in it ({drive.rstrip('/')}/<path>)."
+                f"folder: name a file in it ({example})."
             )
         return name, rest
 
@@ -802,6 +803,14 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             )
         # The local file appears complete, or not at all (as any get's copy).
         async with self._using(name) as drive:
+            with contextlib.suppress(AmbiguousPathError):  # (the get says it, as for a file)
+                try:
+                    await drive.info(rest)
+                except DriveIsADirectoryError:
+                    # Made, as LocalFileSystem.get_file makes a folder: its files are
+                    # get(recursive=True)'s (it copied the whole tree, then each file again).
+                    await anyio.Path(lpath).mkdir(parents=True, exist_ok=True)
+                    return
             await drive.get(rest, to=lpath, overwrite=True, progress=_reporting_to(callback))
 
     @_fsspec_terms()

@@ -236,6 +236,24 @@ def test_put_and_get_with_progress(fs: DriveFileSystem, name: str, workdir: Path
     assert not [p for p in (workdir / "out").iterdir() if p.name.startswith(".")]
 
 
+def test_get_file_of_a_folder_makes_a_folder_as_local_files_do(
+    fs: DriveFileSystem, name: str, workdir: Path
+) -> None:
+    """fs.get_file of a folder copied its whole tree (get(recursive=True)'s work), where
+    fsspec's LocalFileSystem makes an empty folder."""
+    fs.pipe({f"lit://{name}/a/b.txt": b"b", f"lit://{name}/a/c/d.txt": b"d"})
+    local = fsspec.filesystem("file")
+    (workdir / "src" / "a" / "c").mkdir(parents=True)
+    local.pipe({f"{workdir}/src/a/b.txt": b"b", f"{workdir}/src/a/c/d.txt": b"d"})
+    local.get_file(f"{workdir}/src/a", f"{workdir}/from_local")
+    fs.get_file(f"lit://{name}/a", str(workdir / "from_drive"))
+    assert os.listdir(workdir / "from_drive") == os.listdir(workdir / "from_local") == []
+    fs.get(f"lit://{name}/a", str(workdir / "whole"), recursive=True)  # its files: as before
+    assert sorted(local.find(str(workdir / "whole"))) == [
+        f"{workdir}/whole/b.txt", f"{workdir}/whole/c/d.txt",
+    ]  # fmt: skip
+
+
 def test_pandas_csv_and_parquet(fs: DriveFileSystem, name: str) -> None:
     frame = pd.DataFrame({"step": [1, 2, 3], "loss": [0.9, 0.5, 0.25], "tag": ["a", "b", "c"]})
     frame.to_csv(f"lit://{name}/metrics.csv", index=False)
@@ -486,6 +504,16 @@ def test_messages_speak_fsspec(fs: DriveFileSystem, name: str, workdir: Path) ->
         fs.cat_file(f"lit:///{name}/sub/nope")  # named by its other spelling
     with pytest.raises(IsADirectoryError, match=rf"fs\.ls\('lit://{name}/sub'\)"):
         fs.open(f"{url}/sub")
+    fs.pipe(f"{url}/it's/a", b"a")  # (its repr in the library's hint: "it's")
+    with pytest.raises(FileNotFoundError, match=rf"""fs\.ls\("lit://{name}/it's"\)"""):
+        fs.cat(f"{url}/it's/zz")
+    for root_of_the_drives in ("lit://", "lit:///"):
+        with pytest.raises(IsADirectoryError) as root_named:
+            fs.cat_file(root_of_the_drives)
+        assert str(root_named.value) == (
+            f"{root_of_the_drives!r} is the root of the drives, a folder: name a file in it "
+            "(lit://<drive>/<path>)."
+        )
     calls: list[Callable[[], object]] = [
         lambda: fs.cat_file(url),
         lambda: fs.pipe(url, b"x"),
