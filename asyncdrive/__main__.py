@@ -450,8 +450,10 @@ def _run_file_command(args: argparse.Namespace) -> int:
                     _print(args, {"put": local, "to": dest}, f"{local} -> {drive.id}/{dest}")
             return status
         elif args.command == "get":
+            # No LOCAL: into the current folder, as 'cp -r SRC .' (a folder got again
+            # refreshes ./name, never makes ./name/name).
             local = Path(args.local or Path(path).name)
-            if (args.local or "").endswith("/") or local.is_dir():
+            if (args.local or "").endswith("/") or (args.local and local.is_dir()):
                 local = local / Path(path).name
             bar = _bar(args, lambda: (f"get {Path(path).name or drive.name}", None))
             with bar or contextlib.nullcontext():
@@ -623,6 +625,9 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         "pass a DriveEvent.id, a Watch.cursor, or '0'": "pass an event id (the first column "
         "of 'asyncdrive watch') or '0'",
         "(list(recursive=True))": f"('asyncdrive ls -r {drive_id}')",
+        "invalid path '.': it names the whole drive; name a file or folder.": f"{drive_id} is "
+        f"the whole drive; name a file or folder in it ({drive_id}/<path>).",
+        "'.' is the whole drive, a folder": f"{drive_id} is the whole drive, a folder",
         "to delete every file of this component, pass '.'.": "to delete every file of this "
         f"component, name the drive ('asyncdrive rm -r {drive_id}').",
         ": timeout=": ": --timeout ",
@@ -657,6 +662,7 @@ _EXIT_CODES: list[tuple[type[BaseException], int]] = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (see ``asyncdrive --help``)."""
+    _hold_closed_streams()
     _print_any_name()
     parser = _parser()
     args = parser.parse_args(argv)
@@ -687,6 +693,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = getattr(failed.__cause__, "strerror", None) or failed.__cause__
         print(f"asyncdrive: error: cannot read stdin: {reason}", file=sys.stderr)
         return 1
+
+
+def _hold_closed_streams() -> None:
+    """Give a stdin, stdout or stderr the command was started without (``>&-``) a stand-in.
+
+    Its number is taken by /dev/null, opened so that it refuses what the stream is for
+    (stdout's writes fail with EBADF: said in one line once the work is done, as ``ls
+    >&-`` says it; stdin's reads fail): else the next file or socket opened would take
+    that number, and output meant for the terminal would go into it. A closed stderr
+    takes what is said into nothing.
+    """
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, flags)  # (the lowest free number: this one, those below open)
+            if fd == 1:
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  # (for the process)
+            elif fd == 2:
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
 
 
 def _print_any_name() -> None:

@@ -2290,7 +2290,7 @@ class Drive:
             DriveIsADirectoryError: ``path`` is a folder and ``recursive`` is False.
 
         """
-        drive_path = self._path(path, allow_root=recursive)
+        drive_path = self._path(path, allow_root=True)
         if not drive_path and ".." in os.fspath(path).split("/"):
             # As rm refuses 'sub/..': a folder's path climbing back to the top would
             # otherwise delete every file of the component.
@@ -2300,6 +2300,11 @@ class Drive:
             )
         conn = await self._connection(writing=f"delete {os.fspath(path)!r}")
         component = conn.config.component_name
+        if not drive_path and not recursive:
+            raise DriveIsADirectoryError(
+                f"Drive {self.name!r}: {shorten(os.fspath(path))!r} is the whole drive, a "
+                f"folder; pass recursive=True to delete every file of component {component!r}."
+            )
         owners = await conn.index.owners(drive_path) if drive_path else {}
         if owners and _paths.names_folder(path):
             raise self._file_not_folder(path, drive_path)

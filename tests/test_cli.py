@@ -144,6 +144,24 @@ def test_output_is_whole_or_said_to_fail(env: dict[str, str], workdir: Path, dri
         )  # fmt: skip
     assert failed.returncode == 1
     assert failed.stderr == "asyncdrive: error: cannot write the output: No space left on device\n"
+    # Started with stdout closed (>&-): one line too (it was an AttributeError's traceback),
+    # for ls and for cat's bytes; and with stderr closed, nothing said, the status kept.
+    for command in ("ls", "cat"):
+        target = drive_id if command == "ls" else f"{drive_id}/big.bin"
+        closed = subprocess.run(
+            ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "asyncdrive", command,
+             target],
+            stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (closed.returncode, closed.stderr) == (
+            1, "asyncdrive: error: cannot write the output: Bad file descriptor\n"
+        )  # fmt: skip
+    unsaid = subprocess.run(
+        ["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "asyncdrive", "cat",
+         f"{drive_id}/nope"],
+        stdout=subprocess.PIPE, timeout=60, check=False,
+    )  # fmt: skip
+    assert (unsaid.returncode, unsaid.stdout) == (4, b"")
     # A reader that leaves before a short output is flushed: no traceback at exit.
     for command in ("ls", "info"):
         target = drive_id if command == "ls" else f"{drive_id}/big.bin"
@@ -330,12 +348,25 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert cli("cat", f"{drive_id}/a.txt").stdout == "hello"
     not_recursive = cli("rm", f"{drive_id}/data")
     assert not_recursive.returncode == 1 and "pass -r" in not_recursive.stderr
+    whole = cli("rm", drive_id)  # (not -r): the drive, as the user named it
+    assert whole.returncode == 1 and whole.stderr == (
+        f"asyncdrive: error: Drive {drive_id[6:]!r}: {drive_id} is the whole drive, a folder; "
+        "pass -r to delete every file of component 'default'.\n"
+    )
+    for subcommand in ("cat", "info", "get"):
+        named = cli(subcommand, drive_id)
+        assert named.returncode == 1 and named.stderr.endswith(
+            f": {drive_id} is the whole drive; name a file or folder in it ({drive_id}/<path>).\n"
+        ), named
     climbing = cli("rm", "-r", f"{drive_id}/data/..")  # refused, as rm refuses 'data/..'
     assert climbing.returncode == 1, climbing
     assert climbing.stderr.endswith(
         f"to delete every file of this component, name the drive ('asyncdrive rm -r {drive_id}').\n"
     )
     assert cli("cat", f"{drive_id}/a.txt").stdout == "hello"
+    for _ in range(2):  # a folder got again (no LOCAL) is got into ./data again, not nested
+        assert cli("get", f"{drive_id}/data").stdout == f"{drive_id}/data -> data\n"
+    assert sorted(str(p) for p in Path("data").rglob("*")) == ["data/d", "data/d/x.bin"]
     assert cli("rm", "-r", f"{drive_id}/data").returncode == 0
     events = cli("watch", "--since", "0", "--timeout", "0.3", "--json", drive_id)
     changes = [(e["change"], e["path"]) for e in map(json.loads, events.stdout.splitlines())]
