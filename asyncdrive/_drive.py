@@ -446,6 +446,11 @@ async def _closes_with_its_loop(
             await conn.aclose()
 
 
+def _in_the_current_folder(local: Path) -> str:
+    """Return `` in '<cwd>'`` for a relative local path (in messages), "" for an absolute one."""
+    return "" if local.is_absolute() else f" in {os.getcwd()!r}"
+
+
 def _path_argument(args: tuple[object, ...]) -> str | os.PathLike[str] | None:
     """Return the first path among a call's arguments, the one its errors name."""
     return next((a for a in args if isinstance(a, str | os.PathLike)), None)
@@ -1494,7 +1499,7 @@ class Drive:
                     f"{str(local)!r} is {kind}, not a regular file or folder; put copies "
                     "those only."
                 )
-            where = "" if local.is_absolute() else f" in {os.getcwd()!r}"
+            where = _in_the_current_folder(local)
             raise DriveFileNotFoundError(
                 f"Drive {self.name!r}: cannot put {drive_path!r}: there is no local file or "
                 f"folder {str(local)!r}{where}."
@@ -1525,7 +1530,10 @@ class Drive:
         def drive_path_of(rel: str) -> str:
             return _paths.join(drive_path, rel) if rel else drive_path
 
+        failed_at = ""  # the file a folder put failed at, where told (stored alone)
+
         async def put_some(batch: list[tuple[str, int]]) -> None:
+            nonlocal failed_at
             if len(batch) == 1 and batch[0][1] > _SMALL_WRITE:
                 rel, _ = batch[0]
                 stage = functools.partial(
@@ -1534,15 +1542,29 @@ class Drive:
                 # A put of this one file: its last report before its commit, even if the
                 # file shrank while copied (its last bytes reported were then not the total).
                 last = reporter.complete if reporter is not None and not rel else None
-                await self._put(
-                    conn, drive_path_of(rel), stage, precondition,
-                    on_copied=on_copied, before_commit=last,
-                )  # fmt: skip
+                try:
+                    await self._put(
+                        conn, drive_path_of(rel), stage, precondition,
+                        on_copied=on_copied, before_commit=last,
+                    )  # fmt: skip
+                except OSError:
+                    failed_at = failed_at or f"{os.path.join(local, rel)!r} and "
+                    raise
                 return
             jobs = [(drive_path_of(rel), local / rel if rel else local) for rel, _ in batch]
             await self._put_batch(conn, jobs, precondition, on_copied)
 
-        await _side_by_side(conn, _put_batches(files), put_some)
+        try:
+            await _side_by_side(conn, _put_batches(files), put_some)
+        except OSError as exc:  # the disk's, for one of a folder's files: the others, said
+            if isinstance(exc, DriveError | TimeoutError | ConnectionError) or not files[0][0]:
+                raise
+            raise storage_error(
+                self.name, exc, "put a folder", local, drive_path, conn.store.base,
+                left=f"Of its {len(files)} files, those stored before it stay (see "
+                f"list({drive_path!r}, recursive=True)); {failed_at}the others were not "
+                "stored.",
+            ) from exc  # fmt: skip
         if reporter is not None:
             reporter.finish()
 
@@ -2890,23 +2912,24 @@ class Drive:
 
     def _get_refused(self, info: FileInfo, dest: Path, exc: OSError) -> DriveError:
         """Return the error of a get of ``info`` refused by the local path ``dest`` (``exc``)."""
+        here = _in_the_current_folder(dest)
         if isinstance(exc, IsADirectoryError):
             return DriveIsADirectoryError(
-                f"Drive {self.name!r}: cannot get {info.path!r}: the local path {str(dest)!r} "
-                f"in {os.getcwd()!r} is a folder. Pass to= a file path (to="
+                f"Drive {self.name!r}: cannot get {info.path!r}: the local path {str(dest)!r}"
+                f"{here} is a folder. Pass to= a file path (to="
                 f"{str(dest / PurePosixPath(info.path).name)!r}, say), or move the folder away."
             )
         if isinstance(exc, NotADirectoryError):
             in_the_way = _local_file_above(dest) or exc.filename
             return DriveNotADirectoryError(
-                f"Drive {self.name!r}: cannot get {info.path!r} to {str(dest)!r} in "
-                f"{os.getcwd()!r}: a folder above it is a local file ({in_the_way!r}). Pass "
+                f"Drive {self.name!r}: cannot get {info.path!r} to {str(dest)!r}{here}"
+                f": a folder above it is a local file ({in_the_way!r}). Pass "
                 "to= another local folder, or move that file away."
             )
         if isinstance(exc, NotARegularFileError):
             return DriveFileExistsError(
                 f"Drive {self.name!r}: cannot get {info.path!r}: the local path "
-                f"{str(dest)!r} in {os.getcwd()!r} is not a regular file (a device, a pipe "
+                f"{str(dest)!r}{here} is not a regular file (a device, a pipe "
                 "or a socket), which a get never replaces, even with overwrite=True. Pass "
                 "to= another path."
             )
@@ -2915,18 +2938,18 @@ class Drive:
             if os.path.isdir(dest):  # (a link to a folder: as a folder, name a file in it)
                 return DriveIsADirectoryError(
                     f"Drive {self.name!r}: cannot get {info.path!r}: the local path "
-                    f"{str(dest)!r} in {os.getcwd()!r} is a link to a folder, which a get "
+                    f"{str(dest)!r}{here} is a link to a folder, which a get "
                     f"never follows. Pass to= a file path (to={str(dest / name)!r}, say)."
                 )
             return DriveFileExistsError(
                 f"Drive {self.name!r}: cannot get {info.path!r}: the local path "
-                f"{str(dest)!r} in {os.getcwd()!r} is a symbolic link, which a get never "
+                f"{str(dest)!r}{here} is a symbolic link, which a get never "
                 "follows: overwrite=True would replace the link itself. Pass to= the path "
                 "it should write, or remove the link."
             )
         return DriveFileExistsError(  # FileExistsError
             f"Drive {self.name!r}: cannot get {info.path!r}: the local file "
-            f"{str(dest)!r} in {os.getcwd()!r} exists with other content (or content it "
+            f"{str(dest)!r}{here} exists with other content (or content it "
             "cannot read). Pass overwrite=True to replace it, or move it away."
         )
 

@@ -40,6 +40,11 @@ CHILD = """
             await drive.write_bytes("kept.bin", os.urandom(3 * {limit}))
             with open("big.bin", "wb") as f:
                 f.write(os.urandom(3 * {limit}))
+            os.mkdir("tree")  # a folder: a small file, and one too large
+            with open("tree/a.txt", "wb") as f:
+                f.write(b"small")
+            with open("tree/z.bin", "wb") as f:
+                f.write(os.urandom(3 * {limit}))
             # From here, no file of this process may grow past the limit.
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
@@ -55,6 +60,7 @@ CHILD = """
                 "write_bytes": lambda: drive.write_bytes("bytes.bin", b"x" * 3 * {limit}),
                 "open": stream,
                 "get": lambda: drive.get("kept.bin", to="got.bin"),
+                "folder": lambda: drive.put("tree"),
             }}
             for name, call in calls.items():
                 try:
@@ -85,7 +91,7 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
     proc = spawn(CHILD.format(drive_id=drive_id, limit=LIMIT), env, workdir)
     try:
         reports = {}
-        for _ in range(5):
+        for _ in range(6):
             call, *report = json.loads(read_line(proc))
             reports[call] = report
         poisoned = json.loads(read_line(proc))
@@ -102,6 +108,7 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
         ("write_bytes", "bytes.bin"),
         ("open", "streamed.bin"),
         ("get", "kept.bin"),
+        ("folder", "tree"),
     ]:
         kind, is_os_error, is_efbig, message = reports[call]
         assert (kind, is_os_error, is_efbig) == ("DriveStorageError", True, True), (call, message)
@@ -110,11 +117,17 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
     assert "was not stored" in reports["put"][3]
     assert "left as it was" in reports["get"][3]
     assert "upload was dropped" in reports["open"][3]
+    # A folder's: what was stored and what not (it said "That file was not stored").
+    assert reports["folder"][3].startswith(f"Drive {name!r}: cannot put a folder 'tree' to")
+    assert reports["folder"][3].endswith(
+        "Of its 2 files, those stored before it stay (see list('tree', recursive=True)); "
+        "'tree/z.bin' and the others were not stored."
+    )
     assert poisoned == [True, True]
 
     # Nothing half-written: the drive holds what it held, with its old bytes, and no
     # upload or backup is left on its disk; the get left no local file, nor a temporary.
-    assert listed == ["kept.bin", "small.txt"]
+    assert [path for path in listed if path != "tree"] == ["kept.bin", "small.txt"]
     with SyncDrive(drive_id) as drive:
         assert drive.info("kept.bin").size == 3 * LIMIT
         assert drive.info("kept.bin").version == 1
@@ -123,8 +136,9 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
     tmp = base / ".tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
     stored = sorted(p.name for p in base.rglob("*") if p.is_file() and ".tmp" not in p.parts)
-    assert [n for n in stored if not n.startswith(".asyncdrive")] == ["kept.bin", "small.txt"]
-    assert sorted(p.name for p in workdir.iterdir()) == ["big.bin"]
+    stored = [n for n in stored if not n.startswith(".asyncdrive") and n != "a.txt"]
+    assert stored == ["kept.bin", "small.txt"]  # (the folder's small file may be stored)
+    assert sorted(p.name for p in workdir.iterdir()) == ["big.bin", "tree"]
 
 
 def test_storage_errors_say_what_an_errno_means() -> None:

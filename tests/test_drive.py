@@ -365,6 +365,11 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
             await drive.get(name, to="pipe", overwrite=overwrite)
         assert "never replaces, even with overwrite=True" in str(no.value)
     assert stat.S_ISFIFO(os.lstat("pipe").st_mode)
+    with pytest.raises(DriveFileExistsError) as absolute:  # named whole: not "in <cwd>"
+        await drive.get("a.txt", to=Path("pipe").absolute())
+    assert f"the local path {str(Path('pipe').absolute())!r} is not a regular" in str(
+        absolute.value
+    )
     # A link is never followed: to a folder, named as a folder is (it said "other content",
     # and overwrite=True, its advice, replaced the link); a broken one, said so.
     os.symlink("folder", "to-folder")
