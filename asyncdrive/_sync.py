@@ -114,6 +114,8 @@ class _CallerLoop:
         self.closing = False
         #: The task of the call in flight, if any (`close` cancels it).
         self.task: asyncio.Task[Any] | None = None
+        #: Set by `close_after_the_call`: closed once the call in flight ends.
+        self.close_after_call = False
         self.interrupts = 0
         # The main thread's wake-up for Ctrl-C (see _wake_on_signals), made on first need.
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
@@ -123,7 +125,24 @@ class _CallerLoop:
         with self.lock:
             if self.closed or self.closing:
                 raise _closed_error(self.drive.name)
-            return self._run_task(call(self.drive))
+            try:
+                return self._run_task(call(self.drive))
+            finally:
+                if self.close_after_call:
+                    self._close()
+
+    def close_after_the_call(self) -> None:
+        """Cancel the call in flight in this thread, and close once it has ended.
+
+        For `SyncDrive.close` called inside that call (a signal's handler, its progress
+        callback), which cannot wait for it: the call raises `DriveClosedError` (a large
+        file's copy stops at its next step, as for Ctrl-C).
+        """
+        self.closing = self.close_after_call = True
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            _storage.interrupted_threads.add(threading.get_ident())
 
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
         on_sigint = None
@@ -162,8 +181,8 @@ class _CallerLoop:
             raise
         finally:
             self.task = None
+            _storage.interrupted_threads.discard(threading.get_ident())
             if on_sigint is not None:
-                _storage.interrupted_threads.discard(threading.get_ident())
                 if old_wakeup is not None:
                     signal.set_wakeup_fd(old_wakeup)
                 elif self.wakeup is not None:  # (interrupted as it was set: if it was, undo)
@@ -493,10 +512,16 @@ class SyncDrive:
             _inherited_after_fork.extend(inherited)
             self._caller_loops = [loop for loop in self._caller_loops if loop.pid == pid]
 
-    def _close_caller_loops(self, *, at_exit: bool = False) -> None:
+    def _close_caller_loops(
+        self, *, at_exit: bool = False, in_flight: _CallerLoop | None = None
+    ) -> None:
+        """Close the loops of this drive's threads (``in_flight``'s once its call ends)."""
         with self._caller_loops_lock:
             self._forget_inherited_loops()
             loops, self._caller_loops = self._caller_loops, []
+        if in_flight is not None:
+            loops.remove(in_flight)
+            in_flight.close_after_the_call()
         pid = os.getpid()
         errors: list[BaseException] = []
 
@@ -602,15 +627,30 @@ class SyncDrive:
         self.close()
 
     def close(self) -> None:
-        """Close the connections and release the loop thread. Idempotent."""
+        """Close the connections and release the loop thread. Idempotent.
+
+        Calls in flight in other threads raise `DriveClosedError`; so does one of this
+        thread's, where close() is called inside it (from a signal's handler, say, or its
+        progress callback): cancelled, it closes its loop once it has ended.
+        """
         if self._closed:
             return
-        _portal.check_not_in_blocking_call("SyncDrive.close")  # the call would wait for itself
+        in_flight = self._call_in_flight_here()
+        if in_flight is None:  # inside another drive's call: it would wait for that call
+            _portal.check_not_in_blocking_call("SyncDrive.close")
         self._closed = True
         try:
-            self._close_caller_loops()
+            self._close_caller_loops(in_flight=in_flight)
         finally:
             self._close_portal_drive()
+
+    def _call_in_flight_here(self) -> _CallerLoop | None:
+        """Return the loop of this drive's call this thread is inside, if any."""
+        running = asyncio._get_running_loop()
+        if running is None:
+            return None
+        with self._caller_loops_lock:
+            return next((loop for loop in self._caller_loops if loop.loop is running), None)
 
     def _close_portal_drive(self) -> None:
         portal, self._portal = self._portal, None

@@ -1299,19 +1299,54 @@ def test_close_racing_first_calls_of_threads_leaves_nothing_open(
         assert all(loop.closed for loop in drive._caller_loops)
 
 
-def test_close_from_a_progress_callback_raises_instead_of_waiting_for_itself(
+def test_close_inside_its_own_call_cancels_it_then_closes(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
-    Path("big.bin").write_bytes(os.urandom(9 << 20))
+    """From the call's progress callback (or a signal's handler, below), close() cannot wait
+    for the call: it raised RuntimeError, the drive left open. It cancels the call, which
+    raises DriveClosedError (the copy stopped at its next step), and closes after it."""
+    Path("big.bin").write_bytes(os.urandom(40 << 20))
     drive = SyncDrive(drive_id)
+    reports: list[int] = []
 
     def close_now(done: int, total: int) -> None:
-        drive.close()
+        reports.append(done)
+        if done:
+            drive.close()
 
-    with pytest.raises(RuntimeError, match=r"SyncDrive.close\(\) .* progress= callback"):
+    with pytest.raises(DriveClosedError):
         drive.put("big.bin", progress=close_now)
-    assert not drive.exists("big.bin")  # the put stopped, the drive still open
-    drive.close()
+    assert len(reports) == 2  # (0, then the first step's, which closed it)
+    with pytest.raises(DriveClosedError):
+        drive.list(".")
+    assert drive._caller_loops == [] and joined_loop_threads() == []
+    with SyncDrive(drive_id) as other:
+        assert not other.exists("big.bin")  # the put stopped, nothing stored
+
+
+def test_close_from_a_signal_handler_during_a_call_ends_it(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A graceful shutdown: SIGTERM's handler closes the drive the main thread waits in."""
+    code = f"""
+        import os, signal, threading, time
+        from asyncdrive import SyncDrive
+
+        drive = SyncDrive({drive_id!r})
+        drive.list(".")
+        signal.signal(signal.SIGTERM, lambda *_: drive.close())
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        try:
+            drive.get("never.txt", timeout=30)
+        except Exception as exc:
+            print(type(exc).__name__, flush=True)
+        print([t.name for t in threading.enumerate()], flush=True)
+    """
+    proc = spawn(code, env, workdir)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out.splitlines(), err) == (
+        0, ["DriveClosedError", "['MainThread']"], ""
+    )  # fmt: skip
 
 
 def test_open_files_and_watches_refuse_to_pickle(
