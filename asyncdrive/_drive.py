@@ -831,8 +831,18 @@ class Drive:
         """Close the drive's Redis connections. Idempotent; the drive cannot be used after.
 
         Calls of other tasks still in flight are cancelled, and raise `DriveClosedError`
-        once the steps they are in (that must end once begun) have ended.
+        once the steps they are in (that must end once begun) have ended. Raises
+        RuntimeError, changing nothing, in another event loop than the one the drive's
+        connection serves while that one runs: close it there.
         """
+        conn = self._conn
+        owner = None if conn is None or self._pid != os.getpid() else conn.loop
+        if owner is not None and owner.is_running() and owner is not asyncio._get_running_loop():
+            raise RuntimeError(
+                f"Drive {self.name!r}: aclose() was awaited in another event loop than the "
+                "one its connection serves, which still runs: close it in that loop (e.g. "
+                "asyncio.run_coroutine_threadsafe(drive.aclose(), loop)). Nothing was closed."
+            )
         self._closed = True
         self._unclosed = False
         try:

@@ -30,7 +30,13 @@ from . import _index, _portal
 from ._client import CLUSTER_MOVING, CLUSTER_PASSING, CONNECTION_LOST
 from ._config import check_seconds
 from ._events import Change, DriveEvent, parse_id, steady_now
-from ._exceptions import CursorExpiredError, DriveClosedError, DriveError, InvalidConfigError
+from ._exceptions import (
+    CursorExpiredError,
+    DriveClosedError,
+    DriveError,
+    DriveTypeError,
+    InvalidConfigError,
+)
 from ._tasks import to_its_end
 
 if TYPE_CHECKING:
@@ -155,7 +161,7 @@ class Watch:
         return self._group
 
     def __reduce__(self) -> Any:
-        raise TypeError(
+        raise DriveTypeError(
             f"cannot pickle {self!r}: it reads on this process's connection; pass its cursor "
             "and watch again there: drive.watch(path, since=cursor)"
         )

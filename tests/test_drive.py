@@ -1670,6 +1670,43 @@ def test_a_drive_used_by_two_running_loops_at_once_refuses_the_second(
     asyncio.run(drive.aclose())
 
 
+def test_aclose_in_another_loop_than_its_running_one_changes_nothing(
+    env: dict[str, str], drive_id: str
+) -> None:
+    """It marked the drive closed, then failed on the other loop's connection with
+    asyncio's "attached to a different loop"; the owner's watch ended only ~10 s later."""
+    drive = Drive(drive_id)
+    connected, stop = threading.Event(), threading.Event()
+    owner: list[asyncio.AbstractEventLoop] = []
+    ended: list[str] = []
+
+    async def own() -> None:
+        owner.append(asyncio.get_running_loop())
+        await drive.write_bytes("a.txt", b"x")
+        connected.set()
+        try:
+            async for _ in drive.watch():
+                pass
+        except asyncdrive.DriveClosedError:
+            ended.append("closed")
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=asyncio.run, args=(own(),))
+    thread.start()
+    try:
+        assert connected.wait(30)
+        with pytest.raises(RuntimeError, match=r"close it in that loop .* Nothing was closed"):
+            asyncio.run(drive.aclose())
+        assert not drive._closed and ended == []
+        asyncio.run_coroutine_threadsafe(drive.aclose(), owner[0]).result(30)
+        assert drive._closed
+    finally:
+        stop.set()
+        thread.join(30)
+    assert ended == ["closed"]
+
+
 def test_a_drive_outside_asyncio_says_so(env: dict[str, str], drive_id: str) -> None:
     """Run by another framework (trio: here, by hand), not a server fault or a TypeError."""
     drive = Drive(drive_id)
