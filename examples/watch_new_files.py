@@ -34,13 +34,14 @@ def trainer(drive: SyncDrive) -> None:
 
 
 def evaluator(
-    drive: SyncDrive, name: str, ready: Event, results: multiprocessing.Queue[str]
+    drive: SyncDrive, name: str, ready: Event, stop: Event, results: multiprocessing.Queue[str]
 ) -> None:
-    """Evaluate each checkpoint this member of the group is handed."""
-    with drive, drive.watch("ckpt", group="evaluators", timeout=1.5) as checkpoints:
+    """Evaluate each checkpoint this member of the group is handed, until told to stop."""
+    with drive, drive.watch("ckpt", group="evaluators") as checkpoints:
         ready.set()  # the watch's starting point is fixed: nothing written from now is missed
-        for event in checkpoints:
-            if event.change == "added":
+        while not stop.is_set():
+            event = checkpoints.next(timeout=0.2)  # None: nothing new meanwhile
+            if event is not None and event.change == "added":
                 weights = drive.read_bytes(event.path)
                 results.put(f"{event.path} evaluated by {name} ({len(weights)} bytes)")
 
@@ -49,15 +50,17 @@ def main() -> None:
     """Run the trainer, two evaluators and a logger, and check the work was shared."""
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue[str] = context.Queue()
-    with SyncDrive(DRIVE, component_name="trainer") as previous_run:
+    with SyncDrive(DRIVE, component_name="trainer") as previous_run:  # a clean slate:
         if previous_run.exists("ckpt"):
-            previous_run.delete("ckpt", recursive=True)  # a clean slate for this run
+            previous_run.delete("ckpt", recursive=True)  # an earlier run's checkpoints,
+        previous_run.remove_group("evaluators", force=True)  # and its group's place in them
     drive = SyncDrive(DRIVE)  # passed to the workers, which pickle it as its arguments
     log = drive.watch("ckpt")
+    stop = context.Event()
     evaluators = []
     for name in ("evaluator-1", "evaluator-2"):
         ready = context.Event()
-        proc = context.Process(target=evaluator, args=(drive, name, ready, results))
+        proc = context.Process(target=evaluator, args=(drive, name, ready, stop, results))
         proc.start()
         ready.wait(timeout=60)
         evaluators.append(proc)
@@ -71,6 +74,7 @@ def main() -> None:
             print(f"logger: {event.change} {event.path} by {event.component_name}")
     writer.join()
     evaluated = sorted(results.get(timeout=60) for _ in range(CHECKPOINTS))
+    stop.set()
     for proc in evaluators:
         proc.join()
     for line in evaluated:
