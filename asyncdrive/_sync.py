@@ -550,7 +550,7 @@ class SyncDrive:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        _portal.check_not_in_event_loop(f"SyncDrive.{method.__name__}")
+        _portal.check_not_in_event_loop(_blocking_name(method))
         if self._closed:
             raise _closed_error(self.name)
         if self._pid != os.getpid():
@@ -903,6 +903,19 @@ class SyncDrive:
             # A blocking call may do I/O: fix the start exactly, at the newest event now.
             self._call(watch.pin_start)
         return SyncWatch(self, watch)
+
+
+def _blocking_name(method: Callable[..., object]) -> str:
+    """Return the name of the blocking method that calls ``method`` of the core: its mirror's.
+
+    ``Watch.next`` is ``SyncWatch.next``; ``DriveReader.aclose``, ``SyncDriveReader.close``.
+    """
+    owner = getattr(method, "__self__", None)
+    mirror = "SyncDrive" if owner is None or isinstance(owner, Drive) else type(owner).__name__
+    if not mirror.startswith("Sync"):
+        mirror = f"Sync{mirror}"
+    name = {"aclose": "close", "__aexit__": "__exit__"}.get(method.__name__, method.__name__)
+    return f"{mirror}.{name}"
 
 
 class _Mirror:

@@ -157,6 +157,32 @@ async def test_blocking_call_in_running_loop_raises(
         drive.close()
 
 
+async def test_blocking_calls_of_watches_and_files_are_named_as_called(
+    env: dict[str, str], drive_id: str
+) -> None:
+    """Inside a running loop, ``w.next()`` said "SyncDrive.next() blocks", a reader's
+    close() "SyncDrive.aclose() blocks": the methods called are named."""
+    drive = SyncDrive(drive_id)
+    try:
+        await anyio.to_thread.run_sync(drive.write_bytes, "a.txt", b"x")
+        watch = await anyio.to_thread.run_sync(drive.watch)
+        reader = await anyio.to_thread.run_sync(drive.open, "a.txt")
+        calls: list[tuple[Callable[[], object], str]] = [
+            (lambda: watch.next(0.1), "SyncWatch.next"),
+            (reader.read, "SyncDriveReader.read"),
+            (reader.close, "SyncDriveReader.close"),
+            (lambda: drive.info("a.txt"), "SyncDrive.info"),
+        ]
+        for call, name in calls:
+            with pytest.raises(RuntimeError) as refused:
+                call()
+            assert str(refused.value).startswith(f"{name}() blocks, and was called inside")
+        await anyio.to_thread.run_sync(watch.close)
+        await anyio.to_thread.run_sync(reader.close)
+    finally:
+        drive.close()
+
+
 async def test_blocking_call_in_running_loop_raises_after_use(
     env: dict[str, str], drive_id: str
 ) -> None:
