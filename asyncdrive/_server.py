@@ -317,16 +317,18 @@ def _cpu_ticks(pid: int) -> int | None:
 
 #: What the keeper of a server runs (``python -I -S -c``; see `_keep`): every second, it
 #: stops the server (as `stop_server` does by signal) once its folder is no longer at its
-#: path, and ends once the server has: gone, or its pid taken by another process since.
+#: path, and ends once the server has: gone, exited (a zombie), or its pid taken by another
+#: process since (its start time in /proc tells; without /proc, as on macOS, not told).
 _KEEPER = """\
 import os, signal, sys, time
 pid, folder, device, inode, period = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
 def started():
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return "" if fields[0] == "Z" else fields[19]
     except (OSError, IndexError):
-        return ""
+        return "?"
 born = started()
 while True:
     time.sleep(period / 1000)
@@ -359,7 +361,9 @@ def _keep(folder: Path, pid: int) -> None:
     It runs detached, as the server does (started through ``sh``, which exits at once: no
     child left for this process to reap), in a session of its own, from ``/``.
     """
-    if not (pid and sys.executable):
+    # (Not where sys.executable is no Python: a frozen application, an embedding host.)
+    python = Path(sys.executable).name.startswith(("python", "pypy"))
+    if not (pid and python) or getattr(sys, "frozen", False):
         return
     try:
         found = folder.stat()
