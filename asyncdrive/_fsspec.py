@@ -42,7 +42,7 @@ from fsspec.core import get_compression
 from fsspec.spec import AbstractBufferedFile
 
 from . import _paths
-from ._config import is_valid_name, redact_url, resolve_root
+from ._config import absolute_root, is_valid_name, redact_url, resolve_root
 from ._drive import Drive
 from ._exceptions import (
     AmbiguousPathError,
@@ -266,7 +266,8 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self._drive_args: dict[str, Any] = {
             "component_name": component_name,
             "allow_duplicates": allow_duplicates,
-            "root": root,
+            # (A relative root is the current folder's now, not that of each later call.)
+            "root": absolute_root(root),
             "redis_url": redis_url,
         }
         self._read_component = component_name

@@ -412,6 +412,22 @@ def test_instances_follow_the_environment(
     DriveFileSystem.clear_instance_cache()
 
 
+def test_a_relative_root_is_the_current_folders_when_made(
+    env: dict[str, str], name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was resolved again at each call: after a chdir, ls found nothing, and new drives
+    went to a second root under the new folder."""
+    fs = fsspec.filesystem("lit", root="rel", skip_instance_cache=True)
+    fs.pipe(f"lit://{name}/a", b"1")
+    (workdir / "elsewhere").mkdir()
+    monkeypatch.chdir(workdir / "elsewhere")
+    assert fs.ls("", detail=False) == [name]
+    fs.pipe(f"lit://{name}-2/b", b"2")
+    assert sorted(os.listdir(workdir / "rel" / "drives")) == [name, f"{name}-2"]
+    assert not (workdir / "elsewhere" / "rel").exists()
+    fs.close()
+
+
 def test_a_component_reads_what_another_wrote(env: dict[str, str], name: str) -> None:
     """component_name chooses whose copy to read where several own a path, and only then."""
     url = f"lit://{name}/run/a.csv"
