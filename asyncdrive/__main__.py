@@ -37,7 +37,6 @@ from ._exceptions import (
     DriveNotADirectoryError,
     DriveUnavailableError,
     InvalidConfigError,
-    InvalidPathError,
 )
 from ._models import FileInfo, FolderInfo
 from ._paths import normalize
@@ -251,7 +250,7 @@ def _report(exc: DriveError, args: argparse.Namespace) -> int:
 def _split(target: str) -> tuple[str, str]:
     """Split ``lit://drive/some/path`` into (``lit://drive``, ``some/path`` or ``.``)."""
     if not target.startswith("lit://"):
-        raise InvalidPathError(f"{target!r} is not a drive path: write lit://<drive>/<path>.")
+        raise _UsageError(f"{target!r} is not a drive path: write lit://<drive>/<path>.")
     name, _, path = target[len("lit://") :].partition("/")
     return f"lit://{name}", path.rstrip("/") or "."
 

@@ -65,6 +65,10 @@ def test_help_and_bad_usage() -> None:
     bad = cli("server", "explode")
     assert bad.returncode == 2
     assert "invalid choice" in bad.stderr
+    not_a_drive = cli("ls", "x")  # a usage error, as argparse's own (it was 1)
+    assert (not_a_drive.returncode, not_a_drive.stderr) == (
+        2, "asyncdrive: error: 'x' is not a drive path: write lit://<drive>/<path>.\n"
+    )  # fmt: skip
 
 
 def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -> None:
@@ -397,7 +401,7 @@ def test_file_commands(env: dict[str, str], workdir: Path, drive_id: str) -> Non
     assert slashed.returncode == 1 and "current directory" not in slashed.stderr
     assert "drive paths are relative to the drive; drop the leading '/'" in slashed.stderr
     bad = cli("ls", "s3://bucket")
-    assert bad.returncode == 1 and "lit://" in bad.stderr
+    assert bad.returncode == 2 and "lit://" in bad.stderr
     for long in ([], ["-l"]):
         nothing = cli("ls", *long, f"{drive_id}/no/such/folder")
         assert (nothing.returncode, nothing.stdout) == (4, "")  # as ls does, not an empty list
