@@ -464,7 +464,8 @@ def _check_flag(drive: str, name: str, value: object) -> None:
     if value is None or isinstance(value, str | bytes):
         raise DriveTypeError(
             f"Drive {drive!r}: {name}={shorten(repr(value), 100)} must be True or False, not "
-            f"{type(value).__name__} (a non-empty str is true)."
+            f"{type(value).__name__}"
+            + (" (a non-empty str is true)." if isinstance(value, str | bytes) else ".")
         )
 
 
@@ -3046,7 +3047,8 @@ class Drive:
         """Clean up after writers that died: temporary files, half-done puts and deletes.
 
         Only what is older than ``grace`` seconds is touched, so work in progress is safe
-        (aged by the disk's clock, which stamps the files: see `DiskStore.disk_time`).
+        (aged by the disk's clock, which stamps the files: see `DiskStore.disk_time`); an
+        index entry whose bytes are gone, which no work in progress leaves, goes at once.
         Empty folders (of a writer that died once it had made a file's folder) go too.
         Afterwards no index entry lacks its bytes, and no bytes lack their index entry.
 

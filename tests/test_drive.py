@@ -1187,6 +1187,9 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
             drive.open("f.txt", "wb", exist_ok="false")  # type: ignore[call-overload]
         with pytest.raises(asyncdrive.DriveTypeError, match="recursive"):
             drive.watch("sub", recursive="false")  # type: ignore[arg-type]
+        with pytest.raises(asyncdrive.DriveTypeError) as none:  # (no word of str for None)
+            await drive.write_bytes("f.txt", b"x", exist_ok=None)  # type: ignore[arg-type]
+        assert str(none.value).endswith("exist_ok=None must be True or False, not NoneType.")
         # A number of seconds of another type (numpy's) is one: taken.
         async with drive.watch("sub", timeout=numpy.float32(0.05)) as quiet:  # type: ignore[arg-type]
             assert [event async for event in quiet] == []
