@@ -6,6 +6,7 @@ import contextlib
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,13 @@ def test_cold_start_quick_run_leaves_no_server_behind() -> None:
         "import asyncdrive, fresh process",
     )
     assert proc.stdout.count("≤ 500 ms: ") == 4
-    # Every fresh root's embedded server was stopped.
-    assert not any(b"/cold-" in cmdline for cmdline in _command_lines())
+    # Every fresh root's embedded server was stopped; its keeper ends within its second.
+    keeper = b"\0-I\0-S\0-c\0"
+    assert not any(b"/cold-" in line and keeper not in line for line in _command_lines())
+    deadline = time.monotonic() + 10
+    while any(b"/cold-" in line for line in _command_lines()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(b"/cold-" in line for line in _command_lines())
 
 
 def test_scaling_quick_run_draws_its_chart(tmp_path: Path) -> None:
