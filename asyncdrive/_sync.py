@@ -459,6 +459,10 @@ class SyncDrive:
         self._pid = os.getpid()
         self._portal: BlockingPortal | None = None
         self._closed = False
+        #: The thread closing it, and set once it has: a close() of another thread waits.
+        self._closer: threading.Thread | None = None
+        self._close_ended = threading.Event()
+        self._close_guard = threading.Lock()
         self._here = threading.local()  # .loop: this thread's _CallerLoop
         self._caller_loops: list[_CallerLoop] = []
         self._caller_loops_lock = threading.Lock()
@@ -634,15 +638,33 @@ class SyncDrive:
         progress callback): cancelled, it closes its loop once it has ended.
         """
         if self._closed:
+            self._wait_for_the_close()
             return
         in_flight = self._call_in_flight_here()
         if in_flight is None:  # inside another drive's call: it would wait for that call
             _portal.check_not_in_blocking_call("SyncDrive.close")
-        self._closed = True
+        with self._close_guard:
+            first = not self._closed
+            if first:
+                self._closed, self._closer = True, threading.current_thread()
+        if not first:  # (another thread came first, just now)
+            self._wait_for_the_close()
+            return
         try:
             self._close_caller_loops(in_flight=in_flight)
         finally:
-            self._close_portal_drive()
+            try:
+                self._close_portal_drive()
+            finally:
+                self._close_ended.set()
+
+    def _wait_for_the_close(self) -> None:
+        """Wait until the close() under way in another thread has closed everything.
+
+        Not in the closing thread itself (a signal's handler calling close() inside it).
+        """
+        if self._closer is not threading.current_thread():
+            self._close_ended.wait()
 
     def _call_in_flight_here(self) -> _CallerLoop | None:
         """Return the loop of this drive's call this thread is inside, if any."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import gc
 import os
@@ -1349,6 +1350,37 @@ def test_close_inside_its_own_call_cancels_it_then_closes(
     assert drive._caller_loops == [] and joined_loop_threads() == []
     with SyncDrive(drive_id) as other:
         assert not other.exists("big.bin")  # the put stopped, nothing stored
+
+
+def test_a_second_close_waits_for_the_first(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A close() in another thread while one was closing returned at once, with the drive's
+    loops and connections still open."""
+    Path("big.bin").write_bytes(os.urandom(24 << 20))
+    drive = SyncDrive(drive_id)
+    copying = threading.Event()
+
+    def slow_disk(done: int, total: int) -> None:
+        if done:
+            copying.set()
+            time.sleep(0.3)  # each step: the first close waits for the step to end
+
+    def put() -> None:
+        with contextlib.suppress(DriveClosedError):
+            drive.put("big.bin", progress=slow_disk)
+
+    putting = threading.Thread(target=put)
+    putting.start()
+    assert copying.wait(30)
+    first = threading.Thread(target=drive.close)
+    first.start()
+    while not drive._closed:
+        time.sleep(0.001)
+    drive.close()  # the second: returns once all is closed, as the first does
+    assert drive._caller_loops == [] and not putting.is_alive()
+    first.join(30)
+    putting.join(30)
 
 
 def test_close_from_a_signal_handler_during_a_call_ends_it(
