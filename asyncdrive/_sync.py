@@ -462,7 +462,7 @@ class SyncDrive:
         #: The thread closing it, and set once it has: a close() of another thread waits.
         self._closer: threading.Thread | None = None
         self._close_ended = threading.Event()
-        self._close_guard = threading.Lock()
+        self._close_guard = threading.RLock()  # (a signal's handler may close inside)
         self._here = threading.local()  # .loop: this thread's _CallerLoop
         self._caller_loops: list[_CallerLoop] = []
         self._caller_loops_lock = threading.Lock()
@@ -645,8 +645,10 @@ class SyncDrive:
             _portal.check_not_in_blocking_call("SyncDrive.close")
         with self._close_guard:
             first = not self._closed
-            if first:
-                self._closed, self._closer = True, threading.current_thread()
+            if first:  # (the closer first: a close() by a signal's handler between the two
+                # finds the drive closing by its own thread, and never waits for itself)
+                self._closer = threading.current_thread()
+                self._closed = True
         if not first:  # (another thread came first, just now)
             self._wait_for_the_close()
             return
@@ -661,10 +663,15 @@ class SyncDrive:
     def _wait_for_the_close(self) -> None:
         """Wait until the close() under way in another thread has closed everything.
 
-        Not in the closing thread itself (a signal's handler calling close() inside it).
+        Not in the closing thread itself (a signal's handler calling close() inside it),
+        nor inside a blocking call of this thread (its progress callback, a signal's
+        handler): the close under way may be waiting for that very call to end.
         """
-        if self._closer is not threading.current_thread():
-            self._close_ended.wait()
+        if self._closer is threading.current_thread():
+            return
+        if asyncio._get_running_loop() in _portal.BLOCKING_CALL_LOOPS:
+            return
+        self._close_ended.wait()
 
     def _call_in_flight_here(self) -> _CallerLoop | None:
         """Return the loop of this drive's call this thread is inside, if any."""

@@ -1383,6 +1383,53 @@ def test_a_second_close_waits_for_the_first(
     putting.join(30)
 
 
+def test_a_close_inside_a_call_another_close_waits_for_returns(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """Thread B's close() waits for the main thread's call to end; that call's progress
+    callback then calls close() too: it waited for B's close, which waited for it (a
+    deadlock). It returns at once: the close under way ends the call."""
+    code = f"""
+        import os, threading, time
+        from asyncdrive import SyncDrive
+
+        with open("big.bin", "wb") as f:
+            f.write(os.urandom(24 << 20))
+        drive = SyncDrive({drive_id!r})
+        started = threading.Event()
+
+        def callback(done, total):
+            if done and not started.is_set():
+                started.set()
+                while not drive._closed:  # (B's close under way)
+                    time.sleep(0.001)
+                drive.close()
+                print("closed inside", flush=True)
+
+        def close_in_b():
+            started.wait()
+            drive.close()
+            print("closed in B", flush=True)
+
+        b = threading.Thread(target=close_in_b)
+        b.start()
+        try:
+            drive.put("big.bin", progress=callback)
+        except Exception as exc:
+            print(type(exc).__name__, flush=True)
+        b.join()
+    """
+    proc = spawn(code, env, workdir)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert sorted(out.splitlines()) == ["DriveClosedError", "closed in B", "closed inside"], out
+
+
 def test_close_from_a_signal_handler_during_a_call_ends_it(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
