@@ -318,10 +318,13 @@ def _cpu_ticks(pid: int) -> int | None:
 #: What the keeper of a server runs (``python -I -S -c``; see `_keep`): every second, it
 #: stops the server (as `stop_server` does by signal) once its folder is no longer at its
 #: path, and ends once the server has: gone, exited (a zombie), or its pid taken by another
-#: process since (its start time in /proc tells; without /proc, as on macOS, not told).
+#: process since (its start time in /proc tells; without /proc, as on macOS, not told). A
+#: server on loopback TCP whose folder was moved (its working folder, in /proc) is followed
+#: there instead: the moved root reaches it at its port, and uses it.
 _KEEPER = """\
 import os, signal, sys, time
 pid, folder, device, inode, period = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
+by_tcp = sys.argv[6] == "tcp"
 def started():
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -346,6 +349,15 @@ while True:
         pass
     except OSError:
         continue
+    if by_tcp:
+        try:
+            moved = os.readlink(f"/proc/{pid}/cwd")
+            found = os.stat(moved)
+            if (found.st_dev, found.st_ino) == (device, inode):
+                folder = moved
+                continue
+        except OSError:
+            pass
     os.kill(pid, signal.SIGTERM)
     os.kill(pid, signal.SIGCONT)
     break
@@ -355,7 +367,7 @@ while True:
 _KEEPER_PERIOD_MS = 1000
 
 
-def _keep(folder: Path, pid: int) -> None:
+def _keep(folder: Path, pid: int, by_tcp: bool) -> None:
     """Start the keeper of the server ``pid`` working in ``folder`` (see `_KEEPER`).
 
     It runs detached, as the server does (started through ``sh``, which exits at once: no
@@ -369,6 +381,7 @@ def _keep(folder: Path, pid: int) -> None:
         found = folder.stat()
         keeper = [sys.executable, "-I", "-S", "-c", _KEEPER, str(pid), str(folder)]
         keeper += [str(found.st_dev), str(found.st_ino), str(_KEEPER_PERIOD_MS)]
+        keeper.append("tcp" if by_tcp else "unix")
         subprocess.run(
             ["/bin/sh", "-c", '"$@" &', "asyncdrive-keeper", *keeper],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -498,7 +511,7 @@ def _start(folder: Path) -> str:
         time.sleep(0.005)
     pid = _read_pid(pidfile)
     _write_private(folder / "server.json", json.dumps({"url": url, "pid": pid}))
-    _keep(folder, pid)
+    _keep(folder, pid, by_tcp=not url.startswith("unix://"))
     return url
 
 

@@ -835,3 +835,30 @@ def test_a_keeper_ends_with_its_server(short_root: Path, drive_id: str) -> None:
     with SyncDrive(drive_id, root=short_root) as drive:  # started again: a new keeper
         assert drive.read_bytes("a.txt") == b"x"
     assert len(_keepers(short_root / "server")) == 1
+
+
+@pytest.mark.usefixtures("quick_keeper")
+def test_a_moved_root_keeps_the_loopback_server_it_reaches(tmp_path: Path, drive_id: str) -> None:
+    """On loopback TCP a moved root reaches its server at the same port and uses it: its
+    keeper stopped it under the writer (the folder gone from its path), though the
+    server's folder lived on, moved. It follows the folder; it still stops the server
+    once the folder is deleted."""
+    root = Path("/tmp") / f"{tmp_path.name}#tcp"  # ('#': no unix:// URL names it)
+    moved = Path(f"{root}-moved")
+    try:
+        with SyncDrive(drive_id, root=root) as drive:
+            drive.write_bytes("a.txt", b"x")
+        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+        root.rename(moved)
+        with SyncDrive(drive_id, root=moved) as drive:
+            for n in range(20):  # a second: fifty looks of the keeper
+                drive.write_bytes(f"b{n}.txt", b"y")
+                time.sleep(0.05)
+            assert len(drive.list(".")) == 21
+        assert _server._alive(pid) and _keepers(root / "server") != []
+        shutil.rmtree(moved)
+        assert _gone_within(30, pid, *_keepers(root / "server"))
+    finally:
+        for path in (root, moved):
+            asyncdrive.stop_server(path)
+            shutil.rmtree(path, ignore_errors=True)
