@@ -37,6 +37,7 @@ from ._exceptions import (
     DriveNotADirectoryError,
     DriveUnavailableError,
     InvalidConfigError,
+    rewrite_list_hints,
 )
 from ._models import FileInfo, FolderInfo
 from ._paths import normalize
@@ -598,14 +599,11 @@ def _as_commands(message: str, args: argparse.Namespace) -> str:
         return message
     drive_id = _split(target)[0]
 
-    def ls(match: re.Match[str]) -> str:
-        folder = match[1] if match[1] is not None else match[2]
+    def ls(folder: str) -> str:
         command = f"asyncdrive ls {shlex.quote(_join_id(drive_id, folder))}"
         return f'"{command}"' if "'" in command else f"'{command}'"
 
-    folder_repr = r"""(?:'([^']*)'|"([^"]*)")"""  # (repr's quotes: " if it holds a ')
-    message = re.sub(rf"list\(\) \(e\.g\. list\({folder_repr}\)\)", ls, message)
-    message = re.sub(rf"list\({folder_repr}\)", ls, message)
+    message = rewrite_list_hints(message, ls)
     message = re.sub(
         r"Pass to= a file path \(to=('[^']*'), say\)", r"Name a LOCAL file (\1, say)", message
     )
@@ -664,7 +662,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _hold_closed_streams()
     _print_any_name()
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # argparse printed (--help, --version) and exits: to a closed stdout?
+        try:
+            sys.stdout.flush()
+        except OSError as exc:
+            return _output_failed(exc)
+        raise
     if getattr(args, "member", None) is not None and args.group is None:
         # (A usage error, exit status 2, as argparse's own: not the drive's error, 1.)
         parser.error(f"watch: --member {args.member!r} names a group's member: pass --group too")
@@ -684,14 +689,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a process killed by SIGPIPE
     except _OutputFailed as failed:  # a full disk, > /dev/full: said in one line
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        reason = getattr(failed.__cause__, "strerror", None) or failed.__cause__
-        print(f"asyncdrive: error: cannot write the output: {reason}", file=sys.stderr)
-        return 1
+        return _output_failed(failed.__cause__)
     except _InputFailed as failed:  # (nothing stored: the file in the drive was dropped)
         reason = getattr(failed.__cause__, "strerror", None) or failed.__cause__
         print(f"asyncdrive: error: cannot read stdin: {reason}", file=sys.stderr)
         return 1
+
+
+def _output_failed(cause: BaseException | None) -> int:
+    """Say in one line that stdout could not be written (``cause``); return status 1.
+
+    Stdout then writes into /dev/null: what is left in its buffer fails no more at exit.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    reason = getattr(cause, "strerror", None) or cause
+    print(f"asyncdrive: error: cannot write the output: {reason}", file=sys.stderr)
+    return 1
 
 
 def _hold_closed_streams() -> None:

@@ -1559,7 +1559,7 @@ class Drive:
                         on_copied=on_copied, before_commit=last,
                     )  # fmt: skip
                 except OSError:
-                    failed_at = failed_at or f"{os.path.join(local, rel)!r} and "
+                    failed_at = failed_at or f" ({os.path.join(local, rel)!r})"
                     raise
                 return
             jobs = [(drive_path_of(rel), local / rel if rel else local) for rel, _ in batch]
@@ -1572,9 +1572,9 @@ class Drive:
                 raise
             raise storage_error(
                 self.name, exc, "put a folder", local, drive_path, conn.store.base,
-                left=f"Of its {len(files)} files, those stored before it stay (see "
-                f"list({drive_path!r}, recursive=True)); {failed_at}the others were not "
-                "stored.",
+                left=f"That file{failed_at} was not stored; of the folder's {len(files)} "
+                "files, those stored before it or beside it stay (see "
+                f"list({drive_path!r}, recursive=True)), the rest were not stored.",
             ) from exc  # fmt: skip
         if reporter is not None:
             reporter.finish()

@@ -28,8 +28,11 @@ are OSErrors carry its ``errno`` too (``ENOENT``, ``EEXIST``, ``ENOTDIR``, ``EIS
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
+import re
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -341,6 +344,29 @@ _LEFT_AS_IT_WAS = {
         "that could not be removed stay on the disk until gc() removes them."
     ),
 }
+
+
+#: A str's repr in a message: in ' quotes, or in " where it holds a ' (and then escaped
+#: inside, where it holds both).
+_STR_REPR = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+
+
+def rewrite_list_hints(message: str, ls: Callable[[str], str]) -> str:
+    """Return ``message`` with its hints ``list('folder')`` written as ``ls(folder)`` says.
+
+    For the command line's and fsspec's words for a listing.
+
+    Example:
+        >>> rewrite_list_hints("check it with list('a')", lambda f: f"ls {f}")
+        'check it with ls a'
+
+    """
+
+    def rewritten(match: re.Match[str]) -> str:
+        return ls(ast.literal_eval(match[1]))
+
+    message = re.sub(rf"list\(\) \(e\.g\. list\({_STR_REPR}\)\)", rewritten, message)
+    return re.sub(rf"list\({_STR_REPR}\)", rewritten, message)
 
 
 def shorten(text: str, limit: int = 160) -> str:

@@ -53,6 +53,7 @@ from ._exceptions import (
     DriveNotADirectoryError,
     InvalidConfigError,
     InvalidPathError,
+    rewrite_list_hints,
 )
 from ._files import DriveReader, DriveWriter
 from ._models import FileInfo, FolderInfo
@@ -159,13 +160,10 @@ def _in_fsspec_terms(message: str, name: str) -> str:
     ``list('a')`` is ``fs.ls('lit://d/a')`` here, ``if_version=`` a write with mode 'wb', ...
     """
 
-    def ls(match: re.Match[str]) -> str:
-        folder = match[1] if match[1] is not None else match[2]
+    def ls(folder: str) -> str:
         return f"fs.ls({f'lit://{name}' if folder == '.' else f'lit://{name}/{folder}'!r})"
 
-    folder_repr = r"""(?:'([^']*)'|"([^"]*)")"""  # (repr's quotes: " if it holds a ')
-    message = re.sub(rf"list\(\) \(e\.g\. list\({folder_repr}\)\)", ls, message)
-    message = re.sub(rf"list\({folder_repr}\)", ls, message)
+    message = rewrite_list_hints(message, ls)
     message = re.sub(
         r"Pass if_version=\d+ to replace that version, or delete it first",
         "Write it with mode 'wb' to replace it, or rm it first",

@@ -120,8 +120,9 @@ def test_a_refused_write_is_a_drive_storage_error_that_leaves_nothing(
     # A folder's: what was stored and what not (it said "That file was not stored").
     assert reports["folder"][3].startswith(f"Drive {name!r}: cannot put a folder 'tree' to")
     assert reports["folder"][3].endswith(
-        "Of its 2 files, those stored before it stay (see list('tree', recursive=True)); "
-        "'tree/z.bin' and the others were not stored."
+        "That file ('tree/z.bin') was not stored; of the folder's 2 files, those stored "
+        "before it or beside it stay (see list('tree', recursive=True)), the rest were not "
+        "stored."
     )
     assert poisoned == [True, True]
 

@@ -523,6 +523,11 @@ def test_messages_speak_fsspec(fs: DriveFileSystem, name: str, workdir: Path) ->
     fs.pipe(f"{url}/it's/a", b"a")  # (its repr in the library's hint: "it's")
     with pytest.raises(FileNotFoundError, match=rf"""fs\.ls\("lit://{name}/it's"\)"""):
         fs.cat(f"{url}/it's/zz")
+    both = "we'ird\"q"  # (its repr escapes one of the quotes)
+    fs.pipe(f"{url}/{both}/a", b"a")
+    with pytest.raises(FileNotFoundError) as quoted:
+        fs.cat(f"{url}/{both}/zz")
+    assert f"fs.ls({f'lit://{name}/{both}'!r})" in str(quoted.value), quoted.value
     for root_of_the_drives in ("lit://", "lit:///"):
         with pytest.raises(IsADirectoryError) as root_named:
             fs.cat_file(root_of_the_drives)
