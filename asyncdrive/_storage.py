@@ -47,6 +47,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,11 +231,12 @@ PARALLEL_HASH_MIN = 8 * CHUNK
 #: the memory a put holds (the mapped window counts in its resident size).
 _KERNEL_STEP = 8 * CHUNK
 
-#: The threads whose copies stop at their next step (raising `asyncio.CancelledError`):
-#: that of a `SyncDrive` call a Ctrl-C cancelled, whose disk steps run in its own thread
-#: (see ``_sync``). A large file's copy would else run to its end first (minutes on a slow
-#: disk), and a get's land in place, before the call was cancelled.
-interrupted_threads: set[int] = set()
+#: The event loops whose copies stop at their next step (raising `asyncio.CancelledError`):
+#: a `SyncDrive` call's, which makes its disk steps in its own thread, inside its loop (see
+#: ``_sync``), once cancelled (by Ctrl-C, or a close). A large file's copy would else run
+#: to its end first (minutes on a slow disk), and a get's land in place, before the call
+#: was cancelled. (Loops, not threads: a closed loop never runs another call.)
+interrupted_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 #: A large upload is handed to the disk in ranges of this size as it is written.
 WRITEBACK_STEP = 8 * CHUNK
 _HASH_WINDOW = 8 * CHUNK
@@ -291,7 +293,7 @@ class _FdCopier:
 
     def step(self, count: int = _KERNEL_STEP) -> int:
         """Copy up to ``count`` bytes; return how many (0 at the end of the source)."""
-        if interrupted_threads and threading.get_ident() in interrupted_threads:
+        if interrupted_loops and asyncio._get_running_loop() in interrupted_loops:
             raise asyncio.CancelledError
         while True:
             method = self.methods[0]

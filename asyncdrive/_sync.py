@@ -142,7 +142,7 @@ class _CallerLoop:
         task = self.task
         if task is not None and not task.done():
             task.cancel()
-            _storage.interrupted_threads.add(threading.get_ident())
+            _storage.interrupted_loops.add(self.loop)
 
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
         on_sigint = None
@@ -181,7 +181,7 @@ class _CallerLoop:
             raise
         finally:
             self.task = None
-            _storage.interrupted_threads.discard(threading.get_ident())
+            _storage.interrupted_loops.discard(self.loop)
             if on_sigint is not None:
                 if old_wakeup is not None:
                     signal.set_wakeup_fd(old_wakeup)
@@ -245,7 +245,7 @@ class _CallerLoop:
         self.interrupts += 1
         if self.interrupts == 1 and not task.done():
             task.cancel()
-            _storage.interrupted_threads.add(threading.get_ident())  # a copy in it stops
+            _storage.interrupted_loops.add(self.loop)  # a copy in it stops
             self.loop.call_soon_threadsafe(lambda: None)  # wake the loop from its select
             return
         raise KeyboardInterrupt
@@ -254,8 +254,9 @@ class _CallerLoop:
         """Close the drive and the loop; a call in flight in its thread is cancelled first.
 
         That call raises `DriveClosedError` once the step it is in ends (a disk call is
-        never cut short). ``at_exit``: a call in flight then is a daemon thread's (the
-        others were joined): the process ends under it, not waiting for it.
+        never cut short, but a large file's copy stops at its next step). ``at_exit``: a
+        call in flight then is a daemon thread's (the others were joined): the process
+        ends under it, not waiting for it.
         """
         self.closing = True
         while not self.lock.acquire(timeout=0.05):
@@ -263,6 +264,7 @@ class _CallerLoop:
                 return
             task = self.task
             if task is not None:
+                _storage.interrupted_loops.add(self.loop)  # (closed after: runs no other)
                 with contextlib.suppress(RuntimeError):  # (done and closed meanwhile)
                     self.loop.call_soon_threadsafe(task.cancel)
         try:
