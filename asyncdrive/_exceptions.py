@@ -363,7 +363,11 @@ def rewrite_list_hints(message: str, ls: Callable[[str], str]) -> str:
     """
 
     def rewritten(match: re.Match[str]) -> str:
-        return ls(ast.literal_eval(match[1]))
+        try:
+            folder = ast.literal_eval(match[1])
+        except (ValueError, SyntaxError):  # (not a repr of ours after all: left as it is)
+            return match[0]
+        return ls(folder) if isinstance(folder, str) else match[0]
 
     message = re.sub(rf"list\(\) \(e\.g\. list\({_STR_REPR}\)\)", rewritten, message)
     return re.sub(rf"list\({_STR_REPR}\)", rewritten, message)

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 import asyncdrive
+from asyncdrive._exceptions import rewrite_list_hints
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -605,3 +606,17 @@ def test_names_not_utf8_print_and_hints_are_the_command_lines(
         1, "asyncdrive: error: cannot read stdin: Bad file descriptor\n"
     )  # fmt: skip
     assert cli("ls", f"{drive_id}/in.txt").returncode == 4
+
+
+def test_list_hints_are_rewritten_from_any_repr_and_left_where_none() -> None:
+    """The hint's folder is read back from its repr (quotes and escapes); text that only
+    looks like one (an invalid escape) is left as it is, never an error of its own."""
+
+    def ls(folder: str) -> str:
+        return f"<{folder}>"
+
+    assert rewrite_list_hints("""list('a') list("it's") list('we\\'ird"q')""", ls) == (
+        """<a> <it's> <we'ird"q>"""
+    )
+    assert rewrite_list_hints("e.g. list() (e.g. list('a/b'))", ls) == "e.g. <a/b>"
+    assert rewrite_list_hints("list('\\x')", ls) == "list('\\x')"
