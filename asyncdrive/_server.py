@@ -62,7 +62,34 @@ _LOCK_TIMEOUT = 30.0
 _LOAD_TIMEOUT = 600.0
 
 # Server url per root, for this process: saves the lock and ping on later first uses.
-_known: dict[tuple[int, Path], str] = {}
+#: With the identity (device, inode) of its server folder then: a root replaced at its path
+#: (by a copy, say) is looked at again, never served by the other's server.
+_known: dict[tuple[int, Path], tuple[str, tuple[int, int]]] = {}
+
+
+def _remembered(root: Path) -> str | None:
+    """Return the URL this process knows for ``root``'s server, if its folder is the same."""
+    key = (os.getpid(), root)
+    known = _known.get(key)
+    if known is None:
+        return None
+    url, identity = known
+    try:
+        found = os.stat(_server_dir(root))
+        same = (found.st_dev, found.st_ino) == identity
+    except OSError:
+        same = False
+    if not same:
+        _known.pop(key, None)
+        return None
+    return url
+
+
+def _remember(root: Path, url: str) -> None:
+    """Remember ``url`` as ``root``'s server for this process (see `_known`)."""
+    with contextlib.suppress(OSError):  # (gone meanwhile: looked at again next time)
+        found = os.stat(_server_dir(root))
+        _known[(os.getpid(), root)] = (url, (found.st_dev, found.st_ino))
 
 
 def server_binary() -> str:
@@ -319,8 +346,10 @@ def _cpu_ticks(pid: int) -> int | None:
 #: stops the server (as `stop_server` does by signal) once its folder is no longer at its
 #: path, and ends once the server has: gone, exited (a zombie), or its pid taken by another
 #: process since (its start time in /proc tells; without /proc, as on macOS, not told). A
-#: server on loopback TCP whose folder was moved (its working folder, in /proc) is followed
-#: there instead: the moved root reaches it at its port, and uses it.
+#: server on loopback TCP whose folder was moved, nothing left at its path, is followed
+#: there instead (its working folder, in /proc): the moved root reaches it at its port,
+#: and uses it. Another folder at the path (a copy put back, say) would find its state
+#: file naming that server too: stopped then, as for a unix socket.
 _KEEPER = """\
 import os, signal, sys, time
 pid, folder, device, inode, period = int(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
@@ -341,15 +370,16 @@ while True:
         break
     if started() != born:
         break
+    gone = False
     try:
         found = os.stat(folder)
         if (found.st_dev, found.st_ino) == (device, inode):
             continue
     except (FileNotFoundError, NotADirectoryError):
-        pass
+        gone = True
     except OSError:
         continue
-    if by_tcp:
+    if by_tcp and gone:
         try:
             moved = os.readlink(f"/proc/{pid}/cwd")
             found = os.stat(moved)
@@ -525,14 +555,14 @@ def _read_pid(pidfile: Path) -> int:
 
 def ensure_server_sync(root: Path) -> str:
     """Return the URL of ``root``'s embedded server, starting it if none answers."""
-    key = (os.getpid(), root)
-    if key in _known:
-        return _known[key]
+    known = _remembered(root)
+    if known is not None:
+        return known
     folder = _server_dir(root)
     _check_owner(root)
     url = _answering(folder)
     if url:  # (no lock needed: taken only to start one)
-        _known[key] = url
+        _remember(root, url)
         return url
     try:
         # (waited on while its holder waits for a server that loads its data)
@@ -548,7 +578,7 @@ def ensure_server_sync(root: Path) -> str:
         url = _answering(folder)  # (answering since: a holder stuck after it started it)
         if not url:
             raise
-    _known[key] = url
+    _remember(root, url)
     return url
 
 
@@ -714,21 +744,20 @@ def _serving(pid: int, url: str) -> bool:
 
 async def ensure_server(root: Path) -> str:
     """Async `ensure_server_sync`, run in a worker thread."""
-    key = (os.getpid(), root)
-    if key in _known:
-        return _known[key]
+    known = _remembered(root)
+    if known is not None:
+        return known
     return await anyio.to_thread.run_sync(ensure_server_sync, root)
 
 
 async def running_server(root: Path) -> str | None:
     """Return the URL of ``root``'s embedded server if it runs (`server_url`); never start it."""
-    key = (os.getpid(), root)
-    known = _known.get(key)
+    known = _remembered(root)
     if known is not None:  # (a connection to it then says whether it still runs)
         return known
     found = await anyio.to_thread.run_sync(server_url, root)
     if found is not None:
-        _known[key] = found  # (as `ensure_server` would remember it)
+        _remember(root, found)  # (as `ensure_server` would remember it)
     return found
 
 

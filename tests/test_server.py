@@ -862,3 +862,31 @@ def test_a_moved_root_keeps_the_loopback_server_it_reaches(tmp_path: Path, drive
         for path in (root, moved):
             asyncdrive.stop_server(path)
             shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("quick_keeper")
+def test_a_root_replaced_by_a_copy_never_writes_to_the_originals_server(
+    tmp_path: Path, drive_id: str
+) -> None:
+    """Moved away and copied back (``mv r r-bak && cp -a r-bak r``): this process's memory
+    of the path's server sent the copy's writes to the original's index (its bytes in the
+    copy), and on loopback TCP the keeper followed the moved original."""
+    root = Path("/tmp") / f"{tmp_path.name}#tcp"
+    moved = Path(f"{root}-bak")
+    try:
+        with SyncDrive(drive_id, root=root) as drive:
+            drive.write_bytes("a.txt", b"x")
+        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+        root.rename(moved)
+        subprocess.run(["cp", "-a", str(moved), str(root)], check=True)
+        with SyncDrive(drive_id, root=root) as copy:  # at once: before any keeper's look
+            copy.write_bytes("b.txt", b"y")
+            assert copy.list(".") == ["a.txt", "b.txt"]
+        assert json.loads((root / "server" / "server.json").read_text())["pid"] != pid
+        assert _gone_within(30, pid)  # a copy at its path: stopped, not followed
+        with SyncDrive(drive_id, root=moved) as original:
+            assert original.list(".") == ["a.txt"]
+    finally:
+        for path in (root, moved):
+            asyncdrive.stop_server(path)
+            shutil.rmtree(path, ignore_errors=True)
