@@ -673,7 +673,10 @@ class SyncDrive:
             return
         if asyncio._get_running_loop() in _portal.BLOCKING_CALL_LOOPS:
             return
-        self._close_ended.wait()
+        while not self._close_ended.wait(0.05):
+            closer = self._closer
+            if closer is None or not closer.is_alive():  # (forked during it: not here)
+                return
 
     def _call_in_flight_here(self) -> _CallerLoop | None:
         """Return the loop of this drive's call this thread is inside, if any."""

@@ -1467,6 +1467,55 @@ def test_a_close_inside_a_call_another_close_waits_for_returns(
     assert put in ("put: DriveClosedError", "put: returned"), out
 
 
+def test_a_close_in_a_child_forked_while_another_thread_closed_returns(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """The child inherited "closing, by that thread", a thread it does not have: its own
+    close() waited for ever for that close to end."""
+    code = f"""
+        import contextlib, os, threading, time
+        from asyncdrive import DriveClosedError, SyncDrive
+
+        with open("big.bin", "wb") as f:
+            f.write(os.urandom(24 << 20))
+        drive = SyncDrive({drive_id!r})
+        copying = threading.Event()
+
+        def slow(done, total):
+            if done:
+                copying.set()
+                time.sleep(0.3)
+
+        def put():
+            with contextlib.suppress(DriveClosedError):
+                drive.put("big.bin", progress=slow)
+
+        putting = threading.Thread(target=put)
+        putting.start()
+        copying.wait(30)
+        closing = threading.Thread(target=drive.close)
+        closing.start()
+        while not drive._closed:
+            time.sleep(0.001)
+        child = os.fork()
+        if child == 0:
+            drive.close()
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        print("child:", os.waitstatus_to_exitcode(status), flush=True)
+        closing.join()
+        putting.join()
+    """
+    proc = spawn(code, env, workdir, warnings_as_errors=False)  # (fork with threads warns)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out) == (0, "child: 0\n"), err
+
+
 def test_close_from_a_signal_handler_during_a_call_ends_it(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
