@@ -46,17 +46,35 @@ from ._storage import DRIVE_MARKER
 from ._sync import SyncDrive
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from . import _bar as _bar_module
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose own output (``--help``, ``--version``) fails as ours does.
+
+    argparse drops what writing it raises (a full disk: exit 0, nothing said).
+    """
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message:
+            out = file or sys.stderr
+            try:
+                out.write(message)
+            except OSError:
+                if out is sys.stdout:  # (stderr's, dropped as argparse does)
+                    raise
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="asyncdrive",
         description="Share files between Python processes through a shared disk and Redis.",
     )
     parser.add_argument("--version", action="version", version=f"asyncdrive {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    where = argparse.ArgumentParser(add_help=False)
+    where = _Parser(add_help=False)
     root_help = "the shared root (default: $ASYNCDRIVE_ROOT or per-user)"
     # Before the command or after it (SUPPRESS there: not given after, it leaves the value
     # given before, or the default).
@@ -75,9 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument("action", choices=["start", "stop", "status"])
 
-    json_output = argparse.ArgumentParser(add_help=False)
+    json_output = _Parser(add_help=False)
     json_output.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    drives = argparse.ArgumentParser(add_help=False, parents=[where])
+    drives = _Parser(add_help=False, parents=[where])
     drives.add_argument("drive", nargs="?", help="the drive, lit://<name>")
     drives.add_argument("--all", action="store_true", help="every drive under the root")
     drives.add_argument(
@@ -102,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--grace", type=float, default=3600.0, help="seconds (default 3600)")
 
-    files = argparse.ArgumentParser(add_help=False, parents=[where])
+    files = _Parser(add_help=False, parents=[where])
     files.add_argument(
         "--redis-url", default=None, help="the Redis server (default: $ASYNCDRIVE_REDIS_URL)"
     )
@@ -664,6 +682,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
+    except BrokenPipeError:  # (as below: a reader gone)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # writing argparse's output (--help, --version): a full disk
+        return _output_failed(exc)
     except SystemExit:  # argparse printed (--help, --version) and exits: to a closed stdout?
         try:
             sys.stdout.flush()

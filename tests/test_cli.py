@@ -149,6 +149,12 @@ def test_output_is_whole_or_said_to_fail(env: dict[str, str], workdir: Path, dri
         )  # fmt: skip
     assert failed.returncode == 1
     assert failed.stderr == "asyncdrive: error: cannot write the output: No space left on device\n"
+    with open("/dev/full", "w") as full:  # argparse's own output too (it exited 0, silent)
+        helped = subprocess.run(
+            [sys.executable, "-m", "asyncdrive", "--help"],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert (helped.returncode, helped.stderr) == (1, failed.stderr)
     # Started with stdout closed (>&-): one line too (it was an AttributeError's traceback),
     # for ls and for cat's bytes; and with stderr closed, nothing said, the status kept.
     for command, target in [
