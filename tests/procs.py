@@ -37,6 +37,19 @@ def read_line(proc: subprocess.Popen[str]) -> str:
     return line.strip()
 
 
+def finish(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[str, str]:
+    """Wait for ``proc`` to end; return its stdout and stderr.
+
+    Past ``timeout`` it is killed (and reaped), and `subprocess.TimeoutExpired` raised.
+    """
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def stop_all(procs: list[subprocess.Popen[str]]) -> None:
     """Kill whichever of ``procs`` still run, all of them first, then reap them."""
     for proc in procs:

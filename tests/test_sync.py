@@ -42,7 +42,7 @@ from asyncdrive import (
 )
 
 from .conftest import run_python, uploads_in_progress, warnings_as_errors
-from .procs import read_line, spawn
+from .procs import finish, read_line, spawn
 from .servers import ServerProcess
 
 LOOP_THREAD = "asyncdrive-loop"
@@ -1455,12 +1455,7 @@ def test_a_close_inside_a_call_another_close_waits_for_returns(
         b.join()
     """
     proc = spawn(code, env, workdir)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err = finish(proc)
     assert proc.returncode == 0, err
     *closes, put = sorted(out.splitlines(), key=lambda line: line.startswith("put:"))
     assert sorted(closes) == ["closed in B", "closed inside"], out
@@ -1507,12 +1502,7 @@ def test_a_close_in_a_child_forked_while_another_thread_closed_returns(
         putting.join()
     """
     proc = spawn(code, env, workdir, warnings_as_errors=False)  # (fork with threads warns)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err = finish(proc)
     assert (proc.returncode, out) == (0, "child: 0\n"), err
 
 
