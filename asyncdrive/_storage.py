@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import ctypes
 import errno
 import hashlib
@@ -47,7 +48,6 @@ import struct
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,12 +231,22 @@ PARALLEL_HASH_MIN = 8 * CHUNK
 #: the memory a put holds (the mapped window counts in its resident size).
 _KERNEL_STEP = 8 * CHUNK
 
-#: The event loops whose copies stop at their next step (raising `asyncio.CancelledError`):
-#: a `SyncDrive` call's, which makes its disk steps in its own thread, inside its loop (see
-#: ``_sync``), once cancelled (by Ctrl-C, or a close). A large file's copy would else run
-#: to its end first (minutes on a slow disk), and a get's land in place, before the call
-#: was cancelled. (Loops, not threads: a closed loop never runs another call.)
-interrupted_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+class CopiesStop:
+    """A call's request that its copies stop at their next step (see `copies_stop`)."""
+
+    requested = False
+
+
+#: The stop request of the call whose context this is: its copies, in its thread or in the
+#: disk threads it hands them to (which see its context), raise `asyncio.CancelledError`
+#: at their next step once it is requested. Set for each `SyncDrive` call (see ``_sync``),
+#: requested once it is cancelled (by Ctrl-C, or a close): a large file's copy would else
+#: run to its end first (minutes on a slow disk), and a get's land in place, before the
+#: call was cancelled, its disk steps never cut short.
+copies_stop: contextvars.ContextVar[CopiesStop | None] = contextvars.ContextVar(
+    "asyncdrive_copies_stop", default=None
+)
 #: A large upload is handed to the disk in ranges of this size as it is written.
 WRITEBACK_STEP = 8 * CHUNK
 _HASH_WINDOW = 8 * CHUNK
@@ -293,7 +303,8 @@ class _FdCopier:
 
     def step(self, count: int = _KERNEL_STEP) -> int:
         """Copy up to ``count`` bytes; return how many (0 at the end of the source)."""
-        if interrupted_loops and asyncio._get_running_loop() in interrupted_loops:
+        stop = copies_stop.get()
+        if stop is not None and stop.requested:
             raise asyncio.CancelledError
         while True:
             method = self.methods[0]

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import builtins
 import contextlib
+import contextvars
 import functools
 import inspect
 import io
@@ -116,6 +117,8 @@ class _CallerLoop:
         self.task: asyncio.Task[Any] | None = None
         #: Set by `close_after_the_call`: closed once the call in flight ends.
         self.close_after_call = False
+        #: The stop request of the call in flight's copies (see `_storage.copies_stop`).
+        self.stop: _storage.CopiesStop | None = None
         self.interrupts = 0
         # The main thread's wake-up for Ctrl-C (see _wake_on_signals), made on first need.
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
@@ -142,13 +145,24 @@ class _CallerLoop:
         task = self.task
         if task is not None and not task.done():
             task.cancel()
-            _storage.interrupted_loops.add(self.loop)
+            self._stop_copies()
+
+    def _stop_copies(self) -> None:
+        """Have the copies of the call in flight stop at their next step."""
+        stop = self.stop
+        if stop is not None:
+            stop.requested = True
 
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
         on_sigint = None
         old_wakeup: int | None = None
         try:
-            task = self.loop.create_task(coro)
+            # Its own stop request for its copies, in the task's context (and so in the
+            # disk threads it hands copies to, which run them in that context).
+            self.stop = stop = _storage.CopiesStop()
+            context = contextvars.copy_context()
+            context.run(_storage.copies_stop.set, stop)
+            task = self.loop.create_task(coro, context=context)
         except BaseException:  # (a signal's handler raised in it, or just after)
             made = [t for t in asyncio.all_tasks(self.loop) if t.get_coro() is coro]
             for task in made:  # never to run: cancelled before its first step
@@ -181,7 +195,6 @@ class _CallerLoop:
             raise
         finally:
             self.task = None
-            _storage.interrupted_loops.discard(self.loop)
             if on_sigint is not None:
                 if old_wakeup is not None:
                     signal.set_wakeup_fd(old_wakeup)
@@ -245,7 +258,7 @@ class _CallerLoop:
         self.interrupts += 1
         if self.interrupts == 1 and not task.done():
             task.cancel()
-            _storage.interrupted_loops.add(self.loop)  # a copy in it stops
+            self._stop_copies()  # a copy under way stops at its next step
             self.loop.call_soon_threadsafe(lambda: None)  # wake the loop from its select
             return
         raise KeyboardInterrupt
@@ -264,7 +277,7 @@ class _CallerLoop:
                 return
             task = self.task
             if task is not None:
-                _storage.interrupted_loops.add(self.loop)  # (closed after: runs no other)
+                self._stop_copies()
                 with contextlib.suppress(RuntimeError):  # (done and closed meanwhile)
                     self.loop.call_soon_threadsafe(task.cancel)
         try:

@@ -1417,6 +1417,45 @@ def test_a_close_from_another_thread_stops_a_large_copy_at_its_next_step(
         assert not other.exists("big.bin")
 
 
+def test_a_close_stops_a_large_copy_of_a_folder_put_in_the_disk_threads(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder put hands its copies to the disk threads: a close (or Ctrl-C) let them run
+    to their end (the stop was told by the event loop running the copy; none runs there)."""
+    Path("tree").mkdir()
+    Path("tree/big.bin").write_bytes(os.urandom(64 << 20))
+    Path("tree/small.txt").write_bytes(b"s")
+    steps: list[int] = []
+    copying = threading.Event()
+    copy_file_range = os.copy_file_range
+
+    def slow_disk(src: int, dst: int, count: int, *args: Any) -> int:
+        steps.append(count)
+        copying.set()
+        time.sleep(0.2)
+        return copy_file_range(src, dst, count, *args)
+
+    monkeypatch.setattr(os, "copy_file_range", slow_disk)
+    drive = SyncDrive(drive_id)
+    raised: list[BaseException] = []
+
+    def put() -> None:
+        try:
+            drive.put("tree")
+        except BaseException as exc:
+            raised.append(exc)
+
+    putting = threading.Thread(target=put)
+    putting.start()
+    assert copying.wait(30)
+    drive.close()
+    putting.join(30)
+    assert [type(exc) for exc in raised] == [DriveClosedError]
+    assert len(steps) <= 3, steps  # (8 steps of 8 MiB: stopped at the next)
+    with SyncDrive(drive_id) as other:
+        assert not other.exists("tree/big.bin")
+
+
 def test_a_close_inside_a_call_another_close_waits_for_returns(
     env: dict[str, str], workdir: Path, drive_id: str
 ) -> None:
