@@ -251,8 +251,10 @@ def _notes(medians: dict[str, dict[str, list[float]]], baseline: list[float]) ->
     notes = [
         f"Of the first write_bytes' {_ms(first)} ms, about {_ms(server)} ms is the server "
         f"binary getting to its first PING; the rest is the daemonizing start (`--daemonize "
-        "yes`, a pid file), polling `PING` every 5 ms, the connection and the clock-offset "
-        "measurement, and the write itself (an fsync of the upload and of its folder). "
+        "yes`, a pid file), polling `PING` every 5 ms, the start of its keeper (a Python "
+        "process through `sh`, ~10 ms: it starts beside the first call), the connection "
+        "and the clock-offset measurement, and the write itself (an fsync of the upload and "
+        "of its folder). "
         f"`import asyncdrive` adds {_ms(imp)} ms (redis-py and anyio).",
     ]
     missed = first > TARGET_MS or statistics.median(m["import_first"]) > TARGET_MS
