@@ -1172,15 +1172,15 @@ _linkat: Callable[[int, bytes, int, bytes, int], int] | None = _libc_function(
 _AT_SYMLINK_FOLLOW = 0x400
 
 
-def _new_local_file(folder: Path, *, unnamed: bool) -> tuple[int, Path | None]:
+def _new_local_file(folder: Path) -> tuple[int, Path | None]:
     """Create a file in the local ``folder`` to copy into; return its descriptor and path.
 
-    ``unnamed``: without a name (``O_TMPFILE``, path None) where the filesystem can make
-    one, to be linked into place (`_link_unless_there`): nothing to remove if the copy
-    fails or the process dies, and one name made instead of two (a temporary name, then
-    the rename): ~45 against ~60 µs a 4 KiB copy on ext4 (measured). Else as `temp_fd_in`.
+    Without a name (``O_TMPFILE``, path None) where the filesystem can make one, to be
+    linked into place (`_link_unless_there`): nothing to remove if the copy fails or the
+    process dies, and one name made instead of two (a temporary name, then the rename):
+    ~45 against ~60 µs a 4 KiB copy on ext4 (measured). Else as `temp_fd_in`.
     """
-    if unnamed and _CAN_TMPFILE and _linkat is not None:
+    if _CAN_TMPFILE and _linkat is not None:
         try:
             return os.open(folder, _UNNAMED_LOCAL_FLAGS, unnamed_file_mode()), None
         except OSError as exc:
@@ -2637,11 +2637,11 @@ class DiskStore:
             with _folders_in_use.using(dest.parent):
                 made: list[Path] = []  # the local folders this copy made: gone if it fails
                 try:
-                    out, tmp = _new_local_file(dest.parent, unnamed=True)
+                    out, tmp = _new_local_file(dest.parent)
                 except FileNotFoundError:  # made only now: a failed open leaves no folders
                     made = _make_folders(dest.parent)
                     try:
-                        out, tmp = _new_local_file(dest.parent, unnamed=True)
+                        out, tmp = _new_local_file(dest.parent)
                     except BaseException:
                         _remove_empty(made, own=dest.parent)
                         raise
