@@ -501,9 +501,10 @@ def _redis_errors_as_unavailable(
     redis-py connection failures become `DriveUnavailableError`, and OSErrors of the disk
     (full, read-only, ...) `DriveStorageError`; each call cleans up what it wrote itself.
     """
-    doing = {"_open_reader": "open", "_open_writer": "open", "_commit_upload": "close"}.get(
-        method.__name__, method.__name__
-    )
+    doing = {
+        "_open_reader": "open", "_open_writer": "open", "_commit_upload": "close",
+        "_get_file": "get",
+    }.get(method.__name__, method.__name__)  # fmt: skip
     named = [*inspect.signature(method).parameters][1:3]  # (after self)
     takes_path, takes_data = named[:1] == ["path"], named == ["path", "data"]
 
@@ -2741,6 +2742,22 @@ class Drive:
                 conn, drive_path, local, component_name, overwrite, reporter, as_folder
             )
 
+    @_redis_errors_as_unavailable
+    async def _get_file(
+        self, path: StrPath, *, to: StrPath, overwrite: bool, progress: ProgressCallback | None
+    ) -> None:
+        """`get` of a file to the local path ``to``, for fsspec's ``get_file``.
+
+        A folder raises `FolderNotFileError`, nothing copied (its files are fsspec's
+        recursive get's), found in the look-ups a get makes anyway.
+        """
+        drive_path = self._path(path)
+        conn = await self._connection()
+        with _progress.reporting(progress) as reporter:
+            await self._get_to(
+                conn, drive_path, Path(to), None, overwrite, reporter, file_only=True
+            )
+
     async def _get_to(
         self,
         conn: _Connection,
@@ -2750,10 +2767,13 @@ class Drive:
         overwrite: bool,
         reporter: ProgressReporter | None,
         as_folder: bool = False,
+        *,
+        file_only: bool = False,
     ) -> None:
         """`get` once its arguments are checked (and the path waited for): into ``local``.
 
         ``as_folder``: the path was written with a trailing ``/``; a file there is refused.
+        ``file_only``: a folder is refused (`FolderNotFileError`).
         """
         on_copied = None if reporter is None else reporter.add
         owners = await conn.index.owners(drive_path)
@@ -2771,6 +2791,11 @@ class Drive:
         if not files:
             await self._check_not_lost(conn)
             raise self._not_found(drive_path, [], component_name)
+        if file_only:
+            raise FolderNotFileError(
+                f"Drive {self.name!r}: {drive_path!r} is a folder; get it recursively "
+                "(get(recursive=True) in fsspec) to copy its files."
+            )
 
         #: Whose copy of each file is copied, as the first look-up picked it ("": none).
         picked: list[str] = []
@@ -3834,6 +3859,10 @@ class _Looks:
             ) from None
         await anyio.sleep(self.pause)  # a commit on its way, maybe
         self.pause = min(self.pause * 2, 0.2)
+
+
+class FolderNotFileError(DriveIsADirectoryError):
+    """A get of a file only (`Drive._get_file`) found a folder in the drive: nothing copied."""
 
 
 class _WayCleared(Exception):

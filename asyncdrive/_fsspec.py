@@ -43,7 +43,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from . import _paths
 from ._config import absolute_root, is_valid_name, redact_url, resolve_root
-from ._drive import Drive
+from ._drive import Drive, FolderNotFileError
 from ._exceptions import (
     AmbiguousPathError,
     DriveError,
@@ -802,15 +802,14 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             )
         # The local file appears complete, or not at all (as any get's copy).
         async with self._using(name) as drive:
-            with contextlib.suppress(AmbiguousPathError):  # (the get says it, as for a file)
-                try:
-                    await drive.info(rest)
-                except DriveIsADirectoryError:
-                    # Made, as LocalFileSystem.get_file makes a folder: its files are
-                    # get(recursive=True)'s (it copied the whole tree, then each file again).
-                    await anyio.Path(lpath).mkdir(parents=True, exist_ok=True)
-                    return
-            await drive.get(rest, to=lpath, overwrite=True, progress=_reporting_to(callback))
+            try:
+                await drive._get_file(
+                    rest, to=lpath, overwrite=True, progress=_reporting_to(callback)
+                )
+            except FolderNotFileError:
+                # Made, as LocalFileSystem.get_file makes a folder: its files are
+                # get(recursive=True)'s (it copied the whole tree, then each file again).
+                await anyio.Path(lpath).mkdir(parents=True, exist_ok=True)
 
     @_fsspec_terms()
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
