@@ -76,7 +76,7 @@ def test_long_root_listens_on_loopback_tcp(tmp_path: Path, drive_id: str) -> Non
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         assert status.stdout == f"running: redis://:***@{address}\n"  # (into CI logs)
-        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+        pid = _named_pid(root)
         assert password not in Path(f"/proc/{pid}/cmdline").read_text()  # ps shows it all
     finally:
         asyncdrive.stop_server(root)
@@ -243,7 +243,7 @@ def test_stop_stops_a_server_that_does_not_answer(short_root: Path, drive_id: st
     root = short_root
     with SyncDrive(drive_id, root=root) as drive:
         drive.write_bytes("a.txt", b"kept")
-    pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+    pid = _named_pid(root)
     os.kill(pid, signal.SIGSTOP)
     assert asyncdrive.stop_server(root, timeout=5) is True
     assert not _server._alive(pid)
@@ -390,7 +390,7 @@ def test_a_process_waiting_for_a_stuck_lock_uses_a_server_that_answers(
             release.wait(30)
 
     url = _server.ensure_server_sync(root.resolve())
-    pid = json.loads((root / "server" / "server.json").read_text())["pid"]
+    pid = _named_pid(root)
     os.kill(pid, signal.SIGSTOP)  # not answering as the process comes...
     holder = threading.Thread(target=stuck_holder)
     holder.start()
@@ -578,7 +578,7 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
     try:
         with SyncDrive("lit://hung", root=tmp_path) as drive:
             drive.write_bytes("a.txt", b"x")
-            pid = json.loads((tmp_path / "server" / "server.json").read_text())["pid"]
+            pid = _named_pid(tmp_path)
             watch = drive.watch()
             os.kill(pid, signal.SIGSTOP)  # runs, answers nothing
             try:
@@ -754,6 +754,26 @@ def test_the_state_file_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.Mo
     assert elsewhere.read_text() == "kept"
 
 
+def _named_pid(root: Path) -> int:
+    """Return the pid of the server that ``root``'s state file names."""
+    pid: int = json.loads((root / "server" / "server.json").read_text())["pid"]
+    return pid
+
+
+@pytest.fixture
+def tcp_roots(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A root whose server listens on loopback TCP ('#': no unix:// URL names its socket),
+    and a path to move it to; both servers stopped and both removed after the test."""
+    root = Path("/tmp") / f"{tmp_path.name}#tcp"
+    moved = Path(f"{root}-moved")
+    try:
+        yield root, moved
+    finally:
+        for path in (root, moved):
+            asyncdrive.stop_server(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _keepers(folder: Path) -> list[int]:
     """Return the pids of the keepers of the server working in ``folder``."""
     found = []
@@ -788,7 +808,7 @@ def test_a_removed_root_stops_its_server(short_root: Path, drive_id: str) -> Non
     with SyncDrive(drive_id, root=short_root) as drive:
         drive.write_bytes("a.txt", b"x")
     folder = short_root / "server"
-    pid = json.loads((folder / "server.json").read_text())["pid"]
+    pid = _named_pid(folder.parent)
     keepers = _keepers(folder)
     assert len(keepers) == 1
     time.sleep(0.2)  # ten looks at a folder that stays: both run on
@@ -808,7 +828,7 @@ def test_a_moved_root_starts_a_server_of_its_own_with_its_data(
     (the data saved with the root), and the moved root starts its own from that data."""
     with SyncDrive(drive_id, root=short_root) as drive:
         drive.write_bytes("a.txt", b"kept")
-    pid = json.loads((short_root / "server" / "server.json").read_text())["pid"]
+    pid = _named_pid(short_root)
     moved = Path(f"{short_root}-moved")
     try:
         short_root.rename(moved)
@@ -838,55 +858,45 @@ def test_a_keeper_ends_with_its_server(short_root: Path, drive_id: str) -> None:
 
 
 @pytest.mark.usefixtures("quick_keeper")
-def test_a_moved_root_keeps_the_loopback_server_it_reaches(tmp_path: Path, drive_id: str) -> None:
+def test_a_moved_root_keeps_the_loopback_server_it_reaches(
+    tcp_roots: tuple[Path, Path], drive_id: str
+) -> None:
     """On loopback TCP a moved root reaches its server at the same port and uses it: its
     keeper stopped it under the writer (the folder gone from its path), though the
     server's folder lived on, moved. It follows the folder; it still stops the server
     once the folder is deleted."""
-    root = Path("/tmp") / f"{tmp_path.name}#tcp"  # ('#': no unix:// URL names it)
-    moved = Path(f"{root}-moved")
-    try:
-        with SyncDrive(drive_id, root=root) as drive:
-            drive.write_bytes("a.txt", b"x")
-        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
-        root.rename(moved)
-        with SyncDrive(drive_id, root=moved) as drive:
-            for n in range(20):  # a second: fifty looks of the keeper
-                drive.write_bytes(f"b{n}.txt", b"y")
-                time.sleep(0.05)
-            assert len(drive.list(".")) == 21
-        assert _server._alive(pid) and _keepers(root / "server") != []
-        shutil.rmtree(moved)
-        assert _gone_within(30, pid, *_keepers(root / "server"))
-    finally:
-        for path in (root, moved):
-            asyncdrive.stop_server(path)
-            shutil.rmtree(path, ignore_errors=True)
+    root, moved = tcp_roots
+    with SyncDrive(drive_id, root=root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    pid = _named_pid(root)
+    root.rename(moved)
+    with SyncDrive(drive_id, root=moved) as drive:
+        for n in range(20):  # a second: fifty looks of the keeper, which must not act
+            drive.write_bytes(f"b{n}.txt", b"y")
+            time.sleep(0.05)
+        assert len(drive.list(".")) == 21
+    assert _server._alive(pid) and _keepers(root / "server") != []
+    shutil.rmtree(moved)
+    assert _gone_within(30, pid, *_keepers(root / "server"))
 
 
 @pytest.mark.usefixtures("quick_keeper")
 def test_a_root_replaced_by_a_copy_never_writes_to_the_originals_server(
-    tmp_path: Path, drive_id: str
+    tcp_roots: tuple[Path, Path], drive_id: str
 ) -> None:
     """Moved away and copied back (``mv r r-bak && cp -a r-bak r``): this process's memory
     of the path's server sent the copy's writes to the original's index (its bytes in the
     copy), and on loopback TCP the keeper followed the moved original."""
-    root = Path("/tmp") / f"{tmp_path.name}#tcp"
-    moved = Path(f"{root}-bak")
-    try:
-        with SyncDrive(drive_id, root=root) as drive:
-            drive.write_bytes("a.txt", b"x")
-        pid = json.loads((root / "server" / "server.json").read_text())["pid"]
-        root.rename(moved)
-        subprocess.run(["cp", "-a", str(moved), str(root)], check=True)
-        with SyncDrive(drive_id, root=root) as copy:  # at once: before any keeper's look
-            copy.write_bytes("b.txt", b"y")
-            assert copy.list(".") == ["a.txt", "b.txt"]
-        assert json.loads((root / "server" / "server.json").read_text())["pid"] != pid
-        assert _gone_within(30, pid)  # a copy at its path: stopped, not followed
-        with SyncDrive(drive_id, root=moved) as original:
-            assert original.list(".") == ["a.txt"]
-    finally:
-        for path in (root, moved):
-            asyncdrive.stop_server(path)
-            shutil.rmtree(path, ignore_errors=True)
+    root, moved = tcp_roots
+    with SyncDrive(drive_id, root=root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    pid = _named_pid(root)
+    root.rename(moved)
+    subprocess.run(["cp", "-a", str(moved), str(root)], check=True)
+    with SyncDrive(drive_id, root=root) as copy:  # at once: before any keeper's look
+        copy.write_bytes("b.txt", b"y")
+        assert copy.list(".") == ["a.txt", "b.txt"]
+    assert _named_pid(root) != pid
+    assert _gone_within(30, pid)  # a copy at its path: stopped, not followed
+    with SyncDrive(drive_id, root=moved) as original:
+        assert original.list(".") == ["a.txt"]
