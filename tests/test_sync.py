@@ -1462,12 +1462,11 @@ def test_a_close_inside_a_call_another_close_waits_for_returns(
     """Thread B's close() waits for the main thread's call to end; that call's progress
     callback then calls close() too: it waited for B's close, which waited for it (a
     deadlock). It returns at once: the close under way ends the call."""
+    Path("big.bin").write_bytes(os.urandom(24 << 20))  # (the child puts it)
     code = f"""
-        import os, threading, time
+        import threading, time
         from asyncdrive import SyncDrive
 
-        with open("big.bin", "wb") as f:
-            f.write(os.urandom(24 << 20))
         drive = SyncDrive({drive_id!r})
         started = threading.Event()
 
@@ -1506,12 +1505,11 @@ def test_a_close_in_a_child_forked_while_another_thread_closed_returns(
 ) -> None:
     """The child inherited "closing, by that thread", a thread it does not have: its own
     close() waited for ever for that close to end."""
+    Path("big.bin").write_bytes(os.urandom(24 << 20))  # (the child puts it)
     code = f"""
         import contextlib, os, threading, time
         from asyncdrive import DriveClosedError, SyncDrive
 
-        with open("big.bin", "wb") as f:
-            f.write(os.urandom(24 << 20))
         drive = SyncDrive({drive_id!r})
         copying = threading.Event()
 
