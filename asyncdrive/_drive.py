@@ -363,7 +363,8 @@ class _Connection:
 
         Like ``anyio.to_thread.run_sync``: the call sees the caller's context variables, and
         a cancellation waits for the thread to finish (a disk call cannot be interrupted,
-        and must not go on behind the caller's back). An ``inline`` connection runs it here.
+        and must not go on behind the caller's back; a large copy stops at its next step,
+        see `_threads.stop_request`). An ``inline`` connection runs it here.
         """
         if self.disk is None:
             return func(*args)

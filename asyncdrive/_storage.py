@@ -29,10 +29,8 @@ index does not know it, so no reader of the drive opens it half-written.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-import contextvars
 import ctypes
 import errno
 import hashlib
@@ -58,6 +56,7 @@ from ._exceptions import ExplainedOSError, InvalidPathError
 from ._models import CHECKSUM_ALGORITHM, FileInfo
 from ._paths import RESERVED_PREFIX, normalize
 from ._progress import OnCopied
+from ._threads import raise_if_requested
 
 logger = logging.getLogger("asyncdrive")
 
@@ -232,21 +231,6 @@ PARALLEL_HASH_MIN = 8 * CHUNK
 _KERNEL_STEP = 8 * CHUNK
 
 
-class CopiesStop:
-    """A call's request that its copies stop at their next step (see `copies_stop`)."""
-
-    requested = False
-
-
-#: The stop request of the call whose context this is: its copies, in its thread or in the
-#: disk threads it hands them to (which see its context), raise `asyncio.CancelledError`
-#: at their next step once it is requested. Set for each `SyncDrive` call (see ``_sync``),
-#: requested once it is cancelled (by Ctrl-C, or a close): a large file's copy would else
-#: run to its end first (minutes on a slow disk), and a get's land in place, before the
-#: call was cancelled, its disk steps never cut short.
-copies_stop: contextvars.ContextVar[CopiesStop | None] = contextvars.ContextVar(
-    "asyncdrive_copies_stop", default=None
-)
 #: A large upload is handed to the disk in ranges of this size as it is written.
 WRITEBACK_STEP = 8 * CHUNK
 _HASH_WINDOW = 8 * CHUNK
@@ -303,9 +287,7 @@ class _FdCopier:
 
     def step(self, count: int = _KERNEL_STEP) -> int:
         """Copy up to ``count`` bytes; return how many (0 at the end of the source)."""
-        stop = copies_stop.get()
-        if stop is not None and stop.requested:
-            raise asyncio.CancelledError
+        raise_if_requested()  # a cancelled caller's (see `_threads.stop_request`)
         while True:
             method = self.methods[0]
             try:

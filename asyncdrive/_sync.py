@@ -34,13 +34,14 @@ from typing import Any, Generic, Literal, ParamSpec, Self, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal
 
-from . import _portal, _storage
+from . import _portal
 from ._drive import Drive, StrPath, _inherited_after_fork, _restore
 from ._events import DriveEvent
 from ._exceptions import DriveClosedError, DriveError
 from ._files import DriveReader, DriveWriter, FileT
 from ._models import Buffer, FileInfo, FolderInfo, GcReport, GroupInfo
 from ._progress import ProgressCallback
+from ._threads import StopRequest, stop_request
 from ._watch import DEFAULT_CLAIM_IDLE, Watch
 
 __all__ = ["SyncDrive", "SyncDriveReader", "SyncDriveWriter", "SyncWatch"]
@@ -117,8 +118,8 @@ class _CallerLoop:
         self.task: asyncio.Task[Any] | None = None
         #: Set by `close_after_the_call`: closed once the call in flight ends.
         self.close_after_call = False
-        #: The stop request of the call in flight's copies (see `_storage.copies_stop`).
-        self.stop: _storage.CopiesStop | None = None
+        #: The stop request of the call in flight's disk work (see `_threads.stop_request`).
+        self.stop: StopRequest | None = None
         self.interrupts = 0
         # The main thread's wake-up for Ctrl-C (see _wake_on_signals), made on first need.
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
@@ -151,7 +152,7 @@ class _CallerLoop:
         """Have the copies of the call in flight stop at their next step."""
         stop = self.stop
         if stop is not None:
-            stop.requested = True
+            stop.request()
 
     def _run_task(self, coro: Coroutine[Any, Any, T]) -> T:
         on_sigint = None
@@ -159,9 +160,9 @@ class _CallerLoop:
         try:
             # Its own stop request for its copies, in the task's context (and so in the
             # disk threads it hands copies to, which run them in that context).
-            self.stop = stop = _storage.CopiesStop()
+            self.stop = stop = StopRequest()
             context = contextvars.copy_context()
-            context.run(_storage.copies_stop.set, stop)
+            context.run(stop_request.set, stop)
             task = self.loop.create_task(coro, context=context)
         except BaseException:  # (a signal's handler raised in it, or just after)
             made = [t for t in asyncio.all_tasks(self.loop) if t.get_coro() is coro]

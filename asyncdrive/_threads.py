@@ -144,6 +144,59 @@ def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
     return inbox
 
 
+class StopRequest:
+    """A caller's request that the blocking work it waits for stop at its next step.
+
+    Blocking work that can stop midway (a large file's copy, in 8 MiB steps) looks at
+    `stop_request` between steps with `raise_if_requested`: it raises
+    `asyncio.CancelledError` once this request, or one of the callers it was made for
+    (``parent``: the caller's caller, such as a `SyncDrive` call), has been made.
+
+    Example:
+        >>> stop = StopRequest()
+        >>> token = stop_request.set(stop)
+        >>> stop.request()
+        >>> raise_if_requested()
+        Traceback (most recent call last):
+        asyncio.exceptions.CancelledError
+
+    """
+
+    __slots__ = ("_requested", "parent")
+
+    def __init__(self, parent: StopRequest | None = None) -> None:
+        self.parent = parent
+        self._requested = False
+
+    def __repr__(self) -> str:
+        return f"<StopRequest {'requested' if self.requested else 'not requested'}>"
+
+    @property
+    def requested(self) -> bool:
+        """Whether this request or its parent's has been made."""
+        return self._requested or (self.parent is not None and self.parent.requested)
+
+    def request(self) -> None:
+        """Ask the work to stop at its next step (from any thread)."""
+        self._requested = True
+
+
+#: The stop request of the work whose context this is: set for each call `DiskThreads.run`
+#: makes (requested when its caller is cancelled) and for each `SyncDrive` call (requested
+#: by Ctrl-C or a close). A large file's copy would else run to its end before the
+#: cancellation was raised (minutes on a slow disk), and a get's land in place.
+stop_request: contextvars.ContextVar[StopRequest | None] = contextvars.ContextVar(
+    "asyncdrive_stop_request", default=None
+)
+
+
+def raise_if_requested() -> None:
+    """Raise `asyncio.CancelledError` if this context's work was asked to stop."""
+    stop = stop_request.get()
+    if stop is not None and stop.requested:
+        raise asyncio.CancelledError
+
+
 class NoThreads(RuntimeError):
     """No thread can take the call: shut down, or the interpreter is exiting."""
 
@@ -175,7 +228,8 @@ class DiskThreads:
 
         The call sees the caller's context variables. A cancellation waits for the call to
         finish before it goes on (a disk call cannot be interrupted, and must not go on
-        behind the caller's back): it is raised after, and the result dropped. A call still
+        behind the caller's back): it is raised after, and the result dropped. It requests
+        the call's `stop_request`, so work made of steps stops at its next one. A call still
         waiting for a thread is not made at all.
 
         Raises:
@@ -184,13 +238,17 @@ class DiskThreads:
 
         """
         loop = asyncio.get_running_loop()
-        call = _Call(loop, contextvars.copy_context(), func, args)
+        context = contextvars.copy_context()
+        stop = StopRequest(context.get(stop_request))
+        context.run(stop_request.set, stop)
+        call = _Call(loop, context, func, args)
         self._submit(call)
         try:
             result: T = await call.waiter
             return result
         except asyncio.CancelledError:
             call.abandoned = True
+            stop.request()
             # Shielded from anyio's cancel scopes, which cancel the task again at every turn
             # of the loop until it leaves the scope: waiting like that would keep the loop
             # busy, and the call's thread waiting for the interpreter lock.

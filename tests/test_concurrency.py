@@ -1088,3 +1088,48 @@ async def test_waiting_gets_end_with_their_drive(
     for get in gets:  # (not each one's whole timeout, then DriveTimeoutError)
         with pytest.raises(DriveClosedError, match=r"before its get of 'in/\d' finished"):
             await asyncio.wait_for(get, 10)
+
+
+@pytest.mark.parametrize("call", ["put", "get"])
+async def test_a_cancelled_large_copy_stops_at_its_next_step(
+    drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A cancelled put or get of a large file waited for its copy to run to its end in its
+    disk thread (minutes on a slow disk): it stops at its next 8 MiB step, and leaves
+    nothing of itself (no stored file, the local file untouched, no temporary file). The
+    copy's steps are held here, one at a time, as a slow disk would."""
+    data = os.urandom(64 << 20)
+    (workdir / "big.bin").write_bytes(data)
+    async with Drive(drive_id) as drive:
+        if call == "get":
+            await drive.put("big.bin")
+            (workdir / "big.bin").write_bytes(b"mine")
+        steps: list[str] = []
+        first_step, cancelled = threading.Event(), threading.Event()
+        real_step = asyncdrive._storage._FdCopier.step
+
+        def held_step(copier: Any, *args: Any) -> int:
+            steps.append("cancelled" if cancelled.is_set() else "before")
+            copied = real_step(copier, *args)
+            first_step.set()
+            cancelled.wait(10)
+            return copied
+
+        monkeypatch.setattr(asyncdrive._storage._FdCopier, "step", held_step)
+        if call == "get":
+            task = asyncio.create_task(drive.get("big.bin", overwrite=True))
+        else:
+            task = asyncio.create_task(drive.put("big.bin"))
+        assert await anyio.to_thread.run_sync(first_step.wait, 10)
+        task.cancel()
+        cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        assert steps.count("before") == 1 and steps.count("cancelled") <= 1, steps
+        assert await drive.list(".") == (["big.bin"] if call == "get" else [])
+        if call == "get":
+            assert (await drive.read_bytes("big.bin")) == data
+            assert (workdir / "big.bin").read_bytes() == b"mine"
+        assert sorted(os.listdir(workdir)) == ["big.bin"]
+        assert (await drive.gc(grace=0)).orphans_removed == 0

@@ -15,7 +15,14 @@ import anyio
 import pytest
 
 from asyncdrive import _threads
-from asyncdrive._threads import THREAD_NAME, DiskThreads, NoThreads
+from asyncdrive._threads import (
+    THREAD_NAME,
+    DiskThreads,
+    NoThreads,
+    StopRequest,
+    raise_if_requested,
+    stop_request,
+)
 
 from .conftest import run_python
 
@@ -482,3 +489,39 @@ def test_quick_calls_need_a_local_folder_and_pause_when_slow(tmp_path: Path) -> 
     assert quick.allows(local) and repr(quick) == f"<QuickCalls {quick.MAX_FOLDERS} folders>"
     quick.learn("one more")  # past it: all forgotten
     assert not quick.allows(local) and repr(quick) == "<QuickCalls 1 folders>"
+
+
+async def test_a_cancelled_caller_asks_its_call_to_stop_and_a_callers_caller_too(
+    threads: DiskThreads,
+) -> None:
+    """A call sees a stop request of its own, made when its caller is cancelled, whose
+    parent is the caller's own (a `SyncDrive` call's, requested by Ctrl-C or a close)."""
+    started, stop_seen = threading.Event(), threading.Event()
+
+    def steps() -> None:
+        started.set()
+        while True:
+            raise_if_requested()
+            stop_seen.wait(0.01)
+
+    task = asyncio.create_task(threads.run(steps))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+
+    outer = StopRequest()
+    outer_token = stop_request.set(outer)
+    try:
+        started.clear()
+        task = asyncio.create_task(threads.run(steps))
+        await asyncio.to_thread(started.wait, 10)
+        outer.request()  # the caller's caller's request; this task is not cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert repr(outer) == "<StopRequest requested>"
+        assert await threads.run(lambda: stop_request.get() is not outer)  # one a call
+    finally:
+        stop_request.reset(outer_token)
+    assert await threads.run(stop_request.get) is not None
+    await threads.run(raise_if_requested)  # a new call: not requested
