@@ -200,7 +200,8 @@ class DriveTimeoutError(DriveError, TimeoutError):
 class DriveClosedError(DriveError, RuntimeError):
     """The drive was closed: create a new one to use it again.
 
-    Also raised by a call that the drive's close cut short (a writer's commit, a watch).
+    Also raised by a call that the drive's close cut short (a writer's commit, a watch),
+    and by a closed watch entered again (``async with``): watch anew, ``since=`` its cursor.
     """
 
 

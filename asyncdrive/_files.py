@@ -356,7 +356,12 @@ class DriveReader:
         if fd is not None:
             os.close(fd)
 
+    def _check_open(self) -> None:
+        """Raise the error of I/O on a closed file if it is closed (entering it again)."""
+        self._open_fd()
+
     async def __aenter__(self) -> Self:
+        self._check_open()
         return self
 
     async def __aexit__(
@@ -569,7 +574,12 @@ class DriveWriter:
         out.close()
         self._tmp.unlink(missing_ok=True)
 
+    def _check_open(self) -> None:
+        """Raise the error of I/O on a closed file if it is closed (entering it again)."""
+        self._open_out()
+
     async def __aenter__(self) -> Self:
+        self._check_open()
         return self
 
     async def __aexit__(

@@ -982,6 +982,7 @@ class _Mirror:
         self._mirrored()._let_go()
 
     def __enter__(self) -> Self:
+        self._mirrored()._check_open()  # (reads a flag: no need of the drive's loop)
         return self
 
     def __exit__(

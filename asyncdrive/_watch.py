@@ -544,7 +544,23 @@ class Watch:
                 raise self._drive._unavailable(exc) from exc
             self._to_ack = None
 
+    def _check_open(self) -> None:
+        """Raise `DriveClosedError` if the watch was closed (entered again)."""
+        if self._done:
+            again = [repr(self._folder or ".")]
+            if not self._recursive:
+                again.append("recursive=False")
+            if self._group is not None:
+                again.append(f"group={self._group!r}")
+            elif self._cursor:
+                again.append(f"since={self._cursor!r}")
+            raise DriveClosedError(
+                f"{self!r} is closed (a watch is entered once); to go on where it ended, "
+                f"watch again: drive.watch({', '.join(again)})"
+            )
+
     async def __aenter__(self) -> Self:
+        self._check_open()
         return self
 
     async def __aexit__(

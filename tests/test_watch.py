@@ -27,6 +27,7 @@ from asyncdrive import (
     Change,
     CursorExpiredError,
     Drive,
+    DriveClosedError,
     DriveError,
     DriveEvent,
     DriveUnavailableError,
@@ -137,6 +138,48 @@ async def test_timeout_ends_iteration(make_drive: MakeDrive, drive_id: str) -> N
     drive = make_drive(drive_id)
     async with drive.watch(timeout=0.2) as events:
         assert [e async for e in events] == []
+
+
+async def test_a_closed_watch_is_not_entered_again(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """A watch ended (by its timeout, or closed) and entered again yielded nothing, as if no
+    change came: it says it is closed, and how to go on where it ended."""
+    async with Drive(drive_id) as drive:
+        events = drive.watch("ckpt", timeout=0.5)
+        async with events:
+            await drive.write_bytes("ckpt/1.pt", b"x")
+            assert [e.path async for e in events] == ["ckpt/1.pt"]  # ended by its timeout
+        with pytest.raises(DriveClosedError) as caught:
+            async with events:
+                pass
+        message = str(caught.value)
+        assert message.startswith(f"{events!r} is closed") and "[closed]" in message
+        assert f"drive.watch('ckpt', since={events.cursor!r})" in message
+        group = drive.watch(group="evaluators", recursive=False)
+        await group.aclose()
+        with pytest.raises(DriveClosedError, match=r"drive.watch\('.', recursive=False, group="):
+            await group.__aenter__()
+
+
+def test_a_closed_blocking_watch_or_file_is_not_entered_again(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    with SyncDrive(drive_id) as drive:
+        events = drive.watch()
+        with events:
+            pass
+        with pytest.raises(DriveClosedError, match="is closed"):
+            events.__enter__()
+        with drive.open("a.txt", "wb") as writer:
+            writer.write(b"a")
+        with pytest.raises(InvalidConfigError, match=r"closed file 'a\.txt'"):
+            writer.__enter__()
+        with drive.open("a.txt") as reader:
+            assert reader.read() == b"a"
+        with pytest.raises(InvalidConfigError, match=r"closed file 'a\.txt'"):
+            reader.__enter__()
+        assert drive.list(".") == ["a.txt"]
 
 
 @pytest.mark.parametrize("group", [None, "pollers"])
