@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
-from ._exceptions import ConfigTypeError, DriveIdTypeError, InvalidConfigError, InvalidDriveIdError
+from ._exceptions import (
+    ConfigTypeError,
+    DriveIdTypeError,
+    InvalidConfigError,
+    InvalidDriveIdError,
+    shorten,
+)
 
 ENV_ROOT = "ASYNCDRIVE_ROOT"
 ENV_REDIS_URL = "ASYNCDRIVE_REDIS_URL"
@@ -95,18 +101,23 @@ def check_group_name(drive: str, group: str, what: str = "group name") -> None:
         raise type(exc)(f"Drive {drive!r}: {exc}") from None
 
 
-def check_seconds(drive: str, name: str, value: float | None) -> None:
+def check_seconds(drive: str, name: str, value: float | None, *, optional: bool = True) -> None:
     """Raise `InvalidConfigError` unless ``value`` (an argument ``name``) is None or >= 0.
+
+    ``optional=False``: None is refused too (`ConfigTypeError`).
 
     Example:
         >>> check_seconds("d", "timeout", 2.5)
 
     """
-    if value is None or (type(value) in (int, float) and value >= 0):
+    if value is None:
+        if optional:
+            return
+    elif type(value) in (int, float) and value >= 0:
         return
     # (A number of another type, numpy's say, is one; a bool is not, though an int.)
     number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not number or not value >= 0:
+    if not number or not value >= 0:  # type: ignore[operator]  # (a number: not None)
         kind = InvalidConfigError if number else ConfigTypeError
         where = f"Drive {drive!r}: " if drive else ""  # ("": not a drive's, stop_server's)
         raise kind(f"{where}{name}={value!r} must be a number of seconds, 0 or more.")
@@ -124,13 +135,33 @@ def default_root() -> Path:
     return Path(base) / "asyncdrive"
 
 
+def _root_path(root: str | os.PathLike[str], drive: str = "") -> str:
+    """Return ``root`` as a str, refusing one that names no folder ("", a NUL in it)."""
+    where = f"Drive {drive!r}: " if drive else ""
+    path = os.fspath(root) if isinstance(root, str | os.PathLike) else None
+    if not isinstance(path, str):  # (bytes, from a PathLike too: no drive path is bytes)
+        raise ConfigTypeError(
+            f"{where}root={shorten(repr(root), 100)} must be a str or an os.PathLike, "
+            f"not {type(root).__name__}."
+        )
+    problem = "names no folder" if path == "" else "holds a NUL character" if "\0" in path else ""
+    if problem:
+        raise InvalidConfigError(
+            f"{where}root={root!r} {problem}; pass the path of the shared folder (root='.' "
+            "for the current one), or none for the default."
+        )
+    return path
+
+
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
     """Resolve the shared root: the argument, else ``$ASYNCDRIVE_ROOT``, else `default_root`.
 
     ``$ASYNCDRIVE_ROOT`` must be absolute: every process reads it on its own, from its own
     working directory, so a relative one would name a different folder in each.
     """
-    if root is None:
+    if root is not None:
+        root = _root_path(root)
+    else:
         from_env = os.environ.get(ENV_ROOT)
         if from_env and not os.path.isabs(os.path.expanduser(from_env)):
             raise InvalidConfigError(
@@ -141,9 +172,13 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def absolute_root(root: str | os.PathLike[str] | None) -> str | None:
-    """Fix an explicit ``root=`` argument to an absolute path, before a drive is pickled."""
-    return None if root is None else os.path.abspath(os.path.expanduser(os.fspath(root)))
+def absolute_root(root: str | os.PathLike[str] | None, drive: str = "") -> str | None:
+    """Fix an explicit ``root=`` argument to an absolute path, before a drive is pickled.
+
+    Raises `InvalidConfigError` (naming ``drive``, if given) for a root that names no
+    folder: ``""``, or a path with a NUL character.
+    """
+    return None if root is None else os.path.abspath(os.path.expanduser(_root_path(root, drive)))
 
 
 def resolve_redis_url(redis_url: str | None) -> str | None:

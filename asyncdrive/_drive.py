@@ -694,21 +694,16 @@ class Drive:
         if component_name is not None:
             check_component_name(component_name)
         _check_flag(name, "allow_duplicates", allow_duplicates)
-        for setting, value, kinds in (
-            ("root", root, str | os.PathLike),
-            ("redis_url", redis_url, str),
-        ):  # (else a repr, and every call, raised a bare TypeError)
-            if value is not None and not isinstance(value, kinds):
-                raise ConfigTypeError(
-                    f"Drive {name!r}: {setting}={shorten(repr(value), 100)} must be a str"
-                    + (" or an os.PathLike" if setting == "root" else "")
-                    + f", not {type(value).__name__}."
-                )
+        if redis_url is not None and not isinstance(redis_url, str):  # (else a bare TypeError)
+            raise ConfigTypeError(
+                f"Drive {name!r}: redis_url={shorten(repr(redis_url), 100)} must be a str, "
+                f"not {type(redis_url).__name__}."
+            )
         self._config = DriveConfig(
             name=name,
             component_name=component_name,
             allow_duplicates=bool(allow_duplicates),
-            root=absolute_root(root),
+            root=absolute_root(root, name),
             redis_url=redis_url,
         )
         self._reset()
@@ -1337,6 +1332,20 @@ class Drive:
             names,
         )
 
+    def _local_path(self, local: StrPath, argument: str) -> Path:
+        r"""Return the local path ``local`` (the ``argument`` of a call); refuse a NUL in it.
+
+        The system would cut a name there (``"a\0b"`` is ``"a"``), or refuse it with a
+        bare `ValueError`.
+        """
+        text = os.fspath(local)
+        if "\0" in text:
+            raise InvalidPathError(
+                f"Drive {self.name!r}: the local path {text!r} ({argument}=) holds a NUL "
+                "character, which no file name can; pass another path."
+            )
+        return Path(text)
+
     def _path(
         self, path: StrPath, *, allow_root: bool = False, file: bool = False, new: bool = False
     ) -> str:
@@ -1440,6 +1449,9 @@ class Drive:
             InvalidPathError: ``path`` is absolute, leaves the drive or is empty.
 
         """
+        # The local file the path names, as the system opens it ('link/../a.txt' is the
+        # link's folder's parent's a.txt): the drive path alone is taken lexically.
+        local = self._local_path(path, "path")
         if to is not None and _paths.names_folder(to):  # into that folder, as cp does
             name = _local_name(path)
             drive_path = _paths.join(self._path(to, allow_root=True), name)
@@ -1461,9 +1473,6 @@ class Drive:
                 outside.reason = exc.reason
                 raise outside from None
         precondition = self._precondition(drive_path, if_version, exist_ok)
-        # The local file the path names, as the system opens it ('link/../a.txt' is the
-        # link's folder's parent's a.txt): the drive path alone is taken lexically.
-        local = Path(path)
         conn = await self._connection(writing=f"put {os.fspath(path)!r}")
         with _progress.reporting(progress) as reporter:
             await self._put_local(
@@ -2734,9 +2743,9 @@ class Drive:
         if to is None:
             local = Path(drive_path)
         elif _paths.names_folder(to) or os.fspath(to).endswith(os.sep):  # into it, as cp
-            local = Path(to) / PurePosixPath(drive_path).name
+            local = self._local_path(to, "to") / PurePosixPath(drive_path).name
         else:
-            local = Path(to)
+            local = self._local_path(to, "to")
         as_folder = _paths.names_folder(path)
         with _progress.reporting(progress) as reporter:
             await self._get_to(
@@ -2756,8 +2765,9 @@ class Drive:
         conn = await self._connection()
         with _progress.reporting(progress) as reporter:
             await self._get_to(
-                conn, drive_path, Path(to), None, overwrite, reporter, file_only=True
-            )
+                conn, drive_path, self._local_path(to, "to"), None, overwrite, reporter,
+                file_only=True,
+            )  # fmt: skip
 
     async def _get_to(
         self,
@@ -3401,7 +3411,7 @@ class Drive:
                 )
             check_group_name(self.name, member, "member name")
         check_seconds(self.name, "timeout", timeout)
-        check_seconds(self.name, "claim_idle", claim_idle)
+        check_seconds(self.name, "claim_idle", claim_idle, optional=False)
         if claim_idle >= _CLAIM_IDLE_MAX:  # (inf; or more ms than the server counts)
             raise InvalidConfigError(
                 f"Drive {self.name!r}: claim_idle={claim_idle!r} would leave a dead member's "

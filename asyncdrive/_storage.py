@@ -258,14 +258,16 @@ def _in_the_way(dest: Path) -> OSError:
     return FileExistsError(dest)
 
 
-def _refuse_special(dest: Path) -> None:
-    """Raise `NotARegularFileError` if ``dest`` is a device, pipe or socket.
+def _refuse_unreplaceable(dest: Path) -> None:
+    """Raise if ``dest`` is a folder (`IsADirectoryError`), a device, pipe or socket.
 
     Even with ``overwrite``, a get replaces files and links, never such a path (as root,
-    ``to="/dev/null"`` would otherwise replace the device with a file).
+    ``to="/dev/null"`` would otherwise replace the device with a file), and a folder is
+    refused before the copy (``"."`` or ``".."`` would else be refused only by the
+    rename, as "busy").
     """
     error = _in_the_way(dest)
-    if isinstance(error, NotARegularFileError):
+    if isinstance(error, NotARegularFileError | IsADirectoryError):
         raise error
 
 
@@ -416,6 +418,17 @@ class BehindHasher:
             return
         with window:
             self.hasher.update(window)
+
+
+def _c_path(path: str | os.PathLike[str]) -> bytes:
+    r"""Return ``path`` for a C library call: refused with a NUL in it, as Python's own are.
+
+    (C would take the name only up to it: ``"a\0b"`` is ``"a"``.)
+    """
+    name = os.fsencode(path)
+    if b"\0" in name:
+        raise ValueError(f"embedded null byte in the path {os.fspath(path)!r}")
+    return name
 
 
 def _libc_function(name: str, argtypes: list[Any], restype: Any) -> Any:
@@ -688,7 +701,7 @@ def _rename_unless_there(source: str, target: str) -> bool:
     Atomic either way, as `_move_new`; ``source`` stays where it was when False.
     """
     if _renameat2 is not None:
-        error = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target))
+        error = _renameat2(_AT_FDCWD, _c_path(source), _AT_FDCWD, _c_path(target))
         if error == 0:
             return True
         if error == errno.EEXIST:
@@ -1272,7 +1285,7 @@ def _link_unless_there(fd: int, target: Path) -> bool:
     """
     assert _linkat is not None  # as `_new_local_file` checked
     proc_path = f"/proc/self/fd/{fd}".encode()
-    if _linkat(_AT_FDCWD, proc_path, _AT_FDCWD, os.fsencode(target), _AT_SYMLINK_FOLLOW) == 0:
+    if _linkat(_AT_FDCWD, proc_path, _AT_FDCWD, _c_path(target), _AT_SYMLINK_FOLLOW) == 0:
         return True
     error = ctypes.get_errno()
     if error == errno.EEXIST:
@@ -2615,7 +2628,7 @@ class DiskStore:
                     return False
                 raise _in_the_way(dest)
             if overwrite:
-                _refuse_special(dest)
+                _refuse_unreplaceable(dest)
             with _folders_in_use.using(dest.parent):
                 made: list[Path] = []  # the local folders this copy made: gone if it fails
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import asyncdrive
 from asyncdrive import (
     Drive,
     DriveError,
+    DriveTypeError,
     InvalidConfigError,
     InvalidDriveIdError,
     InvalidPathError,
@@ -65,6 +67,35 @@ def test_relative_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ASYNCDRIVE_ROOT", "relative/dir")
     with pytest.raises(InvalidConfigError, match=r"^Drive 'd': .*absolute"):
         _ = Drive("lit://d").root
+
+
+@pytest.mark.parametrize(
+    ("root", "error", "says"),
+    [("", InvalidConfigError, "names no folder"),
+     ("a\0b", InvalidConfigError, "holds a NUL character"),
+     (b"/tmp", DriveTypeError, "must be a str or an os.PathLike, not bytes"),
+     (1, DriveTypeError, "must be a str or an os.PathLike, not int")],
+)  # fmt: skip
+def test_a_root_that_names_no_folder_is_refused_by_every_entry(
+    root: object, error: type[DriveError], says: str
+) -> None:
+    """root="" was the current folder (where an empty ASYNCDRIVE_ROOT is the default), a
+    NUL raised a bare ValueError, and stop_server / fsspec took bytes or an int to a bare
+    TypeError."""
+    import fsspec
+
+    makers = [
+        lambda: Drive("lit://d", root=root),  # type: ignore[arg-type]
+        lambda: SyncDrive("lit://d", root=root),  # type: ignore[arg-type]
+        lambda: asyncdrive.stop_server(root),  # type: ignore[arg-type]
+        lambda: asyncdrive.server_url(root),  # type: ignore[arg-type]
+        lambda: fsspec.filesystem("lit", root=root, skip_instance_cache=True),
+    ]
+    for number, make in enumerate(makers):
+        with pytest.raises(error, match=f"root={re.escape(repr(root))} {says}") as refused:
+            make()
+        assert isinstance(refused.value, DriveError)
+        assert str(refused.value).startswith("Drive 'd': " if number < 2 else "root="), number
 
 
 def test_settings_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

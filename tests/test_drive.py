@@ -335,6 +335,29 @@ async def test_get_missing_and_component_missing(make_drive: MakeDrive, drive_id
     )
 
 
+async def test_a_local_path_with_a_nul_is_refused_before_anything_is_written(
+    make_drive: MakeDrive, drive_id: str
+) -> None:
+    """A get to "a\\0b" wrote the file at "a" (C takes a name up to its NUL), or raised a
+    bare ValueError with overwrite=True; a put from it, given to=, a bare ValueError."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("a.txt", b"x")
+    await drive.write_bytes("f/b.txt", b"y")
+    calls = [
+        lambda: drive.get("a.txt", to="a\0b"),
+        lambda: drive.get("a.txt", to="a\0b", overwrite=True),
+        lambda: drive.get("a.txt", to="a\0b/"),
+        lambda: drive.get("f", to="a\0b"),
+        lambda: drive.put("a\0b", to="c.txt"),
+    ]
+    for call in calls:
+        nul = r"the local path 'a\\x00b/?' \((to|path)=\) holds a NUL"
+        with pytest.raises(InvalidPathError, match=nul):
+            await call()
+    assert os.listdir(".") == []
+    assert await drive.list(".", recursive=True) == ["a.txt", "f/b.txt"]
+
+
 async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
     await drive.write_bytes("a.txt", b"drive content")
@@ -350,6 +373,10 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
     for overwrite in (False, True):
         with pytest.raises(DriveIsADirectoryError, match=r"to='folder/a\.txt'"):
             await drive.get("a.txt", to="folder", overwrite=overwrite)
+        # The current folder and its parent: as any folder (a rename onto them is "busy").
+        for to, named in [(".", "a.txt"), ("folder/..", "folder/../a.txt"), ("..", "../a.txt")]:
+            with pytest.raises(DriveIsADirectoryError, match=f"to='{re.escape(named)}'"):
+                await drive.get("a.txt", to=to, overwrite=overwrite)
     await drive.write_bytes("ckpt/1.pt", b"one")
     for to, overwrite in [("a.txt", False), ("a.txt", True), ("a.txt/x", False)]:
         with pytest.raises(DriveNotADirectoryError, match=r"is a local file \('a.txt'\)") as above:

@@ -30,6 +30,7 @@ from asyncdrive import (
     DriveClosedError,
     DriveError,
     DriveEvent,
+    DriveTypeError,
     DriveUnavailableError,
     GroupInUseError,
     InvalidConfigError,
@@ -1396,6 +1397,8 @@ async def test_watch_arguments_are_checked_with_messages_of_their_own(
             drive.watch(group="g", claim_idle=float("inf"))
         with pytest.raises(InvalidConfigError, match="claim_idle=1e"):  # (more than 2**63 ms)
             drive.watch(group="g", claim_idle=1e300)
+        with pytest.raises(DriveTypeError, match="claim_idle=None must be a number"):
+            drive.watch(group="g", claim_idle=None)  # type: ignore[arg-type]
         with pytest.raises(InvalidConfigError, match="since=123 is not an event id"):
             drive.watch(since=123)  # type: ignore[arg-type]
         blocking = r"SyncDrive\.watch\(\)"
