@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,7 @@ def test_a_root_that_names_no_folder_is_refused_by_every_entry(
     TypeError."""
     import fsspec
 
-    makers = [
+    makers: list[Callable[[], object]] = [
         lambda: Drive("lit://d", root=root),  # type: ignore[arg-type]
         lambda: SyncDrive("lit://d", root=root),  # type: ignore[arg-type]
         lambda: asyncdrive.stop_server(root),  # type: ignore[arg-type]

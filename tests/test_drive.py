@@ -343,7 +343,7 @@ async def test_a_local_path_with_a_nul_is_refused_before_anything_is_written(
     drive = make_drive(drive_id)
     await drive.write_bytes("a.txt", b"x")
     await drive.write_bytes("f/b.txt", b"y")
-    calls = [
+    calls: list[Callable[[], Awaitable[object]]] = [
         lambda: drive.get("a.txt", to="a\0b"),
         lambda: drive.get("a.txt", to="a\0b", overwrite=True),
         lambda: drive.get("a.txt", to="a\0b/"),
