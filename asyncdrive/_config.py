@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode
 from ._exceptions import (
     ConfigTypeError,
     DriveIdTypeError,
+    DriveTypeError,
     InvalidConfigError,
     InvalidDriveIdError,
     shorten,
@@ -99,6 +100,30 @@ def check_group_name(drive: str, group: str, what: str = "group name") -> None:
         check_component_name(group, what)
     except InvalidConfigError as exc:  # (a ConfigTypeError stays one)
         raise type(exc)(f"Drive {drive!r}: {exc}") from None
+
+
+def check_flag(drive: str, name: str, value: object) -> None:
+    """Raise `DriveTypeError` unless ``value`` (an argument ``name``) is a flag.
+
+    A bool, an int (0 is false), or numpy's bool: not a str ("false" is true), None, a
+    float (nan is true) or a collection (an empty one is false), which are mistakes.
+
+    Example:
+        >>> check_flag("d", "recursive", True)
+
+    """
+    kind = type(value)
+    if isinstance(value, int) or (kind.__module__ == "numpy" and kind.__name__ in _NUMPY_BOOLS):
+        return
+    where = f"Drive {drive!r}: " if drive else ""
+    raise DriveTypeError(
+        f"{where}{name}={shorten(repr(value), 100)} must be True or False, not {kind.__name__}"
+        + (" (a non-empty str is true)." if isinstance(value, str | bytes) else ".")
+    )
+
+
+#: The names of numpy's bool type (numpy 1, numpy 2), taken as flags without importing it.
+_NUMPY_BOOLS = ("bool_", "bool")
 
 
 def check_seconds(drive: str, name: str, value: float | None, *, optional: bool = True) -> None:

@@ -67,6 +67,7 @@ from ._config import (
     ResolvedConfig,
     absolute_root,
     check_component_name,
+    check_flag,
     check_group_name,
     check_seconds,
     parse_drive_id,
@@ -457,19 +458,6 @@ def _path_argument(args: tuple[object, ...]) -> str | os.PathLike[str] | None:
     return next((a for a in args if isinstance(a, str | os.PathLike)), None)
 
 
-def _check_flag(drive: str, name: str, value: object) -> None:
-    """Raise `DriveTypeError` for a flag given as a str, bytes or None: "false" is true.
-
-    Whatever else has a truth is taken (a numpy bool, an int).
-    """
-    if value is None or isinstance(value, str | bytes):
-        raise DriveTypeError(
-            f"Drive {drive!r}: {name}={shorten(repr(value), 100)} must be True or False, not "
-            f"{type(value).__name__}"
-            + (" (a non-empty str is true)." if isinstance(value, str | bytes) else ".")
-        )
-
-
 def _check_argument_types(
     drive: str, args: tuple[object, ...], kwargs: dict[str, Any], takes_data: bool
 ) -> None:
@@ -485,7 +473,7 @@ def _check_argument_types(
     if takes_data and (len(args) > 1 or "data" in kwargs):  # (write_bytes)
         check_data_type(drive, args[1] if len(args) > 1 else kwargs["data"])
     for flag in ("exist_ok", "overwrite", "recursive"):
-        _check_flag(drive, flag, kwargs.get(flag, False))
+        check_flag(drive, flag, kwargs.get(flag, False))
     progress = kwargs.get("progress")
     if progress is not None and not callable(progress):
         raise DriveTypeError(
@@ -693,7 +681,7 @@ class Drive:
         name = parse_drive_id(id)
         if component_name is not None:
             check_component_name(component_name)
-        _check_flag(name, "allow_duplicates", allow_duplicates)
+        check_flag(name, "allow_duplicates", allow_duplicates)
         if redis_url is not None and not isinstance(redis_url, str):  # (else a bare TypeError)
             raise ConfigTypeError(
                 f"Drive {name!r}: redis_url={shorten(repr(redis_url), 100)} must be a str, "
@@ -1797,7 +1785,7 @@ class Drive:
         )
 
     def _precondition(self, path: str, if_version: int | None, exist_ok: bool) -> str:
-        _check_flag(self.name, "exist_ok", exist_ok)  # (open() too)
+        check_flag(self.name, "exist_ok", exist_ok)  # (open() too)
         if if_version is None:
             return "" if exist_ok else "absent"
         wrong_type = isinstance(if_version, bool) or not isinstance(if_version, int)
@@ -3064,7 +3052,7 @@ class Drive:
             The number of files indexed.
 
         """
-        _check_flag(self.name, "verify", verify)
+        check_flag(self.name, "verify", verify)
         conn = await self._connection(check_index=False, writing="rebuild the index")
         found = await conn.run_sync(
             # (Metadata found stale, fixed either way: readers would refuse what is indexed.)
@@ -3400,7 +3388,7 @@ class Drive:
 
         """
         folder = self._path(path, allow_root=True)
-        _check_flag(self.name, "recursive", recursive)
+        check_flag(self.name, "recursive", recursive)
         if group is not None:
             check_group_name(self.name, group)
         if member is not None:
@@ -3475,7 +3463,7 @@ class Drive:
 
         """
         check_group_name(self.name, group)
-        _check_flag(self.name, "force", force)
+        check_flag(self.name, "force", force)
         conn = await self._connection(check_index=False, writing=f"remove group {group!r}")
         reply = await conn.index.remove_group(
             group, active_ms=int(_watch.ACTIVE_MEMBER * 1000), force=force

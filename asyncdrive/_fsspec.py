@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import difflib
 import functools
 import io
 import itertools
@@ -42,10 +43,18 @@ from fsspec.core import get_compression
 from fsspec.spec import AbstractBufferedFile
 
 from . import _paths
-from ._config import absolute_root, is_valid_name, redact_url, resolve_root
+from ._config import (
+    absolute_root,
+    check_component_name,
+    check_flag,
+    is_valid_name,
+    redact_url,
+    resolve_root,
+)
 from ._drive import Drive, FolderNotFileError
 from ._exceptions import (
     AmbiguousPathError,
+    ConfigTypeError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -53,7 +62,9 @@ from ._exceptions import (
     DriveNotADirectoryError,
     InvalidConfigError,
     InvalidPathError,
+    PathTypeError,
     rewrite_list_hints,
+    shorten,
 )
 from ._files import DriveReader, DriveWriter
 from ._models import FileInfo, FolderInfo
@@ -221,6 +232,64 @@ class _Environment:
         return repr(sorted((k, v) for k, v in os.environ.items() if k.startswith("ASYNCDRIVE_")))
 
 
+#: The options of our own, and the ones fsspec's base classes take (the rest they ignore).
+_OWN_OPTIONS = ("component_name", "allow_duplicates", "root", "redis_url")
+_FSSPEC_OPTIONS = (
+    "asynchronous", "loop", "batch_size", "skip_instance_cache", "use_listings_cache",
+    "listings_expiry_time", "max_paths",
+)  # fmt: skip
+
+
+def _refuse_unknown_options(options: dict[str, Any]) -> None:
+    """Raise `DriveTypeError` for an option fsspec would take and ignore: a typo, say.
+
+    ``componet_name="loader"`` would else be dropped, and the files written as "default".
+    """
+    unknown = sorted(set(options) - set(_FSSPEC_OPTIONS))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, _OWN_OPTIONS + _FSSPEC_OPTIONS, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigTypeError(
+        f"The lit:// filesystem has no option {', '.join(hints)}. Its options: "
+        f"{', '.join(_OWN_OPTIONS)}; and fsspec's {', '.join(_FSSPEC_OPTIONS)}."
+    )
+
+
+def _paths_in(paths: object) -> list[object]:
+    """Return the paths of a list (or other collection) of them; a non-collection: itself."""
+    if isinstance(paths, list | tuple | set | frozenset):
+        return list(paths)
+    return [paths]
+
+
+def _check_maxdepth(maxdepth: object) -> None:
+    """Raise unless ``maxdepth`` is None or a whole number of 1 or more (fsspec's rule)."""
+    if maxdepth is None:
+        return
+    if not isinstance(maxdepth, int) or isinstance(maxdepth, bool):
+        raise ConfigTypeError(
+            f"maxdepth={shorten(repr(maxdepth), 100)} must be an int (1 or more) or None, "
+            f"not {type(maxdepth).__name__}."
+        )
+    if maxdepth < 1:
+        raise InvalidConfigError(
+            f"maxdepth={maxdepth!r} must be 1 or more (1: the folder's own entries), or "
+            "None for no limit."
+        )
+
+
+def _check_path_type(path: object) -> None:
+    """Raise `PathTypeError` unless ``path`` is a str or an os.PathLike (fsspec's paths)."""
+    if not isinstance(path, str | os.PathLike):
+        raise PathTypeError(
+            f"{shorten(repr(path), 100)} is not a path: lit:// paths are str "
+            f"('lit://<drive>/<path>'), not {type(path).__name__}."
+        )
+
+
 class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyped
     """The drives under one root as an fsspec filesystem: ``lit://<drive>/<path>``.
 
@@ -260,6 +329,16 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         redis_url: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # Checked here, as a Drive checks them: else only at the first call, as a drive's.
+        _refuse_unknown_options(kwargs)
+        if component_name is not None:
+            check_component_name(component_name)
+        check_flag("", "allow_duplicates", allow_duplicates)
+        if redis_url is not None and not isinstance(redis_url, str):
+            raise ConfigTypeError(
+                f"redis_url={shorten(repr(redis_url), 100)} must be a str, not "
+                f"{type(redis_url).__name__}."
+            )
         super().__init__(**kwargs)
         self._drive_args: dict[str, Any] = {
             "component_name": component_name,
@@ -441,6 +520,29 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if self._loop is not None:
             sync(self._loop, self.aclose)
 
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        """Strip ``lit://`` as fsspec does; a path of another type raises `PathTypeError`."""
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        _check_path_type(path)
+        return super()._strip_protocol(path)
+
+    async def _expand_path(
+        self, path: Any, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any
+    ) -> Any:
+        """Expand as fsspec does; paths of another type, or a bad maxdepth, raise first."""
+        for each in [path] if isinstance(path, str | os.PathLike) else _paths_in(path):
+            _check_path_type(each)
+        _check_maxdepth(maxdepth)
+        return await super()._expand_path(path, recursive, maxdepth, **kwargs)
+
+    async def _glob(self, path: Any, maxdepth: int | None = None, **kwargs: Any) -> Any:
+        """Glob as fsspec does; a path of another type, or a bad maxdepth, raise first."""
+        _check_path_type(path)
+        _check_maxdepth(maxdepth)
+        return await super()._glob(path, maxdepth=maxdepth, **kwargs)
+
     def _split(self, path: str) -> tuple[str, str]:
         """Split a URL or path into (drive name, path in the drive); ``""`` for the root."""
         # 'lit:///d/a' and '/d/a' name drive d too (fsspec's local paths begin with '/').
@@ -500,6 +602,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         asyncdrive's own files, a control character, ``..`` out of the drive): nothing can
         be there. A drive that cannot be reached still raises.
         """
+        _check_path_type(path)  # (not a path: a TypeError, as os.path.exists(None) raises)
         try:
             await self._info(path, **kwargs)
         except (FileNotFoundError, InvalidPathError):
@@ -684,6 +787,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         (``withdirs``) from the files' paths; ``maxdepth`` keeps what is at most that many
         levels below. The drives themselves and a file path take fsspec's own way.
         """
+        _check_maxdepth(maxdepth)
         name, rest = self._split(path)
         if not name or (maxdepth is not None and maxdepth < 1):
             return await super()._find(
@@ -762,13 +866,34 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
                 lpath, to=rest, exist_ok=mode != "create", progress=_reporting_to(callback)
             )
 
+    async def _pipe(self, path: Any, value: Any = None, **kwargs: Any) -> Any:
+        """Write as fsspec does: ``path`` and ``value``, or a dict of paths to values."""
+        if not isinstance(path, dict):
+            _check_path_type(path)
+        return await super()._pipe(path, value, **kwargs)
+
     async def _get(self, rpath: Any, lpath: Any, recursive: bool = False, **kwargs: Any) -> Any:
-        """Get as fsspec does; a whole drive got into a folder goes in as a folder of its name."""
+        """Get as fsspec does; a whole drive got into a folder goes in as a folder of its name.
+
+        A local file where a folder of ``lpath`` should be raises `DriveNotADirectoryError`
+        (fsspec's own making of the folders raised a bare `FileExistsError`).
+        """
         name = self._whole_drive(rpath, recursive)
         into = isinstance(lpath, str) and lpath.endswith(("/", os.sep))
         if name and isinstance(lpath, str) and (into or await anyio.Path(lpath).is_dir()):
             lpath = os.path.join(lpath, name)  # (fsspec took its name for no level)
-        return await super()._get(rpath, lpath, recursive=recursive, **kwargs)
+        try:
+            return await super()._get(rpath, lpath, recursive=recursive, **kwargs)
+        except (FileExistsError, NotADirectoryError) as exc:
+            if isinstance(exc, DriveError):
+                raise
+            in_the_way = exc.filename
+            if not (in_the_way and await anyio.Path(in_the_way).is_file()):
+                raise
+            raise DriveNotADirectoryError(
+                f"cannot get {rpath!r} to {lpath!r}: a folder above it is a local file "
+                f"({in_the_way!r}). Pass another local path, or move that file away."
+            ) from exc
 
     async def _copy(self, path1: Any, path2: Any, recursive: bool = False, **kwargs: Any) -> Any:
         """Copy as fsspec does; a whole drive copied into a folder goes in as a folder named so."""
@@ -825,7 +950,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         maxdepth: int | None = None,
         **kwargs: Any,
     ) -> None:
-        for one in [path] if isinstance(path, str) else path:
+        paths = [path] if isinstance(path, str | os.PathLike) else _paths_in(path)
+        for one in paths:
+            _check_path_type(one)
+        _check_maxdepth(maxdepth)
+        for one in map(os.fspath, paths):  # type: ignore[arg-type]  # (paths: checked)
             name, rest = self._split(one)
             if not name:
                 raise InvalidPathError(
@@ -1047,6 +1176,11 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             5
 
         """
+        if not isinstance(mode, str):
+            raise ConfigTypeError(
+                f"cannot open {path!r} with mode={shorten(repr(mode), 100)}: a mode is a str, "
+                "as 'rb' or 'r' (read), 'wb' or 'w' (write, committed on close)."
+            )
         if "b" not in mode:
             text = {k: kwargs.pop(k) for k in ("encoding", "errors", "newline") if k in kwargs}
             binary = self.open(

@@ -1198,6 +1198,9 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
         ("recursive=None", functools.partial(drive.delete, "f.txt", recursive=None)),
         ("verify='false'", functools.partial(drive.rebuild_index, verify="false")),
         ("force='false'", functools.partial(drive.remove_group, "g", force="false")),
+        # nan was true, an empty list false: a flag is a bool (or an int, numpy's bool).
+        ("recursive=nan", functools.partial(drive.delete, "f.txt", recursive=float("nan"))),
+        ("exist_ok=[]", functools.partial(drive.write_bytes, "f.txt", b"y", exist_ok=[])),
         # Settings of a wrong type: DriveTypeErrors too (and InvalidConfigErrors, as ever).
         ("timeout='5'", functools.partial(drive.get, "f.txt", timeout="5")),
         ("timeout=True", functools.partial(drive.get, "f.txt", timeout=True)),  # (an int)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import io
@@ -684,6 +685,76 @@ def test_bad_urls(fs: DriveFileSystem) -> None:
         fs.cat("lit://d/../../etc/passwd")
     with pytest.raises(DriveIsADirectoryError, match="'lit://d' is a whole drive; pass recursive"):
         fs.rm("lit://d")
+
+
+def test_arguments_of_a_wrong_type_are_drive_type_errors(
+    fs: DriveFileSystem, name: str, workdir: Path
+) -> None:
+    """Paths of another type reached fsspec's or our own code as bare AttributeErrors and
+    TypeErrors ('NoneType' object has no attribute 'startswith'), rm(b"...") took each
+    byte for a path, and fsspec's maxdepth checks raised bare ValueErrors."""
+    url = f"lit://{name}/a.txt"
+    fs.pipe(url, b"x")
+    calls: dict[str, Callable[[], object]] = {}
+    for bad in (None, 1, url.encode()):
+        methods = ("cat", "info", "ls", "exists", "find", "glob", "open", "rm", "du",
+                   "makedirs", "isdir", "cat_file", "size", "modified", "expand_path")  # fmt: skip
+        for method in methods:
+            calls[f"{method}({bad!r})"] = functools.partial(getattr(fs, method), bad)
+        calls[f"pipe({bad!r})"] = functools.partial(fs.pipe, bad, b"y")
+        calls[f"put(.., {bad!r})"] = functools.partial(fs.put, "local.txt", bad)
+        calls[f"get({bad!r})"] = functools.partial(fs.get, bad, "out")
+        calls[f"mv(.., {bad!r})"] = functools.partial(fs.mv, url, bad)  # type: ignore[arg-type]
+        calls[f"rm([.., {bad!r}])"] = functools.partial(fs.rm, [url, bad])
+    Path("local.txt").write_bytes(b"local")
+    for what, call in calls.items():
+        with pytest.raises(asyncdrive.DriveTypeError, match="is not a path") as refused:
+            call()
+        assert isinstance(refused.value, TypeError), what
+    for mode in (None, 1):
+        with pytest.raises(asyncdrive.DriveTypeError, match=f"mode={mode}: a mode is a str"):
+            fs.open(url, mode)  # type: ignore[arg-type]
+    for maxdepth, error in ((0, InvalidConfigError), (-1, InvalidConfigError),
+                            ("2", asyncdrive.DriveTypeError)):  # fmt: skip
+        for call in (fs.find, fs.glob, functools.partial(fs.rm, recursive=True)):
+            with pytest.raises(error, match=f"maxdepth={maxdepth!r} must be"):
+                call(f"lit://{name}/*" if call is fs.glob else f"lit://{name}", maxdepth=maxdepth)
+    assert fs.cat(url) == b"x" and fs.find(f"lit://{name}") == [f"{name}/a.txt"]
+    assert sorted(os.listdir()) == ["local.txt"]
+
+
+def test_options_are_checked_when_the_filesystem_is_made(env: dict[str, str]) -> None:
+    """A misspelled option was taken and ignored (fsspec's base class takes any): the files
+    went to component "default"; the others were refused only at the first call."""
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"componet_name": "loader"}, asyncdrive.DriveTypeError,
+         "no option 'componet_name' (did you mean 'component_name'?)"),
+        ({"redis_url": 5}, asyncdrive.DriveTypeError, "redis_url=5 must be a str"),
+        ({"component_name": "a:b"}, InvalidConfigError, "Invalid component name 'a:b'"),
+        ({"allow_duplicates": "no"}, asyncdrive.DriveTypeError, "allow_duplicates='no' must"),
+    ]  # fmt: skip
+    for options, error, says in cases:
+        with pytest.raises(error, match=re.escape(says)):
+            fsspec.filesystem("lit", skip_instance_cache=True, **options)
+    # fsspec's own options are taken.
+    fs = DriveFileSystem(skip_instance_cache=True, use_listings_cache=False, batch_size=4)
+    assert fs.batch_size == 4
+    fs.close()
+
+
+def test_a_get_below_a_local_file_is_a_drive_error(
+    fs: DriveFileSystem, name: str, workdir: Path
+) -> None:
+    """fsspec's get makes the local folders first: a local file in the way raised a bare
+    FileExistsError."""
+    fs.pipe({f"lit://{name}/a.txt": b"a", f"lit://{name}/dir/b.txt": b"b"})
+    Path("afile").write_bytes(b"mine")
+    for rpath, lpath, recursive in [(f"lit://{name}/a.txt", "afile/x", False),
+                                    (f"lit://{name}/dir", "afile", True)]:  # fmt: skip
+        with pytest.raises(asyncdrive.DriveNotADirectoryError, match="is a local file") as caught:
+            fs.get(rpath, lpath, recursive=recursive)
+        assert "'afile'" in str(caught.value) or "afile'" in str(caught.value)
+    assert os.listdir() == ["afile"] and Path("afile").read_bytes() == b"mine"
 
 
 def _read_in_child(url: str, queue: multiprocessing.Queue[bytes]) -> None:
