@@ -149,6 +149,9 @@ FOLDER_CONCURRENCY = 8
 #: many bytes once reached: a few calls for a whole batch (see `Drive._put_batch`).
 _PUT_BATCH_FILES = 32
 _PUT_BATCH_BYTES = 16 << 20
+#: How long closing a connection may try to release the locks a cancellation or an outage
+#: kept from being released (s): a server out of reach must not hold the close up.
+_RELEASE_AT_CLOSE_MAX = 1.0
 #: A recursive delete removes its files in batches of at most this many.
 _DELETE_BATCH_FILES = 64
 #: A folder get copies its files in worker-thread calls of at most this many files, or of
@@ -359,18 +362,21 @@ class _Connection:
             except Exception as exc:  # (the calls meet the outage and say it)
                 logger.debug("could not measure the server's clock: %s", exc)
 
-    async def run_sync(self, func: Callable[..., T], *args: Any) -> T:
+    async def run_sync(
+        self, func: Callable[..., T], *args: Any, dropped: Callable[[T], object] | None = None
+    ) -> T:
         """Run a blocking disk call in a worker thread, at most `DISK_THREADS` at once.
 
         Like ``anyio.to_thread.run_sync``: the call sees the caller's context variables, and
         a cancellation waits for the thread to finish (a disk call cannot be interrupted,
         and must not go on behind the caller's back; a large copy stops at its next step,
-        see `_threads.stop_request`). An ``inline`` connection runs it here.
+        see `_threads.stop_request`), its result then handed to ``dropped`` where it holds
+        what must be released. An ``inline`` connection runs it here.
         """
         if self.disk is None:
-            return func(*args)
+            return func(*args)  # (returned at once: no cancellation drops its result)
         try:
-            return await self.disk.run(func, *args)
+            return await self.disk.run(func, *args, dropped=dropped)
         except NoThreads:  # the interpreter is exiting and starts no threads: do it here
             return func(*args)
 
@@ -405,8 +411,17 @@ class _Connection:
         task.add_done_callback(lambda _: self.chores.pop(name, None))
 
     async def aclose(self) -> None:
-        """Close the Redis connections and let the disk threads go."""
+        """Close the Redis connections and let the disk threads go.
+
+        Locks whose release was cut short (a cancellation, an outage: `Index.unreleased`)
+        are released first, for a moment at most: each would else stand in its path's
+        writers' way until its lease ends (30 s). So are those of calls ``asyncio.run``
+        cancelled as it ended (tasks left running), which closes this connection then.
+        """
         self.closed = True
+        if self.index.unreleased:
+            with anyio.move_on_after(_RELEASE_AT_CLOSE_MAX), contextlib.suppress(Exception):
+                await self.index.release_unreleased()
         for chore in list(self.chores.values()):
             chore.cancel()
             with contextlib.suppress(BaseException):
@@ -1863,7 +1878,8 @@ class Drive:
             # Refuse early, before copying any bytes; the commit checks again atomically.
             checked = await conn.index.check_put(component, path, allow, precondition)
             await self._raise_put_refused(conn, path, checked, precondition)
-            stage = await conn.run_sync(stage, True)
+            # A caller cancelled after the copy's last step drops the upload it made.
+            stage = await conn.run_sync(stage, True, dropped=conn.store.discard)
         try:
             if on_copied is not None:
                 on_copied(0)  # raises if the callback failed: no lock taken, nothing committed
@@ -3305,7 +3321,7 @@ class Drive:
 
         async def open_reader(info: FileInfo) -> DriveReader:
             # A caller cancelled meanwhile gets no reader: the file it opened is closed.
-            fd = await to_its_end(conn.run_sync(_open_version, conn.store, info), _closed)
+            fd = await conn.run_sync(_open_version, conn.store, info, dropped=os.close)
             return DriveReader(self.name, info, fd)
 
         return await self._read_committed(conn, path, component_name, open_reader)
@@ -3318,7 +3334,7 @@ class Drive:
         )
         await self._raise_put_refused(conn, path, checked, precondition)
         # A caller cancelled meanwhile gets no writer: the upload it made is dropped.
-        out, tmp, named = await to_its_end(conn.run_sync(conn.store.open_upload), _drop_upload)
+        out, tmp, named = await conn.run_sync(conn.store.open_upload, dropped=_drop_upload)
         commit = functools.partial(self._commit_upload, conn.store, path, precondition)
         return DriveWriter(self.name, path, out, tmp, named, commit)
 
@@ -3879,15 +3895,12 @@ class _NotASmallFile(Exception):
     """What `put` tried first (one small local file) does not apply: take the general way."""
 
 
-async def _closed(fd: int) -> None:
-    os.close(fd)
-
-
-async def _drop_upload(upload: tuple[BinaryIO, Path, bool]) -> None:
+def _drop_upload(upload: tuple[BinaryIO, Path, bool]) -> None:
+    """Close and remove an upload `DiskStore.open_upload` made, for a caller cancelled."""
     out, tmp, named = upload
     out.close()
     if named:
-        await anyio.to_thread.run_sync(functools.partial(tmp.unlink, missing_ok=True))
+        tmp.unlink(missing_ok=True)
 
 
 def _open_version(store: DiskStore, info: FileInfo) -> int:

@@ -1381,14 +1381,18 @@ class Index:
         """
         hold_ms = str(int(CUT_SHORT_HOLD * 1000))
         calls = [([self.keys.lock(component, path)], [token, hold_ms]) for path, token in locks]
-        await self._run_many(self._unlock_cut_short, calls)
+        try:
+            await self._run_many(self._unlock_cut_short, calls)
+        except asyncio.CancelledError:  # (cut short too: released later, as after an outage)
+            self.unlock_later(component, locks)
+            raise
 
     async def unlock_many(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
         """`unlock` each (path, token), in one round trip where a `Wire` is."""
         calls = [([self.keys.lock(component, path)], [token]) for path, token in locks]
         try:
             await self._run_many(self._unlock, calls)
-        except CONNECTION_LOST:
+        except (*CONNECTION_LOST, asyncio.CancelledError):  # (cut short: maybe not released)
             self.unlock_later(component, locks)
             raise
 
@@ -1406,7 +1410,7 @@ class Index:
         """
         try:
             await self._run(self._unlock, [self.keys.lock(component, path)], [token])
-        except CONNECTION_LOST:
+        except (*CONNECTION_LOST, asyncio.CancelledError):  # (cut short: maybe not released)
             self.unreleased.append((component, path, token))
             raise
 

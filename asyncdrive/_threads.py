@@ -27,6 +27,7 @@ import collections
 import contextvars
 import copy
 import itertools
+import logging
 import os
 import queue
 import resource
@@ -37,6 +38,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import anyio
+
+logger = logging.getLogger("asyncdrive")
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
@@ -55,10 +58,17 @@ else:  # no count of this thread's own: as if every call waited
     _thread_waits = itertools.count().__next__
 
 
+#: The result of a call skipped (its caller cancelled before a thread took it).
+_NOT_MADE = object()
+
+
 class _Call:
     """One call handed to a thread, and what the event loop waits on for its outcome."""
 
-    __slots__ = ("abandoned", "args", "context", "finished", "func", "inbox", "loop", "waiter")
+    __slots__ = (
+        "abandoned", "args", "context", "error", "finished", "func", "inbox", "loop", "result",
+        "waiter",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -74,6 +84,10 @@ class _Call:
         self.args = args
         #: Set in the loop's thread when the call has returned or raised (or was skipped).
         self.finished = False
+        #: Its outcome, once finished (a result `_NOT_MADE`: skipped): kept for a cancelled
+        #: caller, whose waiter may have been cancelled before it came.
+        self.result: object = _NOT_MADE
+        self.error: BaseException | None = None
         #: Set by a cancelled caller: a thread that has not started the call skips it.
         self.abandoned = False
         #: The future the caller awaits; replaced by a new one if the caller is cancelled
@@ -83,6 +97,7 @@ class _Call:
     def settle(self, result: object, error: BaseException | None) -> None:
         """Record the outcome (in the loop's thread) for whoever awaits the call now."""
         self.finished = True
+        self.result, self.error = result, error
         if self.waiter.done():
             return
         if error is None:
@@ -223,14 +238,20 @@ class DiskThreads:
         state = "closed" if self._closed else "open"
         return f"<DiskThreads {state}, {len(self._threads)}/{self.max_threads} threads>"
 
-    async def run(self, func: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self,
+        func: Callable[..., T],
+        *args: Any,
+        dropped: Callable[[T], object] | None = None,
+    ) -> T:
         """Run ``func(*args)`` in a worker thread and return its result, or raise its error.
 
         The call sees the caller's context variables. A cancellation waits for the call to
         finish before it goes on (a disk call cannot be interrupted, and must not go on
-        behind the caller's back): it is raised after, and the result dropped. It requests
-        the call's `stop_request`, so work made of steps stops at its next one. A call still
-        waiting for a thread is not made at all.
+        behind the caller's back): it is raised after, and the result dropped, handed first
+        to ``dropped`` (in a thread, waited for) where it holds what must be released (an
+        open file, an upload). It requests the call's `stop_request`, so work made of steps
+        stops at its next one. A call still waiting for a thread is not made at all.
 
         Raises:
             NoThreads: the threads were shut down, or the interpreter starts no more (before
@@ -261,7 +282,18 @@ class DiskThreads:
                         continue
                     except BaseException:  # the call's own error: dropped, as its result
                         continue
+                if dropped is not None and call.error is None and call.result is not _NOT_MADE:
+                    await self._drop(dropped, call.result)
             raise
+
+    async def _drop(self, dropped: Callable[[Any], object], result: object) -> None:
+        """Hand a cancelled caller's ``result`` to ``dropped``, in a thread, to its end."""
+        try:
+            await self.run(dropped, result)
+        except asyncio.CancelledError:  # (cancelled again: it waited for the call all the same)
+            pass
+        except Exception:
+            logger.warning("releasing what a cancelled disk call made failed", exc_info=True)
 
     def _submit(self, call: _Call) -> None:
         # Under the lock: a call is queued before `shutdown`'s stops, or refused.
@@ -286,7 +318,7 @@ class DiskThreads:
             call = self._queue.get()
             if call is _STOP:
                 return
-            result: object = None
+            result: object = _NOT_MADE
             error: BaseException | None = None
             try:
                 if not call.abandoned:

@@ -1133,3 +1133,112 @@ async def test_a_cancelled_large_copy_stops_at_its_next_step(
             assert (workdir / "big.bin").read_bytes() == b"mine"
         assert sorted(os.listdir(workdir)) == ["big.bin"]
         assert (await drive.gc(grace=0)).orphans_removed == 0
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+async def test_a_large_put_cancelled_after_its_last_copy_step_leaves_no_upload(
+    env: dict[str, str],
+    drive_id: str,
+    workdir: Path,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    unnamed: bool,
+) -> None:
+    """Cancelled as its disk thread finished the upload (its fsync, the wait for the hash:
+    seconds on a network disk), the put dropped the upload the thread returned: open for
+    as long as the exception lived, or (no O_TMPFILE, as on NFS) named in .tmp until gc."""
+    if unnamed and not asyncdrive._storage._CAN_TMPFILE:
+        pytest.skip("this filesystem makes no unnamed files")
+    monkeypatch.setattr(asyncdrive._storage, "_CAN_TMPFILE", unnamed)
+    (workdir / "big.bin").write_bytes(os.urandom(16 << 20))
+    copied, cancelled = threading.Event(), threading.Event()
+    real_copy = asyncdrive._storage._copy_hashed
+
+    def copy_then_wait(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        outcome = real_copy(*args, **kwargs)
+        copied.set()
+        cancelled.wait(10)  # the last step done, the caller cancelled meanwhile
+        return outcome
+
+    monkeypatch.setattr(asyncdrive._storage, "_copy_hashed", copy_then_wait)
+
+    def open_below_root() -> list[str]:
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [name for name in names if name.startswith(str(root / "drives"))]
+
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("warm.txt", b"x")
+        put = asyncio.create_task(drive.put("big.bin"))
+        assert await anyio.to_thread.run_sync(copied.wait, 10)
+        put.cancel()
+        cancelled.set()
+        with pytest.raises(asyncio.CancelledError) as caught:
+            await put
+        monkeypatch.undo()
+        assert open_below_root() == [], caught.value  # (the error still alive)
+        uploads = root / "drives" / drive.name / ".tmp"
+        assert not uploads.exists() or os.listdir(uploads) == []
+        assert await drive.list(".") == ["warm.txt"]
+        report = await drive.gc(grace=0)
+        assert (report.uploads_removed, report.orphans_removed) == (0, 0)
+
+
+def test_locks_whose_release_asyncio_run_cut_short_are_released_as_it_ends(
+    drive_id: str, env: dict[str, str], redis_url: str
+) -> None:
+    """Tasks left running as asyncio.run() ends are cancelled by it, the work a put finishes
+    whatever cancels its caller too: a release of a lock cut short there left the lock for
+    its lease (30 s), every writer of the path waiting for it in the next run."""
+    drive = Drive(drive_id)
+    lock_key = ""
+
+    async def main() -> None:
+        nonlocal lock_key
+        await drive.write_bytes("a.txt", b"x")
+        conn = await drive._connection()
+        lock_key = conn.index.keys.lock("default", "a.txt")
+        token, outcome = await conn.index.lock_put("default", "a.txt", False, "", ttl=30, timeout=5)
+        assert outcome.status == "ok"
+        # Its release under way, in a task nobody awaits: asyncio.run cancels it. (Before
+        # it is sent: it connects again, as after another call's cancelled read.)
+        assert conn.index.wire is not None
+        conn.index.wire.disconnect("as after a cancelled read")
+        asyncio.get_running_loop().create_task(conn.index.unlock("default", "a.txt", token))
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+    async def after() -> float:
+        async with raw_redis(redis_url) as client:
+            assert await client.exists(lock_key) == 0
+        started = time.monotonic()
+        await drive.write_bytes("a.txt", b"next")
+        took = time.monotonic() - started
+        await drive.aclose()
+        return took
+
+    assert asyncio.run(after()) < 20  # (not the lock's lease: released at once)
+
+
+async def test_a_drive_closed_after_a_release_was_cut_short_releases_the_lock(
+    drive_id: str, env: dict[str, str], redis_url: str
+) -> None:
+    drive = Drive(drive_id)
+    await drive.write_bytes("a.txt", b"x")
+    conn = await drive._connection()
+    lock_key = conn.index.keys.lock("default", "a.txt")
+    token, outcome = await conn.index.lock_put("default", "a.txt", False, "", ttl=30, timeout=5)
+    assert outcome.status == "ok"
+    assert conn.index.wire is not None
+    conn.index.wire.disconnect("as after a cancelled read")  # (so it connects first)
+    release = asyncio.create_task(conn.index.unlock("default", "a.txt", token))
+    await asyncio.sleep(0)
+    release.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await release
+    await drive.aclose()
+    async with raw_redis(redis_url) as client:
+        assert await client.exists(lock_key) == 0
