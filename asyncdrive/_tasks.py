@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
+
+from ._threads import stop_request
 
 T = TypeVar("T")
 
@@ -37,9 +40,14 @@ async def to_its_end(
     ``anyio.CancelScope(shield=True)`` stops only anyio's. A cancelled caller waits for the
     work, then is cancelled: its error is dropped, and its result too, after ``undo(result)``
     (to its end as well) where the result holds what the caller would have had to finish
-    or release (an open file, a file installed but not committed).
+    or release (an open file, a file installed but not committed). Its disk steps see no
+    stop request (`_threads.stop_request`): a large copy in it runs to its end too.
     """
-    task = asyncio.ensure_future(work)
+    # In a context of its own with no stop request (a SyncDrive call's, requested by Ctrl-C):
+    # its disk steps are to run to their end too.
+    context = contextvars.copy_context()
+    context.run(stop_request.set, None)
+    task = asyncio.get_running_loop().create_task(work, context=context)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:

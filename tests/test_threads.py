@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from asyncdrive import _threads
+from asyncdrive._tasks import to_its_end
 from asyncdrive._threads import (
     THREAD_NAME,
     DiskThreads,
@@ -525,3 +526,21 @@ async def test_a_cancelled_caller_asks_its_call_to_stop_and_a_callers_caller_too
         stop_request.reset(outer_token)
     assert await threads.run(stop_request.get) is not None
     await threads.run(raise_if_requested)  # a new call: not requested
+
+
+async def test_work_that_must_finish_sees_no_stop_request_of_its_caller(
+    threads: DiskThreads,
+) -> None:
+    """`to_its_end` work (an install and its commit) ran in its caller's context: a
+    SyncDrive call's stop request, requested by Ctrl-C or a close, stopped its disk steps
+    too, and files a folder put had installed were left uncommitted."""
+    outer = StopRequest()
+    outer.request()
+    token = stop_request.set(outer)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await threads.run(raise_if_requested)  # (the caller's own steps stop)
+        await to_its_end(threads.run(raise_if_requested))  # (these run to their end)
+        assert stop_request.get() is outer
+    finally:
+        stop_request.reset(token)
