@@ -2964,7 +2964,7 @@ class Drive:
     def _get_refused(self, info: FileInfo, dest: Path, exc: OSError) -> DriveError:
         """Return the error of a get of ``info`` refused by the local path ``dest`` (``exc``)."""
         here = _in_the_current_folder(dest)
-        if isinstance(exc, IsADirectoryError):
+        if isinstance(exc, IsADirectoryError) and not os.path.islink(dest):  # (a link: below)
             return DriveIsADirectoryError(
                 f"Drive {self.name!r}: cannot get {info.path!r}: the local path {str(dest)!r}"
                 f"{here} is a folder. Pass to= a file path (to="
@@ -2984,7 +2984,7 @@ class Drive:
                 "or a socket), which a get never replaces, even with overwrite=True. Pass "
                 "to= another path."
             )
-        if os.path.islink(dest):  # never followed: overwrite=True replaces the link itself
+        if os.path.islink(dest):  # never followed: overwrite=True replaces a link to a file
             name = PurePosixPath(info.path).name
             if os.path.isdir(dest):  # (a link to a folder: as a folder, name a file in it)
                 return DriveIsADirectoryError(

@@ -261,14 +261,17 @@ def _in_the_way(dest: Path) -> OSError:
 def _refuse_unreplaceable(dest: Path) -> None:
     """Raise if ``dest`` is a folder (`IsADirectoryError`), a device, pipe or socket.
 
-    Even with ``overwrite``, a get replaces files and links, never such a path (as root,
-    ``to="/dev/null"`` would otherwise replace the device with a file), and a folder is
+    Even with ``overwrite``, a get replaces files and links to files, never such a path
+    (as root, ``to="/dev/null"`` would otherwise replace the device with a file); a folder,
+    or a link to one (replaced, where the caller most likely meant a file in it), is
     refused before the copy (``"."`` or ``".."`` would else be refused only by the
     rename, as "busy").
     """
     error = _in_the_way(dest)
     if isinstance(error, NotARegularFileError | IsADirectoryError):
         raise error
+    if os.path.islink(dest) and os.path.isdir(dest):  # as the folder: never followed
+        raise IsADirectoryError(errno.EISDIR, "a link to a folder", os.fspath(dest))
 
 
 class _FdCopier:

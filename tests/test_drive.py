@@ -401,8 +401,9 @@ async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
     # and overwrite=True, its advice, replaced the link); a broken one, said so.
     os.symlink("folder", "to-folder")
     os.symlink("missing", "broken")
-    with pytest.raises(DriveIsADirectoryError, match=r"a link to a folder.*'to-folder/a\.txt'"):
-        await drive.get("a.txt", to="to-folder")
+    for overwrite in (False, True):  # (overwrite=True replaced the link with the file)
+        with pytest.raises(DriveIsADirectoryError, match=r"a link to a folder.*'to-folder/a\.txt'"):
+            await drive.get("a.txt", to="to-folder", overwrite=overwrite)
     with pytest.raises(DriveFileExistsError, match=r"'broken' .* is a symbolic link"):
         await drive.get("a.txt", to="broken")
     assert os.path.islink("to-folder") and os.path.islink("broken")
