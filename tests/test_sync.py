@@ -739,6 +739,36 @@ def test_exit_does_not_wait_for_a_daemon_threads_call(
     assert done.stdout.strip() == "exiting" and "Traceback" not in done.stderr, done.stderr
 
 
+def test_exit_is_quiet_about_a_daemon_threads_calls_it_refuses(
+    env: dict[str, str], drive_id: str, workdir: Path
+) -> None:
+    """A daemon thread calling in a loop as the interpreter exits: its next call, refused
+    by the drive the exit closed, ended it with an "Exception in thread" traceback of
+    DriveClosedError (3 exits in 3). It is held until the interpreter ends instead."""
+    code = f"""
+        import threading, time
+        from asyncdrive import SyncDrive
+        drive = SyncDrive({drive_id!r})
+        drive.write_bytes("a.txt", b"x")
+        calls = 0
+
+        def loop():
+            global calls
+            while True:
+                drive.read_bytes("a.txt")
+                calls += 1
+
+        threading.Thread(target=loop, daemon=True).start()
+        while calls < 20:
+            time.sleep(0.01)
+        print("exiting", flush=True)
+    """
+    for _ in range(3):
+        done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
+        assert done.stdout == "exiting\n" and done.returncode == 0, done
+        assert "Traceback" not in done.stderr, done.stderr
+
+
 def test_a_call_after_the_exit_stopped_the_loop_thread_says_the_drive_is_closed(
     env: dict[str, str], drive_id: str, workdir: Path
 ) -> None:
