@@ -55,6 +55,7 @@ from ._drive import Drive, FolderNotFileError
 from ._exceptions import (
     AmbiguousPathError,
     ConfigTypeError,
+    DriveClosedError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -123,9 +124,17 @@ def _close_drives(
     if pid != os.getpid() or not drives:
         return  # a forked child: the parent's drives are not this process's to close
     if loop is not None and loop.is_running() and not loop.is_closed():
+        _closed_under_their_calls.update(drives.values())
         with contextlib.suppress(Exception):
             sync(loop, _aclose_all, list(drives.values()), timeout=_CLOSE_TIMEOUT)
     drives.clear()
+
+
+#: Drives `_close_drives` closed, maybe under calls in flight: only at interpreter exit (a
+#: filesystem with a call in flight is not collected), in daemon threads (see `_using`).
+_closed_under_their_calls: weakref.WeakSet[Drive] = weakref.WeakSet()
+#: How long a call whose drive the exit closed under it waits before it raises (s).
+_EXIT_HOLD = 2.0
 
 
 def _reporting_to(callback: Callback) -> ProgressCallback:
@@ -419,6 +428,13 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         drive = self._lend(name)
         try:
             yield drive
+        except DriveClosedError:
+            if drive in _closed_under_their_calls:
+                # Closed by the interpreter's exit under a daemon thread's call: that thread
+                # is held meanwhile, and the interpreter, about to end, holds it for good
+                # (the error would end it with a traceback on the way out).
+                await anyio.sleep(_EXIT_HOLD)
+            raise
         finally:
             self._release(name)
             await self._close_unneeded()

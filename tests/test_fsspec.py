@@ -13,6 +13,7 @@ import re
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,8 @@ from asyncdrive import (
     SyncDrive,
 )
 from asyncdrive._fsspec import _KEPT_DRIVES, DriveFileSystem
+
+from .conftest import run_python
 
 MiB = 1 << 20
 
@@ -755,6 +758,35 @@ def test_a_get_below_a_local_file_is_a_drive_error(
             fs.get(rpath, lpath, recursive=recursive)
         assert "'afile'" in str(caught.value) or "afile'" in str(caught.value)
     assert os.listdir() == ["afile"] and Path("afile").read_bytes() == b"mine"
+
+
+def test_exit_is_quiet_about_a_daemon_threads_call_it_cut_short(
+    env: dict[str, str], name: str, workdir: Path
+) -> None:
+    """A daemon thread reading in a loop as the interpreter exits: the exit closed the
+    filesystem's drives under its call in flight, which ended the thread with an
+    "Exception in thread" traceback of DriveClosedError (2 exits in 3, in debug mode)."""
+    code = f"""
+        import threading, time, fsspec
+        fs = fsspec.filesystem("lit")
+        fs.pipe_file("lit://{name}/a.txt", b"x")
+        calls = 0
+
+        def loop():
+            global calls
+            while True:
+                fs.cat_file("lit://{name}/a.txt")
+                calls += 1
+
+        threading.Thread(target=loop, daemon=True).start()
+        while calls < 20:
+            time.sleep(0.01)
+        print("exiting", flush=True)
+    """
+    debug = {**env, "PYTHONDEVMODE": "1"}  # (slower: the exit meets a call more often)
+    for _ in range(3):
+        done = run_python(textwrap.dedent(code), cwd=workdir, env=debug, timeout=60)
+        assert done.stdout == "exiting\n" and "Traceback" not in done.stderr, done.stderr
 
 
 def _read_in_child(url: str, queue: multiprocessing.Queue[bytes]) -> None:
