@@ -805,7 +805,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         """
         _check_maxdepth(maxdepth)
         name, rest = self._split(path)
-        if not name or (maxdepth is not None and maxdepth < 1):
+        if not name:
             return await super()._find(
                 path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
             )
