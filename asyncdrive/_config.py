@@ -105,15 +105,18 @@ def check_group_name(drive: str, group: str, what: str = "group name") -> None:
 def check_flag(drive: str, name: str, value: object) -> None:
     """Raise `DriveTypeError` unless ``value`` (an argument ``name``) is a flag.
 
-    A bool, an int (0 is false), or numpy's bool: not a str ("false" is true), None, a
-    float (nan is true) or a collection (an empty one is false), which are mistakes.
+    A bool, an int (0 is false; numpy's too), or numpy's bool: not a str ("false" is
+    true), None, a float (nan is true) or a collection (an empty one is false), which are
+    mistakes.
 
     Example:
         >>> check_flag("d", "recursive", True)
 
     """
     kind = type(value)
-    if isinstance(value, int) or (kind.__module__ == "numpy" and kind.__name__ in _NUMPY_BOOLS):
+    if isinstance(value, numbers.Integral) or (
+        kind.__module__ == "numpy" and kind.__name__ in _NUMPY_BOOLS
+    ):
         return
     where = f"Drive {drive!r}: " if drive else ""
     raise DriveTypeError(

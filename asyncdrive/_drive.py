@@ -90,6 +90,7 @@ from ._exceptions import (
     IndexLostError,
     InvalidConfigError,
     InvalidPathError,
+    PathTypeError,
     VersionConflictError,
     shorten,
     storage_error,
@@ -419,9 +420,12 @@ class _Connection:
         cancelled as it ended (tasks left running), which closes this connection then.
         """
         self.closed = True
+        cut_short: BaseException | None = None
         if self.index.unreleased:
-            with anyio.move_on_after(_RELEASE_AT_CLOSE_MAX), contextlib.suppress(Exception):
-                await self.index.release_unreleased()
+            try:  # (to its end, a second at most, whatever cancels the caller: then raised)
+                await to_its_end(self._release_unreleased_for_a_moment())
+            except BaseException as exc:
+                cut_short = exc
         for chore in list(self.chores.values()):
             chore.cancel()
             with contextlib.suppress(BaseException):
@@ -434,6 +438,16 @@ class _Connection:
             loop_end, self.loop_end = self.loop_end, None
             if loop_end is not None:
                 await loop_end.aclose()
+        if cut_short is not None:
+            raise cut_short
+
+    async def _release_unreleased_for_a_moment(self) -> None:
+        """`Index.release_unreleased`, for `_RELEASE_AT_CLOSE_MAX` at most; errors: logged."""
+        with anyio.move_on_after(_RELEASE_AT_CLOSE_MAX):
+            try:
+                await self.index.release_unreleased()
+            except Exception as exc:
+                logger.debug("could not release locks at close: %s", exc)
 
     async def close_with_loop(self, drive: Drive) -> None:
         """Have the running event loop close this connection when it shuts down.
@@ -1342,6 +1356,11 @@ class Drive:
         bare `ValueError`.
         """
         text = os.fspath(local)
+        if not isinstance(text, str):  # (a PathLike of bytes)
+            raise PathTypeError(
+                f"Drive {self.name!r}: the local path {local!r} ({argument}=) is bytes: "
+                "pass a str or a PathLike of one (os.fsdecode() decodes bytes)."
+            )
         if "\0" in text:
             raise InvalidPathError(
                 f"Drive {self.name!r}: the local path {text!r} ({argument}=) holds a NUL "
@@ -2746,10 +2765,10 @@ class Drive:
             await self._wait_for(conn, drive_path, component_name, timeout)
         if to is None:
             local = Path(drive_path)
-        elif _paths.names_folder(to) or os.fspath(to).endswith(os.sep):  # into it, as cp
-            local = self._local_path(to, "to") / PurePosixPath(drive_path).name
         else:
             local = self._local_path(to, "to")
+            if _paths.names_folder(to) or os.fspath(to).endswith(os.sep):  # into it, as cp
+                local /= PurePosixPath(drive_path).name
         as_folder = _paths.names_folder(path)
         with _progress.reporting(progress) as reporter:
             await self._get_to(

@@ -19,12 +19,14 @@ does not import it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import datetime
 import difflib
 import functools
 import io
 import itertools
+import numbers
 import os
 import re
 import sys
@@ -42,7 +44,7 @@ from fsspec.compression import compr
 from fsspec.core import get_compression
 from fsspec.spec import AbstractBufferedFile
 
-from . import _paths
+from . import _paths, _portal
 from ._config import (
     absolute_root,
     check_component_name,
@@ -51,11 +53,10 @@ from ._config import (
     redact_url,
     resolve_root,
 )
-from ._drive import Drive, FolderNotFileError
+from ._drive import Drive, FolderNotFileError, _local_file_above
 from ._exceptions import (
     AmbiguousPathError,
     ConfigTypeError,
-    DriveClosedError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -124,17 +125,21 @@ def _close_drives(
     if pid != os.getpid() or not drives:
         return  # a forked child: the parent's drives are not this process's to close
     if loop is not None and loop.is_running() and not loop.is_closed():
-        _closed_under_their_calls.update(drives.values())
         with contextlib.suppress(Exception):
             sync(loop, _aclose_all, list(drives.values()), timeout=_CLOSE_TIMEOUT)
     drives.clear()
 
 
-#: Drives `_close_drives` closed, maybe under calls in flight: only at interpreter exit (a
-#: filesystem with a call in flight is not collected), in daemon threads (see `_using`).
-_closed_under_their_calls: weakref.WeakSet[Drive] = weakref.WeakSet()
-#: How long a call whose drive the exit closed under it waits before it raises (s).
-_EXIT_HOLD = 2.0
+@atexit.register
+def _close_all_at_exit() -> None:
+    """Close every filesystem's drives at interpreter exit (their finalizers, then).
+
+    Not by `weakref.finalize`'s own exit handler, which may run before asyncdrive's: the
+    daemon threads whose calls this cuts short end quietly (`_portal`'s hook) first.
+    """
+    _portal.quiet_closed_drives_at_exit()
+    for filesystem in list(_filesystems.values()):
+        filesystem._finalizer()
 
 
 def _reporting_to(callback: Callback) -> ProgressCallback:
@@ -247,13 +252,19 @@ _FSSPEC_OPTIONS = (
     "asynchronous", "loop", "batch_size", "skip_instance_cache", "use_listings_cache",
     "listings_expiry_time", "max_paths",
 )  # fmt: skip
+#: Options of fsspec's files that ``fsspec.open(url, **options)`` hands to the filesystem:
+#: taken, and left to each ``open`` (where they mean something here).
+_FILE_OPTIONS = ("block_size", "cache_type", "cache_options")
 
 
 def _refuse_unknown_options(options: dict[str, Any]) -> None:
     """Raise `DriveTypeError` for an option fsspec would take and ignore: a typo, say.
 
     ``componet_name="loader"`` would else be dropped, and the files written as "default".
+    The `_FILE_OPTIONS` ``fsspec.open`` hands over are taken out of ``options``.
     """
+    for name in _FILE_OPTIONS:
+        options.pop(name, None)
     unknown = sorted(set(options) - set(_FSSPEC_OPTIONS))
     if not unknown:
         return
@@ -267,6 +278,11 @@ def _refuse_unknown_options(options: dict[str, Any]) -> None:
     )
 
 
+def _file_at_or_above(local: str) -> str | None:
+    """Return the local file at ``local``, or where a folder above it should be, if any."""
+    return local if os.path.isfile(local) else _local_file_above(Path(local))
+
+
 def _paths_in(paths: object) -> list[object]:
     """Return the paths of a list (or other collection) of them; a non-collection: itself."""
     if isinstance(paths, list | tuple | set | frozenset):
@@ -278,7 +294,7 @@ def _check_maxdepth(maxdepth: object) -> None:
     """Raise unless ``maxdepth`` is None or a whole number of 1 or more (fsspec's rule)."""
     if maxdepth is None:
         return
-    if not isinstance(maxdepth, int) or isinstance(maxdepth, bool):
+    if not isinstance(maxdepth, numbers.Integral) or isinstance(maxdepth, bool):  # (numpy's)
         raise ConfigTypeError(
             f"maxdepth={shorten(repr(maxdepth), 100)} must be an int (1 or more) or None, "
             f"not {type(maxdepth).__name__}."
@@ -291,12 +307,19 @@ def _check_maxdepth(maxdepth: object) -> None:
 
 
 def _check_path_type(path: object) -> None:
-    """Raise `PathTypeError` unless ``path`` is a str or an os.PathLike (fsspec's paths)."""
-    if not isinstance(path, str | os.PathLike):
+    """Raise `PathTypeError` unless ``path`` is a str or an os.PathLike of one."""
+    _path_str(path)
+
+
+def _path_str(path: object) -> str:
+    """Return ``path`` as a str (a PathLike's), or raise `PathTypeError` (bytes, None...)."""
+    text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    if not isinstance(text, str):
         raise PathTypeError(
             f"{shorten(repr(path), 100)} is not a path: lit:// paths are str "
             f"('lit://<drive>/<path>'), not {type(path).__name__}."
         )
+    return text
 
 
 class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyped
@@ -369,6 +392,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self._finalizer = weakref.finalize(
             self, _close_drives, os.getpid(), self._loop, self._drives
         )
+        self._finalizer.atexit = False  # (`_close_all_at_exit` calls it)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -383,6 +407,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             self._finalizer = weakref.finalize(
                 self, _close_drives, self._pid, self._loop, self._drives
             )
+            self._finalizer.atexit = False
         loop: asyncio.AbstractEventLoop | None = self._loop
         return loop
 
@@ -428,13 +453,6 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         drive = self._lend(name)
         try:
             yield drive
-        except DriveClosedError:
-            if drive in _closed_under_their_calls:
-                # Closed by the interpreter's exit under a daemon thread's call: that thread
-                # is held meanwhile, and the interpreter, about to end, holds it for good
-                # (the error would end it with a traceback on the way out).
-                await anyio.sleep(_EXIT_HOLD)
-            raise
         finally:
             self._release(name)
             await self._close_unneeded()
@@ -548,16 +566,17 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         self, path: Any, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any
     ) -> Any:
         """Expand as fsspec does; paths of another type, or a bad maxdepth, raise first."""
-        for each in [path] if isinstance(path, str | os.PathLike) else _paths_in(path):
-            _check_path_type(each)
+        if isinstance(path, str | os.PathLike):
+            path = _path_str(path)
+        else:
+            path = [_path_str(each) for each in _paths_in(path)]
         _check_maxdepth(maxdepth)
         return await super()._expand_path(path, recursive, maxdepth, **kwargs)
 
     async def _glob(self, path: Any, maxdepth: int | None = None, **kwargs: Any) -> Any:
         """Glob as fsspec does; a path of another type, or a bad maxdepth, raise first."""
-        _check_path_type(path)
         _check_maxdepth(maxdepth)
-        return await super()._glob(path, maxdepth=maxdepth, **kwargs)
+        return await super()._glob(_path_str(path), maxdepth=maxdepth, **kwargs)
 
     def _split(self, path: str) -> tuple[str, str]:
         """Split a URL or path into (drive name, path in the drive); ``""`` for the root."""
@@ -885,7 +904,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _pipe(self, path: Any, value: Any = None, **kwargs: Any) -> Any:
         """Write as fsspec does: ``path`` and ``value``, or a dict of paths to values."""
         if not isinstance(path, dict):
-            _check_path_type(path)
+            path = _path_str(path)
         return await super()._pipe(path, value, **kwargs)
 
     async def _get(self, rpath: Any, lpath: Any, recursive: bool = False, **kwargs: Any) -> Any:
@@ -903,8 +922,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         except (FileExistsError, NotADirectoryError) as exc:
             if isinstance(exc, DriveError):
                 raise
-            in_the_way = exc.filename
-            if not (in_the_way and await anyio.Path(in_the_way).is_file()):
+            in_the_way = exc.filename and await anyio.to_thread.run_sync(
+                _file_at_or_above, exc.filename
+            )
+            if not in_the_way:
                 raise
             raise DriveNotADirectoryError(
                 f"cannot get {rpath!r} to {lpath!r}: a folder above it is a local file "

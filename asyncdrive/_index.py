@@ -1425,7 +1425,9 @@ class Index:
         by_component: dict[str, list[tuple[str, str]]] = {}
         for component, path, token in locks:
             by_component.setdefault(component, []).append((path, token))
-        for component, paths in by_component.items():
+        pending = list(by_component.items())
+        while pending:
+            component, paths = pending.pop(0)
             try:
                 await self.unlock_many(component, paths)
             except CONNECTION_LOST:
@@ -1433,3 +1435,7 @@ class Index:
             except Exception as exc:  # refused (a replica, loading): kept for the next try
                 logger.debug("could not release locks yet (%s)", exc)
                 self.unreleased.extend((component, path, token) for path, token in paths)
+            except BaseException:  # cancelled (kept by unlock_many): the others kept too
+                for component, paths in pending:
+                    self.unlock_later(component, paths)
+                raise

@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._exceptions import DriveClosedError
+
 T = TypeVar("T")
 
 THREAD_NAME = "asyncdrive-loop"
@@ -210,9 +212,37 @@ def _stop(state: _LoopThread) -> None:
         thread.join()
 
 
+def quiet_closed_drives_at_exit() -> None:
+    """From now on (interpreter exit), a daemon thread ended by `DriveClosedError` is quiet.
+
+    The exit closes the drives (`SyncDrive`, the fsspec filesystem's) under daemon threads
+    still using them, as it ends those threads: their next call, or the one in flight,
+    raises `DriveClosedError`, which, uncaught, ended each with an "Exception in thread"
+    traceback on the way out. Wraps `threading.excepthook` (once): any other exception
+    is reported as before.
+    """
+    global _quiet_hook_installed
+    if _quiet_hook_installed:
+        return
+    _quiet_hook_installed = True
+    previous = threading.excepthook
+
+    def quiet_about_closed_drives(args: threading.ExceptHookArgs) -> None:
+        closed = args.exc_type is not None and issubclass(args.exc_type, DriveClosedError)
+        if closed and args.thread is not None and args.thread.daemon:
+            return
+        previous(args)
+
+    threading.excepthook = quiet_about_closed_drives
+
+
+_quiet_hook_installed = False
+
+
 def _shutdown_at_exit() -> None:
     global exiting
     exiting = True
+    quiet_closed_drives_at_exit()
     state = _state
     with state.lock:
         closers = list(state.closers.values())

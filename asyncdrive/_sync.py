@@ -417,24 +417,9 @@ def _run_until_done(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) ->
 
 
 def _closed_error(name: str) -> DriveClosedError:
-    """Return the error of a call of a closed SyncDrive, to raise.
-
-    At interpreter exit (the drive closed by it), a daemon thread is held here for a while
-    first: the interpreter, about to end, holds it for good meanwhile, where its call cut
-    short or refused would end the thread with a traceback of `DriveClosedError` on the
-    way out. (Not for ever: an exit handler may join the thread, which then ends.)
-    """
-    if _portal.exiting and threading.current_thread().daemon:
-        _hold_until_the_end.wait(_EXIT_HOLD)
     return DriveClosedError(
         f"SyncDrive {name!r} is closed; create a new SyncDrive to use it again."
     )
-
-
-#: Never set: what a daemon thread waits on at interpreter exit (see `_closed_error`), for
-#: this long (s) at most.
-_hold_until_the_end = threading.Event()
-_EXIT_HOLD = 2.0
 
 
 #: SyncDrives with caller loops, closed at interpreter exit if their owners did not.
@@ -444,6 +429,7 @@ _with_caller_loops: weakref.WeakSet[SyncDrive] = weakref.WeakSet()
 @atexit.register
 def _close_caller_loops_at_exit() -> None:
     _portal.exiting = True
+    _portal.quiet_closed_drives_at_exit()  # (daemon threads still calling: see there)
     for drive in list(_with_caller_loops):
         drive._close_caller_loops(at_exit=True)
 

@@ -220,6 +220,19 @@ _STOP = None
 _live: weakref.WeakSet[DiskThreads] = weakref.WeakSet()
 
 
+def _drop(dropped: Callable[[Any], object], result: object) -> None:
+    """Hand a cancelled caller's ``result`` to ``dropped``, here, in the loop's thread.
+
+    Not in a worker thread: a call handed to one could be skipped (the caller cancelled
+    again while it waits for a thread), or refused (the threads shut down), and what the
+    result holds left open. Releasing it is quick (a close, an unlink), and rare.
+    """
+    try:
+        dropped(result)
+    except Exception:
+        logger.warning("releasing what a cancelled disk call made failed", exc_info=True)
+
+
 class DiskThreads:
     """Up to ``max_threads`` worker threads, started when needed, for blocking disk calls."""
 
@@ -249,8 +262,8 @@ class DiskThreads:
         The call sees the caller's context variables. A cancellation waits for the call to
         finish before it goes on (a disk call cannot be interrupted, and must not go on
         behind the caller's back): it is raised after, and the result dropped, handed first
-        to ``dropped`` (in a thread, waited for) where it holds what must be released (an
-        open file, an upload). It requests the call's `stop_request`, so work made of steps
+        to ``dropped`` (see `_drop`) where it holds what must be released (an open file, an
+        upload). It requests the call's `stop_request`, so work made of steps
         stops at its next one. A call still waiting for a thread is not made at all.
 
         Raises:
@@ -283,17 +296,8 @@ class DiskThreads:
                     except BaseException:  # the call's own error: dropped, as its result
                         continue
                 if dropped is not None and call.error is None and call.result is not _NOT_MADE:
-                    await self._drop(dropped, call.result)
+                    _drop(dropped, call.result)
             raise
-
-    async def _drop(self, dropped: Callable[[Any], object], result: object) -> None:
-        """Hand a cancelled caller's ``result`` to ``dropped``, in a thread, to its end."""
-        try:
-            await self.run(dropped, result)
-        except asyncio.CancelledError:  # (cancelled again: it waited for the call all the same)
-            pass
-        except Exception:
-            logger.warning("releasing what a cancelled disk call made failed", exc_info=True)
 
     def _submit(self, call: _Call) -> None:
         # Under the lock: a call is queued before `shutdown`'s stops, or refused.

@@ -552,6 +552,8 @@ class Watch:
                 again.append("recursive=False")
             if self._group is not None:
                 again.append(f"group={self._group!r}")
+                if self._named:
+                    again.append(f"member={self._consumer!r}")
             elif self._cursor:
                 again.append(f"since={self._cursor!r}")
             raise DriveClosedError(

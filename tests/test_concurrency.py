@@ -1234,3 +1234,25 @@ async def test_a_drive_closed_after_a_release_was_cut_short_releases_the_lock(
     await drive.aclose()
     async with raw_redis(redis_url) as client:
         assert await client.exists(lock_key) == 0
+
+
+async def test_a_drive_closed_in_a_cancelled_scope_still_releases_and_closes(
+    drive_id: str, env: dict[str, str], redis_url: str
+) -> None:
+    """With a release cut short pending, a close inside a cancelled anyio scope (an
+    `async with Drive()` in an expired move_on_after) raised before it closed anything:
+    the lock, the connections and the disk threads' share were kept."""
+    drive = Drive(drive_id)
+    lock_key, release = await _lock_and_start_its_release(drive)
+    release.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await release
+    conn = drive._conn
+    assert conn is not None and conn.index.unreleased
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await drive.aclose()
+    assert conn.closed and conn.loop_end is None and conn.index.unreleased == []
+    assert repr(conn.connected.wire).endswith("closed>")
+    async with raw_redis(redis_url) as client:
+        assert await client.exists(lock_key) == 0

@@ -357,6 +357,15 @@ async def test_a_local_path_with_a_nul_is_refused_before_anything_is_written(
     assert os.listdir(".") == []
     assert await drive.list(".", recursive=True) == ["a.txt", "f/b.txt"]
 
+    class BytesPath:  # (a PathLike of bytes: a bare TypeError)
+        def __fspath__(self) -> bytes:
+            return b"a.txt"
+
+    for call in (lambda: drive.get("a.txt", to=BytesPath()),
+                 lambda: drive.put(BytesPath(), to="c.txt")):  # fmt: skip
+        with pytest.raises(asyncdrive.DriveTypeError, match="is bytes: pass a str"):
+            await call()
+
 
 async def test_get_local_conflict(make_drive: MakeDrive, drive_id: str) -> None:
     drive = make_drive(drive_id)
@@ -1235,6 +1244,7 @@ async def test_arguments_of_a_wrong_type_are_drive_type_errors(
         Drive(None)  # type: ignore[arg-type]
     assert isinstance(no_id.value, TypeError)
     assert await drive.list(".", recursive=numpy.True_) == ["f.txt"]  # (a numpy bool: taken)
+    assert await drive.list(".", recursive=numpy.int64(1)) == ["f.txt"]  # (an int: taken)
     assert await drive.list(".", recursive=True) == ["f.txt"]  # nothing stored meanwhile
     assert (await drive.info("f.txt")).version == 1 and Path("local.txt").read_bytes() == HELLO
 

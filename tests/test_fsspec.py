@@ -16,11 +16,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
 import fsspec.asyn
+import numpy
 import pandas as pd
 import pytest
 from fsspec.asyn import AsyncFileSystem
@@ -724,6 +725,14 @@ def test_arguments_of_a_wrong_type_are_drive_type_errors(
                 call(f"lit://{name}/*" if call is fs.glob else f"lit://{name}", maxdepth=maxdepth)
     assert fs.cat(url) == b"x" and fs.find(f"lit://{name}") == [f"{name}/a.txt"]
     assert sorted(os.listdir()) == ["local.txt"]
+    # Taken: paths of a PathLike (they reached fsspec's own code as bare errors), and a
+    # maxdepth of numpy's int (refused by the first check of its type).
+    assert fs.cat(PurePosixPath(f"{name}/a.txt")) == b"x"
+    assert fs.expand_path(PurePosixPath(f"{name}/a.txt")) == [f"{name}/a.txt"]
+    assert fs.glob(PurePosixPath(f"{name}/*.txt")) == [f"{name}/a.txt"]
+    fs.pipe(PurePosixPath(f"{name}/p.txt"), b"p")
+    assert fs.cat(f"lit://{name}/p.txt") == b"p"
+    assert fs.find(f"lit://{name}", maxdepth=numpy.int64(1)) == [f"{name}/a.txt", f"{name}/p.txt"]
 
 
 def test_options_are_checked_when_the_filesystem_is_made(env: dict[str, str]) -> None:
@@ -739,10 +748,13 @@ def test_options_are_checked_when_the_filesystem_is_made(env: dict[str, str]) ->
     for options, error, says in cases:
         with pytest.raises(error, match=re.escape(says)):
             fsspec.filesystem("lit", skip_instance_cache=True, **options)
-    # fsspec's own options are taken.
+    # fsspec's own options are taken; so are those of its files fsspec.open hands over.
     fs = DriveFileSystem(skip_instance_cache=True, use_listings_cache=False, batch_size=4)
     assert fs.batch_size == 4
     fs.close()
+    with fsspec.open("lit://optioned/a.txt", "wb", block_size=1 << 20, cache_type="none") as f:
+        f.write(b"a")
+    assert fsspec.open("lit://optioned/a.txt", "rb", block_size=1 << 20).open().read() == b"a"
 
 
 def test_a_get_below_a_local_file_is_a_drive_error(
@@ -753,7 +765,9 @@ def test_a_get_below_a_local_file_is_a_drive_error(
     fs.pipe({f"lit://{name}/a.txt": b"a", f"lit://{name}/dir/b.txt": b"b"})
     Path("afile").write_bytes(b"mine")
     for rpath, lpath, recursive in [(f"lit://{name}/a.txt", "afile/x", False),
-                                    (f"lit://{name}/dir", "afile", True)]:  # fmt: skip
+                                    (f"lit://{name}/dir", "afile", True),
+                                    (f"lit://{name}/a.txt", "afile/x/y/a.txt", False),
+                                    (f"lit://{name}/dir", "afile/x/", True)]:  # fmt: skip
         with pytest.raises(asyncdrive.DriveNotADirectoryError, match="is a local file") as caught:
             fs.get(rpath, lpath, recursive=recursive)
         assert "'afile'" in str(caught.value) or "afile'" in str(caught.value)

@@ -544,3 +544,42 @@ async def test_work_that_must_finish_sees_no_stop_request_of_its_caller(
         assert stop_request.get() is outer
     finally:
         stop_request.reset(token)
+
+
+async def test_a_result_dropped_by_a_caller_cancelled_twice_is_released_once() -> None:
+    """The release of what a cancelled caller dropped was itself handed to a thread, where
+    it waited behind other calls: a second cancellation then (asyncio.run's end, a task
+    group) skipped it, and the file the call opened stayed open."""
+    pool = DiskThreads(1)
+    started, proceed, other_done = threading.Event(), threading.Event(), threading.Event()
+    released: list[int] = []
+
+    def opener() -> int:
+        started.set()
+        proceed.wait(10)
+        return os.open(os.devnull, os.O_RDONLY)
+
+    def release(fd: int) -> None:
+        released.append(fd)
+        os.close(fd)
+
+    try:
+        task = asyncio.create_task(pool.run(opener, dropped=release))
+        await asyncio.to_thread(started.wait, 10)
+        other = asyncio.create_task(pool.run(other_done.wait, 10))  # next in the one thread
+        await asyncio.sleep(0.01)
+        task.cancel()
+        proceed.set()
+        await asyncio.sleep(0.1)  # (the opener's result dropped; the thread is the other's)
+        task.cancel()  # again
+        other_done.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await other
+        assert len(released) == 1
+        with pytest.raises(OSError):
+            os.fstat(released[0])  # closed
+    finally:
+        proceed.set()
+        other_done.set()
+        pool.shutdown(wait=True)

@@ -157,9 +157,10 @@ async def test_a_closed_watch_is_not_entered_again(
         message = str(caught.value)
         assert message.startswith(f"{events!r} is closed") and "[closed]" in message
         assert f"drive.watch('ckpt', since={events.cursor!r})" in message
-        group = drive.watch(group="evaluators", recursive=False)
+        group = drive.watch(group="evaluators", recursive=False, member="e1")
         await group.aclose()
-        with pytest.raises(DriveClosedError, match=r"drive.watch\('.', recursive=False, group="):
+        again = r"drive.watch\('.', recursive=False, group='evaluators', member='e1'\)"
+        with pytest.raises(DriveClosedError, match=again):
             await group.__aenter__()
 
 
