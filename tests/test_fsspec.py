@@ -735,7 +735,7 @@ def test_arguments_of_a_wrong_type_are_drive_type_errors(
     assert fs.find(f"lit://{name}", maxdepth=numpy.int64(1)) == [f"{name}/a.txt", f"{name}/p.txt"]
 
 
-def test_options_are_checked_when_the_filesystem_is_made(env: dict[str, str]) -> None:
+def test_options_are_checked_when_the_filesystem_is_made(fs: DriveFileSystem) -> None:
     """A misspelled option was taken and ignored (fsspec's base class takes any): the files
     went to component "default"; the others were refused only at the first call."""
     cases: list[tuple[dict[str, Any], type[Exception], str]] = [
@@ -749,12 +749,13 @@ def test_options_are_checked_when_the_filesystem_is_made(env: dict[str, str]) ->
         with pytest.raises(error, match=re.escape(says)):
             fsspec.filesystem("lit", skip_instance_cache=True, **options)
     # fsspec's own options are taken; so are those of its files fsspec.open hands over.
-    fs = DriveFileSystem(skip_instance_cache=True, use_listings_cache=False, batch_size=4)
-    assert fs.batch_size == 4
-    fs.close()
+    own = DriveFileSystem(skip_instance_cache=True, use_listings_cache=False, batch_size=4)
+    assert own.batch_size == 4
+    own.close()
     with fsspec.open("lit://optioned/a.txt", "wb", block_size=1 << 20, cache_type="none") as f:
         f.write(b"a")
-    assert fsspec.open("lit://optioned/a.txt", "rb", block_size=1 << 20).open().read() == b"a"
+    with fsspec.open("lit://optioned/a.txt", "rb", block_size=1 << 20) as f:
+        assert f.read() == b"a"
 
 
 def test_a_get_below_a_local_file_is_a_drive_error(
