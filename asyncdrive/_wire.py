@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import select
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -78,6 +79,10 @@ class Wire:
         self._awaiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Lock | None = None
+        #: How many tries to connect have ended, and the error of the last, if it failed:
+        #: the callers that waited for it fail with it (see `_connect`).
+        self._attempts = 0
+        self._last_failure: Exception | None = None
         self._closed = False
         #: Commands queued but not yet written: those of one turn of the event loop go out
         #: in one write (`_flush`), and their bytes.
@@ -264,17 +269,28 @@ class Wire:
                 raise RuntimeError(LOOP_CLOSED_BY_HAND)
             raise RuntimeError(IN_ANOTHER_LOOP)
         assert self._connecting is not None
+        attempts_before = self._attempts
         async with self._connecting:
             if self._protocol is not None:
                 return self._protocol
+            failure = self._last_failure
+            if failure is not None and self._attempts != attempts_before:
+                # One was tried while this caller waited, and failed: so does this call. Each
+                # trying its own would make the last of N callers of a hung server wait N
+                # timeouts in turn (one is what an operation may wait).
+                raise _copy_of(failure) from failure
             # redis-py's connection, of the pool's class and settings, says hello to the
             # server (password, database, TLS, Sentinel's primary); then the stream is ours.
             conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
-            except BaseException:
+            except BaseException as exc:
+                self._attempts += 1
+                self._last_failure = exc if isinstance(exc, Exception) else None
                 await conn.disconnect(nowait=True)
                 raise
+            self._attempts += 1
+            self._last_failure = None
             host, port = getattr(conn, "host", None), getattr(conn, "port", None)
             self.server = (host, port) if isinstance(host, str) and isinstance(port, int) else None
             reader: asyncio.StreamReader | None = conn._reader
@@ -498,3 +514,12 @@ class _WireProtocol(asyncio.Protocol):
     def _lost(self, message: str) -> None:
         if self.wire._protocol is self:  # else the wire has moved on (or failed already)
             self.wire._fail(ConnectionError, message)
+
+
+def _copy_of(exc: Exception) -> Exception:
+    """Return a copy of ``exc`` without its traceback, to raise in another caller too."""
+    try:
+        copied: Exception = copy.copy(exc)
+    except Exception:  # (an exception that cannot be copied: a plain one, saying the same)
+        return ConnectionError(str(exc))
+    return copied.with_traceback(None)

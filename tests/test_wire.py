@@ -594,3 +594,46 @@ async def test_a_replica_refusing_a_write_is_a_lost_primary_under_sentinel(
         assert ("not connected" in repr(wire)) is sentinel
     finally:
         await wire.aclose()
+
+
+async def test_callers_waiting_for_a_connection_that_fails_fail_with_it(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung server: each caller queued behind a connection attempt tried its own once
+    that one failed, each waiting its whole timeout in turn (the last of 10 calls of a
+    drive failed after 10 timeouts, where an operation waits one). One attempt fails them
+    all; the next call tries again, and connects once the server answers."""
+    client = aioredis.Redis.from_url(
+        server.url, decode_responses=True, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
+    wire = Wire(client.connection_pool, timeout=0.5)
+    attempts = 0
+    make_connection = client.connection_pool.make_connection
+
+    def counted() -> Any:
+        nonlocal attempts
+        attempts += 1
+        return make_connection()  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(client.connection_pool, "make_connection", counted)
+    assert server.proc is not None
+    try:
+        assert await wire.call("PING") == "PONG"
+        os.kill(server.proc.pid, signal.SIGSTOP)  # accepts, answers nothing
+        try:
+            wire.disconnect("as after a timed-out reply")
+            attempts = 0
+            outcomes = await asyncio.gather(
+                *(wire.call("PING") for _ in range(6)), return_exceptions=True
+            )
+            lost = redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+            assert all(isinstance(o, lost)
+                       for o in outcomes), outcomes  # fmt: skip
+            assert attempts == 1
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await wire.call("PING") == "PONG"  # (a new call tries anew)
+        assert attempts == 2
+    finally:
+        await wire.aclose()
+        await client.aclose()
