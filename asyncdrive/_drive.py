@@ -1229,7 +1229,11 @@ class Drive:
                     "overloaded, or this process was paused meanwhile): retry."
                 )
             else:
-                fix = f"The drive's embedded server stopped (asyncdrive.stop_server?); {_RESTART}."
+                fix = (
+                    "The drive's embedded server stopped (asyncdrive.stop_server, or it was "
+                    f"killed: see {str(self._conn.store.root / 'server' / 'server.log')!r}); "
+                    f"{_RESTART}."
+                )
         else:
             fix = (
                 "Check that the server is running and reachable from this machine, or "
@@ -1269,7 +1273,8 @@ class Drive:
             )
         return DriveUnavailableError(
             f"Drive {self.name!r}: the embedded server of {str(root)!r} stopped "
-            f"(asyncdrive.stop_server?); {_RESTART}."
+            f"(asyncdrive.stop_server, or it was killed: see "
+            f"{str(root / 'server' / 'server.log')!r}); {_RESTART}."
         )
 
     def _refused(self, exc: redis.exceptions.ResponseError, url: str | None = None) -> DriveError:

@@ -611,6 +611,8 @@ def test_an_embedded_server_that_does_not_answer_is_not_said_to_have_stopped(
             with pytest.raises(asyncdrive.DriveUnavailableError) as stopped:
                 drive.list(".")
             assert "embedded server stopped" in str(stopped.value), stopped.value
+            log = str(tmp_path / "server" / "server.log")
+            assert f"or it was killed: see {log!r}" in str(stopped.value), stopped.value
             # Nor does the same SyncDrive start it again from another thread (whose calls
             # have a drive of their own), nor by a watch (the shared loop thread's drive).
             errors = errors_in_a_new_thread(functools.partial(drive.list, "."))
