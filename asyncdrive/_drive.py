@@ -118,7 +118,13 @@ from ._storage import (
     upload_identity,
 )
 from ._tasks import to_its_end
-from ._threads import CallBatcher, DiskThreads, NoThreads, QuickCalls
+from ._threads import (
+    CallBatcher,
+    DiskThreads,
+    NoThreads,
+    QuickCalls,
+    shared_disk_threads,
+)
 from ._watch import DEFAULT_CLAIM_IDLE, WaitingRoom, Watch
 from ._wire import IN_ANOTHER_LOOP, LOOP_CLOSED_BY_HAND, Wire
 
@@ -139,10 +145,6 @@ LOCK_TIMEOUT = 60.0
 _SMALL_WRITE = 1 << 20
 #: How many paths a drive remembers the last version it put or deleted of (`Drive._remember`).
 _REMEMBERED_PATHS = 4096
-#: Worker threads a process uses at most for the disk calls of all its drives. More add
-#: contention for the interpreter lock (measured: 64 concurrent gets on 2 cores ran up to
-#: half as fast with anyio's default of 40) without more disk throughput.
-DISK_THREADS = 8
 #: Files of a folder put stored side by side: their round trips and fsyncs overlap
 #: (measured: a folder of 1,000 small files went in 1.6-2.7x faster, on 2 cores).
 FOLDER_CONCURRENCY = 8
@@ -224,43 +226,6 @@ if _EPOLL:  # (Linux)
     os.register_at_fork(after_in_child=_isolate_inherited_loops)
 
 
-class _SharedDiskThreads:
-    """The worker threads doing every drive's disk calls in this process, at most a few.
-
-    Shared, so that however many drives, threads and loops a process runs, its disk calls
-    take at most `DISK_THREADS` threads; and not anyio's, whose threads end with the task
-    that started them (each call of a SyncDrive runs in a loop of its own). The threads stop
-    when the last connection using them closes, and a forked child starts its own.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._threads: DiskThreads | None = None
-        self._users = 0
-        self._pid = os.getpid()
-
-    def acquire(self) -> DiskThreads:
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's threads are not here
-                self._threads, self._users, self._pid = None, 0, os.getpid()
-            if self._threads is None:
-                self._threads = DiskThreads(DISK_THREADS)
-            self._users += 1
-            return self._threads
-
-    def release(self, threads: DiskThreads) -> None:
-        with self._lock:
-            if threads is not self._threads:
-                return
-            self._users -= 1
-            if self._users == 0:
-                self._threads = None
-                threads.shutdown()
-
-
-_disk_threads = _SharedDiskThreads()
-
-
 @dataclass
 class _Connection:
     """What a drive holds once used in a process: resolved settings, Redis, the disk."""
@@ -312,7 +277,7 @@ class _Connection:
 
     def __post_init__(self) -> None:
         if not self.inline:
-            self.disk = _disk_threads.acquire()
+            self.disk = shared_disk_threads.acquire()
         self.quick_calls = QuickCalls(is_local_filesystem)
         self.small_copies = CallBatcher(
             self.run_sync,
@@ -391,12 +356,12 @@ class _Connection:
         if self.disk is not None:
             yield
             return
-        self.disk = _disk_threads.acquire()
+        self.disk = shared_disk_threads.acquire()
         try:
             yield
         finally:
             pool, self.disk = self.disk, None
-            _disk_threads.release(pool)
+            shared_disk_threads.release(pool)
 
     def start_chore(self, name: str, chore: Coroutine[Any, Any, None]) -> None:
         """Run ``chore`` beside the calls, unless one of that ``name`` is under way.
@@ -434,7 +399,7 @@ class _Connection:
             await to_its_end(self.connected.aclose())
         finally:
             if self.disk is not None:
-                _disk_threads.release(self.disk)
+                shared_disk_threads.release(self.disk)
             loop_end, self.loop_end = self.loop_end, None
             if loop_end is not None:
                 await loop_end.aclose()

@@ -19,9 +19,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, Self, TypeVar
 
-import anyio
-import anyio.to_thread
-
 from ._exceptions import ConfigTypeError, DriveTypeError, InvalidConfigError, storage_error
 from ._models import CHECKSUM_ALGORITHM, Buffer, FileInfo
 from ._storage import (
@@ -33,6 +30,7 @@ from ._storage import (
     start_writeback,
 )
 from ._tasks import to_its_end
+from ._threads import in_a_disk_thread
 
 __all__ = ["DriveReader", "DriveWriter", "Opening", "byte_view", "check_mode"]
 
@@ -111,16 +109,17 @@ async def _in_a_thread(func: Callable[..., T], *args: Any) -> T:
     A file's disk call must not go on behind its caller's back: a write cut short would
     leave bytes on disk the hash has not seen, or a close meet a write still going.
     """
-    return await to_its_end(anyio.to_thread.run_sync(func, *args))
+    return await to_its_end(in_a_disk_thread(func, *args))
 
 
 async def _read_in_a_thread(fd: int, size: int, offset: int) -> bytes:
     """`_pread_exactly` in a worker thread.
 
-    Not to its end if the caller is cancelled: a read changes nothing, and what it read is
-    dropped (`_in_a_thread` would cost a task more per read).
+    A cancelled caller waits for it all the same (the file may not be closed under it),
+    without `_in_a_thread`'s task more per read: a read changes nothing, what it read is
+    dropped.
     """
-    return await anyio.to_thread.run_sync(_pread_exactly, fd, size, offset)
+    return await in_a_disk_thread(_pread_exactly, fd, size, offset)
 
 
 def _count(drive_name: str, path: str, name: str, value: int) -> int:
@@ -548,7 +547,7 @@ class DriveWriter:
         if out is None:
             return
         try:
-            staged = await to_its_end(anyio.to_thread.run_sync(self._finish, out), _dropped)
+            staged = await to_its_end(in_a_disk_thread(self._finish, out), _dropped)
         except BaseException as exc:
             await _in_a_thread(self._discard, out)
             if isinstance(exc, OSError):
@@ -617,7 +616,7 @@ class DriveWriter:
 
 async def _dropped(staged: Staged) -> None:
     """Drop an upload finished for a commit its cancelled caller will not make."""
-    await anyio.to_thread.run_sync(discard_upload, staged)
+    await in_a_disk_thread(discard_upload, staged)
 
 
 class Opening(Coroutine[Any, Any, FileT], Generic[FileT]):

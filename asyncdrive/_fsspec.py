@@ -37,7 +37,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-import anyio.to_thread
 from fsspec.asyn import AsyncFileSystem, get_loop, sync
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.compression import compr
@@ -71,6 +70,7 @@ from ._exceptions import (
 from ._files import DriveReader, DriveWriter
 from ._models import FileInfo, FolderInfo
 from ._progress import ProgressCallback
+from ._threads import in_a_disk_thread
 
 __all__ = ["DriveFileSystem"]
 
@@ -276,6 +276,11 @@ def _refuse_unknown_options(options: dict[str, Any]) -> None:
         f"The lit:// filesystem has no option {', '.join(hints)}. Its options: "
         f"{', '.join(_OWN_OPTIONS)}; and fsspec's {', '.join(_FSSPEC_OPTIONS)}."
     )
+
+
+def _make_folders(local: str) -> None:
+    """Make the local folder ``local`` and those above it, if missing."""
+    os.makedirs(local, exist_ok=True)
 
 
 def _file_at_or_above(local: str) -> str | None:
@@ -526,7 +531,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         already; else, most likely a drive that does not exist, one made for the question
         and closed after it: probes of many names would keep a connection each.
         """
-        if name in self._drives or await anyio.to_thread.run_sync(self._has_folder, name):
+        if name in self._drives or await in_a_disk_thread(self._has_folder, name):
             async with self._using(name) as kept:
                 yield kept
             return
@@ -650,7 +655,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         if not name:
             return _dir_entry("")
         if not rest:
-            names = await anyio.to_thread.run_sync(self._drive_names)
+            names = await in_a_disk_thread(self._drive_names)
             if name in names:
                 return _dir_entry(name)
             async with self._drive_to_ask(name) as drive:
@@ -673,7 +678,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         name, rest = self._split(path)
         if not name:
-            names = await anyio.to_thread.run_sync(self._drive_names)
+            names = await in_a_disk_thread(self._drive_names)
             return [_dir_entry(n) for n in names] if detail else names
         try:
             async with self._using(name) as drive:
@@ -893,7 +898,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         mode: str = "overwrite",
         **kwargs: Any,
     ) -> None:
-        if await anyio.Path(lpath).is_dir():
+        if await in_a_disk_thread(os.path.isdir, lpath):
             return  # folders exist by what they hold
         name, rest = self._file(rpath)
         async with self._using(name) as drive:
@@ -915,16 +920,18 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         """
         name = self._whole_drive(rpath, recursive)
         into = isinstance(lpath, str) and lpath.endswith(("/", os.sep))
-        if name and isinstance(lpath, str) and (into or await anyio.Path(lpath).is_dir()):
+        if (
+            name
+            and isinstance(lpath, str)
+            and (into or await in_a_disk_thread(os.path.isdir, lpath))
+        ):
             lpath = os.path.join(lpath, name)  # (fsspec took its name for no level)
         try:
             return await super()._get(rpath, lpath, recursive=recursive, **kwargs)
         except (FileExistsError, NotADirectoryError) as exc:
             if isinstance(exc, DriveError):
                 raise
-            in_the_way = exc.filename and await anyio.to_thread.run_sync(
-                _file_at_or_above, exc.filename
-            )
+            in_the_way = exc.filename and await in_a_disk_thread(_file_at_or_above, exc.filename)
             if not in_the_way:
                 raise
             raise DriveNotADirectoryError(
@@ -951,10 +958,10 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
     ) -> None:
         name, rest = self._split(rpath)
         if name and not rest:  # a whole drive (get(recursive=True) has it): a folder
-            await anyio.Path(lpath).mkdir(parents=True, exist_ok=True)
+            await in_a_disk_thread(_make_folders, lpath)
             return
         name, rest = self._file(rpath)
-        if await anyio.Path(lpath).is_dir():
+        if await in_a_disk_thread(os.path.isdir, lpath):
             if (await self._info(rpath))["type"] == "directory":
                 return  # a folder (get(recursive=True) has them): made for the files in it
             raise DriveIsADirectoryError(
@@ -971,7 +978,7 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
             except FolderNotFileError:
                 # Made, as LocalFileSystem.get_file makes a folder: its files are
                 # get(recursive=True)'s (it copied the whole tree, then each file again).
-                await anyio.Path(lpath).mkdir(parents=True, exist_ok=True)
+                await in_a_disk_thread(_make_folders, lpath)
 
     @_fsspec_terms()
     async def _rm_file(self, path: str, **kwargs: Any) -> None:

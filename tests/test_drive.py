@@ -48,8 +48,9 @@ from asyncdrive import (
 )
 from asyncdrive import _drive as drive_module
 from asyncdrive import _storage as storage
-from asyncdrive._drive import DISK_THREADS, FOLDER_CONCURRENCY
+from asyncdrive._drive import FOLDER_CONCURRENCY
 from asyncdrive._storage import META_XATTR, DiskStore, Staged, _parse_meta_attribute
+from asyncdrive._threads import DISK_THREADS
 
 from .conftest import MakeDrive, opens, quiet_syncfs, raw_redis, run_python, warnings_as_errors
 

@@ -804,6 +804,38 @@ def test_exit_is_quiet_about_a_daemon_threads_call_it_cut_short(
         assert done.stdout == "exiting\n" and "Traceback" not in done.stderr, done.stderr
 
 
+def test_bulk_transfers_make_no_anyio_thread_calls(
+    fs: DriveFileSystem, name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsspec runs its loop with run_forever, where each anyio.to_thread call looks for the
+    loop's root task through all its tasks: a recursive put, get or cat of thousands of
+    files (fsspec keeps ~1,280 in flight) slowed down with each file more (measured: 3,000
+    files put in 9.2 s, got in 8.2 s, read in 3.6 s; 2.3, 1.3 and 0.4 s without). Their
+    disk calls go to the drives' own disk threads."""
+    import anyio.to_thread
+
+    calls: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    Path("tree").mkdir()
+    for i in range(20):
+        Path(f"tree/f{i}.bin").write_bytes(os.urandom(100 + i))
+    fs.pipe_file(f"lit://{name}/warm", b"x")  # (connected: the drive's own first steps)
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    fs.put("tree/", f"lit://{name}/x", recursive=True)
+    paths = fs.find(f"lit://{name}/x")
+    assert len(fs.cat(paths)) == 20
+    fs.get(f"lit://{name}/x", "out", recursive=True)
+    with fs.open(f"lit://{name}/w.bin", "wb") as f:
+        f.write(b"w")
+    assert sorted(os.listdir("out")) == sorted(os.listdir("tree"))
+    assert calls == []
+
+
 def _read_in_child(url: str, queue: multiprocessing.Queue[bytes]) -> None:
     queue.put(fsspec.open(url, "rb").open().read())
 
