@@ -139,7 +139,12 @@ def _close_all_at_exit() -> None:
     """
     _portal.quiet_closed_drives_at_exit()
     for filesystem in list(_filesystems.values()):
-        filesystem._finalizer()
+        # Detached and called: calling it does nothing once weakref's own exit handler
+        # has run (it may run first), though it left these (``atexit=False``) alone.
+        detached = filesystem._finalizer.detach()
+        if detached is not None:
+            _, close, args, _ = detached
+            close(*args)
 
 
 def _reporting_to(callback: Callback) -> ProgressCallback:

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.to_thread
 
 logger = logging.getLogger("asyncdrive")
 
@@ -378,6 +379,15 @@ class SharedDiskThreads:
             self._users += 1
             return self._threads
 
+    def borrow(self) -> DiskThreads | None:
+        """Return the threads if drives keep them, without keeping them (see `acquire`).
+
+        Without the lock (a fork while another thread holds it would leave it held in the
+        child): the threads may be shut down meanwhile (`NoThreads`).
+        """
+        threads = self._threads
+        return threads if threads is not None and self._pid == os.getpid() else None
+
     def release(self, threads: DiskThreads) -> None:
         with self._lock:
             if threads is not self._threads:
@@ -391,24 +401,24 @@ class SharedDiskThreads:
 shared_disk_threads = SharedDiskThreads()
 
 
-async def in_a_disk_thread(
-    func: Callable[..., T], *args: Any, dropped: Callable[[T], object] | None = None
-) -> T:
-    """Run ``func(*args)`` in the process's shared disk threads, borrowed for the call.
+async def in_a_disk_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run ``func(*args)`` in the process's shared disk threads, where drives keep them.
 
-    As `DiskThreads.run` (a cancellation waits for the call; ``dropped``): for the disk
-    calls of what has no drive connection at hand (an open file, the fsspec filesystem).
-    Not ``anyio.to_thread``, whose every call, in a loop started with ``run_forever``
-    (fsspec's), looks for the loop's root task through all its tasks: thousands of them in
-    an fsspec bulk transfer, which then slowed down with each file more in flight.
+    As `DiskThreads.run` (a cancellation waits for the call): for the disk calls of what
+    has no drive connection at hand (an open file, the fsspec filesystem). Not
+    ``anyio.to_thread`` where the shared threads run: its every call, in a loop started
+    with ``run_forever`` (fsspec's), looks for the loop's root task through all its tasks,
+    thousands in an fsspec bulk transfer, which then slowed down with each file in flight.
+    Where no drive keeps them (its drives closed: a file used after), anyio's, rather than
+    threads started and stopped for each call.
     """
-    threads = shared_disk_threads.acquire()
-    try:
-        return await threads.run(func, *args, dropped=dropped)
-    except NoThreads:  # the interpreter is exiting and starts no threads: do it here
-        return func(*args)
-    finally:
-        shared_disk_threads.release(threads)
+    threads = shared_disk_threads.borrow()
+    if threads is not None:
+        try:
+            return await threads.run(func, *args)
+        except NoThreads:  # shut down meanwhile, as its last drive closed
+            pass
+    return await anyio.to_thread.run_sync(func, *args)
 
 
 def _forget_after_fork() -> None:

@@ -278,7 +278,7 @@ class Wire:
                 # One was tried while this caller waited, and failed: so does this call. Each
                 # trying its own would make the last of N callers of a hung server wait N
                 # timeouts in turn (one is what an operation may wait).
-                raise _copy_of(failure) from failure
+                raise _copy_of(failure)
             # redis-py's connection, of the pool's class and settings, says hello to the
             # server (password, database, TLS, Sentinel's primary); then the stream is ours.
             conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
@@ -286,7 +286,8 @@ class Wire:
                 await conn.connect()  # type: ignore[no-untyped-call]
             except BaseException as exc:
                 self._attempts += 1
-                self._last_failure = exc if isinstance(exc, Exception) else None
+                # A copy, with no traceback: the caller's frames (its data) are not kept.
+                self._last_failure = _copy_of(exc) if isinstance(exc, Exception) else None
                 await conn.disconnect(nowait=True)
                 raise
             self._attempts += 1

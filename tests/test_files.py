@@ -37,6 +37,7 @@ from asyncdrive import (
     SyncDriveWriter,
     VersionConflictError,
     _drive,
+    _threads,
 )
 from asyncdrive._storage import DiskStore
 
@@ -699,3 +700,27 @@ async def test_a_close_cancelled_during_its_commit_says_what_it_committed(
         await closing
     assert f.info is not None and f.info == await drive.info("f.bin")
     assert (f.info.version, await drive.read_bytes("f.bin")) == (2, b"new")
+
+
+async def test_a_file_used_after_its_drive_closed_starts_no_threads_per_call(
+    env: dict[str, str], drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its reads borrowed the shared disk threads, which no drive kept any more: a pool
+    was made, and a thread started and stopped, for each read (8x slower)."""
+    made: list[object] = []
+    init = _threads.DiskThreads.__init__
+
+    def counted(self: _threads.DiskThreads, max_threads: int) -> None:
+        made.append(self)
+        init(self, max_threads)
+
+    async with Drive(drive_id) as drive:
+        await drive.write_bytes("f.bin", bytes(range(256)) * 8)
+        reader = await drive.open("f.bin")
+    monkeypatch.setattr(_threads.DiskThreads, "__init__", counted)
+    try:
+        for i in range(20):
+            assert await reader.read_range(i, i + 4) == bytes(range(i, i + 4))
+    finally:
+        await reader.aclose()
+    assert made == []

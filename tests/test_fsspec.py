@@ -804,6 +804,25 @@ def test_exit_is_quiet_about_a_daemon_threads_call_it_cut_short(
         assert done.stdout == "exiting\n" and "Traceback" not in done.stderr, done.stderr
 
 
+def test_the_filesystems_drives_are_closed_at_exit(
+    env: dict[str, str], name: str, workdir: Path
+) -> None:
+    """Closed by asyncdrive's exit handler calling each filesystem's finalizer: which did
+    nothing once weakref's own exit handler had run (registered with the first finalizer,
+    after asyncdrive's: it runs first), and a put in flight kept its lock for 30 s."""
+    code = f"""
+        import atexit
+        drives = []
+        atexit.register(lambda: print("closed:", [d._closed for d in drives], flush=True))
+        import fsspec  # (after: its exit handler runs before the one above)
+        fs = fsspec.filesystem("lit")
+        fs.pipe_file("lit://{name}/a.txt", b"x")
+        drives.extend(fs._drives.values())
+    """
+    done = run_python(textwrap.dedent(code), cwd=workdir, env=env, timeout=60)
+    assert done.stdout == "closed: [True]\n", done
+
+
 def test_bulk_transfers_make_no_anyio_thread_calls(
     fs: DriveFileSystem, name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

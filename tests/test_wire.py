@@ -630,6 +630,8 @@ async def test_callers_waiting_for_a_connection_that_fails_fail_with_it(
             assert all(isinstance(o, lost)
                        for o in outcomes), outcomes  # fmt: skip
             assert attempts == 1
+            kept = wire._last_failure  # (a copy: the failed caller's frames are not kept)
+            assert kept is not None and kept.__traceback__ is None
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         assert await wire.call("PING") == "PONG"  # (a new call tries anew)
