@@ -20,6 +20,7 @@ from types import FrameType
 
 from . import (
     cold_start,
+    fsspec_bulk,
     harness,
     large_files,
     listing,
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         listing,
         sync_overhead,
         cold_start,
+        fsspec_bulk,
         scaling,
     )
 }

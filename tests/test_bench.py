@@ -143,6 +143,13 @@ def test_sync_overhead_quick_run_prints_a_row_per_operation() -> None:
     assert proc.stdout.count("≤ 1.3x: ") == len(sync_overhead.OPS)
 
 
+def test_fsspec_bulk_quick_run_prints_a_row_per_case() -> None:
+    from bench import fsspec_bulk
+
+    proc = _quick_bench("--only", "fsspec_bulk")
+    _rows(proc, *(label for _, label in fsspec_bulk.CASES))
+
+
 def test_cold_start_quick_run_leaves_no_server_behind() -> None:
     proc = _quick_bench("--only", "cold_start")
     _rows(
