@@ -968,7 +968,10 @@ class Drive:
         if config.redis_url is not None:
             url = config.redis_url
         elif self._starts_server:
-            url = await ensure_server(config.root)
+            try:
+                url = await ensure_server(config.root)
+            except DriveUnavailableError as exc:  # (said of the root: said of the drive too)
+                raise DriveUnavailableError(f"Drive {self.name!r}: {exc}") from None
         elif (url_running := await running_server(config.root)) is not None:
             url = url_running
         else:

@@ -444,7 +444,10 @@ def test_a_server_dying_as_it_starts_is_said_so_at_once(short_root: Path, drive_
     (root / "server" / "appendonlydir").write_bytes(b"in the way")
     with (
         SyncDrive(drive_id, root=root) as drive,
-        pytest.raises(asyncdrive.DriveUnavailableError, match="stopped while starting"),
+        pytest.raises(
+            asyncdrive.DriveUnavailableError,
+            match=rf"^Drive '{drive_id[6:]}': The embedded server in .* stopped while starting",
+        ),
     ):
         drive.list(".")
 
