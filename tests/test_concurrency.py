@@ -30,6 +30,7 @@ import pytest
 import asyncdrive._drive
 import asyncdrive._index
 import asyncdrive._storage
+import asyncdrive._threads
 from asyncdrive import (
     Change,
     Drive,
@@ -1105,14 +1106,22 @@ async def test_a_cancelled_large_copy_stops_at_its_next_step(
             await drive.put("big.bin")
             (workdir / "big.bin").write_bytes(b"mine")
         steps: list[str] = []
-        first_step, cancelled = threading.Event(), threading.Event()
+        first_step = threading.Event()
         real_step = asyncdrive._storage._FdCopier.step
 
+        def stop_requested() -> bool:
+            stop = asyncdrive._threads.stop_request.get()
+            return stop is not None and stop.requested
+
         def held_step(copier: Any, *args: Any) -> int:
-            steps.append("cancelled" if cancelled.is_set() else "before")
+            steps.append("cancelled" if stop_requested() else "before")
             copied = real_step(copier, *args)
             first_step.set()
-            cancelled.wait(10)
+            # Held until the cancellation reaches the call (the loop may be slow to deliver
+            # it), for a while at most: without it, every step is "before".
+            deadline = time.monotonic() + 2
+            while not stop_requested() and time.monotonic() < deadline:
+                time.sleep(0.001)
             return copied
 
         monkeypatch.setattr(asyncdrive._storage._FdCopier, "step", held_step)
@@ -1122,7 +1131,6 @@ async def test_a_cancelled_large_copy_stops_at_its_next_step(
             task = asyncio.create_task(drive.put("big.bin"))
         assert await anyio.to_thread.run_sync(first_step.wait, 10)
         task.cancel()
-        cancelled.set()
         with pytest.raises(asyncio.CancelledError):
             await task
         monkeypatch.undo()

@@ -1497,11 +1497,15 @@ def test_a_close_inside_a_call_another_close_waits_for_returns(
     deadlock). It returns at once: the close under way ends the call."""
     Path("big.bin").write_bytes(os.urandom(24 << 20))  # (the child puts it)
     code = f"""
-        import threading, time
+        import sys, threading, time
         from asyncdrive import SyncDrive
 
         drive = SyncDrive({drive_id!r})
         started = threading.Event()
+
+        def say(line):  # (one write: print's text and its newline may part between threads)
+            sys.stdout.write(line + "\\n")
+            sys.stdout.flush()
 
         def callback(done, total):
             if done and not started.is_set():
@@ -1509,20 +1513,20 @@ def test_a_close_inside_a_call_another_close_waits_for_returns(
                 while not drive._closed:  # (B's close under way)
                     time.sleep(0.001)
                 drive.close()
-                print("closed inside", flush=True)
+                say("closed inside")
 
         def close_in_b():
             started.wait()
             drive.close()
-            print("closed in B", flush=True)
+            say("closed in B")
 
         b = threading.Thread(target=close_in_b)
         b.start()
         try:
             drive.put("big.bin", progress=callback)
-            print("put: returned", flush=True)  # (ended before B's close cancelled it)
+            say("put: returned")  # (ended before B's close cancelled it)
         except Exception as exc:
-            print("put:", type(exc).__name__, flush=True)
+            say("put: " + type(exc).__name__)
         b.join()
     """
     proc = spawn(code, env, workdir)
