@@ -1416,26 +1416,16 @@ def test_a_second_close_waits_for_the_first(
     putting.join(30)
 
 
-def test_a_close_from_another_thread_stops_a_large_copy_at_its_next_step(
-    env: dict[str, str], workdir: Path, drive_id: str
-) -> None:
-    """It cancelled the call, whose copy ran to its end all the same (a slow disk: here, a
-    progress callback that sleeps), then was thrown away."""
-    Path("big.bin").write_bytes(os.urandom(64 << 20))
-    drive = SyncDrive(drive_id)
-    reports: list[int] = []
-    copying = threading.Event()
+def _closed_while_copying(
+    drive: SyncDrive, copying: threading.Event, local: str, **options: Any
+) -> list[BaseException]:
+    """Put ``local`` in a thread, close ``drive`` from here once ``copying`` is set; return
+    what the put raised."""
     raised: list[BaseException] = []
-
-    def slow_disk(done: int, total: int) -> None:
-        reports.append(done)
-        if done:
-            copying.set()
-            time.sleep(0.3)
 
     def put() -> None:
         try:
-            drive.put("big.bin", progress=slow_disk)
+            drive.put(local, **options)
         except BaseException as exc:
             raised.append(exc)
 
@@ -1444,6 +1434,26 @@ def test_a_close_from_another_thread_stops_a_large_copy_at_its_next_step(
     assert copying.wait(30)
     drive.close()
     putting.join(30)
+    assert not putting.is_alive()
+    return raised
+
+
+def test_a_close_from_another_thread_stops_a_large_copy_at_its_next_step(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """It cancelled the call, whose copy ran to its end all the same (a slow disk: here, a
+    progress callback that sleeps), then was thrown away."""
+    Path("big.bin").write_bytes(os.urandom(64 << 20))
+    reports: list[int] = []
+    copying = threading.Event()
+
+    def slow_disk(done: int, total: int) -> None:
+        reports.append(done)
+        if done:
+            copying.set()
+            time.sleep(0.3)
+
+    raised = _closed_while_copying(SyncDrive(drive_id), copying, "big.bin", progress=slow_disk)
     assert [type(exc) for exc in raised] == [DriveClosedError]
     assert len(reports) <= 3 and reports[-1] < 64 << 20, reports  # (8 steps: stopped early)
     with SyncDrive(drive_id) as other:
@@ -1469,20 +1479,7 @@ def test_a_close_stops_a_large_copy_of_a_folder_put_in_the_disk_threads(
         return copy_file_range(src, dst, count, *args)
 
     monkeypatch.setattr(os, "copy_file_range", slow_disk)
-    drive = SyncDrive(drive_id)
-    raised: list[BaseException] = []
-
-    def put() -> None:
-        try:
-            drive.put("tree")
-        except BaseException as exc:
-            raised.append(exc)
-
-    putting = threading.Thread(target=put)
-    putting.start()
-    assert copying.wait(30)
-    drive.close()
-    putting.join(30)
+    raised = _closed_while_copying(SyncDrive(drive_id), copying, "tree")
     assert [type(exc) for exc in raised] == [DriveClosedError]
     assert len(steps) <= 3, steps  # (8 steps of 8 MiB: stopped at the next)
     with SyncDrive(drive_id) as other:
