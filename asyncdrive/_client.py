@@ -18,7 +18,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, ClassVar, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
@@ -71,6 +71,8 @@ class Connected:
     wire: Wire | None = None
     #: The connections for blocking reads (watches), as wires; None on a Cluster.
     readers: WirePool | None = None
+    #: The class of the client's connections, this client's own (see `lean_connections`).
+    connections: type[_LeanCommands] | None = None
 
     async def follow_primary(self) -> None:
         """Under Sentinel: drop the connections to a server the sentinels no longer name.
@@ -95,7 +97,12 @@ class Connected:
             self.readers.disconnect_unless((host, int(port)), reason)
 
     async def aclose(self) -> None:
-        """Close the client, the wires and the sentinel connections, if any."""
+        """Close the client, the wires and the sentinel connections, if any.
+
+        None of the client's connections opens again after (see `_LeanCommands._connect`).
+        """
+        if self.connections is not None:
+            self.connections.client_closed = True
         if self.readers is not None:
             await self.readers.aclose()
         if self.wire is not None:
@@ -138,7 +145,24 @@ class _LeanCommands(AbstractConnection):
       high-water mark, so ``drain()`` returns at once), and the timeout cost a task per
       command (~40 us). A larger write, or one behind a backlog, keeps the socket
       timeout; every reply is still awaited with it, so a hung server still times out.
+
+    Each client has a subclass of its own (`lean_connections`), which its close marks
+    (`client_closed`): its connections never connect again. redis-py's clients reconnect
+    at the next command, and its cluster client even at a command already under way (a
+    watch's read, from a new pipeline task), whose connection then stayed open after the
+    drive's close, until collected with a ResourceWarning.
     """
+
+    #: Set when the client whose connections these are is closed (`Connected.aclose`).
+    client_closed: ClassVar[bool] = False
+
+    async def _connect(self) -> None:
+        if self.client_closed:
+            raise redis.exceptions.ConnectionError(_CLIENT_CLOSED)
+        await super()._connect()  # type: ignore[safe-super,no-untyped-call]  # (Connection's)
+        if self.client_closed:  # closed as it connected: its close missed this one
+            await self.disconnect(nowait=True)
+            raise redis.exceptions.ConnectionError(_CLIENT_CLOSED)
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):  # "CONFIG GET" is two words, as redis-py sends it
@@ -187,6 +211,8 @@ class _LeanCommands(AbstractConnection):
         await super().disconnect(nowait, *args, **kwargs)  # (redis-py 5.2 has no others)
 
 
+_CLIENT_CLOSED = "The drive's connection was closed"
+
 _lean_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 ConnectionT = TypeVar("ConnectionT", bound=AbstractConnection)
 
@@ -201,20 +227,28 @@ def _lean(connection_class: type[ConnectionT]) -> type[ConnectionT]:
     return cast(type[ConnectionT], _lean_classes[connection_class])
 
 
-def lean_connections(client: RedisClient) -> None:
-    """Make the connections ``client`` opens from now on `_LeanCommands`.
+def lean_connections(client: RedisClient) -> type[_LeanCommands]:
+    """Make the connections ``client`` opens from now on `_LeanCommands`; return their class.
 
     A standalone or Sentinel client's pool, or a Cluster's nodes (those it starts from, and
-    those it discovers later). Call it before the client opens a connection.
+    those it discovers later). Call it before the client opens a connection. The class is
+    this client's own: set its ``client_closed`` once the client is closed.
     """
-    if isinstance(client, RedisCluster):
-        manager = client.nodes_manager
-        lean = _lean(manager.connection_kwargs.get("connection_class", Connection))
-        manager.connection_kwargs["connection_class"] = lean
-        for node in manager.startup_nodes.values():
-            node.connection_class = lean
+    pool: Any = None if isinstance(client, RedisCluster) else client.connection_pool
+    if pool is None:
+        manager = cast(RedisCluster, client).nodes_manager
+        base = manager.connection_kwargs.get("connection_class", Connection)
     else:
-        client.connection_pool.connection_class = _lean(client.connection_pool.connection_class)
+        base = pool.connection_class
+    lean = _lean(base)
+    own: type[_LeanCommands] = type(lean.__name__, (lean,), {})
+    if pool is None:
+        manager.connection_kwargs["connection_class"] = own
+        for node in manager.startup_nodes.values():
+            node.connection_class = cast(Any, own)  # (a Connection subclass, made here)
+    else:
+        pool.connection_class = own
+    return own
 
 
 def refusal_at_accept(url: str, timeout: float = 0.25) -> str | None:
@@ -260,23 +294,23 @@ async def connect(url: str, *, timeout: float) -> Connected:
         client = aioredis.Redis.from_url(url, **_options(timeout))
     except ValueError as exc:
         raise _bad_url(url, exc) from None
-    lean_connections(client)
+    connections = lean_connections(client)
     try:
         info = await client.info("cluster")
     except BaseException:
         await client.aclose()
         raise
     if not info.get("cluster_enabled"):
-        return Connected(client, "standalone", **_wires(client, timeout))
+        return Connected(client, "standalone", connections=connections, **_wires(client, timeout))
     await client.aclose()
     cluster = RedisCluster.from_url(url, **_options(timeout))
-    lean_connections(cluster)
+    connected = Connected(cluster, "cluster", connections=lean_connections(cluster))
     try:
         await cluster.initialize()
     except BaseException:
-        await cluster.aclose()
+        await connected.aclose()
         raise
-    return Connected(cluster, "cluster")
+    return connected
 
 
 async def _connect_sentinel(url: str, timeout: float) -> Connected:
@@ -308,8 +342,13 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
         password=unquote(password) or None,
         ssl=parts.scheme.lower().startswith("rediss"),
     )
-    lean_connections(client)
-    connected = Connected(client, "sentinel", list(sentinel.sentinels), **_wires(client, timeout))
+    connected = Connected(
+        client,
+        "sentinel",
+        list(sentinel.sentinels),
+        connections=lean_connections(client),
+        **_wires(client, timeout),
+    )
     try:
         await client.ping()
     except BaseException:

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import numpy
 import pytest
+import redis.exceptions
 from redis.crc import key_slot
 
 import asyncdrive
@@ -1750,6 +1751,25 @@ def test_aclose_in_another_loop_than_its_running_one_changes_nothing(
         stop.set()
         thread.join(30)
     assert ended == ["closed"]
+
+
+async def test_a_closed_drives_connections_never_open_again(drive_id: str) -> None:
+    """A command sent through a closed drive's client, as a watch's next read just after
+    the close, reconnected: on a Cluster the socket stayed open after the drive closed (its
+    loop closed later), collected with a ResourceWarning (a CI run failed on it)."""
+    drive = Drive(drive_id)
+    await drive.write_bytes("a.txt", b"x")
+    conn = drive._conn
+    assert conn is not None and conn.connected.connections is not None
+    await drive.aclose()
+    with pytest.raises(redis.exceptions.ConnectionError, match="connection was closed"):
+        await conn.connected.client.ping()
+    with pytest.raises(redis.exceptions.ConnectionError, match="connection was closed"):
+        await conn.index.read_events("0-0", 10, 10)  # (a watch's read: a pipeline on a Cluster)
+    gc.collect()
+    kind = conn.connected.connections
+    still_open = [c for c in gc.get_objects() if isinstance(c, kind) and c.is_connected]
+    assert still_open == []
 
 
 def test_a_drive_outside_asyncio_says_so(env: dict[str, str], drive_id: str) -> None:
