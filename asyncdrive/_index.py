@@ -1420,8 +1420,8 @@ class Index:
         """Keep (path, token) locks whose release a cancellation cut short, maybe unsent.
 
         Released at the next call or the connection's close (see `release_unreleased`).
-        On the `Wire` only: a Cluster's redis-py client, whose calls cut short may leave
-        connections open (a CI run saw one left so, maybe there), keeps to the lease.
+        On the `Wire` only: on a Cluster (redis-py's client, its own connections), such a
+        lock keeps to its lease, as before; the retries are tested on the `Wire` alone.
         """
         if self.wire is not None:
             self.unlock_later(component, locks)
