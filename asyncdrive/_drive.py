@@ -956,12 +956,15 @@ class Drive:
             self._connect_lock = (loop, lock)
             return lock
 
-    async def _connect(self, *, again: bool = False) -> _Connection:
+    async def _connect(
+        self, *, again: bool = False, unanswered_since: float | None = None
+    ) -> _Connection:
         """Connect to the drive's server (the embedded one started, if needed and allowed).
 
         ``again``: a second try, once the embedded server did not answer the first: its
         failure is the call's (a server that answers too slowly for the timeout would
-        otherwise be tried for ever).
+        otherwise be tried for ever). ``unanswered_since``: when the first timed out
+        (`time.monotonic`): a hung server is reported that much sooner.
         """
         config = self._config.resolve()
         embedded = config.redis_url is None
@@ -969,7 +972,7 @@ class Drive:
             url = config.redis_url
         elif self._starts_server:
             try:
-                url = await ensure_server(config.root)
+                url = await ensure_server(config.root, unanswered_since)
             except DriveUnavailableError as exc:  # (said of the root: said of the drive too)
                 raise DriveUnavailableError(f"Drive {self.name!r}: {exc}") from None
         elif (url_running := await running_server(config.root)) is not None:
@@ -977,6 +980,7 @@ class Drive:
         else:
             raise await self._not_started(config.root)
         connected: Connected | None = None
+        tried_at = time.monotonic()
         try:
             connected = await connect(url, timeout=config.redis_timeout)
             events = Keys(config.name).events
@@ -1000,7 +1004,8 @@ class Drive:
                 running = await running_server(config.root)
                 if running is None or running == url:  # (not elsewhere now)
                     raise await self._not_started(config.root, exc) from exc
-            return await self._connect(again=True)
+            timed_out = isinstance(exc, (redis.exceptions.TimeoutError, TimeoutError))
+            return await self._connect(again=True, unanswered_since=tried_at if timed_out else None)
         except (redis.exceptions.RedisError, AttributeError, TypeError, ValueError) as exc:
             # An answer, but not Redis's (another service at that port; redis-py fails to
             # parse it), or a setting of the URL the server refuses (a database number).

@@ -301,11 +301,16 @@ class _Patience:
 
     A server loads its data before it answers anything (after a restart, a large index
     takes a while): while its CPU time grows, the wait goes on, up to `_LOAD_TIMEOUT`.
+    ``unanswered_since``: when (`time.monotonic`) a caller found it not answering, if
+    before this wait: counted as time it did nothing (a connection's timeout, 10 s,
+    before it, made the whole wait ~30 s), unless it is seen working.
     """
 
-    def __init__(self, pid: int = 0) -> None:
+    def __init__(self, pid: int = 0, unanswered_since: float | None = None) -> None:
         self.pid = pid
         self.started = self.last_work = time.monotonic()
+        if unanswered_since is not None:
+            self.last_work = min(self.last_work, unanswered_since)
         self.cpu = _cpu_ticks(pid) if pid else None
         #: Seen working (loading its data) while waited for.
         self.worked = False
@@ -553,8 +558,13 @@ def _read_pid(pidfile: Path) -> int:
         return 0
 
 
-def ensure_server_sync(root: Path) -> str:
-    """Return the URL of ``root``'s embedded server, starting it if none answers."""
+def ensure_server_sync(root: Path, unanswered_since: float | None = None) -> str:
+    """Return the URL of ``root``'s embedded server, starting it if none answers.
+
+    ``unanswered_since``: when (`time.monotonic`) the caller's connection to it found it
+    not answering (a timeout): a server that runs on without answering is reported that
+    much sooner (see `_Patience`).
+    """
     known = _remembered(root)
     if known is not None:
         return known
@@ -571,7 +581,7 @@ def ensure_server_sync(root: Path) -> str:
             url = str(state["url"]) if state else ""
             if not (url and _ping(url)):
                 pid = int(str(state.get("pid") or 0)) if state else 0
-                if not (url and pid and _wait_for_answer(root, url, pid)):
+                if not (url and pid and _wait_for_answer(root, url, pid, unanswered_since)):
                     _check_owner(root, starting=True)
                     url = _start(folder)
     except _LockTimedOut:
@@ -625,13 +635,13 @@ def _works_in(pid: int, folder: Path) -> bool | None:
         return None
 
 
-def _wait_for_answer(root: Path, url: str, pid: int) -> bool:
+def _wait_for_answer(root: Path, url: str, pid: int, unanswered_since: float | None = None) -> bool:
     """Wait for a server that runs but does not answer (loading its data, stalled).
 
     Returns False if it is gone (start another), True once it answers; raises if it runs
     on without answering: a second server of the root would split its index in two.
     """
-    patience = _Patience(pid)
+    patience = _Patience(pid, unanswered_since)
     while _serving(pid, url):
         if _ping(url):
             return True
@@ -742,12 +752,12 @@ def _serving(pid: int, url: str) -> bool:
     return _says_it_listens_at(cmdline, url)
 
 
-async def ensure_server(root: Path) -> str:
+async def ensure_server(root: Path, unanswered_since: float | None = None) -> str:
     """Async `ensure_server_sync`, run in a worker thread."""
     known = _remembered(root)
     if known is not None:
         return known
-    return await anyio.to_thread.run_sync(ensure_server_sync, root)
+    return await anyio.to_thread.run_sync(ensure_server_sync, root, unanswered_since)
 
 
 async def running_server(root: Path) -> str | None:

@@ -199,6 +199,42 @@ def test_a_server_that_does_not_answer_is_waited_for_never_doubled(
     assert len(servers_of_root()) == 1
 
 
+def test_a_hung_server_is_waited_for_from_the_first_unanswered_call(
+    short_root: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drive whose connection to the root's server timed out (10 s by default) then
+    waited `_START_TIMEOUT` (15 s) anew for it to answer: ~30 s in all, where the README
+    says 15. The wait counts from the first call the server left unanswered."""
+    root = short_root
+    with SyncDrive(drive_id, root=root) as drive:
+        drive.write_bytes("a.txt", b"x")
+    pid = _named_pid(root)
+    monkeypatch.setenv("ASYNCDRIVE_REDIS_TIMEOUT", "1")
+    monkeypatch.setattr(_server, "_START_TIMEOUT", 2.0)
+    counted_from: list[float | None] = []
+    patience = _server._Patience
+
+    def recorded(pid: int = 0, unanswered_since: float | None = None) -> Any:
+        counted_from.append(unanswered_since)
+        return patience(pid, unanswered_since)
+
+    monkeypatch.setattr(_server, "_Patience", recorded)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        called_at = time.monotonic()
+        with SyncDrive(drive_id, root=root) as drive:  # (the server remembered: no wait yet)
+            with pytest.raises(asyncdrive.DriveUnavailableError, match="runs but has not"):
+                drive.exists("a.txt")
+            raised_at = time.monotonic()
+        first = counted_from[0]  # (then its connection waited 1 s for an answer)
+        assert first is not None and called_at <= first <= raised_at - 1
+        # Stopped all along, it was seen doing nothing since then: over at once.
+        assert patience(pid, time.monotonic() - 2.5).over()
+        assert not patience(pid).over()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_a_server_given_up_on_while_starting_is_named_for_the_next_process(
     tmp_path: Path, short_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
