@@ -71,8 +71,9 @@ class Connected:
     wire: Wire | None = None
     #: The connections for blocking reads (watches), as wires; None on a Cluster.
     readers: WirePool | None = None
-    #: The class of the client's connections, this client's own (see `lean_connections`).
-    connections: type[_LeanCommands] | None = None
+    #: The classes of the connections of the client (and of its sentinels), its own: see
+    #: `lean_connections`.
+    connections: list[type[_LeanCommands]] = field(default_factory=list)
 
     async def follow_primary(self) -> None:
         """Under Sentinel: drop the connections to a server the sentinels no longer name.
@@ -101,8 +102,8 @@ class Connected:
 
         None of the client's connections opens again after (see `_LeanCommands._connect`).
         """
-        if self.connections is not None:
-            self.connections.client_closed = True
+        for connections in self.connections:
+            connections.client_closed = True
         if self.readers is not None:
             await self.readers.aclose()
         if self.wire is not None:
@@ -155,6 +156,13 @@ class _LeanCommands(AbstractConnection):
 
     #: Set when the client whose connections these are is closed (`Connected.aclose`).
     client_closed: ClassVar[bool] = False
+
+    async def connect(self) -> None:
+        # (First: a Sentinel's connection asks the sentinels where the primary is, before
+        # it connects to it.)
+        if self.client_closed:
+            raise redis.exceptions.ConnectionError(_CLIENT_CLOSED)
+        await super().connect()  # type: ignore[no-untyped-call]
 
     async def _connect(self) -> None:
         if self.client_closed:
@@ -301,10 +309,10 @@ async def connect(url: str, *, timeout: float) -> Connected:
         await client.aclose()
         raise
     if not info.get("cluster_enabled"):
-        return Connected(client, "standalone", connections=connections, **_wires(client, timeout))
+        return Connected(client, "standalone", connections=[connections], **_wires(client, timeout))
     await client.aclose()
     cluster = RedisCluster.from_url(url, **_options(timeout))
-    connected = Connected(cluster, "cluster", connections=lean_connections(cluster))
+    connected = Connected(cluster, "cluster", connections=[lean_connections(cluster)])
     try:
         await cluster.initialize()
     except BaseException:
@@ -346,7 +354,8 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
         client,
         "sentinel",
         list(sentinel.sentinels),
-        connections=lean_connections(client),
+        # (The sentinels' too: a primary's connection asks them first where it is.)
+        connections=[lean_connections(c) for c in (client, *sentinel.sentinels)],
         **_wires(client, timeout),
     )
     try:

@@ -1029,6 +1029,10 @@ class Drive:
                 + ". Check the Redis URL (argument or ASYNCDRIVE_REDIS_URL): its host, port "
                 "and database number."
             ) from exc
+        except BaseException:  # cancelled (the drive's close, a timeout): nothing left open
+            if connected is not None:
+                await to_its_end(connected.aclose())
+            raise
         logger.debug("drive %s connected to %s", config.name, redact_url(url))
         client = connected.client
         maxlen, max_age = config.retention
@@ -1059,7 +1063,7 @@ class Drive:
                 clock_error_ms=clock_error_ms,
             )
         except BaseException:
-            await connected.aclose()
+            await to_its_end(connected.aclose())
             raise
 
     async def _check_permissions(self, index: Index, url: str) -> bool:

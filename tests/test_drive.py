@@ -1753,23 +1753,55 @@ def test_aclose_in_another_loop_than_its_running_one_changes_nothing(
     assert ended == ["closed"]
 
 
-async def test_a_closed_drives_connections_never_open_again(drive_id: str) -> None:
+async def test_a_closed_drives_connections_never_open_again(
+    drive_id: str, env: dict[str, str]
+) -> None:
     """A command sent through a closed drive's client, as a watch's next read just after
     the close, reconnected: on a Cluster the socket stayed open after the drive closed (its
     loop closed later), collected with a ResourceWarning (a CI run failed on it)."""
     drive = Drive(drive_id)
     await drive.write_bytes("a.txt", b"x")
     conn = drive._conn
-    assert conn is not None and conn.connected.connections is not None
+    assert conn is not None and conn.connected.connections
     await drive.aclose()
-    with pytest.raises(redis.exceptions.ConnectionError, match="connection was closed"):
+    # (A Cluster's client says no node is reachable: the watch takes both as a closed drive.)
+    refused = (redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException)
+    with pytest.raises(refused, match="connection was closed"):
         await conn.connected.client.ping()
-    with pytest.raises(redis.exceptions.ConnectionError, match="connection was closed"):
+    with pytest.raises(refused, match="connection was closed"):
         await conn.index.read_events("0-0", 10, 10)  # (a watch's read: a pipeline on a Cluster)
     gc.collect()
-    kind = conn.connected.connections
+    kind = tuple(conn.connected.connections)
     still_open = [c for c in gc.get_objects() if isinstance(c, kind) and c.is_connected]
     assert still_open == []
+
+
+async def test_a_close_while_the_first_call_connects_leaves_nothing_open(
+    drive_id: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aclose() as the first call was measuring the server's clock (its connection's first
+    command) cancelled it there: the client it had made was left open (found by review)."""
+    measuring, measured = asyncio.Event(), asyncio.Event()
+    clients: list[Any] = []
+    clock_of = drive_module._clock_of
+
+    async def held(client: Any, *args: Any, **kwargs: Any) -> Any:
+        clients.append(client)
+        measuring.set()
+        await measured.wait()  # (cancelled here by the close)
+        return await clock_of(client, *args, **kwargs)
+
+    monkeypatch.setattr(drive_module, "_clock_of", held)
+    drive = Drive(drive_id)
+    call = asyncio.create_task(drive.list("."))
+    await asyncio.wait_for(measuring.wait(), 30)
+    await drive.aclose()
+    with pytest.raises(asyncdrive.DriveClosedError):
+        await call
+    gc.collect()
+    kind = type(clients[0]).__name__
+    connections = [c for c in gc.get_objects() if type(c).__name__.startswith("Lean")]
+    assert not [c for c in connections if getattr(c, "is_connected", False)], kind
 
 
 def test_a_drive_outside_asyncio_says_so(env: dict[str, str], drive_id: str) -> None:
