@@ -707,6 +707,8 @@ class Drive:
             _inherited_after_fork.append(self._conn)
         self._pid = os.getpid()
         self._conn: _Connection | None = None
+        #: The group watches whose member joined its group (see `_leave_groups`).
+        self._group_members: weakref.WeakSet[Watch] = weakref.WeakSet()
         #: Connected (in this process) and not closed since: collected so, it warns, even
         #: where the end of an event loop closed its connection meanwhile.
         self._unclosed = False
@@ -853,7 +855,25 @@ class Drive:
             # (Its loop closed by hand: its connections went with it, and cannot be closed.)
             lost = conn is not None and conn.loop is not None and conn.loop.is_closed()
             if conn is not None and self._pid == os.getpid() and not lost:
-                await conn.aclose()
+                try:
+                    await to_its_end(self._leave_groups(conn))
+                finally:
+                    await conn.aclose()
+
+    async def _leave_groups(self, conn: _Connection) -> None:
+        """Have the group members of the drive's open watches leave, as their close would.
+
+        Their watches end with the drive (their calls cut: DriveClosedError); left, their
+        members stayed in their groups until idle for `IDLE_MEMBER_MS` (and the watches,
+        collected, warned of it). A second at most; an error (an outage) leaves them there.
+        """
+        members, self._group_members = list(self._group_members), weakref.WeakSet()
+        with anyio.move_on_after(_RELEASE_AT_CLOSE_MAX):
+            for watch in members:
+                try:
+                    await watch.leave_group(conn)
+                except (redis.exceptions.RedisError, OSError) as exc:
+                    logger.debug("a group member could not leave at close: %s", exc)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_unclosed", False) and self._pid == os.getpid():

@@ -436,7 +436,9 @@ class Watch:
                 return step
             self._own_first = step.own  # (one a step: it asks again until none is left)
             self._to_ack = None  # acknowledged by the step
-            self._joined = True
+            if not self._joined:
+                self._joined = True
+                self._drive._group_members.add(self)  # (leaves with the drive's close)
             if step.event is not None:
                 self._buffer.append(step.event)
             return step
@@ -522,6 +524,17 @@ class Watch:
         """End the watch without its event loop (closed with its drive): nothing acknowledged."""
         self._done = True
         self._buffer.clear()
+
+    async def leave_group(self, conn: _Connection) -> None:
+        """Have its group member leave as its drive closes, as `aclose` would.
+
+        The watch itself says so at its next use (DriveClosedError), as any of the drive's.
+        """
+        joined, self._joined = self._joined, False
+        if joined:
+            assert self._group is not None
+            await conn.index.group_leave(self._group, self._consumer, self._to_ack)
+            self._to_ack = None
 
     async def aclose(self) -> None:
         """End the watch. Idempotent.

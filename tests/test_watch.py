@@ -1269,6 +1269,37 @@ async def test_a_group_member_dropped_unclosed_warns(env: dict[str, str], drive_
         await _drop_watches(drive)
 
 
+async def test_a_group_member_leaves_with_its_drive(env: dict[str, str], drive_id: str) -> None:
+    """A group watch iterated in a task ended with DriveClosedError at its drive's close, but
+    its member stayed in the group (until idle for 10 min) and the watch, collected, warned
+    "unclosed": the drive's close has it leave, as the watch's own close would."""
+    drive = Drive(drive_id)
+    await drive.write_bytes("a.txt", b"x")
+    member = drive.watch(since="0", group="g")
+    handled: list[str] = []
+
+    async def consume(watch: _watch.Watch) -> None:
+        async for event in watch:
+            handled.append(event.path)
+
+    task = asyncio.create_task(consume(member))
+    while not handled:
+        await asyncio.sleep(0.01)
+    await drive.aclose()
+    with pytest.raises(DriveClosedError):
+        await task
+    with pytest.raises(DriveClosedError):
+        await member.next(0)  # (ended with its drive, as any of its calls)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del member, task
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
+    async with Drive(drive_id) as again:
+        (group,) = await again.groups()
+        assert (group.members, group.pending) == (0, 0)  # (its event counted as handled)
+
+
 async def _drop_watches(drive: Drive) -> None:
     await drive.write_bytes("a.txt", b"x")
     plain = drive.watch(since="0")
