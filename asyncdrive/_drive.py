@@ -3357,7 +3357,7 @@ class Drive:
         # A caller cancelled meanwhile gets no writer: the upload it made is dropped.
         out, tmp, named = await conn.run_sync(conn.store.open_upload, dropped=_drop_upload)
         commit = functools.partial(self._commit_upload, conn.store, path, precondition)
-        return DriveWriter(self.name, path, out, tmp, named, commit)
+        return DriveWriter(self.name, path, out, tmp, named, commit, lambda: self._closed)
 
     @_redis_errors_as_unavailable
     async def _commit_upload(
@@ -3368,9 +3368,9 @@ class Drive:
         staged: Staged,
         on_commit: Callable[[FileInfo], None],
     ) -> FileInfo:
-        if self._closed:  # as on every server (a Cluster's client would connect again)
+        if self._closed:  # (closed as it finished the upload)
             await anyio.to_thread.run_sync(store.discard, staged)
-            raise self._closed_error(f"close of {path!r}")
+            raise self._closed_error(f"close of {path!r}", changes=False)
         # The connection of the loop closing the file: the one it was opened in may have
         # ended since (a writer kept from one asyncio.run() to the next).
         try:

@@ -19,7 +19,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, Self, TypeVar
 
-from ._exceptions import ConfigTypeError, DriveTypeError, InvalidConfigError, storage_error
+from ._exceptions import (
+    ConfigTypeError,
+    DriveClosedError,
+    DriveTypeError,
+    InvalidConfigError,
+    storage_error,
+)
 from ._models import CHECKSUM_ALGORITHM, Buffer, FileInfo
 from ._storage import (
     CHUNK,
@@ -414,6 +420,7 @@ class DriveWriter:
         tmp: Path,
         named: bool,
         commit: Callable[[Staged, Callable[[FileInfo], None]], Awaitable[FileInfo]],
+        drive_closed: Callable[[], bool],
     ) -> None:
         self.path = path
         self.info: FileInfo | None = None
@@ -423,6 +430,8 @@ class DriveWriter:
         self._tmp = tmp
         self._named = named  # else the upload has no name: it goes when ``out`` is closed
         self._commit = commit
+        #: Whether its drive was closed: nothing more is taken then (see `_refuse_if_closed`).
+        self._drive_closed = drive_closed
         #: Hashes the upload from the page cache, in a thread of its own, behind the writes,
         #: from the first block written (see `_drain`); a file that never fills one block is
         #: hashed in one go by `_finish`.
@@ -495,6 +504,8 @@ class DriveWriter:
         Small writes gather in memory (up to 1 MiB) and go to disk together.
         """
         out = self._open_out()
+        if self._drive_closed():
+            await self._refuse_if_closed()
         check_data_type(self._drive_name, data)
         view = byte_view(data)
         written = len(view)
@@ -521,6 +532,21 @@ class DriveWriter:
     async def flush(self) -> None:
         """Do nothing: the bytes are committed, fsynced, when the file is closed."""
         self._open_out()
+        await self._refuse_if_closed()
+
+    async def _refuse_if_closed(self) -> None:
+        """Drop the upload and raise `DriveClosedError` if its drive was closed.
+
+        Its commit would be refused: taking more bytes (a loop writing GiBs) and fsyncing
+        them first only made the refusal later.
+        """
+        if self._drive_closed():
+            await self.abort()
+            raise DriveClosedError(
+                f"Drive {self._drive_name!r} was closed before {self.path!r} was committed, "
+                "so nothing was stored: close a writer before its drive, or write the file "
+                "again with a new Drive."
+            )
 
     def _finish(self, out: BinaryIO) -> Staged:
         with out:
@@ -543,9 +569,10 @@ class DriveWriter:
 
         Raises what `Drive.put` raises when the commit is refused (the upload is dropped).
         """
-        out, self._out = self._out, None
-        if out is None:
+        if self._out is None:
             return
+        await self._refuse_if_closed()
+        out, self._out = self._out, None
         try:
             staged = await to_its_end(in_a_disk_thread(self._finish, out), _dropped)
         except BaseException as exc:

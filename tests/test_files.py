@@ -352,17 +352,26 @@ async def test_writer_failure_leaves_nothing(drive: Drive, root: Path) -> None:
 async def test_a_writer_whose_drive_is_closed_first_says_so(
     env: dict[str, str], workdir: Path, drive_id: str, root: Path
 ) -> None:
+    """And takes no more bytes: a loop writing GiBs after the close wrote them all, fsynced
+    them at its close, and then heard "what it changed may stand", of nothing stored."""
     drive = Drive(drive_id)
     f = await drive.open("late.bin", "wb")
-    await f.write(b"written before the drive was closed")
+    g = await drive.open("later.bin", "wb")
+    for writer in (f, g):
+        await writer.write(b"written before the drive was closed")
     await drive.aclose()
     # Not "cannot reach Redis, check the server": the caller closed the drive itself.
-    with pytest.raises(DriveError, match=r"'late.bin'.*create a new Drive") as caught:
+    with pytest.raises(DriveError, match=r"'late.bin'.*new Drive") as caught:
         await f.aclose()
-    assert type(caught.value) is DriveClosedError and "closed (aclose())" in str(caught.value)
-    assert f.closed and f.info is None and uploads_in_progress(root, drive) == 0
+    assert type(caught.value) is DriveClosedError and "nothing was stored" in str(caught.value)
+    with pytest.raises(DriveClosedError, match=r"'later.bin'.*nothing was stored"):
+        await g.write(b"x" * (8 << 20))  # (a block: it went to the disk)
+    await g.aclose()  # (dropped already)
+    for writer in (f, g):
+        assert writer.closed and writer.info is None
+    assert uploads_in_progress(root, drive) == 0
     async with Drive(drive_id) as again:
-        assert not await again.exists("late.bin")
+        assert not await again.exists("late.bin") and not await again.exists("later.bin")
 
 
 @pytest.mark.parametrize("operation", ["replace", "put", "delete"])
