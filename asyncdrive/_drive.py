@@ -476,6 +476,13 @@ def _check_argument_types(
         )
 
 
+#: The calls that never change the drive (a get copies to the local disk only).
+_READS = frozenset(
+    {"list", "list_info", "exists", "info", "_copies", "read_bytes", "get", "_get_file",
+     "_open_reader", "groups"}
+)  # fmt: skip
+
+
 def _redis_errors_as_unavailable(
     method: Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]],
 ) -> Callable[Concatenate[DriveT, P], Coroutine[Any, Any, T]]:
@@ -490,6 +497,8 @@ def _redis_errors_as_unavailable(
     }.get(method.__name__, method.__name__)  # fmt: skip
     named = [*inspect.signature(method).parameters][1:3]  # (after self)
     takes_path, takes_data = named[:1] == ["path"], named == ["path", "data"]
+    #: Whether a call of it may change the drive (what a close cuts short may stand then).
+    changes = method.__name__ not in _READS
 
     async def wrapper(self: DriveT, /, *args: P.args, **kwargs: P.kwargs) -> T:
         if takes_path:
@@ -510,12 +519,14 @@ def _redis_errors_as_unavailable(
             if task.uncancel() > 0:  # cancelled by someone else too: theirs goes on
                 raise
             path = _path_argument(args)
-            raise self._closed_error(f"{doing} of {os.fspath(path)!r}" if path else doing) from None
+            raise self._closed_error(
+                f"{doing} of {os.fspath(path)!r}" if path else doing, changes=changes
+            ) from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             if self._closed:  # aclose() cut the connection under the call (a writer's commit)
                 path = _path_argument(args)
                 raise self._closed_error(
-                    f"{doing} of {os.fspath(path)!r}" if path else doing
+                    f"{doing} of {os.fspath(path)!r}" if path else doing, changes=changes
                 ) from exc
             raise self._unavailable(exc) from exc
         except redis.exceptions.ResponseError as exc:  # an error reply: the server refused
@@ -3424,6 +3435,8 @@ class Drive:
                 ``claim_idle``. Give each running member a name of its own.
 
         """
+        if self._closed:  # (said here, as by SyncDrive.watch: not at its first read)
+            raise self._closed_error()
         folder = self._path(path, allow_root=True)
         check_flag(self.name, "recursive", recursive)
         if group is not None:

@@ -1300,6 +1300,24 @@ async def test_a_group_member_leaves_with_its_drive(env: dict[str, str], drive_i
         assert (group.members, group.pending) == (0, 0)  # (its event counted as handled)
 
 
+async def test_a_close_says_what_it_cut_short_may_have_changed(
+    env: dict[str, str], drive_id: str
+) -> None:
+    """A get cut short by its drive's close said "(what it changed may stand: look again)":
+    a get changes nothing of the drive. And a watch asked of a closed drive was made, to
+    fail at its first read (SyncDrive.watch refused at once)."""
+    drive = Drive(drive_id)
+    await drive.write_bytes("a.txt", b"x")
+    waiting = asyncio.create_task(drive.get("late.txt", timeout=30))
+    await asyncio.sleep(0.2)
+    await drive.aclose()
+    with pytest.raises(DriveClosedError, match=r"before its get of 'late.txt'") as caught:
+        await waiting
+    assert "may stand" not in str(caught.value)
+    with pytest.raises(DriveClosedError, match="is closed; create a new Drive"):
+        drive.watch()
+
+
 async def _drop_watches(drive: Drive) -> None:
     await drive.write_bytes("a.txt", b"x")
     plain = drive.watch(since="0")
