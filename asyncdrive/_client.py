@@ -32,6 +32,7 @@ from redis.backoff import NoBackoff
 
 from ._config import redact_url
 from ._exceptions import InvalidConfigError
+from ._tasks import to_its_end
 from ._wire import Wire, WirePool
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
@@ -109,6 +110,12 @@ class Connected:
         if self.wire is not None:
             await self.wire.aclose()
         await self.client.aclose()
+        if isinstance(self.client, RedisCluster):
+            # redis-py closes nothing of a Cluster client whose first topology read did
+            # not end (cancelled, say): the connections it opened for it, too.
+            manager = self.client.nodes_manager
+            await manager.aclose("startup_nodes")
+            await manager.aclose()
         for other in self.others:
             await other.aclose()
 
@@ -303,20 +310,22 @@ async def connect(url: str, *, timeout: float) -> Connected:
     except ValueError as exc:
         raise _bad_url(url, exc) from None
     connections = lean_connections(client)
+    # (Closed to their end, whatever cancels the caller: a second cancel, as a SyncDrive's
+    # close sends every 50 ms, cut the close short, and left connections open.)
     try:
         info = await client.info("cluster")
     except BaseException:
-        await client.aclose()
+        await to_its_end(client.aclose())
         raise
     if not info.get("cluster_enabled"):
         return Connected(client, "standalone", connections=[connections], **_wires(client, timeout))
-    await client.aclose()
+    await to_its_end(client.aclose())
     cluster = RedisCluster.from_url(url, **_options(timeout))
     connected = Connected(cluster, "cluster", connections=[lean_connections(cluster)])
     try:
         await cluster.initialize()
     except BaseException:
-        await connected.aclose()
+        await to_its_end(connected.aclose())
         raise
     return connected
 
@@ -361,7 +370,7 @@ async def _connect_sentinel(url: str, timeout: float) -> Connected:
     try:
         await client.ping()
     except BaseException:
-        await connected.aclose()
+        await to_its_end(connected.aclose())
         raise
     return connected
 

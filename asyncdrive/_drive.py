@@ -1022,7 +1022,7 @@ class Drive:
             raise InvalidConfigError(f"Drive {self.name!r}: {exc}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             if connected is not None:
-                await connected.aclose()
+                await to_its_end(connected.aclose())
             refusal = await anyio.to_thread.run_sync(refusal_at_accept, url)
             if refusal is not None:  # (it runs, and refuses: maxclients, say)
                 raise self._unavailable(redis.exceptions.ConnectionError(refusal), url) from exc
@@ -1041,7 +1041,7 @@ class Drive:
             # An answer, but not Redis's (another service at that port; redis-py fails to
             # parse it), or a setting of the URL the server refuses (a database number).
             if connected is not None:
-                await connected.aclose()
+                await to_its_end(connected.aclose())
             if isinstance(exc, redis.exceptions.ResponseError) and _denied(exc):
                 raise InvalidConfigError(
                     f"Drive {self.name!r}: the server at {redact_url(url)} refused the "
