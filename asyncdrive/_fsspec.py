@@ -56,6 +56,7 @@ from ._drive import Drive, FolderNotFileError, _local_file_above
 from ._exceptions import (
     AmbiguousPathError,
     ConfigTypeError,
+    DriveClosedError,
     DriveError,
     DriveFileExistsError,
     DriveFileNotFoundError,
@@ -1333,22 +1334,37 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
         opening = self._drive.open(self._drive_path, "wb", exist_ok=self.mode != "xb")
         try:
             self._writer = sync(self.fs.loop, opening.open)
+        except DriveClosedError as exc:
+            raise self._closed_under_the_write() from exc
         except DriveError as exc:
             _give_fsspec_terms(exc, self._drive_name)
             raise
 
     def _upload_chunk(self, final: bool = False) -> bool:
         assert self._writer is not None
-        sync(self.fs.loop, self._writer.write, self.buffer.getvalue())
+        try:
+            sync(self.fs.loop, self._writer.write, self.buffer.getvalue())
+        except DriveClosedError as exc:
+            raise self._closed_under_the_write() from exc
         if final and self.autocommit:
             self.commit()
         return True
+
+    def _closed_under_the_write(self) -> DriveClosedError:
+        """Say that the filesystem closed its drives (`fs.close()`) under this write."""
+        return DriveClosedError(
+            f"Drive {self._drive_name!r}: the filesystem was closed (fs.close()) before "
+            f"'lit://{self._drive_name}/{self._drive_path}' was committed, so nothing was "
+            "stored: close files before their filesystem, or write the file again."
+        )
 
     def commit(self) -> None:
         """Commit what was written: readers see the new file from now on."""
         try:
             if self._writer is not None:
                 sync(self.fs.loop, self._writer.aclose)
+        except DriveClosedError as exc:
+            raise self._closed_under_the_write() from exc
         except DriveError as exc:
             _give_fsspec_terms(exc, self._drive_name)
             raise

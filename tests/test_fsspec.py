@@ -30,6 +30,7 @@ from fsspec.callbacks import Callback
 import asyncdrive
 from asyncdrive import (
     AmbiguousPathError,
+    DriveClosedError,
     DriveError,
     DriveFileExistsError,
     DriveIsADirectoryError,
@@ -196,6 +197,27 @@ def test_open_read_and_write(fs: DriveFileSystem, name: str) -> None:
     assert fs.cat(f"lit://{name}/new.bin") == b"z" * (3 * MiB)
     with pytest.raises(InvalidConfigError, match="'ab'"):
         fs.open(url, "ab")
+
+
+def test_a_file_written_as_its_filesystem_closes_says_nothing_was_stored(
+    fs: DriveFileSystem, name: str, env: dict[str, str]
+) -> None:
+    """It said "Drive 'd' is closed; create a new Drive to use it again", naming no file,
+    to a user of fsspec, who makes no Drive."""
+    small = fs.open(f"lit://{name}/small.bin", "wb")  # (buffered: its upload opens at close)
+    small.write(b"x" * 10)
+    large = fs.open(f"lit://{name}/large.bin", "wb", block_size=MiB)
+    large.write(b"y" * (3 * MiB))  # (its upload under way)
+    fs.close()
+    for file, path in ((small, "small.bin"), (large, "large.bin")):
+        with pytest.raises(DriveClosedError) as closed:
+            file.close()
+        said = str(closed.value)
+        assert f"'lit://{name}/{path}'" in said and "fs.close()" in said, said
+        assert "nothing was stored" in said and "new Drive" not in said
+    assert fs.ls(f"lit://{name}/", detail=False) == []  # (connected anew)
+    tmp = Path(env["ASYNCDRIVE_ROOT"]) / "drives" / name / ".tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
 
 
 def test_transactions_commit_at_the_end(fs: DriveFileSystem, name: str) -> None:
