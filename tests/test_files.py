@@ -374,6 +374,30 @@ async def test_a_writer_whose_drive_is_closed_first_says_so(
         assert not await again.exists("late.bin") and not await again.exists("later.bin")
 
 
+async def test_a_reader_after_its_drives_close(
+    env: dict[str, str], workdir: Path, drive_id: str
+) -> None:
+    """As the README says: an async reader reads on (its open file needs no connection);
+    a SyncDriveReader raises DriveClosedError once its SyncDrive is closed."""
+    drive = Drive(drive_id)
+    await drive.write_bytes("r.bin", b"0123456789")
+    reader = await drive.open("r.bin")
+    await drive.aclose()
+    assert await reader.read(4) == b"0123" and await reader.read_range(-2) == b"89"
+    await reader.aclose()
+
+    def blocking() -> None:
+        sync_drive = SyncDrive(drive_id)
+        sync_reader = sync_drive.open("r.bin")
+        assert sync_reader.read(2) == b"01"
+        sync_drive.close()
+        with pytest.raises(DriveClosedError):
+            sync_reader.read(2)
+        sync_reader.close()
+
+    await anyio.to_thread.run_sync(blocking)
+
+
 @pytest.mark.parametrize("operation", ["replace", "put", "delete"])
 async def test_closing_a_drive_under_calls_in_flight_leaves_no_lock_or_backup(
     env: dict[str, str], workdir: Path, drive_id: str, root: Path, operation: str
