@@ -1256,6 +1256,24 @@ class DriveFileSystem(AsyncFileSystem):  # type: ignore[misc]  # fsspec is untyp
         return DriveFile(self, path, mode, block_size, autocommit, cache_options, **kwargs)
 
 
+def _weak_fetcher(file: DriveFile) -> Callable[[int, int], bytes]:
+    """Return ``file._fetch_range``, for its cache, without holding ``file``.
+
+    fsspec's cache holds the file's bound method, and the file its cache: a file dropped
+    unclosed (pyarrow's parquet reader drops those it opens) lived on, its descriptor open,
+    until the cycle collector ran. Without the cycle, it goes (closed) when dropped.
+    """
+    fetch = weakref.WeakMethod(file._fetch_range)
+
+    def fetch_range(start: int, end: int) -> bytes:
+        method = fetch()
+        if method is None:  # (only its cache left: nothing reads through it any more)
+            raise ValueError("I/O operation on a closed file")
+        return method(start, end)
+
+    return fetch_range
+
+
 class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untyped
     """A file object of `DriveFileSystem`: what ``fsspec.open("lit://d/a")`` gives.
 
@@ -1301,6 +1319,8 @@ class DriveFile(AbstractBufferedFile):  # type: ignore[misc]  # fsspec is untype
                 fs, path, mode=mode, block_size=block_size, autocommit=autocommit,
                 cache_options=cache_options, size=size, **kwargs,
             )  # fmt: skip
+            if mode == "rb":
+                self.cache.fetcher = _weak_fetcher(self)
             if mode == "xb":
                 self._initiate_upload()  # "x": refuse an existing file now, as open() does
         except BaseException:

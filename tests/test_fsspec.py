@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -218,6 +219,23 @@ def test_a_file_written_as_its_filesystem_closes_says_nothing_was_stored(
     assert fs.ls(f"lit://{name}/", detail=False) == []  # (connected anew)
     tmp = Path(env["ASYNCDRIVE_ROOT"]) / "drives" / name / ".tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+def test_a_file_dropped_unclosed_closes_at_once(fs: DriveFileSystem, name: str) -> None:
+    """pyarrow's parquet reader drops the files it opens unclosed: fsspec's cache held the
+    file's bound method, the file its cache, and each stayed open until the cycle collector
+    ran (its descriptor with it)."""
+    fs.pipe(f"lit://{name}/a.bin", b"x" * 100_000)
+    gc.collect()
+    gc.disable()
+    try:
+        file = fs.open(f"lit://{name}/a.bin", "rb")
+        assert file.read(10) == b"x" * 10
+        dropped = weakref.ref(file)
+        del file
+        assert dropped() is None
+    finally:
+        gc.enable()
 
 
 def test_transactions_commit_at_the_end(fs: DriveFileSystem, name: str) -> None:
