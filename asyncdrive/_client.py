@@ -164,20 +164,22 @@ class _LeanCommands(AbstractConnection):
     #: Set when the client whose connections these are is closed (`Connected.aclose`).
     client_closed: ClassVar[bool] = False
 
+    def _refuse_if_client_closed(self) -> None:
+        if self.client_closed:
+            raise redis.exceptions.ConnectionError("The drive's connection was closed")
+
     async def connect(self) -> None:
         # (First: a Sentinel's connection asks the sentinels where the primary is, before
         # it connects to it.)
-        if self.client_closed:
-            raise redis.exceptions.ConnectionError(_CLIENT_CLOSED)
+        self._refuse_if_client_closed()
         await super().connect()  # type: ignore[no-untyped-call]
 
     async def _connect(self) -> None:
-        if self.client_closed:
-            raise redis.exceptions.ConnectionError(_CLIENT_CLOSED)
+        self._refuse_if_client_closed()
         await super()._connect()  # type: ignore[safe-super,no-untyped-call]  # (Connection's)
         if self.client_closed:  # closed as it connected: its close missed this one
             await self.disconnect(nowait=True)
-            raise redis.exceptions.ConnectionError(_CLIENT_CLOSED)
+            self._refuse_if_client_closed()
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):  # "CONFIG GET" is two words, as redis-py sends it
@@ -225,8 +227,6 @@ class _LeanCommands(AbstractConnection):
             writer.transport.abort()
         await super().disconnect(nowait, *args, **kwargs)  # (redis-py 5.2 has no others)
 
-
-_CLIENT_CLOSED = "The drive's connection was closed"
 
 _lean_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 ConnectionT = TypeVar("ConnectionT", bound=AbstractConnection)

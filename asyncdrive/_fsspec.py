@@ -68,7 +68,7 @@ from ._exceptions import (
     rewrite_list_hints,
     shorten,
 )
-from ._files import DriveReader, DriveWriter
+from ._files import DriveReader, DriveWriter, _closed_error
 from ._models import FileInfo, FolderInfo
 from ._progress import ProgressCallback
 from ._threads import in_a_disk_thread
@@ -1264,11 +1264,12 @@ def _weak_fetcher(file: DriveFile) -> Callable[[int, int], bytes]:
     until the cycle collector ran. Without the cycle, it goes (closed) when dropped.
     """
     fetch = weakref.WeakMethod(file._fetch_range)
+    name, path = file._drive_name, file._drive_path
 
     def fetch_range(start: int, end: int) -> bytes:
         method = fetch()
         if method is None:  # (only its cache left: nothing reads through it any more)
-            raise ValueError("I/O operation on a closed file")
+            raise _closed_error(name, path, "rb")
         return method(start, end)
 
     return fetch_range
