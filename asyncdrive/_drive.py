@@ -2402,9 +2402,17 @@ class Drive:
             if not files:
                 raise await self._none_of_ours(conn, drive_path, component)
             refused: dict[str, OSError] = {}
-            for start in range(0, len(files), _DELETE_BATCH_FILES):
-                batch = files[start : start + _DELETE_BATCH_FILES]
+
+            async def delete_batch(batch: Sequence[str]) -> None:
                 refused.update(await self._delete_files(conn, batch))
+
+            batches = [
+                files[start : start + _DELETE_BATCH_FILES]
+                for start in range(0, len(files), _DELETE_BATCH_FILES)
+            ]
+            # Side by side: an unlink mostly waits for the disk (~110 µs a file here, ~40
+            # of them CPU), so the batches' worker-thread calls overlap, as do their scripts.
+            await _side_by_side(conn, batches, delete_batch)
             if refused:
                 first = min(refused)
                 raise self._delete_refused(
@@ -2499,12 +2507,8 @@ class Drive:
                         self._remember(component, path, -version)
                         gone.append(path)
 
-                def remove_all() -> None:
-                    for path in gone:
-                        store.remove(component, path)
-
                 if gone:
-                    await conn.run_sync(remove_all)
+                    await conn.run_sync(store.remove_many, component, gone)
             finally:
                 await index.unlock_many(component, locked)
 

@@ -393,6 +393,33 @@ def test_links_are_refused_by_the_probe_as_by_the_walk(
     assert size == 1 and store.read("c", "real/file") == b"f"
 
 
+def test_files_are_removed_by_folder_and_folders_left_empty_go(
+    store: DiskStore, tmp_path: Path, link_check: str
+) -> None:
+    """`remove_many`: each regular file (and a metadata file beside it) goes, a folder or a
+    link at a path stays, and folders left empty are pruned, the deepest first."""
+    store.meta_in_xattr = False  # metadata in files beside: they go with their files
+    for path in ("top", "a/x", "a/b/y", "a/b/z", "keep/k"):
+        store.install(store.stage_bytes(path.encode(), sync=False), "c", path, META)
+    base = store.base / "c"
+    (base / "a" / "dir").mkdir()
+    (base / "a" / "link").symlink_to(base / "keep" / "k")
+    paths = ["a/b/y", "top", "a/x", "missing/m", "a/b/z", "a/dir", "a/link", "a/gone"]
+    assert store.remove_many("c", paths) == [True, True, True, False, True, False, False, False]
+    kept_meta = store.meta_path("c", "keep/k").relative_to(base).as_posix()
+    assert sorted(p.relative_to(base).as_posix() for p in base.rglob("*")) == [
+        "a", "a/dir", "a/link", "keep", kept_meta, "keep/k",
+    ]  # fmt: skip
+    assert store.remove_many("c", ["keep/k"]) == [True] and not (base / "keep").exists()
+    # A link on the way to a folder: refused, as `file_path` does, nothing removed in it.
+    (base / "real").mkdir()
+    (base / "real" / "f").write_bytes(b"f")
+    (base / "via").symlink_to(base / "real")
+    with pytest.raises(InvalidPathError, match="via' is a symbolic link"):
+        store.remove_many("c", ["via/f"])
+    assert (base / "real" / "f").exists()
+
+
 def test_a_get_copies_exactly_the_file_and_makes_folders_only_for_it(
     store: DiskStore, tmp_path: Path
 ) -> None:
