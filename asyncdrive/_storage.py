@@ -1039,18 +1039,19 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _remove_file_in(folder_fd: int, name: str) -> bool:
-    """Remove ``name`` of a folder if it is a regular file (not a folder, not a link).
+def _unlink_regular_file(folder_fd: int, name: str) -> int:
+    """Remove ``name`` of the folder opened as ``folder_fd`` if it is a regular file.
 
-    Tells whether it was there to remove.
+    Returns the type of what stood there (`stat.S_IFMT`: `stat.S_IFREG` for a file now
+    removed), 0 if nothing did (removed meanwhile, by another gc, say).
     """
     try:
-        if not stat.S_ISREG(os.lstat(name, dir_fd=folder_fd).st_mode):
-            return False
-        os.unlink(name, dir_fd=folder_fd)
-    except (FileNotFoundError, NotADirectoryError):  # removed meanwhile (by another gc, say)
-        return False
-    return True
+        kind = stat.S_IFMT(os.lstat(name, dir_fd=folder_fd).st_mode)
+        if kind == stat.S_IFREG:
+            os.unlink(name, dir_fd=folder_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    return kind
 
 
 #: Whether `os.access` can ask as the effective user (as `open` does), not the real one.
@@ -2225,13 +2226,16 @@ class DiskStore:
     def remove_many(self, component: str, paths: Sequence[str]) -> list[bool]:
         """`remove` each path, then each folder left empty (once a folder, not once a file).
 
-        Returns, for each path, whether there was a file to remove.
+        Returns, for each path, whether there was a file to remove. A path that cannot be
+        removed (a link planted at it or on its way, a disk error) does not stop the others:
+        the first such error is raised once they are done.
         """
         by_folder: dict[str, list[tuple[int, str]]] = {}
         for at, path in enumerate(paths):
             folder, _, name = path.rpartition("/")
             by_folder.setdefault(folder, []).append((at, name))
         removed = [False] * len(paths)
+        failed: list[OSError | InvalidPathError] = []
         # Each folder is opened once (no link on its way, as `file_path` checks) and its
         # files removed by name in it: ~3 system calls a file, not ~7 (a recursive delete
         # of many files is mostly these calls).
@@ -2241,20 +2245,45 @@ class DiskStore:
                 fd = self._open_in_root(parts, folder, _PROBE_FLAGS | os.O_DIRECTORY)
             except (FileNotFoundError, NotADirectoryError):  # (its files gone meanwhile)
                 continue
+            except (OSError, InvalidPathError) as exc:  # (a link on the way, ...)
+                failed.append(exc)
+                continue
             try:
                 for at, name in names:
                     try:
-                        removed[at] = _remove_file_in(fd, name)
-                        _remove_file_in(fd, f"{META_PREFIX}{name}.json")  # (see `_meta_beside`)
-                    except OSError as exc:  # (it names the file by its folder's descriptor)
-                        exc.filename = os.fspath(self.base / component / folder / exc.filename)
-                        raise
+                        removed[at] = self._remove_file_in(fd, component, folder, name)
+                    except (OSError, InvalidPathError) as exc:
+                        failed.append(exc)
             finally:
                 os.close(fd)
         for folder in sorted(by_folder, key=lambda folder: folder.count("/"), reverse=True):
             if folder:
                 self._prune(self.base / component / folder, component)
+        if failed:
+            raise failed[0]
         return removed
+
+    def _remove_file_in(self, folder_fd: int, component: str, folder: str, name: str) -> bool:
+        """Remove the file ``name`` of ``folder`` (opened as ``folder_fd``) and its metadata file.
+
+        Tells whether the file was there to remove. A link at its path is refused, as
+        `file_path` refuses one; a folder there is left as it is.
+        """
+        path = f"{folder}/{name}" if folder else name
+        try:
+            kind = _unlink_regular_file(folder_fd, name)
+            if kind == stat.S_IFLNK:
+                raise InvalidPathError(
+                    f"Drive {self.drive!r}: refusing {path!r}: "
+                    f"{os.fspath(self.base / component / path)!r} is a symbolic link, and "
+                    "asyncdrive never follows links inside its root. Remove it."
+                )
+            _unlink_regular_file(folder_fd, f"{META_PREFIX}{name}.json")  # (`_meta_beside`)
+        except OSError as exc:  # (named by its folder's descriptor: name the whole path)
+            if isinstance(exc.filename, str):
+                exc.filename = os.fspath(self.base / component / folder / exc.filename)
+            raise
+        return kind == stat.S_IFREG
 
     def _prune(self, folder: Path, component: str) -> None:
         stop = self.base / component

@@ -106,6 +106,16 @@ def test_planted_symlinks_are_never_followed(
             drive.get("real/file.txt")
         with pytest.raises(InvalidPathError):
             drive.write_bytes("real/file.txt", b"overwrite through the link")
+        # A recursive delete (two batches) of a folder holding a link: the link and what it
+        # leads to stay, said; the folder's files go.
+        for i in range(70):
+            drive.write_bytes(f"many/{i}.txt", b"x")
+        (component_dir / "many" / "33.txt").unlink()
+        (component_dir / "many" / "33.txt").symlink_to(secret)
+        with pytest.raises(InvalidPathError, match=r"many/33\.txt' is a symbolic link"):
+            drive.delete("many", recursive=True)
+        assert [p.name for p in (component_dir / "many").iterdir()] == ["33.txt"]
+        assert drive.list("many") == []
         # The temporary folder itself replaced by a link: an upload refuses it (a new small
         # file may be written straight at its path, without the folder of uploads).
         tmp = root / "drives" / name / ".tmp"

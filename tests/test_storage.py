@@ -403,21 +403,27 @@ def test_files_are_removed_by_folder_and_folders_left_empty_go(
         store.install(store.stage_bytes(path.encode(), sync=False), "c", path, META)
     base = store.base / "c"
     (base / "a" / "dir").mkdir()
-    (base / "a" / "link").symlink_to(base / "keep" / "k")
-    paths = ["a/b/y", "top", "a/x", "missing/m", "a/b/z", "a/dir", "a/link", "a/gone"]
-    assert store.remove_many("c", paths) == [True, True, True, False, True, False, False, False]
+    paths = ["a/b/y", "top", "a/x", "missing/m", "a/b/z", "a/dir", "a/gone"]
+    assert store.remove_many("c", paths) == [True, True, True, False, True, False, False]
     kept_meta = store.meta_path("c", "keep/k").relative_to(base).as_posix()
     assert sorted(p.relative_to(base).as_posix() for p in base.rglob("*")) == [
-        "a", "a/dir", "a/link", "keep", kept_meta, "keep/k",
+        "a", "a/dir", "keep", kept_meta, "keep/k",
     ]  # fmt: skip
     assert store.remove_many("c", ["keep/k"]) == [True] and not (base / "keep").exists()
-    # A link on the way to a folder: refused, as `file_path` does, nothing removed in it.
-    (base / "real").mkdir()
-    (base / "real" / "f").write_bytes(b"f")
+    # A link at a path or on the way to its folder is refused, as `file_path` refuses it,
+    # and kept; the other paths are removed first.
+    for name in ("real/f", "real/g", "other/h"):
+        (base / name).parent.mkdir(exist_ok=True)
+        (base / name).write_bytes(b"f")
     (base / "via").symlink_to(base / "real")
+    (base / "real" / "link").symlink_to(base / "real" / "f")
     with pytest.raises(InvalidPathError, match="via' is a symbolic link"):
-        store.remove_many("c", ["via/f"])
-    assert (base / "real" / "f").exists()
+        store.remove_many("c", ["via/f", "other/h", "real/g"])
+    with pytest.raises(InvalidPathError, match=r"real/link' is a symbolic link"):
+        store.remove_many("c", ["real/link", "real/f"])
+    assert sorted(p.relative_to(base).as_posix() for p in base.rglob("*")) == [
+        "a", "a/dir", "real", "real/link", "via",
+    ]  # fmt: skip
 
 
 def test_a_get_copies_exactly_the_file_and_makes_folders_only_for_it(
