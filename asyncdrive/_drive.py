@@ -157,6 +157,9 @@ _PUT_BATCH_BYTES = 16 << 20
 _RELEASE_AT_CLOSE_MAX = 1.0
 #: A recursive delete removes its files in batches of at most this many.
 _DELETE_BATCH_FILES = 64
+#: `Drive.gc` settles the stray files and the entries without bytes it finds in batches of
+#: at most this many (a few round trips and worker-thread calls a batch).
+_GC_BATCH = 64
 #: A folder get copies its files in worker-thread calls of at most this many files, or of
 #: this many bytes once reached (a cancelled get waits for the call under way to finish).
 _COPY_BATCH_FILES = 64
@@ -2508,7 +2511,11 @@ class Drive:
                         gone.append(path)
 
                 if gone:
-                    await conn.run_sync(store.remove_many, component, gone)
+                    removals = await conn.run_sync(store.remove_many, component, gone)
+                    # (The others removed first: a link planted at a path, a disk error.)
+                    failed = next((r for r in removals if isinstance(r, Exception)), None)
+                    if failed is not None:
+                        raise failed
             finally:
                 await index.unlock_many(component, locked)
 
@@ -3173,16 +3180,25 @@ class Drive:
         refused: list[OSError] = []  # stray files this user may not remove: the others go
         for component, files in on_disk.items():
             # Aged by the disk's clock, and their times read after it (see `DiskStore.aged_files`).
-            for path in await conn.run_sync(store.aged_files, component, sorted(files), grace):
-                try:
-                    orphans += await self._remove_orphan(conn, component, path)
-                except OSError as exc:
-                    if isinstance(exc, DriveError | TimeoutError | ConnectionError):
-                        raise
-                    refused.append(exc)
+            aged = await conn.run_sync(store.aged_files, component, sorted(files), grace)
+            for start in range(0, len(aged), _GC_BATCH):
+                strays = aged[start : start + _GC_BATCH]
+                for stray in await self._remove_orphans(conn, component, strays):
+                    if isinstance(stray, OSError):
+                        refused.append(stray)
+                    elif isinstance(stray, Exception):  # (a link planted meanwhile)
+                        raise stray
+                    else:
+                        orphans += stray
         removed = 0
+        by_component: dict[str, list[tuple[str, int]]] = {}
         for component, path, version in sorted(dangling):
-            removed += await self._remove_dangling(conn, component, path, version)
+            by_component.setdefault(component, []).append((path, version))
+        for component, lacking in by_component.items():
+            for start in range(0, len(lacking), _GC_BATCH):
+                removed += await self._remove_dangling_many(
+                    conn, component, lacking[start : start + _GC_BATCH]
+                )
         folders = await conn.run_sync(store.remove_empty_folders, grace)
         report = GcReport(uploads_removed, undone, kept, orphans, removed, folders)
         if refused:
@@ -3193,6 +3209,43 @@ class Drive:
             )  # fmt: skip
         return report
 
+    async def _remove_dangling_many(
+        self, conn: _Connection, component: str, entries: Sequence[tuple[str, int]]
+    ) -> int:
+        """`_remove_dangling` of each (path, version) of ``component``, in a few calls for all.
+
+        One worker-thread call looks for their bytes, one round trip tries their locks; then,
+        under the locks, one round trip reads their entries, one call looks again, one
+        round trip drops those still of that version and still without bytes, one releases
+        the locks. A path whose lock another writer holds is settled on its own once that
+        writer is done. Returns how many entries were dropped.
+        """
+        store, index = conn.store, conn.index
+        versions = dict(entries)
+        paths = await conn.run_sync(store.missing_files, component, list(versions))
+        tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL) if paths else []
+        locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
+
+        async def check_and_delete() -> int:
+            try:
+                found = await index.owners_many([path for path, _ in locked])
+                same = [
+                    path
+                    for (path, _), owners in zip(locked, found, strict=True)
+                    if (entry := owners.get(component)) and entry.version == versions[path]
+                ]  # (not deleted or put meanwhile)
+                still = await conn.run_sync(store.missing_files, component, same)
+                outcomes = await index.commit_delete_many(component, still) if still else []
+                return sum(done for done, _, _ in outcomes)
+            finally:
+                await index.unlock_many(component, locked)
+
+        removed = await to_its_end(check_and_delete()) if locked else 0
+        for path, token in zip(paths, tokens, strict=True):
+            if token is None:  # being put or deleted by another writer: wait for it
+                removed += await self._remove_dangling(conn, component, path, versions[path])
+        return removed
+
     async def _remove_dangling(
         self, conn: _Connection, component: str, path: str, version: int
     ) -> int:
@@ -3200,7 +3253,7 @@ class Drive:
 
         Under the path's lock, checked again: a put may have committed it meanwhile.
         """
-        if await conn.run_sync(conn.store.file_path(component, path).exists):
+        if not await conn.run_sync(conn.store.missing_files, component, [path]):
             return 0
         token = await self._lock(conn, component, path)
 
@@ -3209,7 +3262,7 @@ class Drive:
                 entry = (await conn.index.owners(path)).get(component)
                 if entry is None or entry.version != version:  # deleted or put meanwhile
                     return 0
-                if await conn.run_sync(conn.store.file_path(component, path).exists):
+                if not await conn.run_sync(conn.store.missing_files, component, [path]):
                     return 0
                 done, _, _ = await conn.index.commit_delete(component, path)
                 return int(done)
@@ -3240,6 +3293,49 @@ class Drive:
             return "undone"
         finally:
             await index.unlock(component, path, token)
+
+    async def _remove_orphans(
+        self, conn: _Connection, component: str, paths: Sequence[str]
+    ) -> builtins.list[int | Exception]:
+        """`_remove_orphan` of each path of ``component``, in a few calls for all.
+
+        One round trip tries their locks; under them, one reads their entries, one
+        worker-thread call removes the files still of no entry, one releases the locks.
+        A path whose lock another writer holds is settled on its own once that writer is
+        done. Returns, for each path, 1 if its file was removed, 0 if not (committed
+        meanwhile, or removed by another gc), or why the disk refused it.
+        """
+        store, index = conn.store, conn.index
+        tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL) if paths else []
+        locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
+
+        async def remove_and_unlock() -> dict[str, bool | Exception]:
+            try:
+                found = await index.owners_many([path for path, _ in locked])
+                unowned = [
+                    path
+                    for (path, _), owners in zip(locked, found, strict=True)
+                    if component not in owners  # (not committed meanwhile)
+                ]
+                outcomes = await conn.run_sync(store.remove_many, component, unowned)
+                return dict(zip(unowned, outcomes, strict=True))
+            finally:
+                await index.unlock_many(component, locked)
+
+        settled = await to_its_end(remove_and_unlock()) if locked else {}
+        removed: builtins.list[int | Exception] = []
+        for path, token in zip(paths, tokens, strict=True):
+            if token is None:  # being put or deleted by another writer: wait for it
+                try:
+                    removed.append(await self._remove_orphan(conn, component, path))
+                except OSError as exc:
+                    if isinstance(exc, DriveError | TimeoutError | ConnectionError):
+                        raise
+                    removed.append(exc)
+            else:
+                outcome = settled.get(path, False)
+                removed.append(outcome if isinstance(outcome, Exception) else int(outcome))
+        return removed
 
     async def _remove_orphan(self, conn: _Connection, component: str, path: str) -> int:
         token = await self._lock(conn, component, path)
@@ -3588,7 +3684,9 @@ def _parent(path: str) -> str:
 async def _side_by_side(
     conn: _Connection, items: Sequence[T], move: Callable[[T], Awaitable[None]]
 ) -> None:
-    """Await ``move(item)`` for each item (a folder put's files), `FOLDER_CONCURRENCY` at a time.
+    """Await ``move(item)`` for each item, `FOLDER_CONCURRENCY` at a time.
+
+    For the batches of a folder put's files, and of a recursive delete's.
 
     The first failure stops the rest from starting (those under way finish) and is raised
     as itself, not in an exception group. A single item is moved directly, without tasks.

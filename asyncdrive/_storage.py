@@ -2221,21 +2221,26 @@ class DiskStore:
         their writers, or `DiskStore.leftovers`.
         """
         (removed,) = self.remove_many(component, [path])
+        if isinstance(removed, Exception):
+            raise removed
         return removed
 
-    def remove_many(self, component: str, paths: Sequence[str]) -> list[bool]:
+    def missing_files(self, component: str, paths: Sequence[str]) -> list[str]:
+        """Return those of ``paths`` of which ``component`` has no file on disk."""
+        return [path for path in paths if not self.file_path(component, path).exists()]
+
+    def remove_many(self, component: str, paths: Sequence[str]) -> list[bool | Exception]:
         """`remove` each path, then each folder left empty (once a folder, not once a file).
 
-        Returns, for each path, whether there was a file to remove. A path that cannot be
-        removed (a link planted at it or on its way, a disk error) does not stop the others:
-        the first such error is raised once they are done.
+        Returns, for each path, whether there was a file to remove, or why it could not be
+        removed (an `OSError`; `InvalidPathError` for a link planted at it or on its way):
+        a path that cannot be removed does not stop the others.
         """
         by_folder: dict[str, list[tuple[int, str]]] = {}
         for at, path in enumerate(paths):
             folder, _, name = path.rpartition("/")
             by_folder.setdefault(folder, []).append((at, name))
-        removed = [False] * len(paths)
-        failed: list[OSError | InvalidPathError] = []
+        removed: list[bool | Exception] = [False] * len(paths)
         # Each folder is opened once (no link on its way, as `file_path` checks) and its
         # files removed by name in it: ~3 system calls a file, not ~7 (a recursive delete
         # of many files is mostly these calls).
@@ -2246,21 +2251,20 @@ class DiskStore:
             except (FileNotFoundError, NotADirectoryError):  # (its files gone meanwhile)
                 continue
             except (OSError, InvalidPathError) as exc:  # (a link on the way, ...)
-                failed.append(exc)
+                for at, _ in names:
+                    removed[at] = exc
                 continue
             try:
                 for at, name in names:
                     try:
                         removed[at] = self._remove_file_in(fd, component, folder, name)
                     except (OSError, InvalidPathError) as exc:
-                        failed.append(exc)
+                        removed[at] = exc
             finally:
                 os.close(fd)
         for folder in sorted(by_folder, key=lambda folder: folder.count("/"), reverse=True):
             if folder:
                 self._prune(self.base / component / folder, component)
-        if failed:
-            raise failed[0]
         return removed
 
     def _remove_file_in(self, folder_fd: int, component: str, folder: str, name: str) -> bool:

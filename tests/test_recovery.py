@@ -328,13 +328,17 @@ async def test_gc_refuses_a_drive_with_files_and_no_index_at_all(
         assert (root / "drives" / name / "default" / "a.bin").read_bytes() == b"a"
 
 
+@pytest.mark.parametrize("lock", ["free", "held"])
 async def test_gc_keeps_an_entry_put_again_while_it_looked_and_skips_files_gone_meanwhile(
     env: dict[str, str],
     workdir: Path,
     root: Path,
     drive_id: str,
     monkeypatch: pytest.MonkeyPatch,
+    lock: str,
 ) -> None:
+    """``lock``: the path's lock is free when gc tries it with its batch's, or held by
+    another writer, whom gc then waits for (put again meanwhile either way)."""
     name = drive_id[6:]
     store = DiskStore(root, name)
     async with Drive(drive_id) as drive, Drive(drive_id) as other:
@@ -342,18 +346,30 @@ async def test_gc_keeps_an_entry_put_again_while_it_looked_and_skips_files_gone_
         await drive.write_bytes("p.bin", b"v1")
         await drive.write_bytes("going.bin", b"g")
         store.file_path("default", "p.bin").unlink()  # its bytes lost: an entry to drop...
-        lock = drive._lock
+        index = (await drive._connection()).index
+        try_locks, wait_for_lock = index.try_lock_many, drive._lock
 
-        async def put_again_first(conn: Any, component: str, path: str) -> str:
-            if path == "p.bin":  # ...until another writer puts it again, just before gc locks
+        async def put_again_first(component: str, paths: list[str], *, ttl: float) -> Any:
+            if "p.bin" in paths:  # ...until another writer puts it again, just before gc locks
+                if lock == "free":
+                    await other.write_bytes("p.bin", b"v2")
+                else:  # (its lock held meanwhile, as found: gc waits for it)
+                    others = [p for p in paths if p != "p.bin"]
+                    tokens = iter(await try_locks(component, others, ttl=ttl))
+                    return [None if p == "p.bin" else next(tokens) for p in paths]
+            return await try_locks(component, paths, ttl=ttl)
+
+        async def put_again_while_waiting(conn: Any, component: str, path: str) -> str:
+            if path == "p.bin":
                 await other.write_bytes("p.bin", b"v2")
-            return await lock(conn, component, path)
+            return await wait_for_lock(conn, component, path)
 
         def then_deleted(entry: os.DirEntry[str]) -> None:
             if entry.name == "going.bin":  # deleted by a writer while gc walks the files
                 deleter.delete(entry.name)
 
-        monkeypatch.setattr(drive, "_lock", put_again_first)
+        monkeypatch.setattr(index, "try_lock_many", put_again_first)
+        monkeypatch.setattr(drive, "_lock", put_again_while_waiting)
         # (gc's walk of the files, not of its leftovers before: os.walk's)
         walk = scandir_calling(then_deleted, walker=DiskStore._files_below)
         monkeypatch.setattr(os, "scandir", walk)
@@ -363,6 +379,50 @@ async def test_gc_keeps_an_entry_put_again_while_it_looked_and_skips_files_gone_
         assert (info.version, await drive.read_bytes("p.bin")) == (2, b"v2")
         assert not await drive.exists("going.bin")
         deleter.close()
+
+
+async def test_gc_removes_stray_files_in_batches_but_not_one_committed_meanwhile(
+    env: dict[str, str],
+    workdir: Path,
+    root: Path,
+    drive_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """70 stray files (two batches, and 10 entries without bytes): one is put by another
+    writer just before gc tries its batch's locks, and stays; another's lock is held by a
+    writer a moment, and gc waits for it, then removes it."""
+    store = DiskStore(root, drive_id[6:])
+    async with Drive(drive_id) as drive, Drive(drive_id) as other:
+        await drive.write_bytes("kept.bin", b"k")
+        for i in range(10):
+            await drive.write_bytes(f"lost/{i}.bin", b"l")
+            store.file_path("default", f"lost/{i}.bin").unlink()
+        for i in range(70):
+            store.install(store.stage_bytes(b"s"), "default", f"stray/{i}.bin", {"version": 1})
+        conn = await drive._connection()
+        index, client = conn.index, conn.client
+        try_locks, held = index.try_lock_many, index.keys.lock("default", "stray/5.bin")
+
+        async def release_soon() -> None:
+            await asyncio.sleep(0.2)
+            await client.delete(held)
+
+        async def committed_first(component: str, paths: list[str], *, ttl: float) -> Any:
+            if "stray/3.bin" in paths:
+                await other.write_bytes("stray/3.bin", b"put")
+                assert await client.set(held, "another writer", px=30_000, nx=True)
+                releasing.append(asyncio.create_task(release_soon()))
+            return await try_locks(component, paths, ttl=ttl)
+
+        releasing: list[asyncio.Task[None]] = []
+        monkeypatch.setattr(index, "try_lock_many", committed_first)
+        report = await drive.gc(grace=0)
+        assert (report.orphans_removed, report.entries_removed) == (69, 10)
+        assert releasing and releasing[0].done()
+        assert await drive.list(".", recursive=True) == ["kept.bin", "stray/3.bin"]
+        assert await drive.read_bytes("stray/3.bin") == b"put"
+        on_disk = sorted(p.relative_to(store.base).as_posix() for p in store.base.rglob("*.bin"))
+        assert on_disk == ["default/kept.bin", "default/stray/3.bin"]
 
 
 async def test_rebuild_with_verify_fixes_stale_metadata(
