@@ -49,10 +49,10 @@ def every_file(folder: Path) -> set[Path]:
 )
 @given(path=PATHS)
 def test_paths_never_leave_the_drive(
-    path: str, hostile_env: tuple[Path, Path, SyncDrive], tmp_path: Path
+    path: str, hostile_env: tuple[Path, Path, SyncDrive], workdir: Path
 ) -> None:
     root, outside, drive = hostile_env
-    cwd_before = every_file(Path.cwd())
+    cwd_before = every_file(workdir)  # (the test's own: the repository's changes with work)
     try:
         info = drive.write_bytes(path, b"x")
     except InvalidPathError as refused:
@@ -65,7 +65,7 @@ def test_paths_never_leave_the_drive(
         assert drive.read_bytes(path) == b"x"
         drive.delete(path)
     assert every_file(outside) == set()
-    assert every_file(Path.cwd()) == cwd_before
+    assert every_file(workdir) == cwd_before
 
 
 @given(name=st.text(max_size=140))
