@@ -1515,10 +1515,14 @@ class DiskStore:
             except (FileNotFoundError, NotADirectoryError):
                 return  # what does not exist yet is created as plain folders and files
             if stat.S_ISLNK(mode):
-                raise InvalidPathError(
-                    f"Drive {self.drive!r}: refusing {path!r}: {current!r} is a symbolic "
-                    "link, and asyncdrive never follows links inside its root. Remove it."
-                )
+                raise self._link_refused(path, current)
+
+    def _link_refused(self, path: str, link: str) -> InvalidPathError:
+        """Return the error of ``path`` refused for the ``link`` on its way (or at it)."""
+        return InvalidPathError(
+            f"Drive {self.drive!r}: refusing {path!r}: {link!r} is a symbolic link, and "
+            "asyncdrive never follows links inside its root. Remove it."
+        )
 
     def meta_path(self, component: str, path: str) -> Path:
         """Where the metadata file of ``component``'s copy of ``path`` goes, if it has one."""
@@ -2247,7 +2251,7 @@ class DiskStore:
         for folder, names in by_folder.items():
             parts = self._parts(component, folder) if folder else ["drives", self.drive, component]
             try:
-                fd = self._open_in_root(parts, folder, _PROBE_FLAGS | os.O_DIRECTORY)
+                fd = self._open_in_root(parts, folder or ".", _PROBE_FLAGS | os.O_DIRECTORY)
             except (FileNotFoundError, NotADirectoryError):  # (its files gone meanwhile)
                 continue
             except (OSError, InvalidPathError) as exc:  # (a link on the way, ...)
@@ -2277,11 +2281,7 @@ class DiskStore:
         try:
             kind = _unlink_regular_file(folder_fd, name)
             if kind == stat.S_IFLNK:
-                raise InvalidPathError(
-                    f"Drive {self.drive!r}: refusing {path!r}: "
-                    f"{os.fspath(self.base / component / path)!r} is a symbolic link, and "
-                    "asyncdrive never follows links inside its root. Remove it."
-                )
+                raise self._link_refused(path, os.fspath(self.base / component / path))
             _unlink_regular_file(folder_fd, f"{META_PREFIX}{name}.json")  # (`_meta_beside`)
         except OSError as exc:  # (named by its folder's descriptor: name the whole path)
             if isinstance(exc.filename, str):
