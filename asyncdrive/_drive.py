@@ -2969,14 +2969,16 @@ class Drive:
             store.on_local_disk  # noqa: B018  # looked up once, here in a worker thread
             if len(copies) == 1:  # a get of one file: its folder, for the next (see below)
                 conn.quick_calls.learn(QuickCalls.folder_of(copies[0][1]))
+            found_in_place = False  # then look before copying (see `_copy_each`)
             for number, (info, dest) in enumerate(copies):
                 try:
-                    store.copy_out(
+                    copied = store.copy_out(
                         info.component_name, info.path, dest, info.checksum, overwrite,
-                        on_copied, info,
+                        on_copied, info, look_first=found_in_place,
                     )  # fmt: skip
                 except _GET_REFUSED as exc:
                     return number, exc
+                found_in_place = found_in_place or not copied
             return None
 
         if (
@@ -4062,15 +4064,20 @@ def _copy_each(
     Then, for the next gets, look whether each local folder is on this machine's disks.
     """
     outcomes: list[bool | BaseException] = []
+    # Once a local file is found at a copy's path (a folder got again), the next copies look
+    # before they copy: a copy made first, then dropped, costs a new file's inode each.
+    found_in_place = False
     for info, dest, overwrite in copies:
         try:
             copied = store.copy_out(
                 info.component_name, info.path, dest, info.checksum, overwrite,
-                None, info,
+                None, info, look_first=found_in_place,
             )  # fmt: skip
             outcomes.append(copied)
+            found_in_place = found_in_place or not copied
         except Exception as exc:  # this file's: the others go on
             outcomes.append(exc)
+            found_in_place = found_in_place or isinstance(exc, FileExistsError)
         quick.learn(QuickCalls.folder_of(dest))
     return outcomes
 

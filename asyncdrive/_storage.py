@@ -1325,8 +1325,8 @@ def _temp_beside(folder: Path) -> tuple[BinaryIO, Path]:
 
 
 #: A get copies a file up to this size before it looks for a local file in its way (in
-#: the same rename, which never replaces one): most often there is none, and looking costs
-#: about what such a copy does.
+#: the same link or rename, which never replaces one): most often there is none, and
+#: looking would add a system call to each (a folder get looks first once it found one).
 _COPY_BEFORE_LOOKING_MAX = 1 << 20
 
 #: Filesystems on a disk of this machine (or in its memory): their calls cost CPU, not
@@ -2666,6 +2666,8 @@ class DiskStore:
         overwrite: bool,
         on_copied: OnCopied | None = None,
         expected: FileInfo | None = None,
+        *,
+        look_first: bool = False,
     ) -> bool:
         """Copy ``component``'s ``path`` to local ``dest``; return False if dest already matched.
 
@@ -2679,7 +2681,8 @@ class DiskStore:
         raises `LocalPathGoneError` instead. ``on_copied(n)`` as the bytes are copied, the
         last count once ``dest`` is in place (or found to match already): for
         ``progress=``, whose last report comes with the file in place. ``expected``: see
-        `open_file`.
+        `open_file`. ``look_first``: look for a local file in the way before copying, whatever
+        the size (where one was just found at another copy's path: a folder got again).
         """
         src, size = self.open_file(component, path, expected)
         counted = 0
@@ -2696,8 +2699,9 @@ class DiskStore:
 
         try:
             # A large file is not copied if a local file is in the way; a small one is
-            # copied first (looking would cost as much), then placed only if none is.
-            if not overwrite and size > _COPY_BEFORE_LOOKING_MAX and dest.exists():
+            # copied first (most often none is), then placed only if none is.
+            looks = look_first or size > _COPY_BEFORE_LOOKING_MAX
+            if not overwrite and looks and dest.exists():
                 if _same_content(dest, size, checksum):
                     count_the_rest()
                     return False

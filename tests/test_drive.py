@@ -461,6 +461,40 @@ async def test_concurrent_gets_of_small_files_share_calls_and_keep_their_own_out
         assert calls == []
 
 
+async def test_a_folder_got_again_is_looked_at_before_it_is_copied(
+    env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder got again, its files already in place: once a copy finds the local file
+    there, the next ones of its call look before they copy (no new file made and
+    dropped each); a file changed locally is still in the way, and a missing one copied."""
+    made: list[Path] = []
+    new_local_file = storage._new_local_file
+
+    def counted(folder: Path) -> Any:
+        made.append(folder)
+        return new_local_file(folder)
+
+    async with Drive(drive_id) as drive:
+        for i in range(20):
+            write(f"f/{i}.txt", f"file {i}".encode())
+        await drive.put("f")
+        Path("f/9.txt").unlink()
+        monkeypatch.setattr(storage, "_new_local_file", counted)
+        await drive.get("f")
+        assert len(made) == 2, made  # the first file's copy (found in place), the missing one's
+        assert Path("f/9.txt").read_bytes() == b"file 9"
+        # Gets of one file each, at once: their copies share calls, which look alike.
+        monkeypatch.setattr(_drive, "_QUICK_COPY_MAX", 0)  # (none in the loop's thread)
+        made.clear()
+        await asyncio.gather(*(drive.get(f"f/{i}.txt") for i in range(20)))
+        assert len(made) <= 3, made  # (the first of each call: the first get's is alone)
+        write("f/3.txt", b"changed here")
+        with pytest.raises(DriveFileExistsError, match=r"f/3\.txt"):
+            await drive.get("f")
+    assert Path("f/3.txt").read_bytes() == b"changed here"
+    assert sorted(p.name for p in Path("f").iterdir()) == sorted(f"{i}.txt" for i in range(20))
+
+
 async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
     env: dict[str, str], workdir: Path, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -479,10 +513,12 @@ async def test_small_gets_and_reads_run_in_the_event_loops_thread_where_safe(
     copied_in: list[tuple[str, str]] = []
     copy_out = DiskStore.copy_out
 
-    def recording(self: DiskStore, component: str, path: str, dest: Path, *args: Any) -> bool:
+    def recording(
+        self: DiskStore, component: str, path: str, dest: Path, *args: Any, **kwargs: Any
+    ) -> bool:
         where = "loop" if threading.current_thread() is loop_thread else "worker"
         copied_in.append((os.path.relpath(dest, workdir), where))
-        return copy_out(self, component, path, dest, *args)
+        return copy_out(self, component, path, dest, *args, **kwargs)
 
     read_in: list[tuple[str, str]] = []
     read = DiskStore.read
