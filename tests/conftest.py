@@ -46,6 +46,14 @@ def pytest_configure(config: pytest.Config) -> None:
     # see their SIGINT. Tests run as from a terminal, where Ctrl-C raises KeyboardInterrupt.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if config.getoption("--leak-check"):
+        # Imported only then: without the option, nothing is wrapped and nothing checked.
+        from .leakcheck import LeakCheck
+
+        plugin = LeakCheck()
+        plugin.install()
+        config.add_cleanup(plugin.uninstall)
+        config.pluginmanager.register(plugin, "asyncdrive-leakcheck")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,6 +67,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=["standalone", "cluster", "sentinel"],
         default=os.environ.get("ASYNCDRIVE_TEST_SERVER_KIND", "standalone"),
         help="the kind of server the session starts",
+    )
+    parser.addoption(
+        "--leak-check",
+        action="store_true",
+        help="fail each test that leaves connections, fds, threads, loops or processes behind "
+        "(see tests/leakcheck.py)",
     )
 
 

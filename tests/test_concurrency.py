@@ -1093,7 +1093,7 @@ async def test_waiting_gets_end_with_their_drive(
 
 @pytest.mark.parametrize("call", ["put", "get"])
 async def test_a_cancelled_large_copy_stops_at_its_next_step(
-    drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, call: str
+    env: dict[str, str], drive_id: str, workdir: Path, monkeypatch: pytest.MonkeyPatch, call: str
 ) -> None:
     """A cancelled put or get of a large file waited for its copy to run to its end in its
     disk thread (minutes on a slow disk): it stops at its next 8 MiB step, and leaves
