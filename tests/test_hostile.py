@@ -52,7 +52,7 @@ def test_paths_never_leave_the_drive(
     path: str, hostile_env: tuple[Path, Path, SyncDrive], workdir: Path
 ) -> None:
     root, outside, drive = hostile_env
-    cwd_before = every_file(workdir)  # (the test's own: the repository's changes with work)
+    cwd_before = every_file(workdir)  # (its own: the repository's cwd changes as others work)
     try:
         info = drive.write_bytes(path, b"x")
     except InvalidPathError as refused:
