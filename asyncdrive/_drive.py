@@ -3147,9 +3147,7 @@ class Drive:
         store, index = conn.store, conn.index
         # Aged by the disk's clock: it stamps the files (a file server's, on a shared disk).
         uploads, backups = await conn.run_sync(store.leftovers, grace)
-        uploads_removed = 0
-        for upload in uploads:
-            uploads_removed += await conn.run_sync(_unlink_if_there, upload)
+        uploads_removed = await conn.run_sync(_unlink_each, uploads)
         undone = kept = 0
         for backup in backups:
             target = store.backup_target(backup)
@@ -4129,13 +4127,14 @@ def _local_name(path: StrPath) -> str:
     return os.path.basename(os.path.abspath(path))
 
 
-def _unlink_if_there(path: Path) -> bool:
-    """Remove ``path``; return False if it was gone already."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
+def _unlink_each(paths: Sequence[Path]) -> int:
+    """Remove each path; return how many were there to remove (not gone already)."""
+    removed = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def _local_files(local: Path) -> list[tuple[str, int]] | None:
