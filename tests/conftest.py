@@ -47,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if config.getoption("--leak-check"):
+        if not os.path.isdir("/proc/self/fd"):
+            raise pytest.UsageError("--leak-check reads /proc: it runs on Linux only")
         # Imported only then: without the option, nothing is wrapped and nothing checked.
         from .leakcheck import LeakCheck
 

@@ -5,6 +5,8 @@ Run the suite (or any part of it) with ``--leak-check``::
     pytest --leak-check
     pytest --leak-check tests/test_drive.py --server-kind cluster
 
+It reads ``/proc`` (file descriptors, child processes): Linux only.
+
 Without the option this module is not even imported (see ``pytest_configure`` in
 conftest.py), so it costs nothing and changes nothing.
 

@@ -7,9 +7,12 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from .leakcheck import LeakCheck
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="it reads /proc: Linux only")
 def test_the_leak_check_names_what_was_left_and_only_that(tmp_path: Path) -> None:
     check = LeakCheck()
     check.install()  # (registers event loops as they are made: undone below)
