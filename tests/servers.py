@@ -14,10 +14,57 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
+import redis.sentinel
 
 from asyncdrive import server_binary
+
+
+def clients(url: str) -> list[dict[str, Any]]:
+    """Return the clients of every server a drive at ``url`` may use, each with its ``node``.
+
+    One server; each node of a Cluster; the primary a Sentinel names
+    (``redis+sentinel://host:port/service``). Client ids are each node's own.
+    """
+    if url.startswith("redis+sentinel://"):
+        where = urlsplit(url)
+        sentinel = redis.sentinel.Sentinel(
+            [(where.hostname or "localhost", where.port or 26379)], socket_timeout=5
+        )
+        primary = sentinel.master_for(where.path.strip("/"), socket_timeout=5)
+        try:
+            return [dict(c, node="primary") for c in primary.client_list()]
+        finally:
+            primary.close()
+            for known in sentinel.sentinels:
+                known.close()
+    client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+    try:
+        if not client.info("cluster").get("cluster_enabled"):
+            return [dict(c, node=url) for c in client.client_list()]
+    finally:
+        client.close()
+    cluster = redis.RedisCluster.from_url(url, socket_timeout=5, decode_responses=True)
+    try:
+        return [
+            dict(c, node=node.name)
+            for node in cluster.get_nodes()  # type: ignore[no-untyped-call]
+            for c in cluster.get_redis_connection(node).client_list()
+        ]
+    finally:
+        cluster.close()
+
+
+def blocked_xreads(url: str) -> set[str]:
+    """Clients blocked in XREAD on the servers of ``url``: how a watch (and a waiting get)
+    waits. Each as ``node/id``."""
+    return {
+        f"{c['node']}/{c['id']}"
+        for c in clients(url)
+        if "b" in c.get("flags", "") and c.get("cmd") == "xread"
+    }
 
 
 def wait_for(url: str, timeout: float = 15.0) -> None:

@@ -27,7 +27,6 @@ from typing import Any
 
 import anyio.to_thread
 import pytest
-import redis
 
 import asyncdrive
 from asyncdrive import (
@@ -43,7 +42,7 @@ from asyncdrive import (
 
 from .conftest import run_python, uploads_in_progress, warnings_as_errors
 from .procs import finish, read_line, spawn
-from .servers import ServerProcess
+from .servers import ServerProcess, blocked_xreads
 
 LOOP_THREAD = "asyncdrive-loop"
 DISK_THREAD = "asyncdrive-disk"
@@ -114,16 +113,6 @@ def async_calls(drive: Drive) -> list[Callable[[], Awaitable[object]]]:
         lambda: drive.delete("a.txt"),
         lambda: drive.watch(since="0").next(),
     ]
-
-
-def blocked_xreads(url: str) -> set[str]:
-    """Ids of the server's clients blocked in XREAD: how a watch (and get(timeout=)) waits."""
-    client = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
-    try:
-        clients: list[dict[str, Any]] = client.client_list()
-    finally:
-        client.close()
-    return {c["id"] for c in clients if "b" in c.get("flags", "") and c.get("cmd") == "xread"}
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -495,17 +484,13 @@ def test_ctrl_c_cancels_the_call_on_the_loop(
     # server sees its blocked read end, and the drive keeps working.
     before = blocked_xreads(redis_url)  # other users of the server, if any
     code = f"""
-        import threading, time
-        import redis
+        import sys, threading, time
         from asyncdrive import SyncDrive
+        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+        from tests.servers import blocked_xreads
 
         def blocked():
-            client = redis.Redis.from_url({redis_url!r}, decode_responses=True)
-            try:
-                return [c for c in client.client_list() if "b" in c["flags"]
-                        and c["cmd"] == "xread" and c["id"] not in {before!r}]
-            finally:
-                client.close()
+            return blocked_xreads({redis_url!r}) - {before!r}
 
         drive = SyncDrive({drive_id!r})
         drive.list(".")
