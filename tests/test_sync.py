@@ -1779,4 +1779,6 @@ def test_a_get_that_waited_lets_its_watch_go_when_it_returns(
         reader.get("late.txt", timeout=30)  # waits for it
         written.result()
         assert Path("late.txt").read_bytes() == b"late"
-        assert sockets() == idle
+        # Not one more than idle: the watch's let go. (Not equal: a Cluster client may
+        # close a node connection it had open, one fewer.)
+        assert sockets() <= idle
