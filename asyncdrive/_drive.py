@@ -2494,36 +2494,27 @@ class Drive:
         left in the drive (see `DiskStore.removal_refused`).
         """
         component = conn.config.component_name
-        index = conn.index
         refused = await conn.run_sync(conn.store.removal_refused, component, paths)
-        paths = [path for path in paths if path not in refused]
-        tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL)
-        locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
-        store = conn.store
 
-        async def delete_and_unlock() -> None:
-            try:
-                outcomes = await index.commit_delete_many(component, [p for p, _ in locked])
-                gone = []
-                for (path, _), (done, _, version) in zip(locked, outcomes, strict=True):
-                    if done:
-                        self._remember(component, path, -version)
-                        gone.append(path)
+        async def delete(locked: list[str]) -> None:
+            outcomes = await conn.index.commit_delete_many(component, locked)
+            gone = []
+            for path, (done, _, version) in zip(locked, outcomes, strict=True):
+                if done:
+                    self._remember(component, path, -version)
+                    gone.append(path)
+            if gone:
+                removals = await conn.run_sync(conn.store.remove_many, component, gone)
+                # (The others removed first: a link planted at a path, a disk error.)
+                failed = next((r for r in removals if isinstance(r, Exception)), None)
+                if failed is not None:
+                    raise failed
 
-                if gone:
-                    removals = await conn.run_sync(store.remove_many, component, gone)
-                    # (The others removed first: a link planted at a path, a disk error.)
-                    failed = next((r for r in removals if isinstance(r, Exception)), None)
-                    if failed is not None:
-                        raise failed
-            finally:
-                await index.unlock_many(component, locked)
-
-        if locked:  # as in `_delete_file`: finished whatever cancels the caller
-            await to_its_end(delete_and_unlock())
-        for path, token in zip(paths, tokens, strict=True):
-            if token is None:  # being put or deleted by another writer: wait for it
-                await self._delete_file(conn, path, missing_ok=True)
+        # (As in `_delete_file`: finished whatever cancels the caller.)
+        free = [path for path in paths if path not in refused]
+        _, held = await _under_locks(conn, component, free, delete, None)
+        for path in held:  # being put or deleted by another writer: wait for it
+            await self._delete_file(conn, path, missing_ok=True)
         return refused
 
     # -- reading -----------------------------------------------------------------------------
@@ -3223,27 +3214,21 @@ class Drive:
         store, index = conn.store, conn.index
         versions = dict(entries)
         paths = await conn.run_sync(store.missing_files, component, list(versions))
-        tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL) if paths else []
-        locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
 
-        async def check_and_delete() -> int:
-            try:
-                found = await index.owners_many([path for path, _ in locked])
-                same = [
-                    path
-                    for (path, _), owners in zip(locked, found, strict=True)
-                    if (entry := owners.get(component)) and entry.version == versions[path]
-                ]  # (not deleted or put meanwhile)
-                still = await conn.run_sync(store.missing_files, component, same)
-                outcomes = await index.commit_delete_many(component, still) if still else []
-                return sum(done for done, _, _ in outcomes)
-            finally:
-                await index.unlock_many(component, locked)
+        async def check_and_delete(locked: list[str]) -> int:
+            found = await index.owners_many(locked)
+            same = [
+                path
+                for path, owners in zip(locked, found, strict=True)
+                if (entry := owners.get(component)) and entry.version == versions[path]
+            ]  # (not deleted or put meanwhile)
+            still = await conn.run_sync(store.missing_files, component, same)
+            outcomes = await index.commit_delete_many(component, still) if still else []
+            return sum(done for done, _, _ in outcomes)
 
-        removed = await to_its_end(check_and_delete()) if locked else 0
-        for path, token in zip(paths, tokens, strict=True):
-            if token is None:  # being put or deleted by another writer: wait for it
-                removed += await self._remove_dangling(conn, component, path, versions[path])
+        removed, held = await _under_locks(conn, component, paths, check_and_delete, 0)
+        for path in held:  # being put or deleted by another writer: wait for it
+            removed += await self._remove_dangling(conn, component, path, versions[path])
         return removed
 
     async def _remove_dangling(
@@ -3305,27 +3290,22 @@ class Drive:
         done. Returns, for each path, 1 if its file was removed, 0 if not (committed
         meanwhile, or removed by another gc), or why the disk refused it.
         """
-        store, index = conn.store, conn.index
-        tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL) if paths else []
-        locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
 
-        async def remove_and_unlock() -> dict[str, bool | Exception]:
-            try:
-                found = await index.owners_many([path for path, _ in locked])
-                unowned = [
-                    path
-                    for (path, _), owners in zip(locked, found, strict=True)
-                    if component not in owners  # (not committed meanwhile)
-                ]
-                outcomes = await conn.run_sync(store.remove_many, component, unowned)
-                return dict(zip(unowned, outcomes, strict=True))
-            finally:
-                await index.unlock_many(component, locked)
+        async def remove(locked: list[str]) -> dict[str, bool | Exception]:
+            found = await conn.index.owners_many(locked)
+            unowned = [
+                path
+                for path, owners in zip(locked, found, strict=True)
+                if component not in owners  # (not committed meanwhile)
+            ]
+            outcomes = await conn.run_sync(conn.store.remove_many, component, unowned)
+            return dict(zip(unowned, outcomes, strict=True))
 
-        settled = await to_its_end(remove_and_unlock()) if locked else {}
+        none: dict[str, bool | Exception] = {}
+        settled, held = await _under_locks(conn, component, paths, remove, none)
         removed: builtins.list[int | Exception] = []
-        for path, token in zip(paths, tokens, strict=True):
-            if token is None:  # being put or deleted by another writer: wait for it
+        for path in paths:
+            if path in held:  # being put or deleted by another writer: wait for it
                 try:
                     removed.append(await self._remove_orphan(conn, component, path))
                 except OSError as exc:
@@ -3713,6 +3693,36 @@ async def _side_by_side(
                 movers.start_soon(mover)
     if failures:
         raise failures[0]
+
+
+async def _under_locks(
+    conn: _Connection,
+    component: str,
+    paths: Sequence[str],
+    work: Callable[[list[str]], Awaitable[T]],
+    none_taken: T,
+) -> tuple[T, list[str]]:
+    """Try the commit locks of ``paths`` (one round trip) and run ``work`` on those taken.
+
+    ``work(locked paths)`` runs to its end whatever cancels the caller (what it changes in
+    the index and on disk goes together), then the locks are released (one round trip).
+    Returns what it returned (``none_taken`` if no lock was taken), and the paths whose
+    lock another writer holds, in their order: the caller settles those on their own.
+    """
+    index = conn.index
+    tokens = await index.try_lock_many(component, paths, ttl=LOCK_TTL) if paths else []
+    locked = [(path, token) for path, token in zip(paths, tokens, strict=True) if token]
+    held = [path for path, token in zip(paths, tokens, strict=True) if token is None]
+    if not locked:
+        return none_taken, held
+
+    async def work_and_unlock() -> T:
+        try:
+            return await work([path for path, _ in locked])
+        finally:
+            await index.unlock_many(component, locked)
+
+    return await to_its_end(work_and_unlock()), held
 
 
 def _batches_the_fds_allow() -> int:
