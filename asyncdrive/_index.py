@@ -38,7 +38,7 @@ import anyio
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ._client import CLUSTER_PASSING, CONNECTION_LOST, RedisClient
+from ._client import CONNECTION_LOST, RedisClient
 from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo, GroupInfo
@@ -224,6 +224,22 @@ CUT_SHORT_HOLD = 1.0
 _BULK = 1000
 #: Keys a SCAN round trip of `Index.replace_all` looks at (the server's whole key space).
 _SCAN_COUNT = 1000
+
+# Reads, atomic and in one round trip, on a Cluster (elsewhere, MULTI/EXEC): redis-py's
+# cluster client runs each command queued in a transaction on a thread and event loop of its
+# own, joined from the caller's loop (blocked meanwhile, and left waiting for good where a
+# signal interrupted the join). KEYS: the key each command reads (its first argument).
+# ARGV: for each command, its name, the number of its other arguments, then those. Reply:
+# the commands' replies.
+_READS_LUA = """
+local replies, at = {}, 1
+for i, key in ipairs(KEYS) do
+  local others = tonumber(ARGV[at + 1])
+  replies[i] = redis.call(ARGV[at], key, unpack(ARGV, at + 2, at + 1 + others))
+  at = at + 2 + others
+end
+return replies
+"""
 
 # A read of two small keys, atomic and in one round trip: for a reply this small a script
 # costs less than MULTI/EXEC (~30 us here). Listings stay in MULTI/EXEC: a script copies
@@ -496,9 +512,6 @@ check('EVALSHA', '0', '1', entry); check('EVALSHA_RO', '0', '1', entry)
 return denied
 """
 
-#: How many times a Cluster's transaction is tried while the drive's slot moves (~0.5 s).
-_CLUSTER_ATTEMPTS = 5
-
 #: How long a member that holds no event may stay idle before a leaving member removes it.
 IDLE_MEMBER_MS = 600_000
 
@@ -636,6 +649,7 @@ class Index:
         self._unlock = client.register_script(_UNLOCK_LUA)
         self._unlock_cut_short = client.register_script(_UNLOCK_CUT_SHORT_LUA)
         self._kind = client.register_script(_KIND_LUA)
+        self._reads = client.register_script(_READS_LUA)
         self._group_step = client.register_script(_GROUP_STEP_LUA)
         self._group_leave = client.register_script(_GROUP_LEAVE_LUA)
         self._groups = client.register_script(_GROUPS_LUA)
@@ -760,33 +774,20 @@ class Index:
         return bool(is_file) and folder != "", paths
 
     async def _atomically(self, *commands: tuple[str, ...]) -> list[Any]:
-        """Run ``commands`` (reads) in one MULTI/EXEC, in one round trip; return their replies."""
+        """Run ``commands`` (reads) in one MULTI/EXEC, in one round trip; return their replies.
+
+        On a Cluster, as a script (`_READS_LUA`): each command reads one key, its first
+        argument.
+        """
         if self.wire is None:
-            return await self._atomically_on_cluster(commands)
+            keys = [key for _name, key, *_rest in commands]
+            args = [a for name, _key, *rest in commands for a in (name, str(len(rest)), *rest)]
+            return list(await self._run_reading(self._reads, keys, args))
         *_, results = await self.wire.call_many([("MULTI",), *commands, ("EXEC",)])
         for result in results:
             if isinstance(result, Exception):  # an error reply of one of the commands
                 raise result
         return list(results)
-
-    async def _atomically_on_cluster(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
-        """`_atomically` on a Cluster, whose client routes it to the drive's node.
-
-        A transaction that met the drive's slot moved (which redis-py follows for lone
-        commands, not in a transaction) ran nowhere: it is run again, for about 0.5 s.
-        """
-        for attempt in range(_CLUSTER_ATTEMPTS):
-            try:
-                async with self.client.pipeline(transaction=True) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies: list[Any] = await pipe.execute()
-                return replies
-            except CLUSTER_PASSING:
-                if attempt == _CLUSTER_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.05 * attempt)  # (MOVED: at once, its map renewed)
-        raise AssertionError("not reached")
 
     async def read_events(
         self, after: str, block_ms: int | None, count: int

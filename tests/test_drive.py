@@ -161,6 +161,30 @@ async def test_list_folders(make_drive: MakeDrive, drive_id: str) -> None:
     assert await drive.list(".") == ["top.txt"]
 
 
+async def test_listings_start_no_thread(
+    make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing runs on the caller's loop, whatever the server. On a Cluster, redis-py ran
+    each command of a transaction on a thread and event loop of its own, joined from the
+    caller's loop (blocked meanwhile, and left waiting for good, the process unable to
+    exit, where a SIGTERM handler's sys.exit() interrupted the join)."""
+    drive = make_drive(drive_id)
+    await drive.write_bytes("ckpt/a.txt", b"x")
+    assert await drive.list("ckpt") == ["ckpt/a.txt"]  # (connected, the drive's threads started)
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def recorded(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", recorded)
+    assert await drive.list("ckpt") == ["ckpt/a.txt"]
+    assert await drive.list("ckpt", recursive=True) == ["ckpt/a.txt"]
+    assert await drive.list(".") == ["ckpt"]
+    assert started == []
+
+
 async def test_list_info(
     make_drive: MakeDrive, drive_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,7 +41,7 @@ from asyncdrive import (
 )
 
 from .conftest import run_python, uploads_in_progress, warnings_as_errors
-from .procs import finish, read_line, spawn
+from .procs import finish, read_line, spawn, stop_all
 from .servers import ServerProcess, blocked_xreads
 
 LOOP_THREAD = "asyncdrive-loop"
@@ -956,7 +956,7 @@ def test_exit_raised_out_of_an_unclosed_syncdrives_call_ends_the_process(
     try:
         _, err = proc.communicate(timeout=60)  # a hang at exit fails here
     finally:
-        proc.kill()
+        stop_all([proc])
         asyncdrive.stop_server(root)
     if raised.startswith("SystemExit"):
         assert (proc.returncode, err) == (3, "")
@@ -990,9 +990,9 @@ def test_sigterm_raising_systemexit_amid_calls_ends_them_quietly(
             assert read_line(proc) == "ready"
             time.sleep(delay)
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
+            _, err = finish(proc, timeout=30)
         finally:
-            proc.kill()
+            stop_all([proc])
         assert proc.returncode == 143, err
         # (A signal may still land amid asyncio's own steps, rarely: a task made and not
         # yet started, say. What each run logged before is checked.)
