@@ -86,6 +86,7 @@ from ._exceptions import (
     DriveTimeoutError,
     DriveTypeError,
     DriveUnavailableError,
+    ExplainedOSError,
     GroupInUseError,
     IndexLostError,
     InvalidConfigError,
@@ -4152,9 +4153,10 @@ def _local_files(local: Path) -> list[tuple[str, int]] | None:
 
     A folder's files come sorted; None means there is neither file nor folder at ``local``.
     Links to files are followed; links to folders, broken links and special files (pipes,
-    sockets) are left out. A folder that cannot be read or searched, and a file that cannot
-    be read, raise (PermissionError): a put must not store a folder without telling what it
-    left out, nor store part of it before it finds a file it cannot read.
+    sockets) are left out. Folders that cannot be read or searched, and files that cannot
+    be read, raise (PermissionError, naming them all, after the whole walk): a put must not
+    store a folder without telling what it left out, nor store part of it before it finds
+    a file it cannot read.
     """
     try:
         st = local.stat()
@@ -4165,10 +4167,16 @@ def _local_files(local: Path) -> list[tuple[str, int]] | None:
     if not stat.S_ISDIR(st.st_mode):
         return None
     found: list[tuple[str, int]] = []
+    refused: list[str] = []
     folders = [""]  # (walked without recursion: os.walk's fails ~1000 folders down)
     while folders:
         rel = folders.pop()
-        with os.scandir(local / rel if rel else local) as entries:  # unreadable: raises
+        try:
+            entries = os.scandir(local / rel if rel else local)
+        except PermissionError as exc:
+            refused.append(os.fsdecode(exc.filename))
+            continue
+        with entries:
             for entry in entries:
                 name = f"{rel}/{entry.name}" if rel else entry.name
                 try:
@@ -4177,15 +4185,36 @@ def _local_files(local: Path) -> list[tuple[str, int]] | None:
                             folders.append(name)
                         continue
                     st = os.stat(entry.path)  # links to files are followed
+                except PermissionError:  # (a folder that cannot be searched)
+                    refused.append(entry.path)
+                    continue
                 except OSError as exc:
                     if exc.errno in _BROKEN_LINK:
                         continue
-                    raise  # (a folder that cannot be searched, say)
+                    raise
                 if stat.S_ISREG(st.st_mode):
                     if not os.access(entry.path, os.R_OK, effective_ids=ACCESS_AS_EFFECTIVE):
-                        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), entry.path)
+                        refused.append(entry.path)
                     found.append((name, st.st_size))
+    if refused:
+        raise _unreadable(sorted(refused))
     return sorted(found)
+
+
+def _unreadable(paths: list[str]) -> OSError:
+    """Return the error of a folder put that cannot read ``paths`` (files, folders) of it."""
+    if len(paths) == 1:
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), paths[0])
+    shown = ", ".join(shorten(path) for path in paths[:_UNREADABLE_SHOWN])
+    more = len(paths) - _UNREADABLE_SHOWN
+    shown += f" and {more} more" if more > 0 else ""
+    # (No one filename: the reason names them.)
+    reason = f"permission denied to read {len(paths)} files or folders: {shown}"
+    return ExplainedOSError(errno.EACCES, None, reason, "")
+
+
+#: How many of the paths a put cannot read its error names (then: "and N more").
+_UNREADABLE_SHOWN = 5
 
 
 #: What `os.stat` of a link meets where the link leads nowhere: gone, through a file, a loop.

@@ -395,7 +395,7 @@ class ExplainedOSError(OSError):
     ``fs.protected_hardlinks`` is no missing write access to the folder.
     """
 
-    def __init__(self, number: int, filename: str, reason: str, fix: str) -> None:
+    def __init__(self, number: int, filename: str | None, reason: str, fix: str) -> None:
         super().__init__(number, os.strerror(number), filename)
         self.reason, self.fix = reason, fix
 

@@ -390,15 +390,21 @@ UNREADABLE_FOLDER = """
     from asyncdrive import DrivePermissionError, SyncDrive
 
     os.makedirs("f/locked")
-    for name in ("f/ok", "f/locked/in"):
+    for name in ("f/ok", "f/locked/in", "f/secret"):
         open(name, "w").write("x")
     os.chmod("f/locked", 0)
+    os.chmod("f/secret", 0)
+    os.makedirs("g")
+    for i in range(7):
+        open(f"g/{{i}}", "w").write("x")
+        os.chmod(f"g/{{i}}", 0)
     try:
         with SyncDrive({drive_id!r}) as drive:
-            try:
-                drive.put("f")
-            except DrivePermissionError as exc:
-                print("refused:", exc)
+            for folder in ("f", "g"):
+                try:
+                    drive.put(folder)
+                except DrivePermissionError as exc:
+                    print("refused:", exc)
             print("stored:", drive.list(".", recursive=True))
         # The command line, on a terminal (where it draws a bar, after looking at the files).
         terminal, its_end = pty.openpty()
@@ -425,10 +431,14 @@ def test_a_folder_put_refuses_a_folder_it_cannot_read(
     done = run_python(
         textwrap.dedent(UNREADABLE_FOLDER.format(drive_id=drive_id)), cwd=workdir, env=env
     )
-    refused, stored, cli = done.stdout.splitlines()
-    # Not stored without the files it could not read, as before: refused, naming them.
+    refused, refused_more, stored, cli = done.stdout.splitlines()
+    # Not stored without the files it could not read, as before: refused, naming them all
+    # (it named only the first it met).
     assert refused.startswith("refused: ") and "permission denied" in refused, done.stdout
-    assert "f/locked" in refused and "cannot put 'f'" in refused
+    assert "f/locked" in refused and "f/secret" in refused and "cannot put 'f'" in refused
+    assert "to read 2 files or folders" in refused, refused
+    assert "to read 7 files or folders: " in refused_more, refused_more
+    assert "g/4 and 2 more. " in refused_more and "g/5" not in refused_more, refused_more
     assert stored == "stored: []"
     assert cli == "cli: 1 False True"  # one line, no traceback from the bar's look first
 
