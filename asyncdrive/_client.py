@@ -14,6 +14,7 @@ multi-key scripts and transactions run on one node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -320,7 +321,7 @@ async def connect(url: str, *, timeout: float) -> Connected:
     if not info.get("cluster_enabled"):
         return Connected(client, "standalone", connections=[connections], **_wires(client, timeout))
     await to_its_end(client.aclose())
-    cluster = RedisCluster.from_url(url, **_options(timeout))
+    cluster = GatedCluster.from_url(url, max_connections=2**31, **_options(timeout))
     connected = Connected(cluster, "cluster", connections=[lean_connections(cluster)])
     try:
         await cluster.initialize()
@@ -328,6 +329,50 @@ async def connect(url: str, *, timeout: float) -> Connected:
         await to_its_end(connected.aclose())
         raise
     return connected
+
+
+#: How many commands a drive's Cluster client sends at once (`GatedCluster`).
+CLUSTER_COMMANDS_AT_ONCE = 8
+
+
+class GatedCluster(RedisCluster):
+    """redis-py's cluster client, at most `CLUSTER_COMMANDS_AT_ONCE` commands at once.
+
+    Each command holds a connection of its node's pool while it runs, and the pool refuses
+    one more than its ``max_connections`` (100 by default) instead of waiting: 300 lookups
+    at once failed, the drive "unreachable"; and each connection it opens stays open, idle,
+    after a burst. Commands and pipelines wait their turn here instead (``gate``), and the
+    pools have no bound (as redis-py's standalone pools), for what runs beside: the
+    watches' blocking reads (`waiting_pipeline`), which the gate must not hold up. A few
+    commands at once keep the drive's node busy.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Semaphore(CLUSTER_COMMANDS_AT_ONCE)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.gate:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        """Return a pipeline whose execution takes a turn, as a command does."""
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # (which refuses it)
+        # (redis-py's typing takes a property of its event dispatcher for abstract.)
+        return _GatedPipeline(self, transaction)  # type: ignore[abstract]
+
+    def waiting_pipeline(self) -> ClusterPipeline:
+        """Return a pipeline that takes no turn: for commands that block (``XREAD BLOCK``)."""
+        return ClusterPipeline(self, False)  # type: ignore[abstract]
+
+
+class _GatedPipeline(ClusterPipeline):
+    """A `GatedCluster`'s pipeline (its multi-key commands', ``exists(a, b)``, too)."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        async with cast(GatedCluster, self.cluster_client).gate:
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 async def _connect_sentinel(url: str, timeout: float) -> Connected:

@@ -390,7 +390,7 @@ class _Connection:
         """
         self.closed = True
         cut_short: BaseException | None = None
-        if self.index.unreleased and self.index.wire is not None:  # (not a Cluster's)
+        if self.index.unreleased:
             try:  # (to its end, a second at most, whatever cancels the caller: then raised)
                 await to_its_end(self._release_unreleased_for_a_moment())
             except BaseException as exc:

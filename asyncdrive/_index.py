@@ -38,7 +38,7 @@ import anyio
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ._client import CONNECTION_LOST, RedisClient
+from ._client import CONNECTION_LOST, GatedCluster, RedisClient
 from ._config import DEFAULT_EVENTS_MAXLEN
 from ._events import DriveEvent, event_from_fields
 from ._models import FileInfo, GroupInfo
@@ -800,7 +800,7 @@ class Index:
         (host, port), where known (not on a Cluster, nor through a unix socket).
         """
         if self.readers is None:  # a Cluster: its client routes the pipeline to the drive's node
-            async with self.client.pipeline(transaction=False) as pipe:
+            async with cast(GatedCluster, self.client).waiting_pipeline() as pipe:
                 # Pipelined on one connection: GET runs as soon as XREAD returns.
                 pipe.xread({self.keys.events: after}, block=block_ms, count=count)
                 pipe.get(self.keys.trimmed)
@@ -1420,12 +1420,11 @@ class Index:
     def _cut_short(self, component: str, locks: Sequence[tuple[str, str]]) -> None:
         """Keep (path, token) locks whose release a cancellation cut short, maybe unsent.
 
-        Released at the next call or the connection's close (see `release_unreleased`).
-        On the `Wire` only: on a Cluster (redis-py's client, its own connections), such a
-        lock keeps to its lease, as before; the retries are tested on the `Wire` alone.
+        Released at the next call or the connection's close (see `release_unreleased`):
+        the release matches the token, so one sent twice (the first went after all) takes
+        nothing of another writer's.
         """
-        if self.wire is not None:
-            self.unlock_later(component, locks)
+        self.unlock_later(component, locks)
 
     async def release_unreleased(self) -> None:
         """Release the locks a lost connection kept from being released (`unreleased`).

@@ -19,8 +19,8 @@ FUNCTIONAL = [
     "tests/test_recovery.py",
     "tests/test_files.py",
     "tests/test_fsspec.py",
-    "tests/test_concurrency.py::test_a_lock_request_cut_short_takes_nothing_if_it_comes_after_its_release",
-    # (Its close racing first calls once left a Cluster client's connections open.)
+    # (Its tests of cancelled lock releases, and of 300 calls at once, failed on a Cluster.)
+    "tests/test_concurrency.py",
     "tests/test_sync.py",
 ]
 
