@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import io
 import json
@@ -15,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
 import asyncdrive
 from asyncdrive._exceptions import rewrite_list_hints
+
+from .conftest import raw_redis
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -78,12 +79,15 @@ def test_rebuild_index_and_gc(env: dict[str, str], root: Path, redis_url: str) -
         with asyncdrive.SyncDrive(drive_id) as drive:
             drive.write_bytes("x/1.bin", b"1")
             drive.write_bytes("x/2.bin", b"2")
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for name in ("cli_a", "cli_b"):
-            client.delete(*client.keys(f"asyncdrive:{{{name}}}:*"))
-    finally:
-        client.close()
+
+    async def forget(names: list[str]) -> None:  # (the server of any kind: a Cluster's node)
+        async with raw_redis(redis_url) as client:
+            for name in names:
+                keys = [key async for key in client.scan_iter(match=f"asyncdrive:{{{name}}}:*")]
+                assert keys
+                await client.delete(*keys)
+
+    asyncio.run(forget(["cli_a", "cli_b"]))
     listed = cli("rebuild-index", "lit://cli_a")
     assert (listed.returncode, listed.stdout) == (0, "lit://cli_a: 2 files indexed\n")
     every = cli("rebuild-index", "--all")
