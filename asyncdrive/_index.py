@@ -242,8 +242,9 @@ return replies
 """
 
 # A read of two small keys, atomic and in one round trip: for a reply this small a script
-# costs less than MULTI/EXEC (~30 us here). Listings stay in MULTI/EXEC: a script copies
-# its reply through a Lua table, which costs more than that from a few hundred names up.
+# costs less than MULTI/EXEC (~30 us here). Listings stay in MULTI/EXEC (but on a Cluster:
+# `_READS_LUA`): a script copies its reply through a Lua table, which costs more than that
+# from a few hundred names up.
 # KEYS: 1 a file's entry, 2 the children of the same path as a folder.
 _KIND_LUA = """
 return {redis.call('HKEYS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
