@@ -23,6 +23,7 @@ import pytest
 import redis
 import redis.exceptions
 
+import asyncdrive._client
 from asyncdrive import (
     Change,
     CursorExpiredError,
@@ -43,7 +44,7 @@ from asyncdrive._events import steady_now
 
 from .conftest import MakeDrive, raw_redis, run_python
 from .procs import read_line, spawn
-from .servers import ServerProcess
+from .servers import ServerProcess, blocked_xreads
 
 
 async def collect(watch: Any, n: int) -> list[DriveEvent]:
@@ -139,6 +140,37 @@ async def test_timeout_ends_iteration(make_drive: MakeDrive, drive_id: str) -> N
     drive = make_drive(drive_id)
     async with drive.watch(timeout=0.2) as events:
         assert [e async for e in events] == []
+
+
+async def test_more_watches_waiting_than_commands_at_once_leave_the_calls_running(
+    env: dict[str, str], drive_id: str, redis_url: str
+) -> None:
+    """Watches waiting in their blocking reads take none of the turns a drive's commands
+    take on a Cluster (`CLUSTER_COMMANDS_AT_ONCE` at once): with more of them waiting than
+    that, a put still runs, and each watch sees it."""
+    async with Drive(drive_id) as drive:
+        await _watches_see_a_put(drive, redis_url)
+
+
+async def _watches_see_a_put(drive: Drive, redis_url: str) -> None:
+    assert not await drive.exists("a.txt")  # (connected)
+    count = asyncdrive._client.CLUSTER_COMMANDS_AT_ONCE + 2
+    before = blocked_xreads(redis_url)
+    watches = [drive.watch(timeout=60) for _ in range(count)]
+    try:
+        nexts = [asyncio.create_task(watch.next(timeout=30)) for watch in watches]
+        assert drive._conn is not None
+        # Each waits in the server on a Cluster (elsewhere, watches may share a connection).
+        waiting = 1 if drive._conn.index.wire else count
+        with anyio.fail_after(20):
+            while len(blocked_xreads(redis_url) - before) < waiting:
+                await asyncio.sleep(0.01)
+            await drive.write_bytes("a.txt", b"x")
+            events = await asyncio.gather(*nexts)
+        assert [event and event.path for event in events] == ["a.txt"] * count
+    finally:
+        for watch in watches:
+            await watch.aclose()
 
 
 async def test_a_closed_watch_is_not_entered_again(
